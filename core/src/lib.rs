@@ -1,0 +1,16 @@
+//! Wedge's core: the types and pure logic that the cloud, the edge and the runtimes share.
+//!
+//! Nothing in this crate does I/O, so everything here is unit-tested without processes, sockets or
+//! files. Start with [`pod_runtime`], the boundary between Edged and the runtimes (Wasm today,
+//! containers through CRI later), then [`status`] for what a runtime reports.
+
+pub mod crilog;
+pub mod grants;
+pub mod pod_runtime;
+pub mod quantity;
+pub mod restart;
+pub mod status;
+pub mod topic;
+pub mod twin;
+
+pub use k8s_openapi;

@@ -1,0 +1,230 @@
+//! Container logs: the guest's stdout and stderr written to per-container files in the CRI
+//! format kubelets use, and read back the way `kubectl logs` shows them.
+//!
+//! Files live at `<pod dir>/<container>/<restart count>.log`, kubelet's layout, so the current
+//! instance's log and the previous one's (`kubectl logs --previous`) are both at hand. Each write
+//! is formatted and appended at once: logs must be visible while the guest runs, and a guest that
+//! is killed must not take buffered lines with it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wedge_core::crilog::{self, LineSplitter, Stream, Tag};
+use wedge_core::pod_runtime::LogOptions;
+
+struct LogFile {
+    file: File,
+    path: PathBuf,
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+    echo: bool,
+    buf: Vec<u8>,
+}
+
+impl LogFile {
+    fn write(&mut self, stream: Stream, bytes: &[u8]) {
+        if self.echo {
+            // `wedge wasm run` shows the guest's output as it comes.
+            let _ = match stream {
+                Stream::Stdout => std::io::stdout().write_all(bytes),
+                Stream::Stderr => std::io::stderr().write_all(bytes),
+            };
+        }
+        let splitter = match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        self.buf.clear();
+        splitter.push(Timestamp::now(), bytes, &mut self.buf);
+        self.flush_buf();
+    }
+
+    fn finish(&mut self) {
+        self.buf.clear();
+        let now = Timestamp::now();
+        self.stdout.finish(now, &mut self.buf);
+        self.stderr.finish(now, &mut self.buf);
+        self.flush_buf();
+    }
+
+    fn flush_buf(&mut self) {
+        if !self.buf.is_empty() {
+            if let Err(e) = self.file.write_all(&self.buf) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot write container log");
+            }
+        }
+    }
+}
+
+/// The log of one container instance: hand [`ContainerLog::stdout`] and
+/// [`ContainerLog::stderr`] to WASI.
+#[derive(Clone)]
+pub struct ContainerLog {
+    inner: Arc<Mutex<LogFile>>,
+}
+
+impl ContainerLog {
+    /// Opens (appending to) the log file at `path`; `echo` also copies output to this process's
+    /// own stdout and stderr.
+    pub fn open(path: &Path, echo: bool) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(LogFile {
+                file,
+                path: path.to_owned(),
+                stdout: LineSplitter::new(Stream::Stdout),
+                stderr: LineSplitter::new(Stream::Stderr),
+                echo,
+                buf: Vec::new(),
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A WASI stdout that writes into this log.
+    pub fn stdout(&self) -> LogStream {
+        LogStream { log: self.clone(), stream: Stream::Stdout }
+    }
+
+    /// A WASI stderr that writes into this log.
+    pub fn stderr(&self) -> LogStream {
+        LogStream { log: self.clone(), stream: Stream::Stderr }
+    }
+
+    /// Writes a line from the runtime itself (for example a handler's failed invocation) as
+    /// stderr, so it shows in `kubectl logs` beside the guest's own output.
+    pub fn runtime_line(&self, line: &str) {
+        let mut f = self.lock();
+        f.write(Stream::Stderr, format!("{line}\n").as_bytes());
+    }
+
+    /// Writes out unterminated lines; call when the instance ends.
+    pub fn finish(&self) {
+        self.lock().finish();
+    }
+}
+
+/// One of a container's output streams.
+#[derive(Clone)]
+pub struct LogStream {
+    log: ContainerLog,
+    stream: Stream,
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LogStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.log.lock().write(self.stream, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.log.lock().write(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Renders a CRI log file as `kubectl logs` shows it: the content of each line (partial records
+/// joined), optionally with timestamps, optionally only the last lines. Records that do not
+/// parse are skipped.
+pub fn render(file: &[u8], options: &LogOptions) -> Vec<u8> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut partial: Option<Vec<u8>> = None;
+    for raw in file.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(record) = crilog::parse_record(raw) else { continue };
+        let line = partial.get_or_insert_with(|| {
+            if options.timestamps { format!("{} ", record.time).into_bytes() } else { Vec::new() }
+        });
+        line.extend_from_slice(record.content);
+        if record.tag == Tag::Full {
+            lines.extend(partial.take());
+        }
+    }
+    lines.extend(partial);
+    let skip = options.tail_lines.map_or(0, |n| lines.len().saturating_sub(n));
+    let mut out = Vec::new();
+    for l in &lines[skip..] {
+        out.extend_from_slice(l);
+        out.push(b'\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_logged_and_rendered_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c/0.log");
+        let log = ContainerLog::open(&path, false).expect("open");
+        let mut out = log.stdout();
+        let mut err = log.stderr();
+        OutputStream::write(&mut out, Bytes::from_static(b"one\ntw")).expect("write");
+        OutputStream::write(&mut err, Bytes::from_static(b"oops\n")).expect("write");
+        OutputStream::write(&mut out, Bytes::from_static(b"o\nthree")).expect("write");
+        log.finish();
+        let file = std::fs::read(&path).expect("read");
+        let text = String::from_utf8_lossy(&file);
+        assert!(text.lines().all(|l| l.contains(" stdout F ") || l.contains(" stderr F ")), "{text}");
+        assert_eq!(render(&file, &LogOptions::default()), b"one\noops\ntwo\nthree\n");
+        let tail = LogOptions { tail_lines: Some(1), ..Default::default() };
+        assert_eq!(render(&file, &tail), b"three\n");
+        let stamped = LogOptions { timestamps: true, ..Default::default() };
+        let first = render(&file, &stamped);
+        assert!(first.starts_with(b"20"), "{}", String::from_utf8_lossy(&first));
+    }
+}

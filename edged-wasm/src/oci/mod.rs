@@ -1,0 +1,17 @@
+//! Wasm images: pulling them from OCI registries, importing them from OCI layouts, and keeping
+//! them in a content-addressed store on disk.
+//!
+//! Start at [`ImageService`]: it resolves an image reference to a Wasm component on disk, pulling
+//! it ([`pull`]) or importing it ([`layout`]) into the [`store`], after [`media`] has decided from
+//! the manifest's media types whether the image is Wasm at all.
+
+pub mod layout;
+pub mod media;
+pub mod pull;
+pub mod store;
+
+pub mod service;
+
+pub use media::{ImageKind, WasmLayout};
+pub use service::{ImageError, ImageService, PullPolicy, PulledImage, RegistryCredentials};
+pub use store::{Digest, ImageStore, StoreError};
