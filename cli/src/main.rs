@@ -1,1 +1,76 @@
-fn main() {}
+//! `wedge`: the operator's command line.
+//!
+//! Today it runs Wasm components by hand (`wedge wasm run`) and manages the edge's image store
+//! (`wedge image import|list`); the all-in-one cluster (`wedge up`) and join tokens come with the
+//! cloud-to-edge work. The logic lives in the library crates; this binary parses and prints.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "wedge",
+    version,
+    about = "Wedge: Kubernetes at the edge, with WebAssembly pods"
+)]
+struct Cli {
+    /// Where the edge keeps images, compiled components and pod logs.
+    #[arg(
+        long,
+        global = true,
+        env = "WEDGE_ROOT",
+        default_value = "/var/lib/wedge"
+    )]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Wasm components by hand.
+    Wasm {
+        #[command(subcommand)]
+        command: commands::wasm::WasmCommand,
+    },
+    /// Manage the edge's image store.
+    Image {
+        #[command(subcommand)]
+        command: commands::image::ImageCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wedge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Wasm { command } => commands::wasm::run(&cli.root, command).await,
+            Command::Image { command } => commands::image::run(&cli.root, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wedge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -89,7 +89,12 @@ pub fn parse_record(line: &[u8]) -> Result<Record<'_>, MalformedRecord> {
         Some(b"P") => Tag::Partial,
         _ => return Err(MalformedRecord("bad tag")),
     };
-    Ok(Record { time, stream, tag, content: parts.next().unwrap_or_default() })
+    Ok(Record {
+        time,
+        stream,
+        tag,
+        content: parts.next().unwrap_or_default(),
+    })
 }
 
 /// Cuts a stream of writes into log records: whole lines as `F` records, and lines longer than
@@ -103,7 +108,10 @@ pub struct LineSplitter {
 impl LineSplitter {
     /// A splitter for one stream.
     pub fn new(stream: Stream) -> Self {
-        Self { stream, pending: Vec::new() }
+        Self {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     /// Takes `bytes` as written by the guest and appends the records they complete to `out`.
@@ -130,7 +138,13 @@ impl LineSplitter {
 
     fn emit_long_prefix(&mut self, time: Timestamp, out: &mut Vec<u8>) {
         while self.pending.len() > MAX_LINE_BYTES {
-            format_record(out, time, self.stream, Tag::Partial, &self.pending[..MAX_LINE_BYTES]);
+            format_record(
+                out,
+                time,
+                self.stream,
+                Tag::Partial,
+                &self.pending[..MAX_LINE_BYTES],
+            );
             self.pending.drain(..MAX_LINE_BYTES);
         }
     }
@@ -159,7 +173,10 @@ mod tests {
         let recs = lines(&out);
         let contents: Vec<&[u8]> = recs.iter().map(|r| r.content).collect();
         assert_eq!(contents, [&b"hello world"[..], b"second", b"thi"]);
-        assert!(recs.iter().all(|r| r.tag == Tag::Full && r.stream == Stream::Stdout));
+        assert!(
+            recs.iter()
+                .all(|r| r.tag == Tag::Full && r.stream == Stream::Stdout)
+        );
         assert!(out.starts_with(b"2023-11-14T22:13:20Z stdout F hello world\n"));
     }
 

@@ -116,7 +116,13 @@ pub struct HandlerTriggers {
 fn list(annotations: &BTreeMap<String, String>, key: &str) -> Vec<String> {
     annotations
         .get(key)
-        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -126,7 +132,10 @@ fn filters(
 ) -> Result<Vec<String>, GrantError> {
     let out = list(annotations, key);
     for f in &out {
-        topic::validate_filter(f).map_err(|source| GrantError::Topic { annotation: key, source })?;
+        topic::validate_filter(f).map_err(|source| GrantError::Topic {
+            annotation: key,
+            source,
+        })?;
     }
     Ok(out)
 }
@@ -146,8 +155,9 @@ impl PodGrants {
 
         let mut twin = Vec::new();
         for t in list(annotations, HANDLER_TWIN) {
-            let (device, property) =
-                t.split_once('/').ok_or_else(|| GrantError::BadTwinTrigger(t.clone()))?;
+            let (device, property) = t
+                .split_once('/')
+                .ok_or_else(|| GrantError::BadTwinTrigger(t.clone()))?;
             if device.is_empty() || property.is_empty() || property.contains('/') {
                 return Err(GrantError::BadTwinTrigger(t.clone()));
             }
@@ -159,7 +169,10 @@ impl PodGrants {
                 });
             }
             let property = (property != "*").then(|| property.to_owned());
-            twin.push(TwinTrigger { device: device.to_owned(), property });
+            twin.push(TwinTrigger {
+                device: device.to_owned(),
+                property,
+            });
         }
         let topics = filters(annotations, HANDLER_TOPICS)?;
         for t in &topics {
@@ -175,7 +188,16 @@ impl PodGrants {
             .get(HANDLER_TIMER)
             .map(|v| parse_interval(v).ok_or_else(|| GrantError::BadTimer(v.clone())))
             .transpose()?;
-        Ok(Self { devices, publish, subscribe, triggers: HandlerTriggers { twin, topics, timer } })
+        Ok(Self {
+            devices,
+            publish,
+            subscribe,
+            triggers: HandlerTriggers {
+                twin,
+                topics,
+                timer,
+            },
+        })
     }
 
     /// How the pod may use `device`, if at all.
@@ -190,7 +212,9 @@ impl PodGrants {
 
     /// Whether the pod may subscribe to `filter`.
     pub fn may_subscribe(&self, filter: &str) -> bool {
-        self.subscribe.iter().any(|g| topic::filter_covers(g, filter))
+        self.subscribe
+            .iter()
+            .any(|g| topic::filter_covers(g, filter))
     }
 }
 
@@ -215,7 +239,10 @@ mod tests {
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]

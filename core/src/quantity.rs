@@ -6,7 +6,9 @@
 
 /// A quantity that could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid quantity {0:?}: expected a number with an optional suffix (Ki, Mi, Gi, k, M, G, m)")]
+#[error(
+    "invalid quantity {0:?}: expected a number with an optional suffix (Ki, Mi, Gi, k, M, G, m)"
+)]
 pub struct InvalidQuantity(pub String);
 
 /// Parses a memory quantity into bytes (rounded up, as the API rounds memory).
@@ -24,7 +26,9 @@ pub fn parse_millicores(q: &str) -> Result<u64, InvalidQuantity> {
 fn parse_scaled(q: &str) -> Result<f64, InvalidQuantity> {
     let err = || InvalidQuantity(q.to_owned());
     let q = q.trim();
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+')).unwrap_or(q.len());
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
+        .unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
     let number: f64 = number.parse().map_err(|_| err())?;
     let factor = match suffix {
@@ -45,7 +49,11 @@ fn parse_scaled(q: &str) -> Result<f64, InvalidQuantity> {
         }
     };
     let value = number * factor;
-    if value.is_finite() && value >= 0.0 { Ok(value) } else { Err(err()) }
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(err())
+    }
 }
 
 #[cfg(test)]

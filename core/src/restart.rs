@@ -78,7 +78,10 @@ pub struct CrashLoopBackoff {
 impl CrashLoopBackoff {
     /// A fresh backoff.
     pub fn new(settings: BackoffSettings) -> Self {
-        Self { settings, next: settings.initial }
+        Self {
+            settings,
+            next: settings.initial,
+        }
     }
 
     /// Records an exit after a run of `ran_for` and returns how long to wait before restarting.

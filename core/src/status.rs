@@ -69,7 +69,10 @@ pub enum ContainerState {
 impl ContainerState {
     /// A waiting state with a reason and message.
     pub fn waiting(reason: &str, message: impl Into<Option<String>>) -> Self {
-        Self::Waiting { reason: reason.to_owned(), message: message.into() }
+        Self::Waiting {
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
     }
 
     /// Whether this is the running state.
@@ -103,22 +106,28 @@ impl ContainerState {
                 ..Default::default()
             },
             Self::Running { started_at } => k8s::ContainerState {
-                running: Some(k8s::ContainerStateRunning { started_at: Some(Time(*started_at)) }),
+                running: Some(k8s::ContainerStateRunning {
+                    started_at: Some(Time(*started_at)),
+                }),
                 ..Default::default()
             },
-            Self::Terminated { exit_code, reason, message, started_at, finished_at } => {
-                k8s::ContainerState {
-                    terminated: Some(k8s::ContainerStateTerminated {
-                        exit_code: *exit_code,
-                        reason: Some(reason.clone()),
-                        message: message.clone(),
-                        started_at: Some(Time(*started_at)),
-                        finished_at: Some(Time(*finished_at)),
-                        ..Default::default()
-                    }),
+            Self::Terminated {
+                exit_code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            } => k8s::ContainerState {
+                terminated: Some(k8s::ContainerStateTerminated {
+                    exit_code: *exit_code,
+                    reason: Some(reason.clone()),
+                    message: message.clone(),
+                    started_at: Some(Time(*started_at)),
+                    finished_at: Some(Time(*finished_at)),
                     ..Default::default()
-                }
-            }
+                }),
+                ..Default::default()
+            },
         }
     }
 }
@@ -189,7 +198,10 @@ impl PodPhase {
 
     /// Derives the phase from container statuses the way kubelet's `getPhase` does, given
     /// whether terminated containers are going to be restarted.
-    pub fn derive(containers: &[ContainerStatus], will_restart: impl Fn(&ContainerStatus) -> bool) -> Self {
+    pub fn derive(
+        containers: &[ContainerStatus],
+        will_restart: impl Fn(&ContainerStatus) -> bool,
+    ) -> Self {
         if containers.is_empty() {
             return Self::Pending;
         }
@@ -267,19 +279,42 @@ mod tests {
 
     #[test]
     fn phase_follows_kubelet_rules() {
-        let running = ContainerState::Running { started_at: Timestamp::UNIX_EPOCH };
+        let running = ContainerState::Running {
+            started_at: Timestamp::UNIX_EPOCH,
+        };
         let creating = ContainerState::waiting(reason::CONTAINER_CREATING, None);
         assert_eq!(PodPhase::derive(&[], |_| false), PodPhase::Pending);
-        assert_eq!(PodPhase::derive(&[status(creating, false)], |_| false), PodPhase::Pending);
-        assert_eq!(PodPhase::derive(&[status(running.clone(), false)], |_| false), PodPhase::Running);
-        assert_eq!(PodPhase::derive(&[status(terminated(0), false)], |_| false), PodPhase::Succeeded);
-        assert_eq!(PodPhase::derive(&[status(terminated(3), false)], |_| false), PodPhase::Failed);
-        // A failed container that will be restarted keeps the pod Running, as with Always.
-        assert_eq!(PodPhase::derive(&[status(terminated(3), false)], |_| true), PodPhase::Running);
-        let backoff = ContainerState::waiting(reason::CRASH_LOOP_BACK_OFF, None);
-        assert_eq!(PodPhase::derive(&[status(backoff, true)], |_| true), PodPhase::Running);
         assert_eq!(
-            PodPhase::derive(&[status(running, false), status(terminated(1), false)], |_| false),
+            PodPhase::derive(&[status(creating, false)], |_| false),
+            PodPhase::Pending
+        );
+        assert_eq!(
+            PodPhase::derive(&[status(running.clone(), false)], |_| false),
+            PodPhase::Running
+        );
+        assert_eq!(
+            PodPhase::derive(&[status(terminated(0), false)], |_| false),
+            PodPhase::Succeeded
+        );
+        assert_eq!(
+            PodPhase::derive(&[status(terminated(3), false)], |_| false),
+            PodPhase::Failed
+        );
+        // A failed container that will be restarted keeps the pod Running, as with Always.
+        assert_eq!(
+            PodPhase::derive(&[status(terminated(3), false)], |_| true),
+            PodPhase::Running
+        );
+        let backoff = ContainerState::waiting(reason::CRASH_LOOP_BACK_OFF, None);
+        assert_eq!(
+            PodPhase::derive(&[status(backoff, true)], |_| true),
+            PodPhase::Running
+        );
+        assert_eq!(
+            PodPhase::derive(
+                &[status(running, false), status(terminated(1), false)],
+                |_| false
+            ),
             PodPhase::Running
         );
     }

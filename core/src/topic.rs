@@ -114,7 +114,10 @@ mod tests {
     #[test]
     fn validation() {
         assert!(validate_name("a/b").is_ok());
-        assert_eq!(validate_name("a/+"), Err(TopicError::WildcardInName("a/+".into())));
+        assert_eq!(
+            validate_name("a/+"),
+            Err(TopicError::WildcardInName("a/+".into()))
+        );
         assert_eq!(validate_name(""), Err(TopicError::Empty));
         assert!(validate_filter("a/+/#").is_ok());
         assert!(validate_filter("a/#/b").is_err());

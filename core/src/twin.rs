@@ -124,7 +124,10 @@ impl PropertyModel {
         let fits = matches!(
             (self.kind, value),
             (PropertyType::Int, TwinValue::Integer(_))
-                | (PropertyType::Float | PropertyType::Double, TwinValue::Float(_) | TwinValue::Integer(_))
+                | (
+                    PropertyType::Float | PropertyType::Double,
+                    TwinValue::Float(_) | TwinValue::Integer(_)
+                )
                 | (PropertyType::String, TwinValue::Text(_))
                 | (PropertyType::Boolean, TwinValue::Boolean(_))
                 | (PropertyType::Bytes, TwinValue::Bytes(_))
@@ -237,8 +240,16 @@ mod tests {
 
     #[test]
     fn values_are_checked_against_models() {
-        assert!(model(PropertyType::Int).check(&TwinValue::Integer(5)).is_ok());
-        assert!(model(PropertyType::Double).check(&TwinValue::Integer(5)).is_ok());
+        assert!(
+            model(PropertyType::Int)
+                .check(&TwinValue::Integer(5))
+                .is_ok()
+        );
+        assert!(
+            model(PropertyType::Double)
+                .check(&TwinValue::Integer(5))
+                .is_ok()
+        );
         assert!(matches!(
             model(PropertyType::Int).check(&TwinValue::Text("5".into())),
             Err(ValueError::TypeMismatch { .. })
@@ -247,6 +258,10 @@ mod tests {
             model(PropertyType::Float).check(&TwinValue::Float(101.0)),
             Err(ValueError::OutOfRange { .. })
         ));
-        assert!(model(PropertyType::Boolean).check(&TwinValue::Boolean(true)).is_ok());
+        assert!(
+            model(PropertyType::Boolean)
+                .check(&TwinValue::Boolean(true))
+                .is_ok()
+        );
     }
 }

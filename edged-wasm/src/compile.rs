@@ -83,8 +83,15 @@ impl CompileCache {
     /// A cache for `engine` under `root`.
     pub fn new(engine: Engine, root: &Path) -> Result<Self, CompileError> {
         let dir = root.join(engine_fingerprint(&engine));
-        std::fs::create_dir_all(&dir).map_err(|source| CompileError::Io { path: dir.clone(), source })?;
-        Ok(Self { engine, dir, loaded: Mutex::new(HashMap::new()) })
+        std::fs::create_dir_all(&dir).map_err(|source| CompileError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self {
+            engine,
+            dir,
+            loaded: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Where the artifact of `digest` lives.
@@ -106,17 +113,20 @@ impl CompileCache {
         let artifact = self.artifact_path(digest);
         let wasm_path = wasm_path.to_owned();
         let d = digest.clone();
-        let (component, outcome) =
-            tokio::task::spawn_blocking(move || load_or_compile(&engine, &d, &wasm_path, &artifact))
-                .await
-                .map_err(|e| CompileError::Task(e.to_string()))??;
+        let (component, outcome) = tokio::task::spawn_blocking(move || {
+            load_or_compile(&engine, &d, &wasm_path, &artifact)
+        })
+        .await
+        .map_err(|e| CompileError::Task(e.to_string()))??;
         self.lock().insert(digest.clone(), component.clone());
         Ok((component, outcome))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Component>> {
         // A panic while holding the lock leaves the map consistent: recover it.
-        self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -140,12 +150,20 @@ fn load_or_compile(
             ),
         }
     }
-    let wasm = std::fs::read(wasm_path)
-        .map_err(|source| CompileError::Io { path: wasm_path.to_owned(), source })?;
-    let invalid = |e: wasmtime::Error| CompileError::Invalid { digest: digest.clone(), message: format!("{e:#}") };
+    let wasm = std::fs::read(wasm_path).map_err(|source| CompileError::Io {
+        path: wasm_path.to_owned(),
+        source,
+    })?;
+    let invalid = |e: wasmtime::Error| CompileError::Invalid {
+        digest: digest.clone(),
+        message: format!("{e:#}"),
+    };
     let component = Component::new(engine, &wasm).map_err(invalid)?;
     let bytes = component.serialize().map_err(invalid)?;
-    let io = |source| CompileError::Io { path: artifact.to_owned(), source };
+    let io = |source| CompileError::Io {
+        path: artifact.to_owned(),
+        source,
+    };
     let dir = artifact.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     std::io::Write::write_all(&mut tmp, &bytes).map_err(io)?;

@@ -39,7 +39,9 @@ pub enum PrepareError {
     #[error("the component cannot be linked: {0}")]
     Link(String),
     /// The component exports neither `wasi:cli/run` nor `wedge:app/event-handler`.
-    #[error("the component exports neither wasi:cli/run (an app) nor wedge:app/event-handler (a handler): nothing to run")]
+    #[error(
+        "the component exports neither wasi:cli/run (an app) nor wedge:app/event-handler (a handler): nothing to run"
+    )]
     NotRunnable,
 }
 
@@ -70,12 +72,27 @@ pub struct Prepared {
 /// Pulls, compiles and links a container's component.
 pub(crate) async fn prepare(rt: &Inner, plan: &ContainerPlan) -> Result<Prepared, PrepareError> {
     let credentials = rt.credentials_for(&plan.image);
-    let image = rt.images.ensure(&plan.image, plan.pull_policy, credentials.as_ref()).await?;
-    let (component, cache) = rt.compiled.component(&image.stored.wasm_digest, &image.wasm_path).await?;
-    let pre = rt.linker.instantiate_pre(&component).map_err(|e| PrepareError::Link(format!("{e:#}")))?;
+    let image = rt
+        .images
+        .ensure(&plan.image, plan.pull_policy, credentials.as_ref())
+        .await?;
+    let (component, cache) = rt
+        .compiled
+        .component(&image.stored.wasm_digest, &image.wasm_path)
+        .await?;
+    let pre = rt
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
     let kind = component_kind(&rt.engine, &component).ok_or(PrepareError::NotRunnable)?;
     tracing::debug!(image = %plan.image, ?cache, ?kind, "container prepared");
-    Ok(Prepared { image, component, cache, kind, pre })
+    Ok(Prepared {
+        image,
+        component,
+        cache,
+        kind,
+        pre,
+    })
 }
 
 /// A container's shared state: what the runtime reports about it.
@@ -98,15 +115,27 @@ impl ContainerSlot {
             restart_count: 0,
         };
         let log_dir = pod.dir.join(&plan.name);
-        Self { plan, status: Mutex::new(status), meters: Arc::default(), cache: Mutex::new(None), log_dir }
+        Self {
+            plan,
+            status: Mutex::new(status),
+            meters: Arc::default(),
+            cache: Mutex::new(None),
+            log_dir,
+        }
     }
 
     pub(crate) fn status(&self) -> ContainerStatus {
-        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut ContainerStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        f(&mut self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
     pub(crate) fn log_path(&self, restart: u32) -> PathBuf {
@@ -115,7 +144,12 @@ impl ContainerSlot {
 }
 
 /// Runs a container until it ends for good or `cancel` fires.
-pub(crate) async fn supervise(rt: Arc<Inner>, pod: Arc<PodPlan>, slot: Arc<ContainerSlot>, cancel: CancellationToken) {
+pub(crate) async fn supervise(
+    rt: Arc<Inner>,
+    pod: Arc<PodPlan>,
+    slot: Arc<ContainerSlot>,
+    cancel: CancellationToken,
+) {
     let mut backoff = CrashLoopBackoff::new(rt.config.backoff);
     let prepared = loop {
         match prepare(&rt, &slot.plan).await {
@@ -133,7 +167,10 @@ pub(crate) async fn supervise(rt: Arc<Inner>, pod: Arc<PodPlan>, slot: Arc<Conta
             }
         }
     };
-    *slot.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(prepared.cache);
+    *slot
+        .cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(prepared.cache);
     slot.update(|s| s.image_id = Some(prepared.image.image_id()));
     match prepared.kind {
         ComponentKind::App => run_app(&rt, &pod, &slot, prepared.pre, &cancel).await,
@@ -163,7 +200,14 @@ async fn run_app(
             Ok(w) => w,
             Err(e) => return fail_create(slot, e.to_string()),
         };
-        let mut store = app_store(&rt.engine, wasi, &slot.plan, &rt.backends, &pod.grants, &slot.meters);
+        let mut store = app_store(
+            &rt.engine,
+            wasi,
+            &slot.plan,
+            &rt.backends,
+            &pod.grants,
+            &slot.meters,
+        );
         let started_at = Timestamp::now();
         let started = Instant::now();
         slot.update(|s| s.state = ContainerState::Running { started_at });
@@ -191,7 +235,10 @@ async fn run_app(
         let wait = backoff.after_exit(started.elapsed());
         let message = format!(
             "back-off {}s restarting failed container={} pod={}({})",
-            wait.as_secs(), slot.plan.name, pod.display_name, pod.uid
+            wait.as_secs(),
+            slot.plan.name,
+            pod.display_name,
+            pod.uid
         );
         slot.update(|s| {
             s.last_state = Some(terminated);
@@ -249,5 +296,7 @@ async fn run_handler(
 
 fn fail_create(slot: &ContainerSlot, message: String) {
     tracing::warn!(container = %slot.plan.name, %message, "container cannot start");
-    slot.update(|s| s.state = ContainerState::waiting(reason::CREATE_CONTAINER_ERROR, Some(message)));
+    slot.update(|s| {
+        s.state = ContainerState::waiting(reason::CREATE_CONTAINER_ERROR, Some(message))
+    });
 }

@@ -25,7 +25,11 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self { max_instances: 1000, max_memory_bytes: 4 << 30, epoch_tick: Duration::from_millis(5) }
+        Self {
+            max_instances: 1000,
+            max_memory_bytes: 4 << 30,
+            epoch_tick: Duration::from_millis(5),
+        }
     }
 }
 
@@ -78,7 +82,10 @@ impl EpochTicker {
         if thread.is_none() {
             tracing::error!("cannot start the epoch thread: guests will not be preempted");
         }
-        Self { stop: Some(stop), thread }
+        Self {
+            stop: Some(stop),
+            thread,
+        }
     }
 }
 

@@ -17,8 +17,8 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use wedge_core::grants::{HandlerTriggers, PodGrants};
 use wedge_core::twin::{TwinChange, TwinSide};
 
-use crate::host::messaging::{BusMessage, MessageQueue, message_to_wit, now_ms};
 use crate::host::device::stamped_to_wit;
+use crate::host::messaging::{BusMessage, MessageQueue, message_to_wit, now_ms};
 use crate::host::{Backends, HostState};
 use crate::instance::{Exit, InstanceError, handler_store, ticks, wasi_ctx};
 use crate::limits::ContainerMeters;
@@ -137,7 +137,17 @@ impl HandlerRunner {
         epoch_tick: Duration,
     ) -> Result<Self, NotAHandler> {
         let pre = linker.instantiate_pre(component).map_err(NotAHandler)?;
-        Self::new(linker.engine(), pre, plan, backends, grants, log, budget, epoch_tick, Arc::default())
+        Self::new(
+            linker.engine(),
+            pre,
+            plan,
+            backends,
+            grants,
+            log,
+            budget,
+            epoch_tick,
+            Arc::default(),
+        )
     }
 
     /// The handler's meters (invocations, failures, memory).
@@ -161,10 +171,22 @@ impl HandlerRunner {
 
     async fn call(&self, event: &HandlerEvent) -> Result<(), InvocationError> {
         let wasi = wasi_ctx(&self.plan, &self.log)?;
-        let mut store =
-            handler_store(&self.engine, wasi, &self.plan, &self.backends, &self.grants, self.budget_ticks);
-        let trapped = |e: wasmtime::Error| InvocationError::Trapped(Exit::of_error(&e).message.unwrap_or_default());
-        let handler = self.pre.instantiate_async(&mut store).await.map_err(trapped)?;
+        let mut store = handler_store(
+            &self.engine,
+            wasi,
+            &self.plan,
+            &self.backends,
+            &self.grants,
+            self.budget_ticks,
+        );
+        let trapped = |e: wasmtime::Error| {
+            InvocationError::Trapped(Exit::of_error(&e).message.unwrap_or_default())
+        };
+        let handler = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(trapped)?;
         let exports = handler.wedge_app_event_handler();
         let returned = match event {
             HandlerEvent::Twin(c) => {
@@ -180,12 +202,18 @@ impl HandlerRunner {
                 };
                 exports.call_on_twin_change(&mut store, &change).await
             }
-            HandlerEvent::Message(m) => exports.call_on_message(&mut store, &message_to_wit(m.clone())).await,
+            HandlerEvent::Message(m) => {
+                exports
+                    .call_on_message(&mut store, &message_to_wit(m.clone()))
+                    .await
+            }
             HandlerEvent::Timer(at) => exports.call_on_timer(&mut store, *at).await,
         };
         let memory = store.data().memory.in_use();
         self.meters.memory_bytes.store(memory, Ordering::Relaxed);
-        returned.map_err(trapped)?.map_err(InvocationError::Returned)
+        returned
+            .map_err(trapped)?
+            .map_err(InvocationError::Returned)
     }
 }
 
@@ -205,10 +233,14 @@ pub async fn serve(
     for filter in &triggers.topics {
         match backends.bus.subscribe(filter, &queue).await {
             Ok(()) => has_topics = true,
-            Err(e) => runner.log.runtime_line(&format!("wedge: cannot subscribe the handler to {filter}: {e}")),
+            Err(e) => runner.log.runtime_line(&format!(
+                "wedge: cannot subscribe the handler to {filter}: {e}"
+            )),
         }
     }
-    let mut timer = triggers.timer.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+    let mut timer = triggers
+        .timer
+        .map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => return,
@@ -231,7 +263,10 @@ pub async fn serve(
         };
         if let Err(e) = runner.invoke(&event).await {
             tracing::debug!(event = %event.describe(), error = %e, "handler invocation failed");
-            runner.log.runtime_line(&format!("wedge: handler failed on {}: {e}", event.describe()));
+            runner.log.runtime_line(&format!(
+                "wedge: handler failed on {}: {e}",
+                event.describe()
+            ));
         }
     }
 }

@@ -38,13 +38,23 @@ pub enum InstanceError {
 /// Builds the WASI context of one instance.
 pub fn wasi_ctx(plan: &ContainerPlan, log: &ContainerLog) -> Result<WasiCtx, InstanceError> {
     let mut b = WasiCtxBuilder::new();
-    b.args(&plan.argv).envs(&plan.env).stdout(log.stdout()).stderr(log.stderr());
+    b.args(&plan.argv)
+        .envs(&plan.env)
+        .stdout(log.stdout())
+        .stderr(log.stderr());
     for m in &plan.mounts {
-        let fail = |message: String| InstanceError::Mount { guest_path: m.guest_path.clone(), message };
+        let fail = |message: String| InstanceError::Mount {
+            guest_path: m.guest_path.clone(),
+            message,
+        };
         if m.create {
             std::fs::create_dir_all(&m.host_path).map_err(|e| fail(e.to_string()))?;
         }
-        let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        let perms = if m.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
         b.preopened_dir(&m.host_path, &m.guest_path, perms)
             .map_err(|e| fail(format!("{} cannot be opened: {e:#}", m.host_path.display())))?;
     }
@@ -60,8 +70,14 @@ pub fn app_store(
     grants: &Arc<PodGrants>,
     meters: &Arc<ContainerMeters>,
 ) -> Store<HostState> {
-    let state =
-        HostState::new(wasi, backends, grants, plan.memory_limit, plan.cpu_millicores, Some(meters.clone()));
+    let state = HostState::new(
+        wasi,
+        backends,
+        grants,
+        plan.memory_limit,
+        plan.cpu_millicores,
+        Some(meters.clone()),
+    );
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);
     store.set_epoch_deadline(1);
@@ -106,6 +122,9 @@ pub struct Exit {
     pub message: Option<String>,
 }
 
+/// The longest termination message kept (kubelet's limit is 4096 bytes).
+const MAX_MESSAGE: usize = 4096;
+
 /// The exit code reported for a trap (as for a process killed by SIGABRT).
 pub const TRAP_EXIT_CODE: i32 = 134;
 /// The exit code reported for an instance stopped by the runtime (as for SIGKILL).
@@ -122,8 +141,16 @@ impl Exit {
     }
 
     fn code(code: i32) -> Self {
-        let reason = if code == 0 { reason::COMPLETED } else { reason::ERROR };
-        Self { code, reason, message: None }
+        let reason = if code == 0 {
+            reason::COMPLETED
+        } else {
+            reason::ERROR
+        };
+        Self {
+            code,
+            reason,
+            message: None,
+        }
     }
 
     /// Classifies an error out of a guest call: exit, memory limit, trap.
@@ -132,18 +159,42 @@ impl Exit {
             return Self::code(exit.0);
         }
         if let Some(oom) = e.downcast_ref::<MemoryLimitExceeded>() {
-            return Self { code: KILLED_EXIT_CODE, reason: reason::OOM_KILLED, message: Some(oom.to_string()) };
+            return Self {
+                code: KILLED_EXIT_CODE,
+                reason: reason::OOM_KILLED,
+                message: Some(oom.to_string()),
+            };
         }
-        Self { code: TRAP_EXIT_CODE, reason: reason::ERROR, message: Some(format!("wasm trap: {e:?}")) }
+        // `{:#}` gives the error chain with the wasm backtrace, without a host backtrace.
+        let mut message = format!("{e:#}");
+        if message.len() > MAX_MESSAGE {
+            let cut = (0..=MAX_MESSAGE)
+                .rev()
+                .find(|i| message.is_char_boundary(*i))
+                .unwrap_or(0);
+            message.truncate(cut);
+        }
+        Self {
+            code: TRAP_EXIT_CODE,
+            reason: reason::ERROR,
+            message: Some(message),
+        }
     }
 
     /// The exit of an instance the runtime stopped.
     pub fn killed(why: &str) -> Self {
-        Self { code: KILLED_EXIT_CODE, reason: reason::KILLED, message: Some(why.to_owned()) }
+        Self {
+            code: KILLED_EXIT_CODE,
+            reason: reason::KILLED,
+            message: Some(why.to_owned()),
+        }
     }
 }
 
 /// Ticks in `d`, at least one.
 pub fn ticks(d: Duration, tick: Duration) -> u64 {
-    (d.as_nanos() / tick.as_nanos().max(1)).max(1).try_into().unwrap_or(u64::MAX)
+    (d.as_nanos() / tick.as_nanos().max(1))
+        .max(1)
+        .try_into()
+        .unwrap_or(u64::MAX)
 }

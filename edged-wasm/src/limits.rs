@@ -22,7 +22,9 @@ pub const CPU_PERIOD: Duration = Duration::from_millis(100);
 
 /// An instance tried to grow its memory past its limit.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
-#[error("memory limit exceeded: the instance asked for {requested} bytes of linear memory; its limit is {limit} bytes")]
+#[error(
+    "memory limit exceeded: the instance asked for {requested} bytes of linear memory; its limit is {limit} bytes"
+)]
 pub struct MemoryLimitExceeded {
     /// What the instance would have had.
     pub requested: usize,
@@ -54,7 +56,11 @@ pub struct MemoryLimiter {
 impl MemoryLimiter {
     /// A limiter with an optional cap in bytes, reporting into `meters`.
     pub fn new(limit: Option<usize>, meters: Option<Arc<ContainerMeters>>) -> Self {
-        Self { limit, in_use: 0, meters }
+        Self {
+            limit,
+            in_use: 0,
+            meters,
+        }
     }
 
     /// Bytes of linear memory the instance holds.
@@ -72,7 +78,10 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         let requested = self.in_use.saturating_sub(current).saturating_add(desired);
         if let Some(limit) = self.limit.filter(|l| requested > *l) {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded { requested, limit }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                requested,
+                limit,
+            }));
         }
         self.in_use = requested;
         if let Some(m) = &self.meters {
@@ -108,9 +117,11 @@ pub struct CpuAccount {
 impl CpuAccount {
     /// An account with `millicores` of quota (`None`: unlimited), reporting into `meters`.
     pub fn new(millicores: Option<u64>, meters: Option<Arc<ContainerMeters>>) -> Self {
-        let quota = millicores
-            .filter(|m| *m < 1000)
-            .map(|m| CPU_PERIOD.mul_f64(m as f64 / 1000.0).max(Duration::from_millis(1)));
+        let quota = millicores.filter(|m| *m < 1000).map(|m| {
+            CPU_PERIOD
+                .mul_f64(m as f64 / 1000.0)
+                .max(Duration::from_millis(1))
+        });
         Self {
             quota,
             period_start: Instant::now(),
@@ -134,7 +145,11 @@ impl CpuAccount {
 
     /// The guest stops executing (host call, return).
     pub fn leave(&mut self, now: Instant) {
-        let resumed = self.resumed_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let resumed = self
+            .resumed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let since = match (self.in_guest_since.take(), resumed) {
             (Some(s), Some(r)) => Some(s.max(r)),
             (s, r) => s.or(r),
@@ -177,7 +192,9 @@ impl CpuAccount {
                 } else {
                     tokio::time::sleep(pause).await;
                 }
-                *resumed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+                *resumed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
             }),
         )
     }
@@ -193,15 +210,28 @@ mod tests {
         assert!(l.memory_growing(0, 60, None).expect("fits"));
         assert!(l.memory_growing(0, 40, None).expect("fits"));
         let e = l.memory_growing(40, 41, None).expect_err("over");
-        assert_eq!(e.downcast_ref::<MemoryLimitExceeded>(), Some(&MemoryLimitExceeded { requested: 101, limit: 100 }));
+        assert_eq!(
+            e.downcast_ref::<MemoryLimitExceeded>(),
+            Some(&MemoryLimitExceeded {
+                requested: 101,
+                limit: 100
+            })
+        );
         assert_eq!(l.in_use(), 100);
         let mut unlimited = MemoryLimiter::new(None, None);
-        assert!(unlimited.memory_growing(0, usize::MAX / 2, None).expect("no limit"));
+        assert!(
+            unlimited
+                .memory_growing(0, usize::MAX / 2, None)
+                .expect("no limit")
+        );
     }
 
     #[test]
     fn quota_is_a_share_of_the_period() {
-        assert_eq!(CpuAccount::new(Some(500), None).quota, Some(Duration::from_millis(50)));
+        assert_eq!(
+            CpuAccount::new(Some(500), None).quota,
+            Some(Duration::from_millis(50))
+        );
         assert_eq!(CpuAccount::new(Some(1000), None).quota, None);
         assert_eq!(CpuAccount::new(None, None).quota, None);
     }

@@ -92,17 +92,25 @@ impl ContainerLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A WASI stdout that writes into this log.
     pub fn stdout(&self) -> LogStream {
-        LogStream { log: self.clone(), stream: Stream::Stdout }
+        LogStream {
+            log: self.clone(),
+            stream: Stream::Stdout,
+        }
     }
 
     /// A WASI stderr that writes into this log.
     pub fn stderr(&self) -> LogStream {
-        LogStream { log: self.clone(), stream: Stream::Stderr }
+        LogStream {
+            log: self.clone(),
+            stream: Stream::Stderr,
+        }
     }
 
     /// Writes a line from the runtime itself (for example a handler's failed invocation) as
@@ -162,7 +170,11 @@ impl OutputStream for LogStream {
 }
 
 impl tokio::io::AsyncWrite for LogStream {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.log.lock().write(self.stream, buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -183,9 +195,15 @@ pub fn render(file: &[u8], options: &LogOptions) -> Vec<u8> {
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let mut partial: Option<Vec<u8>> = None;
     for raw in file.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(record) = crilog::parse_record(raw) else { continue };
+        let Ok(record) = crilog::parse_record(raw) else {
+            continue;
+        };
         let line = partial.get_or_insert_with(|| {
-            if options.timestamps { format!("{} ", record.time).into_bytes() } else { Vec::new() }
+            if options.timestamps {
+                format!("{} ", record.time).into_bytes()
+            } else {
+                Vec::new()
+            }
         });
         line.extend_from_slice(record.content);
         if record.tag == Tag::Full {
@@ -193,7 +211,9 @@ pub fn render(file: &[u8], options: &LogOptions) -> Vec<u8> {
         }
     }
     lines.extend(partial);
-    let skip = options.tail_lines.map_or(0, |n| lines.len().saturating_sub(n));
+    let skip = options
+        .tail_lines
+        .map_or(0, |n| lines.len().saturating_sub(n));
     let mut out = Vec::new();
     for l in &lines[skip..] {
         out.extend_from_slice(l);
@@ -219,12 +239,29 @@ mod tests {
         log.finish();
         let file = std::fs::read(&path).expect("read");
         let text = String::from_utf8_lossy(&file);
-        assert!(text.lines().all(|l| l.contains(" stdout F ") || l.contains(" stderr F ")), "{text}");
-        assert_eq!(render(&file, &LogOptions::default()), b"one\noops\ntwo\nthree\n");
-        let tail = LogOptions { tail_lines: Some(1), ..Default::default() };
+        assert!(
+            text.lines()
+                .all(|l| l.contains(" stdout F ") || l.contains(" stderr F ")),
+            "{text}"
+        );
+        assert_eq!(
+            render(&file, &LogOptions::default()),
+            b"one\noops\ntwo\nthree\n"
+        );
+        let tail = LogOptions {
+            tail_lines: Some(1),
+            ..Default::default()
+        };
         assert_eq!(render(&file, &tail), b"three\n");
-        let stamped = LogOptions { timestamps: true, ..Default::default() };
+        let stamped = LogOptions {
+            timestamps: true,
+            ..Default::default()
+        };
         let first = render(&file, &stamped);
-        assert!(first.starts_with(b"20"), "{}", String::from_utf8_lossy(&first));
+        assert!(
+            first.starts_with(b"20"),
+            "{}",
+            String::from_utf8_lossy(&first)
+        );
     }
 }

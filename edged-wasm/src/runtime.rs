@@ -41,6 +41,9 @@ pub enum RuntimeError {
     /// The compile cache could not be opened.
     #[error(transparent)]
     Compile(#[from] CompileError),
+    /// The registry client could not be built.
+    #[error(transparent)]
+    Images(#[from] crate::oci::ImageError),
     /// The pods directory could not be created.
     #[error("pods directory: {0}")]
     Io(#[from] std::io::Error),
@@ -82,12 +85,21 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn credentials_for(&self, image: &str) -> Option<RegistryCredentials> {
-        let registry = crate::oci::service::parse_reference(image).ok()?.resolve_registry().to_owned();
-        self.credentials.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&registry).cloned()
+        let registry = crate::oci::service::parse_reference(image)
+            .ok()?
+            .resolve_registry()
+            .to_owned();
+        self.credentials
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&registry)
+            .cloned()
     }
 
     fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PodEntry>>> {
-        self.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -103,7 +115,7 @@ impl WasmRuntime {
         let engine = build_engine(&config.engine)?;
         let linker = linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         let store = ImageStore::open(config.root.join("images"))?;
-        let images = ImageService::new(store, &config.insecure_registries);
+        let images = ImageService::new(store, &config.insecure_registries)?;
         let compiled = CompileCache::new(engine.clone(), &config.root.join("compiled"))?;
         std::fs::create_dir_all(config.root.join("pods"))?;
         let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick);
@@ -172,7 +184,10 @@ impl WasmRuntime {
             memory_bytes: m.memory_bytes.load(Relaxed),
             invocations: m.invocations.load(Relaxed),
             failures: m.failures.load(Relaxed),
-            cache: *slot.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            cache: *slot
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         })
     }
 
@@ -180,8 +195,12 @@ impl WasmRuntime {
     /// returns the final status.
     pub async fn wait_pod(&self, uid: &str) -> Option<PodStatusReport> {
         let pod = self.inner.pods().get(uid).cloned()?;
-        let handles: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *pod.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let handles: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *pod
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for h in handles {
             let _ = h.await;
         }
@@ -219,8 +238,11 @@ impl PodRuntime for WasmRuntime {
             return Ok(());
         }
         let cancel = CancellationToken::new();
-        let containers: Vec<Arc<ContainerSlot>> =
-            plan.containers.iter().map(|c| Arc::new(ContainerSlot::new(c.clone(), &plan))).collect();
+        let containers: Vec<Arc<ContainerSlot>> = plan
+            .containers
+            .iter()
+            .map(|c| Arc::new(ContainerSlot::new(c.clone(), &plan)))
+            .collect();
         let tasks = containers
             .iter()
             .map(|slot| {
@@ -233,17 +255,34 @@ impl PodRuntime for WasmRuntime {
             })
             .collect();
         tracing::info!(pod = %plan.display_name, uid = %plan.uid, "pod started");
-        pods.insert(plan.uid.clone(), Arc::new(PodEntry { plan, containers, cancel, tasks: Mutex::new(tasks) }));
+        pods.insert(
+            plan.uid.clone(),
+            Arc::new(PodEntry {
+                plan,
+                containers,
+                cancel,
+                tasks: Mutex::new(tasks),
+            }),
+        );
         Ok(())
     }
 
     async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<(), PodRuntimeError> {
-        let Some(pod) = self.inner.pods().remove(uid) else { return Ok(()) };
+        let Some(pod) = self.inner.pods().remove(uid) else {
+            return Ok(());
+        };
         pod.cancel.cancel();
-        let handles: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *pod.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let handles: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *pod
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
-        if tokio::time::timeout(grace, futures::future::join_all(handles)).await.is_err() {
+        if tokio::time::timeout(grace, futures::future::join_all(handles))
+            .await
+            .is_err()
+        {
             tracing::warn!(pod = %pod.plan.display_name, ?grace, "containers outlived the grace period: killing them");
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
@@ -254,7 +293,10 @@ impl PodRuntime for WasmRuntime {
     fn pod_status(&self, uid: &str) -> Option<PodStatusReport> {
         let pod = self.inner.pods().get(uid).cloned()?;
         let containers: Vec<_> = pod.containers.iter().map(|c| c.status()).collect();
-        Some(PodStatusReport { phase: PodPhase::derive(&containers, |_| false), containers })
+        Some(PodStatusReport {
+            phase: PodPhase::derive(&containers, |_| false),
+            containers,
+        })
     }
 
     fn pods(&self) -> Vec<String> {
@@ -267,10 +309,20 @@ impl PodRuntime for WasmRuntime {
         container: &str,
         options: &LogOptions,
     ) -> Result<Vec<u8>, PodRuntimeError> {
-        let pod = self.inner.pods().get(uid).cloned().ok_or_else(|| PodRuntimeError::UnknownPod(uid.to_owned()))?;
-        let slot = pod.containers.iter().find(|c| c.plan.name == container).ok_or_else(|| {
-            PodRuntimeError::UnknownContainer { pod: uid.to_owned(), container: container.to_owned() }
-        })?;
+        let pod = self
+            .inner
+            .pods()
+            .get(uid)
+            .cloned()
+            .ok_or_else(|| PodRuntimeError::UnknownPod(uid.to_owned()))?;
+        let slot = pod
+            .containers
+            .iter()
+            .find(|c| c.plan.name == container)
+            .ok_or_else(|| PodRuntimeError::UnknownContainer {
+                pod: uid.to_owned(),
+                container: container.to_owned(),
+            })?;
         let restarts = slot.status().restart_count;
         let no_log = |message: String| PodRuntimeError::NoLog {
             pod: uid.to_owned(),
@@ -278,12 +330,16 @@ impl PodRuntime for WasmRuntime {
             message,
         };
         let n = if options.previous {
-            restarts.checked_sub(1).ok_or_else(|| no_log("the container has not been restarted".into()))?
+            restarts
+                .checked_sub(1)
+                .ok_or_else(|| no_log("the container has not been restarted".into()))?
         } else {
             restarts
         };
         let path = slot.log_path(n);
-        let file = tokio::fs::read(&path).await.map_err(|e| no_log(format!("{}: {e}", path.display())))?;
+        let file = tokio::fs::read(&path)
+            .await
+            .map_err(|e| no_log(format!("{}: {e}", path.display())))?;
         let options = options.clone();
         tokio::task::spawn_blocking(move || crate::logs::render(&file, &options))
             .await

@@ -43,7 +43,10 @@ pub enum SpecError {
 }
 
 fn unsupported(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError::Unsupported { field: field.into(), message: message.into() }
+    SpecError::Unsupported {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// A directory the guest sees.
@@ -102,23 +105,37 @@ pub struct PodPlan {
 /// Plans a pod; `pods_root` is the directory that holds every pod's directory.
 pub fn plan_pod(pod: &Pod, pods_root: &Path) -> Result<PodPlan, SpecError> {
     let meta = &pod.metadata;
-    let uid = meta.uid.clone().filter(|u| !u.is_empty()).ok_or(SpecError::Missing("metadata.uid"))?;
+    let uid = meta
+        .uid
+        .clone()
+        .filter(|u| !u.is_empty())
+        .ok_or(SpecError::Missing("metadata.uid"))?;
     if !uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(unsupported("metadata.uid", format!("{uid:?} is not a UID")));
     }
-    let name = meta.name.clone().ok_or(SpecError::Missing("metadata.name"))?;
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_owned());
+    let name = meta
+        .name
+        .clone()
+        .ok_or(SpecError::Missing("metadata.name"))?;
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
     let spec = pod.spec.as_ref().ok_or(SpecError::Missing("spec"))?;
     if spec.containers.is_empty() {
         return Err(SpecError::Missing("spec.containers"));
     }
     if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
-        return Err(unsupported("spec.initContainers", "init containers are not supported for Wasm pods yet"));
+        return Err(unsupported(
+            "spec.initContainers",
+            "init containers are not supported for Wasm pods yet",
+        ));
     }
     let restart_policy = RestartPolicy::from_spec(spec.restart_policy.as_deref())
         .map_err(|e| unsupported("spec.restartPolicy", e.to_string()))?;
     let grace = Duration::from_secs(
-        spec.termination_grace_period_seconds.map_or(30, |s| u64::try_from(s).unwrap_or(0)),
+        spec.termination_grace_period_seconds
+            .map_or(30, |s| u64::try_from(s).unwrap_or(0)),
     );
     let annotations = meta.annotations.clone().unwrap_or_default();
     let grants = Arc::new(PodGrants::from_annotations(&annotations)?);
@@ -136,7 +153,9 @@ pub fn plan_pod(pod: &Pod, pods_root: &Path) -> Result<PodPlan, SpecError> {
                 Some(other) => {
                     return Err(unsupported(
                         format!("{field}.hostPath.type"),
-                        format!("{other:?}: Wasm guests see directories only (Directory, DirectoryOrCreate)"),
+                        format!(
+                            "{other:?}: Wasm guests see directories only (Directory, DirectoryOrCreate)"
+                        ),
                     ));
                 }
             };
@@ -144,7 +163,10 @@ pub fn plan_pod(pod: &Pod, pods_root: &Path) -> Result<PodPlan, SpecError> {
         } else {
             return Err(unsupported(
                 field,
-                format!("volume {:?}: the Wasm runtime mounts emptyDir and hostPath volumes only", v.name),
+                format!(
+                    "volume {:?}: the Wasm runtime mounts emptyDir and hostPath volumes only",
+                    v.name
+                ),
             ));
         };
         volumes.push((v.name.clone(), path, create));
@@ -156,7 +178,15 @@ pub fn plan_pod(pod: &Pod, pods_root: &Path) -> Result<PodPlan, SpecError> {
         .enumerate()
         .map(|(i, c)| plan_container(pod, c, i, &volumes, &uid, &name, &namespace))
         .collect::<Result<_, _>>()?;
-    Ok(PodPlan { uid, display_name: format!("{namespace}/{name}"), dir, restart_policy, grace, grants, containers })
+    Ok(PodPlan {
+        uid,
+        display_name: format!("{namespace}/{name}"),
+        dir,
+        restart_policy,
+        grace,
+        grants,
+        containers,
+    })
 }
 
 fn plan_container(
@@ -169,20 +199,37 @@ fn plan_container(
     namespace: &str,
 ) -> Result<ContainerPlan, SpecError> {
     let field = |f: &str| format!("spec.containers[{index}].{f}");
-    let image = c.image.clone().filter(|i| !i.is_empty()).ok_or(SpecError::Missing("spec.containers[].image"))?;
-    let pull_policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &image).map_err(|e| match e {
-        ImageError::BadPolicy(p) => unsupported(field("imagePullPolicy"), format!("unknown policy {p:?}")),
-        other => unsupported(field("image"), other.to_string()),
-    })?;
+    let image = c
+        .image
+        .clone()
+        .filter(|i| !i.is_empty())
+        .ok_or(SpecError::Missing("spec.containers[].image"))?;
+    let pull_policy =
+        PullPolicy::for_container(c.image_pull_policy.as_deref(), &image).map_err(|e| match e {
+            ImageError::BadPolicy(p) => {
+                unsupported(field("imagePullPolicy"), format!("unknown policy {p:?}"))
+            }
+            other => unsupported(field("image"), other.to_string()),
+        })?;
     if c.working_dir.as_ref().is_some_and(|w| !w.is_empty()) {
-        return Err(unsupported(field("workingDir"), "Wasm guests have no working directory to set"));
+        return Err(unsupported(
+            field("workingDir"),
+            "Wasm guests have no working directory to set",
+        ));
     }
     if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(unsupported(field("envFrom"), "must be resolved by Edged before the pod reaches the runtime"));
+        return Err(unsupported(
+            field("envFrom"),
+            "must be resolved by Edged before the pod reaches the runtime",
+        ));
     }
     let argv = match &c.command {
-        Some(cmd) if !cmd.is_empty() => cmd.iter().chain(c.args.iter().flatten()).cloned().collect(),
-        _ => std::iter::once(c.name.clone()).chain(c.args.iter().flatten().cloned()).collect(),
+        Some(cmd) if !cmd.is_empty() => {
+            cmd.iter().chain(c.args.iter().flatten()).cloned().collect()
+        }
+        _ => std::iter::once(c.name.clone())
+            .chain(c.args.iter().flatten().cloned())
+            .collect(),
     };
 
     let mut env = Vec::new();
@@ -195,14 +242,19 @@ fn plan_container(
                     Some("metadata.name") => name.to_owned(),
                     Some("metadata.namespace") => namespace.to_owned(),
                     Some("metadata.uid") => uid.to_owned(),
-                    Some("spec.nodeName") => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-                    Some("spec.serviceAccountName") => {
-                        spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default()
+                    Some("spec.nodeName") => {
+                        spec.and_then(|s| s.node_name.clone()).unwrap_or_default()
                     }
+                    Some("spec.serviceAccountName") => spec
+                        .and_then(|s| s.service_account_name.clone())
+                        .unwrap_or_default(),
                     _ => {
                         return Err(unsupported(
                             field(&format!("env[{j}].valueFrom")),
-                            format!("{:?}: only fieldRef to metadata.name, metadata.namespace, metadata.uid, spec.nodeName and spec.serviceAccountName is resolved here; ConfigMap and Secret references are resolved by Edged", e.name),
+                            format!(
+                                "{:?}: only fieldRef to metadata.name, metadata.namespace, metadata.uid, spec.nodeName and spec.serviceAccountName is resolved here; ConfigMap and Secret references are resolved by Edged",
+                                e.name
+                            ),
                         ));
                     }
                 }
@@ -215,12 +267,21 @@ fn plan_container(
 
     let mut mounts = Vec::new();
     for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
-        let (_, path, create) = volumes.iter().find(|(n, _, _)| *n == m.name).ok_or_else(|| {
-            unsupported(field(&format!("volumeMounts[{j}]")), format!("no volume named {:?}", m.name))
-        })?;
+        let (_, path, create) = volumes
+            .iter()
+            .find(|(n, _, _)| *n == m.name)
+            .ok_or_else(|| {
+                unsupported(
+                    field(&format!("volumeMounts[{j}]")),
+                    format!("no volume named {:?}", m.name),
+                )
+            })?;
         let host_path = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) if sub.split('/').any(|p| p == "..") || sub.starts_with('/') => {
-                return Err(unsupported(field(&format!("volumeMounts[{j}].subPath")), "must be a relative path inside the volume"));
+                return Err(unsupported(
+                    field(&format!("volumeMounts[{j}].subPath")),
+                    "must be a relative path inside the volume",
+                ));
             }
             Some(sub) => path.join(sub),
             None => path.clone(),
@@ -245,7 +306,16 @@ fn plan_container(
         .transpose()
         .map_err(|e| unsupported(field("resources.limits.cpu"), e.to_string()))?;
 
-    Ok(ContainerPlan { name: c.name.clone(), image, pull_policy, argv, env, mounts, memory_limit, cpu_millicores })
+    Ok(ContainerPlan {
+        name: c.name.clone(),
+        image,
+        pull_policy,
+        argv,
+        env,
+        mounts,
+        memory_limit,
+        cpu_millicores,
+    })
 }
 
 #[cfg(test)]
@@ -283,11 +353,17 @@ mod tests {
         assert_eq!(plan.dir, Path::new("/pods/edge_app_1234-abcd"));
         let c = &plan.containers[0];
         assert_eq!(c.argv, ["main", "print", "3"]);
-        assert_eq!(c.env, [("A".into(), "1".into()), ("NODE".into(), "gw-1".into())]);
+        assert_eq!(
+            c.env,
+            [("A".into(), "1".into()), ("NODE".into(), "gw-1".into())]
+        );
         assert_eq!(c.memory_limit, Some(64 << 20));
         assert_eq!(c.cpu_millicores, Some(250));
         assert_eq!(c.pull_policy, PullPolicy::IfNotPresent);
-        assert_eq!(c.mounts[0].host_path, Path::new("/pods/edge_app_1234-abcd/volumes/scratch"));
+        assert_eq!(
+            c.mounts[0].host_path,
+            Path::new("/pods/edge_app_1234-abcd/volumes/scratch")
+        );
         assert!(c.mounts[0].create);
         assert!(c.mounts[1].read_only && !c.mounts[1].create);
         assert!(plan.grants.device_access("thermo-1").is_some());
@@ -302,17 +378,54 @@ mod tests {
             }))
         };
         let cases = [
-            (base(serde_json::json!({"name": "c", "image": "i:1", "resources": {"limits": {"memory": "lots"}}}), serde_json::json!([])), "resources.limits.memory"),
-            (base(serde_json::json!({"name": "c", "image": "i:1", "volumeMounts": [{"name": "x", "mountPath": "/x"}]}), serde_json::json!([])), "no volume named"),
-            (base(serde_json::json!({"name": "c", "image": "i:1"}), serde_json::json!([{"name": "cm", "configMap": {"name": "x"}}])), "emptyDir and hostPath"),
-            (base(serde_json::json!({"name": "c", "image": "i:1", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}), serde_json::json!([])), "resolved by Edged"),
-            (base(serde_json::json!({"name": "c", "image": "i:1", "imagePullPolicy": "Sometimes"}), serde_json::json!([])), "imagePullPolicy"),
+            (
+                base(
+                    serde_json::json!({"name": "c", "image": "i:1", "resources": {"limits": {"memory": "lots"}}}),
+                    serde_json::json!([]),
+                ),
+                "resources.limits.memory",
+            ),
+            (
+                base(
+                    serde_json::json!({"name": "c", "image": "i:1", "volumeMounts": [{"name": "x", "mountPath": "/x"}]}),
+                    serde_json::json!([]),
+                ),
+                "no volume named",
+            ),
+            (
+                base(
+                    serde_json::json!({"name": "c", "image": "i:1"}),
+                    serde_json::json!([{"name": "cm", "configMap": {"name": "x"}}]),
+                ),
+                "emptyDir and hostPath",
+            ),
+            (
+                base(
+                    serde_json::json!({"name": "c", "image": "i:1", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
+                    serde_json::json!([]),
+                ),
+                "resolved by Edged",
+            ),
+            (
+                base(
+                    serde_json::json!({"name": "c", "image": "i:1", "imagePullPolicy": "Sometimes"}),
+                    serde_json::json!([]),
+                ),
+                "imagePullPolicy",
+            ),
         ];
         for (p, expected) in cases {
-            let e = plan_pod(&p, Path::new("/pods")).expect_err("refused").to_string();
+            let e = plan_pod(&p, Path::new("/pods"))
+                .expect_err("refused")
+                .to_string();
             assert!(e.contains(expected), "{e:?} should mention {expected:?}");
         }
-        let no_uid = pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}));
-        assert!(matches!(plan_pod(&no_uid, Path::new("/p")), Err(SpecError::Missing("metadata.uid"))));
+        let no_uid = pod(
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+        );
+        assert!(matches!(
+            plan_pod(&no_uid, Path::new("/p")),
+            Err(SpecError::Missing("metadata.uid"))
+        ));
     }
 }

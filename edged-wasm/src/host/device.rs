@@ -56,7 +56,11 @@ pub trait TwinBackend: Send + Sync + 'static {
     /// The device, if bound to this node.
     async fn device(&self, name: &str) -> Result<Option<twin::DeviceTwin>, TwinBackendError>;
     /// Both sides of a property.
-    async fn property(&self, device: &str, property: &str) -> Result<TwinProperty, TwinBackendError>;
+    async fn property(
+        &self,
+        device: &str,
+        property: &str,
+    ) -> Result<TwinProperty, TwinBackendError>;
     /// Sets a desired value (checked against the model) and returns its new version.
     async fn set_desired(
         &self,
@@ -95,7 +99,8 @@ impl DeviceCtx {
 
     async fn info(&self, name: &str, access: DeviceAccess) -> Result<wit::DeviceInfo, wit::Error> {
         let d = self.backend.device(name).await.map_err(to_wit)?;
-        let d = d.ok_or_else(|| wit::Error::NoSuchDevice(format!("no device {name:?} on this node")))?;
+        let d =
+            d.ok_or_else(|| wit::Error::NoSuchDevice(format!("no device {name:?} on this node")))?;
         Ok(wit::DeviceInfo {
             name: d.name,
             model: d.model,
@@ -134,7 +139,9 @@ fn to_wit(e: TwinBackendError) -> wit::Error {
     match e {
         TwinBackendError::NoSuchDevice(_) => wit::Error::NoSuchDevice(message),
         TwinBackendError::NoSuchProperty { .. } => wit::Error::NoSuchProperty(message),
-        TwinBackendError::Value(ValueError::TypeMismatch { .. }) => wit::Error::TypeMismatch(message),
+        TwinBackendError::Value(ValueError::TypeMismatch { .. }) => {
+            wit::Error::TypeMismatch(message)
+        }
         TwinBackendError::Value(ValueError::OutOfRange { .. }) => wit::Error::OutOfRange(message),
         TwinBackendError::ReadOnly(_) => wit::Error::ReadOnly(message),
         TwinBackendError::Unavailable(_) => wit::Error::Unavailable(message),
@@ -164,7 +171,11 @@ fn value_from_wit(v: wit::Value) -> TwinValue {
 
 /// Converts a stamped value to its WIT form.
 pub fn stamped_to_wit(v: StampedValue) -> wit::StampedValue {
-    wit::StampedValue { value: value_to_wit(v.value), timestamp_ms: v.timestamp_ms, version: v.version }
+    wit::StampedValue {
+        value: value_to_wit(v.value),
+        timestamp_ms: v.timestamp_ms,
+        version: v.version,
+    }
 }
 
 impl wit::Host for DeviceCtx {}
@@ -194,7 +205,11 @@ impl bindings::wedge::device::twin::Host for DeviceCtx {
         property: String,
     ) -> Result<wit::TwinProperty, wit::Error> {
         self.granted(&device, DeviceAccess::Read)?;
-        let p = self.backend.property(&device, &property).await.map_err(to_wit)?;
+        let p = self
+            .backend
+            .property(&device, &property)
+            .await
+            .map_err(to_wit)?;
         Ok(wit::TwinProperty {
             name: property,
             reported: p.reported.map(stamped_to_wit),
@@ -209,6 +224,9 @@ impl bindings::wedge::device::twin::Host for DeviceCtx {
         value: wit::Value,
     ) -> Result<u64, wit::Error> {
         self.granted(&device, DeviceAccess::ReadWrite)?;
-        self.backend.set_desired(&device, &property, value_from_wit(value)).await.map_err(to_wit)
+        self.backend
+            .set_desired(&device, &property, value_from_wit(value))
+            .await
+            .map_err(to_wit)
     }
 }

@@ -31,13 +31,18 @@ pub struct InProcessTwin {
 
 impl Default for InProcessTwin {
     fn default() -> Self {
-        Self { devices: Mutex::default(), changes: broadcast::channel(4096).0 }
+        Self {
+            devices: Mutex::default(),
+            changes: broadcast::channel(4096).0,
+        }
     }
 }
 
 impl InProcessTwin {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Device>> {
-        self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.devices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds (or replaces) a device.
@@ -47,7 +52,12 @@ impl InProcessTwin {
     }
 
     /// Records a value reported by the device, as a mapper would, and announces the change.
-    pub fn report(&self, device: &str, property: &str, value: TwinValue) -> Result<u64, TwinBackendError> {
+    pub fn report(
+        &self,
+        device: &str,
+        property: &str,
+        value: TwinValue,
+    ) -> Result<u64, TwinBackendError> {
         self.update(device, property, value, TwinSide::Reported, false)
     }
 
@@ -65,9 +75,14 @@ impl InProcessTwin {
                 .get_mut(device)
                 .filter(|d| d.twin.is_some())
                 .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
-            let model = d.twin.as_ref().and_then(|t| t.property(property)).ok_or_else(|| {
-                TwinBackendError::NoSuchProperty { device: device.to_owned(), property: property.to_owned() }
-            })?;
+            let model = d
+                .twin
+                .as_ref()
+                .and_then(|t| t.property(property))
+                .ok_or_else(|| TwinBackendError::NoSuchProperty {
+                    device: device.to_owned(),
+                    property: property.to_owned(),
+                })?;
             if from_app && model.access_mode == AccessMode::ReadOnly {
                 return Err(TwinBackendError::ReadOnly(property.to_owned()));
             }
@@ -78,9 +93,19 @@ impl InProcessTwin {
                 TwinSide::Desired => &mut twin.desired,
             };
             let version = slot.as_ref().map_or(1, |v| v.version + 1);
-            let current = StampedValue { value, timestamp_ms: now_ms(), version };
+            let current = StampedValue {
+                value,
+                timestamp_ms: now_ms(),
+                version,
+            };
             let previous = slot.replace(current.clone());
-            TwinChange { device: device.to_owned(), property: property.to_owned(), side, previous, current }
+            TwinChange {
+                device: device.to_owned(),
+                property: property.to_owned(),
+                side,
+                previous,
+                current,
+            }
         };
         let version = change.current.version;
         // No receivers is fine: nobody is watching.
@@ -95,7 +120,11 @@ impl TwinBackend for InProcessTwin {
         Ok(self.lock().get(name).and_then(|d| d.twin.clone()))
     }
 
-    async fn property(&self, device: &str, property: &str) -> Result<TwinProperty, TwinBackendError> {
+    async fn property(
+        &self,
+        device: &str,
+        property: &str,
+    ) -> Result<TwinProperty, TwinBackendError> {
         let devices = self.lock();
         let d = devices
             .get(device)
@@ -134,16 +163,25 @@ pub struct InProcessBus {
 impl InProcessBus {
     /// Messages published so far (oldest first), for tests to check what apps sent.
     pub fn published(&self) -> Vec<BusMessage> {
-        self.published.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Delivers a message to every live subscriber whose filter matches, as a broker would.
     pub fn deliver(&self, message: &BusMessage) -> usize {
-        let mut subs = self.subscribers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         subs.retain(|(_, q)| q.strong_count() > 0);
         let mut delivered = 0;
         for (filter, queue) in subs.iter() {
-            if let Some(q) = queue.upgrade().filter(|_| topic::matches(filter, &message.topic)) {
+            if let Some(q) = queue
+                .upgrade()
+                .filter(|_| topic::matches(filter, &message.topic))
+            {
                 q.push(message.clone());
                 delivered += 1;
             }
@@ -169,7 +207,10 @@ const PUBLISHED_HISTORY: usize = 10_000;
 impl BusBackend for InProcessBus {
     async fn publish(&self, message: BusMessage, _qos: Qos, _retain: bool) -> Result<(), BusError> {
         self.deliver(&message);
-        let mut history = self.published.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut history = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if history.len() >= PUBLISHED_HISTORY {
             history.remove(0);
         }
@@ -214,27 +255,46 @@ mod tests {
         let twin = InProcessTwin::default();
         twin.add_device(thermometer());
         let mut changes = twin.changes();
-        assert_eq!(twin.report("thermo-1", "temperature", TwinValue::Float(20.5)), Ok(1));
-        assert_eq!(twin.report("thermo-1", "temperature", TwinValue::Float(21.0)), Ok(2));
+        assert_eq!(
+            twin.report("thermo-1", "temperature", TwinValue::Float(20.5)),
+            Ok(1)
+        );
+        assert_eq!(
+            twin.report("thermo-1", "temperature", TwinValue::Float(21.0)),
+            Ok(2)
+        );
         let first = changes.recv().await.expect("change");
         assert_eq!(first.current.version, 1);
         let second = changes.recv().await.expect("change");
-        assert_eq!(second.previous.map(|p| p.value), Some(TwinValue::Float(20.5)));
-        let err = twin.set_desired("thermo-1", "temperature", TwinValue::Float(1.0)).await;
+        assert_eq!(
+            second.previous.map(|p| p.value),
+            Some(TwinValue::Float(20.5))
+        );
+        let err = twin
+            .set_desired("thermo-1", "temperature", TwinValue::Float(1.0))
+            .await;
         assert_eq!(err, Err(TwinBackendError::ReadOnly("temperature".into())));
         let err = twin.report("thermo-1", "temperature", TwinValue::Text("hot".into()));
         assert!(matches!(err, Err(TwinBackendError::Value(_))));
-        assert!(matches!(twin.report("nope", "x", TwinValue::Integer(1)), Err(TwinBackendError::NoSuchDevice(_))));
+        assert!(matches!(
+            twin.report("nope", "x", TwinValue::Integer(1)),
+            Err(TwinBackendError::NoSuchDevice(_))
+        ));
     }
 
     #[tokio::test]
     async fn bus_delivers_by_filter_until_the_queue_is_dropped() {
         let bus = InProcessBus::default();
         let q = Arc::new(MessageQueue::default());
-        bus.subscribe("sensors/+/temp", &q).await.expect("subscribed");
+        bus.subscribe("sensors/+/temp", &q)
+            .await
+            .expect("subscribed");
         assert_eq!(bus.inject("sensors/a/temp", b"1"), 1);
         assert_eq!(bus.inject("sensors/a/humidity", b"2"), 0);
-        assert_eq!(q.next(Duration::ZERO).await.map(|m| m.payload), Some(b"1".to_vec()));
+        assert_eq!(
+            q.next(Duration::ZERO).await.map(|m| m.payload),
+            Some(b"1".to_vec())
+        );
         drop(q);
         assert_eq!(bus.inject("sensors/a/temp", b"3"), 0);
     }

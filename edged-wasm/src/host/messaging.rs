@@ -76,7 +76,10 @@ impl MessageQueue {
     /// Adds a message, dropping the oldest if the queue is full.
     pub fn push(&self, message: BusMessage) {
         {
-            let mut q = self.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut q = self
+                .messages
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if q.len() >= SUBSCRIPTION_QUEUE {
                 q.pop_front();
                 self.lost.fetch_add(1, Ordering::Relaxed);
@@ -87,7 +90,10 @@ impl MessageQueue {
     }
 
     fn pop(&self) -> Option<BusMessage> {
-        self.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front()
+        self.messages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
     }
 
     /// The next message, waiting at most `timeout`.
@@ -170,7 +176,12 @@ pub fn now_ms() -> u64 {
 
 /// Converts a bus message to its WIT form.
 pub fn message_to_wit(m: BusMessage) -> wit::Message {
-    wit::Message { topic: m.topic, payload: m.payload, retained: m.retained, received_ms: m.received_ms }
+    wit::Message {
+        topic: m.topic,
+        payload: m.payload,
+        retained: m.retained,
+        received_ms: m.received_ms,
+    }
 }
 
 impl wit::Host for MessagingView<'_> {}
@@ -202,7 +213,12 @@ impl bindings::wedge::messaging::bus::Host for MessagingView<'_> {
             wit::Qos::AtLeastOnce => Qos::AtLeastOnce,
             wit::Qos::ExactlyOnce => Qos::ExactlyOnce,
         };
-        let message = BusMessage { topic: topic_name, payload, retained: false, received_ms: now_ms() };
+        let message = BusMessage {
+            topic: topic_name,
+            payload,
+            retained: false,
+            received_ms: now_ms(),
+        };
         Ok(self
             .ctx
             .backend
@@ -248,7 +264,9 @@ impl bindings::wedge::messaging::bus::HostSubscription for MessagingView<'_> {
                 "{lost} messages were dropped: the subscription's queue ({SUBSCRIPTION_QUEUE}) was full"
             ))));
         }
-        let next = queue.next(Duration::from_millis(u64::from(timeout_ms))).await;
+        let next = queue
+            .next(Duration::from_millis(u64::from(timeout_ms)))
+            .await;
         Ok(Ok(next.map(message_to_wit)))
     }
 
@@ -264,7 +282,12 @@ mod tests {
     use super::*;
 
     fn msg(n: u8) -> BusMessage {
-        BusMessage { topic: "t".into(), payload: vec![n], retained: false, received_ms: 0 }
+        BusMessage {
+            topic: "t".into(),
+            payload: vec![n],
+            retained: false,
+            received_ms: 0,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -275,7 +298,10 @@ mod tests {
         }
         assert_eq!(q.take_lost(), 2);
         assert_eq!(q.take_lost(), 0);
-        assert_eq!(q.next(Duration::ZERO).await.map(|m| m.payload), Some(vec![2]));
+        assert_eq!(
+            q.next(Duration::ZERO).await.map(|m| m.payload),
+            Some(vec![2])
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -287,6 +313,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             pusher.push(msg(7));
         });
-        assert_eq!(q.next(Duration::from_secs(5)).await.map(|m| m.payload), Some(vec![7]));
+        assert_eq!(
+            q.next(Duration::from_secs(5)).await.map(|m| m.payload),
+            Some(vec![7])
+        );
     }
 }

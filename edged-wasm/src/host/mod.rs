@@ -30,10 +30,21 @@ pub struct Backends {
 
 impl Backends {
     /// Fresh in-process backends (nothing persisted, nothing external).
-    pub fn in_process() -> (Self, Arc<in_process::InProcessTwin>, Arc<in_process::InProcessBus>) {
+    pub fn in_process() -> (
+        Self,
+        Arc<in_process::InProcessTwin>,
+        Arc<in_process::InProcessBus>,
+    ) {
         let twin = Arc::new(in_process::InProcessTwin::default());
         let bus = Arc::new(in_process::InProcessBus::default());
-        (Self { twin: twin.clone(), bus: bus.clone() }, twin, bus)
+        (
+            Self {
+                twin: twin.clone(),
+                bus: bus.clone(),
+            },
+            twin,
+            bus,
+        )
     }
 }
 
@@ -70,7 +81,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -82,7 +96,10 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         &mut s.device
     })?;
     messaging::bindings::Imports::add_to_linker::<HostState, MessagingData>(&mut linker, |s| {
-        MessagingView { ctx: &mut s.messaging, table: &mut s.table }
+        MessagingView {
+            ctx: &mut s.messaging,
+            table: &mut s.table,
+        }
     })?;
     Ok(linker)
 }

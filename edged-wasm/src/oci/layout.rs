@@ -58,20 +58,32 @@ pub struct Layout {
 impl Layout {
     /// Opens a layout directory, or unpacks a layout tar into `scratch` and opens that.
     pub fn open(path: &Path, scratch: &Path) -> Result<Self, LayoutError> {
-        let err = |message: String| LayoutError { path: path.to_owned(), message };
+        let err = |message: String| LayoutError {
+            path: path.to_owned(),
+            message,
+        };
         if path.is_dir() {
-            return Ok(Self { root: path.to_owned(), _unpacked: None });
+            return Ok(Self {
+                root: path.to_owned(),
+                _unpacked: None,
+            });
         }
         let file = fs::File::open(path).map_err(|e| err(e.to_string()))?;
         let dir = tempfile::tempdir_in(scratch).map_err(|e| err(e.to_string()))?;
         tar::Archive::new(file)
             .unpack(dir.path())
             .map_err(|e| err(format!("not a readable tar archive: {e}")))?;
-        Ok(Self { root: dir.path().to_owned(), _unpacked: Some(dir) })
+        Ok(Self {
+            root: dir.path().to_owned(),
+            _unpacked: Some(dir),
+        })
     }
 
     fn err(&self, message: impl Into<String>) -> LayoutError {
-        LayoutError { path: self.root.clone(), message: message.into() }
+        LayoutError {
+            path: self.root.clone(),
+            message: message.into(),
+        }
     }
 
     /// Reads a blob and checks it against its descriptor's digest.
@@ -85,7 +97,9 @@ impl Layout {
         let bytes = fs::read(&path).map_err(|e| self.err(format!("blob {digest}: {e}")))?;
         let actual = Digest::of(&bytes);
         if actual != digest {
-            return Err(self.err(format!("blob {digest} has digest {actual}: the layout is damaged")));
+            return Err(self.err(format!(
+                "blob {digest} has digest {actual}: the layout is damaged"
+            )));
         }
         Ok(bytes)
     }
@@ -95,7 +109,8 @@ impl Layout {
         if !self.root.join("oci-layout").is_file() {
             return Err(self.err("no oci-layout file: not an OCI image layout"));
         }
-        let index = fs::read(self.root.join("index.json")).map_err(|e| self.err(format!("index.json: {e}")))?;
+        let index = fs::read(self.root.join("index.json"))
+            .map_err(|e| self.err(format!("index.json: {e}")))?;
         let index: Index =
             serde_json::from_slice(&index).map_err(|e| self.err(format!("index.json: {e}")))?;
         let mut out = Vec::new();
@@ -109,7 +124,11 @@ impl Layout {
             let bytes = self.blob_by_digest(&digest)?;
             let manifest: OciImageManifest = serde_json::from_slice(&bytes)
                 .map_err(|e| self.err(format!("manifest {digest}: {e}")))?;
-            out.push(LayoutImage { name, manifest, digest: Digest::of(&bytes) });
+            out.push(LayoutImage {
+                name,
+                manifest,
+                digest: Digest::of(&bytes),
+            });
         }
         Ok(out)
     }

@@ -44,6 +44,8 @@ pub enum WasmLayout {
     ContentLayer,
     /// A plain OCI image with the `.wasm` file inside a tar layer.
     ImageTar,
+    /// A bare `.wasm` file added by hand (`wedge wasm run app.wasm`), not from an image.
+    File,
 }
 
 /// What an image is, decided from its manifest and config.
@@ -88,7 +90,11 @@ struct ContainerConfig {
 
 /// Decides what an image is from its manifest and its config blob.
 pub fn classify(manifest: &OciImageManifest, config: &[u8]) -> ImageKind {
-    let layer_types: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
+    let layer_types: Vec<&str> = manifest
+        .layers
+        .iter()
+        .map(|l| l.media_type.as_str())
+        .collect();
     let find = |t: &str| layer_types.iter().position(|m| *m == t);
     for (media, layout) in [
         (COMPONENT_LAYER, WasmLayout::ComponentLayer),
@@ -96,11 +102,17 @@ pub fn classify(manifest: &OciImageManifest, config: &[u8]) -> ImageKind {
         (CONTENT_LAYER, WasmLayout::ContentLayer),
     ] {
         if let Some(i) = find(media) {
-            return ImageKind::Wasm { layout, layer: Some(i), entrypoint: None };
+            return ImageKind::Wasm {
+                layout,
+                layer: Some(i),
+                entrypoint: None,
+            };
         }
     }
     if manifest.config.media_type == WASM_CONFIG {
-        return ImageKind::Unsupported { media_types: layer_types.iter().map(|s| (*s).to_owned()).collect() };
+        return ImageKind::Unsupported {
+            media_types: layer_types.iter().map(|s| (*s).to_owned()).collect(),
+        };
     }
     if !layer_types.is_empty() && layer_types.iter().all(|m| TAR_LAYERS.contains(m)) {
         // Configs that do not parse are treated as describing no platform at all.
@@ -108,7 +120,12 @@ pub fn classify(manifest: &OciImageManifest, config: &[u8]) -> ImageKind {
         let entry = parsed
             .config
             .as_ref()
-            .and_then(|c| c.entrypoint.clone().filter(|e| !e.is_empty()).or_else(|| c.cmd.clone()))
+            .and_then(|c| {
+                c.entrypoint
+                    .clone()
+                    .filter(|e| !e.is_empty())
+                    .or_else(|| c.cmd.clone())
+            })
             .and_then(|e| e.into_iter().next());
         let wasm_entry = entry.filter(|e| e.ends_with(".wasm"));
         let compat = manifest
@@ -116,11 +133,17 @@ pub fn classify(manifest: &OciImageManifest, config: &[u8]) -> ImageKind {
             .as_ref()
             .is_some_and(|a| a.contains_key(COMPAT_ANNOTATION));
         if parsed.architecture == "wasm" || compat || wasm_entry.is_some() {
-            return ImageKind::Wasm { layout: WasmLayout::ImageTar, layer: None, entrypoint: wasm_entry };
+            return ImageKind::Wasm {
+                layout: WasmLayout::ImageTar,
+                layer: None,
+                entrypoint: wasm_entry,
+            };
         }
         return ImageKind::Container;
     }
-    ImageKind::Unsupported { media_types: layer_types.iter().map(|s| (*s).to_owned()).collect() }
+    ImageKind::Unsupported {
+        media_types: layer_types.iter().map(|s| (*s).to_owned()).collect(),
+    }
 }
 
 /// Whether `bytes` start like a Wasm component, a core module, or neither.
@@ -150,10 +173,16 @@ mod tests {
 
     fn manifest(config: &str, layers: &[&str]) -> OciImageManifest {
         OciImageManifest {
-            config: OciDescriptor { media_type: config.into(), ..Default::default() },
+            config: OciDescriptor {
+                media_type: config.into(),
+                ..Default::default()
+            },
             layers: layers
                 .iter()
-                .map(|m| OciDescriptor { media_type: (*m).into(), ..Default::default() })
+                .map(|m| OciDescriptor {
+                    media_type: (*m).into(),
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         }
@@ -165,16 +194,37 @@ mod tests {
     #[test]
     fn artifact_layouts() {
         let k = classify(&manifest(WASM_CONFIG, &[WASM_LAYER]), b"{}");
-        assert!(matches!(k, ImageKind::Wasm { layout: WasmLayout::CncfArtifact, layer: Some(0), .. }));
+        assert!(matches!(
+            k,
+            ImageKind::Wasm {
+                layout: WasmLayout::CncfArtifact,
+                layer: Some(0),
+                ..
+            }
+        ));
         let k = classify(&manifest(OCI_CONFIG, &[COMPONENT_LAYER]), b"{}");
-        assert!(matches!(k, ImageKind::Wasm { layout: WasmLayout::ComponentLayer, .. }));
+        assert!(matches!(
+            k,
+            ImageKind::Wasm {
+                layout: WasmLayout::ComponentLayer,
+                ..
+            }
+        ));
         let k = classify(&manifest(OCI_CONFIG, &["text/plain", CONTENT_LAYER]), b"{}");
-        assert!(matches!(k, ImageKind::Wasm { layout: WasmLayout::ContentLayer, layer: Some(1), .. }));
+        assert!(matches!(
+            k,
+            ImageKind::Wasm {
+                layout: WasmLayout::ContentLayer,
+                layer: Some(1),
+                ..
+            }
+        ));
     }
 
     #[test]
     fn plain_images_are_wasm_only_when_they_say_so() {
-        let wasm = br#"{"architecture":"wasm","os":"wasip2","config":{"Entrypoint":["/app.wasm"]}}"#;
+        let wasm =
+            br#"{"architecture":"wasm","os":"wasip2","config":{"Entrypoint":["/app.wasm"]}}"#;
         let k = classify(&manifest(OCI_CONFIG, &[TGZ]), wasm);
         assert_eq!(
             k,
@@ -185,14 +235,20 @@ mod tests {
             }
         );
         let linux = br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sh"]}}"#;
-        assert_eq!(classify(&manifest(OCI_CONFIG, &[TGZ]), linux), ImageKind::Container);
+        assert_eq!(
+            classify(&manifest(OCI_CONFIG, &[TGZ]), linux),
+            ImageKind::Container
+        );
         let k = classify(&manifest(OCI_CONFIG, &["application/x-unknown"]), b"{}");
         assert!(matches!(k, ImageKind::Unsupported { .. }));
     }
 
     #[test]
     fn headers() {
-        assert_eq!(binary_kind(b"\0asm\x0d\0\x01\0rest"), WasmBinaryKind::Component);
+        assert_eq!(
+            binary_kind(b"\0asm\x0d\0\x01\0rest"),
+            WasmBinaryKind::Component
+        );
         assert_eq!(binary_kind(b"\0asm\x01\0\0\0"), WasmBinaryKind::CoreModule);
         assert_eq!(binary_kind(b"#!/bin/sh"), WasmBinaryKind::NotWasm);
     }

@@ -4,6 +4,9 @@
 //! which are reached over plain HTTP. Registry errors are sorted into what an operator can act
 //! on: not found, unauthorised, unreachable, digest mismatch.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest};
@@ -90,13 +93,17 @@ fn sort_error(reference: &Reference, e: OciDistributionError) -> RegistryError {
         OciDistributionError::ServerError { code: 404, .. } => {
             RegistryError::NotFound { reference, detail }
         }
-        OciDistributionError::ServerError { code: 401 | 403, .. } => {
-            RegistryError::Unauthorized { reference, detail }
-        }
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => RegistryError::Unauthorized { reference, detail },
         OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
             expected,
             actual,
-        }) => RegistryError::DigestMismatch { reference, expected, actual },
+        }) => RegistryError::DigestMismatch {
+            reference,
+            expected,
+            actual,
+        },
         OciDistributionError::RequestError(ref r) => {
             // reqwest hides the cause (refused, TLS) in its source chain.
             let mut detail = r.to_string();
@@ -115,7 +122,9 @@ fn sort_error(reference: &Reference, e: OciDistributionError) -> RegistryError {
 /// Picks the Wasm entry of a multi-platform index, else linux/amd64, else the first.
 pub(crate) fn wasm_first(entries: &[ImageIndexEntry]) -> Option<String> {
     let platform = |e: &ImageIndexEntry| {
-        e.platform.as_ref().map(|p| (p.os.to_string(), p.architecture.to_string()))
+        e.platform
+            .as_ref()
+            .map(|p| (p.os.to_string(), p.architecture.to_string()))
     };
     entries
         .iter()
@@ -130,19 +139,63 @@ pub(crate) fn wasm_first(entries: &[ImageIndexEntry]) -> Option<String> {
 }
 
 /// A registry client for the edge.
+///
+/// `oci-client` remembers the first credentials (and tokens) it used for a registry, so one
+/// client serves each set of credentials: a pod with a new pull secret is not served with the
+/// anonymous session an earlier pod opened.
 pub struct RegistryClient {
-    client: Client,
+    insecure: Vec<String>,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+/// A key that tells credentials apart without keeping secrets in the clear.
+fn auth_key(auth: &RegistryAuth) -> String {
+    match auth {
+        RegistryAuth::Anonymous => "anonymous".to_owned(),
+        RegistryAuth::Basic(user, password) => {
+            format!("basic:{user}:{}", Digest::of(password.as_bytes()))
+        }
+        RegistryAuth::Bearer(token) => format!("bearer:{}", Digest::of(token.as_bytes())),
+    }
 }
 
 impl RegistryClient {
     /// A client that speaks plain HTTP to the `insecure` registries (`host:port`) only.
-    pub fn new(insecure: &[String]) -> Self {
+    pub fn new(insecure: &[String]) -> Result<Self, RegistryError> {
+        let this = Self {
+            insecure: insecure.to_vec(),
+            clients: Mutex::default(),
+        };
+        // Fail at start, not at the first pull, if no client can be built.
+        this.client(&RegistryAuth::Anonymous)?;
+        Ok(this)
+    }
+
+    fn client(&self, auth: &RegistryAuth) -> Result<Client, RegistryError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = auth_key(auth);
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        // reqwest builds its TLS configuration up front and needs a crypto provider for it. We
+        // use ring (no C toolchain needed); an error only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
+            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
             platform_resolver: Some(Box::new(wasm_first)),
             ..Default::default()
         };
-        Self { client: Client::new(config) }
+        // `Client::new` would fall back to a default client on error, silently dropping the
+        // insecure list: build it fallibly instead.
+        let client = Client::try_from(config).map_err(|e| RegistryError::Other {
+            reference: String::new(),
+            detail: format!("cannot build the registry client: {e}"),
+        })?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
     /// Fetches the image manifest (resolving an index to its Wasm entry) and its digest.
@@ -152,7 +205,7 @@ impl RegistryClient {
         auth: &RegistryAuth,
     ) -> Result<(OciImageManifest, Digest), RegistryError> {
         let (manifest, digest) = self
-            .client
+            .client(auth)?
             .pull_image_manifest(reference, auth)
             .await
             .map_err(|e| sort_error(reference, e))?;
@@ -163,14 +216,17 @@ impl RegistryClient {
         Ok((manifest, digest))
     }
 
-    /// Fetches a blob; `oci-client` checks its digest as it streams.
+    /// Fetches a blob with the credentials the manifest was fetched with; `oci-client` checks
+    /// its digest as it streams.
     pub async fn blob(
         &self,
         reference: &Reference,
+        auth: &RegistryAuth,
         descriptor: &OciDescriptor,
     ) -> Result<Vec<u8>, RegistryError> {
-        let mut out = Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
-        self.client
+        let mut out =
+            Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
+        self.client(auth)?
             .pull_blob(reference, descriptor, &mut out)
             .await
             .map_err(|e| sort_error(reference, e))?;

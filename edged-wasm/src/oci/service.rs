@@ -4,9 +4,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use oci_client::Reference;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
-use oci_client::Reference;
 
 use super::layout::{Layout, LayoutError};
 use super::media::{self, ImageKind, WasmBinaryKind};
@@ -37,7 +37,11 @@ impl PullPolicy {
             None => {
                 let name = image.rsplit('/').next().unwrap_or(image);
                 let tagged = name.contains(':') && !name.ends_with(":latest");
-                Ok(if tagged || image.contains('@') { Self::IfNotPresent } else { Self::Always })
+                Ok(if tagged || image.contains('@') {
+                    Self::IfNotPresent
+                } else {
+                    Self::Always
+                })
             }
         }
     }
@@ -143,7 +147,12 @@ pub struct PulledImage {
 impl PulledImage {
     /// `repository@sha256:...`, what kubelets report as `imageID`.
     pub fn image_id(&self) -> String {
-        let repo = self.stored.reference.split(['@']).next().unwrap_or_default();
+        let repo = self
+            .stored
+            .reference
+            .split(['@'])
+            .next()
+            .unwrap_or_default();
         let repo = match repo.rsplit_once(':') {
             Some((r, tag)) if !tag.contains('/') => r,
             _ => repo,
@@ -154,14 +163,14 @@ impl PulledImage {
 
 /// Where blobs come from while resolving an image.
 enum Source<'a> {
-    Registry(&'a RegistryClient, &'a Reference),
+    Registry(&'a RegistryClient, &'a Reference, &'a RegistryAuth),
     Layout(&'a Layout),
 }
 
 impl Source<'_> {
     async fn blob(&self, d: &OciDescriptor) -> Result<Vec<u8>, ImageError> {
         match self {
-            Self::Registry(client, reference) => Ok(client.blob(reference, d).await?),
+            Self::Registry(client, reference, auth) => Ok(client.blob(reference, auth, d).await?),
             Self::Layout(layout) => Ok(layout.blob(d)?),
         }
     }
@@ -191,8 +200,35 @@ async fn blocking<T: Send + 'static>(
 
 impl ImageService {
     /// A service over `store` that reaches the `insecure` registries over plain HTTP.
-    pub fn new(store: ImageStore, insecure: &[String]) -> Self {
-        Self { store, registry: RegistryClient::new(insecure) }
+    pub fn new(store: ImageStore, insecure: &[String]) -> Result<Self, ImageError> {
+        Ok(Self {
+            store,
+            registry: RegistryClient::new(insecure)?,
+        })
+    }
+
+    /// Adds a bare component file to the store under `name`, for `wedge wasm run app.wasm`.
+    pub async fn add_component(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+    ) -> Result<PulledImage, ImageError> {
+        let reference = parse_reference(name)?.whole();
+        check_binary(&reference, &wasm, "the file")?;
+        let store = self.store.clone();
+        blocking(move || {
+            let wasm_digest = store.put_content(&wasm)?;
+            let stored = StoredImage {
+                reference,
+                manifest_digest: wasm_digest.clone(),
+                wasm_digest,
+                layout: super::media::WasmLayout::File,
+            };
+            store.record(&stored)?;
+            let wasm_path = store.blob_path(&stored.wasm_digest);
+            Ok(PulledImage { stored, wasm_path })
+        })
+        .await
     }
 
     /// The store.
@@ -215,7 +251,9 @@ impl ImageService {
             blocking(move || Ok(store.lookup(&name)?)).await?
         };
         match (policy, stored) {
-            (PullPolicy::IfNotPresent | PullPolicy::Never, Some(stored)) => return Ok(self.ready(stored)),
+            (PullPolicy::IfNotPresent | PullPolicy::Never, Some(stored)) => {
+                return Ok(self.ready(stored));
+            }
             (PullPolicy::Never, None) => return Err(ImageError::NeverPull(name)),
             _ => {}
         }
@@ -235,20 +273,30 @@ impl ImageService {
                     tracing::warn!(image = %name, "registry unreachable: running the stored image");
                     return Ok(self.ready(stored));
                 }
-                return Err(self.registry.manifest(&reference, &auth).await.err().map_or_else(
-                    || ImageError::Import(format!("{name}: registry unreachable")),
-                    ImageError::Registry,
-                ));
+                return Err(self
+                    .registry
+                    .manifest(&reference, &auth)
+                    .await
+                    .err()
+                    .map_or_else(
+                        || ImageError::Import(format!("{name}: registry unreachable")),
+                        ImageError::Registry,
+                    ));
             }
             Err(e) => return Err(e.into()),
         };
-        let source = Source::Registry(&self.registry, &reference);
-        self.resolve(name, &manifest, manifest_digest, &source).await
+        let source = Source::Registry(&self.registry, &reference, &auth);
+        self.resolve(name, &manifest, manifest_digest, &source)
+            .await
     }
 
     /// Imports every image of an OCI layout (directory or tar). `name` names the image when the
     /// layout holds one, or picks the one with that name when it holds several.
-    pub async fn import(&self, path: &Path, name: Option<&str>) -> Result<Vec<PulledImage>, ImageError> {
+    pub async fn import(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+    ) -> Result<Vec<PulledImage>, ImageError> {
         let scratch = self.store.scratch_dir();
         let layout = {
             let path = path.to_owned();
@@ -276,13 +324,19 @@ impl ImageService {
                 .collect::<Result<_, ImageError>>()?,
         };
         if chosen.is_empty() {
-            return Err(ImageError::Import(format!("{}: no image to import", path.display())));
+            return Err(ImageError::Import(format!(
+                "{}: no image to import",
+                path.display()
+            )));
         }
         let source = Source::Layout(&layout);
         let mut out = Vec::new();
         for (n, image) in chosen {
             let reference = parse_reference(&n)?.whole();
-            out.push(self.resolve(reference, &image.manifest, image.digest, &source).await?);
+            out.push(
+                self.resolve(reference, &image.manifest, image.digest, &source)
+                    .await?,
+            );
         }
         Ok(out)
     }
@@ -303,9 +357,16 @@ impl ImageService {
         let (layout, wasm) = match media::classify(manifest, &config) {
             ImageKind::Container => return Err(ImageError::NotWasm(reference)),
             ImageKind::Unsupported { media_types } => {
-                return Err(ImageError::UnsupportedLayers { reference, media_types });
+                return Err(ImageError::UnsupportedLayers {
+                    reference,
+                    media_types,
+                });
             }
-            ImageKind::Wasm { layout, layer: Some(i), .. } => {
+            ImageKind::Wasm {
+                layout,
+                layer: Some(i),
+                ..
+            } => {
                 let descriptor = &manifest.layers[i];
                 let bytes = source.blob(descriptor).await?;
                 let expected = Digest::parse(&descriptor.digest)?;
@@ -318,14 +379,19 @@ impl ImageService {
                 .await?;
                 (layout, bytes)
             }
-            ImageKind::Wasm { layout, layer: None, entrypoint } => {
+            ImageKind::Wasm {
+                layout,
+                layer: None,
+                entrypoint,
+            } => {
                 let mut layers = Vec::new();
                 for d in &manifest.layers {
                     layers.push((d.media_type.clone(), source.blob(d).await?));
                 }
                 let r = reference.clone();
-                let wasm = blocking(move || find_wasm_in_layers(&r, &layers, entrypoint.as_deref()))
-                    .await?;
+                let wasm =
+                    blocking(move || find_wasm_in_layers(&r, &layers, entrypoint.as_deref()))
+                        .await?;
                 check_binary(&reference, &wasm, "in the image's layers")?;
                 (layout, wasm)
             }
@@ -333,7 +399,12 @@ impl ImageService {
         let store = self.store.clone();
         blocking(move || {
             let wasm_digest = store.put_content(&wasm)?;
-            let stored = StoredImage { reference, manifest_digest, wasm_digest, layout };
+            let stored = StoredImage {
+                reference,
+                manifest_digest,
+                wasm_digest,
+                layout,
+            };
             store.record(&stored)?;
             let wasm_path = store.blob_path(&stored.wasm_digest);
             Ok(PulledImage { stored, wasm_path })
@@ -360,7 +431,10 @@ fn find_wasm_in_layers(
     layers: &[(String, Vec<u8>)],
     entrypoint: Option<&str>,
 ) -> Result<Vec<u8>, ImageError> {
-    let fail = |detail: String| ImageError::NoWasmInImage { reference: reference.to_owned(), detail };
+    let fail = |detail: String| ImageError::NoWasmInImage {
+        reference: reference.to_owned(),
+        detail,
+    };
     let wanted = entrypoint.map(|e| e.trim_start_matches('/').trim_start_matches("./"));
     let mut found: Vec<(String, Vec<u8>)> = Vec::new();
     for (media_type, bytes) in layers {
@@ -370,10 +444,16 @@ fn find_wasm_in_layers(
             Box::new(bytes.as_slice())
         };
         let mut archive = tar::Archive::new(reader);
-        let entries = archive.entries().map_err(|e| fail(format!("unreadable layer: {e}")))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| fail(format!("unreadable layer: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| fail(format!("unreadable layer: {e}")))?;
-            let path = entry.path().map_err(|e| fail(e.to_string()))?.to_string_lossy().into_owned();
+            let path = entry
+                .path()
+                .map_err(|e| fail(e.to_string()))?
+                .to_string_lossy()
+                .into_owned();
             let path = path.trim_start_matches("./").to_owned();
             let hit = match wanted {
                 Some(w) => path == w,
@@ -381,7 +461,9 @@ fn find_wasm_in_layers(
             };
             if hit && entry.header().entry_type().is_file() {
                 let mut data = Vec::new();
-                entry.read_to_end(&mut data).map_err(|e| fail(e.to_string()))?;
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|e| fail(e.to_string()))?;
                 found.retain(|(p, _)| *p != path);
                 found.push((path, data));
             }
@@ -389,11 +471,17 @@ fn find_wasm_in_layers(
     }
     match (found.len(), wanted) {
         (1, _) => Ok(found.remove(0).1),
-        (0, Some(w)) => Err(fail(format!("the entrypoint /{w} is not in the image's layers"))),
+        (0, Some(w)) => Err(fail(format!(
+            "the entrypoint /{w} is not in the image's layers"
+        ))),
         (0, None) => Err(fail("no .wasm file in the image's layers".into())),
         (_, _) => Err(fail(format!(
             "several .wasm files ({}) and no entrypoint to choose one",
-            found.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -429,9 +517,18 @@ mod tests {
     #[test]
     fn wasm_is_found_in_tar_layers() {
         let tar = "application/vnd.oci.image.layer.v1.tar".to_owned();
-        let layers = vec![(tar.clone(), tar_of(&[("app.wasm", b"one"), ("etc/x", b"-")]))];
-        assert_eq!(find_wasm_in_layers("r", &layers, None).expect("found"), b"one");
-        assert_eq!(find_wasm_in_layers("r", &layers, Some("/app.wasm")).expect("found"), b"one");
+        let layers = vec![(
+            tar.clone(),
+            tar_of(&[("app.wasm", b"one"), ("etc/x", b"-")]),
+        )];
+        assert_eq!(
+            find_wasm_in_layers("r", &layers, None).expect("found"),
+            b"one"
+        );
+        assert_eq!(
+            find_wasm_in_layers("r", &layers, Some("/app.wasm")).expect("found"),
+            b"one"
+        );
         assert!(find_wasm_in_layers("r", &layers, Some("/other.wasm")).is_err());
         let two = vec![(tar, tar_of(&[("a.wasm", b"1"), ("b.wasm", b"2")]))];
         let e = find_wasm_in_layers("r", &two, None).expect_err("ambiguous");
@@ -446,7 +543,13 @@ mod tests {
             wasm_digest: Digest::of(b"w"),
             layout: WasmLayout::CncfArtifact,
         };
-        let image = PulledImage { stored, wasm_path: PathBuf::new() };
-        assert_eq!(image.image_id(), format!("127.0.0.1:5000/apps/hello@{}", Digest::of(b"m")));
+        let image = PulledImage {
+            stored,
+            wasm_path: PathBuf::new(),
+        };
+        assert_eq!(
+            image.image_id(),
+            format!("127.0.0.1:5000/apps/hello@{}", Digest::of(b"m"))
+        );
     }
 }

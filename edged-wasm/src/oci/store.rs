@@ -24,7 +24,9 @@ pub struct Digest(String);
 impl Digest {
     /// Parses `sha256:<64 lowercase hex digits>`; other algorithms are refused.
     pub fn parse(s: &str) -> Result<Self, StoreError> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| StoreError::BadDigest(s.to_owned()))?;
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| StoreError::BadDigest(s.to_owned()))?;
         if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             Ok(Self(s.to_owned()))
         } else {
@@ -103,7 +105,10 @@ pub enum StoreError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_owned(), source }
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// What a reference resolved to when it was pulled or imported.
@@ -130,7 +135,11 @@ impl ImageStore {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        for dir in [root.join("blobs/sha256"), root.join("refs"), root.join("tmp")] {
+        for dir in [
+            root.join("blobs/sha256"),
+            root.join("refs"),
+            root.join("tmp"),
+        ] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
         Ok(Self { root })
@@ -155,7 +164,10 @@ impl ImageStore {
     pub fn put_blob(&self, expected: &Digest, bytes: &[u8]) -> Result<PathBuf, StoreError> {
         let actual = Digest::of(bytes);
         if &actual != expected {
-            return Err(StoreError::DigestMismatch { expected: expected.clone(), actual });
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
         }
         self.write_blob(&actual, bytes)
     }
@@ -181,7 +193,10 @@ impl ImageStore {
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io(&tmp_dir))?;
         tmp.write_all(bytes).map_err(io(path))?;
         tmp.as_file().sync_all().map_err(io(path))?;
-        tmp.persist(path).map_err(|e| StoreError::Io { path: path.to_owned(), source: e.error })?;
+        tmp.persist(path).map_err(|e| StoreError::Io {
+            path: path.to_owned(),
+            source: e.error,
+        })?;
         Ok(())
     }
 
@@ -198,13 +213,18 @@ impl ImageStore {
     }
 
     fn ref_path(&self, reference: &str) -> PathBuf {
-        self.root.join("refs").join(format!("{}.json", Digest::of(reference.as_bytes()).hex()))
+        self.root
+            .join("refs")
+            .join(format!("{}.json", Digest::of(reference.as_bytes()).hex()))
     }
 
     /// Records what a reference resolved to, replacing an older record.
     pub fn record(&self, image: &StoredImage) -> Result<(), StoreError> {
         let path = self.ref_path(&image.reference);
-        let json = serde_json::to_vec_pretty(image).map_err(|source| StoreError::BadRecord { path: path.clone(), source })?;
+        let json = serde_json::to_vec_pretty(image).map_err(|source| StoreError::BadRecord {
+            path: path.clone(),
+            source,
+        })?;
         self.write_atomically(&path, &json)
     }
 
@@ -216,8 +236,8 @@ impl ImageStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
-        let image: StoredImage =
-            serde_json::from_slice(&bytes).map_err(|source| StoreError::BadRecord { path, source })?;
+        let image: StoredImage = serde_json::from_slice(&bytes)
+            .map_err(|source| StoreError::BadRecord { path, source })?;
         Ok(self.has_blob(&image.wasm_digest).then_some(image))
     }
 
@@ -230,7 +250,9 @@ impl ImageStore {
             if let Ok(image) = fs::read(&path).map(|b| serde_json::from_slice::<StoredImage>(&b)) {
                 match image {
                     Ok(image) => out.push(image),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping damaged image record"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping damaged image record")
+                    }
                 }
             }
         }
@@ -251,10 +273,15 @@ mod tests {
         let path = store.put_blob(&good, b"hello").expect("stored");
         assert!(path.ends_with(good.hex()));
         assert_eq!(store.read_blob(&good).expect("read"), b"hello");
-        let err = store.put_blob(&Digest::of(b"other"), b"hello").expect_err("mismatch");
+        let err = store
+            .put_blob(&Digest::of(b"other"), b"hello")
+            .expect_err("mismatch");
         assert!(matches!(err, StoreError::DigestMismatch { .. }));
         assert!(!store.has_blob(&Digest::of(b"other")));
-        assert!(matches!(store.read_blob(&Digest::of(b"x")), Err(StoreError::MissingBlob(_))));
+        assert!(matches!(
+            store.read_blob(&Digest::of(b"x")),
+            Err(StoreError::MissingBlob(_))
+        ));
     }
 
     #[test]
@@ -270,8 +297,14 @@ mod tests {
         };
         store.record(&image).expect("recorded");
         let reopened = ImageStore::open(dir.path()).expect("reopen");
-        assert_eq!(reopened.lookup("registry.local/app:1").expect("lookup"), Some(image.clone()));
-        assert_eq!(reopened.lookup("registry.local/app:2").expect("lookup"), None);
+        assert_eq!(
+            reopened.lookup("registry.local/app:1").expect("lookup"),
+            Some(image.clone())
+        );
+        assert_eq!(
+            reopened.lookup("registry.local/app:2").expect("lookup"),
+            None
+        );
         assert_eq!(reopened.list().expect("list"), vec![image]);
     }
 

@@ -1,0 +1,18 @@
+//! One module per `wedge` subcommand.
+
+pub mod image;
+pub mod wasm;
+
+use std::path::Path;
+
+use wedge_edged_wasm::host::Backends;
+use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
+
+/// A runtime over the edge's root with in-process twin and bus backends.
+pub fn runtime(root: &Path, insecure: &[String], echo: bool) -> anyhow::Result<WasmRuntime> {
+    let mut config = RuntimeConfig::new(root);
+    config.insecure_registries = insecure.to_vec();
+    config.echo_logs = echo;
+    let (backends, _, _) = Backends::in_process();
+    Ok(WasmRuntime::new(config, backends)?)
+}

@@ -1,0 +1,168 @@
+//! Shared fixtures: a runtime on a temp dir, pods from JSON, and bounded waits on status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use wedge_core::pod_runtime::PodRuntime;
+use wedge_core::restart::BackoffSettings;
+use wedge_core::status::{ContainerState, PodStatusReport};
+use wedge_edged_wasm::host::Backends;
+use wedge_edged_wasm::host::in_process::{InProcessBus, InProcessTwin};
+use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
+use wedge_testkit::sample_apps::{self, SampleApps};
+
+/// A runtime rooted in a temp dir, with in-process backends and a fast crash-loop backoff.
+pub struct TestRuntime {
+    pub rt: WasmRuntime,
+    pub twin: Arc<InProcessTwin>,
+    pub bus: Arc<InProcessBus>,
+    pub root: tempfile::TempDir,
+}
+
+impl TestRuntime {
+    pub fn new(insecure: &[String]) -> Self {
+        let root = tempfile::tempdir().expect("temp dir");
+        Self::at(root, insecure)
+    }
+
+    pub fn at(root: tempfile::TempDir, insecure: &[String]) -> Self {
+        let mut config = RuntimeConfig::new(root.path());
+        config.insecure_registries = insecure.to_vec();
+        config.backoff = BackoffSettings {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(400),
+            reset_after: Duration::from_secs(60),
+        };
+        config.engine.max_instances = 100;
+        let (backends, twin, bus) = Backends::in_process();
+        let rt = WasmRuntime::new(config, backends).expect("runtime starts");
+        Self {
+            rt,
+            twin,
+            bus,
+            root,
+        }
+    }
+
+    /// Adds a sample app's component under a local name and returns that name.
+    pub async fn local_image(&self, app: &str) -> String {
+        let bytes = apps().bytes(app).expect("sample app built");
+        let name = format!("localhost/test/{app}:1");
+        self.rt
+            .images()
+            .add_component(&name, bytes)
+            .await
+            .expect("component added");
+        name
+    }
+
+    /// Starts a pod and returns its uid.
+    pub async fn start(&self, pod: Pod) -> String {
+        let uid = pod.metadata.uid.clone().expect("uid");
+        self.rt.start_pod(&pod).await.expect("pod accepted");
+        uid
+    }
+
+    /// Waits (bounded) until `pred` holds for the pod's status.
+    pub async fn wait_for(
+        &self,
+        uid: &str,
+        what: &str,
+        pred: impl Fn(&PodStatusReport) -> bool,
+    ) -> PodStatusReport {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.rt.pod_status(uid);
+            if let Some(s) = status.as_ref().filter(|s| pred(s)) {
+                return s.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The whole log of container `c`, as `kubectl logs` shows it.
+    pub async fn logs(&self, uid: &str, c: &str) -> String {
+        let bytes = self
+            .rt
+            .container_logs(uid, c, &Default::default())
+            .await
+            .expect("logs");
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits (bounded) until the log of container `c` contains `needle`.
+    pub async fn wait_for_log(&self, uid: &str, c: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self
+                .rt
+                .container_logs(uid, c, &Default::default())
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?} in the log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn apps() -> &'static SampleApps {
+    sample_apps::build().expect("sample apps build (needs the wasm32-wasip2 target)")
+}
+
+/// A one-container pod; `extra` is merged into the container spec, `annotations` into metadata.
+pub fn pod(uid: &str, image: &str, container: serde_json::Value, spec: serde_json::Value) -> Pod {
+    let mut c = serde_json::json!({"name": "main", "image": image});
+    merge(&mut c, container);
+    let mut s = serde_json::json!({"restartPolicy": "Never", "terminationGracePeriodSeconds": 2, "containers": [c]});
+    merge(&mut s, spec);
+    let annotations = s
+        .as_object_mut()
+        .and_then(|o| o.remove("annotations"))
+        .unwrap_or_default();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("pod-{uid}"), "namespace": "default", "uid": uid, "annotations": annotations},
+        "spec": s,
+    }))
+    .expect("valid pod")
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
+}
+
+/// The first container's state.
+pub fn state(s: &PodStatusReport) -> &ContainerState {
+    &s.containers[0].state
+}
+
+pub fn terminated(s: &PodStatusReport) -> bool {
+    matches!(state(s), ContainerState::Terminated { .. })
+}
+
+pub fn running(s: &PodStatusReport) -> bool {
+    state(s).is_running()
+}
+
+/// The reason and message of a waiting first container.
+pub fn waiting(s: &PodStatusReport) -> Option<(&str, &str)> {
+    match state(s) {
+        ContainerState::Waiting { reason, message } => {
+            Some((reason, message.as_deref().unwrap_or("")))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the Wasm pod runtime through real parts: a real OCI registry
+//! (`docker-registry`), `skopeo`, the sample apps built for `wasm32-wasip2`, and the runtime as
+//! Edged will drive it (the `PodRuntime` trait).
+
+mod bad_input;
+mod handlers;
+mod harness;
+mod images;
+mod lifecycle;
