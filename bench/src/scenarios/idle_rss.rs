@@ -1,0 +1,123 @@
+//! Resident memory per idle running app: N telemetry pods that log once and sleep, started
+//! through the pod runtime as Edged will start them. The process's RSS before and after, split
+//! into the pooling allocator's linear-memory pool (the guests' own memory) and everything else
+//! (stores, WASI contexts, fiber stacks, tasks): the latter is the runtime's cost per instance.
+
+use std::time::{Duration, Instant};
+
+use wedge_core::pod_runtime::PodRuntime;
+
+use crate::report::figure;
+
+const SCENARIO: &str = "idle-rss";
+const INSTANCES: usize = 200;
+/// Mappings at least this large are the linear-memory pool's reservation.
+const POOL_MAPPING: u64 = 1 << 40;
+
+/// `(total RSS, RSS inside the linear-memory pool)` in KiB, from /proc/self/smaps.
+fn rss_kib() -> anyhow::Result<(u64, u64)> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let (mut total, mut pool, mut in_pool) = (0, 0, false);
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(range), _) if range.contains('-') && !range.ends_with(':') => {
+                let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
+                let size = u64::from_str_radix(b, 16)
+                    .unwrap_or(0)
+                    .saturating_sub(u64::from_str_radix(a, 16).unwrap_or(0));
+                in_pool = size >= POOL_MAPPING;
+            }
+            (Some("Rss:"), Some(kib)) => {
+                let kib: u64 = kib.parse().unwrap_or(0);
+                total += kib;
+                if in_pool {
+                    pool += kib;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((total, pool))
+}
+
+/// Runs the scenario.
+pub async fn run() -> anyhow::Result<()> {
+    let (rt, _, _dir) = super::runtime(INSTANCES as u32 + 10)?;
+    let image = super::sample_image(&rt, "telemetry").await?;
+    // One instance first, so compiled code and one-time allocations are not counted per instance.
+    let (warm, _) = super::pod(
+        "warm",
+        &image,
+        &[("INTERVAL_MS", "3600000")],
+        serde_json::json!({}),
+    )?;
+    rt.start_pod(&warm).await?;
+    wait_logged(&rt, &["warm".to_owned()]).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (before, pool_before) = rss_kib()?;
+
+    let mut uids = Vec::new();
+    for i in 0..INSTANCES {
+        let uid = format!("idle-{i}");
+        let (pod, _) = super::pod(
+            &uid,
+            &image,
+            &[("INTERVAL_MS", "3600000")],
+            serde_json::json!({}),
+        )?;
+        rt.start_pod(&pod).await?;
+        uids.push(uid);
+    }
+    wait_logged(&rt, &uids).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (after, pool_after) = rss_kib()?;
+    let linear: usize = uids
+        .iter()
+        .filter_map(|u| rt.container_stats(u, "main"))
+        .map(|s| s.memory_bytes)
+        .sum();
+
+    let n = INSTANCES as f64;
+    let per_total = after.saturating_sub(before) as f64 / n;
+    let per_pool = pool_after.saturating_sub(pool_before) as f64 / n;
+    figure(SCENARIO, "rss_per_instance", per_total, "KiB");
+    figure(SCENARIO, "linear_memory_rss_per_instance", per_pool, "KiB");
+    figure(
+        SCENARIO,
+        "rss_beyond_linear_memory_per_instance",
+        per_total - per_pool,
+        "KiB",
+    );
+    figure(
+        SCENARIO,
+        "linear_memory_size_per_instance",
+        linear as f64 / n / 1024.0,
+        "KiB",
+    );
+    for uid in uids.iter().chain(std::iter::once(&"warm".to_owned())) {
+        rt.stop_pod(uid, Duration::from_secs(1)).await?;
+    }
+    Ok(())
+}
+
+async fn wait_logged(rt: &wedge_edged_wasm::WasmRuntime, uids: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for uid in uids {
+        loop {
+            let log = rt
+                .container_logs(uid, "main", &Default::default())
+                .await
+                .unwrap_or_default();
+            if String::from_utf8_lossy(&log).contains("tick 1") {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "pod {uid} never logged its first tick"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
