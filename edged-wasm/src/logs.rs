@@ -56,10 +56,10 @@ impl LogFile {
     }
 
     fn flush_buf(&mut self) {
-        if !self.buf.is_empty() {
-            if let Err(e) = self.file.write_all(&self.buf) {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot write container log");
-            }
+        if !self.buf.is_empty()
+            && let Err(e) = self.file.write_all(&self.buf)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write container log");
         }
     }
 }

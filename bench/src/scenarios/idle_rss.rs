@@ -15,28 +15,44 @@ const INSTANCES: usize = 200;
 const POOL_MAPPING: u64 = 1 << 40;
 
 /// `(total RSS, RSS inside the linear-memory pool)` in KiB, from /proc/self/smaps.
+///
+/// The pool is one contiguous reservation that wasmtime splits into many mappings as it makes
+/// slots accessible: it is the run of adjacent mappings whose sizes add up to at least
+/// [`POOL_MAPPING`].
 fn rss_kib() -> anyhow::Result<(u64, u64)> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    let (mut total, mut pool, mut in_pool) = (0, 0, false);
+    // (start, end, rss) of every mapping, in address order.
+    let mut maps: Vec<(u64, u64, u64)> = Vec::new();
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some(range), _) if range.contains('-') && !range.ends_with(':') => {
                 let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
-                let size = u64::from_str_radix(b, 16)
-                    .unwrap_or(0)
-                    .saturating_sub(u64::from_str_radix(a, 16).unwrap_or(0));
-                in_pool = size >= POOL_MAPPING;
+                let hex = |h: &str| u64::from_str_radix(h, 16).unwrap_or(0);
+                maps.push((hex(a), hex(b), 0));
             }
             (Some("Rss:"), Some(kib)) => {
-                let kib: u64 = kib.parse().unwrap_or(0);
-                total += kib;
-                if in_pool {
-                    pool += kib;
+                if let Some(last) = maps.last_mut() {
+                    last.2 = kib.parse().unwrap_or(0);
                 }
             }
             _ => {}
         }
+    }
+    let total = maps.iter().map(|m| m.2).sum();
+    let (mut pool, mut run_start, mut run_rss, mut prev_end) = (0, 0, 0, u64::MAX);
+    for &(start, end, rss) in &maps {
+        if start != prev_end {
+            if prev_end.saturating_sub(run_start) >= POOL_MAPPING {
+                pool += run_rss;
+            }
+            (run_start, run_rss) = (start, 0);
+        }
+        run_rss += rss;
+        prev_end = end;
+    }
+    if prev_end.saturating_sub(run_start) >= POOL_MAPPING {
+        pool += run_rss;
     }
     Ok((total, pool))
 }

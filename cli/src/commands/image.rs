@@ -33,7 +33,7 @@ pub async fn run(root: &Path, command: ImageCommand) -> anyhow::Result<ExitCode>
             }
         }
         ImageCommand::List => {
-            println!("{:<60} {:<16} {}", "IMAGE", "LAYOUT", "DIGEST");
+            println!("{:<60} {:<16} DIGEST", "IMAGE", "LAYOUT");
             for image in runtime.images().store().list()? {
                 let layout = format!("{:?}", image.layout);
                 println!(

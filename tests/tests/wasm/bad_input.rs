@@ -42,7 +42,7 @@ async fn assert_bystander_alive(t: &TestRuntime, uid: &str) {
 async fn bad_images_and_components_get_clear_reasons() {
     let registry = Registry::start().expect("registry");
     let host = registry.host();
-    let t = TestRuntime::new(&[host.clone()]);
+    let t = TestRuntime::new(std::slice::from_ref(&host));
     let bystander = start_bystander(&t).await;
     let hello = apps().bytes("hello").expect("hello");
 

@@ -16,7 +16,7 @@ async fn pulls_every_wasm_layout_from_a_real_registry() {
     let registry = Registry::start().expect("registry");
     let host = registry.host();
     let hello = apps().bytes("hello").expect("hello");
-    let t = TestRuntime::new(&[host.clone()]);
+    let t = TestRuntime::new(std::slice::from_ref(&host));
     let mut expected = Vec::new();
     for (i, layout) in WasmLayout::ALL.into_iter().enumerate() {
         let image = Image::wasm(&hello, layout);
@@ -147,7 +147,7 @@ async fn registry_credentials_are_used_when_given() {
     )
     .await
     .expect("push");
-    let t = TestRuntime::new(&[host.clone()]);
+    let t = TestRuntime::new(std::slice::from_ref(&host));
     let image = format!("{host}/private/hello:1");
     t.start(pod("anon", &image, json!({}), json!({}))).await;
     let s = t

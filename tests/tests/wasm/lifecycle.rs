@@ -135,7 +135,6 @@ async fn logs_are_written_in_the_cri_format_and_kept_across_restarts() {
         previous: true,
         tail_lines: Some(1),
         timestamps: true,
-        ..Default::default()
     };
     let log = String::from_utf8(
         t.rt.container_logs(&uid, "main", &tail)
