@@ -32,16 +32,18 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let all = matches!(args.scenario, Scenario::All);
-    if all || matches!(args.scenario, Scenario::HandlerInvoke) {
-        scenarios::handler_invoke::run().await?;
+    match Args::parse().scenario {
+        Scenario::HandlerInvoke => scenarios::handler_invoke::run().await,
+        Scenario::AppStart => scenarios::app_start::run().await,
+        Scenario::IdleRss => scenarios::idle_rss::run().await,
+        Scenario::All => {
+            // Each scenario in a process of its own, so that one's allocations and resident
+            // pages do not skew the next one's figures (idle-rss above all).
+            for scenario in ["handler-invoke", "app-start", "idle-rss"] {
+                let status = std::process::Command::new(std::env::current_exe()?).arg(scenario).status()?;
+                anyhow::ensure!(status.success(), "scenario {scenario} failed: {status}");
+            }
+            Ok(())
+        }
     }
-    if all || matches!(args.scenario, Scenario::AppStart) {
-        scenarios::app_start::run().await?;
-    }
-    if all || matches!(args.scenario, Scenario::IdleRss) {
-        scenarios::idle_rss::run().await?;
-    }
-    Ok(())
 }
