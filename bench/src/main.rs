@@ -40,7 +40,9 @@ async fn main() -> anyhow::Result<()> {
             // Each scenario in a process of its own, so that one's allocations and resident
             // pages do not skew the next one's figures (idle-rss above all).
             for scenario in ["handler-invoke", "app-start", "idle-rss"] {
-                let status = std::process::Command::new(std::env::current_exe()?).arg(scenario).status()?;
+                let status = std::process::Command::new(std::env::current_exe()?)
+                    .arg(scenario)
+                    .status()?;
                 anyhow::ensure!(status.success(), "scenario {scenario} failed: {status}");
             }
             Ok(())

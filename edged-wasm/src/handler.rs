@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
-use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::component::InstancePre;
 use wedge_core::grants::{HandlerTriggers, PodGrants};
 use wedge_core::twin::{TwinChange, TwinSide};
 
@@ -122,32 +122,6 @@ impl HandlerRunner {
             budget_ticks: ticks(budget, epoch_tick),
             meters,
         })
-    }
-
-    /// Links `component` against `linker` and prepares it as a handler.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_component(
-        linker: &Linker<HostState>,
-        component: &Component,
-        plan: ContainerPlan,
-        backends: Backends,
-        grants: Arc<PodGrants>,
-        log: ContainerLog,
-        budget: Duration,
-        epoch_tick: Duration,
-    ) -> Result<Self, NotAHandler> {
-        let pre = linker.instantiate_pre(component).map_err(NotAHandler)?;
-        Self::new(
-            linker.engine(),
-            pre,
-            plan,
-            backends,
-            grants,
-            log,
-            budget,
-            epoch_tick,
-            Arc::default(),
-        )
     }
 
     /// The handler's meters (invocations, failures, memory).

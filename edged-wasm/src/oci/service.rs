@@ -250,13 +250,13 @@ impl ImageService {
             let name = name.clone();
             blocking(move || Ok(store.lookup(&name)?)).await?
         };
-        match (policy, stored) {
+        let stored = match (policy, stored) {
             (PullPolicy::IfNotPresent | PullPolicy::Never, Some(stored)) => {
                 return Ok(self.ready(stored));
             }
             (PullPolicy::Never, None) => return Err(ImageError::NeverPull(name)),
-            _ => {}
-        }
+            (_, stored) => stored,
+        };
         let auth = match credentials {
             None => RegistryAuth::Anonymous,
             Some(RegistryCredentials::Basic { username, password }) => {
@@ -264,26 +264,17 @@ impl ImageService {
             }
             Some(RegistryCredentials::Bearer(token)) => RegistryAuth::Bearer(token.clone()),
         };
-        let (manifest, manifest_digest) = match self.registry.manifest(&reference, &auth).await {
-            Ok(m) => m,
-            Err(RegistryError::Unreachable { .. }) if policy == PullPolicy::Always => {
-                let store = self.store.clone();
-                let lookup = name.clone();
-                if let Some(stored) = blocking(move || Ok(store.lookup(&lookup)?)).await? {
-                    tracing::warn!(image = %name, "registry unreachable: running the stored image");
-                    return Ok(self.ready(stored));
-                }
-                return Err(self
-                    .registry
-                    .manifest(&reference, &auth)
-                    .await
-                    .err()
-                    .map_or_else(
-                        || ImageError::Import(format!("{name}: registry unreachable")),
-                        ImageError::Registry,
-                    ));
+        let (manifest, manifest_digest) = match (
+            self.registry.manifest(&reference, &auth).await,
+            stored,
+        ) {
+            (Ok(m), _) => m,
+            // Policy Always on an edge that cannot reach the registry: run what it holds.
+            (Err(RegistryError::Unreachable { detail, .. }), Some(stored)) => {
+                tracing::warn!(image = %name, %detail, "registry unreachable: running the stored image");
+                return Ok(self.ready(stored));
             }
-            Err(e) => return Err(e.into()),
+            (Err(e), _) => return Err(e.into()),
         };
         let source = Source::Registry(&self.registry, &reference, &auth);
         self.resolve(name, &manifest, manifest_digest, &source)

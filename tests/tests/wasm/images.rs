@@ -209,6 +209,57 @@ async fn plain_http_only_for_registries_named_insecure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_loses_its_registry_runs_what_it_holds() {
+    let registry = Registry::start().expect("registry");
+    let host = registry.host();
+    let hello = apps().bytes("hello").expect("hello");
+    oci::push(
+        &host,
+        "apps/hello",
+        "latest",
+        &Image::wasm(&hello, WasmLayout::CncfArtifact),
+    )
+    .await
+    .expect("push");
+    let t = TestRuntime::new(std::slice::from_ref(&host));
+    // `:latest` means imagePullPolicy Always.
+    let image = format!("{host}/apps/hello:latest");
+    t.start(pod("online", &image, json!({}), json!({}))).await;
+    t.wait_for("online", "the first run", terminated).await;
+
+    drop(registry);
+    t.start(pod("offline", &image, json!({}), json!({}))).await;
+    let s = t.wait_for("offline", "the offline run", terminated).await;
+    assert_eq!(s.containers[0].state.exit_code(), Some(0), "{s:#?}");
+    assert!(
+        t.logs("offline", "main")
+            .await
+            .contains("Hello from Wedge!")
+    );
+
+    // An image it never held still fails, saying why.
+    t.start(pod(
+        "never-held",
+        &format!("{host}/apps/other:latest"),
+        json!({}),
+        json!({}),
+    ))
+    .await;
+    let s = t
+        .wait_for("never-held", "a refusal", |s| {
+            waiting(s).is_some_and(|(r, _)| r == "ErrImagePull")
+        })
+        .await;
+    assert!(
+        waiting(&s)
+            .expect("waiting")
+            .1
+            .contains("cannot reach the registry"),
+        "{s:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_components_are_cached_on_disk_and_in_memory() {
     let root = tempfile::tempdir().expect("dir");
     let root_path = root.path().to_owned();
