@@ -205,7 +205,7 @@ impl PodPhase {
         if containers.is_empty() {
             return Self::Pending;
         }
-        let (mut running, mut waiting, mut succeeded, mut failed, mut restarting) = (0, 0, 0, 0, 0);
+        let (mut running, mut waiting, mut failed, mut restarting) = (0, 0, 0, 0);
         for c in containers {
             match &c.state {
                 ContainerState::Running { .. } => running += 1,
@@ -214,9 +214,7 @@ impl PodPhase {
                 ContainerState::Terminated { exit_code, .. } => {
                     if will_restart(c) {
                         restarting += 1;
-                    } else if *exit_code == 0 {
-                        succeeded += 1;
-                    } else {
+                    } else if *exit_code != 0 {
                         failed += 1;
                     }
                 }
@@ -229,7 +227,6 @@ impl PodPhase {
         } else if failed > 0 {
             Self::Failed
         } else {
-            let _ = succeeded;
             Self::Succeeded
         }
     }

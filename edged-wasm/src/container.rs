@@ -282,12 +282,13 @@ async fn run_handler(
     slot.update(|s| s.state = ContainerState::Running { started_at });
     handler::serve(&runner, &pod.grants.triggers, &rt.backends, cancel).await;
     log.finish();
-    let exit = Exit::killed("the pod was stopped");
+    // A handler has no exit of its own: it ends when its pod is stopped, having finished the
+    // event in hand.
     slot.update(|s| {
         s.state = ContainerState::Terminated {
             exit_code: 0,
             reason: reason::COMPLETED.to_owned(),
-            message: exit.message,
+            message: Some("the pod was stopped".to_owned()),
             started_at,
             finished_at: Timestamp::now(),
         }

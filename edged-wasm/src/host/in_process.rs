@@ -4,7 +4,7 @@
 //! and EventBus (MQTT) plug in behind the same traits. They apply the same model checks and
 //! topic matching as the real ones will, so an app behaves the same against both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use async_trait::async_trait;
@@ -157,7 +157,7 @@ impl TwinBackend for InProcessTwin {
 #[derive(Default)]
 pub struct InProcessBus {
     subscribers: Mutex<Vec<(String, Weak<MessageQueue>)>>,
-    published: Mutex<Vec<BusMessage>>,
+    published: Mutex<VecDeque<BusMessage>>,
 }
 
 impl InProcessBus {
@@ -166,7 +166,9 @@ impl InProcessBus {
         self.published
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Delivers a message to every live subscriber whose filter matches, as a broker would.
@@ -212,9 +214,9 @@ impl BusBackend for InProcessBus {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if history.len() >= PUBLISHED_HISTORY {
-            history.remove(0);
+            history.pop_front();
         }
-        history.push(message);
+        history.push_back(message);
         Ok(())
     }
 

@@ -5,11 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wedge_core::pod_runtime::PodRuntime;
-use wedge_core::status::ContainerState;
 use wedge_testkit::oci::{self, Blob, Image, WasmLayout, media_type};
 use wedge_testkit::registry::Registry;
 
-use crate::harness::{TestRuntime, apps, pod, running, terminated, waiting};
+use crate::harness::{TestRuntime, apps, assert_terminated, pod, push_hello, running, terminated};
 
 /// A healthy app that logs every 50 ms: it must keep running whatever the others do.
 async fn start_bystander(t: &TestRuntime) -> String {
@@ -46,14 +45,7 @@ async fn bad_images_and_components_get_clear_reasons() {
     let bystander = start_bystander(&t).await;
     let hello = apps().bytes("hello").expect("hello");
 
-    oci::push(
-        &host,
-        "apps/hello",
-        "1",
-        &Image::wasm(&hello, WasmLayout::CncfArtifact),
-    )
-    .await
-    .expect("push");
+    push_hello(&host, "apps/hello", "1", WasmLayout::CncfArtifact).await;
     let corrupt = Image::wasm(&hello, WasmLayout::ComponentLayer);
     oci::push(&host, "apps/corrupt", "1", &corrupt)
         .await
@@ -166,12 +158,7 @@ async fn bad_images_and_components_get_clear_reasons() {
             .await;
     }
     for (uid, _, reason, needle) in &cases {
-        let s = t
-            .wait_for(uid, reason, |s| {
-                waiting(s).is_some_and(|(r, _)| r == *reason)
-            })
-            .await;
-        let (_, message) = waiting(&s).expect("waiting");
+        let message = t.wait_waiting(uid, reason).await;
         assert!(
             message.contains(needle),
             "{uid}: {message:?} should mention {needle:?}"
@@ -210,43 +197,11 @@ async fn misbehaving_guests_are_stopped_and_the_rest_keeps_running() {
         .await;
 
     let s = t.wait_for("trap", "the trap", terminated).await;
-    match &s.containers[0].state {
-        ContainerState::Terminated {
-            exit_code,
-            reason,
-            message,
-            ..
-        } => {
-            assert_eq!((*exit_code, reason.as_str()), (134, "Error"));
-            assert!(
-                message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("unreachable")),
-                "{message:?}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_terminated(&s, 134, "Error", "unreachable");
     assert!(t.logs("trap", "main").await.contains("about to trap"));
 
     let s = t.wait_for("bomb", "the OOM kill", terminated).await;
-    match &s.containers[0].state {
-        ContainerState::Terminated {
-            exit_code,
-            reason,
-            message,
-            ..
-        } => {
-            assert_eq!((*exit_code, reason.as_str()), (137, "OOMKilled"));
-            assert!(
-                message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("memory limit")),
-                "{message:?}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_terminated(&s, 137, "OOMKilled", "memory limit");
     let stats = t.rt.container_stats("bomb", "main").expect("stats");
     assert!(stats.memory_bytes <= 32 << 20, "{stats:?}");
 

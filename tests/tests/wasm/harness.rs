@@ -10,6 +10,7 @@ use wedge_core::status::{ContainerState, PodStatusReport};
 use wedge_edged_wasm::host::Backends;
 use wedge_edged_wasm::host::in_process::{InProcessBus, InProcessTwin};
 use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
+use wedge_testkit::oci::{self, Image, WasmLayout};
 use wedge_testkit::sample_apps::{self, SampleApps};
 
 /// A runtime rooted in a temp dir, with in-process backends and a fast crash-loop backoff.
@@ -165,4 +166,45 @@ pub fn waiting(s: &PodStatusReport) -> Option<(&str, &str)> {
         }
         _ => None,
     }
+}
+
+impl TestRuntime {
+    /// Waits (bounded) until the first container waits with `reason`; returns its message.
+    pub async fn wait_waiting(&self, uid: &str, reason: &str) -> String {
+        let s = self
+            .wait_for(uid, reason, |s| {
+                waiting(s).is_some_and(|(r, _)| r == reason)
+            })
+            .await;
+        waiting(&s).map(|(_, m)| m.to_owned()).unwrap_or_default()
+    }
+}
+
+/// Asserts the first container terminated with `code` and `reason`, its message mentioning
+/// `needle`.
+pub fn assert_terminated(s: &PodStatusReport, code: i32, reason: &str, needle: &str) {
+    match state(s) {
+        ContainerState::Terminated {
+            exit_code,
+            reason: r,
+            message,
+            ..
+        } => {
+            assert_eq!((*exit_code, r.as_str()), (code, reason), "{s:#?}");
+            let message = message.as_deref().unwrap_or_default();
+            assert!(
+                message.contains(needle),
+                "{message:?} should mention {needle:?}"
+            );
+        }
+        other => panic!("expected Terminated, got {other:?}"),
+    }
+}
+
+/// Pushes the hello sample to `host` as `repository:tag` in `layout`; returns the manifest digest.
+pub async fn push_hello(host: &str, repository: &str, tag: &str, layout: WasmLayout) -> String {
+    let hello = apps().bytes("hello").expect("hello");
+    oci::push(host, repository, tag, &Image::wasm(&hello, layout))
+        .await
+        .expect("push")
 }

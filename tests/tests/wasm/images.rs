@@ -9,7 +9,7 @@ use wedge_edged_wasm::oci::RegistryCredentials;
 use wedge_testkit::oci::{self, Image, WasmLayout};
 use wedge_testkit::registry::Registry;
 
-use crate::harness::{TestRuntime, apps, pod, terminated, waiting};
+use crate::harness::{TestRuntime, apps, pod, push_hello, terminated};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_every_wasm_layout_from_a_real_registry() {
@@ -114,12 +114,7 @@ async fn imports_oci_layouts_for_air_gapped_edges() {
         json!({}),
     ))
     .await;
-    let s = t
-        .wait_for("air-3", "a refusal", |s| {
-            waiting(s).is_some_and(|(r, _)| r == "ErrImagePull")
-        })
-        .await;
-    let (_, message) = waiting(&s).expect("waiting");
+    let message = t.wait_waiting("air-3", "ErrImagePull").await;
     assert!(message.contains("imagePullPolicy is Never"), "{message}");
 
     let bad = work.path().join("not-a-layout");
@@ -150,15 +145,8 @@ async fn registry_credentials_are_used_when_given() {
     let t = TestRuntime::new(std::slice::from_ref(&host));
     let image = format!("{host}/private/hello:1");
     t.start(pod("anon", &image, json!({}), json!({}))).await;
-    let s = t
-        .wait_for("anon", "a refusal", |s| {
-            waiting(s).is_some_and(|(r, _)| r == "ErrImagePull")
-        })
-        .await;
-    assert!(
-        waiting(&s).expect("waiting").1.contains("refused access"),
-        "{s:#?}"
-    );
+    let message = t.wait_waiting("anon", "ErrImagePull").await;
+    assert!(message.contains("refused access"), "{message}");
     t.rt.stop_pod("anon", std::time::Duration::from_secs(1))
         .await
         .expect("stopped");
@@ -179,15 +167,7 @@ async fn registry_credentials_are_used_when_given() {
 async fn plain_http_only_for_registries_named_insecure() {
     let registry = Registry::start().expect("registry");
     let host = registry.host();
-    let hello = apps().bytes("hello").expect("hello");
-    oci::push(
-        &host,
-        "apps/hello",
-        "1",
-        &Image::wasm(&hello, WasmLayout::CncfArtifact),
-    )
-    .await
-    .expect("push");
+    push_hello(&host, "apps/hello", "1", WasmLayout::CncfArtifact).await;
     let t = TestRuntime::new(&[]);
     t.start(pod(
         "tls",
@@ -196,12 +176,7 @@ async fn plain_http_only_for_registries_named_insecure() {
         json!({}),
     ))
     .await;
-    let s = t
-        .wait_for("tls", "a refusal", |s| {
-            waiting(s).is_some_and(|(r, _)| r == "ErrImagePull")
-        })
-        .await;
-    let (_, message) = waiting(&s).expect("waiting");
+    let message = t.wait_waiting("tls", "ErrImagePull").await;
     assert!(
         message.contains("cannot reach the registry") && message.contains("insecure"),
         "{message}"
@@ -212,15 +187,7 @@ async fn plain_http_only_for_registries_named_insecure() {
 async fn an_edge_that_loses_its_registry_runs_what_it_holds() {
     let registry = Registry::start().expect("registry");
     let host = registry.host();
-    let hello = apps().bytes("hello").expect("hello");
-    oci::push(
-        &host,
-        "apps/hello",
-        "latest",
-        &Image::wasm(&hello, WasmLayout::CncfArtifact),
-    )
-    .await
-    .expect("push");
+    push_hello(&host, "apps/hello", "latest", WasmLayout::CncfArtifact).await;
     let t = TestRuntime::new(std::slice::from_ref(&host));
     // `:latest` means imagePullPolicy Always.
     let image = format!("{host}/apps/hello:latest");
@@ -245,18 +212,8 @@ async fn an_edge_that_loses_its_registry_runs_what_it_holds() {
         json!({}),
     ))
     .await;
-    let s = t
-        .wait_for("never-held", "a refusal", |s| {
-            waiting(s).is_some_and(|(r, _)| r == "ErrImagePull")
-        })
-        .await;
-    assert!(
-        waiting(&s)
-            .expect("waiting")
-            .1
-            .contains("cannot reach the registry"),
-        "{s:#?}"
-    );
+    let message = t.wait_waiting("never-held", "ErrImagePull").await;
+    assert!(message.contains("cannot reach the registry"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
