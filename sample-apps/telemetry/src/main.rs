@@ -5,6 +5,7 @@
 //! | `INTERVAL_MS` | `1000` | time between readings |
 //! | `DEVICE`, `PROPERTY` | unset | the twin property to read each tick |
 //! | `TOPIC` | unset | publish each reading there as JSON |
+//! | `COMMANDS` | unset | a topic filter to subscribe to; commands received are logged |
 //! | `MAX_TICKS` | `0` | stop after this many ticks (`0`: run until stopped) |
 //!
 //! Errors from the host (a device the pod was not granted, a topic it may not use) are logged
@@ -44,6 +45,23 @@ fn main() {
     let property = std::env::var("PROPERTY").ok();
     let topic = std::env::var("TOPIC").ok();
     println!("telemetry: starting, interval {interval:?}, device {device:?}, topic {topic:?}");
+    match twin::list_devices() {
+        Ok(devices) => {
+            let names: Vec<String> = devices
+                .iter()
+                .map(|d| format!("{} ({}, {:?}, writable: {})", d.name, d.model, d.state, d.writable))
+                .collect();
+            println!("telemetry: devices: [{}]", names.join(", "));
+        }
+        Err(e) => eprintln!("telemetry: listing devices failed: {e:?}"),
+    }
+    let commands = std::env::var("COMMANDS").ok().and_then(|filter| match bus::subscribe(&filter) {
+        Ok(sub) => Some(sub),
+        Err(e) => {
+            eprintln!("telemetry: subscribing to {filter} failed: {e:?}");
+            None
+        }
+    });
 
     let mut tick = 0u64;
     loop {
@@ -69,6 +87,18 @@ fn main() {
             println!("telemetry: done after {tick} ticks");
             return;
         }
-        std::thread::sleep(interval);
+        match &commands {
+            // Waiting for a command doubles as the pause between ticks.
+            Some(sub) => match sub.receive(interval.as_millis().try_into().unwrap_or(u32::MAX)) {
+                Ok(Some(m)) => println!(
+                    "telemetry: command on {}: {}",
+                    m.topic,
+                    String::from_utf8_lossy(&m.payload)
+                ),
+                Ok(None) => {}
+                Err(e) => eprintln!("telemetry: receiving on {} failed: {e:?}", sub.filter()),
+            },
+            None => std::thread::sleep(interval),
+        }
     }
 }

@@ -184,42 +184,53 @@ async fn apps_reach_only_the_devices_and_topics_their_pod_grants() {
         .report("thermo-1", "temperature", TwinValue::Float(21.5))
         .expect("report");
     let image = t.local_image("telemetry").await;
-    let env = json!([
-        {"name": "DEVICE", "value": "thermo-1"}, {"name": "PROPERTY", "value": "temperature"},
-        {"name": "TOPIC", "value": "telemetry/thermo-1"}, {"name": "INTERVAL_MS", "value": "20"},
-        {"name": "MAX_TICKS", "value": "3"},
-    ]);
+    let env = |max_ticks: &str| {
+        json!([
+            {"name": "DEVICE", "value": "thermo-1"}, {"name": "PROPERTY", "value": "temperature"},
+            {"name": "TOPIC", "value": "telemetry/thermo-1"}, {"name": "INTERVAL_MS", "value": "20"},
+            {"name": "COMMANDS", "value": "commands/telemetry"}, {"name": "MAX_TICKS", "value": max_ticks},
+        ])
+    };
     let granted = t
         .start(pod(
             "granted",
             &image,
-            json!({"env": env.clone()}),
+            json!({"env": env("0")}),
             json!({"annotations": {
                 "devices.wedge.io/read": "thermo-1",
                 "messaging.wedge.io/publish": "telemetry/#",
+                "messaging.wedge.io/subscribe": "commands/#",
             }}),
         ))
         .await;
-    let s = t.wait_for(&granted, "three ticks", terminated).await;
-    assert_eq!(s.containers[0].state.exit_code(), Some(0), "{s:#?}");
+    let log = t
+        .wait_for_log(&granted, "main", "tick 3 reading 21.5")
+        .await;
     assert!(
-        t.logs(&granted, "main")
-            .await
-            .contains("tick 3 reading 21.5")
+        log.contains("devices: [thermo-1 (thermometer, DeviceState::Online, writable: false)]"),
+        "{log}"
     );
     let published = t.bus.published();
-    assert_eq!(published.len(), 3, "{published:?}");
+    assert!(published.len() >= 3, "{published:?}");
     assert!(published.iter().all(|m| m.topic == "telemetry/thermo-1"));
     assert_eq!(
         String::from_utf8_lossy(&published[0].payload),
         r#"{"tick":1,"value":21.5}"#
     );
+    // The app's own subscription receives what the bus delivers on its filter.
+    assert_eq!(t.bus.inject("commands/telemetry", b"recalibrate"), 1);
+    t.wait_for_log(
+        &granted,
+        "main",
+        "command on commands/telemetry: recalibrate",
+    )
+    .await;
 
     let denied = t
         .start(pod(
             "denied",
             &image,
-            json!({"env": env}),
+            json!({"env": env("3")}),
             json!({"annotations": {
                 "devices.wedge.io/read": "fan-1",
                 "messaging.wedge.io/publish": "other/#",
@@ -228,13 +239,23 @@ async fn apps_reach_only_the_devices_and_topics_their_pod_grants() {
         .await;
     t.wait_for(&denied, "three ticks", terminated).await;
     let log = t.logs(&denied, "main").await;
+    for refusal in [
+        "devices: [fan-1 (fan, DeviceState::Online, writable: false)]",
+        "reading thermo-1/temperature failed: Error::NotPermitted",
+        "subscribing to commands/telemetry failed: Error::NotPermitted",
+    ] {
+        assert!(log.contains(refusal), "{refusal:?} not in {log}");
+    }
     assert!(
-        log.contains("reading thermo-1/temperature failed: Error::NotPermitted"),
-        "{log}"
+        t.bus
+            .published()
+            .iter()
+            .all(|m| m.received_ms > 0 && m.topic == "telemetry/thermo-1"),
+        "the denied pod published nothing of its own"
     );
     assert_eq!(
-        t.bus.published().len(),
-        3,
-        "the denied pod published nothing"
+        t.bus.inject("commands/telemetry", b"x"),
+        1,
+        "only the granted pod listens"
     );
 }
