@@ -1,0 +1,468 @@
+//! The versioned object store: SQLite on disk, an index in memory, and a watch history.
+//!
+//! Every write takes the next value of one cluster-wide resourceVersion counter, is committed to
+//! SQLite (WAL) before it is acknowledged, so an acknowledged write survives `kill -9`, and is then
+//! applied to the in-memory index and announced to watchers. Reads (get, list) are served from
+//! memory: a 10k-object list never touches the disk. Objects are kept as their JSON bytes, with
+//! their labels parsed beside them for selectors.
+//!
+//! The store knows nothing of Kubernetes semantics beyond versions and preconditions: defaulting,
+//! validation, finalizers and graceful deletion live in the layer above, which calls
+//! [`Store::create`], [`Store::update`] and [`Store::delete`] with the objects it has decided on.
+//!
+//! Watches read the history (the last [`HISTORY`] events, kept in SQLite too so clients can
+//! resume after a restart) and then follow live events; asking for a version older than the
+//! history holds is [`StoreError::Gone`], the API's 410.
+
+mod db;
+mod watch;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+pub use watch::WatchStream;
+
+/// How many events the watch history keeps.
+pub const HISTORY: usize = 10_000;
+
+/// Where an object lives: its resource (`pods`, `deployments.apps`), namespace (empty for
+/// cluster-scoped resources) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// `resource` for the core group, `resource.group` otherwise.
+    pub resource: String,
+    /// The namespace, or empty.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key.
+    pub fn new(resource: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            resource: resource.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {:?}", self.resource, self.name)
+        } else {
+            write!(
+                f,
+                "{} {:?} in namespace {:?}",
+                self.resource, self.name, self.namespace
+            )
+        }
+    }
+}
+
+/// An object as stored: its version, its JSON (with `metadata.resourceVersion` set) and its
+/// labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredObject {
+    /// The version of its last write.
+    pub rv: u64,
+    /// The object's JSON.
+    pub json: Bytes,
+    /// `metadata.labels`.
+    pub labels: Arc<BTreeMap<String, String>>,
+}
+
+impl StoredObject {
+    /// Parses the JSON (the store wrote it, so it parses).
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Updated.
+    Modified,
+    /// Deleted (the object as it was last).
+    Deleted,
+}
+
+impl EventType {
+    /// The watch event type's name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+
+    fn from_db(s: &str) -> Option<Self> {
+        match s {
+            "ADDED" => Some(Self::Added),
+            "MODIFIED" => Some(Self::Modified),
+            "DELETED" => Some(Self::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// One change, as watchers receive it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The change's version.
+    pub rv: u64,
+    /// What happened.
+    pub kind: EventType,
+    /// To which object.
+    pub key: ObjectKey,
+    /// The object after the change (before it, for deletions, with the deletion's version).
+    pub object: StoredObject,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Create of an object that exists.
+    #[error("{0} already exists")]
+    AlreadyExists(ObjectKey),
+    /// Read, update or delete of an object that does not exist.
+    #[error("{0} not found")]
+    NotFound(ObjectKey),
+    /// The object changed since the version the caller based its write on.
+    #[error(
+        "the object has been modified; please apply your changes to the latest version and try again ({key}: expected resourceVersion {expected}, found {found})"
+    )]
+    Conflict {
+        /// The object.
+        key: ObjectKey,
+        /// The version the caller expected.
+        expected: u64,
+        /// The version stored.
+        found: u64,
+    },
+    /// A watch from a version older than the history holds.
+    #[error("too old resource version: {requested} ({oldest})")]
+    Gone {
+        /// The version asked for.
+        requested: u64,
+        /// The oldest version a watch can start from.
+        oldest: u64,
+    },
+    /// The object is not a JSON object with `metadata`.
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    /// SQLite failed.
+    #[error("storage: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+struct State {
+    objects: BTreeMap<ObjectKey, StoredObject>,
+    rv: u64,
+}
+
+/// The store.
+pub struct Store {
+    db: Mutex<rusqlite::Connection>,
+    state: RwLock<State>,
+    history: Mutex<VecDeque<Arc<Event>>>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+/// Sets `metadata.resourceVersion` and returns the bytes and labels to store.
+fn stamp(mut object: Value, rv: u64) -> Result<StoredObject, StoreError> {
+    let meta = object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| StoreError::Invalid("the object has no metadata".into()))?;
+    meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    let labels: BTreeMap<String, String> = meta
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let json = serde_json::to_vec(&object).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    Ok(StoredObject {
+        rv,
+        json: Bytes::from(json),
+        labels: Arc::new(labels),
+    })
+}
+
+fn labels_of(json: &[u8]) -> BTreeMap<String, String> {
+    serde_json::from_slice::<Value>(json)
+        .ok()
+        .and_then(|v| {
+            v.get("metadata")?.get("labels")?.as_object().map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in the SQLite file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = db::open(path)?;
+        let (rv, rows) = db::load(&conn)?;
+        let objects = rows
+            .into_iter()
+            .map(|(key, rv, json)| {
+                let labels = Arc::new(labels_of(&json));
+                (
+                    key,
+                    StoredObject {
+                        rv,
+                        json: Bytes::from(json),
+                        labels,
+                    },
+                )
+            })
+            .collect();
+        let history = db::load_history(&conn, HISTORY)?
+            .into_iter()
+            .filter_map(|(rv, kind, key, json)| {
+                let labels = Arc::new(labels_of(&json));
+                Some(Arc::new(Event {
+                    rv,
+                    kind: EventType::from_db(&kind)?,
+                    key,
+                    object: StoredObject {
+                        rv,
+                        json: Bytes::from(json),
+                        labels,
+                    },
+                }))
+            })
+            .collect();
+        Ok(Self {
+            db: Mutex::new(conn),
+            state: RwLock::new(State { objects, rv }),
+            history: Mutex::new(history),
+            live: broadcast::channel(HISTORY).0,
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, rusqlite::Connection> {
+        self.db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The newest resourceVersion.
+    pub fn current_rv(&self) -> u64 {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .rv
+    }
+
+    /// Reads one object.
+    pub fn get(&self, key: &ObjectKey) -> Result<StoredObject, StoreError> {
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state
+            .objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(key.clone()))
+    }
+
+    /// Objects of `resource` (in `namespace` if given) in key order, starting after `after`
+    /// (a name, or `namespace/name` across namespaces), at most `limit` of those `keep` accepts.
+    /// Returns them, the version they were read at, and whether more remain.
+    pub fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<&ObjectKey>,
+        limit: Option<usize>,
+        keep: impl Fn(&StoredObject) -> bool,
+    ) -> (Vec<StoredObject>, u64, bool) {
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = ObjectKey::new(resource, namespace.unwrap_or(""), "");
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.clone()),
+            None => Bound::Included(start),
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for (key, obj) in state.objects.range((lower, Bound::Unbounded)) {
+            if key.resource != resource || namespace.is_some_and(|ns| key.namespace != ns) {
+                break;
+            }
+            if !keep(obj) {
+                continue;
+            }
+            if limit.is_some_and(|l| out.len() >= l) {
+                more = true;
+                break;
+            }
+            out.push(obj.clone());
+        }
+        (out, state.rv, more)
+    }
+
+    /// Creates an object; fails if one exists under `key`.
+    pub fn create(&self, key: &ObjectKey, object: Value) -> Result<StoredObject, StoreError> {
+        self.write(key, EventType::Added, |existing| match existing {
+            Some(_) => Err(StoreError::AlreadyExists(key.clone())),
+            None => Ok(Some(object)),
+        })
+    }
+
+    /// Replaces an object. With `expected`, fails with a conflict unless the stored version is
+    /// that one.
+    pub fn update(
+        &self,
+        key: &ObjectKey,
+        object: Value,
+        expected: Option<u64>,
+    ) -> Result<StoredObject, StoreError> {
+        self.write(key, EventType::Modified, |existing| {
+            let found = existing
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?
+                .rv;
+            match expected {
+                Some(expected) if expected != found => Err(StoreError::Conflict {
+                    key: key.clone(),
+                    expected,
+                    found,
+                }),
+                _ => Ok(Some(object)),
+            }
+        })
+    }
+
+    /// Deletes an object, returning it as it was (stamped with the deletion's version). With
+    /// `expected`, fails with a conflict unless the stored version is that one.
+    pub fn delete(
+        &self,
+        key: &ObjectKey,
+        expected: Option<u64>,
+    ) -> Result<StoredObject, StoreError> {
+        self.write(key, EventType::Deleted, |existing| {
+            let found = existing
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?
+                .rv;
+            match expected {
+                Some(expected) if expected != found => Err(StoreError::Conflict {
+                    key: key.clone(),
+                    expected,
+                    found,
+                }),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    /// The one write path: decide under the write lock, commit to SQLite, then apply and
+    /// announce. `decide` returns the new object, or `None` to delete.
+    fn write(
+        &self,
+        key: &ObjectKey,
+        kind: EventType,
+        decide: impl FnOnce(Option<&StoredObject>) -> Result<Option<Value>, StoreError>,
+    ) -> Result<StoredObject, StoreError> {
+        let mut db = self.db();
+        let (rv, existing) = {
+            let state = self
+                .state
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (state.rv + 1, state.objects.get(key).cloned())
+        };
+        let stored = match decide(existing.as_ref())? {
+            Some(object) => stamp(object, rv)?,
+            None => {
+                // The deleted object as it was, at the deletion's version.
+                let last = existing.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                stamp(last.value(), rv)?
+            }
+        };
+        db::commit(&mut db, key, rv, kind, &stored.json, HISTORY)?;
+        {
+            let mut state = self
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.rv = rv;
+            match kind {
+                EventType::Deleted => state.objects.remove(key),
+                _ => state.objects.insert(key.clone(), stored.clone()),
+            };
+        }
+        let event = Arc::new(Event {
+            rv,
+            kind,
+            key: key.clone(),
+            object: stored.clone(),
+        });
+        {
+            let mut history = self
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if history.len() >= HISTORY {
+                history.pop_front();
+            }
+            history.push_back(event.clone());
+        }
+        // No receivers is fine.
+        let _ = self.live.send(event);
+        drop(db);
+        Ok(stored)
+    }
+
+    /// Watches `resource` (in `namespace` if given) for changes after version `from`.
+    pub fn watch(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        from: u64,
+    ) -> Result<WatchStream, StoreError> {
+        // Subscribe before reading the history, so nothing falls between the two.
+        let live = self.live.subscribe();
+        let history = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let oldest = history
+            .front()
+            .map_or_else(|| self.current_rv(), |e| e.rv - 1);
+        if from < oldest {
+            return Err(StoreError::Gone {
+                requested: from,
+                oldest,
+            });
+        }
+        let backlog: Vec<Arc<Event>> = history.iter().filter(|e| e.rv > from).cloned().collect();
+        Ok(WatchStream::new(resource, namespace, from, backlog, live))
+    }
+}
+
+#[cfg(test)]
+mod tests;

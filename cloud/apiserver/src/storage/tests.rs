@@ -1,0 +1,210 @@
+//! Store tests against real SQLite files.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+fn pod(name: &str, labels: serde_json::Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels}})
+}
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("pods", "default", name)
+}
+
+#[test]
+fn writes_are_versioned_and_checked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("db")).expect("open");
+    let a = store
+        .create(&key("a"), pod("a", json!({"app": "x"})))
+        .expect("created");
+    assert_eq!(a.rv, 1);
+    assert_eq!(a.value()["metadata"]["resourceVersion"], "1");
+    assert_eq!(a.labels.get("app").map(String::as_str), Some("x"));
+    assert!(matches!(
+        store.create(&key("a"), pod("a", json!({}))),
+        Err(StoreError::AlreadyExists(_))
+    ));
+
+    let b = store
+        .update(&key("a"), pod("a", json!({"app": "y"})), Some(1))
+        .expect("updated");
+    assert_eq!(b.rv, 2);
+    let stale = store.update(&key("a"), pod("a", json!({})), Some(1));
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::Conflict {
+                expected: 1,
+                found: 2,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(
+        store.get(&key("a")).expect("get").rv,
+        2,
+        "a refused write changes nothing"
+    );
+    assert!(matches!(
+        store.update(&key("nope"), pod("nope", json!({})), None),
+        Err(StoreError::NotFound(_))
+    ));
+
+    let gone = store.delete(&key("a"), None).expect("deleted");
+    assert_eq!((gone.rv, store.current_rv()), (3, 3));
+    assert!(matches!(store.get(&key("a")), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.create(&key("x"), json!({"kind": "Pod"})),
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.current_rv(), 3, "an invalid object takes no version");
+}
+
+#[test]
+fn acknowledged_writes_survive_reopening() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db");
+    {
+        let store = Store::open(&path).expect("open");
+        for name in ["a", "b", "c"] {
+            store
+                .create(&key(name), pod(name, json!({"n": name})))
+                .expect("created");
+        }
+        store.delete(&key("b"), None).expect("deleted");
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.current_rv(), 4);
+    let (items, rv, more) = store.list("pods", Some("default"), None, None, |_| true);
+    let names: Vec<_> = items
+        .iter()
+        .map(|o| o.value()["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, [Some("a".to_owned()), Some("c".to_owned())]);
+    assert_eq!((rv, more), (4, false));
+    assert_eq!(
+        store
+            .get(&key("c"))
+            .expect("c")
+            .labels
+            .get("n")
+            .map(String::as_str),
+        Some("c")
+    );
+    assert_eq!(
+        store
+            .create(&key("d"), pod("d", json!({})))
+            .expect("next")
+            .rv,
+        5
+    );
+}
+
+#[test]
+fn lists_page_and_filter_within_a_resource() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("db")).expect("open");
+    for i in 0..10 {
+        let name = format!("p{i}");
+        store
+            .create(
+                &key(&name),
+                pod(&name, json!({"even": (i % 2 == 0).to_string()})),
+            )
+            .expect("created");
+    }
+    store
+        .create(&ObjectKey::new("pods", "other", "q"), pod("q", json!({})))
+        .expect("other ns");
+    store
+        .create(
+            &ObjectKey::new("configmaps", "default", "c"),
+            json!({"metadata": {"name": "c"}}),
+        )
+        .expect("cm");
+
+    let (page, _, more) = store.list("pods", Some("default"), None, Some(4), |_| true);
+    assert_eq!((page.len(), more), (4, true));
+    let last = page.last().expect("page").value();
+    let after = key(last["metadata"]["name"].as_str().expect("name"));
+    let (rest, _, more) = store.list("pods", Some("default"), Some(&after), None, |_| true);
+    assert_eq!((rest.len(), more), (6, false));
+    let (all, _, _) = store.list("pods", None, None, None, |_| true);
+    assert_eq!(all.len(), 11, "every namespace, no configmaps");
+    let (even, _, _) = store.list("pods", Some("default"), None, None, |o| {
+        o.labels.get("even").is_some_and(|v| v == "true")
+    });
+    assert_eq!(even.len(), 5);
+}
+
+#[tokio::test]
+async fn watches_replay_history_then_follow_live_events() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("db")).expect("open");
+    store.create(&key("a"), pod("a", json!({}))).expect("1");
+    store
+        .create(
+            &ObjectKey::new("configmaps", "default", "c"),
+            json!({"metadata": {"name": "c"}}),
+        )
+        .expect("2");
+    store
+        .update(&key("a"), pod("a", json!({"v": "2"})), None)
+        .expect("3");
+
+    let mut w = store.watch("pods", Some("default"), 1).expect("watch");
+    let e = w.next().await.expect("from history");
+    assert_eq!((e.rv, e.kind), (3, EventType::Modified));
+    store.delete(&key("a"), None).expect("4");
+    store
+        .create(&ObjectKey::new("pods", "other", "b"), pod("b", json!({})))
+        .expect("5, other namespace");
+    store.create(&key("z"), pod("z", json!({}))).expect("6");
+    let e = w.next().await.expect("live");
+    assert_eq!(
+        (e.rv, e.kind, e.key.name.as_str()),
+        (4, EventType::Deleted, "a")
+    );
+    let e = w.next().await.expect("live");
+    assert_eq!((e.rv, e.key.name.as_str()), (6, "z"));
+    assert_eq!(w.position(), 6);
+    let nothing = tokio::time::timeout(Duration::from_millis(50), w.next()).await;
+    assert!(nothing.is_err(), "no more events");
+}
+
+#[tokio::test]
+async fn watches_resume_after_a_restart_and_too_old_versions_are_gone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db");
+    {
+        let store = Store::open(&path).expect("open");
+        for i in 0..5 {
+            store
+                .create(&key(&format!("p{i}")), pod("p", json!({})))
+                .expect("created");
+        }
+    }
+    let store = Store::open(&path).expect("reopen");
+    let mut w = store.watch("pods", None, 3).expect("resume from 3");
+    assert_eq!(w.next().await.expect("4").rv, 4);
+    assert_eq!(w.next().await.expect("5").rv, 5);
+
+    // Push version 1 out of the history.
+    for i in 0..HISTORY {
+        store
+            .update(&key("p0"), pod("p0", json!({"i": i.to_string()})), None)
+            .expect("update");
+    }
+    match store.watch("pods", None, 1) {
+        Err(StoreError::Gone {
+            requested: 1,
+            oldest,
+        }) => assert!(oldest > 1),
+        other => panic!("expected Gone, got {:?}", other.err()),
+    }
+}
