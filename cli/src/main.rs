@@ -42,6 +42,8 @@ enum Command {
         #[command(subcommand)]
         command: commands::image::ImageCommand,
     },
+    /// Run the embedded Kubernetes-compatible API server on its own.
+    Apiserver(commands::apiserver::ApiserverArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Wasm { command } => commands::wasm::run(&cli.root, command).await,
             Command::Image { command } => commands::image::run(&cli.root, command).await,
+            Command::Apiserver(args) => commands::apiserver::run(&cli.root, args).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! One module per `wedge` subcommand.
 
+pub mod apiserver;
 pub mod image;
 pub mod wasm;
 

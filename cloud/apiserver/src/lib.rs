@@ -1,10 +1,25 @@
 //! Wedge's embedded Kubernetes-compatible API server, on SQLite.
 //!
 //! One machine needs nothing else: `cloudcore` and `wedge up` run this server in-process, and
-//! every Wedge component reaches it (or a real cluster's API server) through the `kube` crate.
+//! every Wedge component reaches it (or a real cluster's API server) through the `kube` crate,
+//! as `kubectl` does. Layers, bottom up:
 //!
-//! Built bottom-up; start with [`storage`], the versioned object store every request ends in,
-//! and [`selector`], the label and field selectors lists and watches filter by.
+//! - [`storage`]: the versioned object store (SQLite WAL, one resourceVersion, watch history);
+//! - [`selector`]: label and field selectors;
+//! - [`schema`]: Kubernetes' OpenAPI definitions of the built-in types, and schema checks;
+//! - [`registry`]: the resources served, built-in and from CRDs;
+//! - [`api`]: the REST API with Kubernetes' semantics (discovery, CRUD, watch, patch, apply,
+//!   tables, subresources);
+//! - [`pki`], [`auth`], [`kubeconfig`], [`server`]: TLS, who is asking, and the listener.
 
+pub mod api;
+pub mod auth;
+pub mod kubeconfig;
+pub mod pki;
+pub mod registry;
+pub mod schema;
 pub mod selector;
+pub mod server;
 pub mod storage;
+
+pub use server::{Server, ServerConfig, ServerError};

@@ -175,6 +175,108 @@ impl LabelSelector {
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }
+
+    /// Writes a `metav1.LabelSelector` object in the string form (`app=web,tier in (a,b)`),
+    /// as Scale status and `kubectl get -o wide` show it.
+    pub fn format_k8s(selector: &serde_json::Value) -> String {
+        let mut parts: Vec<String> = selector
+            .get("matchLabels")
+            .and_then(|m| m.as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for e in selector
+            .get("matchExpressions")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let key = e.get("key").and_then(|k| k.as_str()).unwrap_or("");
+            let values: Vec<&str> = e
+                .get("values")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            match e.get("operator").and_then(|o| o.as_str()) {
+                Some("In") => parts.push(format!("{key} in ({})", values.join(","))),
+                Some("NotIn") => parts.push(format!("{key} notin ({})", values.join(","))),
+                Some("Exists") => parts.push(key.to_owned()),
+                Some("DoesNotExist") => parts.push(format!("!{key}")),
+                _ => {}
+            }
+        }
+        parts.join(",")
+    }
+
+    /// Reads a `metav1.LabelSelector` object (`matchLabels`, `matchExpressions` with the
+    /// operators `In`, `NotIn`, `Exists`, `DoesNotExist`), as workloads hold them.
+    pub fn from_k8s(selector: &serde_json::Value) -> Result<Self, LabelSelectorError> {
+        let err = |m: String| LabelSelectorError(m);
+        let mut requirements = Vec::new();
+        if let Some(labels) = selector.get("matchLabels").and_then(|m| m.as_object()) {
+            for (k, v) in labels {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| err(format!("{k}: value must be a string")))?;
+                if !valid_key(k) || !valid_value(v) {
+                    return Err(err(format!("{k}={v}")));
+                }
+                requirements.push(Requirement {
+                    key: k.clone(),
+                    op: Op::Equals(v.to_owned()),
+                });
+            }
+        }
+        for e in selector
+            .get("matchExpressions")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let key = e.get("key").and_then(|k| k.as_str()).unwrap_or_default();
+            if !valid_key(key) {
+                return Err(err(format!("invalid key {key:?}")));
+            }
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(|v| v.as_array())
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let op = match e.get("operator").and_then(|o| o.as_str()) {
+                Some("In") if !values.is_empty() => Op::In(values),
+                Some("NotIn") if !values.is_empty() => Op::NotIn(values),
+                Some("Exists") if values.is_empty() => Op::Exists,
+                Some("DoesNotExist") if values.is_empty() => Op::DoesNotExist,
+                Some(op @ ("In" | "NotIn")) => {
+                    return Err(err(format!(
+                        "{key}: for '{op}' operator, values set can't be empty"
+                    )));
+                }
+                Some(op @ ("Exists" | "DoesNotExist")) => {
+                    return Err(err(format!("{key}: values set must be empty for {op}")));
+                }
+                other => {
+                    return Err(err(format!(
+                        "{key}: {other:?} is not a valid label selector operator"
+                    )));
+                }
+            };
+            requirements.push(Requirement {
+                key: key.to_owned(),
+                op,
+            });
+        }
+        Ok(Self { requirements })
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +288,28 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn metav1_selectors() {
+        let sel = LabelSelector::from_k8s(&serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}, {"key": "env", "operator": "Exists"}],
+        }))
+        .expect("parse");
+        assert!(sel.matches(&labels(&[("app", "web"), ("env", "x")])));
+        assert!(!sel.matches(&labels(&[("app", "web"), ("env", "x"), ("tier", "db")])));
+        assert!(
+            LabelSelector::from_k8s(
+                &serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In"}]})
+            )
+            .is_err()
+        );
+        assert!(
+            LabelSelector::from_k8s(&serde_json::json!({}))
+                .expect("empty")
+                .is_empty()
+        );
     }
 
     #[test]

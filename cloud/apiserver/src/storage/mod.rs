@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 
 pub use watch::WatchStream;
 
-/// How many events the watch history keeps.
+/// How many events the watch history keeps by default.
 pub const HISTORY: usize = 10_000;
 
 /// Where an object lives: its resource (`pods`, `deployments.apps`), namespace (empty for
@@ -129,6 +129,9 @@ pub struct Event {
     pub key: ObjectKey,
     /// The object after the change (before it, for deletions, with the deletion's version).
     pub object: StoredObject,
+    /// The object before the change, when known (not for events replayed after a restart):
+    /// what tells a filtered watch that an object left or entered its selection.
+    pub prev: Option<StoredObject>,
 }
 
 /// Why a store operation failed.
@@ -179,6 +182,7 @@ pub struct Store {
     state: RwLock<State>,
     history: Mutex<VecDeque<Arc<Event>>>,
     live: broadcast::Sender<Arc<Event>>,
+    history_len: usize,
 }
 
 /// Sets `metadata.resourceVersion` and returns the bytes and labels to store.
@@ -221,6 +225,12 @@ fn labels_of(json: &[u8]) -> BTreeMap<String, String> {
 impl Store {
     /// Opens (creating if needed) the store in the SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_history(path, HISTORY)
+    }
+
+    /// Opens the store keeping `history_len` events for watches to resume from.
+    pub fn open_with_history(path: &Path, history_len: usize) -> Result<Self, StoreError> {
+        let history_len = history_len.max(1);
         let conn = db::open(path)?;
         let (rv, rows) = db::load(&conn)?;
         let objects = rows
@@ -237,7 +247,7 @@ impl Store {
                 )
             })
             .collect();
-        let history = db::load_history(&conn, HISTORY)?
+        let history = db::load_history(&conn, history_len)?
             .into_iter()
             .filter_map(|(rv, kind, key, json)| {
                 let labels = Arc::new(labels_of(&json));
@@ -250,6 +260,7 @@ impl Store {
                         json: Bytes::from(json),
                         labels,
                     },
+                    prev: None,
                 }))
             })
             .collect();
@@ -258,6 +269,7 @@ impl Store {
             state: RwLock::new(State { objects, rv }),
             history: Mutex::new(history),
             live: broadcast::channel(HISTORY).0,
+            history_len,
         })
     }
 
@@ -399,11 +411,13 @@ impl Store {
             Some(object) => stamp(object, rv)?,
             None => {
                 // The deleted object as it was, at the deletion's version.
-                let last = existing.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                let last = existing
+                    .as_ref()
+                    .ok_or_else(|| StoreError::NotFound(key.clone()))?;
                 stamp(last.value(), rv)?
             }
         };
-        db::commit(&mut db, key, rv, kind, &stored.json, HISTORY)?;
+        db::commit(&mut db, key, rv, kind, &stored.json, self.history_len)?;
         {
             let mut state = self
                 .state
@@ -420,13 +434,14 @@ impl Store {
             kind,
             key: key.clone(),
             object: stored.clone(),
+            prev: existing,
         });
         {
             let mut history = self
                 .history
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if history.len() >= HISTORY {
+            if history.len() >= self.history_len {
                 history.pop_front();
             }
             history.push_back(event.clone());

@@ -189,13 +189,13 @@ async fn watches_resume_after_a_restart_and_too_old_versions_are_gone() {
                 .expect("created");
         }
     }
-    let store = Store::open(&path).expect("reopen");
+    let store = Store::open_with_history(&path, 20).expect("reopen");
     let mut w = store.watch("pods", None, 3).expect("resume from 3");
     assert_eq!(w.next().await.expect("4").rv, 4);
     assert_eq!(w.next().await.expect("5").rv, 5);
 
     // Push version 1 out of the history.
-    for i in 0..HISTORY {
+    for i in 0..20 {
         store
             .update(&key("p0"), pod("p0", json!({"i": i.to_string()})), None)
             .expect("update");

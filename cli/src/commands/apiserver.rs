@@ -1,0 +1,52 @@
+//! `wedge apiserver`: the embedded Kubernetes-compatible API server on its own, for trying it
+//! with `kubectl` or running it beside other tools. `cloudcore` and `wedge up` embed the same
+//! server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use wedge_apiserver::{Server, ServerConfig};
+
+/// Options of `wedge apiserver`.
+#[derive(Args)]
+pub struct ApiserverArgs {
+    /// Where the database, certificates and admin kubeconfig live (default: <root>/apiserver).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Extra DNS names or IP addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+    /// A token file, as kube-apiserver's --token-auth-file (token,user,uid,"group1,group2").
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub async fn run(root: &std::path::Path, args: ApiserverArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.unwrap_or_else(|| root.join("apiserver"));
+    let mut config = ServerConfig::new(&data_dir, args.listen);
+    config.names = args.tls_sans;
+    config.token_file = args.token_auth_file;
+    let server = Server::start(config)
+        .await
+        .with_context(|| format!("starting the API server in {}", data_dir.display()))?;
+    println!("API server listening on {}", server.url());
+    println!(
+        "kubectl: export KUBECONFIG={}",
+        server.kubeconfig_path().display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

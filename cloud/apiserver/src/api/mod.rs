@@ -1,0 +1,289 @@
+//! The Kubernetes REST API over the store: request in, response out, with no sockets here (the
+//! server module accepts connections and authenticates; this module decides).
+//!
+//! A request's path says its [`request::Target`]; discovery and OpenAPI answer from the
+//! [`Registry`]; resource requests go to [`objects`] (create, get, update, delete), [`list`],
+//! [`watch`], [`patch`] and [`subresources`], which apply Kubernetes' object semantics and call
+//! the store. Every failure is an [`ApiError`], written as a `Status`.
+
+pub mod apply;
+pub mod crd;
+pub mod defaults;
+pub mod discovery;
+pub mod error;
+pub mod list;
+pub mod managed;
+pub mod meta;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod request;
+pub mod subresources;
+pub mod table;
+pub mod validate;
+pub mod watch;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::User;
+use crate::registry::{Registry, ResourceInfo};
+use crate::storage::Store;
+pub use error::ApiError;
+use error::MAX_REQUEST_BYTES;
+use request::{Query, ResourcePath, Target};
+
+/// A response body: whole, or streamed (watches).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The API: the store, the resources it serves, and what it runs until shutdown.
+pub struct Api {
+    pub(crate) store: Arc<Store>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) version: Value,
+}
+
+/// A request as the API handlers see it.
+pub(crate) struct Call<'a> {
+    pub method: &'a Method,
+    pub query: Query,
+    pub headers: &'a http::HeaderMap,
+    pub user: &'a User,
+    pub body: Bytes,
+    /// `Warning` headers for the response.
+    pub warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl Call<'_> {
+    /// Adds warnings (`Warning: 299 - "..."` headers).
+    pub fn warn(&self, messages: impl IntoIterator<Item = String>) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(messages);
+    }
+
+    /// Whether this is a server-side apply.
+    pub fn is_apply(&self) -> bool {
+        self.content_type().starts_with("application/apply-patch")
+    }
+
+    /// The content type, without parameters.
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map_or("application/json", |v| {
+                v.split(';').next().unwrap_or(v).trim()
+            })
+    }
+
+    /// The Accept header.
+    pub fn accept(&self) -> &str {
+        self.headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The field manager: `?fieldManager=`, or the user agent's program name, as Kubernetes
+    /// defaults it.
+    pub fn field_manager(&self) -> String {
+        if let Some(m) = self.query.get("fieldManager") {
+            return m.to_owned();
+        }
+        let agent = self
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        agent.split('/').next().unwrap_or(agent).to_owned()
+    }
+
+    /// The body as a JSON (or YAML) object; malformed input is a 400, protobuf a 415.
+    pub fn object(&self) -> Result<Value, ApiError> {
+        if self.content_type().contains("protobuf") || self.content_type().contains("cbor") {
+            return Err(ApiError::UnsupportedMediaType(
+                "application/json, application/yaml (this server does not decode protobuf or CBOR bodies: send JSON, \
+                 e.g. kubectl create -f or kubectl apply)"
+                    .into(),
+            ));
+        }
+        parse_body(&self.body)
+    }
+}
+
+/// Parses a request body as JSON, or as YAML when it is not JSON.
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("the request body is empty".into()));
+    }
+    let json_err = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first == Some(b'{') || first == Some(b'[') {
+        return Err(ApiError::BadRequest(format!(
+            "the object provided is unrecognized (must be of type JSON or YAML): {json_err}"
+        )));
+    }
+    serde_yaml_ng::from_slice::<Value>(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the object provided is unrecognized (must be of type JSON or YAML): {e}"
+        ))
+    })
+}
+
+/// A JSON response.
+pub(crate) fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A JSON value as a response.
+pub(crate) fn value_response(status: StatusCode, value: &Value) -> Response<Body> {
+    json_response(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// An error as a `Status` response.
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let status = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    value_response(status, &e.status())
+}
+
+impl Api {
+    /// An API over `store`, serving the built-in resources and the CRDs stored.
+    pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> Result<Self, ApiError> {
+        let api = Self {
+            store,
+            registry: Arc::new(Registry::builtin()),
+            shutdown,
+            version: discovery::version_info(),
+        };
+        crd::load_stored(&api)?;
+        objects::ensure_system_namespaces(&api)?;
+        Ok(api)
+    }
+
+    /// The resources served.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Answers one request from an authenticated user (`None`: anonymous, refused).
+    pub async fn handle<B>(&self, req: Request<B>, user: Option<User>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let target = match request::parse_path(&path) {
+            Ok(t) => t,
+            Err(e) => return error_response(&e),
+        };
+        if target == Target::Health {
+            return json_response(StatusCode::OK, "ok");
+        }
+        let Some(user) = user else {
+            return error_response(&ApiError::Unauthorized);
+        };
+        let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return error_response(&ApiError::TooLarge);
+            }
+            Err(e) => {
+                return error_response(&ApiError::BadRequest(format!(
+                    "reading the request body: {e}"
+                )));
+            }
+        };
+        let call = Call {
+            method: &parts.method,
+            query: Query::parse(parts.uri.query()),
+            headers: &parts.headers,
+            user: &user,
+            body,
+            warnings: Default::default(),
+        };
+        let result = match target {
+            Target::Resource(path) => self.resource(&call, path).await,
+            other => discovery::serve(self, &call, other),
+        };
+        match result {
+            Ok(mut r) => {
+                let warnings = std::mem::take(
+                    &mut *call
+                        .warnings
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                for w in warnings {
+                    let text = format!("299 - {}", serde_json::Value::String(w));
+                    if let Ok(v) = HeaderValue::from_str(&text) {
+                        r.headers_mut().append(header::WARNING, v);
+                    }
+                }
+                r
+            }
+            Err(e) => {
+                tracing::debug!(%path, method = %parts.method, user = %call.user.name, code = e.code(), "{e}");
+                error_response(&e)
+            }
+        }
+    }
+
+    /// The resource a path names, or 404.
+    pub(crate) fn resolve(&self, path: &ResourcePath) -> Result<Arc<ResourceInfo>, ApiError> {
+        self.registry
+            .get(&path.group, &path.version, &path.resource)
+            .ok_or(ApiError::NoSuchPath)
+    }
+
+    async fn resource(
+        &self,
+        call: &Call<'_>,
+        path: ResourcePath,
+    ) -> Result<Response<Body>, ApiError> {
+        let info = self.resolve(&path)?;
+        if path.namespace.is_some() && !info.namespaced {
+            return Err(ApiError::NoSuchPath);
+        }
+        if let Some(sub) = path.subresource.as_deref() {
+            if !info.has_subresource(sub) {
+                return Err(ApiError::NoSuchPath);
+            }
+            return subresources::serve(self, call, &info, &path, sub).await;
+        }
+        let watching = path.legacy_watch || call.query.flag("watch");
+        match (call.method.clone(), path.name.as_deref()) {
+            (Method::GET, None) if watching => watch::serve(self, call, &info, &path, None),
+            (Method::GET, Some(name)) if watching => {
+                watch::serve(self, call, &info, &path, Some(name))
+            }
+            (Method::GET, None) => list::serve(self, call, &info, &path),
+            (Method::GET, Some(name)) => objects::get(self, call, &info, &path, name),
+            (Method::PATCH, Some(name)) => patch::serve(self, call, &info, &path, name, None).await,
+            (Method::POST, None) => objects::create(self, call, &info, &path),
+            (Method::PUT, Some(name)) => objects::update(self, call, &info, &path, name, None),
+            (Method::DELETE, Some(name)) => objects::delete(self, call, &info, &path, name),
+            (Method::DELETE, None) => objects::delete_collection(self, call, &info, &path),
+            _ => Err(ApiError::MethodNotAllowed),
+        }
+    }
+}

@@ -1,0 +1,850 @@
+//! Server-side printing: `kubectl get` asks for a `meta.k8s.io/v1` `Table` and prints the
+//! columns the server chooses. These are kube-apiserver's columns for the built-in kinds (the
+//! `wide` ones at priority 1), a CRD's `additionalPrinterColumns`, and `Name`/`Age` otherwise.
+
+use serde_json::{Value, json};
+
+use super::list::Page;
+use super::{Api, Call};
+use crate::registry::ResourceInfo;
+use crate::storage::StoredObject;
+
+/// Whether the client asked for a Table.
+pub(crate) fn wanted(call: &Call<'_>) -> bool {
+    call.accept()
+        .split(',')
+        .next()
+        .is_some_and(|first| first.replace(' ', "").contains("as=Table"))
+}
+
+/// Kubernetes' `HumanDuration`: how `AGE` columns read.
+pub fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    if s < 120 {
+        return format!("{s}s");
+    }
+    let m = s / 60;
+    if m < 10 {
+        return if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        };
+    }
+    if m < 180 {
+        return format!("{m}m");
+    }
+    let h = s / 3600;
+    if h < 8 {
+        return if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        };
+    }
+    if h < 48 {
+        return format!("{h}h");
+    }
+    if h < 24 * 8 {
+        return if h % 24 == 0 {
+            format!("{}d", h / 24)
+        } else {
+            format!("{}d{}h", h / 24, h % 24)
+        };
+    }
+    if h < 24 * 365 * 2 {
+        return format!("{}d", h / 24);
+    }
+    let (y, d) = (h / 24 / 365, (h / 24) % 365);
+    if h < 24 * 365 * 8 && d != 0 {
+        format!("{y}y{d}d")
+    } else {
+        format!("{y}y")
+    }
+}
+
+fn age(ts: Option<&str>) -> String {
+    let Some(t) = ts.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
+        return "<unknown>".into();
+    };
+    human_duration(jiff::Timestamp::now().as_second() - t.as_second())
+}
+
+fn col(name: &str, kind: &str, priority: u8, description: &str) -> Value {
+    let format = if name == "Name" { "name" } else { "" };
+    json!({"name": name, "type": kind, "format": format, "description": description, "priority": priority})
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+fn n(v: &Value, ptr: &str) -> i64 {
+    v.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(x: String) -> String {
+    if x.is_empty() { "<none>".into() } else { x }
+}
+
+fn containers_and_images(spec: &Value) -> (String, String) {
+    let cs = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = cs.iter().filter_map(|c| c["name"].as_str()).collect();
+    let images: Vec<&str> = cs.iter().filter_map(|c| c["image"].as_str()).collect();
+    (names.join(","), images.join(","))
+}
+
+fn selector_string(sel: &Value) -> String {
+    or_none(crate::selector::LabelSelector::format_k8s(sel))
+}
+
+/// A pod's `STATUS` column, as kubectl's pod printer derives it.
+pub fn pod_status(pod: &Value) -> String {
+    let mut reason = match s(pod, "/status/reason") {
+        "" => s(pod, "/status/phase").to_owned(),
+        r => r.to_owned(),
+    };
+    let mut running = false;
+    let statuses = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for c in statuses.iter().rev() {
+        if let Some(w) = c
+            .pointer("/state/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+        {
+            reason = w.to_owned();
+        } else if let Some(t) = c.pointer("/state/terminated") {
+            reason = match t
+                .get("reason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
+            {
+                Some(r) => r.to_owned(),
+                None if t.get("signal").and_then(Value::as_i64).unwrap_or(0) != 0 => {
+                    format!("Signal:{}", n(t, "/signal"))
+                }
+                None => format!("ExitCode:{}", n(t, "/exitCode")),
+            };
+        } else if c.pointer("/state/running").is_some() && c["ready"].as_bool() == Some(true) {
+            running = true;
+        }
+    }
+    if reason == "Completed" && running {
+        reason = "Running".into();
+    }
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
+        reason = if s(pod, "/status/reason") == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
+    }
+    reason
+}
+
+fn node_status(node: &Value) -> String {
+    let ready = node
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| match c["status"].as_str() {
+            Some("True") => "Ready",
+            Some("False") => "NotReady",
+            _ => "Unknown",
+        })
+        .unwrap_or("Unknown");
+    let mut out = ready.to_owned();
+    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        out.push_str(",SchedulingDisabled");
+    }
+    out
+}
+
+fn node_roles(node: &Value) -> String {
+    let mut roles: Vec<String> = node
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| match k.strip_prefix("node-role.kubernetes.io/") {
+                    Some(r) if !r.is_empty() => Some(r.to_owned()),
+                    _ if k == "kubernetes.io/role" => v.as_str().map(str::to_owned),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort();
+    or_none(roles.join(","))
+}
+
+fn address(node: &Value, kind: &str) -> String {
+    let found = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|x| x["type"] == kind))
+        .and_then(|x| x["address"].as_str());
+    or_none(found.unwrap_or("").to_owned())
+}
+
+/// The columns and cells of one kind.
+fn columns(info: &ResourceInfo) -> Vec<Value> {
+    let name = col(
+        "Name",
+        "string",
+        0,
+        "Name must be unique within a namespace.",
+    );
+    let age = col(
+        "Age",
+        "string",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
+    match (info.group.as_str(), info.kind.as_str()) {
+        ("", "Pod") => vec![
+            name,
+            col(
+                "Ready",
+                "string",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            col(
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
+            age,
+            col("IP", "string", 1, "IP address allocated to the pod."),
+            col(
+                "Node",
+                "string",
+                1,
+                "Name of the Node this pod is scheduled on.",
+            ),
+            col(
+                "Nominated Node",
+                "string",
+                1,
+                "Name of the Node which the pod is nominated to.",
+            ),
+            col(
+                "Readiness Gates",
+                "string",
+                1,
+                "The readiness gates of the pod.",
+            ),
+        ],
+        ("", "Node") => vec![
+            name,
+            col("Status", "string", 0, "The status of the node"),
+            col("Roles", "string", 0, "The roles of the node"),
+            age,
+            col(
+                "Version",
+                "string",
+                0,
+                "Kubelet Version reported by the node.",
+            ),
+            col("Internal-IP", "string", 1, "List of internal IPs."),
+            col("External-IP", "string", 1, "List of external IPs."),
+            col(
+                "OS-Image",
+                "string",
+                1,
+                "OS Image reported by the node from /etc/os-release.",
+            ),
+            col(
+                "Kernel-Version",
+                "string",
+                1,
+                "Kernel Version reported by the node.",
+            ),
+            col(
+                "Container-Runtime",
+                "string",
+                1,
+                "Container Runtime Version reported by the node.",
+            ),
+        ],
+        ("apps", "Deployment") => vec![
+            name,
+            col("Ready", "string", 0, "Number of the pod with ready state"),
+            col(
+                "Up-to-date",
+                "integer",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            col(
+                "Available",
+                "integer",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            age,
+            col(
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            col(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        ("apps", "ReplicaSet") => vec![
+            name,
+            col("Desired", "integer", 0, "Number of desired pods."),
+            col("Current", "integer", 0, "Number of actual replicas."),
+            col(
+                "Ready",
+                "integer",
+                0,
+                "The number of ready replicas for this replica set.",
+            ),
+            age,
+            col(
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            col(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        ("apps", "DaemonSet") => vec![
+            name,
+            col(
+                "Desired",
+                "integer",
+                0,
+                "The total number of nodes that should be running the daemon pod.",
+            ),
+            col(
+                "Current",
+                "integer",
+                0,
+                "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+            ),
+            col(
+                "Ready",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            col(
+                "Up-to-date",
+                "integer",
+                0,
+                "The total number of nodes that are running updated daemon pod",
+            ),
+            col(
+                "Available",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available.",
+            ),
+            col(
+                "Node Selector",
+                "string",
+                0,
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+            ),
+            age,
+            col(
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            col(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        ("", "Event") => vec![
+            col(
+                "Last Seen",
+                "string",
+                0,
+                "Time when last this event was recorded.",
+            ),
+            col("Type", "string", 0, "Type of this event."),
+            col("Reason", "string", 0, "Reason is why the action was taken."),
+            col("Object", "string", 0, "The object this Event is about."),
+            col(
+                "Message",
+                "string",
+                0,
+                "A human-readable description of the status of this operation.",
+            ),
+            col(
+                "Subobject",
+                "string",
+                1,
+                "The subobject this Event is about.",
+            ),
+            col("Source", "string", 1, "The component reporting this event."),
+            col(
+                "First Seen",
+                "string",
+                1,
+                "The time at which the event was first recorded.",
+            ),
+            col(
+                "Count",
+                "string",
+                1,
+                "The number of times this event has occurred.",
+            ),
+            col("Name", "string", 1, "The name of the event."),
+        ],
+        ("", "Namespace") => vec![
+            name,
+            col("Status", "string", 0, "The status of the namespace"),
+            age,
+        ],
+        ("", "ConfigMap") => vec![
+            name,
+            col("Data", "string", 0, "Number of data entries."),
+            age,
+        ],
+        ("", "Secret") => vec![
+            name,
+            col("Type", "string", 0, "The type of the secret"),
+            col("Data", "string", 0, "Number of data entries."),
+            age,
+        ],
+        ("", "Service") => vec![
+            name,
+            col("Type", "string", 0, "The type of service."),
+            col("Cluster-IP", "string", 0, "The cluster IP of the service."),
+            col(
+                "External-IP",
+                "string",
+                0,
+                "The external IPs of the service.",
+            ),
+            col("Port(s)", "string", 0, "The ports of the service."),
+            age,
+            col(
+                "Selector",
+                "string",
+                1,
+                "The label selector of the service.",
+            ),
+        ],
+        ("coordination.k8s.io", "Lease") => vec![
+            name,
+            col("Holder", "string", 0, "The holder of the lease."),
+            age,
+        ],
+        ("node.k8s.io", "RuntimeClass") => vec![
+            name,
+            col("Handler", "string", 0, "The runtime handler."),
+            age,
+        ],
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            vec![
+                name,
+                col("Created At", "date", 0, "The time the CRD was created."),
+            ]
+        }
+        _ => vec![name, age],
+    }
+}
+
+fn cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
+    let name = json!(s(o, "/metadata/name"));
+    let created = age(o
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str));
+    match (info.group.as_str(), info.kind.as_str()) {
+        ("", "Pod") => {
+            let statuses = o
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = o
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let ready = statuses
+                .iter()
+                .filter(|c| c["ready"].as_bool() == Some(true))
+                .count();
+            let restarts: i64 = statuses
+                .iter()
+                .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+                .sum();
+            let last = statuses
+                .iter()
+                .filter_map(|c| {
+                    c.pointer("/lastState/terminated/finishedAt")
+                        .and_then(Value::as_str)
+                })
+                .max()
+                .map(|t| format!(" ({} ago)", age(Some(t))));
+            let restarts = match (restarts, last) {
+                (r, Some(ago)) if r > 0 => format!("{r}{ago}"),
+                (r, _) => r.to_string(),
+            };
+            let gates = o
+                .pointer("/spec/readinessGates")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(pod_status(o)),
+                json!(restarts),
+                json!(created),
+                json!(or_none(s(o, "/status/podIP").to_owned())),
+                json!(or_none(s(o, "/spec/nodeName").to_owned())),
+                json!(or_none(s(o, "/status/nominatedNodeName").to_owned())),
+                json!(if gates == 0 {
+                    "<none>".to_owned()
+                } else {
+                    format!("0/{gates}")
+                }),
+            ]
+        }
+        ("", "Node") => vec![
+            name,
+            json!(node_status(o)),
+            json!(node_roles(o)),
+            json!(created),
+            json!(s(o, "/status/nodeInfo/kubeletVersion")),
+            json!(address(o, "InternalIP")),
+            json!(address(o, "ExternalIP")),
+            json!(or_none(s(o, "/status/nodeInfo/osImage").to_owned())),
+            json!(or_none(s(o, "/status/nodeInfo/kernelVersion").to_owned())),
+            json!(or_none(
+                s(o, "/status/nodeInfo/containerRuntimeVersion").to_owned()
+            )),
+        ],
+        ("apps", "Deployment") => {
+            let (c, i) =
+                containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    n(o, "/status/readyReplicas"),
+                    n(o, "/spec/replicas")
+                )),
+                json!(n(o, "/status/updatedReplicas")),
+                json!(n(o, "/status/availableReplicas")),
+                json!(created),
+                json!(c),
+                json!(i),
+                json!(selector_string(
+                    o.pointer("/spec/selector").unwrap_or(&Value::Null)
+                )),
+            ]
+        }
+        ("apps", "ReplicaSet") => {
+            let (c, i) =
+                containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            vec![
+                name,
+                json!(n(o, "/spec/replicas")),
+                json!(n(o, "/status/replicas")),
+                json!(n(o, "/status/readyReplicas")),
+                json!(created),
+                json!(c),
+                json!(i),
+                json!(selector_string(
+                    o.pointer("/spec/selector").unwrap_or(&Value::Null)
+                )),
+            ]
+        }
+        ("apps", "DaemonSet") => {
+            let (c, i) =
+                containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+            let node_selector = o
+                .pointer("/spec/template/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(n(o, "/status/desiredNumberScheduled")),
+                json!(n(o, "/status/currentNumberScheduled")),
+                json!(n(o, "/status/numberReady")),
+                json!(n(o, "/status/updatedNumberScheduled")),
+                json!(n(o, "/status/numberAvailable")),
+                json!(or_none(node_selector)),
+                json!(created),
+                json!(c),
+                json!(i),
+                json!(selector_string(
+                    o.pointer("/spec/selector").unwrap_or(&Value::Null)
+                )),
+            ]
+        }
+        ("", "Event") => {
+            let last = [
+                "/lastTimestamp",
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find_map(|p| {
+                o.pointer(p)
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+            });
+            let first = [
+                "/firstTimestamp",
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find_map(|p| {
+                o.pointer(p)
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+            });
+            let object = format!(
+                "{}/{}",
+                s(o, "/involvedObject/kind").to_lowercase(),
+                s(o, "/involvedObject/name")
+            );
+            let source = match (s(o, "/source/component"), s(o, "/source/host")) {
+                ("", _) => s(o, "/reportingComponent").to_owned(),
+                (c, "") => c.to_owned(),
+                (c, h) => format!("{c}, {h}"),
+            };
+            vec![
+                json!(age(last)),
+                json!(s(o, "/type")),
+                json!(s(o, "/reason")),
+                json!(object),
+                json!(s(o, "/message")),
+                json!(s(o, "/involvedObject/fieldPath")),
+                json!(source),
+                json!(age(first)),
+                json!(n(o, "/count").max(1).to_string()),
+                name,
+            ]
+        }
+        ("", "Namespace") => vec![name, json!(s(o, "/status/phase")), json!(created)],
+        ("", "ConfigMap") => {
+            let count = ["data", "binaryData"]
+                .iter()
+                .filter_map(|f| o.get(*f)?.as_object().map(|m| m.len()))
+                .sum::<usize>();
+            vec![name, json!(count), json!(created)]
+        }
+        ("", "Secret") => {
+            let count = o
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len());
+            vec![name, json!(s(o, "/type")), json!(count), json!(created)]
+        }
+        ("", "Service") => {
+            let ports: Vec<String> = o
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| match p.get("nodePort").and_then(Value::as_i64) {
+                    Some(np) => format!("{}:{np}/{}", n(p, "/port"), s(p, "/protocol")),
+                    None => format!("{}/{}", n(p, "/port"), s(p, "/protocol")),
+                })
+                .collect();
+            let selector = o
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(s(o, "/spec/type")),
+                json!(or_none(s(o, "/spec/clusterIP").to_owned())),
+                json!("<none>"),
+                json!(or_none(ports.join(","))),
+                json!(created),
+                json!(or_none(selector)),
+            ]
+        }
+        ("coordination.k8s.io", "Lease") => {
+            vec![name, json!(s(o, "/spec/holderIdentity")), json!(created)]
+        }
+        ("node.k8s.io", "RuntimeClass") => vec![name, json!(s(o, "/handler")), json!(created)],
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            vec![name, json!(s(o, "/metadata/creationTimestamp"))]
+        }
+        _ => vec![name, json!(created)],
+    }
+}
+
+/// Reads a CRD printer column's `jsonPath` (`.spec.size`, `.status.conditions[0].type`).
+fn json_path<'a>(o: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut v = o;
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
+        let (field, index) = match part.split_once('[') {
+            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        if !field.is_empty() {
+            v = v.get(field)?;
+        }
+        if let Some(i) = index {
+            v = v.get(i)?;
+        }
+    }
+    Some(v)
+}
+
+/// Renders objects as a Table.
+pub(crate) fn render(
+    api: &Api,
+    call: &Call<'_>,
+    info: &ResourceInfo,
+    items: &[StoredObject],
+    page: Option<&Page>,
+) -> Value {
+    let include = call.query.get("includeObject").unwrap_or("Metadata");
+    let (mut definitions, custom) = match &info.crd {
+        Some(_) => {
+            let printer = super::crd::printer_columns(api, info);
+            let mut defs = vec![col(
+                "Name",
+                "string",
+                0,
+                "Name must be unique within a namespace.",
+            )];
+            for c in &printer {
+                defs.push(json!({
+                    "name": c["name"], "type": c["type"].as_str().unwrap_or("string"), "format": c["format"].as_str().unwrap_or(""),
+                    "description": c["description"].as_str().unwrap_or(""), "priority": c["priority"].as_i64().unwrap_or(0),
+                }));
+            }
+            if !printer
+                .iter()
+                .any(|c| c["jsonPath"] == ".metadata.creationTimestamp")
+            {
+                defs.push(col("Age", "date", 0, "CreationTimestamp is a timestamp representing the server time when this object was created."));
+            }
+            (defs, Some(printer))
+        }
+        None => (columns(info), None),
+    };
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|obj| {
+            let o = obj.value();
+            let cells = match &custom {
+                Some(printer) => {
+                    let mut c = vec![json!(s(&o, "/metadata/name"))];
+                    for p in printer {
+                        let v = json_path(&o, p["jsonPath"].as_str().unwrap_or("")).cloned().unwrap_or(Value::Null);
+                        c.push(if p["type"] == "date" { json!(age(v.as_str())) } else { v });
+                    }
+                    if definitions.len() > c.len() {
+                        c.push(json!(age(o.pointer("/metadata/creationTimestamp").and_then(Value::as_str))));
+                    }
+                    c
+                }
+                None => cells(info, &o),
+            };
+            let object = match include {
+                "Object" => o.clone(),
+                "None" => Value::Null,
+                _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
+            };
+            json!({"cells": cells, "object": object})
+        })
+        .collect();
+    // Date columns print as ages.
+    for d in &mut definitions {
+        if d["type"] == "date" {
+            d["type"] = json!("string");
+        }
+    }
+    let mut metadata = json!({"resourceVersion": page.map_or_else(|| api.store.current_rv(), |p| p.rv).to_string()});
+    if let Some(token) = page.and_then(|p| p.continue_token.as_ref()) {
+        metadata["continue"] = json!(token);
+    }
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": definitions, "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(3 * 3600 + 120), "3h2m");
+        assert_eq!(human_duration(30 * 3600), "30h");
+        assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
+        assert_eq!(human_duration(40 * 86400), "40d");
+    }
+
+    #[test]
+    fn pod_status_column() {
+        let waiting = json!({"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull"}}}]}});
+        assert_eq!(pod_status(&waiting), "ErrImagePull");
+        let running = json!({"status": {"phase": "Running", "containerStatuses": [{"ready": true, "state": {"running": {}}}]}});
+        assert_eq!(pod_status(&running), "Running");
+        let deleting =
+            json!({"metadata": {"deletionTimestamp": "x"}, "status": {"phase": "Running"}});
+        assert_eq!(pod_status(&deleting), "Terminating");
+    }
+}

@@ -1,0 +1,270 @@
+//! Validation of the built-in kinds: the checks whose absence would let a broken object reach
+//! a controller or an edge (a pod without containers, a Deployment whose selector does not
+//! select its template). Each failure is a [`Cause`] naming the field as Kubernetes does.
+
+use serde_json::Value;
+
+use super::error::Cause;
+use super::meta::{NameRule, name_problem};
+use crate::selector::LabelSelector;
+
+/// The causes an object of `kind` is invalid for (empty when valid). `old` is the stored object
+/// on update.
+pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    match (group, kind) {
+        ("", "Pod") => {
+            match object.get("spec") {
+                Some(spec) => pod_spec(spec, "spec", &mut causes),
+                None => causes.push(Cause::required("spec", "")),
+            }
+            if let (Some(old), Some(new)) = (old.and_then(|o| o.get("spec")), object.get("spec")) {
+                pod_update(old, new, &mut causes);
+            }
+        }
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => workload(kind, object, &mut causes),
+        ("", "ConfigMap") => {
+            for field in ["data", "binaryData"] {
+                keys(object.get(field), field, &mut causes);
+            }
+        }
+        ("", "Secret") => {
+            keys(object.get("data"), "data", &mut causes);
+            if let Some(data) = object.get("data").and_then(Value::as_object) {
+                for (k, v) in data {
+                    let ok = v.as_str().is_some_and(|s| {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD.decode(s).is_ok()
+                    });
+                    if !ok {
+                        causes.push(Cause::invalid(
+                            format!("data[{k}]"),
+                            v,
+                            "must be a base64-encoded string",
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+fn keys(map: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
+    let Some(map) = map.and_then(Value::as_object) else {
+        return;
+    };
+    for k in map.keys() {
+        let ok = !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        if !ok {
+            causes.push(Cause::invalid(
+                field,
+                &Value::String(k.clone()),
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or \
+                 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+            ));
+        }
+    }
+}
+
+fn pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let containers = spec.get("containers").and_then(Value::as_array);
+    match containers {
+        Some(list) if !list.is_empty() => {}
+        _ => causes.push(Cause::required(format!("{at}.containers"), "")),
+    }
+    let mut names = Vec::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let path = format!("{at}.{list}[{i}]");
+            match c.get("name").and_then(Value::as_str) {
+                None | Some("") => causes.push(Cause::required(format!("{path}.name"), "")),
+                Some(name) => {
+                    if let Some(p) = name_problem(name, NameRule::Label) {
+                        causes.push(Cause::invalid(
+                            format!("{path}.name"),
+                            &Value::String(name.into()),
+                            &p,
+                        ));
+                    } else if names.contains(&name) {
+                        causes.push(Cause {
+                            reason: "FieldValueDuplicate",
+                            field: format!("{path}.name"),
+                            message: format!("Duplicate value: \"{name}\""),
+                        });
+                    }
+                    names.push(name);
+                }
+            }
+            match c.get("image").and_then(Value::as_str) {
+                Some(image) if !image.trim().is_empty() => {}
+                _ => causes.push(Cause::required(format!("{path}.image"), "")),
+            }
+        }
+    }
+    if let Some(policy) = spec.get("restartPolicy")
+        && !matches!(policy.as_str(), Some("Always" | "OnFailure" | "Never"))
+    {
+        causes.push(Cause::not_supported(
+            format!("{at}.restartPolicy"),
+            policy,
+            &["Always", "OnFailure", "Never"],
+        ));
+    }
+    if let Some(grace) = spec.get("terminationGracePeriodSeconds")
+        && grace.as_i64().is_none_or(|g| g < 0)
+    {
+        causes.push(Cause::invalid(
+            format!("{at}.terminationGracePeriodSeconds"),
+            grace,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+/// A pod's spec is immutable but for images, activeDeadlineSeconds, tolerations (added to) and
+/// terminationGracePeriodSeconds.
+fn pod_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    let strip = |spec: &Value| {
+        let mut s = spec.clone();
+        if let Some(o) = s.as_object_mut() {
+            for k in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+            ] {
+                o.remove(k);
+            }
+            for list in ["initContainers", "containers"] {
+                if let Some(cs) = o.get_mut(list).and_then(Value::as_array_mut) {
+                    for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                        c.remove("image");
+                    }
+                }
+            }
+        }
+        s
+    };
+    if strip(old) != strip(new) {
+        causes.push(Cause::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,\
+             `spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),\
+             `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+        ));
+    }
+}
+
+fn workload(kind: &str, object: &Value, causes: &mut Vec<Cause>) {
+    let Some(spec) = object.get("spec") else {
+        causes.push(Cause::required("spec", ""));
+        return;
+    };
+    if let Some(replicas) = spec.get("replicas")
+        && replicas.as_i64().is_none_or(|r| r < 0)
+    {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            replicas,
+            "must be greater than or equal to 0",
+        ));
+    }
+    let selector = spec.get("selector");
+    let template_labels = spec
+        .pointer("/template/metadata/labels")
+        .cloned()
+        .unwrap_or(Value::Null);
+    match selector {
+        None | Some(Value::Null) => causes.push(Cause::required("spec.selector", "")),
+        Some(sel) => match LabelSelector::from_k8s(sel) {
+            Err(e) => causes.push(Cause::invalid("spec.selector", sel, &e.to_string())),
+            Ok(s) if s.is_empty() => causes.push(Cause::invalid(
+                "spec.selector",
+                sel,
+                "empty selector is invalid for deployment",
+            )),
+            Ok(s) => {
+                let labels = template_labels
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !s.matches(&labels) {
+                    causes.push(Cause::invalid(
+                        "spec.template.metadata.labels",
+                        &template_labels,
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+        },
+    }
+    match spec.pointer("/template/spec") {
+        Some(pod) => {
+            pod_spec(pod, "spec.template.spec", causes);
+            if kind != "Job"
+                && let Some(policy) = pod.get("restartPolicy")
+                && policy.as_str() != Some("Always")
+            {
+                causes.push(Cause::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    policy,
+                    &["Always"],
+                ));
+            }
+        }
+        None => causes.push(Cause::required("spec.template.spec", "")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(causes: &[Cause]) -> Vec<&str> {
+        causes.iter().map(|c| c.field.as_str()).collect()
+    }
+
+    #[test]
+    fn pods_need_named_containers_with_images() {
+        let ok = json!({"spec": {"containers": [{"name": "app", "image": "x"}]}});
+        assert!(validate("", "Pod", &ok, None).is_empty());
+        let bad = json!({"spec": {"containers": [{"name": "App"}, {"image": "y"}], "restartPolicy": "Sometimes"}});
+        assert_eq!(
+            fields(&validate("", "Pod", &bad, None)),
+            [
+                "spec.containers[0].name",
+                "spec.containers[0].image",
+                "spec.containers[1].name",
+                "spec.restartPolicy"
+            ]
+        );
+        let changed = json!({"spec": {"containers": [{"name": "other", "image": "x"}]}});
+        assert_eq!(fields(&validate("", "Pod", &changed, Some(&ok))), ["spec"]);
+        let new_image = json!({"spec": {"containers": [{"name": "app", "image": "x:2"}]}});
+        assert!(validate("", "Pod", &new_image, Some(&ok)).is_empty());
+    }
+
+    #[test]
+    fn deployments_select_their_template() {
+        let d = json!({"spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        assert_eq!(
+            fields(&validate("apps", "Deployment", &d, None)),
+            ["spec.template.metadata.labels"]
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! The HTTPS server: TLS with rustls (HTTP/2 and HTTP/1.1), client certificates verified
+//! against the cluster CA, bearer tokens, and the API behind them. One task accepts; one task
+//! per connection serves; all of them end when the server is shut down.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{Api, ApiError};
+use crate::auth::{self, Tokens, User};
+use crate::pki::{Pki, PkiError};
+use crate::storage::{Store, StoreError};
+
+/// How the server is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the database, certificates and kubeconfig live.
+    pub data_dir: PathBuf,
+    /// The address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Extra DNS names and IP addresses the serving certificate must cover.
+    pub names: Vec<String>,
+    /// A token file (`token,user,uid,"groups"` per line), if any.
+    pub token_file: Option<PathBuf>,
+    /// How many changes watches can resume from (older versions get 410 Gone).
+    pub watch_history: usize,
+}
+
+impl ServerConfig {
+    /// A server on `listen` keeping its state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            names: Vec::new(),
+            token_file: None,
+            watch_history: crate::storage::HISTORY,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be made.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Certificates.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The API's setup.
+    #[error("starting the API: {0}")]
+    Api(#[from] ApiError),
+    /// The token file.
+    #[error(transparent)]
+    Tokens(#[from] auth::TokenFileError),
+    /// TLS setup.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Binding the listener.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    pki: Arc<Pki>,
+    api: Arc<Api>,
+    kubeconfig: PathBuf,
+    shutdown: CancellationToken,
+    accept: JoinHandle<()>,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServerError> {
+    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.serving.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.serving.key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
+        roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl Server {
+    /// Opens the store, loads or creates the certificates, writes the admin kubeconfig and
+    /// starts serving.
+    pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let pki = Arc::new(Pki::load_or_create(dir, &config.names)?);
+        let store = Arc::new(Store::open_with_history(
+            &dir.join("wedge.db"),
+            config.watch_history,
+        )?);
+        let shutdown = CancellationToken::new();
+        let api = Arc::new(Api::new(store, shutdown.clone())?);
+        let tokens = match &config.token_file {
+            Some(path) => Tokens::load(path)?,
+            None => Tokens::default(),
+        };
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let admin = pki.load_or_issue_client("admin", "kubernetes-admin", &["system:masters"])?;
+        let kubeconfig = dir.join("admin.kubeconfig");
+        let server_url = format!("https://{}", client_address(addr));
+        crate::kubeconfig::write(&kubeconfig, &server_url, &pki.ca.cert_pem, &admin).map_err(
+            |source| ServerError::Io {
+                path: kubeconfig.clone(),
+                source,
+            },
+        )?;
+
+        let acceptor = TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+        let tasks = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            api.clone(),
+            Arc::new(tokens),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
+        Ok(Self {
+            addr,
+            pki,
+            api,
+            kubeconfig,
+            shutdown,
+            accept,
+            tasks,
+        })
+    }
+
+    /// The address served.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> String {
+        format!("https://{}", client_address(self.addr))
+    }
+
+    /// The cluster CA, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.pki.ca.cert_pem
+    }
+
+    /// The certificates.
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// The admin kubeconfig's path.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API (for in-process use).
+    pub fn api(&self) -> &Arc<Api> {
+        &self.api
+    }
+
+    /// Stops accepting, ends every connection and watch, and waits for their tasks.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.accept.await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// The address a client on this machine dials: loopback when listening on every address.
+fn client_address(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip = if addr.is_ipv4() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            std::net::IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    api: Arc<Api>,
+    tokens: Arc<Tokens>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, api, tokens, shutdown) = (
+            acceptor.clone(),
+            api.clone(),
+            tokens.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            tokio::select! {
+                () = serve_connection(tcp, peer, acceptor, api, tokens) => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    api: Arc<Api>,
+    tokens: Arc<Tokens>,
+) {
+    let tls = match acceptor.accept(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, "TLS handshake: {e}");
+            return;
+        }
+    };
+    let cert_user: Option<User> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| auth::user_from_certificate(c));
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (api, tokens, cert_user) = (api.clone(), tokens.clone(), cert_user.clone());
+        async move {
+            let user = cert_user.or_else(|| {
+                let header = req
+                    .headers()
+                    .get(http::header::AUTHORIZATION)?
+                    .to_str()
+                    .ok()?;
+                tokens.user(auth::bearer_token(header)?).cloned()
+            });
+            Ok::<_, std::convert::Infallible>(api.handle(req, user).await)
+        }
+    });
+    if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%peer, "connection: {e}");
+    }
+}

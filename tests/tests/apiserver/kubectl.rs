@@ -1,0 +1,257 @@
+//! The real `kubectl` against the embedded server.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use crate::harness::{Cluster, MANIFESTS, WIDGET_CRD};
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_describe_label_scale_edit_delete() {
+    let cluster = Cluster::start().await;
+    let first = cluster.kubectl_stdin(&["apply", "-f", "-"], MANIFESTS);
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "configmap/settings created",
+            "deployment.apps/web created",
+            "pod/hello created"
+        ]
+    );
+    let second = cluster.kubectl_stdin(&["apply", "-f", "-"], MANIFESTS);
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "configmap/settings unchanged",
+            "deployment.apps/web unchanged",
+            "pod/hello unchanged"
+        ]
+    );
+
+    let wide = cluster.kubectl_ok(&["get", "pods", "-o", "wide"]);
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED",
+            "NODE",
+            "READINESS",
+            "GATES"
+        ]
+    );
+    assert!(wide.contains("hello") && wide.contains("Pending"), "{wide}");
+    let deploys = cluster.kubectl_ok(&["get", "deploy"]);
+    assert_eq!(
+        deploys
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    );
+    assert!(deploys.contains("0/2"), "{deploys}");
+
+    let yaml = cluster.kubectl_ok(&["get", "pod", "hello", "-o", "yaml"]);
+    assert!(
+        yaml.contains("restartPolicy: Always") && yaml.contains("phase: Pending"),
+        "{yaml}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "cm", "settings", "-o", "json"]))
+            .expect("json");
+    assert_eq!(json["data"]["interval"], "5");
+
+    let described = cluster.kubectl_ok(&["describe", "pod", "hello"]);
+    assert!(
+        described.contains("Status:           Pending")
+            && described.contains("QoS Class:        BestEffort"),
+        "{described}"
+    );
+
+    cluster.kubectl_ok(&["label", "pod", "hello", "tier=edge"]);
+    cluster.kubectl_ok(&["annotate", "pod", "hello", "note=checked"]);
+    let labelled = cluster.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "tier=edge",
+        "-o",
+        "jsonpath={.items[*].metadata.annotations.note}",
+    ]);
+    assert_eq!(labelled, "checked");
+
+    cluster.kubectl_ok(&["scale", "deployment", "web", "--replicas=5"]);
+    assert_eq!(
+        cluster.kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "5"
+    );
+    cluster.kubectl_ok(&["rollout", "restart", "deployment", "web"]);
+    let restarted = cluster.kubectl_ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.metadata.annotations}",
+    ]);
+    assert!(
+        restarted.contains("kubectl.kubernetes.io/restartedAt"),
+        "{restarted}"
+    );
+
+    // kubectl edit sends what the editor changed as a patch.
+    let editor = cluster.dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/interval: \"5\"/interval: \"9\"/' \"$1\"\n",
+    )
+    .expect("editor");
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&editor)
+        .status()
+        .expect("chmod");
+    let edited = std::process::Command::new("kubectl")
+        .args(["edit", "configmap", "settings"])
+        .env("KUBECONFIG", cluster.server.kubeconfig_path())
+        .env("HOME", cluster.dir.path())
+        .env("KUBE_EDITOR", &editor)
+        .output()
+        .expect("kubectl edit");
+    assert!(edited.status.success(), "{}", text(&edited));
+    assert_eq!(
+        cluster.kubectl_ok(&["get", "cm", "settings", "-o", "jsonpath={.data.interval}"]),
+        "9"
+    );
+
+    cluster.kubectl_ok(&["delete", "pod", "hello"]);
+    cluster.kubectl_ok(&["wait", "--for=delete", "pod/hello", "--timeout=10s"]);
+    let none = cluster.kubectl(&["get", "pod", "hello"]);
+    assert!(
+        !none.status.success() && text(&none).contains("pods \"hello\" not found"),
+        "{}",
+        text(&none)
+    );
+    cluster.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_explain_and_custom_resources() {
+    let cluster = Cluster::start().await;
+    // kubectl get --watch prints each change as it happens.
+    let mut watch = std::process::Command::new("kubectl")
+        .args([
+            "get",
+            "configmaps",
+            "--watch",
+            "--output-watch-events",
+            "--no-headers",
+        ])
+        .env("KUBECONFIG", cluster.server.kubeconfig_path())
+        .env("HOME", cluster.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl watch");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watched = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched}\ndata: {a: \"1\"}\n";
+    assert!(
+        cluster
+            .kubectl_stdin(&["create", "-f", "-"], watched)
+            .status
+            .success()
+    );
+    cluster.kubectl_ok(&["delete", "configmap", "watched"]);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a watch event");
+        seen.push(
+            line.split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(seen, ["ADDED watched", "DELETED watched"]);
+
+    let explained = cluster.kubectl_ok(&["explain", "pod.spec.containers.image"]);
+    assert!(
+        explained.contains("FIELD: image <string>") && explained.contains("Container image name"),
+        "{explained}"
+    );
+    let explained = cluster.kubectl_ok(&["explain", "deployments.spec.strategy"]);
+    assert!(explained.contains("rollingUpdate"), "{explained}");
+
+    cluster.kubectl_stdin(&["apply", "-f", "-"], WIDGET_CRD);
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=10s",
+    ]);
+    let widget =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n";
+    let applied = cluster.kubectl_stdin(&["apply", "-f", "-"], widget);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let table = cluster.kubectl_ok(&["get", "wg"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "SIZE", "MODE", "AGE"]);
+    assert_eq!(rows[1][..3], ["w1", "3", "slow"]);
+    let explained = cluster.kubectl_ok(&["explain", "widget.spec"]);
+    assert!(
+        explained.contains("size") && explained.contains("-required-"),
+        "{explained}"
+    );
+
+    // Strict validation (kubectl's default) refuses unknown fields, naming them.
+    let bogus =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bogus}\ndata: {a: b}\nbogus: 1\n";
+    let refused = cluster.kubectl_stdin(&["apply", "-f", "-"], bogus);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("unknown field \"bogus\""),
+        "{}",
+        text(&refused)
+    );
+    cluster.server.shutdown().await;
+}

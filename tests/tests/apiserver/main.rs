@@ -1,0 +1,9 @@
+//! End-to-end tests of the embedded API server through real clients: the `kube` crate (typed and
+//! dynamic APIs, watcher, reflector, every patch type, server-side apply) and the real `kubectl`
+//! on the machine, against the server on a loopback port with its own SQLite file.
+
+mod bad_input;
+mod durability;
+mod harness;
+mod kube_client;
+mod kubectl;
