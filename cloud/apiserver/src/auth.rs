@@ -98,11 +98,6 @@ impl Tokens {
         Ok(Self(tokens))
     }
 
-    /// Adds a token.
-    pub fn insert(&mut self, token: String, user: User) {
-        self.0.insert(token, user);
-    }
-
     /// The user a bearer token stands for.
     pub fn user(&self, token: &str) -> Option<&User> {
         self.0.get(token)

@@ -303,14 +303,6 @@ impl Registry {
             .cloned()
     }
 
-    /// The resource of `kind` in `group`/`version`.
-    pub fn by_kind(&self, group: &str, version: &str, kind: &str) -> Option<Arc<ResourceInfo>> {
-        self.read()
-            .iter()
-            .find(|r| r.group == group && r.version == version && r.kind == kind)
-            .cloned()
-    }
-
     /// Whether any resource is served in `group`/`version`.
     pub fn serves(&self, group: &str, version: &str) -> bool {
         self.read()
@@ -354,14 +346,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn built_ins_resolve_by_path_and_kind() {
+    fn built_ins_resolve_by_path() {
         let reg = Registry::builtin();
         let pods = reg.get("", "v1", "pods").expect("pods");
         assert_eq!(pods.storage_key(), "pods");
         assert_eq!(pods.api_version(), "v1");
-        let deploy = reg
-            .by_kind("apps", "v1", "Deployment")
-            .expect("deployments");
+        let deploy = reg.get("apps", "v1", "deployments").expect("deployments");
+        assert_eq!(deploy.kind, "Deployment");
         assert_eq!(deploy.storage_key(), "deployments.apps");
         assert!(deploy.has_subresource("scale"));
         assert!(reg.get("apps", "v2", "deployments").is_none());

@@ -11,6 +11,7 @@
 //! (`Mode::Custom`) it also does what the CRD's structural schema asks: defaults, required
 //! fields, enums, bounds, patterns, lengths.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
@@ -35,18 +36,30 @@ pub static DEFINITIONS: LazyLock<Map<String, Value>> = LazyLock::new(|| {
     }
 });
 
+/// Definition names by group, version and kind (from `x-kubernetes-group-version-kind`), built
+/// once: every write looks its kind's schema up here.
+static BY_KIND: LazyLock<HashMap<(String, String, String), &'static str>> = LazyLock::new(|| {
+    let mut index = HashMap::new();
+    for (name, schema) in DEFINITIONS.iter() {
+        let gvks = schema
+            .get("x-kubernetes-group-version-kind")
+            .and_then(Value::as_array);
+        for g in gvks.into_iter().flatten() {
+            let field = |f: &str| g.get(f).and_then(Value::as_str).unwrap_or("").to_owned();
+            index.insert(
+                (field("group"), field("version"), field("kind")),
+                name.as_str(),
+            );
+        }
+    }
+    index
+});
+
 /// The definition name of a built-in kind.
 pub fn definition_for(group: &str, version: &str, kind: &str) -> Option<&'static str> {
-    DEFINITIONS.iter().find_map(|(name, schema)| {
-        let gvks = schema.get("x-kubernetes-group-version-kind")?.as_array()?;
-        gvks.iter()
-            .any(|g| {
-                g.get("group").and_then(Value::as_str) == Some(group)
-                    && g.get("version").and_then(Value::as_str) == Some(version)
-                    && g.get("kind").and_then(Value::as_str) == Some(kind)
-            })
-            .then_some(name.as_str())
-    })
+    BY_KIND
+        .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))
+        .copied()
 }
 
 /// The schema of a built-in kind.
@@ -192,10 +205,9 @@ fn type_ok(schema: &Value, v: &Value) -> bool {
 
 /// Quantities are strings in the schema but numbers in many manifests (`cpu: 1`).
 fn quantity_like(schema: &Value) -> bool {
-    schema
-        .get("description")
-        .and_then(Value::as_str)
-        .is_some_and(|d| d.starts_with("Quantity is"))
+    DEFINITIONS
+        .get("io.k8s.apimachinery.pkg.api.resource.Quantity")
+        .is_some_and(|q| std::ptr::eq(q, schema))
 }
 
 fn walk(schema: &Value, value: &mut Value, path: &str, mode: Mode, f: &mut Findings, depth: usize) {

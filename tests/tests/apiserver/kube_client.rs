@@ -368,6 +368,18 @@ async fn a_crd_round_trip_with_the_dynamic_api() {
     crds.delete("widgets.example.com", &DeleteParams::default())
         .await
         .expect("delete CRD");
-    assert!(widgets.list(&ListParams::default()).await.is_err());
+    match widgets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 404, "no longer served"),
+        other => panic!("expected 404 once the CRD is gone, got {other:?}"),
+    }
+    // Defined again, the resource starts empty: its objects went with the CRD.
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("create the CRD again");
+    let relisted = widgets.list(&ListParams::default()).await.expect("list");
+    assert!(
+        relisted.items.is_empty(),
+        "objects of a deleted CRD are deleted"
+    );
     cluster.server.shutdown().await;
 }

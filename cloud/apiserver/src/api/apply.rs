@@ -13,19 +13,10 @@ use super::objects::{self, object_response};
 use super::request::ResourcePath;
 use super::{Api, Body, Call};
 use crate::registry::ResourceInfo;
-use crate::schema;
 use crate::storage::{ObjectKey, StoreError};
 
 /// How many times apply is retried when the object changes under it.
 const RETRIES: usize = 8;
-
-/// The schema apply merges and tracks fields with: the built-in type's, or the CRD's.
-fn schema_of(api: &Api, info: &ResourceInfo) -> Option<Value> {
-    match &info.crd {
-        Some(_) => super::crd::schema_of(api, info),
-        None => schema::schema_for(&info.group, &info.version, &info.kind).cloned(),
-    }
-}
 
 /// PATCH with an apply configuration.
 pub(crate) fn serve(
@@ -55,7 +46,8 @@ pub(crate) fn serve(
         }
     }
     let force = call.query.flag("force");
-    let schema = schema_of(api, info);
+    // The schema apply merges and tracks fields with: the built-in type's, or the CRD's.
+    let schema = super::crd::schema_for_info(api, info);
     let subresource = sub.unwrap_or("");
     for _ in 0..RETRIES {
         let current = match api.store.get(k) {
@@ -68,7 +60,7 @@ pub(crate) fn serve(
             info,
             &live,
             &applied,
-            schema.as_ref(),
+            schema.as_deref(),
             manager,
             subresource,
             force,
@@ -150,21 +142,14 @@ fn merge(
                     .join("\n")
             )
         };
-        return Err(ApiError::Conflict {
-            group: info.group.clone(),
-            resource: super::error::qualified(&info.plural, &info.group),
-            name: live
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-            detail,
-        });
+        let name = live
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        return Err(ApiError::conflict(&info.group, &info.plural, name, detail));
     }
     // Forced: the fields change hands.
-    for e in list.iter_mut().filter(|e| {
-        !(e.manager == manager && e.operation == "Apply" && e.subresource == subresource)
-    }) {
+    for e in list.iter_mut().filter(|e| !mine(e)) {
         e.fields.retain(|p| !applied_set.contains(p));
     }
 

@@ -5,6 +5,8 @@
 //! This module is also where every object meets its schema before a write
 //! ([`prune_and_default`]): the built-in types' OpenAPI definitions or the CRD's.
 
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 
 use super::error::{ApiError, Cause};
@@ -111,11 +113,12 @@ pub(crate) fn schema_of(api: &Api, info: &ResourceInfo) -> Option<Value> {
         .cloned()
 }
 
-/// The schema of any served resource: the built-in definition or the CRD's.
-pub(crate) fn schema_for_info(api: &Api, info: &ResourceInfo) -> Option<Value> {
+/// The schema of any served resource: the built-in definition (borrowed) or the CRD's (read
+/// from the stored CRD). Look it up once per write and pass it along.
+pub(crate) fn schema_for_info(api: &Api, info: &ResourceInfo) -> Option<Cow<'static, Value>> {
     match info.crd {
-        Some(_) => schema_of(api, info),
-        None => schema::schema_for(&info.group, &info.version, &info.kind).cloned(),
+        Some(_) => schema_of(api, info).map(Cow::Owned),
+        None => schema::schema_for(&info.group, &info.version, &info.kind).map(Cow::Borrowed),
     }
 }
 
@@ -135,16 +138,16 @@ pub(crate) fn printer_columns(api: &Api, info: &ResourceInfo) -> Vec<Value> {
 /// refuses values of the wrong type, and for custom resources applies defaults and the
 /// schema's constraints.
 pub(crate) fn prune_and_default(
-    api: &Api,
     info: &ResourceInfo,
+    schema: Option<&Value>,
     object: &mut Value,
 ) -> Result<Vec<String>, ApiError> {
+    let Some(schema) = schema else {
+        return Ok(Vec::new());
+    };
     let name = meta::meta_str(object, "name").unwrap_or("").to_owned();
     match &info.crd {
         None => {
-            let Some(schema) = schema::schema_for(&info.group, &info.version, &info.kind) else {
-                return Ok(Vec::new());
-            };
             let findings = schema::check(schema, object, Mode::Builtin);
             if let Some(first) = findings.invalid.first() {
                 return Err(ApiError::BadRequest(format!(
@@ -155,9 +158,6 @@ pub(crate) fn prune_and_default(
             Ok(findings.unknown)
         }
         Some(_) => {
-            let Some(schema) = schema_of(api, info) else {
-                return Ok(Vec::new());
-            };
             // The schema describes the body; type and object metadata are the server's.
             let Some(map) = object.as_object_mut() else {
                 return Ok(Vec::new());
@@ -166,7 +166,7 @@ pub(crate) fn prune_and_default(
                 .iter()
                 .filter_map(|k| map.remove(*k).map(|v| ((*k).to_owned(), v)))
                 .collect();
-            let findings = schema::check(&schema, object, Mode::Custom);
+            let findings = schema::check(schema, object, Mode::Custom);
             if let Some(map) = object.as_object_mut() {
                 map.extend(kept);
             }

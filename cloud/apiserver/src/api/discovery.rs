@@ -91,8 +91,9 @@ pub(crate) fn serve(
             }
             openapi::document(api, &group, &version)
         }
-        Target::OpenApiV2 => return Err(ApiError::NoSuchPath),
-        Target::Health | Target::Resource(_) => return Err(ApiError::NoSuchPath),
+        Target::OpenApiV2 | Target::Health | Target::Resource(_) => {
+            return Err(ApiError::NoSuchPath);
+        }
     };
     Ok(value_response(StatusCode::OK, &body))
 }

@@ -290,6 +290,16 @@ impl ApiError {
         }
     }
 
+    /// A 409 Conflict on an object, with why.
+    pub fn conflict(group: &str, resource: &str, name: &str, detail: impl Into<String>) -> Self {
+        Self::Conflict {
+            group: group.into(),
+            resource: qualified(resource, group),
+            name: name.into(),
+            detail: detail.into(),
+        }
+    }
+
     /// A 422 for an object.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         Self::Invalid {

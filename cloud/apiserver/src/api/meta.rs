@@ -66,8 +66,6 @@ pub enum NameRule {
     Label,
     /// RFC 1035 label: services.
     Rfc1035Label,
-    /// Path segment: anything without `/` or `%`, not `.` or `..` (events, leases).
-    PathSegment,
 }
 
 impl NameRule {
@@ -76,7 +74,6 @@ impl NameRule {
         match (group, resource) {
             ("", "namespaces") => Self::Label,
             ("", "services") => Self::Rfc1035Label,
-            ("", "events") | ("coordination.k8s.io", "leases") | ("", "nodes") => Self::Subdomain,
             _ => Self::Subdomain,
         }
     }
@@ -122,15 +119,7 @@ pub fn name_problem(name: &str, rule: NameRule) -> Option<String> {
              validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
                 .into()
         }),
-        NameRule::PathSegment => {
-            if name == "." || name == ".." {
-                Some(format!("may not be '{name}'"))
-            } else if name.contains('/') || name.contains('%') {
-                Some("may not contain '/' or '%'".into())
-            } else {
-                None
-            }
-        }
+
     }
 }
 

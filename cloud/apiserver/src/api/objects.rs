@@ -278,7 +278,8 @@ pub(crate) fn create_object(
         }
     };
     stamp_new(&mut object, &name);
-    let unknown = super::crd::prune_and_default(api, info, &mut object)?;
+    let schema = crd::schema_for_info(api, info);
+    let unknown = crd::prune_and_default(info, schema.as_deref(), &mut object)?;
     super::patch::check_field_validation(call, unknown)?;
     if info.has_subresource("status")
         && let Some(o) = object.as_object_mut()
@@ -294,11 +295,10 @@ pub(crate) fn create_object(
     crd::before_write(api, info, &mut object, None)?;
     check_object(info, &name, &object, None)?;
     if !call.is_apply() {
-        let schema = crd::schema_for_info(api, info);
         super::managed::record_update(
             None,
             &mut object,
-            schema.as_ref(),
+            schema.as_deref(),
             &call.field_manager(),
             &info.api_version(),
             "",
@@ -385,17 +385,18 @@ pub(crate) fn update_object(
     if let Some(uid) = meta::meta_str(&new, "uid").filter(|u| !u.is_empty())
         && Some(uid) != meta::meta_str(&old_value, "uid")
     {
-        return Err(ApiError::Conflict {
-            group: info.group.clone(),
-            resource: super::error::qualified(&info.plural, &info.group),
-            name: k.name.clone(),
-            detail: format!(
+        return Err(ApiError::conflict(
+            &info.group,
+            &info.plural,
+            &k.name,
+            format!(
                 "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
                 meta::meta_str(&old_value, "uid").unwrap_or("")
             ),
-        });
+        ));
     }
-    let unknown = super::crd::prune_and_default(api, info, &mut new)?;
+    let schema = crd::schema_for_info(api, info);
+    let unknown = crd::prune_and_default(info, schema.as_deref(), &mut new)?;
     super::patch::check_field_validation(call, unknown)?;
 
     // What the server owns in metadata stays as it was.
@@ -465,11 +466,10 @@ pub(crate) fn update_object(
     crd::before_write(api, info, &mut merged, Some(&old_value))?;
     check_object(info, &k.name, &merged, Some(&old_value))?;
     if !call.is_apply() {
-        let schema = crd::schema_for_info(api, info);
         super::managed::record_update(
             Some(&old_value),
             &mut merged,
-            schema.as_ref(),
+            schema.as_deref(),
             &call.field_manager(),
             &info.api_version(),
             sub.unwrap_or(""),
@@ -674,12 +674,8 @@ pub(crate) fn delete_object(
     for _ in 0..CONFLICT_RETRIES {
         let old = api.store.get(k).map_err(store_err(info))?;
         let value = old.value();
-        let conflict = |detail: String| ApiError::Conflict {
-            group: info.group.clone(),
-            resource: super::error::qualified(&info.plural, &info.group),
-            name: k.name.clone(),
-            detail,
-        };
+        let conflict =
+            |detail: String| ApiError::conflict(&info.group, &info.plural, &k.name, detail);
         if let Some(uid) = &options.uid
             && Some(uid.as_str()) != meta::meta_str(&value, "uid")
         {

@@ -110,7 +110,6 @@ fn resource_path(group: &str, version: &str, rest: &[&str]) -> Result<ResourcePa
         legacy_watch,
         ..Default::default()
     };
-    let own = |s: &&str| (*s).to_owned();
     match rest {
         // namespaces/<ns>/<resource>[/<name>[/<sub>]]
         ["namespaces", ns, resource, tail @ ..]
@@ -118,32 +117,26 @@ fn resource_path(group: &str, version: &str, rest: &[&str]) -> Result<ResourcePa
         {
             p.namespace = Some((*ns).to_owned());
             p.resource = (*resource).to_owned();
-            match tail {
-                [] => {}
-                [name] => p.name = Some(own(name)),
-                [name, sub] => {
-                    p.name = Some(own(name));
-                    p.subresource = Some(own(sub));
-                }
-                _ => return Err(ApiError::NoSuchPath),
-            }
+            (p.name, p.subresource) = name_and_subresource(tail)?;
         }
         // <resource>[/<name>[/<sub>]], including namespaces/<name>/status
         [resource, tail @ ..] => {
             p.resource = (*resource).to_owned();
-            match tail {
-                [] => {}
-                [name] => p.name = Some(own(name)),
-                [name, sub] => {
-                    p.name = Some(own(name));
-                    p.subresource = Some(own(sub));
-                }
-                _ => return Err(ApiError::NoSuchPath),
-            }
+            (p.name, p.subresource) = name_and_subresource(tail)?;
         }
         [] => return Err(ApiError::NoSuchPath),
     }
     Ok(p)
+}
+
+/// The `<name>[/<subresource>]` after a resource in a path.
+fn name_and_subresource(tail: &[&str]) -> Result<(Option<String>, Option<String>), ApiError> {
+    match tail {
+        [] => Ok((None, None)),
+        [name] => Ok((Some((*name).to_owned()), None)),
+        [name, sub] => Ok((Some((*name).to_owned()), Some((*sub).to_owned()))),
+        _ => Err(ApiError::NoSuchPath),
+    }
 }
 
 /// The query parameters, decoded.

@@ -192,23 +192,23 @@ fn bind(
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
         {
-            return Err(ApiError::Conflict {
-                group: String::new(),
-                resource: "pods".into(),
-                name: name.to_owned(),
-                detail: format!("pod {name} is already assigned to node \"{current}\""),
-            });
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                name,
+                format!("pod {name} is already assigned to node \"{current}\""),
+            ));
         }
         if pod
             .pointer("/metadata/deletionTimestamp")
             .is_some_and(|v| !v.is_null())
         {
-            return Err(ApiError::Conflict {
-                group: String::new(),
-                resource: "pods".into(),
-                name: name.to_owned(),
-                detail: format!("pod {name} is being deleted, cannot be assigned to a host"),
-            });
+            return Err(ApiError::conflict(
+                "",
+                "pods",
+                name,
+                format!("pod {name} is being deleted, cannot be assigned to a host"),
+            ));
         }
         pod["spec"]["nodeName"] = json!(node);
         let conditions = pod["status"]["conditions"]

@@ -201,6 +201,33 @@ fn address(node: &Value, kind: &str) -> String {
     or_none(found.unwrap_or("").to_owned())
 }
 
+/// The `-o wide` columns of every workload with a pod template.
+fn template_columns() -> [Value; 3] {
+    [
+        col(
+            "Containers",
+            "string",
+            1,
+            "Names of each container in the template.",
+        ),
+        col(
+            "Images",
+            "string",
+            1,
+            "Images referenced by each container in the template.",
+        ),
+        col("Selector", "string", 1, "Label selector for pods."),
+    ]
+}
+
+/// The `-o wide` cells of a workload with a pod template.
+fn template_cells(o: &Value) -> [Value; 3] {
+    let (containers, images) =
+        containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
+    let selector = selector_string(o.pointer("/spec/selector").unwrap_or(&Value::Null));
+    [json!(containers), json!(images), json!(selector)]
+}
+
 /// The columns and cells of one kind.
 fn columns(info: &ResourceInfo) -> Vec<Value> {
     let name = col(
@@ -289,7 +316,7 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
                 "Container Runtime Version reported by the node.",
             ),
         ],
-        ("apps", "Deployment") => vec![
+        ("apps", "Deployment") => [
             name,
             col("Ready", "string", 0, "Number of the pod with ready state"),
             col(
@@ -305,21 +332,11 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
                 "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
             ),
             age,
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col("Selector", "string", 1, "Label selector for pods."),
-        ],
-        ("apps", "ReplicaSet") => vec![
+        ]
+        .into_iter()
+        .chain(template_columns())
+        .collect(),
+        ("apps", "ReplicaSet") => [
             name,
             col("Desired", "integer", 0, "Number of desired pods."),
             col("Current", "integer", 0, "Number of actual replicas."),
@@ -330,21 +347,11 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
                 "The number of ready replicas for this replica set.",
             ),
             age,
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col("Selector", "string", 1, "Label selector for pods."),
-        ],
-        ("apps", "DaemonSet") => vec![
+        ]
+        .into_iter()
+        .chain(template_columns())
+        .collect(),
+        ("apps", "DaemonSet") => [
             name,
             col(
                 "Desired",
@@ -383,20 +390,10 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
                 "NodeSelector is a selector which must be true for the pod to fit on a node.",
             ),
             age,
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col("Selector", "string", 1, "Label selector for pods."),
-        ],
+        ]
+        .into_iter()
+        .chain(template_columns())
+        .collect(),
         ("", "Event") => vec![
             col(
                 "Last Seen",
@@ -559,45 +556,31 @@ fn cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
                 s(o, "/status/nodeInfo/containerRuntimeVersion").to_owned()
             )),
         ],
-        ("apps", "Deployment") => {
-            let (c, i) =
-                containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
-            vec![
-                name,
-                json!(format!(
-                    "{}/{}",
-                    n(o, "/status/readyReplicas"),
-                    n(o, "/spec/replicas")
-                )),
-                json!(n(o, "/status/updatedReplicas")),
-                json!(n(o, "/status/availableReplicas")),
-                json!(created),
-                json!(c),
-                json!(i),
-                json!(selector_string(
-                    o.pointer("/spec/selector").unwrap_or(&Value::Null)
-                )),
-            ]
-        }
-        ("apps", "ReplicaSet") => {
-            let (c, i) =
-                containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
-            vec![
-                name,
-                json!(n(o, "/spec/replicas")),
-                json!(n(o, "/status/replicas")),
-                json!(n(o, "/status/readyReplicas")),
-                json!(created),
-                json!(c),
-                json!(i),
-                json!(selector_string(
-                    o.pointer("/spec/selector").unwrap_or(&Value::Null)
-                )),
-            ]
-        }
+        ("apps", "Deployment") => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                n(o, "/status/readyReplicas"),
+                n(o, "/spec/replicas")
+            )),
+            json!(n(o, "/status/updatedReplicas")),
+            json!(n(o, "/status/availableReplicas")),
+            json!(created),
+        ]
+        .into_iter()
+        .chain(template_cells(o))
+        .collect(),
+        ("apps", "ReplicaSet") => vec![
+            name,
+            json!(n(o, "/spec/replicas")),
+            json!(n(o, "/status/replicas")),
+            json!(n(o, "/status/readyReplicas")),
+            json!(created),
+        ]
+        .into_iter()
+        .chain(template_cells(o))
+        .collect(),
         ("apps", "DaemonSet") => {
-            let (c, i) =
-                containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null));
             let node_selector = o
                 .pointer("/spec/template/spec/nodeSelector")
                 .and_then(Value::as_object)
@@ -617,12 +600,10 @@ fn cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
                 json!(n(o, "/status/numberAvailable")),
                 json!(or_none(node_selector)),
                 json!(created),
-                json!(c),
-                json!(i),
-                json!(selector_string(
-                    o.pointer("/spec/selector").unwrap_or(&Value::Null)
-                )),
             ]
+            .into_iter()
+            .chain(template_cells(o))
+            .collect()
         }
         ("", "Event") => {
             let last = [

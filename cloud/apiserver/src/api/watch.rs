@@ -13,7 +13,6 @@
 //! that stops reading stalls only its own task, and one that goes away ends it.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -169,10 +168,10 @@ impl Watch {
 
     /// What a change looks like to this watch's selectors, if anything.
     fn translate<'e>(&self, event: &'e Event) -> Option<(&'static str, &'e StoredObject)> {
-        let now = self.filter.keep(&event.object);
         if self.filter.is_empty() {
             return Some((event.kind.as_str(), &event.object));
         }
+        let now = self.filter.keep(&event.object);
         let before = event.prev.as_ref().map(|p| self.filter.keep(p));
         match (event.kind, before, now) {
             (EventType::Added, _, true) => Some(("ADDED", &event.object)),
@@ -209,7 +208,6 @@ impl Watch {
             tokio::select! {
                 next = stream.next() => match next {
                     Ok(event) => {
-                        let event: Arc<Event> = event;
                         if let Some((kind, obj)) = self.translate(&event)
                             && tx.send(stored_line(kind, obj)).await.is_err()
                         {

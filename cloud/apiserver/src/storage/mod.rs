@@ -185,6 +185,26 @@ pub struct Store {
     history_len: usize,
 }
 
+/// The precondition of updates and deletes: the object exists and, with `expected`, is at that
+/// version.
+fn check_version(
+    key: &ObjectKey,
+    existing: Option<&StoredObject>,
+    expected: Option<u64>,
+) -> Result<(), StoreError> {
+    let found = existing
+        .ok_or_else(|| StoreError::NotFound(key.clone()))?
+        .rv;
+    match expected {
+        Some(expected) if expected != found => Err(StoreError::Conflict {
+            key: key.clone(),
+            expected,
+            found,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Sets `metadata.resourceVersion` and returns the bytes and labels to store.
 fn stamp(mut object: Value, rv: u64) -> Result<StoredObject, StoreError> {
     let meta = object
@@ -355,17 +375,8 @@ impl Store {
         expected: Option<u64>,
     ) -> Result<StoredObject, StoreError> {
         self.write(key, EventType::Modified, |existing| {
-            let found = existing
-                .ok_or_else(|| StoreError::NotFound(key.clone()))?
-                .rv;
-            match expected {
-                Some(expected) if expected != found => Err(StoreError::Conflict {
-                    key: key.clone(),
-                    expected,
-                    found,
-                }),
-                _ => Ok(Some(object)),
-            }
+            check_version(key, existing, expected)?;
+            Ok(Some(object))
         })
     }
 
@@ -377,17 +388,8 @@ impl Store {
         expected: Option<u64>,
     ) -> Result<StoredObject, StoreError> {
         self.write(key, EventType::Deleted, |existing| {
-            let found = existing
-                .ok_or_else(|| StoreError::NotFound(key.clone()))?
-                .rv;
-            match expected {
-                Some(expected) if expected != found => Err(StoreError::Conflict {
-                    key: key.clone(),
-                    expected,
-                    found,
-                }),
-                _ => Ok(None),
-            }
+            check_version(key, existing, expected)?;
+            Ok(None)
         })
     }
 
