@@ -18,6 +18,11 @@ enum Scenario {
     AppStart,
     /// Resident memory added per idle running app instance.
     IdleRss,
+    /// The embedded API server with 10k pods: create, list, watch, write-to-event delay, RSS.
+    Apiserver,
+    /// The API server process the `apiserver` scenario measures (not a scenario).
+    #[value(hide = true)]
+    ApiserverServe,
     /// Every scenario above.
     All,
 }
@@ -28,18 +33,29 @@ struct Args {
     /// What to measure.
     #[arg(value_enum)]
     scenario: Scenario,
+    /// Where `apiserver-serve` keeps its state.
+    #[arg(long, hide = true)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Args::parse().scenario {
+    let args = Args::parse();
+    match args.scenario {
         Scenario::HandlerInvoke => scenarios::handler_invoke::run().await,
         Scenario::AppStart => scenarios::app_start::run().await,
         Scenario::IdleRss => scenarios::idle_rss::run().await,
+        Scenario::Apiserver => scenarios::apiserver::run().await,
+        Scenario::ApiserverServe => {
+            let dir = args
+                .data_dir
+                .ok_or_else(|| anyhow::anyhow!("--data-dir is needed"))?;
+            scenarios::apiserver::serve(&dir).await
+        }
         Scenario::All => {
             // Each scenario in a process of its own, so that one's allocations and resident
             // pages do not skew the next one's figures (idle-rss above all).
-            for scenario in ["handler-invoke", "app-start", "idle-rss"] {
+            for scenario in ["handler-invoke", "app-start", "idle-rss", "apiserver"] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)
                     .status()?;

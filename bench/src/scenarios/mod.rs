@@ -1,5 +1,6 @@
 //! One module per scenario, plus what they share.
 
+pub mod apiserver;
 pub mod app_start;
 pub mod handler_invoke;
 pub mod idle_rss;
