@@ -9,6 +9,7 @@ pub mod grants;
 pub mod pod_runtime;
 pub mod quantity;
 pub mod restart;
+pub mod runtimes;
 pub mod status;
 pub mod topic;
 pub mod twin;

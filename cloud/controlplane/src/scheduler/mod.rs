@@ -1,0 +1,361 @@
+//! The scheduler: binds each pod without a node to the node that fits it best, as
+//! kube-scheduler does for pods whose `schedulerName` is `default-scheduler`.
+//!
+//! Three watches feed it. Nodes and all pods keep the [`cache::Cache`] current (what each node
+//! offers and what its pods take); RuntimeClasses sit in a reflector store. Pods with no
+//! `spec.nodeName` drive a `kube::runtime` [`Controller`]: its reconciler decides under the
+//! cache's lock (filter, score, pick, assume), then binds through the `binding` subresource
+//! outside it, so decisions are serial and bindings overlap.
+//!
+//! A pod that fits nowhere gets `PodScheduled=False` with reason `Unschedulable` and
+//! kube-scheduler's message, and a `FailedScheduling` event; it is tried again when a node
+//! changes in a way that could make it fit, when a bound pod goes away, and every minute.
+//!
+//! Start reading at [`run`], then [`fit`] for the rules.
+
+pub mod cache;
+pub mod fit;
+pub mod resources;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EventType, Recorder};
+use cache::Cache;
+use fit::PodNeeds;
+
+/// The scheduler name pods get by default, and the one this scheduler serves.
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+/// How often an unschedulable pod is tried again when nothing else prompts it.
+const RETRY: Duration = Duration::from_secs(60);
+/// How many bindings may be in flight at once.
+const CONCURRENCY: u16 = 16;
+
+/// Why a scheduling attempt failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API refused or failed a request.
+    #[error("{action} pod {pod}: {source}")]
+    Api {
+        /// What was being done.
+        action: &'static str,
+        /// `namespace/name`.
+        pod: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What the reconciler shares.
+struct Context {
+    client: Client,
+    cache: Arc<Mutex<Cache>>,
+    runtime_classes: Store<RuntimeClass>,
+    /// True once nodes and pods have been listed: no decision before the cache is whole.
+    synced: watch::Receiver<bool>,
+    recorder: Recorder,
+}
+
+/// Runs the scheduler until `shutdown` is cancelled.
+pub async fn run(client: Client, shutdown: CancellationToken) {
+    let cache = Arc::new(Mutex::new(Cache::default()));
+    // A channel of one: a retry already queued absorbs the next request for one.
+    let (retry_tx, retry_rx) = mpsc::channel::<()>(1);
+    let (synced_tx, synced) = watch::channel(false);
+
+    let (runtime_classes, rc_writer) = reflector::store();
+    let rc_watch = reflector::reflector(
+        rc_writer,
+        watcher(
+            Api::<RuntimeClass>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each({
+        let retry = retry_tx.clone();
+        move |_| {
+            let _ = retry.clone().try_send(());
+            futures::future::ready(())
+        }
+    });
+
+    let feeds = feed_cache(client.clone(), cache.clone(), retry_tx, synced_tx);
+    let context = Arc::new(Context {
+        client: client.clone(),
+        cache,
+        runtime_classes,
+        synced,
+        recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
+    });
+    let pending = watcher::Config::default().fields("spec.nodeName=");
+    let controller = Controller::new(Api::<Pod>::all(client), pending)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .reconcile_all_on(retry_rx)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            if let Err(error) = result {
+                tracing::debug!(%error, "scheduling attempt failed");
+            }
+            futures::future::ready(())
+        });
+    tokio::select! {
+        () = controller => {}
+        () = feeds => {}
+        () = rc_watch => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// Keeps the cache current from the node and pod watches; asks for a retry of pending pods
+/// when room appears.
+async fn feed_cache(
+    client: Client,
+    cache: Arc<Mutex<Cache>>,
+    retry: mpsc::Sender<()>,
+    synced: watch::Sender<bool>,
+) {
+    let nodes_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pods_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mark = {
+        let (n, p) = (nodes_synced.clone(), pods_synced.clone());
+        move || {
+            use std::sync::atomic::Ordering::SeqCst;
+            if n.load(SeqCst) && p.load(SeqCst) {
+                synced.send_replace(true);
+            }
+        }
+    };
+    let mark = Arc::new(mark);
+
+    let nodes = {
+        let (cache, mut retry, mark) = (cache.clone(), retry.clone(), mark.clone());
+        let mut buffer = Vec::new();
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .for_each(move |event| {
+                // A panic elsewhere while holding the lock cannot leave the counts worse
+                // than stopping scheduling would: carry on with them.
+                let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+                let wake = match event {
+                    Ok(watcher::Event::Init) => {
+                        buffer.clear();
+                        false
+                    }
+                    Ok(watcher::Event::InitApply(n)) => {
+                        buffer.push(Arc::new(n));
+                        false
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        c.reset_nodes(std::mem::take(&mut buffer));
+                        nodes_synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                        mark();
+                        true
+                    }
+                    Ok(watcher::Event::Apply(n)) => c.apply_node(Arc::new(n)),
+                    Ok(watcher::Event::Delete(n)) => {
+                        c.delete_node(&n.name_any());
+                        false
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "node watch failed; retrying");
+                        false
+                    }
+                };
+                drop(c);
+                if wake {
+                    let _ = retry.try_send(());
+                }
+                futures::future::ready(())
+            })
+    };
+    let pods = {
+        let mut retry = retry;
+        let mut buffer = Vec::new();
+        watcher(Api::<Pod>::all(client), watcher::Config::default())
+            .default_backoff()
+            .for_each(move |event| {
+                let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+                let wake = match event {
+                    Ok(watcher::Event::Init) => {
+                        buffer.clear();
+                        false
+                    }
+                    Ok(watcher::Event::InitApply(p)) => {
+                        buffer.push(p);
+                        false
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        c.reset_pods(&std::mem::take(&mut buffer));
+                        pods_synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                        mark();
+                        true
+                    }
+                    Ok(watcher::Event::Apply(p)) => c.apply_pod(&p),
+                    Ok(watcher::Event::Delete(p)) => c.delete_pod(&p),
+                    Err(error) => {
+                        tracing::warn!(%error, "pod watch failed; retrying");
+                        false
+                    }
+                };
+                drop(c);
+                if wake {
+                    let _ = retry.try_send(());
+                }
+                futures::future::ready(())
+            })
+    };
+    futures::future::join(nodes, pods).await;
+}
+
+/// Whether this scheduler should place the pod now.
+fn wants_scheduling(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    spec.node_name.as_deref().unwrap_or_default().is_empty()
+        && pod.metadata.deletion_timestamp.is_none()
+        && spec.scheduler_name.as_deref().unwrap_or(SCHEDULER_NAME) == SCHEDULER_NAME
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !wants_scheduling(&pod) {
+        return Ok(Action::await_change());
+    }
+    let mut synced = ctx.synced.clone();
+    // The sender lives as long as the scheduler; if it is gone we are shutting down.
+    if synced.wait_for(|s| *s).await.is_err() {
+        return Ok(Action::await_change());
+    }
+    let runtime_class = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.runtime_class_name.as_deref())
+        .and_then(|n| ctx.runtime_classes.get(&ObjectRef::new(n)));
+    let needs = match PodNeeds::of(&pod, runtime_class.as_deref()) {
+        Ok(needs) => needs,
+        Err(e) => {
+            unschedulable(&ctx, &pod, &e.to_string()).await?;
+            return Ok(Action::requeue(RETRY));
+        }
+    };
+    let uid = pod.uid().unwrap_or_default();
+    let choice = {
+        let mut cache = ctx.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match cache.pick(&needs) {
+            Ok(node) => {
+                cache.assume(&uid, &node, &needs);
+                Ok(node)
+            }
+            Err(reasons) => Err(fit::unschedulable_message(cache.node_count(), &reasons)),
+        }
+    };
+    match choice {
+        Ok(node) => match bind(&ctx.client, &pod, &node).await {
+            Ok(()) => Ok(Action::await_change()),
+            Err(e) => {
+                ctx.cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget(&uid);
+                match &e {
+                    // Bound meanwhile, being deleted, or gone: nothing left to do.
+                    kube::Error::Api(s) if s.is_conflict() || s.is_not_found() => {
+                        Ok(Action::await_change())
+                    }
+                    _ => Err(api_error("bind", &pod, e)),
+                }
+            }
+        },
+        Err(message) => {
+            unschedulable(&ctx, &pod, &message).await?;
+            Ok(Action::requeue(RETRY))
+        }
+    }
+}
+
+fn api_error(action: &'static str, pod: &Pod, source: kube::Error) -> Error {
+    Error::Api {
+        action,
+        pod: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+        source,
+    }
+}
+
+fn error_policy(_pod: Arc<Pod>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "scheduling failed; retrying");
+    Action::requeue(Duration::from_secs(1))
+}
+
+async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+    let name = pod.name_any();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+    let binding = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name, "uid": pod.uid()},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    api.create_subresource::<_, serde_json::Value>(
+        "binding",
+        &name,
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .map(drop)
+}
+
+/// Says on the pod, and in an event, why it fits nowhere; once per distinct reason.
+async fn unschedulable(ctx: &Context, pod: &Pod, message: &str) -> Result<(), Error> {
+    let current = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+    if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message)) {
+        return Ok(());
+    }
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": message, "lastProbeTime": null, "lastTransitionTime": now,
+    }]}});
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    api.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Strategic(patch),
+    )
+    .await
+    .map_err(|e| api_error("mark unschedulable", pod, e))?;
+    tracing::info!(pod = %pod.name_any(), %message, "pod is unschedulable");
+    ctx.recorder
+        .record(
+            pod.object_ref(&()),
+            EventType::Warning,
+            "FailedScheduling",
+            message,
+        )
+        .await;
+    Ok(())
+}

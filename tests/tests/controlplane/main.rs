@@ -1,0 +1,9 @@
+//! End-to-end tests of the embedded control plane: the API server in-process on a loopback
+//! port, the controllers against it through the `kube` crate, nodes registered through the API
+//! as an edge registers them, and the real `kubectl` to look at the result.
+
+#[allow(dead_code)]
+#[path = "../apiserver/harness.rs"]
+mod harness;
+mod nodes;
+mod scheduler;
