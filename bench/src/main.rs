@@ -20,6 +20,8 @@ enum Scenario {
     IdleRss,
     /// The embedded API server with 10k pods: create, list, watch, write-to-event delay, RSS.
     Apiserver,
+    /// The scheduler binding 10k pods over 1k nodes: throughput and create-to-bound latency.
+    Scheduler,
     /// The API server process the `apiserver` scenario measures (not a scenario).
     #[value(hide = true)]
     ApiserverServe,
@@ -46,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::AppStart => scenarios::app_start::run().await,
         Scenario::IdleRss => scenarios::idle_rss::run().await,
         Scenario::Apiserver => scenarios::apiserver::run().await,
+        Scenario::Scheduler => scenarios::scheduler::run().await,
         Scenario::ApiserverServe => {
             let dir = args
                 .data_dir
@@ -55,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::All => {
             // Each scenario in a process of its own, so that one's allocations and resident
             // pages do not skew the next one's figures (idle-rss above all).
-            for scenario in ["handler-invoke", "app-start", "idle-rss", "apiserver"] {
+            for scenario in ["handler-invoke", "app-start", "idle-rss", "apiserver", "scheduler"] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)
                     .status()?;

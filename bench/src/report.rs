@@ -23,3 +23,8 @@ pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
+
+/// Milliseconds, for printing.
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::report::{figure, quantile};
+use crate::report::{figure, millis, quantile};
 
 const SCENARIO: &str = "apiserver";
 const PODS: usize = 10_000;
@@ -43,13 +43,14 @@ pub async fn serve(data_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The server process, killed when dropped.
-struct ServerProcess {
+pub struct ServerProcess {
     child: Child,
     kubeconfig: String,
 }
 
 impl ServerProcess {
-    fn start(data_dir: &Path) -> anyhow::Result<Self> {
+    /// Starts the server in a process of its own, keeping its state in `data_dir`.
+    pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("apiserver-serve")
             .arg("--data-dir")
@@ -65,6 +66,14 @@ impl ServerProcess {
             child,
             kubeconfig: kubeconfig.trim().to_owned(),
         })
+    }
+
+    /// An admin client of the server.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
     }
 
     /// `(VmRSS, VmHWM)` of the server in KiB.
@@ -108,18 +117,11 @@ fn pod(i: usize) -> anyhow::Result<Pod> {
     }))?)
 }
 
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// Runs the scenario.
 pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(dir.path())?;
-    let kubeconfig = Kubeconfig::read_from(&server.kubeconfig)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let client = server.client().await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(

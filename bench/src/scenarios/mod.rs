@@ -4,6 +4,7 @@ pub mod apiserver;
 pub mod app_start;
 pub mod handler_invoke;
 pub mod idle_rss;
+pub mod scheduler;
 
 use k8s_openapi::api::core::v1::Pod;
 use wedge_edged_wasm::host::Backends;

@@ -4,10 +4,67 @@
 //!
 //! Everything here is a client of the API through the `kube` crate and `kube::runtime`
 //! (watchers, reflector stores, controllers with idempotent reconcilers), so it works against
-//! any API server. Modules:
+//! any API server. Start at [`run`]. Modules:
 //!
+//! - [`leader`]: leader election through a Lease; only the leader runs the controllers;
 //! - [`scheduler`]: binds pending pods to nodes (filters, scores, kube-scheduler's messages);
-//! - [`events`]: core/v1 events, as `kubectl describe` shows them.
+//! - [`replicaset`]: keeps a ReplicaSet's pods;
+//! - [`events`], [`pods`], [`selector`]: what the controllers share.
 
+pub mod error;
 pub mod events;
+pub mod leader;
+pub mod pods;
+pub mod replicaset;
 pub mod scheduler;
+pub mod selector;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+pub use error::Error;
+pub use leader::{LeaderConfig, LeaderError};
+
+/// How many pod changes the shared pod stream buffers for its slowest subscriber.
+const SHARED_BUFFER: usize = 1024;
+
+/// Runs the control plane under leader election until `shutdown` is cancelled.
+pub async fn run(
+    client: Client,
+    leader: LeaderConfig,
+    shutdown: CancellationToken,
+) -> Result<(), LeaderError> {
+    leader::run_elected(client.clone(), leader, shutdown, move |term| {
+        run_controllers(client.clone(), term)
+    })
+    .await
+}
+
+/// Runs every controller (no election) until `shutdown` is cancelled.
+pub async fn run_controllers(client: Client, shutdown: CancellationToken) {
+    // One pod watch for every controller that follows pods.
+    let (pods, writer) = reflector::store_shared(SHARED_BUFFER);
+    let Some(replicaset_pods) = writer.subscribe() else {
+        tracing::error!("a shared pod store has subscribers");
+        return;
+    };
+    let pod_feed = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(|event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, "pod watch failed; retrying");
+            }
+            futures::future::ready(())
+        });
+    let stop = || shutdown.clone().cancelled_owned();
+    tokio::select! {
+        () = pod_feed => {}
+        () = scheduler::run(client.clone(), shutdown.clone()) => {}
+        () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
+        () = shutdown.cancelled() => {}
+    }
+}

@@ -2,8 +2,10 @@
 //! port, the controllers against it through the `kube` crate, nodes registered through the API
 //! as an edge registers them, and the real `kubectl` to look at the result.
 
+mod edge;
 #[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod nodes;
 mod scheduler;
+mod workloads;

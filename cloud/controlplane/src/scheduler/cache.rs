@@ -51,6 +51,7 @@ impl Cache {
             Some(info) => {
                 let changed = relevant_change(&info.node, &node);
                 let (allocatable, max_pods) = super::resources::node_allocatable(&node);
+                info.taints = fit::effective_taints(&node);
                 info.node = node;
                 info.allocatable = allocatable;
                 info.max_pods = max_pods;

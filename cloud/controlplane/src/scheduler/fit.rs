@@ -110,6 +110,8 @@ pub struct NodeInfo {
     pub allocatable: Resources,
     /// How many pods it takes.
     pub max_pods: u64,
+    /// Its taints, with those its Ready condition implies ([`effective_taints`]).
+    pub taints: Vec<Taint>,
     /// What the pods bound to it request.
     pub requested: Resources,
     /// The same, with kube-scheduler's non-zero defaults (for scoring).
@@ -125,6 +127,7 @@ impl NodeInfo {
     pub fn new(node: std::sync::Arc<Node>) -> Self {
         let (allocatable, max_pods) = node_allocatable(&node);
         Self {
+            taints: effective_taints(&node),
             node,
             allocatable,
             max_pods,
@@ -300,7 +303,6 @@ pub fn effective_taints(node: &Node) -> Vec<Taint> {
 /// first failing filter too).
 pub fn filter(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
     let node = &*info.node;
-    let taints = effective_taints(node);
     let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
     if cordoned
         && !needs.tolerations.iter().any(|t| {
@@ -326,7 +328,7 @@ pub fn filter(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
     {
         return Err(Unfit::Selector);
     }
-    for taint in &taints {
+    for taint in &info.taints {
         if taint.effect == "PreferNoSchedule" || (cordoned && taint.key == TAINT_UNSCHEDULABLE) {
             continue;
         }
@@ -409,7 +411,8 @@ pub fn score(needs: &PodNeeds, info: &NodeInfo) -> i64 {
             .sum();
         matched * 100 / total_weight
     };
-    let intolerable = effective_taints(&info.node)
+    let intolerable = info
+        .taints
         .iter()
         .filter(|t| t.effect == "PreferNoSchedule")
         .filter(|t| !needs.tolerations.iter().any(|tol| tolerates(tol, t)))

@@ -32,6 +32,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::Error;
 use crate::events::{EventType, Recorder};
 use cache::Cache;
 use fit::PodNeeds;
@@ -42,22 +43,6 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 const RETRY: Duration = Duration::from_secs(60);
 /// How many bindings may be in flight at once.
 const CONCURRENCY: u16 = 16;
-
-/// Why a scheduling attempt failed (it is retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API refused or failed a request.
-    #[error("{action} pod {pod}: {source}")]
-    Api {
-        /// What was being done.
-        action: &'static str,
-        /// `namespace/name`.
-        pod: String,
-        /// The client's error.
-        #[source]
-        source: kube::Error,
-    },
-}
 
 /// What the reconciler shares.
 struct Context {
@@ -275,12 +260,11 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .forget(&uid);
-                match &e {
-                    // Bound meanwhile, being deleted, or gone: nothing left to do.
-                    kube::Error::Api(s) if s.is_conflict() || s.is_not_found() => {
-                        Ok(Action::await_change())
-                    }
-                    _ => Err(api_error("bind", &pod, e)),
+                // Bound meanwhile, being deleted, or gone: nothing left to do.
+                if Error::is_gone_or_conflict(&e) {
+                    Ok(Action::await_change())
+                } else {
+                    Err(Error::api("bind", &*pod, e))
                 }
             }
         },
@@ -288,14 +272,6 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
             unschedulable(&ctx, &pod, &message).await?;
             Ok(Action::requeue(RETRY))
         }
-    }
-}
-
-fn api_error(action: &'static str, pod: &Pod, source: kube::Error) -> Error {
-    Error::Api {
-        action,
-        pod: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
-        source,
     }
 }
 
@@ -347,7 +323,7 @@ async fn unschedulable(ctx: &Context, pod: &Pod, message: &str) -> Result<(), Er
         &Patch::Strategic(patch),
     )
     .await
-    .map_err(|e| api_error("mark unschedulable", pod, e))?;
+    .map_err(|e| Error::api("mark unschedulable", pod, e))?;
     tracing::info!(pod = %pod.name_any(), %message, "pod is unschedulable");
     ctx.recorder
         .record(

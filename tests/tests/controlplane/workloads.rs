@@ -1,0 +1,143 @@
+//! Workload controllers through kubectl: ReplicaSets keep their pods, Deployments roll,
+//! DaemonSets cover their nodes.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::edge::Edges;
+use crate::harness::{Cluster, eventually};
+use crate::nodes::register;
+
+/// A cluster with three Ready nodes whose edges answer, and the controllers running.
+pub struct Fleet {
+    pub cluster: Cluster,
+    pub client: kube::Client,
+    pub edges: Edges,
+    shutdown: CancellationToken,
+    controllers: tokio::task::JoinHandle<()>,
+}
+
+impl Fleet {
+    pub async fn start() -> Self {
+        let cluster = Cluster::start().await;
+        let client = cluster.client().await;
+        for (name, zone) in [("edge-1", "a"), ("edge-2", "a"), ("edge-3", "b")] {
+            register(&client, name, json!({"zone": zone}), "4", json!({})).await;
+        }
+        let edges = Edges::start(client.clone(), &["edge-1", "edge-2", "edge-3"]);
+        let shutdown = CancellationToken::new();
+        let controllers = tokio::spawn(wedge_controlplane::run_controllers(
+            client.clone(),
+            shutdown.clone(),
+        ));
+        Self {
+            cluster,
+            client,
+            edges,
+            shutdown,
+            controllers,
+        }
+    }
+
+    pub fn apply(&self, manifest: &str) {
+        let out = self.cluster.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The Running pods with `selector`.
+    pub async fn running(&self, selector: &str) -> Vec<Pod> {
+        let pods: Api<Pod> = Api::default_namespaced(self.client.clone());
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .expect("list pods");
+        list.items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.controllers.await.expect("controllers stop");
+    }
+}
+
+const REPLICASET: &str = r#"apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: sensors}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: sensors}}
+  template:
+    metadata: {labels: {app: sensors}}
+    spec:
+      containers:
+      - {name: app, image: registry.local/sensors:1.0}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicaset_keeps_its_pods_and_scales() {
+    let fleet = Fleet::start().await;
+    fleet.apply(REPLICASET);
+    eventually(Duration::from_secs(20), "3 running pods", || async {
+        fleet.running("app=sensors").await.len() == 3
+    })
+    .await;
+    let sets: Api<ReplicaSet> = Api::default_namespaced(fleet.client.clone());
+    eventually(Duration::from_secs(10), "readyReplicas 3", || async {
+        sets.get("sensors")
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .and_then(|s| s.ready_replicas)
+            == Some(3)
+    })
+    .await;
+
+    // A pod deleted by hand is replaced.
+    let victim = fleet.running("app=sensors").await[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    fleet.cluster.kubectl_ok(&["delete", "pod", &victim]);
+    eventually(
+        Duration::from_secs(20),
+        "the pod to be replaced",
+        || async {
+            let running = fleet.running("app=sensors").await;
+            running.len() == 3
+                && running
+                    .iter()
+                    .all(|p| p.metadata.name.as_deref() != Some(&victim))
+        },
+    )
+    .await;
+
+    fleet
+        .cluster
+        .kubectl_ok(&["scale", "rs", "sensors", "--replicas=1"]);
+    eventually(Duration::from_secs(20), "1 pod left", || async {
+        fleet.running("app=sensors").await.len() == 1
+    })
+    .await;
+    eventually(Duration::from_secs(10), "kubectl to show 1/1", || async {
+        let table = fleet
+            .cluster
+            .kubectl_ok(&["get", "rs", "sensors", "--no-headers"]);
+        table.split_whitespace().collect::<Vec<_>>()[1..4] == ["1", "1", "1"]
+    })
+    .await;
+    fleet.stop().await;
+}
