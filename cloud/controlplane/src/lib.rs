@@ -9,8 +9,10 @@
 //! - [`leader`]: leader election through a Lease; only the leader runs the controllers;
 //! - [`scheduler`]: binds pending pods to nodes (filters, scores, kube-scheduler's messages);
 //! - [`replicaset`]: keeps a ReplicaSet's pods;
+//! - [`deployment`]: rolls Deployments through ReplicaSets;
 //! - [`events`], [`pods`], [`selector`]: what the controllers share.
 
+pub mod deployment;
 pub mod error;
 pub mod events;
 pub mod leader;
@@ -20,6 +22,7 @@ pub mod scheduler;
 pub mod selector;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
@@ -60,11 +63,30 @@ pub async fn run_controllers(client: Client, shutdown: CancellationToken) {
             }
             futures::future::ready(())
         });
+    let (replicasets, rs_writer) = reflector::store_shared(SHARED_BUFFER);
+    let Some(deployment_sets) = rs_writer.subscribe() else {
+        tracing::error!("a shared replicaset store has subscribers");
+        return;
+    };
+    let rs_feed = watcher(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect_shared(rs_writer)
+    .for_each(|event| {
+        if let Err(error) = event {
+            tracing::warn!(%error, "replicaset watch failed; retrying");
+        }
+        futures::future::ready(())
+    });
     let stop = || shutdown.clone().cancelled_owned();
     tokio::select! {
         () = pod_feed => {}
         () = scheduler::run(client.clone(), shutdown.clone()) => {}
+        () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
+        () = deployment::run(client.clone(), replicasets, deployment_sets, pods.clone(), stop()) => {}
         () = shutdown.cancelled() => {}
     }
 }

@@ -141,3 +141,111 @@ async fn a_replicaset_keeps_its_pods_and_scales() {
     .await;
     fleet.stop().await;
 }
+
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  strategy:
+    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: app, image: registry.local/web:1.0}
+"#;
+
+/// The images of the Running pods with `selector`.
+async fn images(fleet: &Fleet, selector: &str) -> Vec<String> {
+    let mut images: Vec<String> = fleet
+        .running(selector)
+        .await
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
+        .collect();
+    images.sort();
+    images
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_scales_rolls_and_rolls_back() {
+    let fleet = Fleet::start().await;
+    fleet.apply(DEPLOYMENT);
+    let status =
+        fleet
+            .cluster
+            .kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert_eq!(
+        images(&fleet, "app=web").await,
+        vec!["registry.local/web:1.0"; 3]
+    );
+
+    fleet
+        .cluster
+        .kubectl_ok(&["scale", "deployment", "web", "--replicas=5"]);
+    eventually(Duration::from_secs(20), "5 pods", || async {
+        fleet.running("app=web").await.len() == 5
+    })
+    .await;
+    fleet
+        .cluster
+        .kubectl_ok(&["scale", "deployment", "web", "--replicas=2"]);
+    eventually(Duration::from_secs(20), "2 pods", || async {
+        fleet.running("app=web").await.len() == 2
+    })
+    .await;
+
+    fleet.cluster.kubectl_ok(&[
+        "set",
+        "image",
+        "deployment/web",
+        "app=registry.local/web:2.0",
+    ]);
+    let status =
+        fleet
+            .cluster
+            .kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    eventually(Duration::from_secs(20), "only new pods", || async {
+        images(&fleet, "app=web").await == vec!["registry.local/web:2.0"; 2]
+    })
+    .await;
+    let history = fleet
+        .cluster
+        .kubectl_ok(&["rollout", "history", "deployment/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+
+    fleet
+        .cluster
+        .kubectl_ok(&["rollout", "undo", "deployment/web"]);
+    let status =
+        fleet
+            .cluster
+            .kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    eventually(Duration::from_secs(20), "the old image back", || async {
+        images(&fleet, "app=web").await == vec!["registry.local/web:1.0"; 2]
+    })
+    .await;
+    let sets = fleet
+        .cluster
+        .kubectl_ok(&["get", "rs", "-l", "app=web", "--no-headers"]);
+    assert_eq!(
+        sets.lines().count(),
+        2,
+        "the rollback reuses the first ReplicaSet: {sets}"
+    );
+    let history = fleet
+        .cluster
+        .kubectl_ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.lines().any(|l| l.starts_with('3')), "{history}");
+    fleet.stop().await;
+}
