@@ -10,8 +10,10 @@
 //! - [`scheduler`]: binds pending pods to nodes (filters, scores, kube-scheduler's messages);
 //! - [`replicaset`]: keeps a ReplicaSet's pods;
 //! - [`deployment`]: rolls Deployments through ReplicaSets;
+//! - [`daemonset`]: one pod per matching node;
 //! - [`events`], [`pods`], [`selector`]: what the controllers share.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod error;
 pub mod events;
@@ -23,7 +25,7 @@ pub mod selector;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
@@ -50,7 +52,8 @@ pub async fn run(
 pub async fn run_controllers(client: Client, shutdown: CancellationToken) {
     // One pod watch for every controller that follows pods.
     let (pods, writer) = reflector::store_shared(SHARED_BUFFER);
-    let Some(replicaset_pods) = writer.subscribe() else {
+    let (Some(replicaset_pods), Some(daemonset_pods)) = (writer.subscribe(), writer.subscribe())
+    else {
         tracing::error!("a shared pod store has subscribers");
         return;
     };
@@ -80,13 +83,61 @@ pub async fn run_controllers(client: Client, shutdown: CancellationToken) {
         }
         futures::future::ready(())
     });
+    let (nodes, node_writer) = reflector::store_shared(SHARED_BUFFER);
+    let Some(daemonset_nodes) = node_writer.subscribe() else {
+        tracing::error!("a shared node store has subscribers");
+        return;
+    };
+    let node_feed = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect_shared(node_writer)
+        .for_each(|event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, "node watch failed; retrying");
+            }
+            futures::future::ready(())
+        });
     let stop = || shutdown.clone().cancelled_owned();
     tokio::select! {
         () = pod_feed => {}
         () = scheduler::run(client.clone(), shutdown.clone()) => {}
         () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
+        () = node_feed => {}
+        () = daemonset::run(
+            client.clone(),
+            pods.clone(),
+            daemonset_pods,
+            nodes.clone(),
+            placement_changes(nodes.clone(), daemonset_nodes),
+            stop(),
+        ) => {}
         () = deployment::run(client.clone(), replicasets, deployment_sets, pods.clone(), stop()) => {}
         () = shutdown.cancelled() => {}
     }
+}
+
+/// Fires when a node appears, goes, or changes what placement depends on (labels, taints,
+/// cordon, readiness), and not on heartbeats: with many edges, status updates are constant.
+fn placement_changes(
+    store: reflector::Store<Node>,
+    nodes: impl futures::Stream<Item = std::sync::Arc<Node>> + Send + 'static,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    nodes.filter_map(move |node| {
+        let name = kube::ResourceExt::name_any(node.as_ref());
+        let present = store
+            .get(&reflector::ObjectRef::from_obj(node.as_ref()))
+            .is_some();
+        let fingerprint = present.then(|| {
+            let taints = scheduler::fit::effective_taints(&node);
+            let spec = node.spec.as_ref().map(|s| s.unschedulable);
+            serde_json::json!([node.metadata.labels, taints, spec]).to_string()
+        });
+        let changed = match fingerprint {
+            Some(f) => seen.insert(name, f.clone()).as_ref() != Some(&f),
+            None => seen.remove(&name).is_some(),
+        };
+        futures::future::ready(changed.then_some(()))
+    })
 }

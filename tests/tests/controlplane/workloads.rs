@@ -249,3 +249,90 @@ async fn a_deployment_scales_rolls_and_rolls_back() {
     assert!(history.lines().any(|l| l.starts_with('3')), "{history}");
     fleet.stop().await;
 }
+
+const DAEMONSET: &str = r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      nodeSelector: {zone: a}
+      containers:
+      - {name: agent, image: registry.local/agent:1.0}
+"#;
+
+/// The nodes the Running pods with `selector` are on.
+async fn nodes_of(fleet: &Fleet, selector: &str) -> Vec<String> {
+    let mut nodes: Vec<String> = fleet
+        .running(selector)
+        .await
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_covers_matching_nodes_and_nodes_that_join() {
+    let fleet = Fleet::start().await;
+    fleet.apply(DAEMONSET);
+    let status =
+        fleet
+            .cluster
+            .kubectl_ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert_eq!(nodes_of(&fleet, "app=agent").await, ["edge-1", "edge-2"]);
+
+    // An edge joins the zone: it gets the agent too; one in another zone does not.
+    register(
+        &fleet.client,
+        "edge-4",
+        json!({"zone": "a"}),
+        "4",
+        json!({}),
+    )
+    .await;
+    register(
+        &fleet.client,
+        "edge-5",
+        json!({"zone": "b"}),
+        "4",
+        json!({}),
+    )
+    .await;
+    fleet.edges.add("edge-4");
+    fleet.edges.add("edge-5");
+    eventually(Duration::from_secs(20), "the agent on edge-4", || async {
+        nodes_of(&fleet, "app=agent").await == ["edge-1", "edge-2", "edge-4"]
+    })
+    .await;
+    eventually(Duration::from_secs(10), "DESIRED 3 READY 3", || async {
+        let table = fleet
+            .cluster
+            .kubectl_ok(&["get", "ds", "agent", "--no-headers"]);
+        let cols: Vec<&str> = table.split_whitespace().collect();
+        cols.get(1..4) == Some(&["3", "3", "3"][..])
+    })
+    .await;
+
+    // A new image rolls over every node.
+    fleet.cluster.kubectl_ok(&[
+        "set",
+        "image",
+        "daemonset/agent",
+        "agent=registry.local/agent:2.0",
+    ]);
+    let status =
+        fleet
+            .cluster
+            .kubectl_ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    eventually(Duration::from_secs(20), "only new agents", || async {
+        images(&fleet, "app=agent").await == vec!["registry.local/agent:2.0"; 3]
+    })
+    .await;
+    fleet.stop().await;
+}

@@ -179,6 +179,8 @@ pub enum Unfit {
         key: String,
         /// Its value.
         value: String,
+        /// Its effect (`NoSchedule` or `NoExecute`).
+        effect: String,
     },
     /// The node does not offer the pod's runtime.
     Runtime(String),
@@ -193,7 +195,7 @@ impl fmt::Display for Unfit {
         match self {
             Self::Cordoned => f.write_str("node(s) were unschedulable"),
             Self::Selector => f.write_str("node(s) didn't match Pod's node affinity/selector"),
-            Self::Taint { key, value } => {
+            Self::Taint { key, value, .. } => {
                 write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
             }
             Self::Runtime(handler) => write!(f, "node(s) didn't offer the runtime \"{handler}\""),
@@ -302,6 +304,13 @@ pub fn effective_taints(node: &Node) -> Vec<Taint> {
 /// Whether the pod fits the node, and if not the first reason why (kube-scheduler stops at the
 /// first failing filter too).
 pub fn filter(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
+    placement(needs, info)?;
+    fit_resources(needs, info)
+}
+
+/// The filters that do not count resources: cordon, selectors and affinity, taints, runtime.
+/// What the DaemonSet controller asks to decide whether a node should run a daemon pod.
+pub fn placement(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
     let node = &*info.node;
     let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
     if cordoned
@@ -336,6 +345,7 @@ pub fn filter(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
             return Err(Unfit::Taint {
                 key: taint.key.clone(),
                 value: taint.value.clone().unwrap_or_default(),
+                effect: taint.effect.clone(),
             });
         }
     }
@@ -344,7 +354,7 @@ pub fn filter(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
     {
         return Err(Unfit::Runtime(handler.clone()));
     }
-    fit_resources(needs, info)
+    Ok(())
 }
 
 fn fit_resources(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
@@ -502,7 +512,8 @@ mod tests {
             filter(&needs(json!({})), &tainted),
             Err(Unfit::Taint {
                 key: "dedicated".into(),
-                value: "gpu".into()
+                value: "gpu".into(),
+                effect: "NoSchedule".into(),
             })
         );
         let tolerant = needs(
@@ -518,7 +529,8 @@ mod tests {
             filter(&needs(json!({})), &unknown),
             Err(Unfit::Taint {
                 key: TAINT_UNREACHABLE.into(),
-                value: String::new()
+                value: String::new(),
+                effect: "NoSchedule".into(),
             })
         );
         let cordoned = node(json!({"spec": {"unschedulable": true}}));

@@ -1,0 +1,447 @@
+//! The DaemonSet controller: one pod per node that should run it, nodes that join later
+//! included. This is how a fleet of edges gets the same app.
+//!
+//! A node should run a daemon pod when the template's nodeSelector, required node affinity,
+//! runtime and tolerations allow it (the scheduler's placement filters, without resources), with
+//! the tolerations Kubernetes adds to every daemon pod (not-ready and unreachable `NoExecute`,
+//! so daemon pods stay on edges that go offline; cordoned and pressure `NoSchedule`). A pod
+//! already running where a `NoSchedule` taint appeared stays, as on Kubernetes.
+//!
+//! Pods are created pinned to their node by required node affinity on `metadata.name` and
+//! bound by the scheduler, as Kubernetes does since 1.12. The template's hash goes in the
+//! `controller-revision-hash` label; `RollingUpdate` replaces out-of-date pods at most
+//! `maxUnavailable` nodes at a time, `OnDelete` only when the user deletes them. (Kubernetes
+//! also keeps ControllerRevision objects for `kubectl rollout history`; this server does not
+//! serve them, so daemon sets have no history to undo to.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::Error;
+use crate::deployment::{resolve, template_hash};
+use crate::events::{EventType, Recorder};
+use crate::pods;
+use crate::scheduler::fit::{self, NodeInfo, PodNeeds, Unfit};
+
+/// The label holding the hash of the template a daemon pod was made from.
+pub const REVISION_HASH: &str = "controller-revision-hash";
+/// How long a reconcile waits for the pod store to show its own writes.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// What the reconciler shares.
+pub struct Context {
+    client: Client,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    recorder: Recorder,
+}
+
+/// Runs the controller until `shutdown` resolves. `node_changes` fires when a node appears,
+/// goes, or changes in a way that can change where daemons run.
+pub async fn run(
+    client: Client,
+    pods: Store<Pod>,
+    pod_changes: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+    nodes: Store<Node>,
+    node_changes: impl futures::Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), "daemonset-controller"),
+        client: client.clone(),
+        pods,
+        nodes,
+    });
+    Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default())
+        .owns_shared_stream(pod_changes)
+        .reconcile_all_on(node_changes)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|r| {
+            if let Err(error) = r {
+                tracing::debug!(%error, "daemonset reconcile failed");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// The tolerations Kubernetes gives every daemon pod.
+fn daemon_tolerations() -> Vec<Toleration> {
+    let exists = |key: &str, effect: &str| Toleration {
+        key: Some(key.to_owned()),
+        operator: Some("Exists".to_owned()),
+        effect: Some(effect.to_owned()),
+        ..Toleration::default()
+    };
+    vec![
+        exists(fit::TAINT_NOT_READY, "NoExecute"),
+        exists(fit::TAINT_UNREACHABLE, "NoExecute"),
+        exists("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        exists("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        exists("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        exists(fit::TAINT_UNSCHEDULABLE, "NoSchedule"),
+    ]
+}
+
+/// The daemon pod's template, with the daemon tolerations added.
+fn daemon_pod(ds: &DaemonSet, hash: &str) -> Pod {
+    let template = ds
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let mut meta = template.metadata.unwrap_or_default();
+    meta.name = None;
+    meta.generate_name = Some(format!("{}-", ds.name_any()));
+    meta.namespace = ds.namespace();
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(REVISION_HASH.to_owned(), hash.to_owned());
+    meta.owner_references = Some(vec![OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "DaemonSet".into(),
+        name: ds.name_any(),
+        uid: ds.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    let mut spec = template.spec.unwrap_or_default();
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for t in daemon_tolerations() {
+        if !tolerations.contains(&t) {
+            tolerations.push(t);
+        }
+    }
+    Pod {
+        metadata: meta,
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// `pod` pinned to `node` by required node affinity, as Kubernetes pins daemon pods.
+fn pinned(mut pod: Pod, node: &str) -> Pod {
+    let mut value = serde_json::to_value(&pod.spec).unwrap_or_default();
+    value["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!({
+        "nodeSelectorTerms": [{"matchFields": [
+            {"key": "metadata.name", "operator": "In", "values": [node]}
+        ]}]
+    });
+    pod.spec = serde_json::from_value(value).ok().or(pod.spec);
+    pod
+}
+
+/// The node a daemon pod runs on or is pinned to.
+fn node_of(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(n) = spec.node_name.as_ref().filter(|n| !n.is_empty()) {
+        return Some(n.clone());
+    }
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms
+        .iter()
+        .flat_map(|t| t.match_fields.iter().flatten())
+        .find(|f| f.key == "metadata.name" && f.operator == "In")
+        .and_then(|f| f.values.as_ref()?.first().cloned())
+}
+
+/// Whether a node should run the daemon (`Ok(true)`), may keep one it has (`Ok(false)`: a
+/// `NoSchedule` taint it tolerates once running), or must not (`Err`).
+fn placement(needs: &PodNeeds, node: &Arc<Node>) -> Result<bool, Unfit> {
+    match fit::placement(needs, &NodeInfo::new(node.clone())) {
+        Ok(()) => Ok(true),
+        Err(Unfit::Taint { effect, .. }) if effect == "NoSchedule" => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if ds.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = ds.namespace().unwrap_or_default();
+    let uid = ds.uid().unwrap_or_default();
+    let template = serde_json::to_value(ds.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
+    let hash = template_hash(
+        &template,
+        ds.status.as_ref().and_then(|s| s.collision_count),
+    );
+    let pod = daemon_pod(&ds, &hash);
+    let needs = match PodNeeds::of(&pod, None) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(daemonset = %ds.name_any(), error = %e, "cannot place daemon pods");
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+    let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
+    for p in crate::replicaset::owned_pods(&ctx.pods, &namespace, &uid) {
+        if let Some(n) = node_of(&p) {
+            by_node.entry(n).or_default().push(p);
+        }
+    }
+    let nodes = ctx.nodes.state();
+    let mut create = Vec::new();
+    let mut delete = Vec::new();
+    let mut wanted = BTreeSet::new();
+    for node in &nodes {
+        let name = node.name_any();
+        let existing = by_node.get(&name).map(Vec::as_slice).unwrap_or_default();
+        match placement(&needs, node) {
+            Ok(should_run) if should_run || !existing.is_empty() => {
+                wanted.insert(name.clone());
+                if existing.is_empty() {
+                    create.push(name);
+                } else {
+                    // One per node: the extras go.
+                    delete.extend(existing.iter().skip(1).cloned());
+                }
+            }
+            _ => delete.extend(existing.iter().cloned()),
+        }
+    }
+    // Pods on nodes that no longer exist.
+    for (n, ps) in &by_node {
+        if !nodes.iter().any(|node| &node.name_any() == n) {
+            delete.extend(ps.iter().cloned());
+        }
+    }
+    // Out-of-date pods, at most maxUnavailable nodes down at a time.
+    let strategy = ds.spec.as_ref().and_then(|s| s.update_strategy.as_ref());
+    if strategy.and_then(|s| s.type_.as_deref()) != Some("OnDelete") {
+        let max_unavailable = resolve(
+            strategy
+                .and_then(|s| s.rolling_update.as_ref())
+                .and_then(|r| r.max_unavailable.as_ref()),
+            "1",
+            i32::try_from(wanted.len()).unwrap_or(i32::MAX),
+            false,
+        )
+        .max(1);
+        let now = jiff::Timestamp::now();
+        let min_ready = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0);
+        let unavailable = wanted
+            .iter()
+            .filter(|n| {
+                by_node
+                    .get(*n)
+                    .and_then(|ps| ps.first())
+                    .is_none_or(|p| !pods::is_available(p, min_ready, now))
+            })
+            .count();
+        let mut budget = usize::try_from(max_unavailable)
+            .unwrap_or(1)
+            .saturating_sub(unavailable);
+        for n in &wanted {
+            let Some(p) = by_node.get(n).and_then(|ps| ps.first()) else {
+                continue;
+            };
+            let current = p.labels().get(REVISION_HASH) == Some(&hash);
+            if current {
+                continue;
+            }
+            // Unavailable old pods go at once; available ones within the budget.
+            if !pods::is_available(p, min_ready, now) {
+                delete.push(p.clone());
+            } else if budget > 0 {
+                budget -= 1;
+                delete.push(p.clone());
+            }
+        }
+    }
+    apply_changes(&ds, &ctx, &pod, &create, &delete).await?;
+    write_status(&ds, &ctx, &hash, &wanted).await
+}
+
+async fn apply_changes(
+    ds: &DaemonSet,
+    ctx: &Context,
+    pod: &Pod,
+    create: &[String],
+    delete: &[Arc<Pod>],
+) -> Result<(), Error> {
+    let namespace = ds.namespace().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut created = Vec::new();
+    for node in create {
+        let p = api
+            .create(&PostParams::default(), &pinned(pod.clone(), node))
+            .await
+            .map_err(|e| Error::api("create daemon pod for", ds, e))?;
+        let message = format!("Created pod: {}", p.name_any());
+        ctx.recorder
+            .record(
+                ds.object_ref(&()),
+                EventType::Normal,
+                "SuccessfulCreate",
+                &message,
+            )
+            .await;
+        created.push(p.name_any());
+    }
+    let mut deleted = Vec::new();
+    for p in delete {
+        match api.delete(&p.name_any(), &DeleteParams::default()).await {
+            Err(e) if !Error::is_gone_or_conflict(&e) => {
+                return Err(Error::api("delete daemon pod of", ds, e));
+            }
+            _ => {}
+        }
+        let message = format!("Deleted pod: {}", p.name_any());
+        ctx.recorder
+            .record(
+                ds.object_ref(&()),
+                EventType::Normal,
+                "SuccessfulDelete",
+                &message,
+            )
+            .await;
+        deleted.push(p.name_any());
+    }
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while tokio::time::Instant::now() < deadline {
+        let seen = |n: &String| ctx.pods.get(&ObjectRef::new(n).within(&namespace));
+        let settled = created.iter().all(|n| seen(n).is_some())
+            && deleted
+                .iter()
+                .all(|n| seen(n).is_none_or(|p| !pods::is_active(&p)));
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+async fn write_status(
+    ds: &DaemonSet,
+    ctx: &Context,
+    hash: &str,
+    wanted: &BTreeSet<String>,
+) -> Result<Action, Error> {
+    let namespace = ds.namespace().unwrap_or_default();
+    let owned = crate::replicaset::owned_pods(&ctx.pods, &namespace, &ds.uid().unwrap_or_default());
+    let scheduled: Vec<&Arc<Pod>> = owned
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+        .collect();
+    let now = jiff::Timestamp::now();
+    let min_ready = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
+    // Scheduled pods on nodes that should run them.
+    let placed: Vec<&Arc<Pod>> = scheduled
+        .iter()
+        .copied()
+        .filter(|p| node_of(p).is_some_and(|n| wanted.contains(&n)))
+        .collect();
+    let current: BTreeSet<String> = placed.iter().filter_map(|p| node_of(p)).collect();
+    let ready = placed.iter().filter(|p| pods::is_ready(p)).count();
+    let available = placed
+        .iter()
+        .filter(|p| pods::is_available(p, min_ready, now))
+        .count();
+    let updated = placed
+        .iter()
+        .filter(|p| p.labels().get(REVISION_HASH).map(String::as_str) == Some(hash))
+        .count();
+    let status = json!({
+        "currentNumberScheduled": current.len(),
+        "numberMisscheduled": scheduled.len() - placed.len(),
+        "desiredNumberScheduled": wanted.len(),
+        "numberReady": ready,
+        "numberAvailable": available,
+        "numberUnavailable": wanted.len().saturating_sub(available),
+        "updatedNumberScheduled": updated,
+        "observedGeneration": ds.metadata.generation,
+    });
+    let old = serde_json::to_value(&ds.status).unwrap_or_default();
+    let changed = status.as_object().into_iter().flatten().any(|(k, v)| {
+        let o = old.get(k).cloned().unwrap_or(json!(0));
+        o != *v && !(o.is_null() && v == &json!(0))
+    });
+    if changed {
+        Api::<DaemonSet>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &ds.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+            .map_err(|e| Error::api("update status of", ds, e))?;
+    }
+    if ready > available {
+        return Ok(Action::requeue(Duration::from_secs(
+            u64::try_from(min_ready.max(1)).unwrap_or(1),
+        )));
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(_ds: Arc<DaemonSet>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "daemonset reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_pods_are_pinned_and_tolerate_offline_nodes() {
+        let ds: DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": "agent", "namespace": "default", "uid": "u"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                     "template": {"metadata": {"labels": {"app": "agent"}},
+                                  "spec": {"containers": [{"name": "a"}]}}}
+        }))
+        .expect("ds");
+        let pod = daemon_pod(&ds, "h1");
+        let needs = PodNeeds::of(&pod, None).expect("needs");
+        let pinned = pinned(pod, "edge-7");
+        assert_eq!(node_of(&pinned).as_deref(), Some("edge-7"));
+        assert_eq!(
+            pinned.labels().get(REVISION_HASH).map(String::as_str),
+            Some("h1")
+        );
+        let offline: Node = serde_json::from_value(json!({
+            "metadata": {"name": "edge-7"},
+            "spec": {"taints": [{"key": fit::TAINT_UNREACHABLE, "effect": "NoExecute"},
+                                {"key": fit::TAINT_UNREACHABLE, "effect": "NoSchedule"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}
+        }))
+        .expect("node");
+        // Not placed anew on an unreachable node, but one already there stays.
+        assert_eq!(placement(&needs, &Arc::new(offline)), Ok(false));
+        let elsewhere: Node = serde_json::from_value(json!({"metadata": {"name": "edge-8"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+        .expect("node");
+        assert_eq!(placement(&needs, &Arc::new(elsewhere)), Ok(true));
+    }
+}
