@@ -661,8 +661,11 @@ async fn write_status(
         .and_then(Value::as_str)
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     let mut requeue = None;
-    if !complete && d.spec.as_ref().and_then(|s| s.paused) != Some(true) {
-        if let Some(since) = stalled_since {
+    if !complete
+        && d.spec.as_ref().and_then(|s| s.paused) != Some(true)
+        && let Some(since) = stalled_since
+    {
+        {
             let waited = jiff::Timestamp::now().duration_since(since).as_secs();
             if waited >= i64::from(deadline) {
                 progressing = condition(

@@ -11,15 +11,20 @@
 //! - [`replicaset`]: keeps a ReplicaSet's pods;
 //! - [`deployment`]: rolls Deployments through ReplicaSets;
 //! - [`daemonset`]: one pod per matching node;
-//! - [`events`], [`pods`], [`selector`]: what the controllers share.
+//! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
+//! - [`namespace`]: empties a namespace being deleted, then finalizes it;
+//! - [`events`], [`pods`], [`selector`], [`resources`]: what the controllers share.
 
 pub mod daemonset;
 pub mod deployment;
 pub mod error;
 pub mod events;
+pub mod gc;
 pub mod leader;
+pub mod namespace;
 pub mod pods;
 pub mod replicaset;
+pub mod resources;
 pub mod scheduler;
 pub mod selector;
 
@@ -104,6 +109,8 @@ pub async fn run_controllers(client: Client, shutdown: CancellationToken) {
         () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = node_feed => {}
+        () = gc::run(client.clone(), shutdown.clone()) => {}
+        () = namespace::run(client.clone(), stop()) => {}
         () = daemonset::run(
             client.clone(),
             pods.clone(),
