@@ -665,22 +665,20 @@ async fn write_status(
         && d.spec.as_ref().and_then(|s| s.paused) != Some(true)
         && let Some(since) = stalled_since
     {
-        {
-            let waited = jiff::Timestamp::now().duration_since(since).as_secs();
-            if waited >= i64::from(deadline) {
-                progressing = condition(
-                    "Progressing",
-                    "False",
-                    "ProgressDeadlineExceeded",
-                    format!("ReplicaSet \"{new_name}\" has timed out progressing."),
-                    &old_conditions,
-                    false,
-                );
-            } else {
-                requeue = Some(Duration::from_secs(
-                    u64::try_from(i64::from(deadline) - waited).unwrap_or(1),
-                ));
-            }
+        let waited = jiff::Timestamp::now().duration_since(since).as_secs();
+        if waited >= i64::from(deadline) {
+            progressing = condition(
+                "Progressing",
+                "False",
+                "ProgressDeadlineExceeded",
+                format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                &old_conditions,
+                false,
+            );
+        } else {
+            requeue = Some(Duration::from_secs(
+                u64::try_from(i64::from(deadline) - waited).unwrap_or(1),
+            ));
         }
     }
     let mut annotations = json!({});
