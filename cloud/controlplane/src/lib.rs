@@ -13,6 +13,7 @@
 //! - [`daemonset`]: one pod per matching node;
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
+//! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
 //! - [`events`], [`pods`], [`selector`], [`resources`]: what the controllers share.
 
 pub mod daemonset;
@@ -22,6 +23,7 @@ pub mod events;
 pub mod gc;
 pub mod leader;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod resources;
@@ -41,20 +43,41 @@ pub use leader::{LeaderConfig, LeaderError};
 /// How many pod changes the shared pod stream buffers for its slowest subscriber.
 const SHARED_BUFFER: usize = 1024;
 
+/// How the controllers behave.
+#[derive(Debug, Clone)]
+pub struct ControllersConfig {
+    /// How long a node may stay silent before it is `Ready=Unknown`
+    /// (kube-controller-manager's `--node-monitor-grace-period`).
+    pub node_grace: std::time::Duration,
+}
+
+impl Default for ControllersConfig {
+    fn default() -> Self {
+        Self {
+            node_grace: std::time::Duration::from_secs(40),
+        }
+    }
+}
+
 /// Runs the control plane under leader election until `shutdown` is cancelled.
 pub async fn run(
     client: Client,
+    config: ControllersConfig,
     leader: LeaderConfig,
     shutdown: CancellationToken,
 ) -> Result<(), LeaderError> {
     leader::run_elected(client.clone(), leader, shutdown, move |term| {
-        run_controllers(client.clone(), term)
+        run_controllers(client.clone(), config.clone(), term)
     })
     .await
 }
 
 /// Runs every controller (no election) until `shutdown` is cancelled.
-pub async fn run_controllers(client: Client, shutdown: CancellationToken) {
+pub async fn run_controllers(
+    client: Client,
+    config: ControllersConfig,
+    shutdown: CancellationToken,
+) {
     // One pod watch for every controller that follows pods.
     let (pods, writer) = reflector::store_shared(SHARED_BUFFER);
     let (Some(replicaset_pods), Some(daemonset_pods)) = (writer.subscribe(), writer.subscribe())
@@ -110,6 +133,7 @@ pub async fn run_controllers(client: Client, shutdown: CancellationToken) {
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = node_feed => {}
         () = gc::run(client.clone(), shutdown.clone()) => {}
+        () = nodelifecycle::run(client.clone(), pods.clone(), config.node_grace, stop()) => {}
         () = namespace::run(client.clone(), stop()) => {}
         () = daemonset::run(
             client.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -74,7 +74,8 @@ impl Drop for Edges {
 }
 
 async fn renew_leases(client: Client, nodes: Arc<Mutex<BTreeSet<String>>>) {
-    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let node_api: Api<Node> = Api::all(client);
     loop {
         let names: Vec<String> = nodes.lock().expect("nodes").iter().cloned().collect();
         for name in names {
@@ -86,6 +87,23 @@ async fn renew_leases(client: Client, nodes: Arc<Mutex<BTreeSet<String>>>) {
             let params = PatchParams::apply("edge").force();
             if let Err(e) = leases.patch(&name, &params, &Patch::Apply(lease)).await {
                 eprintln!("lease renewal of {name} failed: {e}");
+            }
+            // Back after being away: report Ready again, as Edged does.
+            let ready = node_api.get(&name).await.ok().and_then(|n| {
+                let c = n
+                    .status?
+                    .conditions?
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")?;
+                Some(c.status)
+            });
+            if ready.is_some_and(|r| r != "True") {
+                let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                    "reason": "EdgeReady", "message": "edge is posting ready status",
+                    "lastHeartbeatTime": now(), "lastTransitionTime": now()}]}});
+                let _ = node_api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
+                    .await;
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

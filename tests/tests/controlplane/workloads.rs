@@ -31,8 +31,13 @@ impl Fleet {
         }
         let edges = Edges::start(client.clone(), &["edge-1", "edge-2", "edge-3"]);
         let shutdown = CancellationToken::new();
+        // A short grace period, so that the node lifecycle test does not wait 40 s.
+        let config = wedge_controlplane::ControllersConfig {
+            node_grace: Duration::from_secs(3),
+        };
         let controllers = tokio::spawn(wedge_controlplane::run_controllers(
             client.clone(),
+            config,
             shutdown.clone(),
         ));
         Self {

@@ -156,6 +156,8 @@ pub fn pod_status(pod: &Value) -> String {
     reason
 }
 
+/// As kubectl prints it: `Ready` when the Ready condition is True, `NotReady` for False and
+/// Unknown alike, `Unknown` only when there is no Ready condition.
 fn node_status(node: &Value) -> String {
     let ready = node
         .pointer("/status/conditions")
@@ -163,8 +165,7 @@ fn node_status(node: &Value) -> String {
         .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
         .map(|c| match c["status"].as_str() {
             Some("True") => "Ready",
-            Some("False") => "NotReady",
-            _ => "Unknown",
+            _ => "NotReady",
         })
         .unwrap_or("Unknown");
     let mut out = ready.to_owned();
