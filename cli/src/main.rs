@@ -44,6 +44,8 @@ enum Command {
     },
     /// Run the embedded Kubernetes-compatible API server on its own.
     Apiserver(commands::apiserver::ApiserverArgs),
+    /// Run the embedded control plane (scheduler, controllers) against an API server.
+    Controllers(commands::controllers::ControllersArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
             Command::Wasm { command } => commands::wasm::run(&cli.root, command).await,
             Command::Image { command } => commands::image::run(&cli.root, command).await,
             Command::Apiserver(args) => commands::apiserver::run(&cli.root, args).await,
+            Command::Controllers(args) => commands::controllers::run(args).await,
         }
     });
     match result {

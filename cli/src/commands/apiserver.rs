@@ -1,6 +1,6 @@
 //! `wedge apiserver`: the embedded Kubernetes-compatible API server on its own, for trying it
 //! with `kubectl` or running it beside other tools. `cloudcore` and `wedge up` embed the same
-//! server.
+//! server. With `--controllers` the embedded control plane runs beside it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +25,11 @@ pub struct ApiserverArgs {
     /// A token file, as kube-apiserver's --token-auth-file (token,user,uid,"group1,group2").
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// Also run the embedded control plane (scheduler and controllers) in this process.
+    #[arg(long)]
+    controllers: bool,
+    #[command(flatten)]
+    control_plane: super::controllers::ControlPlaneArgs,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -41,11 +46,19 @@ pub async fn run(root: &std::path::Path, args: ApiserverArgs) -> anyhow::Result<
         "kubectl: export KUBECONFIG={}",
         server.kubeconfig_path().display()
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let control_plane = if args.controllers {
+        let client = super::controllers::client_for(server.kubeconfig_path()).await?;
+        let run =
+            super::controllers::run_control_plane(client, args.control_plane, shutdown.clone());
+        Some(tokio::spawn(run))
+    } else {
+        None
+    };
+    super::terminated().await;
+    shutdown.cancel();
+    if let Some(task) = control_plane {
+        task.await.context("control plane task")??;
     }
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)

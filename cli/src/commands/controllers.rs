@@ -1,0 +1,86 @@
+//! `wedge controllers`: the embedded control plane (scheduler, workload controllers, garbage
+//! collector, namespace and node lifecycle controllers) against an API server named by a
+//! kubeconfig, under leader election, so several can run and one acts. `wedge apiserver
+//! --controllers` runs the same in-process beside the embedded server.
+//!
+//! Not for real clusters: they have kube-scheduler and kube-controller-manager already.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio_util::sync::CancellationToken;
+use wedge_controlplane::{ControllersConfig, LeaderConfig};
+
+/// How the control plane runs (shared by `wedge controllers` and `wedge apiserver`).
+#[derive(Args, Clone)]
+pub struct ControlPlaneArgs {
+    /// Who this process is in the leader election (default: hostname and process id).
+    #[arg(long)]
+    identity: Option<String>,
+    /// How long the leader's lease lasts without renewal, in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// How long a node may stay silent before it is Ready=Unknown, in seconds.
+    #[arg(long, default_value_t = 40)]
+    node_grace: u64,
+}
+
+/// Options of `wedge controllers`.
+#[derive(Args)]
+pub struct ControllersArgs {
+    /// The kubeconfig of the API server to control.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    control_plane: ControlPlaneArgs,
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_for(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("using the kubeconfig {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Runs the control plane until `shutdown` is cancelled.
+pub async fn run_control_plane(
+    client: kube::Client,
+    args: ControlPlaneArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease = Duration::from_secs(args.lease_duration.max(2));
+    let mut leader = LeaderConfig::new(identity);
+    leader.lease_duration = lease;
+    leader.renew_before = lease / 3;
+    let config = ControllersConfig {
+        node_grace: Duration::from_secs(args.node_grace.max(1)),
+    };
+    wedge_controlplane::run(client, config, leader, shutdown)
+        .await
+        .context("leader election")
+}
+
+/// Runs until Ctrl-C or SIGTERM.
+pub async fn run(args: ControllersArgs) -> anyhow::Result<ExitCode> {
+    let client = client_for(&args.kubeconfig).await?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        super::terminated().await;
+        stop.cancel();
+    });
+    eprintln!("wedge controllers: waiting for the lease, then controlling");
+    run_control_plane(client, args.control_plane, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
