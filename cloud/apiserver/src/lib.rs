@@ -7,6 +7,7 @@
 //! - [`storage`]: the versioned object store (SQLite WAL, one resourceVersion, watch history);
 //! - [`selector`]: label and field selectors;
 //! - [`schema`]: Kubernetes' OpenAPI definitions of the built-in types, and schema checks;
+//! - [`protobuf`]: Kubernetes protobuf request bodies decoded into JSON;
 //! - [`registry`]: the resources served, built-in and from CRDs;
 //! - [`api`]: the REST API with Kubernetes' semantics (discovery, CRUD, watch, patch, apply,
 //!   tables, subresources);
@@ -16,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod kubeconfig;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod selector;

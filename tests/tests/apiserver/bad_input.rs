@@ -154,6 +154,24 @@ async fn malformed_unknown_invalid_missing_and_too_large_requests() {
         .await,
         (415, "UnsupportedMediaType".into())
     );
+    // A truncated protobuf body is a 400; CBOR is not decoded at all.
+    let mut truncated = b"k8s\0\x0a\x0c\x0a\x02v1\x12\x09Config".to_vec();
+    truncated.truncate(12);
+    assert_eq!(
+        raw(
+            &client,
+            "POST",
+            path,
+            "application/vnd.kubernetes.protobuf",
+            truncated
+        )
+        .await,
+        (400, "BadRequest".into())
+    );
+    assert_eq!(
+        raw(&client, "POST", path, "application/cbor", vec![0xa0]).await,
+        (415, "UnsupportedMediaType".into())
+    );
 
     let after = cms.get("keep").await.expect("still there");
     assert_eq!(

@@ -255,3 +255,104 @@ async fn watch_explain_and_custom_resources() {
     );
     cluster.server.shutdown().await;
 }
+
+/// kubectl's imperative `create` commands send protobuf bodies: the objects stored hold what
+/// was asked, as Kubernetes would store them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imperative_creates_send_protobuf_and_store_what_was_asked() {
+    let cluster = Cluster::start().await;
+    for args in [
+        &["create", "namespace", "team"][..],
+        &[
+            "-n",
+            "team",
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=interval=5",
+        ],
+        &[
+            "-n",
+            "team",
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=password=s3cret",
+        ],
+        &[
+            "-n",
+            "team",
+            "create",
+            "secret",
+            "docker-registry",
+            "pull",
+            "--docker-server=registry.local",
+            "--docker-username=u",
+            "--docker-password=p",
+        ],
+        &[
+            "-n",
+            "team",
+            "create",
+            "deployment",
+            "web",
+            "--image=registry.local/web:1.0",
+            "--replicas=2",
+            "--port=8080",
+        ],
+        &[
+            "-n",
+            "team",
+            "create",
+            "service",
+            "clusterip",
+            "web",
+            "--tcp=80:8080",
+        ],
+        &["-n", "team", "create", "serviceaccount", "robot"],
+    ] {
+        cluster.kubectl_ok(args);
+    }
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["-n", "team", "get", "-o", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&cluster.kubectl_ok(&all)).expect("json")
+    };
+    let ns: serde_json::Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "namespace", "team", "-o", "json"]))
+            .expect("json");
+    assert_eq!(ns["status"]["phase"], "Active");
+    assert!(
+        ns["metadata"].get("namespace").is_none(),
+        "no empty strings: {ns}"
+    );
+    assert_eq!(
+        json(&["configmap", "settings"])["data"],
+        serde_json::json!({"interval": "5"})
+    );
+    let creds = json(&["secret", "creds"]);
+    assert_eq!(creds["type"], "Opaque");
+    assert_eq!(creds["data"]["password"], "czNjcmV0", "base64 of s3cret");
+    assert_eq!(
+        json(&["secret", "pull"])["type"],
+        "kubernetes.io/dockerconfigjson"
+    );
+    let web = json(&["deployment", "web"]);
+    assert_eq!(web["spec"]["replicas"], 2);
+    let container = &web["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.local/web:1.0");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    let ports = &json(&["service", "web"])["spec"]["ports"][0];
+    assert_eq!(
+        (ports["port"].clone(), ports["targetPort"].clone()),
+        (80.into(), 8080.into())
+    );
+    assert_eq!(
+        json(&["serviceaccount", "robot"])["metadata"]["name"],
+        "robot"
+    );
+    cluster.kubectl_ok(&["-n", "team", "delete", "serviceaccount", "robot"]);
+    let left = cluster.kubectl(&["-n", "team", "get", "serviceaccount", "robot"]);
+    assert!(!left.status.success());
+}

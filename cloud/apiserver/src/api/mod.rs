@@ -108,14 +108,23 @@ impl Call<'_> {
         agent.split('/').next().unwrap_or(agent).to_owned()
     }
 
-    /// The body as a JSON (or YAML) object; malformed input is a 400, protobuf a 415.
+    /// The body as a JSON object, from JSON, YAML or Kubernetes protobuf; malformed input is a
+    /// 400, CBOR a 415.
     pub fn object(&self) -> Result<Value, ApiError> {
-        if self.content_type().contains("protobuf") || self.content_type().contains("cbor") {
+        let content_type = self.content_type();
+        if content_type.contains("cbor") {
             return Err(ApiError::UnsupportedMediaType(
-                "application/json, application/yaml (this server does not decode protobuf or CBOR bodies: send JSON, \
-                 e.g. kubectl create -f or kubectl apply)"
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf (this server does not \
+                 decode CBOR bodies)"
                     .into(),
             ));
+        }
+        if content_type.contains("application/vnd.kubernetes.protobuf") {
+            return crate::protobuf::decode_object(&self.body).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "the object provided is unrecognized (protobuf): {e}"
+                ))
+            });
         }
         parse_body(&self.body)
     }
