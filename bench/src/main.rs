@@ -58,7 +58,13 @@ async fn main() -> anyhow::Result<()> {
         Scenario::All => {
             // Each scenario in a process of its own, so that one's allocations and resident
             // pages do not skew the next one's figures (idle-rss above all).
-            for scenario in ["handler-invoke", "app-start", "idle-rss", "apiserver", "scheduler"] {
+            for scenario in [
+                "handler-invoke",
+                "app-start",
+                "idle-rss",
+                "apiserver",
+                "scheduler",
+            ] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)
                     .status()?;

@@ -62,7 +62,8 @@ async fn create_pods(
             let pods = pods.clone();
             async move {
                 let sent = Instant::now();
-                pods.create(&PostParams::default(), &pod(name.clone())?).await?;
+                pods.create(&PostParams::default(), &pod(name.clone())?)
+                    .await?;
                 anyhow::Ok((name, sent))
             }
         })
@@ -148,7 +149,12 @@ pub async fn run() -> anyhow::Result<()> {
     let bound = watch.await??;
     let last = bound.values().max().copied().unwrap_or(started);
     let elapsed = last.duration_since(started);
-    figure(SCENARIO, "bound-per-second", PODS as f64 / elapsed.as_secs_f64(), "1/s");
+    figure(
+        SCENARIO,
+        "bound-per-second",
+        PODS as f64 / elapsed.as_secs_f64(),
+        "1/s",
+    );
     figure(SCENARIO, "bind-all-10k", millis(elapsed), "ms");
 
     // Latency: create → bound, with the scheduler running.
@@ -167,8 +173,18 @@ pub async fn run() -> anyhow::Result<()> {
         .filter_map(|(name, at)| sent.get(name).map(|s| at.duration_since(*s)))
         .collect();
     anyhow::ensure!(latencies.len() == LATENCY_PODS, "some pods were not timed");
-    figure(SCENARIO, "create-to-bound-p50", millis(quantile(&mut latencies, 0.5)), "ms");
-    figure(SCENARIO, "create-to-bound-p99", millis(quantile(&mut latencies, 0.99)), "ms");
+    figure(
+        SCENARIO,
+        "create-to-bound-p50",
+        millis(quantile(&mut latencies, 0.5)),
+        "ms",
+    );
+    figure(
+        SCENARIO,
+        "create-to-bound-p99",
+        millis(quantile(&mut latencies, 0.99)),
+        "ms",
+    );
 
     shutdown.cancel();
     scheduler.await?;
