@@ -144,6 +144,7 @@ pub async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let scheduler = tokio::spawn(wedge_controlplane::scheduler::run(
         client.clone(),
+        Vec::new(),
         shutdown.clone(),
     ));
     let bound = watch.await??;

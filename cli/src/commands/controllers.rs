@@ -27,6 +27,10 @@ pub struct ControlPlaneArgs {
     /// How long a node may stay silent before it is Ready=Unknown, in seconds.
     #[arg(long, default_value_t = 40)]
     node_grace: u64,
+    /// A registry (`host:port`) reached over plain HTTP when the scheduler asks what an image
+    /// is (repeatable).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
 }
 
 /// Options of `wedge controllers`.
@@ -65,6 +69,7 @@ pub async fn run_control_plane(
     leader.renew_before = lease / 3;
     let config = ControllersConfig {
         node_grace: Duration::from_secs(args.node_grace.max(1)),
+        insecure_registries: args.insecure_registries,
     };
     wedge_controlplane::run(client, config, leader, shutdown)
         .await

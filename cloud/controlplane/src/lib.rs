@@ -49,12 +49,15 @@ pub struct ControllersConfig {
     /// How long a node may stay silent before it is `Ready=Unknown`
     /// (kube-controller-manager's `--node-monitor-grace-period`).
     pub node_grace: std::time::Duration,
+    /// Registries (`host:port`) the scheduler asks about images over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for ControllersConfig {
     fn default() -> Self {
         Self {
             node_grace: std::time::Duration::from_secs(40),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -128,7 +131,7 @@ pub async fn run_controllers(
     let stop = || shutdown.clone().cancelled_owned();
     tokio::select! {
         () = pod_feed => {}
-        () = scheduler::run(client.clone(), shutdown.clone()) => {}
+        () = scheduler::run(client.clone(), config.insecure_registries.clone(), shutdown.clone()) => {}
         () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = node_feed => {}

@@ -6,9 +6,11 @@
 //! the manifest's media types whether the image is Wasm at all.
 
 pub mod layout;
-pub mod media;
-pub mod pull;
 pub mod store;
+
+// Classifying images and talking to registries is shared with the cloud's scheduler.
+pub use wedge_oci::media;
+pub use wedge_oci::registry as pull;
 
 pub mod service;
 

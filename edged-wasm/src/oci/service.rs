@@ -268,7 +268,7 @@ impl ImageService {
             self.registry.manifest(&reference, &auth).await,
             stored,
         ) {
-            (Ok(m), _) => m,
+            (Ok((manifest, digest)), _) => (manifest, Digest::parse(&digest)?),
             // Policy Always on an edge that cannot reach the registry: run what it holds.
             (Err(RegistryError::Unreachable { detail, .. }), Some(stored)) => {
                 tracing::warn!(image = %name, %detail, "registry unreachable: running the stored image");

@@ -47,6 +47,7 @@ async fn binds_fitting_pods_and_says_why_the_others_wait() {
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(wedge_controlplane::scheduler::run(
         client.clone(),
+        Vec::new(),
         shutdown.clone(),
     ));
     register(&client, "edge-a", json!({"zone": "a"}), "2", json!({})).await;
@@ -174,6 +175,85 @@ async fn binds_fitting_pods_and_says_why_the_others_wait() {
     .await;
     assert_eq!(node_of(&pods, "huge").await, None);
 
+    shutdown.cancel();
+    scheduler.await.expect("scheduler stops");
+}
+
+/// Without a RuntimeClass, the registry says what each image is, and the pod goes to a node
+/// with that runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picks_the_runtime_from_the_image_without_a_runtime_class() {
+    use wedge_testkit::oci::{self, Image, WasmLayout};
+    let registry = wedge_testkit::registry::Registry::start().expect("registry");
+    let host = registry.host();
+    let wasm = b"\0asm\x0d\x00\x01\x00";
+    oci::push(
+        &host,
+        "apps/artifact",
+        "1",
+        &Image::wasm(wasm, WasmLayout::CncfArtifact),
+    )
+    .await
+    .expect("push");
+    oci::push(
+        &host,
+        "apps/tar",
+        "1",
+        &Image::wasm(wasm, WasmLayout::ImageTar),
+    )
+    .await
+    .expect("push");
+    oci::push(&host, "apps/busybox", "1", &Image::container())
+        .await
+        .expect("push");
+
+    let cluster = Cluster::start().await;
+    let client = cluster.client().await;
+    let shutdown = CancellationToken::new();
+    let scheduler = tokio::spawn(wedge_controlplane::scheduler::run(
+        client.clone(),
+        vec![host.clone()],
+        shutdown.clone(),
+    ));
+    register(&client, "edge-wasm", json!({}), "2", json!({})).await;
+    register(
+        &client,
+        "edge-runc",
+        json!({"runtime.wedge.io/wasm": null, "runtime.wedge.io/runc": "true"}),
+        "2",
+        json!({}),
+    )
+    .await;
+    let image = |name: &str| json!({"containers": [{"name": "app", "image": format!("{host}/apps/{name}:1")}]});
+    let mut manifests = String::new();
+    // Three of each, so that chance cannot place them all right.
+    for repo in ["artifact", "tar", "busybox"] {
+        for i in 0..3 {
+            manifests += &pod(&format!("{repo}-{i}"), image(repo));
+        }
+    }
+    let applied = cluster.kubectl_stdin(&["apply", "-f", "-"], &manifests);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    for (repo, node) in [
+        ("artifact", "edge-wasm"),
+        ("tar", "edge-wasm"),
+        ("busybox", "edge-runc"),
+    ] {
+        for i in 0..3 {
+            let name = format!("{repo}-{i}");
+            eventually(
+                Duration::from_secs(20),
+                &format!("{name} on {node}"),
+                || async { node_of(&pods, &name).await.as_deref() == Some(node) },
+            )
+            .await;
+        }
+    }
     shutdown.cancel();
     scheduler.await.expect("scheduler stops");
 }

@@ -34,6 +34,7 @@ impl Fleet {
         // A short grace period, so that the node lifecycle test does not wait 40 s.
         let config = wedge_controlplane::ControllersConfig {
             node_grace: Duration::from_secs(3),
+            ..Default::default()
         };
         let controllers = tokio::spawn(wedge_controlplane::run_controllers(
             client.clone(),

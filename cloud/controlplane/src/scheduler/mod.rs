@@ -7,6 +7,9 @@
 //! cache's lock (filter, score, pick, assume), then binds through the `binding` subresource
 //! outside it, so decisions are serial and bindings overlap.
 //!
+//! The runtime a pod needs comes from its RuntimeClass, or else from its images: the
+//! registry's manifest says whether each is Wasm or a container image ([`wedge_oci::kinds`]).
+//!
 //! A pod that fits nowhere gets `PodScheduled=False` with reason `Unschedulable` and
 //! kube-scheduler's message, and a `FailedScheduling` event; it is tried again when a node
 //! changes in a way that could make it fit, when a bound pod goes away, and every minute.
@@ -36,11 +39,14 @@ use crate::Error;
 use crate::events::{EventType, Recorder};
 use cache::Cache;
 use fit::PodNeeds;
+use wedge_oci::{ImageKind, ImageKinds};
 
 /// The scheduler name pods get by default, and the one this scheduler serves.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// How often an unschedulable pod is tried again when nothing else prompts it.
 const RETRY: Duration = Duration::from_secs(60);
+/// How long the scheduler waits for a registry to say what an image is.
+const IMAGE_LOOKUP: Duration = Duration::from_secs(5);
 /// How many bindings may be in flight at once.
 const CONCURRENCY: u16 = 16;
 
@@ -52,10 +58,20 @@ struct Context {
     /// True once nodes and pods have been listed: no decision before the cache is whole.
     synced: watch::Receiver<bool>,
     recorder: Recorder,
+    /// Asks registries what a pod's images are, for pods without a RuntimeClass.
+    image_kinds: Option<ImageKinds>,
 }
 
-/// Runs the scheduler until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+/// Runs the scheduler until `shutdown` is cancelled. `insecure_registries` (`host:port`) are
+/// asked about images over plain HTTP.
+pub async fn run(client: Client, insecure_registries: Vec<String>, shutdown: CancellationToken) {
+    let image_kinds = match ImageKinds::new(&insecure_registries) {
+        Ok(kinds) => Some(kinds),
+        Err(error) => {
+            tracing::warn!(%error, "no registry client: pods without a RuntimeClass may go to any node");
+            None
+        }
+    };
     let cache = Arc::new(Mutex::new(Cache::default()));
     // A channel of one: a retry already queued absorbs the next request for one.
     let (retry_tx, retry_rx) = mpsc::channel::<()>(1);
@@ -86,6 +102,7 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         runtime_classes,
         synced,
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
+        image_kinds,
     });
     let pending = watcher::Config::default().fields("spec.nodeName=");
     let controller = Controller::new(Api::<Pod>::all(client), pending)
@@ -235,7 +252,14 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         .and_then(|s| s.runtime_class_name.as_deref())
         .and_then(|n| ctx.runtime_classes.get(&ObjectRef::new(n)));
     let needs = match PodNeeds::of(&pod, runtime_class.as_deref()) {
-        Ok(needs) => needs,
+        Ok(mut needs) => {
+            if needs.runtime.is_none()
+                && let Some(kinds) = &ctx.image_kinds
+            {
+                needs.runtime = image_runtime(kinds, &pod).await;
+            }
+            needs
+        }
         Err(e) => {
             unschedulable(&ctx, &pod, &e.to_string()).await?;
             return Ok(Action::requeue(RETRY));
@@ -273,6 +297,40 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
             Ok(Action::requeue(RETRY))
         }
     }
+}
+
+/// The runtime a pod's images need, asked of their registries: `wasm` when every image is
+/// Wasm, `runc` when every one is a container image, none when they are mixed or any is unknown
+/// (unreachable, private, imported by hand on the edge): then any node may take the pod.
+async fn image_runtime(kinds: &ImageKinds, pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let images = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter_map(|c| c.image.as_deref());
+    let mut runtime: Option<&str> = None;
+    for image in images {
+        let asked = tokio::time::timeout(IMAGE_LOOKUP, kinds.kind_of(image)).await;
+        let this = match asked {
+            Ok(Ok(ImageKind::Wasm { .. })) => wedge_core::runtimes::WASM,
+            Ok(Ok(ImageKind::Container)) => wedge_core::runtimes::RUNC,
+            Ok(Ok(ImageKind::Unsupported { .. })) => return None,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, image, "image kind unknown");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(image, "image kind lookup timed out");
+                return None;
+            }
+        };
+        if runtime.is_some_and(|r| r != this) {
+            return None;
+        }
+        runtime = Some(this);
+    }
+    runtime.map(str::to_owned)
 }
 
 fn error_policy(_pod: Arc<Pod>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -13,7 +13,7 @@ use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use super::store::Digest;
+use sha2::{Digest as _, Sha256};
 
 /// Why a registry request failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,7 @@ fn sort_error(reference: &Reference, e: OciDistributionError) -> RegistryError {
 }
 
 /// Picks the Wasm entry of a multi-platform index, else linux/amd64, else the first.
-pub(crate) fn wasm_first(entries: &[ImageIndexEntry]) -> Option<String> {
+pub fn wasm_first(entries: &[ImageIndexEntry]) -> Option<String> {
     let platform = |e: &ImageIndexEntry| {
         e.platform
             .as_ref()
@@ -138,7 +138,7 @@ pub(crate) fn wasm_first(entries: &[ImageIndexEntry]) -> Option<String> {
         .map(|e| e.digest.clone())
 }
 
-/// A registry client for the edge.
+/// A registry client (the edge pulls with it; the scheduler reads manifests).
 ///
 /// `oci-client` remembers the first credentials (and tokens) it used for a registry, so one
 /// client serves each set of credentials: a pod with a new pull secret is not served with the
@@ -148,14 +148,18 @@ pub struct RegistryClient {
     clients: Mutex<HashMap<String, Client>>,
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// A key that tells credentials apart without keeping secrets in the clear.
 fn auth_key(auth: &RegistryAuth) -> String {
     match auth {
         RegistryAuth::Anonymous => "anonymous".to_owned(),
         RegistryAuth::Basic(user, password) => {
-            format!("basic:{user}:{}", Digest::of(password.as_bytes()))
+            format!("basic:{user}:{}", sha256_hex(password.as_bytes()))
         }
-        RegistryAuth::Bearer(token) => format!("bearer:{}", Digest::of(token.as_bytes())),
+        RegistryAuth::Bearer(token) => format!("bearer:{}", sha256_hex(token.as_bytes())),
     }
 }
 
@@ -198,22 +202,17 @@ impl RegistryClient {
         Ok(client)
     }
 
-    /// Fetches the image manifest (resolving an index to its Wasm entry) and its digest.
+    /// Fetches the image manifest (resolving an index to its Wasm entry) and its digest
+    /// (`sha256:<hex>`, as the registry gave it).
     pub async fn manifest(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
-    ) -> Result<(OciImageManifest, Digest), RegistryError> {
-        let (manifest, digest) = self
-            .client(auth)?
+    ) -> Result<(OciImageManifest, String), RegistryError> {
+        self.client(auth)?
             .pull_image_manifest(reference, auth)
             .await
-            .map_err(|e| sort_error(reference, e))?;
-        let digest = Digest::parse(&digest).map_err(|e| RegistryError::Other {
-            reference: reference.whole(),
-            detail: e.to_string(),
-        })?;
-        Ok((manifest, digest))
+            .map_err(|e| sort_error(reference, e))
     }
 
     /// Fetches a blob with the credentials the manifest was fetched with; `oci-client` checks

@@ -1,0 +1,67 @@
+//! The kind of image (Wasm or container) a reference names, asked of its registry: the manifest
+//! and the config blob, classified by [`crate::media::classify`], without pulling layers.
+//!
+//! Answers are remembered: by digest references for good, by tag for [`TAG_TTL`] (a tag may be
+//! pushed again). Only anonymous access is tried: a private image's kind stays unknown, and the
+//! caller falls back to what the pod says (its RuntimeClass).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use oci_client::Reference;
+use oci_client::secrets::RegistryAuth;
+
+use crate::media::{self, ImageKind};
+use crate::registry::{RegistryClient, RegistryError};
+
+/// How long the kind of a tagged image is remembered.
+pub const TAG_TTL: Duration = Duration::from_secs(600);
+
+/// Resolves and remembers image kinds.
+pub struct ImageKinds {
+    registry: RegistryClient,
+    known: Mutex<HashMap<String, (ImageKind, Instant)>>,
+}
+
+impl ImageKinds {
+    /// A resolver that speaks plain HTTP to the `insecure` registries (`host:port`) only.
+    pub fn new(insecure: &[String]) -> Result<Self, RegistryError> {
+        Ok(Self {
+            registry: RegistryClient::new(insecure)?,
+            known: Mutex::default(),
+        })
+    }
+
+    /// What `image` is.
+    pub async fn kind_of(&self, image: &str) -> Result<ImageKind, RegistryError> {
+        let remembered = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(image)
+            .cloned();
+        if let Some((kind, at)) = remembered
+            && (image.contains('@') || at.elapsed() < TAG_TTL)
+        {
+            return Ok(kind);
+        }
+        let reference = Reference::from_str(image).map_err(|e| RegistryError::Other {
+            reference: image.to_owned(),
+            detail: format!("not an image reference: {e}"),
+        })?;
+        let auth = RegistryAuth::Anonymous;
+        let (manifest, _) = self.registry.manifest(&reference, &auth).await?;
+        let config = self
+            .registry
+            .blob(&reference, &auth, &manifest.config)
+            .await?;
+        let kind = media::classify(&manifest, &config);
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(image.to_owned(), (kind.clone(), Instant::now()));
+        Ok(kind)
+    }
+}
