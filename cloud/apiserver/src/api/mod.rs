@@ -29,7 +29,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +38,11 @@ use crate::registry::{Registry, ResourceInfo};
 use crate::storage::Store;
 pub use error::ApiError;
 use error::MAX_REQUEST_BYTES;
+
+/// How much of a too-large body is read and thrown away before answering 413, so that the
+/// client's connection stays usable (an unread body makes the server close it, and a client that
+/// already sent its next request on it sees a transport error). Beyond this, it is closed.
+const DRAIN_BYTES: usize = 4 * MAX_REQUEST_BYTES;
 use request::{Query, ResourcePath, Target};
 
 /// A response body: whole, or streamed (watches).
@@ -211,16 +216,9 @@ impl Api {
         let Some(user) = user else {
             return error_response(&ApiError::Unauthorized);
         };
-        let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return error_response(&ApiError::TooLarge);
-            }
-            Err(e) => {
-                return error_response(&ApiError::BadRequest(format!(
-                    "reading the request body: {e}"
-                )));
-            }
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(e) => return error_response(&e),
         };
         let call = Call {
             method: &parts.method,
@@ -295,4 +293,35 @@ impl Api {
             _ => Err(ApiError::MethodNotAllowed),
         }
     }
+}
+
+/// Reads a request body of at most [`MAX_REQUEST_BYTES`].
+async fn read_body<B>(body: B) -> Result<bytes::Bytes, ApiError>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use bytes::Buf;
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::BadRequest(format!("reading the request body: {}", e.into())))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let data = data.copy_to_bytes(data.remaining());
+        total = total.saturating_add(data.len());
+        if total > DRAIN_BYTES {
+            break;
+        }
+        if total <= MAX_REQUEST_BYTES {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if total > MAX_REQUEST_BYTES {
+        return Err(ApiError::TooLarge);
+    }
+    Ok(buf.freeze())
 }
