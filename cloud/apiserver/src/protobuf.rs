@@ -77,6 +77,14 @@ pub enum DecodeError {
     /// A string field that is not UTF-8.
     #[error("field {0} is not valid UTF-8")]
     NotUtf8(String),
+    /// A `Time` past what RFC 3339 can write (years 1 to 9999, give or take).
+    #[error("{message} holds a time out of range ({seconds} seconds since 1970)")]
+    TimeOutOfRange {
+        /// The message (`...meta.v1.Time`).
+        message: String,
+        /// Its seconds.
+        seconds: i64,
+    },
     /// A field holding raw JSON that does not parse.
     #[error("field {field} holds invalid JSON: {source}")]
     RawJson {
@@ -272,7 +280,16 @@ pub fn decode_object(body: &[u8]) -> Result<Value, DecodeError> {
         return Err(DecodeError::ContentEncoding(encoding));
     }
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    // The options kinds (DeleteOptions...) are registered in every group version, and also in
+    // meta.k8s.io/v1, which the definitions do not list.
+    let meta_kind = format!("{META}{kind}");
     let definition = crate::schema::definition_for(group, version, &kind)
+        .or_else(|| {
+            let is_kind = crate::schema::DEFINITIONS
+                .get(&meta_kind)
+                .is_some_and(|d| d.get("x-kubernetes-group-version-kind").is_some());
+            (api_version == "meta.k8s.io/v1" && is_kind).then_some(meta_kind.as_str())
+        })
         .filter(|d| TABLE.contains_key(*d))
         .ok_or_else(|| DecodeError::UnknownKind {
             api_version: api_version.clone(),
@@ -428,10 +445,12 @@ fn decode_message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, Decod
                     }
                 }
                 // A map value left out on the wire is the type's zero value.
-                let v = v.unwrap_or_else(|| match field.value {
-                    Some(Kind::String | Kind::Bytes) => Value::String(String::new()),
-                    _ => Value::Null,
-                });
+                let v = match (v, field.value) {
+                    (Some(v), _) => v,
+                    (None, Some(Kind::Message)) => decode_message(&field.message, &[], depth + 1)?,
+                    (None, Some(Kind::String | Kind::Bytes)) => Value::String(String::new()),
+                    (None, _) => Value::Null,
+                };
                 if let Value::Object(m) = object
                     .entry(field.name.clone())
                     .or_insert_with(|| Value::Object(Map::new()))
@@ -468,14 +487,20 @@ fn special(name: &str, mut o: Map<String, Value>) -> Result<Value, DecodeError> 
     };
     Ok(match short {
         "Time" | "MicroTime" => {
-            let seconds = int(&o, "seconds");
-            if seconds == ZERO_TIME || !o.contains_key("seconds") {
+            // Go reads an empty message as the zero time, and writes the zero time as its Unix
+            // seconds; both are `null` in Go's JSON, omitted here.
+            let (seconds, nanos) = (int(&o, "seconds"), int(&o, "nanos"));
+            if o.is_empty() || (seconds == ZERO_TIME && nanos == 0) {
                 return Ok(Value::Null);
             }
-            let nanos = i32::try_from(int(&o, "nanos")).unwrap_or(0);
-            let Ok(t) = jiff::Timestamp::new(seconds, nanos) else {
-                return Ok(Value::Null);
-            };
+            // As Go's time.Unix: nanoseconds outside 0..1e9 carry into the seconds.
+            let t = jiff::Timestamp::from_nanosecond(
+                i128::from(seconds) * 1_000_000_000 + i128::from(nanos),
+            )
+            .map_err(|_| DecodeError::TimeOutOfRange {
+                message: name.to_owned(),
+                seconds,
+            })?;
             let format = if short == "Time" {
                 "%Y-%m-%dT%H:%M:%SZ"
             } else {
@@ -484,7 +509,7 @@ fn special(name: &str, mut o: Map<String, Value>) -> Result<Value, DecodeError> 
             Value::String(t.strftime(format).to_string())
         }
         "Duration" => Value::String(go_duration(int(&o, "duration"))),
-        "FieldsV1" => raw_json(&mut o, "Raw")?,
+        "FieldsV1" => raw_json(&mut o, "raw")?,
         "runtime.RawExtension" | "JSON" => raw_json(&mut o, "raw")?,
         "api.resource.Quantity" => o.remove("string").unwrap_or(Value::String(String::new())),
         "util.intstr.IntOrString" => {
@@ -583,6 +608,10 @@ mod tests {
         }
         fn int(self, tag: u64, v: u64) -> Self {
             self.key(tag, 0).varint(v)
+        }
+        fn raw(mut self, b: &[u8]) -> Self {
+            self.0.extend_from_slice(b);
+            self
         }
     }
 
@@ -693,6 +722,150 @@ mod tests {
         assert!(matches!(
             decode_message(&props, &deep.0, 0),
             Err(DecodeError::TooDeep)
+        ));
+    }
+
+    #[test]
+    fn a_namespace_and_a_config_map_keep_what_go_would_print() {
+        // Go writes every non-pointer field: empty strings and the zero time included.
+        let zero = W::default().int(1, ZERO_TIME as u64).int(2, 0);
+        let meta = W::default()
+            .str(1, "team")
+            .str(2, "")
+            .str(3, "")
+            .msg(8, zero)
+            .msg(11, W::default().str(1, "tier").str(2, ""));
+        let spec = W::default().str(1, "kubernetes");
+        let raw = W::default()
+            .msg(1, meta)
+            .msg(2, spec)
+            .msg(3, W::default().str(1, ""));
+        let ns = decode_object(&envelope("v1", "Namespace", raw)).expect("decodes");
+        assert_eq!(
+            ns,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "team", "labels": {"tier": ""}},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {},
+            })
+        );
+
+        let raw = W::default()
+            .msg(1, W::default().str(1, "settings").str(3, "team"))
+            .msg(2, W::default().str(1, "interval").str(2, "5"))
+            .msg(2, W::default().str(1, "empty").str(2, ""))
+            .msg(3, W::default().str(1, "blob").bytes(2, &[0, 1, 2, 255]))
+            .int(4, 0);
+        let cm = decode_object(&envelope("v1", "ConfigMap", raw)).expect("decodes");
+        assert_eq!(
+            cm,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "settings", "namespace": "team"},
+                "data": {"interval": "5", "empty": ""},
+                "binaryData": {"blob": "AAEC/w=="},
+                "immutable": false,
+            })
+        );
+    }
+
+    #[test]
+    fn micro_times_managed_fields_and_string_int_or_strings() {
+        let renew = W::default().int(1, 1_767_225_600).int(2, 123_456_789);
+        let spec = W::default().str(1, "node-a").int(2, 40).msg(4, renew);
+        let fields = W::default().bytes(1, br#"{"f:spec":{"f:holderIdentity":{}}}"#);
+        let entry = W::default()
+            .str(1, "kubelet")
+            .str(2, "Update")
+            .str(6, "FieldsV1")
+            .msg(7, fields);
+        let meta = W::default().str(1, "node-a").msg(17, entry);
+        let raw = W::default().msg(1, meta).msg(2, spec);
+        let lease =
+            decode_object(&envelope("coordination.k8s.io/v1", "Lease", raw)).expect("decodes");
+        assert_eq!(lease["apiVersion"], "coordination.k8s.io/v1");
+        assert_eq!(
+            lease["spec"],
+            serde_json::json!({"holderIdentity": "node-a", "leaseDurationSeconds": 40,
+                               "renewTime": "2026-01-01T00:00:00.123456Z"})
+        );
+        assert_eq!(
+            lease["metadata"]["managedFields"][0]["fieldsV1"],
+            serde_json::json!({"f:spec": {"f:holderIdentity": {}}})
+        );
+
+        let bad = W::default().msg(
+            1,
+            W::default().msg(17, W::default().msg(7, W::default().bytes(1, b"{not json"))),
+        );
+        assert!(matches!(
+            decode_object(&envelope("v1", "ConfigMap", bad)),
+            Err(DecodeError::RawJson { .. })
+        ));
+
+        let named = W::default().int(1, 1).str(3, "http");
+        let port = W::default().int(3, 80).msg(4, named);
+        let raw = W::default().msg(2, W::default().msg(1, port));
+        let svc = decode_object(&envelope("v1", "Service", raw)).expect("decodes");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    }
+
+    #[test]
+    fn packed_and_unpacked_scalars_unknown_fields_and_wrong_wire_types() {
+        // supplementalGroups (4): once packed, twice not; then fields from a newer version.
+        let packed = W::default().varint(5).varint(300);
+        let context = W::default()
+            .bytes(4, &packed.0)
+            .int(4, 7)
+            .int(4, u64::MAX) // -1 as a two's-complement varint
+            .int(99, 1)
+            .str(98, "ignored")
+            .key(97, 1)
+            .raw(&[0; 8])
+            .key(96, 5)
+            .raw(&[0; 4]);
+        let spec = W::default().msg(14, context);
+        let raw = W::default().msg(1, W::default().str(1, "p")).msg(2, spec);
+        let pod = decode_object(&envelope("v1", "Pod", raw)).expect("decodes");
+        assert_eq!(
+            pod["spec"]["securityContext"],
+            serde_json::json!({"supplementalGroups": [5, 300, 7, -1]})
+        );
+
+        // A string field sent as a varint.
+        let raw = W::default().msg(1, W::default().int(1, 5));
+        assert!(matches!(
+            decode_object(&envelope("v1", "ConfigMap", raw)),
+            Err(DecodeError::WireType {
+                tag: 1,
+                wire: 0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn delete_options_in_any_group_version() {
+        let preconditions = W::default().str(1, "uid-1");
+        let raw = W::default()
+            .int(1, 0)
+            .msg(2, preconditions)
+            .str(4, "Background");
+        for api_version in ["v1", "apps/v1", "meta.k8s.io/v1"] {
+            let options = decode_object(&envelope(api_version, "DeleteOptions", W(raw.0.clone())))
+                .expect("decodes");
+            assert_eq!(
+                options,
+                serde_json::json!({
+                    "apiVersion": api_version, "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": "uid-1"}, "propagationPolicy": "Background",
+                })
+            );
+        }
+        assert!(matches!(
+            decode_object(&envelope("meta.k8s.io/v1", "ObjectMeta", W::default())),
+            Err(DecodeError::UnknownKind { .. })
         ));
     }
 

@@ -338,6 +338,17 @@ async fn imperative_creates_send_protobuf_and_store_what_was_asked() {
         json(&["secret", "pull"])["type"],
         "kubernetes.io/dockerconfigjson"
     );
+    let config = cluster.kubectl_ok(&[
+        "-n",
+        "team",
+        "get",
+        "secret",
+        "pull",
+        "-o",
+        r#"go-template={{index .data ".dockerconfigjson" | base64decode}}"#,
+    ]);
+    let config: serde_json::Value = serde_json::from_str(&config).expect("docker config");
+    assert_eq!(config["auths"]["registry.local"]["username"], "u");
     let web = json(&["deployment", "web"]);
     assert_eq!(web["spec"]["replicas"], 2);
     let container = &web["spec"]["template"]["spec"]["containers"][0];
@@ -348,6 +359,8 @@ async fn imperative_creates_send_protobuf_and_store_what_was_asked() {
         (ports["port"].clone(), ports["targetPort"].clone()),
         (80.into(), 8080.into())
     );
+    let table = cluster.kubectl_ok(&["-n", "team", "get", "service", "web"]);
+    assert!(table.contains(" 80/TCP "), "no node port: {table}");
     assert_eq!(
         json(&["serviceaccount", "robot"])["metadata"]["name"],
         "robot"

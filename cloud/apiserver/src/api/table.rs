@@ -673,9 +673,13 @@ fn cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
+                // `nodePort: 0` is no node port, as Kubernetes' printer reads it (protobuf
+                // bodies carry the zero).
                 .map(|p| match p.get("nodePort").and_then(Value::as_i64) {
-                    Some(np) => format!("{}:{np}/{}", n(p, "/port"), s(p, "/protocol")),
-                    None => format!("{}/{}", n(p, "/port"), s(p, "/protocol")),
+                    Some(np) if np > 0 => {
+                        format!("{}:{np}/{}", n(p, "/port"), s(p, "/protocol"))
+                    }
+                    _ => format!("{}/{}", n(p, "/port"), s(p, "/protocol")),
                 })
                 .collect();
             let selector = o
