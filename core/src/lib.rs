@@ -7,6 +7,7 @@
 pub mod crilog;
 pub mod grants;
 pub mod pod_runtime;
+pub mod protocol;
 pub mod quantity;
 pub mod restart;
 pub mod runtimes;

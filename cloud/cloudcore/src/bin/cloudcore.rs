@@ -1,0 +1,3 @@
+//! `cloudcore`: the cloud side.
+
+fn main() {}

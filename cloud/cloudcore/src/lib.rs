@@ -1,0 +1,1 @@
+//! Wedge's `cloudcore`: what edges talk to.

@@ -1,0 +1,408 @@
+//! The envelope every frame carries, and the checks a frame passes before anyone acts on it.
+
+use serde::{Deserialize, Serialize};
+
+use super::{MAX_FRAME_BYTES, VERSION};
+
+/// What a frame asks for. KubeEdge's operations (insert, update, delete, response, error,
+/// upload) plus the session's own (hello, welcome, sync-done, ack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    /// Edge → cloud, the first frame: who the edge is and what it holds.
+    Hello,
+    /// Cloud → edge, the answer to hello: the session's settings.
+    Welcome,
+    /// Cloud → edge: an object the edge does not hold yet.
+    Insert,
+    /// Cloud → edge: a newer version of an object; edge → cloud: a status or lease renewal.
+    Update,
+    /// Cloud → edge: an object the edge must forget; edge → cloud: a pod is gone from the edge.
+    Delete,
+    /// Cloud → edge: the resync after hello is complete.
+    SyncDone,
+    /// Either way: the frame named by `parent` was stored (edge) or written to the API (cloud).
+    Ack,
+    /// Either way: the frame named by `parent` was refused; the payload says why.
+    Error,
+}
+
+impl Operation {
+    /// Whether frames of this operation are acknowledged by the receiver.
+    pub fn needs_ack(self) -> bool {
+        matches!(self, Self::Insert | Self::Update | Self::Delete)
+    }
+}
+
+/// The kinds of resources that travel between cloud and edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceKind {
+    /// A core/v1 Pod bound to the edge's node (down), or its deletion confirmed (up).
+    Pod,
+    /// A core/v1 ConfigMap a pod on the edge references.
+    ConfigMap,
+    /// A core/v1 Secret a pod on the edge references.
+    Secret,
+    /// The edge's Node: registration, labels and status (up).
+    NodeStatus,
+    /// The edge's Lease renewal (up).
+    Lease,
+    /// A pod's status as Edged reports it (up).
+    PodStatus,
+}
+
+impl ResourceKind {
+    /// The kinds the cloud sends down and the edge keeps.
+    pub const DOWNSTREAM: [ResourceKind; 3] = [Self::Pod, Self::ConfigMap, Self::Secret];
+
+    /// The kebab-case name, as in frames and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::ConfigMap => "config-map",
+            Self::Secret => "secret",
+            Self::NodeStatus => "node-status",
+            Self::Lease => "lease",
+            Self::PodStatus => "pod-status",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        matches!(
+            self,
+            Self::Pod | Self::ConfigMap | Self::Secret | Self::PodStatus
+        )
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The object a frame is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRef {
+    /// Its kind.
+    pub kind: ResourceKind,
+    /// Its namespace, for namespaced kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its uid, when known: deletions name the uid so that a newer object of the same name is
+    /// never deleted by mistake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+impl ResourceRef {
+    /// The key that identifies the object for coalescing and resync.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: self.kind,
+            namespace: self.namespace.clone().unwrap_or_default(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// An object's identity on a session: kind, namespace, name. Repeated updates to one key
+/// coalesce into the newest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    /// The kind.
+    pub kind: ResourceKind,
+    /// The namespace, empty for cluster-scoped kinds.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    /// The protocol version, [`VERSION`].
+    pub v: u32,
+    /// The sender's id for this frame: strictly increasing on a connection, from 1.
+    pub id: u64,
+    /// The frame this one answers (acks, errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
+    /// When the sender made it, in milliseconds since the epoch.
+    pub timestamp: i64,
+    /// The object's resourceVersion, for frames that carry an object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// What the frame asks for.
+    pub operation: Operation,
+    /// The object it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceRef>,
+    /// The object, status or message.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub payload: serde_json::Value,
+}
+
+/// Why a frame was refused. The receiver logs it, answers with an error frame where it can,
+/// and carries on with the next frame: one bad frame never ends a session or loses an object.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// Bigger than [`MAX_FRAME_BYTES`].
+    #[error("frame of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not JSON, or not an envelope.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// Another protocol version.
+    #[error("protocol version {0} is not supported (this side speaks {VERSION})")]
+    Version(u32),
+    /// A field the operation needs is missing or wrong.
+    #[error("{operation:?} frame {id}: {message}")]
+    Incomplete {
+        /// The operation.
+        operation: Operation,
+        /// The frame's id.
+        id: u64,
+        /// What is missing.
+        message: String,
+    },
+    /// A text frame, where frames are binary.
+    #[error("text frames are not part of the protocol; frames are binary JSON envelopes")]
+    Text,
+}
+
+impl FrameError {
+    /// A short machine-readable reason, as error frames carry it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "FrameTooLarge",
+            Self::Malformed(_) | Self::Text => "MalformedFrame",
+            Self::Version(_) => "UnsupportedVersion",
+            Self::Incomplete { .. } => "IncompleteFrame",
+        }
+    }
+}
+
+impl Envelope {
+    /// A frame with the current version and time, no parent, resource or payload.
+    pub fn new(id: u64, operation: Operation) -> Self {
+        Self {
+            v: VERSION,
+            id,
+            parent: None,
+            timestamp: jiff::Timestamp::now().as_millisecond(),
+            resource_version: None,
+            operation,
+            resource: None,
+            payload: serde_json::Value::Null,
+        }
+    }
+
+    /// Sets the object the frame is about.
+    pub fn with_resource(mut self, resource: ResourceRef) -> Self {
+        self.resource = Some(resource);
+        self
+    }
+
+    /// Sets the payload.
+    pub fn with_payload(mut self, payload: serde_json::Value) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Sets the resourceVersion.
+    pub fn with_resource_version(mut self, rv: Option<String>) -> Self {
+        self.resource_version = rv;
+        self
+    }
+
+    /// An acknowledgement of frame `parent`.
+    pub fn ack(id: u64, parent: u64) -> Self {
+        let mut ack = Self::new(id, Operation::Ack);
+        ack.parent = Some(parent);
+        ack
+    }
+
+    /// A refusal of frame `parent` (0 when the frame could not be read far enough to know its
+    /// id), with a reason and a message.
+    pub fn error(id: u64, parent: u64, reason: &str, message: &str) -> Self {
+        let mut error = Self::new(id, Operation::Error);
+        error.parent = Some(parent);
+        error.payload = serde_json::json!({ "reason": reason, "message": message });
+        error
+    }
+
+    /// The frame as bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // An Envelope is plain data with string keys: serialising it cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads and checks a frame: size, JSON shape, version, and the fields its operation needs.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_FRAME_BYTES,
+            });
+        }
+        let envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        if envelope.v != VERSION {
+            return Err(FrameError::Version(envelope.v));
+        }
+        envelope.check()?;
+        Ok(envelope)
+    }
+
+    fn check(&self) -> Result<(), FrameError> {
+        let incomplete = |message: &str| FrameError::Incomplete {
+            operation: self.operation,
+            id: self.id,
+            message: message.to_owned(),
+        };
+        if self.id == 0 {
+            return Err(incomplete("id must be 1 or more"));
+        }
+        match self.operation {
+            Operation::Ack | Operation::Error if self.parent.is_none() => {
+                Err(incomplete("an ack or error names its parent"))
+            }
+            Operation::Insert | Operation::Update | Operation::Delete => {
+                let resource = self
+                    .resource
+                    .as_ref()
+                    .ok_or_else(|| incomplete("names no resource"))?;
+                if resource.name.is_empty() {
+                    return Err(incomplete("resource has no name"));
+                }
+                if resource.kind.namespaced()
+                    && resource.namespace.as_deref().unwrap_or("").is_empty()
+                {
+                    return Err(incomplete("a namespaced resource needs a namespace"));
+                }
+                if self.operation != Operation::Delete && self.payload.is_null() {
+                    return Err(incomplete("carries no payload"));
+                }
+                Ok(())
+            }
+            Operation::Hello | Operation::Welcome if !self.payload.is_object() => {
+                Err(incomplete("payload must be an object"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_ref() -> ResourceRef {
+        ResourceRef {
+            kind: ResourceKind::Pod,
+            namespace: Some("default".into()),
+            name: "p".into(),
+            uid: Some("u1".into()),
+        }
+    }
+
+    #[test]
+    fn a_frame_survives_encode_and_decode() {
+        let frame = Envelope::new(7, Operation::Insert)
+            .with_resource(pod_ref())
+            .with_resource_version(Some("42".into()))
+            .with_payload(serde_json::json!({"kind": "Pod"}));
+        let back = Envelope::decode(&frame.encode()).expect("decode");
+        assert_eq!(back, frame);
+        let text = String::from_utf8(frame.encode()).expect("utf8");
+        assert!(text.contains(r#""operation":"insert""#), "{text}");
+        assert!(text.contains(r#""kind":"pod""#), "{text}");
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_a_reason() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not json".to_vec(), "MalformedFrame"),
+            (b"{}".to_vec(), "MalformedFrame"),
+            (
+                br#"{"v":2,"id":1,"timestamp":0,"operation":"ack","parent":1}"#.to_vec(),
+                "UnsupportedVersion",
+            ),
+            (
+                br#"{"v":1,"id":1,"timestamp":0,"operation":"teleport"}"#.to_vec(),
+                "MalformedFrame",
+            ),
+            (
+                br#"{"v":1,"id":1,"timestamp":0,"operation":"ack"}"#.to_vec(),
+                "IncompleteFrame",
+            ),
+            (
+                br#"{"v":1,"id":0,"timestamp":0,"operation":"ack","parent":3}"#.to_vec(),
+                "IncompleteFrame",
+            ),
+            (
+                br#"{"v":1,"id":1,"timestamp":0,"operation":"update","payload":{}}"#.to_vec(),
+                "IncompleteFrame",
+            ),
+            (
+                br#"{"v":1,"id":1,"timestamp":0,"operation":"update","resource":{"kind":"pod","name":"p"},"payload":{}}"#.to_vec(),
+                "IncompleteFrame",
+            ),
+            (
+                br#"{"v":1,"id":1,"timestamp":0,"operation":"insert","resource":{"kind":"pod","namespace":"d","name":"p"}}"#.to_vec(),
+                "IncompleteFrame",
+            ),
+            (
+                br#"{"v":1,"id":1,"timestamp":0,"operation":"hello","payload":[1]}"#.to_vec(),
+                "IncompleteFrame",
+            ),
+            (vec![b' '; MAX_FRAME_BYTES + 1], "FrameTooLarge"),
+        ];
+        for (bytes, reason) in cases {
+            let err = Envelope::decode(&bytes).expect_err("must be refused");
+            assert_eq!(
+                err.reason(),
+                reason,
+                "{err} for {:?}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
+            );
+        }
+    }
+
+    #[test]
+    fn a_deletion_needs_no_payload_and_a_cluster_scoped_kind_no_namespace() {
+        let delete = Envelope::new(1, Operation::Delete).with_resource(pod_ref());
+        assert!(Envelope::decode(&delete.encode()).is_ok());
+        let node = Envelope::new(2, Operation::Update)
+            .with_resource(ResourceRef {
+                kind: ResourceKind::NodeStatus,
+                namespace: None,
+                name: "edge-1".into(),
+                uid: None,
+            })
+            .with_payload(serde_json::json!({}));
+        assert!(Envelope::decode(&node.encode()).is_ok());
+    }
+}

@@ -1,0 +1,3 @@
+//! `edgecore`: the edge agent.
+
+fn main() {}
