@@ -46,17 +46,14 @@ enum Command {
     Apiserver(commands::apiserver::ApiserverArgs),
     /// Run the embedded control plane (scheduler, controllers) against an API server.
     Controllers(commands::controllers::ControllersArgs),
+    /// The all-in-one cluster: API server, control plane, cloudcore and a local edge, with the
+    /// sample Wasm app applied.
+    Up(commands::up::UpArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    wedge_cli::init_tracing("warn");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -70,6 +67,7 @@ fn main() -> ExitCode {
             Command::Image { command } => commands::image::run(&cli.root, command).await,
             Command::Apiserver(args) => commands::apiserver::run(&cli.root, args).await,
             Command::Controllers(args) => commands::controllers::run(args).await,
+            Command::Up(args) => commands::up::run(&cli.root, args).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@
 
 pub mod crilog;
 pub mod grants;
+pub mod join_token;
 pub mod pod_runtime;
 pub mod protocol;
 pub mod quantity;

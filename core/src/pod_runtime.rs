@@ -62,6 +62,10 @@ pub enum PodRuntimeError {
     Runtime(String),
 }
 
+/// Called with a pod's uid whenever the status of one of its containers changes, so that Edged
+/// reports a change at once instead of finding it at its next poll.
+pub type StatusListener = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A runtime that runs pods: Wasm components, or containers through CRI.
 #[async_trait]
 pub trait PodRuntime: Send + Sync {
@@ -79,6 +83,10 @@ pub trait PodRuntime: Send + Sync {
 
     /// The pod's status, if it runs here.
     fn pod_status(&self, uid: &str) -> Option<PodStatusReport>;
+
+    /// Calls `listener` on every container status change of every pod started from now on,
+    /// replacing any listener set before.
+    fn watch_status(&self, listener: StatusListener);
 
     /// The uids of the pods this runtime holds.
     fn pods(&self) -> Vec<String>;

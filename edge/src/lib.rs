@@ -3,3 +3,22 @@
 //! - [`store`]: the edge's SQLite database: MetaManager (every object the cloud sent, applied
 //!   idempotently by resourceVersion) and the outbox (status updates that survive restarts and
 //!   disconnections, coalesced to the newest per object).
+//! - [`edgehub`]: the one connection to CloudHub: reconnecting, acknowledged, resynced.
+//! - [`edged`]: runs the pods MetaManager holds on the Wasm runtime and reports their status,
+//!   the node's status and its lease through the outbox.
+//! - [`reports`]: the outbox entries and the frames they become.
+//! - [`tls`], [`join`], [`rotation`]: the edge's credentials, joining with a bootstrap token,
+//!   and certificate rotation.
+//! - [`agent`]: all of it together, as `edgecore` and `wedge up` run it.
+
+pub mod agent;
+pub mod edged;
+pub mod edgehub;
+pub mod join;
+pub mod reports;
+pub mod rotation;
+pub mod store;
+pub mod tls;
+
+/// The wasmtime version the runtime embeds, as the node reports it.
+pub const WASMTIME_VERSION: &str = "48";

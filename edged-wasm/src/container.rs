@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, InstancePre};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wedge_core::pod_runtime::StatusListener;
 use wedge_core::restart::CrashLoopBackoff;
 use wedge_core::status::{ContainerState, ContainerStatus, reason};
 
@@ -102,10 +103,16 @@ pub(crate) struct ContainerSlot {
     pub(crate) meters: Arc<ContainerMeters>,
     pub(crate) cache: Mutex<Option<CacheOutcome>>,
     pub(crate) log_dir: PathBuf,
+    /// Told of every status change, with the pod's uid.
+    listener: Option<(String, StatusListener)>,
 }
 
 impl ContainerSlot {
-    pub(crate) fn new(plan: ContainerPlan, pod: &PodPlan) -> Self {
+    pub(crate) fn new(
+        plan: ContainerPlan,
+        pod: &PodPlan,
+        listener: Option<StatusListener>,
+    ) -> Self {
         let status = ContainerStatus {
             name: plan.name.clone(),
             image: plan.image.clone(),
@@ -121,6 +128,7 @@ impl ContainerSlot {
             meters: Arc::default(),
             cache: Mutex::new(None),
             log_dir,
+            listener: listener.map(|l| (pod.uid.clone(), l)),
         }
     }
 
@@ -136,6 +144,9 @@ impl ContainerSlot {
             .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner));
+        if let Some((uid, listener)) = &self.listener {
+            listener(uid);
+        }
     }
 
     pub(crate) fn log_path(&self, restart: u32) -> PathBuf {

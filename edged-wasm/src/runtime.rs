@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
-use wedge_core::pod_runtime::{LogOptions, PodRuntime, PodRuntimeError};
+use wedge_core::pod_runtime::{LogOptions, PodRuntime, PodRuntimeError, StatusListener};
 use wedge_core::status::{PodPhase, PodStatusReport};
 
 use crate::compile::{CacheOutcome, CompileCache, CompileError};
@@ -80,6 +80,7 @@ pub(crate) struct Inner {
     pub(crate) config: RuntimeConfig,
     credentials: RwLock<HashMap<String, RegistryCredentials>>,
     pods: Mutex<HashMap<String, Arc<PodEntry>>>,
+    listener: RwLock<Option<StatusListener>>,
     _ticker: EpochTicker,
 }
 
@@ -129,6 +130,7 @@ impl WasmRuntime {
                 config,
                 credentials: RwLock::default(),
                 pods: Mutex::default(),
+                listener: RwLock::default(),
                 _ticker: ticker,
             }),
         })
@@ -238,10 +240,16 @@ impl PodRuntime for WasmRuntime {
             return Ok(());
         }
         let cancel = CancellationToken::new();
+        let listener = self
+            .inner
+            .listener
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let containers: Vec<Arc<ContainerSlot>> = plan
             .containers
             .iter()
-            .map(|c| Arc::new(ContainerSlot::new(c.clone(), &plan)))
+            .map(|c| Arc::new(ContainerSlot::new(c.clone(), &plan, listener.clone())))
             .collect();
         let tasks = containers
             .iter()
@@ -301,6 +309,14 @@ impl PodRuntime for WasmRuntime {
 
     fn pods(&self) -> Vec<String> {
         self.inner.pods().keys().cloned().collect()
+    }
+
+    fn watch_status(&self, listener: StatusListener) {
+        *self
+            .inner
+            .listener
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
     }
 
     async fn container_logs(

@@ -55,7 +55,7 @@ pub async fn run(root: &std::path::Path, args: ApiserverArgs) -> anyhow::Result<
     } else {
         None
     };
-    super::terminated().await;
+    wedge_cli::terminated().await;
     shutdown.cancel();
     if let Some(task) = control_plane {
         task.await.context("control plane task")??;

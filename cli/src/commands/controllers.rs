@@ -5,13 +5,12 @@
 //!
 //! Not for real clusters: they have kube-scheduler and kube-controller-manager already.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
 use wedge_controlplane::{ControllersConfig, LeaderConfig};
 
@@ -44,14 +43,7 @@ pub struct ControllersArgs {
 }
 
 /// A kube client from a kubeconfig file.
-pub async fn client_for(path: &Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("using the kubeconfig {}", path.display()))?;
-    Ok(kube::Client::try_from(config)?)
-}
+pub use wedge_cli::kube_client as client_for;
 
 /// Runs the control plane until `shutdown` is cancelled.
 pub async fn run_control_plane(
@@ -82,7 +74,7 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        super::terminated().await;
+        wedge_cli::terminated().await;
         stop.cancel();
     });
     eprintln!("wedge controllers: waiting for the lease, then controlling");

@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod image;
+pub mod up;
 pub mod wasm;
 
 use std::path::Path;
@@ -17,16 +18,4 @@ pub fn runtime(root: &Path, insecure: &[String], echo: bool) -> anyhow::Result<W
     config.echo_logs = echo;
     let (backends, _, _) = Backends::in_process();
     Ok(WasmRuntime::new(config, backends)?)
-}
-
-/// Resolves on Ctrl-C or SIGTERM (or at once if the handlers cannot be installed).
-pub async fn terminated() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

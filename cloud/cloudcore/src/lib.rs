@@ -1,1 +1,194 @@
 //! Wedge's `cloudcore`: what edges talk to.
+//!
+//! - [`hub`]: CloudHub, the TLS WebSocket server edges dial, one acknowledged session per edge.
+//! - [`controller`]: EdgeController, the shared watches that say what each edge should hold and
+//!   the writer of what edges report.
+//! - [`join`]: bootstrap tokens, certificate signing for joining edges, renewals.
+//! - [`metrics`]: Prometheus metrics per edge.
+//!
+//! [`CloudCore::start`] runs all of it against any API server a `kube::Client` reaches: the
+//! embedded one (in-process in `cloudcore` and `wedge up`) or a real cluster's.
+
+pub mod controller;
+pub mod hub;
+pub mod join;
+pub mod metrics;
+mod metrics_server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wedge_apiserver::pki::{CertifiedKey, Pki, PkiError};
+
+use crate::controller::Upstream;
+use crate::hub::{HubContext, HubError, HubSettings};
+use crate::metrics::Metrics;
+
+/// cloudcore's settings.
+#[derive(Debug, Clone)]
+pub struct CloudCoreConfig {
+    /// Where CloudHub's CA and certificates live (`<data_dir>/pki/`).
+    pub data_dir: PathBuf,
+    /// The hub's settings.
+    pub hub: HubSettings,
+    /// Names and addresses edges dial the hub at: the serving certificate covers them.
+    pub advertise: Vec<String>,
+    /// Where to serve Prometheus metrics over plain HTTP, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl CloudCoreConfig {
+    /// Defaults with the PKI under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            hub: HubSettings::default(),
+            advertise: Vec::new(),
+            metrics_listen: None,
+        }
+    }
+}
+
+/// Why cloudcore could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudCoreError {
+    /// The certificates.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The hub.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The metrics listener.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running cloudcore.
+pub struct CloudCore {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    pki: Arc<Pki>,
+    ctx: Arc<HubContext>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    watches: JoinSet<()>,
+}
+
+impl CloudCore {
+    /// Loads or creates the hub's PKI, starts the watches and listens.
+    pub async fn start(
+        client: kube::Client,
+        config: CloudCoreConfig,
+    ) -> Result<Self, CloudCoreError> {
+        let pki = Arc::new(Pki::load_or_create(&config.data_dir, &config.advertise)?);
+        let shutdown = CancellationToken::new();
+        let sessions = Arc::new(hub::sessions::Sessions::default());
+        let mut watches = JoinSet::new();
+        let desired = controller::watch::start(&client, sessions.clone(), &mut watches, &shutdown);
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(HubContext {
+            settings: config.hub.clone(),
+            upstream: Upstream::new(client.clone(), desired.clone()),
+            desired,
+            sessions,
+            metrics: metrics.clone(),
+            join: join::JoinContext {
+                client,
+                pki: pki.clone(),
+            },
+            shutdown: shutdown.clone(),
+        });
+        let listener = hub::bind(&config.hub).await?;
+        let addr = listener.local_addr().map_err(|source| HubError::Listen {
+            addr: config.hub.listen,
+            source,
+        })?;
+        let acceptor = TlsAcceptor::from(Arc::new(hub::tls_config(&pki)?));
+        let tasks = TaskTracker::new();
+        tasks.spawn(hub::serve(listener, acceptor, ctx.clone(), tasks.clone()));
+        let metrics_addr = match config.metrics_listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|source| CloudCoreError::Metrics {
+                        addr: listen,
+                        source,
+                    })?;
+                let bound = listener.local_addr().ok();
+                tasks.spawn(metrics_server::serve(listener, metrics, shutdown.clone()));
+                bound
+            }
+            None => None,
+        };
+        tracing::info!(%addr, "CloudHub listening");
+        Ok(Self {
+            addr,
+            metrics_addr,
+            pki,
+            ctx,
+            shutdown,
+            tasks,
+            watches,
+        })
+    }
+
+    /// The address CloudHub listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address metrics are served on, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The CA edges pin, as PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.pki.ca.cert_pem
+    }
+
+    /// The CA certificate's file.
+    pub fn ca_path(&self) -> PathBuf {
+        self.pki.ca_cert_path()
+    }
+
+    /// The PKI directory.
+    pub fn pki_dir(&self) -> &Path {
+        self.pki.dir()
+    }
+
+    /// Issues a client certificate for the edge `node`, as joining does, for edges provisioned
+    /// by the cloud's operator directly (the local edge of `wedge up`).
+    pub fn issue_edge_certificate(&self, node: &str) -> Result<CertifiedKey, PkiError> {
+        self.pki
+            .issue_client(&format!("system:node:{node}"), &["system:nodes"])
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+
+    /// How many edges are connected.
+    pub fn connected_edges(&self) -> usize {
+        self.ctx.sessions.len()
+    }
+
+    /// Closes every session and stops.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.watches.shutdown().await;
+    }
+}

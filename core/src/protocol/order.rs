@@ -45,6 +45,9 @@ mod tests {
         assert!(order.accept(5).is_ok());
         assert_eq!(order.accept(5), Err(OutOfOrder { id: 5, last: 5 }));
         assert_eq!(order.accept(2), Err(OutOfOrder { id: 2, last: 5 }));
-        assert!(order.accept(6).is_ok(), "a refused frame does not stop the next");
+        assert!(
+            order.accept(6).is_ok(),
+            "a refused frame does not stop the next"
+        );
     }
 }

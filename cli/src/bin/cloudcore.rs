@@ -1,0 +1,137 @@
+//! `cloudcore`: the cloud side of Wedge.
+//!
+//! With no `--kubeconfig` it embeds everything one machine needs: the Kubernetes-compatible API
+//! server on SQLite, the control plane (scheduler and controllers) and CloudHub. With
+//! `--kubeconfig` it runs CloudHub and EdgeController against that cluster, whose own
+//! scheduler and controllers do the rest.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use wedge_cloudcore::{CloudCore, CloudCoreConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "cloudcore",
+    version,
+    about = "Wedge's cloud side: CloudHub and EdgeController, with an embedded API server unless --kubeconfig is given"
+)]
+struct Args {
+    /// Where the hub's certificates (and, embedded, the API server's database) live.
+    #[arg(
+        long,
+        env = "WEDGE_CLOUD_DIR",
+        default_value = "/var/lib/wedge/cloudcore"
+    )]
+    data_dir: PathBuf,
+    /// A real cluster's kubeconfig; without it the embedded API server and control plane run.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Where CloudHub listens for edges.
+    #[arg(long, default_value = "0.0.0.0:10000")]
+    listen: SocketAddr,
+    /// A name or address edges dial CloudHub at (repeatable): the certificate covers it.
+    #[arg(long = "advertise-address")]
+    advertise: Vec<String>,
+    /// Where the embedded API server listens.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    apiserver_listen: SocketAddr,
+    /// Serve Prometheus metrics over plain HTTP here.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Registries (`host:port`) the scheduler reaches over plain HTTP (embedded mode).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// How long a silent edge stays Ready before it is Unknown, in seconds (embedded mode).
+    #[arg(long, default_value_t = 40)]
+    node_grace: u64,
+    /// Seconds between keepalive pings to each edge.
+    #[arg(long, default_value_t = 15)]
+    ping_interval: u64,
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut embedded = None;
+    let mut control_plane = None;
+    let client = match &args.kubeconfig {
+        Some(path) => wedge_cli::kube_client(path).await?,
+        None => {
+            let mut config = wedge_apiserver::ServerConfig::new(
+                args.data_dir.join("apiserver"),
+                args.apiserver_listen,
+            );
+            config.names.clone_from(&args.advertise);
+            let server = wedge_apiserver::Server::start(config)
+                .await
+                .context("starting the embedded API server")?;
+            println!("API server listening on {}", server.url());
+            println!(
+                "kubectl: export KUBECONFIG={}",
+                server.kubeconfig_path().display()
+            );
+            let client = wedge_cli::kube_client(server.kubeconfig_path()).await?;
+            let controllers = wedge_controlplane::ControllersConfig {
+                node_grace: Duration::from_secs(args.node_grace.max(1)),
+                insecure_registries: args.insecure_registries.clone(),
+            };
+            let leader =
+                wedge_controlplane::LeaderConfig::new(format!("cloudcore-{}", std::process::id()));
+            control_plane = Some(tokio::spawn(wedge_controlplane::run(
+                client.clone(),
+                controllers,
+                leader,
+                shutdown.clone(),
+            )));
+            embedded = Some(server);
+            client
+        }
+    };
+    let mut config = CloudCoreConfig::new(args.data_dir.join("hub"));
+    config.hub.listen = args.listen;
+    config.hub.ping_interval = Duration::from_secs(args.ping_interval.max(1));
+    config.advertise = args.advertise;
+    config.metrics_listen = args.metrics_listen;
+    let cloudcore = CloudCore::start(client, config)
+        .await
+        .context("starting CloudHub")?;
+    println!("CloudHub listening on {}", cloudcore.local_addr());
+    println!("edges pin the CA {}", cloudcore.ca_path().display());
+    if let Some(addr) = cloudcore.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
+    wedge_cli::terminated().await;
+    shutdown.cancel();
+    cloudcore.shutdown().await;
+    if let Some(task) = control_plane {
+        let _ = task.await;
+    }
+    if let Some(server) = embedded {
+        server.shutdown().await;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    wedge_cli::init_tracing("info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cloudcore: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cloudcore: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

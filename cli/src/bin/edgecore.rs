@@ -1,0 +1,88 @@
+//! `edgecore`: the edge agent. Joins the cloud with a bootstrap token on first start, then
+//! runs its pods and keeps them running with or without the cloud.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use wedge_edge::agent::{self, AgentConfig};
+
+#[derive(Parser)]
+#[command(name = "edgecore", version, about = "Wedge's edge agent")]
+struct Args {
+    /// Where the database, certificates, images and pod logs live.
+    #[arg(long, env = "WEDGE_EDGE_ROOT", default_value = "/var/lib/wedge/edge")]
+    root: PathBuf,
+    /// CloudHub's address, host:port.
+    #[arg(long, env = "WEDGE_CLOUD")]
+    cloud: String,
+    /// This edge's node name (default: the hostname).
+    #[arg(long)]
+    node: Option<String>,
+    /// A bootstrap token from `wedge token create`, to join on first start.
+    #[arg(long, env = "WEDGE_TOKEN")]
+    token: Option<String>,
+    /// This node's address (default: the one that routes to the cloud).
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// A registry (host:port) reached over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// An extra node label, key=value (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Seconds between node status reports.
+    #[arg(long, default_value_t = 60)]
+    node_status_seconds: u64,
+    /// Seconds between lease renewals.
+    #[arg(long, default_value_t = 10)]
+    lease_seconds: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    wedge_cli::init_tracing("info");
+    let node = args.node.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .unwrap_or_else(|_| "edge".into())
+    });
+    let mut config = AgentConfig::new(&args.root, &args.cloud, node);
+    config.token = args.token;
+    config.node_ip = args.node_ip;
+    config.insecure_registries = args.insecure_registries;
+    for label in &args.labels {
+        let Some((k, v)) = label.split_once('=') else {
+            eprintln!("edgecore: --label {label}: expected key=value");
+            return ExitCode::from(2);
+        };
+        config.labels.insert(k.to_owned(), v.to_owned());
+    }
+    config.node_status_interval = Duration::from_secs(args.node_status_seconds.max(1));
+    config.lease_interval = Duration::from_secs(args.lease_seconds.max(1));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edgecore: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            wedge_cli::terminated().await;
+            stop.cancel();
+        });
+        agent::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgecore: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

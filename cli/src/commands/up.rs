@@ -1,0 +1,180 @@
+//! `wedge up`: the all-in-one cluster on one machine, in one process.
+//!
+//! The embedded API server, the control plane, cloudcore and one local edge, started together;
+//! the admin kubeconfig written and printed; the sample Wasm app (`sample-apps/manifests/`)
+//! applied so that `kubectl get pods` shows it Running. The local edge is provisioned with a
+//! certificate from the hub's CA directly (it runs beside the cloud); remote edges join with a
+//! token (`wedge token create`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::PostParams;
+use tokio_util::sync::CancellationToken;
+use wedge_cloudcore::{CloudCore, CloudCoreConfig};
+use wedge_edge::agent::{self, AgentConfig};
+use wedge_edge::tls::EdgeCredentials;
+
+/// The sample apps `wedge up` runs: manifest, image name in it, component file name.
+const SAMPLES: [(&str, &str, &str); 1] = [(
+    include_str!("../../../sample-apps/manifests/telemetry.yaml"),
+    "registry.local/wedge/telemetry:0.1.0",
+    "telemetry.wasm",
+)];
+
+/// Options of `wedge up`.
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where the API server listens.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    apiserver_listen: SocketAddr,
+    /// Where CloudHub listens for edges.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    hub_listen: SocketAddr,
+    /// The local edge's node name.
+    #[arg(long, default_value = "edge-local")]
+    node: String,
+    /// Where the built sample components are (`cargo sample-apps` puts them here).
+    #[arg(long, default_value = "sample-apps/target/wasm32-wasip2/release")]
+    samples: PathBuf,
+    /// Do not apply the sample apps.
+    #[arg(long)]
+    no_samples: bool,
+    /// A registry (host:port) reached over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// How long a silent edge stays Ready, in seconds.
+    #[arg(long, default_value_t = 40)]
+    node_grace: u64,
+}
+
+async fn apply_samples(client: &kube::Client) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for (manifest, _, _) in SAMPLES {
+        let pod: Pod = serde_yaml_ng::from_str(manifest).context("a sample manifest")?;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("applying the sample pod {name}")),
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn preload(samples: &Path) -> Vec<(String, PathBuf)> {
+    SAMPLES
+        .iter()
+        .map(|(_, image, file)| ((*image).to_owned(), samples.join(file)))
+        .collect()
+}
+
+/// Runs the all-in-one cluster until Ctrl-C or SIGTERM.
+pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let mut config =
+        wedge_apiserver::ServerConfig::new(root.join("apiserver"), args.apiserver_listen);
+    config.names = Vec::new();
+    let server = wedge_apiserver::Server::start(config)
+        .await
+        .context("starting the API server")?;
+    let client = wedge_cli::kube_client(server.kubeconfig_path()).await?;
+
+    let controllers = wedge_controlplane::ControllersConfig {
+        node_grace: Duration::from_secs(args.node_grace.max(1)),
+        insecure_registries: args.insecure_registries.clone(),
+    };
+    let leader = wedge_controlplane::LeaderConfig::new(format!("wedge-up-{}", std::process::id()));
+    let control_plane = tokio::spawn(wedge_controlplane::run(
+        client.clone(),
+        controllers,
+        leader,
+        shutdown.clone(),
+    ));
+
+    let mut hub = CloudCoreConfig::new(root.join("cloudcore").join("hub"));
+    hub.hub.listen = args.hub_listen;
+    let cloudcore = CloudCore::start(client.clone(), hub)
+        .await
+        .context("starting cloudcore")?;
+
+    let edge_root = root.join("edge");
+    let creds = EdgeCredentials::new(edge_root.join("pki"));
+    if !creds.exists() {
+        let cert = cloudcore.issue_edge_certificate(&args.node)?;
+        creds
+            .save(cloudcore.ca_pem(), &cert.cert_pem, &cert.key_pem)
+            .with_context(|| {
+                format!(
+                    "writing the local edge's credentials to {}",
+                    creds.dir().display()
+                )
+            })?;
+    }
+    let mut edge = AgentConfig::new(&edge_root, cloudcore.local_addr().to_string(), &args.node);
+    edge.insecure_registries = args.insecure_registries.clone();
+    edge.node_ip = Some("127.0.0.1".into());
+    if !args.no_samples {
+        let preload = preload(&args.samples);
+        if let Some((_, missing)) = preload.iter().find(|(_, path)| !path.exists()) {
+            anyhow::bail!(
+                "the sample component {} is missing: build the samples with `cargo sample-apps` (or pass --no-samples)",
+                missing.display()
+            );
+        }
+        edge.preload = preload;
+    }
+    let edge_task = tokio::spawn(agent::run(edge, shutdown.clone()));
+
+    let samples = if args.no_samples {
+        Vec::new()
+    } else {
+        apply_samples(&client).await?
+    };
+    println!("Wedge is up.");
+    println!("  API server   {}", server.url());
+    println!("  CloudHub     {}", cloudcore.local_addr());
+    println!(
+        "  local edge   {} (node {})",
+        edge_root.display(),
+        args.node
+    );
+    println!();
+    println!("  export KUBECONFIG={}", server.kubeconfig_path().display());
+    println!("  kubectl get nodes,pods -o wide");
+    if !samples.is_empty() {
+        println!("  kubectl logs {}", samples.join(" / "));
+    }
+    println!();
+    println!(
+        "Ctrl-C stops everything; the state under {} is kept.",
+        root.display()
+    );
+
+    tokio::select! {
+        () = wedge_cli::terminated() => {}
+        result = edge_task => {
+            shutdown.cancel();
+            cloudcore.shutdown().await;
+            server.shutdown().await;
+            return match result {
+                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Err(e)) => Err(e).context("the local edge"),
+                Err(e) => Err(e).context("the local edge task"),
+            };
+        }
+    }
+    shutdown.cancel();
+    let _ = control_plane.await;
+    cloudcore.shutdown().await;
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

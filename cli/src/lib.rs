@@ -1,0 +1,40 @@
+//! What Wedge's three binaries (`wedge`, `cloudcore`, `edgecore`) share: signal handling, kube
+//! clients from kubeconfigs, logging setup.
+
+use std::path::Path;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Resolves on Ctrl-C or SIGTERM (or at once if the handlers cannot be installed).
+pub async fn terminated() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("using the kubeconfig {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `default`.
+pub fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

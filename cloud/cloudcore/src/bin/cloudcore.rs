@@ -1,3 +1,0 @@
-//! `cloudcore`: the cloud side.
-
-fn main() {}

@@ -1,0 +1,264 @@
+//! What edges report, checked and written to the API.
+//!
+//! An edge may write only its own node's objects: its Node (registration and status), its Lease
+//! in `kube-node-lease`, and the status and deletion of pods bound to it. The edge's identity is
+//! its client certificate's node name, never what a frame says; anything else is refused,
+//! logged, and answered with a `Forbidden` error frame.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Api, Client};
+use serde_json::json;
+use wedge_core::protocol::messages::{LeaseRenewal, NodeReport};
+use wedge_core::protocol::{Envelope, Operation, ResourceKind};
+
+use super::desired::Desired;
+
+/// The field manager of cloudcore's writes, as `managedFields` shows it.
+pub const FIELD_MANAGER: &str = "wedge-cloudcore";
+
+/// Why a report was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The edge asked for something that is not its own.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The frame's payload is not what its resource needs.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The operation is not one edges send for this resource.
+    #[error("{operation:?} of {kind} is not something an edge reports")]
+    Unsupported {
+        /// The operation.
+        operation: Operation,
+        /// The resource kind.
+        kind: ResourceKind,
+    },
+    /// The API refused or failed; the edge keeps the report and sends it again.
+    #[error("the API server failed: {0}")]
+    Api(#[from] kube::Error),
+}
+
+impl UpstreamError {
+    /// The error frame's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Forbidden(_) => "Forbidden",
+            Self::Invalid(_) | Self::Unsupported { .. } => "Invalid",
+            Self::Api(_) => "ApiUnavailable",
+        }
+    }
+}
+
+/// Writes edges' reports to the API.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client,
+    desired: Desired,
+}
+
+fn payload<T: serde::de::DeserializeOwned>(frame: &Envelope) -> Result<T, UpstreamError> {
+    serde_json::from_value(frame.payload.clone())
+        .map_err(|e| UpstreamError::Invalid(format!("payload: {e}")))
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+impl Upstream {
+    /// Writes through `client`, checking pods against `desired`'s cache.
+    pub fn new(client: Client, desired: Desired) -> Self {
+        Self { client, desired }
+    }
+
+    /// Applies one frame from `node`'s edge.
+    pub async fn apply(&self, node: &str, frame: &Envelope) -> Result<(), UpstreamError> {
+        let resource = frame
+            .resource
+            .as_ref()
+            .ok_or_else(|| UpstreamError::Invalid("the frame names no resource".into()))?;
+        let namespace = resource.namespace.as_deref().unwrap_or("");
+        match (frame.operation, resource.kind) {
+            (Operation::Update, ResourceKind::NodeStatus) => {
+                self.own_node(node, &resource.name)?;
+                self.node_status(node, payload(frame)?).await
+            }
+            (Operation::Update, ResourceKind::Lease) => {
+                self.own_node(node, &resource.name)?;
+                self.lease(node, payload(frame)?).await
+            }
+            (Operation::Update, ResourceKind::PodStatus) => {
+                let uid = resource.uid.as_deref().unwrap_or("");
+                let pod = self.own_pod(node, namespace, &resource.name, uid)?;
+                let Some(pod) = pod else {
+                    return Ok(()); // gone: its status no longer matters
+                };
+                self.pod_status(&pod, payload(frame)?).await
+            }
+            (Operation::Delete, ResourceKind::Pod) => {
+                let uid = resource.uid.as_deref().unwrap_or("");
+                if self
+                    .own_pod(node, namespace, &resource.name, uid)?
+                    .is_none()
+                {
+                    return Ok(());
+                }
+                self.pod_gone(namespace, &resource.name, uid).await
+            }
+            (operation, kind) => Err(UpstreamError::Unsupported { operation, kind }),
+        }
+    }
+
+    fn own_node(&self, node: &str, named: &str) -> Result<(), UpstreamError> {
+        if node == named {
+            Ok(())
+        } else {
+            Err(UpstreamError::Forbidden(format!(
+                "edge {node} may not write node {named}"
+            )))
+        }
+    }
+
+    /// The pod, if it exists and is bound to `node` with this uid. A pod of that name bound
+    /// elsewhere is forbidden; one that no longer exists (or was re-created) is `None`.
+    fn own_pod(
+        &self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<Option<std::sync::Arc<Pod>>, UpstreamError> {
+        if uid.is_empty() {
+            return Err(UpstreamError::Invalid(
+                "pod reports must name the uid".into(),
+            ));
+        }
+        let Some(pod) = self.desired.pod(namespace, name) else {
+            return Ok(None);
+        };
+        let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        if pod.metadata.uid.as_deref() != Some(uid) {
+            return if bound == Some(node) {
+                Ok(None)
+            } else {
+                Err(UpstreamError::Forbidden(format!(
+                    "pod {namespace}/{name} with uid {uid} is not bound to node {node}"
+                )))
+            };
+        }
+        if bound != Some(node) {
+            return Err(UpstreamError::Forbidden(format!(
+                "pod {namespace}/{name} is bound to {}, not to node {node}",
+                bound.unwrap_or("no node")
+            )));
+        }
+        Ok(Some(pod))
+    }
+
+    async fn node_status(&self, node: &str, report: NodeReport) -> Result<(), UpstreamError> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let params = PatchParams::default();
+        match nodes.get_opt(node).await? {
+            None => {
+                let new = Node {
+                    metadata: ObjectMeta {
+                        name: Some(node.to_owned()),
+                        labels: Some(report.labels.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    ..Node::default()
+                };
+                match nodes.create(&PostParams::default(), &new).await {
+                    Ok(_) => tracing::info!(node, "registered the edge's node"),
+                    Err(e) if is_status(&e, 409) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(existing) => {
+                let current = existing.metadata.labels.unwrap_or_default();
+                if report.labels.iter().any(|(k, v)| current.get(k) != Some(v)) {
+                    let patch = json!({ "metadata": { "labels": report.labels } });
+                    nodes.patch(node, &params, &Patch::Merge(&patch)).await?;
+                }
+            }
+        }
+        let patch = json!({ "status": report.status });
+        nodes
+            .patch_status(node, &params, &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    async fn lease(&self, node: &str, renewal: LeaseRenewal) -> Result<(), UpstreamError> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let now = MicroTime(jiff::Timestamp::now());
+        let spec = LeaseSpec {
+            holder_identity: Some(node.to_owned()),
+            lease_duration_seconds: Some(renewal.duration_seconds),
+            renew_time: Some(now),
+            ..LeaseSpec::default()
+        };
+        let patch = json!({ "spec": spec });
+        match leases
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(node.to_owned()),
+                        namespace: Some("kube-node-lease".into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(spec),
+                };
+                match leases.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_status(&e, 409) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn pod_status(&self, pod: &Pod, status: PodStatus) -> Result<(), UpstreamError> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        // The uid in the patch makes the server refuse it if the pod was re-created meanwhile.
+        let patch = json!({ "metadata": { "uid": pod.metadata.uid }, "status": status });
+        match pods
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn pod_gone(&self, namespace: &str, name: &str, uid: &str) -> Result<(), UpstreamError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(name, &params).await {
+            Ok(_) => {
+                tracing::info!(pod = %format!("{namespace}/{name}"), uid, "the edge confirmed the pod is gone; deleted");
+                Ok(())
+            }
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

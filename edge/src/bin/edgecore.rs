@@ -1,3 +1,0 @@
-//! `edgecore`: the edge agent.
-
-fn main() {}

@@ -1,0 +1,374 @@
+//! Edged: runs the pods MetaManager holds and reports how they are.
+//!
+//! One task reconciles the desired pods (MetaManager's copy of what the cloud sent) with what
+//! the runtime runs: it starts pods it does not run (env resolved from the ConfigMaps and
+//! Secrets held here), stops pods being deleted within their grace period and confirms the
+//! deletion, stops pods the cloud no longer sends. Status changes come from the runtime's
+//! listener and go to the outbox at once, coalesced per pod; the node's status and lease go
+//! there on their intervals. Nothing here needs the cloud: with the link down, pods still start
+//! after a restart and reports wait in the outbox.
+
+pub mod env;
+pub mod node;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use wedge_core::pod_runtime::{PodRuntime, PodRuntimeError};
+use wedge_core::protocol::{ObjectKey, ResourceKind};
+
+use crate::reports::{self, Report};
+use crate::store::{MetaStore, Outbox};
+use node::NodeFacts;
+use status::PodFacts;
+
+/// Wake-ups between EdgeHub and Edged.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// MetaManager's objects changed (EdgeHub → Edged).
+    pub objects_changed: Notify,
+    /// The outbox has new entries (Edged → EdgeHub).
+    pub outbox_changed: Notify,
+}
+
+/// Edged's settings.
+#[derive(Debug, Clone)]
+pub struct EdgedConfig {
+    /// The node.
+    pub node: NodeFacts,
+    /// How often the node status is reported.
+    pub node_status_interval: Duration,
+    /// How often the lease is renewed.
+    pub lease_interval: Duration,
+    /// The lease duration the cloud is told.
+    pub lease_duration_seconds: i32,
+    /// How often every pod's status is compared with what was reported, besides the runtime's
+    /// change notices.
+    pub status_resync: Duration,
+}
+
+impl EdgedConfig {
+    /// Defaults for `node`.
+    pub fn new(node: NodeFacts) -> Self {
+        Self {
+            node,
+            node_status_interval: Duration::from_secs(60),
+            lease_interval: Duration::from_secs(10),
+            lease_duration_seconds: 40,
+            status_resync: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What Edged remembers of a pod it has seen.
+#[derive(Debug)]
+struct PodState {
+    namespace: String,
+    name: String,
+    start_time: jiff::Timestamp,
+    /// Why it could not start, for which resourceVersion.
+    refused: Option<(String, String)>,
+    reported: Option<PodStatus>,
+    stopping: bool,
+    confirmed: bool,
+}
+
+/// A stop that finished.
+struct Stopped {
+    uid: String,
+    confirm: bool,
+}
+
+/// The pod manager.
+pub struct Edged {
+    runtime: Arc<dyn PodRuntime>,
+    meta: MetaStore,
+    outbox: Outbox,
+    signals: Arc<Signals>,
+    config: EdgedConfig,
+    pods: HashMap<String, PodState>,
+}
+
+fn grace_of(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
+        .unwrap_or(30);
+    Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+impl Edged {
+    /// Edged over `runtime`, reading `meta` and writing `outbox`.
+    pub fn new(
+        runtime: Arc<dyn PodRuntime>,
+        meta: MetaStore,
+        outbox: Outbox,
+        signals: Arc<Signals>,
+        config: EdgedConfig,
+    ) -> Self {
+        Self {
+            runtime,
+            meta,
+            outbox,
+            signals,
+            config,
+            pods: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown`, then stops every pod within its grace period.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<String>();
+        self.runtime.watch_status(Arc::new(move |uid: &str| {
+            let _ = changed_tx.send(uid.to_owned());
+        }));
+        let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<Stopped>();
+        let mut node_tick = tokio::time::interval(self.config.node_status_interval);
+        let mut lease_tick = tokio::time::interval(self.config.lease_interval);
+        let mut resync_tick = tokio::time::interval(self.config.status_resync);
+        let mut reconcile = true;
+        loop {
+            if reconcile {
+                self.reconcile(&stopped_tx).await;
+            }
+            reconcile = false;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.signals.objects_changed.notified() => reconcile = true,
+                Some(uid) = changed_rx.recv() => {
+                    let mut uids = HashSet::from([uid]);
+                    while let Ok(more) = changed_rx.try_recv() {
+                        uids.insert(more);
+                    }
+                    for uid in uids {
+                        self.report_status(&uid);
+                    }
+                }
+                Some(stopped) = stopped_rx.recv() => self.stopped(stopped),
+                _ = node_tick.tick() => self.report_node(),
+                _ = lease_tick.tick() => {
+                    let node = self.config.node.name.clone();
+                    self.put(reports::lease(&node, self.config.lease_duration_seconds));
+                }
+                _ = resync_tick.tick() => {
+                    reconcile = true;
+                    let uids: Vec<String> = self.pods.keys().cloned().collect();
+                    for uid in uids {
+                        self.report_status(&uid);
+                    }
+                }
+            }
+        }
+        for uid in self.runtime.pods() {
+            let _ = self.runtime.stop_pod(&uid, Duration::from_secs(5)).await;
+        }
+    }
+
+    fn put(&self, report: Report) {
+        match self
+            .outbox
+            .put(&report.key, report.operation, &report.payload)
+        {
+            Ok(_) => self.signals.outbox_changed.notify_one(),
+            Err(error) => tracing::error!(key = %report.key, %error, "cannot queue a report"),
+        }
+    }
+
+    fn report_node(&self) {
+        let report = node::node_report(&self.config.node);
+        self.put(reports::node_status(&self.config.node.name, &report));
+    }
+
+    fn desired_pods(&self) -> Vec<Pod> {
+        match self.meta.list(ResourceKind::Pod) {
+            Ok(objects) => objects
+                .into_iter()
+                .filter_map(|stored| match serde_json::from_value::<Pod>(stored.object) {
+                    Ok(pod) => Some(pod),
+                    Err(error) => {
+                        tracing::error!(key = %stored.key, %error, "a stored pod does not parse; skipped");
+                        None
+                    }
+                })
+                .collect(),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the pods MetaManager holds");
+                Vec::new()
+            }
+        }
+    }
+
+    fn lookup(&self, kind: ResourceKind, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        let key = ObjectKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.meta.get(&key).ok().flatten().map(|o| o.object)
+    }
+
+    async fn reconcile(&mut self, stopped: &mpsc::UnboundedSender<Stopped>) {
+        let desired = self.desired_pods();
+        let running: HashSet<String> = self.runtime.pods().into_iter().collect();
+        let mut wanted = HashSet::new();
+        for pod in desired {
+            let Some(uid) = pod.metadata.uid.clone() else {
+                continue;
+            };
+            wanted.insert(uid.clone());
+            let state = self.pods.entry(uid.clone()).or_insert_with(|| PodState {
+                namespace: pod
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                start_time: pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .map_or_else(jiff::Timestamp::now, |t| t.0),
+                refused: None,
+                reported: pod.status.clone(),
+                stopping: false,
+                confirmed: false,
+            });
+            if pod.metadata.deletion_timestamp.is_some() {
+                if running.contains(&uid) {
+                    if !state.stopping {
+                        state.stopping = true;
+                        let (runtime, grace, tx) =
+                            (self.runtime.clone(), grace_of(&pod), stopped.clone());
+                        tracing::info!(pod = %format!("{}/{}", state.namespace, state.name), ?grace, "stopping a deleted pod");
+                        tokio::spawn(async move {
+                            let _ = runtime.stop_pod(&uid, grace).await;
+                            let _ = tx.send(Stopped { uid, confirm: true });
+                        });
+                    }
+                } else if !state.confirmed && !state.stopping {
+                    state.confirmed = true;
+                    let report = reports::pod_gone(&state.namespace, &state.name, &uid);
+                    self.put(report);
+                }
+                continue;
+            }
+            if running.contains(&uid) || is_terminal(&pod) {
+                continue;
+            }
+            let rv = pod.metadata.resource_version.clone().unwrap_or_default();
+            if state.refused.as_ref().is_some_and(|(at, _)| *at == rv) {
+                continue;
+            }
+            let resolved = env::resolve_env(&pod, &|k, ns, n| self.lookup(k, ns, n));
+            let outcome = match resolved {
+                Ok(resolved) => self
+                    .runtime
+                    .start_pod(&resolved)
+                    .await
+                    .map_err(|e| match e {
+                        PodRuntimeError::InvalidPod { message, .. } => (message, true),
+                        other => (other.to_string(), false),
+                    }),
+                Err(message) => Err((message, false)),
+            };
+            let state = self.pods.get_mut(&uid).expect("inserted above");
+            match outcome {
+                Ok(()) => state.refused = None,
+                Err((message, permanent)) => {
+                    tracing::warn!(pod = %format!("{}/{}", state.namespace, state.name), message, "cannot start the pod");
+                    // A permanent refusal waits for a new version of the pod; a missing
+                    // ConfigMap or Secret is retried whenever objects change.
+                    state.refused = Some((if permanent { rv } else { String::new() }, message));
+                }
+            }
+            self.report_status(&uid);
+        }
+        for uid in running.difference(&wanted) {
+            if self.pods.get(uid).is_some_and(|s| s.stopping) {
+                continue;
+            }
+            if let Some(state) = self.pods.get_mut(uid) {
+                state.stopping = true;
+            }
+            tracing::info!(uid, "stopping a pod the cloud no longer sends");
+            let (runtime, tx, uid) = (self.runtime.clone(), stopped.clone(), uid.clone());
+            tokio::spawn(async move {
+                let _ = runtime.stop_pod(&uid, Duration::from_secs(2)).await;
+                let _ = tx.send(Stopped {
+                    uid,
+                    confirm: false,
+                });
+            });
+        }
+        self.pods
+            .retain(|uid, s| wanted.contains(uid) || s.stopping);
+    }
+
+    fn stopped(&mut self, stopped: Stopped) {
+        let Some(state) = self.pods.get_mut(&stopped.uid) else {
+            return;
+        };
+        state.stopping = false;
+        if stopped.confirm && !state.confirmed {
+            state.confirmed = true;
+            let report = reports::pod_gone(&state.namespace, &state.name, &stopped.uid);
+            self.put(report);
+            tracing::info!(uid = stopped.uid, "pod stopped; deletion confirmed");
+        }
+    }
+
+    fn report_status(&mut self, uid: &str) {
+        let Some(state) = self.pods.get(uid) else {
+            return;
+        };
+        if state.stopping || state.confirmed {
+            return;
+        }
+        let key = ObjectKey {
+            kind: ResourceKind::Pod,
+            namespace: state.namespace.clone(),
+            name: state.name.clone(),
+        };
+        let Some(pod) = self
+            .meta
+            .get(&key)
+            .ok()
+            .flatten()
+            .and_then(|o| serde_json::from_value::<Pod>(o.object).ok())
+            .filter(|p| p.metadata.uid.as_deref() == Some(uid))
+        else {
+            return;
+        };
+        let report = self.runtime.pod_status(uid);
+        if report.is_none() && state.refused.is_none() && is_terminal(&pod) {
+            return;
+        }
+        let facts = PodFacts {
+            node_ip: &self.config.node.ip,
+            start_time: state.start_time,
+            refused: state.refused.as_ref().map(|(_, m)| m.as_str()),
+        };
+        let status = status::pod_status(&pod, report.as_ref(), &facts, state.reported.as_ref());
+        if state.reported.as_ref() == Some(&status) {
+            return;
+        }
+        let entry = reports::pod_status(&state.namespace, &state.name, uid, &status);
+        self.put(entry);
+        if let Some(state) = self.pods.get_mut(uid) {
+            state.reported = Some(status);
+        }
+    }
+}

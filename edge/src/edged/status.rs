@@ -1,0 +1,175 @@
+//! A pod's status as the API shows it, built from what the runtime reports: phase, the four
+//! conditions kubelets set, container statuses, host IP and start time.
+
+use k8s_openapi::api::core::v1::{ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use wedge_core::status::{ContainerState, PodStatusReport};
+
+/// What Edged knows of a pod beyond the runtime's report.
+#[derive(Debug, Clone)]
+pub struct PodFacts<'a> {
+    /// The node's address: Wasm pods share the host's network, so it is also the pod's.
+    pub node_ip: &'a str,
+    /// When Edged first accepted the pod.
+    pub start_time: jiff::Timestamp,
+    /// Why the pod could not be started, when it could not (kubelet's
+    /// `CreateContainerConfigError`: a missing ConfigMap, an invalid spec).
+    pub refused: Option<&'a str>,
+}
+
+fn condition(
+    kind: &str,
+    ok: bool,
+    previous: Option<&PodStatus>,
+    now: jiff::Timestamp,
+) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    // The transition time moves only when the condition's status does.
+    let since = previous
+        .and_then(|p| p.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == kind))
+        .filter(|c| c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    PodCondition {
+        type_: kind.to_owned(),
+        status: status.to_owned(),
+        last_transition_time: Some(since),
+        ..PodCondition::default()
+    }
+}
+
+/// The status to report for `pod`, given the runtime's report (if the runtime holds the pod),
+/// and the status reported before (to keep transition times).
+pub fn pod_status(
+    pod: &Pod,
+    report: Option<&PodStatusReport>,
+    facts: &PodFacts<'_>,
+    previous: Option<&PodStatus>,
+) -> PodStatus {
+    let now = jiff::Timestamp::now();
+    let containers: Vec<ContainerStatus> = match (report, facts.refused) {
+        (Some(report), _) => report.containers.iter().map(|c| c.to_k8s()).collect(),
+        (None, refused) => pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| {
+                let state = ContainerState::waiting(
+                    if refused.is_some() {
+                        wedge_core::status::reason::CREATE_CONTAINER_CONFIG_ERROR
+                    } else {
+                        wedge_core::status::reason::CONTAINER_CREATING
+                    },
+                    refused.map(str::to_owned),
+                );
+                wedge_core::status::ContainerStatus {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                    image_id: None,
+                    state,
+                    last_state: None,
+                    restart_count: 0,
+                }
+                .to_k8s()
+            })
+            .collect(),
+    };
+    let phase = report.map_or("Pending", |r| r.phase.as_str());
+    let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+    PodStatus {
+        phase: Some(phase.to_owned()),
+        conditions: Some(vec![
+            condition("PodScheduled", true, previous, now),
+            condition("Initialized", true, previous, now),
+            condition("ContainersReady", all_ready, previous, now),
+            condition("Ready", all_ready, previous, now),
+        ]),
+        container_statuses: Some(containers),
+        host_ip: Some(facts.node_ip.to_owned()),
+        host_ips: Some(vec![HostIP {
+            ip: facts.node_ip.to_owned(),
+        }]),
+        pod_ip: Some(facts.node_ip.to_owned()),
+        pod_ips: Some(vec![PodIP {
+            ip: facts.node_ip.to_owned(),
+        }]),
+        start_time: Some(Time(facts.start_time)),
+        qos_class: pod.status.as_ref().and_then(|s| s.qos_class.clone()),
+        ..PodStatus::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wedge_core::status::{ContainerStatus as Report, PodPhase};
+
+    use super::*;
+
+    fn pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+            "spec": {"containers": [{"name": "app", "image": "r/app:1"}]}
+        }))
+        .expect("pod")
+    }
+
+    fn facts() -> PodFacts<'static> {
+        PodFacts {
+            node_ip: "10.0.0.5",
+            start_time: jiff::Timestamp::UNIX_EPOCH,
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn a_running_pod_is_ready_with_its_host_ip() {
+        let report = PodStatusReport {
+            phase: PodPhase::Running,
+            containers: vec![Report {
+                name: "app".into(),
+                image: "r/app:1".into(),
+                image_id: None,
+                state: ContainerState::Running {
+                    started_at: jiff::Timestamp::UNIX_EPOCH,
+                },
+                last_state: None,
+                restart_count: 0,
+            }],
+        };
+        let status = pod_status(&pod(), Some(&report), &facts(), None);
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let conditions = status.conditions.expect("conditions");
+        assert!(
+            conditions.iter().all(|c| c.status == "True"),
+            "{conditions:?}"
+        );
+        assert_eq!(status.host_ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.5"));
+    }
+
+    #[test]
+    fn a_refused_pod_waits_with_the_reason_and_keeps_transition_times() {
+        let mut f = facts();
+        f.refused = Some("configmap \"settings\" not found");
+        let first = pod_status(&pod(), None, &f, None);
+        assert_eq!(first.phase.as_deref(), Some("Pending"));
+        let waiting = first.container_statuses.as_ref().expect("containers")[0]
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .expect("waiting")
+            .clone();
+        assert_eq!(
+            waiting.reason.as_deref(),
+            Some("CreateContainerConfigError")
+        );
+        assert_eq!(waiting.message.as_deref(), f.refused);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let again = pod_status(&pod(), None, &f, Some(&first));
+        assert_eq!(
+            first.conditions, again.conditions,
+            "no transition, same times"
+        );
+    }
+}

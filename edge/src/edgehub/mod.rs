@@ -1,0 +1,165 @@
+//! EdgeHub: the edge's one connection to CloudHub.
+//!
+//! It dials the cloud over mutual TLS, opens the WebSocket and says hello with every object
+//! MetaManager holds, so the cloud sends only what changed. Objects from the cloud are stored
+//! before they are acknowledged; reports leave from the outbox in order, at most
+//! `max_in_flight` unacknowledged, and are removed only when the cloud acknowledges them. When
+//! the link drops it dials again with exponential backoff and jitter; nothing is lost in
+//! between because both directions restart from what is stored.
+
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::edged::Signals;
+use crate::store::{MetaStore, Outbox};
+
+/// Builds the TLS client configuration (the pinned CA and this edge's current certificate) for
+/// each dial, so a rotated certificate is used from the next connection on.
+pub type TlsSource = Arc<dyn Fn() -> Result<Arc<rustls::ClientConfig>, String> + Send + Sync>;
+
+/// EdgeHub's settings.
+#[derive(Clone)]
+pub struct EdgeHubConfig {
+    /// CloudHub's address, `host:port`.
+    pub cloud: String,
+    /// The TLS client configuration.
+    pub tls: TlsSource,
+    /// This edge's node name.
+    pub node: String,
+    /// The first reconnect delay; it doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// The longest reconnect delay.
+    pub backoff_max: Duration,
+    /// How often to ping the cloud; three silent intervals end the connection.
+    pub ping_interval: Duration,
+    /// Unacknowledged reports in flight, at most.
+    pub max_in_flight: usize,
+}
+
+impl EdgeHubConfig {
+    /// Defaults for `node` dialling `cloud` with `tls`.
+    pub fn new(cloud: impl Into<String>, node: impl Into<String>, tls: TlsSource) -> Self {
+        Self {
+            cloud: cloud.into(),
+            tls,
+            node: node.into(),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(15),
+            max_in_flight: 32,
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The cloud could not be reached or the TLS handshake failed; the message says what to do.
+    #[error("{0}")]
+    Connect(String),
+    /// The WebSocket handshake was refused.
+    #[error("the cloud refused the connection: {0}")]
+    Refused(String),
+    /// The cloud ended the session with an error.
+    #[error("the cloud ended the session: {reason}: {message}")]
+    Session {
+        /// The error frame's reason.
+        reason: String,
+        /// Its message.
+        message: String,
+    },
+    /// The connection broke.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The delay before reconnect attempt `attempt` (0-based): exponential from `min` to `max`,
+/// with full jitter in its upper half so a fleet that lost the cloud together does not come
+/// back together.
+pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let ceiling = min
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(max);
+    let half = ceiling / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+/// The edge's link to the cloud.
+pub struct EdgeHub {
+    config: EdgeHubConfig,
+    meta: MetaStore,
+    outbox: Outbox,
+    signals: Arc<Signals>,
+}
+
+impl EdgeHub {
+    /// EdgeHub storing into `meta` and reporting from `outbox`.
+    pub fn new(
+        config: EdgeHubConfig,
+        meta: MetaStore,
+        outbox: Outbox,
+        signals: Arc<Signals>,
+    ) -> Self {
+        Self {
+            config,
+            meta,
+            outbox,
+            signals,
+        }
+    }
+
+    /// Connects, serves and reconnects until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut attempt = 0u32;
+        loop {
+            let started = std::time::Instant::now();
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return,
+                outcome = session::run(&self.config, &self.meta, &self.outbox, &self.signals, &shutdown) => outcome,
+            };
+            match outcome {
+                Ok(()) => return,
+                Err(error) => {
+                    // A session that lasted a while resets the backoff.
+                    if started.elapsed() > Duration::from_secs(30) {
+                        attempt = 0;
+                    }
+                    let delay = backoff(attempt, self.config.backoff_min, self.config.backoff_max);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(cloud = self.config.cloud, %error, retry_in = ?delay, "no link to the cloud; pods keep running");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_with_jitter() {
+        let (min, max) = (Duration::from_millis(500), Duration::from_secs(30));
+        for _ in 0..100 {
+            let first = backoff(0, min, max);
+            assert!(
+                first >= Duration::from_millis(250) && first <= min,
+                "{first:?}"
+            );
+            let late = backoff(20, min, max);
+            assert!(late >= max / 2 && late <= max, "{late:?}");
+        }
+        assert!(backoff(3, min, max) <= Duration::from_secs(4));
+    }
+}

@@ -1,0 +1,413 @@
+//! One connection: dial, hello, then frames both ways until the link ends.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+use tokio_util::sync::CancellationToken;
+use wedge_core::protocol::messages::{ErrorPayload, Hello};
+use wedge_core::protocol::order::InboundOrder;
+use wedge_core::protocol::{
+    EDGE_PATH, Envelope, MAX_FRAME_BYTES, ObjectKey, Operation, ResourceKind, SUBPROTOCOL,
+};
+
+use super::{EdgeHubConfig, LinkError};
+use crate::edged::Signals;
+use crate::reports;
+use crate::store::{MetaStore, Outbox};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the cloud asks to send a report again later, wait this long.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Error reasons after which a report is sent again; any other refusal drops it.
+const RETRYABLE: [&str; 2] = ["Busy", "ApiUnavailable"];
+
+type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn dial(config: &EdgeHubConfig) -> Result<Ws, LinkError> {
+    let cloud = &config.cloud;
+    let host = cloud
+        .rsplit_once(':')
+        .map_or(cloud.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(cloud.as_str()))
+        .await
+        .map_err(|_| LinkError::Connect(format!("connecting to the cloud at {cloud} timed out")))?
+        .map_err(|e| {
+            LinkError::Connect(format!(
+                "cannot reach the cloud at {cloud}: {e}; check the address and that cloudcore listens there"
+            ))
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.clone())
+        .map_err(|e| LinkError::Connect(format!("{host} is not a valid server name: {e}")))?;
+    let tls_config = (config.tls)().map_err(LinkError::Connect)?;
+    let tls = TlsConnector::from(tls_config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| LinkError::Connect(crate::tls::explain(&e, cloud)))?;
+    let mut request = format!("wss://{cloud}{EDGE_PATH}")
+        .into_client_request()
+        .map_err(|e| LinkError::Connect(format!("bad cloud address {cloud}: {e}")))?;
+    request.headers_mut().insert(
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+        http::HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .read_buffer_size(16 << 10);
+    let (ws, _) = client_async_with_config(request, tls, Some(ws_config))
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Http(response) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice::<ErrorPayload>(b).ok())
+                    .map_or_else(|| response.status().to_string(), |p| p.message);
+                LinkError::Refused(body)
+            }
+            other => LinkError::Connect(format!("WebSocket handshake with {cloud}: {other}")),
+        })?;
+    Ok(ws)
+}
+
+struct Link<'a> {
+    config: &'a EdgeHubConfig,
+    meta: &'a MetaStore,
+    outbox: &'a Outbox,
+    signals: &'a Signals,
+    next_id: u64,
+    order: InboundOrder,
+    /// Reports awaiting their ack: frame id → (key, outbox seq).
+    in_flight: HashMap<u64, (ObjectKey, u64)>,
+    /// The outbox sequence sent up to.
+    cursor: u64,
+    /// The earliest sequence to send again after a retryable refusal, and when.
+    retry: Option<(u64, Instant)>,
+    last_heard: Instant,
+}
+
+/// Runs one connection. `Ok` only when `shutdown` ended it.
+pub async fn run(
+    config: &EdgeHubConfig,
+    meta: &MetaStore,
+    outbox: &Outbox,
+    signals: &Signals,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
+    let mut ws = dial(config).await?;
+    let mut link = Link {
+        config,
+        meta,
+        outbox,
+        signals,
+        next_id: 0,
+        order: InboundOrder::default(),
+        in_flight: HashMap::new(),
+        cursor: 0,
+        retry: None,
+        last_heard: Instant::now(),
+    };
+    let hello = Hello {
+        node: config.node.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        held: meta.held()?,
+    };
+    let held = hello.held.len();
+    let id = link.id();
+    link.send(
+        &mut ws,
+        &Envelope::new(id, Operation::Hello)
+            .with_payload(serde_json::to_value(hello).unwrap_or_default()),
+    )
+    .await?;
+    link.welcome(&mut ws).await?;
+    tracing::info!(cloud = config.cloud, held, "connected to the cloud");
+    let result = link.serve(&mut ws, shutdown).await;
+    let _ = ws.close(None).await;
+    result
+}
+
+fn lost(e: impl std::fmt::Display) -> LinkError {
+    LinkError::Lost(e.to_string())
+}
+
+impl Link<'_> {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn send(&mut self, ws: &mut Ws, frame: &Envelope) -> Result<(), LinkError> {
+        ws.send(Message::Binary(frame.encode().into()))
+            .await
+            .map_err(lost)
+    }
+
+    async fn welcome(&mut self, ws: &mut Ws) -> Result<(), LinkError> {
+        let frame = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        return Envelope::decode(&bytes).map_err(lost);
+                    }
+                    Some(Ok(Message::Close(close))) => {
+                        return Err(lost(format!("closed before the welcome: {close:?}")));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(lost(e)),
+                    None => return Err(lost("closed before the welcome")),
+                }
+            }
+        })
+        .await
+        .map_err(|_| lost("no welcome from the cloud"))??;
+        let _ = self.order.accept(frame.id);
+        match frame.operation {
+            Operation::Welcome => Ok(()),
+            Operation::Error => {
+                let p: ErrorPayload =
+                    serde_json::from_value(frame.payload).unwrap_or(ErrorPayload {
+                        reason: "Unknown".into(),
+                        message: "no message".into(),
+                    });
+                Err(LinkError::Session {
+                    reason: p.reason,
+                    message: p.message,
+                })
+            }
+            other => Err(lost(format!("expected a welcome, got {other:?}"))),
+        }
+    }
+
+    async fn serve(&mut self, ws: &mut Ws, shutdown: &CancellationToken) -> Result<(), LinkError> {
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.tick().await;
+        self.pump(ws).await?;
+        loop {
+            let window_open = self.in_flight.len() < self.config.max_in_flight;
+            let retry_at = self.retry.map(|(_, at)| at);
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                message = ws.next() => {
+                    self.last_heard = Instant::now();
+                    match message {
+                        Some(Ok(Message::Binary(bytes))) => self.inbound(ws, &bytes).await?,
+                        Some(Ok(Message::Close(close))) => return Err(lost(format!("the cloud closed the connection: {close:?}"))),
+                        None => return Err(lost("the cloud closed the connection")),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(lost(e)),
+                    }
+                    self.pump(ws).await?;
+                }
+                () = self.signals.outbox_changed.notified(), if window_open => self.pump(ws).await?,
+                () = async { tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()).await }, if retry_at.is_some() => {
+                    if let Some((from, _)) = self.retry.take() {
+                        self.cursor = self.cursor.min(from);
+                    }
+                    self.pump(ws).await?;
+                }
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > self.config.ping_interval * 3 {
+                        return Err(lost("the cloud was silent for three keepalives"));
+                    }
+                    ws.send(Message::Ping(Vec::new().into())).await.map_err(lost)?;
+                }
+            }
+        }
+    }
+
+    /// Sends outbox entries after the cursor while the window has room.
+    async fn pump(&mut self, ws: &mut Ws) -> Result<(), LinkError> {
+        let room = self
+            .config
+            .max_in_flight
+            .saturating_sub(self.in_flight.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let entries = self.outbox.pending(self.cursor, room)?;
+        for entry in entries {
+            let id = self.id();
+            let frame = reports::frame(id, &entry.key, entry.operation, &entry.payload);
+            self.send(ws, &frame).await?;
+            self.cursor = self.cursor.max(entry.seq);
+            self.in_flight.insert(id, (entry.key, entry.seq));
+        }
+        Ok(())
+    }
+
+    async fn refuse(
+        &mut self,
+        ws: &mut Ws,
+        parent: u64,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), LinkError> {
+        tracing::warn!(parent, reason, message, "refused a frame from the cloud");
+        let id = self.id();
+        self.send(ws, &Envelope::error(id, parent, reason, message))
+            .await
+    }
+
+    async fn inbound(&mut self, ws: &mut Ws, bytes: &[u8]) -> Result<(), LinkError> {
+        let frame = match Envelope::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => return self.refuse(ws, 0, e.reason(), &e.to_string()).await,
+        };
+        if let Err(e) = self.order.accept(frame.id) {
+            return self
+                .refuse(ws, frame.id, "OutOfOrder", &e.to_string())
+                .await;
+        }
+        match frame.operation {
+            Operation::Insert | Operation::Update | Operation::Delete => match self.store(&frame) {
+                Ok(()) => {
+                    let id = self.id();
+                    self.send(ws, &Envelope::ack(id, frame.id)).await?;
+                    self.signals.objects_changed.notify_one();
+                    Ok(())
+                }
+                Err((reason, message)) => self.refuse(ws, frame.id, reason, &message).await,
+            },
+            Operation::Ack => {
+                if let Some((key, seq)) = frame.parent.and_then(|p| self.in_flight.remove(&p)) {
+                    self.outbox.acknowledge(&key, seq)?;
+                }
+                Ok(())
+            }
+            Operation::Error => {
+                let payload: ErrorPayload = serde_json::from_value(frame.payload.clone())
+                    .unwrap_or(ErrorPayload {
+                        reason: String::new(),
+                        message: frame.payload.to_string(),
+                    });
+                let Some((key, seq)) = frame.parent.and_then(|p| self.in_flight.remove(&p)) else {
+                    tracing::warn!(
+                        reason = payload.reason,
+                        message = payload.message,
+                        "the cloud reported an error"
+                    );
+                    return Ok(());
+                };
+                if RETRYABLE.contains(&payload.reason.as_str()) {
+                    let from = seq.saturating_sub(1);
+                    let at = Instant::now() + RETRY_AFTER;
+                    self.retry = Some(self.retry.map_or((from, at), |(f, a)| (f.min(from), a)));
+                    tracing::info!(%key, reason = payload.reason, "the cloud asked to send a report again later");
+                } else {
+                    tracing::warn!(%key, reason = payload.reason, message = payload.message, "the cloud refused a report; dropped");
+                    self.outbox.acknowledge(&key, seq)?;
+                }
+                Ok(())
+            }
+            Operation::SyncDone => {
+                tracing::info!(received = %frame.payload, "resync from the cloud complete");
+                Ok(())
+            }
+            other => {
+                self.refuse(
+                    ws,
+                    frame.id,
+                    "UnexpectedOperation",
+                    &format!("the cloud does not send {other:?} here"),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Stores an object frame in MetaManager, or says why not.
+    fn store(&self, frame: &Envelope) -> Result<(), (&'static str, String)> {
+        let resource = frame
+            .resource
+            .as_ref()
+            .ok_or(("IncompleteFrame", "no resource".to_owned()))?;
+        if !ResourceKind::DOWNSTREAM.contains(&resource.kind) {
+            return Err((
+                "UnexpectedResource",
+                format!("the cloud does not send {} objects", resource.kind),
+            ));
+        }
+        let key = resource.key();
+        let uid = resource.uid.clone().unwrap_or_default();
+        if frame.operation == Operation::Delete {
+            self.meta
+                .delete(&key, (!uid.is_empty()).then_some(uid.as_str()))
+                .map_err(|e| ("StoreFailed", e.to_string()))?;
+            return Ok(());
+        }
+        self.check_object(resource.kind, &frame.payload, &uid)
+            .map_err(|m| ("InvalidObject", format!("{key}: {m}")))?;
+        let rv = frame
+            .resource_version
+            .clone()
+            .or_else(|| {
+                frame
+                    .payload
+                    .pointer("/metadata/resourceVersion")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        self.meta
+            .apply(&key, &uid, &rv, &frame.payload)
+            .map_err(|e| ("StoreFailed", e.to_string()))?;
+        Ok(())
+    }
+
+    /// An object must parse as its kind, carry the uid the frame names, and (for pods) be
+    /// bound to this node.
+    fn check_object(
+        &self,
+        kind: ResourceKind,
+        object: &serde_json::Value,
+        uid: &str,
+    ) -> Result<(), String> {
+        let meta_uid = object
+            .pointer("/metadata/uid")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if uid.is_empty() || meta_uid != uid {
+            return Err(format!(
+                "the frame names uid {uid:?} but the object has {meta_uid:?}"
+            ));
+        }
+        match kind {
+            ResourceKind::Pod => {
+                let pod: Pod = serde_json::from_value(object.clone())
+                    .map_err(|e| format!("not a pod: {e}"))?;
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .unwrap_or("");
+                if node != self.config.node {
+                    return Err(format!("the pod is bound to {node:?}, not to this node"));
+                }
+            }
+            ResourceKind::ConfigMap => {
+                serde_json::from_value::<ConfigMap>(object.clone())
+                    .map_err(|e| format!("not a ConfigMap: {e}"))?;
+            }
+            ResourceKind::Secret => {
+                serde_json::from_value::<Secret>(object.clone())
+                    .map_err(|e| format!("not a Secret: {e}"))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! What the edge reports to the cloud, as outbox entries and as frames.
+//!
+//! The outbox keeps one entry per key: a pod's status (key kind `pod-status`), a pod's deletion
+//! confirmation (kind `pod`), the node's status and its lease. Entries carry the uid next to the
+//! payload so the frame can name it.
+
+use serde_json::{Value, json};
+use wedge_core::protocol::messages::{LeaseRenewal, NodeReport};
+use wedge_core::protocol::{Envelope, ObjectKey, Operation, ResourceKind, ResourceRef};
+
+/// One report, before it goes into the outbox.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The key it coalesces under.
+    pub key: ObjectKey,
+    /// Update or delete.
+    pub operation: Operation,
+    /// What the outbox stores.
+    pub payload: Value,
+}
+
+/// A pod's status.
+pub fn pod_status(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    status: &impl serde::Serialize,
+) -> Report {
+    Report {
+        key: ObjectKey {
+            kind: ResourceKind::PodStatus,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        operation: Operation::Update,
+        payload: json!({ "uid": uid, "status": status }),
+    }
+}
+
+/// The confirmation that a pod is gone from the edge.
+pub fn pod_gone(namespace: &str, name: &str, uid: &str) -> Report {
+    Report {
+        key: ObjectKey {
+            kind: ResourceKind::Pod,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        operation: Operation::Delete,
+        payload: json!({ "uid": uid }),
+    }
+}
+
+/// The node's status.
+pub fn node_status(node: &str, report: &NodeReport) -> Report {
+    Report {
+        key: ObjectKey {
+            kind: ResourceKind::NodeStatus,
+            namespace: String::new(),
+            name: node.to_owned(),
+        },
+        operation: Operation::Update,
+        payload: serde_json::to_value(report).unwrap_or_default(),
+    }
+}
+
+/// A lease renewal.
+pub fn lease(node: &str, duration_seconds: i32) -> Report {
+    Report {
+        key: ObjectKey {
+            kind: ResourceKind::Lease,
+            namespace: String::new(),
+            name: node.to_owned(),
+        },
+        operation: Operation::Update,
+        payload: serde_json::to_value(LeaseRenewal { duration_seconds }).unwrap_or_default(),
+    }
+}
+
+/// The frame for an outbox entry.
+pub fn frame(id: u64, key: &ObjectKey, operation: Operation, payload: &Value) -> Envelope {
+    let uid = payload
+        .get("uid")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let resource = ResourceRef {
+        kind: key.kind,
+        namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
+        name: key.name.clone(),
+        uid,
+    };
+    let body = match key.kind {
+        ResourceKind::PodStatus => payload.get("status").cloned().unwrap_or(Value::Null),
+        ResourceKind::Pod => Value::Null,
+        _ => payload.clone(),
+    };
+    Envelope::new(id, operation)
+        .with_resource(resource)
+        .with_payload(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_name_the_uid_and_carry_only_what_the_cloud_reads() {
+        let status = pod_status("default", "p", "u1", &json!({"phase": "Running"}));
+        let f = frame(3, &status.key, status.operation, &status.payload);
+        assert_eq!(
+            f.resource.as_ref().and_then(|r| r.uid.as_deref()),
+            Some("u1")
+        );
+        assert_eq!(f.payload, json!({"phase": "Running"}));
+        assert!(Envelope::decode(&f.encode()).is_ok());
+
+        let gone = pod_gone("default", "p", "u1");
+        let f = frame(4, &gone.key, gone.operation, &gone.payload);
+        assert_eq!(f.operation, Operation::Delete);
+        assert!(f.payload.is_null());
+        assert!(Envelope::decode(&f.encode()).is_ok());
+
+        let l = lease("edge-1", 40);
+        let f = frame(5, &l.key, l.operation, &l.payload);
+        assert_eq!(f.payload, json!({"durationSeconds": 40}));
+        assert!(Envelope::decode(&f.encode()).is_ok());
+    }
+}

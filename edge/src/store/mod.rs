@@ -1,0 +1,143 @@
+//! The edge's SQLite database: MetaManager's objects and the report outbox, in one file.
+//!
+//! WAL with `synchronous=NORMAL`: a committed write survives the process being killed (kill -9,
+//! a crash), which is what "stored before acknowledged" needs; only a power cut can lose the
+//! last commits, and the cloud's resync brings those back. Every call is a short synchronous
+//! statement on a shared connection; callers run them inline.
+
+mod meta;
+mod outbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rusqlite::Connection;
+
+pub use meta::{Applied, MetaStore, StoredObject};
+pub use outbox::{Outbox, OutboxEntry};
+
+/// The schema's version, in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    object TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL UNIQUE,
+    operation TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or prepared.
+    #[error("opening the edge database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer edgecore.
+    #[error(
+        "the edge database {path} has schema version {found}; this edgecore knows up to {SCHEMA_VERSION}"
+    )]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+    /// A statement failed.
+    #[error("{doing}: {source}")]
+    Sql {
+        /// What was being done.
+        doing: String,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// A stored value does not parse.
+    #[error("the stored {what} for {key} is corrupt: {message}")]
+    Corrupt {
+        /// What (object, report).
+        what: &'static str,
+        /// The key.
+        key: String,
+        /// Why it does not parse.
+        message: String,
+    },
+}
+
+/// The database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Database {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Database {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(open_err)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// MetaManager's objects.
+    pub fn meta(&self) -> MetaStore {
+        MetaStore { db: self.clone() }
+    }
+
+    /// The report outbox.
+    pub fn outbox(&self) -> Outbox {
+        Outbox { db: self.clone() }
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn sql(doing: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let doing = doing.into();
+    move |source| StoreError::Sql { doing, source }
+}
