@@ -49,6 +49,11 @@ enum Command {
     /// The all-in-one cluster: API server, control plane, cloudcore and a local edge, with the
     /// sample Wasm app applied.
     Up(commands::up::UpArgs),
+    /// Bootstrap tokens for edges to join with.
+    Token {
+        #[command(subcommand)]
+        command: commands::token::TokenCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
             Command::Apiserver(args) => commands::apiserver::run(&cli.root, args).await,
             Command::Controllers(args) => commands::controllers::run(args).await,
             Command::Up(args) => commands::up::run(&cli.root, args).await,
+            Command::Token { command } => commands::token::run(&cli.root, command).await,
         }
     });
     match result {

@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub node_status_interval: Duration,
     /// How often the lease is renewed.
     pub lease_interval: Duration,
+    /// The longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
     /// Components to add to the image store under a name before anything starts, as
     /// `wedge image import` does (the samples of `wedge up`).
     pub preload: Vec<(String, PathBuf)>,
@@ -67,6 +69,7 @@ impl AgentConfig {
             node_status_interval: Duration::from_secs(60),
             lease_interval: Duration::from_secs(10),
             preload: Vec::new(),
+            reconnect_max: Duration::from_secs(30),
         }
     }
 }
@@ -180,20 +183,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         edged_config,
     );
     let tls_creds = creds.clone();
-    let hub = EdgeHub::new(
-        EdgeHubConfig::new(
-            config.cloud.clone(),
-            config.node.clone(),
-            Arc::new(move || {
-                crate::tls::client_config(&tls_creds)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
-            }),
-        ),
-        db.meta(),
-        db.outbox(),
-        signals,
+    let mut hub_config = EdgeHubConfig::new(
+        config.cloud.clone(),
+        config.node.clone(),
+        Arc::new(move || {
+            crate::tls::client_config(&tls_creds)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        }),
     );
+    hub_config.backoff_max = config.reconnect_max;
+    let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals);
     let mut tasks = JoinSet::new();
     tasks.spawn(edged.run(shutdown.clone()));
     tasks.spawn(hub.run(shutdown.clone()));

@@ -148,3 +148,48 @@ pub fn explain(error: &std::io::Error, dialled: &str) -> String {
         _ => format!("TLS handshake with the cloud at {dialled} failed: {error}"),
     }
 }
+
+fn own_certificate(creds: &EdgeCredentials) -> Result<Vec<u8>, String> {
+    let path = creds.cert_path();
+    let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    CertificateDer::from_pem_slice(&pem)
+        .map(|c| c.to_vec())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The node this edge's certificate names (`system:node:<name>`).
+pub fn node_of(creds: &EdgeCredentials) -> Result<String, String> {
+    let der = own_certificate(creds)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default();
+    cn.strip_prefix("system:node:")
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            format!(
+                "{} is not a node certificate (CN {cn})",
+                creds.cert_path().display()
+            )
+        })
+}
+
+/// When this edge's certificate became valid and when it expires, in seconds since the epoch.
+pub fn lifetime(creds: &EdgeCredentials) -> Result<(i64, i64), String> {
+    let der = own_certificate(creds)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
+    Ok((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after`: at `fraction` of its
+/// lifetime (KubeEdge picks a random point between 70% and 90%).
+pub fn rotation_due(not_before: i64, not_after: i64, fraction: f64) -> i64 {
+    let span = (not_after - not_before).max(0) as f64;
+    not_before + (span * fraction.clamp(0.0, 1.0)) as i64
+}

@@ -22,13 +22,10 @@ use wedge_cloudcore::{CloudCore, CloudCoreConfig};
     about = "Wedge's cloud side: CloudHub and EdgeController, with an embedded API server unless --kubeconfig is given"
 )]
 struct Args {
-    /// Where the hub's certificates (and, embedded, the API server's database) live.
-    #[arg(
-        long,
-        env = "WEDGE_CLOUD_DIR",
-        default_value = "/var/lib/wedge/cloudcore"
-    )]
-    data_dir: PathBuf,
+    /// Where state lives: the hub's certificates under `cloudcore/hub/`, and, embedded, the API
+    /// server's database and admin kubeconfig under `apiserver/` (as `wedge up` keeps them).
+    #[arg(long, env = "WEDGE_ROOT", default_value = "/var/lib/wedge")]
+    root: PathBuf,
     /// A real cluster's kubeconfig; without it the embedded API server and control plane run.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -63,7 +60,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => wedge_cli::kube_client(path).await?,
         None => {
             let mut config = wedge_apiserver::ServerConfig::new(
-                args.data_dir.join("apiserver"),
+                args.root.join("apiserver"),
                 args.apiserver_listen,
             );
             config.names.clone_from(&args.advertise);
@@ -92,7 +89,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             client
         }
     };
-    let mut config = CloudCoreConfig::new(args.data_dir.join("hub"));
+    let mut config = CloudCoreConfig::new(args.root.join("cloudcore").join("hub"));
     config.hub.listen = args.listen;
     config.hub.ping_interval = Duration::from_secs(args.ping_interval.max(1));
     config.advertise = args.advertise;

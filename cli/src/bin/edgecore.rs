@@ -36,6 +36,9 @@ struct Args {
     /// Seconds between node status reports.
     #[arg(long, default_value_t = 60)]
     node_status_seconds: u64,
+    /// The longest wait between reconnection attempts, in seconds.
+    #[arg(long, default_value_t = 30)]
+    reconnect_max_seconds: u64,
     /// Seconds between lease renewals.
     #[arg(long, default_value_t = 10)]
     lease_seconds: u64,
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     }
     config.node_status_interval = Duration::from_secs(args.node_status_seconds.max(1));
     config.lease_interval = Duration::from_secs(args.lease_seconds.max(1));
+    config.reconnect_max = Duration::from_secs(args.reconnect_max_seconds.max(1));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -40,6 +40,8 @@ pub struct CloudCoreConfig {
     pub advertise: Vec<String>,
     /// Where to serve Prometheus metrics over plain HTTP, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long the certificates edges get are valid (they renew at 70–90% of it).
+    pub cert_validity: std::time::Duration,
 }
 
 impl CloudCoreConfig {
@@ -50,6 +52,7 @@ impl CloudCoreConfig {
             hub: HubSettings::default(),
             advertise: Vec::new(),
             metrics_listen: None,
+            cert_validity: std::time::Duration::from_secs(365 * 24 * 3600),
         }
     }
 }
@@ -105,6 +108,7 @@ impl CloudCore {
             join: join::JoinContext {
                 client,
                 pki: pki.clone(),
+                cert_validity: config.cert_validity,
             },
             shutdown: shutdown.clone(),
         });
@@ -169,9 +173,10 @@ impl CloudCore {
 
     /// Issues a client certificate for the edge `node`, as joining does, for edges provisioned
     /// by the cloud's operator directly (the local edge of `wedge up`).
-    pub fn issue_edge_certificate(&self, node: &str) -> Result<CertifiedKey, PkiError> {
+    pub fn issue_edge_certificate(&self, node: &str) -> Result<CertifiedKey, CloudCoreError> {
         self.pki
             .issue_client(&format!("system:node:{node}"), &["system:nodes"])
+            .map_err(CloudCoreError::from)
     }
 
     /// The metrics.

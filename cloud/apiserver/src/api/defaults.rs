@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 /// Fills in the defaults of an object of `kind` in `group`, on create and update.
 pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
     match (group, kind) {
+        ("", "Secret") => secret_string_data(object),
         ("", "Pod") => {
             if let Some(spec) = object.get_mut("spec") {
                 pod_spec(spec);
@@ -90,6 +91,29 @@ pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
 }
 
 /// Sets `key` unless present (and not null).
+/// `stringData` is write-only: its keys are merged into `data` (base64, overriding), and it is
+/// dropped, as kube-apiserver's Secret strategy does.
+fn secret_string_data(object: &mut Value) {
+    use base64::Engine;
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::String(encoded));
+        }
+    }
+}
+
 fn set(map: &mut Map<String, Value>, key: &str, value: Value) {
     match map.get(key) {
         Some(v) if !v.is_null() => {}
@@ -239,6 +263,13 @@ pub fn qos_class(pod: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_string_data_lands_in_data() {
+        let mut secret = json!({"data": {"a": "eA=="}, "stringData": {"a": "over", "b": "bee"}});
+        apply("", "Secret", &mut secret, true);
+        assert_eq!(secret, json!({"data": {"a": "b3Zlcg==", "b": "YmVl"}}));
+    }
 
     #[test]
     fn pods_get_what_kubernetes_gives_them() {

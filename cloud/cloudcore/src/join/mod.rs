@@ -1,11 +1,89 @@
-//! Placeholder until the join module lands.
+//! Joining: how an edge with only a bootstrap token gets its client certificate.
+//!
+//! The edge fetches the CA (`GET /v1/join/ca`) and checks it against the hash its token pins,
+//! then sends a CSR with the token's `<id>.<secret>` as bearer (`POST /v1/join/csr`) and gets a
+//! certificate for `system:node:<node>` in `system:nodes`, signed by the hub's CA. From then on
+//! it uses mutual TLS, and renews its certificate over it (`POST /v1/certificates/renew`)
+//! before it expires. Tokens are kubeadm bootstrap-token Secrets ([`tokens`]), so they work the
+//! same on the embedded API server and on a real cluster.
+
 pub mod http;
+pub mod signer;
+pub mod tokens;
+
 use std::sync::Arc;
-/// Joins.
+
+use wedge_apiserver::pki::Pki;
+
+/// Why a join or renewal was refused. The messages are what the edge's operator reads.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The token is not `<id>.<secret>`.
+    #[error("the token is malformed: expected <id>.<secret> from `wedge token create`")]
+    MalformedToken,
+    /// No such token.
+    #[error(
+        "unknown token {id}: it was never created here or has been deleted; run `wedge token create` on the cloud for a new one"
+    )]
+    UnknownToken {
+        /// The token id.
+        id: String,
+    },
+    /// The token expired.
+    #[error("token {id} expired at {at}; run `wedge token create` on the cloud for a new one")]
+    Expired {
+        /// The token id.
+        id: String,
+        /// When it expired.
+        at: String,
+    },
+    /// The secret does not match.
+    #[error("token {id}: wrong secret; copy the whole token printed by `wedge token create`")]
+    WrongSecret {
+        /// The token id.
+        id: String,
+    },
+    /// The node name is not a valid Kubernetes node name.
+    #[error(
+        "{0:?} is not a valid node name: lowercase letters, digits, '-' and '.', at most 253 characters"
+    )]
+    BadNodeName(String),
+    /// The CSR does not parse.
+    #[error("the certificate signing request is not valid: {0}")]
+    BadCsr(String),
+    /// The request is not what the endpoint takes.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Renewal without a client certificate.
+    #[error("renewing needs the edge's current client certificate (mutual TLS)")]
+    NoClientCertificate,
+    /// Signing or the API failed.
+    #[error("the cloud failed: {0}")]
+    Internal(String),
+}
+
+impl JoinError {
+    /// The HTTP status and reason the endpoint answers with.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            Self::MalformedToken
+            | Self::UnknownToken { .. }
+            | Self::Expired { .. }
+            | Self::WrongSecret { .. } => (401, "InvalidToken"),
+            Self::NoClientCertificate => (403, "Forbidden"),
+            Self::BadNodeName(_) | Self::BadCsr(_) | Self::BadRequest(_) => (400, "BadRequest"),
+            Self::Internal(_) => (500, "InternalError"),
+        }
+    }
+}
+
+/// What the join endpoints need.
 #[derive(Clone)]
 pub struct JoinContext {
-    /// API client.
+    /// Where tokens are kept.
     pub client: kube::Client,
-    /// The PKI.
-    pub pki: Arc<wedge_apiserver::pki::Pki>,
+    /// The CA that signs edge certificates.
+    pub pki: Arc<Pki>,
+    /// How long edge certificates are valid.
+    pub cert_validity: std::time::Duration,
 }

@@ -1,0 +1,579 @@
+//! Cloud to edge through real processes: `cloudcore` (embedded API server, control plane,
+//! CloudHub), `edgecore` joined with a token from `wedge token create`, the real `kubectl`, a
+//! real registry serving the sample apps. Each test gets its own ports and directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use wedge_testkit::oci::{Image, WasmLayout, push};
+use wedge_testkit::registry::Registry;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A child process, killed (SIGKILL) when dropped, its stderr in a log file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut command: Command, log: PathBuf) -> Self {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).expect("log directory");
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = command
+            .env("RUST_LOG", "info,kube=warn,wedge_apiserver=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("the binary runs");
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// cloudcore in embedded mode.
+struct Cloud {
+    root: PathBuf,
+    hub: String,
+    api: u16,
+    metrics: String,
+    proc: Option<Proc>,
+}
+
+impl Cloud {
+    fn start(root: &Path) -> Self {
+        let mut cloud = Self {
+            root: root.to_owned(),
+            hub: format!("127.0.0.1:{}", free_port()),
+            api: free_port(),
+            metrics: format!("127.0.0.1:{}", free_port()),
+            proc: None,
+        };
+        cloud.restart();
+        cloud
+    }
+
+    fn restart(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cloudcore"));
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .args(["--listen", &self.hub])
+            .args(["--apiserver-listen", &format!("127.0.0.1:{}", self.api)])
+            .args(["--metrics-listen", &self.metrics, "--ping-interval", "2"]);
+        self.proc = Some(Proc::spawn(command, self.root.join("cloudcore.log")));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.hub).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "cloudcore did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log).unwrap_or_default()
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.root.join("apiserver/admin.kubeconfig")
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\ncloudcore: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("kubectl");
+        assert!(
+            out.status.success(),
+            "apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn token(&self, ttl: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_wedge"))
+            .arg("--root")
+            .arg(&self.root)
+            .args(["token", "create", "--ttl", ttl, "--cloud", &self.hub])
+            .output()
+            .expect("wedge token create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A counter or gauge of cloudcore's metrics for `node`.
+    fn metric(&self, name: &str, node: &str) -> f64 {
+        use std::io::{Read, Write};
+        let Ok(mut tcp) = std::net::TcpStream::connect(&self.metrics) else {
+            return 0.0;
+        };
+        let _ = write!(tcp, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        let mut text = String::new();
+        let _ = tcp.read_to_string(&mut text);
+        let needle = format!("node=\"{node}\"");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(&needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Polls `jsonpath` of `object` until it equals `want`.
+    fn wait_for(&self, object: &str, jsonpath: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.kubectl(&["get", object, "-o", &format!("jsonpath={jsonpath}")]);
+            let got = String::from_utf8_lossy(&out.stdout).into_owned();
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{object} {jsonpath}: {got:?}, wanted {want:?}\ncloudcore: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_gone(&self, object: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.kubectl(&["get", object]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "{object} is still there\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn edgecore(
+    root: &Path,
+    cloud: &Cloud,
+    node: &str,
+    token: Option<&str>,
+    registry: &str,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edgecore"));
+    command
+        .env("WEDGE_CLOUD", &cloud.hub)
+        .arg("--root")
+        .arg(root)
+        .args([
+            "--cloud",
+            &cloud.hub,
+            "--node",
+            node,
+            "--node-ip",
+            "127.0.0.1",
+        ])
+        .args(["--insecure-registry", registry, "--lease-seconds", "2"])
+        .args(["--node-status-seconds", "5", "--reconnect-max-seconds", "1"]);
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    command
+}
+
+fn start_edge(root: &Path, cloud: &Cloud, node: &str, token: Option<&str>, registry: &str) -> Proc {
+    std::fs::create_dir_all(root).expect("edge root");
+    Proc::spawn(
+        edgecore(root, cloud, node, token, registry),
+        root.join("edgecore.log"),
+    )
+}
+
+/// A registry with the sample apps pushed as `<host>/samples/<app>:1`.
+async fn registry_with_samples() -> Registry {
+    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
+        .await
+        .expect("join")
+        .expect("sample apps build");
+    let registry = Registry::start().expect("registry");
+    for app in ["hello", "telemetry"] {
+        let wasm = apps.bytes(app).expect("sample");
+        push(
+            &registry.host(),
+            &format!("samples/{app}"),
+            "1",
+            &Image::wasm(&wasm, WasmLayout::CncfArtifact),
+        )
+        .await
+        .expect("push");
+    }
+    registry
+}
+
+fn telemetry_pod(name: &str, registry: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: app\n    image: {registry}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"200\"}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_lands_on_its_edge_with_its_config_and_leaves_when_deleted() {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let edge_root = dir.path().join("edge-a");
+    let edge = start_edge(&edge_root, &cloud, "edge-a", Some(&token), &registry.host());
+    cloud.wait_for(
+        "node/edge-a",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+    let labels = cloud.kubectl_ok(&["get", "node", "edge-a", "-o", "jsonpath={.metadata.labels}"]);
+    assert!(labels.contains("runtime.wedge.io/wasm"), "{labels}");
+
+    // A pod with env from a ConfigMap and a Secret runs on the edge and says what it got.
+    cloud.kubectl_ok(&[
+        "create",
+        "configmap",
+        "greeting",
+        "--from-literal=NAME=edge-world",
+    ]);
+    cloud.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=TOKEN=s3cr3t",
+    ]);
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\nspec:\n  restartPolicy: Never\n  containers:\n  - name: hello\n    image: {}/samples/hello:1\n    env:\n    - name: NAME\n      valueFrom: {{configMapKeyRef: {{name: greeting, key: NAME}}}}\n    - name: TOKEN\n      valueFrom: {{secretKeyRef: {{name: creds, key: TOKEN}}}}\n",
+        registry.host()
+    ));
+    cloud.wait_for(
+        "pod/hello",
+        "{.status.phase}",
+        "Succeeded",
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["get", "pod", "hello", "-o", "jsonpath={.spec.nodeName}"]),
+        "edge-a"
+    );
+    let uid = cloud.kubectl_ok(&["get", "pod", "hello", "-o", "jsonpath={.metadata.uid}"]);
+    let log = std::fs::read_to_string(
+        edge_root.join(format!("wasm/pods/default_hello_{uid}/hello/0.log")),
+    )
+    .expect("the pod's log on the edge");
+    assert!(log.contains("edge-world"), "env from the ConfigMap: {log}");
+
+    // A ConfigMap update reaches the edge's store.
+    cloud.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "greeting",
+        "-p",
+        "{\"data\":{\"NAME\":\"changed\"}}",
+    ]);
+    let meta = wedge_edge::store::Database::open(&edge_root.join("edge.db"))
+        .expect("edge db")
+        .meta();
+    let key = wedge_core::protocol::ObjectKey {
+        kind: wedge_core::protocol::ResourceKind::ConfigMap,
+        namespace: "default".into(),
+        name: "greeting".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = meta
+            .get(&key)
+            .expect("read")
+            .map(|o| o.object["data"]["NAME"].clone());
+        if held == Some(serde_json::json!("changed")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the update did not reach the edge: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A long-running pod: Running with the node's name and address, then deleted: the edge
+    // stops it and confirms, and it is gone from the API.
+    cloud.apply(&telemetry_pod("telemetry", &registry.host()));
+    cloud.wait_for(
+        "pod/telemetry",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["get", "pod", "telemetry", "-o", "jsonpath={.status.podIP}"]),
+        "127.0.0.1"
+    );
+    cloud.wait_for(
+        "pod/telemetry",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(10),
+    );
+    cloud.kubectl_ok(&["delete", "pod", "telemetry", "--wait=false"]);
+    cloud.wait_gone("pod/telemetry", Duration::from_secs(30));
+    assert!(
+        edge.log().contains("pod stopped; deletion confirmed"),
+        "{}",
+        edge.log()
+    );
+    // Deleting the pods that referenced them takes the ConfigMap and Secret off the edge.
+    cloud.kubectl_ok(&["delete", "pod", "hello"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while meta.get(&key).expect("read").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the ConfigMap stayed on the edge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_edge_keeps_its_pods_without_the_cloud_and_the_resync_sends_only_changes() {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let edge_root = dir.path().join("edge-a");
+    let mut edge = start_edge(&edge_root, &cloud, "edge-a", Some(&token), &registry.host());
+    cloud.wait_for(
+        "node/edge-a",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+    cloud.apply(&telemetry_pod("keep", &registry.host()));
+    cloud.apply(&telemetry_pod("drop", &registry.host()));
+    cloud.wait_for(
+        "pod/keep",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    cloud.wait_for(
+        "pod/drop",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    let keep_uid = cloud.kubectl_ok(&["get", "pod", "keep", "-o", "jsonpath={.metadata.uid}"]);
+
+    // The edge dies; meanwhile one pod is deleted and another created for it.
+    edge.kill();
+    cloud.kubectl_ok(&["delete", "pod", "drop", "--wait=false"]);
+    cloud.apply(&telemetry_pod("new", &registry.host()));
+    cloud.wait_for(
+        "pod/new",
+        "{.spec.nodeName}",
+        "edge-a",
+        Duration::from_secs(20),
+    );
+
+    // The cloud dies too; the edge restarts alone and brings its pods back from SQLite.
+    cloud.kill();
+    let before = edge.log().matches("pod started").count();
+    let edge = start_edge(&edge_root, &cloud, "edge-a", None, &registry.host());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while edge.log().matches("pod started").count() < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "pods did not restart offline: {}",
+            edge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The cloud comes back: the resync sends the deletion and the new pod, nothing else.
+    cloud.restart();
+    cloud.wait_for(
+        "pod/new",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    cloud.wait_gone("pod/drop", Duration::from_secs(30));
+    assert_eq!(cloud.metric("wedge_cloudhub_resyncs_total", "edge-a"), 1.0);
+    assert_eq!(
+        cloud.metric("wedge_cloudhub_resync_frames_total", "edge-a"),
+        2.0,
+        "only the deleted and the new pod are sent\n{}",
+        cloud.log()
+    );
+    let bytes = cloud.metric("wedge_cloudhub_resync_bytes_total", "edge-a");
+    assert!(bytes > 0.0 && bytes < 16_000.0, "resync bytes {bytes}");
+    cloud.wait_for(
+        "pod/keep",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["get", "pod", "keep", "-o", "jsonpath={.metadata.uid}"]),
+        keep_uid,
+        "the pod was not recreated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_that_cannot_work_say_why_and_edges_are_only_themselves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let run = |name: &str, token: &str, hub: Option<&str>| -> String {
+        let root = dir.path().join(name);
+        let mut command = edgecore(&root, &cloud, name, Some(token), "127.0.0.1:1");
+        if let Some(hub) = hub {
+            command.env("WEDGE_CLOUD", hub);
+        }
+        let out = command.output().expect("edgecore");
+        assert!(!out.status.success(), "{name} must fail");
+        assert!(
+            !root.join("pki/edge.crt").exists(),
+            "{name} got no certificate"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let (hash, rest) = token.split_once('.').expect("token");
+    let (id, _) = rest.split_once('.').expect("token");
+
+    let wrong_secret = run(
+        "wrong-secret",
+        &format!("{hash}.{id}.0000000000000000"),
+        None,
+    );
+    assert!(wrong_secret.contains("wrong secret"), "{wrong_secret}");
+    let unknown = run("unknown", &format!("{hash}.zzzzzz.0000000000000000"), None);
+    assert!(unknown.contains("unknown token zzzzzz"), "{unknown}");
+    let other_ca = run("other-ca", &format!("{}.{rest}", "0".repeat(64)), None);
+    assert!(
+        other_ca.contains("presented a CA whose hash is"),
+        "{other_ca}"
+    );
+    let port = cloud.hub.rsplit_once(':').expect("port").1;
+    let unnamed = run("unnamed", &token, Some(&format!("127.0.0.2:{port}")));
+    assert!(
+        unnamed.contains("does not cover 127.0.0.2") && unnamed.contains("--advertise-address"),
+        "{unnamed}"
+    );
+    let short = cloud.token("1s");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = run("expired", &short, None);
+    assert!(
+        expired.contains("expired") && expired.contains("wedge token create"),
+        "{expired}"
+    );
+    let never = Command::new(env!("CARGO_BIN_EXE_edgecore"))
+        .arg("--root")
+        .arg(dir.path().join("never"))
+        .args(["--cloud", &cloud.hub])
+        .output()
+        .expect("edgecore");
+    assert!(String::from_utf8_lossy(&never.stderr).contains("has not joined"));
+
+    // A joined edge that claims to be another node is refused and the other node untouched.
+    let b_root = dir.path().join("edge-b");
+    let edge_b = start_edge(&b_root, &cloud, "edge-b", Some(&token), "127.0.0.1:1");
+    cloud.wait_for(
+        "node/edge-b",
+        "{.metadata.name}",
+        "edge-b",
+        Duration::from_secs(60),
+    );
+    drop(edge_b);
+    let liar = Proc::spawn(
+        edgecore(&b_root, &cloud, "edge-a", None, "127.0.0.1:1"),
+        b_root.join("liar.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !liar.log().contains("Forbidden") {
+        assert!(Instant::now() < deadline, "not refused: {}", liar.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        liar.log().contains("certificate is for node edge-b"),
+        "{}",
+        liar.log()
+    );
+    assert!(
+        !cloud.kubectl(&["get", "node", "edge-a"]).status.success(),
+        "edge-a was never registered"
+    );
+    assert!(cloud.metric("wedge_cloudhub_frames_refused_total", "edge-b") >= 1.0);
+}

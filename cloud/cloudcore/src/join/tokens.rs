@@ -1,0 +1,165 @@
+//! Bootstrap tokens as Kubernetes keeps them: Secrets `kube-system/bootstrap-token-<id>` of
+//! type `bootstrap.kubernetes.io/token`, with `token-id`, `token-secret` and `expiration`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use sha2::{Digest, Sha256};
+
+use super::JoinError;
+
+/// The Secret type of bootstrap tokens.
+pub const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
+/// The namespace they live in.
+pub const NAMESPACE: &str = "kube-system";
+/// The group joined edges' tokens authenticate as.
+pub const GROUP: &str = "system:bootstrappers:wedge:edges";
+
+/// A token just created.
+#[derive(Debug, Clone)]
+pub struct CreatedToken {
+    /// The id.
+    pub id: String,
+    /// The secret.
+    pub secret: String,
+    /// When it expires.
+    pub expires: jiff::Timestamp,
+}
+
+/// A token as listed (never with its secret).
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    /// The id.
+    pub id: String,
+    /// When it expires, if it does.
+    pub expires: Option<String>,
+    /// What it is for.
+    pub description: String,
+}
+
+fn random_token_chars(len: usize) -> Result<String, JoinError> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len * 2];
+    getrandom::fill(&mut bytes).map_err(|e| JoinError::Internal(format!("no randomness: {e}")))?;
+    // 36 divides 252: bytes of 252 and above are skipped, so every character is equally likely.
+    let chars: String = bytes
+        .iter()
+        .filter(|b| **b < 252)
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .take(len)
+        .collect();
+    if chars.len() < len {
+        return random_token_chars(len);
+    }
+    Ok(chars)
+}
+
+fn api_error(e: kube::Error) -> JoinError {
+    JoinError::Internal(format!("the API server: {e}"))
+}
+
+/// Creates a token valid for `ttl`.
+pub async fn create(
+    client: &Client,
+    ttl: Duration,
+    description: &str,
+) -> Result<CreatedToken, JoinError> {
+    let id = random_token_chars(6)?;
+    let secret = random_token_chars(16)?;
+    let expires = jiff::Timestamp::now()
+        + jiff::SignedDuration::try_from(ttl).map_err(|e| JoinError::Internal(e.to_string()))?;
+    let data = BTreeMap::from([
+        ("token-id".to_owned(), id.clone()),
+        ("token-secret".to_owned(), secret.clone()),
+        ("expiration".to_owned(), expires.to_string()),
+        (
+            "usage-bootstrap-authentication".to_owned(),
+            "true".to_owned(),
+        ),
+        ("auth-extra-groups".to_owned(), GROUP.to_owned()),
+        ("description".to_owned(), description.to_owned()),
+    ]);
+    let secret_object = Secret {
+        metadata: ObjectMeta {
+            name: Some(format!("bootstrap-token-{id}")),
+            namespace: Some(NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(SECRET_TYPE.into()),
+        string_data: Some(data),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &secret_object)
+        .await
+        .map_err(api_error)?;
+    Ok(CreatedToken {
+        id,
+        secret,
+        expires,
+    })
+}
+
+fn field(secret: &Secret, key: &str) -> Option<String> {
+    let value = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(value.0.clone()).ok()
+}
+
+/// Lists the tokens, without their secrets.
+pub async fn list(client: &Client) -> Result<Vec<TokenInfo>, JoinError> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .list(&ListParams::default())
+        .await
+        .map_err(api_error)?;
+    Ok(secrets
+        .items
+        .iter()
+        .filter(|s| s.type_.as_deref() == Some(SECRET_TYPE))
+        .filter_map(|s| {
+            Some(TokenInfo {
+                id: field(s, "token-id")?,
+                expires: field(s, "expiration"),
+                description: field(s, "description").unwrap_or_default(),
+            })
+        })
+        .collect())
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// Checks a bearer `<id>.<secret>`.
+pub async fn validate(client: &Client, bearer: &str) -> Result<String, JoinError> {
+    let (id, secret) = bearer.split_once('.').ok_or(JoinError::MalformedToken)?;
+    if id.len() != 6 || secret.len() != 16 {
+        return Err(JoinError::MalformedToken);
+    }
+    let stored = Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(&format!("bootstrap-token-{id}"))
+        .await
+        .map_err(api_error)?
+        .filter(|s| s.type_.as_deref() == Some(SECRET_TYPE))
+        .ok_or_else(|| JoinError::UnknownToken { id: id.to_owned() })?;
+    if let Some(expiration) = field(&stored, "expiration") {
+        let at: jiff::Timestamp = expiration
+            .parse()
+            .map_err(|_| JoinError::Internal(format!("token {id} has an unreadable expiration")))?;
+        if at <= jiff::Timestamp::now() {
+            return Err(JoinError::Expired {
+                id: id.to_owned(),
+                at: expiration,
+            });
+        }
+    }
+    let want = field(&stored, "token-secret").unwrap_or_default();
+    // Comparing digests keeps the comparison's time independent of where the strings differ.
+    if digest(&want) != digest(secret) || want.is_empty() {
+        return Err(JoinError::WrongSecret { id: id.to_owned() });
+    }
+    Ok(id.to_owned())
+}
