@@ -7,7 +7,6 @@ use serde_json::{Map, Value, json};
 /// Fills in the defaults of an object of `kind` in `group`, on create and update.
 pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
     match (group, kind) {
-        ("", "Secret") => secret_string_data(object),
         ("", "Pod") => {
             if let Some(spec) = object.get_mut("spec") {
                 pod_spec(spec);
@@ -82,6 +81,7 @@ pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
             }
         }
         ("", "Secret") => {
+            secret_string_data(object);
             if let Some(obj) = object.as_object_mut() {
                 set(obj, "type", json!("Opaque"));
             }
@@ -268,7 +268,10 @@ mod tests {
     fn secret_string_data_lands_in_data() {
         let mut secret = json!({"data": {"a": "eA=="}, "stringData": {"a": "over", "b": "bee"}});
         apply("", "Secret", &mut secret, true);
-        assert_eq!(secret, json!({"data": {"a": "b3Zlcg==", "b": "YmVl"}}));
+        assert_eq!(
+            secret,
+            json!({"data": {"a": "b3Zlcg==", "b": "YmVl"}, "type": "Opaque"})
+        );
     }
 
     #[test]

@@ -316,7 +316,7 @@ mod tests {
             index.upsert_pod(p.clone(), Some("n2".into()), BTreeSet::new()),
             [("n2".into(), p.clone())]
         );
-        assert_eq!(index.keys_for("n2"), [p.clone()]);
+        assert_eq!(index.keys_for("n2"), std::slice::from_ref(&p));
         assert!(!index.holds("n1", &p));
     }
 }
