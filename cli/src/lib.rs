@@ -38,3 +38,47 @@ pub fn init_tracing(default: &str) {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// The embedded API server with the control plane beside it: what `cloudcore` without a
+/// kubeconfig and `wedge up` both run.
+pub struct EmbeddedCluster {
+    /// The API server.
+    pub server: wedge_apiserver::Server,
+    /// A client of it, with the admin credentials.
+    pub client: kube::Client,
+    control_plane: tokio::task::JoinHandle<Result<(), wedge_controlplane::LeaderError>>,
+}
+
+impl EmbeddedCluster {
+    /// Starts the API server with `config`, then the control plane under leader election as
+    /// `identity`, until `shutdown` is cancelled.
+    pub async fn start(
+        config: wedge_apiserver::ServerConfig,
+        controllers: wedge_controlplane::ControllersConfig,
+        identity: String,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let server = wedge_apiserver::Server::start(config)
+            .await
+            .context("starting the embedded API server")?;
+        let client = kube_client(server.kubeconfig_path()).await?;
+        let leader = wedge_controlplane::LeaderConfig::new(identity);
+        let control_plane = tokio::spawn(wedge_controlplane::run(
+            client.clone(),
+            controllers,
+            leader,
+            shutdown.clone(),
+        ));
+        Ok(Self {
+            server,
+            client,
+            control_plane,
+        })
+    }
+
+    /// Waits for the control plane to stop (cancel its `shutdown` first), then stops the server.
+    pub async fn stop(self) {
+        let _ = self.control_plane.await;
+        self.server.shutdown().await;
+    }
+}

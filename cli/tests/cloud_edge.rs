@@ -68,9 +68,14 @@ struct Cloud {
 
 impl Cloud {
     fn start(root: &Path) -> Self {
+        Self::start_on(root, "127.0.0.1")
+    }
+
+    /// A cloud whose hub listens on `host` (a loopback address).
+    fn start_on(root: &Path, host: &str) -> Self {
         let mut cloud = Self {
             root: root.to_owned(),
-            hub: format!("127.0.0.1:{}", free_port()),
+            hub: format!("{host}:{}", free_port()),
             api: free_port(),
             metrics: format!("127.0.0.1:{}", free_port()),
             proc: None,
@@ -246,6 +251,29 @@ fn edgecore(
         command.args(["--token", token]);
     }
     command
+}
+
+/// Runs a command that must end by itself (a join that fails); a join that wrongly succeeds
+/// keeps edgecore running, so it is killed after a while and the test fails, not hangs.
+fn exits(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("edgecore runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "edgecore kept running: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
 }
 
 fn start_edge(root: &Path, cloud: &Cloud, node: &str, token: Option<&str>, registry: &str) -> Proc {
@@ -498,8 +526,8 @@ async fn joins_that_cannot_work_say_why_and_edges_are_only_themselves() {
     let token = cloud.token("1h");
     let run = |name: &str, token: &str| -> String {
         let root = dir.path().join(name);
-        let mut command = edgecore(&root, &cloud, name, Some(token), "127.0.0.1:1");
-        let out = command.output().expect("edgecore");
+        let command = edgecore(&root, &cloud, name, Some(token), "127.0.0.1:1");
+        let out = exits(command);
         assert!(!out.status.success(), "{name} must fail");
         assert!(
             !root.join("pki/edge.crt").exists(),
@@ -519,6 +547,23 @@ async fn joins_that_cannot_work_say_why_and_edges_are_only_themselves() {
         other_ca.contains("presented a CA whose hash is"),
         "{other_ca}"
     );
+    // A cluster's other bootstrap tokens (here one shaped like kubeadm's for kubelets) cannot
+    // join edges, even with the right secret.
+    cloud.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "bootstrap-token-kubelt",
+        "-n",
+        "kube-system",
+        "--type=bootstrap.kubernetes.io/token",
+        "--from-literal=token-id=kubelt",
+        "--from-literal=token-secret=0123456789abcdef",
+        "--from-literal=usage-bootstrap-authentication=true",
+        "--from-literal=auth-extra-groups=system:bootstrappers:kubeadm:default-node-token",
+    ]);
+    let kubelet = run("kubelet-token", &format!("{hash}.kubelt.0123456789abcdef"));
+    assert!(kubelet.contains("cannot join edges"), "{kubelet}");
     let short = cloud.token("1s");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let expired = run("expired", &short);
@@ -526,6 +571,26 @@ async fn joins_that_cannot_work_say_why_and_edges_are_only_themselves() {
         expired.contains("expired") && expired.contains("wedge token create"),
         "{expired}"
     );
+    // A hub dialled at an address its certificate does not cover: the edge says which flag
+    // fixes it. (127.0.0.2 is loopback, but not among the names the certificate lists.)
+    let unnamed_cloud = Cloud::start_on(&dir.path().join("cloud-2"), "127.0.0.2");
+    let unnamed_token = unnamed_cloud.token("1h");
+    let out = exits(edgecore(
+        &dir.path().join("unnamed"),
+        &unnamed_cloud,
+        "unnamed",
+        Some(&unnamed_token),
+        "127.0.0.1:1",
+    ));
+    let unnamed = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{unnamed}");
+    assert!(
+        unnamed.contains("does not cover 127.0.0.2")
+            && unnamed.contains("--advertise-address 127.0.0.2"),
+        "{unnamed}"
+    );
+    assert!(!dir.path().join("unnamed/pki/edge.crt").exists());
+    drop(unnamed_cloud);
     let never = Command::new(env!("CARGO_BIN_EXE_edgecore"))
         .arg("--root")
         .arg(dir.path().join("never"))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -24,6 +24,8 @@ use wedge_core::join_token::{JoinToken, ca_hash};
 use crate::tls::{self, EdgeCredentials};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// The largest answer read from the join endpoints (a CA and a certificate are a few KiB).
+const MAX_ANSWER: usize = 256 << 10;
 
 /// Why joining or renewing failed; the message is for the edge's operator.
 #[derive(Debug, thiserror::Error)]
@@ -173,10 +175,13 @@ async fn request(
     let host = host_of(cloud);
     let name = ServerName::try_from(host.clone())
         .map_err(|e| JoinError::Tls(format!("{host} is not a valid server name: {e}")))?;
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| JoinError::Tls(tls::explain(&e, cloud)))?;
+    let tls = tokio::time::timeout(
+        TIMEOUT,
+        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| unreachable("the TLS handshake timed out".into()))?
+    .map_err(|e| JoinError::Tls(tls::explain(&e, cloud)))?;
     let protocol = |message: String| JoinError::Protocol {
         cloud: cloud.to_owned(),
         message,
@@ -201,12 +206,18 @@ async fn request(
         .map_err(|_| protocol("no answer in time".into()))?
         .map_err(|e| protocol(e.to_string()))?;
     let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| protocol(e.to_string()))?
-        .to_bytes();
+    let body = tokio::time::timeout(
+        TIMEOUT,
+        Limited::new(response.into_body(), MAX_ANSWER).collect(),
+    )
+    .await
+    .map_err(|_| protocol("the answer did not arrive in time".into()))?
+    .map_err(|e| {
+        protocol(format!(
+            "reading the answer (at most {MAX_ANSWER} bytes): {e}"
+        ))
+    })?
+    .to_bytes();
     Ok((status, body))
 }
 
@@ -227,12 +238,11 @@ fn pinned(ca_pem: &str, creds_hint: &str) -> Result<RootCertStore, JoinError> {
 fn key_and_csr(node: &str) -> Result<(KeyPair, String), JoinError> {
     let key = KeyPair::generate().map_err(|e| JoinError::Key(e.to_string()))?;
     let mut params = CertificateParams::default();
+    // The cloud decides the subject (CN system:node:<node>, O system:nodes); the CN here only
+    // makes the request readable.
     params
         .distinguished_name
         .push(DnType::CommonName, format!("system:node:{node}"));
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "system:nodes");
     let csr = params
         .serialize_request(&key)
         .and_then(|c| c.pem())

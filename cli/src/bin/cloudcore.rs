@@ -55,7 +55,6 @@ struct Args {
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut embedded = None;
-    let mut control_plane = None;
     let client = match &args.kubeconfig {
         Some(path) => wedge_cli::kube_client(path).await?,
         None => {
@@ -64,28 +63,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.apiserver_listen,
             );
             config.names.clone_from(&args.advertise);
-            let server = wedge_apiserver::Server::start(config)
-                .await
-                .context("starting the embedded API server")?;
-            println!("API server listening on {}", server.url());
-            println!(
-                "kubectl: export KUBECONFIG={}",
-                server.kubeconfig_path().display()
-            );
-            let client = wedge_cli::kube_client(server.kubeconfig_path()).await?;
             let controllers = wedge_controlplane::ControllersConfig {
                 node_grace: Duration::from_secs(args.node_grace.max(1)),
                 insecure_registries: args.insecure_registries.clone(),
             };
-            let leader =
-                wedge_controlplane::LeaderConfig::new(format!("cloudcore-{}", std::process::id()));
-            control_plane = Some(tokio::spawn(wedge_controlplane::run(
-                client.clone(),
-                controllers,
-                leader,
-                shutdown.clone(),
-            )));
-            embedded = Some(server);
+            let identity = format!("cloudcore-{}", std::process::id());
+            let cluster =
+                wedge_cli::EmbeddedCluster::start(config, controllers, identity, &shutdown).await?;
+            println!("API server listening on {}", cluster.server.url());
+            println!(
+                "kubectl: export KUBECONFIG={}",
+                cluster.server.kubeconfig_path().display()
+            );
+            let client = cluster.client.clone();
+            embedded = Some(cluster);
             client
         }
     };
@@ -105,11 +96,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     wedge_cli::terminated().await;
     shutdown.cancel();
     cloudcore.shutdown().await;
-    if let Some(task) = control_plane {
-        let _ = task.await;
-    }
-    if let Some(server) = embedded {
-        server.shutdown().await;
+    if let Some(cluster) = embedded {
+        cluster.stop().await;
     }
     Ok(())
 }

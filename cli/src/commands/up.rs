@@ -80,25 +80,15 @@ fn preload(samples: &Path) -> Vec<(String, PathBuf)> {
 /// Runs the all-in-one cluster until Ctrl-C or SIGTERM.
 pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    let mut config =
-        wedge_apiserver::ServerConfig::new(root.join("apiserver"), args.apiserver_listen);
-    config.names = Vec::new();
-    let server = wedge_apiserver::Server::start(config)
-        .await
-        .context("starting the API server")?;
-    let client = wedge_cli::kube_client(server.kubeconfig_path()).await?;
-
+    let config = wedge_apiserver::ServerConfig::new(root.join("apiserver"), args.apiserver_listen);
     let controllers = wedge_controlplane::ControllersConfig {
         node_grace: Duration::from_secs(args.node_grace.max(1)),
         insecure_registries: args.insecure_registries.clone(),
     };
-    let leader = wedge_controlplane::LeaderConfig::new(format!("wedge-up-{}", std::process::id()));
-    let control_plane = tokio::spawn(wedge_controlplane::run(
-        client.clone(),
-        controllers,
-        leader,
-        shutdown.clone(),
-    ));
+    let identity = format!("wedge-up-{}", std::process::id());
+    let cluster =
+        wedge_cli::EmbeddedCluster::start(config, controllers, identity, &shutdown).await?;
+    let client = cluster.client.clone();
 
     let mut hub = CloudCoreConfig::new(root.join("cloudcore").join("hub"));
     hub.hub.listen = args.hub_listen;
@@ -140,7 +130,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         apply_samples(&client).await?
     };
     println!("Wedge is up.");
-    println!("  API server   {}", server.url());
+    println!("  API server   {}", cluster.server.url());
     println!("  CloudHub     {}", cloudcore.local_addr());
     println!(
         "  local edge   {} (node {})",
@@ -148,10 +138,13 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         args.node
     );
     println!();
-    println!("  export KUBECONFIG={}", server.kubeconfig_path().display());
+    println!(
+        "  export KUBECONFIG={}",
+        cluster.server.kubeconfig_path().display()
+    );
     println!("  kubectl get nodes,pods -o wide");
     if !samples.is_empty() {
-        println!("  kubectl logs {}", samples.join(" / "));
+        println!("  kubectl get pod {} -o yaml", samples.join(" "));
     }
     println!();
     println!(
@@ -164,7 +157,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         result = edge_task => {
             shutdown.cancel();
             cloudcore.shutdown().await;
-            server.shutdown().await;
+            cluster.stop().await;
             return match result {
                 Ok(Ok(())) => Ok(ExitCode::SUCCESS),
                 Ok(Err(e)) => Err(e).context("the local edge"),
@@ -173,8 +166,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     shutdown.cancel();
-    let _ = control_plane.await;
     cloudcore.shutdown().await;
-    server.shutdown().await;
+    cluster.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -106,7 +106,10 @@ impl std::fmt::Debug for Server {
     }
 }
 
-fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServerError> {
+/// A TLS server configuration serving `pki`'s certificate, verifying client certificates
+/// against its CA but not requiring one (clients may authenticate otherwise), offering `alpn`.
+/// CloudHub uses it too.
+pub fn tls_config(pki: &Pki, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, ServerError> {
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.serving.cert_pem.as_bytes())
@@ -128,7 +131,7 @@ fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServerError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| tls(&e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
@@ -175,7 +178,7 @@ impl Server {
             },
         )?;
 
-        let acceptor = TlsAcceptor::from(Arc::new(tls_config(&pki)?));
+        let acceptor = TlsAcceptor::from(Arc::new(tls_config(&pki, &[b"h2", b"http/1.1"])?));
         let tasks = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(
             listener,

@@ -16,7 +16,7 @@ pub mod metrics;
 mod metrics_server;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -81,7 +81,6 @@ pub struct CloudCore {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     pki: Arc<Pki>,
-    ctx: Arc<HubContext>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     watches: JoinSet<()>,
@@ -139,7 +138,6 @@ impl CloudCore {
             addr,
             metrics_addr,
             pki,
-            ctx,
             shutdown,
             tasks,
             watches,
@@ -166,27 +164,12 @@ impl CloudCore {
         self.pki.ca_cert_path()
     }
 
-    /// The PKI directory.
-    pub fn pki_dir(&self) -> &Path {
-        self.pki.dir()
-    }
-
     /// Issues a client certificate for the edge `node`, as joining does, for edges provisioned
     /// by the cloud's operator directly (the local edge of `wedge up`).
     pub fn issue_edge_certificate(&self, node: &str) -> Result<CertifiedKey, CloudCoreError> {
         self.pki
             .issue_client(&format!("system:node:{node}"), &["system:nodes"])
             .map_err(CloudCoreError::from)
-    }
-
-    /// The metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.ctx.metrics
-    }
-
-    /// How many edges are connected.
-    pub fn connected_edges(&self) -> usize {
-        self.ctx.sessions.len()
     }
 
     /// Closes every session and stops.

@@ -27,13 +27,6 @@ pub enum Operation {
     Error,
 }
 
-impl Operation {
-    /// Whether frames of this operation are acknowledged by the receiver.
-    pub fn needs_ack(self) -> bool {
-        matches!(self, Self::Insert | Self::Update | Self::Delete)
-    }
-}
-
 /// The kinds of resources that travel between cloud and edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

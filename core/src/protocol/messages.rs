@@ -90,13 +90,3 @@ pub struct LeaseRenewal {
     /// The lease's duration, in seconds.
     pub duration_seconds: i32,
 }
-
-/// A frame's kind and key, as logs and metrics name it.
-pub fn describe(kind: ResourceKind, namespace: &str, name: &str) -> String {
-    ObjectKey {
-        kind,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    }
-    .to_string()
-}

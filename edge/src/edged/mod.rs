@@ -68,6 +68,9 @@ impl EdgedConfig {
 /// What Edged remembers of a pod it has seen.
 #[derive(Debug)]
 struct PodState {
+    /// The pod as MetaManager last held it, refreshed at each reconcile, so status reports
+    /// need no store read.
+    pod: Pod,
     namespace: String,
     name: String,
     start_time: jiff::Timestamp,
@@ -230,6 +233,7 @@ impl Edged {
             };
             wanted.insert(uid.clone());
             let state = self.pods.entry(uid.clone()).or_insert_with(|| PodState {
+                pod: pod.clone(),
                 namespace: pod
                     .metadata
                     .namespace
@@ -246,6 +250,7 @@ impl Edged {
                 stopping: false,
                 confirmed: false,
             });
+            state.pod.clone_from(&pod);
             if pod.metadata.deletion_timestamp.is_some() {
                 if running.contains(&uid) {
                     if !state.stopping {
@@ -337,23 +342,9 @@ impl Edged {
         if state.stopping || state.confirmed {
             return;
         }
-        let key = ObjectKey {
-            kind: ResourceKind::Pod,
-            namespace: state.namespace.clone(),
-            name: state.name.clone(),
-        };
-        let Some(pod) = self
-            .meta
-            .get(&key)
-            .ok()
-            .flatten()
-            .and_then(|o| serde_json::from_value::<Pod>(o.object).ok())
-            .filter(|p| p.metadata.uid.as_deref() == Some(uid))
-        else {
-            return;
-        };
+        let pod = &state.pod;
         let report = self.runtime.pod_status(uid);
-        if report.is_none() && state.refused.is_none() && is_terminal(&pod) {
+        if report.is_none() && state.refused.is_none() && is_terminal(pod) {
             return;
         }
         let facts = PodFacts {
@@ -361,7 +352,7 @@ impl Edged {
             start_time: state.start_time,
             refused: state.refused.as_ref().map(|(_, m)| m.as_str()),
         };
-        let status = status::pod_status(&pod, report.as_ref(), &facts, state.reported.as_ref());
+        let status = status::pod_status(pod, report.as_ref(), &facts, state.reported.as_ref());
         if state.reported.as_ref() == Some(&status) {
             return;
         }

@@ -21,10 +21,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
@@ -106,31 +102,10 @@ pub enum HubError {
 }
 
 /// The TLS configuration: CloudHub's serving certificate, client certificates verified against
-/// the CA but optional (joining edges have none yet).
+/// the CA but optional (joining edges have none yet), HTTP/1.1 only (WebSocket upgrades).
 pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, HubError> {
-    let tls = |e: &dyn std::fmt::Display| HubError::Tls(e.to_string());
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.serving.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| tls(&e))?;
-    let key = PrivateKeyDer::from_pem_slice(pki.serving.key_pem.as_bytes()).map_err(|e| tls(&e))?;
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
-        roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls(&e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(&e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(&e))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    wedge_apiserver::server::tls_config(pki, &[b"http/1.1"])
+        .map_err(|e| HubError::Tls(e.to_string()))
 }
 
 /// Binds `settings.listen`; the accept loop is [`serve`].

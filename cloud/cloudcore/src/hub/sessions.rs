@@ -124,15 +124,6 @@ impl Sessions {
         }
     }
 
-    /// The connected session of `node`.
-    pub fn get(&self, node: &str) -> Option<Arc<SessionHandle>> {
-        self.by_node
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(node)
-            .cloned()
-    }
-
     /// How many edges are connected.
     pub fn len(&self) -> usize {
         self.by_node

@@ -43,6 +43,15 @@ pub enum JoinError {
         /// The token id.
         id: String,
     },
+    /// The token exists but was not made for edges (no bootstrap authentication, or not in
+    /// the edges' group).
+    #[error(
+        "token {id} cannot join edges: it is not a bootstrap-authentication token of the group system:bootstrappers:wedge:edges; run `wedge token create` for one that can"
+    )]
+    NotForEdges {
+        /// The token id.
+        id: String,
+    },
     /// The node name is not a valid Kubernetes node name.
     #[error(
         "{0:?} is not a valid node name: lowercase letters, digits, '-' and '.', at most 253 characters"
@@ -69,7 +78,8 @@ impl JoinError {
             Self::MalformedToken
             | Self::UnknownToken { .. }
             | Self::Expired { .. }
-            | Self::WrongSecret { .. } => (401, "InvalidToken"),
+            | Self::WrongSecret { .. }
+            | Self::NotForEdges { .. } => (401, "InvalidToken"),
             Self::NoClientCertificate => (403, "Forbidden"),
             Self::BadNodeName(_) | Self::BadCsr(_) | Self::BadRequest(_) => (400, "BadRequest"),
             Self::Internal(_) => (500, "InternalError"),

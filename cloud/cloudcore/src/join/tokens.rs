@@ -145,6 +145,20 @@ pub async fn validate(client: &Client, bearer: &str) -> Result<String, JoinError
         .map_err(api_error)?
         .filter(|s| s.type_.as_deref() == Some(SECRET_TYPE))
         .ok_or_else(|| JoinError::UnknownToken { id: id.to_owned() })?;
+    let want = field(&stored, "token-secret").unwrap_or_default();
+    // The secret first: without it, nothing about the token (not even its expiry) is told.
+    // Comparing digests keeps the comparison's time independent of where the strings differ.
+    if want.is_empty() || digest(&want) != digest(secret) {
+        return Err(JoinError::WrongSecret { id: id.to_owned() });
+    }
+    // Only tokens made for edges: a cluster's other bootstrap tokens (kubelets') must not get
+    // node certificates from the hub.
+    let for_edges = field(&stored, "usage-bootstrap-authentication").as_deref() == Some("true")
+        && field(&stored, "auth-extra-groups")
+            .is_some_and(|groups| groups.split(',').any(|g| g.trim() == GROUP));
+    if !for_edges {
+        return Err(JoinError::NotForEdges { id: id.to_owned() });
+    }
     if let Some(expiration) = field(&stored, "expiration") {
         let at: jiff::Timestamp = expiration
             .parse()
@@ -155,11 +169,6 @@ pub async fn validate(client: &Client, bearer: &str) -> Result<String, JoinError
                 at: expiration,
             });
         }
-    }
-    let want = field(&stored, "token-secret").unwrap_or_default();
-    // Comparing digests keeps the comparison's time independent of where the strings differ.
-    if digest(&want) != digest(secret) || want.is_empty() {
-        return Err(JoinError::WrongSecret { id: id.to_owned() });
     }
     Ok(id.to_owned())
 }
