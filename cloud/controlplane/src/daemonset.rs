@@ -66,7 +66,7 @@ pub async fn run(
     });
     Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_changes)
-        .reconcile_all_on(node_changes)
+        .reconcile_all_on(futures::stream::select(node_changes, crate::resync_ticks()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|r| {
@@ -400,6 +400,12 @@ async fn write_status(
         return Ok(Action::requeue(Duration::from_secs(
             u64::try_from(min_ready.max(1)).unwrap_or(1),
         )));
+    }
+    // Not converged (a node without its current pod, a pod still going): look again soon
+    // even without an event, as the shared pod stream does not deliver deletions
+    // (kube-rs #1590) and a rollout must not wait for an unrelated change.
+    if updated < wanted.len() || available < wanted.len() || scheduled.len() > placed.len() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     Ok(Action::await_change())
 }

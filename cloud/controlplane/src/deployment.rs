@@ -73,6 +73,7 @@ pub async fn run(
     });
     Controller::new(Api::<Deployment>::all(client), watcher::Config::default())
         .owns_shared_stream(replicaset_changes)
+        .reconcile_all_on(crate::resync_ticks())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|r| {
@@ -719,6 +720,12 @@ async fn write_status(
         .await
         .map_err(|e| Error::api("update status of", d, e))?;
     }
+    // While a rollout is under way, look again soon even without an event: the shared
+    // ReplicaSet stream does not deliver deletions (kube-rs #1590), and a missed change must
+    // not stall a rollout until its deadline.
+    if !complete && d.spec.as_ref().and_then(|s| s.paused) != Some(true) {
+        requeue = Some(requeue.map_or(CONVERGING, |r: Duration| r.min(CONVERGING)));
+    }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
@@ -735,6 +742,9 @@ fn same_status(current: &Value, next: &Value) -> bool {
         }
     })
 }
+
+/// How soon a Deployment that has not converged is looked at again.
+const CONVERGING: Duration = Duration::from_secs(1);
 
 fn error_policy(_d: Arc<Deployment>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "deployment reconcile failed; retrying");

@@ -151,6 +151,19 @@ pub async fn run_controllers(
     }
 }
 
+/// How often the workload controllers look at every object even without an event, as
+/// client-go informers resync: a change the shared streams did not deliver (they drop
+/// deletions, kube-rs #1590) is then acted on within this time.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ticks every [`RESYNC`], the first after one period.
+fn resync_ticks() -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold((), |()| async {
+        tokio::time::sleep(RESYNC).await;
+        Some(((), ()))
+    })
+}
+
 /// Fires when a node appears, goes, or changes what placement depends on (labels, taints,
 /// cordon, readiness), and not on heartbeats: with many edges, status updates are constant.
 fn placement_changes(

@@ -53,6 +53,7 @@ pub async fn run(
     });
     Controller::new(Api::<ReplicaSet>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_changes)
+        .reconcile_all_on(crate::resync_ticks())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|r| {
@@ -255,6 +256,18 @@ async fn update_status(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> 
             .map_err(|e| Error::api("update status of", rs, e))?;
     }
     // Ready pods waiting out minReadySeconds become available without an event: look again.
+    // So does a set short of its replicas or with pods still terminating: the shared pod
+    // stream does not deliver deletions (kube-rs #1590).
+    let wanted = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let uid = rs.uid().unwrap_or_default();
+    let terminating = ctx.pods.state().iter().any(|p| {
+        p.metadata.deletion_timestamp.is_some()
+            && p.metadata.namespace.as_deref() == Some(namespace.as_str())
+            && pods::controller_of(&p.metadata).is_some_and(|o| o.uid == uid)
+    });
+    if i32::try_from(active.len()).ok() != Some(wanted) || terminating {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     if ready > available {
         return Ok(Action::requeue(Duration::from_secs(
             u64::try_from(min_ready.max(1)).unwrap_or(1),

@@ -73,6 +73,32 @@ impl Fleet {
             .collect()
     }
 
+    /// Waits for `kubectl rollout status` of `object` to succeed; on failure the panic shows
+    /// the pods, ReplicaSets, workloads and nodes as they were.
+    pub fn rolled_out(&self, object: &str) {
+        let out = self
+            .cluster
+            .kubectl(&["rollout", "status", object, "--timeout=60s"]);
+        let status = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && status.contains("successfully rolled out") {
+            return;
+        }
+        let state = self.cluster.kubectl(&[
+            "get",
+            "pods,replicasets,deployments,daemonsets,nodes",
+            "-o",
+            "wide",
+            "--show-labels",
+        ]);
+        let yaml = self.cluster.kubectl(&["get", object, "-o", "yaml"]);
+        panic!(
+            "{object} did not roll out: {status}{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&state.stdout),
+            String::from_utf8_lossy(&yaml.stdout)
+        );
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.controllers.await.expect("controllers stop");
@@ -179,11 +205,7 @@ async fn images(fleet: &Fleet, selector: &str) -> Vec<String> {
 async fn a_deployment_scales_rolls_and_rolls_back() {
     let fleet = Fleet::start().await;
     fleet.apply(DEPLOYMENT);
-    let status =
-        fleet
-            .cluster
-            .kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    assert!(status.contains("successfully rolled out"), "{status}");
+    fleet.rolled_out("deployment/web");
     assert_eq!(
         images(&fleet, "app=web").await,
         vec!["registry.local/web:1.0"; 3]
@@ -210,11 +232,7 @@ async fn a_deployment_scales_rolls_and_rolls_back() {
         "deployment/web",
         "app=registry.local/web:2.0",
     ]);
-    let status =
-        fleet
-            .cluster
-            .kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    assert!(status.contains("successfully rolled out"), "{status}");
+    fleet.rolled_out("deployment/web");
     eventually(Duration::from_secs(20), "only new pods", || async {
         images(&fleet, "app=web").await == vec!["registry.local/web:2.0"; 2]
     })
@@ -232,11 +250,7 @@ async fn a_deployment_scales_rolls_and_rolls_back() {
     fleet
         .cluster
         .kubectl_ok(&["rollout", "undo", "deployment/web"]);
-    let status =
-        fleet
-            .cluster
-            .kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    assert!(status.contains("successfully rolled out"), "{status}");
+    fleet.rolled_out("deployment/web");
     eventually(Duration::from_secs(20), "the old image back", || async {
         images(&fleet, "app=web").await == vec!["registry.local/web:1.0"; 2]
     })
@@ -285,11 +299,7 @@ async fn nodes_of(fleet: &Fleet, selector: &str) -> Vec<String> {
 async fn a_daemonset_covers_matching_nodes_and_nodes_that_join() {
     let fleet = Fleet::start().await;
     fleet.apply(DAEMONSET);
-    let status =
-        fleet
-            .cluster
-            .kubectl_ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
-    assert!(status.contains("successfully rolled out"), "{status}");
+    fleet.rolled_out("daemonset/agent");
     assert_eq!(nodes_of(&fleet, "app=agent").await, ["edge-1", "edge-2"]);
 
     // An edge joins the zone: it gets the agent too; one in another zone does not.
@@ -331,11 +341,7 @@ async fn a_daemonset_covers_matching_nodes_and_nodes_that_join() {
         "daemonset/agent",
         "agent=registry.local/agent:2.0",
     ]);
-    let status =
-        fleet
-            .cluster
-            .kubectl_ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
-    assert!(status.contains("successfully rolled out"), "{status}");
+    fleet.rolled_out("daemonset/agent");
     eventually(Duration::from_secs(20), "only new agents", || async {
         images(&fleet, "app=agent").await == vec!["registry.local/agent:2.0"; 3]
     })
