@@ -22,6 +22,12 @@ enum Scenario {
     Apiserver,
     /// The scheduler binding 10k pods over 1k nodes: throughput and create-to-bound latency.
     Scheduler,
+    /// cloudcore and edgecore: `kubectl create` to Running (p50, p99) and edgecore's RSS idle
+    /// and with 100 Wasm pods. Needs `cargo build --release -p wedge-cli` first.
+    Edge,
+    /// N simulated edges against one cloudcore: RSS per edge, DaemonSet and ConfigMap fan-out.
+    /// Needs `cargo build --release -p wedge-cli` first.
+    HubFanout,
     /// The API server process the `apiserver` scenario measures (not a scenario).
     #[value(hide = true)]
     ApiserverServe,
@@ -38,6 +44,9 @@ struct Args {
     /// Where `apiserver-serve` keeps its state.
     #[arg(long, hide = true)]
     data_dir: Option<std::path::PathBuf>,
+    /// How many edges `hub-fanout` simulates.
+    #[arg(long, default_value_t = 10_000)]
+    edges: usize,
 }
 
 #[tokio::main]
@@ -49,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::IdleRss => scenarios::idle_rss::run().await,
         Scenario::Apiserver => scenarios::apiserver::run().await,
         Scenario::Scheduler => scenarios::scheduler::run().await,
+        Scenario::Edge => scenarios::edge::run().await,
+        Scenario::HubFanout => scenarios::hub_fanout::run(args.edges).await,
         Scenario::ApiserverServe => {
             let dir = args
                 .data_dir
@@ -64,6 +75,8 @@ async fn main() -> anyhow::Result<()> {
                 "idle-rss",
                 "apiserver",
                 "scheduler",
+                "edge",
+                "hub-fanout",
             ] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)

@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use super::processes::status_kib;
 use crate::report::{figure, millis, quantile};
 
 const SCENARIO: &str = "apiserver";
@@ -78,16 +79,13 @@ impl ServerProcess {
 
     /// `(VmRSS, VmHWM)` of the server in KiB.
     fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("VmRSS:"), field("VmHWM:")))
+        let pid = self.child.id();
+        Ok((status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?))
+    }
+
+    /// Its admin kubeconfig.
+    pub fn kubeconfig(&self) -> &str {
+        &self.kubeconfig
     }
 }
 

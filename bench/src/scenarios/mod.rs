@@ -2,8 +2,11 @@
 
 pub mod apiserver;
 pub mod app_start;
+pub mod edge;
 pub mod handler_invoke;
+pub mod hub_fanout;
 pub mod idle_rss;
+pub mod processes;
 pub mod scheduler;
 
 use k8s_openapi::api::core::v1::Pod;

@@ -47,6 +47,10 @@ struct Args {
     /// How long a silent edge stays Ready before it is Unknown, in seconds (embedded mode).
     #[arg(long, default_value_t = 40)]
     node_grace: u64,
+    /// How long the client certificates signed for edges are valid (`365d`, `12h`...); edges
+    /// renew theirs at 70–90% of it.
+    #[arg(long, default_value = "365d", value_parser = wedge_cli::parse_duration)]
+    edge_cert_validity: Duration,
     /// Seconds between keepalive pings to each edge.
     #[arg(long, default_value_t = 15)]
     ping_interval: u64,
@@ -84,6 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.hub.listen = args.listen;
     config.hub.ping_interval = Duration::from_secs(args.ping_interval.max(1));
     config.advertise = args.advertise;
+    config.cert_validity = args.edge_cert_validity;
     config.metrics_listen = args.metrics_listen;
     let cloudcore = CloudCore::start(client, config)
         .await
@@ -105,6 +110,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let args = Args::parse();
     wedge_cli::init_tracing("info");
+    // Every edge holds a connection open: lift the soft limit on open files to the hard one,
+    // as servers for many clients do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files"),
+        Err(error) => tracing::warn!(%error, "cannot raise the limit on open files"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -37,8 +37,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// How long the token is valid, e.g. 24h, 30m, 7d.
-    #[arg(long, default_value = "24h")]
-    ttl: String,
+    #[arg(long, default_value = "24h", value_parser = wedge_cli::parse_duration)]
+    ttl: Duration,
     /// What the token is for.
     #[arg(long, default_value = "an edge joining")]
     description: String,
@@ -48,25 +48,6 @@ pub struct CreateArgs {
     /// The address edges dial cloudcore at, for the printed command.
     #[arg(long, default_value = "<cloud-address>:10000")]
     cloud: String,
-}
-
-fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("--ttl {text}: expected a number and s, m, h or d"))?;
-    let seconds = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => anyhow::bail!("--ttl {text}: the unit must be s, m, h or d"),
-    };
-    anyhow::ensure!(seconds > 0, "--ttl must be more than 0");
-    Ok(Duration::from_secs(seconds))
 }
 
 /// The hub CA, where `cloudcore` and `wedge up` keep it under the root.
@@ -86,7 +67,7 @@ async fn client(root: &std::path::Path, args: &ClientArgs) -> anyhow::Result<kub
 pub async fn run(root: &std::path::Path, command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Create(args) => {
-            let ttl = parse_ttl(&args.ttl)?;
+            let ttl = args.ttl;
             let ca_path = args.ca.clone().unwrap_or_else(|| default_ca(root));
             let pem = std::fs::read(&ca_path).with_context(|| {
                 format!("reading cloudcore's CA {} (pass --ca)", ca_path.display())
@@ -118,22 +99,4 @@ pub async fn run(root: &std::path::Path, command: TokenCommand) -> anyhow::Resul
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttls_read_as_people_write_them() {
-        assert_eq!(parse_ttl("24h").expect("ttl"), Duration::from_secs(86400));
-        assert_eq!(parse_ttl("90s").expect("ttl"), Duration::from_secs(90));
-        assert_eq!(
-            parse_ttl("7d").expect("ttl"),
-            Duration::from_secs(7 * 86400)
-        );
-        assert!(parse_ttl("soon").is_err());
-        assert!(parse_ttl("5y").is_err());
-        assert!(parse_ttl("0s").is_err());
-    }
 }

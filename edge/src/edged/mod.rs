@@ -107,10 +107,35 @@ fn grace_of(pod: &Pod) -> Duration {
 }
 
 fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
+    pod.status.as_ref().is_some_and(phase_is_terminal)
+}
+
+fn phase_is_terminal(status: &PodStatus) -> bool {
+    matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+}
+
+/// The status of `pod` queued in the outbox, if one waits there for this uid.
+fn queued_status(outbox: &Outbox, pod: &Pod) -> Option<PodStatus> {
+    let key = ObjectKey {
+        kind: ResourceKind::PodStatus,
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: pod.metadata.name.clone()?,
+    };
+    let queued = outbox.get(&key).ok()??;
+    if queued.get("uid")?.as_str()? != pod.metadata.uid.as_deref()? {
+        return None;
+    }
+    match serde_json::from_value(queued.get("status")?.clone()) {
+        Ok(status) => Some(status),
+        Err(error) => {
+            tracing::warn!(%key, %error, "a queued pod status does not parse");
+            None
+        }
+    }
 }
 
 impl Edged {
@@ -246,7 +271,9 @@ impl Edged {
                     .and_then(|s| s.start_time.as_ref())
                     .map_or_else(jiff::Timestamp::now, |t| t.0),
                 refused: None,
-                reported: pod.status.clone(),
+                // A status still waiting in the outbox is newer than the cloud's copy: a pod
+                // that finished while the cloud was away must not run again after a restart.
+                reported: queued_status(&self.outbox, &pod).or_else(|| pod.status.clone()),
                 stopping: false,
                 confirmed: false,
             });
@@ -270,7 +297,9 @@ impl Edged {
                 }
                 continue;
             }
-            if running.contains(&uid) || is_terminal(&pod) {
+            let finished =
+                is_terminal(&pod) || state.reported.as_ref().is_some_and(phase_is_terminal);
+            if running.contains(&uid) || finished {
                 continue;
             }
             let rv = pod.metadata.resource_version.clone().unwrap_or_default();
@@ -344,7 +373,10 @@ impl Edged {
         }
         let pod = &state.pod;
         let report = self.runtime.pod_status(uid);
-        if report.is_none() && state.refused.is_none() && is_terminal(pod) {
+        // A finished pod the runtime no longer tracks keeps the terminal status it had; it
+        // must not fall back to Pending because the cloud's copy has not caught up.
+        let finished = is_terminal(pod) || state.reported.as_ref().is_some_and(phase_is_terminal);
+        if report.is_none() && state.refused.is_none() && finished {
             return;
         }
         let facts = PodFacts {
@@ -361,5 +393,41 @@ impl Edged {
         if let Some(state) = self.pods.get_mut(uid) {
             state.reported = Some(status);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_waiting_in_the_outbox_is_found_for_its_pod_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = crate::store::Database::open(&dir.path().join("edge.db"))
+            .expect("open")
+            .outbox();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "finite", "namespace": "default", "uid": "u1"},
+            "spec": {"containers": [{"name": "app", "image": "x"}]},
+            "status": {"phase": "Running"}
+        }))
+        .expect("pod");
+        assert!(queued_status(&outbox, &pod).is_none());
+        let finished = PodStatus {
+            phase: Some("Succeeded".into()),
+            ..PodStatus::default()
+        };
+        let report = reports::pod_status("default", "finite", "u1", &finished);
+        outbox
+            .put(&report.key, report.operation, &report.payload)
+            .expect("put");
+        let queued = queued_status(&outbox, &pod).expect("queued");
+        assert!(phase_is_terminal(&queued));
+        let mut other = pod.clone();
+        other.metadata.uid = Some("u2".into());
+        assert!(
+            queued_status(&outbox, &other).is_none(),
+            "another pod of that name"
+        );
     }
 }

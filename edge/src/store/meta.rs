@@ -91,7 +91,8 @@ impl MetaStore {
         let kind = key.kind.as_str();
         let current: Option<(String, String)> = conn
             .query_row(
-                "SELECT uid, resource_version FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                // A damaged row counts as not held, so the object replaces it.
+                "SELECT uid, resource_version FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND json_valid(object)",
                 params![kind, key.namespace, key.name],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -144,7 +145,8 @@ impl MetaStore {
         row.map(stored).transpose()
     }
 
-    /// Every object of a kind, by namespace and name.
+    /// Every object of a kind, by namespace and name. A damaged row is logged and left out
+    /// (the hello does not name it either, so the cloud sends it again).
     pub fn list(&self, kind: ResourceKind) -> Result<Vec<StoredObject>, StoreError> {
         let conn = self.db.conn();
         let mut statement = conn
@@ -165,14 +167,24 @@ impl MetaStore {
             })
             .and_then(Iterator::collect)
             .map_err(sql(format!("listing {kind} objects")))?;
-        rows.into_iter().map(stored).collect()
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| match stored(row) {
+                Ok(object) => Some(object),
+                Err(error) => {
+                    tracing::warn!(%error, "left out a damaged object; the cloud sends it again at the next resync");
+                    None
+                }
+            })
+            .collect())
     }
 
-    /// What the edge holds, for the hello.
+    /// What the edge holds, for the hello: damaged rows are not held, so the resync replaces
+    /// them.
     pub fn held(&self) -> Result<Vec<HeldObject>, StoreError> {
         let conn = self.db.conn();
         let mut statement = conn
-            .prepare_cached("SELECT kind, namespace, name, uid, resource_version FROM objects ORDER BY kind, namespace, name")
+            .prepare_cached("SELECT kind, namespace, name, uid, resource_version FROM objects WHERE json_valid(object) ORDER BY kind, namespace, name")
             .map_err(sql("listing held objects"))?;
         let rows: Vec<(String, String, String, String, String)> = statement
             .query_map([], |r| {
@@ -270,7 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_row_is_an_error_naming_the_object() {
+    fn a_damaged_row_is_an_error_naming_it_and_is_replaced_by_the_next_copy() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("open");
         db.conn()
@@ -279,7 +291,20 @@ mod tests {
                 [],
             )
             .expect("insert");
-        let err = db.meta().get(&key("bad")).expect_err("corrupt");
+        let meta = db.meta();
+        let err = meta.get(&key("bad")).expect_err("corrupt");
         assert!(err.to_string().contains("pod default/bad"), "{err}");
+        // Not held (so the cloud sends it again), not listed, and replaced when it comes.
+        assert!(meta.held().expect("held").is_empty());
+        assert!(meta.list(ResourceKind::Pod).expect("list").is_empty());
+        assert_eq!(
+            meta.apply(&key("bad"), "u", "1", &json!({"fixed": true}))
+                .expect("apply"),
+            Applied::Inserted
+        );
+        assert_eq!(
+            meta.get(&key("bad")).expect("get").expect("held").object,
+            json!({"fixed": true})
+        );
     }
 }

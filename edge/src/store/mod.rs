@@ -98,25 +98,21 @@ impl Database {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        // Wait for a lock (another process reading, a checkpoint) before the first statement
+        // that may need one.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(open_err)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Schema {
-                path: path.to_owned(),
-                found: version,
-            });
+        if !mode.eq_ignore_ascii_case("wal") {
+            // A file system without shared memory: still safe, only slower and more locking.
+            tracing::warn!(path = %path.display(), mode, "the edge database is not in WAL mode");
         }
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
+        migrate(&mut conn, path)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -135,6 +131,34 @@ impl Database {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one transaction: a crash midway leaves the old
+/// schema, never half of the new one. Later versions add their steps here, each guarded by the
+/// version it upgrades from.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(open_err)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(open_err)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Schema {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    if version < 1 {
+        tx.execute_batch(SCHEMA).map_err(open_err)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(open_err)?;
+    tx.commit().map_err(open_err)
 }
 
 fn sql(doing: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {

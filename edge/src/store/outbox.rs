@@ -123,6 +123,22 @@ impl Outbox {
             .collect()
     }
 
+    /// The payload queued for `key`, if a report waits for it.
+    pub fn get(&self, key: &ObjectKey) -> Result<Option<serde_json::Value>, StoreError> {
+        let text: Option<String> = self
+            .db
+            .conn()
+            .query_row(
+                "SELECT payload FROM outbox WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![key.kind.as_str(), key.namespace, key.name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(format!("reading the report on {key}")))?;
+        text.map(|t| decode(&t, "report", &key.to_string()))
+            .transpose()
+    }
+
     /// Removes the entry of `key` if it still has `seq`. Returns whether it did.
     pub fn acknowledge(&self, key: &ObjectKey, seq: u64) -> Result<bool, StoreError> {
         let removed = self

@@ -4,7 +4,8 @@
 //! certificate names, plans the resync from what the edge holds, then loops: frames from the
 //! edge (acks free the window; reports go to a worker that writes them to the API and answers),
 //! keys queued by the watches (sent while fewer than `max_in_flight` frames await their ack),
-//! keepalive pings. A bad frame is refused with an error frame and the session goes on.
+//! keepalive pings. A bad frame is refused with an error frame and the session goes on; only a
+//! message over the size limit, which cannot be skipped unread, ends the connection (1009).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,12 +15,14 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 use wedge_core::protocol::messages::{Hello, Welcome};
 use wedge_core::protocol::order::InboundOrder;
-use wedge_core::protocol::{Envelope, FrameError, ObjectKey, Operation, ResourceRef, sync};
+use wedge_core::protocol::{
+    Envelope, FrameError, MAX_FRAME_BYTES, ObjectKey, Operation, ResourceRef, sync,
+};
 
 use super::HubContext;
 use super::sessions::SessionHandle;
@@ -251,6 +254,15 @@ impl Session {
                         }
                         Some(Ok(Message::Close(_))) | None => break "the edge closed",
                         Some(Ok(_)) => {} // pings are answered by the library; pongs keep it alive
+                        Some(Err(tungstenite::Error::Capacity(error))) => {
+                            // The message cannot be skipped without reading it whole: the
+                            // connection ends with 1009 and the edge resyncs when it is back.
+                            let message = format!("{error}; frames are at most {MAX_FRAME_BYTES} bytes");
+                            tracing::warn!(node = self.node, message, "refused a frame from the edge; closing");
+                            self.ctx.metrics.refused(&self.node, "FrameTooLarge");
+                            let _ = ws.close(Some(CloseFrame { code: CloseCode::Size, reason: "FrameTooLarge".into() })).await;
+                            break "frame too large";
+                        }
                         Some(Err(error)) => {
                             tracing::info!(node = self.node, %error, "edge connection failed");
                             break "connection error";

@@ -51,7 +51,11 @@ pub fn sign_node_csr(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.custom_extensions = Vec::new();
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(5);
+    // Backdated for clocks a little behind the cloud's, by at most a tenth of the validity so
+    // that a short-lived certificate still falls due for renewal in the future.
+    let backdate = time::Duration::minutes(5)
+        .min(time::Duration::try_from(validity / 10).unwrap_or(time::Duration::ZERO));
+    params.not_before = now - backdate;
     params.not_after =
         now + time::Duration::try_from(validity).map_err(|e| JoinError::Internal(e.to_string()))?;
     let internal = |e: rcgen::Error| JoinError::Internal(format!("signing: {e}"));

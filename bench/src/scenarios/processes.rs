@@ -1,0 +1,103 @@
+//! Wedge's own binaries as the processes the cloud-edge scenarios measure. They are found beside
+//! the bench binary (`cargo build --release -p wedge-cli` builds them), run with their logs in a
+//! file, killed when dropped, and their resident memory read from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// A value in KiB from `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`...).
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// A free port on loopback.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something listens on `addr`.
+pub async fn wait_listening(addr: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// One of Wedge's binaries, running.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `binary` (`cloudcore`, `edgecore`, `wedge`) with `args`, its stderr in `log`.
+    pub fn spawn(binary: &str, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(log)?;
+        let child = Command::new(binary_path(binary)?)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(Self {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// Its resident memory in KiB, failing (with its log) if it has exited.
+    pub fn rss_kib(&mut self) -> anyhow::Result<u64> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            anyhow::bail!("{} exited ({status}): {log}", self.log.display());
+        }
+        status_kib(self.child.id(), "VmRSS:")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `binary` to its end and returns its stdout.
+pub fn output(binary: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(binary_path(binary)?).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{binary} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn binary_path(binary: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .context("the bench binary's directory")?
+        .join(binary);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build Wedge's binaries beside the bench first (cargo build --release -p wedge-cli)",
+        path.display()
+    );
+    Ok(path)
+}

@@ -1,0 +1,613 @@
+//! Cloud to edge when things go wrong, through real processes: two edges side by side, clients
+//! without certificates, a link cut while updates are on their way, frames no edgecore would
+//! send (written by hand on a real connection with an edge's identity), and certificates that
+//! expire while the edge runs.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use wedge_core::protocol::messages::Hello;
+use wedge_core::protocol::{Envelope, Operation, ResourceKind, ResourceRef};
+
+use support::*;
+
+const READY: &str = "{.status.conditions[?(@.type==\"Ready\")].status}";
+
+/// The pods the API has bound to `node`: name → resourceVersion.
+fn pods_bound(cloud: &Cloud, node: &str) -> BTreeMap<String, String> {
+    cloud
+        .kubectl_ok(&[
+            "get",
+            "pods",
+            "--field-selector",
+            &format!("spec.nodeName={node}"),
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion}{\"\\n\"}{end}",
+        ])
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(n, rv)| (n.to_owned(), rv.to_owned()))
+        .collect()
+}
+
+fn pinned_pod(name: &str, node: &str, registry: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 2\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  containers:\n  - name: app\n    image: {registry}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"500\"}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_edges_run_only_their_own_pods_and_a_client_without_a_certificate_is_refused() {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let (a_root, b_root) = (dir.path().join("edge-a"), dir.path().join("edge-b"));
+    let _a = start_edge(&a_root, &cloud, "edge-a", Some(&token), &registry.host());
+    let _b = start_edge(&b_root, &cloud, "edge-b", Some(&token), &registry.host());
+    for node in ["node/edge-a", "node/edge-b"] {
+        cloud.wait_for(node, READY, "True", Duration::from_secs(60));
+    }
+    cloud.apply(&pinned_pod("only-a", "edge-a", &registry.host()));
+    cloud.apply(&pinned_pod("only-b", "edge-b", &registry.host()));
+    cloud.apply(&format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: fleet\nspec:\n  selector: {{matchLabels: {{app: fleet}}}}\n  template:\n    metadata: {{labels: {{app: fleet}}}}\n    spec:\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: app\n        image: {}/samples/telemetry:1\n",
+        registry.host()
+    ));
+    cloud.wait_for(
+        "pod/only-a",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    cloud.wait_for(
+        "pod/only-b",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    cloud.wait_for(
+        "daemonset/fleet",
+        "{.status.numberReady}",
+        "2",
+        Duration::from_secs(60),
+    );
+
+    // Each edge holds exactly the pods bound to it: its own, and its DaemonSet pod.
+    for (node, root, own, other) in [
+        ("edge-a", &a_root, "only-a", "only-b"),
+        ("edge-b", &b_root, "only-b", "only-a"),
+    ] {
+        let bound = pods_bound(&cloud, node);
+        assert_eq!(bound.len(), 2, "{node}: {bound:?}");
+        assert!(bound.contains_key(own) && !bound.contains_key(other));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let held: Vec<String> = pods_held(root).into_keys().collect();
+            if held == bound.keys().cloned().collect::<Vec<_>>() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} holds {held:?}, bound {bound:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // A client with no certificate gets 401 and how to join, and is counted.
+    let ca = cloud.root.join("cloudcore/hub/pki/ca.crt");
+    let refused = raw_edge_socket(&cloud.hub, anonymous_tls(&ca))
+        .await
+        .map(|_| ())
+        .expect_err("refused");
+    assert_eq!(refused.0, 401, "{refused:?}");
+    assert!(
+        refused.1.contains("client certificate") && refused.1.contains("wedge token create"),
+        "{}",
+        refused.1
+    );
+    assert!(cloud.metric("wedge_cloudhub_connections_refused_total", "") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_cut_mid_update_and_an_edge_restart_converge_and_the_resync_sends_only_the_difference()
+ {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let link = CuttableLink::start(cloud.hub.clone()).await;
+    let edge_root = dir.path().join("edge-a");
+    std::fs::create_dir_all(&edge_root).expect("edge root");
+    let edge = Proc::spawn(
+        edgecore_at(
+            &edge_root,
+            &link.addr,
+            "edge-a",
+            Some(&token),
+            &registry.host(),
+        ),
+        edge_root.join("edgecore.log"),
+    );
+    cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(60));
+    cloud.apply(&telemetry_pod("keep", &registry.host()));
+    // A pod that finishes by itself, about 6 s after it starts.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: finite\nspec:\n  restartPolicy: Never\n  containers:\n  - name: app\n    image: {}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"300\"}}\n    - {{name: MAX_TICKS, value: \"20\"}}\n",
+        registry.host()
+    ));
+    cloud.wait_for(
+        "pod/keep",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    cloud.wait_for(
+        "pod/finite",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    let finite_uid = cloud.kubectl_ok(&["get", "pod", "finite", "-o", "jsonpath={.metadata.uid}"]);
+
+    // A burst of pods; the link is cut as soon as the first has reached the edge.
+    let burst: Vec<String> = (0..8)
+        .map(|i| telemetry_pod(&format!("burst-{i}"), &registry.host()))
+        .collect();
+    let burst = burst.join("---\n");
+    let applying = {
+        let kubeconfig = cloud.kubeconfig();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut child = std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(["apply", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("kubectl");
+            let _ = child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(burst.as_bytes());
+            child.wait().expect("kubectl").success()
+        })
+    };
+    eventually(
+        Duration::from_secs(30),
+        || {
+            pods_held(&edge_root)
+                .keys()
+                .any(|n| n.starts_with("burst-"))
+        },
+        || format!("no burst pod reached the edge: {}", edge.log()),
+    )
+    .await;
+    link.cut();
+    assert!(applying.join().expect("apply thread"), "kubectl apply");
+
+    // While the link is down: a pod deleted, another created.
+    cloud.kubectl_ok(&["delete", "pod", "keep", "--wait=false"]);
+    cloud.apply(&telemetry_pod("late", &registry.host()));
+
+    // Meanwhile the finite pod ends on the edge, and edgecore is killed and restarted before
+    // the cloud heard of it: the pod is not run again (its status waits in the outbox).
+    let finished_on_the_edge = || {
+        let key = wedge_core::protocol::ObjectKey {
+            kind: ResourceKind::PodStatus,
+            namespace: "default".into(),
+            name: "finite".into(),
+        };
+        wedge_edge::store::Database::open(&edge_root.join("edge.db"))
+            .and_then(|db| db.outbox().get(&key))
+            .ok()
+            .flatten()
+            .is_some_and(|r| r["status"]["phase"] == "Succeeded")
+    };
+    eventually(Duration::from_secs(30), finished_on_the_edge, || {
+        format!("the finite pod did not finish: {}", edge.log())
+    })
+    .await;
+    let starts = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("pod started") && l.contains(&finite_uid))
+            .count()
+    };
+    assert_eq!(
+        cloud.kubectl_ok(&["get", "pod", "finite", "-o", "jsonpath={.status.phase}"]),
+        "Running",
+        "the cloud has not heard that it finished"
+    );
+    let started_before = starts(&edge.log());
+    let restarts_before = edge.log().matches("pod started").count();
+    drop(edge);
+    let edge = Proc::spawn(
+        edgecore_at(&edge_root, &link.addr, "edge-a", None, &registry.host()),
+        edge_root.join("edgecore.log"),
+    );
+    eventually(
+        Duration::from_secs(30),
+        || edge.log().matches("pod started").count() > restarts_before,
+        || format!("the pods did not come back offline: {}", edge.log()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        starts(&edge.log()),
+        started_before,
+        "the finished pod ran again: {}",
+        edge.log()
+    );
+
+    eventually(
+        Duration::from_secs(30),
+        || pods_bound(&cloud, "edge-a").len() == 11,
+        || format!("pods not all bound: {:?}", pods_bound(&cloud, "edge-a")),
+    )
+    .await;
+
+    // What the resync must send: every pod whose version the edge lacks, and every pod it holds
+    // that the cloud no longer has for it. Neither side changes while the link is down.
+    let held = pods_held(&edge_root);
+    let bound = pods_bound(&cloud, "edge-a");
+    let differ = bound
+        .iter()
+        .filter(|(n, rv)| held.get(*n) != Some(*rv))
+        .count()
+        + held.keys().filter(|n| !bound.contains_key(*n)).count();
+    assert!(differ >= 2, "at least keep and late: {held:?} vs {bound:?}");
+    let resyncs = cloud.metric("wedge_cloudhub_resyncs_total", "edge-a");
+    let frames = cloud.metric("wedge_cloudhub_resync_frames_total", "edge-a");
+    let bytes = cloud.metric("wedge_cloudhub_resync_bytes_total", "edge-a");
+    link.restore();
+    eventually(
+        Duration::from_secs(30),
+        || cloud.metric("wedge_cloudhub_resyncs_total", "edge-a") > resyncs,
+        || format!("no resync after the link came back: {}", edge.log()),
+    )
+    .await;
+    let sent = cloud.metric("wedge_cloudhub_resync_frames_total", "edge-a") - frames;
+    assert_eq!(sent as usize, differ, "held {held:?}\nbound {bound:?}");
+    // Bytes: the changed pods only, each well under the size of the whole set.
+    let sent_bytes = cloud.metric("wedge_cloudhub_resync_bytes_total", "edge-a") - bytes;
+    let full_state = cloud.kubectl_ok(&["get", "pods", "-o", "json"]).len() as f64;
+    assert!(
+        sent_bytes > 0.0 && sent_bytes < full_state * differ as f64 / bound.len() as f64 * 1.5,
+        "resync bytes {sent_bytes} for {differ} of {} pods ({full_state} bytes as JSON)",
+        bound.len()
+    );
+
+    // Everything converges: all running, the finished pod Succeeded, the deleted pod gone from
+    // edge and API.
+    cloud.wait_for(
+        "pod/finite",
+        "{.status.phase}",
+        "Succeeded",
+        Duration::from_secs(30),
+    );
+    for name in (0..8).map(|i| format!("burst-{i}")).chain(["late".into()]) {
+        cloud.wait_for(
+            &format!("pod/{name}"),
+            "{.status.phase}",
+            "Running",
+            Duration::from_secs(60),
+        );
+    }
+    cloud.wait_gone("pod/keep", Duration::from_secs(30));
+    eventually(
+        Duration::from_secs(20),
+        || pods_held(&edge_root) == pods_bound(&cloud, "edge-a"),
+        || {
+            format!(
+                "edge {:?} vs API {:?}",
+                pods_held(&edge_root),
+                pods_bound(&cloud, "edge-a")
+            )
+        },
+    )
+    .await;
+}
+
+/// Reads frames until one with `operation`, acknowledging the objects the cloud sends.
+async fn read_until(ws: &mut RawSocket, next_id: &mut u64, operation: Operation) -> Envelope {
+    let deadline = Duration::from_secs(20);
+    tokio::time::timeout(deadline, async {
+        loop {
+            let message = ws
+                .next()
+                .await
+                .expect("the hub closed the connection")
+                .expect("a frame");
+            let Message::Binary(bytes) = message else {
+                continue;
+            };
+            let frame = Envelope::decode(&bytes).expect("the hub sends valid frames");
+            if frame.operation == operation {
+                return frame;
+            }
+            if matches!(
+                frame.operation,
+                Operation::Insert | Operation::Update | Operation::Delete
+            ) {
+                *next_id += 1;
+                let ack = Envelope::ack(*next_id, frame.id).encode();
+                ws.send(Message::Binary(ack.into())).await.expect("ack");
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {operation:?} frame within {deadline:?}"))
+}
+
+/// Sends `message` (the case `what`) and returns the reason of the error frame answering it.
+async fn refusal(ws: &mut RawSocket, next_id: &mut u64, what: &str, message: Message) -> String {
+    ws.send(message).await.expect("send");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(15),
+        read_until(ws, next_id, Operation::Error),
+    )
+    .await;
+    let error = answer.unwrap_or_else(|_| panic!("{what}: no error frame"));
+    error.payload["reason"].as_str().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_frames_on_a_real_connection_are_refused_and_nothing_is_lost() {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let edge_root = dir.path().join("edge-a");
+    let mut edge = start_edge(&edge_root, &cloud, "edge-a", Some(&token), &registry.host());
+    cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(60));
+    cloud.apply(&telemetry_pod("steady", &registry.host()));
+    cloud.wait_for(
+        "pod/steady",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    let uid = cloud.kubectl_ok(&["get", "pod", "steady", "-o", "jsonpath={.metadata.uid}"]);
+    // A pod bound to another node, whose status this edge must not write.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: elsewhere\nspec:\n  nodeName: edge-b\n  containers:\n  - {{name: app, image: {}/samples/telemetry:1}}\n",
+        registry.host()
+    ));
+    let elsewhere_uid =
+        cloud.kubectl_ok(&["get", "pod", "elsewhere", "-o", "jsonpath={.metadata.uid}"]);
+
+    // edgecore stops; its identity now speaks by hand.
+    edge.kill();
+    let creds = wedge_edge::tls::EdgeCredentials::new(edge_root.join("pki"));
+    let tls = wedge_edge::tls::client_config(&creds).expect("edge credentials");
+    let mut ws = raw_edge_socket(&cloud.hub, tls).await.expect("accepted");
+    let hello = Hello {
+        node: "edge-a".into(),
+        agent_version: "by-hand".into(),
+        held: wedge_edge::store::Database::open(&edge_root.join("edge.db"))
+            .expect("edge db")
+            .meta()
+            .held()
+            .expect("held"),
+    };
+    let mut id = 1;
+    let hello = Envelope::new(id, Operation::Hello)
+        .with_payload(serde_json::to_value(hello).expect("hello"));
+    ws.send(Message::Binary(hello.encode().into()))
+        .await
+        .expect("hello");
+    read_until(&mut ws, &mut id, Operation::Welcome).await;
+    read_until(&mut ws, &mut id, Operation::SyncDone).await;
+
+    let pod_status = |id: u64, name: &str, uid: &str, payload: serde_json::Value| {
+        Envelope::new(id, Operation::Update)
+            .with_resource(ResourceRef {
+                kind: ResourceKind::PodStatus,
+                namespace: Some("default".into()),
+                name: name.into(),
+                uid: Some(uid.into()),
+            })
+            .with_payload(payload)
+    };
+    let binary = |frame: Envelope| Message::Binary(frame.encode().into());
+    let raw = |text: String| Message::Binary(text.into_bytes().into());
+    type Case<'a> = (&'a str, Box<dyn Fn(u64) -> Message + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "not JSON",
+            Box::new(|_| raw("{not json".into())),
+            "MalformedFrame",
+        ),
+        (
+            "text",
+            Box::new(|_| Message::Text("hello".into())),
+            "MalformedFrame",
+        ),
+        (
+            "unknown operation",
+            Box::new(|id| {
+                raw(format!(
+                    r#"{{"v":1,"id":{id},"timestamp":0,"operation":"explode"}}"#
+                ))
+            }),
+            "MalformedFrame",
+        ),
+        (
+            "another version",
+            Box::new(|id| {
+                raw(format!(
+                    r#"{{"v":9,"id":{id},"timestamp":0,"operation":"ack"}}"#
+                ))
+            }),
+            "UnsupportedVersion",
+        ),
+        (
+            "an old id",
+            Box::new(|_| binary(Envelope::ack(1, 1))),
+            "OutOfOrder",
+        ),
+        (
+            "another node's pod",
+            Box::new(|id| {
+                binary(pod_status(
+                    id,
+                    "elsewhere",
+                    &elsewhere_uid,
+                    serde_json::json!({"phase": "Failed"}),
+                ))
+            }),
+            "Forbidden",
+        ),
+        (
+            "a status of the wrong shape",
+            Box::new(|id| {
+                binary(pod_status(
+                    id,
+                    "steady",
+                    &uid,
+                    serde_json::json!({"phase": 7}),
+                ))
+            }),
+            "Invalid",
+        ),
+        (
+            "another node's status",
+            Box::new(|id| {
+                binary(
+                    Envelope::new(id, Operation::Update)
+                        .with_resource(ResourceRef {
+                            kind: ResourceKind::NodeStatus,
+                            namespace: None,
+                            name: "edge-b".into(),
+                            uid: None,
+                        })
+                        .with_payload(serde_json::json!({"status": {}})),
+                )
+            }),
+            "Forbidden",
+        ),
+    ];
+    for (what, message, reason) in &cases {
+        id += 1;
+        let message = message(id);
+        assert_eq!(
+            refusal(&mut ws, &mut id, what, message).await,
+            *reason,
+            "{what}"
+        );
+    }
+    let refused = cloud.metric("wedge_cloudhub_frames_refused_total", "edge-a");
+    assert!(refused >= 8.0, "refusals counted: {refused}");
+
+    // A message over the limit ends the connection with 1009; the session is not left behind.
+    let huge = vec![b' '; wedge_core::protocol::MAX_FRAME_BYTES + 1];
+    let _ = ws.send(Message::Binary(huge.into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the hub closes the connection");
+    assert_eq!(closed, Some(1009));
+
+    // Nothing changed: the pods are as they were, and the real edge carries on.
+    cloud.wait_for(
+        "pod/steady",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["get", "pod", "elsewhere", "-o", "jsonpath={.status.phase}"]),
+        "Pending"
+    );
+    let edge = start_edge(&edge_root, &cloud, "edge-a", None, &registry.host());
+    eventually(
+        Duration::from_secs(30),
+        || cloud.metric("wedge_cloudhub_resyncs_total", "edge-a") >= 3.0,
+        || format!("edgecore did not reconnect: {}", edge.log()),
+    )
+    .await;
+    cloud.wait_for(
+        "pod/steady",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["get", "pod", "steady", "-o", "jsonpath={.metadata.uid}"]),
+        uid
+    );
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edge_certificates_rotate_before_they_expire() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cloud = Cloud::start_with(
+        &dir.path().join("cloud"),
+        "127.0.0.1",
+        &["--edge-cert-validity", "20s"],
+    );
+    let token = cloud.token("1h");
+    let edge_root = dir.path().join("edge-a");
+    let edge = start_edge(&edge_root, &cloud, "edge-a", Some(&token), "127.0.0.1:1");
+    cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(60));
+    let creds = wedge_edge::tls::EdgeCredentials::new(edge_root.join("pki"));
+    let (first_from, first_until) = wedge_edge::tls::lifetime(&creds).expect("certificate");
+    assert!(
+        first_until - first_from <= 25,
+        "the validity the cloud chose"
+    );
+
+    // Renewed at 70-90% of its life, before it expires.
+    eventually(
+        Duration::from_secs(30),
+        || edge.log().contains("renewed this edge's certificate"),
+        || format!("no renewal: {}", edge.log()),
+    )
+    .await;
+    let (_, until) = wedge_edge::tls::lifetime(&creds).expect("renewed certificate");
+    assert!(
+        until > first_until,
+        "a later expiry: {until} vs {first_until}"
+    );
+    assert!(now() < first_until, "renewed before expiry");
+
+    // Once the first certificate has expired, a new connection works with the renewed one.
+    while now() <= first_until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cloud.kill();
+    cloud.restart();
+    eventually(
+        Duration::from_secs(30),
+        || cloud.metric("wedge_cloudhub_resyncs_total", "edge-a") >= 1.0,
+        || {
+            format!(
+                "the edge did not reconnect: {}\n{}",
+                edge.log(),
+                cloud.log()
+            )
+        },
+    )
+    .await;
+    cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(30));
+}

@@ -1,0 +1,471 @@
+//! What the cloud-edge tests share: cloudcore and edgecore as real processes with their own
+//! ports, directories and logs, kubectl against the embedded API server, and a registry with the
+//! sample apps.
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use wedge_testkit::oci::{Image, WasmLayout, push};
+use wedge_testkit::registry::Registry;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A child process, killed (SIGKILL) when dropped, its stderr in a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).expect("log directory");
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = command
+            .env("RUST_LOG", "info,kube=warn,wedge_apiserver=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("the binary runs");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// cloudcore in embedded mode.
+pub struct Cloud {
+    pub root: PathBuf,
+    pub hub: String,
+    pub api: u16,
+    pub metrics: String,
+    /// More cloudcore flags.
+    pub extra: Vec<String>,
+    pub proc: Option<Proc>,
+}
+
+impl Cloud {
+    pub fn start(root: &Path) -> Self {
+        Self::start_on(root, "127.0.0.1")
+    }
+
+    /// A cloud whose hub listens on `host` (a loopback address).
+    pub fn start_on(root: &Path, host: &str) -> Self {
+        Self::start_with(root, host, &[])
+    }
+
+    /// A cloud whose hub listens on `host`, with more cloudcore flags.
+    pub fn start_with(root: &Path, host: &str, extra: &[&str]) -> Self {
+        let mut cloud = Self {
+            root: root.to_owned(),
+            hub: format!("{host}:{}", free_port()),
+            api: free_port(),
+            metrics: format!("127.0.0.1:{}", free_port()),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            proc: None,
+        };
+        cloud.restart();
+        cloud
+    }
+
+    pub fn restart(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cloudcore"));
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .args(["--listen", &self.hub])
+            .args(["--apiserver-listen", &format!("127.0.0.1:{}", self.api)])
+            .args(["--metrics-listen", &self.metrics, "--ping-interval", "2"])
+            .args(&self.extra);
+        self.proc = Some(Proc::spawn(command, self.root.join("cloudcore.log")));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.hub).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "cloudcore did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log).unwrap_or_default()
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.root.join("apiserver/admin.kubeconfig")
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\ncloudcore: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("kubectl");
+        assert!(
+            out.status.success(),
+            "apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn token(&self, ttl: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_wedge"))
+            .arg("--root")
+            .arg(&self.root)
+            .args(["token", "create", "--ttl", ttl, "--cloud", &self.hub])
+            .output()
+            .expect("wedge token create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A counter or gauge of cloudcore's metrics for `node`.
+    pub fn metric(&self, name: &str, node: &str) -> f64 {
+        use std::io::{Read, Write};
+        let Ok(mut tcp) = std::net::TcpStream::connect(&self.metrics) else {
+            return 0.0;
+        };
+        let _ = write!(tcp, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        let mut text = String::new();
+        let _ = tcp.read_to_string(&mut text);
+        let needle = format!("node=\"{node}\"");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(&needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Polls `jsonpath` of `object` until it equals `want`.
+    pub fn wait_for(&self, object: &str, jsonpath: &str, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.kubectl(&["get", object, "-o", &format!("jsonpath={jsonpath}")]);
+            let got = String::from_utf8_lossy(&out.stdout).into_owned();
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{object} {jsonpath}: {got:?}, wanted {want:?}\ncloudcore: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn wait_gone(&self, object: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.kubectl(&["get", object]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "{object} is still there\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+pub fn edgecore(
+    root: &Path,
+    cloud: &Cloud,
+    node: &str,
+    token: Option<&str>,
+    registry: &str,
+) -> Command {
+    edgecore_at(root, &cloud.hub, node, token, registry)
+}
+
+/// edgecore dialling the hub at `hub` (a proxy in front of it, say).
+pub fn edgecore_at(
+    root: &Path,
+    hub: &str,
+    node: &str,
+    token: Option<&str>,
+    registry: &str,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edgecore"));
+    command
+        .env("WEDGE_CLOUD", hub)
+        .arg("--root")
+        .arg(root)
+        .args(["--cloud", hub, "--node", node, "--node-ip", "127.0.0.1"])
+        .args(["--insecure-registry", registry, "--lease-seconds", "2"])
+        .args(["--node-status-seconds", "5", "--reconnect-max-seconds", "1"]);
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    command
+}
+
+/// Runs a command that must end by itself (a join that fails); a join that wrongly succeeds
+/// keeps edgecore running, so it is killed after a while and the test fails, not hangs.
+pub fn exits(mut command: Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("edgecore runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "edgecore kept running: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+pub fn start_edge(
+    root: &Path,
+    cloud: &Cloud,
+    node: &str,
+    token: Option<&str>,
+    registry: &str,
+) -> Proc {
+    std::fs::create_dir_all(root).expect("edge root");
+    Proc::spawn(
+        edgecore(root, cloud, node, token, registry),
+        root.join("edgecore.log"),
+    )
+}
+
+/// A registry with the sample apps pushed as `<host>/samples/<app>:1`.
+pub async fn registry_with_samples() -> Registry {
+    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
+        .await
+        .expect("join")
+        .expect("sample apps build");
+    let registry = Registry::start().expect("registry");
+    for app in ["hello", "telemetry"] {
+        let wasm = apps.bytes(app).expect("sample");
+        push(
+            &registry.host(),
+            &format!("samples/{app}"),
+            "1",
+            &Image::wasm(&wasm, WasmLayout::CncfArtifact),
+        )
+        .await
+        .expect("push");
+    }
+    registry
+}
+
+pub fn telemetry_pod(name: &str, registry: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: app\n    image: {registry}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"200\"}}\n"
+    )
+}
+
+/// Polls `check` every 100 ms until it holds; panics with `what()` after `timeout`.
+pub async fn eventually(
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{}", what());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The pods an edge holds in its SQLite store: name → resourceVersion.
+pub fn pods_held(edge_root: &Path) -> std::collections::BTreeMap<String, String> {
+    let Ok(db) = wedge_edge::store::Database::open(&edge_root.join("edge.db")) else {
+        return Default::default();
+    };
+    db.meta()
+        .held()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|h| h.kind == wedge_core::protocol::ResourceKind::Pod)
+        .map(|h| (h.name, h.resource_version))
+        .collect()
+}
+
+/// A TCP proxy on loopback in front of `target` whose link can be cut (every connection
+/// dropped, new ones refused) and restored, as a network failure between edge and cloud.
+pub struct CuttableLink {
+    pub addr: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableLink {
+    pub async fn start(target: String) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy listens");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the edge sees its connection reset
+                }
+                let (target, cut) = (target.clone(), cut2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            up,
+            cut,
+            task,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub type RawSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens an edge WebSocket to the hub at `hub` with `tls` (an edge's credentials, or none),
+/// as a client that speaks the protocol by hand. `Err` holds the HTTP status and body of a
+/// refused handshake.
+pub async fn raw_edge_socket(
+    hub: &str,
+    tls: rustls::ClientConfig,
+) -> Result<RawSocket, (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = tokio::net::TcpStream::connect(hub).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let mut request = format!("wss://{hub}{}", wedge_core::protocol::EDGE_PATH)
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+        http::HeaderValue::from_static(wedge_core::protocol::SUBPROTOCOL),
+    );
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(other) => panic!("WebSocket handshake: {other}"),
+    }
+}
+
+/// Trusts the hub's CA, presents no client certificate.
+pub fn anonymous_tls(ca_pem_path: &Path) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_pem_path).expect("CA file") {
+        roots.add(cert.expect("CA")).expect("CA added");
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
