@@ -52,6 +52,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Warnings of the parts that run in this process (the control plane of hub-fanout) go to
+    // stderr; figures go to stdout.
+    wedge_cli::init_tracing("warn");
     match args.scenario {
         Scenario::HandlerInvoke => scenarios::handler_invoke::run().await,
         Scenario::AppStart => scenarios::app_start::run().await,

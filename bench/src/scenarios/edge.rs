@@ -165,6 +165,19 @@ pub async fn run() -> anyhow::Result<()> {
         idle as f64 / 1024.0,
         "MiB",
     );
+    let (anon, file) = edge.rss_split_kib()?;
+    figure(
+        SCENARIO,
+        "of which anonymous (heap, stacks)",
+        anon as f64 / 1024.0,
+        "MiB",
+    );
+    figure(
+        SCENARIO,
+        "of which file-backed (binary, libraries)",
+        file as f64 / 1024.0,
+        "MiB",
+    );
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut running = running_pods(pods.clone());

@@ -68,6 +68,14 @@ impl Daemon {
         }
         status_kib(self.child.id(), "VmRSS:")
     }
+
+    /// Its resident memory split as `(anonymous, file-backed)` in KiB: what it allocated, and
+    /// the pages of its binary and libraries it touched (shared with other processes).
+    pub fn rss_split_kib(&mut self) -> anyhow::Result<(u64, u64)> {
+        self.rss_kib()?;
+        let pid = self.child.id();
+        Ok((status_kib(pid, "RssAnon:")?, status_kib(pid, "RssFile:")?))
+    }
 }
 
 impl Drop for Daemon {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -187,7 +188,19 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         ds.status.as_ref().and_then(|s| s.collision_count),
     );
     let pod = daemon_pod(&ds, &hash);
-    let needs = match PodNeeds::of(&pod, None) {
+    // The runtime the daemon needs comes from its RuntimeClass, when it names one.
+    let runtime_class = match pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.runtime_class_name.as_deref())
+    {
+        Some(name) => Api::<RuntimeClass>::all(ctx.client.clone())
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::api("read the RuntimeClass of", &*ds, e))?,
+        None => None,
+    };
+    let needs = match PodNeeds::of(&pod, runtime_class.as_ref()) {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(daemonset = %ds.name_any(), error = %e, "cannot place daemon pods");
@@ -286,23 +299,31 @@ async fn apply_changes(
 ) -> Result<(), Error> {
     let namespace = ds.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut created = Vec::new();
-    for node in create {
-        let p = api
-            .create(&PostParams::default(), &pinned(pod.clone(), node))
-            .await
-            .map_err(|e| Error::api("create daemon pod for", ds, e))?;
-        let message = format!("Created pod: {}", p.name_any());
-        ctx.recorder
-            .record(
-                ds.object_ref(&()),
-                EventType::Normal,
-                "SuccessfulCreate",
-                &message,
-            )
-            .await;
-        created.push(p.name_any());
-    }
+    // Up to BURST creates in flight: a DaemonSet over thousands of edges is created in seconds,
+    // not one request after another.
+    let created: Vec<String> = futures::stream::iter(create.to_vec())
+        .map(|node: String| {
+            let (api, pod) = (api.clone(), pinned(pod.clone(), &node));
+            async move { create_with_fresh_name(&api, &pod).await }
+        })
+        .buffer_unordered(crate::replicaset::BURST)
+        .map(|r| r.map_err(|e| Error::api("create daemon pod for", ds, e)))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let reference = ds.object_ref(&());
+    futures::stream::iter(created.clone())
+        .for_each_concurrent(crate::replicaset::BURST, |name: String| {
+            let reference = reference.clone();
+            async move {
+                let message = format!("Created pod: {name}");
+                ctx.recorder
+                    .record(reference, EventType::Normal, "SuccessfulCreate", &message)
+                    .await;
+            }
+        })
+        .await;
     let mut deleted = Vec::new();
     for p in delete {
         match api.delete(&p.name_any(), &DeleteParams::default()).await {
@@ -335,6 +356,20 @@ async fn apply_changes(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// Creates `pod`, asking again when its generated name was taken: with thousands of pods of
+/// one DaemonSet, five random characters collide now and then (the API answers 409, as
+/// Kubernetes does, and clients retry).
+async fn create_with_fresh_name(api: &Api<Pod>, pod: &Pod) -> Result<String, kube::Error> {
+    let mut attempts = 0;
+    loop {
+        match api.create(&PostParams::default(), pod).await {
+            Ok(p) => return Ok(p.name_any()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempts < 3 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 async fn write_status(

@@ -27,7 +27,7 @@ use crate::events::{EventType, Recorder};
 use crate::pods;
 
 /// How many pod creations or deletions one reconcile has in flight.
-const BURST: usize = 16;
+pub(crate) const BURST: usize = 16;
 /// How long a reconcile waits for the pod store to show its changes.
 const SETTLE: Duration = Duration::from_secs(5);
 

@@ -153,7 +153,8 @@ pub struct Envelope {
 }
 
 /// Why a frame was refused. The receiver logs it, answers with an error frame where it can,
-/// and carries on with the next frame: one bad frame never ends a session or loses an object.
+/// and carries on with the next frame: a bad frame never loses an object, and only a message
+/// over the WebSocket's size limit (which cannot be skipped unread) ends the connection.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     /// Bigger than [`MAX_FRAME_BYTES`].

@@ -270,7 +270,14 @@ async fn a_deployment_scales_rolls_and_rolls_back() {
     fleet.stop().await;
 }
 
-const DAEMONSET: &str = r#"apiVersion: apps/v1
+/// A daemon for zone a's nodes, naming its runtime through a RuntimeClass (the nodes offer
+/// Wasm).
+const DAEMONSET: &str = r#"apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: wasm}
+handler: wasm
+---
+apiVersion: apps/v1
 kind: DaemonSet
 metadata: {name: agent}
 spec:
@@ -279,6 +286,7 @@ spec:
     metadata: {labels: {app: agent}}
     spec:
       nodeSelector: {zone: a}
+      runtimeClassName: wasm
       containers:
       - {name: agent, image: registry.local/agent:1.0}
 "#;
