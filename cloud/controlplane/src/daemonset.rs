@@ -46,6 +46,7 @@ pub struct Context {
     client: Client,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    runtime_classes: Store<RuntimeClass>,
     recorder: Recorder,
 }
 
@@ -57,6 +58,7 @@ pub async fn run(
     pod_changes: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
     nodes: Store<Node>,
     node_changes: impl futures::Stream<Item = ()> + Send + 'static,
+    runtime_classes: Store<RuntimeClass>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let context = Arc::new(Context {
@@ -64,6 +66,7 @@ pub async fn run(
         client: client.clone(),
         pods,
         nodes,
+        runtime_classes,
     });
     Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_changes)
@@ -189,18 +192,12 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     );
     let pod = daemon_pod(&ds, &hash);
     // The runtime the daemon needs comes from its RuntimeClass, when it names one.
-    let runtime_class = match pod
+    let runtime_class = pod
         .spec
         .as_ref()
         .and_then(|s| s.runtime_class_name.as_deref())
-    {
-        Some(name) => Api::<RuntimeClass>::all(ctx.client.clone())
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::api("read the RuntimeClass of", &*ds, e))?,
-        None => None,
-    };
-    let needs = match PodNeeds::of(&pod, runtime_class.as_ref()) {
+        .and_then(|n| ctx.runtime_classes.get(&ObjectRef::new(n)));
+    let needs = match PodNeeds::of(&pod, runtime_class.as_deref()) {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(daemonset = %ds.name_any(), error = %e, "cannot place daemon pods");

@@ -677,9 +677,13 @@ async fn write_status(
                 false,
             );
         } else {
-            requeue = Some(Duration::from_secs(
-                u64::try_from(i64::from(deadline) - waited).unwrap_or(1),
-            ));
+            // Look again soon while the rollout is under way, not only at its deadline: the
+            // shared ReplicaSet stream does not deliver deletions (kube-rs #1590), and a
+            // missed change must not stall a rollout. Past the deadline only events and the
+            // resync wake it.
+            let left =
+                Duration::from_secs(u64::try_from(i64::from(deadline) - waited).unwrap_or(1));
+            requeue = Some(left.min(CONVERGING));
         }
     }
     let mut annotations = json!({});
@@ -719,12 +723,6 @@ async fn write_status(
         )
         .await
         .map_err(|e| Error::api("update status of", d, e))?;
-    }
-    // While a rollout is under way, look again soon even without an event: the shared
-    // ReplicaSet stream does not deliver deletions (kube-rs #1590), and a missed change must
-    // not stall a rollout until its deadline.
-    if !complete && d.spec.as_ref().and_then(|s| s.paused) != Some(true) {
-        requeue = Some(requeue.map_or(CONVERGING, |r: Duration| r.min(CONVERGING)));
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }

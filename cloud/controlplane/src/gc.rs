@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
+use kube::api::{
+    DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -44,6 +46,9 @@ struct Entry {
     resource: Arc<ResourceType>,
     namespace: Option<String>,
     name: String,
+    uid: String,
+    /// The version the graph saw: deletions are conditional on it.
+    resource_version: Option<String>,
     owners: Vec<OwnerReference>,
     deleting: bool,
     finalizers: Vec<String>,
@@ -77,6 +82,8 @@ impl Graph {
                     resource,
                     namespace: obj.namespace(),
                     name: obj.name_any(),
+                    uid: uid.clone(),
+                    resource_version: obj.resource_version(),
                     owners: obj.owner_references().to_vec(),
                     deleting: obj.metadata.deletion_timestamp.is_some(),
                     finalizers: obj.finalizers().to_vec(),
@@ -301,11 +308,21 @@ async fn process(client: &Client, graph: &Graph, uid: &str) -> Result<(), kube::
             return Ok(());
         }
         tracing::info!(kind = %entry.resource.api.kind, name = %entry.name, "owner gone: deleting");
+        // Only the version seen here: if the object changed since (its owners were just
+        // removed by an orphaning deletion, say), the server refuses with 409 and the next
+        // event brings the graph up to date.
         let params = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(Preconditions {
+                uid: Some(entry.uid.clone()),
+                resource_version: entry.resource_version.clone(),
+            }),
             ..DeleteParams::default()
         };
-        return ignore_gone(api.delete(&entry.name, &params).await.map(drop));
+        return match api.delete(&entry.name, &params).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            other => ignore_gone(other.map(drop)),
+        };
     }
     if !gone.is_empty() {
         let owners: Vec<&OwnerReference> = entry

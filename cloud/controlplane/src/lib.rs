@@ -33,6 +33,7 @@ pub mod selector;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
@@ -128,6 +129,20 @@ pub async fn run_controllers(
             }
             futures::future::ready(())
         });
+    // RuntimeClasses say which runtime a daemon needs (the scheduler keeps its own store).
+    let (runtime_classes, rc_writer) = reflector::store();
+    let rc_feed = watcher(
+        Api::<RuntimeClass>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(rc_writer)
+    .for_each(|event| {
+        if let Err(error) = event {
+            tracing::warn!(%error, "runtimeclass watch failed; retrying");
+        }
+        futures::future::ready(())
+    });
     let stop = || shutdown.clone().cancelled_owned();
     tokio::select! {
         () = pod_feed => {}
@@ -135,6 +150,7 @@ pub async fn run_controllers(
         () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = node_feed => {}
+        () = rc_feed => {}
         () = gc::run(client.clone(), shutdown.clone()) => {}
         () = nodelifecycle::run(client.clone(), pods.clone(), config.node_grace, stop()) => {}
         () = namespace::run(client.clone(), stop()) => {}
@@ -144,6 +160,7 @@ pub async fn run_controllers(
             daemonset_pods,
             nodes.clone(),
             placement_changes(nodes.clone(), daemonset_nodes),
+            runtime_classes,
             stop(),
         ) => {}
         () = deployment::run(client.clone(), replicasets, deployment_sets, pods.clone(), stop()) => {}

@@ -67,12 +67,18 @@ pub async fn run(
 
 /// The pods `owner` controls, active ones only.
 pub fn owned_pods(store: &Store<Pod>, namespace: &str, owner_uid: &str) -> Vec<Arc<Pod>> {
+    let mut owned = all_owned_pods(store, namespace, owner_uid);
+    owned.retain(|p| pods::is_active(p));
+    owned
+}
+
+/// Every pod the owner controls, finished and terminating ones included.
+fn all_owned_pods(store: &Store<Pod>, namespace: &str, owner_uid: &str) -> Vec<Arc<Pod>> {
     store
         .state()
         .into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
         .filter(|p| pods::controller_of(&p.metadata).is_some_and(|o| o.uid == owner_uid))
-        .filter(|p| pods::is_active(p))
         .collect()
 }
 
@@ -201,7 +207,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
 /// Writes the status the pods show, if it changed; requeues to see pods become available.
 async fn update_status(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> {
     let namespace = rs.namespace().unwrap_or_default();
-    let active = owned_pods(&ctx.pods, &namespace, &rs.uid().unwrap_or_default());
+    let owned = all_owned_pods(&ctx.pods, &namespace, &rs.uid().unwrap_or_default());
+    let terminating = owned
+        .iter()
+        .any(|p| p.metadata.deletion_timestamp.is_some());
+    let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| pods::is_active(p)).collect();
     let min_ready = rs
         .spec
         .as_ref()
@@ -259,12 +269,6 @@ async fn update_status(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> 
     // So does a set short of its replicas or with pods still terminating: the shared pod
     // stream does not deliver deletions (kube-rs #1590).
     let wanted = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let uid = rs.uid().unwrap_or_default();
-    let terminating = ctx.pods.state().iter().any(|p| {
-        p.metadata.deletion_timestamp.is_some()
-            && p.metadata.namespace.as_deref() == Some(namespace.as_str())
-            && pods::controller_of(&p.metadata).is_some_and(|o| o.uid == uid)
-    });
     if i32::try_from(active.len()).ok() != Some(wanted) || terminating {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
