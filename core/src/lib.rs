@@ -5,6 +5,7 @@
 //! containers through CRI later), then [`status`] for what a runtime reports.
 
 pub mod crilog;
+pub mod device;
 pub mod grants;
 pub mod join_token;
 pub mod pod_runtime;

@@ -43,11 +43,23 @@ pub enum ResourceKind {
     Lease,
     /// A pod's status as Edged reports it (up).
     PodStatus,
+    /// A `devices.kubeedge.io` Device bound to the edge's node (down).
+    Device,
+    /// A DeviceModel a Device on the edge names (down).
+    DeviceModel,
+    /// A Device's status (twins, state, last online) as DeviceTwin reports it (up).
+    DeviceStatus,
 }
 
 impl ResourceKind {
     /// The kinds the cloud sends down and the edge keeps.
-    pub const DOWNSTREAM: [ResourceKind; 3] = [Self::Pod, Self::ConfigMap, Self::Secret];
+    pub const DOWNSTREAM: [ResourceKind; 5] = [
+        Self::Pod,
+        Self::ConfigMap,
+        Self::Secret,
+        Self::Device,
+        Self::DeviceModel,
+    ];
 
     /// The kebab-case name, as in frames and logs.
     pub fn as_str(self) -> &'static str {
@@ -58,6 +70,9 @@ impl ResourceKind {
             Self::NodeStatus => "node-status",
             Self::Lease => "lease",
             Self::PodStatus => "pod-status",
+            Self::Device => "device",
+            Self::DeviceModel => "device-model",
+            Self::DeviceStatus => "device-status",
         }
     }
 
@@ -65,7 +80,13 @@ impl ResourceKind {
     pub fn namespaced(self) -> bool {
         matches!(
             self,
-            Self::Pod | Self::ConfigMap | Self::Secret | Self::PodStatus
+            Self::Pod
+                | Self::ConfigMap
+                | Self::Secret
+                | Self::PodStatus
+                | Self::Device
+                | Self::DeviceModel
+                | Self::DeviceStatus
         )
     }
 }
