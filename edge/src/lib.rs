@@ -6,12 +6,15 @@
 //! - [`edgehub`]: the one connection to CloudHub: reconnecting, acknowledged, resynced.
 //! - [`edged`]: runs the pods MetaManager holds on the Wasm runtime and reports their status,
 //!   the node's status and its lease through the outbox.
+//! - [`devicetwin`]: DeviceTwin: the devices bound to this node, their twins in SQLite, the
+//!   `wedge:device` backend for apps, and the Device status reported to the cloud.
 //! - [`reports`]: the outbox entries and the frames they become.
 //! - [`tls`], [`join`], [`rotation`]: the edge's credentials, joining with a bootstrap token,
 //!   and certificate rotation.
 //! - [`agent`]: all of it together, as `edgecore` and `wedge up` run it.
 
 pub mod agent;
+pub mod devicetwin;
 pub mod edged;
 pub mod edgehub;
 pub mod join;

@@ -89,7 +89,9 @@ pub fn frame(id: u64, key: &ObjectKey, operation: Operation, payload: &Value) ->
         uid,
     };
     let body = match key.kind {
-        ResourceKind::PodStatus => payload.get("status").cloned().unwrap_or(Value::Null),
+        ResourceKind::PodStatus | ResourceKind::DeviceStatus => {
+            payload.get("status").cloned().unwrap_or(Value::Null)
+        }
         ResourceKind::Pod => Value::Null,
         _ => payload.clone(),
     };

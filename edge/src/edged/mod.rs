@@ -32,8 +32,10 @@ use status::PodFacts;
 pub struct Signals {
     /// MetaManager's objects changed (EdgeHub → Edged).
     pub objects_changed: Notify,
-    /// The outbox has new entries (Edged → EdgeHub).
+    /// The outbox has new entries (Edged, DeviceTwin → EdgeHub).
     pub outbox_changed: Notify,
+    /// MetaManager's Devices or DeviceModels changed (EdgeHub → DeviceTwin).
+    pub devices_changed: Notify,
 }
 
 /// Edged's settings.

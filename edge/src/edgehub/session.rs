@@ -277,7 +277,12 @@ impl Link<'_> {
                 Ok(()) => {
                     let id = self.id();
                     self.send(ws, &Envelope::ack(id, frame.id)).await?;
-                    self.signals.objects_changed.notify_one();
+                    let kind = frame.resource.as_ref().map(|r| r.kind);
+                    if matches!(kind, Some(ResourceKind::Device | ResourceKind::DeviceModel)) {
+                        self.signals.devices_changed.notify_one();
+                    } else {
+                        self.signals.objects_changed.notify_one();
+                    }
                     Ok(())
                 }
                 Err((reason, message)) => self.refuse(ws, frame.id, reason, &message).await,
@@ -405,6 +410,22 @@ impl Link<'_> {
             ResourceKind::Secret => {
                 serde_json::from_value::<Secret>(object.clone())
                     .map_err(|e| format!("not a Secret: {e}"))?;
+            }
+            ResourceKind::Device => {
+                let device: wedge_core::device::Device = serde_json::from_value(object.clone())
+                    .map_err(|e| format!("not a Device: {e}"))?;
+                if device.spec.node_name != self.config.node {
+                    return Err(format!(
+                        "the device is bound to {:?}, not to this node",
+                        device.spec.node_name
+                    ));
+                }
+            }
+            ResourceKind::DeviceModel => {
+                let model: wedge_core::device::DeviceModel =
+                    serde_json::from_value(object.clone())
+                        .map_err(|e| format!("not a DeviceModel: {e}"))?;
+                model.property_models().map_err(|e| e.to_string())?;
             }
             _ => {}
         }

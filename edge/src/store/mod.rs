@@ -1,4 +1,5 @@
-//! The edge's SQLite database: MetaManager's objects and the report outbox, in one file.
+//! The edge's SQLite database: MetaManager's objects, the report outbox and DeviceTwin's twins,
+//! in one file.
 //!
 //! WAL with `synchronous=NORMAL`: a committed write survives the process being killed (kill -9,
 //! a crash), which is what "stored before acknowledged" needs; only a power cut can lose the
@@ -7,6 +8,7 @@
 
 mod meta;
 mod outbox;
+mod twins;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,9 +17,10 @@ use rusqlite::Connection;
 
 pub use meta::{Applied, MetaStore, StoredObject};
 pub use outbox::{Outbox, OutboxEntry};
+pub use twins::{StoredTwin, TwinStore};
 
 /// The schema's version, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -41,6 +44,25 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+";
+
+/// Version 2: DeviceTwin. One row per device property (both sides of its twin, as JSON
+/// `StampedValue`s, and the last desired value read from the Device's spec, so a spec is applied
+/// once, not at every resync), and one per device for its connection state.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS twins (
+    device TEXT NOT NULL,
+    property TEXT NOT NULL,
+    reported TEXT,
+    desired TEXT,
+    spec_desired TEXT,
+    PRIMARY KEY (device, property)
+);
+CREATE TABLE IF NOT EXISTS device_states (
+    device TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    last_online TEXT
 );
 ";
 
@@ -128,6 +150,11 @@ impl Database {
         Outbox { db: self.clone() }
     }
 
+    /// DeviceTwin's rows.
+    pub fn twins(&self) -> TwinStore {
+        TwinStore { db: self.clone() }
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -155,6 +182,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
     if version < 1 {
         tx.execute_batch(SCHEMA).map_err(open_err)?;
+    }
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(open_err)?;

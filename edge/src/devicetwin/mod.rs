@@ -1,0 +1,559 @@
+//! DeviceTwin: every device bound to this node, both sides of each property's twin, and the
+//! device's state, kept in SQLite and reported to the cloud as the Device's status.
+//!
+//! Who owns what (the conflict rule):
+//! - **desired** belongs to the cloud. A change of a Device's `spec.properties[].desired.value`
+//!   becomes the property's desired value, once (the spec value last applied is stored, so a
+//!   resync or restart does not apply it again). Apps granted `devices.wedge.io/write` may set a
+//!   desired value at the edge, which acts at once, offline too, and holds until the cloud's spec
+//!   changes. The status's `observedDesired` shows the value the edge acts on.
+//! - **reported** belongs to the device: its mapper (or the device itself over MQTT) reports
+//!   values; apps and the cloud never set them.
+//!
+//! Every change is stored before it is announced, then the device's whole status goes into the
+//! outbox under one key: changes made while the cloud is away coalesce into the newest status,
+//! which reaches the cloud after reconnect, once.
+
+mod report;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use wedge_core::device::{self, Device, DeviceModel};
+use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
+use wedge_core::twin::{
+    AccessMode, DeviceState, StampedValue, TwinChange, TwinProperty, TwinSide, TwinValue,
+};
+use wedge_edged_wasm::host::device::{TwinBackend, TwinBackendError};
+
+use crate::edged::Signals;
+use crate::store::{Database, MetaStore, Outbox, StoreError, StoredTwin, TwinStore};
+
+/// One device as DeviceTwin holds it.
+#[derive(Debug, Clone)]
+struct Entry {
+    namespace: String,
+    uid: String,
+    device: Device,
+    model: DeviceModel,
+    twin: wedge_core::twin::DeviceTwin,
+    properties: BTreeMap<String, StoredTwin>,
+    last_online: Option<String>,
+}
+
+/// A device bound to this node, with its model: what mappers are started from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoundDevice {
+    /// The Device.
+    pub device: Device,
+    /// Its DeviceModel.
+    pub model: DeviceModel,
+}
+
+/// The device twin service; cheap to clone.
+#[derive(Clone)]
+pub struct DeviceTwin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    meta: MetaStore,
+    twins: TwinStore,
+    outbox: Outbox,
+    signals: Arc<Signals>,
+    devices: Mutex<BTreeMap<String, Entry>>,
+    changes: broadcast::Sender<TwinChange>,
+    /// Bumped whenever the set of devices or a device's spec or model changes.
+    membership: watch::Sender<u64>,
+}
+
+fn unavailable(e: StoreError) -> TwinBackendError {
+    TwinBackendError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0)
+}
+
+fn parse_state(text: &str) -> DeviceState {
+    device::parse_state(text).unwrap_or(DeviceState::Unknown)
+}
+
+impl DeviceTwin {
+    /// DeviceTwin over the edge's database, loaded from what MetaManager holds.
+    pub fn new(db: &Database, signals: Arc<Signals>) -> Self {
+        let twin = Self {
+            inner: Arc::new(Inner {
+                meta: db.meta(),
+                twins: db.twins(),
+                outbox: db.outbox(),
+                signals,
+                devices: Mutex::default(),
+                changes: broadcast::channel(4096).0,
+                membership: watch::channel(0).0,
+            }),
+        };
+        twin.reload();
+        twin
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.inner
+            .devices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Follows MetaManager until `shutdown`: each change of Devices or DeviceModels reloads.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.inner.signals.devices_changed.notified() => self.reload(),
+            }
+        }
+    }
+
+    /// Every change from now on, in the order they were made. A receiver that falls behind
+    /// loses the oldest.
+    pub fn subscribe(&self) -> broadcast::Receiver<TwinChange> {
+        self.inner.changes.subscribe()
+    }
+
+    /// A counter bumped whenever devices come, go, or change spec or model.
+    pub fn membership(&self) -> watch::Receiver<u64> {
+        self.inner.membership.subscribe()
+    }
+
+    /// The devices bound to this node, by name.
+    pub fn bound(&self) -> Vec<BoundDevice> {
+        self.lock()
+            .values()
+            .map(|e| BoundDevice {
+                device: e.device.clone(),
+                model: e.model.clone(),
+            })
+            .collect()
+    }
+
+    /// The names of the devices bound to this node.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Both sides of every property of `device`, in model order.
+    pub fn document(
+        &self,
+        device: &str,
+    ) -> Result<(wedge_core::twin::DeviceTwin, Vec<(String, TwinProperty)>), TwinBackendError> {
+        let devices = self.lock();
+        let entry = devices
+            .get(device)
+            .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
+        let props = entry
+            .twin
+            .properties
+            .iter()
+            .map(|p| {
+                let twin = entry
+                    .properties
+                    .get(&p.name)
+                    .map(|s| s.twin.clone())
+                    .unwrap_or_default();
+                (p.name.clone(), twin)
+            })
+            .collect();
+        Ok((entry.twin.clone(), props))
+    }
+
+    /// Reads MetaManager's Devices and DeviceModels again: new devices get twins (their stored
+    /// values, if they had some), gone ones are forgotten, and changed spec desired values apply.
+    pub fn reload(&self) {
+        let objects = |kind| match self.inner.meta.list(kind) {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(%kind, error = %e, "cannot read devices from the store");
+                Vec::new()
+            }
+        };
+        let models: BTreeMap<(String, String), DeviceModel> = objects(ResourceKind::DeviceModel)
+            .into_iter()
+            .filter_map(|o| match serde_json::from_value::<DeviceModel>(o.object) {
+                Ok(m) => Some(((o.key.namespace, o.key.name), m)),
+                Err(e) => {
+                    tracing::warn!(model = o.key.name, error = %e, "a stored DeviceModel does not parse");
+                    None
+                }
+            })
+            .collect();
+        let mut wanted: BTreeMap<String, Entry> = BTreeMap::new();
+        for o in objects(ResourceKind::Device) {
+            let device: Device = match serde_json::from_value(o.object) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(device = o.key.name, error = %e, "a stored Device does not parse");
+                    continue;
+                }
+            };
+            let model_key = (
+                o.key.namespace.clone(),
+                device.spec.device_model_ref.name.clone(),
+            );
+            let Some(model) = models.get(&model_key) else {
+                tracing::debug!(device = o.key.name, model = model_key.1, "waiting for the device's model");
+                continue;
+            };
+            let twin = match device.twin(model, DeviceState::Unknown) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(device = o.key.name, error = %e, "the device cannot have a twin");
+                    continue;
+                }
+            };
+            if let Some(other) = wanted.get(&o.key.name) {
+                tracing::warn!(
+                    device = o.key.name,
+                    namespace = o.key.namespace,
+                    kept = other.namespace,
+                    "two devices of one name on this node; twins are named by device, keeping the first"
+                );
+                continue;
+            }
+            wanted.insert(
+                o.key.name.clone(),
+                Entry {
+                    namespace: o.key.namespace,
+                    uid: o.uid,
+                    device,
+                    model: model.clone(),
+                    twin,
+                    properties: BTreeMap::new(),
+                    last_online: None,
+                },
+            );
+        }
+        self.apply_membership(wanted);
+    }
+
+    fn apply_membership(&self, wanted: BTreeMap<String, Entry>) {
+        let mut changed_membership = false;
+        let mut announce = Vec::new();
+        let mut reports = Vec::new();
+        {
+            let mut devices = self.lock();
+            let gone: Vec<String> = devices
+                .keys()
+                .filter(|k| !wanted.contains_key(*k))
+                .cloned()
+                .collect();
+            for name in gone {
+                devices.remove(&name);
+                changed_membership = true;
+                if let Err(e) = self.inner.twins.forget(&name) {
+                    tracing::warn!(device = name, error = %e, "cannot forget the device's twins");
+                }
+                tracing::info!(device = name, "device left this node");
+            }
+            for (name, mut entry) in wanted {
+                let existing = devices.get(&name);
+                let same = existing.is_some_and(|e| {
+                    e.uid == entry.uid && e.device == entry.device && e.model == entry.model
+                });
+                if same {
+                    continue;
+                }
+                changed_membership = true;
+                match existing {
+                    // Same device, new spec or model: keep its values and state.
+                    Some(e) if e.uid == entry.uid => {
+                        entry.properties = e.properties.clone();
+                        entry.twin.state = e.twin.state;
+                        entry.last_online = e.last_online.clone();
+                    }
+                    _ => {
+                        match self.inner.twins.load(&name) {
+                            Ok(p) => entry.properties = p,
+                            Err(e) => {
+                                tracing::warn!(device = name, error = %e, "cannot read the device's twins")
+                            }
+                        }
+                        if let Ok(Some((state, last))) = self.inner.twins.state(&name) {
+                            entry.twin.state = parse_state(&state);
+                            entry.last_online = last;
+                        }
+                        tracing::info!(device = name, model = entry.twin.model, "device bound to this node");
+                    }
+                }
+                announce.extend(self.apply_spec_desired(&name, &mut entry));
+                reports.push(name.clone());
+                devices.insert(name, entry);
+            }
+            for name in &reports {
+                if let Some(entry) = devices.get(name) {
+                    self.queue_status(name, entry);
+                }
+            }
+        }
+        for change in announce {
+            let _ = self.inner.changes.send(change);
+        }
+        if changed_membership {
+            self.inner.membership.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Applies the spec's desired values that changed since last applied. Returns the changes.
+    fn apply_spec_desired(&self, name: &str, entry: &mut Entry) -> Vec<TwinChange> {
+        let mut changes = Vec::new();
+        for model in entry.twin.properties.clone() {
+            let Some(text) = entry.device.desired(&model.name).map(str::to_owned) else {
+                continue;
+            };
+            let stored = entry.properties.entry(model.name.clone()).or_default();
+            if stored.spec_desired.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            stored.spec_desired = Some(text.clone());
+            let checked = device::parse_value(&text, model.kind)
+                .map_err(|e| e.to_string())
+                .and_then(|v| model.check(&v).map(|()| v).map_err(|e| e.to_string()));
+            match (checked, model.access_mode) {
+                (Ok(value), AccessMode::ReadWrite) => {
+                    let previous = stored.twin.desired.clone();
+                    let current = StampedValue {
+                        value,
+                        timestamp_ms: now_ms(),
+                        version: previous.as_ref().map_or(1, |p| p.version + 1),
+                    };
+                    stored.twin.desired = Some(current.clone());
+                    changes.push(TwinChange {
+                        device: name.to_owned(),
+                        property: model.name.clone(),
+                        side: TwinSide::Desired,
+                        previous,
+                        current,
+                    });
+                }
+                (Ok(_), AccessMode::ReadOnly) => tracing::warn!(
+                    device = name,
+                    property = model.name,
+                    "the Device's spec sets a desired value on a read-only property; ignored"
+                ),
+                (Err(e), _) => tracing::warn!(
+                    device = name,
+                    property = model.name,
+                    error = e,
+                    "the Device's spec sets a desired value that does not fit its model; ignored"
+                ),
+            }
+            if let Err(e) = self.inner.twins.save(name, &model.name, stored) {
+                tracing::warn!(device = name, error = %e, "cannot store a desired value");
+            }
+        }
+        changes
+    }
+
+    fn queue_status(&self, name: &str, entry: &Entry) {
+        let key = ObjectKey {
+            kind: ResourceKind::DeviceStatus,
+            namespace: entry.namespace.clone(),
+            name: name.to_owned(),
+        };
+        let status = report::status(entry);
+        let payload = serde_json::json!({"uid": entry.uid, "status": status});
+        match self.inner.outbox.put(&key, Operation::Update, &payload) {
+            Ok(_) => self.inner.signals.outbox_changed.notify_one(),
+            Err(e) => tracing::warn!(device = name, error = %e, "cannot queue the device's status"),
+        }
+    }
+
+    /// Sets one side of a property, stores it, queues the status and announces the change.
+    fn update(
+        &self,
+        device: &str,
+        values: Vec<(String, TwinValue)>,
+        side: TwinSide,
+    ) -> Result<Vec<u64>, TwinBackendError> {
+        let mut changes = Vec::with_capacity(values.len());
+        let mut versions = Vec::with_capacity(values.len());
+        {
+            let mut devices = self.lock();
+            let entry = devices
+                .get_mut(device)
+                .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
+            // Check everything first: a report is taken whole or refused whole.
+            for (property, value) in &values {
+                let model =
+                    entry
+                        .twin
+                        .property(property)
+                        .ok_or_else(|| TwinBackendError::NoSuchProperty {
+                            device: device.to_owned(),
+                            property: property.clone(),
+                        })?;
+                if side == TwinSide::Desired && model.access_mode == AccessMode::ReadOnly {
+                    return Err(TwinBackendError::ReadOnly(property.clone()));
+                }
+                model.check(value)?;
+            }
+            let now = now_ms();
+            for (property, value) in values {
+                let stored = entry.properties.entry(property.clone()).or_default();
+                let slot = match side {
+                    TwinSide::Reported => &mut stored.twin.reported,
+                    TwinSide::Desired => &mut stored.twin.desired,
+                };
+                let previous = slot.clone();
+                let current = StampedValue {
+                    value,
+                    timestamp_ms: now,
+                    version: previous.as_ref().map_or(1, |p| p.version + 1),
+                };
+                *slot = Some(current.clone());
+                self.inner
+                    .twins
+                    .save(device, &property, stored)
+                    .map_err(unavailable)?;
+                versions.push(current.version);
+                changes.push(TwinChange {
+                    device: device.to_owned(),
+                    property,
+                    side,
+                    previous,
+                    current,
+                });
+            }
+            if side == TwinSide::Reported && entry.twin.state == DeviceState::Online {
+                entry.last_online = Some(jiff::Timestamp::now().to_string());
+            }
+            self.queue_status(device, entry);
+        }
+        for change in changes {
+            let _ = self.inner.changes.send(change);
+        }
+        Ok(versions)
+    }
+
+    /// Values the device reported (from its mapper, or itself over MQTT), checked against the
+    /// model and taken whole or refused whole.
+    pub fn report(
+        &self,
+        device: &str,
+        values: Vec<(String, TwinValue)>,
+    ) -> Result<(), TwinBackendError> {
+        self.update(device, values, TwinSide::Reported).map(drop)
+    }
+
+    /// A desired value set at the edge (an app, or an MQTT client).
+    pub fn set_desired_value(
+        &self,
+        device: &str,
+        property: &str,
+        value: TwinValue,
+    ) -> Result<u64, TwinBackendError> {
+        let versions = self.update(device, vec![(property.to_owned(), value)], TwinSide::Desired)?;
+        Ok(versions.first().copied().unwrap_or(0))
+    }
+
+    /// Parses KubeEdge's string form of a value for `device`'s `property`.
+    pub fn parse(
+        &self,
+        device: &str,
+        property: &str,
+        text: &str,
+    ) -> Result<TwinValue, TwinBackendError> {
+        let kind = {
+            let devices = self.lock();
+            let entry = devices
+                .get(device)
+                .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
+            entry
+                .twin
+                .property(property)
+                .ok_or_else(|| TwinBackendError::NoSuchProperty {
+                    device: device.to_owned(),
+                    property: property.to_owned(),
+                })?
+                .kind
+        };
+        device::parse_value(text, kind).map_err(|e| {
+            TwinBackendError::Value(wedge_core::twin::ValueError::TypeMismatch {
+                property: property.to_owned(),
+                expected: e.kind,
+                got: TwinValue::Text(e.value),
+            })
+        })
+    }
+
+    /// Records the device's connection state, as its mapper saw it.
+    pub fn set_state(&self, device: &str, state: DeviceState) -> Result<(), TwinBackendError> {
+        let mut devices = self.lock();
+        let entry = devices
+            .get_mut(device)
+            .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
+        if state == DeviceState::Online {
+            entry.last_online = Some(jiff::Timestamp::now().to_string());
+        }
+        if entry.twin.state == state && state != DeviceState::Online {
+            return Ok(());
+        }
+        entry.twin.state = state;
+        self.inner
+            .twins
+            .save_state(device, device::state_name(state), entry.last_online.as_deref())
+            .map_err(unavailable)?;
+        self.queue_status(device, entry);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TwinBackend for DeviceTwin {
+    async fn device(
+        &self,
+        name: &str,
+    ) -> Result<Option<wedge_core::twin::DeviceTwin>, TwinBackendError> {
+        Ok(self.lock().get(name).map(|e| e.twin.clone()))
+    }
+
+    async fn property(
+        &self,
+        device: &str,
+        property: &str,
+    ) -> Result<TwinProperty, TwinBackendError> {
+        let devices = self.lock();
+        let entry = devices
+            .get(device)
+            .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
+        if entry.twin.property(property).is_none() {
+            return Err(TwinBackendError::NoSuchProperty {
+                device: device.to_owned(),
+                property: property.to_owned(),
+            });
+        }
+        Ok(entry
+            .properties
+            .get(property)
+            .map(|s| s.twin.clone())
+            .unwrap_or_default())
+    }
+
+    async fn set_desired(
+        &self,
+        device: &str,
+        property: &str,
+        value: TwinValue,
+    ) -> Result<u64, TwinBackendError> {
+        self.set_desired_value(device, property, value)
+    }
+
+    fn changes(&self) -> broadcast::Receiver<TwinChange> {
+        self.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+use serde_json::json;
+use wedge_core::protocol::{ObjectKey, ResourceKind};
+use wedge_core::twin::{DeviceState, TwinSide, TwinValue};
+use wedge_edged_wasm::host::device::{TwinBackend, TwinBackendError};
+
+use super::DeviceTwin;
+use crate::edged::Signals;
+use crate::store::Database;
+
+fn key(kind: ResourceKind, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn model() -> serde_json::Value {
+    json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
+        "metadata": {"name": "thermostat", "namespace": "default", "uid": "m1"},
+        "spec": {"protocol": "modbus", "properties": [
+            {"name": "temperature", "type": "FLOAT", "accessMode": "ReadOnly", "minimum": "-40", "maximum": "125"},
+            {"name": "setpoint", "type": "INT", "accessMode": "ReadWrite", "minimum": "5", "maximum": "30"}]}})
+}
+
+fn device(setpoint: &str) -> serde_json::Value {
+    json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": "thermo-1", "namespace": "default", "uid": "d1"},
+        "spec": {"deviceModelRef": {"name": "thermostat"}, "nodeName": "edge-a",
+            "properties": [{"name": "setpoint", "desired": {"value": setpoint}}]}})
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: Database,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(&dir.path().join("edge.db")).expect("db");
+        db.meta()
+            .apply(&key(ResourceKind::DeviceModel, "thermostat"), "m1", "1", &model())
+            .expect("model");
+        Self { _dir: dir, db }
+    }
+
+    fn put_device(&self, setpoint: &str, rv: &str) {
+        self.db
+            .meta()
+            .apply(&key(ResourceKind::Device, "thermo-1"), "d1", rv, &device(setpoint))
+            .expect("device");
+    }
+
+    fn twin(&self) -> DeviceTwin {
+        DeviceTwin::new(&self.db, std::sync::Arc::new(Signals::default()))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.db
+            .outbox()
+            .get(&key(ResourceKind::DeviceStatus, "thermo-1"))
+            .expect("outbox")
+            .expect("a status is queued")
+    }
+}
+
+#[tokio::test]
+async fn the_spec_desired_value_applies_once_and_survives_restarts() {
+    let f = Fixture::new();
+    f.put_device("21", "1");
+    let twin = f.twin();
+    let setpoint = twin.property("thermo-1", "setpoint").await.expect("twin");
+    let desired = setpoint.desired.expect("the spec's desired value");
+    assert_eq!((desired.value, desired.version), (TwinValue::Integer(21), 1));
+
+    // A resync (same spec) and a restart do not apply it again.
+    twin.reload();
+    let again = f.twin();
+    let desired = again.property("thermo-1", "setpoint").await.expect("twin").desired;
+    assert_eq!(desired.map(|d| d.version), Some(1));
+
+    // An app's value holds until the cloud's spec changes.
+    assert_eq!(again.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(18)), Ok(2));
+    again.reload();
+    let held = again.property("thermo-1", "setpoint").await.expect("twin").desired;
+    assert_eq!(held.map(|d| d.value), Some(TwinValue::Integer(18)));
+    let mut changes = again.subscribe();
+    f.put_device("25", "2");
+    again.reload();
+    let change = changes.recv().await.expect("the cloud's change is announced");
+    assert_eq!((change.side, change.current.value, change.current.version), (TwinSide::Desired, TwinValue::Integer(25), 3));
+    assert_eq!(f.status()["status"]["twins"][1]["observedDesired"]["value"], "25");
+}
+
+#[tokio::test]
+async fn reports_are_stored_announced_and_queued_for_the_cloud() {
+    let f = Fixture::new();
+    f.put_device("21", "1");
+    let twin = f.twin();
+    twin.set_state("thermo-1", DeviceState::Online).expect("state");
+    let mut changes = twin.subscribe();
+    twin.report("thermo-1", vec![("temperature".into(), TwinValue::Float(22.5))])
+        .expect("report");
+    let change = changes.recv().await.expect("announced");
+    assert_eq!((change.side, change.current.version), (TwinSide::Reported, 1));
+
+    let queued = f.status();
+    assert_eq!(queued["uid"], "d1");
+    let status = &queued["status"];
+    assert_eq!(status["state"], "online");
+    assert!(status["lastOnlineTime"].is_string());
+    // Model order, every twin.
+    assert_eq!(status["twins"][0]["propertyName"], "temperature");
+    assert_eq!(status["twins"][0]["reported"]["value"], "22.5");
+    assert_eq!(status["twins"][0]["reported"]["metadata"]["type"], "float");
+    assert_eq!(status["twins"][1]["propertyName"], "setpoint");
+
+    // Stored: a restart sees the value and the state.
+    let again = f.twin();
+    let reported = again.property("thermo-1", "temperature").await.expect("twin").reported;
+    assert_eq!(reported.map(|r| r.value), Some(TwinValue::Float(22.5)));
+    let d = again.device("thermo-1").await.expect("device").expect("bound");
+    assert_eq!(d.state, DeviceState::Online);
+}
+
+#[tokio::test]
+async fn bad_values_are_refused_whole_and_change_nothing() {
+    let f = Fixture::new();
+    f.put_device("21", "1");
+    let twin = f.twin();
+    let mut changes = twin.subscribe();
+    let mixed = vec![
+        ("temperature".into(), TwinValue::Float(20.0)),
+        ("setpoint".into(), TwinValue::Text("warm".into())),
+    ];
+    assert!(matches!(twin.report("thermo-1", mixed), Err(TwinBackendError::Value(_))));
+    assert!(matches!(
+        twin.report("thermo-9", vec![("temperature".into(), TwinValue::Float(1.0))]),
+        Err(TwinBackendError::NoSuchDevice(_))
+    ));
+    assert!(matches!(
+        twin.report("thermo-1", vec![("humidity".into(), TwinValue::Float(1.0))]),
+        Err(TwinBackendError::NoSuchProperty { .. })
+    ));
+    assert!(matches!(
+        twin.set_desired_value("thermo-1", "temperature", TwinValue::Float(1.0)),
+        Err(TwinBackendError::ReadOnly(_))
+    ));
+    assert!(matches!(
+        twin.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(99)),
+        Err(TwinBackendError::Value(_))
+    ));
+    assert!(changes.try_recv().is_err(), "nothing was announced");
+    let temp = twin.property("thermo-1", "temperature").await.expect("twin");
+    assert!(temp.reported.is_none());
+}
+
+#[tokio::test]
+async fn a_device_that_leaves_the_node_is_forgotten() {
+    let f = Fixture::new();
+    f.put_device("21", "1");
+    let twin = f.twin();
+    let membership = twin.membership();
+    twin.report("thermo-1", vec![("temperature".into(), TwinValue::Float(20.0))])
+        .expect("report");
+    f.db.meta()
+        .delete(&key(ResourceKind::Device, "thermo-1"), Some("d1"))
+        .expect("delete");
+    twin.reload();
+    assert!(membership.has_changed().expect("open"));
+    assert!(twin.names().is_empty());
+    assert!(f.db.twins().devices().expect("rows").is_empty());
+}

@@ -1,0 +1,149 @@
+//! DeviceTwin's rows: both sides of every property's twin and each device's state.
+//!
+//! Values are stored as JSON `StampedValue`s (value, timestamp, version), so a restart brings
+//! back exactly what apps and the cloud saw, versions included.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, params};
+use wedge_core::twin::{StampedValue, TwinProperty};
+
+use super::{Database, StoreError, sql};
+
+/// One property's stored twin.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredTwin {
+    /// Both sides.
+    pub twin: TwinProperty,
+    /// The desired value last read from the Device's spec (KubeEdge's string form).
+    pub spec_desired: Option<String>,
+}
+
+/// DeviceTwin's table access.
+#[derive(Clone, Debug)]
+pub struct TwinStore {
+    pub(super) db: Database,
+}
+
+fn stamped(text: Option<String>, key: &str) -> Option<StampedValue> {
+    let text = text?;
+    match serde_json::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            // A damaged value is as good as none: the next report or desired value replaces it.
+            tracing::warn!(twin = key, error = %e, "a stored twin value is damaged; ignoring it");
+            None
+        }
+    }
+}
+
+fn json(v: Option<&StampedValue>) -> Option<String> {
+    v.and_then(|v| serde_json::to_string(v).ok())
+}
+
+impl TwinStore {
+    /// Every property of `device`, by name.
+    pub fn load(&self, device: &str) -> Result<BTreeMap<String, StoredTwin>, StoreError> {
+        let conn = self.db.conn();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT property, reported, desired, spec_desired FROM twins WHERE device = ?1",
+            )
+            .map_err(sql(format!("reading the twins of {device}")))?;
+        let rows = statement
+            .query_map(params![device], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(sql(format!("reading the twins of {device}")))?;
+        Ok(rows
+            .into_iter()
+            .map(|(property, reported, desired, spec_desired)| {
+                let key = format!("{device}/{property}");
+                let twin = TwinProperty {
+                    reported: stamped(reported, &key),
+                    desired: stamped(desired, &key),
+                };
+                (property, StoredTwin { twin, spec_desired })
+            })
+            .collect())
+    }
+
+    /// Writes one property's twin.
+    pub fn save(&self, device: &str, property: &str, twin: &StoredTwin) -> Result<(), StoreError> {
+        self.db
+            .conn()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO twins (device, property, reported, desired, spec_desired) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    device,
+                    property,
+                    json(twin.twin.reported.as_ref()),
+                    json(twin.twin.desired.as_ref()),
+                    twin.spec_desired
+                ])
+            })
+            .map_err(sql(format!("storing the twin {device}/{property}")))?;
+        Ok(())
+    }
+
+    /// A device's state and when it was last online.
+    pub fn state(&self, device: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+        self.db
+            .conn()
+            .query_row(
+                "SELECT state, last_online FROM device_states WHERE device = ?1",
+                params![device],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql(format!("reading the state of {device}")))
+    }
+
+    /// Records a device's state.
+    pub fn save_state(
+        &self,
+        device: &str,
+        state: &str,
+        last_online: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.db
+            .conn()
+            .execute(
+                "INSERT OR REPLACE INTO device_states (device, state, last_online) VALUES (?1, ?2, ?3)",
+                params![device, state, last_online],
+            )
+            .map_err(sql(format!("storing the state of {device}")))?;
+        Ok(())
+    }
+
+    /// Forgets a device's twins and state (the device left this node).
+    pub fn forget(&self, device: &str) -> Result<(), StoreError> {
+        let conn = self.db.conn();
+        conn.execute("DELETE FROM twins WHERE device = ?1", params![device])
+            .and_then(|_| conn.execute("DELETE FROM device_states WHERE device = ?1", params![device]))
+            .map_err(sql(format!("forgetting {device}")))?;
+        Ok(())
+    }
+
+    /// The devices that have rows.
+    pub fn devices(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.db.conn();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT device FROM twins UNION SELECT device FROM device_states ORDER BY 1",
+            )
+            .map_err(sql("listing twin devices"))?;
+        statement
+            .query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(sql("listing twin devices"))
+    }
+}
