@@ -112,9 +112,11 @@ pub async fn run(
             ctx,
             mapper: &mut mapper,
         };
-        let lost = session
-            .serve(&mut desired, &mut desired_open, &cancel)
-            .await;
+        // Cancelling drops a request in flight too: no need to wait out its timeout.
+        let lost = tokio::select! {
+            () = cancel.cancelled() => None,
+            lost = session.serve(&mut desired, &mut desired_open, &cancel) => lost,
+        };
         if let Some(reason) = lost {
             tracing::warn!(device = %mapper.device.name, %reason, "connection lost; reconnecting");
             mapper.set_state(&mut state, DeviceState::Offline).await;
