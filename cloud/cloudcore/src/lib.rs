@@ -3,6 +3,7 @@
 //! - [`hub`]: CloudHub, the TLS WebSocket server edges dial, one acknowledged session per edge.
 //! - [`controller`]: EdgeController, the shared watches that say what each edge should hold and
 //!   the writer of what edges report.
+//! - [`devices`]: DeviceController, KubeEdge's Device and DeviceModel CRDs, installed at start.
 //! - [`join`]: bootstrap tokens, certificate signing for joining edges, renewals.
 //! - [`metrics`]: Prometheus metrics per edge.
 //!
@@ -10,6 +11,7 @@
 //! embedded one (in-process in `cloudcore` and `wedge up`) or a real cluster's.
 
 pub mod controller;
+pub mod devices;
 pub mod hub;
 pub mod join;
 pub mod metrics;
@@ -66,6 +68,9 @@ pub enum CloudCoreError {
     /// The hub.
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// The device CRDs could not be installed (cloudcore needs them before its watches start).
+    #[error("cannot install the device CustomResourceDefinitions: {0}")]
+    Devices(#[from] devices::DevicesError),
     /// The metrics listener.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -87,12 +92,13 @@ pub struct CloudCore {
 }
 
 impl CloudCore {
-    /// Loads or creates the hub's PKI, starts the watches and listens.
+    /// Loads or creates the hub's PKI, installs the device CRDs, starts the watches and listens.
     pub async fn start(
         client: kube::Client,
         config: CloudCoreConfig,
     ) -> Result<Self, CloudCoreError> {
         let pki = Arc::new(Pki::load_or_create(&config.data_dir, &config.advertise)?);
+        devices::install(&client).await?;
         let shutdown = CancellationToken::new();
         let sessions = Arc::new(hub::sessions::Sessions::default());
         let mut watches = JoinSet::new();

@@ -1,60 +1,66 @@
-//! What each edge should hold: the pods bound to its node and the ConfigMaps and Secrets those
-//! pods reference, read from shared watch caches.
+//! What each edge should hold: the pods and Devices bound to its node, and what those reference
+//! (a pod's ConfigMaps and Secrets, a Device's DeviceModel), read from shared watch caches.
 //!
 //! The index maps nodes to keys and keys to nodes; the objects themselves stay in the caches
 //! (`kube::runtime::reflector` stores), read when a session sends. One watch per kind serves
-//! every edge, however many connect.
+//! every edge, however many connect. Pods and Devices are both *bound* objects (a node name in
+//! their spec decides their edge); everything else reaches an edge only while something bound
+//! there references it, so one index rule covers both.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Resource;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Serialize;
 use wedge_core::protocol::sync::DesiredObject;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
 use super::references::pod_references;
+use crate::devices;
 
 /// A (node, key) pair whose desired state changed: the node's session must look at the key.
 pub type Change = (String, ObjectKey);
 
 #[derive(Debug)]
-struct BoundPod {
+struct Bound {
     node: String,
     refs: BTreeSet<ObjectKey>,
 }
 
 #[derive(Debug, Default)]
 struct NodeEntry {
-    pods: BTreeSet<ObjectKey>,
+    bound: BTreeSet<ObjectKey>,
     refs: HashMap<ObjectKey, usize>,
 }
 
-/// The index: bound pods, per-node keys, and which nodes reference each ConfigMap or Secret.
+/// The index: bound objects (pods, Devices), per-node keys, and which nodes reference each
+/// referenced object (ConfigMap, Secret, DeviceModel).
 #[derive(Debug, Default)]
 pub struct Index {
-    pods: HashMap<ObjectKey, BoundPod>,
+    bound: HashMap<ObjectKey, Bound>,
     nodes: HashMap<String, NodeEntry>,
     referrers: HashMap<ObjectKey, HashSet<String>>,
 }
 
 impl Index {
-    /// Records `pod` (bound to `node`, or unbound when `None`) with its references, and returns
-    /// what changed for which node.
-    pub fn upsert_pod(
+    /// Records a bound object (a pod or a Device; bound to `node`, or unbound when `None`) with
+    /// what it references, and returns what changed for which node. An object bound elsewhere
+    /// before moves: the old node is told to look at it (and drop it), the new one to take it.
+    pub fn upsert_bound(
         &mut self,
         key: ObjectKey,
         node: Option<String>,
         refs: BTreeSet<ObjectKey>,
     ) -> Vec<Change> {
-        let mut changes = self.remove_pod(&key);
+        let mut changes = self.remove_bound(&key);
         let Some(node) = node else {
             return changes;
         };
         let entry = self.nodes.entry(node.clone()).or_default();
-        entry.pods.insert(key.clone());
+        entry.bound.insert(key.clone());
         changes.push((node.clone(), key.clone()));
         for r in &refs {
             let count = entry.refs.entry(r.clone()).or_default();
@@ -67,20 +73,20 @@ impl Index {
                     .insert(node.clone());
             }
         }
-        self.pods.insert(key, BoundPod { node, refs });
+        self.bound.insert(key, Bound { node, refs });
         changes.sort();
         changes.dedup();
         changes
     }
 
-    /// Forgets a pod, returning what changed for which node.
-    pub fn remove_pod(&mut self, key: &ObjectKey) -> Vec<Change> {
-        let Some(old) = self.pods.remove(key) else {
+    /// Forgets a bound object, returning what changed for which node.
+    pub fn remove_bound(&mut self, key: &ObjectKey) -> Vec<Change> {
+        let Some(old) = self.bound.remove(key) else {
             return Vec::new();
         };
         let mut changes = vec![(old.node.clone(), key.clone())];
         if let Some(entry) = self.nodes.get_mut(&old.node) {
-            entry.pods.remove(key);
+            entry.bound.remove(key);
             for r in &old.refs {
                 if let Some(count) = entry.refs.get_mut(r) {
                     *count -= 1;
@@ -96,14 +102,14 @@ impl Index {
                     }
                 }
             }
-            if entry.pods.is_empty() {
+            if entry.bound.is_empty() {
                 self.nodes.remove(&old.node);
             }
         }
         changes
     }
 
-    /// The nodes whose pods reference a ConfigMap or Secret.
+    /// The nodes whose bound objects reference `key` (a ConfigMap, Secret or DeviceModel).
     pub fn referrers(&self, key: &ObjectKey) -> Vec<String> {
         self.referrers
             .get(key)
@@ -115,21 +121,25 @@ impl Index {
     pub fn keys_for(&self, node: &str) -> Vec<ObjectKey> {
         self.nodes
             .get(node)
-            .map(|e| e.pods.iter().chain(e.refs.keys()).cloned().collect())
+            .map(|e| e.bound.iter().chain(e.refs.keys()).cloned().collect())
             .unwrap_or_default()
     }
 
     /// Whether `node` should hold `key`.
     pub fn holds(&self, node: &str, key: &ObjectKey) -> bool {
-        self.nodes.get(node).is_some_and(|e| match key.kind {
-            ResourceKind::Pod => e.pods.contains(key),
-            _ => e.refs.contains_key(key),
-        })
+        // Keys carry their kind, so a bound key and a referenced one never collide.
+        self.nodes
+            .get(node)
+            .is_some_and(|e| e.bound.contains(key) || e.refs.contains_key(key))
     }
 
-    /// The keys of every bound pod.
-    pub fn pod_keys(&self) -> Vec<ObjectKey> {
-        self.pods.keys().cloned().collect()
+    /// The keys of every bound object of `kind` (a relist forgets those it no longer sees).
+    pub fn bound_keys(&self, kind: ResourceKind) -> Vec<ObjectKey> {
+        self.bound
+            .keys()
+            .filter(|k| k.kind == kind)
+            .cloned()
+            .collect()
     }
 }
 
@@ -144,6 +154,38 @@ pub struct Current {
     pub object: serde_json::Value,
 }
 
+/// A cache of a kind cloudcore reads untyped (KubeEdge's device CRDs), with its resource.
+#[derive(Clone)]
+pub struct DynamicCache {
+    /// Every object.
+    pub store: Store<DynamicObject>,
+    /// What the objects are.
+    pub resource: ApiResource,
+}
+
+impl DynamicCache {
+    /// The object `namespace/name`, if cached.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<DynamicObject>> {
+        self.store
+            .get(&ObjectRef::new_with(name, self.resource.clone()).within(namespace))
+    }
+
+    /// The object as the edge receives it: list items may come without their type, and the
+    /// edge parses `apiVersion` and `kind`.
+    fn current(&self, namespace: &str, name: &str) -> Option<Current> {
+        let object = self.get(namespace, name)?;
+        let mut current = current(object.as_ref())?;
+        if let Some(map) = current.object.as_object_mut() {
+            map.insert(
+                "apiVersion".into(),
+                self.resource.api_version.clone().into(),
+            );
+            map.insert("kind".into(), self.resource.kind.clone().into());
+        }
+        Some(current)
+    }
+}
+
 /// The watch caches and the index over them.
 #[derive(Clone)]
 pub struct Desired {
@@ -153,6 +195,10 @@ pub struct Desired {
     pub config_maps: Store<ConfigMap>,
     /// Every Secret.
     pub secrets: Store<Secret>,
+    /// Every Device.
+    pub devices: DynamicCache,
+    /// Every DeviceModel.
+    pub device_models: DynamicCache,
     index: std::sync::Arc<RwLock<Index>>,
 }
 
@@ -174,12 +220,26 @@ fn current<K: Resource + Serialize>(object: &K) -> Option<Current> {
 }
 
 impl Desired {
-    /// The index over three caches.
-    pub fn new(pods: Store<Pod>, config_maps: Store<ConfigMap>, secrets: Store<Secret>) -> Self {
+    /// The index over the caches.
+    pub fn new(
+        pods: Store<Pod>,
+        config_maps: Store<ConfigMap>,
+        secrets: Store<Secret>,
+        devices: Store<DynamicObject>,
+        device_models: Store<DynamicObject>,
+    ) -> Self {
         Self {
             pods,
             config_maps,
             secrets,
+            devices: DynamicCache {
+                store: devices,
+                resource: devices::device_resource(),
+            },
+            device_models: DynamicCache {
+                store: device_models,
+                resource: devices::device_model_resource(),
+            },
             index: Default::default(),
         }
     }
@@ -190,6 +250,8 @@ impl Desired {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.config_maps.wait_until_ready().await;
         let _ = self.secrets.wait_until_ready().await;
+        let _ = self.devices.store.wait_until_ready().await;
+        let _ = self.device_models.store.wait_until_ready().await;
     }
 
     /// Runs `f` on the index.
@@ -206,7 +268,23 @@ impl Desired {
             .and_then(|s| s.node_name.clone())
             .filter(|n| !n.is_empty());
         let refs = pod_references(pod);
-        self.with_index(|index| index.upsert_pod(key, node, refs))
+        self.with_index(|index| index.upsert_bound(key, node, refs))
+    }
+
+    /// Records a Device as the watch shows it: bound to `spec.nodeName`, referencing its
+    /// DeviceModel in its namespace.
+    pub fn device_changed(&self, device: &DynamicObject) -> Vec<Change> {
+        let key = key_of(ResourceKind::Device, device);
+        let refs = devices::model_of(device)
+            .map(|name| ObjectKey {
+                kind: ResourceKind::DeviceModel,
+                namespace: key.namespace.clone(),
+                name,
+            })
+            .into_iter()
+            .collect();
+        let node = devices::node_of(device);
+        self.with_index(|index| index.upsert_bound(key, node, refs))
     }
 
     /// Every object `node` should hold, for the resync plan.
@@ -229,31 +307,28 @@ impl Desired {
         if !self.with_index(|index| index.holds(node, key)) {
             return None;
         }
-        let object_ref = |name: &str| (name.to_owned(), key.namespace.clone());
+        let (name, ns) = (key.name.as_str(), key.namespace.as_str());
         match key.kind {
             ResourceKind::Pod => {
-                let (name, ns) = object_ref(&key.name);
-                let pod = self.pods.get(&ObjectRef::new(&name).within(&ns))?;
+                let pod = self.pods.get(&ObjectRef::new(name).within(ns))?;
                 let bound_here =
                     pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
                 bound_here.then(|| current(pod.as_ref())).flatten()
             }
-            ResourceKind::ConfigMap => {
-                let (name, ns) = object_ref(&key.name);
-                current(
-                    self.config_maps
-                        .get(&ObjectRef::new(&name).within(&ns))?
-                        .as_ref(),
-                )
-            }
+            ResourceKind::ConfigMap => current(
+                self.config_maps
+                    .get(&ObjectRef::new(name).within(ns))?
+                    .as_ref(),
+            ),
             ResourceKind::Secret => {
-                let (name, ns) = object_ref(&key.name);
-                current(
-                    self.secrets
-                        .get(&ObjectRef::new(&name).within(&ns))?
-                        .as_ref(),
-                )
+                current(self.secrets.get(&ObjectRef::new(name).within(ns))?.as_ref())
             }
+            ResourceKind::Device => {
+                let device = self.devices.get(ns, name)?;
+                let bound_here = devices::node_of(&device).as_deref() == Some(node);
+                bound_here.then(|| self.devices.current(ns, name)).flatten()
+            }
+            ResourceKind::DeviceModel => self.device_models.current(ns, name),
             _ => None,
         }
     }
@@ -261,6 +336,11 @@ impl Desired {
     /// A pod from the cache.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Pod>> {
         self.pods.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// A Device from the cache.
+    pub fn device(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<DynamicObject>> {
+        self.devices.get(namespace, name)
     }
 }
 
@@ -283,19 +363,19 @@ mod tests {
         let (a, b) = (key(ResourceKind::Pod, "a"), key(ResourceKind::Pod, "b"));
         let refs = BTreeSet::from([cm.clone()]);
 
-        let changes = index.upsert_pod(a.clone(), Some("n1".into()), refs.clone());
+        let changes = index.upsert_bound(a.clone(), Some("n1".into()), refs.clone());
         assert_eq!(
             changes,
             [("n1".into(), a.clone()), ("n1".into(), cm.clone())]
         );
-        let changes = index.upsert_pod(b.clone(), Some("n1".into()), refs.clone());
+        let changes = index.upsert_bound(b.clone(), Some("n1".into()), refs.clone());
         assert_eq!(changes, [("n1".into(), b.clone())], "already referenced");
         assert_eq!(index.referrers(&cm), ["n1"]);
 
-        assert_eq!(index.remove_pod(&a), [("n1".into(), a.clone())]);
+        assert_eq!(index.remove_bound(&a), [("n1".into(), a.clone())]);
         assert!(index.holds("n1", &cm));
         assert_eq!(
-            index.remove_pod(&b),
+            index.remove_bound(&b),
             [("n1".into(), b.clone()), ("n1".into(), cm.clone())]
         );
         assert!(!index.holds("n1", &cm));
@@ -309,14 +389,178 @@ mod tests {
         let p = key(ResourceKind::Pod, "p");
         assert!(
             index
-                .upsert_pod(p.clone(), None, BTreeSet::new())
+                .upsert_bound(p.clone(), None, BTreeSet::new())
                 .is_empty()
         );
         assert_eq!(
-            index.upsert_pod(p.clone(), Some("n2".into()), BTreeSet::new()),
+            index.upsert_bound(p.clone(), Some("n2".into()), BTreeSet::new()),
             [("n2".into(), p.clone())]
         );
         assert_eq!(index.keys_for("n2"), std::slice::from_ref(&p));
         assert!(!index.holds("n1", &p));
+    }
+
+    fn device_on(
+        index: &mut Index,
+        name: &str,
+        node: Option<&str>,
+        model: &ObjectKey,
+    ) -> Vec<Change> {
+        index.upsert_bound(
+            key(ResourceKind::Device, name),
+            node.map(str::to_owned),
+            BTreeSet::from([model.clone()]),
+        )
+    }
+
+    #[test]
+    fn a_device_goes_to_its_node_with_its_model() {
+        let mut index = Index::default();
+        let model = key(ResourceKind::DeviceModel, "thermometer");
+        let dev = key(ResourceKind::Device, "thermo-1");
+        assert_eq!(
+            device_on(&mut index, "thermo-1", Some("edge-a"), &model),
+            [
+                ("edge-a".into(), dev.clone()),
+                ("edge-a".into(), model.clone())
+            ]
+        );
+        let mut keys = index.keys_for("edge-a");
+        keys.sort();
+        assert_eq!(keys, [dev.clone(), model.clone()]);
+        assert!(index.holds("edge-a", &dev) && index.holds("edge-a", &model));
+        assert!(!index.holds("edge-b", &dev) && !index.holds("edge-b", &model));
+        assert!(device_on(&mut index, "unbound", None, &model).is_empty());
+        assert_eq!(index.bound_keys(ResourceKind::Device), [dev]);
+        assert!(index.bound_keys(ResourceKind::Pod).is_empty());
+    }
+
+    #[test]
+    fn a_model_shared_by_devices_on_two_nodes_reaches_both_until_its_last_device_leaves() {
+        let mut index = Index::default();
+        let model = key(ResourceKind::DeviceModel, "thermometer");
+        device_on(&mut index, "t1", Some("edge-a"), &model);
+        device_on(&mut index, "t2", Some("edge-b"), &model);
+        device_on(&mut index, "t3", Some("edge-b"), &model);
+        let mut nodes = index.referrers(&model);
+        nodes.sort();
+        assert_eq!(nodes, ["edge-a", "edge-b"]);
+        // A pod on the same node is its own business.
+        index.upsert_bound(
+            key(ResourceKind::Pod, "p"),
+            Some("edge-b".into()),
+            BTreeSet::new(),
+        );
+        let t2 = key(ResourceKind::Device, "t2");
+        assert_eq!(index.remove_bound(&t2), [("edge-b".into(), t2)]);
+        assert!(index.holds("edge-b", &model), "t3 still uses it");
+        let t3 = key(ResourceKind::Device, "t3");
+        assert_eq!(
+            index.remove_bound(&t3),
+            [("edge-b".into(), t3), ("edge-b".into(), model.clone())]
+        );
+        assert_eq!(index.referrers(&model), ["edge-a"]);
+        assert_eq!(index.keys_for("edge-b"), [key(ResourceKind::Pod, "p")]);
+    }
+
+    #[test]
+    fn a_device_moved_to_another_node_leaves_the_old_one_with_its_model() {
+        let mut index = Index::default();
+        let model = key(ResourceKind::DeviceModel, "fan");
+        let dev = key(ResourceKind::Device, "fan-1");
+        device_on(&mut index, "fan-1", Some("edge-a"), &model);
+        let changes = device_on(&mut index, "fan-1", Some("edge-b"), &model);
+        assert_eq!(
+            changes,
+            [
+                ("edge-a".into(), dev.clone()),
+                ("edge-a".into(), model.clone()),
+                ("edge-b".into(), dev.clone()),
+                ("edge-b".into(), model.clone()),
+            ]
+        );
+        assert!(index.keys_for("edge-a").is_empty());
+        assert!(index.holds("edge-b", &dev) && index.holds("edge-b", &model));
+        // Another model: the old one leaves, the new one comes.
+        let other = key(ResourceKind::DeviceModel, "fan-v2");
+        let changes = device_on(&mut index, "fan-1", Some("edge-b"), &other);
+        assert!(changes.contains(&("edge-b".into(), model.clone())));
+        assert!(changes.contains(&("edge-b".into(), other.clone())));
+        assert!(!index.holds("edge-b", &model) && index.holds("edge-b", &other));
+    }
+
+    fn dynamic(
+        resource: &ApiResource,
+        name: &str,
+        uid: &str,
+        data: serde_json::Value,
+    ) -> DynamicObject {
+        let mut object = DynamicObject::new(name, resource)
+            .within("default")
+            .data(data);
+        object.types = None; // as list items may come
+        object.metadata.uid = Some(uid.into());
+        object.metadata.resource_version = Some("1".into());
+        object
+    }
+
+    #[test]
+    fn a_deleted_model_is_taken_from_the_edge_until_it_is_re_created() {
+        use kube::runtime::reflector::store::Writer;
+        use kube::runtime::watcher::Event;
+        let mut devices_w = Writer::<DynamicObject>::new(devices::device_resource());
+        let mut models_w = Writer::<DynamicObject>::new(devices::device_model_resource());
+        let desired = Desired::new(
+            kube::runtime::reflector::store().0,
+            kube::runtime::reflector::store().0,
+            kube::runtime::reflector::store().0,
+            devices_w.as_reader(),
+            models_w.as_reader(),
+        );
+        let device = dynamic(
+            &desired.devices.resource,
+            "thermo-1",
+            "d1",
+            serde_json::json!({"spec": {"nodeName": "edge-a", "deviceModelRef": {"name": "thermometer"}}}),
+        );
+        let model = dynamic(
+            &desired.device_models.resource,
+            "thermometer",
+            "m1",
+            serde_json::json!({"spec": {"protocol": "modbus"}}),
+        );
+        devices_w.apply_watcher_event(&Event::Apply(device.clone()));
+        models_w.apply_watcher_event(&Event::Apply(model.clone()));
+        let model_key = key(ResourceKind::DeviceModel, "thermometer");
+        let device_key = key(ResourceKind::Device, "thermo-1");
+        assert!(
+            desired
+                .device_changed(&device)
+                .contains(&("edge-a".into(), model_key.clone()))
+        );
+
+        let sent = desired
+            .current("edge-a", &model_key)
+            .expect("the model goes to edge-a");
+        assert_eq!(sent.uid, "m1");
+        assert_eq!(sent.object["kind"], "DeviceModel");
+        assert_eq!(sent.object["apiVersion"], "devices.kubeedge.io/v1beta1");
+        let sent = desired
+            .current("edge-a", &device_key)
+            .expect("the device goes to edge-a");
+        assert_eq!(sent.object["spec"]["nodeName"], "edge-a");
+        assert!(desired.current("edge-b", &device_key).is_none());
+        assert!(desired.current("edge-b", &model_key).is_none());
+        assert_eq!(desired.objects_for("edge-a").len(), 2);
+
+        // Deleted: still referenced (the watch marks edge-a), but nothing to send, so the
+        // session deletes the edge's copy.
+        models_w.apply_watcher_event(&Event::Delete(model.clone()));
+        assert_eq!(desired.with_index(|i| i.referrers(&model_key)), ["edge-a"]);
+        assert!(desired.current("edge-a", &model_key).is_none());
+        assert_eq!(desired.objects_for("edge-a").len(), 1);
+
+        models_w.apply_watcher_event(&Event::Apply(model));
+        assert!(desired.current("edge-a", &model_key).is_some());
     }
 }

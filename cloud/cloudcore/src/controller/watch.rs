@@ -1,11 +1,13 @@
-//! The shared watches: caches for pods, ConfigMaps and Secrets, and the task that turns each
-//! watch event into marks on the sessions of the nodes it concerns.
+//! The shared watches: caches for pods, ConfigMaps, Secrets, Devices and DeviceModels, and the
+//! tasks that turn each watch event into marks on the sessions of the nodes it concerns.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::DynamicObject;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Api, Client};
@@ -14,9 +16,13 @@ use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
 use super::desired::{Change, Desired, key_of};
+use crate::devices;
 use crate::hub::sessions::Sessions;
 
 /// Starts the watches. Returns the caches; the tasks end when `shutdown` is cancelled.
+///
+/// The device CRDs must be installed first (`devices::install`): a watch on a resource the
+/// server does not serve only retries.
 pub fn start(
     client: &Client,
     sessions: Arc<Sessions>,
@@ -26,7 +32,15 @@ pub fn start(
     let (pods, pods_writer) = reflector::store();
     let (config_maps, cm_writer) = reflector::store();
     let (secrets, secret_writer) = reflector::store();
-    let desired = Desired::new(pods, config_maps, secrets);
+    let device_writer = Writer::<DynamicObject>::new(devices::device_resource());
+    let model_writer = Writer::<DynamicObject>::new(devices::device_model_resource());
+    let desired = Desired::new(
+        pods,
+        config_maps,
+        secrets,
+        device_writer.as_reader(),
+        model_writer.as_reader(),
+    );
     let config = watcher::Config::default().any_semantic();
 
     let pod_events = reflector(
@@ -36,7 +50,12 @@ pub fn start(
     .default_backoff();
     tasks.spawn(until(
         shutdown.clone(),
-        pod_loop(pod_events, desired.clone(), sessions.clone()),
+        bound_loop(
+            pod_events,
+            ResourceKind::Pod,
+            desired.clone(),
+            sessions.clone(),
+        ),
     ));
     let cm_events = reflector(
         cm_writer,
@@ -54,7 +73,7 @@ pub fn start(
     ));
     let secret_events = reflector(
         secret_writer,
-        watcher::watcher(Api::<Secret>::all(client.clone()), config),
+        watcher::watcher(Api::<Secret>::all(client.clone()), config.clone()),
     )
     .default_backoff();
     tasks.spawn(until(
@@ -62,6 +81,30 @@ pub fn start(
         referenced_loop(
             secret_events,
             ResourceKind::Secret,
+            desired.clone(),
+            sessions.clone(),
+        ),
+    ));
+    let device_api = Api::<DynamicObject>::all_with(client.clone(), &desired.devices.resource);
+    let device_events =
+        reflector(device_writer, watcher::watcher(device_api, config.clone())).default_backoff();
+    tasks.spawn(until(
+        shutdown.clone(),
+        bound_loop(
+            device_events,
+            ResourceKind::Device,
+            desired.clone(),
+            sessions.clone(),
+        ),
+    ));
+    let model_api = Api::<DynamicObject>::all_with(client.clone(), &desired.device_models.resource);
+    let model_events =
+        reflector(model_writer, watcher::watcher(model_api, config)).default_backoff();
+    tasks.spawn(until(
+        shutdown.clone(),
+        referenced_loop(
+            model_events,
+            ResourceKind::DeviceModel,
             desired.clone(),
             sessions,
         ),
@@ -82,52 +125,121 @@ fn mark(sessions: &Sessions, changes: Vec<Change>) {
     }
 }
 
-async fn pod_loop(
-    events: impl Stream<Item = Result<Event<Pod>, watcher::Error>>,
+/// A kind whose objects are bound to a node by their spec.
+trait BoundKind: kube::Resource + Sized {
+    /// Indexes the object as the watch shows it.
+    fn changed(desired: &Desired, object: &Self) -> Vec<Change>;
+
+    /// What of the object the edge cares about, if not all of it: a change that leaves this
+    /// alone is not sent (the next resync brings the edge level).
+    fn edge_view(_object: &Self) -> Option<u64> {
+        None
+    }
+}
+
+impl BoundKind for Pod {
+    fn changed(desired: &Desired, pod: &Self) -> Vec<Change> {
+        desired.pod_changed(pod)
+    }
+}
+
+impl BoundKind for DynamicObject {
+    fn changed(desired: &Desired, device: &Self) -> Vec<Change> {
+        desired.device_changed(device)
+    }
+
+    /// Everything but the status and the object's version: the edge writes a Device's status
+    /// itself, and echoing each report back down as an update would double the traffic of
+    /// every device.
+    fn edge_view(device: &Self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut data = device.data.clone();
+        if let Some(map) = data.as_object_mut() {
+            map.remove("status");
+        }
+        let meta = &device.metadata;
+        let view = serde_json::json!({
+            "data": data,
+            "uid": meta.uid,
+            "labels": meta.labels,
+            "annotations": meta.annotations,
+            "deletionTimestamp": meta.deletion_timestamp,
+            "finalizers": meta.finalizers,
+        });
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        view.to_string().hash(&mut hasher);
+        Some(hasher.finish())
+    }
+}
+
+/// Pods and Devices: a change goes to the node the object is bound to (and to the one it left).
+async fn bound_loop<K: BoundKind>(
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    kind: ResourceKind,
     desired: Desired,
     sessions: Arc<Sessions>,
 ) {
     let mut events = std::pin::pin!(events);
-    // Keys seen during a relist: bound pods not among them were deleted while the watch was
+    // Keys seen during a relist: bound objects not among them were deleted while the watch was
     // down, and no delete event will come for them.
     let mut relisted: Option<HashSet<ObjectKey>> = None;
+    // What each object looked like to its edge when last sent (kinds with an `edge_view`).
+    let mut views: HashMap<ObjectKey, u64> = HashMap::new();
+    let changed = |object: &K, views: &mut HashMap<ObjectKey, u64>| {
+        let changes = K::changed(&desired, object);
+        let key = key_of(kind, object);
+        if let Some(view) = K::edge_view(object)
+            && views.insert(key.clone(), view) == Some(view)
+        {
+            // Only the status moved: tell nodes only about what else moved (a model, say).
+            mark(
+                &sessions,
+                changes.into_iter().filter(|(_, k)| *k != key).collect(),
+            );
+            return;
+        }
+        mark(&sessions, changes);
+    };
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
             Err(error) => {
-                tracing::warn!(%error, "pod watch failed; retrying");
+                tracing::warn!(%error, %kind, "watch failed; retrying");
                 continue;
             }
         };
         match event {
-            Event::Apply(pod) => mark(&sessions, desired.pod_changed(&pod)),
-            Event::Delete(pod) => {
-                let key = key_of(ResourceKind::Pod, &pod);
-                mark(&sessions, desired.with_index(|i| i.remove_pod(&key)));
+            Event::Apply(object) => changed(&object, &mut views),
+            Event::Delete(object) => {
+                let key = key_of(kind, &object);
+                views.remove(&key);
+                mark(&sessions, desired.with_index(|i| i.remove_bound(&key)));
             }
             Event::Init => relisted = Some(HashSet::new()),
-            Event::InitApply(pod) => {
+            Event::InitApply(object) => {
                 if let Some(seen) = relisted.as_mut() {
-                    seen.insert(key_of(ResourceKind::Pod, &pod));
+                    seen.insert(key_of(kind, &object));
                 }
-                mark(&sessions, desired.pod_changed(&pod));
+                changed(&object, &mut views);
             }
             Event::InitDone => {
                 let seen = relisted.take().unwrap_or_default();
+                views.retain(|k, _| seen.contains(k));
                 let gone: Vec<ObjectKey> = desired
-                    .with_index(|i| i.pod_keys())
+                    .with_index(|i| i.bound_keys(kind))
                     .into_iter()
                     .filter(|k| !seen.contains(k))
                     .collect();
                 for key in gone {
-                    mark(&sessions, desired.with_index(|i| i.remove_pod(&key)));
+                    mark(&sessions, desired.with_index(|i| i.remove_bound(&key)));
                 }
             }
         }
     }
 }
 
-/// ConfigMaps and Secrets: a change goes to every node whose pods reference the object.
+/// ConfigMaps, Secrets and DeviceModels: a change goes to every node whose bound objects
+/// reference the object.
 async fn referenced_loop<K>(
     events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
     kind: ResourceKind,
