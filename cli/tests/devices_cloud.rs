@@ -99,7 +99,8 @@ async fn answer(
     }
 }
 
-/// `kubectl get devices` as column → value for the row `name`.
+/// `kubectl get devices` as column → value for the row `name` (cells cut at the header's column
+/// starts, since empty cells leave only spaces).
 fn device_row(cloud: &Cloud, name: &str, wide: bool) -> std::collections::BTreeMap<String, String> {
     let mut args = vec!["get", "devices"];
     if wide {
@@ -107,14 +108,26 @@ fn device_row(cloud: &Cloud, name: &str, wide: bool) -> std::collections::BTreeM
     }
     let table = cloud.kubectl_ok(&args);
     let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+    let header = lines.next().expect("a header");
     let row = lines
         .find(|l| l.split_whitespace().next() == Some(name))
         .unwrap_or_else(|| panic!("no {name} in\n{table}"));
-    header
-        .into_iter()
-        .map(str::to_owned)
-        .zip(row.split_whitespace().map(str::to_owned))
+    let starts: Vec<(usize, &str)> = header
+        .split_whitespace()
+        .scan(0, |from, column| {
+            let at = header[*from..].find(column).map(|i| i + *from)?;
+            *from = at + column.len();
+            Some((at, column))
+        })
+        .collect();
+    let cell = |from: usize, to: usize| row.get(from..to.min(row.len())).unwrap_or("").trim();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, (at, column))| {
+            let end = starts.get(i + 1).map_or(row.len(), |(next, _)| *next);
+            ((*column).to_owned(), cell(*at, end).to_owned())
+        })
         .collect()
 }
 

@@ -1,7 +1,9 @@
 //! The whole edge agent: what `edgecore` and `wedge up` run.
 //!
-//! Joins the cloud on first start (with a bootstrap token), then runs EdgeHub, Edged and the
-//! certificate rotation over one SQLite database and one Wasm runtime, until shutdown.
+//! Joins the cloud on first start (with a bootstrap token), then runs EdgeHub, Edged, DeviceTwin,
+//! EventBus, the built-in mappers and the certificate rotation over one SQLite database and one
+//! Wasm runtime, until shutdown. Pods reach devices and topics through DeviceTwin and EventBus
+//! (the `wedge:device` and `wedge:messaging` host functions).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,9 +16,11 @@ use wedge_core::join_token::JoinToken;
 use wedge_edged_wasm::host::Backends;
 use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
 
+use crate::devicetwin::DeviceTwin;
 use crate::edged::node::NodeFacts;
 use crate::edged::{Edged, EdgedConfig, Signals};
 use crate::edgehub::{EdgeHub, EdgeHubConfig};
+use crate::eventbus::{BrokerChoice, EventBus};
 use crate::store::Database;
 use crate::tls::EdgeCredentials;
 
@@ -45,6 +49,8 @@ pub struct AgentConfig {
     pub lease_interval: Duration,
     /// The longest wait between reconnection attempts.
     pub reconnect_max: Duration,
+    /// The MQTT broker EventBus uses: the operator's, or the embedded one listening here.
+    pub mqtt: BrokerChoice,
     /// Components to add to the image store under a name before anything starts, as
     /// `wedge image import` does (the samples of `wedge up`).
     pub preload: Vec<(String, PathBuf)>,
@@ -69,6 +75,7 @@ impl AgentConfig {
             node_status_interval: Duration::from_secs(60),
             lease_interval: Duration::from_secs(10),
             preload: Vec::new(),
+            mqtt: BrokerChoice::Embedded(std::net::SocketAddr::from(([127, 0, 0, 1], 1883))),
             reconnect_max: Duration::from_secs(30),
         }
     }
@@ -94,6 +101,9 @@ pub enum AgentError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// EventBus could not start.
+    #[error(transparent)]
+    EventBus(#[from] crate::eventbus::EventBusError),
     /// The runtime could not start.
     #[error(transparent)]
     Runtime(#[from] wedge_edged_wasm::RuntimeError),
@@ -144,7 +154,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut runtime_config = RuntimeConfig::new(config.root.join("wasm"));
     runtime_config.insecure_registries = config.insecure_registries.clone();
     runtime_config.echo_logs = config.echo_logs;
-    let (backends, _, _) = Backends::in_process();
+    let db = Database::open(&config.root.join("edge.db"))?;
+    let signals = Arc::new(Signals::default());
+    let twin = DeviceTwin::new(&db, signals.clone());
+    let (bus, bus_driver) = EventBus::new(&config.node, &config.mqtt)?;
+    let backends = Backends {
+        twin: Arc::new(twin.clone()),
+        bus: Arc::new(bus),
+    };
     let runtime = WasmRuntime::new(runtime_config, backends)?;
     for (name, path) in &config.preload {
         let wasm = std::fs::read(path).map_err(|source| AgentError::Io {
@@ -158,8 +175,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             .map_err(|e| AgentError::Preload(name.clone(), e.to_string()))?;
     }
 
-    let db = Database::open(&config.root.join("edge.db"))?;
-    let signals = Arc::new(Signals::default());
     let node_ip = config
         .node_ip
         .clone()
@@ -197,6 +212,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut tasks = JoinSet::new();
     tasks.spawn(edged.run(shutdown.clone()));
     tasks.spawn(hub.run(shutdown.clone()));
+    tasks.spawn(twin.clone().run(shutdown.clone()));
+    tasks.spawn(bus_driver.run(twin.clone(), shutdown.clone()));
+    tasks.spawn(crate::mappers::run(twin, shutdown.clone()));
     tasks.spawn(crate::rotation::run(
         config.cloud.clone(),
         creds,

@@ -153,6 +153,8 @@ pub async fn run() -> anyhow::Result<()> {
             &token,
             "--insecure-registry",
             &registry.host(),
+            "--mqtt-listen",
+            "127.0.0.1:0",
         ],
         &dir.path().join("edgecore.log"),
     )?;

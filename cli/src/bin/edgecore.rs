@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wedge_edge::agent::{self, AgentConfig};
+use wedge_edge::eventbus::BrokerChoice;
 
 #[derive(Parser)]
 #[command(name = "edgecore", version, about = "Wedge's edge agent")]
@@ -42,6 +43,12 @@ struct Args {
     /// Seconds between lease renewals.
     #[arg(long, default_value_t = 10)]
     lease_seconds: u64,
+    /// An MQTT broker to use (host:port, e.g. a local mosquitto) instead of the embedded one.
+    #[arg(long, env = "WEDGE_MQTT_BROKER")]
+    mqtt_broker: Option<String>,
+    /// Where the embedded MQTT broker listens, when no --mqtt-broker is given (port 0: any).
+    #[arg(long, env = "WEDGE_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
+    mqtt_listen: std::net::SocketAddr,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,16 @@ fn main() -> ExitCode {
         };
         config.labels.insert(k.to_owned(), v.to_owned());
     }
+    config.mqtt = match &args.mqtt_broker {
+        Some(address) => match BrokerChoice::external(address) {
+            Ok(broker) => broker,
+            Err(e) => {
+                eprintln!("edgecore: --mqtt-broker: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => BrokerChoice::Embedded(args.mqtt_listen),
+    };
     config.node_status_interval = Duration::from_secs(args.node_status_seconds.max(1));
     config.lease_interval = Duration::from_secs(args.lease_seconds.max(1));
     config.reconnect_max = Duration::from_secs(args.reconnect_max_seconds.max(1));

@@ -5,6 +5,11 @@
 //! applied so that `kubectl get pods` shows it Running. The local edge is provisioned with a
 //! certificate from the hub's CA directly (it runs beside the cloud); remote edges join with a
 //! token (`wedge token create`).
+//!
+//! The device loop comes with the samples: a Modbus TCP simulator (a room that warms while its
+//! fan is off), the thermometer and fan Devices pointing at it (KubeEdge manifests, bound to the
+//! local edge), and the `fan-handler` pod, which sets the fan's desired power when the
+//! temperature crosses its threshold; edgecore's Modbus mapper writes the coil and reads it back.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,14 +24,29 @@ use kube::api::PostParams;
 use tokio_util::sync::CancellationToken;
 use wedge_cloudcore::{CloudCore, CloudCoreConfig};
 use wedge_edge::agent::{self, AgentConfig};
+use wedge_edge::eventbus::BrokerChoice;
 use wedge_edge::tls::EdgeCredentials;
+use wedge_mapper_modbus::{SimConfig, Simulator};
 
 /// The sample apps `wedge up` runs: manifest, image name in it, component file name.
-const SAMPLES: [(&str, &str, &str); 1] = [(
-    include_str!("../../../sample-apps/manifests/telemetry.yaml"),
-    "registry.local/wedge/telemetry:0.1.0",
-    "telemetry.wasm",
-)];
+const SAMPLES: [(&str, &str, &str); 2] = [
+    (
+        include_str!("../../../sample-apps/manifests/telemetry.yaml"),
+        "registry.local/wedge/telemetry:0.1.0",
+        "telemetry.wasm",
+    ),
+    (
+        include_str!("../../../sample-apps/manifests/fan-handler.yaml"),
+        "registry.local/wedge/fan-handler:0.1.0",
+        "fan_handler.wasm",
+    ),
+];
+
+/// The sample devices: KubeEdge DeviceModels and Devices (bound to the local edge when applied).
+const DEVICE_MANIFESTS: [&str; 2] = [
+    include_str!("../../../sample-apps/manifests/devices/models.yaml"),
+    include_str!("../../../sample-apps/manifests/devices/devices.yaml"),
+];
 
 /// Options of `wedge up`.
 #[derive(Args)]
@@ -52,6 +72,57 @@ pub struct UpArgs {
     /// How long a silent edge stays Ready, in seconds.
     #[arg(long, default_value_t = 40)]
     node_grace: u64,
+    /// Where the embedded MQTT broker listens (KubeEdge's device topics, apps' messages).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: SocketAddr,
+    /// An MQTT broker to use (host:port, e.g. mosquitto) instead of the embedded one.
+    #[arg(long)]
+    mqtt_broker: Option<String>,
+    /// Where the sample Modbus TCP device simulator listens.
+    #[arg(long, default_value = "127.0.0.1:5020")]
+    modbus_sim_listen: SocketAddr,
+}
+
+/// Applies the sample DeviceModels and Devices, bound to `node` and pointing at the simulator.
+async fn apply_devices(
+    client: &kube::Client,
+    node: &str,
+    sim: SocketAddr,
+) -> anyhow::Result<Vec<String>> {
+    use kube::api::DynamicObject;
+    use serde::Deserialize;
+    let mut names = Vec::new();
+    for manifest in DEVICE_MANIFESTS {
+        for document in serde_yaml_ng::Deserializer::from_str(manifest) {
+            let mut object =
+                serde_json::Value::deserialize(document).context("a sample device manifest")?;
+            let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+            let resource = if kind == "Device" {
+                object["spec"]["nodeName"] = node.into();
+                object["spec"]["protocol"]["configData"]["ip"] = sim.ip().to_string().into();
+                object["spec"]["protocol"]["configData"]["port"] = sim.port().into();
+                wedge_cloudcore::devices::device_resource()
+            } else {
+                wedge_cloudcore::devices::device_model_resource()
+            };
+            let object: DynamicObject =
+                serde_json::from_value(object).context("a sample device manifest")?;
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), "default", &resource);
+            match api.create(&PostParams::default(), &object).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("applying the sample {kind} {name}"));
+                }
+            }
+            if kind == "Device" {
+                names.push(name);
+            }
+        }
+    }
+    Ok(names)
 }
 
 async fn apply_samples(client: &kube::Client) -> anyhow::Result<Vec<String>> {
@@ -112,7 +183,22 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut edge = AgentConfig::new(&edge_root, cloudcore.local_addr().to_string(), &args.node);
     edge.insecure_registries = args.insecure_registries.clone();
     edge.node_ip = Some("127.0.0.1".into());
+    edge.mqtt = match &args.mqtt_broker {
+        Some(address) => BrokerChoice::external(address).context("--mqtt-broker")?,
+        None => BrokerChoice::Embedded(args.mqtt_listen),
+    };
+    let mut simulator = None;
     if !args.no_samples {
+        let sim = Simulator::bind(args.modbus_sim_listen, SimConfig::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "the sample Modbus simulator cannot listen on {} (pass --modbus-sim-listen, or --no-samples)",
+                    args.modbus_sim_listen
+                )
+            })?;
+        sim.spawn(shutdown.clone());
+        simulator = Some(sim.local_addr());
         let preload = preload(&args.samples);
         if let Some((_, missing)) = preload.iter().find(|(_, path)| !path.exists()) {
             anyhow::bail!(
@@ -124,10 +210,12 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let edge_task = tokio::spawn(agent::run(edge, shutdown.clone()));
 
-    let samples = if args.no_samples {
-        Vec::new()
-    } else {
-        apply_samples(&client).await?
+    let (samples, devices) = match simulator {
+        None => (Vec::new(), Vec::new()),
+        Some(sim) => (
+            apply_samples(&client).await?,
+            apply_devices(&client, &args.node, sim).await?,
+        ),
     };
     println!("Wedge is up.");
     println!("  API server   {}", cluster.server.url());
@@ -145,6 +233,20 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  kubectl get nodes,pods -o wide");
     if !samples.is_empty() {
         println!("  kubectl get pod {} -o yaml", samples.join(" "));
+    }
+    if let Some(sim) = simulator {
+        println!(
+            "  kubectl get devices -o wide --watch      # {} (Modbus simulator at {sim})",
+            devices.join(", ")
+        );
+        println!("  kubectl logs -f fan-handler               # the handler switching the fan");
+        if args.mqtt_broker.is_none() {
+            println!(
+                "  mosquitto_sub -h {} -p {} -t '$hw/events/device/+/twin/update/document'",
+                args.mqtt_listen.ip(),
+                args.mqtt_listen.port()
+            );
+        }
     }
     println!();
     println!(

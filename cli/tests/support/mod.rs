@@ -256,6 +256,8 @@ pub fn edgecore_at(
     let mut command = Command::new(env!("CARGO_BIN_EXE_edgecore"));
     command
         .env("WEDGE_CLOUD", hub)
+        // Each edge's embedded MQTT broker on a port of its own.
+        .env("WEDGE_MQTT_LISTEN", "127.0.0.1:0")
         .arg("--root")
         .arg(root)
         .args(["--cloud", hub, "--node", node, "--node-ip", "127.0.0.1"])
@@ -311,11 +313,11 @@ pub async fn registry_with_samples() -> Registry {
         .expect("join")
         .expect("sample apps build");
     let registry = Registry::start().expect("registry");
-    for app in ["hello", "telemetry"] {
+    for app in ["hello", "telemetry", "fan_handler"] {
         let wasm = apps.bytes(app).expect("sample");
         push(
             &registry.host(),
-            &format!("samples/{app}"),
+            &format!("samples/{}", app.replace('_', "-")),
             "1",
             &Image::wasm(&wasm, WasmLayout::CncfArtifact),
         )

@@ -203,7 +203,11 @@ impl DeviceTwin {
                 device.spec.device_model_ref.name.clone(),
             );
             let Some(model) = models.get(&model_key) else {
-                tracing::debug!(device = o.key.name, model = model_key.1, "waiting for the device's model");
+                tracing::debug!(
+                    device = o.key.name,
+                    model = model_key.1,
+                    "waiting for the device's model"
+                );
                 continue;
             };
             let twin = match device.twin(model, DeviceState::Unknown) {
@@ -284,7 +288,11 @@ impl DeviceTwin {
                             entry.twin.state = parse_state(&state);
                             entry.last_online = last;
                         }
-                        tracing::info!(device = name, model = entry.twin.model, "device bound to this node");
+                        tracing::info!(
+                            device = name,
+                            model = entry.twin.model,
+                            "device bound to this node"
+                        );
                     }
                 }
                 announce.extend(self.apply_spec_desired(&name, &mut entry));
@@ -386,14 +394,12 @@ impl DeviceTwin {
                 .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
             // Check everything first: a report is taken whole or refused whole.
             for (property, value) in &values {
-                let model =
-                    entry
-                        .twin
-                        .property(property)
-                        .ok_or_else(|| TwinBackendError::NoSuchProperty {
-                            device: device.to_owned(),
-                            property: property.clone(),
-                        })?;
+                let model = entry.twin.property(property).ok_or_else(|| {
+                    TwinBackendError::NoSuchProperty {
+                        device: device.to_owned(),
+                        property: property.clone(),
+                    }
+                })?;
                 if side == TwinSide::Desired && model.access_mode == AccessMode::ReadOnly {
                     return Err(TwinBackendError::ReadOnly(property.clone()));
                 }
@@ -454,7 +460,11 @@ impl DeviceTwin {
         property: &str,
         value: TwinValue,
     ) -> Result<u64, TwinBackendError> {
-        let versions = self.update(device, vec![(property.to_owned(), value)], TwinSide::Desired)?;
+        let versions = self.update(
+            device,
+            vec![(property.to_owned(), value)],
+            TwinSide::Desired,
+        )?;
         Ok(versions.first().copied().unwrap_or(0))
     }
 
@@ -503,7 +513,11 @@ impl DeviceTwin {
         entry.twin.state = state;
         self.inner
             .twins
-            .save_state(device, device::state_name(state), entry.last_online.as_deref())
+            .save_state(
+                device,
+                device::state_name(state),
+                entry.last_online.as_deref(),
+            )
             .map_err(unavailable)?;
         self.queue_status(device, entry);
         Ok(())

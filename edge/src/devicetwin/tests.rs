@@ -40,7 +40,12 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("db");
         db.meta()
-            .apply(&key(ResourceKind::DeviceModel, "thermostat"), "m1", "1", &model())
+            .apply(
+                &key(ResourceKind::DeviceModel, "thermostat"),
+                "m1",
+                "1",
+                &model(),
+            )
             .expect("model");
         Self { _dir: dir, db }
     }
@@ -48,7 +53,12 @@ impl Fixture {
     fn put_device(&self, setpoint: &str, rv: &str) {
         self.db
             .meta()
-            .apply(&key(ResourceKind::Device, "thermo-1"), "d1", rv, &device(setpoint))
+            .apply(
+                &key(ResourceKind::Device, "thermo-1"),
+                "d1",
+                rv,
+                &device(setpoint),
+            )
             .expect("device");
     }
 
@@ -72,25 +82,48 @@ async fn the_spec_desired_value_applies_once_and_survives_restarts() {
     let twin = f.twin();
     let setpoint = twin.property("thermo-1", "setpoint").await.expect("twin");
     let desired = setpoint.desired.expect("the spec's desired value");
-    assert_eq!((desired.value, desired.version), (TwinValue::Integer(21), 1));
+    assert_eq!(
+        (desired.value, desired.version),
+        (TwinValue::Integer(21), 1)
+    );
 
     // A resync (same spec) and a restart do not apply it again.
     twin.reload();
     let again = f.twin();
-    let desired = again.property("thermo-1", "setpoint").await.expect("twin").desired;
+    let desired = again
+        .property("thermo-1", "setpoint")
+        .await
+        .expect("twin")
+        .desired;
     assert_eq!(desired.map(|d| d.version), Some(1));
 
     // An app's value holds until the cloud's spec changes.
-    assert_eq!(again.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(18)), Ok(2));
+    assert_eq!(
+        again.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(18)),
+        Ok(2)
+    );
     again.reload();
-    let held = again.property("thermo-1", "setpoint").await.expect("twin").desired;
+    let held = again
+        .property("thermo-1", "setpoint")
+        .await
+        .expect("twin")
+        .desired;
     assert_eq!(held.map(|d| d.value), Some(TwinValue::Integer(18)));
     let mut changes = again.subscribe();
     f.put_device("25", "2");
     again.reload();
-    let change = changes.recv().await.expect("the cloud's change is announced");
-    assert_eq!((change.side, change.current.value, change.current.version), (TwinSide::Desired, TwinValue::Integer(25), 3));
-    assert_eq!(f.status()["status"]["twins"][1]["observedDesired"]["value"], "25");
+    let change = changes
+        .recv()
+        .await
+        .expect("the cloud's change is announced");
+    assert_eq!(
+        (change.side, change.current.value, change.current.version),
+        (TwinSide::Desired, TwinValue::Integer(25), 3)
+    );
+    assert_eq!(
+        f.status()["status"]["twins"][1]["observedDesired"]["value"],
+        "25"
+    );
 }
 
 #[tokio::test]
@@ -98,12 +131,19 @@ async fn reports_are_stored_announced_and_queued_for_the_cloud() {
     let f = Fixture::new();
     f.put_device("21", "1");
     let twin = f.twin();
-    twin.set_state("thermo-1", DeviceState::Online).expect("state");
+    twin.set_state("thermo-1", DeviceState::Online)
+        .expect("state");
     let mut changes = twin.subscribe();
-    twin.report("thermo-1", vec![("temperature".into(), TwinValue::Float(22.5))])
-        .expect("report");
+    twin.report(
+        "thermo-1",
+        vec![("temperature".into(), TwinValue::Float(22.5))],
+    )
+    .expect("report");
     let change = changes.recv().await.expect("announced");
-    assert_eq!((change.side, change.current.version), (TwinSide::Reported, 1));
+    assert_eq!(
+        (change.side, change.current.version),
+        (TwinSide::Reported, 1)
+    );
 
     let queued = f.status();
     assert_eq!(queued["uid"], "d1");
@@ -118,9 +158,17 @@ async fn reports_are_stored_announced_and_queued_for_the_cloud() {
 
     // Stored: a restart sees the value and the state.
     let again = f.twin();
-    let reported = again.property("thermo-1", "temperature").await.expect("twin").reported;
+    let reported = again
+        .property("thermo-1", "temperature")
+        .await
+        .expect("twin")
+        .reported;
     assert_eq!(reported.map(|r| r.value), Some(TwinValue::Float(22.5)));
-    let d = again.device("thermo-1").await.expect("device").expect("bound");
+    let d = again
+        .device("thermo-1")
+        .await
+        .expect("device")
+        .expect("bound");
     assert_eq!(d.state, DeviceState::Online);
 }
 
@@ -134,9 +182,15 @@ async fn bad_values_are_refused_whole_and_change_nothing() {
         ("temperature".into(), TwinValue::Float(20.0)),
         ("setpoint".into(), TwinValue::Text("warm".into())),
     ];
-    assert!(matches!(twin.report("thermo-1", mixed), Err(TwinBackendError::Value(_))));
     assert!(matches!(
-        twin.report("thermo-9", vec![("temperature".into(), TwinValue::Float(1.0))]),
+        twin.report("thermo-1", mixed),
+        Err(TwinBackendError::Value(_))
+    ));
+    assert!(matches!(
+        twin.report(
+            "thermo-9",
+            vec![("temperature".into(), TwinValue::Float(1.0))]
+        ),
         Err(TwinBackendError::NoSuchDevice(_))
     ));
     assert!(matches!(
@@ -152,7 +206,10 @@ async fn bad_values_are_refused_whole_and_change_nothing() {
         Err(TwinBackendError::Value(_))
     ));
     assert!(changes.try_recv().is_err(), "nothing was announced");
-    let temp = twin.property("thermo-1", "temperature").await.expect("twin");
+    let temp = twin
+        .property("thermo-1", "temperature")
+        .await
+        .expect("twin");
     assert!(temp.reported.is_none());
 }
 
@@ -162,8 +219,11 @@ async fn a_device_that_leaves_the_node_is_forgotten() {
     f.put_device("21", "1");
     let twin = f.twin();
     let membership = twin.membership();
-    twin.report("thermo-1", vec![("temperature".into(), TwinValue::Float(20.0))])
-        .expect("report");
+    twin.report(
+        "thermo-1",
+        vec![("temperature".into(), TwinValue::Float(20.0))],
+    )
+    .expect("report");
     f.db.meta()
         .delete(&key(ResourceKind::Device, "thermo-1"), Some("d1"))
         .expect("delete");

@@ -422,9 +422,8 @@ impl Link<'_> {
                 }
             }
             ResourceKind::DeviceModel => {
-                let model: wedge_core::device::DeviceModel =
-                    serde_json::from_value(object.clone())
-                        .map_err(|e| format!("not a DeviceModel: {e}"))?;
+                let model: wedge_core::device::DeviceModel = serde_json::from_value(object.clone())
+                    .map_err(|e| format!("not a DeviceModel: {e}"))?;
                 model.property_models().map_err(|e| e.to_string())?;
             }
             _ => {}

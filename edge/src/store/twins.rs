@@ -128,7 +128,12 @@ impl TwinStore {
     pub fn forget(&self, device: &str) -> Result<(), StoreError> {
         let conn = self.db.conn();
         conn.execute("DELETE FROM twins WHERE device = ?1", params![device])
-            .and_then(|_| conn.execute("DELETE FROM device_states WHERE device = ?1", params![device]))
+            .and_then(|_| {
+                conn.execute(
+                    "DELETE FROM device_states WHERE device = ?1",
+                    params![device],
+                )
+            })
             .map_err(sql(format!("forgetting {device}")))?;
         Ok(())
     }

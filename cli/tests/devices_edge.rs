@@ -1,0 +1,224 @@
+//! The device loop through real processes: `cloudcore` (embedded API server and control plane),
+//! `edgecore` with its embedded MQTT broker and Modbus mapper, a Modbus TCP device (the sample
+//! simulator), the real `kubectl`, and the sample `fan-handler` Wasm component from a real
+//! registry. KubeEdge manifests are applied; what is asserted is what users see: the Device's
+//! status in the API and the device's registers.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use wedge_mapper_modbus::{SimConfig, Simulator};
+
+use support::*;
+
+fn manifest(name: &str) -> String {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../sample-apps/manifests/devices")
+            .join(name),
+    )
+    .expect("a sample manifest")
+}
+
+/// The Device's reported value of `property`, as `kubectl` shows it.
+fn reported(cloud: &Cloud, device: &str, property: &str) -> String {
+    let out = cloud.kubectl(&[
+        "get",
+        "device",
+        device,
+        "-o",
+        &format!("jsonpath={{.status.twins[?(@.propertyName==\"{property}\")].reported.value}}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A device speaking KubeEdge's MQTT topics directly, with a model of its own.
+const MQTT_DEVICE: &str = "apiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata:\n  name: hygro-1\nspec:\n  deviceModelRef: {name: hygrometer}\n  nodeName: edge-a\n  protocol: {protocolName: mqtt}\n  properties:\n  - {name: humidity, reportToCloud: true}\n---\napiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata:\n  name: hygrometer\nspec:\n  protocol: mqtt\n  properties:\n  - {name: humidity, type: INT, accessMode: ReadOnly, minimum: \"0\", maximum: \"100\"}\n";
+
+/// What the fan-handler wrote, from its log files on the edge (kubelet's layout).
+fn handler_logs(edge_root: &std::path::Path) -> String {
+    let mut out = String::new();
+    let pods = edge_root.join("wasm/pods");
+    for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+        if !pod
+            .file_name()
+            .to_string_lossy()
+            .starts_with("default_fan-handler_")
+        {
+            continue;
+        }
+        for log in std::fs::read_dir(pod.path().join("fan-handler"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
+        }
+    }
+    out
+}
+
+async fn mqtt_client(port: u16) -> AsyncClient {
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("hygro-1", "127.0.0.1", port), 16);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::Disconnect)) => return,
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    client
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives_the_cloud_going_away()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = registry_with_samples().await;
+    let mut cloud = Cloud::start(&dir.path().join("cloud"));
+
+    // The room starts just under the fan-handler's threshold (30 °C) and warms 1 °C a second.
+    let sim = Simulator::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimConfig {
+            start: 28.0,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .expect("simulator");
+    let stop_sim = CancellationToken::new();
+    sim.spawn(stop_sim.clone());
+    let port = sim.local_addr().port().to_string();
+
+    let mqtt_port = free_port();
+    let edge_root = dir.path().join("edge-a");
+    std::fs::create_dir_all(&edge_root).expect("edge root");
+    let token = cloud.token("1h");
+    let mut command = edgecore(&edge_root, &cloud, "edge-a", Some(&token), &registry.host());
+    command.env("WEDGE_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}"));
+    let edge = Proc::spawn(command, edge_root.join("edgecore.log"));
+    cloud.wait_for(
+        "node/edge-a",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+
+    // KubeEdge's manifests, pointed at the simulator.
+    cloud.apply(&manifest("models.yaml"));
+    cloud.apply(&manifest("devices.yaml").replace("port: 5020", &format!("port: {port}")));
+    cloud.apply(MQTT_DEVICE);
+
+    // The mapper reads the input register; the Device's status shows the temperature.
+    eventually(
+        Duration::from_secs(30),
+        || {
+            reported(&cloud, "thermo-1", "temperature")
+                .parse::<f64>()
+                .is_ok()
+        },
+        || {
+            format!(
+                "no temperature in thermo-1's status\nedgecore: {}",
+                edge.log()
+            )
+        },
+    )
+    .await;
+    cloud.wait_for(
+        "device/thermo-1",
+        "{.status.state}",
+        "online",
+        Duration::from_secs(10),
+    );
+    let table = cloud.kubectl_ok(&["get", "devices"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("thermo-1") && l.contains("edge-a") && l.contains("online")),
+        "{table}"
+    );
+
+    // The fan-handler component sets fan-1's desired power when the temperature passes 30 °C;
+    // the mapper writes the coil and reads it back; the status follows.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: fan-handler\n  annotations:\n    devices.wedge.io/read: thermo-1\n    devices.wedge.io/write: fan-1\n    handlers.wedge.io/twin: thermo-1/temperature\nspec:\n  containers:\n  - name: fan-handler\n    image: {}/samples/fan-handler:1\n    env:\n    - {{name: THRESHOLD, value: \"30\"}}\n",
+        registry.host()
+    ));
+    eventually(
+        Duration::from_secs(60),
+        || sim.fan(),
+        || format!("the fan's coil was never written\nedgecore: {}", edge.log()),
+    )
+    .await;
+    assert!(sim.writes() >= 1);
+    eventually(
+        Duration::from_secs(30),
+        || reported(&cloud, "fan-1", "power") == "true",
+        || {
+            format!(
+                "fan-1's reported power did not follow: {:?}",
+                reported(&cloud, "fan-1", "power")
+            )
+        },
+    )
+    .await;
+    let logs = handler_logs(&edge_root);
+    assert!(logs.contains("fan-1/power=true"), "{logs}");
+
+    // The cloud goes away. The mapper keeps reading, and a device speaking MQTT reports.
+    cloud.kill();
+    let device = mqtt_client(mqtt_port).await;
+    device
+        .publish(
+            "$hw/events/device/hygro-1/twin/update",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"event_id":"offline-1","twin":{"humidity":{"actual":{"value":"64"}}}}"#,
+        )
+        .await
+        .expect("publish");
+    let before = reported(&cloud, "thermo-1", "temperature");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = sim.temperature();
+    cloud.restart();
+
+    // After reconnecting, the reports made meanwhile reach the Device's status.
+    eventually(
+        Duration::from_secs(60),
+        || reported(&cloud, "hygro-1", "humidity") == "64",
+        || {
+            format!(
+                "hygro-1's offline report did not arrive\nedgecore: {}",
+                edge.log()
+            )
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        || {
+            let now = reported(&cloud, "thermo-1", "temperature");
+            now != before && now.parse::<f64>().is_ok()
+        },
+        || format!("thermo-1's status did not move on from {before} (device at {during})"),
+    )
+    .await;
+    let status: Value =
+        serde_json::from_str(&cloud.kubectl_ok(&["get", "device", "fan-1", "-o", "json"]))
+            .expect("JSON");
+    assert_eq!(
+        status["status"]["twins"][0]["observedDesired"]["value"], "true",
+        "{status}"
+    );
+    stop_sim.cancel();
+}

@@ -1,0 +1,388 @@
+//! EventBus: the edge's MQTT client, to a broker of the operator's (mosquitto, say) or to the
+//! embedded one ([`broker`]), carrying KubeEdge's device topics ([`twin_api`]) and apps' messages.
+//!
+//! One rumqttc connection serves everything. Three tasks share it, so that none can stall another:
+//! - the **poll loop** drives the connection (rumqttc reconnects on the next poll after an error)
+//!   and hands each incoming message to the dispatcher without waiting; when the dispatcher is
+//!   [`INCOMING_QUEUE`] messages behind, messages are dropped and counted, never the connection;
+//! - the **dispatcher** serves KubeEdge's requests from DeviceTwin and delivers messages to the
+//!   subscriptions of pods (the `wedge:messaging` host functions, through [`BusBackend`]);
+//! - the **announcer** publishes twin changes (document, delta, data) and membership changes.
+//!
+//! Subscriptions are made again after every (re)connection: sessions are clean, so a broker
+//! restart loses nothing EventBus asked for.
+
+pub mod broker;
+pub mod topics;
+pub mod twin_api;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wedge_core::topic;
+use wedge_edged_wasm::host::messaging::{BusBackend, BusError, BusMessage, MessageQueue, Qos};
+
+use crate::devicetwin::DeviceTwin;
+use twin_api::Outgoing;
+
+/// How many received messages wait for the dispatcher before new ones are dropped.
+pub const INCOMING_QUEUE: usize = 8192;
+/// How many requests (publishes, subscriptions) wait for the connection.
+const REQUEST_QUEUE: usize = 8192;
+
+/// Which broker EventBus talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerChoice {
+    /// A broker that runs anyway (mosquitto), at `host:port`.
+    External {
+        /// Its host.
+        host: String,
+        /// Its port.
+        port: u16,
+    },
+    /// The embedded broker, listening here.
+    Embedded(std::net::SocketAddr),
+}
+
+impl BrokerChoice {
+    /// Parses `--mqtt-broker`: `host:port`, `tcp://host:port` or `mqtt://host:port`.
+    pub fn external(address: &str) -> Result<Self, EventBusError> {
+        let bare = address
+            .strip_prefix("tcp://")
+            .or_else(|| address.strip_prefix("mqtt://"))
+            .unwrap_or(address);
+        let (host, port) = bare
+            .rsplit_once(':')
+            .ok_or_else(|| EventBusError::Address(address.to_owned()))?;
+        let port = port
+            .parse()
+            .map_err(|_| EventBusError::Address(address.to_owned()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(EventBusError::Address(address.to_owned()));
+        }
+        Ok(Self::External {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// Why EventBus could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EventBusError {
+    /// `--mqtt-broker` does not parse.
+    #[error("{0:?} is not a broker address (host:port, tcp://host:port)")]
+    Address(String),
+    /// The embedded broker did not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+}
+
+/// The edge's bus; cheap to clone.
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: String,
+    client: AsyncClient,
+    subscriptions: Mutex<Vec<(String, Weak<MessageQueue>)>>,
+    connected: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// The connection's driver, run once by the agent.
+pub struct EventBusDriver {
+    bus: EventBus,
+    eventloop: EventLoop,
+}
+
+impl EventBus {
+    /// A bus for `node` on `broker` (starting the embedded one if chosen). Nothing is sent until
+    /// the driver runs.
+    pub fn new(node: &str, broker: &BrokerChoice) -> Result<(Self, EventBusDriver), EventBusError> {
+        let (host, port) = match broker {
+            BrokerChoice::External { host, port } => (host.clone(), *port),
+            BrokerChoice::Embedded(addr) => {
+                let broker = broker::EmbeddedBroker::start(*addr)?;
+                (broker.addr().ip().to_string(), broker.addr().port())
+            }
+        };
+        let mut options = MqttOptions::new(format!("wedge-edge-{node}"), host, port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_max_packet_size(broker::MAX_PAYLOAD + 4096, broker::MAX_PAYLOAD + 4096);
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let bus = Self {
+            inner: Arc::new(Inner {
+                node: node.to_owned(),
+                client,
+                subscriptions: Mutex::default(),
+                connected: AtomicBool::new(false),
+                dropped: AtomicU64::new(0),
+            }),
+        };
+        Ok((bus.clone(), EventBusDriver { bus, eventloop }))
+    }
+
+    /// Whether the broker connection is up.
+    pub fn connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    fn subscriptions(&self) -> MutexGuard<'_, Vec<(String, Weak<MessageQueue>)>> {
+        self.inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every filter to hold at the broker: KubeEdge's requests and pods' subscriptions.
+    fn filters(&self) -> BTreeSet<String> {
+        let mut filters: BTreeSet<String> = topics::request_filters(&self.inner.node)
+            .into_iter()
+            .collect();
+        let mut subs = self.subscriptions();
+        subs.retain(|(_, q)| q.strong_count() > 0);
+        filters.extend(subs.iter().map(|(f, _)| f.clone()));
+        filters
+    }
+
+    /// Delivers a message to every pod subscription whose filter matches.
+    fn deliver(&self, message: &BusMessage) {
+        let mut subs = self.subscriptions();
+        subs.retain(|(_, q)| q.strong_count() > 0);
+        for (filter, queue) in subs.iter() {
+            if topic::matches(filter, &message.topic)
+                && let Some(q) = queue.upgrade()
+            {
+                q.push(message.clone());
+            }
+        }
+    }
+
+    async fn publish_json(&self, out: Outgoing) {
+        let payload = match serde_json::to_vec(&out.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(topic = out.topic, error = %e, "cannot encode a message");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .inner
+            .client
+            .publish(out.topic.clone(), QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            tracing::warn!(topic = out.topic, error = %e, "cannot publish");
+        }
+    }
+}
+
+fn qos(q: Qos) -> QoS {
+    match q {
+        Qos::AtMostOnce => QoS::AtMostOnce,
+        Qos::AtLeastOnce => QoS::AtLeastOnce,
+        Qos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+#[async_trait]
+impl BusBackend for EventBus {
+    async fn publish(&self, message: BusMessage, q: Qos, retain: bool) -> Result<(), BusError> {
+        self.inner
+            .client
+            .try_publish(message.topic, qos(q), retain, message.payload)
+            .map_err(|e| BusError::Unavailable(format!("the bus is backed up or closed: {e}")))
+    }
+
+    async fn subscribe(&self, filter: &str, queue: &Arc<MessageQueue>) -> Result<(), BusError> {
+        let new = {
+            let mut subs = self.subscriptions();
+            let new = !subs
+                .iter()
+                .any(|(f, q)| f == filter && q.strong_count() > 0);
+            subs.push((filter.to_owned(), Arc::downgrade(queue)));
+            new
+        };
+        if new {
+            self.inner
+                .client
+                .try_subscribe(filter, QoS::AtLeastOnce)
+                .map_err(|e| BusError::Unavailable(format!("cannot subscribe: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// A received message, or the news that the connection is (again) up.
+enum Received {
+    Connected,
+    Message(BusMessage),
+}
+
+impl EventBusDriver {
+    /// Runs the connection, the dispatcher and the announcer until `shutdown`.
+    pub async fn run(self, twin: DeviceTwin, shutdown: CancellationToken) {
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        let bus = self.bus;
+        tokio::join!(
+            poll(self.eventloop, bus.clone(), tx, shutdown.clone()),
+            dispatch(bus.clone(), twin.clone(), rx, shutdown.clone()),
+            announce(bus.clone(), twin, shutdown.clone()),
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), bus.inner.client.disconnect()).await;
+    }
+}
+
+async fn poll(
+    mut eventloop: EventLoop,
+    bus: EventBus,
+    tx: mpsc::Sender<Received>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = eventloop.poll() => event,
+        };
+        let received = match event {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                failures = 0;
+                bus.inner.connected.store(true, Ordering::Relaxed);
+                tracing::info!("connected to the MQTT broker");
+                Received::Connected
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => Received::Message(BusMessage {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+                retained: p.retain,
+                received_ms: wedge_edged_wasm::host::messaging::now_ms(),
+            }),
+            Ok(_) => continue,
+            Err(e) => {
+                if bus.inner.connected.swap(false, Ordering::Relaxed) || failures == 0 {
+                    tracing::warn!(error = %e, "MQTT broker connection lost; reconnecting");
+                }
+                failures = failures.saturating_add(1);
+                let wait = Duration::from_millis(100 * u64::from(failures.min(50)));
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        if tx.try_send(received).is_err() {
+            let n = bus.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "EventBus is behind; incoming messages dropped");
+            }
+        }
+    }
+}
+
+async fn dispatch(
+    bus: EventBus,
+    twin: DeviceTwin,
+    mut rx: mpsc::Receiver<Received>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = rx.recv() => match r { Some(r) => r, None => return },
+        };
+        match received {
+            Received::Connected => {
+                let filters: Vec<_> = bus
+                    .filters()
+                    .into_iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce))
+                    .collect();
+                if let Err(e) = bus.inner.client.subscribe_many(filters).await {
+                    tracing::warn!(error = %e, "cannot subscribe at the MQTT broker");
+                }
+            }
+            Received::Message(message) => {
+                if let Some(answer) =
+                    twin_api::serve(&twin, &bus.inner.node, &message.topic, &message.payload)
+                {
+                    bus.publish_json(answer).await;
+                }
+                bus.deliver(&message);
+            }
+        }
+    }
+}
+
+async fn announce(bus: EventBus, twin: DeviceTwin, shutdown: CancellationToken) {
+    let mut changes = twin.subscribe();
+    let mut membership = twin.membership();
+    let mut members: BTreeSet<String> = twin.names().into_iter().collect();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            change = changes.recv() => match change {
+                Ok(change) => {
+                    for out in twin_api::announce(&twin, &change) {
+                        bus.publish_json(out).await;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "EventBus fell behind twin changes; some were not announced");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            changed = membership.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now: BTreeSet<String> = twin.names().into_iter().collect();
+                let added: Vec<String> = now.difference(&members).cloned().collect();
+                let removed: Vec<String> = members.difference(&now).cloned().collect();
+                members = now;
+                if !added.is_empty() || !removed.is_empty() {
+                    bus.publish_json(twin_api::membership_updated(&bus.inner.node, &added, &removed)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses_parse_with_or_without_a_scheme() {
+        assert_eq!(
+            BrokerChoice::external("tcp://127.0.0.1:1883").expect("valid"),
+            BrokerChoice::External {
+                host: "127.0.0.1".into(),
+                port: 1883
+            }
+        );
+        assert_eq!(
+            BrokerChoice::external("mosquitto.local:8883").expect("valid"),
+            BrokerChoice::External {
+                host: "mosquitto.local".into(),
+                port: 8883
+            }
+        );
+        for bad in ["1883", "host:", ":1883", "host:port"] {
+            assert!(BrokerChoice::external(bad).is_err(), "{bad}");
+        }
+    }
+}

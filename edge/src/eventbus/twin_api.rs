@@ -1,0 +1,336 @@
+//! KubeEdge's twin messages over MQTT, served from DeviceTwin.
+//!
+//! What existing KubeEdge mappers and apps send and expect, field for field:
+//! - `twin/update` takes `{"event_id", "timestamp", "twin": {"<prop>": {"actual": {"value"},
+//!   "expected": {"value"}}}}`. `actual` values are the device's reports (taken whole or refused
+//!   whole); `expected` values are desired values set at the edge. Values are KubeEdge's strings
+//!   (numbers and booleans in JSON are accepted too).
+//! - Every request is answered on its `/result` topic with the same `event_id`: the twin as it now
+//!   is, or `{"code", "reason"}` (400 bad input, 404 unknown device or property, 500 the store
+//!   failed) when refused, in which case nothing changed.
+//! - Changes are announced: `/twin/update/document` (before and after) for every change,
+//!   `/twin/update/delta` when a desired value differs from the reported one (what mappers
+//!   drive devices from), `$ke/events/device/<id>/data/update` for every reported value.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wedge_core::device;
+use wedge_core::twin::{AccessMode, StampedValue, TwinChange, TwinProperty, TwinSide, TwinValue};
+use wedge_edged_wasm::host::device::TwinBackendError;
+
+use super::topics::{self, Request};
+use crate::devicetwin::DeviceTwin;
+
+/// A message EventBus publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// Where.
+    pub topic: String,
+    /// The JSON payload.
+    pub payload: Value,
+}
+
+/// Why a request was refused; becomes `{"code", "reason"}`.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Twin(#[from] TwinBackendError),
+}
+
+impl Refusal {
+    fn code(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Twin(
+                TwinBackendError::NoSuchDevice(_) | TwinBackendError::NoSuchProperty { .. },
+            ) => 404,
+            Self::Twin(TwinBackendError::Unavailable(_)) => 500,
+            Self::Twin(TwinBackendError::Value(_) | TwinBackendError::ReadOnly(_)) => 400,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TwinUpdate {
+    #[serde(default)]
+    twin: BTreeMap<String, TwinUpdateProperty>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TwinUpdateProperty {
+    expected: Option<MessageValue>,
+    actual: Option<MessageValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageValue {
+    value: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StateUpdate {
+    state: String,
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// The `event_id` of a payload, read leniently so that even a refused request gets an answer
+/// its sender can match.
+fn event_id(payload: &[u8]) -> String {
+    serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("event_id").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A value in KubeEdge's string form, from a JSON string, number or boolean.
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn stamped(v: &StampedValue) -> Value {
+    json!({
+        "value": device::format_value(&v.value),
+        "metadata": {"timestamp": v.timestamp_ms},
+    })
+}
+
+/// One property as KubeEdge's `MsgTwin`.
+fn msg_twin(kind: &str, twin: &TwinProperty) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(d) = &twin.desired {
+        m.insert("expected".into(), stamped(d));
+        m.insert("expected_version".into(), json!({"edge": d.version}));
+    }
+    if let Some(r) = &twin.reported {
+        m.insert("actual".into(), stamped(r));
+        m.insert("actual_version".into(), json!({"edge": r.version}));
+    }
+    m.insert("optional".into(), Value::Bool(false));
+    m.insert("metadata".into(), json!({"type": kind}));
+    Value::Object(m)
+}
+
+/// A device's whole twin (or only `only`'s properties) as KubeEdge's `twin` map.
+fn twin_map(twin: &DeviceTwin, device: &str, only: Option<&[String]>) -> Result<Value, Refusal> {
+    let (model, properties) = twin.document(device)?;
+    let mut map = serde_json::Map::new();
+    for (name, value) in properties {
+        if only.is_some_and(|o| !o.contains(&name)) {
+            continue;
+        }
+        let kind = model
+            .property(&name)
+            .map(|p| device::type_name(p.kind).to_lowercase())
+            .unwrap_or_default();
+        map.insert(name, msg_twin(&kind, &value));
+    }
+    Ok(Value::Object(map))
+}
+
+/// Serves a request if `topic` is one of KubeEdge's for `node`: the answer to publish.
+pub fn serve(twin: &DeviceTwin, node: &str, topic: &str, payload: &[u8]) -> Option<Outgoing> {
+    let request = topics::parse(node, topic)?;
+    let event_id = event_id(payload);
+    let answer = match &request {
+        Request::TwinUpdate(d) => twin_update(twin, d, payload),
+        Request::TwinGet(d) => twin_map(twin, d, None).map(|t| json!({"twin": t})),
+        Request::StateUpdate(d) => state_update(twin, d, payload),
+        Request::Membership { .. } => membership(twin),
+    };
+    let mut body = match answer {
+        Ok(body) => body,
+        Err(refusal) => {
+            tracing::warn!(topic, error = %refusal, "refused a KubeEdge device request");
+            json!({"code": refusal.code(), "reason": refusal.to_string()})
+        }
+    };
+    if let Some(m) = body.as_object_mut() {
+        m.insert("event_id".into(), Value::String(event_id));
+        m.insert("timestamp".into(), json!(now_ms()));
+    }
+    Some(Outgoing {
+        topic: topics::result_topic(node, &request),
+        payload: body,
+    })
+}
+
+fn twin_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value, Refusal> {
+    let update: TwinUpdate = serde_json::from_slice(payload)
+        .map_err(|e| Refusal::BadRequest(format!("malformed twin update: {e}")))?;
+    if update.twin.is_empty() {
+        return Err(Refusal::BadRequest(
+            "the twin update names no property".into(),
+        ));
+    }
+    let (model, _) = twin.document(device)?;
+    let mut reported = Vec::new();
+    let mut desired = Vec::new();
+    for (property, side) in &update.twin {
+        let parse = |v: &MessageValue| -> Result<TwinValue, Refusal> {
+            let text = v.value.as_ref().and_then(value_text).ok_or_else(|| {
+                Refusal::BadRequest(format!(
+                    "property {property:?}: the value must be a string, number or boolean"
+                ))
+            })?;
+            let value = twin.parse(device, property, &text)?;
+            if let Some(m) = model.property(property) {
+                m.check(&value).map_err(TwinBackendError::from)?;
+            }
+            Ok(value)
+        };
+        if let Some(actual) = &side.actual {
+            reported.push((property.clone(), parse(actual)?));
+        }
+        if let Some(expected) = &side.expected {
+            if model
+                .property(property)
+                .is_some_and(|m| m.access_mode == AccessMode::ReadOnly)
+            {
+                return Err(TwinBackendError::ReadOnly(property.clone()).into());
+            }
+            desired.push((property.clone(), parse(expected)?));
+        }
+    }
+    if !reported.is_empty() {
+        twin.report(device, reported)?;
+    }
+    for (property, value) in desired {
+        twin.set_desired_value(device, &property, value)?;
+    }
+    let names: Vec<String> = update.twin.into_keys().collect();
+    Ok(json!({"twin": twin_map(twin, device, Some(&names))?}))
+}
+
+fn state_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value, Refusal> {
+    let update: StateUpdate = serde_json::from_slice(payload)
+        .map_err(|e| Refusal::BadRequest(format!("malformed state update: {e}")))?;
+    let state = device::parse_state(&update.state).ok_or_else(|| {
+        Refusal::BadRequest(format!(
+            "unknown state {:?} (online, offline or unknown)",
+            update.state
+        ))
+    })?;
+    twin.set_state(device, state)?;
+    Ok(json!({"device": {"name": device, "state": device::state_name(state)}}))
+}
+
+fn membership(twin: &DeviceTwin) -> Result<Value, Refusal> {
+    let mut devices = Vec::new();
+    for name in twin.names() {
+        let Ok((model, _)) = twin.document(&name) else {
+            continue; // left the node meanwhile
+        };
+        devices.push(json!({
+            "id": name,
+            "name": name,
+            "state": device::state_name(model.state),
+            "twin": twin_map(twin, &name, None)?,
+        }));
+    }
+    Ok(json!({"devices": devices}))
+}
+
+/// What a twin change announces: its document, a delta when desired and reported differ, and
+/// reported values as device data for apps.
+pub fn announce(twin: &DeviceTwin, change: &TwinChange) -> Vec<Outgoing> {
+    let Ok((model, properties)) = twin.document(&change.device) else {
+        return Vec::new(); // the device left the node meanwhile
+    };
+    let kind = model
+        .property(&change.property)
+        .map(|p| device::type_name(p.kind).to_lowercase())
+        .unwrap_or_default();
+    let timestamp = now_ms();
+    let event_id = format!("{}-{}", change.device, timestamp);
+    let mut before = properties
+        .iter()
+        .find(|(n, _)| *n == change.property)
+        .map(|(_, t)| t.clone())
+        .unwrap_or_default();
+    let after = before.clone();
+    match change.side {
+        TwinSide::Reported => before.reported = change.previous.clone(),
+        TwinSide::Desired => before.desired = change.previous.clone(),
+    }
+    let mut out = vec![Outgoing {
+        topic: topics::document(&change.device),
+        payload: json!({
+            "event_id": event_id,
+            "timestamp": timestamp,
+            "twin": {change.property.clone(): {
+                "last": msg_twin(&kind, &before),
+                "current": msg_twin(&kind, &after),
+            }},
+        }),
+    }];
+    match change.side {
+        TwinSide::Desired => {
+            let delta: serde_json::Map<String, Value> = properties
+                .iter()
+                .filter_map(|(name, t)| {
+                    let d = t.desired.as_ref()?;
+                    let differs = t.reported.as_ref().is_none_or(|r| r.value != d.value);
+                    differs.then(|| (name.clone(), Value::String(device::format_value(&d.value))))
+                })
+                .collect();
+            if !delta.is_empty() {
+                let mut map = serde_json::Map::new();
+                for (name, t) in &properties {
+                    let kind = model
+                        .property(name)
+                        .map(|p| device::type_name(p.kind).to_lowercase())
+                        .unwrap_or_default();
+                    map.insert(name.clone(), msg_twin(&kind, t));
+                }
+                out.push(Outgoing {
+                    topic: topics::delta(&change.device),
+                    payload: json!({
+                        "event_id": event_id,
+                        "timestamp": timestamp,
+                        "twin": map,
+                        "delta": delta,
+                    }),
+                });
+            }
+        }
+        TwinSide::Reported => out.push(Outgoing {
+            topic: topics::data_update(&change.device),
+            payload: json!({
+                "event_id": event_id,
+                "timestamp": timestamp,
+                "data": {change.property.clone(): {
+                    "value": device::format_value(&change.current.value),
+                    "metadata": {"timestamp": change.current.timestamp_ms, "type": kind},
+                }},
+            }),
+        }),
+    }
+    out
+}
+
+/// `membership/updated` for devices that joined and left this node.
+pub fn membership_updated(node: &str, added: &[String], removed: &[String]) -> Outgoing {
+    let device = |n: &String| json!({"id": n, "name": n});
+    let timestamp = now_ms();
+    Outgoing {
+        topic: topics::membership_updated(node),
+        payload: json!({
+            "event_id": format!("{node}-{timestamp}"),
+            "timestamp": timestamp,
+            "added_devices": added.iter().map(device).collect::<Vec<_>>(),
+            "removed_devices": removed.iter().map(device).collect::<Vec<_>>(),
+        }),
+    }
+}

@@ -1,0 +1,397 @@
+//! EventBus through real brokers: Debian's mosquitto and the embedded rumqttd. A peer MQTT client
+//! plays what KubeEdge users already have (a mapper, a device speaking the KubeEdge topics, an
+//! app), and sees the twin requests answered, changes announced, bad input refused with a reason
+//! while the rest goes on, and pods' messages flowing both ways.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wedge_core::protocol::{ObjectKey, ResourceKind};
+use wedge_core::twin::TwinValue;
+use wedge_edge::devicetwin::DeviceTwin;
+use wedge_edge::edged::Signals;
+use wedge_edge::eventbus::{BrokerChoice, EventBus};
+use wedge_edge::store::Database;
+use wedge_edged_wasm::host::device::TwinBackend;
+use wedge_edged_wasm::host::messaging::{BusBackend, BusMessage, MessageQueue, Qos};
+
+const NODE: &str = "edge-a";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn key(kind: ResourceKind, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+/// The thermometer and fan of the samples, as MetaManager holds them after the cloud sent them.
+fn put_devices(db: &Database) {
+    let meta = db.meta();
+    let objects = [
+        (
+            ResourceKind::DeviceModel,
+            "thermometer",
+            json!({"kind": "DeviceModel",
+            "metadata": {"name": "thermometer", "namespace": "default", "uid": "m1"},
+            "spec": {"properties": [{"name": "temperature", "type": "FLOAT", "accessMode": "ReadOnly",
+                "minimum": "-40", "maximum": "125"}]}}),
+        ),
+        (
+            ResourceKind::DeviceModel,
+            "fan",
+            json!({"kind": "DeviceModel",
+            "metadata": {"name": "fan", "namespace": "default", "uid": "m2"},
+            "spec": {"properties": [{"name": "power", "type": "BOOLEAN", "accessMode": "ReadWrite"}]}}),
+        ),
+        (
+            ResourceKind::Device,
+            "thermo-1",
+            json!({"kind": "Device",
+            "metadata": {"name": "thermo-1", "namespace": "default", "uid": "d1"},
+            "spec": {"deviceModelRef": {"name": "thermometer"}, "nodeName": NODE,
+                "protocol": {"protocolName": "mqtt"}}}),
+        ),
+        (
+            ResourceKind::Device,
+            "fan-1",
+            json!({"kind": "Device",
+            "metadata": {"name": "fan-1", "namespace": "default", "uid": "d2"},
+            "spec": {"deviceModelRef": {"name": "fan"}, "nodeName": NODE,
+                "protocol": {"protocolName": "mqtt"}}}),
+        ),
+    ];
+    for (kind, name, object) in objects {
+        let uid = object["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        meta.apply(&key(kind, name), &uid, "1", &object)
+            .expect("stored");
+    }
+}
+
+/// An MQTT client outside Wedge: what it receives arrives on a channel.
+struct Peer {
+    client: AsyncClient,
+    received: mpsc::UnboundedReceiver<(String, Value)>,
+}
+
+impl Peer {
+    async fn connect(port: u16, filters: &[&str]) -> Self {
+        let options = MqttOptions::new(format!("peer-{}", fastrand_id()), "127.0.0.1", port);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (tx, received) = mpsc::unbounded_channel();
+        let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let payload = serde_json::from_slice(&p.payload).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(&p.payload).into())
+                        });
+                        if tx.send((p.topic, payload)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        for filter in filters {
+            client
+                .subscribe(*filter, QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            tokio::time::timeout(WAIT, subscribed.recv())
+                .await
+                .expect("subscribed in time");
+        }
+        Self { client, received }
+    }
+
+    async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish");
+    }
+
+    /// The next message on `topic`, skipping others.
+    async fn next_on(&mut self, topic: &str) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let (t, payload) = self.received.recv().await.expect("peer connection");
+                if t == topic {
+                    return payload;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("nothing on {topic} within {WAIT:?}"))
+    }
+}
+
+fn fastrand_id() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+struct Edge {
+    _dir: tempfile::TempDir,
+    twin: DeviceTwin,
+    bus: EventBus,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn edge(broker: BrokerChoice) -> Edge {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(&dir.path().join("edge.db")).expect("db");
+    put_devices(&db);
+    let twin = DeviceTwin::new(&db, Arc::new(Signals::default()));
+    let (bus, driver) = EventBus::new(NODE, &broker).expect("EventBus starts");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(driver.run(twin.clone(), shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !bus.connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "EventBus did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its subscriptions follow the connection: give them a moment to be acknowledged.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Edge {
+        _dir: dir,
+        twin,
+        bus,
+        shutdown,
+    }
+}
+
+async fn kubeedge_topics_are_served(broker: BrokerChoice, port: u16) {
+    let edge = edge(broker).await;
+    let mut peer = Peer::connect(
+        port,
+        &[
+            "$hw/events/device/+/twin/update/result",
+            "$hw/events/device/+/twin/get/result",
+            "$hw/events/device/+/twin/update/delta",
+            "$hw/events/device/+/state/update/result",
+            "$ke/events/device/+/data/update",
+            "$hw/events/node/edge-a/membership/get/result",
+        ],
+    )
+    .await;
+
+    // A device reports over MQTT: answered, stored, announced as data for apps.
+    peer.publish(
+        "$hw/events/device/thermo-1/twin/update",
+        r#"{"event_id":"e1","timestamp":1,"twin":{"temperature":{"actual":{"value":"31.5"},"metadata":{"type":"Updated"}}}}"#,
+    )
+    .await;
+    let result = peer
+        .next_on("$hw/events/device/thermo-1/twin/update/result")
+        .await;
+    assert_eq!(result["event_id"], "e1", "{result}");
+    assert_eq!(result["twin"]["temperature"]["actual"]["value"], "31.5");
+    assert_eq!(result["twin"]["temperature"]["metadata"]["type"], "float");
+    let data = peer.next_on("$ke/events/device/thermo-1/data/update").await;
+    assert_eq!(data["data"]["temperature"]["value"], "31.5", "{data}");
+    let stored = edge
+        .twin
+        .property("thermo-1", "temperature")
+        .await
+        .expect("twin");
+    assert_eq!(
+        stored.reported.map(|r| r.value),
+        Some(TwinValue::Float(31.5))
+    );
+
+    // Bad input: each refused with a code and a reason, nothing changed, the bus goes on.
+    let refusals = [
+        ("thermo-1", "{not json", 400, "malformed twin update"),
+        (
+            "thermo-1",
+            r#"{"event_id":"e3","twin":{"temperature":{"actual":{"value":"hot"}}}}"#,
+            400,
+            "temperature",
+        ),
+        (
+            "thermo-1",
+            r#"{"event_id":"e4","twin":{"temperature":{"expected":{"value":"20"}}}}"#,
+            400,
+            "read-only",
+        ),
+        (
+            "thermo-1",
+            r#"{"event_id":"e5","twin":{"humidity":{"actual":{"value":"40"}}}}"#,
+            404,
+            "humidity",
+        ),
+        (
+            "ghost",
+            r#"{"event_id":"e6","twin":{"temperature":{"actual":{"value":"20"}}}}"#,
+            404,
+            "ghost",
+        ),
+    ];
+    for (device, payload, code, reason) in refusals {
+        peer.publish(&format!("$hw/events/device/{device}/twin/update"), payload)
+            .await;
+        let result = peer
+            .next_on(&format!("$hw/events/device/{device}/twin/update/result"))
+            .await;
+        assert_eq!(result["code"], code, "{payload} → {result}");
+        let why = result["reason"].as_str().unwrap_or_default();
+        assert!(why.contains(reason), "{payload} → {why}");
+    }
+    let stored = edge
+        .twin
+        .property("thermo-1", "temperature")
+        .await
+        .expect("twin");
+    assert_eq!(
+        stored.reported.map(|r| (r.value, r.version)),
+        Some((TwinValue::Float(31.5), 1)),
+        "refused updates changed nothing"
+    );
+
+    // An app sets the fan's expected value over MQTT: the delta tells the fan's mapper.
+    peer.publish(
+        "$hw/events/device/fan-1/twin/update",
+        r#"{"event_id":"e7","twin":{"power":{"expected":{"value":"true"}}}}"#,
+    )
+    .await;
+    let delta = peer
+        .next_on("$hw/events/device/fan-1/twin/update/delta")
+        .await;
+    assert_eq!(delta["delta"]["power"], "true", "{delta}");
+    assert_eq!(delta["twin"]["power"]["expected"]["value"], "true");
+
+    // A device says it is online; the membership lists both devices with their twins.
+    peer.publish(
+        "$hw/events/device/fan-1/state/update",
+        r#"{"event_id":"e8","state":"online"}"#,
+    )
+    .await;
+    let state = peer
+        .next_on("$hw/events/device/fan-1/state/update/result")
+        .await;
+    assert_eq!(state["device"]["state"], "online", "{state}");
+    peer.publish(
+        "$hw/events/node/edge-a/membership/get",
+        r#"{"event_id":"e9"}"#,
+    )
+    .await;
+    let members = peer
+        .next_on("$hw/events/node/edge-a/membership/get/result")
+        .await;
+    let mut names: Vec<&str> = members["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["fan-1", "thermo-1"], "{members}");
+    let fan = members["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == "fan-1"))
+        .expect("fan-1");
+    assert_eq!(fan["state"], "online");
+    assert_eq!(fan["twin"]["power"]["expected"]["value"], "true");
+}
+
+async fn pods_messages_flow_both_ways(broker: BrokerChoice, port: u16) {
+    let edge = edge(broker).await;
+    let queue = Arc::new(MessageQueue::default());
+    edge.bus
+        .subscribe("commands/#", &queue)
+        .await
+        .expect("subscribed");
+    let mut peer = Peer::connect(port, &["alerts/#"]).await;
+    // The subscription is made at the broker asynchronously: retry until the first arrives.
+    let mut arrived = None;
+    for _ in 0..50 {
+        peer.publish("commands/fan", "on").await;
+        if let Some(m) = queue.next(Duration::from_millis(100)).await {
+            arrived = Some(m);
+            break;
+        }
+    }
+    let arrived = arrived.expect("a pod's subscription receives");
+    assert_eq!(
+        (arrived.topic.as_str(), arrived.payload.as_slice()),
+        ("commands/fan", b"on".as_slice())
+    );
+    edge.bus
+        .publish(
+            BusMessage {
+                topic: "alerts/heat".into(),
+                payload: b"31.5".to_vec(),
+                retained: false,
+                received_ms: 0,
+            },
+            Qos::AtLeastOnce,
+            false,
+        )
+        .await
+        .expect("published");
+    assert_eq!(peer.next_on("alerts/heat").await, json!(31.5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubeedge_topics_through_mosquitto() {
+    let mosquitto = wedge_testkit::mosquitto::Mosquitto::start().expect("mosquitto");
+    let broker = BrokerChoice::external(&format!("127.0.0.1:{}", mosquitto.port())).expect("addr");
+    kubeedge_topics_are_served(broker.clone(), mosquitto.port()).await;
+    pods_messages_flow_both_ways(broker, mosquitto.port()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubeedge_topics_through_the_embedded_broker() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let broker = BrokerChoice::Embedded(([127, 0, 0, 1], port).into());
+    kubeedge_topics_are_served(broker, port).await;
+    // The embedded broker lives as long as the process: the second edge reaches it as any
+    // external broker.
+    let external = BrokerChoice::external(&format!("127.0.0.1:{port}")).expect("addr");
+    pods_messages_flow_both_ways(external, port).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let err = EventBus::new(NODE, &BrokerChoice::Embedded(addr))
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains(&format!("cannot listen on {addr}")),
+        "{err}"
+    );
+}
