@@ -25,6 +25,10 @@ enum Scenario {
     /// cloudcore and edgecore: `kubectl create` to Running (p50, p99) and edgecore's RSS idle
     /// and with 100 Wasm pods. Needs `cargo build --release -p wedge-cli` first.
     Edge,
+    /// Devices: a device's report to the Device status, a desired value to the Modbus register
+    /// (both through cloudcore and edgecore), handler invocations per second over DeviceTwin.
+    /// Needs `cargo build --release -p wedge-cli` first.
+    Devices,
     /// N simulated edges against one cloudcore: RSS per edge, DaemonSet and ConfigMap fan-out.
     /// Needs `cargo build --release -p wedge-cli` first.
     HubFanout,
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Apiserver => scenarios::apiserver::run().await,
         Scenario::Scheduler => scenarios::scheduler::run().await,
         Scenario::Edge => scenarios::edge::run().await,
+        Scenario::Devices => scenarios::devices::run().await,
         Scenario::HubFanout => scenarios::hub_fanout::run(args.edges).await,
         Scenario::ApiserverServe => {
             let dir = args
@@ -79,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
                 "apiserver",
                 "scheduler",
                 "edge",
+                "devices",
                 "hub-fanout",
             ] {
                 let status = std::process::Command::new(std::env::current_exe()?)

@@ -40,19 +40,16 @@ fn reported(cloud: &Cloud, device: &str, property: &str) -> String {
 /// A device speaking KubeEdge's MQTT topics directly, with a model of its own.
 const MQTT_DEVICE: &str = "apiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata:\n  name: hygro-1\nspec:\n  deviceModelRef: {name: hygrometer}\n  nodeName: edge-a\n  protocol: {protocolName: mqtt}\n  properties:\n  - {name: humidity, reportToCloud: true}\n---\napiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata:\n  name: hygrometer\nspec:\n  protocol: mqtt\n  properties:\n  - {name: humidity, type: INT, accessMode: ReadOnly, minimum: \"0\", maximum: \"100\"}\n";
 
-/// What the fan-handler wrote, from its log files on the edge (kubelet's layout).
-fn handler_logs(edge_root: &std::path::Path) -> String {
+/// What `pod`'s fan-handler container wrote, from its log files on the edge (kubelet's layout).
+fn handler_logs(edge_root: &std::path::Path, pod: &str) -> String {
     let mut out = String::new();
     let pods = edge_root.join("wasm/pods");
-    for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-        if !pod
-            .file_name()
-            .to_string_lossy()
-            .starts_with("default_fan-handler_")
-        {
+    let prefix = format!("default_{pod}_");
+    for dir in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+        if !dir.file_name().to_string_lossy().starts_with(&prefix) {
             continue;
         }
-        for log in std::fs::read_dir(pod.path().join("fan-handler"))
+        for log in std::fs::read_dir(dir.path().join("fan-handler"))
             .into_iter()
             .flatten()
             .flatten()
@@ -148,6 +145,23 @@ async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives
         "{table}"
     );
 
+    // A handler granted only to read the fan is refused when it tries to drive it, with the
+    // reason in its log; the fan stays off.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: intruder\n  annotations:\n    devices.wedge.io/read: thermo-1, fan-1\n    handlers.wedge.io/twin: thermo-1/temperature\nspec:\n  containers:\n  - name: fan-handler\n    image: {}/samples/fan-handler:1\n    env:\n    - {{name: THRESHOLD, value: \"0\"}}\n",
+        registry.host()
+    ));
+    eventually(
+        Duration::from_secs(60),
+        || handler_logs(&edge_root, "intruder").contains("handler failed"),
+        || format!("the intruder was not refused\nedgecore: {}", edge.log()),
+    )
+    .await;
+    let refused = handler_logs(&edge_root, "intruder");
+    assert!(refused.contains("devices.wedge.io/write"), "{refused}");
+    assert!(!sim.fan(), "an ungranted pod switched the fan on");
+    assert_eq!(reported(&cloud, "fan-1", "power"), "false");
+
     // The fan-handler component sets fan-1's desired power when the temperature passes 30 °C;
     // the mapper writes the coil and reads it back; the status follows.
     cloud.apply(&format!(
@@ -172,7 +186,7 @@ async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives
         },
     )
     .await;
-    let logs = handler_logs(&edge_root);
+    let logs = handler_logs(&edge_root, "fan-handler");
     assert!(logs.contains("fan-1/power=true"), "{logs}");
 
     // The cloud goes away. The mapper keeps reading, and a device speaking MQTT reports.
@@ -213,12 +227,20 @@ async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives
         || format!("thermo-1's status did not move on from {before} (device at {during})"),
     )
     .await;
-    let status: Value =
-        serde_json::from_str(&cloud.kubectl_ok(&["get", "device", "fan-1", "-o", "json"]))
-            .expect("JSON");
-    assert_eq!(
-        status["status"]["twins"][0]["observedDesired"]["value"], "true",
-        "{status}"
-    );
+    // The handler switches the fan off again once the room cooled: the fan follows what the
+    // edge wants, and the status shows both sides agreeing with the coil.
+    eventually(
+        Duration::from_secs(30),
+        || {
+            let out = cloud.kubectl_ok(&["get", "device", "fan-1", "-o", "json"]);
+            let status: Value = serde_json::from_str(&out).unwrap_or_default();
+            let twin = &status["status"]["twins"][0];
+            twin["observedDesired"]["value"].is_string()
+                && twin["observedDesired"]["value"] == twin["reported"]["value"]
+                && twin["reported"]["value"] == if sim.fan() { "true" } else { "false" }
+        },
+        || cloud.kubectl_ok(&["get", "device", "fan-1", "-o", "jsonpath={.status}"]),
+    )
+    .await;
     stop_sim.cancel();
 }

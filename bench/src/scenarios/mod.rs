@@ -2,6 +2,7 @@
 
 pub mod apiserver;
 pub mod app_start;
+pub mod devices;
 pub mod edge;
 pub mod handler_invoke;
 pub mod hub_fanout;

@@ -1,0 +1,385 @@
+//! Devices, measured through the real parts.
+//!
+//! Through the release `cloudcore` and `edgecore` (embedded MQTT broker, built-in Modbus mapper)
+//! and the Modbus simulator in this process:
+//! - **report → status**: a device speaking KubeEdge's MQTT topics reports a new value; timed
+//!   from the publish to the watch event showing it in the Device's status in the API (EventBus,
+//!   DeviceTwin's SQLite, the outbox, CloudHub, DeviceController's status patch, the watch).
+//! - **desired → register**: a Device's `spec.properties[].desired.value` is patched through the
+//!   API; timed from the patch request until the simulator's coil holds the value (the hub, the
+//!   edge's store, DeviceTwin, the mapper's Modbus write). Polled every 250 µs.
+//!
+//! In this process, over the edge's real DeviceTwin (SQLite) and the Wasm runtime:
+//! - **handler invocations per second**: reported temperatures drive the sample fan-handler (each
+//!   call a fresh instance that reads the fan's twin), counted from the first report to the last
+//!   invocation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wedge_core::pod_runtime::PodRuntime;
+use wedge_core::protocol::{ObjectKey, ResourceKind};
+use wedge_core::twin::TwinValue;
+use wedge_edge::devicetwin::DeviceTwin;
+use wedge_edge::edged::Signals;
+use wedge_edge::store::Database;
+use wedge_edged_wasm::host::Backends;
+use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
+use wedge_mapper_modbus::{SimConfig, Simulator};
+
+use super::processes::{Daemon, free_port, output, wait_listening};
+use crate::report::{figure, millis, quantile};
+
+const SCENARIO: &str = "devices";
+const NODE: &str = "bench-edge";
+const REPORTS: usize = 200;
+const WRITES: usize = 100;
+const HANDLER_EVENTS: usize = 20_000;
+
+fn thermometer() -> Value {
+    json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
+        "metadata": {"name": "thermometer", "namespace": "default", "uid": "m1"},
+        "spec": {"properties": [{"name": "temperature", "type": "FLOAT", "accessMode": "ReadOnly"}]}})
+}
+
+fn fan_model() -> Value {
+    json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
+        "metadata": {"name": "fan", "namespace": "default", "uid": "m2"},
+        "spec": {"properties": [{"name": "power", "type": "BOOLEAN", "accessMode": "ReadWrite"}]}})
+}
+
+fn fan_properties(on: bool) -> Value {
+    json!([{"name": "power", "desired": {"value": on.to_string()},
+        "collectCycle": 1_000_000_000u64, "reportCycle": 1_000_000_000u64,
+        "visitors": {"protocolName": "modbus", "configData": {"register": "CoilRegister", "offset": 0, "limit": 1}}}])
+}
+
+fn fan_device(sim: std::net::SocketAddr) -> Value {
+    json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": "fan-1", "namespace": "default"},
+        "spec": {"deviceModelRef": {"name": "fan"}, "nodeName": NODE,
+            "protocol": {"protocolName": "modbus", "configData": {"ip": sim.ip().to_string(), "port": sim.port(), "slaveID": 1}},
+            "properties": fan_properties(false)}})
+}
+
+fn sensor_device() -> Value {
+    json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": "sensor-1", "namespace": "default"},
+        "spec": {"deviceModelRef": {"name": "thermometer"}, "nodeName": NODE,
+            "protocol": {"protocolName": "mqtt"}}})
+}
+
+/// Watches Devices; sends (name, first twin's reported value, when seen).
+fn reported_values(api: Api<DynamicObject>) -> mpsc::UnboundedReceiver<(String, String, Instant)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut events = watcher(api, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(device)) = events.next().await {
+            let value = device.data["status"]["twins"][0]["reported"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let name = device.metadata.name.unwrap_or_default();
+            if tx.send((name, value, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn seen(
+    rx: &mut mpsc::UnboundedReceiver<(String, String, Instant)>,
+    name: &str,
+    value: &str,
+) -> anyhow::Result<Instant> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (n, v, at) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("{name}={value} never reached the API"))?
+            .ok_or_else(|| anyhow::anyhow!("the Device watch ended"))?;
+        if n == name && v == value {
+            return Ok(at);
+        }
+    }
+}
+
+/// Latencies through the processes.
+async fn through_processes() -> anyhow::Result<()> {
+    let sim = Simulator::bind(([127, 0, 0, 1], 0).into(), SimConfig::default()).await?;
+    let stop = CancellationToken::new();
+    let _sim_task = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().display().to_string();
+    let hub = format!("127.0.0.1:{}", free_port()?);
+    let api = format!("127.0.0.1:{}", free_port()?);
+    let mqtt_port = free_port()?;
+    let cloud_root = format!("{root}/cloud");
+    let _cloud = Daemon::spawn(
+        "cloudcore",
+        &[
+            "--root",
+            &cloud_root,
+            "--listen",
+            &hub,
+            "--apiserver-listen",
+            &api,
+        ],
+        &dir.path().join("cloudcore.log"),
+    )?;
+    wait_listening(&hub, Duration::from_secs(60)).await?;
+    let client =
+        wedge_cli::kube_client(&dir.path().join("cloud/apiserver/admin.kubeconfig")).await?;
+    let token = output(
+        "wedge",
+        &["--root", &cloud_root, "token", "create", "--ttl", "1h"],
+    )?;
+    let mqtt_listen = format!("127.0.0.1:{mqtt_port}");
+    let _edge = Daemon::spawn(
+        "edgecore",
+        &[
+            "--root",
+            &format!("{root}/edge"),
+            "--cloud",
+            &hub,
+            "--node",
+            NODE,
+            "--node-ip",
+            "127.0.0.1",
+            "--token",
+            &token,
+            "--mqtt-listen",
+            &mqtt_listen,
+        ],
+        &dir.path().join("edgecore.log"),
+    )?;
+    wait_listening(&mqtt_listen, Duration::from_secs(60)).await?;
+
+    let models: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &wedge_cloudcore::devices::device_model_resource(),
+    );
+    let devices: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &wedge_cloudcore::devices::device_resource(),
+    );
+    for model in [thermometer(), fan_model()] {
+        models
+            .create(&PostParams::default(), &serde_json::from_value(model)?)
+            .await?;
+    }
+    for device in [fan_device(sim.local_addr()), sensor_device()] {
+        devices
+            .create(&PostParams::default(), &serde_json::from_value(device)?)
+            .await?;
+    }
+    let mut watch = reported_values(devices.clone());
+
+    let (mqtt, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("bench-sensor", "127.0.0.1", mqtt_port), 64);
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let report = |value: String| {
+        let mqtt = mqtt.clone();
+        async move {
+            let payload =
+                json!({"event_id": value, "twin": {"temperature": {"actual": {"value": value}}}});
+            mqtt.publish(
+                "$hw/events/device/sensor-1/twin/update",
+                QoS::AtLeastOnce,
+                false,
+                payload.to_string(),
+            )
+            .await
+        }
+    };
+    // Warm-up: the edge has joined and holds the device once a report arrives.
+    let warm = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        report("0.5".into()).await?;
+        if tokio::time::timeout(Duration::from_secs(1), seen(&mut watch, "sensor-1", "0.5"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < warm,
+            "the sensor's reports never reached the API"
+        );
+    }
+    let mut samples = Vec::with_capacity(REPORTS);
+    for i in 1..=REPORTS {
+        // Unique values, written as DeviceTwin formats them back.
+        let value = format!("{i}.5");
+        let sent = Instant::now();
+        report(value.clone()).await?;
+        let at = seen(&mut watch, "sensor-1", &value).await?;
+        samples.push(at.duration_since(sent));
+    }
+    figure(
+        SCENARIO,
+        "device report to Device status p50",
+        millis(quantile(&mut samples, 0.5)),
+        "ms",
+    );
+    figure(
+        SCENARIO,
+        "device report to Device status p99",
+        millis(quantile(&mut samples, 0.99)),
+        "ms",
+    );
+
+    // Warm-up: the fan's mapper is connected once the coil follows a first change.
+    let mut samples = Vec::with_capacity(WRITES);
+    for i in 0..=WRITES {
+        let on = i % 2 == 0;
+        let sent = Instant::now();
+        devices
+            .patch(
+                "fan-1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"properties": fan_properties(on)}})),
+            )
+            .await?;
+        let limit = if i == 0 { 60 } else { 10 };
+        while sim.fan() != on {
+            anyhow::ensure!(
+                sent.elapsed() < Duration::from_secs(limit),
+                "the coil did not follow the desired value"
+            );
+            tokio::time::sleep(Duration::from_micros(250)).await;
+        }
+        if i > 0 {
+            samples.push(sent.elapsed());
+        }
+    }
+    figure(
+        SCENARIO,
+        "desired value in the API to register written p50",
+        millis(quantile(&mut samples, 0.5)),
+        "ms",
+    );
+    figure(
+        SCENARIO,
+        "desired value in the API to register written p99",
+        millis(quantile(&mut samples, 0.99)),
+        "ms",
+    );
+    Ok(())
+}
+
+/// Handler throughput over the real DeviceTwin.
+async fn handler_throughput() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Database::open(&dir.path().join("edge.db"))?;
+    let meta = db.meta();
+    let key = |kind, name: &str| ObjectKey {
+        kind,
+        namespace: "default".into(),
+        name: name.into(),
+    };
+    let mut fan = fan_device(([127, 0, 0, 1], 9).into());
+    fan["metadata"]["uid"] = "d1".into();
+    let mut sensor = sensor_device();
+    sensor["metadata"]["uid"] = "d2".into();
+    meta.apply(
+        &key(ResourceKind::DeviceModel, "thermometer"),
+        "m1",
+        "1",
+        &thermometer(),
+    )?;
+    meta.apply(
+        &key(ResourceKind::DeviceModel, "fan"),
+        "m2",
+        "1",
+        &fan_model(),
+    )?;
+    meta.apply(&key(ResourceKind::Device, "fan-1"), "d1", "1", &fan)?;
+    meta.apply(&key(ResourceKind::Device, "sensor-1"), "d2", "1", &sensor)?;
+    let twin = DeviceTwin::new(&db, Arc::new(Signals::default()));
+
+    let (in_process, _, _) = Backends::in_process();
+    let backends = Backends {
+        twin: Arc::new(twin.clone()),
+        bus: in_process.bus,
+    };
+    let mut config = RuntimeConfig::new(dir.path().join("wasm"));
+    config.engine.max_instances = 100;
+    let rt = WasmRuntime::new(config, backends)?;
+    let image = super::sample_image(&rt, "fan_handler").await?;
+    let annotations = json!({"devices.wedge.io/read": "sensor-1, fan-1", "devices.wedge.io/write": "fan-1",
+        "handlers.wedge.io/twin": "sensor-1/temperature"});
+    let (pod, _) = super::pod("handler", &image, &[("THRESHOLD", "1000")], annotations)?;
+    rt.start_pod(&pod).await?;
+    let invocations = || {
+        rt.container_stats("handler", "main")
+            .map_or(0, |s| s.invocations)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while invocations() == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the handler never ran");
+        twin.report(
+            "sensor-1",
+            vec![("temperature".into(), TwinValue::Float(20.0))],
+        )?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let base = invocations();
+    let started = Instant::now();
+    for i in 0..HANDLER_EVENTS {
+        twin.report(
+            "sensor-1",
+            vec![(
+                "temperature".into(),
+                TwinValue::Float(20.0 + (i % 100) as f64 / 10.0),
+            )],
+        )?;
+        // Stay within the change channel's capacity (4096): a handler that falls further behind
+        // skips changes, and skipped changes are not invocations.
+        while (i as u64 + 1).saturating_sub(invocations() - base) > 2048 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let want = base + HANDLER_EVENTS as u64;
+    while invocations() < want {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {} of {HANDLER_EVENTS} invocations",
+            invocations() - base
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = started.elapsed();
+    figure(
+        SCENARIO,
+        "handler invocations per second on twin changes (DeviceTwin in SQLite)",
+        HANDLER_EVENTS as f64 / elapsed.as_secs_f64(),
+        "1/s",
+    );
+    Ok(())
+}
+
+/// Runs the scenario.
+pub async fn run() -> anyhow::Result<()> {
+    handler_throughput().await?;
+    through_processes().await
+}
