@@ -315,6 +315,9 @@ async fn handler_throughput() -> anyhow::Result<()> {
     meta.apply(&key(ResourceKind::Device, "fan-1"), "d1", "1", &fan)?;
     meta.apply(&key(ResourceKind::Device, "sensor-1"), "d2", "1", &sensor)?;
     let twin = DeviceTwin::new(&db, Arc::new(Signals::default()));
+    // As in edgecore: DeviceTwin's task writes the statuses to the outbox.
+    let stop = CancellationToken::new();
+    let _twin_task = tokio::spawn(twin.clone().run(stop.clone()));
 
     let (in_process, _, _) = Backends::in_process();
     let backends = Backends {
@@ -375,6 +378,7 @@ async fn handler_throughput() -> anyhow::Result<()> {
         HANDLER_EVENTS as f64 / elapsed.as_secs_f64(),
         "1/s",
     );
+    stop.cancel();
     Ok(())
 }
 

@@ -239,7 +239,10 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
             "  kubectl get devices -o wide --watch      # {} (Modbus simulator at {sim})",
             devices.join(", ")
         );
-        println!("  kubectl logs -f fan-handler               # the handler switching the fan");
+        println!(
+            "  tail -f {}/wasm/pods/default_fan-handler_*/fan-handler/*.log   # the handler switching the fan",
+            edge_root.display()
+        );
         if args.mqtt_broker.is_none() {
             println!(
                 "  mosquitto_sub -h {} -p {} -t '$hw/events/device/+/twin/update/document'",

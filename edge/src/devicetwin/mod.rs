@@ -10,17 +10,19 @@
 //! - **reported** belongs to the device: its mapper (or the device itself over MQTT) reports
 //!   values; apps and the cloud never set them.
 //!
-//! Every change is stored before it is announced, then the device's whole status goes into the
-//! outbox under one key: changes made while the cloud is away coalesce into the newest status,
-//! which reaches the cloud after reconnect, once.
+//! Every change is stored before it is announced. The device's whole status then goes into the
+//! outbox under one key, written by [`DeviceTwin::run`] as soon as it wakes (a burst of changes
+//! costs one outbox write, not one each): changes made while the cloud is away coalesce into the
+//! newest status, which reaches the cloud after reconnect, once. A status not yet written when
+//! the process dies is rebuilt from the stored twins at the next start.
 
 mod report;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use wedge_core::device::{self, Device, DeviceModel};
 use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
@@ -68,6 +70,10 @@ struct Inner {
     changes: broadcast::Sender<TwinChange>,
     /// Bumped whenever the set of devices or a device's spec or model changes.
     membership: watch::Sender<u64>,
+    /// Devices whose status changed since it was last put in the outbox.
+    dirty: Mutex<BTreeSet<String>>,
+    /// Wakes `run` to write the dirty statuses.
+    status_due: Notify,
 }
 
 fn unavailable(e: StoreError) -> TwinBackendError {
@@ -94,6 +100,8 @@ impl DeviceTwin {
                 devices: Mutex::default(),
                 changes: broadcast::channel(4096).0,
                 membership: watch::channel(0).0,
+                dirty: Mutex::default(),
+                status_due: Notify::new(),
             }),
         };
         twin.reload();
@@ -107,13 +115,48 @@ impl DeviceTwin {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Follows MetaManager until `shutdown`: each change of Devices or DeviceModels reloads.
+    /// Follows MetaManager until `shutdown` (each change of Devices or DeviceModels reloads) and
+    /// puts changed statuses in the outbox.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 () = self.inner.signals.devices_changed.notified() => self.reload(),
+                () = self.inner.status_due.notified() => self.flush_statuses(),
             }
+        }
+        self.flush_statuses();
+    }
+
+    /// Puts the status of every device changed since the last call in the outbox.
+    pub fn flush_statuses(&self) {
+        let dirty = std::mem::take(
+            &mut *self
+                .inner
+                .dirty
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if dirty.is_empty() {
+            return;
+        }
+        let devices = self.lock();
+        for name in dirty {
+            if let Some(entry) = devices.get(&name) {
+                self.queue_status(&name, entry);
+            }
+        }
+    }
+
+    fn mark_dirty(&self, device: &str) {
+        let new = self
+            .inner
+            .dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device.to_owned());
+        if new {
+            self.inner.status_due.notify_one();
         }
     }
 
@@ -435,7 +478,7 @@ impl DeviceTwin {
             if side == TwinSide::Reported && entry.twin.state == DeviceState::Online {
                 entry.last_online = Some(jiff::Timestamp::now().to_string());
             }
-            self.queue_status(device, entry);
+            self.mark_dirty(device);
         }
         for change in changes {
             let _ = self.inner.changes.send(change);
@@ -519,7 +562,7 @@ impl DeviceTwin {
                 entry.last_online.as_deref(),
             )
             .map_err(unavailable)?;
-        self.queue_status(device, entry);
+        self.mark_dirty(device);
         Ok(())
     }
 }

@@ -145,6 +145,8 @@ async fn reports_are_stored_announced_and_queued_for_the_cloud() {
         (TwinSide::Reported, 1)
     );
 
+    // run() writes statuses as soon as it wakes; here, by hand.
+    twin.flush_statuses();
     let queued = f.status();
     assert_eq!(queued["uid"], "d1");
     let status = &queued["status"];
