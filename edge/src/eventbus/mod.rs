@@ -157,15 +157,32 @@ impl EventBus {
         filters
     }
 
-    /// Delivers a message to every pod subscription whose filter matches.
+    /// Delivers a message to every pod subscription whose filter matches. Filters whose pods
+    /// are all gone are given up at the broker.
     fn deliver(&self, message: &BusMessage) {
         let mut subs = self.subscriptions();
-        subs.retain(|(_, q)| q.strong_count() > 0);
+        let mut dead: Vec<String> = Vec::new();
+        subs.retain(|(f, q)| {
+            let live = q.strong_count() > 0;
+            if !live {
+                dead.push(f.clone());
+            }
+            live
+        });
         for (filter, queue) in subs.iter() {
             if topic::matches(filter, &message.topic)
                 && let Some(q) = queue.upgrade()
             {
                 q.push(message.clone());
+            }
+        }
+        let requests = topics::request_filters(&self.inner.node);
+        dead.sort_unstable();
+        dead.dedup();
+        for filter in dead {
+            let still_used = subs.iter().any(|(f, _)| *f == filter) || requests.contains(&filter);
+            if !still_used && let Err(e) = self.inner.client.try_unsubscribe(filter.clone()) {
+                tracing::debug!(filter, error = %e, "cannot unsubscribe now; its messages are dropped here, and a reconnection forgets it");
             }
         }
     }
@@ -239,10 +256,10 @@ impl EventBusDriver {
         tokio::join!(
             poll(self.eventloop, bus.clone(), tx, shutdown.clone()),
             dispatch(bus.clone(), twin.clone(), rx, shutdown.clone()),
-            announce(bus.clone(), twin, shutdown.clone()),
+            announce(bus, twin, shutdown),
         );
-        let _ =
-            tokio::time::timeout(Duration::from_millis(200), bus.inner.client.disconnect()).await;
+        // Dropping the event loop closes the connection; the session is clean, so the broker
+        // keeps nothing of it.
     }
 }
 

@@ -122,21 +122,35 @@ fn msg_twin(kind: &str, twin: &TwinProperty) -> Value {
     Value::Object(m)
 }
 
+/// A property's type as KubeEdge's twin metadata names it (`float`, `boolean`, …).
+fn kind_name(model: &wedge_core::twin::DeviceTwin, property: &str) -> String {
+    model
+        .property(property)
+        .map(|p| device::type_name(p.kind).to_lowercase())
+        .unwrap_or_default()
+}
+
+/// Properties as KubeEdge's `twin` map.
+fn msg_twins<'a>(
+    model: &wedge_core::twin::DeviceTwin,
+    properties: impl IntoIterator<Item = &'a (String, TwinProperty)>,
+) -> Value {
+    let map = properties
+        .into_iter()
+        .map(|(name, value)| (name.clone(), msg_twin(&kind_name(model, name), value)))
+        .collect();
+    Value::Object(map)
+}
+
 /// A device's whole twin (or only `only`'s properties) as KubeEdge's `twin` map.
 fn twin_map(twin: &DeviceTwin, device: &str, only: Option<&[String]>) -> Result<Value, Refusal> {
     let (model, properties) = twin.document(device)?;
-    let mut map = serde_json::Map::new();
-    for (name, value) in properties {
-        if only.is_some_and(|o| !o.contains(&name)) {
-            continue;
-        }
-        let kind = model
-            .property(&name)
-            .map(|p| device::type_name(p.kind).to_lowercase())
-            .unwrap_or_default();
-        map.insert(name, msg_twin(&kind, &value));
-    }
-    Ok(Value::Object(map))
+    Ok(msg_twins(
+        &model,
+        properties
+            .iter()
+            .filter(|(name, _)| only.is_none_or(|o| o.contains(name))),
+    ))
 }
 
 /// Serves a request if `topic` is one of KubeEdge's for `node`: the answer to publish.
@@ -248,10 +262,7 @@ pub fn announce(twin: &DeviceTwin, change: &TwinChange) -> Vec<Outgoing> {
     let Ok((model, properties)) = twin.document(&change.device) else {
         return Vec::new(); // the device left the node meanwhile
     };
-    let kind = model
-        .property(&change.property)
-        .map(|p| device::type_name(p.kind).to_lowercase())
-        .unwrap_or_default();
+    let kind = kind_name(&model, &change.property);
     let timestamp = now_ms();
     let event_id = format!("{}-{}", change.device, timestamp);
     let mut before = properties
@@ -286,20 +297,12 @@ pub fn announce(twin: &DeviceTwin, change: &TwinChange) -> Vec<Outgoing> {
                 })
                 .collect();
             if !delta.is_empty() {
-                let mut map = serde_json::Map::new();
-                for (name, t) in &properties {
-                    let kind = model
-                        .property(name)
-                        .map(|p| device::type_name(p.kind).to_lowercase())
-                        .unwrap_or_default();
-                    map.insert(name.clone(), msg_twin(&kind, t));
-                }
                 out.push(Outgoing {
                     topic: topics::delta(&change.device),
                     payload: json!({
                         "event_id": event_id,
                         "timestamp": timestamp,
-                        "twin": map,
+                        "twin": msg_twins(&model, &properties),
                         "delta": delta,
                     }),
                 });
