@@ -1,7 +1,7 @@
 //! The whole edge agent: what `edgecore` and `wedge up` run.
 //!
 //! Joins the cloud on first start (with a bootstrap token), then runs EdgeHub, Edged, DeviceTwin,
-//! EventBus, the built-in mappers and the certificate rotation over one SQLite database and one
+//! EventBus (with the uploads Rules route to the cloud), the built-in mappers and the certificate rotation over one SQLite database and one
 //! Wasm runtime, until shutdown. Pods reach devices and topics through DeviceTwin and EventBus
 //! (the `wedge:device` and `wedge:messaging` host functions).
 
@@ -20,6 +20,7 @@ use crate::devicetwin::DeviceTwin;
 use crate::edged::node::NodeFacts;
 use crate::edged::{Edged, EdgedConfig, Signals};
 use crate::edgehub::{EdgeHub, EdgeHubConfig};
+use crate::eventbus::uploads::Uploads;
 use crate::eventbus::{BrokerChoice, EventBus};
 use crate::store::Database;
 use crate::tls::EdgeCredentials;
@@ -157,7 +158,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let db = Database::open(&config.root.join("edge.db"))?;
     let signals = Arc::new(Signals::default());
     let twin = DeviceTwin::new(&db, signals.clone());
-    let (bus, bus_driver) = EventBus::new(&config.node, &config.mqtt)?;
+    let uploads = Arc::new(Uploads::new(
+        db.meta(),
+        db.outbox(),
+        signals.clone(),
+        crate::eventbus::uploads::MAX_PENDING,
+    ));
+    let (bus, bus_driver) = EventBus::new(&config.node, &config.mqtt, uploads)?;
     let backends = Backends {
         twin: Arc::new(twin.clone()),
         bus: Arc::new(bus),

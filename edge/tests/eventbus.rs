@@ -14,6 +14,7 @@ use wedge_core::protocol::{ObjectKey, ResourceKind};
 use wedge_core::twin::TwinValue;
 use wedge_edge::devicetwin::DeviceTwin;
 use wedge_edge::edged::Signals;
+use wedge_edge::eventbus::uploads::{MAX_PENDING, Uploads};
 use wedge_edge::eventbus::{BrokerChoice, EventBus};
 use wedge_edge::store::Database;
 use wedge_edged_wasm::host::device::TwinBackend;
@@ -151,6 +152,8 @@ fn fastrand_id() -> u64 {
 
 struct Edge {
     _dir: tempfile::TempDir,
+    db: Database,
+    signals: Arc<Signals>,
     twin: DeviceTwin,
     bus: EventBus,
     shutdown: CancellationToken,
@@ -166,8 +169,15 @@ async fn edge(broker: BrokerChoice) -> Edge {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(&dir.path().join("edge.db")).expect("db");
     put_devices(&db);
-    let twin = DeviceTwin::new(&db, Arc::new(Signals::default()));
-    let (bus, driver) = EventBus::new(NODE, &broker).expect("EventBus starts");
+    let signals = Arc::new(Signals::default());
+    let twin = DeviceTwin::new(&db, signals.clone());
+    let uploads = Arc::new(Uploads::new(
+        db.meta(),
+        db.outbox(),
+        signals.clone(),
+        MAX_PENDING,
+    ));
+    let (bus, driver) = EventBus::new(NODE, &broker, uploads).expect("EventBus starts");
     let shutdown = CancellationToken::new();
     tokio::spawn(driver.run(twin.clone(), shutdown.clone()));
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -182,6 +192,8 @@ async fn edge(broker: BrokerChoice) -> Edge {
     tokio::time::sleep(Duration::from_millis(200)).await;
     Edge {
         _dir: dir,
+        db,
+        signals,
         twin,
         bus,
         shutdown,
@@ -360,12 +372,73 @@ async fn pods_messages_flow_both_ways(broker: BrokerChoice, port: u16) {
     assert_eq!(peer.next_on("alerts/heat").await, json!(31.5));
 }
 
+/// A Rule the cloud sends makes EventBus subscribe to its filter; what is published there waits
+/// in the outbox for the cloud, and what no rule routes does not.
+/// `rule_topic` as a Rule writes it; `topic` the MQTT topic it stands for.
+async fn rules_route_messages_to_the_outbox(
+    broker: BrokerChoice,
+    port: u16,
+    rule_topic: &str,
+    topic: &str,
+) {
+    let edge = edge(broker).await;
+    let peer = Peer::connect(port, &[]).await;
+    let rule = json!({"apiVersion": "rules.kubeedge.io/v1", "kind": "Rule",
+        "metadata": {"name": "to-rest", "namespace": "default", "uid": "r1", "resourceVersion": "1"},
+        "spec": {"source": "my-eventbus", "sourceResource": {"topic": rule_topic, "node_name": NODE},
+                 "target": "my-rest", "targetResource": {"resource": "http://127.0.0.1:9/"}}});
+    edge.db
+        .meta()
+        .apply(&key(ResourceKind::Rule, "to-rest"), "r1", "1", &rule)
+        .expect("store the rule");
+    edge.signals.rules_changed.notify_one();
+    let outbox = edge.db.outbox();
+    let uploads = || -> Vec<Value> {
+        outbox
+            .pending(0, 100)
+            .expect("outbox")
+            .into_iter()
+            .filter(|e| e.key.kind == ResourceKind::Upload)
+            .map(|e| e.payload)
+            .collect()
+    };
+    // The subscription follows the rule asynchronously: publish until the first one lands.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while uploads().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rule's topic was never forwarded"
+        );
+        peer.publish(topic, r#"{"edgemsg":"first"}"#).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = uploads().len();
+    peer.publish("default/other", "not routed").await;
+    peer.publish(topic, r#"{"edgemsg":"second"}"#).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while uploads().len() < before + 1 {
+        assert!(tokio::time::Instant::now() < deadline, "second message lost");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = uploads().pop().expect("an upload");
+    assert_eq!(
+        last,
+        json!({"topic": topic, "payload": r#"{"edgemsg":"second"}"#})
+    );
+    assert!(
+        uploads().iter().all(|u| u["topic"] == topic),
+        "only the rule's topic is forwarded: {:?}",
+        uploads()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kubeedge_topics_through_mosquitto() {
     let mosquitto = wedge_testkit::mosquitto::Mosquitto::start().expect("mosquitto");
     let broker = BrokerChoice::external(&format!("127.0.0.1:{}", mosquitto.port())).expect("addr");
     kubeedge_topics_are_served(broker.clone(), mosquitto.port()).await;
-    pods_messages_flow_both_ways(broker, mosquitto.port()).await;
+    pods_messages_flow_both_ways(broker.clone(), mosquitto.port()).await;
+    rules_route_messages_to_the_outbox(broker, mosquitto.port(), "test", "default/test").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -379,14 +452,24 @@ async fn kubeedge_topics_through_the_embedded_broker() {
     // The embedded broker lives as long as the process: the second edge reaches it as any
     // external broker.
     let external = BrokerChoice::external(&format!("127.0.0.1:{port}")).expect("addr");
-    pods_messages_flow_both_ways(external, port).await;
+    pods_messages_flow_both_ways(external.clone(), port).await;
+    let upload = "$hw/events/upload/alarms";
+    rules_route_messages_to_the_outbox(external, port, upload, upload).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_port_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
-    let err = EventBus::new(NODE, &BrokerChoice::Embedded(addr))
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(&dir.path().join("edge.db")).expect("db");
+    let uploads = Arc::new(Uploads::new(
+        db.meta(),
+        db.outbox(),
+        Arc::default(),
+        MAX_PENDING,
+    ));
+    let err = EventBus::new(NODE, &BrokerChoice::Embedded(addr), uploads)
         .err()
         .expect("refused");
     assert!(

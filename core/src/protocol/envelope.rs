@@ -49,16 +49,21 @@ pub enum ResourceKind {
     DeviceModel,
     /// A Device's status (twins, state, last online) as DeviceTwin reports it (up).
     DeviceStatus,
+    /// A `rules.kubeedge.io` Rule whose eventbus source is the edge's node (down).
+    Rule,
+    /// A message published on the edge's MQTT bus that a Rule routes to the cloud (up).
+    Upload,
 }
 
 impl ResourceKind {
     /// The kinds the cloud sends down and the edge keeps.
-    pub const DOWNSTREAM: [ResourceKind; 5] = [
+    pub const DOWNSTREAM: [ResourceKind; 6] = [
         Self::Pod,
         Self::ConfigMap,
         Self::Secret,
         Self::Device,
         Self::DeviceModel,
+        Self::Rule,
     ];
 
     /// The kebab-case name, as in frames and logs.
@@ -73,6 +78,8 @@ impl ResourceKind {
             Self::Device => "device",
             Self::DeviceModel => "device-model",
             Self::DeviceStatus => "device-status",
+            Self::Rule => "rule",
+            Self::Upload => "upload",
         }
     }
 
@@ -87,6 +94,7 @@ impl ResourceKind {
                 | Self::Device
                 | Self::DeviceModel
                 | Self::DeviceStatus
+                | Self::Rule
         )
     }
 }

@@ -1,5 +1,5 @@
 //! Payloads that are not Kubernetes objects: the session's opening, refusals, and what the edge
-//! reports up (its node, its lease, its pods' statuses).
+//! reports up (its node, its lease, its pods' statuses, the messages Rules route to the cloud).
 
 use std::collections::BTreeMap;
 
@@ -89,4 +89,70 @@ pub struct NodeReport {
 pub struct LeaseRenewal {
     /// The lease's duration, in seconds.
     pub duration_seconds: i32,
+}
+
+/// A message from the edge's MQTT bus that a Rule routes to the cloud (kind `upload`, up).
+/// The payload travels as text when it is UTF-8 (JSON, mostly) and in base64 otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Upload {
+    /// The topic it was published on.
+    pub topic: String,
+    /// The payload, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The payload in standard base64, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl Upload {
+    /// The message published on `topic` with `payload`.
+    pub fn new(topic: &str, payload: &[u8]) -> Self {
+        use base64::Engine;
+        match std::str::from_utf8(payload) {
+            Ok(text) => Self {
+                topic: topic.to_owned(),
+                payload: Some(text.to_owned()),
+                payload_base64: None,
+            },
+            Err(_) => Self {
+                topic: topic.to_owned(),
+                payload: None,
+                payload_base64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            },
+        }
+    }
+
+    /// The payload's bytes, as published.
+    pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        use base64::Engine;
+        match (&self.payload, &self.payload_base64) {
+            (_, Some(encoded)) => base64::engine::general_purpose::STANDARD.decode(encoded),
+            (Some(text), None) => Ok(text.as_bytes().to_vec()),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_carry_text_as_text_and_anything_else_in_base64() {
+        let text = Upload::new("default/test", br#"{"t":21.5}"#);
+        assert_eq!(
+            serde_json::to_value(&text).expect("json"),
+            serde_json::json!({"topic": "default/test", "payload": "{\"t\":21.5}"})
+        );
+        let binary = Upload::new("default/raw", &[0xff, 0x00, 0x01]);
+        assert_eq!(binary.payload_base64.as_deref(), Some("/wAB"));
+        assert_eq!(binary.bytes().expect("decodes"), [0xff, 0x00, 0x01]);
+        let bad = Upload {
+            payload_base64: Some("not base64!".into()),
+            ..binary
+        };
+        assert!(bad.bytes().is_err());
+    }
 }

@@ -36,6 +36,8 @@ pub struct Signals {
     pub outbox_changed: Notify,
     /// MetaManager's Devices or DeviceModels changed (EdgeHub → DeviceTwin).
     pub devices_changed: Notify,
+    /// MetaManager's Rules changed (EdgeHub → EventBus).
+    pub rules_changed: Notify,
 }
 
 /// Edged's settings.

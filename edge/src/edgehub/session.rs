@@ -280,6 +280,8 @@ impl Link<'_> {
                     let kind = frame.resource.as_ref().map(|r| r.kind);
                     if matches!(kind, Some(ResourceKind::Device | ResourceKind::DeviceModel)) {
                         self.signals.devices_changed.notify_one();
+                    } else if kind == Some(ResourceKind::Rule) {
+                        self.signals.rules_changed.notify_one();
                     } else {
                         self.signals.objects_changed.notify_one();
                     }
@@ -425,6 +427,16 @@ impl Link<'_> {
                 let model: wedge_core::device::DeviceModel = serde_json::from_value(object.clone())
                     .map_err(|e| format!("not a DeviceModel: {e}"))?;
                 model.property_models().map_err(|e| e.to_string())?;
+            }
+            ResourceKind::Rule => {
+                let rule: wedge_core::rule::Rule = serde_json::from_value(object.clone())
+                    .map_err(|e| format!("not a Rule: {e}"))?;
+                let node = rule.spec.source_node();
+                if node != Some(self.config.node.as_str()) {
+                    return Err(format!(
+                        "the rule's source is the bus of {node:?}, not of this node"
+                    ));
+                }
             }
             _ => {}
         }

@@ -5,8 +5,10 @@
 //! - the **poll loop** drives the connection (rumqttc reconnects on the next poll after an error)
 //!   and hands each incoming message to the dispatcher without waiting; when the dispatcher is
 //!   [`INCOMING_QUEUE`] messages behind, messages are dropped and counted, never the connection;
-//! - the **dispatcher** serves KubeEdge's requests from DeviceTwin and delivers messages to the
-//!   subscriptions of pods (the `wedge:messaging` host functions, through [`BusBackend`]);
+//! - the **dispatcher** serves KubeEdge's requests from DeviceTwin, delivers messages to the
+//!   subscriptions of pods (the `wedge:messaging` host functions, through [`BusBackend`]) and
+//!   queues for the cloud what a Rule routes there ([`uploads`]); it follows the Rules the edge
+//!   holds, subscribing to their filters and giving up those no rule wants any more;
 //! - the **announcer** publishes twin changes (document, delta, data) and membership changes.
 //!
 //! Subscriptions are made again after every (re)connection: sessions are clean, so a broker
@@ -15,6 +17,7 @@
 pub mod broker;
 pub mod topics;
 pub mod twin_api;
+pub mod uploads;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +33,7 @@ use wedge_edged_wasm::host::messaging::{BusBackend, BusError, BusMessage, Messag
 
 use crate::devicetwin::DeviceTwin;
 use twin_api::Outgoing;
+use uploads::Uploads;
 
 /// How many received messages wait for the dispatcher before new ones are dropped.
 pub const INCOMING_QUEUE: usize = 8192;
@@ -95,6 +99,7 @@ struct Inner {
     node: String,
     client: AsyncClient,
     subscriptions: Mutex<Vec<(String, Weak<MessageQueue>)>>,
+    uploads: Arc<Uploads>,
     connected: AtomicBool,
     dropped: AtomicU64,
 }
@@ -106,9 +111,13 @@ pub struct EventBusDriver {
 }
 
 impl EventBus {
-    /// A bus for `node` on `broker` (starting the embedded one if chosen). Nothing is sent until
-    /// the driver runs.
-    pub fn new(node: &str, broker: &BrokerChoice) -> Result<(Self, EventBusDriver), EventBusError> {
+    /// A bus for `node` on `broker` (starting the embedded one if chosen), forwarding what the
+    /// Rules `uploads` holds route to the cloud. Nothing is sent until the driver runs.
+    pub fn new(
+        node: &str,
+        broker: &BrokerChoice,
+        uploads: Arc<Uploads>,
+    ) -> Result<(Self, EventBusDriver), EventBusError> {
         let (host, port) = match broker {
             BrokerChoice::External { host, port } => (host.clone(), *port),
             BrokerChoice::Embedded(addr) => {
@@ -127,6 +136,7 @@ impl EventBus {
                 node: node.to_owned(),
                 client,
                 subscriptions: Mutex::default(),
+                uploads,
                 connected: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
             }),
@@ -146,10 +156,12 @@ impl EventBus {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every filter to hold at the broker: KubeEdge's requests and pods' subscriptions.
+    /// Every filter to hold at the broker: KubeEdge's requests, the Rules' and pods'
+    /// subscriptions.
     fn filters(&self) -> BTreeSet<String> {
         let mut filters: BTreeSet<String> = topics::request_filters(&self.inner.node)
             .into_iter()
+            .chain(self.inner.uploads.filters())
             .collect();
         let mut subs = self.subscriptions();
         subs.retain(|(_, q)| q.strong_count() > 0);
@@ -176,13 +188,49 @@ impl EventBus {
                 q.push(message.clone());
             }
         }
-        let requests = topics::request_filters(&self.inner.node);
         dead.sort_unstable();
         dead.dedup();
         for filter in dead {
-            let still_used = subs.iter().any(|(f, _)| *f == filter) || requests.contains(&filter);
-            if !still_used && let Err(e) = self.inner.client.try_unsubscribe(filter.clone()) {
-                tracing::debug!(filter, error = %e, "cannot unsubscribe now; its messages are dropped here, and a reconnection forgets it");
+            if !subs.iter().any(|(f, _)| *f == filter) {
+                self.give_up(filter);
+            }
+        }
+    }
+
+    /// Unsubscribes from `filter` at the broker unless KubeEdge's requests or a Rule need it
+    /// (callers check pods' subscriptions).
+    fn give_up(&self, filter: String) {
+        if topics::request_filters(&self.inner.node).contains(&filter)
+            || self.inner.uploads.filters().contains(&filter)
+        {
+            return;
+        }
+        if let Err(e) = self.inner.client.try_unsubscribe(filter.clone()) {
+            tracing::debug!(filter, error = %e, "cannot unsubscribe now; its messages are dropped here, and a reconnection forgets it");
+        }
+    }
+
+    /// Follows the Rules the edge holds: subscribes to new filters, gives up old ones.
+    async fn rules_changed(&self) {
+        let changes = self.inner.uploads.reload();
+        if !changes.added.is_empty() {
+            tracing::info!(filters = ?changes.added, "forwarding what Rules route to the cloud");
+            let filters = changes
+                .added
+                .into_iter()
+                .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce))
+                .collect::<Vec<_>>();
+            if let Err(e) = self.inner.client.subscribe_many(filters).await {
+                tracing::warn!(error = %e, "cannot subscribe at the MQTT broker; the next connection will");
+            }
+        }
+        for filter in changes.removed {
+            let used_by_pods = self
+                .subscriptions()
+                .iter()
+                .any(|(f, q)| *f == filter && q.strong_count() > 0);
+            if !used_by_pods {
+                self.give_up(filter);
             }
         }
     }
@@ -316,9 +364,14 @@ async fn dispatch(
     mut rx: mpsc::Receiver<Received>,
     shutdown: CancellationToken,
 ) {
+    bus.rules_changed().await;
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return,
+            () = bus.inner.uploads.changed() => {
+                bus.rules_changed().await;
+                continue;
+            }
             r = rx.recv() => match r { Some(r) => r, None => return },
         };
         match received {
@@ -337,6 +390,9 @@ async fn dispatch(
                     twin_api::serve(&twin, &bus.inner.node, &message.topic, &message.payload)
                 {
                     bus.publish_json(answer).await;
+                }
+                if let Err(e) = bus.inner.uploads.forward(&message.topic, &message.payload) {
+                    tracing::warn!(topic = message.topic, error = %e, "cannot queue a message for the cloud; dropped");
                 }
                 bus.deliver(&message);
             }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use rusqlite::Connection;
 
 pub use meta::{Applied, MetaStore, StoredObject};
-pub use outbox::{Outbox, OutboxEntry};
+pub use outbox::{Appended, Outbox, OutboxEntry};
 pub use twins::{StoredTwin, TwinStore};
 
 /// The schema's version, in `PRAGMA user_version`.

@@ -6,7 +6,7 @@
 //! that was sent: a report replaced while its predecessor was in flight is not lost.
 
 use rusqlite::{OptionalExtension, params};
-use wedge_core::protocol::{ObjectKey, Operation};
+use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
 
 use super::{Database, StoreError, sql};
 
@@ -41,6 +41,49 @@ fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// What [`Outbox::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The new entry's sequence number.
+    pub seq: u64,
+    /// Whether the oldest entry of its kind was dropped to make room.
+    pub dropped: bool,
+}
+
+/// The next value of a counter that never goes back, even when the table empties, so numbers
+/// are never reused across restarts.
+fn next(tx: &rusqlite::Transaction<'_>, counter: &str) -> Result<i64, StoreError> {
+    tx.query_row(
+        "INSERT INTO counters (name, value) VALUES (?1, 1)
+         ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+        [counter],
+        |r| r.get(0),
+    )
+    .map_err(sql("numbering a report"))
+}
+
+fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    key: &ObjectKey,
+    operation: Operation,
+    payload: &serde_json::Value,
+) -> Result<u64, StoreError> {
+    let seq = next(tx, "outbox")?;
+    tx.execute(
+        "INSERT OR REPLACE INTO outbox (kind, namespace, name, seq, operation, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            key.kind.as_str(),
+            key.namespace,
+            key.name,
+            seq,
+            serde_json::to_string(&operation).unwrap_or_default(),
+            payload.to_string()
+        ],
+    )
+    .map_err(sql(format!("queueing a report on {key}")))?;
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
 impl Outbox {
     /// Queues a report, replacing any queued for the same key. Returns its sequence number.
     pub fn put(
@@ -53,30 +96,51 @@ impl Outbox {
         let tx = conn
             .transaction()
             .map_err(sql("starting an outbox write"))?;
-        // The counter never goes back, even when the table empties, so sequence numbers are
-        // never reused across restarts.
-        let seq: i64 = tx
+        let seq = insert(&tx, key, operation, payload)?;
+        tx.commit().map_err(sql("committing a report"))?;
+        Ok(seq)
+    }
+
+    /// Queues a report of `kind` under a key of its own, which nothing replaces (uploads: every
+    /// message counts, not only the newest). At most `cap` of `kind` wait: past that the oldest
+    /// is dropped, so an edge cut off from the cloud for days keeps its latest messages and a
+    /// bounded file.
+    pub fn append(
+        &self,
+        kind: ResourceKind,
+        payload: &serde_json::Value,
+        cap: usize,
+    ) -> Result<Appended, StoreError> {
+        let mut conn = self.db.conn();
+        let tx = conn
+            .transaction()
+            .map_err(sql("starting an outbox write"))?;
+        let number = next(&tx, kind.as_str())?;
+        let waiting: i64 = tx
             .query_row(
-                "INSERT INTO counters (name, value) VALUES ('outbox', 1)
-                 ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
-                [],
+                "SELECT COUNT(*) FROM outbox WHERE kind = ?1",
+                [kind.as_str()],
                 |r| r.get(0),
             )
-            .map_err(sql("numbering a report"))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO outbox (kind, namespace, name, seq, operation, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                key.kind.as_str(),
-                key.namespace,
-                key.name,
-                seq,
-                serde_json::to_string(&operation).unwrap_or_default(),
-                payload.to_string()
-            ],
-        )
-        .map_err(sql(format!("queueing a report on {key}")))?;
+            .map_err(sql("counting queued reports"))?;
+        let dropped = usize::try_from(waiting).unwrap_or(usize::MAX) >= cap.max(1);
+        if dropped {
+            // Names are zero-padded numbers, so the primary key's order is their age.
+            tx.execute(
+                "DELETE FROM outbox WHERE kind = ?1 AND name =
+                   (SELECT name FROM outbox WHERE kind = ?1 ORDER BY name LIMIT 1)",
+                [kind.as_str()],
+            )
+            .map_err(sql("dropping the oldest queued report"))?;
+        }
+        let key = ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: format!("{number:020}"),
+        };
+        let seq = insert(&tx, &key, Operation::Update, payload)?;
         tx.commit().map_err(sql("committing a report"))?;
-        Ok(u64::try_from(seq).unwrap_or(0))
+        Ok(Appended { seq, dropped })
     }
 
     /// Up to `limit` entries with a sequence above `after`, oldest first.
@@ -178,7 +242,6 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use wedge_core::protocol::ResourceKind;
 
     use super::*;
 
@@ -250,5 +313,29 @@ mod tests {
         assert!(next > last, "{next} after {last}");
         let entry = &outbox.pending(0, 10).expect("pending")[0];
         assert_eq!(entry.operation, Operation::Delete);
+    }
+
+    #[test]
+    fn appended_reports_are_never_replaced_and_the_oldest_go_past_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Database::open(&dir.path().join("edge.db"))
+            .expect("open")
+            .outbox();
+        outbox
+            .put(&key("a"), Operation::Update, &json!("status"))
+            .expect("put");
+        for i in 0..5 {
+            let appended = outbox
+                .append(ResourceKind::Upload, &json!(i), 3)
+                .expect("append");
+            assert_eq!(appended.dropped, i >= 3, "message {i}");
+        }
+        let payloads: Vec<serde_json::Value> = outbox
+            .pending(0, 10)
+            .expect("pending")
+            .into_iter()
+            .map(|e| e.payload)
+            .collect();
+        assert_eq!(payloads, [json!("status"), json!(2), json!(3), json!(4)]);
     }
 }
