@@ -417,7 +417,10 @@ async fn rules_route_messages_to_the_outbox(
     peer.publish(topic, r#"{"edgemsg":"second"}"#).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while uploads().len() < before + 1 {
-        assert!(tokio::time::Instant::now() < deadline, "second message lost");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second message lost"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let last = uploads().pop().expect("an upload");

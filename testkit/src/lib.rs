@@ -4,12 +4,14 @@
 //! - [`registry`] runs a real OCI registry (Debian's `docker-registry`) on a free local port, with or
 //!   without htpasswd auth, and can corrupt the blobs it stores.
 //! - [`mosquitto`] runs a real MQTT broker (Debian's `mosquitto`) on a free local port.
+//! - [`http_sink`] is an HTTP service that keeps what is POSTed to it (the router's targets).
 //! - [`oci`] builds Wasm images in every layout found in the wild and pushes them, either over the
 //!   registry HTTP API or as an OCI layout through `skopeo`.
 //!
 //! A typical test starts a [`registry::Registry`], pushes an [`oci::Image::wasm`] of a sample app with
 //! [`oci::push`], and points the code under test at [`registry::Registry::host`].
 
+pub mod http_sink;
 pub mod mosquitto;
 pub mod oci;
 pub mod registry;

@@ -4,6 +4,9 @@
 //! - [`controller`]: EdgeController, the shared watches that say what each edge should hold and
 //!   the writer of what edges report.
 //! - [`devices`]: DeviceController, KubeEdge's Device and DeviceModel CRDs, installed at start.
+//! - [`router`]: KubeEdge's Rule and RuleEndpoint CRDs, and the route from edges' MQTT buses to
+//!   HTTP services.
+//! - [`crds`]: what those CRDs share, and their installation.
 //! - [`join`]: bootstrap tokens, certificate signing for joining edges, renewals.
 //! - [`metrics`]: Prometheus metrics per edge.
 //!
@@ -11,11 +14,13 @@
 //! embedded one (in-process in `cloudcore` and `wedge up`) or a real cluster's.
 
 pub mod controller;
+pub mod crds;
 pub mod devices;
 pub mod hub;
 pub mod join;
 pub mod metrics;
 mod metrics_server;
+pub mod router;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,9 +73,12 @@ pub enum CloudCoreError {
     /// The hub.
     #[error(transparent)]
     Hub(#[from] HubError),
-    /// The device CRDs could not be installed (cloudcore needs them before its watches start).
-    #[error("cannot install the device CustomResourceDefinitions: {0}")]
-    Devices(#[from] devices::DevicesError),
+    /// The CRDs could not be installed (cloudcore needs them before its watches start).
+    #[error("cannot install the CustomResourceDefinitions cloudcore serves: {0}")]
+    Crds(#[from] crds::CrdError),
+    /// The router could not start.
+    #[error(transparent)]
+    Router(#[from] router::RouterError),
     /// The metrics listener.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -92,21 +100,35 @@ pub struct CloudCore {
 }
 
 impl CloudCore {
-    /// Loads or creates the hub's PKI, installs the device CRDs, starts the watches and listens.
+    /// Loads or creates the hub's PKI, installs the device and rule CRDs, starts the watches and
+    /// the router, and listens.
     pub async fn start(
         client: kube::Client,
         config: CloudCoreConfig,
     ) -> Result<Self, CloudCoreError> {
         let pki = Arc::new(Pki::load_or_create(&config.data_dir, &config.advertise)?);
-        devices::install(&client).await?;
+        let mut definitions = devices::definitions();
+        definitions.extend(router::crds::definitions());
+        crds::install(&client, &definitions).await?;
         let shutdown = CancellationToken::new();
         let sessions = Arc::new(hub::sessions::Sessions::default());
         let mut watches = JoinSet::new();
-        let desired = controller::watch::start(&client, sessions.clone(), &mut watches, &shutdown);
+        let routes_changed = Arc::new(router::RouteChanges::default());
+        let desired = controller::watch::start(
+            &client,
+            sessions.clone(),
+            routes_changed.clone(),
+            &mut watches,
+            &shutdown,
+        );
+        let router =
+            router::Router::new(client.clone(), &desired, routes_changed, shutdown.clone())?;
+        let tasks = TaskTracker::new();
+        tasks.spawn(router.clone().run());
         let metrics = Arc::new(Metrics::default());
         let ctx = Arc::new(HubContext {
             settings: config.hub.clone(),
-            upstream: Upstream::new(client.clone(), desired.clone()),
+            upstream: Upstream::new(client.clone(), desired.clone(), router),
             desired,
             sessions,
             metrics: metrics.clone(),
@@ -123,7 +145,6 @@ impl CloudCore {
             source,
         })?;
         let acceptor = TlsAcceptor::from(Arc::new(hub::tls_config(&pki)?));
-        let tasks = TaskTracker::new();
         tasks.spawn(hub::serve(listener, acceptor, ctx.clone(), tasks.clone()));
         let metrics_addr = match config.metrics_listen {
             Some(listen) => {

@@ -219,11 +219,8 @@ mod tests {
         assert!(uploads.forward("default/telemetry/t2", b"22").expect("q"));
         assert_eq!(db.outbox().len().expect("len"), 2, "capped at two");
 
-        meta.delete(
-            &rule("telemetry", "", "").0,
-            Some("uid-telemetry"),
-        )
-        .expect("delete");
+        meta.delete(&rule("telemetry", "", "").0, Some("uid-telemetry"))
+            .expect("delete");
         assert_eq!(
             uploads.reload(),
             FilterChanges {

@@ -1,9 +1,10 @@
-//! What each edge should hold: the pods and Devices bound to its node, and what those reference
-//! (a pod's ConfigMaps and Secrets, a Device's DeviceModel), read from shared watch caches.
+//! What each edge should hold: the pods and Devices bound to its node, the Rules whose eventbus
+//! source is its node, and what those reference (a pod's ConfigMaps and Secrets, a Device's
+//! DeviceModel), read from shared watch caches.
 //!
 //! The index maps nodes to keys and keys to nodes; the objects themselves stay in the caches
 //! (`kube::runtime::reflector` stores), read when a session sends. One watch per kind serves
-//! every edge, however many connect. Pods and Devices are both *bound* objects (a node name in
+//! every edge, however many connect. Pods, Devices and Rules are *bound* objects (a node name in
 //! their spec decides their edge); everything else reaches an edge only while something bound
 //! there references it, so one index rule covers both.
 
@@ -19,7 +20,7 @@ use wedge_core::protocol::sync::DesiredObject;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
 use super::references::pod_references;
-use crate::devices;
+use crate::{devices, router};
 
 /// A (node, key) pair whose desired state changed: the node's session must look at the key.
 pub type Change = (String, ObjectKey);
@@ -199,7 +200,23 @@ pub struct Desired {
     pub devices: DynamicCache,
     /// Every DeviceModel.
     pub device_models: DynamicCache,
+    /// Every Rule.
+    pub rules: DynamicCache,
+    /// Every RuleEndpoint (the router reads them; edges never hold one).
+    pub rule_endpoints: DynamicCache,
     index: std::sync::Arc<RwLock<Index>>,
+}
+
+/// The caches of the custom resources cloudcore reads untyped.
+pub struct DynamicStores {
+    /// Devices.
+    pub devices: Store<DynamicObject>,
+    /// DeviceModels.
+    pub device_models: Store<DynamicObject>,
+    /// Rules.
+    pub rules: Store<DynamicObject>,
+    /// RuleEndpoints.
+    pub rule_endpoints: Store<DynamicObject>,
 }
 
 /// The key of a namespaced object in the protocol.
@@ -225,20 +242,27 @@ impl Desired {
         pods: Store<Pod>,
         config_maps: Store<ConfigMap>,
         secrets: Store<Secret>,
-        devices: Store<DynamicObject>,
-        device_models: Store<DynamicObject>,
+        dynamic: DynamicStores,
     ) -> Self {
         Self {
             pods,
             config_maps,
             secrets,
             devices: DynamicCache {
-                store: devices,
+                store: dynamic.devices,
                 resource: devices::device_resource(),
             },
             device_models: DynamicCache {
-                store: device_models,
+                store: dynamic.device_models,
                 resource: devices::device_model_resource(),
+            },
+            rules: DynamicCache {
+                store: dynamic.rules,
+                resource: router::crds::rule_resource(),
+            },
+            rule_endpoints: DynamicCache {
+                store: dynamic.rule_endpoints,
+                resource: router::crds::rule_endpoint_resource(),
             },
             index: Default::default(),
         }
@@ -252,6 +276,8 @@ impl Desired {
         let _ = self.secrets.wait_until_ready().await;
         let _ = self.devices.store.wait_until_ready().await;
         let _ = self.device_models.store.wait_until_ready().await;
+        let _ = self.rules.store.wait_until_ready().await;
+        let _ = self.rule_endpoints.store.wait_until_ready().await;
     }
 
     /// Runs `f` on the index.
@@ -285,6 +311,13 @@ impl Desired {
             .collect();
         let node = devices::node_of(device);
         self.with_index(|index| index.upsert_bound(key, node, refs))
+    }
+
+    /// Records a Rule as the watch shows it: bound to the node its eventbus source names.
+    pub fn rule_changed(&self, rule: &DynamicObject) -> Vec<Change> {
+        let key = key_of(ResourceKind::Rule, rule);
+        let node = router::source_node(rule);
+        self.with_index(|index| index.upsert_bound(key, node, BTreeSet::new()))
     }
 
     /// Every object `node` should hold, for the resync plan.
@@ -329,6 +362,11 @@ impl Desired {
                 bound_here.then(|| self.devices.current(ns, name)).flatten()
             }
             ResourceKind::DeviceModel => self.device_models.current(ns, name),
+            ResourceKind::Rule => {
+                let rule = self.rules.get(ns, name)?;
+                let bound_here = router::source_node(&rule).as_deref() == Some(node);
+                bound_here.then(|| self.rules.current(ns, name)).flatten()
+            }
             _ => None,
         }
     }
@@ -514,8 +552,13 @@ mod tests {
             kube::runtime::reflector::store().0,
             kube::runtime::reflector::store().0,
             kube::runtime::reflector::store().0,
-            devices_w.as_reader(),
-            models_w.as_reader(),
+            DynamicStores {
+                devices: devices_w.as_reader(),
+                device_models: models_w.as_reader(),
+                rules: Writer::<DynamicObject>::new(router::crds::rule_resource()).as_reader(),
+                rule_endpoints:
+                    Writer::<DynamicObject>::new(router::crds::rule_endpoint_resource()).as_reader(),
+            },
         );
         let device = dynamic(
             &desired.devices.resource,

@@ -2,7 +2,8 @@
 //!
 //! An edge may write only its own node's objects: its Node (registration and status), its Lease
 //! in `kube-node-lease`, the status and deletion of pods bound to it, and the status of Devices
-//! bound to it. The edge's identity is its client certificate's node name, never what a frame
+//! bound to it. Its uploads go to the router, which matches them only against Rules whose
+//! source is its node's bus. The edge's identity is its client certificate's node name, never what a frame
 //! says; anything else is refused, logged, and answered with a `Forbidden` error frame.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -17,6 +18,7 @@ use wedge_core::protocol::{Envelope, Operation, ResourceKind};
 
 use super::desired::Desired;
 use crate::devices;
+use crate::router::Router;
 
 /// The field manager of cloudcore's writes, as `managedFields` shows it.
 pub const FIELD_MANAGER: &str = "wedge-cloudcore";
@@ -59,6 +61,7 @@ impl UpstreamError {
 pub struct Upstream {
     client: Client,
     desired: Desired,
+    router: Router,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(frame: &Envelope) -> Result<T, UpstreamError> {
@@ -71,9 +74,13 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 }
 
 impl Upstream {
-    /// Writes through `client`, checking pods against `desired`'s cache.
-    pub fn new(client: Client, desired: Desired) -> Self {
-        Self { client, desired }
+    /// Writes through `client`, checking pods against `desired`'s cache; uploads go to `router`.
+    pub fn new(client: Client, desired: Desired, router: Router) -> Self {
+        Self {
+            client,
+            desired,
+            router,
+        }
     }
 
     /// Applies one frame from `node`'s edge.
@@ -116,6 +123,13 @@ impl Upstream {
                     return Ok(());
                 }
                 self.pod_gone(namespace, &resource.name, uid).await
+            }
+            (Operation::Update, ResourceKind::Upload) => {
+                let upload = payload(frame)?;
+                self.router
+                    .route(node, &upload)
+                    .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+                Ok(())
             }
             (operation, kind) => Err(UpstreamError::Unsupported { operation, kind }),
         }

@@ -1,5 +1,6 @@
-//! The shared watches: caches for pods, ConfigMaps, Secrets, Devices and DeviceModels, and the
-//! tasks that turn each watch event into marks on the sessions of the nodes it concerns.
+//! The shared watches: caches for pods, ConfigMaps, Secrets, Devices, DeviceModels, Rules and
+//! RuleEndpoints, and the tasks that turn each watch event into marks on the sessions of the
+//! nodes it concerns (and tell the router its rules may have changed).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,17 +16,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
-use super::desired::{Change, Desired, key_of};
-use crate::devices;
+use super::desired::{Change, Desired, DynamicStores, key_of};
 use crate::hub::sessions::Sessions;
+use crate::{devices, router};
 
 /// Starts the watches. Returns the caches; the tasks end when `shutdown` is cancelled.
+/// `routes_changed` is marked at every Rule and RuleEndpoint event.
 ///
-/// The device CRDs must be installed first (`devices::install`): a watch on a resource the
-/// server does not serve only retries.
+/// The CRDs must be installed first (`crds::install`): a watch on a resource the server does not
+/// serve only retries.
 pub fn start(
     client: &Client,
     sessions: Arc<Sessions>,
+    routes_changed: Arc<router::RouteChanges>,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> Desired {
@@ -34,12 +37,18 @@ pub fn start(
     let (secrets, secret_writer) = reflector::store();
     let device_writer = Writer::<DynamicObject>::new(devices::device_resource());
     let model_writer = Writer::<DynamicObject>::new(devices::device_model_resource());
+    let rule_writer = Writer::<DynamicObject>::new(router::crds::rule_resource());
+    let endpoint_writer = Writer::<DynamicObject>::new(router::crds::rule_endpoint_resource());
     let desired = Desired::new(
         pods,
         config_maps,
         secrets,
-        device_writer.as_reader(),
-        model_writer.as_reader(),
+        DynamicStores {
+            devices: device_writer.as_reader(),
+            device_models: model_writer.as_reader(),
+            rules: rule_writer.as_reader(),
+            rule_endpoints: endpoint_writer.as_reader(),
+        },
     );
     let config = watcher::Config::default().any_semantic();
 
@@ -99,15 +108,35 @@ pub fn start(
     ));
     let model_api = Api::<DynamicObject>::all_with(client.clone(), &desired.device_models.resource);
     let model_events =
-        reflector(model_writer, watcher::watcher(model_api, config)).default_backoff();
+        reflector(model_writer, watcher::watcher(model_api, config.clone())).default_backoff();
     tasks.spawn(until(
         shutdown.clone(),
         referenced_loop(
             model_events,
             ResourceKind::DeviceModel,
             desired.clone(),
-            sessions,
+            sessions.clone(),
         ),
+    ));
+    let rule_api = Api::<DynamicObject>::all_with(client.clone(), &desired.rules.resource);
+    let poke = routes_changed.clone();
+    let rule_events = reflector(rule_writer, watcher::watcher(rule_api, config.clone()))
+        .default_backoff()
+        .inspect(move |_| poke.mark());
+    tasks.spawn(until(
+        shutdown.clone(),
+        bound_loop(rule_events, ResourceKind::Rule, desired.clone(), sessions),
+    ));
+    let endpoint_api =
+        Api::<DynamicObject>::all_with(client.clone(), &desired.rule_endpoints.resource);
+    let endpoint_events =
+        reflector(endpoint_writer, watcher::watcher(endpoint_api, config)).default_backoff();
+    tasks.spawn(until(
+        shutdown.clone(),
+        endpoint_events.for_each(move |_| {
+            routes_changed.mark();
+            std::future::ready(())
+        }),
     ));
     desired
 }
@@ -127,8 +156,8 @@ fn mark(sessions: &Sessions, changes: Vec<Change>) {
 
 /// A kind whose objects are bound to a node by their spec.
 trait BoundKind: kube::Resource + Sized {
-    /// Indexes the object as the watch shows it.
-    fn changed(desired: &Desired, object: &Self) -> Vec<Change>;
+    /// Indexes the object (of `kind`) as the watch shows it.
+    fn changed(desired: &Desired, kind: ResourceKind, object: &Self) -> Vec<Change>;
 
     /// What of the object the edge cares about, if not all of it: a change that leaves this
     /// alone is not sent (the next resync brings the edge level).
@@ -138,19 +167,23 @@ trait BoundKind: kube::Resource + Sized {
 }
 
 impl BoundKind for Pod {
-    fn changed(desired: &Desired, pod: &Self) -> Vec<Change> {
+    fn changed(desired: &Desired, _: ResourceKind, pod: &Self) -> Vec<Change> {
         desired.pod_changed(pod)
     }
 }
 
+/// Devices and Rules.
 impl BoundKind for DynamicObject {
-    fn changed(desired: &Desired, device: &Self) -> Vec<Change> {
-        desired.device_changed(device)
+    fn changed(desired: &Desired, kind: ResourceKind, object: &Self) -> Vec<Change> {
+        match kind {
+            ResourceKind::Rule => desired.rule_changed(object),
+            _ => desired.device_changed(object),
+        }
     }
 
     /// Everything but the status and the object's version: the edge writes a Device's status
-    /// itself, and echoing each report back down as an update would double the traffic of
-    /// every device.
+    /// itself and cloudcore a Rule's counts, and echoing each write back down as an update
+    /// would double the traffic of every device.
     fn edge_view(device: &Self) -> Option<u64> {
         use std::hash::{Hash, Hasher};
         let mut data = device.data.clone();
@@ -172,7 +205,8 @@ impl BoundKind for DynamicObject {
     }
 }
 
-/// Pods and Devices: a change goes to the node the object is bound to (and to the one it left).
+/// Pods, Devices and Rules: a change goes to the node the object is bound to (and to the one it
+/// left).
 async fn bound_loop<K: BoundKind>(
     events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
     kind: ResourceKind,
@@ -186,7 +220,7 @@ async fn bound_loop<K: BoundKind>(
     // What each object looked like to its edge when last sent (kinds with an `edge_view`).
     let mut views: HashMap<ObjectKey, u64> = HashMap::new();
     let changed = |object: &K, views: &mut HashMap<ObjectKey, u64>| {
-        let changes = K::changed(&desired, object);
+        let changes = K::changed(&desired, kind, object);
         let key = key_of(kind, object);
         if let Some(view) = K::edge_view(object)
             && views.insert(key.clone(), view) == Some(view)

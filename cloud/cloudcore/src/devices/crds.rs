@@ -11,31 +11,12 @@
 use serde_json::{Value, json};
 use wedge_core::device::{GROUP, VERSION};
 
+use crate::crds::{Names, age, array, column, crd, int64, object, open, string};
+
 /// The Device CRD's name.
 pub const DEVICES_CRD: &str = "devices.devices.kubeedge.io";
 /// The DeviceModel CRD's name.
 pub const DEVICE_MODELS_CRD: &str = "devicemodels.devices.kubeedge.io";
-
-fn string() -> Value {
-    json!({"type": "string"})
-}
-
-fn int64() -> Value {
-    json!({"type": "integer", "format": "int64"})
-}
-
-/// An object whose fields are whatever the user wrote (KubeEdge's open maps).
-fn open() -> Value {
-    json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
-}
-
-fn object(properties: Value) -> Value {
-    json!({"type": "object", "properties": properties})
-}
-
-fn array(items: Value) -> Value {
-    json!({"type": "array", "items": items})
-}
 
 /// A twin value: `{value, metadata}`, KubeEdge writing every value as a string.
 fn twin_field() -> Value {
@@ -45,55 +26,6 @@ fn twin_field() -> Value {
 /// `{protocolName, configData}`: how a mapper reaches a device or a property.
 fn protocol_config() -> Value {
     object(json!({"protocolName": string(), "configData": open()}))
-}
-
-fn column(name: &str, kind: &str, path: &str, priority: i32) -> Value {
-    let mut c = json!({"name": name, "type": kind, "jsonPath": path});
-    if priority > 0 {
-        c["priority"] = json!(priority);
-    }
-    c
-}
-
-fn age() -> Value {
-    column("AGE", "date", ".metadata.creationTimestamp", 0)
-}
-
-fn crd(
-    plural: &str,
-    kind: &str,
-    short_names: &[&str],
-    schema: Value,
-    columns: Vec<Value>,
-    status: bool,
-) -> Value {
-    let mut version = json!({
-        "name": VERSION,
-        "served": true,
-        "storage": true,
-        "schema": {"openAPIV3Schema": schema},
-        "additionalPrinterColumns": columns,
-    });
-    if status {
-        version["subresources"] = json!({"status": {}});
-    }
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("{plural}.{GROUP}")},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "plural": plural,
-                "singular": kind.to_ascii_lowercase(),
-                "kind": kind,
-                "listKind": format!("{kind}List"),
-                "shortNames": short_names,
-            },
-            "versions": [version],
-        },
-    })
 }
 
 /// The Device CRD: spec, status (a subresource, written by the edge through cloudcore).
@@ -152,7 +84,14 @@ pub fn device_crd() -> Value {
         column("PROTOCOL", "string", ".spec.protocol.protocolName", 1),
         column("LAST-ONLINE", "string", ".status.lastOnlineTime", 1),
     ];
-    crd("devices", "Device", &["dev"], schema, columns, true)
+    let names = Names {
+        group: GROUP,
+        version: VERSION,
+        plural: "devices",
+        kind: "Device",
+        short_names: &["dev"],
+    };
+    crd(&names, schema, columns, true)
 }
 
 /// The DeviceModel CRD.
@@ -177,14 +116,14 @@ pub fn device_model_crd() -> Value {
         "spec": spec,
     }));
     let columns = vec![column("PROTOCOL", "string", ".spec.protocol", 0), age()];
-    crd(
-        "devicemodels",
-        "DeviceModel",
-        &["dm"],
-        schema,
-        columns,
-        false,
-    )
+    let names = Names {
+        group: GROUP,
+        version: VERSION,
+        plural: "devicemodels",
+        kind: "DeviceModel",
+        short_names: &["dm"],
+    };
+    crd(&names, schema, columns, false)
 }
 
 #[cfg(test)]

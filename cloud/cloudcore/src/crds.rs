@@ -1,0 +1,192 @@
+//! What cloudcore's CustomResourceDefinitions share: the schema vocabulary they are written in,
+//! and [`install`], which puts them on the API server before any watch on them starts.
+//!
+//! cloudcore serves KubeEdge's resources (Device and DeviceModel, Rule and RuleEndpoint) against
+//! the embedded API server and against real clusters that have never heard of KubeEdge, so it
+//! brings their definitions itself, applied server-side and forced: cloudcore owns them.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+/// The field manager of the CRDs' server-side apply.
+pub const FIELD_MANAGER: &str = "wedge-cloudcore-crds";
+
+/// How long [`install`] waits for the API server to serve the new resources.
+pub const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a CustomResourceDefinition could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    /// The API server refused the CRD (no permission to write CRDs, say).
+    #[error("cannot apply the CustomResourceDefinition {crd}: {source}")]
+    Apply {
+        /// The CRD's name.
+        crd: &'static str,
+        /// Why.
+        source: kube::Error,
+    },
+    /// The CRD was applied but its resource was not served in time.
+    #[error("the CustomResourceDefinition {crd} was not established within {timeout:?}: {last}")]
+    NotEstablished {
+        /// The CRD's name.
+        crd: &'static str,
+        /// How long we waited.
+        timeout: Duration,
+        /// What the last look showed.
+        last: String,
+    },
+}
+
+/// A definition to install: its name, the CRD, and the resource it serves.
+pub type Wanted = (&'static str, Value, ApiResource);
+
+/// Applies the CRDs (server-side, forced) and waits until every resource can be listed.
+pub async fn install(client: &Client, wanted: &[Wanted]) -> Result<(), CrdError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for (name, crd, _) in wanted {
+        crds.patch(name, &params, &Patch::Apply(crd))
+            .await
+            .map_err(|source| CrdError::Apply { crd: name, source })?;
+    }
+    let deadline = Instant::now() + ESTABLISH_TIMEOUT;
+    for (name, _, resource) in wanted {
+        wait_established(client, &crds, name, resource, deadline).await?;
+        tracing::info!(crd = name, "CustomResourceDefinition installed");
+    }
+    Ok(())
+}
+
+async fn wait_established(
+    client: &Client,
+    crds: &Api<CustomResourceDefinition>,
+    name: &'static str,
+    resource: &ApiResource,
+    deadline: Instant,
+) -> Result<(), CrdError> {
+    let objects: Api<DynamicObject> = Api::all_with(client.clone(), resource);
+    loop {
+        let last = match crds.get_opt(name).await {
+            Ok(Some(crd)) if established(&crd) => {
+                match objects.list_metadata(&ListParams::default().limit(1)).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => format!("established, but listing fails: {e}"),
+                }
+            }
+            Ok(Some(_)) => "not Established yet".to_owned(),
+            Ok(None) => "gone".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(CrdError::NotEstablished {
+                crd: name,
+                timeout: ESTABLISH_TIMEOUT,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
+}
+
+/// A string.
+pub fn string() -> Value {
+    json!({"type": "string"})
+}
+
+/// A 64-bit integer.
+pub fn int64() -> Value {
+    json!({"type": "integer", "format": "int64"})
+}
+
+/// An object whose fields are whatever the user wrote (KubeEdge's open maps).
+pub fn open() -> Value {
+    json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// A map of strings to strings.
+pub fn string_map() -> Value {
+    json!({"type": "object", "additionalProperties": {"type": "string"}})
+}
+
+/// An object with these properties.
+pub fn object(properties: Value) -> Value {
+    json!({"type": "object", "properties": properties})
+}
+
+/// A list of these items.
+pub fn array(items: Value) -> Value {
+    json!({"type": "array", "items": items})
+}
+
+/// A printer column (`priority` > 0: shown with `-o wide` only).
+pub fn column(name: &str, kind: &str, path: &str, priority: i32) -> Value {
+    let mut c = json!({"name": name, "type": kind, "jsonPath": path});
+    if priority > 0 {
+        c["priority"] = json!(priority);
+    }
+    c
+}
+
+/// The AGE column every kind shows last.
+pub fn age() -> Value {
+    column("AGE", "date", ".metadata.creationTimestamp", 0)
+}
+
+/// What a namespaced kind is called.
+pub struct Names<'a> {
+    /// `group`, `version`: where it is served.
+    pub group: &'a str,
+    /// Its version.
+    pub version: &'a str,
+    /// Its plural (the resource).
+    pub plural: &'a str,
+    /// Its kind.
+    pub kind: &'a str,
+    /// `kubectl get` abbreviations.
+    pub short_names: &'a [&'a str],
+}
+
+/// A CRD for one namespaced kind with one version, and a status subresource if `status`.
+pub fn crd(names: &Names<'_>, schema: Value, columns: Vec<Value>, status: bool) -> Value {
+    let mut version = json!({
+        "name": names.version,
+        "served": true,
+        "storage": true,
+        "schema": {"openAPIV3Schema": schema},
+        "additionalPrinterColumns": columns,
+    });
+    if status {
+        version["subresources"] = json!({"status": {}});
+    }
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{}.{}", names.plural, names.group)},
+        "spec": {
+            "group": names.group,
+            "scope": "Namespaced",
+            "names": {
+                "plural": names.plural,
+                "singular": names.kind.to_ascii_lowercase(),
+                "kind": names.kind,
+                "listKind": format!("{}List", names.kind),
+                "shortNames": names.short_names,
+            },
+            "versions": [version],
+        },
+    })
+}
