@@ -90,6 +90,15 @@ impl HttpSink {
             .clone()
     }
 
+    /// How many requests were accepted so far.
+    pub fn count(&self) -> usize {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Answers every request from now on with `status`.
     pub fn answer_with(&self, status: u16) {
         self.state.answer.store(status, Ordering::Relaxed);

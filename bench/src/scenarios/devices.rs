@@ -10,6 +10,11 @@
 //!   edge's store, DeviceTwin, the mapper's Modbus write). Polled every millisecond (tokio's timer
 //!   resolution), so the figures are good to about 1 ms.
 //!
+//! - **upload → HTTP service**: a Rule (eventbus → rest) routes a topic on the edge's bus to an
+//!   HTTP service in this process; timed from the publish to the service receiving the POST
+//!   (EventBus, the outbox, CloudHub, the router, one POST), one message at a time; and the
+//!   messages per second a burst of them arrives at.
+//!
 //! In this process, over the edge's real DeviceTwin (SQLite) and the Wasm runtime:
 //! - **handler invocations per second**: reported temperatures drive the sample fan-handler (each
 //!   call a fresh instance that reads the fan's twin), counted from the first report to the last
@@ -43,6 +48,8 @@ const NODE: &str = "bench-edge";
 const REPORTS: usize = 200;
 const WRITES: usize = 100;
 const HANDLER_EVENTS: usize = 20_000;
+const UPLOADS: usize = 200;
+const UPLOAD_BURST: usize = 2_000;
 
 fn thermometer() -> Value {
     json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
@@ -283,6 +290,102 @@ async fn through_processes() -> anyhow::Result<()> {
         "desired value in the API to register written p99",
         millis(quantile(&mut samples, 0.99)),
         "ms",
+    );
+    uploads(&client, &mqtt).await
+}
+
+/// Waits until the sink holds `count` requests.
+async fn received(
+    sink: &wedge_testkit::http_sink::HttpSink,
+    count: usize,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while sink.count() < count {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {count} uploads arrived",
+            sink.count()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// Uploads: a Rule routes `bench/up` on the edge's bus to an HTTP service here.
+async fn uploads(client: &kube::Client, mqtt: &AsyncClient) -> anyhow::Result<()> {
+    let sink = wedge_testkit::http_sink::HttpSink::start().await?;
+    let endpoints: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &wedge_cloudcore::router::crds::rule_endpoint_resource(),
+    );
+    let rules: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &wedge_cloudcore::router::crds::rule_resource(),
+    );
+    for (name, kind) in [("bench-bus", "eventbus"), ("bench-rest", "rest")] {
+        let endpoint = json!({"apiVersion": "rules.kubeedge.io/v1", "kind": "RuleEndpoint",
+            "metadata": {"name": name}, "spec": {"ruleEndpointType": kind}});
+        endpoints
+            .create(&PostParams::default(), &serde_json::from_value(endpoint)?)
+            .await?;
+    }
+    let rule = json!({"apiVersion": "rules.kubeedge.io/v1", "kind": "Rule",
+        "metadata": {"name": "bench-up"},
+        "spec": {"source": "bench-bus", "sourceResource": {"topic": "bench/up", "node_name": NODE},
+                 "target": "bench-rest", "targetResource": {"resource": sink.url("/up")}}});
+    rules
+        .create(&PostParams::default(), &serde_json::from_value(rule)?)
+        .await?;
+    let publish = |i: usize| {
+        mqtt.publish(
+            "default/bench/up",
+            QoS::AtLeastOnce,
+            false,
+            json!({"n": i}).to_string(),
+        )
+    };
+    // Warm-up: the rule has reached the edge once a message arrives.
+    let warm = Instant::now() + Duration::from_secs(60);
+    while sink.count() == 0 {
+        anyhow::ensure!(Instant::now() < warm, "no upload ever arrived");
+        publish(0).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut samples = Vec::with_capacity(UPLOADS);
+    for i in 1..=UPLOADS {
+        let before = sink.count();
+        let sent = Instant::now();
+        publish(i).await?;
+        received(&sink, before + 1, Duration::from_secs(30)).await?;
+        samples.push(sent.elapsed());
+    }
+    figure(
+        SCENARIO,
+        "upload published at the edge to HTTP service p50",
+        millis(quantile(&mut samples, 0.5)),
+        "ms",
+    );
+    figure(
+        SCENARIO,
+        "upload published at the edge to HTTP service p99",
+        millis(quantile(&mut samples, 0.99)),
+        "ms",
+    );
+    let before = sink.count();
+    let started = Instant::now();
+    for i in 0..UPLOAD_BURST {
+        publish(i).await?;
+    }
+    received(&sink, before + UPLOAD_BURST, Duration::from_secs(120)).await?;
+    figure(
+        SCENARIO,
+        "uploads delivered per second, one rule, a burst of 2000",
+        UPLOAD_BURST as f64 / started.elapsed().as_secs_f64(),
+        "msg/s",
     );
     Ok(())
 }

@@ -20,7 +20,7 @@ pub mod rest;
 pub mod routes;
 pub mod stats;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -248,10 +248,11 @@ impl Router {
                 .get(namespace, name)
                 .and_then(|o| typed(&o).ok())
         };
+        let rules = self.inner.rules.store.state();
         let mut routes = Vec::new();
-        for object in self.inner.rules.store.state() {
-            let rule_ref = rule_ref(&object);
-            let resolved = typed::<Rule>(&object).and_then(|rule| {
+        for object in &rules {
+            let rule_ref = rule_ref(object);
+            let resolved = typed::<Rule>(object).and_then(|rule| {
                 routes::resolve(&rule, &rule_ref.namespace, |name| {
                     endpoint(&rule_ref.namespace, name)
                 })
@@ -266,19 +267,13 @@ impl Router {
                 }
             }
         }
-        let live: std::collections::HashSet<RuleRef> = self
-            .inner
-            .rules
-            .store
-            .state()
-            .iter()
-            .map(|o| rule_ref(o))
-            .collect();
+        let live: HashSet<RuleRef> = rules.iter().map(|o| rule_ref(o)).collect();
         self.inner
             .workers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|rule, _| live.contains(rule));
+        self.inner.stats.retain(&live);
         *self
             .inner
             .routes

@@ -6,7 +6,7 @@
 //! said when the router first touched it, so a restarted cloudcore goes on counting; a Rule
 //! deleted and created again (another uid) starts from zero.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use wedge_core::rule::RuleStatus;
@@ -128,6 +128,18 @@ impl RuleStats {
         }
     }
 
+    /// Forgets every rule but `live` (the others were deleted; their counts went with them).
+    pub fn retain(&self, live: &HashSet<RuleRef>) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|(namespace, name), e| {
+            live.contains(&RuleRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: e.uid.clone(),
+            })
+        });
+    }
+
     /// The rule is gone.
     pub fn forget(&self, rule: &RuleRef) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -201,5 +213,8 @@ mod tests {
         assert_eq!(stats.take_dirty().len(), 1, "a failed write is tried again");
         stats.forget(&rule("u1"));
         assert!(stats.take_dirty().is_empty());
+        stats.delivered(&rule("u2"), || None);
+        stats.retain(&HashSet::from([rule("u3")]));
+        assert!(stats.take_dirty().is_empty(), "u2 was deleted");
     }
 }
