@@ -92,7 +92,9 @@ pub struct LeaseRenewal {
 }
 
 /// A message from the edge's MQTT bus that a Rule routes to the cloud (kind `upload`, up).
-/// The payload travels as text when it is UTF-8 (JSON, mostly) and in base64 otherwise.
+/// The payload travels as text when it is UTF-8 without control characters (JSON, mostly), and
+/// in base64 otherwise: JSON escapes a control character in six bytes, base64 any byte in at
+/// most two, so a payload never grows more than twofold on the way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Upload {
@@ -110,13 +112,18 @@ impl Upload {
     /// The message published on `topic` with `payload`.
     pub fn new(topic: &str, payload: &[u8]) -> Self {
         use base64::Engine;
+        let plain = |text: &str| {
+            !text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        };
         match std::str::from_utf8(payload) {
-            Ok(text) => Self {
+            Ok(text) if plain(text) => Self {
                 topic: topic.to_owned(),
                 payload: Some(text.to_owned()),
                 payload_base64: None,
             },
-            Err(_) => Self {
+            _ => Self {
                 topic: topic.to_owned(),
                 payload: None,
                 payload_base64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
@@ -149,6 +156,10 @@ mod tests {
         let binary = Upload::new("default/raw", &[0xff, 0x00, 0x01]);
         assert_eq!(binary.payload_base64.as_deref(), Some("/wAB"));
         assert_eq!(binary.bytes().expect("decodes"), [0xff, 0x00, 0x01]);
+        let control = Upload::new("default/raw", b"a\x01b");
+        assert_eq!(control.bytes().expect("decodes"), b"a\x01b");
+        assert!(control.payload.is_none(), "control characters go in base64");
+        assert!(Upload::new("t", b"line\n\tnext").payload.is_some());
         let bad = Upload {
             payload_base64: Some("not base64!".into()),
             ..binary

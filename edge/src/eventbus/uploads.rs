@@ -25,6 +25,8 @@ use crate::store::{MetaStore, Outbox, StoreError};
 
 /// How many uploads may wait for the cloud before the oldest are dropped.
 pub const MAX_PENDING: usize = 10_000;
+/// The largest upload, encoded, that is queued: half a frame, so its frame always fits.
+pub const MAX_UPLOAD_BYTES: usize = wedge_core::protocol::MAX_FRAME_BYTES / 2;
 
 /// The rules' filters and the outbox they feed.
 pub struct Uploads {
@@ -135,6 +137,17 @@ impl Uploads {
             return Ok(false);
         }
         let upload = serde_json::to_value(Upload::new(topic_name, payload)).unwrap_or_default();
+        let size = upload.to_string().len();
+        if size > MAX_UPLOAD_BYTES {
+            // Queued, it would never fit a frame and would block every report behind it.
+            tracing::warn!(
+                topic = topic_name,
+                size,
+                limit = MAX_UPLOAD_BYTES,
+                "a message too large to send to the cloud was dropped"
+            );
+            return Ok(false);
+        }
         let appended = self
             .outbox
             .append(ResourceKind::Upload, &upload, self.cap)?;
@@ -204,6 +217,12 @@ mod tests {
                 .expect("q")
         );
         assert!(!uploads.forward("default/other", b"x").expect("q"));
+        assert!(
+            !uploads
+                .forward("default/telemetry/big", &vec![b'x'; MAX_UPLOAD_BYTES + 1])
+                .expect("q"),
+            "too large to send"
+        );
         let pending = db.outbox().pending(0, 10).expect("pending");
         let queued: Vec<Upload> = pending
             .iter()
