@@ -130,7 +130,12 @@ impl EventBus {
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
             .set_max_packet_size(broker::MAX_PAYLOAD + 4096, broker::MAX_PAYLOAD + 4096);
-        let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        // Small packets both ways (a publish, then its PUBACK): without TCP_NODELAY, Nagle's
+        // algorithm holds one until the peer's delayed ACK, up to 40 ms.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let bus = Self {
             inner: Arc::new(Inner {
                 node: node.to_owned(),
