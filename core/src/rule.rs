@@ -26,6 +26,8 @@ pub const GROUP: &str = "rules.kubeedge.io";
 pub const VERSION: &str = "v1";
 /// `apiVersion` of both kinds.
 pub const API_VERSION: &str = "rules.kubeedge.io/v1";
+/// The `sourceResource` key naming the node whose bus an eventbus source listens to.
+pub const SOURCE_NODE_KEY: &str = "node_name";
 /// KubeEdge's upload topics: a rule topic under this prefix is an MQTT filter as it stands.
 pub const UPLOAD_PREFIX: &str = "$hw/events/upload/";
 
@@ -175,7 +177,7 @@ impl RuleSpec {
     /// the cloud sends the rule to that node.
     pub fn source_node(&self) -> Option<&str> {
         self.source_resource
-            .get("node_name")
+            .get(SOURCE_NODE_KEY)
             .map(String::as_str)
             .filter(|n| !n.is_empty())
     }
@@ -192,7 +194,7 @@ impl RuleSpec {
             .get("topic")
             .filter(|t| !t.is_empty())
             .ok_or_else(|| missing("topic"))?;
-        let node = self.source_node().ok_or_else(|| missing("node_name"))?;
+        let node = self.source_node().ok_or_else(|| missing(SOURCE_NODE_KEY))?;
         Ok(EventBusSource {
             node: node.to_owned(),
             filter: upload_filter(namespace, topic)?,

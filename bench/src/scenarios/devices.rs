@@ -40,7 +40,7 @@ use wedge_edged_wasm::host::Backends;
 use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
 use wedge_mapper_modbus::{SimConfig, Simulator};
 
-use super::processes::{Daemon, free_port, output, wait_listening};
+use super::processes::{CloudAndEdge, free_port, wait_listening};
 use crate::report::{figure, millis, quantile};
 
 const SCENARIO: &str = "devices";
@@ -128,49 +128,13 @@ async fn through_processes() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let _sim_task = sim.spawn(stop.clone());
     let dir = tempfile::tempdir()?;
-    let root = dir.path().display().to_string();
-    let hub = format!("127.0.0.1:{}", free_port()?);
-    let api = format!("127.0.0.1:{}", free_port()?);
     let mqtt_port = free_port()?;
-    let cloud_root = format!("{root}/cloud");
-    let _cloud = Daemon::spawn(
-        "cloudcore",
-        &[
-            "--root",
-            &cloud_root,
-            "--listen",
-            &hub,
-            "--apiserver-listen",
-            &api,
-        ],
-        &dir.path().join("cloudcore.log"),
-    )?;
-    wait_listening(&hub, Duration::from_secs(60)).await?;
-    let client =
-        wedge_cli::kube_client(&dir.path().join("cloud/apiserver/admin.kubeconfig")).await?;
-    let token = output(
-        "wedge",
-        &["--root", &cloud_root, "token", "create", "--ttl", "1h"],
-    )?;
     let mqtt_listen = format!("127.0.0.1:{mqtt_port}");
-    let _edge = Daemon::spawn(
-        "edgecore",
-        &[
-            "--root",
-            &format!("{root}/edge"),
-            "--cloud",
-            &hub,
-            "--node",
-            NODE,
-            "--node-ip",
-            "127.0.0.1",
-            "--token",
-            &token,
-            "--mqtt-listen",
-            &mqtt_listen,
-        ],
-        &dir.path().join("edgecore.log"),
-    )?;
+    let CloudAndEdge {
+        cloud: _cloud,
+        edge: _edge,
+        client,
+    } = CloudAndEdge::start(dir.path(), NODE, &[], &["--mqtt-listen", &mqtt_listen]).await?;
     wait_listening(&mqtt_listen, Duration::from_secs(60)).await?;
 
     let models: Api<DynamicObject> = Api::namespaced_with(

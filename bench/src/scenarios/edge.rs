@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use wedge_testkit::oci::{Image, WasmLayout, push};
 use wedge_testkit::registry::Registry;
 
-use super::processes::{Daemon, free_port, output, wait_listening};
+use super::processes::CloudAndEdge;
 use crate::report::{figure, millis, quantile};
 
 const SCENARIO: &str = "edge";
@@ -113,51 +113,23 @@ pub async fn run() -> anyhow::Result<()> {
     push(&registry.host(), "samples/telemetry", "1", &image).await?;
 
     let dir = tempfile::tempdir()?;
-    let root = dir.path().display().to_string();
-    let hub = format!("127.0.0.1:{}", free_port()?);
-    let api = format!("127.0.0.1:{}", free_port()?);
-    let cloud_root = format!("{root}/cloud");
-    let _cloud = Daemon::spawn(
-        "cloudcore",
+    let registry_host = registry.host();
+    let CloudAndEdge {
+        cloud: _cloud,
+        mut edge,
+        client,
+    } = CloudAndEdge::start(
+        dir.path(),
+        NODE,
+        &["--insecure-registry", &registry_host],
         &[
-            "--root",
-            &cloud_root,
-            "--listen",
-            &hub,
-            "--apiserver-listen",
-            &api,
             "--insecure-registry",
-            &registry.host(),
-        ],
-        &dir.path().join("cloudcore.log"),
-    )?;
-    wait_listening(&hub, Duration::from_secs(60)).await?;
-    let client =
-        wedge_cli::kube_client(&dir.path().join("cloud/apiserver/admin.kubeconfig")).await?;
-    let token = output(
-        "wedge",
-        &["--root", &cloud_root, "token", "create", "--ttl", "1h"],
-    )?;
-    let mut edge = Daemon::spawn(
-        "edgecore",
-        &[
-            "--root",
-            &format!("{root}/edge"),
-            "--cloud",
-            &hub,
-            "--node",
-            NODE,
-            "--node-ip",
-            "127.0.0.1",
-            "--token",
-            &token,
-            "--insecure-registry",
-            &registry.host(),
+            &registry_host,
             "--mqtt-listen",
             "127.0.0.1:0",
         ],
-        &dir.path().join("edgecore.log"),
-    )?;
+    )
+    .await?;
     node_ready(&client, Duration::from_secs(60)).await?;
     tokio::time::sleep(SETTLE).await;
     let idle = edge.rss_kib()?;

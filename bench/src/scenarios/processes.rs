@@ -36,6 +36,70 @@ pub async fn wait_listening(addr: &str, timeout: Duration) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A `cloudcore` (embedded API server, control plane, hub) and one `edgecore` joined to it with
+/// a token, as the cloud-edge scenarios run them, their data and logs under `dir`.
+pub struct CloudAndEdge {
+    /// cloudcore.
+    pub cloud: Daemon,
+    /// edgecore.
+    pub edge: Daemon,
+    /// A client of the embedded API server, as its admin.
+    pub client: kube::Client,
+}
+
+impl CloudAndEdge {
+    /// Starts cloudcore with `cloud_args` besides its root and ports, waits for its hub, makes a
+    /// join token and starts edgecore as `node` with `edge_args` besides its root, hub, name,
+    /// address and token. Does not wait for the edge: scenarios wait for what they need.
+    pub async fn start(
+        dir: &Path,
+        node: &str,
+        cloud_args: &[&str],
+        edge_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let root = dir.display().to_string();
+        let hub = format!("127.0.0.1:{}", free_port()?);
+        let api = format!("127.0.0.1:{}", free_port()?);
+        let cloud_root = format!("{root}/cloud");
+        let mut args = vec![
+            "--root",
+            &cloud_root,
+            "--listen",
+            &hub,
+            "--apiserver-listen",
+            &api,
+        ];
+        args.extend_from_slice(cloud_args);
+        let cloud = Daemon::spawn("cloudcore", &args, &dir.join("cloudcore.log"))?;
+        wait_listening(&hub, Duration::from_secs(60)).await?;
+        let client = wedge_cli::kube_client(&dir.join("cloud/apiserver/admin.kubeconfig")).await?;
+        let token = output(
+            "wedge",
+            &["--root", &cloud_root, "token", "create", "--ttl", "1h"],
+        )?;
+        let edge_root = format!("{root}/edge");
+        let mut args = vec![
+            "--root",
+            &edge_root,
+            "--cloud",
+            &hub,
+            "--node",
+            node,
+            "--node-ip",
+            "127.0.0.1",
+            "--token",
+            &token,
+        ];
+        args.extend_from_slice(edge_args);
+        let edge = Daemon::spawn("edgecore", &args, &dir.join("edgecore.log"))?;
+        Ok(Self {
+            cloud,
+            edge,
+            client,
+        })
+    }
+}
+
 /// One of Wedge's binaries, running.
 pub struct Daemon {
     child: Child,

@@ -148,7 +148,7 @@ pub fn age() -> Value {
 
 /// What a namespaced kind is called.
 pub struct Names<'a> {
-    /// `group`, `version`: where it is served.
+    /// Its API group.
     pub group: &'a str,
     /// Its version.
     pub version: &'a str,

@@ -25,7 +25,8 @@ use crate::store::{MetaStore, Outbox, StoreError};
 
 /// How many uploads may wait for the cloud before the oldest are dropped.
 pub const MAX_PENDING: usize = 10_000;
-/// The largest upload, encoded, that is queued: half a frame, so its frame always fits.
+/// The largest upload, encoded, that is queued: half a frame, so its frame always fits (payloads
+/// up to half of this, since encoding may double them).
 pub const MAX_UPLOAD_BYTES: usize = wedge_core::protocol::MAX_FRAME_BYTES / 2;
 
 /// The rules' filters and the outbox they feed.
@@ -136,18 +137,20 @@ impl Uploads {
         if !self.wants(topic_name) {
             return Ok(false);
         }
-        let upload = serde_json::to_value(Upload::new(topic_name, payload)).unwrap_or_default();
-        let size = upload.to_string().len();
-        if size > MAX_UPLOAD_BYTES {
+        // `Upload` at most doubles a payload (see its doc), so the raw size bounds the encoded
+        // one without encoding it twice.
+        let bound = topic_name.len() + 2 * payload.len();
+        if bound > MAX_UPLOAD_BYTES {
             // Queued, it would never fit a frame and would block every report behind it.
             tracing::warn!(
                 topic = topic_name,
-                size,
-                limit = MAX_UPLOAD_BYTES,
+                size = payload.len(),
+                limit = MAX_UPLOAD_BYTES / 2,
                 "a message too large to send to the cloud was dropped"
             );
             return Ok(false);
         }
+        let upload = serde_json::to_value(Upload::new(topic_name, payload)).unwrap_or_default();
         let appended = self
             .outbox
             .append(ResourceKind::Upload, &upload, self.cap)?;
@@ -219,7 +222,10 @@ mod tests {
         assert!(!uploads.forward("default/other", b"x").expect("q"));
         assert!(
             !uploads
-                .forward("default/telemetry/big", &vec![b'x'; MAX_UPLOAD_BYTES + 1])
+                .forward(
+                    "default/telemetry/big",
+                    &vec![b'x'; MAX_UPLOAD_BYTES / 2 + 1]
+                )
                 .expect("q"),
             "too large to send"
         );

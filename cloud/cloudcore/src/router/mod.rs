@@ -66,10 +66,12 @@ pub enum UploadError {
     Payload(#[from] base64::DecodeError),
 }
 
-/// The node a Rule's eventbus source names (`spec.sourceResource.node_name`), if any.
+/// The node a Rule's eventbus source names (`spec.sourceResource.node_name`), if any, read
+/// without parsing the whole Rule (the watch asks at every event).
 pub fn source_node(rule: &DynamicObject) -> Option<String> {
     rule.data
-        .pointer("/spec/sourceResource/node_name")
+        .pointer("/spec/sourceResource")
+        .and_then(|r| r.get(wedge_core::rule::SOURCE_NODE_KEY))
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .map(str::to_owned)
