@@ -55,10 +55,9 @@ async fn a_pod_lands_on_its_edge_with_its_config_and_leaves_when_deleted() {
         "edge-a"
     );
     let uid = cloud.kubectl_ok(&["get", "pod", "hello", "-o", "jsonpath={.metadata.uid}"]);
-    let log = std::fs::read_to_string(
-        edge_root.join(format!("wasm/pods/default_hello_{uid}/hello/0.log")),
-    )
-    .expect("the pod's log on the edge");
+    let log =
+        std::fs::read_to_string(edge_root.join(format!("pods/default_hello_{uid}/hello/0.log")))
+            .expect("the pod's log on the edge");
     assert!(log.contains("edge-world"), "env from the ConfigMap: {log}");
 
     // A ConfigMap update reaches the edge's store.

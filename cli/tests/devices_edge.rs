@@ -43,7 +43,7 @@ const MQTT_DEVICE: &str = "apiVersion: devices.kubeedge.io/v1beta1\nkind: Device
 /// What `pod`'s fan-handler container wrote, from its log files on the edge (kubelet's layout).
 fn handler_logs(edge_root: &std::path::Path, pod: &str) -> String {
     let mut out = String::new();
-    let pods = edge_root.join("wasm/pods");
+    let pods = edge_root.join("pods");
     let prefix = format!("default_{pod}_");
     for dir in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
         if !dir.file_name().to_string_lossy().starts_with(&prefix) {

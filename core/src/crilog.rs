@@ -150,6 +150,51 @@ impl LineSplitter {
     }
 }
 
+/// What `kubectl logs` may ask of a container's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// The previous instance's log, after a restart (`--previous`).
+    pub previous: bool,
+    /// Only the last N lines (`--tail`).
+    pub tail_lines: Option<usize>,
+    /// Prefix each line with its timestamp (`--timestamps`).
+    pub timestamps: bool,
+}
+
+/// Renders a CRI log file as `kubectl logs` shows it: the content of each line (partial records
+/// joined), optionally with timestamps, optionally only the last lines. Records that do not
+/// parse are skipped.
+pub fn render(file: &[u8], options: &LogOptions) -> Vec<u8> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut partial: Option<Vec<u8>> = None;
+    for raw in file.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(record) = parse_record(raw) else {
+            continue;
+        };
+        let line = partial.get_or_insert_with(|| {
+            if options.timestamps {
+                format!("{} ", record.time).into_bytes()
+            } else {
+                Vec::new()
+            }
+        });
+        line.extend_from_slice(record.content);
+        if record.tag == Tag::Full {
+            lines.extend(partial.take());
+        }
+    }
+    lines.extend(partial);
+    let skip = options
+        .tail_lines
+        .map_or(0, |n| lines.len().saturating_sub(n));
+    let mut out = Vec::new();
+    for l in &lines[skip..] {
+        out.extend_from_slice(l);
+        out.push(b'\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

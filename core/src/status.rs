@@ -23,6 +23,12 @@ pub mod reason {
     pub const CREATE_CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";
     /// Waiting for the image to be pulled and compiled.
     pub const CONTAINER_CREATING: &str = "ContainerCreating";
+    /// Waiting out the backoff after a failed pull.
+    pub const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
+    /// The container's postStart hook failed; it was killed.
+    pub const POST_START_HOOK_ERROR: &str = "PostStartHookError";
+    /// Waiting for the pod's init containers to complete.
+    pub const POD_INITIALIZING: &str = "PodInitializing";
     /// Waiting out the restart backoff after repeated failures.
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
     /// Exited with code 0.
@@ -148,12 +154,18 @@ pub struct ContainerStatus {
     pub last_state: Option<ContainerState>,
     /// How many times the container has been restarted.
     pub restart_count: u32,
+    /// Running, and its readiness probe (if any) passes.
+    #[serde(default)]
+    pub ready: bool,
+    /// Running, and its startup probe (if any) has passed.
+    #[serde(default)]
+    pub started: bool,
 }
 
 impl ContainerStatus {
-    /// Whether the container counts as ready (running; Wasm containers have no probes yet).
+    /// Whether the container counts as ready.
     pub fn ready(&self) -> bool {
-        self.state.is_running()
+        self.ready && self.state.is_running()
     }
 
     /// The Kubernetes API form of this status.
@@ -166,7 +178,7 @@ impl ContainerStatus {
             last_state: self.last_state.as_ref().map(ContainerState::to_k8s),
             restart_count: i32::try_from(self.restart_count).unwrap_or(i32::MAX),
             ready: self.ready(),
-            started: Some(self.state.is_running()),
+            started: Some(self.started && self.state.is_running()),
             ..Default::default()
         }
     }
@@ -194,6 +206,28 @@ impl PodPhase {
             Self::Succeeded => "Succeeded",
             Self::Failed => "Failed",
         }
+    }
+
+    /// The phase of a pod with init containers, as kubelet's `getPhase` decides it: Pending
+    /// until every init container has completed, Failed when one failed for good (`Never`),
+    /// then as [`PodPhase::derive`] says of the containers.
+    pub fn derive_with_init(
+        init: &[ContainerStatus],
+        containers: &[ContainerStatus],
+        init_restarts: bool,
+    ) -> Self {
+        let mut pending = false;
+        for c in init {
+            match &c.state {
+                ContainerState::Terminated { exit_code: 0, .. } => {}
+                ContainerState::Terminated { .. } if !init_restarts => return Self::Failed,
+                _ => pending = true,
+            }
+        }
+        if pending {
+            return Self::Pending;
+        }
+        Self::derive(containers, |_| false)
     }
 
     /// Derives the phase from container statuses the way kubelet's `getPhase` does, given
@@ -232,14 +266,18 @@ impl PodPhase {
     }
 }
 
-/// Everything a runtime knows about one pod.
+/// Everything Edged knows about one pod it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatusReport {
     /// The pod's phase.
     pub phase: PodPhase,
+    /// One status per init container, in spec order.
+    pub init_containers: Vec<ContainerStatus>,
     /// One status per container, in spec order.
     pub containers: Vec<ContainerStatus>,
+    /// The pod's own IP, when its sandbox has a network of its own.
+    pub pod_ip: Option<String>,
 }
 
 impl PodStatusReport {
@@ -261,6 +299,8 @@ mod tests {
             last_state: restarted.then(|| state.clone()),
             state,
             restart_count: u32::from(restarted),
+            ready: false,
+            started: false,
         }
     }
 
@@ -313,6 +353,46 @@ mod tests {
                 |_| false
             ),
             PodPhase::Running
+        );
+    }
+
+    #[test]
+    fn init_containers_hold_the_pod_pending_or_fail_it() {
+        let running = status(
+            ContainerState::Running {
+                started_at: Timestamp::UNIX_EPOCH,
+            },
+            false,
+        );
+        let waiting = status(
+            ContainerState::waiting(reason::POD_INITIALIZING, None),
+            false,
+        );
+        let done = status(terminated(0), false);
+        let failed = status(terminated(2), false);
+        assert_eq!(
+            PodPhase::derive_with_init(&[running], std::slice::from_ref(&waiting), true),
+            PodPhase::Pending
+        );
+        assert_eq!(
+            PodPhase::derive_with_init(
+                std::slice::from_ref(&failed),
+                std::slice::from_ref(&waiting),
+                false
+            ),
+            PodPhase::Failed
+        );
+        assert_eq!(
+            PodPhase::derive_with_init(&[failed], &[waiting], true),
+            PodPhase::Pending
+        );
+        assert_eq!(
+            PodPhase::derive_with_init(
+                std::slice::from_ref(&done),
+                std::slice::from_ref(&done),
+                true
+            ),
+            PodPhase::Succeeded
         );
     }
 

@@ -18,6 +18,8 @@ use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
 
 use crate::devicetwin::DeviceTwin;
 use crate::edged::node::NodeFacts;
+use crate::edged::pod_workers::{PodWorkers, WorkerConfig};
+use crate::edged::runtimes::{RuntimeHandle, Runtimes};
 use crate::edged::{Edged, EdgedConfig, Signals};
 use crate::edgehub::{EdgeHub, EdgeHubConfig};
 use crate::eventbus::uploads::Uploads;
@@ -107,7 +109,7 @@ pub enum AgentError {
     EventBus(#[from] crate::eventbus::EventBusError),
     /// The runtime could not start.
     #[error(transparent)]
-    Runtime(#[from] wedge_edged_wasm::RuntimeError),
+    Runtime(#[from] wedge_edged_wasm::RuntimeStartError),
     /// A directory could not be created.
     #[error("{path}: {source}")]
     Io {
@@ -182,6 +184,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             .map_err(|e| AgentError::Preload(name.clone(), e.to_string()))?;
     }
 
+    let runtimes = Runtimes::new().with(RuntimeHandle::new(Arc::new(runtime.clone())));
+    let workers = PodWorkers::new(
+        runtimes.clone(),
+        WorkerConfig::new(config.root.join("pods")),
+    );
+
     let node_ip = config
         .node_ip
         .clone()
@@ -190,7 +198,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut edged_config = EdgedConfig::new(NodeFacts {
         name: config.node.clone(),
         ip: node_ip,
-        runtimes: vec![wedge_core::runtimes::WASM.to_owned()],
+        runtimes: runtimes.handlers().into_iter().map(str::to_owned).collect(),
         labels: config.labels.clone(),
         max_pods: 110,
         ready_since: jiff::Timestamp::now(),
@@ -198,7 +206,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     edged_config.node_status_interval = config.node_status_interval;
     edged_config.lease_interval = config.lease_interval;
     let edged = Edged::new(
-        Arc::new(runtime.clone()),
+        workers,
         db.meta(),
         db.outbox(),
         signals.clone(),
@@ -229,5 +237,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     ));
     tracing::info!(node = config.node, cloud = config.cloud, "edgecore running");
     while tasks.join_next().await.is_some() {}
+    runtime.shutdown();
     Ok(())
 }

@@ -1,36 +1,37 @@
-//! One container's life: prepare (pull, compile, link), run, and restart by policy.
+//! One container of the Wasm runtime: prepared when created (image from the store, compiled,
+//! linked), run once when started (an app until `wasi:cli/run` returns, a handler until it is
+//! stopped), and its exit classified in kubelet's terms.
 //!
-//! The container's status is kept as kubelet reports it: `Waiting/ContainerCreating` while it is
-//! prepared, `Waiting/ErrImagePull` or `CreateContainerError` (retried with backoff) when that
-//! fails, `Running`, then `Terminated` with exit code and reason, and `Waiting/CrashLoopBackOff`
-//! with the previous instance in `lastState` while a restart waits out its backoff.
+//! Restarts, backoff and waiting states are not here: Edged decides them for every runtime and
+//! creates a new container for each restart, as the kubelet does over CRI.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, InstancePre};
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wedge_core::pod_runtime::StatusListener;
-use wedge_core::restart::CrashLoopBackoff;
-use wedge_core::status::{ContainerState, ContainerStatus, reason};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wedge_core::grants::PodGrants;
+use wedge_core::runtime::{self, ContainerConfig, ExecResult, RuntimeError};
+use wedge_core::status::reason;
 
 use crate::compile::{CacheOutcome, CompileError};
 use crate::handler::{self, HandlerRunner};
 use crate::host::{ComponentKind, HostState, component_kind};
-use crate::instance::{Exit, app_store, wasi_ctx};
+use crate::instance::{Exit, app_store, wasi_ctx, wasi_ctx_with};
 use crate::limits::ContainerMeters;
 use crate::logs::ContainerLog;
 use crate::oci::{ImageError, PulledImage};
 use crate::runtime::Inner;
-use crate::spec::{ContainerPlan, PodPlan};
+use crate::spec::ContainerPlan;
 
 /// Why a container could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
-    /// The image could not be pulled or is not a Wasm component.
+    /// The image is not in the store or is not a Wasm component.
     #[error(transparent)]
     Image(#[from] ImageError),
     /// The component does not compile.
@@ -44,16 +45,6 @@ pub enum PrepareError {
         "the component exports neither wasi:cli/run (an app) nor wedge:app/event-handler (a handler): nothing to run"
     )]
     NotRunnable,
-}
-
-impl PrepareError {
-    /// The kubelet reason for this failure.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Image(_) => reason::ERR_IMAGE_PULL,
-            Self::Compile(_) | Self::Link(_) | Self::NotRunnable => reason::CREATE_CONTAINER_ERROR,
-        }
-    }
 }
 
 /// A container ready to run.
@@ -70,13 +61,13 @@ pub struct Prepared {
     pub pre: InstancePre<HostState>,
 }
 
-/// Pulls, compiles and links a container's component.
-pub(crate) async fn prepare(rt: &Inner, plan: &ContainerPlan) -> Result<Prepared, PrepareError> {
-    let credentials = rt.credentials_for(&plan.image);
+/// Compiles and links the component of `image`, which must be in the store.
+pub(crate) async fn prepare(rt: &Inner, image: &str) -> Result<Prepared, PrepareError> {
     let image = rt
         .images
-        .ensure(&plan.image, plan.pull_policy, credentials.as_ref())
-        .await?;
+        .held(image)
+        .await?
+        .ok_or_else(|| ImageError::NeverPull(image.to_owned()))?;
     let (component, cache) = rt
         .compiled
         .component(&image.stored.wasm_digest, &image.wasm_path)
@@ -86,7 +77,7 @@ pub(crate) async fn prepare(rt: &Inner, plan: &ContainerPlan) -> Result<Prepared
         .instantiate_pre(&component)
         .map_err(|e| PrepareError::Link(format!("{e:#}")))?;
     let kind = component_kind(&rt.engine, &component).ok_or(PrepareError::NotRunnable)?;
-    tracing::debug!(image = %plan.image, ?cache, ?kind, "container prepared");
+    tracing::debug!(image = %image.stored.reference, ?cache, ?kind, "container prepared");
     Ok(Prepared {
         image,
         component,
@@ -96,219 +87,178 @@ pub(crate) async fn prepare(rt: &Inner, plan: &ContainerPlan) -> Result<Prepared
     })
 }
 
-/// A container's shared state: what the runtime reports about it.
-pub(crate) struct ContainerSlot {
+/// A created container.
+pub(crate) struct WasmContainer {
+    pub(crate) id: String,
+    pub(crate) sandbox_id: String,
+    pub(crate) config: ContainerConfig,
     pub(crate) plan: ContainerPlan,
-    pub(crate) status: Mutex<ContainerStatus>,
+    pub(crate) grants: Arc<PodGrants>,
+    pub(crate) image_id: String,
+    pub(crate) cache: CacheOutcome,
     pub(crate) meters: Arc<ContainerMeters>,
-    pub(crate) cache: Mutex<Option<CacheOutcome>>,
-    pub(crate) log_dir: PathBuf,
-    /// Told of every status change, with the pod's uid.
-    listener: Option<(String, StatusListener)>,
+    /// Taken when the container starts.
+    pub(crate) prepared: Mutex<Option<Prepared>>,
+    /// An app's command, kept to run commands in the container (`exec`: a fresh instance).
+    pub(crate) command: Option<CommandPre<HostState>>,
+    pub(crate) state: tokio::sync::watch::Sender<runtime::ContainerState>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl ContainerSlot {
-    pub(crate) fn new(
-        plan: ContainerPlan,
-        pod: &PodPlan,
-        listener: Option<StatusListener>,
-    ) -> Self {
-        let status = ContainerStatus {
-            name: plan.name.clone(),
-            image: plan.image.clone(),
-            image_id: None,
-            state: ContainerState::waiting(reason::CONTAINER_CREATING, None),
-            last_state: None,
-            restart_count: 0,
-        };
-        let log_dir = pod.dir.join(&plan.name);
-        Self {
-            plan,
-            status: Mutex::new(status),
-            meters: Arc::default(),
-            cache: Mutex::new(None),
-            log_dir,
-            listener: listener.map(|l| (pod.uid.clone(), l)),
+impl WasmContainer {
+    pub(crate) fn info(&self) -> runtime::ContainerInfo {
+        runtime::ContainerInfo {
+            id: self.id.clone(),
+            sandbox_id: self.sandbox_id.clone(),
+            name: self.config.name.clone(),
+            attempt: self.config.attempt,
+            image_id: Some(self.image_id.clone()),
+            state: self.state.borrow().clone(),
+            labels: self.config.labels.clone(),
         }
-    }
-
-    pub(crate) fn status(&self) -> ContainerStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut ContainerStatus)) {
-        f(&mut self
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner));
-        if let Some((uid, listener)) = &self.listener {
-            listener(uid);
-        }
-    }
-
-    pub(crate) fn log_path(&self, restart: u32) -> PathBuf {
-        self.log_dir.join(format!("{restart}.log"))
     }
 }
 
-/// Runs a container until it ends for good or `cancel` fires.
-pub(crate) async fn supervise(
-    rt: Arc<Inner>,
-    pod: Arc<PodPlan>,
-    slot: Arc<ContainerSlot>,
-    cancel: CancellationToken,
-) {
-    let mut backoff = CrashLoopBackoff::new(rt.config.backoff);
-    let prepared = loop {
-        match prepare(&rt, &slot.plan).await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::warn!(pod = %pod.display_name, container = %slot.plan.name, error = %e, "container not prepared");
-                let reason = e.reason();
-                let message = e.to_string();
-                slot.update(|s| s.state = ContainerState::waiting(reason, Some(message.clone())));
-                let wait = backoff.after_exit(Duration::ZERO);
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
-    };
-    *slot
-        .cache
+/// Starts the container's instance in a task of its own.
+pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), RuntimeError> {
+    if !matches!(*c.state.borrow(), runtime::ContainerState::Created) {
+        return Err(RuntimeError::Failed(format!(
+            "container {} was started before",
+            c.id
+        )));
+    }
+    let prepared = c
+        .prepared
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(prepared.cache);
-    slot.update(|s| s.image_id = Some(prepared.image.image_id()));
-    match prepared.kind {
-        ComponentKind::App => run_app(&rt, &pod, &slot, prepared.pre, &cancel).await,
-        ComponentKind::Handler => run_handler(&rt, &pod, &slot, prepared.pre, &cancel).await,
-    }
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .ok_or_else(|| RuntimeError::Failed(format!("container {} is not prepared", c.id)))?;
+    let log = ContainerLog::open(&c.config.log_path, rt.config.echo_logs).map_err(|e| {
+        RuntimeError::Failed(format!(
+            "cannot open the container log {}: {e}",
+            c.config.log_path.display()
+        ))
+    })?;
+    let started_at = Timestamp::now();
+    let run: Box<dyn FnOnce() -> JoinHandle<()> + Send> = match prepared.kind {
+        ComponentKind::App => {
+            let pre = c.command.clone().ok_or_else(|| {
+                RuntimeError::Failed("the app's wasi:cli/run cannot be linked".to_owned())
+            })?;
+            let wasi = wasi_ctx(&c.plan, &log).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            let (rt, c2) = (rt.clone(), c.clone());
+            Box::new(move || {
+                tokio::spawn(async move {
+                    let mut store = app_store(
+                        &rt.engine,
+                        wasi,
+                        &c2.plan,
+                        &rt.backends,
+                        &c2.grants,
+                        &c2.meters,
+                    );
+                    let run = async {
+                        let command = pre.instantiate_async(&mut store).await?;
+                        command.wasi_cli_run().call_run(&mut store).await
+                    };
+                    let exit = tokio::select! {
+                        r = run => Exit::of_run(r),
+                        () = c2.cancel.cancelled() => Exit::killed("the container was stopped"),
+                    };
+                    log.finish();
+                    exited(&c2, exit, started_at);
+                })
+            })
+        }
+        ComponentKind::Handler => {
+            let runner = HandlerRunner::new(
+                &rt.engine,
+                prepared.pre,
+                c.plan.clone(),
+                rt.backends.clone(),
+                c.grants.clone(),
+                log.clone(),
+                rt.config.handler_timeout,
+                rt.config.engine.epoch_tick,
+                c.meters.clone(),
+            )
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            let (rt, c2) = (rt.clone(), c.clone());
+            Box::new(move || {
+                tokio::spawn(async move {
+                    handler::serve(&runner, &c2.grants.triggers, &rt.backends, &c2.cancel).await;
+                    log.finish();
+                    // A handler has no exit of its own: it ends when stopped, having finished
+                    // the event in hand.
+                    let exit = Exit {
+                        code: 0,
+                        reason: reason::COMPLETED,
+                        message: Some("the container was stopped".to_owned()),
+                    };
+                    exited(&c2, exit, started_at);
+                })
+            })
+        }
+    };
+    c.state
+        .send_replace(runtime::ContainerState::Running { started_at });
+    let task = run();
+    *c.task
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+    Ok(())
 }
 
-async fn run_app(
+/// Runs `command` in the container, as `kubectl exec` and exec probes do: a fresh instance of
+/// the container's component with `command` as its argv, the container's env, volumes, grants
+/// and limits, its output captured. Handlers have no command to run.
+pub(crate) async fn exec(
     rt: &Inner,
-    pod: &PodPlan,
-    slot: &ContainerSlot,
-    pre: InstancePre<HostState>,
-    cancel: &CancellationToken,
-) {
-    let pre = match CommandPre::new(pre) {
-        Ok(p) => p,
-        Err(e) => return fail_create(slot, format!("{e:#}")),
+    c: &WasmContainer,
+    command: &[String],
+    timeout: Duration,
+) -> Result<ExecResult, RuntimeError> {
+    let pre = c.command.clone().ok_or_else(|| {
+        RuntimeError::Unsupported(format!(
+            "container {} is a handler: it exports no wasi:cli/run to run a command with",
+            c.config.name
+        ))
+    })?;
+    const MAX_OUTPUT: usize = 1 << 20;
+    let stdout = MemoryOutputPipe::new(MAX_OUTPUT);
+    let stderr = MemoryOutputPipe::new(MAX_OUTPUT);
+    let wasi = wasi_ctx_with(&c.plan, command, stdout.clone(), stderr.clone())
+        .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+    let meters = Arc::new(ContainerMeters::default());
+    let mut store = app_store(&rt.engine, wasi, &c.plan, &rt.backends, &c.grants, &meters);
+    let run = async {
+        let command = pre.instantiate_async(&mut store).await?;
+        command.wasi_cli_run().call_run(&mut store).await
     };
-    let mut backoff = CrashLoopBackoff::new(rt.config.backoff);
-    loop {
-        let restart = slot.status().restart_count;
-        let log = match ContainerLog::open(&slot.log_path(restart), rt.config.echo_logs) {
-            Ok(l) => l,
-            Err(e) => return fail_create(slot, format!("cannot open the container log: {e}")),
-        };
-        let wasi = match wasi_ctx(&slot.plan, &log) {
-            Ok(w) => w,
-            Err(e) => return fail_create(slot, e.to_string()),
-        };
-        let mut store = app_store(
-            &rt.engine,
-            wasi,
-            &slot.plan,
-            &rt.backends,
-            &pod.grants,
-            &slot.meters,
-        );
-        let started_at = Timestamp::now();
-        let started = Instant::now();
-        slot.update(|s| s.state = ContainerState::Running { started_at });
-        let run = async {
-            let command = pre.instantiate_async(&mut store).await?;
-            command.wasi_cli_run().call_run(&mut store).await
-        };
-        let (exit, stopped) = tokio::select! {
-            r = run => (Exit::of_run(r), false),
-            () = cancel.cancelled() => (Exit::killed("the pod was stopped"), true),
-        };
-        log.finish();
-        let terminated = ContainerState::Terminated {
-            exit_code: exit.code,
+    let exit = tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| RuntimeError::Failed(format!("command timed out after {timeout:?}")))?;
+    let exit = Exit::of_run(exit);
+    let mut stderr = stderr.contents().to_vec();
+    if let Some(m) = exit.message {
+        stderr.extend_from_slice(m.as_bytes());
+    }
+    Ok(ExecResult {
+        exit_code: exit.code,
+        stdout: stdout.contents().to_vec(),
+        stderr,
+    })
+}
+
+fn exited(c: &WasmContainer, exit: Exit, started_at: Timestamp) {
+    tracing::info!(container = %c.config.name, id = %c.id, code = exit.code, reason = exit.reason, "instance ended");
+    c.state
+        .send_replace(runtime::ContainerState::Exited(runtime::Exit {
+            code: exit.code,
             reason: exit.reason.to_owned(),
             message: exit.message,
             started_at,
             finished_at: Timestamp::now(),
-        };
-        tracing::info!(pod = %pod.display_name, container = %slot.plan.name, code = exit.code, reason = exit.reason, "instance ended");
-        if stopped || !pod.restart_policy.restarts_after(exit.code) {
-            slot.update(|s| s.state = terminated);
-            return;
-        }
-        let wait = backoff.after_exit(started.elapsed());
-        let message = format!(
-            "back-off {}s restarting failed container={} pod={}({})",
-            wait.as_secs(),
-            slot.plan.name,
-            pod.display_name,
-            pod.uid
-        );
-        slot.update(|s| {
-            s.last_state = Some(terminated);
-            s.state = ContainerState::waiting(reason::CRASH_LOOP_BACK_OFF, Some(message));
-        });
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        slot.update(|s| s.restart_count += 1);
-    }
-}
-
-async fn run_handler(
-    rt: &Inner,
-    pod: &PodPlan,
-    slot: &ContainerSlot,
-    pre: InstancePre<HostState>,
-    cancel: &CancellationToken,
-) {
-    let log = match ContainerLog::open(&slot.log_path(0), rt.config.echo_logs) {
-        Ok(l) => l,
-        Err(e) => return fail_create(slot, format!("cannot open the container log: {e}")),
-    };
-    let runner = HandlerRunner::new(
-        &rt.engine,
-        pre,
-        slot.plan.clone(),
-        rt.backends.clone(),
-        pod.grants.clone(),
-        log.clone(),
-        rt.config.handler_timeout,
-        rt.config.engine.epoch_tick,
-        slot.meters.clone(),
-    );
-    let runner = match runner {
-        Ok(r) => r,
-        Err(e) => return fail_create(slot, e.to_string()),
-    };
-    let started_at = Timestamp::now();
-    slot.update(|s| s.state = ContainerState::Running { started_at });
-    handler::serve(&runner, &pod.grants.triggers, &rt.backends, cancel).await;
-    log.finish();
-    // A handler has no exit of its own: it ends when its pod is stopped, having finished the
-    // event in hand.
-    slot.update(|s| {
-        s.state = ContainerState::Terminated {
-            exit_code: 0,
-            reason: reason::COMPLETED.to_owned(),
-            message: Some("the pod was stopped".to_owned()),
-            started_at,
-            finished_at: Timestamp::now(),
-        }
-    });
-}
-
-fn fail_create(slot: &ContainerSlot, message: String) {
-    tracing::warn!(container = %slot.plan.name, %message, "container cannot start");
-    slot.update(|s| {
-        s.state = ContainerState::waiting(reason::CREATE_CONTAINER_ERROR, Some(message))
-    });
+        }));
 }

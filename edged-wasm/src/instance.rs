@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{CallHook, Engine, Store};
+use wasmtime_wasi::cli::StdoutStream;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder};
 use wedge_core::grants::PodGrants;
 use wedge_core::status::reason;
@@ -35,21 +36,26 @@ pub enum InstanceError {
     Log(#[from] std::io::Error),
 }
 
-/// Builds the WASI context of one instance.
+/// Builds the WASI context of one instance, its output into the container's log.
 pub fn wasi_ctx(plan: &ContainerPlan, log: &ContainerLog) -> Result<WasiCtx, InstanceError> {
+    wasi_ctx_with(plan, &plan.argv, log.stdout(), log.stderr())
+}
+
+/// Builds a WASI context with `argv` and the given output streams (a command run in the
+/// container, whose output goes back to the caller).
+pub fn wasi_ctx_with(
+    plan: &ContainerPlan,
+    argv: &[String],
+    stdout: impl StdoutStream + 'static,
+    stderr: impl StdoutStream + 'static,
+) -> Result<WasiCtx, InstanceError> {
     let mut b = WasiCtxBuilder::new();
-    b.args(&plan.argv)
-        .envs(&plan.env)
-        .stdout(log.stdout())
-        .stderr(log.stderr());
+    b.args(argv).envs(&plan.env).stdout(stdout).stderr(stderr);
     for m in &plan.mounts {
         let fail = |message: String| InstanceError::Mount {
             guest_path: m.guest_path.clone(),
             message,
         };
-        if m.create {
-            std::fs::create_dir_all(&m.host_path).map_err(|e| fail(e.to_string()))?;
-        }
         let perms = if m.read_only {
             FsPerms::ReadOnly
         } else {

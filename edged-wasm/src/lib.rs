@@ -1,14 +1,16 @@
 //! Wedge's Wasm pod runtime: WASI 0.2 components pulled from OCI registries, run on wasmtime as
 //! the containers of Kubernetes pods.
 //!
-//! Start at [`WasmRuntime`], which implements the [`wedge_core::pod_runtime::PodRuntime`] trait
-//! Edged drives. Then, in the order a pod meets them:
+//! Start at [`WasmRuntime`], which implements the runtime boundary Edged drives
+//! ([`wedge_core::runtime`]: sandboxes, containers, images). Edged does the kubelet's job
+//! (restarts, backoff, pull policy); this crate runs what it is told. In the order a container
+//! meets them:
 //!
-//! - [`spec`]: the pod spec checked and turned into a plan;
 //! - [`oci`]: the image pulled (or imported) into the content-addressed store;
+//! - [`spec`]: the container's settings checked and turned into a plan (argv, mounts, limits);
 //! - [`compile`]: the component compiled once and cached on disk;
 //! - [`host`]: WASI, `wedge:device` and `wedge:messaging` linked in;
-//! - [`container`]: apps run and restarted by policy, handlers ([`handler`]) called per event;
+//! - [`container`]: an app run once, a handler ([`handler`]) called per event until stopped;
 //! - [`limits`] and [`engine`]: memory and CPU limits, preemption by epochs;
 //! - [`logs`]: stdout and stderr in the CRI log format.
 
@@ -26,4 +28,4 @@ pub mod runtime;
 pub mod spec;
 
 pub use config::RuntimeConfig;
-pub use runtime::{ContainerStats, RuntimeError, WasmRuntime};
+pub use runtime::{RuntimeStartError, WasmRuntime, WasmStats};

@@ -17,8 +17,7 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wedge_core::crilog::{self, LineSplitter, Stream, Tag};
-use wedge_core::pod_runtime::LogOptions;
+use wedge_core::crilog::{LineSplitter, Stream};
 
 struct LogFile {
     file: File,
@@ -188,42 +187,10 @@ impl tokio::io::AsyncWrite for LogStream {
     }
 }
 
-/// Renders a CRI log file as `kubectl logs` shows it: the content of each line (partial records
-/// joined), optionally with timestamps, optionally only the last lines. Records that do not
-/// parse are skipped.
-pub fn render(file: &[u8], options: &LogOptions) -> Vec<u8> {
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    let mut partial: Option<Vec<u8>> = None;
-    for raw in file.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(record) = crilog::parse_record(raw) else {
-            continue;
-        };
-        let line = partial.get_or_insert_with(|| {
-            if options.timestamps {
-                format!("{} ", record.time).into_bytes()
-            } else {
-                Vec::new()
-            }
-        });
-        line.extend_from_slice(record.content);
-        if record.tag == Tag::Full {
-            lines.extend(partial.take());
-        }
-    }
-    lines.extend(partial);
-    let skip = options
-        .tail_lines
-        .map_or(0, |n| lines.len().saturating_sub(n));
-    let mut out = Vec::new();
-    for l in &lines[skip..] {
-        out.extend_from_slice(l);
-        out.push(b'\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use wedge_core::crilog::{LogOptions, render};
+
     use super::*;
 
     #[test]

@@ -1,34 +1,41 @@
-//! [`WasmRuntime`]: the pod runtime Edged drives for Wasm pods.
+//! [`WasmRuntime`]: Wasm components as the containers of pod sandboxes, behind the runtime
+//! boundary Edged drives ([`wedge_core::runtime::RuntimeService`] and `ImageService`).
 //!
 //! One runtime per edge process holds the engine, the linker, the image store and the compile
-//! cache, and one task per container. `start_pod` checks the spec, then each container is
-//! prepared and run in the background ([`crate::container`]); `pod_status` reads what they
-//! report; `stop_pod` cancels them and waits at most the grace period.
+//! cache. A sandbox is a pod's grants (from its annotations) and nothing else: Wasm guests share
+//! the host's network, so there is no namespace to make. A container is compiled and linked when
+//! it is created and runs as a task when it is started ([`crate::container`]). Everything lives
+//! in the process, so nothing survives a restart of edgecore: its pods start afresh.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Pod;
-use tokio::task::JoinHandle;
+use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
-use wedge_core::pod_runtime::{LogOptions, PodRuntime, PodRuntimeError, StatusListener};
-use wedge_core::status::{PodPhase, PodStatusReport};
+use wedge_core::grants::PodGrants;
+use wedge_core::runtime::{
+    self as rt, ContainerConfig, ContainerInfo, ContainerStats, ExecResult, ImageInfo, PullAuth,
+    RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
+};
 
 use crate::compile::{CacheOutcome, CompileCache, CompileError};
 use crate::config::RuntimeConfig;
-use crate::container::{self, ContainerSlot, PrepareError, Prepared};
+use crate::container::{self, PrepareError, Prepared, WasmContainer};
 use crate::engine::{EngineError, EpochTicker, build_engine};
 use crate::host::{Backends, HostState, linker};
-use crate::oci::{ImageService, ImageStore, RegistryCredentials, StoreError};
-use crate::spec::{ContainerPlan, PodPlan, plan_pod};
+use crate::oci::{ImageError, ImageService, ImageStore, RegistryCredentials, StoreError};
+use crate::spec::plan_container;
+
+/// The version of wasmtime this runtime is built on, for `nodeInfo.containerRuntimeVersion`.
+pub const WASMTIME_VERSION: &str = "48.0";
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub enum RuntimeStartError {
     /// The engine could not be built.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -43,32 +50,25 @@ pub enum RuntimeError {
     Compile(#[from] CompileError),
     /// The registry client could not be built.
     #[error(transparent)]
-    Images(#[from] crate::oci::ImageError),
-    /// The pods directory could not be created.
-    #[error("pods directory: {0}")]
-    Io(#[from] std::io::Error),
+    Images(#[from] ImageError),
 }
 
-/// Figures of one container, as CRI's `ContainerStats` gives them.
+/// Wasm-specific figures of one container, beyond CRI's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerStats {
-    /// Guest execution time over all instances.
-    pub cpu: Duration,
-    /// Linear memory of the current (or last) instance.
-    pub memory_bytes: usize,
+pub struct WasmStats {
     /// Handler invocations.
     pub invocations: u64,
     /// Failed handler invocations.
     pub failures: u64,
-    /// How the component was obtained at its last start.
-    pub cache: Option<CacheOutcome>,
+    /// How the component was obtained when the container was created.
+    pub cache: CacheOutcome,
 }
 
-struct PodEntry {
-    plan: Arc<PodPlan>,
-    containers: Vec<Arc<ContainerSlot>>,
-    cancel: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+struct Sandbox {
+    config: SandboxConfig,
+    grants: Arc<PodGrants>,
+    created_at: Timestamp,
+    ready: bool,
 }
 
 pub(crate) struct Inner {
@@ -78,33 +78,16 @@ pub(crate) struct Inner {
     pub(crate) compiled: CompileCache,
     pub(crate) backends: Backends,
     pub(crate) config: RuntimeConfig,
-    credentials: RwLock<HashMap<String, RegistryCredentials>>,
-    pods: Mutex<HashMap<String, Arc<PodEntry>>>,
-    listener: RwLock<Option<StatusListener>>,
+    sandboxes: Mutex<HashMap<String, Sandbox>>,
+    containers: Mutex<HashMap<String, Arc<WasmContainer>>>,
     _ticker: EpochTicker,
 }
 
-impl Inner {
-    pub(crate) fn credentials_for(&self, image: &str) -> Option<RegistryCredentials> {
-        let registry = crate::oci::service::parse_reference(image)
-            .ok()?
-            .resolve_registry()
-            .to_owned();
-        self.credentials
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&registry)
-            .cloned()
-    }
-
-    fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<PodEntry>>> {
-        self.pods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The Wasm pod runtime.
+/// The Wasm runtime.
 #[derive(Clone)]
 pub struct WasmRuntime {
     inner: Arc<Inner>,
@@ -112,13 +95,12 @@ pub struct WasmRuntime {
 
 impl WasmRuntime {
     /// Starts a runtime with `config`, whose guests reach `backends`.
-    pub fn new(config: RuntimeConfig, backends: Backends) -> Result<Self, RuntimeError> {
+    pub fn new(config: RuntimeConfig, backends: Backends) -> Result<Self, RuntimeStartError> {
         let engine = build_engine(&config.engine)?;
-        let linker = linker(&engine).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let linker = linker(&engine).map_err(|e| RuntimeStartError::Linker(format!("{e:#}")))?;
         let store = ImageStore::open(config.root.join("images"))?;
         let images = ImageService::new(store, &config.insecure_registries)?;
         let compiled = CompileCache::new(engine.clone(), &config.root.join("compiled"))?;
-        std::fs::create_dir_all(config.root.join("pods"))?;
         let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -128,9 +110,8 @@ impl WasmRuntime {
                 compiled,
                 backends,
                 config,
-                credentials: RwLock::default(),
-                pods: Mutex::default(),
-                listener: RwLock::default(),
+                sandboxes: Mutex::default(),
+                containers: Mutex::default(),
                 _ticker: ticker,
             }),
         })
@@ -161,204 +142,339 @@ impl WasmRuntime {
         &self.inner.config
     }
 
-    /// Uses `credentials` for every image from `registry` (`host[:port]`), as pull secrets do.
-    pub fn set_registry_credentials(&self, registry: &str, credentials: RegistryCredentials) {
-        self.inner
-            .credentials
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(registry.to_owned(), credentials);
+    /// Compiles and links the component of a held image without running it.
+    pub async fn prepare(&self, image: &str) -> Result<Prepared, PrepareError> {
+        container::prepare(&self.inner, image).await
     }
 
-    /// Pulls, compiles and links one container's component without running it.
-    pub async fn prepare(&self, plan: &ContainerPlan) -> Result<Prepared, PrepareError> {
-        container::prepare(&self.inner, plan).await
-    }
-
-    /// A container's figures.
-    pub fn container_stats(&self, uid: &str, container: &str) -> Option<ContainerStats> {
-        let pod = self.inner.pods().get(uid).cloned()?;
-        let slot = pod.containers.iter().find(|c| c.plan.name == container)?;
-        let m = &slot.meters;
+    /// A container's Wasm figures.
+    pub fn wasm_stats(&self, id: &str) -> Option<WasmStats> {
+        let c = lock(&self.inner.containers).get(id).cloned()?;
         use std::sync::atomic::Ordering::Relaxed;
-        Some(ContainerStats {
-            cpu: Duration::from_nanos(m.cpu_nanos.load(Relaxed)),
-            memory_bytes: m.memory_bytes.load(Relaxed),
-            invocations: m.invocations.load(Relaxed),
-            failures: m.failures.load(Relaxed),
-            cache: *slot
-                .cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        Some(WasmStats {
+            invocations: c.meters.invocations.load(Relaxed),
+            failures: c.meters.failures.load(Relaxed),
+            cache: c.cache,
         })
     }
 
-    /// Waits until every container of the pod has ended for good (none will restart), and
-    /// returns the final status.
-    pub async fn wait_pod(&self, uid: &str) -> Option<PodStatusReport> {
-        let pod = self.inner.pods().get(uid).cloned()?;
-        let handles: Vec<JoinHandle<()>> = std::mem::take(
-            &mut *pod
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        for h in handles {
-            let _ = h.await;
+    /// Stops every container at once (the process is exiting).
+    pub fn shutdown(&self) {
+        for c in lock(&self.inner.containers).values() {
+            c.cancel.cancel();
         }
-        self.pod_status(uid)
     }
 
-    /// Stops every pod, each within its grace period.
-    pub async fn shutdown(&self) {
-        let uids = self.pods();
-        for uid in uids {
-            let _ = self.stop_pod(&uid, Duration::from_secs(30)).await;
+    fn container(&self, id: &str) -> Result<Arc<WasmContainer>, RuntimeError> {
+        lock(&self.inner.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id}")))
+    }
+}
+
+fn image_error(image: &str, e: ImageError) -> rt::ImageError {
+    use crate::oci::RegistryError as R;
+    match e {
+        ImageError::InvalidReference { reference, detail } => rt::ImageError::InvalidReference {
+            reference,
+            message: detail,
+        },
+        ImageError::Registry(R::NotFound { reference, detail }) => rt::ImageError::NotFound {
+            reference,
+            message: format!("not found in the registry: {detail}"),
+        },
+        ImageError::Registry(R::Unauthorized { reference, detail }) => {
+            rt::ImageError::Unauthorized {
+                reference,
+                message: format!(
+                    "the registry refused access ({detail}); check the pod's imagePullSecrets"
+                ),
+            }
         }
+        ImageError::Registry(R::Unreachable { reference, detail }) => {
+            rt::ImageError::Unreachable {
+                reference,
+                message: format!(
+                    "cannot reach the registry: {detail} (if it serves plain HTTP, list it under the insecure registries)"
+                ),
+            }
+        }
+        ImageError::NotWasm(reference) => rt::ImageError::WrongKind {
+            reference,
+            message: "a container image, not Wasm: run it under a RuntimeClass whose handler is runc (containerd), on an edge that runs containers".to_owned(),
+        },
+        other => rt::ImageError::Other {
+            reference: image.to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
+fn image_info(image: &crate::oci::PulledImage) -> ImageInfo {
+    ImageInfo {
+        id: image.stored.manifest_digest.as_str().to_owned(),
+        repo_tags: vec![image.stored.reference.clone()],
+        repo_digests: vec![image.image_id()],
+        size_bytes: std::fs::metadata(&image.wasm_path).map_or(0, |m| m.len()),
     }
 }
 
 #[async_trait]
-impl PodRuntime for WasmRuntime {
-    fn name(&self) -> &'static str {
-        "wasm"
-    }
-
-    async fn start_pod(&self, pod: &Pod) -> Result<(), PodRuntimeError> {
-        let pods_root = self.inner.config.root.join("pods");
-        let plan = plan_pod(pod, &pods_root).map_err(|e| PodRuntimeError::InvalidPod {
-            pod: format!(
-                "{}/{}",
-                pod.metadata.namespace.as_deref().unwrap_or("default"),
-                pod.metadata.name.as_deref().unwrap_or("")
-            ),
-            message: e.to_string(),
-        })?;
-        let plan = Arc::new(plan);
-        let mut pods = self.inner.pods();
-        if pods.contains_key(&plan.uid) {
-            return Ok(());
-        }
-        let cancel = CancellationToken::new();
-        let listener = self
+impl rt::ImageService for WasmRuntime {
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&PullAuth>,
+    ) -> Result<String, rt::ImageError> {
+        let credentials = auth.map(|a| match a {
+            PullAuth::Basic { username, password } => RegistryCredentials::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            PullAuth::Bearer(token) => RegistryCredentials::Bearer(token.clone()),
+        });
+        let pulled = self
             .inner
-            .listener
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let containers: Vec<Arc<ContainerSlot>> = plan
-            .containers
-            .iter()
-            .map(|c| Arc::new(ContainerSlot::new(c.clone(), &plan, listener.clone())))
-            .collect();
-        let tasks = containers
-            .iter()
-            .map(|slot| {
-                tokio::spawn(container::supervise(
-                    self.inner.clone(),
-                    plan.clone(),
-                    slot.clone(),
-                    cancel.clone(),
-                ))
-            })
-            .collect();
-        tracing::info!(pod = %plan.display_name, uid = %plan.uid, "pod started");
-        pods.insert(
-            plan.uid.clone(),
-            Arc::new(PodEntry {
-                plan,
-                containers,
-                cancel,
-                tasks: Mutex::new(tasks),
-            }),
-        );
-        Ok(())
-    }
-
-    async fn stop_pod(&self, uid: &str, grace: Duration) -> Result<(), PodRuntimeError> {
-        let Some(pod) = self.inner.pods().remove(uid) else {
-            return Ok(());
-        };
-        pod.cancel.cancel();
-        let handles: Vec<JoinHandle<()>> = std::mem::take(
-            &mut *pod
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
-        if tokio::time::timeout(grace, futures::future::join_all(handles))
+            .images
+            .pull(image, credentials.as_ref())
             .await
-            .is_err()
-        {
-            tracing::warn!(pod = %pod.plan.display_name, ?grace, "containers outlived the grace period: killing them");
-            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            .map_err(|e| image_error(image, e))?;
+        Ok(pulled.stored.manifest_digest.as_str().to_owned())
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, rt::ImageError> {
+        let held = self
+            .inner
+            .images
+            .held(image)
+            .await
+            .map_err(|e| image_error(image, e))?;
+        Ok(held.as_ref().map(image_info))
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageInfo>, rt::ImageError> {
+        self.inner
+            .images
+            .list()
+            .await
+            .map_err(|e| image_error("", e))
+            .map(|images| images.iter().map(image_info).collect())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), rt::ImageError> {
+        self.inner
+            .images
+            .forget(image)
+            .await
+            .map_err(|e| image_error(image, e))
+    }
+}
+
+#[async_trait]
+impl RuntimeService for WasmRuntime {
+    fn handler(&self) -> &'static str {
+        wedge_core::runtimes::WASM
+    }
+
+    async fn version(&self) -> Result<String, RuntimeError> {
+        Ok(format!("wasmtime://{WASMTIME_VERSION}"))
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<String, RuntimeError> {
+        let grants = PodGrants::from_annotations(&config.annotations).map_err(|e| {
+            RuntimeError::InvalidConfig {
+                field: "metadata.annotations".to_owned(),
+                message: e.to_string(),
+            }
+        })?;
+        let id = format!("wasm-{}", uuid::Uuid::new_v4().simple());
+        lock(&self.inner.sandboxes).insert(
+            id.clone(),
+            Sandbox {
+                config: config.clone(),
+                grants: Arc::new(grants),
+                created_at: Timestamp::now(),
+                ready: true,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn stop_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let ids: Vec<String> = {
+            let mut sandboxes = lock(&self.inner.sandboxes);
+            let Some(sandbox) = sandboxes.get_mut(id) else {
+                return Ok(());
+            };
+            sandbox.ready = false;
+            lock(&self.inner.containers)
+                .values()
+                .filter(|c| c.sandbox_id == id)
+                .map(|c| c.id.clone())
+                .collect()
+        };
+        for c in ids {
+            self.stop_container(&c, Duration::ZERO).await?;
         }
-        tracing::info!(pod = %pod.plan.display_name, uid, "pod stopped");
         Ok(())
     }
 
-    fn pod_status(&self, uid: &str) -> Option<PodStatusReport> {
-        let pod = self.inner.pods().get(uid).cloned()?;
-        let containers: Vec<_> = pod.containers.iter().map(|c| c.status()).collect();
-        Some(PodStatusReport {
-            phase: PodPhase::derive(&containers, |_| false),
-            containers,
+    async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.stop_sandbox(id).await?;
+        lock(&self.inner.containers).retain(|_, c| c.sandbox_id != id);
+        lock(&self.inner.sandboxes).remove(id);
+        Ok(())
+    }
+
+    async fn sandbox_status(&self, id: &str) -> Result<SandboxStatus, RuntimeError> {
+        let sandboxes = lock(&self.inner.sandboxes);
+        let s = sandboxes
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("sandbox {id}")))?;
+        Ok(SandboxStatus {
+            id: id.to_owned(),
+            ready: s.ready,
+            ip: None,
+            created_at: s.created_at,
+            labels: s.config.labels.clone(),
         })
     }
 
-    fn pods(&self) -> Vec<String> {
-        self.inner.pods().keys().cloned().collect()
-    }
-
-    fn watch_status(&self, listener: StatusListener) {
-        *self
-            .inner
-            .listener
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(listener);
-    }
-
-    async fn container_logs(
-        &self,
-        uid: &str,
-        container: &str,
-        options: &LogOptions,
-    ) -> Result<Vec<u8>, PodRuntimeError> {
-        let pod = self
-            .inner
-            .pods()
-            .get(uid)
-            .cloned()
-            .ok_or_else(|| PodRuntimeError::UnknownPod(uid.to_owned()))?;
-        let slot = pod
-            .containers
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>, RuntimeError> {
+        Ok(lock(&self.inner.sandboxes)
             .iter()
-            .find(|c| c.plan.name == container)
-            .ok_or_else(|| PodRuntimeError::UnknownContainer {
-                pod: uid.to_owned(),
-                container: container.to_owned(),
-            })?;
-        let restarts = slot.status().restart_count;
-        let no_log = |message: String| PodRuntimeError::NoLog {
-            pod: uid.to_owned(),
-            container: container.to_owned(),
-            message,
-        };
-        let n = if options.previous {
-            restarts
-                .checked_sub(1)
-                .ok_or_else(|| no_log("the container has not been restarted".into()))?
-        } else {
-            restarts
-        };
-        let path = slot.log_path(n);
-        let file = tokio::fs::read(&path)
+            .map(|(id, s)| SandboxStatus {
+                id: id.clone(),
+                ready: s.ready,
+                ip: None,
+                created_at: s.created_at,
+                labels: s.config.labels.clone(),
+            })
+            .collect())
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+        _sandbox: &SandboxConfig,
+    ) -> Result<String, RuntimeError> {
+        let grants = lock(&self.inner.sandboxes)
+            .get(sandbox_id)
+            .map(|s| s.grants.clone())
+            .ok_or_else(|| RuntimeError::NotFound(format!("sandbox {sandbox_id}")))?;
+        let plan = plan_container(config)?;
+        let prepared = container::prepare(&self.inner, &config.image_ref)
             .await
-            .map_err(|e| no_log(format!("{}: {e}", path.display())))?;
-        let options = options.clone();
-        tokio::task::spawn_blocking(move || crate::logs::render(&file, &options))
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let command = match prepared.kind {
+            crate::host::ComponentKind::App => Some(
+                wasmtime_wasi::p2::bindings::CommandPre::new(prepared.pre.clone())
+                    .map_err(|e| RuntimeError::Failed(format!("{e:#}")))?,
+            ),
+            crate::host::ComponentKind::Handler => None,
+        };
+        let id = format!("wasm-{}", uuid::Uuid::new_v4().simple());
+        let c = WasmContainer {
+            command,
+            id: id.clone(),
+            sandbox_id: sandbox_id.to_owned(),
+            config: config.clone(),
+            plan,
+            grants,
+            image_id: prepared.image.image_id(),
+            cache: prepared.cache,
+            meters: Arc::default(),
+            prepared: Mutex::new(Some(prepared)),
+            state: tokio::sync::watch::Sender::new(rt::ContainerState::Created),
+            cancel: CancellationToken::new(),
+            task: Mutex::new(None),
+        };
+        lock(&self.inner.containers).insert(id.clone(), Arc::new(c));
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        container::start(self.inner.clone(), self.container(id)?)
+    }
+
+    async fn stop_container(&self, id: &str, _timeout: Duration) -> Result<(), RuntimeError> {
+        // A guest has no signal to catch: it stops at once (a handler finishes the event in
+        // hand, bounded by its time budget).
+        let Ok(c) = self.container(id) else {
+            return Ok(());
+        };
+        c.cancel.cancel();
+        let task = lock(&c.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let c = lock(&self.inner.containers).get(id).cloned();
+        if let Some(c) = c {
+            if matches!(*c.state.borrow(), rt::ContainerState::Running { .. }) {
+                return Err(RuntimeError::Failed(format!(
+                    "container {id} is running: stop it first"
+                )));
+            }
+            lock(&self.inner.containers).remove(id);
+        }
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        Ok(self.container(id)?.info())
+    }
+
+    async fn list_containers(
+        &self,
+        sandbox_id: Option<&str>,
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        Ok(lock(&self.inner.containers)
+            .values()
+            .filter(|c| sandbox_id.is_none_or(|s| c.sandbox_id == s))
+            .map(|c| c.info())
+            .collect())
+    }
+
+    async fn wait_container(&self, id: &str) -> Result<rt::Exit, RuntimeError> {
+        let c = self.container(id)?;
+        let mut state = c.state.subscribe();
+        let state = state
+            .wait_for(|s| matches!(s, rt::ContainerState::Exited(_)))
             .await
-            .map_err(|e| PodRuntimeError::Runtime(e.to_string()))
+            .map_err(|_| RuntimeError::NotFound(format!("container {id}")))?;
+        match &*state {
+            rt::ContainerState::Exited(exit) => Ok(exit.clone()),
+            _ => Err(RuntimeError::NotFound(format!("container {id}"))),
+        }
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        let c = self.container(id)?;
+        if !matches!(*c.state.borrow(), rt::ContainerState::Running { .. }) {
+            return Err(RuntimeError::Failed(format!(
+                "container {id} is not running"
+            )));
+        }
+        container::exec(&self.inner, &c, command, timeout).await
+    }
+
+    async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        let c = self.container(id)?;
+        use std::sync::atomic::Ordering::Relaxed;
+        Ok(ContainerStats {
+            cpu: Duration::from_nanos(c.meters.cpu_nanos.load(Relaxed)),
+            memory_bytes: c.meters.memory_bytes.load(Relaxed) as u64,
+        })
     }
 }

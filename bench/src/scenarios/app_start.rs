@@ -25,7 +25,7 @@ pub async fn run() -> anyhow::Result<()> {
         &[("INTERVAL_MS", "1000")],
         serde_json::json!({}),
     )?;
-    let prepared = rt.prepare(&plan).await?;
+    let prepared = rt.prepare(&image).await?;
     let digest = prepared.image.stored.wasm_digest.clone();
     let wasm = prepared.image.wasm_path.clone();
     let grants = Arc::new(PodGrants::default());

@@ -30,7 +30,6 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wedge_core::pod_runtime::PodRuntime;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 use wedge_core::twin::TwinValue;
 use wedge_edge::devicetwin::DeviceTwin;
@@ -399,11 +398,9 @@ async fn handler_throughput() -> anyhow::Result<()> {
     let annotations = json!({"devices.wedge.io/read": "sensor-1, fan-1", "devices.wedge.io/write": "fan-1",
         "handlers.wedge.io/twin": "sensor-1/temperature"});
     let (pod, _) = super::pod("handler", &image, &[("THRESHOLD", "1000")], annotations)?;
-    rt.start_pod(&pod).await?;
-    let invocations = || {
-        rt.container_stats("handler", "main")
-            .map_or(0, |s| s.invocations)
-    };
+    let workers = super::workers(&rt, dir.path());
+    super::start(&workers, &pod)?;
+    let invocations = || super::wasm_stats(&workers, &rt, "handler").map_or(0, |s| s.invocations);
     let deadline = Instant::now() + Duration::from_secs(60);
     while invocations() == 0 {
         anyhow::ensure!(Instant::now() < deadline, "the handler never ran");

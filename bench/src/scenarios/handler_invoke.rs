@@ -54,7 +54,7 @@ pub async fn run() -> anyhow::Result<()> {
     let grants = Arc::new(PodGrants::from_annotations(
         &pod.metadata.annotations.clone().unwrap_or_default(),
     )?);
-    let prepared = rt.prepare(&plan).await?;
+    let prepared = rt.prepare(&image).await?;
     let log = ContainerLog::open(&dir.path().join("handler.log"), false)?;
     let runner = HandlerRunner::new(
         rt.engine(),

@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use wedge_core::pod_runtime::PodRuntime;
-
 use crate::report::figure;
 
 const SCENARIO: &str = "idle-rss";
@@ -59,7 +57,8 @@ fn rss_kib() -> anyhow::Result<(u64, u64)> {
 
 /// Runs the scenario.
 pub async fn run() -> anyhow::Result<()> {
-    let (rt, _, _dir) = super::runtime(INSTANCES as u32 + 10)?;
+    let (rt, _, dir) = super::runtime(INSTANCES as u32 + 10)?;
+    let workers = super::workers(&rt, dir.path());
     let image = super::sample_image(&rt, "telemetry").await?;
     // One instance first, so compiled code and one-time allocations are not counted per instance.
     let (warm, _) = super::pod(
@@ -68,8 +67,8 @@ pub async fn run() -> anyhow::Result<()> {
         &[("INTERVAL_MS", "3600000")],
         serde_json::json!({}),
     )?;
-    rt.start_pod(&warm).await?;
-    wait_logged(&rt, &["warm".to_owned()]).await?;
+    super::start(&workers, &warm)?;
+    wait_logged(&workers, &["warm".to_owned()]).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (before, pool_before) = rss_kib()?;
 
@@ -82,17 +81,19 @@ pub async fn run() -> anyhow::Result<()> {
             &[("INTERVAL_MS", "3600000")],
             serde_json::json!({}),
         )?;
-        rt.start_pod(&pod).await?;
+        super::start(&workers, &pod)?;
         uids.push(uid);
     }
-    wait_logged(&rt, &uids).await?;
+    wait_logged(&workers, &uids).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (after, pool_after) = rss_kib()?;
-    let linear: usize = uids
-        .iter()
-        .filter_map(|u| rt.container_stats(u, "main"))
-        .map(|s| s.memory_bytes)
-        .sum();
+    let mut linear = 0u64;
+    for uid in &uids {
+        linear += workers
+            .stats(uid, "main")
+            .await
+            .map_or(0, |s| s.memory_bytes);
+    }
 
     let n = INSTANCES as f64;
     let per_total = after.saturating_sub(before) as f64 / n;
@@ -112,17 +113,20 @@ pub async fn run() -> anyhow::Result<()> {
         "KiB",
     );
     for uid in uids.iter().chain(std::iter::once(&"warm".to_owned())) {
-        rt.stop_pod(uid, Duration::from_secs(1)).await?;
+        workers.stop(uid, Duration::from_secs(1)).await;
     }
     Ok(())
 }
 
-async fn wait_logged(rt: &wedge_edged_wasm::WasmRuntime, uids: &[String]) -> anyhow::Result<()> {
+async fn wait_logged(
+    workers: &wedge_edge::edged::pod_workers::PodWorkers,
+    uids: &[String],
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     for uid in uids {
         loop {
-            let log = rt
-                .container_logs(uid, "main", &Default::default())
+            let log = workers
+                .logs(uid, "main", &Default::default())
                 .await
                 .unwrap_or_default();
             if String::from_utf8_lossy(&log).contains("tick 1") {

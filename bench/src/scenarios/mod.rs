@@ -11,8 +11,12 @@ pub mod processes;
 pub mod scheduler;
 
 use k8s_openapi::api::core::v1::Pod;
+use wedge_core::runtime::ContainerConfig;
+use wedge_edge::edged::plan::plan_pod;
+use wedge_edge::edged::pod_workers::{PodWorkers, WorkerConfig};
+use wedge_edge::edged::runtimes::{RuntimeHandle, Runtimes};
 use wedge_edged_wasm::host::Backends;
-use wedge_edged_wasm::spec::{ContainerPlan, plan_pod};
+use wedge_edged_wasm::spec::{ContainerPlan, plan_container};
 use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
 
 /// A runtime on a fresh temp dir with in-process backends.
@@ -32,26 +36,66 @@ pub async fn sample_image(rt: &WasmRuntime, app: &str) -> anyhow::Result<String>
     Ok(name)
 }
 
-/// A pod running `image` with `env`, and the plan of its container.
+/// A pod running `image` with `env`, and the Wasm plan of its container.
 pub fn pod(
     uid: &str,
     image: &str,
     env: &[(&str, &str)],
     annotations: serde_json::Value,
 ) -> anyhow::Result<(Pod, ContainerPlan)> {
-    let env: Vec<_> = env
+    let env_json: Vec<_> = env
         .iter()
         .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
         .collect();
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": format!("bench-{uid}"), "namespace": "bench", "uid": uid, "annotations": annotations},
-        "spec": {"containers": [{"name": "main", "image": image, "imagePullPolicy": "Never", "env": env}]}
+        "spec": {"containers": [{"name": "main", "image": image, "imagePullPolicy": "Never", "env": env_json}]}
     }))?;
-    let plan = plan_pod(&pod, std::path::Path::new("/nonexistent"))?;
-    let container = plan
-        .containers
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no container"))?;
-    Ok((pod, container))
+    let config = ContainerConfig {
+        name: "main".to_owned(),
+        attempt: 0,
+        image: image.to_owned(),
+        image_ref: image.to_owned(),
+        command: Vec::new(),
+        args: Vec::new(),
+        working_dir: None,
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        mounts: Vec::new(),
+        log_path: std::path::PathBuf::from("/nonexistent/main/0.log"),
+        limits: Default::default(),
+        security: Default::default(),
+        stdin: false,
+        tty: false,
+        labels: Default::default(),
+        annotations: Default::default(),
+    };
+    Ok((pod, plan_container(&config)?))
+}
+
+/// Pod workers (Edged's kubelet logic) over the Wasm runtime, pods under `dir`.
+pub fn workers(rt: &WasmRuntime, dir: &std::path::Path) -> PodWorkers {
+    PodWorkers::new(
+        Runtimes::new().with(RuntimeHandle::new(std::sync::Arc::new(rt.clone()))),
+        WorkerConfig::new(dir.join("pods")),
+    )
+}
+
+/// Starts `pod` on `workers`.
+pub fn start(workers: &PodWorkers, pod: &Pod) -> anyhow::Result<()> {
+    let plan = plan_pod(pod, &workers.config().pods_root)?;
+    workers.start(plan, None, Default::default())?;
+    Ok(())
+}
+
+/// The Wasm figures of a pod's container `main`.
+pub fn wasm_stats(
+    workers: &PodWorkers,
+    rt: &WasmRuntime,
+    uid: &str,
+) -> Option<wedge_edged_wasm::WasmStats> {
+    let (_, id) = workers.container_id(uid, "main")?;
+    rt.wasm_stats(&id)
 }

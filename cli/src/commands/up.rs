@@ -240,7 +240,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
             devices.join(", ")
         );
         println!(
-            "  tail -f {}/wasm/pods/default_fan-handler_*/fan-handler/*.log   # the handler switching the fan",
+            "  tail -f {}/pods/default_fan-handler_*/fan-handler/*.log   # the handler switching the fan",
             edge_root.display()
         );
         if args.mqtt_broker.is_none() {

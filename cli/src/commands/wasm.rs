@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use k8s_openapi::api::core::v1::Pod;
-use wedge_core::pod_runtime::PodRuntime;
+use wedge_core::runtime::{ImageService, PullAuth};
 use wedge_core::status::ContainerState;
+use wedge_edge::edged::plan::plan_pod;
+use wedge_edge::edged::pod_workers::{PodWorkers, WorkerConfig};
+use wedge_edge::edged::runtimes::{RuntimeHandle, Runtimes};
 use wedge_edged_wasm::compile::CacheOutcome;
-use wedge_edged_wasm::oci::RegistryCredentials;
 
 /// `wedge wasm ...`
 #[derive(Subcommand)]
@@ -65,7 +67,7 @@ pub async fn run(root: &Path, command: WasmCommand) -> anyhow::Result<ExitCode> 
     let WasmCommand::Run(args) = command;
     let runtime = super::runtime(root, &args.insecure, true)?;
     let file = PathBuf::from(&args.image);
-    let (image, policy) = if file.is_file() {
+    let image = if file.is_file() {
         let bytes = tokio::fs::read(&file)
             .await
             .with_context(|| format!("reading {}", file.display()))?;
@@ -80,17 +82,30 @@ pub async fn run(root: &Path, command: WasmCommand) -> anyhow::Result<ExitCode> 
             .collect();
         let name = format!("localhost/wasm-run/{stem}:latest");
         runtime.images().add_component(&name, bytes).await?;
-        (name, Some("Never".to_owned()))
+        name
     } else {
-        (args.image.clone(), args.pull.clone())
+        // Pulled here, by the policy asked for, so that a bad image is reported at once rather
+        // than retried with backoff as a pod's would be.
+        let auth = match (args.username, args.password) {
+            (Some(username), Some(password)) => Some(PullAuth::Basic { username, password }),
+            _ => None,
+        };
+        let held = runtime.image_status(&args.image).await?;
+        match (args.pull.as_deref(), held) {
+            (Some("Never"), None) => anyhow::bail!(
+                "{} is not present here and --pull is Never: import it first",
+                args.image
+            ),
+            (Some("Never" | "IfNotPresent"), Some(_)) => {}
+            (None | Some("Always" | "IfNotPresent"), _) => {
+                runtime.pull_image(&args.image, auth.as_ref()).await?;
+            }
+            (Some(other), _) => {
+                anyhow::bail!("--pull {other:?}: expected Always, IfNotPresent or Never")
+            }
+        }
+        args.image.clone()
     };
-    if let (Some(username), Some(password)) = (args.username, args.password) {
-        let registry = wedge_edged_wasm::oci::service::parse_reference(&image)?
-            .resolve_registry()
-            .to_owned();
-        runtime
-            .set_registry_credentials(&registry, RegistryCredentials::Basic { username, password });
-    }
 
     let env: Vec<_> = args
         .env
@@ -118,16 +133,16 @@ pub async fn run(root: &Path, command: WasmCommand) -> anyhow::Result<ExitCode> 
             "containers": [{
                 "name": "main",
                 "image": image,
-                "imagePullPolicy": policy,
+                "imagePullPolicy": "Never",
                 "args": args.args,
                 "env": env.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>(),
                 "resources": {"limits": limits},
             }]
         }
     }))?;
-    // Prepare first so that a bad image or component is reported at once, not retried.
-    let plan = wedge_edged_wasm::spec::plan_pod(&pod, &root.join("pods"))?;
-    let prepared = runtime.prepare(&plan.containers[0]).await?;
+    // Prepare first so that a bad component is reported at once, not retried.
+    let plan = plan_pod(&pod, &root.join("pods"))?;
+    let prepared = runtime.prepare(&image).await?;
     let how = match prepared.cache {
         CacheOutcome::Compiled => "compiled now",
         CacheOutcome::Disk => "loaded precompiled from the cache",
@@ -137,22 +152,25 @@ pub async fn run(root: &Path, command: WasmCommand) -> anyhow::Result<ExitCode> 
         "wedge: {} ({}): component {how}",
         prepared.image.stored.reference, prepared.image.stored.manifest_digest
     );
-    runtime.start_pod(&pod).await?;
+    let workers = PodWorkers::new(
+        Runtimes::new().with(RuntimeHandle::new(std::sync::Arc::new(runtime.clone()))),
+        WorkerConfig::new(root.join("pods")),
+    );
+    workers.start(plan, None, Default::default())?;
 
     let status = tokio::select! {
-        s = runtime.wait_pod(&uid) => s,
+        s = workers.wait(&uid) => s,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("wedge: interrupted: stopping");
-            let s = runtime.pod_status(&uid);
-            runtime.stop_pod(&uid, Duration::from_secs(5)).await?;
-            s
+            workers.stop(&uid, Duration::from_secs(5)).await;
+            workers.status(&uid)
         }
     };
     let Some(status) = status else {
         anyhow::bail!("the pod vanished")
     };
     let container = status.containers.first().context("no container status")?;
-    if let Some(stats) = runtime.container_stats(&uid, "main") {
+    if let Some(stats) = workers.stats(&uid, "main").await {
         eprintln!(
             "wedge: guest cpu {:?}, linear memory {} KiB",
             stats.cpu,

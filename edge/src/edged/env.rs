@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use wedge_core::protocol::ResourceKind;
 
@@ -18,29 +17,10 @@ fn data_of(
     kind: ResourceKind,
     object: &serde_json::Value,
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut data = BTreeMap::new();
-    if let Some(map) = object.get("data").and_then(|d| d.as_object()) {
-        for (key, value) in map {
-            let text = value.as_str().unwrap_or_default();
-            let text = if kind == ResourceKind::Secret {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .map_err(|e| format!("secret key {key} is not base64: {e}"))?;
-                String::from_utf8_lossy(&bytes).into_owned()
-            } else {
-                text.to_owned()
-            };
-            data.insert(key.clone(), text);
-        }
-    }
-    if kind == ResourceKind::Secret
-        && let Some(map) = object.get("stringData").and_then(|d| d.as_object())
-    {
-        for (key, value) in map {
-            data.insert(key.clone(), value.as_str().unwrap_or_default().to_owned());
-        }
-    }
-    Ok(data)
+    Ok(super::volumes::data_of(kind, object)?
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect())
 }
 
 fn what(kind: ResourceKind) -> &'static str {

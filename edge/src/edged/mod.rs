@@ -1,16 +1,31 @@
 //! Edged: runs the pods MetaManager holds and reports how they are.
 //!
 //! One task reconciles the desired pods (MetaManager's copy of what the cloud sent) with what
-//! the runtime runs: it starts pods it does not run (env resolved from the ConfigMaps and
-//! Secrets held here), stops pods being deleted within their grace period and confirms the
-//! deletion, stops pods the cloud no longer sends. Status changes come from the runtime's
-//! listener and go to the outbox at once, coalesced per pod; the node's status and lease go
-//! there on their intervals. Nothing here needs the cloud: with the link down, pods still start
-//! after a restart and reports wait in the outbox.
+//! the pod workers run: it starts pods it does not run (env resolved from the ConfigMaps and
+//! Secrets held here, the spec checked by [`plan`]), stops pods being deleted within their grace
+//! period and confirms the deletion, stops pods the cloud no longer sends. Status changes come
+//! from the workers' listener and go to the outbox at once, coalesced per pod; the node's status
+//! and lease go there on their intervals. Nothing here needs the cloud: with the link down, pods
+//! still start after a restart and reports wait in the outbox.
+//!
+//! Edged does the kubelet's job once for every runtime ([`pod_workers`], [`worker`]); the
+//! runtimes ([`runtimes`]) only run sandboxes and containers.
 
 pub mod env;
 pub mod node;
+pub mod plan;
+pub mod pod_workers;
+pub mod prober;
+pub mod pull_secrets;
+pub mod runtimes;
 pub mod status;
+pub mod volumes;
+pub mod worker;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod worker_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,12 +34,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use wedge_core::pod_runtime::{PodRuntime, PodRuntimeError};
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
 use crate::reports::{self, Report};
 use crate::store::{MetaStore, Outbox};
 use node::NodeFacts;
+use pod_workers::PodWorkers;
 use status::PodFacts;
 
 /// Wake-ups between EdgeHub and Edged.
@@ -93,7 +108,7 @@ struct Stopped {
 
 /// The pod manager.
 pub struct Edged {
-    runtime: Arc<dyn PodRuntime>,
+    workers: PodWorkers,
     meta: MetaStore,
     outbox: Outbox,
     signals: Arc<Signals>,
@@ -143,16 +158,16 @@ fn queued_status(outbox: &Outbox, pod: &Pod) -> Option<PodStatus> {
 }
 
 impl Edged {
-    /// Edged over `runtime`, reading `meta` and writing `outbox`.
+    /// Edged over `workers`, reading `meta` and writing `outbox`.
     pub fn new(
-        runtime: Arc<dyn PodRuntime>,
+        workers: PodWorkers,
         meta: MetaStore,
         outbox: Outbox,
         signals: Arc<Signals>,
         config: EdgedConfig,
     ) -> Self {
         Self {
-            runtime,
+            workers,
             meta,
             outbox,
             signals,
@@ -161,12 +176,23 @@ impl Edged {
         }
     }
 
-    /// Runs until `shutdown`, then stops every pod within its grace period.
+    /// Runs until `shutdown`, then lets go of the pods: containers keep running and are adopted
+    /// at the next start.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (changed_tx, mut changed_rx) = mpsc::unbounded_channel::<String>();
-        self.runtime.watch_status(Arc::new(move |uid: &str| {
+        self.workers.watch(Arc::new(move |uid: &str| {
             let _ = changed_tx.send(uid.to_owned());
         }));
+        // What the runtimes still run from before a restart is adopted, not started again;
+        // what belongs to no pod held here goes.
+        self.workers.take_inventory().await;
+        let held: HashSet<String> = self
+            .desired_pods()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        self.workers.remove_orphans(&held).await;
         let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<Stopped>();
         let mut node_tick = tokio::time::interval(self.config.node_status_interval);
         let mut lease_tick = tokio::time::interval(self.config.lease_interval);
@@ -204,9 +230,7 @@ impl Edged {
                 }
             }
         }
-        for uid in self.runtime.pods() {
-            let _ = self.runtime.stop_pod(&uid, Duration::from_secs(5)).await;
-        }
+        self.workers.detach_all();
     }
 
     fn put(&self, report: Report) {
@@ -254,7 +278,7 @@ impl Edged {
 
     async fn reconcile(&mut self, stopped: &mpsc::UnboundedSender<Stopped>) {
         let desired = self.desired_pods();
-        let running: HashSet<String> = self.runtime.pods().into_iter().collect();
+        let running: HashSet<String> = self.workers.pods().into_iter().collect();
         let mut wanted = HashSet::new();
         for pod in desired {
             let Some(uid) = pod.metadata.uid.clone() else {
@@ -286,11 +310,11 @@ impl Edged {
                 if running.contains(&uid) {
                     if !state.stopping {
                         state.stopping = true;
-                        let (runtime, grace, tx) =
-                            (self.runtime.clone(), grace_of(&pod), stopped.clone());
+                        let (workers, grace, tx) =
+                            (self.workers.clone(), grace_of(&pod), stopped.clone());
                         tracing::info!(pod = %format!("{}/{}", state.namespace, state.name), ?grace, "stopping a deleted pod");
                         tokio::spawn(async move {
-                            let _ = runtime.stop_pod(&uid, grace).await;
+                            workers.stop(&uid, grace).await;
                             let _ = tx.send(Stopped { uid, confirm: true });
                         });
                     }
@@ -303,25 +327,18 @@ impl Edged {
             }
             let finished =
                 is_terminal(&pod) || state.reported.as_ref().is_some_and(phase_is_terminal);
-            if running.contains(&uid) || finished {
+            if running.contains(&uid) {
+                self.refresh_volumes(&pod).await;
+                continue;
+            }
+            if finished {
                 continue;
             }
             let rv = pod.metadata.resource_version.clone().unwrap_or_default();
             if state.refused.as_ref().is_some_and(|(at, _)| *at == rv) {
                 continue;
             }
-            let resolved = env::resolve_env(&pod, &|k, ns, n| self.lookup(k, ns, n));
-            let outcome = match resolved {
-                Ok(resolved) => self
-                    .runtime
-                    .start_pod(&resolved)
-                    .await
-                    .map_err(|e| match e {
-                        PodRuntimeError::InvalidPod { message, .. } => (message, true),
-                        other => (other.to_string(), false),
-                    }),
-                Err(message) => Err((message, false)),
-            };
+            let outcome = self.start(&pod).await;
             let state = self.pods.get_mut(&uid).expect("inserted above");
             match outcome {
                 Ok(()) => state.refused = None,
@@ -342,9 +359,13 @@ impl Edged {
                 state.stopping = true;
             }
             tracing::info!(uid, "stopping a pod the cloud no longer sends");
-            let (runtime, tx, uid) = (self.runtime.clone(), stopped.clone(), uid.clone());
+            let (workers, tx, uid) = (self.workers.clone(), stopped.clone(), uid.clone());
+            let grace = self
+                .pods
+                .get(&uid)
+                .map_or(Duration::from_secs(30), |s| grace_of(&s.pod));
             tokio::spawn(async move {
-                let _ = runtime.stop_pod(&uid, Duration::from_secs(2)).await;
+                workers.stop(&uid, grace).await;
                 let _ = tx.send(Stopped {
                     uid,
                     confirm: false,
@@ -353,6 +374,64 @@ impl Edged {
         }
         self.pods
             .retain(|uid, s| wanted.contains(uid) || s.stopping);
+    }
+
+    /// Starts a pod: env, volumes and pull credentials from what MetaManager holds, the spec
+    /// planned. `Err((message, permanent))`: a permanent refusal waits for a new version of the
+    /// pod, a missing ConfigMap or Secret is retried whenever objects change.
+    async fn start(&self, pod: &Pod) -> Result<(), (String, bool)> {
+        let lookup = |k, ns: &str, n: &str| self.lookup(k, ns, n);
+        let resolved = env::resolve_env(pod, &lookup).map_err(|m| (m, false))?;
+        let plan = plan::plan_pod(&resolved, &self.workers.config().pods_root)
+            .map_err(|e| (e.to_string(), true))?;
+        self.write_volumes(pod, &plan)
+            .await
+            .map_err(|m| (m, false))?;
+        let auth = pull_secrets::pull_auth(pod, &lookup);
+        self.workers
+            .start(plan, None, auth)
+            .map_err(|e| (e.to_string(), true))
+    }
+
+    /// Writes the pod's ConfigMap, Secret, downward-API and projected volumes (only what
+    /// changed), off the async workers.
+    async fn write_volumes(&self, pod: &Pod, plan: &plan::PodPlan) -> Result<(), String> {
+        let lookup = |k, ns: &str, n: &str| self.lookup(k, ns, n);
+        let mut writes = Vec::new();
+        for volume in plan.volumes.iter().filter(|v| v.files) {
+            if let Some(files) = volumes::render(pod, &volume.name, &lookup)? {
+                writes.push((volume.host_path.clone(), files));
+            }
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || {
+            for (dir, files) in writes {
+                if volumes::write_atomically(&dir, &files)
+                    .map_err(|e| format!("cannot write volume {}: {e}", dir.display()))?
+                {
+                    tracing::debug!(volume = %dir.display(), "volume written");
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Brings a running pod's file volumes up to date with MetaManager, as the kubelet's
+    /// periodic sync does; a failure keeps what the volume held.
+    async fn refresh_volumes(&self, pod: &Pod) {
+        let Ok(resolved) = env::resolve_env(pod, &|k, ns, n| self.lookup(k, ns, n)) else {
+            return;
+        };
+        let Ok(plan) = plan::plan_pod(&resolved, &self.workers.config().pods_root) else {
+            return;
+        };
+        if let Err(error) = self.write_volumes(pod, &plan).await {
+            tracing::warn!(pod = %plan.display_name, error, "cannot update the pod's volumes");
+        }
     }
 
     fn stopped(&mut self, stopped: Stopped) {
@@ -376,7 +455,7 @@ impl Edged {
             return;
         }
         let pod = &state.pod;
-        let report = self.runtime.pod_status(uid);
+        let report = self.workers.status(uid);
         // A finished pod the runtime no longer tracks keeps the terminal status it had; it
         // must not fall back to Pending because the cloud's copy has not caught up.
         let finished = is_terminal(pod) || state.reported.as_ref().is_some_and(phase_is_terminal);

@@ -1,5 +1,6 @@
-//! A pod's status as the API shows it, built from what the runtime reports: phase, the four
-//! conditions kubelets set, container statuses, host IP and start time.
+//! A pod's status as the API shows it, built from what the pod workers report: phase, the four
+//! conditions kubelets set, init container and container statuses, host and pod IPs and start
+//! time.
 
 use k8s_openapi::api::core::v1::{ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -8,7 +9,8 @@ use wedge_core::status::{ContainerState, PodStatusReport};
 /// What Edged knows of a pod beyond the runtime's report.
 #[derive(Debug, Clone)]
 pub struct PodFacts<'a> {
-    /// The node's address: Wasm pods share the host's network, so it is also the pod's.
+    /// The node's address; also the pod's when it has no network of its own (Wasm pods,
+    /// `hostNetwork`).
     pub node_ip: &'a str,
     /// When Edged first accepted the pod.
     pub start_time: jiff::Timestamp,
@@ -48,13 +50,18 @@ pub fn pod_status(
     previous: Option<&PodStatus>,
 ) -> PodStatus {
     let now = jiff::Timestamp::now();
-    let containers: Vec<ContainerStatus> = match (report, facts.refused) {
-        (Some(report), _) => report.containers.iter().map(|c| c.to_k8s()).collect(),
-        (None, refused) => pod
-            .spec
+    let waiting = |init: bool| {
+        let refused = facts.refused;
+        pod.spec
             .iter()
-            .flat_map(|s| s.containers.iter())
-            .map(|c| {
+            .flat_map(move |s| {
+                if init {
+                    s.init_containers.iter().flatten().collect::<Vec<_>>()
+                } else {
+                    s.containers.iter().collect()
+                }
+            })
+            .map(move |c| {
                 let state = ContainerState::waiting(
                     if refused.is_some() {
                         wedge_core::status::reason::CREATE_CONTAINER_CONFIG_ERROR
@@ -70,30 +77,47 @@ pub fn pod_status(
                     state,
                     last_state: None,
                     restart_count: 0,
+                    ready: false,
+                    started: false,
                 }
                 .to_k8s()
             })
-            .collect(),
+            .collect::<Vec<ContainerStatus>>()
+    };
+    let (init, containers): (Vec<ContainerStatus>, Vec<ContainerStatus>) = match report {
+        Some(report) => (
+            report.init_containers.iter().map(|c| c.to_k8s()).collect(),
+            report.containers.iter().map(|c| c.to_k8s()).collect(),
+        ),
+        None => (waiting(true), waiting(false)),
     };
     let phase = report.map_or("Pending", |r| r.phase.as_str());
     let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+    let initialized = init.iter().all(|c| {
+        c.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0)
+    });
+    let pod_ip = report
+        .and_then(|r| r.pod_ip.clone())
+        .unwrap_or_else(|| facts.node_ip.to_owned());
     PodStatus {
         phase: Some(phase.to_owned()),
         conditions: Some(vec![
             condition("PodScheduled", true, previous, now),
-            condition("Initialized", true, previous, now),
+            condition("Initialized", initialized, previous, now),
             condition("ContainersReady", all_ready, previous, now),
             condition("Ready", all_ready, previous, now),
         ]),
+        init_container_statuses: (!init.is_empty()).then_some(init),
         container_statuses: Some(containers),
         host_ip: Some(facts.node_ip.to_owned()),
         host_ips: Some(vec![HostIP {
             ip: facts.node_ip.to_owned(),
         }]),
-        pod_ip: Some(facts.node_ip.to_owned()),
-        pod_ips: Some(vec![PodIP {
-            ip: facts.node_ip.to_owned(),
-        }]),
+        pod_ips: Some(vec![PodIP { ip: pod_ip.clone() }]),
+        pod_ip: Some(pod_ip),
         start_time: Some(Time(facts.start_time)),
         qos_class: pod.status.as_ref().and_then(|s| s.qos_class.clone()),
         ..PodStatus::default()
@@ -126,6 +150,8 @@ mod tests {
     fn a_running_pod_is_ready_with_its_host_ip() {
         let report = PodStatusReport {
             phase: PodPhase::Running,
+            init_containers: Vec::new(),
+            pod_ip: None,
             containers: vec![Report {
                 name: "app".into(),
                 image: "r/app:1".into(),
@@ -135,6 +161,8 @@ mod tests {
                 },
                 last_state: None,
                 restart_count: 0,
+                ready: true,
+                started: true,
             }],
         };
         let status = pod_status(&pod(), Some(&report), &facts(), None);

@@ -15,5 +15,6 @@ pub use wedge_oci::registry as pull;
 pub mod service;
 
 pub use media::{ImageKind, WasmLayout};
-pub use service::{ImageError, ImageService, PullPolicy, PulledImage, RegistryCredentials};
+pub use pull::RegistryError;
+pub use service::{ImageError, ImageService, PulledImage, RegistryCredentials};
 pub use store::{Digest, ImageStore, StoreError};

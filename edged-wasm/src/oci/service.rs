@@ -13,40 +13,6 @@ use super::media::{self, ImageKind, WasmBinaryKind};
 use super::pull::{RegistryClient, RegistryError};
 use super::store::{Digest, ImageStore, StoreError, StoredImage};
 
-/// When to go to the registry, as `imagePullPolicy` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PullPolicy {
-    /// Always ask the registry for the tag's current manifest. An edge that cannot reach the
-    /// registry but holds the image runs what it holds (edges must work offline).
-    Always,
-    /// Use the stored image if there is one.
-    IfNotPresent,
-    /// Never pull: the image must have been pulled or imported before.
-    Never,
-}
-
-impl PullPolicy {
-    /// The policy for a container: its `imagePullPolicy`, else Kubernetes' default (`Always` for
-    /// `:latest` or untagged images, `IfNotPresent` otherwise).
-    pub fn for_container(policy: Option<&str>, image: &str) -> Result<Self, ImageError> {
-        match policy {
-            Some("Always") => Ok(Self::Always),
-            Some("IfNotPresent") => Ok(Self::IfNotPresent),
-            Some("Never") => Ok(Self::Never),
-            Some(other) => Err(ImageError::BadPolicy(other.to_owned())),
-            None => {
-                let name = image.rsplit('/').next().unwrap_or(image);
-                let tagged = name.contains(':') && !name.ends_with(":latest");
-                Ok(if tagged || image.contains('@') {
-                    Self::IfNotPresent
-                } else {
-                    Self::Always
-                })
-            }
-        }
-    }
-}
-
 /// Credentials for a registry, from the pod's image pull secrets.
 #[derive(Clone, PartialEq, Eq)]
 pub enum RegistryCredentials {
@@ -81,9 +47,6 @@ pub enum ImageError {
         /// Parser's words.
         detail: String,
     },
-    /// An `imagePullPolicy` the API does not define.
-    #[error("unknown imagePullPolicy {0:?}: expected Always, IfNotPresent or Never")]
-    BadPolicy(String),
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -121,8 +84,8 @@ pub enum ImageError {
         /// What was found.
         detail: String,
     },
-    /// Policy `Never` and the image is not stored.
-    #[error("{0} is not present on this edge and imagePullPolicy is Never: import it first")]
+    /// The image is not in the store.
+    #[error("{0} is not present on this edge: pull or import it first")]
     NeverPull(String),
     /// The store failed.
     #[error(transparent)]
@@ -236,27 +199,37 @@ impl ImageService {
         &self.store
     }
 
-    /// Makes `image` ready on disk according to `policy`.
-    pub async fn ensure(
+    /// The image if the store holds it.
+    pub async fn held(&self, image: &str) -> Result<Option<PulledImage>, ImageError> {
+        let name = parse_reference(image)?.whole();
+        let store = self.store.clone();
+        let stored = blocking(move || Ok(store.lookup(&name)?)).await?;
+        Ok(stored.map(|s| self.ready(s)))
+    }
+
+    /// Every image the store holds.
+    pub async fn list(&self) -> Result<Vec<PulledImage>, ImageError> {
+        let store = self.store.clone();
+        let stored = blocking(move || Ok(store.list()?)).await?;
+        Ok(stored.into_iter().map(|s| self.ready(s)).collect())
+    }
+
+    /// Forgets what `image` names (its blobs stay until nothing refers to them).
+    pub async fn forget(&self, image: &str) -> Result<(), ImageError> {
+        let name = parse_reference(image)?.whole();
+        let store = self.store.clone();
+        blocking(move || Ok(store.forget(&name)?)).await
+    }
+
+    /// Pulls `image` from its registry: the tag's current manifest, and whatever blobs the
+    /// store lacks.
+    pub async fn pull(
         &self,
         image: &str,
-        policy: PullPolicy,
         credentials: Option<&RegistryCredentials>,
     ) -> Result<PulledImage, ImageError> {
         let reference = parse_reference(image)?;
         let name = reference.whole();
-        let stored = {
-            let store = self.store.clone();
-            let name = name.clone();
-            blocking(move || Ok(store.lookup(&name)?)).await?
-        };
-        let stored = match (policy, stored) {
-            (PullPolicy::IfNotPresent | PullPolicy::Never, Some(stored)) => {
-                return Ok(self.ready(stored));
-            }
-            (PullPolicy::Never, None) => return Err(ImageError::NeverPull(name)),
-            (_, stored) => stored,
-        };
         let auth = match credentials {
             None => RegistryAuth::Anonymous,
             Some(RegistryCredentials::Basic { username, password }) => {
@@ -264,18 +237,8 @@ impl ImageService {
             }
             Some(RegistryCredentials::Bearer(token)) => RegistryAuth::Bearer(token.clone()),
         };
-        let (manifest, manifest_digest) = match (
-            self.registry.manifest(&reference, &auth).await,
-            stored,
-        ) {
-            (Ok((manifest, digest)), _) => (manifest, Digest::parse(&digest)?),
-            // Policy Always on an edge that cannot reach the registry: run what it holds.
-            (Err(RegistryError::Unreachable { detail, .. }), Some(stored)) => {
-                tracing::warn!(image = %name, %detail, "registry unreachable: running the stored image");
-                return Ok(self.ready(stored));
-            }
-            (Err(e), _) => return Err(e.into()),
-        };
+        let (manifest, digest) = self.registry.manifest(&reference, &auth).await?;
+        let manifest_digest = Digest::parse(&digest)?;
         let source = Source::Registry(&self.registry, &reference, &auth);
         self.resolve(name, &manifest, manifest_digest, &source)
             .await
@@ -481,17 +444,6 @@ fn find_wasm_in_layers(
 mod tests {
     use super::*;
     use crate::oci::WasmLayout;
-
-    #[test]
-    fn default_pull_policies_follow_kubernetes() {
-        let p = |image| PullPolicy::for_container(None, image).expect("valid");
-        assert_eq!(p("app"), PullPolicy::Always);
-        assert_eq!(p("app:latest"), PullPolicy::Always);
-        assert_eq!(p("registry:5000/app"), PullPolicy::Always);
-        assert_eq!(p("registry:5000/app:1.0"), PullPolicy::IfNotPresent);
-        assert_eq!(p("app@sha256:abc"), PullPolicy::IfNotPresent);
-        assert!(PullPolicy::for_container(Some("Sometimes"), "app").is_err());
-    }
 
     fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());

@@ -241,6 +241,16 @@ impl ImageStore {
         Ok(self.has_blob(&image.wasm_digest).then_some(image))
     }
 
+    /// Forgets what `reference` resolved to (its blobs stay: others may share them).
+    pub fn forget(&self, reference: &str) -> Result<(), StoreError> {
+        let path = self.ref_path(reference);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
     /// Every recorded image, sorted by reference. Damaged records are skipped.
     pub fn list(&self) -> Result<Vec<StoredImage>, StoreError> {
         let dir = self.root.join("refs");

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wedge_core::pod_runtime::PodRuntime;
 use wedge_testkit::oci::{self, Blob, Image, WasmLayout, media_type};
 use wedge_testkit::registry::Registry;
 
@@ -26,7 +25,7 @@ async fn start_bystander(t: &TestRuntime) -> String {
 }
 
 async fn assert_bystander_alive(t: &TestRuntime, uid: &str) {
-    let s = t.rt.pod_status(uid).expect("bystander known");
+    let s = t.pod_status(uid).expect("bystander known");
     assert!(running(&s), "the bystander stopped: {s:#?}");
     let before = t.logs(uid, "main").await.lines().count();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -131,7 +130,12 @@ async fn bad_images_and_components_get_clear_reasons() {
             "ErrImagePull",
             "does not hold a Wasm binary",
         ),
-        ("container", "apps/busybox:1", "ErrImagePull", "CRI runtime"),
+        (
+            "container",
+            "apps/busybox:1",
+            "ErrImagePull",
+            "container image, not Wasm",
+        ),
         ("unknown", "apps/unknown:1", "ErrImagePull", "no Wasm layer"),
         ("core", "apps/core:1", "ErrImagePull", "core Wasm module"),
         (
@@ -173,9 +177,9 @@ async fn bad_images_and_components_get_clear_reasons() {
         json!({"resources": {"limits": {"memory": "a lot"}}}),
         json!({}),
     );
-    let e = t.rt.start_pod(&bad).await.expect_err("refused");
+    let e = t.start_pod(&bad).await.expect_err("refused");
     assert!(e.to_string().contains("resources.limits.memory"), "{e}");
-    assert!(t.rt.pod_status("bad-spec").is_none());
+    assert!(t.pod_status("bad-spec").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,25 +206,23 @@ async fn misbehaving_guests_are_stopped_and_the_rest_keeps_running() {
 
     let s = t.wait_for("bomb", "the OOM kill", terminated).await;
     assert_terminated(&s, 137, "OOMKilled", "memory limit");
-    let stats = t.rt.container_stats("bomb", "main").expect("stats");
+    let stats = t.container_stats("bomb", "main").await.expect("stats");
     assert!(stats.memory_bytes <= 32 << 20, "{stats:?}");
 
     // The spinning guest holds no thread to itself: the bystander still ticks.
     t.wait_for_log("spin", "main", "spinning").await;
     assert_bystander_alive(&t, &bystander).await;
-    assert!(running(&t.rt.pod_status("spin").expect("spin")));
+    assert!(running(&t.pod_status("spin").expect("spin")));
 
     // Deleting the pod stops the loop within the grace period.
     let started = Instant::now();
-    t.rt.stop_pod("spin", Duration::from_secs(2))
-        .await
-        .expect("stopped");
+    t.stop_pod("spin", Duration::from_secs(2)).await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "stop took {:?}",
         started.elapsed()
     );
-    assert!(t.rt.pod_status("spin").is_none());
-    assert!(t.rt.container_stats("spin", "main").is_none());
+    assert!(t.pod_status("spin").is_none());
+    assert!(t.container_stats("spin", "main").await.is_none());
     assert_bystander_alive(&t, &bystander).await;
 }

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wedge_core::pod_runtime::PodRuntime;
 use wedge_core::twin::{
     AccessMode, DeviceState, DeviceTwin, PropertyModel, PropertyType, TwinValue,
 };
@@ -108,9 +107,9 @@ async fn the_fan_handler_drives_the_fan_from_temperature_changes() {
     wait_fan(&t.twin, false).await;
     let log = t.wait_for_log(&uid, "main", "power=false").await;
     assert!(log.contains("temperature=35.5 → fan-1/power=true"), "{log}");
-    let stats = t.rt.container_stats(&uid, "main").expect("stats");
+    let stats = t.container_stats(&uid, "main").await.expect("stats");
     assert_eq!((stats.invocations, stats.failures), (3, 1), "{stats:?}");
-    assert!(running(&t.rt.pod_status(&uid).expect("status")));
+    assert!(running(&t.pod_status(&uid).expect("status")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,18 +4,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use wedge_core::pod_runtime::PodRuntime;
+use wedge_core::crilog::LogOptions;
 use wedge_core::restart::BackoffSettings;
 use wedge_core::status::{ContainerState, PodStatusReport};
+use wedge_edge::edged::plan::plan_pod;
+use wedge_edge::edged::pod_workers::{LogError, PodWorkers, WorkerConfig};
+use wedge_edge::edged::runtimes::{RuntimeHandle, Runtimes};
+use wedge_edged_wasm::compile::CacheOutcome;
 use wedge_edged_wasm::host::Backends;
 use wedge_edged_wasm::host::in_process::{InProcessBus, InProcessTwin};
 use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
 use wedge_testkit::oci::{self, Image, WasmLayout};
 use wedge_testkit::sample_apps::{self, SampleApps};
 
-/// A runtime rooted in a temp dir, with in-process backends and a fast crash-loop backoff.
+/// The Wasm runtime rooted in a temp dir, with in-process backends, driven by Edged's pod
+/// workers with a fast crash-loop backoff.
 pub struct TestRuntime {
     pub rt: WasmRuntime,
+    pub workers: PodWorkers,
     pub twin: Arc<InProcessTwin>,
     pub bus: Arc<InProcessBus>,
     pub root: tempfile::TempDir,
@@ -28,18 +34,26 @@ impl TestRuntime {
     }
 
     pub fn at(root: tempfile::TempDir, insecure: &[String]) -> Self {
-        let mut config = RuntimeConfig::new(root.path());
+        let mut config = RuntimeConfig::new(root.path().join("wasm"));
         config.insecure_registries = insecure.to_vec();
-        config.backoff = BackoffSettings {
+        config.engine.max_instances = 100;
+        let (backends, twin, bus) = Backends::in_process();
+        let rt = WasmRuntime::new(config, backends).expect("runtime starts");
+        let fast = BackoffSettings {
             initial: Duration::from_millis(100),
             max: Duration::from_millis(400),
             reset_after: Duration::from_secs(60),
         };
-        config.engine.max_instances = 100;
-        let (backends, twin, bus) = Backends::in_process();
-        let rt = WasmRuntime::new(config, backends).expect("runtime starts");
+        let mut workers_config = WorkerConfig::new(root.path().join("pods"));
+        workers_config.backoff = fast;
+        workers_config.image_backoff = fast;
+        let workers = PodWorkers::new(
+            Runtimes::new().with(RuntimeHandle::new(Arc::new(rt.clone()))),
+            workers_config,
+        );
         Self {
             rt,
+            workers,
             twin,
             bus,
             root,
@@ -61,8 +75,50 @@ impl TestRuntime {
     /// Starts a pod and returns its uid.
     pub async fn start(&self, pod: Pod) -> String {
         let uid = pod.metadata.uid.clone().expect("uid");
-        self.rt.start_pod(&pod).await.expect("pod accepted");
+        self.start_pod(&pod).await.expect("pod accepted");
         uid
+    }
+
+    /// Plans and starts a pod, as Edged does; a refusal is Edged's message.
+    pub async fn start_pod(&self, pod: &Pod) -> Result<(), String> {
+        let plan = plan_pod(pod, &self.workers.config().pods_root).map_err(|e| e.to_string())?;
+        self.workers
+            .start(plan, None, Default::default())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The pod's status, if it was started.
+    pub fn pod_status(&self, uid: &str) -> Option<PodStatusReport> {
+        self.workers.status(uid)
+    }
+
+    /// Stops a pod within `grace`.
+    pub async fn stop_pod(&self, uid: &str, grace: Duration) {
+        self.workers.stop(uid, grace).await;
+    }
+
+    /// A container's log, as `kubectl logs` shows it.
+    pub async fn container_logs(
+        &self,
+        uid: &str,
+        c: &str,
+        options: &LogOptions,
+    ) -> Result<Vec<u8>, LogError> {
+        self.workers.logs(uid, c, options).await
+    }
+
+    /// A container's figures: CRI's and the Wasm runtime's.
+    pub async fn container_stats(&self, uid: &str, c: &str) -> Option<Stats> {
+        let cri = self.workers.stats(uid, c).await?;
+        let (_, id) = self.workers.container_id(uid, c)?;
+        let wasm = self.rt.wasm_stats(&id)?;
+        Some(Stats {
+            cpu: cri.cpu,
+            memory_bytes: cri.memory_bytes,
+            invocations: wasm.invocations,
+            failures: wasm.failures,
+            cache: Some(wasm.cache),
+        })
     }
 
     /// Waits (bounded) until `pred` holds for the pod's status.
@@ -74,7 +130,7 @@ impl TestRuntime {
     ) -> PodStatusReport {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let status = self.rt.pod_status(uid);
+            let status = self.pod_status(uid);
             if let Some(s) = status.as_ref().filter(|s| pred(s)) {
                 return s.clone();
             }
@@ -89,7 +145,6 @@ impl TestRuntime {
     /// The whole log of container `c`, as `kubectl logs` shows it.
     pub async fn logs(&self, uid: &str, c: &str) -> String {
         let bytes = self
-            .rt
             .container_logs(uid, c, &Default::default())
             .await
             .expect("logs");
@@ -101,7 +156,6 @@ impl TestRuntime {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = self
-                .rt
                 .container_logs(uid, c, &Default::default())
                 .await
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -116,6 +170,16 @@ impl TestRuntime {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A container's figures, as the tests read them.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub cpu: Duration,
+    pub memory_bytes: u64,
+    pub invocations: u64,
+    pub failures: u64,
+    pub cache: Option<CacheOutcome>,
 }
 
 pub fn apps() -> &'static SampleApps {

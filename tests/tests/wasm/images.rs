@@ -2,10 +2,10 @@
 //! plain HTTP only where allowed, and the compile cache.
 
 use serde_json::json;
-use wedge_core::pod_runtime::PodRuntime;
+use wedge_core::runtime::PullAuth;
 use wedge_core::status::ContainerState;
+use wedge_edge::edged::plan::plan_pod;
 use wedge_edged_wasm::compile::CacheOutcome;
-use wedge_edged_wasm::oci::RegistryCredentials;
 use wedge_testkit::oci::{self, Image, WasmLayout};
 use wedge_testkit::registry::Registry;
 
@@ -147,18 +147,20 @@ async fn registry_credentials_are_used_when_given() {
     t.start(pod("anon", &image, json!({}), json!({}))).await;
     let message = t.wait_waiting("anon", "ErrImagePull").await;
     assert!(message.contains("refused access"), "{message}");
-    t.rt.stop_pod("anon", std::time::Duration::from_secs(1))
-        .await
-        .expect("stopped");
+    t.stop_pod("anon", std::time::Duration::from_secs(1)).await;
 
-    t.rt.set_registry_credentials(
-        &host,
-        RegistryCredentials::Basic {
-            username: "edge".into(),
-            password: "s3cret".into(),
-        },
-    );
-    t.start(pod("authed", &image, json!({}), json!({}))).await;
+    let auth = PullAuth::Basic {
+        username: "edge".into(),
+        password: "s3cret".into(),
+    };
+    let plan = plan_pod(
+        &pod("authed", &image, json!({}), json!({})),
+        &t.workers.config().pods_root,
+    )
+    .expect("plan");
+    t.workers
+        .start(plan, None, [(host.clone(), auth)].into())
+        .expect("started");
     let s = t.wait_for("authed", "hello to finish", terminated).await;
     assert_eq!(s.containers[0].state.exit_code(), Some(0), "{s:#?}");
 }
@@ -222,25 +224,29 @@ async fn compiled_components_are_cached_on_disk_and_in_memory() {
     let root_path = root.path().to_owned();
     let t = TestRuntime::at(root, &[]);
     let image = t.local_image("hello").await;
-    let cache_of =
-        |t: &TestRuntime, uid: &str| t.rt.container_stats(uid, "main").and_then(|s| s.cache);
+    async fn cache_of(t: &TestRuntime, uid: &str) -> Option<CacheOutcome> {
+        t.container_stats(uid, "main").await.and_then(|s| s.cache)
+    }
 
     t.start(pod("first", &image, json!({}), json!({}))).await;
     t.wait_for("first", "first run", terminated).await;
-    assert_eq!(cache_of(&t, "first"), Some(CacheOutcome::Compiled));
+    assert_eq!(cache_of(&t, "first").await, Some(CacheOutcome::Compiled));
     t.start(pod("second", &image, json!({}), json!({}))).await;
     t.wait_for("second", "second run", terminated).await;
-    assert_eq!(cache_of(&t, "second"), Some(CacheOutcome::Memory));
-    let artifacts: Vec<_> = walk(&root_path.join("compiled"))
+    assert_eq!(cache_of(&t, "second").await, Some(CacheOutcome::Memory));
+    let artifacts: Vec<_> = walk(&root_path.join("wasm/compiled"))
         .into_iter()
         .filter(|p| p.ends_with(".cwasm"))
         .collect();
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
 
     // A new runtime on the same root, as after a restart of the edge: loaded, not compiled.
-    let TestRuntime { rt, root, .. } = t;
-    rt.shutdown().await;
-    drop(rt);
+    let TestRuntime {
+        rt, root, workers, ..
+    } = t;
+    workers.detach_all();
+    rt.shutdown();
+    drop((rt, workers));
     let t = TestRuntime::at(root, &[]);
     t.start(pod(
         "third",
@@ -251,7 +257,7 @@ async fn compiled_components_are_cached_on_disk_and_in_memory() {
     .await;
     let s = t.wait_for("third", "third run", terminated).await;
     assert_eq!(s.containers[0].state.exit_code(), Some(0));
-    assert_eq!(cache_of(&t, "third"), Some(CacheOutcome::Disk));
+    assert_eq!(cache_of(&t, "third").await, Some(CacheOutcome::Disk));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use wedge_core::crilog;
-use wedge_core::pod_runtime::{LogOptions, PodRuntime};
+use wedge_core::crilog::LogOptions;
 use wedge_core::status::{ContainerState, PodPhase};
 
 use crate::harness::{TestRuntime, pod, terminated};
@@ -126,30 +126,26 @@ async fn logs_are_written_in_the_cri_format_and_kept_across_restarts() {
         previous: true,
         ..Default::default()
     };
-    let log =
-        t.rt.container_logs(&uid, "main", &previous)
-            .await
-            .expect("previous log");
+    let log = t
+        .container_logs(&uid, "main", &previous)
+        .await
+        .expect("previous log");
     assert_eq!(String::from_utf8_lossy(&log), "line 0\nline 1\nline 2\n");
     let tail = LogOptions {
         previous: true,
         tail_lines: Some(1),
         timestamps: true,
     };
-    let log = String::from_utf8(
-        t.rt.container_logs(&uid, "main", &tail)
-            .await
-            .expect("tail"),
-    )
-    .expect("utf-8");
+    let log = String::from_utf8(t.container_logs(&uid, "main", &tail).await.expect("tail"))
+        .expect("utf-8");
     assert!(
         log.ends_with(" line 2\n") && log.lines().count() == 1,
         "{log}"
     );
-    let e =
-        t.rt.container_logs(&uid, "nope", &LogOptions::default())
-            .await
-            .expect_err("no such container");
+    let e = t
+        .container_logs(&uid, "nope", &LogOptions::default())
+        .await
+        .expect_err("no such container");
     assert!(e.to_string().contains("nope"));
 
     // A line longer than 16 KiB is split into partial records and joined again on reading.
@@ -303,8 +299,12 @@ async fn cpu_limits_throttle_guest_execution() {
         iterations(&t.logs(&free, "main").await),
         iterations(&t.logs(&limited, "main").await),
     );
-    let free_cpu = t.rt.container_stats(&free, "main").expect("stats").cpu;
-    let limited_cpu = t.rt.container_stats(&limited, "main").expect("stats").cpu;
+    let free_cpu = t.container_stats(&free, "main").await.expect("stats").cpu;
+    let limited_cpu = t
+        .container_stats(&limited, "main")
+        .await
+        .expect("stats")
+        .cpu;
     // 100m allows 10 ms of guest time per 100 ms: about 60 ms over 600 ms of wall time.
     assert!(
         limited_cpu < Duration::from_millis(250),

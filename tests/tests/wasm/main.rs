@@ -1,6 +1,6 @@
 //! End-to-end tests of the Wasm pod runtime through real parts: a real OCI registry
 //! (`docker-registry`), `skopeo`, the sample apps built for `wasm32-wasip2`, and the runtime as
-//! Edged will drive it (the `PodRuntime` trait).
+//! Edged drives it (its pod workers, over the runtime boundary of `wedge_core::runtime`).
 
 mod bad_input;
 mod handlers;

@@ -1,0 +1,406 @@
+//! A scripted runtime for Edged's unit tests: containers that exit with the codes a test
+//! chooses after a second of (paused) time, images that fail to pull a chosen number of times,
+//! and a runtime that can be taken down. Every call is recorded.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use wedge_core::runtime::{
+    ContainerConfig, ContainerInfo, ContainerState, ContainerStats, ExecResult, Exit, ImageError,
+    ImageInfo, ImageService, PullAuth, RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
+};
+
+/// How long a scripted instance runs before it exits.
+pub const RUN_FOR: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct State {
+    calls: Vec<String>,
+    /// Per container name, the exit code of each next instance (`None`: runs until stopped).
+    exits: HashMap<String, VecDeque<Option<i32>>>,
+    /// Containers that ignore SIGTERM and need the SIGKILL at the timeout.
+    stubborn: HashSet<String>,
+    pull_failures: HashMap<String, u32>,
+    /// Per container name, the exit codes of the next commands run in it (then 0).
+    exec_codes: HashMap<String, VecDeque<i32>>,
+    held: HashSet<String>,
+    sandboxes: BTreeMap<String, SandboxStatus>,
+    containers: BTreeMap<String, (ContainerInfo, tokio::sync::watch::Sender<Option<Exit>>)>,
+    next: u32,
+    down: bool,
+}
+
+/// The fake runtime.
+#[derive(Clone, Default)]
+pub struct Fake {
+    state: Arc<Mutex<State>>,
+}
+
+impl Fake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Instances of container `name` exit with these codes, in turn (`None`: runs until
+    /// stopped); past the script, instances run until stopped.
+    pub fn script(&self, name: &str, exits: &[Option<i32>]) {
+        self.lock()
+            .exits
+            .insert(name.to_owned(), exits.iter().copied().collect());
+    }
+
+    /// Commands run in container `name` exit with these codes, in turn, then 0.
+    pub fn exec_codes(&self, name: &str, codes: &[i32]) {
+        self.lock()
+            .exec_codes
+            .insert(name.to_owned(), codes.iter().copied().collect());
+    }
+
+    /// Container `name` ignores SIGTERM.
+    pub fn stubborn(&self, name: &str) {
+        self.lock().stubborn.insert(name.to_owned());
+    }
+
+    /// Pulling `image` fails `times` times first.
+    pub fn fail_pulls(&self, image: &str, times: u32) {
+        self.lock().pull_failures.insert(image.to_owned(), times);
+    }
+
+    /// Takes the runtime down or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// The calls made so far.
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Holds a running sandbox and container from before, as containerd does across a restart
+    /// of edgecore.
+    pub fn preexisting(&self, uid: &str, name: &str, attempt: u32) -> String {
+        let mut s = self.lock();
+        let sandbox = format!("sb-old-{uid}");
+        s.sandboxes.insert(
+            sandbox.clone(),
+            SandboxStatus {
+                id: sandbox.clone(),
+                ready: true,
+                ip: Some("10.88.0.9".into()),
+                created_at: Timestamp::UNIX_EPOCH,
+                labels: BTreeMap::from([(
+                    wedge_core::runtime::labels::POD_UID.to_owned(),
+                    uid.to_owned(),
+                )]),
+            },
+        );
+        let id = format!("c-old-{uid}-{name}");
+        let info = ContainerInfo {
+            id: id.clone(),
+            sandbox_id: sandbox,
+            name: name.to_owned(),
+            attempt,
+            image_id: Some("img@sha256:1".into()),
+            state: ContainerState::Running {
+                started_at: Timestamp::UNIX_EPOCH,
+            },
+            labels: BTreeMap::new(),
+        };
+        s.containers
+            .insert(id.clone(), (info, tokio::sync::watch::Sender::new(None)));
+        id
+    }
+
+    fn call(&self, what: String) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        s.calls.push(what);
+        if s.down {
+            return Err(RuntimeError::Unavailable("connection refused".into()));
+        }
+        Ok(())
+    }
+
+    fn exit(&self, id: &str, code: i32, reason: &str) {
+        let mut s = self.lock();
+        if let Some((info, tx)) = s.containers.get_mut(id) {
+            let started_at = match info.state {
+                ContainerState::Running { started_at } => started_at,
+                _ => Timestamp::now(),
+            };
+            if matches!(info.state, ContainerState::Exited(_)) {
+                return;
+            }
+            let exit = Exit {
+                code,
+                reason: reason.to_owned(),
+                message: None,
+                started_at,
+                finished_at: Timestamp::now(),
+            };
+            info.state = ContainerState::Exited(exit.clone());
+            tx.send_replace(Some(exit));
+        }
+    }
+}
+
+#[async_trait]
+impl ImageService for Fake {
+    async fn pull_image(
+        &self,
+        image: &str,
+        _auth: Option<&PullAuth>,
+    ) -> Result<String, ImageError> {
+        self.call(format!("pull {image}"))
+            .map_err(|e| ImageError::Unavailable(e.to_string()))?;
+        let mut s = self.lock();
+        if let Some(n) = s.pull_failures.get_mut(image)
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(ImageError::NotFound {
+                reference: image.to_owned(),
+                message: "manifest unknown".into(),
+            });
+        }
+        s.held.insert(image.to_owned());
+        Ok(format!("sha256:{image}"))
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, ImageError> {
+        if self.lock().down {
+            return Err(ImageError::Unavailable("connection refused".into()));
+        }
+        Ok(self.lock().held.contains(image).then(|| ImageInfo {
+            id: format!("sha256:{image}"),
+            repo_tags: vec![image.to_owned()],
+            repo_digests: Vec::new(),
+            size_bytes: 1,
+        }))
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageInfo>, ImageError> {
+        Ok(Vec::new())
+    }
+
+    async fn remove_image(&self, _image: &str) -> Result<(), ImageError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RuntimeService for Fake {
+    fn handler(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn version(&self) -> Result<String, RuntimeError> {
+        Ok("fake://1".into())
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<String, RuntimeError> {
+        self.call(format!("run_sandbox {}", config.name))?;
+        let mut s = self.lock();
+        s.next += 1;
+        let (id, ip) = (format!("sb{}", s.next), format!("10.88.0.{}", s.next));
+        s.sandboxes.insert(
+            id.clone(),
+            SandboxStatus {
+                id: id.clone(),
+                ready: true,
+                ip: Some(ip),
+                created_at: Timestamp::now(),
+                labels: config.labels.clone(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn stop_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(format!("stop_sandbox {id}"))?;
+        let ids: Vec<String> = self
+            .lock()
+            .containers
+            .values()
+            .filter(|(c, _)| c.sandbox_id == id)
+            .map(|(c, _)| c.id.clone())
+            .collect();
+        for c in ids {
+            self.exit(&c, 137, "Error");
+        }
+        if let Some(sb) = self.lock().sandboxes.get_mut(id) {
+            sb.ready = false;
+        }
+        Ok(())
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(format!("remove_sandbox {id}"))?;
+        let mut s = self.lock();
+        s.sandboxes.remove(id);
+        s.containers.retain(|_, (c, _)| c.sandbox_id != id);
+        Ok(())
+    }
+
+    async fn sandbox_status(&self, id: &str) -> Result<SandboxStatus, RuntimeError> {
+        self.lock()
+            .sandboxes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>, RuntimeError> {
+        self.call("list_sandboxes".into())?;
+        Ok(self.lock().sandboxes.values().cloned().collect())
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+        _sandbox: &SandboxConfig,
+    ) -> Result<String, RuntimeError> {
+        self.call(format!("create {}#{}", config.name, config.attempt))?;
+        let mut s = self.lock();
+        s.next += 1;
+        let id = format!("c{}", s.next);
+        let info = ContainerInfo {
+            id: id.clone(),
+            sandbox_id: sandbox_id.to_owned(),
+            name: config.name.clone(),
+            attempt: config.attempt,
+            image_id: Some(format!("{}@sha256:1", config.image_ref)),
+            state: ContainerState::Created,
+            labels: config.labels.clone(),
+        };
+        s.containers
+            .insert(id.clone(), (info, tokio::sync::watch::Sender::new(None)));
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(format!("start {id}"))?;
+        let code = {
+            let mut s = self.lock();
+            let Some(name) = s.containers.get(id).map(|(c, _)| c.name.clone()) else {
+                return Err(RuntimeError::NotFound(id.to_owned()));
+            };
+            let code = s
+                .exits
+                .get_mut(&name)
+                .and_then(VecDeque::pop_front)
+                .flatten();
+            if let Some((info, _)) = s.containers.get_mut(id) {
+                info.state = ContainerState::Running {
+                    started_at: Timestamp::now(),
+                };
+            }
+            code
+        };
+        if let Some(code) = code {
+            let (fake, id) = (self.clone(), id.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(RUN_FOR).await;
+                fake.exit(&id, code, if code == 0 { "Completed" } else { "Error" });
+            });
+        }
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        self.call(format!("stop {id} {}s", timeout.as_secs_f64().round()))?;
+        let stubborn = {
+            let s = self.lock();
+            s.containers
+                .get(id)
+                .is_some_and(|(c, _)| s.stubborn.contains(&c.name))
+        };
+        if stubborn {
+            tokio::time::sleep(timeout).await;
+            self.exit(id, 137, "Error");
+        } else {
+            self.exit(id, 143, "Error");
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(format!("remove {id}"))?;
+        self.lock().containers.remove(id);
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        self.lock()
+            .containers
+            .get(id)
+            .map(|(c, _)| c.clone())
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))
+    }
+
+    async fn list_containers(
+        &self,
+        sandbox_id: Option<&str>,
+    ) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        Ok(self
+            .lock()
+            .containers
+            .values()
+            .filter(|(c, _)| sandbox_id.is_none_or(|s| c.sandbox_id == s))
+            .map(|(c, _)| c.clone())
+            .collect())
+    }
+
+    async fn wait_container(&self, id: &str) -> Result<Exit, RuntimeError> {
+        let mut rx = self
+            .lock()
+            .containers
+            .get(id)
+            .map(|(_, tx)| tx.subscribe())
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        let exit = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| RuntimeError::NotFound(id.to_owned()))?;
+        exit.clone()
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        command: &[String],
+        _timeout: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        self.call(format!("exec {id} {}", command.join(" ")))?;
+        let mut s = self.lock();
+        let name = s
+            .containers
+            .get(id)
+            .map(|(c, _)| c.name.clone())
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        let code = s
+            .exec_codes
+            .get_mut(&name)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(0);
+        Ok(ExecResult {
+            exit_code: code,
+            stdout: Vec::new(),
+            stderr: if code == 0 {
+                Vec::new()
+            } else {
+                b"not yet".to_vec()
+            },
+        })
+    }
+
+    async fn container_stats(&self, _id: &str) -> Result<ContainerStats, RuntimeError> {
+        Ok(ContainerStats::default())
+    }
+}
