@@ -12,6 +12,7 @@ pub mod pod_runtime;
 pub mod protocol;
 pub mod quantity;
 pub mod restart;
+pub mod runtime;
 pub mod rule;
 pub mod runtimes;
 pub mod status;
