@@ -25,7 +25,7 @@ use crate::container::{container_config, container_info, sandbox_config_for};
 use crate::errors::{ConnectError, config_error, image_error, runtime_error};
 use crate::image::{auth_config, image_info, image_spec};
 use crate::sandbox::{listed_sandbox, pod_sandbox_config, sandbox_status};
-use crate::wait::{ExitWatch, POLL_INTERVAL};
+use crate::wait::{Cri, ExitWatch, POLL_INTERVAL};
 
 /// The CRI API version this client speaks.
 const CRI_VERSION: &str = "v1";
@@ -75,7 +75,7 @@ impl CriRuntime {
     /// [`CriRuntime::connect`] relisting containers for waiters every `interval`.
     pub fn with_poll_interval(endpoint: &str, interval: Duration) -> Result<Self, ConnectError> {
         let clients = Clients::new(socket_path(endpoint)?)?;
-        let exits = ExitWatch::start(clients.runtime.clone(), interval);
+        let exits = ExitWatch::start(Arc::new(Cri(clients.runtime.clone())), interval);
         Ok(Self {
             inner: Arc::new(Inner {
                 clients,

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tokio::sync::{Notify, watch};
@@ -27,17 +28,62 @@ use wedge_core::runtime::{ContainerState, Exit, RuntimeError};
 
 use crate::client::call;
 use crate::container::container_info;
-use crate::errors::{is_unavailable, runtime_error};
+use crate::errors::runtime_error;
 
 /// How often containers are relisted while someone waits: the longest an exit goes unnoticed.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Where a waited-for container stands.
-#[derive(Debug, Clone)]
-enum Outcome {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
     Running,
     Exited(Exit),
     Gone,
+}
+
+/// The two questions the poller asks containerd (a trait so that tests can count them).
+#[async_trait]
+pub(crate) trait Containers: Send + Sync + 'static {
+    /// Every container's id and CRI state (`ListContainers`).
+    async fn states(&self) -> Result<HashMap<String, i32>, RuntimeError>;
+    /// Whether one container has ended and how (`ContainerStatus`).
+    async fn outcome(&self, id: &str) -> Result<Outcome, RuntimeError>;
+}
+
+/// The real questions, over CRI.
+pub(crate) struct Cri(pub(crate) RuntimeServiceClient<Channel>);
+
+#[async_trait]
+impl Containers for Cri {
+    async fn states(&self) -> Result<HashMap<String, i32>, RuntimeError> {
+        let listed = self
+            .0
+            .clone()
+            .list_containers(call(cri::ListContainersRequest { filter: None }))
+            .await
+            .map_err(|s| runtime_error(s, "containers"))?
+            .into_inner()
+            .containers;
+        Ok(listed.into_iter().map(|c| (c.id, c.state)).collect())
+    }
+
+    async fn outcome(&self, id: &str) -> Result<Outcome, RuntimeError> {
+        let request = cri::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: false,
+        };
+        match self.0.clone().container_status(call(request)).await {
+            Ok(response) => Ok(match response.into_inner().status {
+                Some(status) => match container_info(status, String::new()).state {
+                    ContainerState::Exited(exit) => Outcome::Exited(exit),
+                    _ => Outcome::Running,
+                },
+                None => Outcome::Running,
+            }),
+            Err(status) if status.code() == Code::NotFound => Ok(Outcome::Gone),
+            Err(status) => Err(runtime_error(status, &format!("container {id}"))),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -64,25 +110,25 @@ impl Shared {
 /// The waiters of one runtime and the task that serves them.
 pub(crate) struct ExitWatch {
     shared: Arc<Shared>,
-    client: RuntimeServiceClient<Channel>,
+    containers: Arc<dyn Containers>,
     cancel: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ExitWatch {
     /// Starts the (idle) poller on the current Tokio runtime.
-    pub(crate) fn start(client: RuntimeServiceClient<Channel>, interval: Duration) -> Self {
+    pub(crate) fn start(containers: Arc<dyn Containers>, interval: Duration) -> Self {
         let shared = Arc::new(Shared::default());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(poll(
             shared.clone(),
-            client.clone(),
+            containers.clone(),
             cancel.clone(),
             interval,
         ));
         Self {
             shared,
-            client,
+            containers,
             cancel,
             task: Mutex::new(Some(task)),
         }
@@ -104,18 +150,15 @@ impl ExitWatch {
             return Err(shut_down());
         }
         // One look now, so that a container that has already exited answers at once.
-        match status_of(&mut self.client.clone(), id).await {
-            Ok(Some(outcome)) => self.shared.settle(id, outcome),
-            Ok(None) => self.shared.wake.notify_one(),
-            Err(e) => {
+        match self.containers.outcome(id).await {
+            Ok(Outcome::Running) | Err(RuntimeError::Unavailable(_)) => {
                 self.shared.wake.notify_one();
-                if !matches!(e, RuntimeError::Unavailable(_)) {
-                    return Err(e);
-                }
             }
+            Ok(outcome) => self.shared.settle(id, outcome),
+            Err(e) => return Err(e),
         }
         let outcome = rx
-            .wait_for(|o| !matches!(o, Outcome::Running))
+            .wait_for(|o| *o != Outcome::Running)
             .await
             .map_err(|_| shut_down())?
             .clone();
@@ -150,33 +193,9 @@ impl Drop for ExitWatch {
     }
 }
 
-/// Whether `id` has ended (`Some`) or still runs or waits to (`None`).
-async fn status_of(
-    client: &mut RuntimeServiceClient<Channel>,
-    id: &str,
-) -> Result<Option<Outcome>, RuntimeError> {
-    let request = cri::ContainerStatusRequest {
-        container_id: id.to_owned(),
-        verbose: false,
-    };
-    match client.container_status(call(request)).await {
-        Ok(response) => {
-            let Some(status) = response.into_inner().status else {
-                return Ok(None);
-            };
-            Ok(match container_info(status, String::new()).state {
-                ContainerState::Exited(exit) => Some(Outcome::Exited(exit)),
-                _ => None,
-            })
-        }
-        Err(status) if status.code() == Code::NotFound => Ok(Some(Outcome::Gone)),
-        Err(status) => Err(runtime_error(status, &format!("container {id}"))),
-    }
-}
-
 async fn poll(
     shared: Arc<Shared>,
-    mut client: RuntimeServiceClient<Channel>,
+    containers: Arc<dyn Containers>,
     cancel: CancellationToken,
     interval: Duration,
 ) {
@@ -195,7 +214,7 @@ async fn poll(
         }
         tokio::select! {
             () = cancel.cancelled() => break,
-            () = relist(&shared, &mut client, &ids) => {}
+            () = relist(&shared, containers.as_ref(), &ids) => {}
         }
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -206,39 +225,245 @@ async fn poll(
     shared.waiting().clear();
 }
 
-async fn relist(shared: &Shared, client: &mut RuntimeServiceClient<Channel>, ids: &[String]) {
-    let listed = match client
-        .list_containers(call(cri::ListContainersRequest { filter: None }))
-        .await
-    {
-        Ok(response) => response.into_inner().containers,
-        Err(status) if is_unavailable(&status) => {
-            tracing::debug!(error = %status.message(), waiting = ids.len(), "containerd unavailable; waiters keep waiting");
+async fn relist(shared: &Shared, containers: &dyn Containers, ids: &[String]) {
+    let states = match containers.states().await {
+        Ok(states) => states,
+        Err(RuntimeError::Unavailable(e)) => {
+            tracing::debug!(error = %e, waiting = ids.len(), "containerd unavailable; waiters keep waiting");
             return;
         }
-        Err(status) => {
-            tracing::warn!(error = %status.message(), "listing containers for waiters failed");
+        Err(e) => {
+            tracing::warn!(error = %e, "listing containers for waiters failed");
             return;
         }
     };
-    let states: HashMap<&str, i32> = listed.iter().map(|c| (c.id.as_str(), c.state)).collect();
+    let exited = cri::ContainerState::ContainerExited as i32;
     for id in ids {
-        let exited = cri::ContainerState::ContainerExited as i32;
         // Absent from the list: gone, or created after the list was taken; the status says.
-        if states.get(id.as_str()).is_some_and(|s| *s != exited) {
+        if states.get(id).is_some_and(|s| *s != exited) {
             continue;
         }
-        match status_of(client, id).await {
-            Ok(Some(outcome)) => {
-                if matches!(outcome, Outcome::Gone) {
+        match containers.outcome(id).await {
+            Ok(Outcome::Running) | Err(RuntimeError::Unavailable(_)) => {}
+            Ok(outcome) => {
+                if outcome == Outcome::Gone {
                     tracing::debug!(container = %id, "waited-for container is gone");
                 }
                 shared.settle(id, outcome);
             }
-            Ok(None) | Err(RuntimeError::Unavailable(_)) => {}
             Err(e) => {
-                tracing::warn!(container = %id, error = %e, "reading an exited container failed")
+                tracing::warn!(container = %id, error = %e, "reading an exited container failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    use jiff::Timestamp;
+    use wedge_core::status::reason;
+
+    use super::*;
+
+    /// containerd as the poller sees it, counting the calls.
+    #[derive(Default)]
+    struct Fake {
+        /// id → exit code once exited.
+        containers: Mutex<HashMap<String, Option<i32>>>,
+        down: AtomicBool,
+        lists: AtomicUsize,
+        statuses: AtomicUsize,
+    }
+
+    impl Fake {
+        fn run(&self, id: &str) {
+            lock(&self.containers).insert(id.to_owned(), None);
+        }
+        fn exit(&self, id: &str, code: i32) {
+            lock(&self.containers).insert(id.to_owned(), Some(code));
+        }
+        fn remove(&self, id: &str) {
+            lock(&self.containers).remove(id);
+        }
+        fn check_up(&self) -> Result<(), RuntimeError> {
+            if self.down.load(SeqCst) {
+                Err(RuntimeError::Unavailable("connection refused".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[async_trait]
+    impl Containers for Fake {
+        async fn states(&self) -> Result<HashMap<String, i32>, RuntimeError> {
+            self.lists.fetch_add(1, SeqCst);
+            self.check_up()?;
+            Ok(lock(&self.containers)
+                .iter()
+                .map(|(id, exit)| {
+                    let state = match exit {
+                        Some(_) => cri::ContainerState::ContainerExited,
+                        None => cri::ContainerState::ContainerRunning,
+                    };
+                    (id.clone(), state as i32)
+                })
+                .collect())
+        }
+
+        async fn outcome(&self, id: &str) -> Result<Outcome, RuntimeError> {
+            self.statuses.fetch_add(1, SeqCst);
+            self.check_up()?;
+            Ok(match lock(&self.containers).get(id) {
+                None => Outcome::Gone,
+                Some(None) => Outcome::Running,
+                Some(Some(code)) => Outcome::Exited(Exit {
+                    code: *code,
+                    reason: reason::ERROR.into(),
+                    message: None,
+                    started_at: Timestamp::UNIX_EPOCH,
+                    finished_at: Timestamp::UNIX_EPOCH,
+                }),
+            })
+        }
+    }
+
+    fn watch(fake: &Arc<Fake>) -> Arc<ExitWatch> {
+        Arc::new(ExitWatch::start(fake.clone(), POLL_INTERVAL))
+    }
+
+    fn spawn_wait(w: &Arc<ExitWatch>, id: &str) -> JoinHandle<Result<Exit, RuntimeError>> {
+        let (w, id) = (w.clone(), id.to_owned());
+        tokio::spawn(async move { w.wait(&id).await })
+    }
+
+    async fn ticks(n: u32) {
+        for _ in 0..n {
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_waiters_cost_one_list_per_tick() {
+        let fake = Arc::new(Fake::default());
+        let w = watch(&fake);
+        let ids: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
+        ids.iter().for_each(|id| fake.run(id));
+        let waiters: Vec<_> = ids.iter().map(|id| spawn_wait(&w, id)).collect();
+        ticks(10).await;
+        let lists = fake.lists.load(SeqCst);
+        assert!(
+            (9..=11).contains(&lists),
+            "one list per tick, not per waiter: {lists}"
+        );
+        assert_eq!(
+            fake.statuses.load(SeqCst),
+            100,
+            "one look per waiter when it starts"
+        );
+        for (i, id) in ids.iter().enumerate() {
+            fake.exit(id, i32::try_from(i).expect("small"));
+        }
+        for (i, waiter) in waiters.into_iter().enumerate() {
+            let exit = waiter.await.expect("joined").expect("exited");
+            assert_eq!(exit.code, i32::try_from(i).expect("small"));
+        }
+        assert_eq!(fake.statuses.load(SeqCst), 200, "one more status per exit");
+        // Nobody waits: the poller goes idle.
+        let before = fake.lists.load(SeqCst);
+        ticks(20).await;
+        assert!(fake.lists.load(SeqCst) <= before + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exited_container_answers_without_a_relist() {
+        let fake = Arc::new(Fake::default());
+        fake.exit("done", 3);
+        let w = watch(&fake);
+        assert_eq!(w.wait("done").await.map(|e| e.code), Ok(3));
+        assert_eq!(fake.lists.load(SeqCst), 0);
+        assert_eq!(
+            w.wait("never").await,
+            Err(RuntimeError::NotFound("container never".into()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_ride_out_an_unavailable_runtime() {
+        let fake = Arc::new(Fake::default());
+        fake.run("c");
+        fake.down.store(true, SeqCst);
+        let w = watch(&fake);
+        let waiter = spawn_wait(&w, "c");
+        ticks(20).await;
+        assert!(
+            !waiter.is_finished(),
+            "still waiting while containerd is down"
+        );
+        assert!(fake.lists.load(SeqCst) >= 19, "and still asking");
+        fake.exit("c", 0);
+        fake.down.store(false, SeqCst);
+        ticks(2).await;
+        assert_eq!(waiter.await.expect("joined").map(|e| e.code), Ok(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_container_wakes_its_waiters_with_not_found() {
+        let fake = Arc::new(Fake::default());
+        fake.run("c");
+        let w = watch(&fake);
+        let (a, b) = (spawn_wait(&w, "c"), spawn_wait(&w, "c"));
+        ticks(3).await;
+        fake.remove("c");
+        for waiter in [a, b] {
+            assert!(matches!(
+                waiter.await.expect("joined"),
+                Err(RuntimeError::NotFound(_))
+            ));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_is_forgotten() {
+        let fake = Arc::new(Fake::default());
+        fake.run("c");
+        let w = watch(&fake);
+        let waiter = spawn_wait(&w, "c");
+        ticks(2).await;
+        waiter.abort();
+        ticks(2).await;
+        let before = fake.lists.load(SeqCst);
+        ticks(10).await;
+        assert!(
+            fake.lists.load(SeqCst) <= before + 1,
+            "idle once nobody waits"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_poller_and_wakes_waiters() {
+        let fake = Arc::new(Fake::default());
+        fake.run("c");
+        let w = watch(&fake);
+        let waiter = spawn_wait(&w, "c");
+        ticks(2).await;
+        w.shutdown().await;
+        assert!(matches!(
+            waiter.await.expect("joined"),
+            Err(RuntimeError::Unavailable(_))
+        ));
+        assert!(matches!(
+            w.wait("c").await,
+            Err(RuntimeError::Unavailable(_))
+        ));
+        let before = fake.lists.load(SeqCst);
+        ticks(10).await;
+        assert_eq!(fake.lists.load(SeqCst), before, "no task left to list");
     }
 }
