@@ -7,10 +7,21 @@
 //! - [`http_sink`] is an HTTP service that keeps what is POSTed to it (the router's targets).
 //! - [`oci`] builds Wasm images in every layout found in the wild and pushes them, either over the
 //!   registry HTTP API or as an OCI layout through `skopeo`.
+//! - [`containerd`] runs a real containerd (Debian's 1.6, runc, CNI bridge) with its own state,
+//!   network and cgroup parent, for the edge's container pods through CRI; dropping it removes every
+//!   process, mount, link and cgroup it made.
+//! - [`container_images`] builds ordinary container images locally (a `pause` image for pod
+//!   sandboxes, a `busybox` image) and pushes them to a [`registry::Registry`].
 //!
 //! A typical test starts a [`registry::Registry`], pushes an [`oci::Image::wasm`] of a sample app with
-//! [`oci::push`], and points the code under test at [`registry::Registry::host`].
+//! [`oci::push`], and points the code under test at [`registry::Registry::host`]. A container test
+//! starts a [`containerd::Containerd`], pushes busybox with [`container_images::push_busybox`], tells
+//! containerd where the registry is ([`containerd::Containerd::add_registry_host`] or
+//! [`containerd::Containerd::add_mirror`]) and runs pods made with
+//! [`containerd::Containerd::pod_config`].
 
+pub mod container_images;
+pub mod containerd;
 pub mod http_sink;
 pub mod mosquitto;
 pub mod oci;
