@@ -676,50 +676,124 @@ async fn bad_requests_are_refused_with_their_kind() -> anyhow::Result<()> {
     env.remove_sandbox(&sandbox).await
 }
 
-/// Figures for the README: `cargo test -p wedge-shims --test cri -- --ignored --nocapture
-/// measure`. Runs sandboxes one at a time, as a lone edge starting pods would.
+/// Figures for the report: `cargo test -p wedge-shims --test cri -- --ignored --nocapture
+/// measure`. Starts pods one at a time, as a lone edge would, each through `CriRuntime` and,
+/// alternately, through a bare CRI client with the same requests, so the crate's own cost shows
+/// under whatever load the machine has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check: run it alone"]
 async fn measure_pod_start() -> anyhow::Result<()> {
+    use wedge_testkit::containerd::cri;
+
     const N: usize = 20;
+    const STEPS: [&str; 5] = [
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+        "sandbox+container to Running",
+        "teardown",
+    ];
     let env = env().await?;
-    let mut run_sandbox = Vec::new();
-    let mut create = Vec::new();
-    let mut start = Vec::new();
-    let mut whole = Vec::new();
-    let mut teardown = Vec::new();
+    let mut raw_client = env.containerd.runtime_client().await?;
+    // [crate, raw][step]
+    let mut laps: [[Vec<Duration>; 5]; 2] = Default::default();
     for i in 0..N {
-        let pod = env.sandbox(&format!("m{i}"), false)?;
-        let config = env.container(&pod, "app", "sleep 1000");
-        let t0 = Instant::now();
-        let sandbox = env.rt.run_sandbox(&pod).await?;
-        let t1 = Instant::now();
-        let id = env.rt.create_container(&sandbox, &config, &pod).await?;
-        let t2 = Instant::now();
-        env.rt.start_container(&id).await?;
-        let t3 = Instant::now();
-        let info = env.rt.container_status(&id).await?;
-        ensure!(matches!(info.state, ContainerState::Running { .. }));
-        let t4 = Instant::now();
-        run_sandbox.push(t1 - t0);
-        create.push(t2 - t1);
-        start.push(t3 - t2);
-        whole.push(t4 - t0);
-        env.rt.stop_container(&id, Duration::ZERO).await?;
-        env.remove_sandbox(&sandbox).await?;
-        teardown.push(t4.elapsed());
+        for through_crate in if i % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            let pod = env.sandbox(&format!("m{i}"), false)?;
+            let config = env.container(&pod, "app", "sleep 1000");
+            let t0 = Instant::now();
+            let (sandbox, id, t1, t2, t3) = if through_crate {
+                let sandbox = env.rt.run_sandbox(&pod).await?;
+                let t1 = Instant::now();
+                let id = env.rt.create_container(&sandbox, &config, &pod).await?;
+                let t2 = Instant::now();
+                env.rt.start_container(&id).await?;
+                let t3 = Instant::now();
+                let info = env.rt.container_status(&id).await?;
+                ensure!(matches!(info.state, ContainerState::Running { .. }));
+                (sandbox, id, t1, t2, t3)
+            } else {
+                let sandbox_config = env.containerd.pod_config(&format!("raw{i}"))?;
+                let sandbox = raw_client
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(sandbox_config.clone()),
+                        runtime_handler: String::new(),
+                    })
+                    .await?
+                    .into_inner()
+                    .pod_sandbox_id;
+                let t1 = Instant::now();
+                let container = cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "app".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: env.image_id.clone(),
+                        ..Default::default()
+                    }),
+                    command: config.command.clone(),
+                    args: config.args.clone(),
+                    log_path: "app/0.log".into(),
+                    ..Default::default()
+                };
+                let id = raw_client
+                    .create_container(cri::CreateContainerRequest {
+                        pod_sandbox_id: sandbox.clone(),
+                        config: Some(container),
+                        sandbox_config: Some(sandbox_config),
+                    })
+                    .await?
+                    .into_inner()
+                    .container_id;
+                let t2 = Instant::now();
+                raw_client
+                    .start_container(cri::StartContainerRequest {
+                        container_id: id.clone(),
+                    })
+                    .await?;
+                let t3 = Instant::now();
+                let status = raw_client
+                    .container_status(cri::ContainerStatusRequest {
+                        container_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await?
+                    .into_inner()
+                    .status
+                    .context("status")?;
+                ensure!(status.state == cri::ContainerState::ContainerRunning as i32);
+                (sandbox, id, t1, t2, t3)
+            };
+            let t4 = Instant::now();
+            // Teardown always through the crate: it is not what is compared.
+            env.rt.stop_container(&id, Duration::ZERO).await?;
+            env.remove_sandbox(&sandbox).await?;
+            let which = usize::from(!through_crate);
+            for (step, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t0, t4.elapsed()]
+                .into_iter()
+                .enumerate()
+            {
+                laps[which][step].push(d);
+            }
+        }
     }
-    let p50 = |v: &mut Vec<Duration>| {
+    let p50 = |v: &[Duration]| {
+        let mut v = v.to_vec();
         v.sort();
         v[v.len() / 2]
     };
-    println!(
-        "n={N}: RunPodSandbox p50 {:?}, CreateContainer p50 {:?}, StartContainer p50 {:?}, sandbox+container to Running p50 {:?}, teardown p50 {:?}",
-        p50(&mut run_sandbox),
-        p50(&mut create),
-        p50(&mut start),
-        p50(&mut whole),
-        p50(&mut teardown)
-    );
+    println!("n={N} each, p50: step | CriRuntime | bare CRI client");
+    for (step, name) in STEPS.iter().enumerate() {
+        println!(
+            "  {name:30} {:>10.1?} {:>10.1?}",
+            p50(&laps[0][step]),
+            p50(&laps[1][step])
+        );
+    }
     Ok(())
 }
