@@ -236,7 +236,10 @@ pub(crate) fn container_info(status: cri::ContainerStatus, sandbox_id: String) -
             },
             message: Some(status.message).filter(|m| !m.is_empty()),
             started_at: timestamp(status.started_at),
-            finished_at: timestamp(status.finished_at),
+            // containerd stamps the start once its call to start the task returns, and the exit
+            // with the shim's time of the exit: a process that ends at once can have "finished"
+            // before it "started" (seen: by 0.6 ms). Never report a negative run.
+            finished_at: timestamp(status.finished_at.max(status.started_at)),
         }),
         Ok(cri::ContainerState::ContainerUnknown) | Err(_) => ContainerState::Unknown,
     };
@@ -523,6 +526,13 @@ mod tests {
         assert!(
             matches!(running.state, ContainerState::Running { started_at } if started_at.as_second() == 1)
         );
+        // An exit stamped before the start reads as ending when it started.
+        let mut early = status(cri::ContainerState::ContainerExited, 0, "Completed");
+        early.finished_at = early.started_at - 600_000;
+        let ContainerState::Exited(exit) = container_info(early, String::new()).state else {
+            panic!("exited");
+        };
+        assert_eq!(exit.finished_at, exit.started_at);
         let created = container_info(
             status(cri::ContainerState::ContainerCreated, 0, ""),
             String::new(),

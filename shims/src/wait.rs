@@ -4,12 +4,13 @@
 //! So the runtime relists, as the kubelet's PLEG does: one task per [`crate::CriRuntime`] lists
 //! every container each [`POLL_INTERVAL`] while anyone waits (and sleeps while nobody does), and
 //! wakes the waiters of a container once containerd says it exited. A thousand waiters cost one
-//! `ListContainers` per tick, plus one `ContainerStatus` per exit to read its code and reason.
+//! `ListContainers` per tick, plus one `ContainerStatus` as each starts waiting (so a container
+//! that has already exited answers at once) and one per exit, to read its code and reason.
 //!
 //! Waiters keep waiting while containerd is unreachable: a restart of containerd does not end
 //! a running container, and the next successful list after it picks up where the last left
 //! off. A container that is gone from containerd wakes its waiters with `NotFound`. The task
-//! stops with its runtime (on drop, or awaited by [`ExitWatch::shutdown`]); waiters still
+//! stops with its runtime (on drop, or awaited by [`crate::CriRuntime::shutdown`]); waiters still
 //! waiting then get `Unavailable`.
 
 use std::collections::HashMap;

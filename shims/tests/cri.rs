@@ -600,6 +600,74 @@ async fn containers_and_waiters_outlive_a_containerd_restart() -> anyhow::Result
     env.remove_sandbox(&sandbox).await
 }
 
+/// CAP_SYS_ADMIN's bit in `CapEff`.
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_security_context_reach_the_container() -> anyhow::Result<()> {
+    let env = env().await?;
+    let pod = env.sandbox("security", false)?;
+    let sandbox = env.rt.run_sandbox(&pod).await?;
+    let mut limited = env.container(&pod, "limited", "sleep 1000");
+    limited.limits = Limits {
+        memory_bytes: Some(32 << 20),
+        cpu_millicores: Some(500),
+        cpu_request_millicores: Some(250),
+    };
+    limited.security = Security {
+        run_as_user: Some(1000),
+        run_as_group: Some(3000),
+        read_only_root_fs: true,
+        privileged: false,
+    };
+    let mut privileged = env.container(&pod, "privileged", "sleep 1000");
+    privileged.security.privileged = true;
+    let limited_id = env.run(&sandbox, &limited, &pod).await?;
+    let privileged_id = env.run(&sandbox, &privileged, &pod).await?;
+
+    let sh = |id: &str, script: &str| {
+        let (id, script) = (id.to_owned(), script.to_owned());
+        let rt = env.rt.clone();
+        async move {
+            let command = ["sh".to_owned(), "-c".to_owned(), script.clone()];
+            let r = rt.exec_sync(&id, &command, Duration::from_secs(10)).await?;
+            ensure!(r.exit_code == 0, "{script}: {r:?}");
+            anyhow::Ok(String::from_utf8(r.stdout)?.trim().to_owned())
+        }
+    };
+    // runc mounts each cgroup v1 hierarchy with the container's own cgroup at its root.
+    assert_eq!(
+        sh(
+            &limited_id,
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+        )
+        .await?,
+        (32u64 << 20).to_string()
+    );
+    assert_eq!(
+        sh(&limited_id, "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us /sys/fs/cgroup/cpu/cpu.shares").await?,
+        "50000\n100000\n256"
+    );
+    assert_eq!(sh(&limited_id, "id -u; id -g").await?, "1000\n3000");
+    assert_eq!(
+        sh(
+            &limited_id,
+            "touch /written 2>/dev/null && echo writable || echo read-only"
+        )
+        .await?,
+        "read-only"
+    );
+    let cap_eff = |status: String| -> anyhow::Result<u64> {
+        let hex = status.trim_start_matches("CapEff:").trim();
+        Ok(u64::from_str_radix(hex, 16)?)
+    };
+    let plain = cap_eff(sh(&limited_id, "grep CapEff /proc/self/status").await?)?;
+    let full = cap_eff(sh(&privileged_id, "grep CapEff /proc/self/status").await?)?;
+    ensure!(plain & CAP_SYS_ADMIN == 0, "CapEff {plain:x}");
+    ensure!(full & CAP_SYS_ADMIN != 0, "privileged CapEff {full:x}");
+    env.remove_sandbox(&sandbox).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_network_pod() -> anyhow::Result<()> {
     let env = env().await?;
