@@ -448,6 +448,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn dropping_the_watch_ends_its_task() {
+        let fake = Arc::new(Fake::default());
+        fake.run("c");
+        let w = watch(&fake);
+        let waiter = spawn_wait(&w, "c");
+        ticks(2).await;
+        waiter.abort();
+        drop(w);
+        // The task held the other reference to the fake; it lets go once it has ended.
+        for _ in 0..100 {
+            if Arc::strong_count(&fake) == 1 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the poller outlived its watch");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn shutdown_ends_the_poller_and_wakes_waiters() {
         let fake = Arc::new(Fake::default());
         fake.run("c");
