@@ -1,0 +1,26 @@
+//! Ordinary containers for Wedge's edge, through containerd's CRI v1 API.
+//!
+//! [`CriRuntime`] implements Wedge's runtime boundary ([`wedge_core::runtime::RuntimeService`]
+//! with handler `runc`, and [`wedge_core::runtime::ImageService`]) over the same gRPC API the
+//! kubelet drives, so Edged runs a container pod exactly as it runs a Wasm one and containerd
+//! does what it does under a kubelet: images, sandboxes with a CNI network, runc containers,
+//! CRI log files.
+//!
+//! Start reading at [`runtime`], which makes the calls. The mappings it uses are pure and
+//! tested without containerd: [`sandbox`](crate::sandbox) and [`container`](crate::container)
+//! (configs and statuses), [`image`](crate::image) (credentials), [`errors`] (gRPC statuses
+//! to typed errors). [`wait`] stands in for the wait call CRI lacks; [`cni`] writes a pod
+//! network for an edge that has none.
+
+mod client;
+pub mod cni;
+mod container;
+mod errors;
+mod image;
+pub mod runtime;
+mod sandbox;
+pub mod wait;
+
+pub use client::socket_path;
+pub use errors::ConnectError;
+pub use runtime::CriRuntime;
