@@ -423,6 +423,15 @@ impl Edged {
     /// Brings a running pod's file volumes up to date with MetaManager, as the kubelet's
     /// periodic sync does; a failure keeps what the volume held.
     async fn refresh_volumes(&self, pod: &Pod) {
+        // Most pods have no file volume: skip them before resolving and planning anything.
+        let has_files = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .any(volumes::writes_files);
+        if !has_files {
+            return;
+        }
         let Ok(resolved) = env::resolve_env(pod, &|k, ns, n| self.lookup(k, ns, n)) else {
             return;
         };

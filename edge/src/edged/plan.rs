@@ -281,10 +281,7 @@ pub fn plan_pod(pod: &Pod, pods_root: &Path) -> Result<PodPlan, PlanError> {
     let mut volumes = Vec::new();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         let field = format!("spec.volumes[{i}]");
-        let files = v.config_map.is_some()
-            || v.secret.is_some()
-            || v.downward_api.is_some()
-            || v.projected.is_some();
+        let files = super::volumes::writes_files(v);
         let (host_path, create) = if v.empty_dir.is_some() || files {
             (dir.join("volumes").join(&v.name), true)
         } else if let Some(h) = &v.host_path {

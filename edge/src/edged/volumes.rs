@@ -31,6 +31,14 @@ pub struct File {
 /// What a volume holds, when Edged writes it.
 pub type Files = Vec<File>;
 
+/// Whether Edged writes this volume's files (ConfigMap, Secret, downward API, projected).
+pub fn writes_files(v: &k8s_openapi::api::core::v1::Volume) -> bool {
+    v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some()
+}
+
 fn what(kind: ResourceKind) -> &'static str {
     if kind == ResourceKind::Secret {
         "secret"
