@@ -1,7 +1,9 @@
 //! Cloud to edge through real processes: `cloudcore` (embedded API server, control plane,
 //! CloudHub), `edgecore` joined with a token from `wedge token create`, the real `kubectl`, a
 //! real registry serving the sample apps. Each test gets its own ports and directories.
+//! [`containers`] adds a containerd of its own to the edge.
 
+mod containers;
 mod support;
 
 use std::process::Command;

@@ -148,6 +148,10 @@ pub struct ContainerStatus {
     pub image: String,
     /// The resolved image, `repo@sha256:...`, once pulled.
     pub image_id: Option<String>,
+    /// The current instance, `<runtime>://<id>` (`containerd://…`, `wasmtime://…`), as the
+    /// kubelet writes `containerID`.
+    #[serde(default)]
+    pub container_id: Option<String>,
     /// The current state.
     pub state: ContainerState,
     /// The state of the previous instance, after a restart.
@@ -174,6 +178,7 @@ impl ContainerStatus {
             name: self.name.clone(),
             image: self.image.clone(),
             image_id: self.image_id.clone().unwrap_or_default(),
+            container_id: self.container_id.clone(),
             state: Some(self.state.to_k8s()),
             last_state: self.last_state.as_ref().map(ContainerState::to_k8s),
             restart_count: i32::try_from(self.restart_count).unwrap_or(i32::MAX),
@@ -296,6 +301,7 @@ mod tests {
             name: "c".into(),
             image: "i".into(),
             image_id: None,
+            container_id: None,
             last_state: restarted.then(|| state.clone()),
             state,
             restart_count: u32::from(restarted),

@@ -1,9 +1,11 @@
 //! The whole edge agent: what `edgecore` and `wedge up` run.
 //!
 //! Joins the cloud on first start (with a bootstrap token), then runs EdgeHub, Edged, DeviceTwin,
-//! EventBus (with the uploads Rules route to the cloud), the built-in mappers and the certificate rotation over one SQLite database and one
-//! Wasm runtime, until shutdown. Pods reach devices and topics through DeviceTwin and EventBus
-//! (the `wedge:device` and `wedge:messaging` host functions).
+//! EventBus (with the uploads Rules route to the cloud), the built-in mappers and the certificate
+//! rotation over one SQLite database, until shutdown. Pods run on the in-process Wasm runtime
+//! and, when the edge has containerd, on containerd through CRI
+//! ([`ContainerRuntime`]). Pods reach devices and topics through DeviceTwin and EventBus (the
+//! `wedge:device` and `wedge:messaging` host functions).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,8 +15,10 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wedge_core::join_token::JoinToken;
+use wedge_core::runtime::RuntimeService;
 use wedge_edged_wasm::host::Backends;
 use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
+use wedge_shims::CriRuntime;
 
 use crate::devicetwin::DeviceTwin;
 use crate::edged::node::NodeFacts;
@@ -26,6 +30,41 @@ use crate::eventbus::uploads::Uploads;
 use crate::eventbus::{BrokerChoice, EventBus};
 use crate::store::Database;
 use crate::tls::EdgeCredentials;
+
+/// kubelet's default CRI endpoint: containerd's socket.
+pub const DEFAULT_CRI_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
+/// Whether the edge runs containers, and through which containerd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerRuntime {
+    /// Wasm only.
+    None,
+    /// containerd at [`DEFAULT_CRI_ENDPOINT`] if it answers at start, else Wasm only.
+    Detect,
+    /// containerd at this endpoint, offered even while it is down (pods wait for it).
+    Endpoint(String),
+}
+
+/// The pod network written for containerd when it has none (see `wedge_shims::cni`).
+#[derive(Debug, Clone)]
+pub struct PodNetwork {
+    /// containerd's CNI config directory.
+    pub conf_dir: PathBuf,
+    /// The pods' subnet.
+    pub subnet: String,
+    /// The bridge's name.
+    pub bridge: String,
+}
+
+impl Default for PodNetwork {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            subnet: "10.88.0.0/16".into(),
+            bridge: "wedge0".into(),
+        }
+    }
+}
 
 /// edgecore's settings.
 #[derive(Debug, Clone)]
@@ -57,6 +96,15 @@ pub struct AgentConfig {
     /// Components to add to the image store under a name before anything starts, as
     /// `wedge image import` does (the samples of `wedge up`).
     pub preload: Vec<(String, PathBuf)>,
+    /// Containers through containerd, or not.
+    pub container_runtime: ContainerRuntime,
+    /// The cgroup pods' cgroups go under (kubelet's `--cgroup-root`).
+    pub cgroup_root: Option<String>,
+    /// Whether containers may run privileged.
+    pub allow_privileged: bool,
+    /// The network written for containerd when its CNI directory holds none; `None` writes
+    /// nothing.
+    pub pod_network: Option<PodNetwork>,
 }
 
 impl AgentConfig {
@@ -80,6 +128,10 @@ impl AgentConfig {
             preload: Vec::new(),
             mqtt: BrokerChoice::Embedded(std::net::SocketAddr::from(([127, 0, 0, 1], 1883))),
             reconnect_max: Duration::from_secs(30),
+            container_runtime: ContainerRuntime::Detect,
+            cgroup_root: None,
+            allow_privileged: false,
+            pod_network: Some(PodNetwork::default()),
         }
     }
 }
@@ -110,6 +162,9 @@ pub enum AgentError {
     /// The runtime could not start.
     #[error(transparent)]
     Runtime(#[from] wedge_edged_wasm::RuntimeStartError),
+    /// The container runtime endpoint is not usable.
+    #[error("--container-runtime-endpoint: {0}")]
+    ContainerRuntime(#[from] wedge_shims::ConnectError),
     /// A directory could not be created.
     #[error("{path}: {source}")]
     Io {
@@ -184,11 +239,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             .map_err(|e| AgentError::Preload(name.clone(), e.to_string()))?;
     }
 
-    let runtimes = Runtimes::new().with(RuntimeHandle::new(Arc::new(runtime.clone())));
-    let workers = PodWorkers::new(
-        runtimes.clone(),
-        WorkerConfig::new(config.root.join("pods")),
-    );
+    let mut runtimes = Runtimes::new().with(RuntimeHandle::new(Arc::new(runtime.clone())));
+    let cri = containerd(&config).await?;
+    if let Some(cri) = &cri {
+        runtimes = runtimes.with(RuntimeHandle::new(Arc::new(cri.clone())));
+    }
+    tracing::info!(runtimes = ?runtimes.handlers(), "runtimes offered");
+    let mut worker_config = WorkerConfig::new(config.root.join("pods"));
+    worker_config.cgroup_parent = config.cgroup_root.clone();
+    let workers = PodWorkers::new(runtimes.clone(), worker_config);
 
     let node_ip = config
         .node_ip
@@ -205,13 +264,23 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
     edged_config.node_status_interval = config.node_status_interval;
     edged_config.lease_interval = config.lease_interval;
-    let edged = Edged::new(
+    edged_config.allow_privileged = config.allow_privileged;
+    let mut edged = Edged::new(
         workers,
         db.meta(),
         db.outbox(),
         signals.clone(),
         edged_config,
     );
+    if cri.is_some() {
+        // Two runtimes: a pod without a RuntimeClass goes where its images' kind says.
+        match wedge_oci::ImageKinds::new(&config.insecure_registries) {
+            Ok(kinds) => edged = edged.with_image_kinds(Arc::new(kinds)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot ask registries for image kinds: pods without a RuntimeClass run on Wasm unless containerd holds their images");
+            }
+        }
+    }
     let tls_creds = creds.clone();
     let mut hub_config = EdgeHubConfig::new(
         config.cloud.clone(),
@@ -238,5 +307,75 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tracing::info!(node = config.node, cloud = config.cloud, "edgecore running");
     while tasks.join_next().await.is_some() {}
     runtime.shutdown();
+    if let Some(cri) = cri {
+        cri.shutdown().await;
+    }
     Ok(())
+}
+
+/// How long containerd may take to answer at start.
+const CRI_PROBE: Duration = Duration::from_secs(3);
+
+/// containerd through CRI, as the settings ask: detected at the default socket (used only if it
+/// answers), or at the endpoint given (used even while down). Writes the pod network when
+/// containerd has none.
+async fn containerd(config: &AgentConfig) -> Result<Option<CriRuntime>, AgentError> {
+    let (endpoint, required) = match &config.container_runtime {
+        ContainerRuntime::None => return Ok(None),
+        ContainerRuntime::Detect => (DEFAULT_CRI_ENDPOINT, false),
+        ContainerRuntime::Endpoint(endpoint) => (endpoint.as_str(), true),
+    };
+    if !required && !wedge_shims::socket_path(endpoint)?.exists() {
+        tracing::info!(
+            endpoint,
+            "no containerd found: this edge runs Wasm pods only"
+        );
+        return Ok(None);
+    }
+    let cri = CriRuntime::connect(endpoint)?;
+    match tokio::time::timeout(CRI_PROBE, cri.version()).await {
+        Ok(Ok(version)) => tracing::info!(
+            endpoint,
+            version,
+            "containerd found: this edge runs container pods too"
+        ),
+        Ok(Err(error)) if required => {
+            tracing::warn!(endpoint, %error, "containerd does not answer yet: container pods wait for it")
+        }
+        Err(_) if required => tracing::warn!(
+            endpoint,
+            "containerd does not answer yet: container pods wait for it"
+        ),
+        Ok(Err(error)) => {
+            tracing::info!(endpoint, %error, "containerd does not answer: this edge runs Wasm pods only");
+            cri.shutdown().await;
+            return Ok(None);
+        }
+        Err(_) => {
+            tracing::info!(
+                endpoint,
+                "containerd does not answer: this edge runs Wasm pods only"
+            );
+            cri.shutdown().await;
+            return Ok(None);
+        }
+    }
+    if let Some(network) = &config.pod_network {
+        let data_dir = config.root.join("cni");
+        match wedge_shims::cni::write_bridge_config(
+            &network.conf_dir,
+            &network.bridge,
+            &network.subnet,
+            &data_dir,
+        ) {
+            Ok(Some(file)) => {
+                tracing::info!(file = %file.display(), subnet = network.subnet, "wrote a pod network for containerd (it had none)")
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot write a pod network for containerd: pods without hostNetwork will not start until one exists")
+            }
+        }
+    }
+    Ok(Some(cri))
 }

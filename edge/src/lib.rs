@@ -24,6 +24,3 @@ pub mod reports;
 pub mod rotation;
 pub mod store;
 pub mod tls;
-
-/// The wasmtime version the runtime embeds, as the node reports it.
-pub const WASMTIME_VERSION: &str = "48";

@@ -2,8 +2,9 @@
 //! and the config blob, classified by [`crate::media::classify`], without pulling layers.
 //!
 //! Answers are remembered: by digest references for good, by tag for [`TAG_TTL`] (a tag may be
-//! pushed again). Only anonymous access is tried: a private image's kind stays unknown, and the
-//! caller falls back to what the pod says (its RuntimeClass).
+//! pushed again). The scheduler asks anonymously (a private image's kind stays unknown there,
+//! and it falls back to what the pod says, its RuntimeClass); an edge asks with the pod's pull
+//! credentials ([`ImageKinds::kind_with`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -34,8 +35,17 @@ impl ImageKinds {
         })
     }
 
-    /// What `image` is.
+    /// What `image` is, asked anonymously.
     pub async fn kind_of(&self, image: &str) -> Result<ImageKind, RegistryError> {
+        self.kind_with(image, &RegistryAuth::Anonymous).await
+    }
+
+    /// What `image` is, asked with `auth`.
+    pub async fn kind_with(
+        &self,
+        image: &str,
+        auth: &RegistryAuth,
+    ) -> Result<ImageKind, RegistryError> {
         let remembered = self
             .known
             .lock()
@@ -51,11 +61,10 @@ impl ImageKinds {
             reference: image.to_owned(),
             detail: format!("not an image reference: {e}"),
         })?;
-        let auth = RegistryAuth::Anonymous;
-        let (manifest, _) = self.registry.manifest(&reference, &auth).await?;
+        let (manifest, _) = self.registry.manifest(&reference, auth).await?;
         let config = self
             .registry
-            .blob(&reference, &auth, &manifest.config)
+            .blob(&reference, auth, &manifest.config)
             .await?;
         let kind = media::classify(&manifest, &config);
         self.known

@@ -14,4 +14,5 @@ pub mod registry;
 
 pub use kinds::ImageKinds;
 pub use media::{ImageKind, WasmLayout};
+pub use oci_client::secrets::RegistryAuth;
 pub use registry::{RegistryClient, RegistryError};

@@ -7,11 +7,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use wedge_edge::agent::{self, AgentConfig};
+use wedge_edge::agent::{self, AgentConfig, ContainerRuntime, PodNetwork};
 use wedge_edge::eventbus::BrokerChoice;
 
 #[derive(Parser)]
-#[command(name = "edgecore", version, about = "Wedge's edge agent")]
+#[command(
+    name = "edgecore",
+    version,
+    about = "Wedge's edge agent",
+    args_override_self = true
+)]
 struct Args {
     /// Where the database, certificates, images and pod logs live.
     #[arg(long, env = "WEDGE_EDGE_ROOT", default_value = "/var/lib/wedge/edge")]
@@ -49,6 +54,22 @@ struct Args {
     /// Where the embedded MQTT broker listens, when no --mqtt-broker is given (port 0: any).
     #[arg(long, env = "WEDGE_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
     mqtt_listen: std::net::SocketAddr,
+    /// containerd's CRI socket, to run container pods beside Wasm ones (`none`: Wasm only).
+    /// Default: containerd's usual socket, used if containerd answers there at start.
+    #[arg(long, env = "WEDGE_CONTAINER_RUNTIME_ENDPOINT")]
+    container_runtime_endpoint: Option<String>,
+    /// The cgroup container pods' cgroups go under (default: containerd's).
+    #[arg(long)]
+    cgroup_root: Option<String>,
+    /// Let containers run privileged (refused by default).
+    #[arg(long)]
+    allow_privileged: bool,
+    /// containerd's CNI config directory: a bridge network is written there when it holds none.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The container pods' subnet on this edge, for that bridge network.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    pod_cidr: String,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +101,18 @@ fn main() -> ExitCode {
         },
         None => BrokerChoice::Embedded(args.mqtt_listen),
     };
+    config.container_runtime = match args.container_runtime_endpoint.as_deref() {
+        None => ContainerRuntime::Detect,
+        Some("" | "none") => ContainerRuntime::None,
+        Some(endpoint) => ContainerRuntime::Endpoint(endpoint.to_owned()),
+    };
+    config.cgroup_root = args.cgroup_root;
+    config.allow_privileged = args.allow_privileged;
+    config.pod_network = Some(PodNetwork {
+        conf_dir: args.cni_conf_dir,
+        subnet: args.pod_cidr,
+        ..PodNetwork::default()
+    });
     config.node_status_interval = Duration::from_secs(args.node_status_seconds.max(1));
     config.lease_interval = Duration::from_secs(args.lease_seconds.max(1));
     config.reconnect_max = Duration::from_secs(args.reconnect_max_seconds.max(1));

@@ -23,7 +23,7 @@ use kube::Api;
 use kube::api::PostParams;
 use tokio_util::sync::CancellationToken;
 use wedge_cloudcore::{CloudCore, CloudCoreConfig};
-use wedge_edge::agent::{self, AgentConfig};
+use wedge_edge::agent::{self, AgentConfig, ContainerRuntime};
 use wedge_edge::eventbus::BrokerChoice;
 use wedge_edge::tls::EdgeCredentials;
 use wedge_mapper_modbus::{SimConfig, Simulator};
@@ -81,6 +81,35 @@ pub struct UpArgs {
     /// Where the sample Modbus TCP device simulator listens.
     #[arg(long, default_value = "127.0.0.1:5020")]
     modbus_sim_listen: SocketAddr,
+    /// containerd's CRI socket, for container pods beside Wasm ones (`none`: Wasm only).
+    /// Default: containerd's usual socket, used if containerd answers there.
+    #[arg(long)]
+    container_runtime_endpoint: Option<String>,
+}
+
+/// The RuntimeClasses of Wedge's two runtimes, as `kubectl get runtimeclass` lists them: a pod
+/// names one to choose its runtime (without one, its images' kind decides).
+async fn apply_runtime_classes(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::node::v1::RuntimeClass;
+    let classes: Api<RuntimeClass> = Api::all(client.clone());
+    for handler in [wedge_core::runtimes::WASM, wedge_core::runtimes::RUNC] {
+        let class = RuntimeClass {
+            metadata: kube::api::ObjectMeta {
+                name: Some(handler.to_owned()),
+                ..Default::default()
+            },
+            handler: handler.to_owned(),
+            ..Default::default()
+        };
+        match classes.create(&PostParams::default(), &class).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating the RuntimeClass {handler}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies the sample DeviceModels and Devices, bound to `node` and pointing at the simulator.
@@ -160,6 +189,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let cluster =
         wedge_cli::EmbeddedCluster::start(config, controllers, identity, &shutdown).await?;
     let client = cluster.client.clone();
+    apply_runtime_classes(&client).await?;
 
     let mut hub = CloudCoreConfig::new(root.join("cloudcore").join("hub"));
     hub.hub.listen = args.hub_listen;
@@ -183,6 +213,11 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut edge = AgentConfig::new(&edge_root, cloudcore.local_addr().to_string(), &args.node);
     edge.insecure_registries = args.insecure_registries.clone();
     edge.node_ip = Some("127.0.0.1".into());
+    edge.container_runtime = match args.container_runtime_endpoint.as_deref() {
+        None => ContainerRuntime::Detect,
+        Some("" | "none") => ContainerRuntime::None,
+        Some(endpoint) => ContainerRuntime::Endpoint(endpoint.to_owned()),
+    };
     edge.mqtt = match &args.mqtt_broker {
         Some(address) => BrokerChoice::external(address).context("--mqtt-broker")?,
         None => BrokerChoice::Embedded(args.mqtt_listen),

@@ -53,17 +53,21 @@ pub enum ResourceKind {
     Rule,
     /// A message published on the edge's MQTT bus that a Rule routes to the cloud (up).
     Upload,
+    /// A `node.k8s.io/v1` RuntimeClass a pod on the edge names (down, cluster-scoped): its
+    /// handler picks the runtime the pod runs on.
+    RuntimeClass,
 }
 
 impl ResourceKind {
     /// The kinds the cloud sends down and the edge keeps.
-    pub const DOWNSTREAM: [ResourceKind; 6] = [
+    pub const DOWNSTREAM: [ResourceKind; 7] = [
         Self::Pod,
         Self::ConfigMap,
         Self::Secret,
         Self::Device,
         Self::DeviceModel,
         Self::Rule,
+        Self::RuntimeClass,
     ];
 
     /// The kebab-case name, as in frames and logs.
@@ -80,6 +84,7 @@ impl ResourceKind {
             Self::DeviceStatus => "device-status",
             Self::Rule => "rule",
             Self::Upload => "upload",
+            Self::RuntimeClass => "runtime-class",
         }
     }
 

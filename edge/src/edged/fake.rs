@@ -34,12 +34,32 @@ struct State {
 }
 
 /// The fake runtime.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Fake {
     state: Arc<Mutex<State>>,
+    handler: &'static str,
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        Self::with_handler("fake")
+    }
 }
 
 impl Fake {
+    /// A fake answering to `handler`.
+    pub fn with_handler(handler: &'static str) -> Self {
+        Self {
+            state: Arc::default(),
+            handler,
+        }
+    }
+
+    /// The runtime holds `image` (pulled before).
+    pub fn hold_image(&self, image: &str) {
+        self.lock().held.insert(image.to_owned());
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
@@ -184,7 +204,17 @@ impl ImageService for Fake {
     }
 
     async fn list_images(&self) -> Result<Vec<ImageInfo>, ImageError> {
-        Ok(Vec::new())
+        Ok(self
+            .lock()
+            .held
+            .iter()
+            .map(|image| ImageInfo {
+                id: format!("sha256:{image}"),
+                repo_tags: vec![image.clone()],
+                repo_digests: Vec::new(),
+                size_bytes: 1,
+            })
+            .collect())
     }
 
     async fn remove_image(&self, _image: &str) -> Result<(), ImageError> {
@@ -195,7 +225,7 @@ impl ImageService for Fake {
 #[async_trait]
 impl RuntimeService for Fake {
     fn handler(&self) -> &'static str {
-        "fake"
+        self.handler
     }
 
     async fn version(&self) -> Result<String, RuntimeError> {

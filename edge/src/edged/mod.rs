@@ -9,7 +9,9 @@
 //! still start after a restart and reports wait in the outbox.
 //!
 //! Edged does the kubelet's job once for every runtime ([`pod_workers`], [`worker`]); the
-//! runtimes ([`runtimes`]) only run sandboxes and containers.
+//! runtimes ([`runtimes`]) only run sandboxes and containers. Which runtime a pod runs on is
+//! decided by [`runtime_class`], in a task of its own (it may ask a registry), whose answer
+//! comes back to the loop that starts the pod.
 
 pub mod env;
 pub mod node;
@@ -17,6 +19,7 @@ pub mod plan;
 pub mod pod_workers;
 pub mod prober;
 pub mod pull_secrets;
+pub mod runtime_class;
 pub mod runtimes;
 pub mod status;
 pub mod volumes;
@@ -32,9 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
+use wedge_core::runtime::PullAuth;
 
 use crate::reports::{self, Report};
 use crate::store::{MetaStore, Outbox};
@@ -69,6 +74,8 @@ pub struct EdgedConfig {
     /// How often every pod's status is compared with what was reported, besides the runtime's
     /// change notices.
     pub status_resync: Duration,
+    /// Whether containers may run `privileged` (edgecore `--allow-privileged`).
+    pub allow_privileged: bool,
 }
 
 impl EdgedConfig {
@@ -80,6 +87,7 @@ impl EdgedConfig {
             lease_interval: Duration::from_secs(10),
             lease_duration_seconds: 40,
             status_resync: Duration::from_secs(10),
+            allow_privileged: false,
         }
     }
 }
@@ -96,6 +104,8 @@ struct PodState {
     /// Why it could not start, for which resourceVersion.
     refused: Option<(String, String)>,
     reported: Option<PodStatus>,
+    /// Its runtime is being chosen (see [`runtime_class`]).
+    choosing: bool,
     stopping: bool,
     confirmed: bool,
 }
@@ -106,6 +116,23 @@ struct Stopped {
     confirm: bool,
 }
 
+/// A pod whose runtime was chosen, ready to start.
+struct Chosen {
+    uid: String,
+    /// The resourceVersion planned.
+    rv: String,
+    plan: plan::PodPlan,
+    auth: std::collections::BTreeMap<String, PullAuth>,
+    handler: Result<&'static str, runtime_class::ChoiceError>,
+}
+
+/// What the loop's helper tasks send back.
+#[derive(Clone)]
+struct Loopback {
+    stopped: mpsc::UnboundedSender<Stopped>,
+    chosen: mpsc::UnboundedSender<Chosen>,
+}
+
 /// The pod manager.
 pub struct Edged {
     workers: PodWorkers,
@@ -114,6 +141,8 @@ pub struct Edged {
     signals: Arc<Signals>,
     config: EdgedConfig,
     pods: HashMap<String, PodState>,
+    /// Where the kinds of images no runtime holds are asked, on edges with several runtimes.
+    image_kinds: Option<Arc<dyn runtime_class::ImageKinds>>,
 }
 
 fn grace_of(pod: &Pod) -> Duration {
@@ -131,6 +160,14 @@ fn is_terminal(pod: &Pod) -> bool {
 
 fn phase_is_terminal(status: &PodStatus) -> bool {
     matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+}
+
+/// Queues `report` and wakes EdgeHub.
+fn put(outbox: &Outbox, signals: &Signals, report: &Report) {
+    match outbox.put(&report.key, report.operation, &report.payload) {
+        Ok(_) => signals.outbox_changed.notify_one(),
+        Err(error) => tracing::error!(key = %report.key, %error, "cannot queue a report"),
+    }
 }
 
 /// The status of `pod` queued in the outbox, if one waits there for this uid.
@@ -173,7 +210,15 @@ impl Edged {
             signals,
             config,
             pods: HashMap::new(),
+            image_kinds: None,
         }
+    }
+
+    /// Asks `kinds` the kind of images no runtime here holds, to choose a pod's runtime.
+    #[must_use]
+    pub fn with_image_kinds(mut self, kinds: Arc<dyn runtime_class::ImageKinds>) -> Self {
+        self.image_kinds = Some(kinds);
+        self
     }
 
     /// Runs until `shutdown`, then lets go of the pods: containers keep running and are adopted
@@ -194,13 +239,26 @@ impl Edged {
             .collect();
         self.workers.remove_orphans(&held).await;
         let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<Stopped>();
-        let mut node_tick = tokio::time::interval(self.config.node_status_interval);
+        let (chosen_tx, mut chosen_rx) = mpsc::unbounded_channel::<Chosen>();
+        let loopback = Loopback {
+            stopped: stopped_tx,
+            chosen: chosen_tx,
+        };
+        // The node's status asks the runtimes (which may be slow or down): a task of its own,
+        // ended with this loop.
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(node::report_loop(
+            self.config.clone(),
+            self.workers.runtimes().clone(),
+            self.outbox.clone(),
+            self.signals.clone(),
+        ));
         let mut lease_tick = tokio::time::interval(self.config.lease_interval);
         let mut resync_tick = tokio::time::interval(self.config.status_resync);
         let mut reconcile = true;
         loop {
             if reconcile {
-                self.reconcile(&stopped_tx).await;
+                self.reconcile(&loopback).await;
             }
             reconcile = false;
             tokio::select! {
@@ -216,7 +274,7 @@ impl Edged {
                     }
                 }
                 Some(stopped) = stopped_rx.recv() => self.stopped(stopped),
-                _ = node_tick.tick() => self.report_node(),
+                Some(chosen) = chosen_rx.recv() => self.chosen(chosen),
                 _ = lease_tick.tick() => {
                     let node = self.config.node.name.clone();
                     self.put(reports::lease(&node, self.config.lease_duration_seconds));
@@ -230,22 +288,12 @@ impl Edged {
                 }
             }
         }
+        background.shutdown().await;
         self.workers.detach_all();
     }
 
     fn put(&self, report: Report) {
-        match self
-            .outbox
-            .put(&report.key, report.operation, &report.payload)
-        {
-            Ok(_) => self.signals.outbox_changed.notify_one(),
-            Err(error) => tracing::error!(key = %report.key, %error, "cannot queue a report"),
-        }
-    }
-
-    fn report_node(&self) {
-        let report = node::node_report(&self.config.node);
-        self.put(reports::node_status(&self.config.node.name, &report));
+        put(&self.outbox, &self.signals, &report);
     }
 
     fn desired_pods(&self) -> Vec<Pod> {
@@ -276,7 +324,8 @@ impl Edged {
         self.meta.get(&key).ok().flatten().map(|o| o.object)
     }
 
-    async fn reconcile(&mut self, stopped: &mpsc::UnboundedSender<Stopped>) {
+    async fn reconcile(&mut self, loopback: &Loopback) {
+        let stopped = &loopback.stopped;
         let desired = self.desired_pods();
         let running: HashSet<String> = self.workers.pods().into_iter().collect();
         let mut wanted = HashSet::new();
@@ -302,6 +351,7 @@ impl Edged {
                 // A status still waiting in the outbox is newer than the cloud's copy: a pod
                 // that finished while the cloud was away must not run again after a restart.
                 reported: queued_status(&self.outbox, &pod).or_else(|| pod.status.clone()),
+                choosing: false,
                 stopping: false,
                 confirmed: false,
             });
@@ -331,17 +381,17 @@ impl Edged {
                 self.refresh_volumes(&pod).await;
                 continue;
             }
-            if finished {
+            if finished || state.choosing {
                 continue;
             }
             let rv = pod.metadata.resource_version.clone().unwrap_or_default();
             if state.refused.as_ref().is_some_and(|(at, _)| *at == rv) {
                 continue;
             }
-            let outcome = self.start(&pod).await;
+            let outcome = self.start(&pod, rv.clone(), &loopback.chosen).await;
             let state = self.pods.get_mut(&uid).expect("inserted above");
             match outcome {
-                Ok(()) => state.refused = None,
+                Ok(()) => state.choosing = true,
                 Err((message, permanent)) => {
                     tracing::warn!(pod = %format!("{}/{}", state.namespace, state.name), message, "cannot start the pod");
                     // A permanent refusal waits for a new version of the pod; a missing
@@ -376,21 +426,108 @@ impl Edged {
             .retain(|uid, s| wanted.contains(uid) || s.stopping);
     }
 
-    /// Starts a pod: env, volumes and pull credentials from what MetaManager holds, the spec
-    /// planned. `Err((message, permanent))`: a permanent refusal waits for a new version of the
-    /// pod, a missing ConfigMap or Secret is retried whenever objects change.
-    async fn start(&self, pod: &Pod) -> Result<(), (String, bool)> {
+    /// Prepares a pod: env, volumes and pull credentials from what MetaManager holds, the spec
+    /// planned, its RuntimeClass resolved; then has its runtime chosen in a task that sends the
+    /// pod back on `chosen` to be started. `Err((message, permanent))`: a permanent refusal
+    /// waits for a new version of the pod, a missing ConfigMap, Secret or RuntimeClass is
+    /// retried whenever objects change.
+    async fn start(
+        &self,
+        pod: &Pod,
+        rv: String,
+        chosen: &mpsc::UnboundedSender<Chosen>,
+    ) -> Result<(), (String, bool)> {
         let lookup = |k, ns: &str, n: &str| self.lookup(k, ns, n);
         let resolved = env::resolve_env(pod, &lookup).map_err(|m| (m, false))?;
         let plan = plan::plan_pod(&resolved, &self.workers.config().pods_root)
             .map_err(|e| (e.to_string(), true))?;
+        if !self.config.allow_privileged
+            && let Some(c) = plan.all_containers().find(|c| c.security.privileged)
+        {
+            return Err((
+                format!(
+                    "container {:?} asks to run privileged, which this edge does not allow (edgecore --allow-privileged)",
+                    c.name
+                ),
+                true,
+            ));
+        }
+        let class = match &plan.runtime_class {
+            Some(name) => Some((name.clone(), self.runtime_class(name)?)),
+            None => None,
+        };
         self.write_volumes(pod, &plan)
             .await
             .map_err(|m| (m, false))?;
         let auth = pull_secrets::pull_auth(pod, &lookup);
-        self.workers
-            .start(plan, None, auth)
-            .map_err(|e| (e.to_string(), true))
+        let (runtimes, kinds, tx) = (
+            self.workers.runtimes().clone(),
+            self.image_kinds.clone(),
+            chosen.clone(),
+        );
+        // A pod found running after a restart stays on the runtime that runs it.
+        let inherited = self.workers.inherited(&plan.uid);
+        tokio::spawn(async move {
+            let handler = match inherited {
+                Some(handler) => Ok(handler),
+                None => {
+                    let class = class.as_ref().map(|(n, h)| (n.as_str(), h.as_str()));
+                    runtime_class::choose(&runtimes, class, &plan, &auth, kinds.as_deref()).await
+                }
+            };
+            let _ = tx.send(Chosen {
+                uid: plan.uid.clone(),
+                rv,
+                plan,
+                auth,
+                handler,
+            });
+        });
+        Ok(())
+    }
+
+    /// The handler of RuntimeClass `name`, from MetaManager (the cloud sends it with the pod).
+    fn runtime_class(&self, name: &str) -> Result<String, (String, bool)> {
+        let missing = || {
+            (
+                format!("RuntimeClass {name:?} not found on this edge (yet)"),
+                false,
+            )
+        };
+        let object = self
+            .lookup(ResourceKind::RuntimeClass, "", name)
+            .ok_or_else(missing)?;
+        let class: RuntimeClass = serde_json::from_value(object)
+            .map_err(|e| (format!("RuntimeClass {name:?} does not parse: {e}"), false))?;
+        Ok(class.handler)
+    }
+
+    /// Starts a pod whose runtime was chosen, unless it was deleted or changed meanwhile.
+    fn chosen(&mut self, chosen: Chosen) {
+        let Some(state) = self.pods.get_mut(&chosen.uid) else {
+            return;
+        };
+        state.choosing = false;
+        if state.stopping || state.confirmed || state.pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let pod_name = format!("{}/{}", state.namespace, state.name);
+        let outcome = chosen
+            .handler
+            .map_err(|e| e.to_string())
+            .and_then(|handler| {
+                self.workers
+                    .start(chosen.plan, Some(handler), chosen.auth)
+                    .map_err(|e| e.to_string())
+            });
+        match outcome {
+            Ok(()) => state.refused = None,
+            Err(message) => {
+                tracing::warn!(pod = %pod_name, message, "cannot start the pod");
+                state.refused = Some((chosen.rv, message));
+            }
+        }
+        self.report_status(&chosen.uid);
     }
 
     /// Writes the pod's ConfigMap, Secret, downward-API and projected volumes (only what

@@ -236,6 +236,12 @@ impl PodWorkers {
         }
     }
 
+    /// The handler of the runtime that held the pod when Edged started, if one did (the pod
+    /// is adopted there).
+    pub fn inherited(&self, uid: &str) -> Option<&'static str> {
+        lock(&self.inner.inventory).get(uid).map(|(h, _)| *h)
+    }
+
     /// The runtime for a pod: `handler` when given, else the one holding the pod from before,
     /// else the default.
     fn choose(&self, uid: &str, handler: Option<&str>) -> Result<RuntimeHandle, StartError> {
@@ -350,8 +356,14 @@ impl PodWorkers {
     pub fn status(&self, uid: &str) -> Option<PodStatusReport> {
         let entry = lock(&self.inner.pods).get(uid).cloned()?;
         let state = &entry.state;
-        let init: Vec<_> = state.init.iter().map(|s| s.status()).collect();
-        let containers: Vec<_> = state.containers.iter().map(|s| s.status()).collect();
+        let scheme = state.handle.id_scheme();
+        let status = |slot: &Arc<worker::Slot>| {
+            let mut status = slot.status();
+            status.container_id = slot.id().map(|id| format!("{scheme}://{id}"));
+            status
+        };
+        let init: Vec<_> = state.init.iter().map(status).collect();
+        let containers: Vec<_> = state.containers.iter().map(status).collect();
         let init_restarts = state.plan.restart_policy != RestartPolicy::Never;
         Some(PodStatusReport {
             phase: PodPhase::derive_with_init(&init, &containers, init_restarts),

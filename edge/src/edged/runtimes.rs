@@ -29,6 +29,16 @@ impl RuntimeHandle {
     pub fn handler(&self) -> &'static str {
         self.runtime.handler()
     }
+
+    /// The scheme of its containers' ids in statuses (`containerd://<id>`, as kubelets on
+    /// containerd write them; `wasmtime://<id>`).
+    pub fn id_scheme(&self) -> &'static str {
+        match self.handler() {
+            wedge_core::runtimes::RUNC => "containerd",
+            wedge_core::runtimes::WASM => "wasmtime",
+            other => other,
+        }
+    }
 }
 
 impl std::fmt::Debug for RuntimeHandle {

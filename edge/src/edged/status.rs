@@ -74,6 +74,7 @@ pub fn pod_status(
                     name: c.name.clone(),
                     image: c.image.clone().unwrap_or_default(),
                     image_id: None,
+                    container_id: None,
                     state,
                     last_state: None,
                     restart_count: 0,
@@ -156,6 +157,7 @@ mod tests {
                 name: "app".into(),
                 image: "r/app:1".into(),
                 image_id: None,
+                container_id: None,
                 state: ContainerState::Running {
                     started_at: jiff::Timestamp::UNIX_EPOCH,
                 },

@@ -53,6 +53,7 @@ impl Slot {
             name: plan.name.clone(),
             image: plan.image.clone(),
             image_id: None,
+            container_id: None,
             state: ContainerState::waiting(initial, None),
             last_state: None,
             restart_count: 0,

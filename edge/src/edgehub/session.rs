@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -427,6 +428,13 @@ impl Link<'_> {
                 let model: wedge_core::device::DeviceModel = serde_json::from_value(object.clone())
                     .map_err(|e| format!("not a DeviceModel: {e}"))?;
                 model.property_models().map_err(|e| e.to_string())?;
+            }
+            ResourceKind::RuntimeClass => {
+                let class: RuntimeClass = serde_json::from_value(object.clone())
+                    .map_err(|e| format!("not a RuntimeClass: {e}"))?;
+                if class.handler.is_empty() {
+                    return Err("the RuntimeClass names no handler".to_owned());
+                }
             }
             ResourceKind::Rule => {
                 let rule: wedge_core::rule::Rule = serde_json::from_value(object.clone())

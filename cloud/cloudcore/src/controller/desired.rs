@@ -1,6 +1,6 @@
 //! What each edge should hold: the pods and Devices bound to its node, the Rules whose eventbus
-//! source is its node, and what those reference (a pod's ConfigMaps and Secrets, a Device's
-//! DeviceModel), read from shared watch caches.
+//! source is its node, and what those reference (a pod's ConfigMaps, Secrets and RuntimeClass, a
+//! Device's DeviceModel), read from shared watch caches.
 //!
 //! The index maps nodes to keys and keys to nodes; the objects themselves stay in the caches
 //! (`kube::runtime::reflector` stores), read when a session sends. One watch per kind serves
@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Resource;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -38,7 +39,7 @@ struct NodeEntry {
 }
 
 /// The index: bound objects (pods, Devices), per-node keys, and which nodes reference each
-/// referenced object (ConfigMap, Secret, DeviceModel).
+/// referenced object (ConfigMap, Secret, RuntimeClass, DeviceModel).
 #[derive(Debug, Default)]
 pub struct Index {
     bound: HashMap<ObjectKey, Bound>,
@@ -74,9 +75,13 @@ impl Index {
                     .insert(node.clone());
             }
         }
-        self.bound.insert(key, Bound { node, refs });
         changes.sort();
         changes.dedup();
+        // What the object references goes first, so that an edge holds a pod's ConfigMaps,
+        // Secrets and RuntimeClass by the time the pod arrives.
+        // (An old node, when the object moved, drops the object before what it referenced.)
+        changes.sort_by_key(|(n, k)| *n == node && *k == key);
+        self.bound.insert(key, Bound { node, refs });
         changes
     }
 
@@ -110,7 +115,8 @@ impl Index {
         changes
     }
 
-    /// The nodes whose bound objects reference `key` (a ConfigMap, Secret or DeviceModel).
+    /// The nodes whose bound objects reference `key` (a ConfigMap, Secret, RuntimeClass or
+    /// DeviceModel).
     pub fn referrers(&self, key: &ObjectKey) -> Vec<String> {
         self.referrers
             .get(key)
@@ -118,11 +124,11 @@ impl Index {
             .unwrap_or_default()
     }
 
-    /// Every key `node` should hold.
+    /// Every key `node` should hold, referenced objects before the objects that reference them.
     pub fn keys_for(&self, node: &str) -> Vec<ObjectKey> {
         self.nodes
             .get(node)
-            .map(|e| e.bound.iter().chain(e.refs.keys()).cloned().collect())
+            .map(|e| e.refs.keys().chain(&e.bound).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -196,6 +202,8 @@ pub struct Desired {
     pub config_maps: Store<ConfigMap>,
     /// Every Secret.
     pub secrets: Store<Secret>,
+    /// Every RuntimeClass.
+    pub runtime_classes: Store<RuntimeClass>,
     /// Every Device.
     pub devices: DynamicCache,
     /// Every DeviceModel.
@@ -242,12 +250,14 @@ impl Desired {
         pods: Store<Pod>,
         config_maps: Store<ConfigMap>,
         secrets: Store<Secret>,
+        runtime_classes: Store<RuntimeClass>,
         dynamic: DynamicStores,
     ) -> Self {
         Self {
             pods,
             config_maps,
             secrets,
+            runtime_classes,
             devices: DynamicCache {
                 store: dynamic.devices,
                 resource: devices::device_resource(),
@@ -274,6 +284,7 @@ impl Desired {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.config_maps.wait_until_ready().await;
         let _ = self.secrets.wait_until_ready().await;
+        let _ = self.runtime_classes.wait_until_ready().await;
         let _ = self.devices.store.wait_until_ready().await;
         let _ = self.device_models.store.wait_until_ready().await;
         let _ = self.rules.store.wait_until_ready().await;
@@ -362,6 +373,9 @@ impl Desired {
                 bound_here.then(|| self.devices.current(ns, name)).flatten()
             }
             ResourceKind::DeviceModel => self.device_models.current(ns, name),
+            ResourceKind::RuntimeClass => {
+                current(self.runtime_classes.get(&ObjectRef::new(name))?.as_ref())
+            }
             ResourceKind::Rule => {
                 let rule = self.rules.get(ns, name)?;
                 let bound_here = router::source_node(&rule).as_deref() == Some(node);
@@ -404,7 +418,8 @@ mod tests {
         let changes = index.upsert_bound(a.clone(), Some("n1".into()), refs.clone());
         assert_eq!(
             changes,
-            [("n1".into(), a.clone()), ("n1".into(), cm.clone())]
+            [("n1".into(), cm.clone()), ("n1".into(), a.clone())],
+            "the ConfigMap before the pod that needs it"
         );
         let changes = index.upsert_bound(b.clone(), Some("n1".into()), refs.clone());
         assert_eq!(changes, [("n1".into(), b.clone())], "already referenced");
@@ -459,8 +474,8 @@ mod tests {
         assert_eq!(
             device_on(&mut index, "thermo-1", Some("edge-a"), &model),
             [
-                ("edge-a".into(), dev.clone()),
-                ("edge-a".into(), model.clone())
+                ("edge-a".into(), model.clone()),
+                ("edge-a".into(), dev.clone())
             ]
         );
         let mut keys = index.keys_for("edge-a");
@@ -513,8 +528,8 @@ mod tests {
             [
                 ("edge-a".into(), dev.clone()),
                 ("edge-a".into(), model.clone()),
-                ("edge-b".into(), dev.clone()),
                 ("edge-b".into(), model.clone()),
+                ("edge-b".into(), dev.clone()),
             ]
         );
         assert!(index.keys_for("edge-a").is_empty());
@@ -549,6 +564,7 @@ mod tests {
         let mut devices_w = Writer::<DynamicObject>::new(devices::device_resource());
         let mut models_w = Writer::<DynamicObject>::new(devices::device_model_resource());
         let desired = Desired::new(
+            kube::runtime::reflector::store().0,
             kube::runtime::reflector::store().0,
             kube::runtime::reflector::store().0,
             kube::runtime::reflector::store().0,

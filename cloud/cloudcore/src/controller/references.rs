@@ -1,13 +1,14 @@
-//! Which ConfigMaps and Secrets a pod needs on its node: those its containers' env and envFrom,
-//! its volumes (direct and projected) and its image pull secrets name. The edge gets these and
-//! nothing else.
+//! Which ConfigMaps, Secrets and RuntimeClass a pod needs on its node: the ConfigMaps and
+//! Secrets its containers' env and envFrom, its volumes (direct and projected) and its image
+//! pull secrets name, and the RuntimeClass its `runtimeClassName` names (the edge picks the
+//! pod's runtime by its handler). The edge gets these and nothing else.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
-/// The ConfigMaps and Secrets `pod` references, in its namespace.
+/// The ConfigMaps and Secrets `pod` references, in its namespace, and its RuntimeClass.
 pub fn pod_references(pod: &Pod) -> BTreeSet<ObjectKey> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mut refs = BTreeSet::new();
@@ -56,6 +57,14 @@ pub fn pod_references(pod: &Pod) -> BTreeSet<ObjectKey> {
     for pull in spec.image_pull_secrets.iter().flatten() {
         add(ResourceKind::Secret, &pull.name);
     }
+    // The RuntimeClass is cluster-scoped: its key has no namespace.
+    if let Some(class) = spec.runtime_class_name.as_deref().filter(|n| !n.is_empty()) {
+        refs.insert(ObjectKey {
+            kind: ResourceKind::RuntimeClass,
+            namespace: String::new(),
+            name: class.to_owned(),
+        });
+    }
     refs
 }
 
@@ -86,10 +95,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_place_a_pod_names_a_config_map_or_secret_counts() {
+    fn every_place_a_pod_names_a_config_map_secret_or_runtime_class_counts() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "apps"},
             "spec": {
+                "runtimeClassName": "runc",
                 "imagePullSecrets": [{"name": "pull"}],
                 "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "init-env"}}]}],
                 "containers": [{
@@ -126,6 +136,7 @@ mod tests {
                 "secret:apps/creds",
                 "secret:apps/init-env",
                 "secret:apps/pull",
+                "runtime-class:/runc",
             ]
         );
     }

@@ -1,5 +1,5 @@
-//! The shared watches: caches for pods, ConfigMaps, Secrets, Devices, DeviceModels, Rules and
-//! RuleEndpoints, and the tasks that turn each watch event into marks on the sessions of the
+//! The shared watches: caches for pods, ConfigMaps, Secrets, RuntimeClasses, Devices,
+//! DeviceModels, Rules and RuleEndpoints, and the tasks that turn each watch event into marks on the sessions of the
 //! nodes it concerns (and tell the router its rules may have changed).
 
 use std::collections::{HashMap, HashSet};
@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
@@ -35,6 +36,7 @@ pub fn start(
     let (pods, pods_writer) = reflector::store();
     let (config_maps, cm_writer) = reflector::store();
     let (secrets, secret_writer) = reflector::store();
+    let (runtime_classes, class_writer) = reflector::store();
     let device_writer = Writer::<DynamicObject>::new(devices::device_resource());
     let model_writer = Writer::<DynamicObject>::new(devices::device_model_resource());
     let rule_writer = Writer::<DynamicObject>::new(router::crds::rule_resource());
@@ -43,6 +45,7 @@ pub fn start(
         pods,
         config_maps,
         secrets,
+        runtime_classes,
         DynamicStores {
             devices: device_writer.as_reader(),
             device_models: model_writer.as_reader(),
@@ -90,6 +93,20 @@ pub fn start(
         referenced_loop(
             secret_events,
             ResourceKind::Secret,
+            desired.clone(),
+            sessions.clone(),
+        ),
+    ));
+    let class_events = reflector(
+        class_writer,
+        watcher::watcher(Api::<RuntimeClass>::all(client.clone()), config.clone()),
+    )
+    .default_backoff();
+    tasks.spawn(until(
+        shutdown.clone(),
+        referenced_loop(
+            class_events,
+            ResourceKind::RuntimeClass,
             desired.clone(),
             sessions.clone(),
         ),
@@ -272,7 +289,7 @@ async fn bound_loop<K: BoundKind>(
     }
 }
 
-/// ConfigMaps, Secrets and DeviceModels: a change goes to every node whose bound objects
+/// ConfigMaps, Secrets, RuntimeClasses and DeviceModels: a change goes to every node whose bound objects
 /// reference the object.
 async fn referenced_loop<K>(
     events: impl Stream<Item = Result<Event<K>, watcher::Error>>,

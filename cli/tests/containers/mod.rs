@@ -1,0 +1,418 @@
+//! Containers beside Wasm, end to end: cloudcore, an edgecore given a containerd of its own
+//! (`wedge_testkit::containerd`, real containerd 1.6 with runc and CNI), kubectl, and a registry
+//! holding both a Wasm sample and a busybox image built here. The containerd fixture removes
+//! every sandbox, bridge and cgroup when dropped, even after a failure; the edge is declared
+//! after it so that it is killed first.
+
+use std::path::Path;
+use std::time::Duration;
+
+use wedge_core::runtime::{RuntimeService, labels};
+use wedge_shims::CriRuntime;
+use wedge_testkit::container_images;
+use wedge_testkit::containerd::Containerd;
+use wedge_testkit::registry::Registry;
+
+use super::support::*;
+
+/// The bound of waits that include a container image pull.
+const PULL: Duration = Duration::from_secs(120);
+
+/// A cloud, a registry with the samples and busybox, a containerd that pulls from it, and an
+/// edge (`edge-mixed`) offering both runtimes.
+struct MixedEdge {
+    registry: Registry,
+    busybox: String,
+    containerd: Containerd,
+    cloud: Cloud,
+    root: std::path::PathBuf,
+    extra: Vec<String>,
+    edge: Proc,
+    _dir: tempfile::TempDir,
+}
+
+async fn mixed_edge(extra: &[&str]) -> MixedEdge {
+    let registry = registry_with_samples().await;
+    let containerd = tokio::task::spawn_blocking(Containerd::start)
+        .await
+        .expect("join")
+        .expect("containerd starts");
+    let host = registry.host();
+    containerd
+        .add_registry_host(&host, &format!("http://{host}"))
+        .expect("registry host");
+    let busybox =
+        container_images::push_busybox(&registry, "tools/busybox:1").expect("busybox pushed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let root = dir.path().join("edge-mixed");
+    std::fs::create_dir_all(&root).expect("edge root");
+    let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    let edge = spawn_edge(&root, &cloud, &containerd, &host, Some(&token), &extra);
+    cloud.wait_for(
+        "node/edge-mixed",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+    MixedEdge {
+        registry,
+        busybox,
+        containerd,
+        cloud,
+        root,
+        extra,
+        edge,
+        _dir: dir,
+    }
+}
+
+/// edgecore for `edge-mixed`, on `containerd`.
+fn spawn_edge(
+    root: &Path,
+    cloud: &Cloud,
+    containerd: &Containerd,
+    registry: &str,
+    token: Option<&str>,
+    extra: &[String],
+) -> Proc {
+    let mut command = edgecore(root, cloud, "edge-mixed", token, registry);
+    command
+        .args(["--container-runtime-endpoint", &containerd.endpoint()])
+        .args(["--cgroup-root", containerd.cgroup_parent()])
+        // The fixture's containerd has a network config of its own: nothing is written.
+        .arg("--cni-conf-dir")
+        .arg(root.join("unused-cni"))
+        .args(extra);
+    Proc::spawn(command, root.join("edgecore.log"))
+}
+
+impl MixedEdge {
+    /// Kills edgecore (SIGKILL) and starts it again, joined already.
+    fn restart_edge(&mut self) {
+        self.edge.kill();
+        self.edge = spawn_edge(
+            &self.root,
+            &self.cloud,
+            &self.containerd,
+            &self.registry.host(),
+            None,
+            &self.extra,
+        );
+    }
+
+    /// The ids of the containers containerd runs for pod `uid`.
+    async fn containers_of(&self, uid: &str) -> Vec<String> {
+        let sandboxes = self.sandboxes_of(uid).await;
+        let cri = CriRuntime::connect(&self.containerd.endpoint()).expect("endpoint");
+        let all = cri.list_containers(None).await.expect("list containers");
+        cri.shutdown().await;
+        let mut ids: Vec<String> = all
+            .into_iter()
+            .filter(|c| sandboxes.iter().any(|s| s.id == c.sandbox_id))
+            .map(|c| c.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn uid(&self, pod: &str) -> String {
+        self.cloud
+            .kubectl_ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"])
+    }
+
+    /// The current log of `container` of `pod` on the edge, in the kubelet's layout.
+    fn log(&self, pod: &str, container: &str) -> String {
+        let uid = self.uid(pod);
+        let dir = self
+            .root
+            .join(format!("pods/default_{pod}_{uid}"))
+            .join(container);
+        read_logs(&dir)
+    }
+
+    fn jsonpath(&self, object: &str, path: &str) -> String {
+        self.cloud
+            .kubectl_ok(&["get", object, "-o", &format!("jsonpath={path}")])
+    }
+
+    /// The sandboxes containerd holds for pod `uid`.
+    async fn sandboxes_of(&self, uid: &str) -> Vec<wedge_core::runtime::SandboxStatus> {
+        let cri = CriRuntime::connect(&self.containerd.endpoint()).expect("endpoint");
+        let all = cri.list_sandboxes().await.expect("list sandboxes");
+        cri.shutdown().await;
+        all.into_iter()
+            .filter(|s| s.labels.get(labels::POD_UID).map(String::as_str) == Some(uid))
+            .collect()
+    }
+
+    fn runtime_classes(&self) {
+        self.cloud.apply(
+            "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: runc\nhandler: runc\n---\napiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: wasm\nhandler: wasm\n",
+        );
+    }
+}
+
+fn read_logs(dir: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for file in files {
+            text.push_str(&std::fs::read_to_string(file).unwrap_or_default());
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_edge_runs_container_pods_beside_wasm_pods() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    // The node offers both runtimes, names both versions and lists the images it holds.
+    let labels = env.jsonpath("node/edge-mixed", "{.metadata.labels}");
+    assert!(
+        labels.contains("\"runtime.wedge.io/runc\":\"true\""),
+        "{labels}"
+    );
+    assert!(
+        labels.contains("\"runtime.wedge.io/wasm\":\"true\""),
+        "{labels}"
+    );
+    let versions = env.jsonpath(
+        "node/edge-mixed",
+        "{.status.nodeInfo.containerRuntimeVersion}",
+    );
+    assert!(
+        versions.contains("wasmtime://") && versions.contains("containerd://"),
+        "{versions}"
+    );
+    env.runtime_classes();
+
+    // A container pod under the runc RuntimeClass, with env and a volume from a ConfigMap.
+    cloud.kubectl_ok(&[
+        "create",
+        "configmap",
+        "box-config",
+        "--from-literal=GREETING=hello-from-config",
+    ]);
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: box\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'echo \"env=$GREETING\"; while true; do echo \"file=$(cat /config/GREETING)\"; sleep 1; done']\n    env:\n    - name: GREETING\n      valueFrom: {{configMapKeyRef: {{name: box-config, key: GREETING}}}}\n    volumeMounts:\n    - {{name: config, mountPath: /config}}\n  volumes:\n  - name: config\n    configMap: {{name: box-config}}\n",
+        env.busybox
+    ));
+    cloud.wait_for("pod/box", "{.status.phase}", "Running", PULL);
+    let ip = env.jsonpath("pod/box", "{.status.podIP}");
+    let ip: std::net::Ipv4Addr = ip.parse().expect("a pod IP");
+    assert!(
+        env.containerd.in_pod_subnet(ip),
+        "{ip} is in the pod network"
+    );
+    eventually(
+        Duration::from_secs(30),
+        || env.log("box", "main").contains("file=hello-from-config"),
+        || format!("the log: {}", env.log("box", "main")),
+    )
+    .await;
+    assert!(env.log("box", "main").contains("env=hello-from-config"));
+
+    // A ConfigMap update reaches the running container's volume.
+    cloud.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "box-config",
+        "-p",
+        "{\"data\":{\"GREETING\":\"updated\"}}",
+    ]);
+    eventually(
+        Duration::from_secs(60),
+        || env.log("box", "main").contains("file=updated"),
+        || format!("the log: {}", env.log("box", "main")),
+    )
+    .await;
+
+    // Without a RuntimeClass, the image's kind decides: busybox runs on containerd, the
+    // Wasm sample on wasmtime, side by side on the one edge.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: exits\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'echo bye; exit 3']\n",
+        env.busybox
+    ));
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\nspec:\n  restartPolicy: Never\n  containers:\n  - name: hello\n    image: {}/samples/hello:1\n",
+        env.registry.host()
+    ));
+    cloud.wait_for("pod/exits", "{.status.phase}", "Failed", PULL);
+    assert_eq!(
+        env.jsonpath(
+            "pod/exits",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "3"
+    );
+    assert!(env.log("exits", "main").contains("bye"));
+    cloud.wait_for("pod/hello", "{.status.phase}", "Succeeded", PULL);
+    // The node's images, at its next status report.
+    eventually(
+        Duration::from_secs(30),
+        || {
+            env.jsonpath("node/edge-mixed", "{.status.images[*].names}")
+                .contains("tools/busybox:1")
+        },
+        || env.jsonpath("node/edge-mixed", "{.status.images}"),
+    )
+    .await;
+
+    // Deleting the container pod stops it within its grace period and removes its sandbox.
+    let uid = env.uid("box");
+    assert_eq!(env.sandboxes_of(&uid).await.len(), 1);
+    cloud.kubectl_ok(&["delete", "pod", "box", "--wait=false"]);
+    cloud.wait_gone("pod/box", Duration::from_secs(60));
+    assert!(
+        env.sandboxes_of(&uid).await.is_empty(),
+        "the sandbox is removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_mixed_edge_cannot_run_gets_a_clear_status_and_disturbs_nothing() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    env.runtime_classes();
+    // A pod that runs, to show that the refusals around it leave it alone.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: steady\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sleep, '3600']\n",
+        env.busybox
+    ));
+    // A Wasm image under the runc RuntimeClass.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm-as-runc\nspec:\n  runtimeClassName: runc\n  containers:\n  - name: app\n    image: {}/samples/hello:1\n",
+        env.registry.host()
+    ));
+    // A privileged container on an edge that does not allow it.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: privileged\nspec:\n  runtimeClassName: runc\n  containers:\n  - name: main\n    image: {}\n    securityContext: {{privileged: true}}\n",
+        env.busybox
+    ));
+    // A tag that does not exist.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: missing\nspec:\n  runtimeClassName: runc\n  containers:\n  - name: main\n    image: {}/tools/busybox:no-such-tag\n",
+        env.registry.host()
+    ));
+    // A RuntimeClass whose handler the edge does not have: the scheduler keeps it off.
+    cloud.apply(
+        "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: kata\nhandler: kata\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: kata\nspec:\n  runtimeClassName: kata\n  containers:\n  - name: main\n    image: r/x:1\n",
+    );
+
+    let waiting = |pod: &str| {
+        env.jsonpath(
+            &format!("pod/{pod}"),
+            "{.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}",
+        )
+    };
+    let settle = |pod: &'static str, reason: &'static str, needle: &'static str| {
+        let waiting = &waiting;
+        async move {
+            eventually(
+                PULL,
+                || {
+                    let w = waiting(pod);
+                    w.starts_with(reason) && w.contains(needle)
+                },
+                || format!("{pod}: {}", waiting(pod)),
+            )
+            .await;
+        }
+    };
+    settle(
+        "wasm-as-runc",
+        "CreateContainerConfigError",
+        "is a Wasm component",
+    )
+    .await;
+    settle("privileged", "CreateContainerConfigError", "privileged").await;
+    eventually(
+        PULL,
+        || {
+            let w = waiting("missing");
+            (w.starts_with("ErrImagePull") || w.starts_with("ImagePullBackOff"))
+                && w.contains("no-such-tag")
+        },
+        || format!("missing: {}", waiting("missing")),
+    )
+    .await;
+    cloud.wait_for(
+        "pod/kata",
+        "{.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        "0/1 nodes are available: 1 node(s) didn't offer the runtime \"kata\".",
+        Duration::from_secs(30),
+    );
+    cloud.wait_for("pod/steady", "{.status.phase}", "Running", PULL);
+    assert_eq!(
+        env.jsonpath("pod/steady", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edgecore_killed_with_the_cloud_away_adopts_its_containers_when_it_restarts() {
+    let mut env = mixed_edge(&[]).await;
+    env.runtime_classes();
+    env.cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: survivor\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'echo started; exec sleep 3600']\n",
+        env.busybox
+    ));
+    env.cloud
+        .wait_for("pod/survivor", "{.status.phase}", "Running", PULL);
+    let uid = env.uid("survivor");
+    let container_id = env.jsonpath("pod/survivor", "{.status.containerStatuses[0].containerID}");
+    let before = env.containers_of(&uid).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(container_id, format!("containerd://{}", before[0]));
+
+    // The cloud goes away, then edgecore dies without a chance to clean up, and comes back.
+    env.cloud.kill();
+    env.restart_edge();
+    eventually(
+        Duration::from_secs(60),
+        || env.edge.log().contains("adopted a running container"),
+        || {
+            let log: Vec<String> = env
+                .edge
+                .log()
+                .lines()
+                .filter(|l| !l.contains("no link to the cloud"))
+                .map(str::to_owned)
+                .collect();
+            format!("edgecore's log: {}", log.join("\n"))
+        },
+    )
+    .await;
+    assert_eq!(
+        env.containers_of(&uid).await,
+        before,
+        "nothing created again"
+    );
+
+    // The cloud back: the pod is still the one that started, never restarted.
+    env.cloud.restart();
+    env.cloud.wait_for(
+        "node/edge-mixed",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+    env.cloud
+        .wait_for("pod/survivor", "{.status.phase}", "Running", PULL);
+    assert_eq!(
+        env.jsonpath(
+            "pod/survivor",
+            "{.status.containerStatuses[0].restartCount}"
+        ),
+        "0"
+    );
+    assert_eq!(
+        env.jsonpath("pod/survivor", "{.status.containerStatuses[0].containerID}"),
+        container_id
+    );
+    assert_eq!(env.log("survivor", "main").matches("started").count(), 1);
+}
