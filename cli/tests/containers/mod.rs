@@ -416,3 +416,109 @@ async fn edgecore_killed_with_the_cloud_away_adopts_its_containers_when_it_resta
     );
     assert_eq!(env.log("survivor", "main").matches("started").count(), 1);
 }
+
+/// What Edged does for every runtime, seen on container pods: OOMKilled at the memory limit,
+/// a SIGTERM handler given its grace period, CrashLoopBackOff, readiness gating Ready and a
+/// failing liveness probe restarting the container.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_pods_live_and_die_as_under_a_kubelet() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    env.runtime_classes();
+    let pod = |name: &str, restart: &str, grace: u32, container: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: runc\n  restartPolicy: {restart}\n  terminationGracePeriodSeconds: {grace}\n  containers:\n  - name: main\n    image: {}\n{container}",
+            env.busybox
+        )
+    };
+    // The shell doubles a string until the cgroup's limit stops it.
+    cloud.apply(&pod(
+        "hog",
+        "Never",
+        1,
+        "    command: [sh, -c, 'x=a; while true; do x=$x$x; done']\n    resources: {limits: {memory: 16Mi}}\n",
+    ));
+    cloud.apply(&pod(
+        "graceful",
+        "Always",
+        20,
+        "    command: [sh, -c, 'trap \"echo got TERM; sleep 2; echo cleaned up; exit 0\" TERM; echo up; while true; do sleep 0.2; done']\n",
+    ));
+    cloud.apply(&pod(
+        "crash",
+        "Always",
+        1,
+        "    command: [sh, -c, 'echo crashing; exit 4']\n",
+    ));
+    // Ready once /tmp/ready exists (made after 2 s); alive while /tmp/alive exists (removed
+    // after 4 s, so the liveness probe fails and the container restarts).
+    cloud.apply(&pod(
+        "probed",
+        "Always",
+        1,
+        "    command: [sh, -c, 'touch /tmp/alive; sleep 2; touch /tmp/ready; sleep 2; rm /tmp/alive; sleep 3600']\n    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}\n    livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}\n",
+    ));
+
+    cloud.wait_for("pod/hog", "{.status.phase}", "Failed", PULL);
+    assert_eq!(
+        env.jsonpath(
+            "pod/hog",
+            "{.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "OOMKilled 137"
+    );
+
+    cloud.wait_for(
+        "pod/crash",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CrashLoopBackOff",
+        PULL,
+    );
+    assert_eq!(
+        env.jsonpath(
+            "pod/crash",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "4"
+    );
+
+    cloud.wait_for(
+        "pod/probed",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        PULL,
+    );
+    cloud.wait_for(
+        "pod/probed",
+        "{.status.containerStatuses[0].restartCount}",
+        "1",
+        Duration::from_secs(60),
+    );
+
+    cloud.wait_for("pod/graceful", "{.status.phase}", "Running", PULL);
+    eventually(
+        Duration::from_secs(30),
+        || env.log("graceful", "main").contains("up"),
+        || env.log("graceful", "main"),
+    )
+    .await;
+    let uid = env.uid("graceful");
+    let pod_dir = env.root.join(format!("pods/default_graceful_{uid}"));
+    cloud.kubectl_ok(&["delete", "pod", "graceful", "--wait=false"]);
+    // The TERM handler runs to its end (2 s), well within the grace period.
+    eventually(
+        Duration::from_secs(30),
+        || read_logs(&pod_dir.join("main")).contains("cleaned up"),
+        || read_logs(&pod_dir.join("main")),
+    )
+    .await;
+    assert!(read_logs(&pod_dir.join("main")).contains("got TERM"));
+    cloud.wait_gone("pod/graceful", Duration::from_secs(60));
+    // Once the pod is gone its directory goes too (logs and volumes), as with a kubelet.
+    eventually(
+        Duration::from_secs(10),
+        || !pod_dir.exists(),
+        || format!("{} is still there", pod_dir.display()),
+    )
+    .await;
+}

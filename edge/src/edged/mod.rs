@@ -162,6 +162,43 @@ fn phase_is_terminal(status: &PodStatus) -> bool {
     matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
 }
 
+/// Removes a stopped pod's directory (its logs and volumes, Secrets' files among them), as the
+/// kubelet does once a pod is deleted, off the async workers.
+async fn remove_pod_dir(dir: std::path::PathBuf) {
+    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", dir.display())),
+    })
+    .await;
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(error, "cannot remove a stopped pod's directory"),
+        Err(error) => tracing::warn!(%error, "cannot remove a stopped pod's directory"),
+    }
+}
+
+/// Removes the directories under `pods_root` of pods not in `held` (deleted while edgecore was
+/// down, or left by a crash between a stop and its cleanup). Blocking.
+fn remove_orphaned_pod_dirs(pods_root: &std::path::Path, held: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(pods_root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(uid) = name.to_str().and_then(|n| n.rsplit('_').next()) else {
+            continue;
+        };
+        if held.contains(uid) || !entry.path().is_dir() {
+            continue;
+        }
+        tracing::info!(dir = %entry.path().display(), "removing the directory of a pod no longer held");
+        if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), %error, "cannot remove an orphaned pod directory");
+        }
+    }
+}
+
 /// Queues `report` and wakes EdgeHub.
 fn put(outbox: &Outbox, signals: &Signals, report: &Report) {
     match outbox.put(&report.key, report.operation, &report.payload) {
@@ -238,6 +275,19 @@ impl Edged {
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
         self.workers.remove_orphans(&held).await;
+        // Directories go only with pods the edge no longer holds at all: a pod being deleted
+        // keeps its volumes and logs until it has stopped.
+        let pods_root = self.workers.config().pods_root.clone();
+        let all: HashSet<String> = self
+            .desired_pods()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        if let Err(error) =
+            tokio::task::spawn_blocking(move || remove_orphaned_pod_dirs(&pods_root, &all)).await
+        {
+            tracing::warn!(%error, "cannot sweep orphaned pod directories");
+        }
         let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<Stopped>();
         let (chosen_tx, mut chosen_rx) = mpsc::unbounded_channel::<Chosen>();
         let loopback = Loopback {
@@ -360,17 +410,31 @@ impl Edged {
                 if running.contains(&uid) {
                     if !state.stopping {
                         state.stopping = true;
+                        let dir = plan::pod_dir(
+                            &self.workers.config().pods_root,
+                            &state.namespace,
+                            &state.name,
+                            &uid,
+                        );
                         let (workers, grace, tx) =
                             (self.workers.clone(), grace_of(&pod), stopped.clone());
                         tracing::info!(pod = %format!("{}/{}", state.namespace, state.name), ?grace, "stopping a deleted pod");
                         tokio::spawn(async move {
                             workers.stop(&uid, grace).await;
+                            remove_pod_dir(dir).await;
                             let _ = tx.send(Stopped { uid, confirm: true });
                         });
                     }
                 } else if !state.confirmed && !state.stopping {
                     state.confirmed = true;
                     let report = reports::pod_gone(&state.namespace, &state.name, &uid);
+                    // Volumes may have been written for a pod that never ran.
+                    tokio::spawn(remove_pod_dir(plan::pod_dir(
+                        &self.workers.config().pods_root,
+                        &state.namespace,
+                        &state.name,
+                        &uid,
+                    )));
                     self.put(report);
                 }
                 continue;
@@ -414,8 +478,19 @@ impl Edged {
                 .pods
                 .get(&uid)
                 .map_or(Duration::from_secs(30), |s| grace_of(&s.pod));
+            let dir = self.pods.get(&uid).map(|s| {
+                plan::pod_dir(
+                    &self.workers.config().pods_root,
+                    &s.namespace,
+                    &s.name,
+                    &uid,
+                )
+            });
             tokio::spawn(async move {
                 workers.stop(&uid, grace).await;
+                if let Some(dir) = dir {
+                    remove_pod_dir(dir).await;
+                }
                 let _ = tx.send(Stopped {
                     uid,
                     confirm: false,
@@ -628,6 +703,22 @@ impl Edged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_directories_of_pods_held_survive_the_sweep() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["default_kept_u1", "default_gone_u2", "apps_gone-too_u3"] {
+            std::fs::create_dir_all(dir.path().join(name).join("main")).expect("mkdir");
+        }
+        remove_orphaned_pod_dirs(dir.path(), &HashSet::from(["u1".to_owned()]));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["default_kept_u1"]);
+    }
 
     #[test]
     fn a_status_waiting_in_the_outbox_is_found_for_its_pod_only() {

@@ -237,6 +237,12 @@ impl PodPlan {
     }
 }
 
+/// A pod's directory under `pods_root`: `<namespace>_<name>_<uid>`, the kubelet's log layout
+/// (neither names nor uids hold `_`, so the uid is what follows the last one).
+pub fn pod_dir(pods_root: &Path, namespace: &str, name: &str, uid: &str) -> PathBuf {
+    pods_root.join(format!("{namespace}_{name}_{uid}"))
+}
+
 /// Plans a pod; `pods_root` is the directory that holds every pod's directory.
 pub fn plan_pod(pod: &Pod, pods_root: &Path) -> Result<PodPlan, PlanError> {
     let meta = &pod.metadata;
@@ -276,7 +282,7 @@ pub fn plan_pod(pod: &Pod, pods_root: &Path) -> Result<PodPlan, PlanError> {
     let annotations = meta.annotations.clone().unwrap_or_default();
     // Grants are checked here, once, so that a bad one refuses the pod on any runtime.
     PodGrants::from_annotations(&annotations)?;
-    let dir = pods_root.join(format!("{namespace}_{name}_{uid}"));
+    let dir = pod_dir(pods_root, &namespace, &name, &uid);
 
     let mut volumes = Vec::new();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
