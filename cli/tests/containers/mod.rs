@@ -44,7 +44,13 @@ async fn mixed_edge(extra: &[&str]) -> MixedEdge {
     let busybox =
         container_images::push_busybox(&registry, "tools/busybox:1").expect("busybox pushed");
     let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = Cloud::start(&dir.path().join("cloud"));
+    // The cloud's scheduler reads image kinds from the registry, as it would with a
+    // registry it can reach.
+    let cloud = Cloud::start_with(
+        &dir.path().join("cloud"),
+        "127.0.0.1",
+        &["--insecure-registry", &host],
+    );
     let token = cloud.token("1h");
     let root = dir.path().join("edge-mixed");
     std::fs::create_dir_all(&root).expect("edge root");
@@ -521,4 +527,153 @@ async fn container_pods_live_and_die_as_under_a_kubelet() {
         || format!("{} is still there", pod_dir.display()),
     )
     .await;
+}
+
+/// A fleet of a Wasm-only edge and a mixed one: each pod lands where its runtime is (by its
+/// RuntimeClass, or by its image's kind as the registry says), Deployments and DaemonSets
+/// included, and a private image runs with its pull secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_fleet_places_each_pod_where_its_runtime_is() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    env.runtime_classes();
+    let host = env.registry.host();
+    let token = cloud.token("1h");
+    let wasm_root = env.root.with_file_name("edge-wasm");
+    let _wasm_edge = start_edge(&wasm_root, cloud, "edge-wasm", Some(&token), &host);
+    cloud.wait_for(
+        "node/edge-wasm",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        env.jsonpath(
+            "node/edge-wasm",
+            "{.metadata.labels.runtime\\.wedge\\.io/runc}"
+        ),
+        "false"
+    );
+
+    // A Deployment of containers, no RuntimeClass: only the mixed edge runs them.
+    cloud.apply(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: boxes\nspec:\n  replicas: 3\n  selector: {{matchLabels: {{app: boxes}}}}\n  template:\n    metadata: {{labels: {{app: boxes}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {}\n        command: [sleep, '3600']\n",
+        env.busybox
+    ));
+    // A Wasm DaemonSet runs on both edges; a container DaemonSet only where containers run.
+    cloud.apply(&format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: wasm-everywhere\nspec:\n  selector: {{matchLabels: {{app: wasm-everywhere}}}}\n  template:\n    metadata: {{labels: {{app: wasm-everywhere}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: app\n        image: {host}/samples/telemetry:1\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: box-daemon\nspec:\n  selector: {{matchLabels: {{app: box-daemon}}}}\n  template:\n    metadata: {{labels: {{app: box-daemon}}}}\n    spec:\n      runtimeClassName: runc\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {}\n        command: [sleep, '3600']\n",
+        env.busybox
+    ));
+    let placed = |selector: &str| {
+        let out = cloud.kubectl_ok(&[
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}={.status.phase} {end}",
+        ]);
+        let mut pods: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
+        pods.sort();
+        pods
+    };
+    eventually(
+        PULL,
+        || placed("app=boxes") == ["edge-mixed=Running"; 3],
+        || format!("{:?}", placed("app=boxes")),
+    )
+    .await;
+    eventually(
+        PULL,
+        || placed("app=wasm-everywhere") == ["edge-mixed=Running", "edge-wasm=Running"],
+        || format!("{:?}", placed("app=wasm-everywhere")),
+    )
+    .await;
+    eventually(
+        PULL,
+        || placed("app=box-daemon") == ["edge-mixed=Running"],
+        || format!("{:?}", placed("app=box-daemon")),
+    )
+    .await;
+
+    // A private image: it runs with the pull secret, and without it says why.
+    let private = Registry::start_with_auth("alice", "s3cret").expect("private registry");
+    let private_host = private.host();
+    env.containerd
+        .add_registry_host(&private_host, &format!("http://{private_host}"))
+        .expect("registry host");
+    let image =
+        container_images::push_busybox_with_auth(&private, "private/box:1", "alice", "s3cret")
+            .expect("push");
+    cloud.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={private_host}"),
+        "--docker-username=alice",
+        "--docker-password=s3cret",
+    ]);
+    let private_pod = |name: &str, secrets: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n{secrets}  containers:\n  - name: main\n    image: {image}\n    command: [sleep, '3600']\n"
+        )
+    };
+    // Without first: once the image is on the edge, a pod that may use it needs no secret
+    // (as on a kubelet without AlwaysPullImages).
+    cloud.apply(&private_pod("without-secret", ""));
+    eventually(
+        PULL,
+        || {
+            let reason = env.jsonpath(
+                "pod/without-secret",
+                "{.status.containerStatuses[0].state.waiting.reason}",
+            );
+            reason == "ErrImagePull" || reason == "ImagePullBackOff"
+        },
+        || env.jsonpath("pod/without-secret", "{.status.containerStatuses}"),
+    )
+    .await;
+    cloud.apply(&private_pod(
+        "with-secret",
+        "  imagePullSecrets: [{name: regcred}]\n",
+    ));
+    cloud.wait_for("pod/with-secret", "{.status.phase}", "Running", PULL);
+}
+
+/// containerd restarted under running container pods: they keep running (containerd's shims
+/// hold them), their statuses stay, and pods created afterwards start.
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_restarted_under_running_pods_disturbs_none_of_them() {
+    let mut env = mixed_edge(&[]).await;
+    env.runtime_classes();
+    let sleeper = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sleep, '3600']\n",
+            env.busybox
+        )
+    };
+    env.cloud.apply(&sleeper("before"));
+    env.cloud
+        .wait_for("pod/before", "{.status.phase}", "Running", PULL);
+    let uid = env.uid("before");
+    let containers = env.containers_of(&uid).await;
+
+    tokio::task::block_in_place(|| env.containerd.restart()).expect("containerd restarts");
+    env.cloud.apply(&sleeper("after"));
+    env.cloud
+        .wait_for("pod/after", "{.status.phase}", "Running", PULL);
+    assert_eq!(
+        env.containers_of(&uid).await,
+        containers,
+        "the same container"
+    );
+    assert_eq!(
+        env.jsonpath(
+            "pod/before",
+            "{.status.phase} {.status.containerStatuses[0].restartCount}"
+        ),
+        "Running 0"
+    );
 }
