@@ -224,6 +224,10 @@ pub struct SandboxConfig {
     pub annotations: BTreeMap<String, String>,
     /// The cgroup the pod's cgroups go under.
     pub cgroup_parent: Option<String>,
+    /// A network namespace to join instead of making one (`/var/run/netns/cni-…`): the Wasm
+    /// containers of a mixed pod join the one the container runtime made for the pod, so
+    /// that every container of the pod shares `localhost`.
+    pub netns: Option<PathBuf>,
 }
 
 /// A sandbox, as the runtime reports it.
@@ -235,6 +239,9 @@ pub struct SandboxStatus {
     pub ready: bool,
     /// The pod's IP, when it has a network of its own.
     pub ip: Option<String>,
+    /// The sandbox's network namespace, when it has one of its own and the runtime says where
+    /// (for the other runtime of a mixed pod to join).
+    pub netns: Option<PathBuf>,
     /// When it was created.
     pub created_at: Timestamp,
     /// Its labels, as given.

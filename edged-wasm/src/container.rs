@@ -24,6 +24,7 @@ use crate::host::{ComponentKind, HostState, component_kind};
 use crate::instance::{Exit, app_store, wasi_ctx, wasi_ctx_with};
 use crate::limits::ContainerMeters;
 use crate::logs::ContainerLog;
+use crate::netns::PodThread;
 use crate::oci::{ImageError, PulledImage};
 use crate::runtime::Inner;
 use crate::spec::ContainerPlan;
@@ -94,6 +95,8 @@ pub(crate) struct WasmContainer {
     pub(crate) config: ContainerConfig,
     pub(crate) plan: ContainerPlan,
     pub(crate) grants: Arc<PodGrants>,
+    /// The thread of the pod's network namespace, for a mixed pod's guests.
+    pub(crate) pod_thread: Option<Arc<PodThread>>,
     pub(crate) image_id: String,
     pub(crate) cache: CacheOutcome,
     pub(crate) meters: Arc<ContainerMeters>,
@@ -107,6 +110,19 @@ pub(crate) struct WasmContainer {
 }
 
 impl WasmContainer {
+    /// Spawns `task` where the container's guests run: the pod's network-namespace thread, or
+    /// the shared workers.
+    fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.pod_thread {
+            Some(thread) => thread.handle().spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+
     pub(crate) fn info(&self) -> runtime::ContainerInfo {
         runtime::ContainerInfo {
             id: self.id.clone(),
@@ -147,9 +163,9 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
                 RuntimeError::Failed("the app's wasi:cli/run cannot be linked".to_owned())
             })?;
             let wasi = wasi_ctx(&c.plan, &log).map_err(|e| RuntimeError::Failed(e.to_string()))?;
-            let (rt, c2) = (rt.clone(), c.clone());
+            let (rt, c2, c3) = (rt.clone(), c.clone(), c.clone());
             Box::new(move || {
-                tokio::spawn(async move {
+                c3.spawn(async move {
                     let mut store = app_store(
                         &rt.engine,
                         wasi,
@@ -184,9 +200,9 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
                 c.meters.clone(),
             )
             .map_err(|e| RuntimeError::Failed(e.to_string()))?;
-            let (rt, c2) = (rt.clone(), c.clone());
+            let (rt, c2, c3) = (rt.clone(), c.clone(), c.clone());
             Box::new(move || {
-                tokio::spawn(async move {
+                c3.spawn(async move {
                     handler::serve(&runner, &c2.grants.triggers, &rt.backends, &c2.cancel).await;
                     log.finish();
                     // A handler has no exit of its own: it ends when stopped, having finished
@@ -214,8 +230,8 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
 /// the container's component with `command` as its argv, the container's env, volumes, grants
 /// and limits, its output captured. Handlers have no command to run.
 pub(crate) async fn exec(
-    rt: &Inner,
-    c: &WasmContainer,
+    rt: &Arc<Inner>,
+    c: Arc<WasmContainer>,
     command: &[String],
     timeout: Duration,
 ) -> Result<ExecResult, RuntimeError> {
@@ -231,13 +247,26 @@ pub(crate) async fn exec(
     let wasi = wasi_ctx_with(&c.plan, command, stdout.clone(), stderr.clone())
         .map_err(|e| RuntimeError::Failed(e.to_string()))?;
     let meters = Arc::new(ContainerMeters::default());
-    let mut store = app_store(&rt.engine, wasi, &c.plan, &rt.backends, &c.grants, &meters);
-    let run = async {
-        let command = pre.instantiate_async(&mut store).await?;
-        command.wasi_cli_run().call_run(&mut store).await
-    };
-    let exit = tokio::time::timeout(timeout, run)
+    let (rt2, c2) = (rt.clone(), c.clone());
+    // Where the container's guests run (its pod's network, for a mixed pod).
+    let exit = c
+        .spawn(async move {
+            let mut store = app_store(
+                &rt2.engine,
+                wasi,
+                &c2.plan,
+                &rt2.backends,
+                &c2.grants,
+                &meters,
+            );
+            let run = async {
+                let command = pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            };
+            tokio::time::timeout(timeout, run).await
+        })
         .await
+        .map_err(|e| RuntimeError::Failed(format!("the command's task failed: {e}")))?
         .map_err(|_| RuntimeError::Failed(format!("command timed out after {timeout:?}")))?;
     let exit = Exit::of_run(exit);
     let mut stderr = stderr.contents().to_vec();

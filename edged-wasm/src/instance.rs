@@ -51,6 +51,10 @@ pub fn wasi_ctx_with(
 ) -> Result<WasiCtx, InstanceError> {
     let mut b = WasiCtxBuilder::new();
     b.args(argv).envs(&plan.env).stdout(stdout).stderr(stderr);
+    if plan.network {
+        // The pod's own network namespace: the guest has what a container would.
+        b.inherit_network().allow_ip_name_lookup(true);
+    }
     for m in &plan.mounts {
         let fail = |message: String| InstanceError::Mount {
             guest_path: m.guest_path.clone(),

@@ -23,6 +23,7 @@ pub mod host;
 pub mod instance;
 pub mod limits;
 pub mod logs;
+pub mod netns;
 pub mod oci;
 pub mod runtime;
 pub mod spec;

@@ -27,6 +27,7 @@ use crate::config::RuntimeConfig;
 use crate::container::{self, PrepareError, Prepared, WasmContainer};
 use crate::engine::{EngineError, EpochTicker, build_engine};
 use crate::host::{Backends, HostState, linker};
+use crate::netns::PodThread;
 use crate::oci::{ImageError, ImageService, ImageStore, RegistryCredentials, StoreError};
 use crate::spec::plan_container;
 
@@ -69,6 +70,8 @@ struct Sandbox {
     grants: Arc<PodGrants>,
     created_at: Timestamp,
     ready: bool,
+    /// For a sandbox that joins a pod's network namespace: the thread its guests run on.
+    pod_thread: Option<Arc<PodThread>>,
 }
 
 pub(crate) struct Inner {
@@ -288,6 +291,14 @@ impl RuntimeService for WasmRuntime {
                 message: e.to_string(),
             }
         })?;
+        let pod_thread = match &config.netns {
+            Some(netns) => Some(Arc::new(
+                PodThread::start(netns, &config.uid)
+                    .await
+                    .map_err(|e| RuntimeError::Failed(e.to_string()))?,
+            )),
+            None => None,
+        };
         let id = format!("wasm-{}", uuid::Uuid::new_v4().simple());
         lock(&self.inner.sandboxes).insert(
             id.clone(),
@@ -296,6 +307,7 @@ impl RuntimeService for WasmRuntime {
                 grants: Arc::new(grants),
                 created_at: Timestamp::now(),
                 ready: true,
+                pod_thread,
             },
         );
         Ok(id)
@@ -336,6 +348,7 @@ impl RuntimeService for WasmRuntime {
             id: id.to_owned(),
             ready: s.ready,
             ip: None,
+            netns: s.pod_thread.as_ref().map(|t| t.netns().to_owned()),
             created_at: s.created_at,
             labels: s.config.labels.clone(),
         })
@@ -348,6 +361,7 @@ impl RuntimeService for WasmRuntime {
                 id: id.clone(),
                 ready: s.ready,
                 ip: None,
+                netns: s.pod_thread.as_ref().map(|t| t.netns().to_owned()),
                 created_at: s.created_at,
                 labels: s.config.labels.clone(),
             })
@@ -360,11 +374,12 @@ impl RuntimeService for WasmRuntime {
         config: &ContainerConfig,
         _sandbox: &SandboxConfig,
     ) -> Result<String, RuntimeError> {
-        let grants = lock(&self.inner.sandboxes)
+        let (grants, pod_thread) = lock(&self.inner.sandboxes)
             .get(sandbox_id)
-            .map(|s| s.grants.clone())
+            .map(|s| (s.grants.clone(), s.pod_thread.clone()))
             .ok_or_else(|| RuntimeError::NotFound(format!("sandbox {sandbox_id}")))?;
-        let plan = plan_container(config)?;
+        let mut plan = plan_container(config)?;
+        plan.network = pod_thread.is_some();
         let prepared = container::prepare(&self.inner, &config.image_ref)
             .await
             .map_err(|e| RuntimeError::Failed(e.to_string()))?;
@@ -383,6 +398,7 @@ impl RuntimeService for WasmRuntime {
             config: config.clone(),
             plan,
             grants,
+            pod_thread,
             image_id: prepared.image.image_id(),
             cache: prepared.cache,
             meters: Arc::default(),
@@ -466,7 +482,7 @@ impl RuntimeService for WasmRuntime {
                 "container {id} is not running"
             )));
         }
-        container::exec(&self.inner, &c, command, timeout).await
+        container::exec(&self.inner, c, command, timeout).await
     }
 
     async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {

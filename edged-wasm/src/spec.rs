@@ -41,6 +41,9 @@ pub struct ContainerPlan {
     pub memory_limit: Option<usize>,
     /// `resources.limits.cpu` in millicores.
     pub cpu_millicores: Option<u64>,
+    /// Whether the guest may use sockets: only in a pod's own network namespace (a mixed pod,
+    /// see [`crate::netns`]); a Wasm-only pod runs in edgecore's and has no network.
+    pub network: bool,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> RuntimeError {
@@ -91,6 +94,7 @@ pub fn plan_container(config: &ContainerConfig) -> Result<ContainerPlan, Runtime
             .memory_bytes
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
         cpu_millicores: config.limits.cpu_millicores,
+        network: false,
     })
 }
 

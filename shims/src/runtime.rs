@@ -294,7 +294,7 @@ impl RuntimeService for CriRuntime {
             .runtime()
             .pod_sandbox_status(call(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: id.to_owned(),
-                verbose: false,
+                verbose: true,
             }))
             .await
             .map_err(|s| runtime_error(s, &sandbox_object(id)))?
@@ -302,7 +302,7 @@ impl RuntimeService for CriRuntime {
         let status = response.status.ok_or_else(|| {
             RuntimeError::Failed(format!("containerd returned no status for sandbox {id}"))
         })?;
-        Ok(sandbox_status(status))
+        Ok(sandbox_status(status, &response.info))
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<SandboxStatus>, RuntimeError> {

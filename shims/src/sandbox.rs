@@ -65,16 +65,35 @@ pub(crate) fn pod_sandbox_config(config: &SandboxConfig) -> cri::PodSandboxConfi
     }
 }
 
-/// A sandbox's status from `PodSandboxStatus`.
-pub(crate) fn sandbox_status(status: cri::PodSandboxStatus) -> SandboxStatus {
+/// A sandbox's status from `PodSandboxStatus`, with the verbose `info` containerd adds when
+/// asked (its network namespace's path).
+pub(crate) fn sandbox_status(
+    status: cri::PodSandboxStatus,
+    info: &HashMap<String, String>,
+) -> SandboxStatus {
     let ip = status.network.map(|n| n.ip).filter(|ip| !ip.is_empty());
     SandboxStatus {
         ready: status.state == cri::PodSandboxState::SandboxReady as i32,
         ip,
+        netns: netns_of(info),
         created_at: timestamp(status.created_at),
         labels: to_btree(status.labels),
         id: status.id,
     }
+}
+
+/// The network namespace containerd made for a sandbox, from the verbose status's `info`: the
+/// OCI runtime spec of the pause container names it (absent for `hostNetwork`).
+fn netns_of(info: &HashMap<String, String>) -> Option<std::path::PathBuf> {
+    let info: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
+    info.pointer("/runtimeSpec/linux/namespaces")?
+        .as_array()?
+        .iter()
+        .find(|ns| ns.get("type").and_then(|t| t.as_str()) == Some("network"))?
+        .get("path")?
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
 }
 
 /// A sandbox from `ListPodSandbox`, which carries no network: used when its status cannot be
@@ -83,6 +102,7 @@ pub(crate) fn listed_sandbox(sandbox: cri::PodSandbox) -> SandboxStatus {
     SandboxStatus {
         ready: sandbox.state == cri::PodSandboxState::SandboxReady as i32,
         ip: None,
+        netns: None,
         created_at: timestamp(sandbox.created_at),
         labels: to_btree(sandbox.labels),
         id: sandbox.id,
@@ -118,6 +138,7 @@ pub(crate) mod tests {
             labels: [("io.kubernetes.pod.uid".to_owned(), "0b7c".to_owned())].into(),
             annotations: [("a".to_owned(), "b".to_owned())].into(),
             cgroup_parent: Some("/wedge/pod0b7c".into()),
+            netns: None,
         }
     }
 
@@ -164,26 +185,42 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn status_reads_ip_and_readiness() {
-        let s = sandbox_status(cri::PodSandboxStatus {
-            id: "abc".into(),
-            state: cri::PodSandboxState::SandboxReady as i32,
-            created_at: 1_700_000_000_123_456_789,
-            network: Some(cri::PodSandboxNetworkStatus {
-                ip: "10.88.0.4".into(),
+    fn status_reads_ip_readiness_and_network_namespace() {
+        // As containerd 1.6 writes the verbose info (trimmed).
+        let info = HashMap::from([(
+            "info".to_owned(),
+            r#"{"pid":4242,"runtimeSpec":{"linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"network","path":"/var/run/netns/cni-1f2e"}]}}}"#.to_owned(),
+        )]);
+        let s = sandbox_status(
+            cri::PodSandboxStatus {
+                id: "abc".into(),
+                state: cri::PodSandboxState::SandboxReady as i32,
+                created_at: 1_700_000_000_123_456_789,
+                network: Some(cri::PodSandboxNetworkStatus {
+                    ip: "10.88.0.4".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            },
+            &info,
+        );
         assert!(s.ready);
         assert_eq!(s.ip.as_deref(), Some("10.88.0.4"));
+        assert_eq!(
+            s.netns.as_deref(),
+            Some(std::path::Path::new("/var/run/netns/cni-1f2e"))
+        );
         assert_eq!(s.created_at.as_nanosecond(), 1_700_000_000_123_456_789);
-        let host = sandbox_status(cri::PodSandboxStatus {
-            state: cri::PodSandboxState::SandboxNotready as i32,
-            network: Some(cri::PodSandboxNetworkStatus::default()),
-            ..Default::default()
-        });
+        let host = sandbox_status(
+            cri::PodSandboxStatus {
+                state: cri::PodSandboxState::SandboxNotready as i32,
+                network: Some(cri::PodSandboxNetworkStatus::default()),
+                ..Default::default()
+            },
+            &HashMap::from([("info".to_owned(), "not json".to_owned())]),
+        );
         assert!(!host.ready);
         assert_eq!(host.ip, None);
+        assert_eq!(host.netns, None);
     }
 }

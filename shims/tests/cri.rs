@@ -107,6 +107,7 @@ impl Env {
             labels,
             annotations: [("wedge.io/test".to_owned(), name.to_owned())].into(),
             cgroup_parent: Some(self.containerd.cgroup_parent().to_owned()),
+            netns: None,
         })
     }
 
@@ -274,6 +275,9 @@ async fn a_container_runs_with_command_env_mounts_and_logs() -> anyhow::Result<(
         env.containerd.pod_subnet()
     );
     assert_eq!(status.labels, pod.labels);
+    // The pod's network namespace, for a mixed pod's Wasm containers to join.
+    let netns = status.netns.as_deref().context("the sandbox's netns")?;
+    ensure!(netns.exists(), "{} does not exist", netns.display());
 
     let volume = tempfile::tempdir()?;
     std::fs::write(volume.path().join("in.txt"), "from the host\n")?;

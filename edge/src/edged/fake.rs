@@ -112,6 +112,7 @@ impl Fake {
                 id: sandbox.clone(),
                 ready: true,
                 ip: Some("10.88.0.9".into()),
+                netns: None,
                 created_at: Timestamp::UNIX_EPOCH,
                 labels: BTreeMap::from([(
                     wedge_core::runtime::labels::POD_UID.to_owned(),
@@ -243,6 +244,7 @@ impl RuntimeService for Fake {
                 id: id.clone(),
                 ready: true,
                 ip: Some(ip),
+                netns: None,
                 created_at: Timestamp::now(),
                 labels: config.labels.clone(),
             },

@@ -183,6 +183,7 @@ impl PodState {
             ]),
             annotations: plan.annotations.clone(),
             cgroup_parent: config.cgroup_parent.clone(),
+            netns: None,
         }
     }
 }
