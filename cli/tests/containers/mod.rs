@@ -84,6 +84,9 @@ fn spawn_edge(
         // The fixture's containerd has a network config of its own: nothing is written.
         .arg("--cni-conf-dir")
         .arg(root.join("unused-cni"))
+        // The registry hosts (mirrors) its containerd reads: both runtimes pull alike.
+        .arg("--registry-config-dir")
+        .arg(containerd.certs_dir())
         .args(extra);
     Proc::spawn(command, root.join("edgecore.log"))
 }
@@ -415,4 +418,53 @@ async fn edgecore_killed_with_the_cloud_away_adopts_its_containers_when_it_resta
         container_id
     );
     assert_eq!(env.log("survivor", "main").matches("started").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_in_hosts_toml_serves_docker_hub_names_to_both_runtimes() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    env.runtime_classes();
+    // The local registry stands in for Docker Hub (an air-gapped edge): one hosts.toml in the
+    // directory that containerd and edgecore both read, written while both run.
+    let host = env.registry.host();
+    env.containerd
+        .add_mirror("docker.io", &format!("http://{host}"))
+        .expect("mirror");
+    container_images::push_busybox(&env.registry, "library/busybox:1.35").expect("busybox");
+
+    // A container pod naming Docker Hub's busybox: containerd pulls it from the mirror.
+    cloud.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hub-box\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: docker.io/library/busybox:1.35\n    command: [sh, -c, 'echo from-the-mirror; sleep 3600']\n",
+    );
+    // A Wasm pod whose image only the mirror serves (there is no docker.io/samples/hello): the
+    // Wasm runtime pulls it through the same hosts.toml.
+    cloud.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hub-hello\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  containers:\n  - name: hello\n    image: docker.io/samples/hello:1\n",
+    );
+    cloud.wait_for("pod/hub-box", "{.status.phase}", "Running", PULL);
+    eventually(
+        Duration::from_secs(30),
+        || env.log("hub-box", "main").contains("from-the-mirror"),
+        || format!("the log: {}", env.log("hub-box", "main")),
+    )
+    .await;
+    cloud.wait_for("pod/hub-hello", "{.status.phase}", "Succeeded", PULL);
+    assert_eq!(
+        env.jsonpath(
+            "pod/hub-hello",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "0"
+    );
+    // Both were asked of the mirror on Docker Hub's behalf (`?ns=docker.io`, as containerd asks).
+    let log = std::fs::read_to_string(env.registry.log_path()).unwrap_or_default();
+    for repository in ["library/busybox", "samples/hello"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("/v2/{repository}/manifests/"))
+                    && l.contains("ns=docker.io")),
+            "the registry's log shows {repository} asked for docker.io:\n{log}"
+        );
+    }
 }
