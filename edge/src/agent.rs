@@ -79,8 +79,13 @@ pub struct AgentConfig {
     pub node_ip: Option<String>,
     /// A bootstrap token, to join on first start.
     pub token: Option<String>,
-    /// Registries reached over plain HTTP.
+    /// Registries reached over plain HTTP (shorthand for a `hosts.toml` whose server is
+    /// `http://<registry>`).
     pub insecure_registries: Vec<String>,
+    /// containerd's registry host directory (`config_path`: `<registry>/hosts.toml` files with
+    /// mirrors), read by the Wasm runtime too. edgecore's flag defaults to containerd's usual
+    /// `/etc/containerd/certs.d`; `None` reads no files.
+    pub registry_config_dir: Option<PathBuf>,
     /// Extra node labels.
     pub labels: BTreeMap<String, String>,
     /// Copy pods' output to this process's output.
@@ -121,6 +126,7 @@ impl AgentConfig {
             node_ip: None,
             token: None,
             insecure_registries: Vec::new(),
+            registry_config_dir: None,
             labels: BTreeMap::new(),
             echo_logs: false,
             node_status_interval: Duration::from_secs(60),
@@ -210,7 +216,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
 
     let mut runtime_config = RuntimeConfig::new(config.root.join("wasm"));
-    runtime_config.insecure_registries = config.insecure_registries.clone();
+    // One registry configuration for the Wasm runtime and the image-kind resolver, from the
+    // directory the edge's containerd reads: mirrors and plain-HTTP registries agree.
+    let registries = wedge_oci::RegistryHosts::new(
+        config.registry_config_dir.clone(),
+        &config.insecure_registries,
+    );
+    if let Some(dir) = &config.registry_config_dir {
+        if tokio::fs::try_exists(dir).await.unwrap_or(false) {
+            tracing::info!(dir = %dir.display(), "registry hosts (mirrors) read from this directory, as containerd's config_path");
+        } else {
+            tracing::debug!(dir = %dir.display(), "no registry hosts directory: registries are reached directly");
+        }
+    }
+    runtime_config.registries = registries.clone();
     runtime_config.echo_logs = config.echo_logs;
     let db = Database::open(&config.root.join("edge.db"))?;
     let signals = Arc::new(Signals::default());
@@ -274,7 +293,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     );
     if cri.is_some() {
         // Two runtimes: a pod without a RuntimeClass goes where its images' kind says.
-        match wedge_oci::ImageKinds::new(&config.insecure_registries) {
+        match wedge_oci::ImageKinds::new(registries.clone()) {
             Ok(kinds) => edged = edged.with_image_kinds(Arc::new(kinds)),
             Err(error) => {
                 tracing::warn!(%error, "cannot ask registries for image kinds: pods without a RuntimeClass run on Wasm unless containerd holds their images");

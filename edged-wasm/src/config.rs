@@ -8,14 +8,17 @@ use wedge_core::restart::BackoffSettings;
 
 use crate::engine::EngineSettings;
 
+pub use wedge_oci::RegistryHosts;
+
 /// Settings of a [`crate::WasmRuntime`].
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Where images (`images/`), compiled code (`compiled/`) and pod logs and volumes (`pods/`)
     /// live.
     pub root: PathBuf,
-    /// Registries (`host:port`) reached over plain HTTP; all others over HTTPS.
-    pub insecure_registries: Vec<String>,
+    /// Where registries are reached: mirrors and plain-HTTP registries, from containerd's
+    /// `hosts.toml` directory and the insecure registries (the edge's containerd reads the same).
+    pub registries: RegistryHosts,
     /// The engine.
     pub engine: EngineSettings,
     /// The crash-loop backoff (kubelet's by default).
@@ -31,7 +34,7 @@ impl RuntimeConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            insecure_registries: Vec::new(),
+            registries: RegistryHosts::default(),
             engine: EngineSettings::default(),
             backoff: BackoffSettings::default(),
             handler_timeout: Duration::from_secs(1),

@@ -28,5 +28,5 @@ pub mod oci;
 pub mod runtime;
 pub mod spec;
 
-pub use config::RuntimeConfig;
+pub use config::{RegistryHosts, RuntimeConfig};
 pub use runtime::{RuntimeStartError, WasmRuntime, WasmStats};

@@ -102,7 +102,7 @@ impl WasmRuntime {
         let engine = build_engine(&config.engine)?;
         let linker = linker(&engine).map_err(|e| RuntimeStartError::Linker(format!("{e:#}")))?;
         let store = ImageStore::open(config.root.join("images"))?;
-        let images = ImageService::new(store, &config.insecure_registries)?;
+        let images = ImageService::new(store, config.registries.clone())?;
         let compiled = CompileCache::new(engine.clone(), &config.root.join("compiled"))?;
         let ticker = EpochTicker::start(engine.clone(), config.engine.epoch_tick);
         Ok(Self {

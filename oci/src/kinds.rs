@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
 
+use crate::hosts::RegistryHosts;
 use crate::media::{self, ImageKind};
 use crate::registry::{RegistryClient, RegistryError};
 
@@ -27,10 +28,11 @@ pub struct ImageKinds {
 }
 
 impl ImageKinds {
-    /// A resolver that speaks plain HTTP to the `insecure` registries (`host:port`) only.
-    pub fn new(insecure: &[String]) -> Result<Self, RegistryError> {
+    /// A resolver that reaches registries as `hosts` says (the edge's Wasm runtime uses the
+    /// same configuration).
+    pub fn new(hosts: RegistryHosts) -> Result<Self, RegistryError> {
         Ok(Self {
-            registry: RegistryClient::new(insecure)?,
+            registry: RegistryClient::new(hosts)?,
             known: Mutex::default(),
         })
     }

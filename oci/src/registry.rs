@@ -1,8 +1,9 @@
 //! Fetching manifests and blobs from OCI registries with `oci-client`.
 //!
-//! Registries are reached over HTTPS, except those the edge's configuration names insecure,
-//! which are reached over plain HTTP. Registry errors are sorted into what an operator can act
-//! on: not found, unauthorised, unreachable, digest mismatch.
+//! Where a registry is reached is [`crate::hosts`]'s answer: its mirrors in order, then its
+//! server (HTTPS unless configured plain HTTP), the next tried when one fails, as containerd
+//! does. Registry errors are sorted into what an operator can act on: not found,
+//! unauthorised, unreachable, digest mismatch.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +15,8 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use sha2::{Digest as _, Sha256};
+
+use crate::hosts::{Endpoint, Need, RegistryHosts};
 
 /// Why a registry request failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +39,7 @@ pub enum RegistryError {
     },
     /// The registry could not be reached, or spoke something other than the expected protocol.
     #[error(
-        "{reference}: cannot reach the registry: {detail} (if it serves plain HTTP, list it under the insecure registries)"
+        "{reference}: cannot reach the registry: {detail} (if it serves plain HTTP, list it under the insecure registries or give it a hosts.toml with server = \"http://...\")"
     )]
     Unreachable {
         /// The image.
@@ -142,10 +145,11 @@ pub fn wasm_first(entries: &[ImageIndexEntry]) -> Option<String> {
 ///
 /// `oci-client` remembers the first credentials (and tokens) it used for a registry, so one
 /// client serves each set of credentials: a pod with a new pull secret is not served with the
-/// anonymous session an earlier pod opened.
+/// anonymous session an earlier pod opened. Clients are also apart by scheme and certificate
+/// checking, which `oci-client` sets per client, not per host.
 pub struct RegistryClient {
-    insecure: Vec<String>,
-    clients: Mutex<HashMap<String, Client>>,
+    hosts: RegistryHosts,
+    clients: Mutex<HashMap<(String, bool, bool), Client>>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -163,24 +167,42 @@ fn auth_key(auth: &RegistryAuth) -> String {
     }
 }
 
+/// Which error to report when every endpoint failed: the first that says more than
+/// "unreachable" (a mirror that does not hold the image says so), else the last.
+fn worst(errors: Vec<RegistryError>) -> Option<RegistryError> {
+    let informative = errors
+        .iter()
+        .position(|e| !matches!(e, RegistryError::Unreachable { .. }));
+    let mut errors = errors;
+    match informative {
+        Some(i) => Some(errors.swap_remove(i)),
+        None => errors.pop(),
+    }
+}
+
 impl RegistryClient {
-    /// A client that speaks plain HTTP to the `insecure` registries (`host:port`) only.
-    pub fn new(insecure: &[String]) -> Result<Self, RegistryError> {
+    /// A client that reaches registries as `hosts` says.
+    pub fn new(hosts: RegistryHosts) -> Result<Self, RegistryError> {
         let this = Self {
-            insecure: insecure.to_vec(),
+            hosts,
             clients: Mutex::default(),
         };
         // Fail at start, not at the first pull, if no client can be built.
-        this.client(&RegistryAuth::Anonymous)?;
+        this.client(&RegistryAuth::Anonymous, false, false)?;
         Ok(this)
     }
 
-    fn client(&self, auth: &RegistryAuth) -> Result<Client, RegistryError> {
+    fn client(
+        &self,
+        auth: &RegistryAuth,
+        plain_http: bool,
+        skip_verify: bool,
+    ) -> Result<Client, RegistryError> {
         let mut clients = self
             .clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = auth_key(auth);
+        let key = (auth_key(auth), plain_http, skip_verify);
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
@@ -188,12 +210,17 @@ impl RegistryClient {
         // use ring (no C toolchain needed); an error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
+            protocol: if plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: skip_verify,
             platform_resolver: Some(Box::new(wasm_first)),
             ..Default::default()
         };
         // `Client::new` would fall back to a default client on error, silently dropping the
-        // insecure list: build it fallibly instead.
+        // protocol: build it fallibly instead.
         let client = Client::try_from(config).map_err(|e| RegistryError::Other {
             reference: String::new(),
             detail: format!("cannot build the registry client: {e}"),
@@ -202,33 +229,87 @@ impl RegistryClient {
         Ok(client)
     }
 
+    /// The endpoints for `reference`, read off the async workers when files are involved.
+    async fn endpoints(&self, reference: &Reference, need: Need) -> Vec<Endpoint> {
+        let registry = reference.registry().to_owned();
+        if !self.hosts.reads_files() {
+            return self.hosts.endpoints(&registry, need);
+        }
+        let hosts = self.hosts.clone();
+        let fallback = registry.clone();
+        tokio::task::spawn_blocking(move || hosts.endpoints(&registry, need))
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "reading registry hosts failed: using the registry itself");
+                RegistryHosts::default().endpoints(&fallback, need)
+            })
+    }
+
     /// Fetches the image manifest (resolving an index to its Wasm entry) and its digest
-    /// (`sha256:<hex>`, as the registry gave it).
+    /// (`sha256:<hex>`, as the registry gave it), from the first endpoint that has it.
     pub async fn manifest(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
     ) -> Result<(OciImageManifest, String), RegistryError> {
-        self.client(auth)?
-            .pull_image_manifest(reference, auth)
-            .await
-            .map_err(|e| sort_error(reference, e))
+        let need = if reference.digest().is_some() {
+            Need::Pull
+        } else {
+            Need::Resolve
+        };
+        let mut errors = Vec::new();
+        for endpoint in self.endpoints(reference, need).await {
+            let routed = endpoint.reference(reference);
+            let client = self.client(auth, endpoint.plain_http, endpoint.skip_verify)?;
+            match client.pull_image_manifest(&routed, auth).await {
+                Ok(found) => {
+                    tracing::debug!(image = %reference, endpoint = endpoint.url(), "manifest fetched");
+                    return Ok(found);
+                }
+                Err(e) => {
+                    let error = sort_error(reference, e);
+                    tracing::debug!(image = %reference, endpoint = endpoint.url(), %error, "manifest not fetched here");
+                    errors.push(error);
+                }
+            }
+        }
+        Err(worst(errors).unwrap_or_else(|| no_endpoint(reference)))
     }
 
-    /// Fetches a blob with the credentials the manifest was fetched with; `oci-client` checks
-    /// its digest as it streams.
+    /// Fetches a blob with the credentials the manifest was fetched with, from the first
+    /// endpoint that has it; `oci-client` checks its digest as it streams.
     pub async fn blob(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
         descriptor: &OciDescriptor,
     ) -> Result<Vec<u8>, RegistryError> {
-        let mut out =
-            Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
-        self.client(auth)?
-            .pull_blob(reference, descriptor, &mut out)
-            .await
-            .map_err(|e| sort_error(reference, e))?;
-        Ok(out)
+        let mut errors = Vec::new();
+        for endpoint in self.endpoints(reference, Need::Pull).await {
+            let routed = endpoint.reference(reference);
+            let client = self.client(auth, endpoint.plain_http, endpoint.skip_verify)?;
+            let mut out =
+                Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
+            match client.pull_blob(&routed, descriptor, &mut out).await {
+                Ok(()) => return Ok(out),
+                Err(e) => {
+                    let error = sort_error(reference, e);
+                    tracing::debug!(image = %reference, endpoint = endpoint.url(), %error, "blob not fetched here");
+                    // Content that does not match its digest is not looked for elsewhere.
+                    if matches!(error, RegistryError::DigestMismatch { .. }) {
+                        return Err(error);
+                    }
+                    errors.push(error);
+                }
+            }
+        }
+        Err(worst(errors).unwrap_or_else(|| no_endpoint(reference)))
+    }
+}
+
+fn no_endpoint(reference: &Reference) -> RegistryError {
+    RegistryError::Other {
+        reference: reference.whole(),
+        detail: "no configured host of this registry may serve this request (see the capabilities in its hosts.toml)".into(),
     }
 }

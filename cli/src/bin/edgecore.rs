@@ -36,6 +36,11 @@ struct Args {
     /// A registry (host:port) reached over plain HTTP (repeatable).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// containerd's registry host directory (its CRI `config_path`): `<registry>/hosts.toml`
+    /// files naming mirrors and plain-HTTP servers, read by the Wasm runtime too, so both
+    /// runtimes pull from the same places. Point containerd's `config_path` at the same one.
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    registry_config_dir: PathBuf,
     /// An extra node label, key=value (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
     config.token = args.token;
     config.node_ip = args.node_ip;
     config.insecure_registries = args.insecure_registries;
+    config.registry_config_dir = Some(args.registry_config_dir);
     for label in &args.labels {
         let Some((k, v)) = label.split_once('=') else {
             eprintln!("edgecore: --label {label}: expected key=value");

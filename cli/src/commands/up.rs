@@ -69,6 +69,10 @@ pub struct UpArgs {
     /// A registry (host:port) reached over plain HTTP (repeatable).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// containerd's registry host directory (`<registry>/hosts.toml` mirrors), read by the
+    /// local edge's Wasm runtime as containerd's `config_path` is.
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    registry_config_dir: PathBuf,
     /// How long a silent edge stays Ready, in seconds.
     #[arg(long, default_value_t = 40)]
     node_grace: u64,
@@ -212,6 +216,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let mut edge = AgentConfig::new(&edge_root, cloudcore.local_addr().to_string(), &args.node);
     edge.insecure_registries = args.insecure_registries.clone();
+    edge.registry_config_dir = Some(args.registry_config_dir.clone());
     edge.node_ip = Some("127.0.0.1".into());
     edge.container_runtime = match args.container_runtime_endpoint.as_deref() {
         None => ContainerRuntime::Detect,

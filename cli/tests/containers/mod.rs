@@ -90,6 +90,9 @@ fn spawn_edge(
         // The fixture's containerd has a network config of its own: nothing is written.
         .arg("--cni-conf-dir")
         .arg(root.join("unused-cni"))
+        // The registry hosts (mirrors) its containerd reads: both runtimes pull alike.
+        .arg("--registry-config-dir")
+        .arg(containerd.certs_dir())
         .args(extra);
     Proc::spawn(command, root.join("edgecore.log"))
 }
@@ -675,5 +678,164 @@ async fn containerd_restarted_under_running_pods_disturbs_none_of_them() {
             "{.status.phase} {.status.containerStatuses[0].restartCount}"
         ),
         "Running 0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirror_in_hosts_toml_serves_docker_hub_names_to_both_runtimes() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    env.runtime_classes();
+    // The local registry stands in for Docker Hub (an air-gapped edge): one hosts.toml in the
+    // directory that containerd and edgecore both read, written while both run.
+    let host = env.registry.host();
+    env.containerd
+        .add_mirror("docker.io", &format!("http://{host}"))
+        .expect("mirror");
+    container_images::push_busybox(&env.registry, "library/busybox:1.35").expect("busybox");
+
+    // A container pod naming Docker Hub's busybox: containerd pulls it from the mirror.
+    cloud.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hub-box\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: docker.io/library/busybox:1.35\n    command: [sh, -c, 'echo from-the-mirror; sleep 3600']\n",
+    );
+    // A Wasm pod whose image only the mirror serves (there is no docker.io/samples/hello): the
+    // Wasm runtime pulls it through the same hosts.toml.
+    cloud.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hub-hello\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  containers:\n  - name: hello\n    image: docker.io/samples/hello:1\n",
+    );
+    cloud.wait_for("pod/hub-box", "{.status.phase}", "Running", PULL);
+    eventually(
+        Duration::from_secs(30),
+        || env.log("hub-box", "main").contains("from-the-mirror"),
+        || format!("the log: {}", env.log("hub-box", "main")),
+    )
+    .await;
+    cloud.wait_for("pod/hub-hello", "{.status.phase}", "Succeeded", PULL);
+    assert_eq!(
+        env.jsonpath(
+            "pod/hub-hello",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "0"
+    );
+    // Both were asked of the mirror on Docker Hub's behalf (`?ns=docker.io`, as containerd asks).
+    let log = std::fs::read_to_string(env.registry.log_path()).unwrap_or_default();
+    for repository in ["library/busybox", "samples/hello"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("/v2/{repository}/manifests/"))
+                    && l.contains("ns=docker.io")),
+            "the registry's log shows {repository} asked for docker.io:\n{log}"
+        );
+    }
+}
+
+/// `wedge image import` against an edge root and a containerd.
+fn wedge_image_import(root: &Path, containerd: &Containerd, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wedge"))
+        .arg("--root")
+        .arg(root)
+        .args(["image", "import"])
+        .args(args)
+        .args(["--container-runtime-endpoint", &containerd.endpoint()])
+        .output()
+        .expect("wedge runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_import_puts_container_archives_into_containerd() {
+    let containerd = tokio::task::spawn_blocking(Containerd::start)
+        .await
+        .expect("join")
+        .expect("containerd starts");
+    let busybox = tokio::task::spawn_blocking(container_images::busybox)
+        .await
+        .expect("join")
+        .expect("busybox builds");
+    let archive = busybox.docker_archive();
+    let root = tempfile::tempdir().expect("tempdir");
+    let archive_arg = archive.to_str().expect("utf-8 path");
+
+    // A docker archive, given a name pods will use (normalised as CRI names images).
+    let out = wedge_image_import(
+        root.path(),
+        &containerd,
+        &[archive_arg, "--name", "offline/box:7"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("imported docker.io/offline/box:7 into containerd"),
+        "{stdout}"
+    );
+    // CRI sees it under that name (a moment later: it learns of images from events), so a pod
+    // naming it runs with no registry at all.
+    let mut images = containerd.image_client().await.expect("image client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = images
+            .image_status(wedge_testkit::containerd::cri::ImageStatusRequest {
+                image: Some(wedge_testkit::containerd::cri::ImageSpec {
+                    image: "docker.io/offline/box:7".into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .expect("image status")
+            .into_inner();
+        if status.image.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRI does not list docker.io/offline/box:7"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing went to the Wasm store.
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_wedge"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["image", "list"])
+        .output()
+        .expect("wedge runs");
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("box"));
+
+    // No containerd at the socket: said plainly, nothing imported.
+    let gone = std::process::Command::new(env!("CARGO_BIN_EXE_wedge"))
+        .arg("--root")
+        .arg(root.path())
+        .args([
+            "image",
+            "import",
+            archive_arg,
+            "--container-runtime-endpoint",
+        ])
+        .arg(root.path().join("no-such.sock"))
+        .output()
+        .expect("wedge runs");
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(!gone.status.success());
+    assert!(stderr.contains("containerd is not running at"), "{stderr}");
+
+    // No ctr on PATH: said plainly.
+    let no_ctr = std::process::Command::new(env!("CARGO_BIN_EXE_wedge"))
+        .env("PATH", root.path())
+        .arg("--root")
+        .arg(root.path())
+        .args(["image", "import", archive_arg])
+        .args(["--container-runtime-endpoint", &containerd.endpoint()])
+        .output()
+        .expect("wedge runs");
+    let stderr = String::from_utf8_lossy(&no_ctr.stderr);
+    assert!(!no_ctr.status.success());
+    assert!(
+        stderr.contains("ctr, containerd's client, is not installed"),
+        "{stderr}"
     );
 }

@@ -162,11 +162,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl ImageService {
-    /// A service over `store` that reaches the `insecure` registries over plain HTTP.
-    pub fn new(store: ImageStore, insecure: &[String]) -> Result<Self, ImageError> {
+    /// A service over `store` that reaches registries as `hosts` says.
+    pub fn new(store: ImageStore, hosts: wedge_oci::RegistryHosts) -> Result<Self, ImageError> {
         Ok(Self {
             store,
-            registry: RegistryClient::new(insecure)?,
+            registry: RegistryClient::new(hosts)?,
         })
     }
 

@@ -35,7 +35,7 @@ impl TestRuntime {
 
     pub fn at(root: tempfile::TempDir, insecure: &[String]) -> Self {
         let mut config = RuntimeConfig::new(root.path().join("wasm"));
-        config.insecure_registries = insecure.to_vec();
+        config.registries = wedge_edged_wasm::RegistryHosts::insecure(insecure);
         config.engine.max_instances = 100;
         let (backends, twin, bus) = Backends::in_process();
         let rt = WasmRuntime::new(config, backends).expect("runtime starts");

@@ -65,7 +65,9 @@ struct Context {
 /// Runs the scheduler until `shutdown` is cancelled. `insecure_registries` (`host:port`) are
 /// asked about images over plain HTTP.
 pub async fn run(client: Client, insecure_registries: Vec<String>, shutdown: CancellationToken) {
-    let image_kinds = match ImageKinds::new(&insecure_registries) {
+    let image_kinds = match ImageKinds::new(wedge_oci::RegistryHosts::insecure(
+        &insecure_registries,
+    )) {
         Ok(kinds) => Some(kinds),
         Err(error) => {
             tracing::warn!(%error, "no registry client: pods without a RuntimeClass may go to any node");
