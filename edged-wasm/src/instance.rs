@@ -53,7 +53,10 @@ pub fn wasi_ctx_with(
     b.args(argv).envs(&plan.env).stdout(stdout).stderr(stderr);
     if plan.network {
         // The pod's own network namespace: the guest has what a container would.
-        b.inherit_network().allow_ip_name_lookup(true);
+        b.inherit_network()
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true);
     }
     for m in &plan.mounts {
         let fail = |message: String| InstanceError::Mount {

@@ -86,7 +86,7 @@ pub fn workers(rt: &WasmRuntime, dir: &std::path::Path) -> PodWorkers {
 /// Starts `pod` on `workers`.
 pub fn start(workers: &PodWorkers, pod: &Pod) -> anyhow::Result<()> {
     let plan = plan_pod(pod, &workers.config().pods_root)?;
-    workers.start(plan, None, Default::default())?;
+    workers.start(plan, Default::default(), Default::default())?;
     Ok(())
 }
 

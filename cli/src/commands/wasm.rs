@@ -156,7 +156,7 @@ pub async fn run(root: &Path, command: WasmCommand) -> anyhow::Result<ExitCode> 
         Runtimes::new().with(RuntimeHandle::new(std::sync::Arc::new(runtime.clone()))),
         WorkerConfig::new(root.join("pods")),
     );
-    workers.start(plan, None, Default::default())?;
+    workers.start(plan, Default::default(), Default::default())?;
 
     let status = tokio::select! {
         s = workers.wait(&uid) => s,

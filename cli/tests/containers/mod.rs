@@ -839,3 +839,93 @@ async fn image_import_puts_container_archives_into_containerd() {
         "{stderr}"
     );
 }
+
+/// A pod with a Wasm container beside a container: a Wasm init container writes a page into
+/// the pod's emptyDir, busybox's httpd serves it on the pod's localhost, and the Wasm app
+/// fetches it from there over `wasi:sockets`. Each container has its own status and log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_pod_shares_localhost_and_volumes_between_wasm_and_a_container() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    let host = env.registry.host();
+    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
+        .await
+        .expect("join")
+        .expect("sample apps");
+    let misbehave = apps.bytes("misbehave").expect("misbehave");
+    wedge_testkit::oci::push(
+        &host,
+        "samples/misbehave",
+        "1",
+        &wedge_testkit::oci::Image::wasm(&misbehave, wedge_testkit::oci::WasmLayout::CncfArtifact),
+    )
+    .await
+    .expect("push");
+    // No RuntimeClass: the images' kinds make it a mixed pod.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: mixed\nspec:\n  restartPolicy: OnFailure\n  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: page\n    image: {host}/samples/misbehave:1\n    command: [misbehave, write, /shared/index.html, hello-from-wasm]\n    volumeMounts: [{{name: shared, mountPath: /shared}}]\n  containers:\n  - name: web\n    image: {}\n    command: [httpd, -f, -p, '8080', -h, /shared]\n    volumeMounts: [{{name: shared, mountPath: /shared}}]\n  - name: app\n    image: {host}/samples/misbehave:1\n    command: [misbehave, fetch, '127.0.0.1:8080', /index.html]\n  volumes:\n  - name: shared\n    emptyDir: {{}}\n",
+        env.busybox
+    ));
+    eventually(
+        PULL,
+        || {
+            env.jsonpath(
+                "pod/mixed",
+                "{.status.containerStatuses[?(@.name==\"app\")].state.terminated.exitCode}",
+            ) == "0"
+        },
+        || {
+            let log: Vec<String> = env
+                .edge
+                .log()
+                .lines()
+                .filter(|l| l.contains("mixed") || l.contains("WARN") || l.contains("ERROR"))
+                .map(str::to_owned)
+                .collect();
+            format!(
+                "{}\napp: {}\nedgecore: {}",
+                env.jsonpath("pod/mixed", "{.status}"),
+                env.log("mixed", "app"),
+                log.join("\n")
+            )
+        },
+    )
+    .await;
+    let app_log = env.log("mixed", "app");
+    assert!(
+        app_log.contains("fetched: hello-from-wasm"),
+        "the Wasm app reached the container on localhost: {app_log}"
+    );
+    assert!(
+        env.log("mixed", "page")
+            .contains("wrote /shared/index.html")
+    );
+    assert_eq!(
+        env.jsonpath(
+            "pod/mixed",
+            "{.status.phase} {.status.containerStatuses[?(@.name==\"web\")].ready}"
+        ),
+        "Running true"
+    );
+    let ids = env.jsonpath(
+        "pod/mixed",
+        "{.status.initContainerStatuses[0].containerID} {.status.containerStatuses[*].containerID}",
+    );
+    assert!(
+        ids.contains("wasmtime://") && ids.contains("containerd://"),
+        "{ids}"
+    );
+    let ip: std::net::Ipv4Addr = env
+        .jsonpath("pod/mixed", "{.status.podIP}")
+        .parse()
+        .expect("pod IP");
+    assert!(
+        env.containerd.in_pod_subnet(ip),
+        "the sandbox's address: {ip}"
+    );
+
+    let uid = env.uid("mixed");
+    cloud.kubectl_ok(&["delete", "pod", "mixed", "--wait=false"]);
+    cloud.wait_gone("pod/mixed", Duration::from_secs(60));
+    assert!(env.sandboxes_of(&uid).await.is_empty());
+}

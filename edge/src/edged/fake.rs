@@ -234,17 +234,36 @@ impl RuntimeService for Fake {
     }
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<String, RuntimeError> {
-        self.call(format!("run_sandbox {}", config.name))?;
+        match &config.netns {
+            Some(netns) => self.call(format!(
+                "run_sandbox {} in {}",
+                config.name,
+                netns.display()
+            ))?,
+            None => self.call(format!("run_sandbox {}", config.name))?,
+        }
         let mut s = self.lock();
         s.next += 1;
         let (id, ip) = (format!("sb{}", s.next), format!("10.88.0.{}", s.next));
+        // A sandbox that joins a namespace has no address of its own; one that makes its own
+        // says where it is.
+        let (ip, netns) = match &config.netns {
+            Some(netns) => (None, Some(netns.clone())),
+            None => (
+                Some(ip),
+                Some(std::path::PathBuf::from(format!(
+                    "/var/run/netns/{}-{id}",
+                    self.handler
+                ))),
+            ),
+        };
         s.sandboxes.insert(
             id.clone(),
             SandboxStatus {
                 id: id.clone(),
                 ready: true,
-                ip: Some(ip),
-                netns: None,
+                ip,
+                netns,
                 created_at: Timestamp::now(),
                 labels: config.labels.clone(),
             },

@@ -123,7 +123,7 @@ struct Chosen {
     rv: String,
     plan: plan::PodPlan,
     auth: std::collections::BTreeMap<String, PullAuth>,
-    handler: Result<&'static str, runtime_class::ChoiceError>,
+    placement: Result<pod_workers::Placement, runtime_class::ChoiceError>,
 }
 
 /// What the loop's helper tasks send back.
@@ -540,22 +540,16 @@ impl Edged {
             self.image_kinds.clone(),
             chosen.clone(),
         );
-        // A pod found running after a restart stays on the runtime that runs it.
-        let inherited = self.workers.inherited(&plan.uid);
         tokio::spawn(async move {
-            let handler = match inherited {
-                Some(handler) => Ok(handler),
-                None => {
-                    let class = class.as_ref().map(|(n, h)| (n.as_str(), h.as_str()));
-                    runtime_class::choose(&runtimes, class, &plan, &auth, kinds.as_deref()).await
-                }
-            };
+            let class = class.as_ref().map(|(n, h)| (n.as_str(), h.as_str()));
+            let placement =
+                runtime_class::choose(&runtimes, class, &plan, &auth, kinds.as_deref()).await;
             let _ = tx.send(Chosen {
                 uid: plan.uid.clone(),
                 rv,
                 plan,
                 auth,
-                handler,
+                placement,
             });
         });
         Ok(())
@@ -588,11 +582,11 @@ impl Edged {
         }
         let pod_name = format!("{}/{}", state.namespace, state.name);
         let outcome = chosen
-            .handler
+            .placement
             .map_err(|e| e.to_string())
-            .and_then(|handler| {
+            .and_then(|placement| {
                 self.workers
-                    .start(chosen.plan, Some(handler), chosen.auth)
+                    .start(chosen.plan, placement, chosen.auth)
                     .map_err(|e| e.to_string())
             });
         match outcome {

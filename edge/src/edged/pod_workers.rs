@@ -58,6 +58,27 @@ impl WorkerConfig {
     }
 }
 
+/// Where a pod runs: its sandbox on one runtime, and (in a mixed pod) some containers on
+/// another, inside the sandbox's network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The runtime of the sandbox and of every container not in `containers`: the one that
+    /// held the pod before a restart, else the default, when `None`.
+    pub sandbox: Option<&'static str>,
+    /// Containers on another runtime than the sandbox's, by name.
+    pub containers: BTreeMap<String, &'static str>,
+}
+
+impl Placement {
+    /// Everything on `handler`.
+    pub fn on(handler: &'static str) -> Self {
+        Self {
+            sandbox: Some(handler),
+            containers: BTreeMap::new(),
+        }
+    }
+}
+
 /// Why a pod was not started.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -236,12 +257,6 @@ impl PodWorkers {
         }
     }
 
-    /// The handler of the runtime that held the pod when Edged started, if one did (the pod
-    /// is adopted there).
-    pub fn inherited(&self, uid: &str) -> Option<&'static str> {
-        lock(&self.inner.inventory).get(uid).map(|(h, _)| *h)
-    }
-
     /// The runtime for a pod: `handler` when given, else the one holding the pod from before,
     /// else the default.
     fn choose(&self, uid: &str, handler: Option<&str>) -> Result<RuntimeHandle, StartError> {
@@ -266,19 +281,24 @@ impl PodWorkers {
         }
     }
 
-    /// Starts a pod on the runtime `handler` names (the default when `None`), with `auth` per
-    /// registry host for its images. Starting a pod that runs is a no-op.
+    /// Starts a pod where `placement` says, with `auth` per registry host for its images.
+    /// Starting a pod that runs is a no-op.
     pub fn start(
         &self,
         plan: PodPlan,
-        handler: Option<&str>,
+        placement: Placement,
         auth: BTreeMap<String, PullAuth>,
     ) -> Result<(), StartError> {
         let mut pods = lock(&self.inner.pods);
         if pods.contains_key(&plan.uid) {
             return Ok(());
         }
-        let handle = self.choose(&plan.uid, handler)?;
+        let handle = self.choose(&plan.uid, placement.sandbox)?;
+        let mut on = BTreeMap::new();
+        for (container, handler) in &placement.containers {
+            let other = self.choose(&plan.uid, Some(handler))?;
+            on.insert(container.clone(), other);
+        }
         let adopted = match lock(&self.inner.inventory).remove(&plan.uid) {
             Some((h, adopted)) if h == handle.handler() => adopted,
             _ => Adopted::default(),
@@ -291,7 +311,7 @@ impl PodWorkers {
             .clone();
         let uid = plan.uid.clone();
         tracing::info!(pod = %plan.display_name, uid, runtime = handle.handler(), adopted = adopted.sandbox.is_some(), "pod started");
-        let state = Arc::new(PodState::new(plan, handle, auth, listener));
+        let state = Arc::new(PodState::new(plan, handle, &on, auth, listener));
         let stop = CancellationToken::new();
         let deadline = Arc::new(Mutex::new(None));
         let task = tokio::spawn(worker::run_pod(
@@ -356,9 +376,9 @@ impl PodWorkers {
     pub fn status(&self, uid: &str) -> Option<PodStatusReport> {
         let entry = lock(&self.inner.pods).get(uid).cloned()?;
         let state = &entry.state;
-        let scheme = state.handle.id_scheme();
         let status = |slot: &Arc<worker::Slot>| {
             let mut status = slot.status();
+            let scheme = slot.handle.id_scheme();
             status.container_id = slot.id().map(|id| format!("{scheme}://{id}"));
             status
         };
@@ -391,7 +411,7 @@ impl PodWorkers {
             .iter()
             .chain(&entry.state.containers)
             .find(|s| s.plan.name == container)?;
-        Some((entry.state.handle.clone(), slot.id()?))
+        Some((slot.handle.clone(), slot.id()?))
     }
 
     /// A container's figures, from its runtime.

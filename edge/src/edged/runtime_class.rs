@@ -22,6 +22,7 @@ use wedge_core::runtime::PullAuth;
 use wedge_core::runtimes::{RUNC, WASM};
 
 use super::plan::{PodPlan, registry_of};
+use super::pod_workers::Placement;
 use super::runtimes::Runtimes;
 
 /// How long a runtime may take to say whether it holds an image.
@@ -136,37 +137,27 @@ pub enum ChoiceError {
         /// The handlers this edge offers.
         offered: String,
     },
-    /// The pod mixes Wasm and container images and names no RuntimeClass.
-    #[error(
-        "the pod mixes Wasm images ({wasm}) and container images ({containers}); a pod runs on one runtime"
-    )]
-    Mixed {
-        /// Its Wasm images.
-        wasm: String,
-        /// Its container images.
-        containers: String,
-    },
     /// The edge has no runtime at all.
     #[error("this edge offers no runtime")]
     NoRuntime,
 }
 
-/// The handler `plan` runs on. `class` is the pod's RuntimeClass as MetaManager holds it
-/// (name, handler); `auth` the pod's pull credentials by registry host.
+/// Where `plan` runs. `class` is the pod's RuntimeClass as MetaManager holds it (name,
+/// handler); `auth` the pod's pull credentials by registry host.
+///
+/// A pod with both kinds of image and no RuntimeClass is a mixed pod: its sandbox (and any
+/// container of unknown kind) on `runc`, which owns the pod's network, its Wasm containers on
+/// `wasm` inside that network.
 pub async fn choose(
     runtimes: &Runtimes,
     class: Option<(&str, &str)>,
     plan: &PodPlan,
     auth: &BTreeMap<String, PullAuth>,
     registry: Option<&dyn ImageKinds>,
-) -> Result<&'static str, ChoiceError> {
+) -> Result<Placement, ChoiceError> {
     let offered = || runtimes.handlers().join(", ");
-    let mut images: Vec<&str> = Vec::new();
-    for container in plan.all_containers() {
-        if !images.contains(&container.image.as_str()) {
-            images.push(&container.image);
-        }
-    }
+    // Each image's kind, asked once.
+    let mut kinds: Vec<(&str, Option<Kind>)> = Vec::new();
     if let Some((class, handler)) = class {
         let chosen = runtimes.get(handler).map(|h| h.handler()).ok_or_else(|| {
             ChoiceError::ClassNotOffered {
@@ -177,62 +168,85 @@ pub async fn choose(
         })?;
         // An image of the other kind would only fail to pull, less clearly.
         if let Some(wanted) = Kind::of_handler(chosen) {
-            for image in &images {
-                if let Some(kind) = kind_of(runtimes, registry, auth, image).await
+            for container in plan.all_containers() {
+                let image = container.image.as_str();
+                if let Some(kind) = cached_kind(&mut kinds, runtimes, registry, auth, image).await
                     && kind != wanted
                 {
                     return Err(ChoiceError::ClassMismatch {
                         class: class.to_owned(),
                         handler: chosen,
-                        image: (*image).to_owned(),
+                        image: image.to_owned(),
                         what: kind.describe(),
                     });
                 }
             }
         }
-        return Ok(chosen);
+        return Ok(Placement::on(chosen));
     }
     let default = runtimes
         .default_handle()
         .map(|h| h.handler())
         .ok_or(ChoiceError::NoRuntime)?;
     if runtimes.handlers().len() == 1 {
-        return Ok(default);
+        return Ok(Placement::on(default));
     }
-    let mut wasm = Vec::new();
-    let mut containers = Vec::new();
-    for image in images {
-        match kind_of(runtimes, registry, auth, image).await {
-            Some(Kind::Wasm) => wasm.push(image),
-            Some(Kind::Container) => containers.push(image),
-            None => {}
-        }
+    let mut of_container: Vec<(&str, &str, Option<Kind>)> = Vec::new();
+    for container in plan.all_containers() {
+        let image = container.image.as_str();
+        let kind = cached_kind(&mut kinds, runtimes, registry, auth, image).await;
+        of_container.push((container.name.as_str(), image, kind));
     }
-    let kind = match (wasm.is_empty(), containers.is_empty()) {
-        (true, true) => return Ok(default),
-        (false, true) => Kind::Wasm,
-        (true, false) => Kind::Container,
-        (false, false) => {
-            return Err(ChoiceError::Mixed {
-                wasm: wasm.join(", "),
-                containers: containers.join(", "),
-            });
-        }
+    let first = |wanted: Kind| {
+        of_container
+            .iter()
+            .find(|(_, _, k)| *k == Some(wanted))
+            .map(|(_, image, _)| *image)
     };
-    let handler = kind.handler();
-    match runtimes.get(handler) {
-        Some(h) => Ok(h.handler()),
-        None => Err(ChoiceError::KindNotOffered {
-            image: match kind {
-                Kind::Wasm => wasm[0],
-                Kind::Container => containers[0],
-            }
-            .to_owned(),
-            what: kind.describe(),
-            handler,
-            offered: offered(),
-        }),
+    let needs = |kind: Kind, image: &str| -> Result<&'static str, ChoiceError> {
+        runtimes
+            .get(kind.handler())
+            .map(|h| h.handler())
+            .ok_or_else(|| ChoiceError::KindNotOffered {
+                image: image.to_owned(),
+                what: kind.describe(),
+                handler: kind.handler(),
+                offered: offered(),
+            })
+    };
+    match (first(Kind::Wasm), first(Kind::Container)) {
+        (None, None) => Ok(Placement::on(default)),
+        (Some(image), None) => Ok(Placement::on(needs(Kind::Wasm, image)?)),
+        (None, Some(image)) => Ok(Placement::on(needs(Kind::Container, image)?)),
+        (Some(wasm_image), Some(container_image)) => {
+            let sandbox = needs(Kind::Container, container_image)?;
+            let wasm = needs(Kind::Wasm, wasm_image)?;
+            Ok(Placement {
+                sandbox: Some(sandbox),
+                containers: of_container
+                    .iter()
+                    .filter(|(_, _, k)| *k == Some(Kind::Wasm))
+                    .map(|(name, _, _)| ((*name).to_owned(), wasm))
+                    .collect(),
+            })
+        }
     }
+}
+
+/// The kind of `image`, remembered in `known` for the rest of one choice.
+async fn cached_kind<'a>(
+    known: &mut Vec<(&'a str, Option<Kind>)>,
+    runtimes: &Runtimes,
+    registry: Option<&dyn ImageKinds>,
+    auth: &BTreeMap<String, PullAuth>,
+    image: &'a str,
+) -> Option<Kind> {
+    if let Some((_, kind)) = known.iter().find(|(i, _)| *i == image) {
+        return *kind;
+    }
+    let kind = kind_of(runtimes, registry, auth, image).await;
+    known.push((image, kind));
+    kind
 }
 
 /// The kind of `image`: from the runtime that holds it, else from its registry.
@@ -313,7 +327,7 @@ mod tests {
         let none = BTreeMap::new();
         assert_eq!(
             choose(&runtimes, Some(("runc", RUNC)), &p, &none, None).await,
-            Ok(RUNC)
+            Ok(Placement::on(RUNC))
         );
         let (wasm_only, _) = edge(&[WASM]);
         let refused = choose(&wasm_only, Some(("runc", RUNC)), &p, &none, None)
@@ -356,15 +370,25 @@ mod tests {
             let (runtimes, registry, none) = (&runtimes, &registry, &none);
             async move { choose(runtimes, None, &plan(images), none, Some(registry)).await }
         };
-        assert_eq!(ask(&["r/box:1"]).await, Ok(RUNC));
-        assert_eq!(ask(&["r/app:1"]).await, Ok(WASM));
+        assert_eq!(ask(&["r/box:1"]).await, Ok(Placement::on(RUNC)));
+        assert_eq!(ask(&["r/app:1"]).await, Ok(Placement::on(WASM)));
         // Unknown everywhere: the default, the first runtime added.
-        assert_eq!(ask(&["r/unknown:1"]).await, Ok(WASM));
+        assert_eq!(ask(&["r/unknown:1"]).await, Ok(Placement::on(WASM)));
         // Held by the container runtime: no registry needed.
         fakes[1].hold_image("r/offline:1");
-        assert_eq!(ask(&["r/offline:1", "r/unknown:1"]).await, Ok(RUNC));
-        let mixed = ask(&["r/app:1", "r/box:1"]).await.expect_err("mixed");
-        assert!(matches!(mixed, ChoiceError::Mixed { .. }), "{mixed}");
+        assert_eq!(
+            ask(&["r/offline:1", "r/unknown:1"]).await,
+            Ok(Placement::on(RUNC))
+        );
+        // Both kinds: a mixed pod, its sandbox on runc (which owns the pod's network), its
+        // Wasm container on wasm, a container of unknown kind with the sandbox.
+        assert_eq!(
+            ask(&["r/app:1", "r/box:1", "r/unknown:1"]).await,
+            Ok(Placement {
+                sandbox: Some(RUNC),
+                containers: BTreeMap::from([("c0".to_owned(), WASM)]),
+            })
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -380,7 +404,7 @@ mod tests {
             Some(&registry),
         )
         .await;
-        assert_eq!(chosen, Ok(WASM));
+        assert_eq!(chosen, Ok(Placement::on(WASM)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,6 +39,8 @@ pub struct Adopted {
 /// One container's status, and the id of its current instance.
 pub struct Slot {
     pub(crate) plan: ContainerPlan,
+    /// The runtime it runs on (in a mixed pod, not the sandbox's for every container).
+    pub(crate) handle: RuntimeHandle,
     status: Mutex<ContainerStatus>,
     id: Mutex<Option<String>>,
     /// The current instance's readiness probe passes (or it has none).
@@ -48,7 +50,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub(crate) fn new(plan: ContainerPlan, initial: &str) -> Self {
+    pub(crate) fn new(plan: ContainerPlan, initial: &str, handle: RuntimeHandle) -> Self {
         let status = ContainerStatus {
             name: plan.name.clone(),
             image: plan.image.clone(),
@@ -62,6 +64,7 @@ impl Slot {
         };
         Self {
             plan,
+            handle,
             status: Mutex::new(status),
             id: Mutex::new(None),
             ready: AtomicBool::new(false),
@@ -99,27 +102,41 @@ impl Slot {
 /// A pod's shared state: what the worker task writes and status reads see.
 pub struct PodState {
     pub(crate) plan: PodPlan,
+    /// The runtime of the pod's sandbox (its network, its IP).
     pub(crate) handle: RuntimeHandle,
     pub(crate) auth: BTreeMap<String, PullAuth>,
     pub(crate) init: Vec<Arc<Slot>>,
     pub(crate) containers: Vec<Arc<Slot>>,
     sandbox: Mutex<Option<(String, Option<String>)>>,
+    /// In a mixed pod, the sandboxes the other runtimes made inside the pod's network: by
+    /// handler, their ids.
+    joined: Mutex<BTreeMap<&'static str, String>>,
     listener: Option<StatusListener>,
     /// Set once every container has ended for good (the pod is Succeeded or Failed).
     pub(crate) finished: tokio::sync::watch::Sender<bool>,
 }
 
 impl PodState {
+    /// The state of `plan` with its sandbox on `handle`, and each container on the runtime
+    /// `on` names (else on `handle`'s).
     pub(crate) fn new(
         plan: PodPlan,
         handle: RuntimeHandle,
+        on: &BTreeMap<String, RuntimeHandle>,
         auth: BTreeMap<String, PullAuth>,
         listener: Option<StatusListener>,
     ) -> Self {
+        let runtime_of = |c: &ContainerPlan| on.get(&c.name).unwrap_or(&handle).clone();
         let init = plan
             .init_containers
             .iter()
-            .map(|c| Arc::new(Slot::new(c.clone(), reason::POD_INITIALIZING)))
+            .map(|c| {
+                Arc::new(Slot::new(
+                    c.clone(),
+                    reason::POD_INITIALIZING,
+                    runtime_of(c),
+                ))
+            })
             .collect();
         let initial = if plan.init_containers.is_empty() {
             reason::CONTAINER_CREATING
@@ -129,7 +146,7 @@ impl PodState {
         let containers = plan
             .containers
             .iter()
-            .map(|c| Arc::new(Slot::new(c.clone(), initial)))
+            .map(|c| Arc::new(Slot::new(c.clone(), initial, runtime_of(c))))
             .collect();
         Self {
             plan,
@@ -138,9 +155,24 @@ impl PodState {
             init,
             containers,
             sandbox: Mutex::new(None),
+            joined: Mutex::default(),
             listener,
             finished: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// The sandbox `slot`'s container is created in: the pod's, or the one its runtime made
+    /// inside the pod's network.
+    fn sandbox_of(&self, slot: &Slot, primary: &str) -> String {
+        if slot.handle.handler() == self.handle.handler() {
+            return primary.to_owned();
+        }
+        self.joined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(slot.handle.handler())
+            .cloned()
+            .unwrap_or_else(|| primary.to_owned())
     }
 
     /// The pod's IP, once its sandbox has one.
@@ -233,6 +265,10 @@ pub(crate) async fn run_pod(
     let Some(sandbox_id) = ensure_sandbox(&pod, &config, adopted.sandbox, &stop).await else {
         return;
     };
+    if !join_sandboxes(&pod, &config, &sandbox_id, &stop).await {
+        finish(&pod, &sandbox_id, &stop).await;
+        return;
+    }
     let adopted = Arc::new(adopted.containers);
     let all_init_done = pod.init.iter().all(|slot| {
         latest(&adopted, &slot.plan.name)
@@ -256,11 +292,12 @@ pub(crate) async fn run_pod(
         }
     } else {
         for slot in &pod.init {
+            let slot_sandbox = pod.sandbox_of(slot, &sandbox_id);
             let run = ContainerRun {
                 pod: &pod,
                 slot,
                 config: &config,
-                sandbox_id: &sandbox_id,
+                sandbox_id: &slot_sandbox,
                 stop: &stop,
                 deadline: &deadline,
                 init: true,
@@ -294,11 +331,12 @@ pub(crate) async fn run_pod(
             adopted.clone(),
         );
         tasks.spawn(async move {
+            let slot_sandbox = pod.sandbox_of(&slot, &sandbox_id);
             let run = ContainerRun {
                 pod: &pod,
                 slot: &slot,
                 config: &config,
-                sandbox_id: &sandbox_id,
+                sandbox_id: &slot_sandbox,
                 stop: &stop,
                 deadline: &deadline,
                 init: false,
@@ -327,14 +365,42 @@ fn latest<'a>(containers: &'a [ContainerInfo], name: &str) -> Option<&'a Contain
 async fn finish(pod: &PodState, sandbox_id: &str, stop: &CancellationToken) {
     pod.finished.send_replace(true);
     stop.cancelled().await;
-    let rt = &pod.handle.runtime;
     for slot in pod.init.iter().chain(&pod.containers) {
         if let Some(id) = slot.id()
-            && let Err(e) = rt.stop_container(&id, Duration::ZERO).await
+            && let Err(e) = slot
+                .handle
+                .runtime
+                .stop_container(&id, Duration::ZERO)
+                .await
         {
             tracing::debug!(container = id, error = %e, "stopping an ended container");
         }
     }
+    // The sandboxes made inside the pod's network go before the one that owns it.
+    let joined = std::mem::take(
+        &mut *pod
+            .joined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for (handler, id) in joined {
+        let Some(slot) = pod
+            .init
+            .iter()
+            .chain(&pod.containers)
+            .find(|s| s.handle.handler() == handler)
+        else {
+            continue;
+        };
+        let rt = &slot.handle.runtime;
+        if let Err(e) = rt.stop_sandbox(&id).await {
+            tracing::warn!(pod = %pod.plan.display_name, error = %e, "cannot stop a joined sandbox");
+        }
+        if let Err(e) = rt.remove_sandbox(&id).await {
+            tracing::warn!(pod = %pod.plan.display_name, error = %e, "cannot remove a joined sandbox");
+        }
+    }
+    let rt = &pod.handle.runtime;
     if let Err(e) = rt.stop_sandbox(sandbox_id).await {
         tracing::warn!(pod = %pod.plan.display_name, error = %e, "cannot stop the sandbox");
     }
@@ -397,6 +463,71 @@ async fn ensure_sandbox(
             }
         }
     }
+}
+
+/// In a mixed pod, has every other runtime make a sandbox inside the network namespace of the
+/// pod's sandbox, so that all containers share `localhost` (retried with backoff while it
+/// fails). `false` when the pod was stopped first.
+async fn join_sandboxes(
+    pod: &PodState,
+    config: &WorkerConfig,
+    primary: &str,
+    stop: &CancellationToken,
+) -> bool {
+    let mut others: Vec<RuntimeHandle> = Vec::new();
+    for slot in pod.init.iter().chain(&pod.containers) {
+        let handler = slot.handle.handler();
+        if handler != pod.handle.handler() && !others.iter().any(|h| h.handler() == handler) {
+            others.push(slot.handle.clone());
+        }
+    }
+    let mut backoff = CrashLoopBackoff::new(config.backoff);
+    for handle in others {
+        loop {
+            let made = async {
+                // hostNetwork: no namespace of the pod's own, nothing to join.
+                let netns = pod.handle.runtime.sandbox_status(primary).await?.netns;
+                let mut sandbox = pod.sandbox_config(config);
+                sandbox.netns = netns;
+                handle.runtime.run_sandbox(&sandbox).await
+            };
+            let made = tokio::select! {
+                () = stop.cancelled() => return false,
+                made = made => made,
+            };
+            match made {
+                Ok(id) => {
+                    pod.joined
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(handle.handler(), id);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %pod.plan.display_name, runtime = handle.handler(), error = %e, "cannot join the pod's network");
+                    let message = format!(
+                        "failed to join the pod's network ({} runtime): {e}",
+                        handle.handler()
+                    );
+                    for slot in pod.init.iter().chain(&pod.containers) {
+                        if slot.handle.handler() == handle.handler() {
+                            pod.update(slot, |s| {
+                                s.state = ContainerState::waiting(
+                                    reason::CONTAINER_CREATING,
+                                    message.clone(),
+                                )
+                            });
+                        }
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return false,
+                        () = tokio::time::sleep(backoff.after_exit(Duration::ZERO)) => {}
+                    }
+                }
+            }
+        }
+    }
+    true
 }
 
 fn terminated(e: &runtime::Exit) -> ContainerState {
@@ -483,7 +614,7 @@ impl ContainerRun<'_> {
                 },
             };
             let exit = tokio::select! {
-                exit = pod.handle.runtime.wait_container(&id) => exit,
+                exit = slot.handle.runtime.wait_container(&id) => exit,
                 message = self.probe(&id) => {
                     // A failed liveness or startup probe: killed as a deletion would, then
                     // restarted by policy.
@@ -512,7 +643,7 @@ impl ContainerRun<'_> {
                         }
                         () = tokio::time::sleep(self.config.backoff.initial) => {}
                     }
-                    match pod.handle.runtime.container_status(&id).await {
+                    match slot.handle.runtime.container_status(&id).await {
                         Ok(info) => adopted = Some(info),
                         Err(RuntimeError::NotFound(_)) => slot.set_id(None),
                         Err(_) => {
@@ -593,7 +724,7 @@ impl ContainerRun<'_> {
     }
 
     async fn remove(&self, id: &str) {
-        if let Err(e) = self.pod.handle.runtime.remove_container(id).await {
+        if let Err(e) = self.slot.handle.runtime.remove_container(id).await {
             tracing::debug!(container = id, error = %e, "cannot remove an old instance");
         }
     }
@@ -601,7 +732,7 @@ impl ContainerRun<'_> {
     /// Runs the preStop hook, then stops the instance (SIGTERM, SIGKILL at `deadline`), and
     /// says how it ended, if the runtime knows.
     async fn kill(&self, id: &str, deadline: Instant) -> Result<runtime::Exit, RuntimeError> {
-        let rt = &self.pod.handle.runtime;
+        let rt = &self.slot.handle.runtime;
         if let Some(hook) = &self.slot.plan.probes.pre_stop {
             let budget = deadline.saturating_duration_since(Instant::now());
             if let Outcome::Failure(message) = self.run_handler(hook, id, budget).await {
@@ -674,7 +805,7 @@ impl ContainerRun<'_> {
         let attempt = slot.status().restart_count;
         let config = self.container_config(attempt, &image_id);
         let sandbox = pod.sandbox_config(self.config);
-        let rt = &pod.handle.runtime;
+        let rt = &slot.handle.runtime;
         let id = rt
             .create_container(self.sandbox_id, &config, &sandbox)
             .await?;
@@ -730,7 +861,7 @@ impl ContainerRun<'_> {
     async fn run_handler(&self, handler: &Handler, id: &str, timeout: Duration) -> Outcome {
         let ip = self.pod_ip();
         let target = Target {
-            runtime: self.pod.handle.runtime.as_ref(),
+            runtime: self.slot.handle.runtime.as_ref(),
             container_id: id,
             pod_ip: &ip,
         };
@@ -821,7 +952,7 @@ impl ContainerRun<'_> {
     /// `ImagePullBackOff` while the backoff runs. `Ok(None)` when the pod was stopped meanwhile.
     async fn ensure_image(&self, pull: &mut CrashLoopBackoff) -> Result<Option<String>, Failure> {
         let (pod, slot) = (self.pod, self.slot);
-        let images = &pod.handle.images;
+        let images = &slot.handle.images;
         let image = slot.plan.image.as_str();
         loop {
             let held = images.image_status(image).await;

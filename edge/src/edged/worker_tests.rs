@@ -11,7 +11,7 @@ use wedge_core::status::{ContainerState, PodPhase, PodStatusReport};
 
 use super::fake::{Fake, RUN_FOR};
 use super::plan::{PodPlan, plan_pod};
-use super::pod_workers::{PodWorkers, WorkerConfig};
+use super::pod_workers::{Placement, PodWorkers, WorkerConfig};
 use super::runtimes::{RuntimeHandle, Runtimes};
 
 struct Harness {
@@ -47,7 +47,7 @@ impl Harness {
     fn start(&self, uid: &str, spec: serde_json::Value) {
         let plan = self.plan(uid, spec);
         self.workers
-            .start(plan, None, Default::default())
+            .start(plan, Default::default(), Default::default())
             .expect("started");
     }
 
@@ -460,4 +460,80 @@ async fn pre_stop_runs_before_the_stop_and_post_start_failures_restart() {
         s.containers[0].state.is_running()
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mixed_pod_runs_each_container_on_its_runtime_inside_one_network() {
+    let (runc, wasm) = (Fake::with_handler("runc"), Fake::with_handler("wasm"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workers = PodWorkers::new(
+        Runtimes::new()
+            .with(RuntimeHandle::new(Arc::new(wasm.clone())))
+            .with(RuntimeHandle::new(Arc::new(runc.clone()))),
+        WorkerConfig::new(dir.path().join("pods")),
+    );
+    let h = Harness {
+        fake: runc.clone(),
+        workers: workers.clone(),
+        _dir: dir,
+    };
+    runc.script("sidecar", &[Some(0)]);
+    wasm.script("app", &[Some(0)]);
+    let plan = h.plan(
+        "m1",
+        serde_json::json!({
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "app", "image": "r/app:1"},
+                {"name": "sidecar", "image": "r/box:1"}
+            ]
+        }),
+    );
+    let placement = Placement {
+        sandbox: Some("runc"),
+        containers: [("app".to_owned(), "wasm")].into(),
+    };
+    workers
+        .start(plan, placement, Default::default())
+        .expect("started");
+    let status = h
+        .wait_for("m1", "both containers ran", |s| {
+            s.phase == PodPhase::Succeeded
+        })
+        .await;
+    // The pod's address is the container runtime's sandbox's; each container reports the
+    // runtime it ran on.
+    assert_eq!(status.pod_ip.as_deref(), Some("10.88.0.1"));
+    let id_of = |name: &str| {
+        status
+            .container(name)
+            .and_then(|c| c.container_id.clone())
+            .unwrap_or_default()
+    };
+    assert!(id_of("app").starts_with("wasmtime://"), "{}", id_of("app"));
+    assert!(
+        id_of("sidecar").starts_with("containerd://"),
+        "{}",
+        id_of("sidecar")
+    );
+    // The Wasm runtime's sandbox joined the network the container runtime made.
+    assert!(runc.calls().contains(&"run_sandbox pod-m1".to_owned()));
+    assert!(
+        wasm.calls()
+            .contains(&"run_sandbox pod-m1 in /var/run/netns/runc-sb1".to_owned()),
+        "{:?}",
+        wasm.calls()
+    );
+    assert!(wasm.calls().iter().any(|c| c == "create app#0"));
+    assert!(!runc.calls().iter().any(|c| c == "create app#0"));
+    assert!(runc.calls().iter().any(|c| c == "create sidecar#0"));
+
+    workers.stop("m1", Duration::from_secs(5)).await;
+    for fake in [&runc, &wasm] {
+        let calls = fake.calls();
+        assert!(
+            calls.iter().any(|c| c.starts_with("remove_sandbox")),
+            "{calls:?}"
+        );
+    }
 }

@@ -83,7 +83,7 @@ impl TestRuntime {
     pub async fn start_pod(&self, pod: &Pod) -> Result<(), String> {
         let plan = plan_pod(pod, &self.workers.config().pods_root).map_err(|e| e.to_string())?;
         self.workers
-            .start(plan, None, Default::default())
+            .start(plan, Default::default(), Default::default())
             .map_err(|e| e.to_string())
     }
 

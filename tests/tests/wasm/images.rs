@@ -159,7 +159,7 @@ async fn registry_credentials_are_used_when_given() {
     )
     .expect("plan");
     t.workers
-        .start(plan, None, [(host.clone(), auth)].into())
+        .start(plan, Default::default(), [(host.clone(), auth)].into())
         .expect("started");
     let s = t.wait_for("authed", "hello to finish", terminated).await;
     assert_eq!(s.containers[0].state.exit_code(), Some(0), "{s:#?}");

@@ -42,8 +42,9 @@ pub struct PodNeeds {
     pub preferred: Vec<PreferredSchedulingTerm>,
     /// Tolerations, with the RuntimeClass's added.
     pub tolerations: Vec<Toleration>,
-    /// The runtime handler the pod's RuntimeClass names.
-    pub runtime: Option<String>,
+    /// The runtime handlers the pod needs: its RuntimeClass's, else those its images' kinds
+    /// need (both, for a pod with Wasm and container images).
+    pub runtimes: Vec<String>,
     /// The controller that owns the pod, whose pods are spread apart.
     pub owner: Option<String>,
 }
@@ -76,7 +77,7 @@ impl PodNeeds {
                 .and_then(|a| a.preferred_during_scheduling_ignored_during_execution)
                 .unwrap_or_default(),
             tolerations: spec.tolerations.unwrap_or_default(),
-            runtime: None,
+            runtimes: Vec::new(),
             owner: pod
                 .metadata
                 .owner_references
@@ -87,7 +88,7 @@ impl PodNeeds {
         };
         if let Some(name) = spec.runtime_class_name.filter(|n| !n.is_empty()) {
             let rc = runtime_class.ok_or(NeedsError::NoRuntimeClass(name))?;
-            needs.runtime = Some(rc.handler.clone());
+            needs.runtimes = vec![rc.handler.clone()];
             if let Some(s) = &rc.scheduling {
                 needs
                     .node_selector
@@ -349,8 +350,10 @@ pub fn placement(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
             });
         }
     }
-    if let Some(handler) = &needs.runtime
-        && !wedge_core::runtimes::offers(labels, handler)
+    if let Some(handler) = needs
+        .runtimes
+        .iter()
+        .find(|h| !wedge_core::runtimes::offers(labels, h))
     {
         return Err(Unfit::Runtime(handler.clone()));
     }
@@ -582,6 +585,10 @@ mod tests {
             PodNeeds::of(&pod, None).err(),
             Some(NeedsError::NoRuntimeClass("x".into()))
         );
+        // A mixed pod needs both runtimes.
+        let mut mixed = needs(json!({}));
+        mixed.runtimes = vec!["runc".into(), "wasm".into()];
+        assert_eq!(filter(&mixed, &fresh), Err(Unfit::Runtime("runc".into())));
     }
 
     #[test]

@@ -255,10 +255,10 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         .and_then(|n| ctx.runtime_classes.get(&ObjectRef::new(n)));
     let needs = match PodNeeds::of(&pod, runtime_class.as_deref()) {
         Ok(mut needs) => {
-            if needs.runtime.is_none()
+            if needs.runtimes.is_empty()
                 && let Some(kinds) = &ctx.image_kinds
             {
-                needs.runtime = image_runtime(kinds, &pod).await;
+                needs.runtimes = image_runtimes(kinds, &pod).await;
             }
             needs
         }
@@ -301,38 +301,41 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     }
 }
 
-/// The runtime a pod's images need, asked of their registries: `wasm` when every image is
-/// Wasm, `runc` when every one is a container image, none when they are mixed or any is unknown
-/// (unreachable, private, imported by hand on the edge): then any node may take the pod.
-async fn image_runtime(kinds: &ImageKinds, pod: &Pod) -> Option<String> {
-    let spec = pod.spec.as_ref()?;
+/// The runtimes a pod's images need, asked of their registries: `wasm` for a Wasm image,
+/// `runc` for a container image, both for a pod with both (a mixed pod). An image of unknown
+/// kind (unreachable, private, imported by hand on the edge) needs nothing known: a pod whose
+/// images are all unknown may go to any node.
+async fn image_runtimes(kinds: &ImageKinds, pod: &Pod) -> Vec<String> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
     let images = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .filter_map(|c| c.image.as_deref());
-    let mut runtime: Option<&str> = None;
+    let mut runtimes: Vec<String> = Vec::new();
     for image in images {
         let asked = tokio::time::timeout(IMAGE_LOOKUP, kinds.kind_of(image)).await;
         let this = match asked {
             Ok(Ok(ImageKind::Wasm { .. })) => wedge_core::runtimes::WASM,
             Ok(Ok(ImageKind::Container)) => wedge_core::runtimes::RUNC,
-            Ok(Ok(ImageKind::Unsupported { .. })) => return None,
+            Ok(Ok(ImageKind::Unsupported { .. })) => continue,
             Ok(Err(error)) => {
                 tracing::debug!(%error, image, "image kind unknown");
-                return None;
+                continue;
             }
             Err(_) => {
                 tracing::debug!(image, "image kind lookup timed out");
-                return None;
+                continue;
             }
         };
-        if runtime.is_some_and(|r| r != this) {
-            return None;
+        if !runtimes.iter().any(|r| r == this) {
+            runtimes.push(this.to_owned());
         }
-        runtime = Some(this);
     }
-    runtime.map(str::to_owned)
+    runtimes.sort();
+    runtimes
 }
 
 fn error_policy(_pod: Arc<Pod>, error: &Error, _ctx: Arc<Context>) -> Action {
