@@ -32,6 +32,10 @@ enum Scenario {
     /// N simulated edges against one cloudcore: RSS per edge, DaemonSet and ConfigMap fan-out.
     /// Needs `cargo build --release -p wedge-cli` first.
     HubFanout,
+    /// Container pods beside Wasm pods on one edge with a real containerd (needs root):
+    /// create to Running (p50, p99, their ratio) and host memory per pod of each kind.
+    /// Needs `cargo build --release -p wedge-cli` first.
+    Mixed,
     /// The API server process the `apiserver` scenario measures (not a scenario).
     #[value(hide = true)]
     ApiserverServe,
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Edge => scenarios::edge::run().await,
         Scenario::Devices => scenarios::devices::run().await,
         Scenario::HubFanout => scenarios::hub_fanout::run(args.edges).await,
+        Scenario::Mixed => scenarios::mixed::run().await,
         Scenario::ApiserverServe => {
             let dir = args
                 .data_dir
@@ -86,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
                 "edge",
                 "devices",
                 "hub-fanout",
+                "mixed",
             ] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)

@@ -28,7 +28,8 @@ const NODE: &str = "bench-edge";
 /// Left for the processes to settle before their memory is read.
 const SETTLE: Duration = Duration::from_secs(5);
 
-fn pod(name: &str, registry: &str) -> anyhow::Result<Pod> {
+/// A pod running the telemetry sample from `registry`.
+pub(super) fn pod(name: &str, registry: &str) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "spec": {
@@ -43,9 +44,20 @@ fn pod(name: &str, registry: &str) -> anyhow::Result<Pod> {
 }
 
 /// Sends each pod's name and when the watch first saw it Running.
-fn running_pods(pods: Api<Pod>) -> mpsc::UnboundedReceiver<(String, Instant)> {
+pub(super) fn running_pods(pods: Api<Pod>) -> mpsc::UnboundedReceiver<(String, Instant)> {
+    running_pods_task(pods).0
+}
+
+/// [`running_pods`], and the watch's task, to stop it before the API server goes away (else the
+/// watch logs its failed reconnections).
+pub(super) fn running_pods_task(
+    pods: Api<Pod>,
+) -> (
+    mpsc::UnboundedReceiver<(String, Instant)>,
+    tokio::task::AbortHandle,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut seen = std::collections::HashSet::new();
         let mut events = std::pin::pin!(
             watcher(pods, watcher::Config::default())
@@ -61,11 +73,11 @@ fn running_pods(pods: Api<Pod>) -> mpsc::UnboundedReceiver<(String, Instant)> {
             }
         }
     });
-    rx
+    (rx, task.abort_handle())
 }
 
 /// When `name` was first seen Running.
-async fn running_at(
+pub(super) async fn running_at(
     rx: &mut mpsc::UnboundedReceiver<(String, Instant)>,
     early: &mut HashMap<String, Instant>,
     name: &str,
@@ -84,11 +96,16 @@ async fn running_at(
     }
 }
 
-async fn node_ready(client: &kube::Client, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until `node` is Ready.
+pub(super) async fn node_ready(
+    client: &kube::Client,
+    node: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let deadline = Instant::now() + timeout;
     loop {
-        let ready = nodes.get_opt(NODE).await.ok().flatten().is_some_and(|n| {
+        let ready = nodes.get_opt(node).await.ok().flatten().is_some_and(|n| {
             n.status
                 .and_then(|s| s.conditions)
                 .unwrap_or_default()
@@ -100,7 +117,7 @@ async fn node_ready(client: &kube::Client, timeout: Duration) -> anyhow::Result<
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "{NODE} not Ready within {timeout:?}"
+            "{node} not Ready within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -130,7 +147,7 @@ pub async fn run() -> anyhow::Result<()> {
         ],
     )
     .await?;
-    node_ready(&client, Duration::from_secs(60)).await?;
+    node_ready(&client, NODE, Duration::from_secs(60)).await?;
     tokio::time::sleep(SETTLE).await;
     let idle = edge.rss_kib()?;
     figure(

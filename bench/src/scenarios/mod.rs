@@ -7,6 +7,7 @@ pub mod edge;
 pub mod handler_invoke;
 pub mod hub_fanout;
 pub mod idle_rss;
+pub mod mixed;
 pub mod processes;
 pub mod scheduler;
 

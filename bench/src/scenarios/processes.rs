@@ -19,6 +19,31 @@ pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
+/// A value in KiB from `/proc/<pid>/smaps_rollup` (`Pss:`, `Rss:`...). PSS shares each page among
+/// the processes that map it, so PSS figures of several processes add up without counting shared
+/// code and libraries twice.
+pub fn rollup_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/smaps_rollup"))
+}
+
+/// The host's `MemAvailable` in KiB: what the kernel could hand out without swapping, so kernel
+/// memory (page tables, slab, tmpfs files) counts as well as processes' own pages.
+pub fn mem_available_kib() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no MemAvailable in /proc/meminfo")
+}
+
 /// A free port on loopback.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -131,6 +156,12 @@ impl Daemon {
             anyhow::bail!("{} exited ({status}): {log}", self.log.display());
         }
         status_kib(self.child.id(), "VmRSS:")
+    }
+
+    /// Its proportional set size in KiB (see [`rollup_kib`]), failing if it has exited.
+    pub fn pss_kib(&mut self) -> anyhow::Result<u64> {
+        self.rss_kib()?;
+        rollup_kib(self.child.id(), "Pss:")
     }
 
     /// Its resident memory split as `(anonymous, file-backed)` in KiB: what it allocated, and
