@@ -107,6 +107,8 @@ pub struct AgentConfig {
     pub cgroup_root: Option<String>,
     /// Whether containers may run privileged.
     pub allow_privileged: bool,
+    /// How many pods the node accepts (kubelet's `--max-pods`).
+    pub max_pods: u32,
     /// The network written for containerd when its CNI directory holds none; `None` writes
     /// nothing.
     pub pod_network: Option<PodNetwork>,
@@ -137,6 +139,7 @@ impl AgentConfig {
             container_runtime: ContainerRuntime::Detect,
             cgroup_root: None,
             allow_privileged: false,
+            max_pods: 110,
             pod_network: Some(PodNetwork::default()),
         }
     }
@@ -278,7 +281,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ip: node_ip,
         runtimes: runtimes.handlers().into_iter().map(str::to_owned).collect(),
         labels: config.labels.clone(),
-        max_pods: 110,
+        max_pods: config.max_pods,
         ready_since: jiff::Timestamp::now(),
     });
     edged_config.node_status_interval = config.node_status_interval;

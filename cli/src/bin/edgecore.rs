@@ -69,6 +69,9 @@ struct Args {
     /// Let containers run privileged (refused by default).
     #[arg(long)]
     allow_privileged: bool,
+    /// How many pods this node accepts, Wasm and container pods together.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
     /// containerd's CNI config directory: a bridge network is written there when it holds none.
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
     };
     config.cgroup_root = args.cgroup_root;
     config.allow_privileged = args.allow_privileged;
+    config.max_pods = args.max_pods;
     config.pod_network = Some(PodNetwork {
         conf_dir: args.cni_conf_dir,
         subnet: args.pod_cidr,
