@@ -181,6 +181,42 @@ fn preload(samples: &Path) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// The runtimes the local edge reports (`nodeInfo.containerRuntimeVersion`) in its first node
+/// status since `since` (the state of an earlier run says what that run found): waited for on
+/// a watch, at most [`NODE_REPORT`].
+async fn edge_runtimes(
+    client: &kube::Client,
+    node: &str,
+    since: jiff::Timestamp,
+) -> Option<String> {
+    use k8s_openapi::api::core::v1::Node;
+    let versions = move |n: Option<&Node>| {
+        let status = n?.status.as_ref()?;
+        let fresh = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| c.last_heartbeat_time.as_ref())
+            .is_some_and(|t| t.0 >= since);
+        status
+            .node_info
+            .as_ref()
+            .map(|i| i.container_runtime_version.clone())
+            .filter(|v| fresh && !v.is_empty())
+    };
+    let nodes: Api<Node> = Api::all(client.clone());
+    let reported =
+        kube::runtime::wait::await_condition(nodes, node, |n: Option<&Node>| versions(n).is_some());
+    match tokio::time::timeout(NODE_REPORT, reported).await {
+        Ok(Ok(n)) => versions(n.as_ref()),
+        _ => None,
+    }
+}
+
+/// How long `wedge up` waits for the local edge's first node report.
+const NODE_REPORT: Duration = Duration::from_secs(20);
+
 /// Runs the all-in-one cluster until Ctrl-C or SIGTERM.
 pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
@@ -248,6 +284,8 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         edge.preload = preload;
     }
+    // Node reports carry whole seconds: a report from the second before counts as this run's.
+    let edge_started = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
     let edge_task = tokio::spawn(agent::run(edge, shutdown.clone()));
 
     let (samples, devices) = match simulator {
@@ -265,6 +303,15 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         edge_root.display(),
         args.node
     );
+    match edge_runtimes(&client, &args.node, edge_started).await {
+        Some(versions) if versions.contains("containerd") => {
+            println!("  runtimes     {versions}: Wasm and container pods");
+        }
+        Some(versions) => println!(
+            "  runtimes     {versions}: Wasm pods only (no containerd answered; --container-runtime-endpoint names one)"
+        ),
+        None => println!("  runtimes     not reported yet (see the node's status)"),
+    }
     println!();
     println!(
         "  export KUBECONFIG={}",
