@@ -355,27 +355,26 @@ async fn containerd(config: &AgentConfig) -> Result<Option<CriRuntime>, AgentErr
         return Ok(None);
     }
     let cri = CriRuntime::connect(endpoint)?;
-    match tokio::time::timeout(CRI_PROBE, cri.version()).await {
-        Ok(Ok(version)) => tracing::info!(
+    let answer = match tokio::time::timeout(CRI_PROBE, cri.version()).await {
+        Ok(Ok(version)) => Ok(version),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {CRI_PROBE:?}")),
+    };
+    match answer {
+        Ok(version) => tracing::info!(
             endpoint,
             version,
             "containerd found: this edge runs container pods too"
         ),
-        Ok(Err(error)) if required => {
-            tracing::warn!(endpoint, %error, "containerd does not answer yet: container pods wait for it")
-        }
-        Err(_) if required => tracing::warn!(
+        Err(error) if required => tracing::warn!(
             endpoint,
+            error,
             "containerd does not answer yet: container pods wait for it"
         ),
-        Ok(Err(error)) => {
-            tracing::info!(endpoint, %error, "containerd does not answer: this edge runs Wasm pods only");
-            cri.shutdown().await;
-            return Ok(None);
-        }
-        Err(_) => {
+        Err(error) => {
             tracing::info!(
                 endpoint,
+                error,
                 "containerd does not answer: this edge runs Wasm pods only"
             );
             cri.shutdown().await;

@@ -392,8 +392,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_container_image_on_a_wasm_only_edge_is_run_by_wasm_which_says_why() {
-        // One runtime: no lookups; its pull reports the wrong kind.
+    async fn an_edge_with_one_runtime_runs_every_pod_on_it_whatever_the_registry_says() {
+        // One runtime: the registry's answer does not matter (the runtime's own pull reports
+        // an image of the wrong kind, as the Wasm runtime's ErrImagePull does).
         let (runtimes, _) = edge(&[WASM]);
         let registry = Registry(BTreeMap::from([("r/box:1", Kind::Container)]));
         let chosen = choose(

@@ -109,8 +109,8 @@ pub struct PodState {
     pub(crate) containers: Vec<Arc<Slot>>,
     sandbox: Mutex<Option<(String, Option<String>)>>,
     /// In a mixed pod, the sandboxes the other runtimes made inside the pod's network: by
-    /// handler, their ids.
-    joined: Mutex<BTreeMap<&'static str, String>>,
+    /// handler, the runtime and the sandbox's id.
+    joined: Mutex<BTreeMap<&'static str, (RuntimeHandle, String)>>,
     listener: Option<StatusListener>,
     /// Set once every container has ended for good (the pod is Succeeded or Failed).
     pub(crate) finished: tokio::sync::watch::Sender<bool>,
@@ -171,8 +171,7 @@ impl PodState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(slot.handle.handler())
-            .cloned()
-            .unwrap_or_else(|| primary.to_owned())
+            .map_or_else(|| primary.to_owned(), |(_, id)| id.clone())
     }
 
     /// The pod's IP, once its sandbox has one.
@@ -383,16 +382,8 @@ async fn finish(pod: &PodState, sandbox_id: &str, stop: &CancellationToken) {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
-    for (handler, id) in joined {
-        let Some(slot) = pod
-            .init
-            .iter()
-            .chain(&pod.containers)
-            .find(|s| s.handle.handler() == handler)
-        else {
-            continue;
-        };
-        let rt = &slot.handle.runtime;
+    for (handle, id) in joined.into_values() {
+        let rt = &handle.runtime;
         if let Err(e) = rt.stop_sandbox(&id).await {
             tracing::warn!(pod = %pod.plan.display_name, error = %e, "cannot stop a joined sandbox");
         }
@@ -500,7 +491,7 @@ async fn join_sandboxes(
                     pod.joined
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(handle.handler(), id);
+                        .insert(handle.handler(), (handle.clone(), id));
                     break;
                 }
                 Err(e) => {
