@@ -1,5 +1,7 @@
 //! What Wedge's three binaries (`wedge`, `cloudcore`, `edgecore`) share: signal handling, kube
-//! clients from kubeconfigs, logging setup.
+//! clients from kubeconfigs, logging setup, the edge's container flags.
+
+pub mod container_args;
 
 use std::path::Path;
 

@@ -8,7 +8,7 @@
 //! `wedge:device` and `wedge:messaging` host functions).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -287,6 +287,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     edged_config.node_status_interval = config.node_status_interval;
     edged_config.lease_interval = config.lease_interval;
     edged_config.allow_privileged = config.allow_privileged;
+    let files = credential_files(&config.root);
+    edged_config.node_credentials =
+        tokio::task::spawn_blocking(move || crate::edged::pull_secrets::node_credentials(&files))
+            .await
+            .unwrap_or_default();
     let mut edged = Edged::new(
         workers,
         db.meta(),
@@ -399,4 +404,14 @@ async fn containerd(config: &AgentConfig) -> Result<Option<CriRuntime>, AgentErr
         }
     }
     Ok(Some(cri))
+}
+
+/// Where the edge's own registry credentials are read, in order: `config.json` in its root (as
+/// the kubelet reads `/var/lib/kubelet/config.json`), then the user's `~/.docker/config.json`.
+fn credential_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = vec![root.join("config.json")];
+    if let Some(home) = std::env::var_os("HOME") {
+        files.push(PathBuf::from(home).join(".docker").join("config.json"));
+    }
+    files
 }

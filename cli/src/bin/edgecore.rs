@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use wedge_edge::agent::{self, AgentConfig, ContainerRuntime, PodNetwork};
+use wedge_edge::agent::{self, AgentConfig};
 use wedge_edge::eventbus::BrokerChoice;
 
 #[derive(Parser)]
@@ -59,25 +59,8 @@ struct Args {
     /// Where the embedded MQTT broker listens, when no --mqtt-broker is given (port 0: any).
     #[arg(long, env = "WEDGE_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
     mqtt_listen: std::net::SocketAddr,
-    /// containerd's CRI socket, to run container pods beside Wasm ones (`none`: Wasm only).
-    /// Default: containerd's usual socket, used if containerd answers there at start.
-    #[arg(long, env = "WEDGE_CONTAINER_RUNTIME_ENDPOINT")]
-    container_runtime_endpoint: Option<String>,
-    /// The cgroup container pods' cgroups go under (default: containerd's).
-    #[arg(long)]
-    cgroup_root: Option<String>,
-    /// Let containers run privileged (refused by default).
-    #[arg(long)]
-    allow_privileged: bool,
-    /// How many pods this node accepts, Wasm and container pods together.
-    #[arg(long, default_value_t = 110)]
-    max_pods: u32,
-    /// containerd's CNI config directory: a bridge network is written there when it holds none.
-    #[arg(long, default_value = "/etc/cni/net.d")]
-    cni_conf_dir: PathBuf,
-    /// The container pods' subnet on this edge, for that bridge network.
-    #[arg(long, default_value = "10.88.0.0/16")]
-    pod_cidr: String,
+    #[command(flatten)]
+    containers: wedge_cli::container_args::ContainerArgs,
 }
 
 fn main() -> ExitCode {
@@ -110,19 +93,7 @@ fn main() -> ExitCode {
         },
         None => BrokerChoice::Embedded(args.mqtt_listen),
     };
-    config.container_runtime = match args.container_runtime_endpoint.as_deref() {
-        None => ContainerRuntime::Detect,
-        Some("" | "none") => ContainerRuntime::None,
-        Some(endpoint) => ContainerRuntime::Endpoint(endpoint.to_owned()),
-    };
-    config.cgroup_root = args.cgroup_root;
-    config.allow_privileged = args.allow_privileged;
-    config.max_pods = args.max_pods;
-    config.pod_network = Some(PodNetwork {
-        conf_dir: args.cni_conf_dir,
-        subnet: args.pod_cidr,
-        ..PodNetwork::default()
-    });
+    args.containers.apply(&mut config);
     config.node_status_interval = Duration::from_secs(args.node_status_seconds.max(1));
     config.lease_interval = Duration::from_secs(args.lease_seconds.max(1));
     config.reconnect_max = Duration::from_secs(args.reconnect_max_seconds.max(1));

@@ -1,8 +1,9 @@
 //! `wedge up`: the all-in-one cluster on one machine, in one process.
 //!
 //! The embedded API server, the control plane, cloudcore and one local edge, started together;
-//! the admin kubeconfig written and printed; the sample Wasm app (`sample-apps/manifests/`)
-//! applied so that `kubectl get pods` shows it Running. The local edge is provisioned with a
+//! the admin kubeconfig written and printed; the sample Wasm apps (`sample-apps/manifests/`)
+//! applied so that `kubectl get pods` shows them Running, and, when the edge found containerd,
+//! the sample container pod `web` beside them. The local edge is provisioned with a
 //! certificate from the hub's CA directly (it runs beside the cloud); remote edges join with a
 //! token (`wedge token create`).
 //!
@@ -23,7 +24,7 @@ use kube::Api;
 use kube::api::PostParams;
 use tokio_util::sync::CancellationToken;
 use wedge_cloudcore::{CloudCore, CloudCoreConfig};
-use wedge_edge::agent::{self, AgentConfig, ContainerRuntime};
+use wedge_edge::agent::{self, AgentConfig};
 use wedge_edge::eventbus::BrokerChoice;
 use wedge_edge::tls::EdgeCredentials;
 use wedge_mapper_modbus::{SimConfig, Simulator};
@@ -41,6 +42,10 @@ const SAMPLES: [(&str, &str, &str); 2] = [
         "fan_handler.wasm",
     ),
 ];
+
+/// The sample container pods, applied when the local edge found containerd: `web`, busybox's
+/// httpd (the image `scripts/demo` imports into its containerd, or containerd pulls).
+const CONTAINER_SAMPLES: [&str; 1] = [include_str!("../../../sample-apps/manifests/web.yaml")];
 
 /// The sample devices: KubeEdge DeviceModels and Devices (bound to the local edge when applied).
 const DEVICE_MANIFESTS: [&str; 2] = [
@@ -85,10 +90,9 @@ pub struct UpArgs {
     /// Where the sample Modbus TCP device simulator listens.
     #[arg(long, default_value = "127.0.0.1:5020")]
     modbus_sim_listen: SocketAddr,
-    /// containerd's CRI socket, for container pods beside Wasm ones (`none`: Wasm only).
-    /// Default: containerd's usual socket, used if containerd answers there.
-    #[arg(long)]
-    container_runtime_endpoint: Option<String>,
+    /// The local edge's container runtime (edgecore's flags).
+    #[command(flatten)]
+    containers: wedge_cli::container_args::ContainerArgs,
 }
 
 /// The RuntimeClasses of Wedge's two runtimes, as `kubectl get runtimeclass` lists them: a pod
@@ -158,9 +162,10 @@ async fn apply_devices(
     Ok(names)
 }
 
-async fn apply_samples(client: &kube::Client) -> anyhow::Result<Vec<String>> {
+/// Applies the pod `manifests` (an existing pod is left as it is); returns their names.
+async fn apply_pods(client: &kube::Client, manifests: &[&str]) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
-    for (manifest, _, _) in SAMPLES {
+    for manifest in manifests {
         let pod: Pod = serde_yaml_ng::from_str(manifest).context("a sample manifest")?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -254,11 +259,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     edge.insecure_registries = args.insecure_registries.clone();
     edge.registry_config_dir = Some(args.registry_config_dir.clone());
     edge.node_ip = Some("127.0.0.1".into());
-    edge.container_runtime = match args.container_runtime_endpoint.as_deref() {
-        None => ContainerRuntime::Detect,
-        Some("" | "none") => ContainerRuntime::None,
-        Some(endpoint) => ContainerRuntime::Endpoint(endpoint.to_owned()),
-    };
+    args.containers.apply(&mut edge);
     edge.mqtt = match &args.mqtt_broker {
         Some(address) => BrokerChoice::external(address).context("--mqtt-broker")?,
         None => BrokerChoice::Embedded(args.mqtt_listen),
@@ -288,10 +289,10 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let edge_started = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
     let edge_task = tokio::spawn(agent::run(edge, shutdown.clone()));
 
-    let (samples, devices) = match simulator {
+    let (mut samples, devices) = match simulator {
         None => (Vec::new(), Vec::new()),
         Some(sim) => (
-            apply_samples(&client).await?,
+            apply_pods(&client, &SAMPLES.map(|(manifest, _, _)| manifest)).await?,
             apply_devices(&client, &args.node, sim).await?,
         ),
     };
@@ -303,8 +304,15 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         edge_root.display(),
         args.node
     );
-    match edge_runtimes(&client, &args.node, edge_started).await {
-        Some(versions) if versions.contains("containerd") => {
+    let runtimes = edge_runtimes(&client, &args.node, edge_started).await;
+    let containers = runtimes
+        .as_deref()
+        .is_some_and(|v| v.contains("containerd"));
+    if containers && simulator.is_some() {
+        samples.extend(apply_pods(&client, &CONTAINER_SAMPLES).await?);
+    }
+    match runtimes {
+        Some(versions) if containers => {
             println!("  runtimes     {versions}: Wasm and container pods");
         }
         Some(versions) => println!(
@@ -320,6 +328,11 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("  kubectl get nodes,pods -o wide");
     if !samples.is_empty() {
         println!("  kubectl get pod {} -o yaml", samples.join(" "));
+    }
+    if containers && simulator.is_some() {
+        println!(
+            "  curl http://$(kubectl get pod web -o jsonpath='{{.status.podIP}}'):8080/   # the container sample"
+        );
     }
     if let Some(sim) = simulator {
         println!(

@@ -537,7 +537,7 @@ async fn container_pods_live_and_die_as_under_a_kubelet() {
 /// included, and a private image runs with its pull secret.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mixed_fleet_places_each_pod_where_its_runtime_is() {
-    let env = mixed_edge(&[]).await;
+    let mut env = mixed_edge(&[]).await;
     let cloud = &env.cloud;
     env.runtime_classes();
     let host = env.registry.host();
@@ -643,6 +643,25 @@ async fn a_mixed_fleet_places_each_pod_where_its_runtime_is() {
         "  imagePullSecrets: [{name: regcred}]\n",
     ));
     cloud.wait_for("pod/with-secret", "{.status.phase}", "Running", PULL);
+
+    // The edge's own credentials, a docker config.json in its root (where the kubelet reads
+    // /var/lib/kubelet/config.json), read at start: a pod naming no secret pulls a private
+    // image the edge does not hold yet.
+    let tag2 =
+        container_images::push_busybox_with_auth(&private, "private/box:2", "alice", "s3cret")
+            .expect("push");
+    std::fs::write(
+        env.root.join("config.json"),
+        serde_json::json!({"auths": {private_host.clone(): {"username": "alice", "password": "s3cret"}}})
+            .to_string(),
+    )
+    .expect("config.json");
+    env.restart_edge();
+    env.cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: edge-credentials\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {tag2}\n    command: [sleep, '3600']\n"
+    ));
+    env.cloud
+        .wait_for("pod/edge-credentials", "{.status.phase}", "Running", PULL);
 }
 
 /// containerd restarted under running container pods: they keep running (containerd's shims
@@ -928,4 +947,144 @@ async fn a_mixed_pod_shares_localhost_and_volumes_between_wasm_and_a_container()
     cloud.kubectl_ok(&["delete", "pod", "mixed", "--wait=false"]);
     cloud.wait_gone("pod/mixed", Duration::from_secs(60));
     assert!(env.sandboxes_of(&uid).await.is_empty());
+}
+
+/// `wedge up`, the README's main job, on a machine with containerd (as `scripts/demo` prepares
+/// it: busybox imported under the name the sample uses): the Wasm samples and the container
+/// sample `web` run side by side on the local edge, and `web` serves its page on its pod IP.
+#[tokio::test(flavor = "multi_thread")]
+async fn wedge_up_runs_the_container_sample_beside_the_wasm_samples() {
+    let containerd = tokio::task::spawn_blocking(Containerd::start)
+        .await
+        .expect("join")
+        .expect("containerd starts");
+    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
+        .await
+        .expect("join")
+        .expect("sample apps build");
+    let busybox = tokio::task::spawn_blocking(container_images::busybox)
+        .await
+        .expect("join")
+        .expect("busybox builds");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let archive = busybox.docker_archive();
+    let imported = wedge_image_import(
+        &root.join("edge"),
+        &containerd,
+        &[
+            archive.to_str().expect("utf-8 path"),
+            "--name",
+            "docker.io/library/busybox:1.35",
+        ],
+    );
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+
+    let api = free_port();
+    let hub = format!("127.0.0.1:{}", free_port());
+    let stdout_path = root.join("up.out");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wedge"));
+    command
+        .arg("--root")
+        .arg(root)
+        .arg("up")
+        .args(["--apiserver-listen", &format!("127.0.0.1:{api}")])
+        .args(["--hub-listen", &hub])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--modbus-sim-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--samples")
+        .arg(
+            apps.path("telemetry")
+                .parent()
+                .expect("the samples' directory"),
+        )
+        .args(["--container-runtime-endpoint", &containerd.endpoint()])
+        .args(["--cgroup-root", containerd.cgroup_parent()])
+        // The fixture's containerd has a network config of its own: nothing is written.
+        .arg("--cni-conf-dir")
+        .arg(root.join("unused-cni"))
+        .arg("--registry-config-dir")
+        .arg(containerd.certs_dir())
+        .env("RUST_LOG", "info,kube=warn,wedge_apiserver=warn")
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(root.join("up.log")).expect("log file"));
+    // What it prints is checked too, so not `Proc::spawn` (which discards stdout).
+    let up = Proc {
+        child: command.spawn().expect("wedge runs"),
+        log: root.join("up.log"),
+    };
+    // `wedge up` keeps its state where cloudcore does: a Cloud handle reads it with kubectl.
+    let cloud = Cloud {
+        root: root.to_owned(),
+        hub,
+        api,
+        metrics: String::new(),
+        extra: Vec::new(),
+        proc: None,
+    };
+    let printed = || std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    eventually(
+        Duration::from_secs(120),
+        || printed().contains("Ctrl-C stops everything"),
+        || format!("wedge up printed: {}\nlog: {}", printed(), up.log()),
+    )
+    .await;
+    assert!(
+        printed().contains("Wasm and container pods"),
+        "{}",
+        printed()
+    );
+    for pod in ["telemetry", "fan-handler", "web"] {
+        cloud.wait_for(
+            &format!("pod/{pod}"),
+            "{.status.phase}",
+            "Running",
+            Duration::from_secs(60),
+        );
+    }
+    // `web` is a container (its id says which runtime runs it), Ready once httpd answers its
+    // probe, and serves the page its command wrote from the downward API.
+    cloud.wait_for(
+        "pod/web",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+    let id = cloud.kubectl_ok(&[
+        "get",
+        "pod/web",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    assert!(id.starts_with("containerd://"), "{id}");
+    let telemetry = cloud.kubectl_ok(&[
+        "get",
+        "pod/telemetry",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    assert!(telemetry.starts_with("wasmtime://"), "{telemetry}");
+    let ip = cloud.kubectl_ok(&["get", "pod/web", "-o", "jsonpath={.status.podIP}"]);
+    let page = http_get(&format!("{ip}:8080"), "/");
+    assert!(
+        page.contains("Hello from web, a container on edge-local beside Wasm pods."),
+        "{page}"
+    );
+    drop(up);
+}
+
+/// The whole response to a plain HTTP/1.0 GET of `path` on `addr`.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connects");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).expect("response");
+    response
 }

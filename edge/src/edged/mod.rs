@@ -76,6 +76,9 @@ pub struct EdgedConfig {
     pub status_resync: Duration,
     /// Whether containers may run `privileged` (edgecore `--allow-privileged`).
     pub allow_privileged: bool,
+    /// The edge's own registry credentials, by host, for every pod's pulls wherever its
+    /// `imagePullSecrets` name none ([`pull_secrets::node_credentials`]).
+    pub node_credentials: std::collections::BTreeMap<String, PullAuth>,
 }
 
 impl EdgedConfig {
@@ -88,6 +91,7 @@ impl EdgedConfig {
             lease_duration_seconds: 40,
             status_resync: Duration::from_secs(10),
             allow_privileged: false,
+            node_credentials: Default::default(),
         }
     }
 }
@@ -534,7 +538,7 @@ impl Edged {
         self.write_volumes(pod, &plan)
             .await
             .map_err(|m| (m, false))?;
-        let auth = pull_secrets::pull_auth(pod, &lookup);
+        let auth = pull_secrets::pull_auth(pod, &lookup, &self.config.node_credentials);
         let (runtimes, kinds, tx) = (
             self.workers.runtimes().clone(),
             self.image_kinds.clone(),

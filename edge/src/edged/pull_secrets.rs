@@ -3,6 +3,11 @@
 //! host. A Secret the edge does not hold, or one that does not parse, is skipped with a warning
 //! and the image is pulled without it, as the kubelet does; the registry's refusal then says
 //! what is missing.
+//!
+//! Beside them, the edge's own credentials ([`node_credentials`]): docker config files the
+//! operator puts on the edge, as the kubelet reads `/var/lib/kubelet/config.json` and
+//! `~/.docker/config.json`. They serve both runtimes, for every pod, wherever no pull secret of the
+//! pod names the registry.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +70,12 @@ fn credentials(object: &serde_json::Value) -> Result<BTreeMap<String, PullAuth>,
     } else {
         return Err("it holds neither .dockerconfigjson nor .dockercfg".to_owned());
     };
+    docker_config(config, nested)
+}
+
+/// The credentials of a docker config (`config.json`, whose entries are under `auths`; or the
+/// older `.dockercfg`, whose entries are the object itself), by registry host.
+fn docker_config(config: &[u8], nested: bool) -> Result<BTreeMap<String, PullAuth>, String> {
     let json: serde_json::Value = serde_json::from_slice(config)
         .map_err(|e| format!("its docker config is not JSON: {e}"))?;
     let auths = if nested {
@@ -81,9 +92,42 @@ fn credentials(object: &serde_json::Value) -> Result<BTreeMap<String, PullAuth>,
         .collect())
 }
 
+/// The edge's own registry credentials: the docker config files among `paths` that exist
+/// (`config.json` format), the first naming a host winning. A file that cannot be read or
+/// parsed is skipped with a warning naming it. Reads files: call it off the async workers.
+pub fn node_credentials(paths: &[std::path::PathBuf]) -> BTreeMap<String, PullAuth> {
+    let mut out = BTreeMap::new();
+    for path in paths {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read registry credentials");
+                continue;
+            }
+        };
+        match docker_config(&bytes, true) {
+            Ok(found) => {
+                tracing::info!(path = %path.display(), registries = ?found.keys().collect::<Vec<_>>(), "registry credentials for every pod");
+                for (host, auth) in found {
+                    out.entry(host).or_insert(auth);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), error, "registry credentials cannot be used")
+            }
+        }
+    }
+    out
+}
+
 /// The credentials of the pod's `imagePullSecrets`, by registry host (the first Secret naming a
-/// host wins).
-pub fn pull_auth(pod: &Pod, lookup: &Lookup<'_>) -> BTreeMap<String, PullAuth> {
+/// host wins), then the edge's own (`node`) for hosts no Secret names.
+pub fn pull_auth(
+    pod: &Pod,
+    lookup: &Lookup<'_>,
+    node: &BTreeMap<String, PullAuth>,
+) -> BTreeMap<String, PullAuth> {
     let namespace = pod
         .metadata
         .namespace
@@ -109,6 +153,9 @@ pub fn pull_auth(pod: &Pod, lookup: &Lookup<'_>) -> BTreeMap<String, PullAuth> {
                 tracing::warn!(pod = ?pod.metadata.name, secret = secret.name, error, "an image pull secret cannot be used")
             }
         }
+    }
+    for (host, auth) in node {
+        out.entry(host.clone()).or_insert_with(|| auth.clone());
     }
     out
 }
@@ -145,7 +192,7 @@ mod tests {
                 {"name": "missing"}, {"name": "junk"}, {"name": "regcred"}, {"name": "legacy"}]}
         }))
         .expect("pod");
-        let auth = pull_auth(&pod, &lookup);
+        let auth = pull_auth(&pod, &lookup, &BTreeMap::new());
         let basic = |u: &str, p: &str| PullAuth::Basic {
             username: u.into(),
             password: p.into(),
@@ -157,5 +204,50 @@ mod tests {
         assert_eq!(auth.get("docker.io"), Some(&basic("hub", "pw")));
         assert_eq!(auth.get("other.example"), Some(&basic("old", "style")));
         assert_eq!(auth.len(), 3);
+    }
+
+    #[test]
+    fn the_edges_own_credentials_serve_registries_no_pull_secret_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = dir.path().join("config.json");
+        let second = dir.path().join("home-config.json");
+        let broken = dir.path().join("broken.json");
+        std::fs::write(
+            &first,
+            serde_json::json!({"auths": {"private.local:5000": {"auth": b64("edge:pw")}}})
+                .to_string(),
+        )
+        .expect("write");
+        std::fs::write(
+            &second,
+            serde_json::json!({"auths": {
+                "private.local:5000": {"auth": b64("shadowed:pw")},
+                "https://index.docker.io/v1/": {"auth": b64("hub:pw")}
+            }})
+            .to_string(),
+        )
+        .expect("write");
+        std::fs::write(&broken, "not json").expect("write");
+        let node = node_credentials(&[dir.path().join("absent.json"), broken, first, second]);
+        let basic = |u: &str, p: &str| PullAuth::Basic {
+            username: u.into(),
+            password: p.into(),
+        };
+        assert_eq!(node.get("private.local:5000"), Some(&basic("edge", "pw")));
+        assert_eq!(node.get("docker.io"), Some(&basic("hub", "pw")));
+
+        // A pod's own pull secret wins for its registry; the edge's fill in the rest.
+        let json = serde_json::json!({"auths": {"docker.io": {"auth": b64("pod:pw")}}}).to_string();
+        let lookup = move |_: ResourceKind, _: &str, _: &str| {
+            Some(serde_json::json!({"data": {".dockerconfigjson": b64(&json)}}))
+        };
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [], "imagePullSecrets": [{"name": "mine"}]}
+        }))
+        .expect("pod");
+        let auth = pull_auth(&pod, &lookup, &node);
+        assert_eq!(auth.get("docker.io"), Some(&basic("pod", "pw")));
+        assert_eq!(auth.get("private.local:5000"), Some(&basic("edge", "pw")));
     }
 }
