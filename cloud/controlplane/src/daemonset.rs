@@ -2,7 +2,8 @@
 //! included. This is how a fleet of edges gets the same app.
 //!
 //! A node should run a daemon pod when the template's nodeSelector, required node affinity,
-//! runtime and tolerations allow it (the scheduler's placement filters, without resources), with
+//! runtime and tolerations allow it (the scheduler's placement filters, without resources; the
+//! runtime from the RuntimeClass, else from the images' kinds, as the scheduler reads them), with
 //! the tolerations Kubernetes adds to every daemon pod (not-ready and unreachable `NoExecute`,
 //! so daemon pods stay on edges that go offline; cordoned and pressure `NoSchedule`). A pod
 //! already running where a `NoSchedule` taint appeared stays, as on Kubernetes.
@@ -47,6 +48,8 @@ pub struct Context {
     pods: Store<Pod>,
     nodes: Store<Node>,
     runtime_classes: Store<RuntimeClass>,
+    /// Asks registries what the template's images are, for templates without a RuntimeClass.
+    image_kinds: Option<wedge_oci::ImageKinds>,
     recorder: Recorder,
 }
 
@@ -59,6 +62,7 @@ pub async fn run(
     nodes: Store<Node>,
     node_changes: impl futures::Stream<Item = ()> + Send + 'static,
     runtime_classes: Store<RuntimeClass>,
+    image_kinds: Option<wedge_oci::ImageKinds>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let context = Arc::new(Context {
@@ -67,6 +71,7 @@ pub async fn run(
         pods,
         nodes,
         runtime_classes,
+        image_kinds,
     });
     Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_changes)
@@ -191,14 +196,22 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         ds.status.as_ref().and_then(|s| s.collision_count),
     );
     let pod = daemon_pod(&ds, &hash);
-    // The runtime the daemon needs comes from its RuntimeClass, when it names one.
+    // The runtime the daemon needs comes from its RuntimeClass, when it names one, else from
+    // its images' kinds: a container daemon does not go to edges that run only Wasm.
     let runtime_class = pod
         .spec
         .as_ref()
         .and_then(|s| s.runtime_class_name.as_deref())
         .and_then(|n| ctx.runtime_classes.get(&ObjectRef::new(n)));
     let needs = match PodNeeds::of(&pod, runtime_class.as_deref()) {
-        Ok(n) => n,
+        Ok(mut needs) => {
+            if needs.runtimes.is_empty()
+                && let Some(kinds) = &ctx.image_kinds
+            {
+                needs.runtimes = crate::scheduler::image_runtimes(kinds, &pod).await;
+            }
+            needs
+        }
         Err(e) => {
             tracing::warn!(daemonset = %ds.name_any(), error = %e, "cannot place daemon pods");
             return Ok(Action::requeue(Duration::from_secs(60)));

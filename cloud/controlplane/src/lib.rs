@@ -161,6 +161,7 @@ pub async fn run_controllers(
             nodes.clone(),
             placement_changes(nodes.clone(), daemonset_nodes),
             runtime_classes,
+            scheduler::image_kinds(&config.insecure_registries),
             stop(),
         ) => {}
         () = deployment::run(client.clone(), replicasets, deployment_sets, pods.clone(), stop()) => {}

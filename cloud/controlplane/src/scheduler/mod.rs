@@ -65,15 +65,7 @@ struct Context {
 /// Runs the scheduler until `shutdown` is cancelled. `insecure_registries` (`host:port`) are
 /// asked about images over plain HTTP.
 pub async fn run(client: Client, insecure_registries: Vec<String>, shutdown: CancellationToken) {
-    let image_kinds = match ImageKinds::new(wedge_oci::RegistryHosts::insecure(
-        &insecure_registries,
-    )) {
-        Ok(kinds) => Some(kinds),
-        Err(error) => {
-            tracing::warn!(%error, "no registry client: pods without a RuntimeClass may go to any node");
-            None
-        }
-    };
+    let image_kinds = image_kinds(&insecure_registries);
     let cache = Arc::new(Mutex::new(Cache::default()));
     // A channel of one: a retry already queued absorbs the next request for one.
     let (retry_tx, retry_rx) = mpsc::channel::<()>(1);
@@ -301,11 +293,23 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     }
 }
 
+/// A resolver of image kinds for pods without a RuntimeClass; `None` (logged) if no registry
+/// client can be made, and then such pods may go to any node.
+pub(crate) fn image_kinds(insecure_registries: &[String]) -> Option<ImageKinds> {
+    match ImageKinds::new(wedge_oci::RegistryHosts::insecure(insecure_registries)) {
+        Ok(kinds) => Some(kinds),
+        Err(error) => {
+            tracing::warn!(%error, "no registry client: pods without a RuntimeClass may go to any node");
+            None
+        }
+    }
+}
+
 /// The runtimes a pod's images need, asked of their registries: `wasm` for a Wasm image,
 /// `runc` for a container image, both for a pod with both (a mixed pod). An image of unknown
 /// kind (unreachable, private, imported by hand on the edge) needs nothing known: a pod whose
 /// images are all unknown may go to any node.
-async fn image_runtimes(kinds: &ImageKinds, pod: &Pod) -> Vec<String> {
+pub(crate) async fn image_runtimes(kinds: &ImageKinds, pod: &Pod) -> Vec<String> {
     let Some(spec) = pod.spec.as_ref() else {
         return Vec::new();
     };
