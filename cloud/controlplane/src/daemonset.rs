@@ -53,6 +53,15 @@ pub struct Context {
     recorder: Recorder,
 }
 
+/// What says which runtime a daemon needs: its RuntimeClass, else its images' kinds.
+pub struct RuntimeSources {
+    /// The RuntimeClasses, kept from a watch.
+    pub runtime_classes: Store<RuntimeClass>,
+    /// Asks registries what images are (`None`: no registry client, templates without a
+    /// RuntimeClass go to every node).
+    pub image_kinds: Option<wedge_oci::ImageKinds>,
+}
+
 /// Runs the controller until `shutdown` resolves. `node_changes` fires when a node appears,
 /// goes, or changes in a way that can change where daemons run.
 pub async fn run(
@@ -61,8 +70,7 @@ pub async fn run(
     pod_changes: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
     nodes: Store<Node>,
     node_changes: impl futures::Stream<Item = ()> + Send + 'static,
-    runtime_classes: Store<RuntimeClass>,
-    image_kinds: Option<wedge_oci::ImageKinds>,
+    runtimes: RuntimeSources,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let context = Arc::new(Context {
@@ -70,8 +78,8 @@ pub async fn run(
         client: client.clone(),
         pods,
         nodes,
-        runtime_classes,
-        image_kinds,
+        runtime_classes: runtimes.runtime_classes,
+        image_kinds: runtimes.image_kinds,
     });
     Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_changes)

@@ -160,8 +160,10 @@ pub async fn run_controllers(
             daemonset_pods,
             nodes.clone(),
             placement_changes(nodes.clone(), daemonset_nodes),
-            runtime_classes,
-            scheduler::image_kinds(&config.insecure_registries),
+            daemonset::RuntimeSources {
+                runtime_classes,
+                image_kinds: scheduler::image_kinds(&config.insecure_registries),
+            },
             stop(),
         ) => {}
         () = deployment::run(client.clone(), replicasets, deployment_sets, pods.clone(), stop()) => {}
