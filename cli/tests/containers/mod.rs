@@ -1093,3 +1093,83 @@ fn http_get(addr: &str, path: &str) -> String {
     tcp.read_to_string(&mut response).expect("response");
     response
 }
+
+/// edgecore killed (-9) and restarted under a mixed pod: the container, which containerd kept,
+/// is adopted (same id, no restart), and the Wasm container, which died with edgecore, runs
+/// again as a new instance in the same sandbox and network.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_pod_keeps_its_container_and_restarts_its_wasm_part_when_edgecore_is_killed() {
+    let mut env = mixed_edge(&[]).await;
+    let host = env.registry.host();
+    env.cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pair\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: side\n    image: {}\n    command: [sh, -c, 'echo started; exec httpd -f -p 8080']\n  - name: app\n    image: {host}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"200\"}}\n",
+        env.busybox
+    ));
+    let running = "{.status.containerStatuses[?(@.name==\"side\")].state.running.startedAt}";
+    let app_running = "{.status.containerStatuses[?(@.name==\"app\")].state.running.startedAt}";
+    eventually(
+        PULL,
+        || {
+            !env.jsonpath("pod/pair", running).is_empty()
+                && !env.jsonpath("pod/pair", app_running).is_empty()
+        },
+        || env.jsonpath("pod/pair", "{.status}"),
+    )
+    .await;
+    let side_id = env.jsonpath(
+        "pod/pair",
+        "{.status.containerStatuses[?(@.name==\"side\")].containerID}",
+    );
+    let app_id = "{.status.containerStatuses[?(@.name==\"app\")].containerID}";
+    let app_before = env.jsonpath("pod/pair", app_id);
+    let ip = env.jsonpath("pod/pair", "{.status.podIP}");
+    let uid = env.uid("pair");
+    let sandboxes = env.sandboxes_of(&uid).await;
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+
+    env.restart_edge();
+    // The Wasm container runs again: a new instance (the runtime kept no record of the old
+    // one, so its restart count starts again, as a kubelet's does for a container its runtime
+    // lost).
+    eventually(
+        Duration::from_secs(60),
+        || {
+            let now = env.jsonpath("pod/pair", app_id);
+            now.starts_with("wasmtime://")
+                && now != app_before
+                && !env.jsonpath("pod/pair", app_running).is_empty()
+        },
+        || {
+            format!(
+                "{}\nedgecore: {}",
+                env.jsonpath("pod/pair", "{.status}"),
+                env.edge.log()
+            )
+        },
+    )
+    .await;
+    assert!(env.edge.log().contains("adopted a running container"));
+    // The container and the sandbox are the ones from before.
+    assert_eq!(
+        env.jsonpath(
+            "pod/pair",
+            "{.status.containerStatuses[?(@.name==\"side\")].containerID}"
+        ),
+        side_id
+    );
+    assert_eq!(
+        env.jsonpath(
+            "pod/pair",
+            "{.status.containerStatuses[?(@.name==\"side\")].restartCount}"
+        ),
+        "0"
+    );
+    assert_eq!(env.log("pair", "side").matches("started").count(), 1);
+    assert_eq!(env.jsonpath("pod/pair", "{.status.podIP}"), ip);
+    let after = env.sandboxes_of(&uid).await;
+    assert_eq!(
+        after.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        sandboxes.iter().map(|s| &s.id).collect::<Vec<_>>()
+    );
+    assert_eq!(env.jsonpath("pod/pair", "{.status.phase}"), "Running");
+}
