@@ -114,11 +114,12 @@ struct PodState {
     confirmed: bool,
 }
 
-/// A pod as parsed from MetaManager, with the version it was parsed from.
+/// A pod as parsed from MetaManager, with the version it was parsed from; `None` if that
+/// version does not parse (logged once, skipped until a new version comes).
 struct ParsedPod {
     uid: String,
     resource_version: String,
-    pod: Arc<Pod>,
+    pod: Option<Arc<Pod>>,
 }
 
 /// A stop that finished.
@@ -369,7 +370,7 @@ impl Edged {
             Ok(versions) => versions,
             Err(error) => {
                 tracing::error!(%error, "cannot read the pods MetaManager holds");
-                return self.parsed.values().map(|p| p.pod.clone()).collect();
+                return self.parsed.values().filter_map(|p| p.pod.clone()).collect();
             }
         };
         let mut parsed = HashMap::with_capacity(versions.len());
@@ -382,16 +383,16 @@ impl Edged {
             let entry = match current {
                 Some(entry) => entry,
                 None => match self.meta.get(&key) {
-                    Ok(Some(stored)) => match serde_json::from_value::<Pod>(stored.object) {
-                        Ok(pod) => ParsedPod {
-                            uid: stored.uid,
-                            resource_version: stored.resource_version,
-                            pod: Arc::new(pod),
+                    Ok(Some(stored)) => ParsedPod {
+                        pod: match serde_json::from_value::<Pod>(stored.object) {
+                            Ok(pod) => Some(Arc::new(pod)),
+                            Err(error) => {
+                                tracing::error!(%key, %error, "a stored pod does not parse; skipped until a new version comes");
+                                None
+                            }
                         },
-                        Err(error) => {
-                            tracing::error!(%key, %error, "a stored pod does not parse; skipped");
-                            continue;
-                        }
+                        uid: stored.uid,
+                        resource_version: stored.resource_version,
                     },
                     // Deleted since the versions were read.
                     Ok(None) => continue,
@@ -401,7 +402,7 @@ impl Edged {
                     }
                 },
             };
-            pods.push(entry.pod.clone());
+            pods.extend(entry.pod.clone());
             parsed.insert(key, entry);
         }
         self.parsed = parsed;
@@ -859,5 +860,18 @@ mod tests {
         assert_eq!(third.len(), 1);
         assert_eq!(third[0].metadata.uid.as_deref(), Some("ua2"));
         assert_eq!(image(&third, "a").as_deref(), Some("a:3"));
+
+        // A version that is not a pod is left out until a version that is one comes.
+        let c = ObjectKey {
+            kind: ResourceKind::Pod,
+            namespace: "default".into(),
+            name: "c".into(),
+        };
+        let broken = serde_json::json!({"metadata": {"name": "c"}, "spec": {"containers": "no"}});
+        meta.apply(&c, "uc", "5", &broken).expect("apply");
+        assert_eq!(edged.desired_pods().len(), 1);
+        assert_eq!(edged.desired_pods().len(), 1, "still left out");
+        apply("c", "uc", "6", "c:1");
+        assert_eq!(image(&edged.desired_pods(), "c").as_deref(), Some("c:1"));
     }
 }
