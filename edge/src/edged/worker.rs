@@ -587,7 +587,15 @@ impl ContainerRun<'_> {
                     }
                 }
                 None => match self.start_instance(&mut pull).await {
-                    Ok(Some(started)) => started,
+                    Ok(Some((id, started))) => {
+                        if let Some(exit) = self.post_start(&id).await {
+                            match self.after_exit(&exit, started.elapsed(), &mut crash).await {
+                                Some(ended) => return ended,
+                                None => continue,
+                            }
+                        }
+                        (id, started)
+                    }
                     Ok(None) => return Ended::Stopped,
                     Err(failure) => {
                         let wait = crash.after_exit(Duration::ZERO);
@@ -819,20 +827,36 @@ impl ContainerRun<'_> {
                 s.image_id = image_id;
             }
         });
-        if let Some(hook) = &slot.plan.probes.post_start
-            && let Outcome::Failure(message) = self.run_handler(hook, &id, pod.plan.grace).await
-        {
-            // As the kubelet does: the container is killed, and restarted by policy.
-            tracing::warn!(pod = %pod.plan.display_name, container = %slot.plan.name, message, "the postStart hook failed");
-            let _ = self.kill(&id, Instant::now() + pod.plan.grace).await;
-            self.remove(&id).await;
-            slot.set_id(None);
-            return Err(Failure::Waiting(
-                reason::POST_START_HOOK_ERROR,
-                format!("postStart hook failed: {message}"),
-            ));
-        }
         Ok(Some((id, Instant::now())))
+    }
+
+    /// Runs the postStart hook of the instance `id` that just started. If it fails the
+    /// instance is killed, as the kubelet kills it, and its exit (its message naming the hook's
+    /// failure) is returned, for the restart policy to decide on like any other exit.
+    async fn post_start(&self, id: &str) -> Option<runtime::Exit> {
+        let (pod, slot) = (self.pod, self.slot);
+        let hook = slot.plan.probes.post_start.as_ref()?;
+        let Outcome::Failure(message) = self.run_handler(hook, id, pod.plan.grace).await else {
+            return None;
+        };
+        tracing::warn!(pod = %pod.plan.display_name, container = %slot.plan.name, message, "the postStart hook failed: killing the container");
+        let message = format!(
+            "{}: postStart hook failed: {message}",
+            reason::POST_START_HOOK_ERROR
+        );
+        let now = Timestamp::now();
+        let mut exit = self
+            .kill(id, Instant::now() + pod.plan.grace)
+            .await
+            .unwrap_or(runtime::Exit {
+                code: 137,
+                reason: "Error".to_owned(),
+                message: None,
+                started_at: now,
+                finished_at: now,
+            });
+        exit.message = Some(message);
+        Some(exit)
     }
 
     /// A new instance starts with its probes not yet passed (or passed, where it has none).

@@ -448,18 +448,39 @@ async fn pre_stop_runs_before_the_stop_and_post_start_failures_restart() {
             "Always",
         ),
     );
+    // As under the kubelet: the instance is killed, its exit names the hook's failure, and the
+    // restart policy starts the next one, which counts as a restart.
     let s = h
-        .wait_for("poststart", "the hook's failure", |s| {
-            reason(s) == Some("PostStartHookError")
+        .wait_for("poststart", "running after the restart", |s| {
+            s.containers[0].state.is_running() && s.containers[0].restart_count == 1
         })
         .await;
     assert!(
-        matches!(&s.containers[0].state, ContainerState::Waiting { message: Some(m), .. } if m.contains("not yet"))
+        matches!(&s.containers[0].last_state, Some(ContainerState::Terminated { message: Some(m), .. })
+            if m.contains("PostStartHookError") && m.contains("not yet")),
+        "{:?}",
+        s.containers[0].last_state
     );
-    h.wait_for("poststart", "running after the retry", |s| {
-        s.containers[0].state.is_running()
-    })
-    .await;
+
+    // Under `Never` the killed instance stays terminated: the pod fails.
+    let h = harness();
+    h.fake.exec_codes("main", &[1]);
+    h.start(
+        "never",
+        one(
+            serde_json::json!({"lifecycle": {"postStart": {"exec": {"command": ["setup"]}}}}),
+            "Never",
+        ),
+    );
+    let s = h
+        .wait_for("never", "failed", |s| s.phase == PodPhase::Failed)
+        .await;
+    assert!(
+        matches!(&s.containers[0].state, ContainerState::Terminated { message: Some(m), .. } if m.contains("PostStartHookError")),
+        "{:?}",
+        s.containers[0].state
+    );
+    assert_eq!(s.containers[0].restart_count, 0);
 }
 
 #[tokio::test(start_paused = true)]
