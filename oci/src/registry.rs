@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use crate::hosts::{Endpoint, Need, RegistryHosts};
 
 /// Why a registry request failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// The repository, tag or digest does not exist.
     #[error("{reference}: not found in the registry: {detail}")]
