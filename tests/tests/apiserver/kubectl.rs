@@ -369,3 +369,53 @@ async fn imperative_creates_send_protobuf_and_store_what_was_asked() {
     let left = cluster.kubectl(&["-n", "team", "get", "serviceaccount", "robot"]);
     assert!(!left.status.success());
 }
+
+/// `pods/log` and `pods/exec` check the container as kube-apiserver does before anything reaches
+/// the node: a pod with several containers and none named gets a 400 listing them, a container
+/// the pod lacks a 400 naming it; a pod with no node a 400; the rest is for the node's agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_logs_and_exec_check_the_container_before_the_node() {
+    let cluster = Cluster::start().await;
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: two\nspec:\n  nodeName: edge-x\n  initContainers:\n  - {name: setup, image: busybox}\n  containers:\n  - {name: a, image: busybox}\n  - {name: b, image: busybox}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: unplaced\nspec:\n  containers:\n  - {name: only, image: busybox}\n";
+    let applied = cluster.kubectl_stdin(&["apply", "-f", "-"], pods);
+    assert!(applied.status.success(), "{}", text(&applied));
+
+    // kubectl picks a container itself, so the bare request goes raw.
+    let bare = cluster.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/two/log"]);
+    assert!(!bare.status.success());
+    assert!(
+        text(&bare)
+            .contains("a container name must be specified for pod two, choose one of: [setup a b]"),
+        "{}",
+        text(&bare)
+    );
+    let wrong = cluster.kubectl(&["logs", "two", "-c", "nope"]);
+    assert!(
+        text(&wrong).contains("container nope is not valid for pod two"),
+        "{}",
+        text(&wrong)
+    );
+    let exec = cluster.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/two/exec?command=true&container=nope&stdout=true",
+    ]);
+    assert!(
+        text(&exec).contains("container nope is not valid for pod two"),
+        "{}",
+        text(&exec)
+    );
+    // A valid container passes the checks and reaches the question of the node's agent.
+    let valid = cluster.kubectl(&["logs", "two", "-c", "setup"]);
+    assert!(
+        text(&valid).contains("on node edge-x is not available"),
+        "{}",
+        text(&valid)
+    );
+    let unplaced = cluster.kubectl(&["logs", "unplaced"]);
+    assert!(
+        text(&unplaced).contains("does not have a host assigned"),
+        "{}",
+        text(&unplaced)
+    );
+}

@@ -1,7 +1,9 @@
 //! Subresources: `status` (the object, written only in its status), `scale` (an
 //! `autoscaling/v1` Scale view of a workload's replicas), `binding` (a pod assigned to a node,
-//! once), a namespace's `finalize`, and a pod's `log`, `exec` and `portforward`, which reach
-//! edges through CloudHub (issue 5) and until then get a 503 that says so.
+//! once), a namespace's `finalize`, and a pod's `log`, `exec` and `portforward`. Those three
+//! are checked here as kube-apiserver checks them (a node assigned; for log and exec, a
+//! container the pod has, or its only one), then get a 503 that says so until edges serve them
+//! through CloudHub (issue 16).
 
 use http::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -45,6 +47,9 @@ pub(crate) async fn serve(
                 .get(&objects::key(info, path.namespace.as_deref(), name))
                 .map_err(store_err(info))?;
             let value = obj.value();
+            if sub != "portforward" {
+                container_of(&value, name, call.query.get("container"))?;
+            }
             let node = value
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
@@ -64,6 +69,43 @@ pub(crate) async fn serve(
 }
 
 /// The Scale view of a workload.
+/// The container a log or exec request is for, checked as kube-apiserver checks it before it
+/// reaches the node: the one named, which the pod must have; or, when none is named, the pod's
+/// only container. A pod with several gets a 400 that lists them all (init containers first),
+/// as kube-apiserver's does.
+fn container_of(pod: &Value, name: &str, wanted: Option<&str>) -> Result<String, ApiError> {
+    let names_in = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect()
+    };
+    let containers = names_in("containers");
+    let all: Vec<String> = names_in("initContainers")
+        .into_iter()
+        .chain(containers.iter().cloned())
+        .chain(names_in("ephemeralContainers"))
+        .collect();
+    match wanted.filter(|w| !w.is_empty()) {
+        Some(wanted) if all.iter().any(|c| c == wanted) => Ok(wanted.to_owned()),
+        Some(wanted) => Err(ApiError::BadRequest(format!(
+            "container {wanted} is not valid for pod {name}"
+        ))),
+        None => match containers.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => Err(ApiError::BadRequest(format!(
+                "a container name must be specified for pod {name}"
+            ))),
+            _ => Err(ApiError::BadRequest(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                all.join(" ")
+            ))),
+        },
+    }
+}
+
 fn scale_of(o: &Value) -> Value {
     let selector = o
         .pointer("/spec/selector")
