@@ -328,3 +328,186 @@ async fn joins_that_cannot_work_say_why_and_edges_are_only_themselves() {
     );
     assert!(cloud.metric("wedge_cloudhub_frames_refused_total", "edge-b") >= 1.0);
 }
+
+/// Reads `child`'s stdout line by line on a thread; the lines arrive on the returned channel.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The number after "tick " in a telemetry log line.
+fn tick_of(line: &str) -> Option<u64> {
+    line.split("tick ").nth(1)?.split(' ').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_logs_reaches_edge_pods_through_cloudstream() {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let mut edge = start_edge(
+        &dir.path().join("edge-a"),
+        &cloud,
+        "edge-a",
+        Some(&token),
+        &registry.host(),
+    );
+    cloud.wait_for(
+        "node/edge-a",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+    // The edge's Node sends the API server to CloudStream; its own IP stays its InternalIP.
+    let port = cloud.stream.rsplit(':').next().expect("a port").to_owned();
+    cloud.wait_for(
+        "node/edge-a",
+        "{.status.daemonEndpoints.kubeletEndpoint.Port}",
+        &port,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&[
+            "get",
+            "node",
+            "edge-a",
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalDNS\")].address}"
+        ]),
+        "127.0.0.1"
+    );
+
+    // A finished pod's log, whole.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\nspec:\n  restartPolicy: Never\n  containers:\n  - name: hello\n    image: {}/samples/hello:1\n    args: [one, two]\n",
+        registry.host()
+    ));
+    cloud.wait_for(
+        "pod/hello",
+        "{.status.phase}",
+        "Succeeded",
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["logs", "hello"]),
+        "Hello from Wedge!\nargs: one two\nhello: done\n"
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["logs", "hello", "--tail=1"]),
+        "hello: done\n"
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["logs", "hello", "--limit-bytes=5"]),
+        "Hello"
+    );
+    let stamped = cloud.kubectl_ok(&["logs", "hello", "--timestamps"]);
+    let first = stamped.lines().next().unwrap_or_default();
+    let (time, text) = first.split_once(' ').expect("a timestamp, then the line");
+    assert!(time.parse::<jiff::Timestamp>().is_ok(), "{first}");
+    assert_eq!(text, "Hello from Wedge!");
+    assert!(
+        cloud
+            .kubectl_ok(&["logs", "hello", "--since=1h"])
+            .contains("args: one two")
+    );
+    assert_eq!(
+        cloud.kubectl_ok(&["logs", "hello", "--since-time=2099-01-01T00:00:00Z"]),
+        ""
+    );
+    // What does not exist says so, as a kubelet says it.
+    let previous = cloud.kubectl(&["logs", "hello", "--previous"]);
+    assert!(!previous.status.success());
+    assert!(
+        String::from_utf8_lossy(&previous.stderr)
+            .contains("previous terminated container \"hello\" in pod \"hello\" not found"),
+        "{}",
+        String::from_utf8_lossy(&previous.stderr)
+    );
+
+    // Two running pods with one label: `-l --prefix` reads both, `-f` follows as lines come.
+    for name in ["tel-a", "tel-b"] {
+        cloud.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: tel}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: app\n    image: {}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"200\"}}\n",
+            registry.host()
+        ));
+    }
+    for name in ["tel-a", "tel-b"] {
+        cloud.wait_for(
+            &format!("pod/{name}"),
+            "{.status.phase}",
+            "Running",
+            Duration::from_secs(60),
+        );
+    }
+    eventually(
+        Duration::from_secs(20),
+        || {
+            let out = cloud.kubectl_ok(&["logs", "-l", "app=tel", "--prefix"]);
+            out.contains("[pod/tel-a/app] telemetry: tick")
+                && out.contains("[pod/tel-b/app] telemetry: tick")
+        },
+        || cloud.kubectl_ok(&["logs", "-l", "app=tel", "--prefix"]),
+    )
+    .await;
+    let mut follow = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cloud.kubeconfig())
+        .args(["logs", "-f", "tel-a", "--tail=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let lines = lines_of(&mut follow);
+    let mut ticks = Vec::new();
+    while ticks.len() < 4 {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("followed lines keep coming");
+        ticks.extend(tick_of(&line));
+    }
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive ticks, as written: {ticks:?}"
+    );
+    assert!(
+        follow.try_wait().expect("status").is_none(),
+        "still following"
+    );
+
+    // The edge going away ends the follow with an error, not a hang; new requests are told
+    // the node is not connected, and since when.
+    edge.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = follow.try_wait().expect("status") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl logs -f hung after the edge went away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(follow.stderr.as_mut().expect("piped stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "an error, not a clean end: {stderr}");
+    let gone = cloud.kubectl(&["logs", "tel-b"]);
+    let said = String::from_utf8_lossy(&gone.stderr).into_owned();
+    assert!(
+        !gone.status.success()
+            && said.contains("node edge-a is not connected to cloudcore: its connection ended at"),
+        "{said}"
+    );
+}

@@ -292,6 +292,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tokio::task::spawn_blocking(move || crate::edged::pull_secrets::node_credentials(&files))
             .await
             .unwrap_or_default();
+    let streams = crate::edgestream::EdgeStream::new(workers.clone());
     let mut edged = Edged::new(
         workers,
         db.meta(),
@@ -319,7 +320,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }),
     );
     hub_config.backoff_max = config.reconnect_max;
-    let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals);
+    let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals).with_streams(streams);
     let mut tasks = JoinSet::new();
     tasks.spawn(edged.run(shutdown.clone()));
     tasks.spawn(hub.run(shutdown.clone()));

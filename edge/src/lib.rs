@@ -6,6 +6,8 @@
 //! - [`edgehub`]: the one connection to CloudHub: reconnecting, acknowledged, resynced.
 //! - [`edged`]: runs the pods MetaManager holds on the Wasm runtime and reports their status,
 //!   the node's status and its lease through the outbox.
+//! - [`edgestream`]: serves the streams the cloud opens on EdgeHub's connection (`kubectl
+//!   logs`, `exec`, `port-forward`) against Edged's pods.
 //! - [`devicetwin`]: DeviceTwin: the devices bound to this node, their twins in SQLite, the
 //!   `wedge:device` backend for apps, and the Device status reported to the cloud.
 //! - [`reports`]: the outbox entries and the frames they become.
@@ -17,6 +19,7 @@ pub mod agent;
 pub mod devicetwin;
 pub mod edged;
 pub mod edgehub;
+pub mod edgestream;
 pub mod eventbus;
 pub mod join;
 pub mod mappers;

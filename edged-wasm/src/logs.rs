@@ -189,9 +189,22 @@ impl tokio::io::AsyncWrite for LogStream {
 
 #[cfg(test)]
 mod tests {
-    use wedge_core::crilog::{LogOptions, render};
+    use wedge_core::crilog::{LogOptions, LogRenderer, tail_start};
 
     use super::*;
+
+    /// The file as `kubectl logs` shows it.
+    fn render(file: &[u8], options: &LogOptions) -> Vec<u8> {
+        let start = options
+            .tail_lines
+            .and_then(|n| tail_start(file, n, true))
+            .unwrap_or(0);
+        let mut renderer = LogRenderer::new(options);
+        let mut out = Vec::new();
+        renderer.push(&file[start..], &mut out);
+        renderer.finish(&mut out);
+        out
+    }
 
     #[test]
     fn writes_are_logged_and_rendered_back() {

@@ -125,11 +125,7 @@ async fn wait_logged(
     let deadline = Instant::now() + Duration::from_secs(120);
     for uid in uids {
         loop {
-            let log = workers
-                .logs(uid, "main", &Default::default())
-                .await
-                .unwrap_or_default();
-            if String::from_utf8_lossy(&log).contains("tick 1") {
+            if read_log(workers, uid).await.contains("tick 1") {
                 break;
             }
             anyhow::ensure!(
@@ -140,4 +136,19 @@ async fn wait_logged(
         }
     }
     Ok(())
+}
+
+/// The whole log of the pod `uid`'s container, empty while there is none.
+async fn read_log(workers: &wedge_edge::edged::pod_workers::PodWorkers, uid: &str) -> String {
+    let name = format!("bench-{uid}");
+    let mut log = Vec::new();
+    if let Ok(mut reader) = workers
+        .open_logs("bench", &name, "main", Default::default())
+        .await
+    {
+        while let Some(Ok(chunk)) = reader.next().await {
+            log.extend_from_slice(&chunk);
+        }
+    }
+    String::from_utf8_lossy(&log).into_owned()
 }

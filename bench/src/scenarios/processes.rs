@@ -85,6 +85,7 @@ impl CloudAndEdge {
         let root = dir.display().to_string();
         let hub = format!("127.0.0.1:{}", free_port()?);
         let api = format!("127.0.0.1:{}", free_port()?);
+        let stream = format!("127.0.0.1:{}", free_port()?);
         let cloud_root = format!("{root}/cloud");
         let mut args = vec![
             "--root",
@@ -93,6 +94,8 @@ impl CloudAndEdge {
             &hub,
             "--apiserver-listen",
             &api,
+            "--stream-listen",
+            &stream,
         ];
         args.extend_from_slice(cloud_args);
         let cloud = Daemon::spawn("cloudcore", &args, &dir.join("cloudcore.log"))?;

@@ -54,11 +54,14 @@ struct Args {
     /// Seconds between keepalive pings to each edge.
     #[arg(long, default_value_t = 15)]
     ping_interval: u64,
+    #[command(flatten)]
+    stream: wedge_cli::stream_args::StreamArgs,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut embedded = None;
+    let mut kubeconfig = args.kubeconfig.clone();
     let client = match &args.kubeconfig {
         Some(path) => wedge_cli::kube_client(path).await?,
         None => {
@@ -67,6 +70,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.apiserver_listen,
             );
             config.names.clone_from(&args.advertise);
+            // The API server reaches edges through CloudStream, whose certificate the hub's
+            // CA signs (written when cloudcore starts, read at the first request).
+            config.kubelet_certificate_authority = Some(args.root.join("cloudcore/hub/pki/ca.crt"));
             let controllers = wedge_controlplane::ControllersConfig {
                 node_grace: Duration::from_secs(args.node_grace.max(1)),
                 insecure_registries: args.insecure_registries.clone(),
@@ -80,6 +86,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 cluster.server.kubeconfig_path().display()
             );
             let client = cluster.client.clone();
+            kubeconfig = Some(cluster.server.kubeconfig_path().to_path_buf());
             embedded = Some(cluster);
             client
         }
@@ -87,7 +94,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = CloudCoreConfig::new(args.root.join("cloudcore").join("hub"));
     config.hub.listen = args.listen;
     config.hub.ping_interval = Duration::from_secs(args.ping_interval.max(1));
+    let kubeconfig = kubeconfig.unwrap_or_default();
+    let stream = args.stream.settings(&kubeconfig, &args.advertise)?;
     config.advertise = args.advertise;
+    config.advertise.push(stream.advertise.clone());
+    config.stream = Some(stream);
     config.cert_validity = args.edge_cert_validity;
     config.metrics_listen = args.metrics_listen;
     let cloudcore = CloudCore::start(client, config)
@@ -95,6 +106,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("starting CloudHub")?;
     println!("CloudHub listening on {}", cloudcore.local_addr());
     println!("edges pin the CA {}", cloudcore.ca_path().display());
+    if let Some(addr) = cloudcore.stream_addr() {
+        println!("CloudStream (the edges' kubelet endpoint) listening on {addr}");
+    }
     if let Some(addr) = cloudcore.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }

@@ -25,6 +25,10 @@ pub struct ApiserverArgs {
     /// A token file, as kube-apiserver's --token-auth-file (token,user,uid,"group1,group2").
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// The CA that signs the kubelets' (for edges: CloudStream's) serving certificates, as
+    /// kube-apiserver's --kubelet-certificate-authority; without it they are not verified.
+    #[arg(long)]
+    kubelet_certificate_authority: Option<PathBuf>,
     /// Also run the embedded control plane (scheduler and controllers) in this process.
     #[arg(long)]
     controllers: bool,
@@ -38,6 +42,7 @@ pub async fn run(root: &std::path::Path, args: ApiserverArgs) -> anyhow::Result<
     let mut config = ServerConfig::new(&data_dir, args.listen);
     config.names = args.tls_sans;
     config.token_file = args.token_auth_file;
+    config.kubelet_certificate_authority = args.kubelet_certificate_authority;
     let server = Server::start(config)
         .await
         .with_context(|| format!("starting the API server in {}", data_dir.display()))?;

@@ -62,6 +62,9 @@ pub struct UpArgs {
     /// Where CloudHub listens for edges.
     #[arg(long, default_value = "127.0.0.1:10000")]
     hub_listen: SocketAddr,
+    /// Where CloudStream, the edges' kubelet endpoint (logs, exec, port-forward), listens.
+    #[arg(long, default_value = "127.0.0.1:10350")]
+    stream_listen: SocketAddr,
     /// The local edge's node name.
     #[arg(long, default_value = "edge-local")]
     node: String,
@@ -225,7 +228,10 @@ const NODE_REPORT: Duration = Duration::from_secs(20);
 /// Runs the all-in-one cluster until Ctrl-C or SIGTERM.
 pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    let config = wedge_apiserver::ServerConfig::new(root.join("apiserver"), args.apiserver_listen);
+    let mut config =
+        wedge_apiserver::ServerConfig::new(root.join("apiserver"), args.apiserver_listen);
+    // The API server reaches the edge through CloudStream, whose certificate the hub's CA signs.
+    config.kubelet_certificate_authority = Some(root.join("cloudcore/hub/pki/ca.crt"));
     let controllers = wedge_controlplane::ControllersConfig {
         node_grace: Duration::from_secs(args.node_grace.max(1)),
         insecure_registries: args.insecure_registries.clone(),
@@ -238,6 +244,14 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let mut hub = CloudCoreConfig::new(root.join("cloudcore").join("hub"));
     hub.hub.listen = args.hub_listen;
+    let stream = wedge_cli::stream_args::StreamArgs {
+        stream_listen: args.stream_listen,
+        stream_advertise_address: None,
+        kubelet_client_ca: None,
+    };
+    let stream = stream.settings(cluster.server.kubeconfig_path(), &[])?;
+    hub.advertise.push(stream.advertise.clone());
+    hub.stream = Some(stream);
     let cloudcore = CloudCore::start(client.clone(), hub)
         .await
         .context("starting cloudcore")?;

@@ -490,6 +490,11 @@ async fn container_pods_live_and_die_as_under_a_kubelet() {
         ),
         "4"
     );
+    // `kubectl logs` reaches the container's log through CloudStream; `--previous` too.
+    assert_eq!(
+        cloud.kubectl_ok(&["logs", "crash", "--previous"]),
+        "crashing\n"
+    );
 
     cloud.wait_for(
         "pod/probed",
@@ -513,7 +518,24 @@ async fn container_pods_live_and_die_as_under_a_kubelet() {
     .await;
     let uid = env.uid("graceful");
     let pod_dir = env.root.join(format!("pods/default_graceful_{uid}"));
+    // `kubectl logs -f` follows the container until it stops: its last words arrive, and
+    // kubectl ends by itself.
+    let mut follow = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cloud.kubeconfig())
+        .args(["logs", "-f", "graceful"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let lines = super::lines_of(&mut follow);
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(30)).as_deref(),
+        Ok("up")
+    );
     cloud.kubectl_ok(&["delete", "pod", "graceful", "--wait=false"]);
+    let followed: Vec<String> = lines.iter().collect();
+    assert_eq!(followed, ["got TERM", "cleaned up"]);
+    assert!(follow.wait().expect("kubectl ends").success());
     // The TERM handler runs to its end (2 s), well within the grace period.
     eventually(
         Duration::from_secs(30),
@@ -991,6 +1013,7 @@ async fn wedge_up_runs_the_container_sample_beside_the_wasm_samples() {
 
     let api = free_port();
     let hub = format!("127.0.0.1:{}", free_port());
+    let stream = format!("127.0.0.1:{}", free_port());
     let stdout_path = root.join("up.out");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wedge"));
     command
@@ -999,6 +1022,7 @@ async fn wedge_up_runs_the_container_sample_beside_the_wasm_samples() {
         .arg("up")
         .args(["--apiserver-listen", &format!("127.0.0.1:{api}")])
         .args(["--hub-listen", &hub])
+        .args(["--stream-listen", &stream])
         .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--modbus-sim-listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--samples")
@@ -1028,6 +1052,7 @@ async fn wedge_up_runs_the_container_sample_beside_the_wasm_samples() {
         hub,
         api,
         metrics: String::new(),
+        stream,
         extra: Vec::new(),
         proc: None,
     };

@@ -64,6 +64,8 @@ pub struct Cloud {
     pub hub: String,
     pub api: u16,
     pub metrics: String,
+    /// CloudStream's address (the edges' kubelet endpoint).
+    pub stream: String,
     /// More cloudcore flags.
     pub extra: Vec<String>,
     pub proc: Option<Proc>,
@@ -86,6 +88,7 @@ impl Cloud {
             hub: format!("{host}:{}", free_port()),
             api: free_port(),
             metrics: format!("127.0.0.1:{}", free_port()),
+            stream: format!("127.0.0.1:{}", free_port()),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             proc: None,
         };
@@ -101,6 +104,7 @@ impl Cloud {
             .args(["--listen", &self.hub])
             .args(["--apiserver-listen", &format!("127.0.0.1:{}", self.api)])
             .args(["--metrics-listen", &self.metrics, "--ping-interval", "2"])
+            .args(["--stream-listen", &self.stream])
             .args(&self.extra);
         self.proc = Some(Proc::spawn(command, self.root.join("cloudcore.log")));
         let deadline = Instant::now() + Duration::from_secs(30);

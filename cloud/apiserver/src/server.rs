@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{Api, ApiError};
 use crate::auth::{self, Tokens, User};
+use crate::kubelet_client::{KubeletClient, KubeletError};
 use crate::pki::{Pki, PkiError};
 use crate::storage::{Store, StoreError};
 
@@ -36,6 +37,11 @@ pub struct ServerConfig {
     pub token_file: Option<PathBuf>,
     /// How many changes watches can resume from (older versions get 410 Gone).
     pub watch_history: usize,
+    /// The CA that nodes' kubelet serving certificates must chain to (kube-apiserver's
+    /// `--kubelet-certificate-authority`). Without it they are not verified, as kube-apiserver
+    /// does not verify them without that flag. Read on the first request that reaches a node,
+    /// not at start: in the embedded setup cloudcore writes it after the server has started.
+    pub kubelet_certificate_authority: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -47,6 +53,7 @@ impl ServerConfig {
             names: Vec::new(),
             token_file: None,
             watch_history: crate::storage::HISTORY,
+            kubelet_certificate_authority: None,
         }
     }
 }
@@ -77,6 +84,9 @@ pub enum ServerError {
     /// TLS setup.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The kubelet client (its certificate or TLS setup).
+    #[error(transparent)]
+    Kubelet(#[from] KubeletError),
     /// Binding the listener.
     #[error("listening on {addr}: {source}")]
     Listen {
@@ -150,7 +160,12 @@ impl Server {
             config.watch_history,
         )?);
         let shutdown = CancellationToken::new();
-        let api = Arc::new(Api::new(store, shutdown.clone())?);
+        let kubelet = KubeletClient::new(
+            &pki,
+            config.kubelet_certificate_authority.clone(),
+            shutdown.clone(),
+        )?;
+        let api = Arc::new(Api::new(store, shutdown.clone())?.with_kubelet_client(kubelet));
         let tokens = match &config.token_file {
             Some(path) => Tokens::load(path)?,
             None => Tokens::default(),

@@ -1,6 +1,8 @@
 //! Wedge's `cloudcore`: what edges talk to.
 //!
 //! - [`hub`]: CloudHub, the TLS WebSocket server edges dial, one acknowledged session per edge.
+//! - [`cloudstream`]: the kubelet endpoint of every edge (logs, exec, port-forward), carried
+//!   to the edges over their CloudHub connections.
 //! - [`controller`]: EdgeController, the shared watches that say what each edge should hold and
 //!   the writer of what edges report.
 //! - [`devices`]: DeviceController, KubeEdge's Device and DeviceModel CRDs, installed at start.
@@ -13,6 +15,7 @@
 //! [`CloudCore::start`] runs all of it against any API server a `kube::Client` reaches: the
 //! embedded one (in-process in `cloudcore` and `wedge up`) or a real cluster's.
 
+pub mod cloudstream;
 pub mod controller;
 pub mod crds;
 pub mod devices;
@@ -49,6 +52,8 @@ pub struct CloudCoreConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long the certificates edges get are valid (they renew at 70–90% of it).
     pub cert_validity: std::time::Duration,
+    /// CloudStream, the edges' kubelet endpoint, if served.
+    pub stream: Option<cloudstream::StreamSettings>,
 }
 
 impl CloudCoreConfig {
@@ -60,6 +65,7 @@ impl CloudCoreConfig {
             advertise: Vec::new(),
             metrics_listen: None,
             cert_validity: std::time::Duration::from_secs(365 * 24 * 3600),
+            stream: None,
         }
     }
 }
@@ -79,6 +85,9 @@ pub enum CloudCoreError {
     /// The router could not start.
     #[error(transparent)]
     Router(#[from] router::RouterError),
+    /// CloudStream could not start.
+    #[error(transparent)]
+    Stream(#[from] cloudstream::StreamError),
     /// The metrics listener.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -92,6 +101,7 @@ pub enum CloudCoreError {
 /// A running cloudcore.
 pub struct CloudCore {
     addr: SocketAddr,
+    stream_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     pki: Arc<Pki>,
     shutdown: CancellationToken,
@@ -126,9 +136,22 @@ impl CloudCore {
         let tasks = TaskTracker::new();
         tasks.spawn(router.clone().run());
         let metrics = Arc::new(Metrics::default());
+        let (stream_addr, kubelet_endpoint) = match &config.stream {
+            Some(settings) => {
+                let context = Arc::new(cloudstream::StreamContext {
+                    sessions: sessions.clone(),
+                    desired: desired.clone(),
+                });
+                let listening =
+                    cloudstream::start(settings, &pki, context, shutdown.clone(), &tasks).await?;
+                let endpoint = (settings.advertise.clone(), listening.addr.port());
+                (Some(listening.addr), Some(endpoint))
+            }
+            None => (None, None),
+        };
         let ctx = Arc::new(HubContext {
             settings: config.hub.clone(),
-            upstream: Upstream::new(client.clone(), desired.clone(), router),
+            upstream: Upstream::new(client.clone(), desired.clone(), router, kubelet_endpoint),
             desired,
             sessions,
             metrics: metrics.clone(),
@@ -163,6 +186,7 @@ impl CloudCore {
         tracing::info!(%addr, "CloudHub listening");
         Ok(Self {
             addr,
+            stream_addr,
             metrics_addr,
             pki,
             shutdown,
@@ -174,6 +198,11 @@ impl CloudCore {
     /// The address CloudHub listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address CloudStream (the edges' kubelet endpoint) listens on, if it does.
+    pub fn stream_addr(&self) -> Option<SocketAddr> {
+        self.stream_addr
     }
 
     /// The address metrics are served on, if they are.

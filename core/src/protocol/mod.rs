@@ -15,7 +15,9 @@
 
 pub mod envelope;
 pub mod messages;
+pub mod mux;
 pub mod order;
+pub mod stream;
 pub mod sync;
 
 pub use envelope::{Envelope, FrameError, ObjectKey, Operation, ResourceKind, ResourceRef};

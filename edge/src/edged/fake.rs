@@ -29,6 +29,8 @@ struct State {
     held: HashSet<String>,
     sandboxes: BTreeMap<String, SandboxStatus>,
     containers: BTreeMap<String, (ContainerInfo, tokio::sync::watch::Sender<Option<Exit>>)>,
+    /// Per container id, its log file.
+    logs: HashMap<String, std::path::PathBuf>,
     next: u32,
     down: bool,
 }
@@ -331,6 +333,7 @@ impl RuntimeService for Fake {
         };
         s.containers
             .insert(id.clone(), (info, tokio::sync::watch::Sender::new(None)));
+        s.logs.insert(id.clone(), config.log_path.clone());
         Ok(id)
     }
 
@@ -346,10 +349,16 @@ impl RuntimeService for Fake {
                 .get_mut(&name)
                 .and_then(VecDeque::pop_front)
                 .flatten();
+            let log = s.logs.get(id).cloned();
             if let Some((info, _)) = s.containers.get_mut(id) {
                 info.state = ContainerState::Running {
                     started_at: Timestamp::now(),
                 };
+                // As a CRI runtime does, the instance's log is there once it has started; it
+                // says which instance it is.
+                if let Some(path) = log {
+                    log_started(&path, &format!("{name}#{}", info.attempt));
+                }
             }
             code
         };
@@ -454,4 +463,28 @@ impl RuntimeService for Fake {
     async fn container_stats(&self, _id: &str) -> Result<ContainerStats, RuntimeError> {
         Ok(ContainerStats::default())
     }
+}
+
+/// Appends a record saying `instance` started to the log at `path` (blocking, but a few bytes to
+/// a temp dir). A test whose pods live nowhere writable gets no log, which only the log tests read.
+fn log_started(path: &std::path::Path, instance: &str) {
+    use std::io::Write as _;
+    let mut record = Vec::new();
+    wedge_core::crilog::format_record(
+        &mut record,
+        Timestamp::now(),
+        wedge_core::crilog::Stream::Stdout,
+        wedge_core::crilog::Tag::Full,
+        format!("{instance} started").as_bytes(),
+    );
+    let _ = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        })
+        .and_then(|mut f| f.write_all(&record));
 }

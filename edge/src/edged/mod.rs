@@ -8,12 +8,13 @@
 //! and lease go there on their intervals. Nothing here needs the cloud: with the link down, pods
 //! still start after a restart and reports wait in the outbox.
 //!
-//! Edged does the kubelet's job once for every runtime ([`pod_workers`], [`worker`]); the
-//! runtimes ([`runtimes`]) only run sandboxes and containers. Which runtime a pod runs on is
-//! decided by [`runtime_class`], in a task of its own (it may ask a registry), whose answer
-//! comes back to the loop that starts the pod.
+//! Edged does the kubelet's job once for every runtime ([`pod_workers`], [`worker`], and
+//! [`logs`] for `kubectl logs`); the runtimes ([`runtimes`]) only run sandboxes and containers.
+//! Which runtime a pod runs on is decided by [`runtime_class`], in a task of its own (it may ask
+//! a registry), whose answer comes back to the loop that starts the pod.
 
 pub mod env;
+pub mod logs;
 pub mod node;
 pub mod plan;
 pub mod pod_workers;

@@ -1,5 +1,6 @@
 //! Pod workers: one task per pod that runs it on its runtime ([`super::worker`]), and what
-//! Edged asks of them: start, stop within a grace period, status, logs, figures.
+//! Edged asks of them: start, stop within a grace period, status, figures (logs are read in
+//! [`super::logs`]).
 //!
 //! Named after the kubelet's `pod_workers`. Edged reconciles MetaManager's pods onto these;
 //! `wedge wasm run` and the tests drive them directly. Nothing here knows which runtime a pod is
@@ -20,7 +21,6 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wedge_core::crilog::{self, LogOptions};
 use wedge_core::restart::{BackoffSettings, RestartPolicy};
 use wedge_core::runtime::{ContainerStats, PullAuth, labels};
 use wedge_core::status::{PodPhase, PodStatusReport};
@@ -89,32 +89,6 @@ pub enum StartError {
         handler: String,
         /// What there is.
         offered: Vec<&'static str>,
-    },
-}
-
-/// Why a log could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    /// No pod with this uid runs here.
-    #[error("no pod with uid {0} runs on this edge")]
-    UnknownPod(String),
-    /// The pod has no container of this name.
-    #[error("pod {pod} has no container named {container:?}")]
-    UnknownContainer {
-        /// The pod.
-        pod: String,
-        /// The container asked for.
-        container: String,
-    },
-    /// The log asked for does not exist (yet, or any more).
-    #[error("no log for container {container:?} of pod {pod}: {message}")]
-    NoLog {
-        /// The pod.
-        pod: String,
-        /// The container.
-        container: String,
-        /// Why.
-        message: String,
     },
 }
 
@@ -372,6 +346,22 @@ impl PodWorkers {
         lock(&self.inner.pods).keys().cloned().collect()
     }
 
+    /// The state of the pod `namespace/name` started here. A pod deleted and created again under
+    /// its name may be held twice for a while (the old one stopping): the one not stopping is
+    /// the pod the name means now.
+    pub(super) fn find_pod(&self, namespace: &str, name: &str) -> Option<Arc<PodState>> {
+        let pods = lock(&self.inner.pods);
+        let named: Vec<&Arc<Entry>> = pods
+            .values()
+            .filter(|e| e.state.plan.namespace == namespace && e.state.plan.name == name)
+            .collect();
+        named
+            .iter()
+            .find(|e| !e.stop.is_cancelled())
+            .or(named.first())
+            .map(|e| e.state.clone())
+    }
+
     /// The pod's status, if it was started here.
     pub fn status(&self, uid: &str) -> Option<PodStatusReport> {
         let entry = lock(&self.inner.pods).get(uid).cloned()?;
@@ -418,55 +408,5 @@ impl PodWorkers {
     pub async fn stats(&self, uid: &str, container: &str) -> Option<ContainerStats> {
         let (handle, id) = self.container_id(uid, container)?;
         handle.runtime.container_stats(&id).await.ok()
-    }
-
-    /// A container's log, as `kubectl logs` shows it: read from the CRI log file the runtime
-    /// writes in the kubelet's layout, whatever the runtime.
-    pub async fn logs(
-        &self,
-        uid: &str,
-        container: &str,
-        options: &LogOptions,
-    ) -> Result<Vec<u8>, LogError> {
-        let entry = lock(&self.inner.pods)
-            .get(uid)
-            .cloned()
-            .ok_or_else(|| LogError::UnknownPod(uid.to_owned()))?;
-        let slot = entry
-            .state
-            .init
-            .iter()
-            .chain(&entry.state.containers)
-            .find(|c| c.plan.name == container)
-            .ok_or_else(|| LogError::UnknownContainer {
-                pod: entry.state.plan.display_name.clone(),
-                container: container.to_owned(),
-            })?;
-        let no_log = |message: String| LogError::NoLog {
-            pod: entry.state.plan.display_name.clone(),
-            container: container.to_owned(),
-            message,
-        };
-        let restarts = slot.status().restart_count;
-        let n = if options.previous {
-            restarts
-                .checked_sub(1)
-                .ok_or_else(|| no_log("the container has not been restarted".into()))?
-        } else {
-            restarts
-        };
-        let path = entry
-            .state
-            .plan
-            .dir
-            .join(container)
-            .join(format!("{n}.log"));
-        let file = tokio::fs::read(&path)
-            .await
-            .map_err(|e| no_log(format!("{}: {e}", path.display())))?;
-        let options = options.clone();
-        tokio::task::spawn_blocking(move || crilog::render(&file, &options))
-            .await
-            .map_err(|e| no_log(e.to_string()))
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::edged::Signals;
+use crate::edgestream::EdgeStream;
 use crate::store::{MetaStore, Outbox};
 
 /// Builds the TLS client configuration (the pinned CA and this edge's current certificate) for
@@ -97,6 +98,7 @@ pub struct EdgeHub {
     meta: MetaStore,
     outbox: Outbox,
     signals: Arc<Signals>,
+    streams: Option<EdgeStream>,
 }
 
 impl EdgeHub {
@@ -112,7 +114,15 @@ impl EdgeHub {
             meta,
             outbox,
             signals,
+            streams: None,
         }
+    }
+
+    /// Serves the streams the cloud opens (logs, exec, port-forward) with `streams`; without
+    /// it, the edge refuses them.
+    pub fn with_streams(mut self, streams: EdgeStream) -> Self {
+        self.streams = Some(streams);
+        self
     }
 
     /// Connects, serves and reconnects until `shutdown`.
@@ -122,7 +132,7 @@ impl EdgeHub {
             let started = std::time::Instant::now();
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => return,
-                outcome = session::run(&self.config, &self.meta, &self.outbox, &self.signals, &shutdown) => outcome,
+                outcome = session::run(&self.config, &self.meta, &self.outbox, &self.signals, self.streams.as_ref(), &shutdown) => outcome,
             };
             match outcome {
                 Ok(()) => return,

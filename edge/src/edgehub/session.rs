@@ -15,13 +15,16 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::messages::{ErrorPayload, Hello};
+use wedge_core::protocol::mux::{Mux, Role};
 use wedge_core::protocol::order::InboundOrder;
+use wedge_core::protocol::stream::{self, StreamFrame};
 use wedge_core::protocol::{
     EDGE_PATH, Envelope, MAX_FRAME_BYTES, ObjectKey, Operation, ResourceKind, SUBPROTOCOL,
 };
 
 use super::{EdgeHubConfig, LinkError};
 use crate::edged::Signals;
+use crate::edgestream::EdgeStream;
 use crate::reports;
 use crate::store::{MetaStore, Outbox};
 
@@ -89,6 +92,9 @@ struct Link<'a> {
     meta: &'a MetaStore,
     outbox: &'a Outbox,
     signals: &'a Signals,
+    /// The streams the cloud opened on this connection, and who serves them.
+    streams: Mux,
+    server: Option<&'a EdgeStream>,
     next_id: u64,
     order: InboundOrder,
     /// Reports awaiting their ack: frame id → (key, outbox seq).
@@ -106,14 +112,18 @@ pub async fn run(
     meta: &MetaStore,
     outbox: &Outbox,
     signals: &Signals,
+    server: Option<&EdgeStream>,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let mut ws = dial(config).await?;
+    let (streams, mut stream_frames) = Mux::new(Role::Acceptor);
     let mut link = Link {
         config,
         meta,
         outbox,
         signals,
+        streams,
+        server,
         next_id: 0,
         order: InboundOrder::default(),
         in_flight: HashMap::new(),
@@ -136,8 +146,13 @@ pub async fn run(
     .await?;
     link.welcome(&mut ws).await?;
     tracing::info!(cloud = config.cloud, held, "connected to the cloud");
-    let result = link.serve(&mut ws, shutdown).await;
+    let result = link.serve(&mut ws, &mut stream_frames, shutdown).await;
     let _ = ws.close(None).await;
+    link.streams.shutdown(&stream::status(
+        503,
+        "ServiceUnavailable",
+        "the edge's connection to the cloud ended",
+    ));
     result
 }
 
@@ -193,7 +208,12 @@ impl Link<'_> {
         }
     }
 
-    async fn serve(&mut self, ws: &mut Ws, shutdown: &CancellationToken) -> Result<(), LinkError> {
+    async fn serve(
+        &mut self,
+        ws: &mut Ws,
+        stream_frames: &mut tokio::sync::mpsc::UnboundedReceiver<StreamFrame>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LinkError> {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
         self.pump(ws).await?;
@@ -214,6 +234,9 @@ impl Link<'_> {
                     self.pump(ws).await?;
                 }
                 () = self.signals.outbox_changed.notified(), if window_open => self.pump(ws).await?,
+                Some(frame) = stream_frames.recv() => {
+                    ws.send(Message::Binary(frame.encode().into())).await.map_err(lost)?;
+                }
                 () = async { tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()).await }, if retry_at.is_some() => {
                     if let Some((from, _)) = self.retry.take() {
                         self.cursor = self.cursor.min(from);
@@ -264,6 +287,24 @@ impl Link<'_> {
     }
 
     async fn inbound(&mut self, ws: &mut Ws, bytes: &[u8]) -> Result<(), LinkError> {
+        if stream::is_stream_frame(bytes) {
+            return match StreamFrame::decode(bytes) {
+                Ok(frame) => {
+                    if let Some((opened, request)) = self.streams.incoming(frame) {
+                        match self.server {
+                            Some(server) => server.spawn(opened, request),
+                            None => opened.sender.close(Some(stream::status(
+                                503,
+                                "ServiceUnavailable",
+                                &format!("edge {} does not serve streams", self.config.node),
+                            ))),
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => self.refuse(ws, 0, "MalformedFrame", &e.to_string()).await,
+            };
+        }
         let frame = match Envelope::decode(bytes) {
             Ok(f) => f,
             Err(e) => return self.refuse(ws, 0, e.reason(), &e.to_string()).await,

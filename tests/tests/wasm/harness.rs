@@ -7,8 +7,9 @@ use k8s_openapi::api::core::v1::Pod;
 use wedge_core::crilog::LogOptions;
 use wedge_core::restart::BackoffSettings;
 use wedge_core::status::{ContainerState, PodStatusReport};
+use wedge_edge::edged::logs::LogError;
 use wedge_edge::edged::plan::plan_pod;
-use wedge_edge::edged::pod_workers::{LogError, PodWorkers, WorkerConfig};
+use wedge_edge::edged::pod_workers::{PodWorkers, WorkerConfig};
 use wedge_edge::edged::runtimes::{RuntimeHandle, Runtimes};
 use wedge_edged_wasm::compile::CacheOutcome;
 use wedge_edged_wasm::host::Backends;
@@ -97,14 +98,23 @@ impl TestRuntime {
         self.workers.stop(uid, grace).await;
     }
 
-    /// A container's log, as `kubectl logs` shows it.
+    /// A container's log, as `kubectl logs` shows it: every chunk of the reader. The pod is one
+    /// [`pod`] made (`default/pod-<uid>`).
     pub async fn container_logs(
         &self,
         uid: &str,
         c: &str,
         options: &LogOptions,
     ) -> Result<Vec<u8>, LogError> {
-        self.workers.logs(uid, c, options).await
+        let mut reader = self
+            .workers
+            .open_logs("default", &format!("pod-{uid}"), c, options.clone())
+            .await?;
+        let mut log = Vec::new();
+        while let Some(chunk) = reader.next().await {
+            log.extend_from_slice(&chunk?);
+        }
+        Ok(log)
     }
 
     /// A container's figures: CRI's and the Wasm runtime's.

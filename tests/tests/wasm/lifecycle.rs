@@ -1,4 +1,4 @@
-//! The container lifecycle: restart policies with backoff, CRI logs (and `--previous`), the WASI
+//! The container lifecycle: restart policies with backoff, CRI logs (`--previous`, `-f`), the WASI
 //! context from the spec (args, env, volumes), and CPU limits.
 
 use std::time::Duration;
@@ -135,6 +135,7 @@ async fn logs_are_written_in_the_cri_format_and_kept_across_restarts() {
         previous: true,
         tail_lines: Some(1),
         timestamps: true,
+        ..Default::default()
     };
     let log = String::from_utf8(t.container_logs(&uid, "main", &tail).await.expect("tail"))
         .expect("utf-8");
@@ -181,6 +182,42 @@ async fn logs_are_written_in_the_cri_format_and_kept_across_restarts() {
         t.logs(&uid, "main").await,
         format!("{}\n", "x".repeat(40000))
     );
+}
+
+/// `kubectl logs -f`: lines come as the guest writes them, and the follow ends when it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_streams_the_guest_until_it_exits() {
+    let t = TestRuntime::new(&[]);
+    let image = t.local_image("telemetry").await;
+    let env = json!([{"name": "INTERVAL_MS", "value": "300"}, {"name": "MAX_TICKS", "value": "4"}]);
+    let uid = t
+        .start(pod("follow", &image, json!({"env": env}), json!({})))
+        .await;
+    t.wait_for_log(&uid, "main", "tick 1 ").await;
+    let options = LogOptions {
+        follow: true,
+        timestamps: true,
+        ..Default::default()
+    };
+    let mut reader = t
+        .workers
+        .open_logs("default", "pod-follow", "main", options)
+        .await
+        .expect("follow");
+    let followed = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut chunks = Vec::new();
+        while let Some(chunk) = reader.next().await {
+            chunks.push(String::from_utf8(chunk.expect("chunk").to_vec()).expect("utf-8"));
+        }
+        chunks
+    })
+    .await
+    .expect("the follow ends when the guest exits");
+    let log = followed.concat();
+    assert!(followed.len() > 1, "written as it came: {followed:?}");
+    assert!(log.contains(" telemetry: tick 4 "), "{log}");
+    assert!(log.ends_with(" telemetry: done after 4 ticks\n"), "{log}");
+    assert!(terminated(&t.pod_status(&uid).expect("status")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,9 +122,12 @@ pub async fn run(edges: usize) -> anyhow::Result<()> {
     let cloud_root = dir.path().join("cloud");
     let pki = wedge_apiserver::pki::Pki::load_or_create(&cloud_root.join("cloudcore/hub"), &[])?;
     let hub = format!("127.0.0.1:{}", free_port()?);
+    let stream = format!("127.0.0.1:{}", free_port()?);
     let mut cloud = Daemon::spawn(
         "cloudcore",
         &[
+            "--stream-listen",
+            &stream,
             "--root",
             &cloud_root.display().to_string(),
             "--kubeconfig",

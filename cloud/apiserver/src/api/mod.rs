@@ -34,6 +34,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::User;
+use crate::kubelet_client::KubeletClient;
 use crate::registry::{Registry, ResourceInfo};
 use crate::storage::Store;
 pub use error::ApiError;
@@ -46,7 +47,11 @@ const DRAIN_BYTES: usize = 4 * MAX_REQUEST_BYTES;
 use request::{Query, ResourcePath, Target};
 
 /// A response body: whole, or streamed (watches).
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Why a streamed response body broke off: the client sees the response end in an error, not
+/// a clean end (a log whose node went away mid-follow).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The API: the store, the resources it serves, and what it runs until shutdown.
 pub struct Api {
@@ -54,6 +59,9 @@ pub struct Api {
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) version: Value,
+    /// How `pods/log` reaches nodes; without one (an API used in-process, without the
+    /// server's PKI) those requests get a 503.
+    pub(crate) kubelet: Option<KubeletClient>,
 }
 
 /// A request as the API handlers see it.
@@ -159,7 +167,11 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
 
 /// A JSON response.
 pub(crate) fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -187,10 +199,17 @@ impl Api {
             registry: Arc::new(Registry::builtin()),
             shutdown,
             version: discovery::version_info(),
+            kubelet: None,
         };
         crd::load_stored(&api)?;
         objects::ensure_system_namespaces(&api)?;
         Ok(api)
+    }
+
+    /// The same API, reaching nodes' kubelet endpoints through `client` (for `pods/log`).
+    pub fn with_kubelet_client(mut self, client: KubeletClient) -> Self {
+        self.kubelet = Some(client);
+        self
     }
 
     /// The resources served.

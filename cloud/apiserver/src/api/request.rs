@@ -173,6 +173,15 @@ impl Query {
         matches!(self.get(key), Some("true" | "1"))
     }
 
+    /// A boolean option as Kubernetes' query decoding reads it (`follow`, `previous`): absent
+    /// is false; present is true unless it is `0` or `false` in any case, so a bare `?follow`
+    /// is true.
+    pub fn k8s_bool(&self, key: &str) -> bool {
+        self.0
+            .get(key)
+            .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+    }
+
     /// A numeric parameter; a malformed one is a 400.
     pub fn number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, ApiError> {
         self.get(key)
@@ -257,6 +266,10 @@ mod tests {
         assert_eq!(q.number::<usize>("limit").ok().flatten(), Some(5));
         assert!(q.flag("watch"));
         assert!(q.dry_run().unwrap_or(false));
+        let options = Query::parse(Some("follow&previous=FALSE&timestamps=0&x=yes"));
+        assert!(options.k8s_bool("follow"), "a bare option is set");
+        assert!(!options.k8s_bool("previous") && !options.k8s_bool("timestamps"));
+        assert!(options.k8s_bool("x") && !options.k8s_bool("absent"));
         assert!(
             Query::parse(Some("limit=x"))
                 .number::<usize>("limit")

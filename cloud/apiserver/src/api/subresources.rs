@@ -1,20 +1,33 @@
 //! Subresources: `status` (the object, written only in its status), `scale` (an
 //! `autoscaling/v1` Scale view of a workload's replicas), `binding` (a pod assigned to a node,
-//! once), a namespace's `finalize`, and a pod's `log`, `exec` and `portforward`. Those three
-//! are checked here as kube-apiserver checks them (a node assigned; for log and exec, a
-//! container the pod has, or its only one), then get a 503 that says so until edges serve them
-//! through CloudHub (issue 16).
+//! once), a namespace's `finalize`, and a pod's `log`, `exec` and `portforward`.
+//!
+//! `log` goes to the pod's node as kube-apiserver sends it: the options are checked as
+//! `PodLogOptions` are, then the container and the node, then the kubelet endpoint the Node
+//! reports is asked for `/containerLogs/...` through [`crate::kubelet_client`] and its answer
+//! streamed back as it arrives (`kubectl logs -f`). In Wedge that endpoint is cloudcore's,
+//! which serves every edge node's. `exec` and `portforward` get the same checks and then a 503:
+//! they need an upgraded connection to the node, which comes in a later step (issue 16).
 
-use http::{Method, Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::error::ApiError;
+use super::error::{ApiError, Cause};
 use super::objects::{self, store_err};
 use super::patch::{self, PatchType};
-use super::request::ResourcePath;
+use super::request::{Query, ResourcePath};
 use super::{Api, Body, Call, value_response};
+use crate::kubelet_client::{KubeletEndpoint, KubeletError};
 use crate::registry::ResourceInfo;
 use crate::selector::LabelSelector;
+
+/// How much of a kubelet's error body is read into the Status returned (kube-apiserver's
+/// `maxReadLength`).
+const MAX_UPSTREAM_ERROR_BYTES: usize = 50_000;
 
 /// Serves `path`'s subresource `sub`.
 pub(crate) async fn serve(
@@ -41,34 +54,343 @@ pub(crate) async fn serve(
         ("scale", Method::PUT | Method::PATCH) => scale(api, call, info, path, name),
         ("binding", Method::POST) => bind(api, call, info, path, name),
         ("finalize", Method::PUT) => objects::update(api, call, info, path, name, Some("finalize")),
-        ("log" | "exec" | "portforward", _) => {
-            let obj = api
+        ("log", Method::GET) => log(api, call, info, path, name).await,
+        ("exec" | "portforward", _) => {
+            let pod = api
                 .store
                 .get(&objects::key(info, path.namespace.as_deref(), name))
-                .map_err(store_err(info))?;
-            let value = obj.value();
+                .map_err(store_err(info))?
+                .value();
             if sub != "portforward" {
-                container_of(&value, name, call.query.get("container"))?;
+                container_of(&pod, name, call.query.get("container"))?;
             }
-            let node = value
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if node.is_empty() {
-                return Err(ApiError::BadRequest(format!(
-                    "pod {name} does not have a host assigned"
-                )));
-            }
+            let node = node_of(&pod, name)?;
             Err(ApiError::Unavailable(format!(
-                "pods/{sub} for pod {name} on node {node} is not available: this API server has no connection to the \
-                 node's agent (edges serve logs, exec and port-forward through CloudHub)"
+                "pods/{sub} for pod {name} on node {node} is not served yet: this API server reaches nodes for \
+                 pods/log only so far"
             )))
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
 
-/// The Scale view of a workload.
+/// GET of `pods/log`: the options checked, then the pod's container and node, then the node's
+/// kubelet endpoint asked, and its answer passed on.
+async fn log(
+    api: &Api,
+    call: &Call<'_>,
+    info: &ResourceInfo,
+    path: &ResourcePath,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    // kube-apiserver decodes and validates the options before it looks at the pod.
+    let options = LogOptions::from_query(&call.query, name)?;
+    let namespace = path.namespace.as_deref().ok_or(ApiError::NoSuchPath)?;
+    let pod = api
+        .store
+        .get(&objects::key(info, Some(namespace), name))
+        .map_err(store_err(info))?
+        .value();
+    let container = container_of(&pod, name, call.query.get("container"))?;
+    let node = node_of(&pod, name)?;
+    let unavailable =
+        |why: &dyn std::fmt::Display| unavailable("log", name, node, &why.to_string());
+    let Some(kubelet) = api.kubelet.as_ref() else {
+        return Err(unavailable(&"this API server has no kubelet client"));
+    };
+    let endpoint = node_endpoint(api, node).map_err(|why| unavailable(&why))?;
+    let target = format!(
+        "/containerLogs/{namespace}/{name}/{container}{}",
+        options.kubelet_query()
+    );
+    let upstream = kubelet
+        .get(&endpoint, &target, options.insecure_skip_tls_verify_backend)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let status = upstream.status();
+    if !status.is_success() {
+        tracing::debug!(pod = name, %node, %status, "the kubelet refused the log request");
+        let body = read_prefix(upstream.into_body(), MAX_UPSTREAM_ERROR_BYTES).await;
+        return Ok(upstream_error(status, &body, name));
+    }
+    let mut response = Response::new(stream_body(upstream.into_body(), endpoint));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    Ok(response)
+}
+
+/// A 503 for `pods/{sub}` of `pod` on `node`, saying why.
+fn unavailable(sub: &str, pod: &str, node: &str, why: &str) -> ApiError {
+    ApiError::Unavailable(format!(
+        "pods/{sub} for pod {pod} on node {node} is not available: {why}"
+    ))
+}
+
+/// The node a pod is assigned to; none is a 400, as kube-apiserver answers exec and
+/// port-forward (for logs it answers an empty 200; here logs say why too).
+fn node_of<'p>(pod: &'p Value, name: &str) -> Result<&'p str, ApiError> {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))
+}
+
+/// Where `node`'s kubelet endpoint is, from its Node object.
+fn node_endpoint(api: &Api, node: &str) -> Result<KubeletEndpoint, NodeEndpointError> {
+    let info = api
+        .registry
+        .get("", "v1", "nodes")
+        .ok_or(NodeEndpointError::NotServed)?;
+    let object = api
+        .store
+        .get(&objects::key(&info, None, node))
+        .map_err(|e| match e {
+            crate::storage::StoreError::NotFound(_) => {
+                NodeEndpointError::NotRegistered(node.into())
+            }
+            other => NodeEndpointError::Store(other),
+        })?;
+    Ok(KubeletEndpoint::of_node(&object.value())?)
+}
+
+/// Why a node's kubelet endpoint is not known.
+#[derive(Debug, thiserror::Error)]
+enum NodeEndpointError {
+    /// No Node object of that name.
+    #[error("node {0:?} is not registered (no Node object of that name)")]
+    NotRegistered(String),
+    /// Nodes are not a resource here (never, with the built-in registry).
+    #[error("this API server does not serve nodes")]
+    NotServed,
+    /// Reading the Node failed.
+    #[error("reading the Node: {0}")]
+    Store(crate::storage::StoreError),
+    /// The Node says no usable address or port.
+    #[error(transparent)]
+    Endpoint(#[from] KubeletError),
+}
+
+/// A `pods/log` request's options as kube-apiserver decodes and validates `PodLogOptions`,
+/// and the query the kubelet gets from them.
+#[derive(Debug, Default, PartialEq)]
+struct LogOptions {
+    follow: bool,
+    previous: bool,
+    timestamps: bool,
+    since_seconds: Option<i64>,
+    since_time: Option<jiff::Timestamp>,
+    tail_lines: Option<i64>,
+    limit_bytes: Option<i64>,
+    insecure_skip_tls_verify_backend: bool,
+}
+
+impl LogOptions {
+    /// Reads the options: a value that does not parse is a 400, as kube-apiserver's query
+    /// decoding answers; one that parses but breaks `ValidatePodLogOptions` a 422 Invalid on
+    /// kind `PodLogOptions`, with kube-apiserver's wording.
+    fn from_query(query: &Query, name: &str) -> Result<Self, ApiError> {
+        let since_time = query
+            .get("sinceTime")
+            .map(|v| {
+                v.parse::<jiff::Timestamp>().map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "invalid value for sinceTime: {v:?} is not an RFC 3339 time ({e})"
+                    ))
+                })
+            })
+            .transpose()?;
+        let options = Self {
+            follow: query.k8s_bool("follow"),
+            previous: query.k8s_bool("previous"),
+            timestamps: query.k8s_bool("timestamps"),
+            since_seconds: query.number("sinceSeconds")?,
+            since_time,
+            tail_lines: query.number("tailLines")?,
+            limit_bytes: query.number("limitBytes")?,
+            insecure_skip_tls_verify_backend: query.k8s_bool("insecureSkipTLSVerifyBackend"),
+        };
+        let mut causes = Vec::new();
+        if let Some(n) = options.tail_lines.filter(|n| *n < 0) {
+            causes.push(Cause::invalid(
+                "tailLines",
+                &json!(n),
+                "must be greater than or equal to 0",
+            ));
+        }
+        if let Some(n) = options.limit_bytes.filter(|n| *n < 1) {
+            causes.push(Cause::invalid(
+                "limitBytes",
+                &json!(n),
+                "must be greater than 0",
+            ));
+        }
+        match (options.since_seconds, options.since_time) {
+            (Some(_), Some(_)) => causes.push(Cause::forbidden(
+                "",
+                "at most one of `sinceTime` or `sinceSeconds` may be specified",
+            )),
+            (Some(n), None) if n < 1 => {
+                causes.push(Cause::invalid(
+                    "sinceSeconds",
+                    &json!(n),
+                    "must be greater than 0",
+                ));
+            }
+            _ => {}
+        }
+        if causes.is_empty() {
+            Ok(options)
+        } else {
+            Err(ApiError::invalid("", "PodLogOptions", name, causes))
+        }
+    }
+
+    /// `?...` for the kubelet, empty when nothing is set: each option only when set, in the
+    /// order kube-apiserver's `url.Values.Encode` writes them (sorted by name), `sinceTime` in
+    /// RFC 3339 to the second.
+    fn kubelet_query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if self.follow {
+            query.append_pair("follow", "true");
+        }
+        if let Some(n) = self.limit_bytes {
+            query.append_pair("limitBytes", &n.to_string());
+        }
+        if self.previous {
+            query.append_pair("previous", "true");
+        }
+        if let Some(n) = self.since_seconds {
+            query.append_pair("sinceSeconds", &n.to_string());
+        }
+        if let Some(t) = self.since_time {
+            query.append_pair("sinceTime", &t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        }
+        if let Some(n) = self.tail_lines {
+            query.append_pair("tailLines", &n.to_string());
+        }
+        if self.timestamps {
+            query.append_pair("timestamps", "true");
+        }
+        let query = query.finish();
+        if query.is_empty() {
+            query
+        } else {
+            format!("?{query}")
+        }
+    }
+}
+
+/// The kubelet's log stream as the response body, each chunk passed on as it arrives. The
+/// stream owns the kubelet response: a client that goes away drops the body, which drops the
+/// kubelet connection. An upstream failure mid-stream breaks the body off with an error, so the
+/// client sees a failure (the node went away), not the end of the log.
+fn stream_body(upstream: Incoming, endpoint: KubeletEndpoint) -> Body {
+    let chunks = futures::stream::unfold(Some((upstream, endpoint)), |state| async move {
+        let (mut upstream, endpoint) = state?;
+        loop {
+            match upstream.frame().await? {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => {
+                        return Some((
+                            Ok::<_, super::BodyError>(Frame::data(data)),
+                            Some((upstream, endpoint)),
+                        ));
+                    }
+                    Err(_trailers) => continue,
+                },
+                Err(e) => {
+                    tracing::debug!(node = %endpoint.node, address = %endpoint.authority(), "the kubelet's log stream broke off: {e}");
+                    let error =
+                        format!("the log stream from node {} broke off: {e}", endpoint.node);
+                    return Some((Err(error.into()), None));
+                }
+            }
+        }
+    });
+    StreamBody::new(chunks).boxed_unsync()
+}
+
+/// The first `limit` bytes of a kubelet's (error) body.
+async fn read_prefix(body: Incoming, limit: usize) -> Bytes {
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while buf.len() < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!("reading the kubelet's error body: {e}");
+                break;
+            }
+            None => break,
+        }
+    }
+    buf.truncate(limit);
+    buf.freeze()
+}
+
+/// A kubelet's non-2xx answer as the client gets it: a JSON `Status` as it is (its code filled
+/// in if missing), anything else as a Status with the kubelet's code and its text as the
+/// message (kube-apiserver's `GenericHttpResponseChecker` wraps the body text the same way).
+fn upstream_error(status: StatusCode, body: &[u8], pod: &str) -> Response<Body> {
+    if let Ok(mut object) = serde_json::from_slice::<Value>(body)
+        && object.get("kind").and_then(Value::as_str) == Some("Status")
+    {
+        if object.get("code").and_then(Value::as_u64).is_none() {
+            object["code"] = json!(status.as_u16());
+        }
+        return value_response(status, &object);
+    }
+    let text = String::from_utf8_lossy(body).trim().to_owned();
+    let message = if text.is_empty() {
+        format!(
+            "the server responded with the status code {} but did not return more information",
+            status.as_u16()
+        )
+    } else {
+        text
+    };
+    let reason = match status.as_u16() {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        406 => "NotAcceptable",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "",
+    };
+    value_response(
+        status,
+        &json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "details": {"name": pod, "kind": "pods/log"},
+            "code": status.as_u16(),
+        }),
+    )
+}
+
 /// The container a log or exec request is for, checked as kube-apiserver checks it before it
 /// reaches the node: the one named, which the pod must have; or, when none is named, the pod's
 /// only container. A pod with several gets a 400 that lists them all (init containers first),
@@ -106,6 +428,7 @@ fn container_of(pod: &Value, name: &str, wanted: Option<&str>) -> Result<String,
     }
 }
 
+/// The Scale view of a workload.
 fn scale_of(o: &Value) -> Value {
     let selector = o
         .pointer("/spec/selector")
@@ -278,4 +601,76 @@ fn bind(
     Err(ApiError::Internal(
         "the pod kept changing while it was being bound; try again".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn status_of(response: Response<Body>) -> (StatusCode, Value) {
+        let code = response.status();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes());
+        let body = body.unwrap_or_default();
+        (code, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn kubelet_errors_become_statuses() {
+        // A Status without a code gets the kubelet's.
+        let (code, status) = status_of(upstream_error(
+            StatusCode::NOT_FOUND,
+            br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"gone"}"#,
+            "web",
+        ))
+        .await;
+        assert_eq!(
+            (code, status["code"].as_u64()),
+            (StatusCode::NOT_FOUND, Some(404))
+        );
+        assert_eq!(status["message"], "gone");
+
+        // Plain text, and nothing at all.
+        let (code, status) =
+            status_of(upstream_error(StatusCode::FORBIDDEN, b"  no way\n", "web")).await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert_eq!(
+            (status["reason"].as_str(), status["message"].as_str()),
+            (Some("Forbidden"), Some("no way"))
+        );
+        assert_eq!(status["details"]["kind"], "pods/log");
+        let (_, status) = status_of(upstream_error(StatusCode::IM_A_TEAPOT, b"", "web")).await;
+        assert_eq!(status["reason"], "");
+        assert_eq!(
+            status["message"],
+            "the server responded with the status code 418 but did not return more information"
+        );
+    }
+
+    #[test]
+    fn log_options_go_to_the_kubelet_only_when_set() {
+        let options = |q: &str| LogOptions::from_query(&Query::parse(Some(q)), "web");
+        assert_eq!(
+            options("container=app").map(|o| o.kubelet_query()).ok(),
+            Some(String::new())
+        );
+        assert_eq!(
+            options("timestamps=true&tailLines=0&follow=1")
+                .map(|o| o.kubelet_query())
+                .ok()
+                .as_deref(),
+            Some("?follow=true&tailLines=0&timestamps=true"),
+            "tailLines=0 is set (and valid)"
+        );
+        assert!(matches!(
+            options("tailLines=-1"),
+            Err(ApiError::Invalid { .. })
+        ));
+        assert!(matches!(
+            options("limitBytes=x"),
+            Err(ApiError::BadRequest(_))
+        ));
+        let skip = options("insecureSkipTLSVerifyBackend=true")
+            .map(|o| o.insecure_skip_tls_verify_backend);
+        assert_eq!(skip.ok(), Some(true));
+    }
 }

@@ -12,7 +12,6 @@
 //! Each watch is a task writing into a bounded channel that the response body reads: a client
 //! that stops reading stalls only its own task, and one that goes away ends it.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -113,7 +112,7 @@ pub(crate) fn serve(
     }
     let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
         let chunk = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Frame::data(chunk)), rx))
+        Some((Ok::<_, super::BodyError>(Frame::data(chunk)), rx))
     }));
     let mut response = Response::new(body.boxed_unsync());
     *response.status_mut() = StatusCode::OK;

@@ -62,6 +62,8 @@ pub struct Upstream {
     client: Client,
     desired: Desired,
     router: Router,
+    /// Where edges' Nodes say their kubelet is (CloudStream's address and port), if served.
+    kubelet_endpoint: Option<(String, u16)>,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(frame: &Envelope) -> Result<T, UpstreamError> {
@@ -75,11 +77,17 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
 
 impl Upstream {
     /// Writes through `client`, checking pods against `desired`'s cache; uploads go to `router`.
-    pub fn new(client: Client, desired: Desired, router: Router) -> Self {
+    pub fn new(
+        client: Client,
+        desired: Desired,
+        router: Router,
+        kubelet_endpoint: Option<(String, u16)>,
+    ) -> Self {
         Self {
             client,
             desired,
             router,
+            kubelet_endpoint,
         }
     }
 
@@ -230,7 +238,10 @@ impl Upstream {
         }
     }
 
-    async fn node_status(&self, node: &str, report: NodeReport) -> Result<(), UpstreamError> {
+    async fn node_status(&self, node: &str, mut report: NodeReport) -> Result<(), UpstreamError> {
+        if let Some((address, port)) = &self.kubelet_endpoint {
+            crate::cloudstream::node_endpoint::route_to(&mut report.status, address, *port);
+        }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let params = PatchParams::default();
         match nodes.get_opt(node).await? {

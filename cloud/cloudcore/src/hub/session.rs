@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use wedge_core::protocol::messages::{Hello, Welcome};
 use wedge_core::protocol::order::InboundOrder;
+use wedge_core::protocol::stream::{self, StreamFrame};
 use wedge_core::protocol::{
     Envelope, FrameError, MAX_FRAME_BYTES, ObjectKey, Operation, ResourceRef, sync,
 };
@@ -138,7 +139,7 @@ where
         return;
     }
     ctx.desired.ready().await;
-    let handle = ctx.sessions.register(&node, &ctx.shutdown);
+    let (handle, stream_frames) = ctx.sessions.register(&node, &ctx.shutdown);
     ctx.metrics.connected_edges.inc();
     tracing::info!(
         node,
@@ -165,9 +166,14 @@ where
         last_heard: Instant::now(),
     };
     let _ = session.order.accept(hello_id);
-    let outcome = session.serve(&mut ws, hello).await;
+    let outcome = session.serve(&mut ws, hello, stream_frames).await;
     tracing::info!(node, outcome, "edge session ended");
     ctx.sessions.unregister(&handle);
+    handle.streams.shutdown(&stream::status(
+        503,
+        "ServiceUnavailable",
+        &format!("the connection to node {node} ended: {outcome}"),
+    ));
     ctx.metrics.connected_edges.dec();
     let _ = ws.close(None).await;
 }
@@ -190,7 +196,12 @@ impl Session {
         self.next_id
     }
 
-    async fn serve<S>(&mut self, ws: &mut Ws<S>, hello: Hello) -> &'static str
+    async fn serve<S>(
+        &mut self,
+        ws: &mut Ws<S>,
+        hello: Hello,
+        mut stream_frames: mpsc::UnboundedReceiver<StreamFrame>,
+    ) -> &'static str
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -269,6 +280,11 @@ impl Session {
                         }
                     }
                     if self.pump(ws).await.is_err() {
+                        break "the edge went away";
+                    }
+                }
+                Some(frame) = stream_frames.recv() => {
+                    if ws.send(Message::Binary(frame.encode().into())).await.is_err() {
                         break "the edge went away";
                     }
                 }
@@ -422,6 +438,19 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        if stream::is_stream_frame(bytes) {
+            match StreamFrame::decode(bytes) {
+                Ok(frame) => {
+                    // The cloud opens every stream; the mux refuses an OPEN from the edge.
+                    let _ = self.handle.streams.incoming(frame);
+                }
+                Err(error) => {
+                    self.refused(ws, 0, &error.to_string(), "MalformedFrame")
+                        .await;
+                }
+            }
+            return Ok(());
+        }
         let frame = match Envelope::decode(bytes) {
             Ok(frame) => frame,
             Err(error) => {

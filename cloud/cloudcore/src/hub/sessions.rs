@@ -9,10 +9,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::ObjectKey;
+use wedge_core::protocol::mux::{self, Mux, Stream};
+use wedge_core::protocol::stream::{StreamFrame, StreamRequest};
 
 /// Keys owed to one edge, oldest first, each at most once.
 #[derive(Debug, Default)]
@@ -32,6 +35,8 @@ pub struct SessionHandle {
     wake: Notify,
     /// Cancelled when the session must end (replaced by a newer connection, or shutdown).
     pub closed: CancellationToken,
+    /// The byte streams (logs, exec, port-forward) on this connection.
+    pub streams: Mux,
 }
 
 impl SessionHandle {
@@ -69,24 +74,80 @@ impl SessionHandle {
 }
 
 /// The registry of connected edges.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     by_node: RwLock<HashMap<String, Arc<SessionHandle>>>,
     next_connection: AtomicU64,
+    /// When each node that is not connected left (since this cloudcore started).
+    left: Mutex<HashMap<String, SystemTime>>,
+    started: SystemTime,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            by_node: RwLock::default(),
+            next_connection: AtomicU64::default(),
+            left: Mutex::default(),
+            started: SystemTime::now(),
+        }
+    }
+}
+
+/// A stream cannot be opened: the node is not connected to this cloudcore.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct NotConnected {
+    /// The node.
+    pub node: String,
+    /// When its connection ended, if it was connected since this cloudcore started.
+    pub since: Option<SystemTime>,
+    /// When this cloudcore started.
+    pub started: SystemTime,
+}
+
+impl NotConnected {
+    fn message(&self) -> String {
+        let at = |t: SystemTime| {
+            jiff::Timestamp::try_from(t).map_or_else(|_| "?".to_owned(), |t| t.to_string())
+        };
+        match self.since {
+            Some(since) => format!(
+                "node {} is not connected to cloudcore: its connection ended at {}",
+                self.node,
+                at(since)
+            ),
+            None => format!(
+                "node {} is not connected to cloudcore: it has not connected since cloudcore started at {}",
+                self.node,
+                at(self.started)
+            ),
+        }
+    }
 }
 
 impl Sessions {
-    /// Registers a new connection of `node`. An older connection of the same node is closed:
-    /// the newest one wins, so an edge that reconnects before the cloud noticed its old
-    /// connection died is not refused.
-    pub fn register(&self, node: &str, shutdown: &CancellationToken) -> Arc<SessionHandle> {
+    /// Registers a new connection of `node`, with the queue of stream frames its session
+    /// writes. An older connection of the same node is closed: the newest one wins, so an
+    /// edge that reconnects before the cloud noticed its old connection died is not refused.
+    pub fn register(
+        &self,
+        node: &str,
+        shutdown: &CancellationToken,
+    ) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<StreamFrame>) {
+        let (streams, frames) = Mux::new(mux::Role::Opener);
         let handle = Arc::new(SessionHandle {
             node: node.to_owned(),
             connection: self.next_connection.fetch_add(1, Ordering::Relaxed) + 1,
             dirty: Mutex::default(),
             wake: Notify::new(),
             closed: shutdown.child_token(),
+            streams,
         });
+        self.left
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(node);
         let old = self
             .by_node
             .write()
@@ -96,7 +157,32 @@ impl Sessions {
             tracing::info!(node, "a newer connection replaces the edge's previous one");
             old.closed.cancel();
         }
-        handle
+        (handle, frames)
+    }
+
+    /// Opens a stream to `node`'s edge.
+    pub fn open_stream(&self, node: &str, request: StreamRequest) -> Result<Stream, NotConnected> {
+        let session = self
+            .by_node
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .cloned();
+        let not_connected = || NotConnected {
+            node: node.to_owned(),
+            since: self
+                .left
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(node)
+                .copied(),
+            started: self.started,
+        };
+        session
+            .ok_or_else(not_connected)?
+            .streams
+            .open(request)
+            .map_err(|_| not_connected())
     }
 
     /// Forgets `handle`, unless a newer connection of its node replaced it already.
@@ -107,6 +193,10 @@ impl Sessions {
             .is_some_and(|h| h.connection == handle.connection)
         {
             by_node.remove(&handle.node);
+            self.left
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(handle.node.clone(), SystemTime::now());
         }
     }
 
@@ -156,7 +246,7 @@ mod tests {
     fn repeated_marks_coalesce_and_keep_their_first_place() {
         let sessions = Sessions::default();
         let shutdown = CancellationToken::new();
-        let edge = sessions.register("edge-1", &shutdown);
+        let (edge, _) = sessions.register("edge-1", &shutdown);
         for name in ["a", "b", "a", "a", "c", "b"] {
             sessions.mark("edge-1", key(name));
         }
@@ -172,8 +262,8 @@ mod tests {
     fn a_newer_connection_closes_the_older_one() {
         let sessions = Sessions::default();
         let shutdown = CancellationToken::new();
-        let first = sessions.register("edge-1", &shutdown);
-        let second = sessions.register("edge-1", &shutdown);
+        let (first, _) = sessions.register("edge-1", &shutdown);
+        let (second, _) = sessions.register("edge-1", &shutdown);
         assert!(first.closed.is_cancelled());
         assert!(!second.closed.is_cancelled());
         sessions.unregister(&first);
@@ -184,5 +274,36 @@ mod tests {
         );
         sessions.unregister(&second);
         assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn a_stream_to_a_node_not_connected_says_since_when() {
+        let sessions = Sessions::default();
+        let shutdown = CancellationToken::new();
+        let request = || StreamRequest::Logs {
+            namespace: "default".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            options: Default::default(),
+        };
+        let never = sessions
+            .open_stream("edge-1", request())
+            .expect_err("not connected");
+        assert!(never.since.is_none());
+        assert!(
+            never
+                .to_string()
+                .contains("has not connected since cloudcore started at"),
+            "{never}"
+        );
+        let (edge, _frames) = sessions.register("edge-1", &shutdown);
+        assert!(sessions.open_stream("edge-1", request()).is_ok());
+        sessions.unregister(&edge);
+        let gone = sessions.open_stream("edge-1", request()).expect_err("gone");
+        assert!(gone.since.is_some());
+        assert!(
+            gone.to_string().contains("its connection ended at"),
+            "{gone}"
+        );
     }
 }
