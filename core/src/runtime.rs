@@ -370,6 +370,37 @@ pub struct ExecResult {
     pub stderr: Vec<u8>,
 }
 
+/// A terminal's size, as `kubectl exec -t` reports it on resize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    #[serde(rename = "Width")]
+    pub width: u16,
+    /// Rows.
+    #[serde(rename = "Height")]
+    pub height: u16,
+}
+
+/// The streams of an interactive exec or attach (CRI's `Exec` and `Attach`, in process).
+///
+/// Each is present only when the client asked for it. Channels are bounded, so a slow client
+/// slows the command's output rather than filling memory. The caller closes stdin by
+/// dropping its sender (the command reads end of file); with `tty`, the command's output all
+/// comes on stdout, and there is no stderr.
+#[derive(Debug, Default)]
+pub struct ExecStreams {
+    /// What the client types or pipes in; closed at its end.
+    pub stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
+    /// The command's standard output.
+    pub stdout: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    /// The command's standard error (none with a TTY).
+    pub stderr: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    /// Terminal size changes (with a TTY).
+    pub resize: Option<tokio::sync::mpsc::Receiver<TerminalSize>>,
+    /// Whether the command gets a terminal.
+    pub tty: bool,
+}
+
 /// A container's figures (CRI's `ContainerStats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ContainerStats {
@@ -444,6 +475,31 @@ pub trait RuntimeService: Send + Sync {
 
     /// A container's figures.
     async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;
+
+    /// Runs `command` in a running container with `streams` (`kubectl exec`), returning its
+    /// exit code when it ends. Dropping the future ends the session.
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        streams: ExecStreams,
+    ) -> Result<i32, RuntimeError> {
+        let _ = (id, command, streams);
+        Err(RuntimeError::Unsupported(format!(
+            "the {} runtime cannot exec into containers",
+            self.handler()
+        )))
+    }
+
+    /// Connects `streams` to a running container's own stdio (`kubectl attach`) until it
+    /// exits or the session is dropped.
+    async fn attach(&self, id: &str, streams: ExecStreams) -> Result<(), RuntimeError> {
+        let _ = (id, streams);
+        Err(RuntimeError::Unsupported(format!(
+            "the {} runtime cannot attach to containers",
+            self.handler()
+        )))
+    }
 }
 
 #[cfg(test)]

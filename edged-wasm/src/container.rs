@@ -2,32 +2,40 @@
 //! linked), run once when started (an app until `wasi:cli/run` returns, a handler until it is
 //! stopped), and its exit classified in kubelet's terms.
 //!
+//! An app's instance and the commands run in its container ([`crate::exec`]) are built and run
+//! by the one `run_command`, so that a command sees what the app sees.
+//!
 //! Restarts, backoff and waiting states are not here: Edged decides them for every runtime and
 //! creates a new container for each restart, as the kubelet does over CRI.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use bytes::Bytes;
 use jiff::Timestamp;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, InstancePre};
+use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wedge_core::grants::PodGrants;
-use wedge_core::runtime::{self, ContainerConfig, ExecResult, RuntimeError};
+use wedge_core::runtime::{self, ContainerConfig, RuntimeError};
 use wedge_core::status::reason;
 
 use crate::compile::{CacheOutcome, CompileError};
 use crate::handler::{self, HandlerRunner};
 use crate::host::{ComponentKind, HostState, component_kind};
-use crate::instance::{Exit, app_store, wasi_ctx, wasi_ctx_with};
+use crate::instance::{Exit, app_store, wasi_ctx_with};
 use crate::limits::ContainerMeters;
-use crate::logs::ContainerLog;
+use crate::logs::{ContainerLog, OutputTap};
 use crate::netns::PodThread;
 use crate::oci::{ImageError, PulledImage};
 use crate::runtime::Inner;
 use crate::spec::ContainerPlan;
+use crate::stdio::ChannelStdin;
+
+/// How many writes of attached clients an app's stdin holds before they wait for it to read.
+const STDIN_CHUNKS: usize = 16;
 
 /// Why a container could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -107,12 +115,17 @@ pub(crate) struct WasmContainer {
     pub(crate) state: tokio::sync::watch::Sender<runtime::ContainerState>,
     pub(crate) cancel: CancellationToken,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    /// Every write of the instance to its log, for attached clients.
+    pub(crate) output: OutputTap,
+    /// The running app's stdin, for attached clients: set when it starts, if the container
+    /// asked for one (`stdin: true`).
+    pub(crate) stdin: Mutex<Option<mpsc::Sender<Bytes>>>,
 }
 
 impl WasmContainer {
     /// Spawns `task` where the container's guests run: the pod's network-namespace thread, or
     /// the shared workers.
-    fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    pub(crate) fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -144,43 +157,43 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
             c.id
         )));
     }
-    let prepared = c
-        .prepared
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    let prepared = lock(&c.prepared)
         .take()
         .ok_or_else(|| RuntimeError::Failed(format!("container {} is not prepared", c.id)))?;
-    let log = ContainerLog::open(&c.config.log_path, rt.config.echo_logs).map_err(|e| {
-        RuntimeError::Failed(format!(
-            "cannot open the container log {}: {e}",
-            c.config.log_path.display()
-        ))
-    })?;
+    let log = ContainerLog::open_tapped(&c.config.log_path, rt.config.echo_logs, c.output.clone())
+        .map_err(|e| {
+            RuntimeError::Failed(format!(
+                "cannot open the container log {}: {e}",
+                c.config.log_path.display()
+            ))
+        })?;
     let started_at = Timestamp::now();
     let run: Box<dyn FnOnce() -> JoinHandle<()> + Send> = match prepared.kind {
         ComponentKind::App => {
             let pre = c.command.clone().ok_or_else(|| {
                 RuntimeError::Failed("the app's wasi:cli/run cannot be linked".to_owned())
             })?;
-            let wasi = wasi_ctx(&c.plan, &log).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            // Attached clients type into a channel; without `stdin: true` stdin is empty.
+            let stdin = c.config.stdin.then(|| {
+                let (tx, rx) = mpsc::channel(STDIN_CHUNKS);
+                *lock(&c.stdin) = Some(tx);
+                rx
+            });
+            let wasi = wasi_ctx_with(
+                &c.plan,
+                &c.plan.argv,
+                ChannelStdin::new(stdin, false),
+                log.stdout(),
+                log.stderr(),
+            )
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
             let (rt, c2, c3) = (rt.clone(), c.clone(), c.clone());
             Box::new(move || {
                 c3.spawn(async move {
-                    let mut store = app_store(
-                        &rt.engine,
-                        wasi,
-                        &c2.plan,
-                        &rt.backends,
-                        &c2.grants,
-                        &c2.meters,
-                    );
-                    let run = async {
-                        let command = pre.instantiate_async(&mut store).await?;
-                        command.wasi_cli_run().call_run(&mut store).await
-                    };
-                    let exit = tokio::select! {
-                        r = run => Exit::of_run(r),
-                        () = c2.cancel.cancelled() => Exit::killed("the container was stopped"),
+                    let outcome = run_command(&rt, &c2, pre, wasi, &c2.meters, &c2.cancel).await;
+                    let exit = match outcome {
+                        Some(r) => Exit::of_run(r),
+                        None => Exit::killed("the container was stopped"),
                     };
                     log.finish();
                     exited(&c2, exit, started_at);
@@ -220,64 +233,43 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
     c.state
         .send_replace(runtime::ContainerState::Running { started_at });
     let task = run();
-    *c.task
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+    *lock(&c.task) = Some(task);
     Ok(())
 }
 
-/// Runs `command` in the container, as `kubectl exec` and exec probes do: a fresh instance of
-/// the container's component with `command` as its argv, the container's env, volumes, grants
-/// and limits, its output captured. Handlers have no command to run.
-pub(crate) async fn exec(
-    rt: &Arc<Inner>,
-    c: Arc<WasmContainer>,
-    command: &[String],
-    timeout: Duration,
-) -> Result<ExecResult, RuntimeError> {
-    let pre = c.command.clone().ok_or_else(|| {
-        RuntimeError::Unsupported(format!(
-            "container {} is a handler: it exports no wasi:cli/run to run a command with",
-            c.config.name
-        ))
-    })?;
-    const MAX_OUTPUT: usize = 1 << 20;
-    let stdout = MemoryOutputPipe::new(MAX_OUTPUT);
-    let stderr = MemoryOutputPipe::new(MAX_OUTPUT);
-    let wasi = wasi_ctx_with(&c.plan, command, stdout.clone(), stderr.clone())
-        .map_err(|e| RuntimeError::Failed(e.to_string()))?;
-    let meters = Arc::new(ContainerMeters::default());
-    let (rt2, c2) = (rt.clone(), c.clone());
-    // Where the container's guests run (its pod's network, for a mixed pod).
-    let exit = c
-        .spawn(async move {
-            let mut store = app_store(
-                &rt2.engine,
-                wasi,
-                &c2.plan,
-                &rt2.backends,
-                &c2.grants,
-                &meters,
-            );
-            let run = async {
-                let command = pre.instantiate_async(&mut store).await?;
-                command.wasi_cli_run().call_run(&mut store).await
-            };
-            tokio::time::timeout(timeout, run).await
-        })
-        .await
-        .map_err(|e| RuntimeError::Failed(format!("the command's task failed: {e}")))?
-        .map_err(|_| RuntimeError::Failed(format!("command timed out after {timeout:?}")))?;
-    let exit = Exit::of_run(exit);
-    let mut stderr = stderr.contents().to_vec();
-    if let Some(m) = exit.message {
-        stderr.extend_from_slice(m.as_bytes());
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The sender of the running app's stdin, if it has one.
+pub(crate) fn stdin_of(c: &WasmContainer) -> Option<mpsc::Sender<Bytes>> {
+    lock(&c.stdin).clone()
+}
+
+/// What became of an instance of the container's command: `None` when it was stopped.
+pub(crate) type RunOutcome = Option<wasmtime::Result<Result<(), ()>>>;
+
+/// Runs one instance of the container's command (`wasi:cli/run`) until it returns or `cancel`
+/// fires: the app itself, or a command run in its container. Either way the instance has the
+/// container's linker, grants and limits; `wasi` (argv, streams) is what differs, and `meters`
+/// is where its figures go. Call it where the container's guests run ([`WasmContainer::spawn`]).
+pub(crate) async fn run_command(
+    rt: &Inner,
+    c: &WasmContainer,
+    pre: CommandPre<HostState>,
+    wasi: WasiCtx,
+    meters: &Arc<ContainerMeters>,
+    cancel: &CancellationToken,
+) -> RunOutcome {
+    let mut store = app_store(&rt.engine, wasi, &c.plan, &rt.backends, &c.grants, meters);
+    let run = async {
+        let command = pre.instantiate_async(&mut store).await?;
+        command.wasi_cli_run().call_run(&mut store).await
+    };
+    tokio::select! {
+        r = run => Some(r),
+        () = cancel.cancelled() => None,
     }
-    Ok(ExecResult {
-        exit_code: exit.code,
-        stdout: stdout.contents().to_vec(),
-        stderr,
-    })
 }
 
 fn exited(c: &WasmContainer, exit: Exit, started_at: Timestamp) {

@@ -1,6 +1,6 @@
 //! Building a store for one instance of a container: its WASI context (argv, env, preopened
-//! volumes, stdout and stderr into the container's log), its limits, and how the epoch ticker
-//! treats it.
+//! volumes, stdout and stderr into the container's log, or a command's streams for `exec`), its
+//! limits, and how the epoch ticker treats it.
 //!
 //! Apps yield at every epoch tick and are accounted for CPU (see [`crate::limits`]); handlers
 //! get a fixed budget of ticks per invocation and trap past it, so a handler stuck in a loop
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{CallHook, Engine, Store};
-use wasmtime_wasi::cli::StdoutStream;
+use wasmtime_wasi::cli::{StdinStream, StdoutStream};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder};
 use wedge_core::grants::PodGrants;
 use wedge_core::status::reason;
@@ -36,21 +36,33 @@ pub enum InstanceError {
     Log(#[from] std::io::Error),
 }
 
-/// Builds the WASI context of one instance, its output into the container's log.
+/// Builds the WASI context of one instance, its output into the container's log and no stdin.
 pub fn wasi_ctx(plan: &ContainerPlan, log: &ContainerLog) -> Result<WasiCtx, InstanceError> {
-    wasi_ctx_with(plan, &plan.argv, log.stdout(), log.stderr())
+    wasi_ctx_with(
+        plan,
+        &plan.argv,
+        tokio::io::empty(),
+        log.stdout(),
+        log.stderr(),
+    )
 }
 
-/// Builds a WASI context with `argv` and the given output streams (a command run in the
-/// container, whose output goes back to the caller).
+/// Builds a WASI context with `argv` and the given streams: the container's own instance
+/// (stdin for attached clients, output into its log) or a command run in the container, whose
+/// streams are the caller's. Everything else (env, volumes, network) is the container's.
 pub fn wasi_ctx_with(
     plan: &ContainerPlan,
     argv: &[String],
+    stdin: impl StdinStream + 'static,
     stdout: impl StdoutStream + 'static,
     stderr: impl StdoutStream + 'static,
 ) -> Result<WasiCtx, InstanceError> {
     let mut b = WasiCtxBuilder::new();
-    b.args(argv).envs(&plan.env).stdout(stdout).stderr(stderr);
+    b.args(argv)
+        .envs(&plan.env)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
     if plan.network {
         // The pod's own network namespace: the guest has what a container would.
         b.inherit_network()

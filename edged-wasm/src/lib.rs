@@ -11,6 +11,8 @@
 //! - [`compile`]: the component compiled once and cached on disk;
 //! - [`host`]: WASI, `wedge:device` and `wedge:messaging` linked in;
 //! - [`container`]: an app run once, a handler ([`handler`]) called per event until stopped;
+//! - [`exec`]: commands run in a container (`kubectl exec`, exec probes) and clients attached to
+//!   it (`kubectl attach`), their streams over channels ([`stdio`]);
 //! - [`limits`] and [`engine`]: memory and CPU limits, preemption by epochs;
 //! - [`logs`]: stdout and stderr in the CRI log format.
 
@@ -18,6 +20,7 @@ pub mod compile;
 pub mod config;
 pub mod container;
 pub mod engine;
+pub mod exec;
 pub mod handler;
 pub mod host;
 pub mod instance;
@@ -27,6 +30,7 @@ pub mod netns;
 pub mod oci;
 pub mod runtime;
 pub mod spec;
+pub mod stdio;
 
 pub use config::{RegistryHosts, RuntimeConfig};
 pub use runtime::{RuntimeStartError, WasmRuntime, WasmStats};

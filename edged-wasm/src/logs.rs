@@ -5,19 +5,72 @@
 //! instance's log and the previous one's (`kubectl logs --previous`) are both at hand. Each write
 //! is formatted and appended at once: logs must be visible while the guest runs, and a guest that
 //! is killed must not take buffered lines with it.
+//!
+//! Every write also goes, raw, to the log's [`OutputTap`], which `kubectl attach` sessions
+//! subscribe to. The tap is a bounded broadcast that never waits for its subscribers: a slow
+//! attached client loses the output beyond its buffer ([`TAP_CHUNKS`] writes) rather than stalling
+//! the guest, whose log keeps everything.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use jiff::Timestamp;
+use tokio::sync::broadcast;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wedge_core::crilog::{LineSplitter, Stream};
+
+/// How many writes an attached client may fall behind by before it loses output. A write is at
+/// most 64 KiB (the permit [`LogStream`] gives) and usually a line.
+pub const TAP_CHUNKS: usize = 256;
+
+/// One write of a guest, as it made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    /// Which stream it wrote to.
+    pub stream: Stream,
+    /// What it wrote.
+    pub bytes: Bytes,
+}
+
+/// The live output of a container's instance, for attached clients: every write, as it is made.
+///
+/// Cloning gives another handle on the same tap. Sending never blocks and costs nothing while
+/// no one is subscribed; a subscriber that falls more than [`TAP_CHUNKS`] writes behind is told
+/// how many it missed ([`broadcast::error::RecvError::Lagged`]) and goes on from the oldest kept.
+/// The broadcast's ring is made by the first subscriber: most containers are never attached to,
+/// and an edge runs many.
+#[derive(Debug, Clone, Default)]
+pub struct OutputTap {
+    tx: Arc<OnceLock<broadcast::Sender<OutputChunk>>>,
+}
+
+impl OutputTap {
+    /// A receiver of what is written from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<OutputChunk> {
+        self.tx
+            .get_or_init(|| broadcast::Sender::new(TAP_CHUNKS))
+            .subscribe()
+    }
+
+    fn send(&self, stream: Stream, bytes: &[u8]) {
+        // Copying is only worth it for someone to read it.
+        if let Some(tx) = self.tx.get()
+            && tx.receiver_count() > 0
+        {
+            // An error only says every subscriber has gone in the meantime.
+            let _ = tx.send(OutputChunk {
+                stream,
+                bytes: Bytes::copy_from_slice(bytes),
+            });
+        }
+    }
+}
 
 struct LogFile {
     file: File,
@@ -26,10 +79,13 @@ struct LogFile {
     stderr: LineSplitter,
     echo: bool,
     buf: Vec<u8>,
+    tap: OutputTap,
 }
 
 impl LogFile {
     fn write(&mut self, stream: Stream, bytes: &[u8]) {
+        // Under the log's lock, so attached clients see stdout and stderr in the file's order.
+        self.tap.send(stream, bytes);
         if self.echo {
             // `wedge wasm run` shows the guest's output as it comes.
             let _ = match stream {
@@ -74,6 +130,11 @@ impl ContainerLog {
     /// Opens (appending to) the log file at `path`; `echo` also copies output to this process's
     /// own stdout and stderr.
     pub fn open(path: &Path, echo: bool) -> std::io::Result<Self> {
+        Self::open_tapped(path, echo, OutputTap::default())
+    }
+
+    /// Opens the log as [`ContainerLog::open`] does, every write also sent to `tap`.
+    pub fn open_tapped(path: &Path, echo: bool, tap: OutputTap) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -86,6 +147,7 @@ impl ContainerLog {
                 stderr: LineSplitter::new(Stream::Stderr),
                 echo,
                 buf: Vec::new(),
+                tap,
             })),
         })
     }
@@ -204,6 +266,43 @@ mod tests {
         renderer.push(&file[start..], &mut out);
         renderer.finish(&mut out);
         out
+    }
+
+    #[test]
+    fn the_tap_passes_writes_on_and_never_waits_for_a_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tap = OutputTap::default();
+        let log =
+            ContainerLog::open_tapped(&dir.path().join("0.log"), false, tap.clone()).expect("open");
+        let mut out = log.stdout();
+        // Nobody attached: nothing is kept.
+        OutputStream::write(&mut out, Bytes::from_static(b"before\n")).expect("write");
+        let mut attached = tap.subscribe();
+        let mut idle = tap.subscribe();
+        OutputStream::write(&mut out, Bytes::from_static(b"one\n")).expect("write");
+        log.runtime_line("wedge: note");
+        assert_eq!(
+            attached.try_recv().expect("a chunk"),
+            OutputChunk {
+                stream: Stream::Stdout,
+                bytes: Bytes::from_static(b"one\n")
+            }
+        );
+        assert_eq!(attached.try_recv().expect("a chunk").stream, Stream::Stderr);
+        // A reader that never reads costs the writer nothing: it loses the oldest writes.
+        for _ in 0..TAP_CHUNKS {
+            OutputStream::write(&mut out, Bytes::from_static(b"more\n")).expect("write");
+        }
+        assert!(matches!(
+            idle.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(2))
+        ));
+        let file = std::fs::read_to_string(dir.path().join("0.log")).expect("read");
+        assert_eq!(
+            file.lines().count(),
+            TAP_CHUNKS + 3,
+            "the log has everything"
+        );
     }
 
     #[test]

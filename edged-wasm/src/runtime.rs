@@ -4,8 +4,9 @@
 //! One runtime per edge process holds the engine, the linker, the image store and the compile
 //! cache. A sandbox is a pod's grants (from its annotations) and nothing else: Wasm guests share
 //! the host's network, so there is no namespace to make. A container is compiled and linked when
-//! it is created and runs as a task when it is started ([`crate::container`]). Everything lives
-//! in the process, so nothing survives a restart of edgecore: its pods start afresh.
+//! it is created and runs as a task when it is started ([`crate::container`]); commands run in
+//! it and attached clients are [`crate::exec`]'s. Everything lives in the process, so nothing
+//! survives a restart of edgecore: its pods start afresh.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,14 +19,15 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wedge_core::grants::PodGrants;
 use wedge_core::runtime::{
-    self as rt, ContainerConfig, ContainerInfo, ContainerStats, ExecResult, ImageInfo, PullAuth,
-    RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
+    self as rt, ContainerConfig, ContainerInfo, ContainerStats, ExecResult, ExecStreams, ImageInfo,
+    PullAuth, RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
 };
 
 use crate::compile::{CacheOutcome, CompileCache, CompileError};
 use crate::config::RuntimeConfig;
 use crate::container::{self, PrepareError, Prepared, WasmContainer};
 use crate::engine::{EngineError, EpochTicker, build_engine};
+use crate::exec;
 use crate::host::{Backends, HostState, linker};
 use crate::netns::PodThread;
 use crate::oci::{ImageError, ImageService, ImageStore, RegistryCredentials, StoreError};
@@ -406,6 +408,8 @@ impl RuntimeService for WasmRuntime {
             state: tokio::sync::watch::Sender::new(rt::ContainerState::Created),
             cancel: CancellationToken::new(),
             task: Mutex::new(None),
+            output: crate::logs::OutputTap::default(),
+            stdin: Mutex::new(None),
         };
         lock(&self.inner.containers).insert(id.clone(), Arc::new(c));
         Ok(id)
@@ -477,12 +481,22 @@ impl RuntimeService for WasmRuntime {
         timeout: Duration,
     ) -> Result<ExecResult, RuntimeError> {
         let c = self.container(id)?;
-        if !matches!(*c.state.borrow(), rt::ContainerState::Running { .. }) {
-            return Err(RuntimeError::Failed(format!(
-                "container {id} is not running"
-            )));
-        }
-        container::exec(&self.inner, c, command, timeout).await
+        Ok(exec::exec_sync(&self.inner, c, command, timeout).await?)
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        streams: ExecStreams,
+    ) -> Result<i32, RuntimeError> {
+        let c = self.container(id)?;
+        Ok(exec::exec(&self.inner, c, command, streams).await?)
+    }
+
+    async fn attach(&self, id: &str, streams: ExecStreams) -> Result<(), RuntimeError> {
+        let c = self.container(id)?;
+        Ok(exec::attach(c, streams).await?)
     }
 
     async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {

@@ -10,7 +10,9 @@
 //! tested without containerd: [`sandbox`](crate::sandbox) and [`container`](crate::container)
 //! (configs and statuses), [`image`](crate::image) (credentials), [`errors`] (gRPC statuses
 //! to typed errors). [`wait`] stands in for the wait call CRI lacks; [`cni`] writes a pod
-//! network for an edge that has none.
+//! network for an edge that has none. [`streaming`](crate::streaming) carries `kubectl exec`
+//! and `kubectl attach` sessions over containerd's streaming server, in SPDY/3.1
+//! ([`spdy`](crate::spdy) is the framing).
 
 mod client;
 pub mod cni;
@@ -19,6 +21,8 @@ mod errors;
 mod image;
 pub mod runtime;
 mod sandbox;
+mod spdy;
+mod streaming;
 pub mod wait;
 
 pub use client::socket_path;

@@ -2,7 +2,8 @@
 //!
 //! Each method builds a request from the pure mappings ([`crate::sandbox`],
 //! [`crate::container`], [`crate::image`]), makes one call (two where CRI splits what the trait
-//! returns) and sorts failures through [`crate::errors`]. The only state kept here is which
+//! returns) and sorts failures through [`crate::errors`]; `exec` and `attach` hand the URL their
+//! call returns to [`crate::streaming`], which runs the session. The only state kept here is which
 //! sandbox each container belongs to, which CRI's `ContainerStatus` does not say; containerd
 //! holds everything else, so a new `CriRuntime` (after edgecore restarts) sees what an old one
 //! made.
@@ -16,8 +17,8 @@ use futures::future::join_all;
 use k8s_cri::v1 as cri;
 use tonic::Code;
 use wedge_core::runtime::{
-    self as rt, ContainerConfig, ContainerInfo, ContainerStats, ExecResult, ImageInfo, PullAuth,
-    RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
+    self as rt, ContainerConfig, ContainerInfo, ContainerStats, ExecResult, ExecStreams, ImageInfo,
+    PullAuth, RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
 };
 
 use crate::client::{Clients, REQUEST_TIMEOUT, call, request, socket_path};
@@ -25,6 +26,7 @@ use crate::container::{container_config, container_info, sandbox_config_for};
 use crate::errors::{ConnectError, config_error, image_error, runtime_error};
 use crate::image::{auth_config, image_info, image_spec};
 use crate::sandbox::{listed_sandbox, pod_sandbox_config, sandbox_status};
+use crate::streaming::{self, Ended};
 use crate::wait::{Cri, ExitWatch, POLL_INTERVAL};
 
 /// The CRI API version this client speaks.
@@ -502,6 +504,68 @@ impl RuntimeService for CriRuntime {
             cpu: Duration::from_nanos(cpu),
             memory_bytes: memory,
         })
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        streams: ExecStreams,
+    ) -> Result<i32, RuntimeError> {
+        let url = self
+            .runtime()
+            .exec(call(cri::ExecRequest {
+                container_id: id.to_owned(),
+                cmd: command.to_vec(),
+                tty: streams.tty,
+                stdin: streams.stdin.is_some(),
+                stdout: streams.stdout.is_some(),
+                // containerd refuses stderr with a TTY: the terminal carries both.
+                stderr: streams.stderr.is_some() && !streams.tty,
+            }))
+            .await
+            .map_err(|s| runtime_error(s, &container_object(id)))?
+            .into_inner()
+            .url;
+        tracing::debug!(container = id, ?command, tty = streams.tty, "exec session");
+        let what = format!("exec {command:?} in container {id}");
+        match streaming::run(&url, streams).await {
+            Ok(Ended::Exited(code)) => {
+                tracing::debug!(container = id, ?command, code, "exec ended");
+                Ok(code)
+            }
+            // The caller asked for output and no longer reads any: nobody is left to tell.
+            Ok(Ended::CallerGone) => Err(RuntimeError::Failed(format!(
+                "{what}: the client stopped reading before the command ended"
+            ))),
+            Err(e) => Err(e.into_runtime_error(&what)),
+        }
+    }
+
+    async fn attach(&self, id: &str, streams: ExecStreams) -> Result<(), RuntimeError> {
+        let url = self
+            .runtime()
+            .attach(call(cri::AttachRequest {
+                container_id: id.to_owned(),
+                stdin: streams.stdin.is_some(),
+                tty: streams.tty,
+                stdout: streams.stdout.is_some(),
+                stderr: streams.stderr.is_some() && !streams.tty,
+            }))
+            .await
+            .map_err(|s| runtime_error(s, &container_object(id)))?
+            .into_inner()
+            .url;
+        tracing::debug!(container = id, tty = streams.tty, "attach session");
+        match streaming::run(&url, streams).await {
+            // containerd reports success when the container's output ends (it exited); leaving
+            // is the caller's to decide and no failure either.
+            Ok(Ended::Exited(_) | Ended::CallerGone) => {
+                tracing::debug!(container = id, "attach ended");
+                Ok(())
+            }
+            Err(e) => Err(e.into_runtime_error(&format!("attach to container {id}"))),
+        }
     }
 }
 

@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use tokio::sync::mpsc;
 use wedge_core::crilog::{self, Stream};
 use wedge_core::runtime::{
-    ContainerConfig, ContainerState, ImageError, ImageService, Limits, Mount, PullAuth,
-    RuntimeError, RuntimeService, SandboxConfig, Security, labels,
+    ContainerConfig, ContainerState, ExecStreams, ImageError, ImageService, Limits, Mount,
+    PullAuth, RuntimeError, RuntimeService, SandboxConfig, Security, TerminalSize, labels,
 };
 use wedge_shims::CriRuntime;
 use wedge_testkit::container_images::{self, BUSYBOX_IMAGE};
@@ -500,6 +502,355 @@ async fn exec_and_stats_in_a_running_container() -> anyhow::Result<()> {
             .await,
         Err(RuntimeError::NotFound(_))
     ));
+    env.remove_sandbox(&sandbox).await
+}
+
+/// The caller's ends of an exec or attach session, as Edged's stream handler would hold them.
+struct Caller {
+    stdin: Option<mpsc::Sender<Bytes>>,
+    stdout: mpsc::Receiver<Bytes>,
+    stderr: mpsc::Receiver<Bytes>,
+    resize: mpsc::Sender<TerminalSize>,
+}
+
+/// Streams for a session with stdout, stderr and resizes, and stdin if asked; small bounded
+/// channels, so the tests also run the backpressure path.
+fn session_streams(stdin: bool, tty: bool) -> (ExecStreams, Caller) {
+    let (stdin_tx, stdin_rx) = mpsc::channel(4);
+    let (stdout_tx, stdout_rx) = mpsc::channel(4);
+    let (stderr_tx, stderr_rx) = mpsc::channel(4);
+    let (resize_tx, resize_rx) = mpsc::channel(4);
+    let streams = ExecStreams {
+        stdin: stdin.then_some(stdin_rx),
+        stdout: Some(stdout_tx),
+        stderr: Some(stderr_tx),
+        resize: Some(resize_rx),
+        tty,
+    };
+    let caller = Caller {
+        stdin: stdin.then_some(stdin_tx),
+        stdout: stdout_rx,
+        stderr: stderr_rx,
+        resize: resize_tx,
+    };
+    (streams, caller)
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()]
+}
+
+/// Reads `rx` into `seen` until `done(seen)` holds, within [`LONG`].
+async fn read_until(
+    rx: &mut mpsc::Receiver<Bytes>,
+    seen: &mut String,
+    done: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    let reading = async {
+        while !done(seen) {
+            let Some(chunk) = rx.recv().await else {
+                bail!("the stream ended; read so far: {seen:?}");
+            };
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(LONG, reading).await {
+        Ok(result) => result,
+        Err(_) => bail!("not seen within {LONG:?}; read so far: {seen:?}"),
+    }
+}
+
+/// Everything `rx` brings until its sender is dropped (the session ended), within [`LONG`].
+async fn read_all(rx: &mut mpsc::Receiver<Bytes>) -> anyhow::Result<String> {
+    let mut seen = String::new();
+    bounded("reading to the end", async {
+        while let Some(chunk) = rx.recv().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await?;
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_stdin_and_output_and_reports_the_exit_code() -> anyhow::Result<()> {
+    let env = env().await?;
+    let pod = env.sandbox("iexec", false)?;
+    let sandbox = env.rt.run_sandbox(&pod).await?;
+    let id = env
+        .run(&sandbox, &env.container(&pod, "app", "sleep 1000"), &pod)
+        .await?;
+
+    let (streams, mut caller) = session_streams(true, false);
+    let stdin = caller.stdin.take().context("stdin")?;
+    let command = sh("read x; echo got $x; echo oops >&2; exit 3");
+    let session = env.rt.exec(&id, &command, streams);
+    let typing = async {
+        stdin.send(Bytes::from_static(b"hi\n")).await?;
+        anyhow::Ok(())
+    };
+    let (code, stdout, stderr, typed) = tokio::join!(
+        bounded("exec", session),
+        read_all(&mut caller.stdout),
+        read_all(&mut caller.stderr),
+        typing
+    );
+    typed?;
+    assert_eq!(code??, 3);
+    assert_eq!(stdout?, "got hi\n");
+    assert_eq!(stderr?, "oops\n");
+
+    // Stdin piped in, then closed: the command reads to end of file (a FIN on the stdin
+    // stream), and its output and exit code still come. Far more than a SPDY window (64 KiB)
+    // each way, in both directions at once: containerd grants no window, so none is awaited,
+    // and the output is read while the input waits for the command.
+    let input: String = (0..150_000).map(|i| format!("{i}\n")).collect();
+    let (streams, mut caller) = session_streams(true, false);
+    let stdin = caller.stdin.take().context("stdin")?;
+    let command = sh("cat");
+    let session = env.rt.exec(&id, &command, streams);
+    let piping = async {
+        for chunk in input.as_bytes().chunks(16 * 1024) {
+            stdin.send(Bytes::copy_from_slice(chunk)).await?;
+        }
+        // Dropping the sender is the end of file.
+        drop(stdin);
+        anyhow::Ok(())
+    };
+    let (code, stdout, piped) = tokio::join!(
+        bounded("exec", session),
+        read_all(&mut caller.stdout),
+        piping
+    );
+    piped?;
+    assert_eq!(code??, 0);
+    let stdout = stdout?;
+    ensure!(
+        stdout == input,
+        "cat echoed {} bytes of {}",
+        stdout.len(),
+        input.len()
+    );
+
+    // What the command does after end of file reaches the caller, and so does its exit code.
+    let (streams, mut caller) = session_streams(true, false);
+    let stdin = caller.stdin.take().context("stdin")?;
+    stdin.send(Bytes::from_static(b"hello\n")).await?;
+    drop(stdin);
+    let command = sh("cat; echo after-eof; exit 4");
+    let session = env.rt.exec(&id, &command, streams);
+    let (code, stdout) = tokio::join!(bounded("exec", session), read_all(&mut caller.stdout));
+    assert_eq!(code??, 4);
+    assert_eq!(stdout?, "hello\nafter-eof\n");
+
+    // A caller that closes stdin at once: the command sees an empty input.
+    let (streams, mut caller) = session_streams(true, false);
+    drop(caller.stdin.take());
+    let command = sh("wc -c");
+    let session = env.rt.exec(&id, &command, streams);
+    let (code, stdout) = tokio::join!(bounded("exec", session), read_all(&mut caller.stdout));
+    assert_eq!(code??, 0);
+    assert_eq!(stdout?.trim(), "0");
+
+    // Output only, larger than the channels hold: the session waits for the reader.
+    let (streams, mut caller) = session_streams(false, false);
+    let command = sh("seq 1 20000");
+    let session = env.rt.exec(&id, &command, streams);
+    let (code, stdout) = tokio::join!(bounded("exec", session), read_all(&mut caller.stdout));
+    assert_eq!(code??, 0);
+    let stdout = stdout?;
+    let numbers: Vec<&str> = stdout.lines().collect();
+    assert_eq!(numbers.len(), 20000);
+    assert_eq!((numbers[0], numbers[19999]), ("1", "20000"));
+
+    // A binary that is not there: containerd cannot start it and says why (no exit code).
+    let (streams, _caller) = session_streams(false, false);
+    let missing = bounded(
+        "exec",
+        env.rt.exec(&id, &["/no/such/binary".to_owned()], streams),
+    )
+    .await?;
+    assert!(
+        matches!(&missing, Err(RuntimeError::Failed(m)) if m.contains("no such file or directory")),
+        "{missing:?}"
+    );
+    // Nor one found through PATH.
+    let (streams, _caller) = session_streams(false, false);
+    let missing = bounded("exec", env.rt.exec(&id, &["nosuchcmd".to_owned()], streams)).await?;
+    assert!(
+        matches!(&missing, Err(RuntimeError::Failed(m)) if m.contains("executable file not found")),
+        "{missing:?}"
+    );
+    let (streams, _caller) = session_streams(false, false);
+    let missing = env.rt.exec("no-such-container", &sh("true"), streams).await;
+    assert!(
+        matches!(missing, Err(RuntimeError::NotFound(_))),
+        "{missing:?}"
+    );
+    env.remove_sandbox(&sandbox).await
+}
+
+/// The shell's answers so far, one per line typed: `stty size`'s `rows cols`, or its complaint
+/// while the terminal has no size yet.
+fn size_answers(output: &str) -> Vec<&str> {
+    output
+        .split('\n')
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("size: "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_a_terminal_follows_resizes() -> anyhow::Result<()> {
+    let env = env().await?;
+    let pod = env.sandbox("tty", false)?;
+    let sandbox = env.rt.run_sandbox(&pod).await?;
+    let id = env
+        .run(&sandbox, &env.container(&pod, "app", "sleep 1000"), &pod)
+        .await?;
+
+    let (streams, mut caller) = session_streams(true, true);
+    let stdin = caller.stdin.take().context("stdin")?;
+    let script = r#"tty; while read line; do [ "$line" = q ] && exit 0; echo "size: $(stty size 2>&1)"; done"#;
+    let session = tokio::spawn({
+        let (rt, id) = (env.rt.clone(), id.clone());
+        async move { rt.exec(&id, &sh(script), streams).await }
+    });
+
+    let mut seen = String::new();
+    read_until(&mut caller.stdout, &mut seen, |s| s.contains('\n')).await?;
+    ensure!(seen.starts_with("/dev/pts/"), "tty says {seen:?}");
+    caller
+        .resize
+        .send(TerminalSize {
+            width: 100,
+            height: 30,
+        })
+        .await?;
+    // The resize and the typed lines travel separately (containerd resizes the pty through
+    // the shim; until then the terminal has no size), so ask until the shell sees the new size.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let before = size_answers(&seen).len();
+        stdin.send(Bytes::from_static(b"\n")).await?;
+        read_until(&mut caller.stdout, &mut seen, |s| {
+            size_answers(s).len() > before
+        })
+        .await?;
+        if size_answers(&seen).last() == Some(&"30 100") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the size never changed: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stdin.send(Bytes::from_static(b"q\n")).await?;
+    let (code, rest) = tokio::join!(bounded("exec", session), read_all(&mut caller.stdout));
+    assert_eq!(code???, 0);
+    // The terminal echoes what was typed and ends lines with CR LF.
+    ensure!(rest?.contains("q\r\n"), "the echo of q");
+    // With a terminal everything comes on stdout.
+    assert_eq!(read_all(&mut caller.stderr).await?, "");
+    env.remove_sandbox(&sandbox).await
+}
+
+/// The `line N` numbers a talker printed.
+fn line_numbers(output: &str) -> Vec<u64> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_follows_a_container_and_leaves_it_running() -> anyhow::Result<()> {
+    let env = env().await?;
+    let pod = env.sandbox("attach", false)?;
+    let sandbox = env.rt.run_sandbox(&pod).await?;
+    let volume = tempfile::tempdir()?;
+    let mut talker = env.container(
+        &pod,
+        "talker",
+        "i=0; while [ ! -f /data/stop ]; do echo line $i; i=$((i+1)); sleep 0.1; done; echo bye",
+    );
+    talker.mounts = vec![Mount {
+        host_path: volume.path().to_owned(),
+        container_path: "/data".into(),
+        read_only: true,
+    }];
+    let talker_id = env.run(&sandbox, &talker, &pod).await?;
+
+    // Attach, hear a few lines, then drop the session.
+    let (streams, mut caller) = session_streams(false, false);
+    // A boxed future (async_trait's), so that dropping it below really ends the session.
+    let mut session = env.rt.attach(&talker_id, streams);
+    let mut seen = String::new();
+    tokio::select! {
+        ended = &mut session => bail!("the attach ended early: {ended:?}"),
+        read = read_until(&mut caller.stdout, &mut seen, |s| line_numbers(s).len() >= 3) => read?,
+    }
+    let heard = line_numbers(&seen);
+    ensure!(
+        heard.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive lines: {seen:?}"
+    );
+    drop(session);
+    drop(caller);
+
+    // The container carries on: its log passes well beyond what the attach heard.
+    let last = heard.last().copied().context("a line")?;
+    eventually("the talker goes on talking", || async {
+        let log = read_log(&talker.log_path)?;
+        let beyond = format!("line {}", last + 10);
+        ensure!(log.iter().any(|(_, l)| *l == beyond), "not yet at {beyond}");
+        Ok(())
+    })
+    .await?;
+    let info = env.rt.container_status(&talker_id).await?;
+    assert!(
+        matches!(info.state, ContainerState::Running { .. }),
+        "{info:?}"
+    );
+
+    // Attached again, the session ends when the container exits, with its last words.
+    let (streams, mut caller) = session_streams(false, false);
+    let mut session = env.rt.attach(&talker_id, streams);
+    let mut seen = String::new();
+    tokio::select! {
+        ended = &mut session => bail!("the attach ended early: {ended:?}"),
+        read = read_until(&mut caller.stdout, &mut seen, |s| !line_numbers(s).is_empty()) => read?,
+    }
+    std::fs::write(volume.path().join("stop"), "")?;
+    let (ended, rest) = tokio::join!(bounded("attach", session), read_all(&mut caller.stdout));
+    ended??;
+    ensure!(rest?.ends_with("bye\n"), "the last line");
+    let exit = bounded("wait", env.rt.wait_container(&talker_id)).await??;
+    assert_eq!(exit.code, 0);
+
+    // A container with stdin open reads what an attached client types.
+    let mut reader = env.container(&pod, "reader", r#"while read l; do echo "got $l"; done"#);
+    reader.stdin = true;
+    let reader_id = env.run(&sandbox, &reader, &pod).await?;
+    let (streams, mut caller) = session_streams(true, false);
+    let stdin = caller.stdin.take().context("stdin")?;
+    let mut session = env.rt.attach(&reader_id, streams);
+    stdin.send(Bytes::from_static(b"hello\n")).await?;
+    let mut seen = String::new();
+    tokio::select! {
+        ended = &mut session => bail!("the attach ended early: {ended:?}"),
+        read = read_until(&mut caller.stdout, &mut seen, |s| s.contains("got hello\n")) => read?,
+    }
+    drop(session);
+    let info = env.rt.container_status(&reader_id).await?;
+    assert!(
+        matches!(info.state, ContainerState::Running { .. }),
+        "{info:?}"
+    );
+    let (streams, _caller) = session_streams(false, false);
+    let err = env.rt.attach("no-such-container", streams).await;
+    assert!(matches!(err, Err(RuntimeError::NotFound(_))), "{err:?}");
     env.remove_sandbox(&sandbox).await
 }
 

@@ -1198,3 +1198,200 @@ async fn a_mixed_pod_keeps_its_container_and_restarts_its_wasm_part_when_edgecor
     );
     assert_eq!(env.jsonpath("pod/pair", "{.status.phase}"), "Running");
 }
+
+/// Runs kubectl with `stdin` piped in; its output.
+fn kubectl_with_input(cloud: &Cloud, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cloud.kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin)
+        .expect("stdin written");
+    child.wait_with_output().expect("kubectl ends")
+}
+
+/// Runs `command` in `pod` through the Python Kubernetes client's `stream` (WebSocket
+/// `v4.channel.k8s.io`): its exit code, stdout and stderr.
+fn python_exec(cloud: &Cloud, pod: &str, command: &[&str]) -> (Option<i32>, String, String) {
+    const SCRIPT: &str = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config(sys.argv[1])
+api = client.CoreV1Api()
+resp = stream(api.connect_get_namespaced_pod_exec, sys.argv[2], "default", command=sys.argv[3:],
+              stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+resp.run_forever(timeout=60)
+sys.stdout.write(resp.read_stdout())
+sys.stderr.write(resp.read_stderr())
+sys.exit(resp.returncode)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(cloud.kubeconfig())
+        .arg(pod)
+        .args(command)
+        .output()
+        .expect("python3 runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl exec`, `attach` and `cp` reach container and Wasm pods through CloudStream, with
+/// exit codes, stdin piped and closed, stdout and stderr apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_attach_and_cp_reach_container_and_wasm_pods() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    env.runtime_classes();
+    let host = env.registry.host();
+    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
+        .await
+        .expect("join")
+        .expect("sample apps");
+    let misbehave = apps.bytes("misbehave").expect("misbehave");
+    wedge_testkit::oci::push(
+        &host,
+        "samples/misbehave",
+        "1",
+        &wedge_testkit::oci::Image::wasm(&misbehave, wedge_testkit::oci::WasmLayout::CncfArtifact),
+    )
+    .await
+    .expect("push");
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: shell\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'while true; do echo tick; sleep 0.2; done']\n",
+        env.busybox
+    ));
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {host}/samples/misbehave:1\n    command: [misbehave, sleep]\n    env: [{{name: GREETING, value: from-the-pod}}]\n"
+    ));
+    cloud.wait_for("pod/shell", "{.status.phase}", "Running", PULL);
+    cloud.wait_for("pod/wasm", "{.status.phase}", "Running", PULL);
+
+    // A container: the exit code, stdout and stderr apart.
+    let out = cloud.kubectl(&[
+        "exec",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    // stdin piped, then closed: cat sees its end.
+    let cat = kubectl_with_input(cloud, &["exec", "-i", "shell", "--", "cat"], b"piped in\n");
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "piped in\n");
+    // kubectl cp is tar through exec, both ways.
+    let local = env.root.join("to-copy.txt");
+    std::fs::write(&local, "copied through exec\n").expect("local file");
+    cloud.kubectl_ok(&[
+        "cp",
+        local.to_str().expect("utf-8"),
+        "shell:/tmp/copied.txt",
+    ]);
+    assert_eq!(
+        cloud.kubectl_ok(&["exec", "shell", "--", "cat", "/tmp/copied.txt"]),
+        "copied through exec\n"
+    );
+    let back = env.root.join("copied-back.txt");
+    cloud.kubectl_ok(&["cp", "shell:/tmp/copied.txt", back.to_str().expect("utf-8")]);
+    assert_eq!(
+        std::fs::read_to_string(&back).expect("copied back"),
+        "copied through exec\n"
+    );
+    // attach: the container's own output, live.
+    let mut attach = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cloud.kubeconfig())
+        .args(["attach", "shell"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(env.root.join("attach.err")).expect("a file"))
+        .spawn()
+        .expect("kubectl runs");
+    let lines = super::lines_of(&mut attach);
+    for _ in 0..3 {
+        assert_eq!(
+            lines.recv_timeout(Duration::from_secs(20)).as_deref(),
+            Ok("tick"),
+            "kubectl attach: {}",
+            std::fs::read_to_string(env.root.join("attach.err")).unwrap_or_default()
+        );
+    }
+    let _ = attach.kill();
+    let _ = attach.wait();
+
+    // A Wasm container: a fresh instance of its component runs the command, with the pod's
+    // env, and its exit status comes back (WASI 0.2 commands exit with success or failure:
+    // a Rust guest's `exit(7)` is 1).
+    let out = cloud.kubectl(&["exec", "wasm", "--", "misbehave", "exit", "7"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        cloud
+            .kubectl_ok(&["exec", "wasm", "--", "misbehave", "env"])
+            .contains("GREETING=from-the-pod")
+    );
+    let out = cloud.kubectl(&["exec", "wasm", "--", "misbehave", "stderr", "to-stderr"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
+    let cat = kubectl_with_input(
+        cloud,
+        &["exec", "-i", "wasm", "--", "misbehave", "cat"],
+        b"into wasm\n",
+    );
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "into wasm\n");
+    // The Python client's stream (v4 over WebSocket) reaches both.
+    let (code, out, err) = python_exec(
+        cloud,
+        "shell",
+        &["sh", "-c", "echo py; echo pyerr >&2; exit 2"],
+    );
+    assert_eq!((code, out.as_str()), (Some(2), "py\n"), "{err}");
+    assert!(err.contains("pyerr"), "{err}");
+    let (code, out, err) = python_exec(cloud, "wasm", &["misbehave", "print", "2"]);
+    assert_eq!((code, out.as_str()), (Some(0), "line 0\nline 1\n"), "{err}");
+
+    // What cannot be exec'd says why.
+    let missing = cloud.kubectl(&["exec", "wasm", "-c", "nope", "--", "misbehave"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("container nope is not valid for pod wasm"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}

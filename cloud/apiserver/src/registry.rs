@@ -152,7 +152,7 @@ const BUILTINS: &[Builtin] = &[
         true,
         &["po"],
         true,
-        &["status", "binding", "log", "exec", "portforward"],
+        &["status", "binding", "log", "exec", "attach", "portforward"],
     ),
     b(
         "",

@@ -339,7 +339,7 @@ async fn serve_connection(
         }
     });
     if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .await
     {
         tracing::debug!(%peer, "connection: {e}");

@@ -243,13 +243,63 @@ pub enum StreamRequest {
         #[serde(flatten)]
         options: LogParams,
     },
+    /// A command run in a container (`/exec`): stdin on channel 0 (EOF when it ends),
+    /// stdout 1, stderr 2, resizes 4; the CLOSE carries the exit as kube-apiserver writes it
+    /// ([`exit_status`]).
+    #[serde(rename_all = "camelCase")]
+    Exec {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+        /// The container.
+        container: String,
+        /// The command and its arguments.
+        command: Vec<String>,
+        /// Which streams the client wants, and whether it has a terminal.
+        #[serde(flatten)]
+        io: StreamIo,
+    },
+    /// The container's own stdio (`/attach`), channels as for exec.
+    #[serde(rename_all = "camelCase")]
+    Attach {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+        /// The container.
+        container: String,
+        /// Which streams the client wants, and whether it has a terminal.
+        #[serde(flatten)]
+        io: StreamIo,
+    },
+}
+
+/// The streams of an exec or attach, as the kubelet's `input`, `output`, `error` and `tty`
+/// parameters give them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamIo {
+    /// The client sends standard input.
+    #[serde(default)]
+    pub stdin: bool,
+    /// The client wants standard output.
+    #[serde(default)]
+    pub stdout: bool,
+    /// The client wants standard error.
+    #[serde(default)]
+    pub stderr: bool,
+    /// The command gets a terminal (stderr then comes on stdout).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 impl StreamRequest {
     /// The namespace and name of the pod the request is for.
     pub fn pod(&self) -> (&str, &str) {
         match self {
-            Self::Logs { namespace, pod, .. } => (namespace, pod),
+            Self::Logs { namespace, pod, .. }
+            | Self::Exec { namespace, pod, .. }
+            | Self::Attach { namespace, pod, .. } => (namespace, pod),
         }
     }
 }
@@ -291,6 +341,21 @@ pub fn status(code: u16, reason: &str, message: &str) -> Value {
     serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "code": code, "reason": reason, "message": message,
+    })
+}
+
+/// The `Status` that ends an exec, as kube-apiserver writes it on the error channel: success,
+/// or `NonZeroExitCode` with the code as the cause clients read it from.
+pub fn exit_status(code: i32) -> Value {
+    if code == 0 {
+        return status(200, "", "");
+    }
+    serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure",
+        "message": format!("command terminated with non-zero exit code: exit status {code}"),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
     })
 }
 

@@ -463,6 +463,43 @@ impl RuntimeService for Fake {
     async fn container_stats(&self, _id: &str) -> Result<ContainerStats, RuntimeError> {
         Ok(ContainerStats::default())
     }
+
+    /// `cat` copies stdin to stdout until its end; `echo ARGS` prints them (on stderr as
+    /// well, as `err:`); `exit N` exits N.
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        mut streams: wedge_core::runtime::ExecStreams,
+    ) -> Result<i32, RuntimeError> {
+        self.call(format!("exec {id} {}", command.join(" ")))?;
+        let out = |text: String| bytes::Bytes::from(text);
+        match command.first().map(String::as_str) {
+            Some("cat") => {
+                if let (Some(stdin), Some(stdout)) = (&mut streams.stdin, &streams.stdout) {
+                    while let Some(data) = stdin.recv().await {
+                        let _ = stdout.send(data).await;
+                    }
+                }
+                Ok(0)
+            }
+            Some("echo") => {
+                let words = command[1..].join(" ");
+                if let Some(stdout) = &streams.stdout {
+                    let _ = stdout.send(out(format!("{words}\n"))).await;
+                }
+                if let Some(stderr) = &streams.stderr {
+                    let _ = stderr.send(out(format!("err: {words}\n"))).await;
+                }
+                Ok(0)
+            }
+            Some("exit") => Ok(command.get(1).and_then(|c| c.parse().ok()).unwrap_or(1)),
+            _ => Err(RuntimeError::Failed(format!(
+                "exec: {:?}: executable file not found",
+                command.first()
+            ))),
+        }
+    }
 }
 
 /// Appends a record saying `instance` started to the log at `path` (blocking, but a few bytes to

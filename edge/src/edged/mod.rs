@@ -14,6 +14,7 @@
 //! a registry), whose answer comes back to the loop that starts the pod.
 
 pub mod env;
+pub mod exec;
 pub mod logs;
 pub mod node;
 pub mod plan;
@@ -27,7 +28,7 @@ pub mod volumes;
 pub mod worker;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod worker_tests;
 

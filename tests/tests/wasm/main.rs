@@ -3,6 +3,7 @@
 //! Edged drives it (its pod workers, over the runtime boundary of `wedge_core::runtime`).
 
 mod bad_input;
+mod exec;
 mod handlers;
 mod harness;
 mod images;

@@ -168,7 +168,14 @@ fn subresource_kind(
         ),
         "binding" => ("Binding".into(), vec!["create"], None, ""),
         "log" => ("Pod".into(), vec!["get"], None, ""),
-        "exec" | "portforward" => ("PodExecOptions".into(), vec!["create", "get"], None, ""),
+        "exec" => ("PodExecOptions".into(), vec!["create", "get"], None, ""),
+        "attach" => ("PodAttachOptions".into(), vec!["create", "get"], None, ""),
+        "portforward" => (
+            "PodPortForwardOptions".into(),
+            vec!["create", "get"],
+            None,
+            "",
+        ),
         "finalize" => (r.kind.clone(), vec!["update"], None, ""),
         _ => (r.kind.clone(), vec!["get"], None, ""),
     }

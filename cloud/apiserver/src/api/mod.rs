@@ -20,6 +20,7 @@ pub mod patch;
 pub mod request;
 pub mod subresources;
 pub mod table;
+pub mod upgrade;
 pub mod validate;
 pub mod watch;
 
@@ -71,6 +72,8 @@ pub(crate) struct Call<'a> {
     pub headers: &'a http::HeaderMap,
     pub user: &'a User,
     pub body: Bytes,
+    /// The connection's upgrade, for the subresources that take one over (exec, attach).
+    pub upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
     /// `Warning` headers for the response.
     pub warnings: std::sync::Mutex<Vec<String>>,
 }
@@ -223,7 +226,8 @@ impl Api {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let path = parts.uri.path().to_owned();
         let target = match request::parse_path(&path) {
             Ok(t) => t,
@@ -245,6 +249,7 @@ impl Api {
             headers: &parts.headers,
             user: &user,
             body,
+            upgrade: std::sync::Mutex::new(upgrade),
             warnings: Default::default(),
         };
         let result = match target {

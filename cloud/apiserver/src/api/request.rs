@@ -139,24 +139,35 @@ fn name_and_subresource(tail: &[&str]) -> Result<(Option<String>, Option<String>
     }
 }
 
-/// The query parameters, decoded.
+/// The query parameters, decoded: by name (the last of a repeated one), and every value of a
+/// repeated one in order ([`Query::all`], exec's `command`).
 #[derive(Debug, Clone, Default)]
-pub struct Query(HashMap<String, String>);
+pub struct Query(HashMap<String, String>, Vec<(String, String)>);
 
 impl Query {
     /// Decodes a query string.
     pub fn parse(query: Option<&str>) -> Self {
-        Self(
-            form_urlencoded::parse(query.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        Self(pairs.iter().cloned().collect(), pairs)
+    }
+
+    /// Every value of `key`, in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.1
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The same query with `key` set to `value`.
     pub fn with(&self, key: &str, value: &str) -> Self {
         let mut q = self.clone();
         q.0.insert(key.to_owned(), value.to_owned());
+        q.1.retain(|(k, _)| k != key);
+        q.1.push((key.to_owned(), value.to_owned()));
         q
     }
 

@@ -27,7 +27,7 @@ use crate::selector::LabelSelector;
 
 /// How much of a kubelet's error body is read into the Status returned (kube-apiserver's
 /// `maxReadLength`).
-const MAX_UPSTREAM_ERROR_BYTES: usize = 50_000;
+pub(super) const MAX_UPSTREAM_ERROR_BYTES: usize = 50_000;
 
 /// Serves `path`'s subresource `sub`.
 pub(crate) async fn serve(
@@ -55,19 +55,18 @@ pub(crate) async fn serve(
         ("binding", Method::POST) => bind(api, call, info, path, name),
         ("finalize", Method::PUT) => objects::update(api, call, info, path, name, Some("finalize")),
         ("log", Method::GET) => log(api, call, info, path, name).await,
-        ("exec" | "portforward", _) => {
+        ("exec" | "attach", Method::GET | Method::POST) => {
+            super::upgrade::exec(api, call, info, path, name, sub).await
+        }
+        ("portforward", _) => {
             let pod = api
                 .store
                 .get(&objects::key(info, path.namespace.as_deref(), name))
                 .map_err(store_err(info))?
                 .value();
-            if sub != "portforward" {
-                container_of(&pod, name, call.query.get("container"))?;
-            }
             let node = node_of(&pod, name)?;
             Err(ApiError::Unavailable(format!(
-                "pods/{sub} for pod {name} on node {node} is not served yet: this API server reaches nodes for \
-                 pods/log only so far"
+                "pods/{sub} for pod {name} on node {node} is not served yet (issue 16)"
             )))
         }
         _ => Err(ApiError::MethodNotAllowed),
@@ -125,7 +124,7 @@ async fn log(
 }
 
 /// A 503 for `pods/{sub}` of `pod` on `node`, saying why.
-fn unavailable(sub: &str, pod: &str, node: &str, why: &str) -> ApiError {
+pub(super) fn unavailable(sub: &str, pod: &str, node: &str, why: &str) -> ApiError {
     ApiError::Unavailable(format!(
         "pods/{sub} for pod {pod} on node {node} is not available: {why}"
     ))
@@ -133,7 +132,7 @@ fn unavailable(sub: &str, pod: &str, node: &str, why: &str) -> ApiError {
 
 /// The node a pod is assigned to; none is a 400, as kube-apiserver answers exec and
 /// port-forward (for logs it answers an empty 200; here logs say why too).
-fn node_of<'p>(pod: &'p Value, name: &str) -> Result<&'p str, ApiError> {
+pub(super) fn node_of<'p>(pod: &'p Value, name: &str) -> Result<&'p str, ApiError> {
     pod.pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
@@ -141,7 +140,7 @@ fn node_of<'p>(pod: &'p Value, name: &str) -> Result<&'p str, ApiError> {
 }
 
 /// Where `node`'s kubelet endpoint is, from its Node object.
-fn node_endpoint(api: &Api, node: &str) -> Result<KubeletEndpoint, NodeEndpointError> {
+pub(super) fn node_endpoint(api: &Api, node: &str) -> Result<KubeletEndpoint, NodeEndpointError> {
     let info = api
         .registry
         .get("", "v1", "nodes")
@@ -160,7 +159,7 @@ fn node_endpoint(api: &Api, node: &str) -> Result<KubeletEndpoint, NodeEndpointE
 
 /// Why a node's kubelet endpoint is not known.
 #[derive(Debug, thiserror::Error)]
-enum NodeEndpointError {
+pub(super) enum NodeEndpointError {
     /// No Node object of that name.
     #[error("node {0:?} is not registered (no Node object of that name)")]
     NotRegistered(String),
@@ -316,7 +315,7 @@ fn stream_body(upstream: Incoming, endpoint: KubeletEndpoint) -> Body {
 }
 
 /// The first `limit` bytes of a kubelet's (error) body.
-async fn read_prefix(body: Incoming, limit: usize) -> Bytes {
+pub(super) async fn read_prefix(body: Incoming, limit: usize) -> Bytes {
     let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
     while buf.len() < limit {
@@ -340,7 +339,7 @@ async fn read_prefix(body: Incoming, limit: usize) -> Bytes {
 /// A kubelet's non-2xx answer as the client gets it: a JSON `Status` as it is (its code filled
 /// in if missing), anything else as a Status with the kubelet's code and its text as the
 /// message (kube-apiserver's `GenericHttpResponseChecker` wraps the body text the same way).
-fn upstream_error(status: StatusCode, body: &[u8], pod: &str) -> Response<Body> {
+pub(super) fn upstream_error(status: StatusCode, body: &[u8], pod: &str) -> Response<Body> {
     if let Ok(mut object) = serde_json::from_slice::<Value>(body)
         && object.get("kind").and_then(Value::as_str) == Some("Status")
     {
@@ -395,7 +394,11 @@ fn upstream_error(status: StatusCode, body: &[u8], pod: &str) -> Response<Body> 
 /// reaches the node: the one named, which the pod must have; or, when none is named, the pod's
 /// only container. A pod with several gets a 400 that lists them all (init containers first),
 /// as kube-apiserver's does.
-fn container_of(pod: &Value, name: &str, wanted: Option<&str>) -> Result<String, ApiError> {
+pub(super) fn container_of(
+    pod: &Value,
+    name: &str,
+    wanted: Option<&str>,
+) -> Result<String, ApiError> {
     let names_in = |field: &str| -> Vec<String> {
         pod.pointer(&format!("/spec/{field}"))
             .and_then(Value::as_array)

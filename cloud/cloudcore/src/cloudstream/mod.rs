@@ -15,6 +15,7 @@
 
 mod logs;
 pub mod node_endpoint;
+mod remotecommand;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -240,6 +241,18 @@ async fn route(req: Request<Incoming>, ctx: &StreamContext) -> Response<Body> {
         (&http::Method::GET, ["healthz"]) => Response::new(whole(Bytes::from_static(b"ok"))),
         (&http::Method::GET, ["containerLogs", namespace, pod, container]) => {
             logs::serve(ctx, namespace, pod, container, req.uri().query()).await
+        }
+        (
+            &http::Method::GET | &http::Method::POST,
+            [sub @ ("exec" | "attach"), namespace, pod, container],
+        ) => {
+            let (exec, namespace, pod, container) = (
+                *sub == "exec",
+                (*namespace).to_owned(),
+                (*pod).to_owned(),
+                (*container).to_owned(),
+            );
+            remotecommand::serve(ctx, req, exec, &namespace, &pod, &container).await
         }
         (_, ["containerLogs", ..]) => failure(
             405,
