@@ -36,6 +36,11 @@ enum Scenario {
     /// create to Running (p50, p99, their ratio) and host memory per pod of each kind.
     /// Needs `cargo build --release -p wedge-cli` first.
     Mixed,
+    /// `kubectl exec` and `kubectl logs -f` to a Wasm pod through cloudcore and edgecore: the
+    /// exec round trip (p50, p99), the delay of a followed log line, and the memory of 1,000 idle
+    /// followed logs at the cloud and at the edge. Needs `cargo build --release -p wedge-cli`
+    /// first.
+    Streams,
     /// The API server process the `apiserver` scenario measures (not a scenario).
     #[value(hide = true)]
     ApiserverServe,
@@ -73,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Devices => scenarios::devices::run().await,
         Scenario::HubFanout => scenarios::hub_fanout::run(args.edges).await,
         Scenario::Mixed => scenarios::mixed::run().await,
+        Scenario::Streams => scenarios::streams::run().await,
         Scenario::ApiserverServe => {
             let dir = args
                 .data_dir
@@ -92,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
                 "devices",
                 "hub-fanout",
                 "mixed",
+                "streams",
             ] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)

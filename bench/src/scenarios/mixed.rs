@@ -394,7 +394,7 @@ pub async fn run() -> anyhow::Result<()> {
 }
 
 /// The last lines of a daemon's log, for errors.
-fn log_tail(path: &Path) -> String {
+pub(super) fn log_tail(path: &Path) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")

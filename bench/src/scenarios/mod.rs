@@ -10,6 +10,7 @@ pub mod idle_rss;
 pub mod mixed;
 pub mod processes;
 pub mod scheduler;
+pub mod streams;
 
 use k8s_openapi::api::core::v1::Pod;
 use wedge_core::runtime::ContainerConfig;
