@@ -1,8 +1,6 @@
 //! What a request asks for, read from its method, path and query as kube-apiserver's
 //! `RequestInfoFactory` reads them.
 
-use std::collections::HashMap;
-
 use super::error::ApiError;
 
 /// A request's target.
@@ -139,10 +137,10 @@ fn name_and_subresource(tail: &[&str]) -> Result<(Option<String>, Option<String>
     }
 }
 
-/// The query parameters, decoded: by name (the last of a repeated one), and every value of a
-/// repeated one in order ([`Query::all`], exec's `command`).
+/// The query parameters, decoded, in order: by name the last of a repeated one wins, and
+/// [`Query::all`] gives every value (exec's `command`).
 #[derive(Debug, Clone, Default)]
-pub struct Query(HashMap<String, String>, Vec<(String, String)>);
+pub struct Query(Vec<(String, String)>);
 
 impl Query {
     /// Decodes a query string.
@@ -150,12 +148,12 @@ impl Query {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-        Self(pairs.iter().cloned().collect(), pairs)
+        Self(pairs)
     }
 
     /// Every value of `key`, in order.
     pub fn all(&self, key: &str) -> Vec<&str> {
-        self.1
+        self.0
             .iter()
             .filter(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
@@ -165,18 +163,23 @@ impl Query {
     /// The same query with `key` set to `value`.
     pub fn with(&self, key: &str, value: &str) -> Self {
         let mut q = self.clone();
-        q.0.insert(key.to_owned(), value.to_owned());
-        q.1.retain(|(k, _)| k != key);
-        q.1.push((key.to_owned(), value.to_owned()));
+        q.0.retain(|(k, _)| k != key);
+        q.0.push((key.to_owned(), value.to_owned()));
         q
     }
 
-    /// A parameter, if present and not empty.
+    /// A parameter (the last, if repeated), if present and not empty.
     pub fn get(&self, key: &str) -> Option<&str> {
+        self.raw(key).filter(|v| !v.is_empty())
+    }
+
+    /// A parameter as given (the last, if repeated), empty or not.
+    fn raw(&self, key: &str) -> Option<&str> {
         self.0
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// A boolean parameter (`true`, `1`).
@@ -188,8 +191,7 @@ impl Query {
     /// is false; present is true unless it is `0` or `false` in any case, so a bare `?follow`
     /// is true.
     pub fn k8s_bool(&self, key: &str) -> bool {
-        self.0
-            .get(key)
+        self.raw(key)
             .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
     }
 
