@@ -26,8 +26,12 @@
 //!   is TCP). So a client that waited for the server's window to reopen would stop after 64 KiB
 //!   of stdin, which is `kubectl cp` of any real file. [`SendWindow`] therefore holds input back
 //!   only once the peer has shown it keeps windows (a WINDOW_UPDATE, or SETTINGS with
-//!   INITIAL_WINDOW_SIZE); [`ReceiveWindow`] grants window back for what the caller consumed
-//!   whatever the peer does, which `spdystream` ignores and a conforming peer needs.
+//!   INITIAL_WINDOW_SIZE), and [`ReceiveWindow`] grants window back only from then on, as
+//!   kubectl (a `spdystream` client, which sends none) behaves. Granting to `spdystream` is not
+//!   only useless but harmful: the server closes the connection right after the command's
+//!   status, and a WINDOW_UPDATE that reached it after its last read is unread data at that
+//!   close, which Linux answers with a RST that discards what the server had not sent yet,
+//!   the status included.
 //!
 //! Start reading at [`Frame`].
 
@@ -749,14 +753,18 @@ impl SendWindow {
 }
 
 /// When to give the peer room again: after half a window's worth consumed on a stream (and on
-/// the session), a WINDOW_UPDATE for what was consumed. The peer is not held to the window
-/// (`spdystream` keeps none and may overrun it); this only keeps a conforming peer sending.
+/// the session), a WINDOW_UPDATE for what was consumed, once the peer has shown it keeps
+/// windows ([`ReceiveWindow::peer_keeps_windows`]; see the module docs for why not before).
+/// The peer is not held to the window (`spdystream` keeps none and may overrun it); this only
+/// keeps a conforming peer sending.
 #[derive(Debug, Default)]
 pub(crate) struct ReceiveWindow {
     /// Per stream, consumed and not yet granted back.
     unacknowledged: HashMap<StreamId, u32>,
     /// The same for the session.
     session: u32,
+    /// The peer sent a WINDOW_UPDATE or SETTINGS: updates go from now on.
+    granting: bool,
 }
 
 impl ReceiveWindow {
@@ -766,21 +774,42 @@ impl ReceiveWindow {
     /// Counts `length` bytes of `stream`'s DATA as consumed; returns the WINDOW_UPDATEs now
     /// due (none, or the stream's and the session's).
     pub(crate) fn consumed(&mut self, stream: StreamId, length: usize) -> Vec<Frame> {
-        let mut due = Vec::new();
         if length == 0 {
-            return due;
+            return Vec::new();
         }
         let length = u32::try_from(length).unwrap_or(u32::MAX);
         let own = self.unacknowledged.entry(stream).or_insert(0);
         *own = own.saturating_add(length);
-        if *own >= Self::UPDATE_AT {
+        self.session = self.session.saturating_add(length);
+        self.due()
+    }
+
+    /// The peer showed it keeps windows: returns the WINDOW_UPDATEs due for what was consumed
+    /// before, and grants as the caller consumes from now on.
+    pub(crate) fn peer_keeps_windows(&mut self) -> Vec<Frame> {
+        self.granting = true;
+        self.due()
+    }
+
+    /// The updates for every count past half a window, which then starts again from zero.
+    fn due(&mut self) -> Vec<Frame> {
+        let mut due = Vec::new();
+        if !self.granting {
+            return due;
+        }
+        let mut streams: Vec<_> = self
+            .unacknowledged
+            .iter_mut()
+            .filter(|(_, own)| **own >= Self::UPDATE_AT)
+            .collect();
+        streams.sort_unstable_by_key(|(stream, _)| **stream);
+        for (&stream, own) in streams {
             due.push(Frame::WindowUpdate {
                 stream,
                 delta: (*own).min(MAX_ID),
             });
             *own = 0;
         }
-        self.session = self.session.saturating_add(length);
         if self.session >= Self::UPDATE_AT {
             due.push(Frame::WindowUpdate {
                 stream: 0,
@@ -1290,6 +1319,7 @@ mod tests {
     #[test]
     fn consumed_output_is_granted_back_by_half_windows() {
         let mut window = ReceiveWindow::default();
+        assert!(window.peer_keeps_windows().is_empty());
         assert!(window.consumed(5, 20_000).is_empty());
         assert!(window.consumed(7, 10_000).is_empty());
         // Stream 5 reaches half a window; so does the session.
@@ -1321,6 +1351,34 @@ mod tests {
                     delta: 32_768
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn nothing_is_granted_until_the_peer_shows_it_keeps_windows() {
+        let mut window = ReceiveWindow::default();
+        assert!(window.consumed(5, 40_000).is_empty());
+        assert!(window.consumed(7, 1_000).is_empty());
+        // What was consumed before is granted at once, then by half windows again.
+        assert_eq!(
+            window.peer_keeps_windows(),
+            [
+                Frame::WindowUpdate {
+                    stream: 5,
+                    delta: 40_000
+                },
+                Frame::WindowUpdate {
+                    stream: 0,
+                    delta: 41_000
+                },
+            ]
+        );
+        assert_eq!(
+            window.consumed(7, 31_768),
+            [Frame::WindowUpdate {
+                stream: 7,
+                delta: 32_768
+            }]
         );
     }
 }
