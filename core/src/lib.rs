@@ -15,6 +15,7 @@ pub mod restart;
 pub mod rule;
 pub mod runtime;
 pub mod runtimes;
+pub mod spdy;
 pub mod status;
 pub mod topic;
 pub mod twin;

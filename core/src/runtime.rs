@@ -401,6 +401,20 @@ pub struct ExecStreams {
     pub tty: bool,
 }
 
+/// One forwarded TCP connection to a port of a pod (CRI's `PortForward`, in process).
+///
+/// The runtime connects to the port inside the pod's network, writes what arrives on `input`
+/// and sends what the pod writes on `output`. The caller half-closes the connection by
+/// dropping `input`'s sender; the runtime drops `output` when the pod half-closed its side.
+/// Channels are bounded, so a slow reader slows the pod's side down rather than filling memory.
+#[derive(Debug)]
+pub struct PortStreams {
+    /// Bytes towards the pod; closed when the client's side of the connection is.
+    pub input: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    /// Bytes from the pod.
+    pub output: tokio::sync::mpsc::Sender<bytes::Bytes>,
+}
+
 /// A container's figures (CRI's `ContainerStats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ContainerStats {
@@ -487,6 +501,22 @@ pub trait RuntimeService: Send + Sync {
         let _ = (id, command, streams);
         Err(RuntimeError::Unsupported(format!(
             "the {} runtime cannot exec into containers",
+            self.handler()
+        )))
+    }
+
+    /// Carries one TCP connection to `port` inside sandbox `sandbox_id`'s network
+    /// (`kubectl port-forward`) until both sides have closed it, or the future is dropped. A
+    /// port nothing listens on is an error that says so (the kubelet's words reach the client).
+    async fn port_forward(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+        streams: PortStreams,
+    ) -> Result<(), RuntimeError> {
+        let _ = (sandbox_id, port, streams);
+        Err(RuntimeError::Unsupported(format!(
+            "the {} runtime cannot forward ports",
             self.handler()
         )))
     }

@@ -12,7 +12,7 @@
 //! to typed errors). [`wait`] stands in for the wait call CRI lacks; [`cni`] writes a pod
 //! network for an edge that has none. [`streaming`](crate::streaming) carries `kubectl exec`
 //! and `kubectl attach` sessions over containerd's streaming server, in SPDY/3.1
-//! ([`spdy`](crate::spdy) is the framing).
+//! ([`spdy`](wedge_core::spdy) is the framing).
 
 mod client;
 pub mod cni;
@@ -21,7 +21,6 @@ mod errors;
 mod image;
 pub mod runtime;
 mod sandbox;
-mod spdy;
 mod streaming;
 pub mod wait;
 

@@ -4,7 +4,7 @@
 //! Those two calls carry no data. containerd answers each with a one-time URL on its streaming
 //! server (127.0.0.1, a random port, plain HTTP: Kubernetes' `kubelet/pkg/cri/streaming`, copied
 //! into containerd), and the session happens there. That server speaks WebSocket and SPDY/3.1;
-//! this module is a SPDY/3.1 client (the framing is [`crate::spdy`]), because only SPDY can end
+//! this module is a SPDY/3.1 client (the framing is [`wedge_core::spdy`]), because only SPDY can end
 //! the command's stdin while the session goes on: WebSocket's `v4.channel.k8s.io`, the newest
 //! containerd 1.6 serves (it refuses `v5.channel.k8s.io`), has no message that ends one channel,
 //! so a command reading to end of file (`cat`, `tar x` under `kubectl cp`) would never finish.
@@ -45,7 +45,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use wedge_core::runtime::{ExecStreams, RuntimeError, TerminalSize};
 
-use crate::spdy::{
+use wedge_core::spdy::{
     Codec, Frame, HeaderEncoder, ReceiveWindow, RstStatus, SETTINGS_INITIAL_WINDOW_SIZE,
     SendWindow, SpdyError, StreamId,
 };
@@ -1369,7 +1369,7 @@ mod tests {
         server
             .send(Frame::Settings {
                 clear: false,
-                settings: vec![crate::spdy::Setting {
+                settings: vec![wedge_core::spdy::Setting {
                     id: SETTINGS_INITIAL_WINDOW_SIZE,
                     flags: 0,
                     value: 4,
@@ -1493,7 +1493,7 @@ mod tests {
         server
             .send(Frame::Settings {
                 clear: false,
-                settings: vec![crate::spdy::Setting {
+                settings: vec![wedge_core::spdy::Setting {
                     id: SETTINGS_INITIAL_WINDOW_SIZE,
                     flags: 0,
                     value: 65_536,

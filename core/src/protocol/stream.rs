@@ -273,6 +273,19 @@ pub enum StreamRequest {
         #[serde(flatten)]
         io: StreamIo,
     },
+    /// One TCP connection to a port of the pod (`/portForward`, one stream per connection the
+    /// client makes): the bytes towards the pod on stdin (EOF half-closes the connection), the
+    /// pod's on stdout (EOF when it half-closed); the CLOSE says whether the connection could
+    /// be made and ended cleanly, a failure `Status` carrying the kubelet's message otherwise.
+    #[serde(rename_all = "camelCase")]
+    PortForward {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+        /// The port, inside the pod's network.
+        port: u16,
+    },
 }
 
 /// The streams of an exec or attach, as the kubelet's `input`, `output`, `error` and `tty`
@@ -299,7 +312,8 @@ impl StreamRequest {
         match self {
             Self::Logs { namespace, pod, .. }
             | Self::Exec { namespace, pod, .. }
-            | Self::Attach { namespace, pod, .. } => (namespace, pod),
+            | Self::Attach { namespace, pod, .. }
+            | Self::PortForward { namespace, pod, .. } => (namespace, pod),
         }
     }
 }

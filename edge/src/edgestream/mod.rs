@@ -80,6 +80,11 @@ impl EdgeStream {
                 self.exec(stream, &namespace, &pod, &container, None, io)
                     .await
             }
+            StreamRequest::PortForward { .. } => stream.split().0.close(Some(status(
+                501,
+                "NotImplemented",
+                "this edge does not forward ports yet",
+            ))),
         }
         tracing::debug!(stream = id, "stream ended");
     }

@@ -199,7 +199,7 @@ pub(crate) async fn serve(
     let request = request_of(exec, namespace, pod, container, req.uri().query());
     let io = match &request {
         StreamRequest::Exec { io, .. } | StreamRequest::Attach { io, .. } => *io,
-        StreamRequest::Logs { .. } => StreamIo::default(),
+        StreamRequest::Logs { .. } | StreamRequest::PortForward { .. } => StreamIo::default(),
     };
     let node = match node_of(ctx, namespace, pod) {
         Ok(n) => n,

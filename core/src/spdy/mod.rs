@@ -1,5 +1,7 @@
-//! SPDY/3.1 framing, as much of it as a client of containerd's streaming server needs for
-//! `kubectl exec` and `kubectl attach` ([`crate::streaming`] says why SPDY and not WebSocket).
+//! SPDY/3.1 framing, for both ends of Kubernetes' streaming protocols: the edge is a client of
+//! containerd's streaming server (`kubectl exec` and `attach`; `wedge_shims`' `streaming`
+//! module says why SPDY and not WebSocket), and cloudcore's CloudStream a server to kubectl and
+//! kube-apiserver (`kubectl port-forward`, and exec's SPDY fallback).
 //!
 //! Kubernetes' streaming servers (the kubelet's, and the copy of it in containerd and CRI-O) and
 //! kubectl all speak SPDY through Go's `spdystream`: the frames of Google's SPDY draft 3, under
@@ -15,10 +17,12 @@
 //!   (uncompressed) deflate blocks, each followed by an empty one as a sync flush would: a stored
 //!   block refers to no earlier bytes, so it needs neither the dictionary nor a compressor, and
 //!   the zlib header it starts with does not announce a dictionary (Go's zlib reader asks for
-//!   one only when the header does). The peer's header blocks are kept compressed and never
-//!   read: a client of the streaming server learns all it needs from a SYN_REPLY's stream id,
-//!   and the only reason to inflate one block is to be able to inflate the next, so skipping
-//!   them all is safe. (Tried against containerd 1.6.20 before this was written.)
+//!   one only when the header does). (Tried against containerd 1.6.20 before this was
+//!   written.) [`HeaderDecoder`] reads the peer's blocks, which a server needs (kubectl names
+//!   each stream's `streamtype`, `port` and `requestid` there): one inflater per connection,
+//!   with the draft's dictionary ([`dictionary`]). A client learns all it needs from a
+//!   SYN_REPLY's stream id and leaves them compressed; since the blocks form one zlib stream,
+//!   an end reads all of its peer's blocks or none.
 //! - Flow control is bookkeeping here ([`SendWindow`], [`ReceiveWindow`]) and policy in the
 //!   session. Draft 3 gives each stream a window (64 KiB unless SETTINGS says otherwise) and
 //!   3.1 adds one for the whole session (WINDOW_UPDATE on stream 0). `spdystream` implements
@@ -37,23 +41,25 @@
 
 use std::collections::HashMap;
 
+mod dictionary;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A stream's number: odd for the client's streams, even for the server's, 0 for the session.
-pub(crate) type StreamId = u32;
+pub type StreamId = u32;
 
 /// The version in every control frame (3.1 changed flow control, not the frames).
-pub(crate) const VERSION: u16 = 3;
+pub const VERSION: u16 = 3;
 
 /// Every window's size until a SETTINGS frame says otherwise.
-pub(crate) const INITIAL_WINDOW: u32 = 64 * 1024;
+pub const INITIAL_WINDOW: u32 = 64 * 1024;
 
 /// The largest frame body: its length is 24 bits.
-pub(crate) const MAX_LENGTH: usize = (1 << 24) - 1;
+pub const MAX_LENGTH: usize = (1 << 24) - 1;
 
 /// The SETTINGS id of the initial per-stream window.
-pub(crate) const SETTINGS_INITIAL_WINDOW_SIZE: u32 = 7;
+pub const SETTINGS_INITIAL_WINDOW_SIZE: u32 = 7;
 
 /// Stream ids (and window deltas) are 31 bits; the top bit is reserved.
 const MAX_ID: u32 = 0x7fff_ffff;
@@ -92,53 +98,97 @@ const SYNC_FLUSH: [u8; 5] = [0x00, 0x00, 0x00, 0xff, 0xff];
 
 /// One SPDY/3 frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Frame {
+pub enum Frame {
     /// Bytes on a stream; `fin` ends the sender's half of it.
     Data {
+        /// The stream.
         stream: StreamId,
+        /// The sender's last frame on the stream.
         fin: bool,
+        /// The bytes.
         data: Bytes,
     },
     /// Opens a stream. `headers` is the block as it travels (compressed: [`HeaderEncoder`]).
     SynStream {
+        /// The new stream (odd from a client, even from a server).
         stream: StreamId,
+        /// The stream it belongs to (server push), or 0.
         associated: StreamId,
         /// 0 (highest) to 7.
         priority: u8,
+        /// The opener sends nothing more on it.
         fin: bool,
+        /// The receiver may not send on it.
         unidirectional: bool,
+        /// The header block.
         headers: Bytes,
     },
     /// Accepts a stream the other side opened; `headers` as it travels.
     SynReply {
+        /// The stream accepted.
         stream: StreamId,
+        /// The replier sends nothing on it.
         fin: bool,
+        /// The header block.
         headers: Bytes,
     },
     /// Ends a stream abnormally.
-    RstStream { stream: StreamId, status: RstStatus },
+    RstStream {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        status: RstStatus,
+    },
     /// Session settings, INITIAL_WINDOW_SIZE the one that matters here.
-    Settings { clear: bool, settings: Vec<Setting> },
+    Settings {
+        /// Forget persisted settings.
+        clear: bool,
+        /// The settings.
+        settings: Vec<Setting>,
+    },
     /// A liveness check; the receiver answers with the same id (the initiator's parity: odd
     /// from clients, even from servers).
-    Ping { id: u32 },
+    Ping {
+        /// Echoed back by the receiver.
+        id: u32,
+    },
     /// The sender takes no more new streams; the status says why (0 is a normal close).
-    GoAway { last_good: StreamId, status: u32 },
+    GoAway {
+        /// The last stream of the receiver's the sender took.
+        last_good: StreamId,
+        /// Why (0: a normal close).
+        status: u32,
+    },
     /// More headers on a stream; `headers` as it travels.
     Headers {
+        /// The stream.
         stream: StreamId,
+        /// The sender's last frame on the stream.
         fin: bool,
+        /// The header block.
         headers: Bytes,
     },
     /// More room in the sender's receive window, for a stream or (stream 0) the session.
-    WindowUpdate { stream: StreamId, delta: u32 },
+    WindowUpdate {
+        /// The stream, or 0 for the session.
+        stream: StreamId,
+        /// How many more bytes may come.
+        delta: u32,
+    },
     /// A control frame of a type this module does not know; to be ignored.
-    Unknown { kind: u16, flags: u8, body: Bytes },
+    Unknown {
+        /// Its type.
+        kind: u16,
+        /// Its flags.
+        flags: u8,
+        /// Its body, unread.
+        body: Bytes,
+    },
 }
 
 impl Frame {
     /// The frame's name in the draft, for messages.
-    pub(crate) fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Self::Data { .. } => "DATA",
             Self::SynStream { .. } => "SYN_STREAM",
@@ -156,17 +206,19 @@ impl Frame {
 
 /// One entry of a SETTINGS frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Setting {
+pub struct Setting {
     /// 24 bits; [`SETTINGS_INITIAL_WINDOW_SIZE`] is the one this client acts on.
-    pub(crate) id: u32,
+    pub id: u32,
     /// PERSIST_VALUE (1) or PERSISTED (2).
-    pub(crate) flags: u8,
-    pub(crate) value: u32,
+    pub flags: u8,
+    /// The value.
+    pub value: u32,
 }
 
 /// Why a stream was reset (RST_STREAM's status code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RstStatus {
+#[allow(missing_docs, reason = "the draft's names say it")]
+pub enum RstStatus {
     ProtocolError,
     InvalidStream,
     RefusedStream,
@@ -242,30 +294,42 @@ impl std::fmt::Display for RstStatus {
 
 /// What is wrong with a frame read or to be written.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SpdyError {
+pub enum SpdyError {
     /// A control frame of another SPDY version (or not SPDY at all).
     #[error("a control frame of SPDY version {0}; only version 3 is spoken")]
     UnsupportedVersion(u16),
     /// A frame whose length does not fit its type.
     #[error("a {frame} frame with a {length}-byte body; it must be {expected}")]
     BadLength {
+        /// The frame's name.
         frame: &'static str,
+        /// Its body's length.
         length: usize,
+        /// What it must be.
         expected: &'static str,
     },
     /// A frame that needs a stream, on stream 0.
     #[error("a {frame} frame on stream 0")]
-    ZeroStream { frame: &'static str },
+    ZeroStream {
+        /// The frame's name.
+        frame: &'static str,
+    },
     /// A field too large for its bits (when writing).
     #[error("{what} is {value}, more than SPDY's {limit}")]
     TooLarge {
+        /// The field.
         what: &'static str,
+        /// Its value.
         value: u64,
+        /// The most it may be.
         limit: u64,
     },
     /// A header name SPDY does not allow (empty, or not lowercase).
     #[error("header name {0:?}: SPDY header names are lowercase and not empty")]
     HeaderName(String),
+    /// A peer's header block that does not inflate, or does not parse.
+    #[error("a header block that cannot be read: {0}")]
+    HeaderBlock(String),
     /// The connection ended inside a frame.
     #[error("the connection ended inside a frame ({0} bytes of it read)")]
     Truncated(usize),
@@ -277,7 +341,7 @@ pub(crate) enum SpdyError {
 /// SPDY/3 frames over a byte stream (`FramedRead`/`FramedWrite`). Stateless: header blocks
 /// are passed through as they travel.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Codec;
+pub struct Codec;
 
 impl Decoder for Codec {
     type Item = Frame;
@@ -641,7 +705,7 @@ impl Encoder<Frame> for Codec {
 /// Our half of the connection's header compression: see the module docs. Blocks must go on
 /// the wire in the order they were made, since they are one zlib stream.
 #[derive(Debug, Default)]
-pub(crate) struct HeaderEncoder {
+pub struct HeaderEncoder {
     /// Whether the zlib header has been written (it opens the first block only).
     started: bool,
 }
@@ -649,7 +713,7 @@ pub(crate) struct HeaderEncoder {
 impl HeaderEncoder {
     /// The header block for `pairs`, as it travels. Names must be lowercase; a value may hold
     /// several, separated by NUL bytes.
-    pub(crate) fn block(&mut self, pairs: &[(&str, &str)]) -> Result<Bytes, SpdyError> {
+    pub fn block(&mut self, pairs: &[(&str, &str)]) -> Result<Bytes, SpdyError> {
         let length = |what, value: usize| {
             u32::try_from(value).map_err(|_| SpdyError::TooLarge {
                 what,
@@ -687,10 +751,98 @@ impl HeaderEncoder {
     }
 }
 
+/// The most a peer's header block may inflate to. kubectl's are a few dozen bytes; the bound
+/// keeps a small compressed block from growing without limit.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
+/// Our reading of the peer's header compression: one zlib stream for the connection, against
+/// the draft's dictionary. Blocks must be given in the order they arrived.
+pub struct HeaderDecoder {
+    inflater: flate2::Decompress,
+}
+
+impl std::fmt::Debug for HeaderDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderDecoder")
+            .field("total_in", &self.inflater.total_in())
+            .finish()
+    }
+}
+
+impl Default for HeaderDecoder {
+    fn default() -> Self {
+        Self {
+            inflater: flate2::Decompress::new(true),
+        }
+    }
+}
+
+impl HeaderDecoder {
+    /// The name/value pairs of one block, as it traveled. Names come lowercase (SPDY's rule);
+    /// a value holding several is NUL-separated, as sent.
+    pub fn block(&mut self, block: &[u8]) -> Result<Vec<(String, String)>, SpdyError> {
+        let bad = |what: String| SpdyError::HeaderBlock(what);
+        let mut raw = Vec::with_capacity(block.len().saturating_mul(4).min(MAX_HEADER_BLOCK));
+        let mut input = block;
+        while !input.is_empty() {
+            if raw.len() == raw.capacity() {
+                if raw.len() >= MAX_HEADER_BLOCK {
+                    return Err(bad(format!("it inflates past {MAX_HEADER_BLOCK} bytes")));
+                }
+                raw.reserve((raw.len() + 256).min(MAX_HEADER_BLOCK - raw.len()));
+            }
+            let before = self.inflater.total_in();
+            let result =
+                self.inflater
+                    .decompress_vec(input, &mut raw, flate2::FlushDecompress::Sync);
+            let consumed = usize::try_from(self.inflater.total_in() - before).unwrap_or(usize::MAX);
+            input = input.get(consumed..).unwrap_or_default();
+            match result {
+                Ok(flate2::Status::Ok | flate2::Status::BufError) => {}
+                Ok(flate2::Status::StreamEnd) => {
+                    return Err(bad("the peer ended its header stream".to_owned()));
+                }
+                Err(e) if e.needs_dictionary().is_some() => {
+                    self.inflater
+                        .set_dictionary(dictionary::DICTIONARY)
+                        .map_err(|e| bad(format!("the dictionary is refused: {e}")))?;
+                }
+                Err(e) => return Err(bad(e.to_string())),
+            }
+        }
+        parse_pairs(&raw).ok_or_else(|| {
+            bad(format!(
+                "{} inflated bytes are not name/value pairs",
+                raw.len()
+            ))
+        })
+    }
+}
+
+/// A header block's pairs: a count, then each name and value with its 32-bit length.
+fn parse_pairs(mut raw: &[u8]) -> Option<Vec<(String, String)>> {
+    fn field(raw: &mut &[u8]) -> Option<String> {
+        let length = usize::try_from(raw.try_get_u32().ok()?).ok()?;
+        let bytes = raw.get(..length)?;
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        raw.advance(length);
+        Some(text)
+    }
+    let count = raw.try_get_u32().ok()?;
+    // Each pair takes at least 8 bytes: the count cannot promise more than the block holds.
+    let mut pairs = Vec::with_capacity(usize::try_from(count).ok()?.min(raw.len() / 8));
+    for _ in 0..count {
+        let name = field(&mut raw)?;
+        let value = field(&mut raw)?;
+        pairs.push((name, value));
+    }
+    raw.is_empty().then_some(pairs)
+}
+
 /// What the peer lets us send: its receive windows, per stream (SPDY/3) and for the session
 /// (SPDY/3.1). Enforced only once the peer has shown it keeps them: see the module docs.
 #[derive(Debug)]
-pub(crate) struct SendWindow {
+pub struct SendWindow {
     /// Set by the peer's first WINDOW_UPDATE or SETTINGS_INITIAL_WINDOW_SIZE.
     enforced: bool,
     /// Every stream's window before it sent or was granted anything.
@@ -715,7 +867,7 @@ impl Default for SendWindow {
 
 impl SendWindow {
     /// How many bytes of DATA may go on `stream` now (unbounded while not enforced).
-    pub(crate) fn available(&self, stream: StreamId) -> usize {
+    pub fn available(&self, stream: StreamId) -> usize {
         if !self.enforced {
             return usize::MAX;
         }
@@ -726,7 +878,7 @@ impl SendWindow {
     }
 
     /// Counts `length` bytes of DATA sent on `stream`.
-    pub(crate) fn sent(&mut self, stream: StreamId, length: usize) {
+    pub fn sent(&mut self, stream: StreamId, length: usize) {
         let length = i64::try_from(length).unwrap_or(i64::MAX);
         let balance = self.balance.entry(stream).or_insert(0);
         *balance = balance.saturating_sub(length);
@@ -734,7 +886,7 @@ impl SendWindow {
     }
 
     /// The peer's WINDOW_UPDATE.
-    pub(crate) fn grant(&mut self, stream: StreamId, delta: u32) {
+    pub fn grant(&mut self, stream: StreamId, delta: u32) {
         self.enforced = true;
         let delta = i64::from(delta);
         if stream == 0 {
@@ -746,7 +898,7 @@ impl SendWindow {
     }
 
     /// The peer's SETTINGS_INITIAL_WINDOW_SIZE.
-    pub(crate) fn set_initial(&mut self, size: u32) {
+    pub fn set_initial(&mut self, size: u32) {
         self.enforced = true;
         self.initial = i64::from(size);
     }
@@ -758,7 +910,7 @@ impl SendWindow {
 /// The peer is not held to the window (`spdystream` keeps none and may overrun it); this only
 /// keeps a conforming peer sending.
 #[derive(Debug, Default)]
-pub(crate) struct ReceiveWindow {
+pub struct ReceiveWindow {
     /// Per stream, consumed and not yet granted back.
     unacknowledged: HashMap<StreamId, u32>,
     /// The same for the session.
@@ -773,7 +925,7 @@ impl ReceiveWindow {
 
     /// Counts `length` bytes of `stream`'s DATA as consumed; returns the WINDOW_UPDATEs now
     /// due (none, or the stream's and the session's).
-    pub(crate) fn consumed(&mut self, stream: StreamId, length: usize) -> Vec<Frame> {
+    pub fn consumed(&mut self, stream: StreamId, length: usize) -> Vec<Frame> {
         if length == 0 {
             return Vec::new();
         }
@@ -786,7 +938,7 @@ impl ReceiveWindow {
 
     /// The peer showed it keeps windows: returns the WINDOW_UPDATEs due for what was consumed
     /// before, and grants as the caller consumes from now on.
-    pub(crate) fn peer_keeps_windows(&mut self) -> Vec<Frame> {
+    pub fn peer_keeps_windows(&mut self) -> Vec<Frame> {
         self.granting = true;
         self.due()
     }
@@ -821,7 +973,7 @@ impl ReceiveWindow {
     }
 
     /// Forgets a stream that ended.
-    pub(crate) fn forget(&mut self, stream: StreamId) {
+    pub fn forget(&mut self, stream: StreamId) {
         self.unacknowledged.remove(&stream);
     }
 }
@@ -1379,6 +1531,117 @@ mod tests {
                 stream: 7,
                 delta: 32_768
             }]
+        );
+    }
+
+    /// A header block as Go's framer writes it: the pairs deflated at best compression
+    /// against the dictionary, in one stream for the connection, each block sync-flushed.
+    fn go_block(
+        compressor: &mut flate2::Compress,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<u8>, String> {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(0).to_be_bytes());
+        for (name, value) in pairs {
+            for field in [name, value] {
+                raw.extend_from_slice(&u32::try_from(field.len()).unwrap_or(0).to_be_bytes());
+                raw.extend_from_slice(field.as_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(raw.len() + 64);
+        let mut input = raw.as_slice();
+        loop {
+            let before = compressor.total_in();
+            compressor
+                .compress_vec(input, &mut out, flate2::FlushCompress::Sync)
+                .map_err(|e| e.to_string())?;
+            let used = usize::try_from(compressor.total_in() - before).unwrap_or(0);
+            input = &input[used..];
+            if input.is_empty() && out.len() < out.capacity() {
+                return Ok(out);
+            }
+            out.reserve(256);
+        }
+    }
+
+    #[test]
+    fn header_blocks_compressed_against_the_dictionary_are_read_in_order() -> Result<(), String> {
+        let mut compressor = flate2::Compress::new(flate2::Compression::best(), true);
+        let id = compressor
+            .set_dictionary(dictionary::DICTIONARY)
+            .map_err(|e| e.to_string())?;
+        // The draft's dictionary, as zlib names it.
+        assert_eq!(id, 0xe3c6_a7c2);
+        let first = go_block(
+            &mut compressor,
+            &[
+                ("streamtype", "error"),
+                ("port", "8080"),
+                ("requestid", "0"),
+            ],
+        )?;
+        let second = go_block(
+            &mut compressor,
+            &[("streamtype", "data"), ("port", "8080"), ("requestid", "0")],
+        )?;
+        let mut decoder = HeaderDecoder::default();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            decoder.block(&first).map_err(|e| e.to_string())?,
+            pairs(&[
+                ("streamtype", "error"),
+                ("port", "8080"),
+                ("requestid", "0")
+            ])
+        );
+        // The second refers back into the first: it reads only after it.
+        assert_eq!(
+            decoder.block(&second).map_err(|e| e.to_string())?,
+            pairs(&[("streamtype", "data"), ("port", "8080"), ("requestid", "0")])
+        );
+        // Our own encoder's blocks (stored, no dictionary) read back too.
+        let mut ours = HeaderEncoder::default();
+        let mut decoder = HeaderDecoder::default();
+        let block = ours
+            .block(&[("streamtype", "stdout")])
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            decoder.block(&block).map_err(|e| e.to_string())?,
+            pairs(&[("streamtype", "stdout")])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unreadable_or_oversized_header_blocks_are_errors() {
+        let mut decoder = HeaderDecoder::default();
+        assert!(matches!(
+            decoder.block(b"not zlib at all"),
+            Err(SpdyError::HeaderBlock(_))
+        ));
+        // A count promising more pairs than the block holds.
+        let mut ours = HeaderEncoder::default();
+        let mut decoder = HeaderDecoder::default();
+        let mut block = ours.block(&[("a", "b")]).unwrap_or_default().to_vec();
+        // The stored block's first payload byte is the count's top byte.
+        block[2 + 5] = 0x7f;
+        assert!(matches!(
+            decoder.block(&block),
+            Err(SpdyError::HeaderBlock(_))
+        ));
+        // A small block that would inflate past the bound.
+        let mut compressor = flate2::Compress::new(flate2::Compression::best(), true);
+        let zeros = vec![0_u8; MAX_HEADER_BLOCK * 2];
+        let mut bomb = Vec::with_capacity(4096);
+        let _ = compressor.compress_vec(&zeros, &mut bomb, flate2::FlushCompress::Sync);
+        assert!(bomb.len() < 4096, "{}", bomb.len());
+        let mut decoder = HeaderDecoder::default();
+        assert!(
+            matches!(decoder.block(&bomb), Err(SpdyError::HeaderBlock(m)) if m.contains("inflates past"))
         );
     }
 }
