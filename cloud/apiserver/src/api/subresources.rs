@@ -6,8 +6,8 @@
 //! `PodLogOptions` are, then the container and the node, then the kubelet endpoint the Node
 //! reports is asked for `/containerLogs/...` through [`crate::kubelet_client`] and its answer
 //! streamed back as it arrives (`kubectl logs -f`). In Wedge that endpoint is cloudcore's,
-//! which serves every edge node's. `exec` and `portforward` get the same checks and then a 503:
-//! they need an upgraded connection to the node, which comes in a later step (issue 16).
+//! which serves every edge node's. `exec`, `attach` and `portforward` take the connection over
+//! and join it to the node's ([`super::upgrade`]).
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Response, StatusCode, header};
@@ -58,16 +58,8 @@ pub(crate) async fn serve(
         ("exec" | "attach", Method::GET | Method::POST) => {
             super::upgrade::exec(api, call, info, path, name, sub).await
         }
-        ("portforward", _) => {
-            let pod = api
-                .store
-                .get(&objects::key(info, path.namespace.as_deref(), name))
-                .map_err(store_err(info))?
-                .value();
-            let node = node_of(&pod, name)?;
-            Err(ApiError::Unavailable(format!(
-                "pods/{sub} for pod {name} on node {node} is not served yet (issue 16)"
-            )))
+        ("portforward", Method::GET | Method::POST) => {
+            super::upgrade::portforward(api, call, info, path, name).await
         }
         _ => Err(ApiError::MethodNotAllowed),
     }

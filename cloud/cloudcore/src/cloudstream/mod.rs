@@ -15,7 +15,9 @@
 
 mod logs;
 pub mod node_endpoint;
+mod portforward;
 mod remotecommand;
+mod spdy;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -253,6 +255,10 @@ async fn route(req: Request<Incoming>, ctx: &StreamContext) -> Response<Body> {
                 (*container).to_owned(),
             );
             remotecommand::serve(ctx, req, exec, &namespace, &pod, &container).await
+        }
+        (&http::Method::GET | &http::Method::POST, ["portForward", namespace, pod]) => {
+            let (namespace, pod) = ((*namespace).to_owned(), (*pod).to_owned());
+            portforward::serve(ctx, req, &namespace, &pod).await
         }
         (_, ["containerLogs", ..]) => failure(
             405,

@@ -29,9 +29,10 @@ const ERROR_CHANNEL: u8 = 3;
 /// v5's close message: `[255, channel]` half-closes that channel.
 const CLOSE_CHANNEL: u8 = 255;
 
-/// The WebSocket subprotocols served, most preferred first.
+/// The WebSocket subprotocols served, most preferred first (port-forward's WebSocket form
+/// frames its channels as `V4` and `V4Base64` do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
+pub(super) enum Protocol {
     V5,
     V4,
     V4Base64,
@@ -76,10 +77,12 @@ impl Protocol {
             .map(|(p, _)| *p)
     }
 
-    fn message(self, channel: u8, data: &[u8]) -> Message {
+    /// A message of `data` on `channel`.
+    pub(super) fn message(self, channel: u8, data: &[u8]) -> Message {
         if self.base64() {
             let mut text = String::with_capacity(1 + data.len() * 4 / 3 + 4);
-            text.push(char::from(b'0' + channel % 10));
+            // '0' + the channel, as apimachinery writes it (past 9 that is ':' and on).
+            text.push(char::from(b'0'.saturating_add(channel)));
             base64::engine::general_purpose::STANDARD.encode_string(data, &mut text);
             Message::Text(text.into())
         } else {
@@ -91,7 +94,7 @@ impl Protocol {
     }
 
     /// A client message as (channel, payload); `None` for what carries neither.
-    fn read(self, message: Message) -> Option<(u8, Bytes)> {
+    pub(super) fn read(self, message: Message) -> Option<(u8, Bytes)> {
         match message {
             Message::Binary(b) if !self.base64() => {
                 let (&first, rest) = b.split_first()?;

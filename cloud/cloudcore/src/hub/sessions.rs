@@ -168,7 +168,30 @@ impl Sessions {
             .unwrap_or_else(PoisonError::into_inner)
             .get(node)
             .cloned();
-        let not_connected = || NotConnected {
+        session
+            .ok_or_else(|| self.not_connected(node))?
+            .streams
+            .open(request)
+            .map_err(|_| self.not_connected(node))
+    }
+
+    /// Whether `node`'s edge is connected now, for a request that opens its streams later
+    /// (port-forward opens one per connection its client makes).
+    pub fn ensure_connected(&self, node: &str) -> Result<(), NotConnected> {
+        if self
+            .by_node
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(node)
+        {
+            Ok(())
+        } else {
+            Err(self.not_connected(node))
+        }
+    }
+
+    fn not_connected(&self, node: &str) -> NotConnected {
+        NotConnected {
             node: node.to_owned(),
             since: self
                 .left
@@ -177,12 +200,7 @@ impl Sessions {
                 .get(node)
                 .copied(),
             started: self.started,
-        };
-        session
-            .ok_or_else(not_connected)?
-            .streams
-            .open(request)
-            .map_err(|_| not_connected())
+        }
     }
 
     /// Forgets `handle`, unless a newer connection of its node replaced it already.
