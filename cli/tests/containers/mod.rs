@@ -1324,6 +1324,51 @@ async fn kubectl_exec_attach_and_cp_reach_container_and_wasm_pods() {
         std::fs::read_to_string(&back).expect("copied back"),
         "copied through exec\n"
     );
+    // kubectl's SPDY fallback: the exit code and piped stdin the same.
+    let spdy = |args: &[&str], input: &[u8]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cloud.kubeconfig())
+            .args(args)
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("input");
+        drop(stdin);
+        child.wait_with_output().expect("kubectl ends")
+    };
+    let out = spdy(
+        &[
+            "exec",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    let cat = spdy(&["exec", "-i", "shell", "--", "cat"], b"piped over spdy\n");
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "piped over spdy\n");
+
     // attach: the container's own output, live.
     let mut attach = std::process::Command::new("kubectl")
         .arg("--kubeconfig")

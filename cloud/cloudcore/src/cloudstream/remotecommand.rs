@@ -1,5 +1,6 @@
 //! `/exec/{ns}/{pod}/{container}` and `/attach/{ns}/{pod}/{container}`: Kubernetes' remote
-//! command protocol over WebSocket, carried to the edge as a stream.
+//! command protocol over WebSocket (here) and SPDY/3.1 ([`over_spdy`]), carried to the edge as
+//! a stream.
 //!
 //! The kubelet's streaming server speaks `v5.channel.k8s.io` (kubectl ≥ 1.30; stdin can be
 //! closed), `v4.channel.k8s.io` (the exit status on the error channel as a `Status`), the older
@@ -23,6 +24,8 @@ use wedge_core::protocol::mux::{Event, StreamReceiver, StreamSender};
 use wedge_core::protocol::stream::{StreamIo, StreamRequest, channel};
 
 use super::{Body, StreamContext, failure, node_of, status_response};
+
+mod over_spdy;
 
 /// The error channel, where the outcome is written.
 const ERROR_CHANNEL: u8 = 3;
@@ -153,6 +156,14 @@ fn request_of(
     }
 }
 
+/// The streams an exec or attach asks for.
+fn io_of(request: &StreamRequest) -> StreamIo {
+    match request {
+        StreamRequest::Exec { io, .. } | StreamRequest::Attach { io, .. } => *io,
+        StreamRequest::Logs { .. } | StreamRequest::PortForward { .. } => StreamIo::default(),
+    }
+}
+
 /// Serves an exec (`exec`) or attach request.
 pub(crate) async fn serve(
     ctx: &StreamContext,
@@ -168,11 +179,13 @@ pub(crate) async fn serve(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if upgrade.eq_ignore_ascii_case("spdy/3.1") {
-        return failure(
-            400,
-            "BadRequest",
-            "SPDY/3.1 is not served yet: use a WebSocket client (kubectl 1.30 or later, the Python client's stream)",
-        );
+        let request = request_of(exec, namespace, pod, container, req.uri().query());
+        let io = io_of(&request);
+        let node = match node_of(ctx, namespace, pod) {
+            Ok(n) => n,
+            Err(status) => return status_response(&status),
+        };
+        return over_spdy::serve(ctx, req, request, io, &node).await;
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return failure(400, "BadRequest", "Upgrade request required");
@@ -200,10 +213,7 @@ pub(crate) async fn serve(
     };
     let had_protocol_header = !offered.is_empty();
     let request = request_of(exec, namespace, pod, container, req.uri().query());
-    let io = match &request {
-        StreamRequest::Exec { io, .. } | StreamRequest::Attach { io, .. } => *io,
-        StreamRequest::Logs { .. } | StreamRequest::PortForward { .. } => StreamIo::default(),
-    };
+    let io = io_of(&request);
     let node = match node_of(ctx, namespace, pod) {
         Ok(n) => n,
         Err(status) => return status_response(&status),
