@@ -116,10 +116,24 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// A TLS server configuration serving `pki`'s certificate, verifying client certificates
-/// against its CA but not requiring one (clients may authenticate otherwise), offering `alpn`.
-/// CloudHub uses it too.
-pub fn tls_config(pki: &Pki, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, ServerError> {
+/// Which client certificates a TLS listener takes.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientCerts<'a> {
+    /// Verified against the PKI's own CA when presented, but not required (clients may
+    /// authenticate otherwise): the API server and CloudHub.
+    Optional,
+    /// Required, and chained to one of these CAs (DER): CloudStream, which only the API
+    /// server's kubelet client may call.
+    Required(&'a [Vec<u8>]),
+}
+
+/// A TLS server configuration serving `pki`'s certificate, taking client certificates as
+/// `clients` says, offering `alpn`. CloudHub and CloudStream use it too.
+pub fn tls_config(
+    pki: &Pki,
+    alpn: &[&[u8]],
+    clients: ClientCerts<'_>,
+) -> Result<rustls::ServerConfig, ServerError> {
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(pki.serving.cert_pem.as_bytes())
@@ -127,14 +141,28 @@ pub fn tls_config(pki: &Pki, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, Ser
             .map_err(|e| tls(&e))?;
     let key = PrivateKeyDer::from_pem_slice(pki.serving.key_pem.as_bytes()).map_err(|e| tls(&e))?;
     let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
-        roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    match clients {
+        ClientCerts::Optional => {
+            for ca in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
+                roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+            }
+        }
+        ClientCerts::Required(cas) => {
+            for ca in cas {
+                roots
+                    .add(CertificateDer::from(ca.clone()))
+                    .map_err(|e| tls(&e))?;
+            }
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls(&e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let verifier = match clients {
+        ClientCerts::Optional => verifier.allow_unauthenticated(),
+        ClientCerts::Required(_) => verifier,
+    }
+    .build()
+    .map_err(|e| tls(&e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
@@ -193,7 +221,11 @@ impl Server {
             },
         )?;
 
-        let acceptor = TlsAcceptor::from(Arc::new(tls_config(&pki, &[b"h2", b"http/1.1"])?));
+        let acceptor = TlsAcceptor::from(Arc::new(tls_config(
+            &pki,
+            &[b"h2", b"http/1.1"],
+            ClientCerts::Optional,
+        )?));
         let tasks = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(
             listener,

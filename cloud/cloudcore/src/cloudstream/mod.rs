@@ -31,16 +31,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wedge_apiserver::pki::Pki;
+use wedge_apiserver::server::ClientCerts;
 
 use crate::controller::Desired;
 use crate::hub::sessions::Sessions;
@@ -95,34 +91,6 @@ pub(crate) struct StreamContext {
     pub desired: Desired,
 }
 
-/// TLS: the hub's serving certificate; client certificates required, chained to `client_ca`.
-fn tls_config(pki: &Pki, client_ca: &[Vec<u8>]) -> Result<rustls::ServerConfig, StreamError> {
-    let tls = |e: &dyn std::fmt::Display| StreamError::Tls(e.to_string());
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.serving.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| tls(&e))?;
-    let key = PrivateKeyDer::from_pem_slice(pki.serving.key_pem.as_bytes()).map_err(|e| tls(&e))?;
-    let mut roots = RootCertStore::empty();
-    for ca in client_ca {
-        roots
-            .add(CertificateDer::from(ca.clone()))
-            .map_err(|e| tls(&e))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| tls(&e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(&e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(&e))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 /// A running CloudStream listener.
 pub(crate) struct Listening {
     /// The bound address.
@@ -137,7 +105,14 @@ pub(crate) async fn start(
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<Listening, StreamError> {
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(pki, &settings.client_ca)?));
+    // The hub's serving certificate; client certificates required, chained to `client_ca`.
+    let tls = wedge_apiserver::server::tls_config(
+        pki,
+        &[b"http/1.1"],
+        ClientCerts::Required(&settings.client_ca),
+    )
+    .map_err(|e| StreamError::Tls(e.to_string()))?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listen = settings.listen;
     let listener = TcpListener::bind(listen)
         .await

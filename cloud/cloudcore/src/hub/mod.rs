@@ -104,8 +104,12 @@ pub enum HubError {
 /// The TLS configuration: CloudHub's serving certificate, client certificates verified against
 /// the CA but optional (joining edges have none yet), HTTP/1.1 only (WebSocket upgrades).
 pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, HubError> {
-    wedge_apiserver::server::tls_config(pki, &[b"http/1.1"])
-        .map_err(|e| HubError::Tls(e.to_string()))
+    wedge_apiserver::server::tls_config(
+        pki,
+        &[b"http/1.1"],
+        wedge_apiserver::server::ClientCerts::Optional,
+    )
+    .map_err(|e| HubError::Tls(e.to_string()))
 }
 
 /// Binds `settings.listen`; the accept loop is [`serve`].
