@@ -11,13 +11,15 @@
 //! - [`registry`]: the resources served, built-in and from CRDs;
 //! - [`api`]: the REST API with Kubernetes' semantics (discovery, CRUD, watch, patch, apply,
 //!   tables, subresources);
-//! - [`pki`], [`auth`], [`kubeconfig`], [`server`]: TLS, who is asking, and the listener;
+//! - [`pki`], [`auth`], [`kubeconfig`], [`server`], [`listener`]: TLS, who is asking, and the
+//!   listener (whose accept loop the cloud's other listeners share);
 //! - [`kubelet_client`]: how requests for a pod's logs reach its node, as kube-apiserver's do.
 
 pub mod api;
 pub mod auth;
 pub mod kubeconfig;
 pub mod kubelet_client;
+pub mod listener;
 pub mod pki;
 pub mod protobuf;
 pub mod registry;

@@ -308,32 +308,10 @@ async fn accept_loop(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, api, tokens, shutdown) = (
-            acceptor.clone(),
-            api.clone(),
-            tokens.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            tokio::select! {
-                () = serve_connection(tcp, peer, acceptor, api, tokens) => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
+    crate::listener::accept(listener, "api", shutdown, tasks, move |tcp, peer| {
+        serve_connection(tcp, peer, acceptor.clone(), api.clone(), tokens.clone())
+    })
+    .await;
 }
 
 async fn serve_connection(
@@ -343,12 +321,8 @@ async fn serve_connection(
     api: Arc<Api>,
     tokens: Arc<Tokens>,
 ) {
-    let tls = match acceptor.accept(tcp).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%peer, "TLS handshake: {e}");
-            return;
-        }
+    let Some(tls) = crate::listener::handshake(&acceptor, tcp, peer, "api").await else {
+        return;
     };
     let cert_user: Option<User> = tls
         .get_ref()

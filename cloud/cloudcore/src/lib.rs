@@ -178,7 +178,12 @@ impl CloudCore {
                         source,
                     })?;
                 let bound = listener.local_addr().ok();
-                tasks.spawn(metrics_server::serve(listener, metrics, shutdown.clone()));
+                tasks.spawn(metrics_server::serve(
+                    listener,
+                    metrics,
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
                 bound
             }
             None => None,

@@ -10,21 +10,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 
-/// Serves until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            () = shutdown.cancelled() => return,
-        };
+/// Serves until `shutdown`; connections are tracked by `tasks`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    wedge_apiserver::listener::accept(listener, "metrics", shutdown, tasks, move |tcp, _| {
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
@@ -46,6 +45,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
-        });
-    }
+        }
+    })
+    .await;
 }

@@ -22,7 +22,6 @@ mod spdy;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -40,9 +39,6 @@ use wedge_apiserver::server::ClientCerts;
 
 use crate::controller::Desired;
 use crate::hub::sessions::Sessions;
-
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The response body: whole for errors, streamed for logs. A stream that breaks off (its edge
 /// went away) ends the body in an error, so the client sees a failure, not a clean end.
@@ -126,39 +122,15 @@ pub(crate) async fn start(
             addr: listen,
             source,
         })?;
-    tasks.spawn(accept(listener, acceptor, ctx, shutdown, tasks.clone()));
+    tasks.spawn(wedge_apiserver::listener::accept(
+        listener,
+        "stream",
+        shutdown,
+        tasks.clone(),
+        move |tcp, peer| connection(tcp, peer, acceptor.clone(), ctx.clone()),
+    ));
     tracing::info!(%addr, advertise = settings.advertise, "CloudStream (the edges' kubelet endpoint) listening");
     Ok(Listening { addr })
-}
-
-async fn accept(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    ctx: Arc<StreamContext>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("CloudStream accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, ctx, shutdown) = (acceptor.clone(), ctx.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            tokio::select! {
-                () = connection(tcp, peer, acceptor, ctx) => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
 }
 
 async fn connection(
@@ -167,16 +139,9 @@ async fn connection(
     acceptor: TlsAcceptor,
     ctx: Arc<StreamContext>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, "CloudStream TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "CloudStream TLS handshake timed out");
-            return;
-        }
+    let Some(tls) = wedge_apiserver::listener::handshake(&acceptor, tcp, peer, "stream").await
+    else {
+        return;
     };
     let service = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();

@@ -35,8 +35,6 @@ use crate::controller::{Desired, Upstream};
 use crate::metrics::{Metrics, RefusedLabels};
 use sessions::Sessions;
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request body the join endpoints read.
 const MAX_BODY: usize = 64 << 10;
 
@@ -129,28 +127,11 @@ pub async fn serve(
     ctx: Arc<HubContext>,
     tasks: TaskTracker,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = ctx.shutdown.cancelled() => return,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, ctx2) = (acceptor.clone(), ctx.clone());
-        tasks.spawn(async move {
-            let shutdown = ctx2.shutdown.clone();
-            tokio::select! {
-                () = connection(tcp, peer, acceptor, ctx2) => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
+    let shutdown = ctx.shutdown.clone();
+    wedge_apiserver::listener::accept(listener, "hub", shutdown, tasks, move |tcp, peer| {
+        connection(tcp, peer, acceptor.clone(), ctx.clone())
+    })
+    .await;
 }
 
 async fn connection(
@@ -159,16 +140,8 @@ async fn connection(
     acceptor: TlsAcceptor,
     ctx: Arc<HubContext>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, "TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "TLS handshake timed out");
-            return;
-        }
+    let Some(tls) = wedge_apiserver::listener::handshake(&acceptor, tcp, peer, "hub").await else {
+        return;
     };
     let node: Option<String> = tls
         .get_ref()
