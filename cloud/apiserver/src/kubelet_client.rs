@@ -12,10 +12,14 @@
 //! verify it, and neither does this client. That CA file is read on first use, not at start:
 //! in the embedded setup cloudcore writes it after the API server has started.
 //!
-//! Start reading at [`KubeletClient::connect`]: TCP with a timeout, TLS, then one HTTP/1.1
-//! connection per request with upgrades enabled, so exec and port-forward can take the
-//! connection over with an HTTP upgrade. There is no pool: a log stream holds its connection
-//! for as long as the client follows it, and dropping the response ends it.
+//! Two kinds of connection. Exec, attach and port-forward take their connection over with an
+//! HTTP/1.1 upgrade, so each gets one of its own ([`KubeletClient::connect`]). Plain requests
+//! (`kubectl logs`, which may follow for hours) share one HTTP/2 connection per endpoint
+//! ([`KubeletClient::get`]) when the kubelet offers HTTP/2, as CloudStream does: a thousand
+//! followed logs are a thousand streams on one TLS session, not a thousand sessions. Each
+//! stream has its own window (256 KiB) and the connection's is large enough for all of them
+//! to be full at once, so a client that stops reading its log holds up no other stream. A
+//! kubelet that answers only HTTP/1.1 gets a connection per request, as before.
 
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
@@ -27,7 +31,8 @@ use http::{Request, Response, header};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -37,6 +42,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::pki::{Pki, PkiError};
@@ -67,6 +73,19 @@ pub const CLIENT_CERT_FILE: &str = "apiserver-kubelet-client";
 /// for a slow link, short enough that `kubectl logs` says the node is unreachable before the
 /// user gives up. The request itself has no timeout: a followed log may stay quiet for hours.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The window of each HTTP/2 stream: how much of one log may wait, unread, in the API server.
+const STREAM_WINDOW: u32 = 256 << 10;
+/// The window of a whole HTTP/2 connection: room for every stream's window at once (the
+/// largest HTTP/2 allows), so a stalled stream never holds up another.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+/// How often an idle pooled connection is pinged, and how long the answer may take, so a
+/// connection that died quietly is found out and replaced.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(10));
+
+/// ALPN offers: exec and friends need HTTP/1.1's upgrade; plain requests prefer HTTP/2.
+const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Where a node's kubelet endpoint is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,9 +273,12 @@ pub struct KubeletClient {
     ca_path: Option<PathBuf>,
     /// Built from `ca_path` on first use. A failed read is not kept, so a file written later
     /// is picked up by the next request.
-    verifying: OnceCell<Arc<rustls::ClientConfig>>,
+    verifying: OnceCell<Configs>,
     /// For when no CA is configured, or a request asks `insecureSkipTLSVerifyBackend`.
-    unverified: Arc<rustls::ClientConfig>,
+    unverified: Configs,
+    /// The shared HTTP/2 connection of each endpoint (`host:port`, and whether verification
+    /// was skipped, since a request that asks to verify must not ride an unverified one).
+    pooled: std::sync::Mutex<Pool>,
     /// Ends every kubelet connection when the server shuts down.
     shutdown: CancellationToken,
 }
@@ -286,33 +308,28 @@ impl KubeletClient {
                 .map_err(|e| tls(&e))?;
         let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| tls(&e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(&e))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider.clone())))
             .with_client_auth_cert(cert_chain.clone(), key.clone_key())
             .map_err(|e| tls(&e))?;
-        // HTTP/1.1 only: exec, attach and port-forward upgrade the connection, which HTTP/2
-        // cannot do the same way, and one request per connection gains nothing from HTTP/2.
-        unverified.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             provider,
             cert_chain,
             key,
             ca_path,
             verifying: OnceCell::new(),
-            unverified: Arc::new(unverified),
+            unverified: Configs::of(unverified),
+            pooled: std::sync::Mutex::default(),
             shutdown,
         })
     }
 
-    /// The TLS configuration for a connection: verifying when a CA is configured and the
+    /// The TLS configurations for a connection: verifying when a CA is configured and the
     /// request did not ask to skip verification (`insecureSkipTLSVerifyBackend`).
-    async fn tls_config(
-        &self,
-        skip_verify: bool,
-    ) -> Result<Arc<rustls::ClientConfig>, KubeletError> {
+    async fn tls_config(&self, skip_verify: bool) -> Result<Configs, KubeletError> {
         let Some(path) = self.ca_path.as_ref().filter(|_| !skip_verify) else {
             return Ok(self.unverified.clone());
         };
@@ -336,18 +353,63 @@ impl KubeletClient {
                 if roots.is_empty() {
                     return Err(invalid("no PEM certificate in it".into()));
                 }
-                let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+                let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
                     .with_safe_default_protocol_versions()
                     .map_err(|e| KubeletError::Tls(e.to_string()))?
                     .with_root_certificates(roots)
                     .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())
                     .map_err(|e| KubeletError::Tls(e.to_string()))?;
-                config.alpn_protocols = vec![b"http/1.1".to_vec()];
                 tracing::info!(path = %path.display(), "verifying kubelets against this CA");
-                Ok(Arc::new(config))
+                Ok(Configs::of(config))
             })
             .await
             .cloned()
+    }
+
+    /// TCP and TLS to `endpoint`, offering `alpn`, within [`CONNECT_TIMEOUT`].
+    async fn dial_tls(
+        &self,
+        endpoint: &KubeletEndpoint,
+        skip_verify: bool,
+        alpn: &[&[u8]],
+    ) -> Result<TlsStream<TcpStream>, KubeletError> {
+        let address = endpoint.authority();
+        let node = || endpoint.node.clone();
+        let server_name =
+            ServerName::try_from(endpoint.host.clone()).map_err(|_| KubeletError::BadHost {
+                node: node(),
+                host: endpoint.host.clone(),
+            })?;
+        let configs = self.tls_config(skip_verify).await?;
+        let config = if alpn == ALPN_H2 {
+            configs.h2
+        } else {
+            configs.http1
+        };
+        let dial = async {
+            let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+                .await
+                .map_err(|source| KubeletError::Connect {
+                    node: node(),
+                    address: address.clone(),
+                    source,
+                })?;
+            let _ = tcp.set_nodelay(true);
+            TlsConnector::from(config)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|source| KubeletError::Handshake {
+                    node: node(),
+                    address: address.clone(),
+                    source,
+                })
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, dial)
+            .await
+            .map_err(|_| KubeletError::Timeout {
+                node: node(),
+                address: address.clone(),
+            })?
     }
 
     /// Dials `endpoint` (TCP, TLS with the kubelet client certificate, HTTP/1.1) within
@@ -364,46 +426,34 @@ impl KubeletClient {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let tls = self.dial_tls(endpoint, skip_verify, ALPN_HTTP1).await?;
+        self.http1(endpoint, tls).await
+    }
+
+    /// An HTTP/1.1 connection over `tls`, running on its own task with upgrades enabled.
+    async fn http1<B>(
+        &self,
+        endpoint: &KubeletEndpoint,
+        tls: TlsStream<TcpStream>,
+    ) -> Result<SendRequest<B>, KubeletError>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let address = endpoint.authority();
-        let node = || endpoint.node.clone();
-        let server_name =
-            ServerName::try_from(endpoint.host.clone()).map_err(|_| KubeletError::BadHost {
-                node: node(),
-                host: endpoint.host.clone(),
-            })?;
-        let connector = TlsConnector::from(self.tls_config(skip_verify).await?);
-        let dial = async {
-            let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-                .await
-                .map_err(|source| KubeletError::Connect {
-                    node: node(),
-                    address: address.clone(),
-                    source,
-                })?;
-            let _ = tcp.set_nodelay(true);
-            let tls = connector
-                .connect(server_name, tcp)
-                .await
-                .map_err(|source| KubeletError::Handshake {
-                    node: node(),
-                    address: address.clone(),
-                    source,
-                })?;
-            http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|source| KubeletError::Http {
-                    node: node(),
-                    address: address.clone(),
-                    source,
-                })
-        };
         let (sender, connection) =
-            tokio::time::timeout(CONNECT_TIMEOUT, dial)
+            tokio::time::timeout(CONNECT_TIMEOUT, http1::handshake(TokioIo::new(tls)))
                 .await
                 .map_err(|_| KubeletError::Timeout {
-                    node: node(),
+                    node: endpoint.node.clone(),
                     address: address.clone(),
-                })??;
+                })?
+                .map_err(|source| KubeletError::Http {
+                    node: endpoint.node.clone(),
+                    address: address.clone(),
+                    source,
+                })?;
         let shutdown = self.shutdown.clone();
         let node = endpoint.node.clone();
         tokio::spawn(async move {
@@ -419,34 +469,138 @@ impl KubeletClient {
         Ok(sender)
     }
 
-    /// A GET of `path_and_query` (e.g. `/containerLogs/ns/pod/c?follow=true`) on `endpoint`,
-    /// on a connection of its own: the response, whatever its status, with its body still to
-    /// be read.
+    /// The pooled HTTP/2 connection to `endpoint`, if one is open.
+    fn pooled(&self, key: &(String, bool)) -> Option<http2::SendRequest<Empty<Bytes>>> {
+        let mut pooled = self
+            .pooled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pooled.get(key) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                pooled.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A GET of `path_and_query` (e.g. `/containerLogs/ns/pod/c?follow=true`) on `endpoint`:
+    /// the response, whatever its status, with its body still to be read. It rides the
+    /// endpoint's shared HTTP/2 connection, dialed when there is none (or the one there was
+    /// has closed); a kubelet that does not speak HTTP/2 gets a connection of its own.
     pub async fn get(
         &self,
         endpoint: &KubeletEndpoint,
         path_and_query: &str,
         skip_verify: bool,
     ) -> Result<Response<Incoming>, KubeletError> {
-        let mut sender = self.connect::<Empty<Bytes>>(endpoint, skip_verify).await?;
         let http = |source| KubeletError::Http {
             node: endpoint.node.clone(),
             address: endpoint.authority(),
             source,
         };
-        // The connection's own task reports a closed connection; here it is only waited for.
-        sender.ready().await.map_err(http)?;
-        let request = Request::get(path_and_query)
-            // hyper's connection-level client sends no Host; the kubelet (Go) refuses
-            // HTTP/1.1 requests without one.
-            .header(header::HOST, endpoint.authority())
-            .body(Empty::new())
-            .map_err(|e| KubeletError::BadPath {
-                path: path_and_query.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let request = || {
+            Request::get(path_and_query)
+                // hyper's connection-level client sends no Host; the kubelet (Go) refuses
+                // HTTP/1.1 requests without one (HTTP/2 takes it as the authority).
+                .header(header::HOST, endpoint.authority())
+                .body(Empty::new())
+                .map_err(|e| KubeletError::BadPath {
+                    path: path_and_query.to_owned(),
+                    reason: e.to_string(),
+                })
+        };
         tracing::debug!(node = %endpoint.node, address = %endpoint.authority(), path = path_and_query, "kubelet request");
-        sender.send_request(request).await.map_err(http)
+        let key = (endpoint.authority(), skip_verify);
+        if let Some(mut sender) = self.pooled(&key) {
+            // A connection that died between the check and the request is dialed again.
+            if sender.ready().await.is_ok()
+                && let Ok(response) = sender.send_request(request()?).await
+            {
+                return Ok(response);
+            }
+            tracing::debug!(node = %endpoint.node, "the pooled kubelet connection closed; dialing again");
+        }
+        let tls = self.dial_tls(endpoint, skip_verify, ALPN_H2).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            let mut sender = self.http1::<Empty<Bytes>>(endpoint, tls).await?;
+            sender.ready().await.map_err(http)?;
+            return sender.send_request(request()?).await.map_err(http);
+        }
+        let mut sender = self.http2(endpoint, tls).await?;
+        self.pooled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, sender.clone());
+        sender.ready().await.map_err(http)?;
+        sender.send_request(request()?).await.map_err(http)
+    }
+
+    /// An HTTP/2 connection over `tls`, on its own task until it closes or the server shuts
+    /// down.
+    async fn http2(
+        &self,
+        endpoint: &KubeletEndpoint,
+        tls: TlsStream<TcpStream>,
+    ) -> Result<http2::SendRequest<Empty<Bytes>>, KubeletError> {
+        let address = endpoint.authority();
+        let handshake = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .keep_alive_interval(KEEPALIVE.0)
+            .keep_alive_timeout(KEEPALIVE.1)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(TokioIo::new(tls));
+        let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| KubeletError::Timeout {
+                node: endpoint.node.clone(),
+                address: address.clone(),
+            })?
+            .map_err(|source| KubeletError::Http {
+                node: endpoint.node.clone(),
+                address: address.clone(),
+                source,
+            })?;
+        let shutdown = self.shutdown.clone();
+        let node = endpoint.node.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                done = connection => {
+                    if let Err(e) = done {
+                        tracing::debug!(%node, %address, "kubelet HTTP/2 connection: {e}");
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The shared HTTP/2 connections, by endpoint (`host:port`) and whether verification was
+/// skipped.
+type Pool = std::collections::HashMap<(String, bool), http2::SendRequest<Empty<Bytes>>>;
+
+/// A client configuration in its two ALPN offers.
+#[derive(Clone)]
+struct Configs {
+    http1: Arc<rustls::ClientConfig>,
+    h2: Arc<rustls::ClientConfig>,
+}
+
+impl Configs {
+    fn of(config: rustls::ClientConfig) -> Self {
+        let with = |alpn: &[&[u8]]| {
+            let mut config = config.clone();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        };
+        Self {
+            http1: with(ALPN_HTTP1),
+            h2: with(ALPN_H2),
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,15 @@ use wedge_apiserver::server::ClientCerts;
 
 use crate::controller::Desired;
 use crate::hub::sessions::Sessions;
+
+/// The most streams one HTTP/2 connection carries: the API server follows every log of every
+/// edge on one connection, so this is the bound on logs followed at once, not a few hundred as
+/// HTTP/2 servers usually allow.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100_000;
+/// An HTTP/2 stream's window (requests carry no bodies; this is the client's upload room).
+const STREAM_WINDOW: u32 = 64 << 10;
+/// An HTTP/2 connection's window.
+const CONNECTION_WINDOW: u32 = 1 << 20;
 
 /// The response body: whole for errors, streamed for logs. A stream that breaks off (its edge
 /// went away) ends the body in an error, so the client sees a failure, not a clean end.
@@ -104,7 +113,7 @@ pub(crate) async fn start(
     // The hub's serving certificate; client certificates required, chained to `client_ca`.
     let tls = wedge_apiserver::server::tls_config(
         pki,
-        &[b"http/1.1"],
+        &[b"h2", b"http/1.1"],
         ClientCerts::Required(&settings.client_ca),
     )
     .map_err(|e| StreamError::Tls(e.to_string()))?;
@@ -147,9 +156,16 @@ async fn connection(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(route(req, &ctx).await) }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(tls), service)
-        .with_upgrades()
+    // HTTP/1.1 for the upgrades (exec, attach, port-forward); HTTP/2 for the API server's
+    // shared connection, which carries every log it follows as one stream.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .await
     {
         tracing::debug!(%peer, "CloudStream connection: {e}");
