@@ -618,9 +618,7 @@ impl Forwarding {
             .or_default()
             .extend_from_slice(data);
     }
-}
 
-impl Forwarding {
     fn wrote(&self, port: u16, length: usize) {
         *self.0.lock().written.entry(port).or_default() += length;
     }
