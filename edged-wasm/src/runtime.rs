@@ -6,7 +6,9 @@
 //! the host's network, so there is no namespace to make. A container is compiled and linked when
 //! it is created and runs as a task when it is started ([`crate::container`]); commands run in
 //! it and attached clients are [`crate::exec`]'s. Everything lives in the process, so nothing
-//! survives a restart of edgecore: its pods start afresh.
+//! survives a restart of edgecore: its pods start afresh. Ports are not forwarded here: a
+//! Wasm-only pod has no network for anything to listen in, and a mixed pod's network is the
+//! container runtime's, which forwards them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,7 @@ use wasmtime::component::Linker;
 use wedge_core::grants::PodGrants;
 use wedge_core::runtime::{
     self as rt, ContainerConfig, ContainerInfo, ContainerStats, ExecResult, ExecStreams, ImageInfo,
-    PullAuth, RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
+    PortStreams, PullAuth, RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
 };
 
 use crate::compile::{CacheOutcome, CompileCache, CompileError};
@@ -497,6 +499,34 @@ impl RuntimeService for WasmRuntime {
     async fn attach(&self, id: &str, streams: ExecStreams) -> Result<(), RuntimeError> {
         let c = self.container(id)?;
         Ok(exec::attach(c, streams).await?)
+    }
+
+    /// Refused, saying why in words for the user of `kubectl port-forward`: the guests of a
+    /// Wasm-only pod get no sockets (they run in edgecore's own network, see [`crate::netns`]),
+    /// so nothing of the pod's can listen; the Wasm containers of a mixed pod do listen, in the
+    /// pod's network, which the container runtime owns and forwards (Edged asks it, not us).
+    async fn port_forward(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+        streams: PortStreams,
+    ) -> Result<(), RuntimeError> {
+        drop(streams);
+        let joined = lock(&self.inner.sandboxes)
+            .get(sandbox_id)
+            .map(|s| s.pod_thread.is_some())
+            .ok_or_else(|| RuntimeError::NotFound(format!("sandbox {sandbox_id}")))?;
+        Err(RuntimeError::Unsupported(if joined {
+            format!(
+                "the pod's network, port {port} included, is its container runtime's: forward \
+                 through that runtime's sandbox"
+            )
+        } else {
+            format!(
+                "pod runs only Wasm containers, which have no network of their own: nothing in \
+                 it can listen on port {port}; give the pod a container to give it a network"
+            )
+        }))
     }
 
     async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {

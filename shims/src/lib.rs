@@ -12,13 +12,15 @@
 //! to typed errors). [`wait`] stands in for the wait call CRI lacks; [`cni`] writes a pod
 //! network for an edge that has none. [`streaming`](crate::streaming) carries `kubectl exec`
 //! and `kubectl attach` sessions over containerd's streaming server, in SPDY/3.1
-//! ([`spdy`](wedge_core::spdy) is the framing).
+//! ([`spdy`](wedge_core::spdy) is the framing), and [`portforward`](crate::portforward) the
+//! connections of `kubectl port-forward`.
 
 mod client;
 pub mod cni;
 mod container;
 mod errors;
 mod image;
+mod portforward;
 pub mod runtime;
 mod sandbox;
 mod streaming;

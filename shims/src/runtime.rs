@@ -3,8 +3,8 @@
 //! Each method builds a request from the pure mappings ([`crate::sandbox`],
 //! [`crate::container`], [`crate::image`]), makes one call (two where CRI splits what the trait
 //! returns) and sorts failures through [`crate::errors`]; `exec` and `attach` hand the URL their
-//! call returns to [`crate::streaming`], which runs the session. The only state kept here is which
-//! sandbox each container belongs to, which CRI's `ContainerStatus` does not say; containerd
+//! call returns to [`crate::streaming`], which runs the session, and `port_forward` to
+//! [`crate::portforward`]. The only state kept here is which sandbox each container belongs to, which CRI's `ContainerStatus` does not say; containerd
 //! holds everything else, so a new `CriRuntime` (after edgecore restarts) sees what an old one
 //! made.
 
@@ -18,13 +18,14 @@ use k8s_cri::v1 as cri;
 use tonic::Code;
 use wedge_core::runtime::{
     self as rt, ContainerConfig, ContainerInfo, ContainerStats, ExecResult, ExecStreams, ImageInfo,
-    PullAuth, RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
+    PortStreams, PullAuth, RuntimeError, RuntimeService, SandboxConfig, SandboxStatus,
 };
 
 use crate::client::{Clients, REQUEST_TIMEOUT, call, request, socket_path};
 use crate::container::{container_config, container_info, sandbox_config_for};
 use crate::errors::{ConnectError, config_error, image_error, runtime_error};
 use crate::image::{auth_config, image_info, image_spec};
+use crate::portforward;
 use crate::sandbox::{listed_sandbox, pod_sandbox_config, sandbox_status};
 use crate::streaming::{self, Ended};
 use crate::wait::{Cri, ExitWatch, POLL_INTERVAL};
@@ -540,6 +541,30 @@ impl RuntimeService for CriRuntime {
             ))),
             Err(e) => Err(e.into_runtime_error(&what)),
         }
+    }
+
+    async fn port_forward(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+        streams: PortStreams,
+    ) -> Result<(), RuntimeError> {
+        let url = self
+            .runtime()
+            .port_forward(call(cri::PortForwardRequest {
+                pod_sandbox_id: sandbox_id.to_owned(),
+                port: vec![i32::from(port)],
+            }))
+            .await
+            .map_err(|s| runtime_error(s, &sandbox_object(sandbox_id)))?
+            .into_inner()
+            .url;
+        tracing::debug!(sandbox = sandbox_id, port, "port-forward session");
+        portforward::run(&url, port, streams)
+            .await
+            .map_err(|e| e.into_runtime_error(&sandbox_object(sandbox_id)))?;
+        tracing::debug!(sandbox = sandbox_id, port, "port-forward ended");
+        Ok(())
     }
 
     async fn attach(&self, id: &str, streams: ExecStreams) -> Result<(), RuntimeError> {

@@ -28,6 +28,9 @@
 //! server sees as the client leaving: an attached container keeps running, an exec'd command
 //! loses its stdin.
 //!
+//! The upgrade ([`connect`]) and the frame writer are shared with `kubectl port-forward`'s
+//! session, [`crate::portforward`].
+//!
 //! Start reading at [`run`].
 
 use std::convert::Infallible;
@@ -53,7 +56,7 @@ use wedge_core::spdy::{
 /// The upgrade token the streaming server answers to.
 const UPGRADE: &str = "SPDY/3.1";
 
-/// The stream protocol asked for: a JSON Status on the error stream at the end.
+/// The stream protocol exec and attach ask for: a JSON Status on the error stream at the end.
 const STREAM_PROTOCOL: &str = "v4.channel.k8s.io";
 
 /// The header that offers, and in the answer names, the stream protocol.
@@ -61,14 +64,14 @@ const PROTOCOL_HEADER: HeaderName = HeaderName::from_static("x-stream-protocol-v
 
 /// The header naming a stream's channel (Go's server reads `streamType`; it canonicalises
 /// names, and SPDY wants them lowercase).
-const STREAM_TYPE: &str = "streamtype";
+pub(crate) const STREAM_TYPE: &str = "streamtype";
 
 /// How long connecting to the streaming server and upgrading may take. It is containerd on
 /// 127.0.0.1: a slow answer means a stuck containerd.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most stdin one DATA frame carries.
-const MAX_DATA: usize = 32 * 1024;
+pub(crate) const MAX_DATA: usize = 32 * 1024;
 
 /// How much of a refusal's body goes into the error.
 const REFUSAL_BODY_LIMIT: usize = 1024;
@@ -121,11 +124,13 @@ pub(crate) enum StreamError {
     },
     /// The server upgraded but chose another stream protocol, or none.
     #[error(
-        "containerd's streaming server at {url} chose stream protocol {chosen:?}, not {STREAM_PROTOCOL}"
+        "containerd's streaming server at {url} chose stream protocol {chosen:?}, not {wanted}"
     )]
     Protocol {
         /// The streaming URL.
         url: String,
+        /// What was asked for.
+        wanted: &'static str,
         /// What it chose (empty: none).
         chosen: String,
     },
@@ -195,12 +200,16 @@ pub(crate) enum Ended {
 /// Connects to `url` (from CRI `Exec` or `Attach`) and runs the session with the caller's
 /// `streams` until the command ends, the caller goes, or the future is dropped.
 pub(crate) async fn run(url: &str, streams: ExecStreams) -> Result<Ended, StreamError> {
-    let connection = connect(url).await?;
+    let connection = connect(url, STREAM_PROTOCOL).await?;
     session(connection, streams).await
 }
 
-/// The SPDY/3.1 upgrade at `url`, asking for [`STREAM_PROTOCOL`].
-async fn connect(url: &str) -> Result<TokioIo<Upgraded>, StreamError> {
+/// The SPDY/3.1 upgrade at `url`, asking for stream protocol `protocol` (exec's
+/// [`STREAM_PROTOCOL`], or port-forward's).
+pub(crate) async fn connect(
+    url: &str,
+    protocol: &'static str,
+) -> Result<TokioIo<Upgraded>, StreamError> {
     let bad = |reason: String| StreamError::BadUrl {
         url: url.to_owned(),
         reason,
@@ -239,7 +248,7 @@ async fn connect(url: &str) -> Result<TokioIo<Upgraded>, StreamError> {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%address, error = %e, "could not set TCP_NODELAY");
         }
-        upgrade(url, tcp, &authority, &path).await
+        upgrade(url, protocol, tcp, &authority, &path).await
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
@@ -249,10 +258,10 @@ async fn connect(url: &str) -> Result<TokioIo<Upgraded>, StreamError> {
 }
 
 /// The HTTP/1.1 exchange on `tcp`: `POST path` with the upgrade headers, a 101 naming
-/// [`STREAM_PROTOCOL`], and the connection handed over (with anything the server sent after
-/// its answer).
+/// `protocol`, and the connection handed over (with anything the server sent after its answer).
 async fn upgrade(
     url: &str,
+    protocol: &'static str,
     tcp: TcpStream,
     authority: &str,
     path: &str,
@@ -270,7 +279,7 @@ async fn upgrade(
         .header(header::HOST, authority)
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, UPGRADE)
-        .header(PROTOCOL_HEADER, STREAM_PROTOCOL)
+        .header(PROTOCOL_HEADER, protocol)
         .body(Empty::<Bytes>::new())
         .map_err(|e| StreamError::BadUrl {
             url: url.to_owned(),
@@ -313,10 +322,12 @@ async fn upgrade(
         .get(&PROTOCOL_HEADER)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
-    // Without it the server falls back to the first protocol, which has no Status at the end.
-    if chosen != STREAM_PROTOCOL {
+    // Without it the server falls back to its first protocol: for exec, one without a Status at
+    // the end.
+    if chosen != protocol {
         return Err(StreamError::Protocol {
             url: url.to_owned(),
+            wanted: protocol,
             chosen,
         });
     }
@@ -488,7 +499,7 @@ where
 /// Writes what the session queues, control frames (window updates, ping answers, resets)
 /// before DATA. Never returns: after a failed write it waits to be dropped, leaving the verdict
 /// to the reading side, which sees the same broken connection and may already hold the status.
-async fn write_frames<W>(
+pub(crate) async fn write_frames<W>(
     mut writer: FramedWrite<W, Codec>,
     mut control: mpsc::UnboundedReceiver<Frame>,
     mut data: mpsc::Receiver<Frame>,
@@ -823,7 +834,7 @@ impl Session {
 }
 
 /// Counts consumed bytes of `stream` and queues the WINDOW_UPDATEs due.
-fn grant_back(
+pub(crate) fn grant_back(
     window: &mut ReceiveWindow,
     control: &mpsc::UnboundedSender<Frame>,
     stream: StreamId,
@@ -837,7 +848,7 @@ fn grant_back(
 }
 
 /// Whether a read error is the connection ending rather than a broken protocol.
-fn is_close(e: &SpdyError) -> bool {
+pub(crate) fn is_close(e: &SpdyError) -> bool {
     use std::io::ErrorKind;
     match e {
         SpdyError::Truncated(_) => true,
@@ -854,7 +865,7 @@ fn is_close(e: &SpdyError) -> bool {
 
 /// The next item of an optional channel; `None` once when it closes, then pending forever, as
 /// is an absent one (so a `select!` simply stops hearing from it).
-async fn next_of<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+pub(crate) async fn next_of<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     let Some(receiver) = rx else {
         return std::future::pending().await;
     };
@@ -1677,13 +1688,16 @@ mod tests {
             "/exec/x",
         ] {
             assert!(
-                matches!(connect(url).await, Err(StreamError::BadUrl { .. })),
+                matches!(
+                    connect(url, STREAM_PROTOCOL).await,
+                    Err(StreamError::BadUrl { .. })
+                ),
                 "{url}"
             );
         }
         // Nothing listens on port 1.
         assert!(matches!(
-            connect("http://127.0.0.1:1/exec/x").await,
+            connect("http://127.0.0.1:1/exec/x", STREAM_PROTOCOL).await,
             Err(StreamError::Connect { .. })
         ));
     }
@@ -1718,7 +1732,7 @@ mod tests {
               Content-Length: 19\r\n\r\n404 page not found\n",
         )
         .await?;
-        let refused = connect(&url).await;
+        let refused = connect(&url, STREAM_PROTOCOL).await;
         assert!(
             matches!(&refused, Err(StreamError::Refused { status, body, .. })
                 if status.as_u16() == 404 && body == "404 page not found"),
@@ -1743,7 +1757,7 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n",
         )
         .await?;
-        let chose = connect(&url).await;
+        let chose = connect(&url, STREAM_PROTOCOL).await;
         assert!(
             matches!(&chose, Err(StreamError::Protocol { chosen, .. }) if chosen.is_empty()),
             "{chose:?}"

@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use wedge_core::crilog::{self, Stream};
 use wedge_core::runtime::{
     ContainerConfig, ContainerState, ExecStreams, ImageError, ImageService, Limits, Mount,
-    PullAuth, RuntimeError, RuntimeService, SandboxConfig, Security, TerminalSize, labels,
+    PortStreams, PullAuth, RuntimeError, RuntimeService, SandboxConfig, Security, TerminalSize,
+    labels,
 };
 use wedge_shims::CriRuntime;
 use wedge_testkit::container_images::{self, BUSYBOX_IMAGE};
@@ -1020,6 +1021,96 @@ async fn limits_and_security_context_reach_the_container() -> anyhow::Result<()>
     let full = cap_eff(sh(&privileged_id, "grep CapEff /proc/self/status").await?)?;
     ensure!(plain & CAP_SYS_ADMIN == 0, "CapEff {plain:x}");
     ensure!(full & CAP_SYS_ADMIN != 0, "privileged CapEff {full:x}");
+    env.remove_sandbox(&sandbox).await
+}
+
+/// An HTTP/1.0 `GET /` through a forward to `port` of `sandbox`, followed by the caller's
+/// half-close when `half_close`; how the forward ended and what came back.
+async fn get_through(
+    rt: &CriRuntime,
+    sandbox: &str,
+    port: u16,
+    half_close: bool,
+) -> anyhow::Result<(Result<(), RuntimeError>, String)> {
+    let (to_pod, input) = mpsc::channel(4);
+    let (output, mut from_pod) = mpsc::channel(4);
+    to_pod
+        .send(Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n"))
+        .await?;
+    // Left open, containerd ends the forward itself a second after httpd closed its side.
+    let open = (!half_close).then_some(to_pod);
+    let (forwarded, answer) = tokio::join!(
+        bounded(
+            "port-forward",
+            rt.port_forward(sandbox, port, PortStreams { input, output })
+        ),
+        read_all(&mut from_pod)
+    );
+    drop(open);
+    Ok((forwarded?, answer?))
+}
+
+/// The page httpd serves in [`port_forward_reaches_a_server_in_the_pod_and_says_what_is_not_there`].
+const PAGE: &str = "hello-from-busybox\n";
+
+fn served_the_page(answer: &str) -> anyhow::Result<()> {
+    ensure!(
+        answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.ends_with(PAGE),
+        "{answer:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_reaches_a_server_in_the_pod_and_says_what_is_not_there() -> anyhow::Result<()>
+{
+    let env = env().await?;
+    let pod = env.sandbox("pforward", false)?;
+    let sandbox = env.rt.run_sandbox(&pod).await?;
+    let script = format!(
+        "mkdir -p /www && printf '{}' > /www/index.html && exec httpd -f -p 8080 -h /www",
+        PAGE.replace('\n', "\\n")
+    );
+    env.run(&sandbox, &env.container(&pod, "web", &script), &pod)
+        .await?;
+    // httpd listens a moment after its container starts.
+    let answer = eventually("httpd answering through a forward", || async {
+        let (forwarded, answer) = get_through(&env.rt, &sandbox, 8080, true).await?;
+        forwarded?;
+        Ok(answer)
+    })
+    .await?;
+    served_the_page(&answer)?;
+
+    // Two connections at once, each its own forward; one half-closes, one leaves its side open.
+    let (closing, open) = tokio::join!(
+        get_through(&env.rt, &sandbox, 8080, true),
+        get_through(&env.rt, &sandbox, 8080, false)
+    );
+    for (forwarded, answer) in [closing?, open?] {
+        forwarded?;
+        served_the_page(&answer)?;
+    }
+
+    // Nothing listens on port 9: containerd's words, without the framing that names the sandbox
+    // (Edged words that part with the pod's name).
+    let (refused, answer) = get_through(&env.rt, &sandbox, 9, true).await?;
+    assert!(answer.is_empty(), "{answer:?}");
+    match &refused {
+        Err(RuntimeError::Failed(m)) => {
+            ensure!(
+                m.contains("127.0.0.1:9: connect: connection refused"),
+                "{m}"
+            );
+            ensure!(!m.starts_with("error forwarding port"), "{m}");
+        }
+        other => bail!("{other:?}"),
+    }
+    let (missing, _) = get_through(&env.rt, "no-such-sandbox", 80, true).await?;
+    assert!(
+        matches!(missing, Err(RuntimeError::NotFound(_))),
+        "{missing:?}"
+    );
     env.remove_sandbox(&sandbox).await
 }
 

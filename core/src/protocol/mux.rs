@@ -422,6 +422,20 @@ impl StreamSender {
         self.guard.close(status);
     }
 
+    /// Completes once the stream has ended, from either end. For a task that waits on something
+    /// else (room towards a consumer that stalled) and must still notice the peer going away.
+    pub async fn closed(&self) {
+        let state = &self.guard.state;
+        loop {
+            // Made before the check, so a close between the check and the wait still wakes it.
+            let notified = state.credit_arrived.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Whether the stream has ended.
     pub fn is_closed(&self) -> bool {
         self.guard
@@ -621,6 +635,26 @@ mod tests {
         }
         assert_eq!(writer.await.expect("joins"), Ok(()));
         drop(edge_stalled);
+    }
+
+    #[tokio::test]
+    async fn closed_completes_when_the_peer_closes_not_on_credit() {
+        let mut p = Pair::new();
+        let cloud = p.cloud.open(logs()).expect("opens");
+        let (edge, _) = p.pump().pop().expect("accepted");
+        let edge_sender = edge.sender.clone();
+        let waiting = tokio::spawn(async move { edge_sender.closed().await });
+        // Credit wakes the waiter, which finds the stream open and waits on.
+        p.edge.incoming(StreamFrame::Credit {
+            stream: edge.id(),
+            bytes: 10,
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "still open");
+        drop(cloud);
+        p.pump();
+        waiting.await.expect("completes once the cloud closed");
+        assert!(edge.sender.is_closed());
     }
 
     #[tokio::test]

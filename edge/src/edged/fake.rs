@@ -33,6 +33,14 @@ struct State {
     logs: HashMap<String, std::path::PathBuf>,
     next: u32,
     down: bool,
+    /// Forwarded connections open now.
+    forwarding: usize,
+    /// Per port, the bytes forwarded connections brought to the pod.
+    received: HashMap<u16, Vec<u8>>,
+    /// Per port, how many bytes the pod's side wrote.
+    written: HashMap<u16, usize>,
+    /// Port-forward is refused as unsupported, with this message.
+    no_forwarding: Option<String>,
 }
 
 /// The fake runtime.
@@ -96,6 +104,27 @@ impl Fake {
     /// Takes the runtime down or brings it back.
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// The runtime refuses port-forward as unsupported, saying `message` (as the Wasm runtime
+    /// does for a pod without a network).
+    pub fn refuse_forwarding(&self, message: &str) {
+        self.lock().no_forwarding = Some(message.to_owned());
+    }
+
+    /// How many forwarded connections are open.
+    pub fn forwarding(&self) -> usize {
+        self.lock().forwarding
+    }
+
+    /// What forwarded connections to `port` brought to the pod so far.
+    pub fn received(&self, port: u16) -> Vec<u8> {
+        self.lock().received.get(&port).cloned().unwrap_or_default()
+    }
+
+    /// How many bytes the pod's side of connections to `port` wrote so far.
+    pub fn written(&self, port: u16) -> usize {
+        self.lock().written.get(&port).copied().unwrap_or(0)
     }
 
     /// The calls made so far.
@@ -464,6 +493,76 @@ impl RuntimeService for Fake {
         Ok(ContainerStats::default())
     }
 
+    /// Port 7 echoes until the client half-closes, then closes; port 9 says `bye\n` and
+    /// half-closes at once, then reads until the client half-closes; port 13 neither reads nor
+    /// writes nor closes; port 19 writes 1 KiB chunks for as long as they are taken while it
+    /// reads until the client half-closes. What reaches the pod is kept ([`Fake::received`]),
+    /// and what it writes counted ([`Fake::written`]). Nothing listens on other ports.
+    async fn port_forward(
+        &self,
+        sandbox_id: &str,
+        port: u16,
+        streams: wedge_core::runtime::PortStreams,
+    ) -> Result<(), RuntimeError> {
+        self.call(format!("port_forward {sandbox_id} {port}"))?;
+        if let Some(message) = self.lock().no_forwarding.clone() {
+            return Err(RuntimeError::Unsupported(message));
+        }
+        if !self.lock().sandboxes.contains_key(sandbox_id) {
+            return Err(RuntimeError::NotFound(format!("sandbox {sandbox_id}")));
+        }
+        let wedge_core::runtime::PortStreams { mut input, output } = streams;
+        let open = Forwarding::new(self);
+        match port {
+            7 => {
+                while let Some(data) = input.recv().await {
+                    open.received(port, &data);
+                    if output.send(data).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            9 => {
+                let _ = output.send(bytes::Bytes::from_static(b"bye\n")).await;
+                drop(output);
+                while let Some(data) = input.recv().await {
+                    open.received(port, &data);
+                }
+            }
+            13 => {
+                let _held = (input, output);
+                std::future::pending::<()>().await;
+            }
+            19 => {
+                let writing = async {
+                    while output
+                        .send(bytes::Bytes::from(vec![b'x'; 1024]))
+                        .await
+                        .is_ok()
+                    {
+                        open.wrote(port, 1024);
+                    }
+                };
+                let reading = async {
+                    while let Some(data) = input.recv().await {
+                        open.received(port, &data);
+                    }
+                };
+                // The pod closes once the client has: its writing ends with it.
+                tokio::select! {
+                    () = writing => {}
+                    () = reading => {}
+                }
+            }
+            _ => {
+                return Err(RuntimeError::Failed(format!(
+                    "dial tcp4 127.0.0.1:{port}: connect: connection refused"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `cat` copies stdin to stdout until its end; `echo ARGS` prints them (on stderr as
     /// well, as `err:`); `exit N` exits N.
     async fn exec(
@@ -499,6 +598,35 @@ impl RuntimeService for Fake {
                 command.first()
             ))),
         }
+    }
+}
+
+/// Counts a forwarded connection as open while it lives (its future may be dropped anywhere).
+struct Forwarding(Fake);
+
+impl Forwarding {
+    fn new(fake: &Fake) -> Self {
+        fake.lock().forwarding += 1;
+        Self(fake.clone())
+    }
+
+    fn received(&self, port: u16, data: &[u8]) {
+        self.0
+            .lock()
+            .received
+            .entry(port)
+            .or_default()
+            .extend_from_slice(data);
+    }
+
+    fn wrote(&self, port: u16, length: usize) {
+        *self.0.lock().written.entry(port).or_default() += length;
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.0.lock().forwarding -= 1;
     }
 }
 

@@ -9,7 +9,8 @@
 //! still start after a restart and reports wait in the outbox.
 //!
 //! Edged does the kubelet's job once for every runtime ([`pod_workers`], [`worker`], and
-//! [`logs`] for `kubectl logs`); the runtimes ([`runtimes`]) only run sandboxes and containers.
+//! [`logs`], [`exec`] and [`portforward`] for the streams of `kubectl`); the runtimes
+//! ([`runtimes`]) only run sandboxes and containers and carry the streams' bytes.
 //! Which runtime a pod runs on is decided by [`runtime_class`], in a task of its own (it may ask
 //! a registry), whose answer comes back to the loop that starts the pod.
 
@@ -19,6 +20,7 @@ pub mod logs;
 pub mod node;
 pub mod plan;
 pub mod pod_workers;
+pub mod portforward;
 pub mod prober;
 pub mod pull_secrets;
 pub mod runtime_class;

@@ -174,6 +174,15 @@ impl PodState {
             .map_or_else(|| primary.to_owned(), |(_, id)| id.clone())
     }
 
+    /// The id of the pod's sandbox (on [`PodState::handle`]'s runtime), once it has one.
+    pub(crate) fn sandbox_id(&self) -> Option<String> {
+        self.sandbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(id, _)| id.clone())
+    }
+
     /// The pod's IP, once its sandbox has one.
     pub(crate) fn pod_ip(&self) -> Option<String> {
         self.sandbox

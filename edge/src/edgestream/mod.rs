@@ -7,6 +7,8 @@
 //! log that does not exist). A stream ends with a CLOSE from either side: the edge's when the
 //! request is done, the cloud's when the client went away, which stops the edge's work on it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -15,7 +17,7 @@ use wedge_core::protocol::mux::{Event, Stream, StreamReceiver, StreamSender};
 use wedge_core::protocol::stream::{
     LogParams, StreamIo, StreamRequest, channel, exit_status, status,
 };
-use wedge_core::runtime::{ExecStreams, TerminalSize};
+use wedge_core::runtime::{ExecStreams, PortStreams, TerminalSize};
 
 use crate::edged::pod_workers::PodWorkers;
 
@@ -80,11 +82,11 @@ impl EdgeStream {
                 self.exec(stream, &namespace, &pod, &container, None, io)
                     .await
             }
-            StreamRequest::PortForward { .. } => stream.split().0.close(Some(status(
-                501,
-                "NotImplemented",
-                "this edge does not forward ports yet",
-            ))),
+            StreamRequest::PortForward {
+                namespace,
+                pod,
+                port,
+            } => self.port_forward(stream, &namespace, &pod, port).await,
         }
         tracing::debug!(stream = id, "stream ended");
     }
@@ -198,6 +200,104 @@ impl EdgeStream {
             }
             // The client went away: dropping the session ends the command's streams.
             () = input(receiver, stdin_tx, resize_tx) => {}
+        }
+    }
+}
+
+impl EdgeStream {
+    /// Carries one TCP connection to `port` of the pod: the client's bytes (stdin) towards the
+    /// pod, the pod's (stdout) back, each direction on its own so that one stalled never holds
+    /// the other, and each half-close passed on as it happens.
+    async fn port_forward(&self, stream: Stream, namespace: &str, pod: &str, port: u16) {
+        let (sender, receiver) = stream.split();
+        let target = match self.workers.port_forward_target(namespace, pod) {
+            Ok(t) => t,
+            Err(e) => {
+                let code = e.status_code();
+                return sender.close(Some(status(code, reason_of(code), &e.to_string())));
+            }
+        };
+        if accept(&sender).is_err() {
+            return;
+        }
+        let (to_pod, input) = mpsc::channel(16);
+        let (output, from_pod) = mpsc::channel(16);
+        // The runtime drops `output` both when the pod half-closes and when it fails; only the
+        // first is an EOF for the client (a failure ends the stream with its status instead).
+        let failed = AtomicBool::new(false);
+        let run = async {
+            let outcome = target.forward(port, PortStreams { input, output }).await;
+            // Set in the same poll that drops `output`, before `pod_to_client` can see it gone.
+            failed.store(outcome.is_err(), Ordering::Relaxed);
+            outcome
+        };
+        // The pod's bytes are all sent before the outcome goes.
+        let work = async {
+            let (outcome, ()) = tokio::join!(run, pod_to_client(from_pod, &sender, &failed));
+            outcome
+        };
+        tokio::select! {
+            outcome = work => {
+                let status = match outcome {
+                    Ok(()) => status(200, "", ""),
+                    Err(e) => {
+                        tracing::info!(namespace, pod, port, error = %e, "a forwarded connection failed");
+                        let code = e.status_code();
+                        status(code, reason_of(code), &e.to_string())
+                    }
+                };
+                sender.close(Some(status));
+            }
+            // The client went away: dropping the runtime's future ends the connection.
+            () = client_to_pod(receiver, to_pod, &sender) => {}
+        }
+    }
+}
+
+/// The pod's bytes, onto stdout; then its half-close, unless the forward failed.
+async fn pod_to_client(
+    mut from_pod: mpsc::Receiver<Bytes>,
+    sender: &StreamSender,
+    failed: &AtomicBool,
+) {
+    while let Some(data) = from_pod.recv().await {
+        if sender.send(channel::STDOUT, data).await.is_err() {
+            return;
+        }
+    }
+    if !failed.load(Ordering::Relaxed) {
+        // A closed stream has nobody left to tell.
+        let _ = sender.eof(channel::STDOUT);
+    }
+}
+
+/// The client's bytes, towards the pod, until the client half-closes (its EOF drops the
+/// channel's sender); returns when the client has gone, even while the pod is not reading.
+async fn client_to_pod(
+    mut receiver: StreamReceiver,
+    to_pod: mpsc::Sender<Bytes>,
+    sender: &StreamSender,
+) {
+    let mut to_pod = Some(to_pod);
+    while let Some(event) = receiver.recv().await {
+        match event {
+            Event::Data {
+                channel: channel::STDIN,
+                data,
+            } if !data.is_empty() => {
+                let Some(tx) = &to_pod else { continue };
+                // Waiting for a pod that does not read must not hide the client's leaving.
+                tokio::select! {
+                    sent = tx.send(data) => if sent.is_err() {
+                        // The runtime is done with this direction: the rest goes nowhere.
+                        to_pod = None;
+                    },
+                    () = sender.closed() => return,
+                }
+            }
+            Event::Eof(channel::STDIN) => to_pod = None,
+            Event::Data { .. } | Event::Eof(_) => {}
+            Event::Closed(_) => return,
         }
     }
 }
@@ -316,7 +416,7 @@ mod tests {
 
     use k8s_openapi::api::core::v1::Pod;
     use wedge_core::protocol::mux::{Mux, Role};
-    use wedge_core::protocol::stream::StreamFrame;
+    use wedge_core::protocol::stream::{StreamFrame, WINDOW};
 
     use super::*;
     use crate::edged::fake::Fake;
@@ -328,14 +428,16 @@ mod tests {
     struct Edge {
         cloud: Mux,
         server: EdgeStream,
+        fake: Fake,
         _dir: tempfile::TempDir,
         _pump: tokio::task::JoinHandle<()>,
     }
 
     async fn edge_with_running_pod() -> Edge {
         let dir = tempfile::tempdir().expect("tempdir");
+        let fake = Fake::default();
         let workers = PodWorkers::new(
-            Runtimes::new().with(RuntimeHandle::new(Arc::new(Fake::default()))),
+            Runtimes::new().with(RuntimeHandle::new(Arc::new(fake.clone()))),
             WorkerConfig::new(dir.path().join("pods")),
         );
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -379,6 +481,7 @@ mod tests {
         Edge {
             cloud,
             server,
+            fake,
             _dir: dir,
             _pump: pump,
         }
@@ -497,6 +600,200 @@ mod tests {
         while !edge.server.tasks.is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(edge.cloud.is_empty());
+    }
+
+    fn port_forward(pod: &str, port: u16) -> StreamRequest {
+        StreamRequest::PortForward {
+            namespace: "default".into(),
+            pod: pod.into(),
+            port,
+        }
+    }
+
+    /// Opens a port-forward to the pod `web` and waits for the edge's answer that it serves it.
+    async fn forward(edge: &Edge, port: u16) -> Stream {
+        let mut stream = edge.cloud.open(port_forward("web", port)).expect("opens");
+        assert_eq!(
+            stream.receiver.recv().await,
+            Some(Event::Data {
+                channel: channel::STDOUT,
+                data: Bytes::new()
+            }),
+            "served"
+        );
+        stream
+    }
+
+    async fn send(stream: &Stream, bytes: &'static [u8]) {
+        stream
+            .sender
+            .send(channel::STDIN, Bytes::from_static(bytes))
+            .await
+            .expect("sent");
+    }
+
+    /// What comes until the close: the pod's bytes, whether its EOF came (and before the
+    /// close), and the closing status.
+    async fn to_the_close(stream: &mut Stream) -> (Vec<u8>, bool, serde_json::Value) {
+        let (mut bytes, mut eof) = (Vec::new(), false);
+        loop {
+            match stream.receiver.recv().await.expect("an event") {
+                Event::Data {
+                    channel: channel::STDOUT,
+                    data,
+                } => {
+                    assert!(!eof, "bytes after the EOF");
+                    bytes.extend_from_slice(&data);
+                }
+                Event::Eof(channel::STDOUT) => eof = true,
+                Event::Closed(status) => return (bytes, eof, status.expect("a status")),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Waits (in paused time) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let waiting = async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not within a minute"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn port_forward_carries_bytes_both_ways_and_each_half_close() {
+        let edge = edge_with_running_pod().await;
+        // The client half-closes first: the echo sends the rest back, then closes too.
+        let mut echo = forward(&edge, 7).await;
+        send(&echo, b"hello").await;
+        assert_eq!(
+            echo.receiver.recv().await,
+            Some(Event::Data {
+                channel: channel::STDOUT,
+                data: Bytes::from_static(b"hello")
+            })
+        );
+        send(&echo, b" world").await;
+        echo.sender.eof(channel::STDIN).expect("open");
+        let (bytes, eof, status) = to_the_close(&mut echo).await;
+        assert_eq!((bytes.as_slice(), eof), (&b" world"[..], true));
+        assert_eq!(status["status"], "Success");
+        assert_eq!(edge.fake.received(7), b"hello world");
+        assert!(
+            edge.fake
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("port_forward sb") && c.ends_with(" 7")),
+            "the sandbox's runtime forwards: {:?}",
+            edge.fake.calls()
+        );
+
+        // The pod half-closes first: its EOF comes at once, and the client's bytes still reach
+        // it until the client half-closes.
+        let mut bye = forward(&edge, 9).await;
+        assert_eq!(
+            bye.receiver.recv().await,
+            Some(Event::Data {
+                channel: channel::STDOUT,
+                data: Bytes::from_static(b"bye\n")
+            })
+        );
+        assert_eq!(bye.receiver.recv().await, Some(Event::Eof(channel::STDOUT)));
+        send(&bye, b"after your EOF").await;
+        bye.sender.eof(channel::STDIN).expect("open");
+        let (bytes, eof, status) = to_the_close(&mut bye).await;
+        assert_eq!((bytes.len(), eof), (0, false), "nothing after the EOF");
+        assert_eq!(status["status"], "Success");
+        assert_eq!(edge.fake.received(9), b"after your EOF");
+        until("the forwards end", || edge.fake.forwarding() == 0).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_forwards_close_with_the_kubelets_words() {
+        let edge = edge_with_running_pod().await;
+        // Nothing listens: served (the pod is there), then the failure, and no EOF before it.
+        let mut refused = forward(&edge, 81).await;
+        let (bytes, eof, status) = to_the_close(&mut refused).await;
+        assert_eq!((bytes.len(), eof), (0, false));
+        assert_eq!(status["code"], 500);
+        assert_eq!(status["reason"], "InternalError");
+        assert_eq!(
+            status["message"],
+            "error forwarding port 81 to pod web, uid u1: \
+             dial tcp4 127.0.0.1:81: connect: connection refused"
+        );
+
+        // No such pod: not served.
+        let mut nope = edge.cloud.open(port_forward("nope", 80)).expect("opens");
+        let Some(Event::Closed(Some(status))) = nope.receiver.recv().await else {
+            panic!("closed at once");
+        };
+        assert_eq!(status["code"], 404);
+        assert_eq!(status["message"], r#"pod "nope" does not exist"#);
+
+        // A runtime that cannot forward at all says what to do, as a bad request.
+        edge.fake.refuse_forwarding("this pod has no network");
+        let mut unsupported = forward(&edge, 7).await;
+        let (_, eof, status) = to_the_close(&mut unsupported).await;
+        assert!(!eof);
+        assert_eq!(status["code"], 400);
+        assert_eq!(status["reason"], "BadRequest");
+        assert_eq!(status["message"], "this pod has no network");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_does_not_hold_up_the_bytes_towards_the_pod() {
+        let edge = edge_with_running_pod().await;
+        let mut chargen = forward(&edge, 19).await;
+        // The client reads nothing: the pod's side fills the stream's window and waits.
+        until("a window of output", || {
+            edge.fake.written(19) >= WINDOW as usize
+        })
+        .await;
+        send(&chargen, b"ping").await;
+        chargen.sender.eof(channel::STDIN).expect("open");
+        until("the bytes reach the pod", || {
+            edge.fake.received(19) == b"ping"
+        })
+        .await;
+        // The pod closes; what it wrote still all comes, then the EOF and the verdict.
+        let (bytes, eof, status) = to_the_close(&mut chargen).await;
+        assert_eq!(bytes.len(), edge.fake.written(19));
+        assert!(bytes.iter().all(|b| *b == b'x') && eof);
+        assert_eq!(status["status"], "Success");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_goes_away_ends_the_forward() {
+        let edge = edge_with_running_pod().await;
+        let mut echo = forward(&edge, 7).await;
+        send(&echo, b"x").await;
+        assert!(matches!(
+            echo.receiver.recv().await,
+            Some(Event::Data {
+                channel: channel::STDOUT,
+                ..
+            })
+        ));
+        assert_eq!(edge.fake.forwarding(), 1);
+        drop(echo);
+        until("the edge ends the forward", || edge.server.tasks.is_empty()).await;
+        assert_eq!(edge.fake.forwarding(), 0);
+
+        // Even while it waits for a pod that reads nothing (more than its channel holds).
+        let deaf = forward(&edge, 13).await;
+        for _ in 0..20 {
+            send(&deaf, b"unread").await;
+        }
+        assert_eq!(edge.fake.forwarding(), 1);
+        drop(deaf);
+        until("the edge ends the forward", || edge.server.tasks.is_empty()).await;
+        assert_eq!(edge.fake.forwarding(), 0);
         assert!(edge.cloud.is_empty());
     }
 

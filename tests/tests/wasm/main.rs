@@ -8,3 +8,4 @@ mod handlers;
 mod harness;
 mod images;
 mod lifecycle;
+mod portforward;
