@@ -1109,14 +1109,18 @@ async fn wedge_up_runs_the_container_sample_beside_the_wasm_samples() {
 
 /// The whole response to a plain HTTP/1.0 GET of `path` on `addr`.
 fn http_get(addr: &str, path: &str) -> String {
+    try_http_get(addr, path).expect("an HTTP answer")
+}
+
+/// [`http_get`], failing with the reason.
+fn try_http_get(addr: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).expect("connects");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut response = String::new();
-    tcp.read_to_string(&mut response).expect("response");
-    response
+    tcp.read_to_string(&mut response)?;
+    Ok(response)
 }
 
 /// edgecore killed (-9) and restarted under a mixed pod: the container, which containerd kept,
@@ -1439,4 +1443,209 @@ async fn kubectl_exec_attach_and_cp_reach_container_and_wasm_pods() {
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
+}
+
+/// A running `kubectl port-forward`, and the local ports it listens on, in the order asked.
+struct PortForward {
+    child: std::process::Child,
+    ports: Vec<u16>,
+    stderr: std::path::PathBuf,
+    /// kubectl's stdout, still read: it prints a line per connection, and would die of
+    /// SIGPIPE if nothing read them.
+    _stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl PortForward {
+    /// Starts `kubectl port-forward pod/<pod> :<port>...` on 127.0.0.1, over SPDY when
+    /// `spdy` (kubectl's fallback; WebSocket otherwise), and waits until it listens.
+    fn start(env: &MixedEdge, pod: &str, remote: &[u16], spdy: bool) -> Self {
+        let stderr = env
+            .root
+            .join(format!("port-forward-{pod}-{}.err", remote[0]));
+        let mut command = std::process::Command::new("kubectl");
+        command
+            .arg("--kubeconfig")
+            .arg(env.cloud.kubeconfig())
+            .args(["port-forward", "--address", "127.0.0.1"])
+            .arg(format!("pod/{pod}"))
+            .args(remote.iter().map(|p| format!(":{p}")))
+            .env(
+                "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+                if spdy { "false" } else { "true" },
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("a file"));
+        let mut child = command.spawn().expect("kubectl runs");
+        let lines = super::lines_of(&mut child);
+        let mut ports = vec![0; remote.len()];
+        while ports.contains(&0) {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "kubectl port-forward did not listen: {}",
+                        std::fs::read_to_string(&stderr).unwrap_or_default()
+                    )
+                });
+            // "Forwarding from 127.0.0.1:41234 -> 8080"
+            let Some((local, to)) = line
+                .strip_prefix("Forwarding from 127.0.0.1:")
+                .and_then(|rest| rest.split_once(" -> "))
+            else {
+                continue;
+            };
+            let (local, to): (u16, u16) = (
+                local.parse().expect("a local port"),
+                to.trim().parse().expect("a remote port"),
+            );
+            if let Some(i) = remote.iter().position(|&p| p == to) {
+                ports[i] = local;
+            }
+        }
+        Self {
+            child,
+            ports,
+            stderr,
+            _stdout: lines,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kubectl port-forward` reaches a container's port and a Wasm container's (in a mixed pod,
+/// whose network the container runtime makes), over WebSocket and over SPDY, with connections
+/// at once; the Python client's WebSocket form too. A port nothing listens on, and a Wasm-only
+/// pod (no network of its own), say why on kubectl's error output.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_port_forward_reaches_container_and_wasm_ports() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    let host = env.registry.host();
+    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
+        .await
+        .expect("join")
+        .expect("sample apps");
+    let misbehave = apps.bytes("misbehave").expect("misbehave");
+    wedge_testkit::oci::push(
+        &host,
+        "samples/misbehave",
+        "1",
+        &wedge_testkit::oci::Image::wasm(&misbehave, wedge_testkit::oci::WasmLayout::CncfArtifact),
+    )
+    .await
+    .expect("push");
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: served\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: {}\n    command: [sh, -c, 'mkdir -p /www && echo page-from-the-container > /www/index.html && exec httpd -f -p 8080 -h /www']\n  - name: app\n    image: {host}/samples/misbehave:1\n    command: [misbehave, serve, '9090']\n",
+        env.busybox
+    ));
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm-only\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {host}/samples/misbehave:1\n    command: [misbehave, sleep]\n"
+    ));
+    cloud.wait_for("pod/served", "{.status.phase}", "Running", PULL);
+    cloud.wait_for("pod/wasm-only", "{.status.phase}", "Running", PULL);
+
+    // kubectl's WebSocket (SPDY tunnelled through the API server): both ports, and two
+    // connections to one port at once.
+    let forward = PortForward::start(&env, "served", &[8080, 9090], false);
+    let web = format!("127.0.0.1:{}", forward.ports[0]);
+    let app = format!("127.0.0.1:{}", forward.ports[1]);
+    // Both servers start with the pod; wait until the container's answers.
+    eventually(
+        Duration::from_secs(30),
+        || try_http_get(&web, "/index.html").is_ok_and(|a| a.contains("page-from-the-container")),
+        || forward.stderr(),
+    )
+    .await;
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| try_http_get(&web, "/index.html"));
+        let b = s.spawn(|| try_http_get(&web, "/index.html"));
+        (a.join().expect("join"), b.join().expect("join"))
+    });
+    for answer in [a, b] {
+        let answer = answer.unwrap_or_else(|e| panic!("{e}: {}", forward.stderr()));
+        assert!(
+            answer.starts_with("HTTP/1.") && answer.contains("page-from-the-container"),
+            "{answer}"
+        );
+    }
+    eventually(
+        Duration::from_secs(30),
+        || try_http_get(&app, "/").is_ok_and(|a| a.contains("misbehave on 9090")),
+        || forward.stderr(),
+    )
+    .await;
+    drop(forward);
+
+    // kubectl's SPDY, passed through to CloudStream.
+    let forward = PortForward::start(&env, "served", &[8080], true);
+    let answer = http_get(&format!("127.0.0.1:{}", forward.ports[0]), "/index.html");
+    assert!(answer.contains("page-from-the-container"), "{answer}");
+    drop(forward);
+
+    // The Python client's WebSocket form (`?ports=`).
+    const SCRIPT: &str = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+config.load_kube_config(sys.argv[1])
+api = client.CoreV1Api()
+pf = portforward(api.connect_get_namespaced_pod_portforward, "served", "default", ports="8080")
+sock = pf.socket(8080)
+sock.setblocking(True)
+sock.sendall(b"GET /index.html HTTP/1.0\r\nHost: localhost\r\n\r\n")
+answer = b""
+while True:
+    chunk = sock.recv(4096)
+    if not chunk:
+        break
+    answer += chunk
+    if b"page-from-the-container" in answer:
+        break
+sys.stdout.write(answer.decode())
+sock.close()
+error = pf.error(8080)
+if error:
+    sys.stderr.write(error)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(cloud.kubeconfig())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("page-from-the-container"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A port nothing listens on: the connection ends, and kubectl says why.
+    let forward = PortForward::start(&env, "served", &[9999], false);
+    let _ = try_http_get(&format!("127.0.0.1:{}", forward.ports[0]), "/");
+    eventually(
+        Duration::from_secs(30),
+        || forward.stderr().contains("error forwarding port 9999"),
+        || forward.stderr(),
+    )
+    .await;
+    drop(forward);
+    // A Wasm-only pod has no network: nothing in it can listen.
+    let forward = PortForward::start(&env, "wasm-only", &[8080], false);
+    let _ = try_http_get(&format!("127.0.0.1:{}", forward.ports[0]), "/");
+    eventually(
+        Duration::from_secs(30),
+        || forward.stderr().contains("no network"),
+        || forward.stderr(),
+    )
+    .await;
 }
