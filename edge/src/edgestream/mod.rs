@@ -111,8 +111,7 @@ impl EdgeStream {
         {
             Ok(r) => r,
             Err(e) => {
-                let code = e.status_code();
-                return sender.close(Some(status(code, reason_of(code), &e.to_string())));
+                return sender.close(Some(failure(e.status_code(), &e)));
             }
         };
         if accept(&sender).is_err() {
@@ -156,8 +155,7 @@ impl EdgeStream {
         let target = match self.workers.exec_target(namespace, pod, container) {
             Ok(t) => t,
             Err(e) => {
-                let code = e.status_code();
-                return sender.close(Some(status(code, reason_of(code), &e.to_string())));
+                return sender.close(Some(failure(e.status_code(), &e)));
             }
         };
         if accept(&sender).is_err() {
@@ -192,10 +190,7 @@ impl EdgeStream {
         };
         tokio::select! {
             outcome = work => {
-                let status = outcome.unwrap_or_else(|e| {
-                    let code = e.status_code();
-                    status(code, reason_of(code), &e.to_string())
-                });
+                let status = outcome.unwrap_or_else(|e| failure(e.status_code(), &e));
                 sender.close(Some(status));
             }
             // The client went away: dropping the session ends the command's streams.
@@ -213,8 +208,7 @@ impl EdgeStream {
         let target = match self.workers.port_forward_target(namespace, pod) {
             Ok(t) => t,
             Err(e) => {
-                let code = e.status_code();
-                return sender.close(Some(status(code, reason_of(code), &e.to_string())));
+                return sender.close(Some(failure(e.status_code(), &e)));
             }
         };
         if accept(&sender).is_err() {
@@ -242,8 +236,7 @@ impl EdgeStream {
                     Ok(()) => status(200, "", ""),
                     Err(e) => {
                         tracing::info!(namespace, pod, port, error = %e, "a forwarded connection failed");
-                        let code = e.status_code();
-                        status(code, reason_of(code), &e.to_string())
+                        failure(e.status_code(), &e)
                     }
                 };
                 sender.close(Some(status));
@@ -364,13 +357,16 @@ async fn input(
 }
 
 /// The `Status` reason of an HTTP code.
-fn reason_of(code: u16) -> &'static str {
-    match code {
+/// The failure `Status` a stream ends with: the API server's `code` (as each of Edged's errors
+/// states it with its `status_code`), its Kubernetes reason, and the error's words.
+fn failure(code: u16, error: &dyn std::fmt::Display) -> serde_json::Value {
+    let reason = match code {
         400 => "BadRequest",
         404 => "NotFound",
         503 => "ServiceUnavailable",
         _ => "InternalError",
-    }
+    };
+    status(code, reason, &error.to_string())
 }
 
 /// Says the stream is served: an empty DATA on stdout.
