@@ -9,6 +9,9 @@
 //! no second tunnel, no iptables. The embedded API server reaches nodes the same way, so one
 //! path serves both setups.
 //!
+//! Resource usage (`kubectl top`) is served per node under `/nodes/{node}/...`: a kubelet path
+//! names no node, and here one address serves them all (see [`usage`]).
+//!
 //! Who may call: any client whose certificate chains to the kubelet client CA (the API
 //! server's; kube-apiserver presents `--kubelet-client-certificate`). The API server has already
 //! authorised the user for the subresource, as it does for kubelets.
@@ -16,6 +19,7 @@
 mod logs;
 pub mod node_endpoint;
 mod remotecommand;
+mod usage;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -91,6 +95,8 @@ pub enum StreamError {
 pub(crate) struct StreamContext {
     pub sessions: Arc<Sessions>,
     pub desired: Desired,
+    /// The usage edges push, for `/nodes/{node}/usage` and `.../metrics/resource`.
+    pub usage: Arc<crate::usage::UsageStore>,
 }
 
 /// TLS: the hub's serving certificate; client certificates required, chained to `client_ca`.
@@ -254,6 +260,11 @@ async fn route(req: Request<Incoming>, ctx: &StreamContext) -> Response<Body> {
             );
             remotecommand::serve(ctx, req, exec, &namespace, &pod, &container).await
         }
+        (&http::Method::GET, ["nodes", node, "usage"]) => usage::usage(ctx, node),
+        (&http::Method::GET, ["nodes", node, "metrics", "resource"]) => {
+            usage::resource_metrics(ctx, node)
+        }
+        (&http::Method::GET, ["metrics", "resource"]) => usage::unattributed(),
         (_, ["containerLogs", ..]) => failure(
             405,
             "MethodNotAllowed",
