@@ -511,3 +511,154 @@ async fn kubectl_logs_reaches_edge_pods_through_cloudstream() {
         "{said}"
     );
 }
+
+/// The row of `kubectl top ...` whose first cells are `first`, split into cells.
+fn top_row(cloud: &Cloud, args: &[&str], first: &[&str]) -> Option<Vec<String>> {
+    let out = cloud.kubectl(args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let cells: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            cells
+                .starts_with(&first.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .then_some(cells)
+        })
+}
+
+/// Whole mebibytes in a `kubectl top` memory cell (`12Mi`).
+fn mebibytes(cell: &str) -> u64 {
+    cell.strip_suffix("Mi")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{cell:?} is not kubectl top's memory"))
+}
+
+/// Millicores in a `kubectl top` CPU cell (`3m`).
+fn millicores(cell: &str) -> u64 {
+    cell.strip_suffix('m')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{cell:?} is not kubectl top's CPU"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_top_shows_edge_nodes_and_pods_from_the_usage_edges_push() {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let root = dir.path().join("edge-a");
+    std::fs::create_dir_all(&root).expect("edge root");
+    let mut command = edgecore(&root, &cloud, "edge-a", Some(&token), &registry.host());
+    command.args(["--usage-interval", "1s"]);
+    let edge = Proc::spawn(command, root.join("edgecore.log"));
+    cloud.wait_for(
+        "node/edge-a",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        Duration::from_secs(60),
+    );
+    // Discovery names the metrics API, as metrics-server's registration does.
+    let resources = cloud.kubectl_ok(&["api-resources", "--api-group=metrics.k8s.io"]);
+    assert!(
+        resources.contains("nodes") && resources.contains("NodeMetrics"),
+        "{resources}"
+    );
+    assert!(resources.contains("PodMetrics"), "{resources}");
+
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: tel\n  labels: {{app: tel}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: app\n    image: {}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"50\"}}\n",
+        registry.host()
+    ));
+    // A pod no node can take: it exists, but nothing measures it.
+    cloud.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nowhere\nspec:\n  nodeSelector: {no-such-label: x}\n  containers:\n  - name: app\n    image: example.invalid/app:1\n",
+    );
+    cloud.wait_for(
+        "pod/tel",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    let top_nodes = ["top", "nodes"];
+    eventually(
+        Duration::from_secs(30),
+        || top_row(&cloud, &top_nodes, &["edge-a"]).is_some(),
+        || {
+            format!(
+                "kubectl top nodes: {:?}\n{}",
+                cloud.kubectl(&top_nodes),
+                edge.log()
+            )
+        },
+    )
+    .await;
+    // NAME CPU(cores) CPU(%) MEMORY(bytes) MEMORY(%): the machine's own figures.
+    let node = top_row(&cloud, &top_nodes, &["edge-a"]).expect("edge-a listed");
+    let _ = millicores(&node[1]);
+    assert!(mebibytes(&node[3]) > 0, "{node:?}");
+
+    let top_pods = ["top", "pods", "-A"];
+    eventually(
+        Duration::from_secs(30),
+        || top_row(&cloud, &top_pods, &["default", "tel"]).is_some(),
+        || format!("kubectl top pods -A: {:?}", cloud.kubectl(&top_pods)),
+    )
+    .await;
+    // NAMESPACE NAME CPU(cores) MEMORY(bytes): a Rust guest's linear memory is over a MiB.
+    let pod = top_row(&cloud, &top_pods, &["default", "tel"]).expect("tel listed");
+    let _ = millicores(&pod[2]);
+    assert!(mebibytes(&pod[3]) >= 1, "{pod:?}");
+    let by_container = top_row(
+        &cloud,
+        &["top", "pod", "tel", "--containers"],
+        &["tel", "app"],
+    )
+    .expect("tel's container listed");
+    assert!(mebibytes(&by_container[3]) >= 1, "{by_container:?}");
+    assert!(top_row(&cloud, &["top", "pods", "-l", "app=tel"], &["tel"]).is_some());
+    assert!(top_row(&cloud, &["top", "pods", "-l", "app=other"], &["tel"]).is_none());
+    // The telemetry app works every 50 ms: its CPU shows, in the raw API as metrics-server
+    // writes it.
+    let raw: serde_json::Value = serde_json::from_str(&cloud.kubectl_ok(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/tel",
+    ]))
+    .expect("PodMetrics JSON");
+    assert_eq!(raw["kind"], "PodMetrics");
+    assert_eq!(raw["metadata"]["labels"]["app"], "tel");
+    assert!(
+        raw["window"].as_str().is_some_and(|w| w.ends_with('s')),
+        "{raw}"
+    );
+    assert!(
+        raw["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
+        "{raw}"
+    );
+    let cpu = raw["containers"][0]["usage"]["cpu"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!cpu.is_empty() && cpu != "0", "{raw}");
+
+    // What is not measured says so, as metrics-server does.
+    let missing = cloud.kubectl(&["top", "pod", "nowhere"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("podmetrics.metrics.k8s.io \"default/nowhere\" not found"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
+    // The same usage in cloudcore's Prometheus metrics.
+    eventually(
+        Duration::from_secs(10),
+        || {
+            cloud.metric("wedge_node_memory_working_set_bytes", "edge-a") > 0.0
+                && cloud.metric("wedge_container_memory_working_set_bytes", "edge-a") > 0.0
+        },
+        || "no usage gauges in cloudcore's metrics".to_owned(),
+    )
+    .await;
+}

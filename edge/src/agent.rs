@@ -94,6 +94,8 @@ pub struct AgentConfig {
     pub node_status_interval: Duration,
     /// How often the lease is renewed.
     pub lease_interval: Duration,
+    /// How often resource usage is sampled and sent (`kubectl top`).
+    pub usage_interval: Duration,
     /// The longest wait between reconnection attempts.
     pub reconnect_max: Duration,
     /// The MQTT broker EventBus uses: the operator's, or the embedded one listening here.
@@ -133,6 +135,7 @@ impl AgentConfig {
             echo_logs: false,
             node_status_interval: Duration::from_secs(60),
             lease_interval: Duration::from_secs(10),
+            usage_interval: Duration::from_secs(15),
             preload: Vec::new(),
             mqtt: BrokerChoice::Embedded(std::net::SocketAddr::from(([127, 0, 0, 1], 1883))),
             reconnect_max: Duration::from_secs(30),
@@ -286,6 +289,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
     edged_config.node_status_interval = config.node_status_interval;
     edged_config.lease_interval = config.lease_interval;
+    edged_config.usage_interval = config.usage_interval;
     edged_config.allow_privileged = config.allow_privileged;
     let files = credential_files(&config.root);
     edged_config.node_credentials =

@@ -53,6 +53,10 @@ struct Args {
     /// Seconds between lease renewals.
     #[arg(long, default_value_t = 10)]
     lease_seconds: u64,
+    /// How often CPU and memory usage is sampled and sent to the cloud (`kubectl top`), like
+    /// metrics-server's resolution: 15s, 1m.
+    #[arg(long, default_value = "15s", value_parser = wedge_cli::parse_duration)]
+    usage_interval: Duration,
     /// An MQTT broker to use (host:port, e.g. a local mosquitto) instead of the embedded one.
     #[arg(long, env = "WEDGE_MQTT_BROKER")]
     mqtt_broker: Option<String>,
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
     args.containers.apply(&mut config);
     config.node_status_interval = Duration::from_secs(args.node_status_seconds.max(1));
     config.lease_interval = Duration::from_secs(args.lease_seconds.max(1));
+    config.usage_interval = args.usage_interval;
     config.reconnect_max = Duration::from_secs(args.reconnect_max_seconds.max(1));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -1649,3 +1649,82 @@ if error:
     )
     .await;
 }
+
+/// The usage of a pod as the metrics API serves it: container name → (CPU, memory) quantities.
+fn pod_metrics(cloud: &Cloud, pod: &str) -> Option<Vec<(String, String, String)>> {
+    let out = cloud.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/{pod}"),
+    ]);
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let containers = raw["containers"].as_array()?;
+    Some(
+        containers
+            .iter()
+            .map(|c| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                (
+                    text(&c["name"]),
+                    text(&c["usage"]["cpu"]),
+                    text(&c["usage"]["memory"]),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_top_shows_container_pods_beside_wasm_pods() {
+    let env = mixed_edge(&["--usage-interval", "1s"]).await;
+    let cloud = &env.cloud;
+    env.runtime_classes();
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: busy\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'while true; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; sleep 0.1; done']\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: tel\nspec:\n  runtimeClassName: wasm\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"50\"}}\n",
+        env.busybox,
+        env.registry.host()
+    ));
+    cloud.wait_for("pod/busy", "{.status.phase}", "Running", PULL);
+    cloud.wait_for("pod/tel", "{.status.phase}", "Running", PULL);
+    // Both runtimes' containers are measured: containerd's from the container's cgroup, the
+    // Wasm runtime's from its own meters.
+    for pod in ["busy", "tel"] {
+        eventually(
+            Duration::from_secs(30),
+            || pod_metrics(cloud, pod).is_some(),
+            || {
+                format!(
+                    "no metrics for {pod}: {:?}",
+                    cloud.kubectl(&["top", "pod", pod])
+                )
+            },
+        )
+        .await;
+    }
+    let busy = pod_metrics(cloud, "busy").expect("busy's metrics");
+    assert_eq!(busy.len(), 1, "{busy:?}");
+    let (name, cpu, memory) = &busy[0];
+    assert_eq!(name, "main");
+    assert!(
+        !cpu.is_empty() && cpu != "0",
+        "a shell loop uses CPU: {busy:?}"
+    );
+    assert!(!memory.is_empty() && memory != "0", "{busy:?}");
+    let tel = pod_metrics(cloud, "tel").expect("tel's metrics");
+    assert!(
+        tel.iter().any(|(n, _, m)| n == "app" && m != "0"),
+        "{tel:?}"
+    );
+    // kubectl top lists both, each under its pod.
+    let top = cloud.kubectl_ok(&["top", "pods", "--containers"]);
+    assert!(
+        top.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["busy", "main"])),
+        "{top}"
+    );
+    assert!(
+        top.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["tel", "app"])),
+        "{top}"
+    );
+}

@@ -75,9 +75,15 @@ impl ResourceInfo {
         self.subresources.iter().any(|s| s == sub)
     }
 
-    /// The verbs the resource accepts.
+    /// The verbs the resource accepts: all of them, but `get` and `list` for the read-only
+    /// `metrics.k8s.io` (so the namespace controller and the garbage collector, which want
+    /// `delete` and `watch`, leave them alone).
     pub fn verbs(&self) -> &'static [&'static str] {
-        ALL_VERBS
+        if self.group == crate::api::metrics::GROUP {
+            crate::api::metrics::VERBS
+        } else {
+            ALL_VERBS
+        }
     }
 }
 
@@ -242,6 +248,28 @@ const BUILTINS: &[Builtin] = &[
         "runtimeclasses",
         "RuntimeClass",
         false,
+        &[],
+        false,
+        &[],
+    ),
+    // Usage from the nodes' kubelet endpoints, read-only, as metrics-server serves it
+    // (`api::metrics`).
+    b(
+        "metrics.k8s.io",
+        "v1beta1",
+        "nodes",
+        "NodeMetrics",
+        false,
+        &[],
+        false,
+        &[],
+    ),
+    b(
+        "metrics.k8s.io",
+        "v1beta1",
+        "pods",
+        "PodMetrics",
+        true,
         &[],
         false,
         &[],

@@ -11,6 +11,7 @@
 //! - [`crds`]: what those CRDs share, and their installation.
 //! - [`join`]: bootstrap tokens, certificate signing for joining edges, renewals.
 //! - [`metrics`]: Prometheus metrics per edge.
+//! - [`usage`]: the CPU and memory usage edges push, kept for `kubectl top` and the metrics.
 //!
 //! [`CloudCore::start`] runs all of it against any API server a `kube::Client` reaches: the
 //! embedded one (in-process in `cloudcore` and `wedge up`) or a real cluster's.
@@ -24,6 +25,7 @@ pub mod join;
 pub mod metrics;
 mod metrics_server;
 pub mod router;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,6 +143,7 @@ impl CloudCore {
                 let context = Arc::new(cloudstream::StreamContext {
                     sessions: sessions.clone(),
                     desired: desired.clone(),
+                    usage: metrics.usage.clone(),
                 });
                 let listening =
                     cloudstream::start(settings, &pki, context, shutdown.clone(), &tasks).await?;

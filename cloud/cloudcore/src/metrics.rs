@@ -1,12 +1,15 @@
 //! cloudcore's Prometheus metrics: per edge, what was sent and received, what was refused, and
-//! what resyncs cost. Served as text on `--metrics-listen` (KubeEdge users ask for exactly this:
-//! which edges are connected and how much each one costs).
+//! what resyncs cost; and the CPU and memory edges and their containers use (from the samples
+//! edges push, [`crate::usage`]). Served as text on `--metrics-listen` (KubeEdge users ask for
+//! exactly this: which edges are connected, how much each one costs, how loaded each one is).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::usage::{UsageCollector, UsageStore};
 
 /// Labels of per-edge, per-operation series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,12 +57,16 @@ pub struct Metrics {
     pub resync_bytes: Family<NodeLabels, Counter>,
     /// Connections refused before a session started (no certificate, wrong node...).
     pub connections_refused: Family<RefusedLabels, Counter>,
+    /// The edges' usage samples, rendered as gauges at each scrape.
+    pub usage: std::sync::Arc<UsageStore>,
 }
 
 impl Metrics {
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
-        let mut registry = Registry::with_prefix("wedge_cloudhub");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(UsageCollector(self.usage.clone())));
+        let registry = root.sub_registry_with_prefix("wedge_cloudhub");
         registry.register(
             "connected_edges",
             "Edges connected now",
@@ -103,7 +110,7 @@ impl Metrics {
         );
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        let _ = prometheus_client::encoding::text::encode(&mut text, &root);
         text
     }
 

@@ -25,6 +25,10 @@ pub enum Operation {
     Ack,
     /// Either way: the frame named by `parent` was refused; the payload says why.
     Error,
+    /// Edge → cloud: a sample of the node's and its containers' resource usage
+    /// ([`super::usage::UsageSample`]). Not acknowledged, not kept, not resent: the newest
+    /// sample replaces the one before.
+    Usage,
 }
 
 /// The kinds of resources that travel between cloud and edge.
@@ -335,7 +339,9 @@ impl Envelope {
                 }
                 Ok(())
             }
-            Operation::Hello | Operation::Welcome if !self.payload.is_object() => {
+            Operation::Hello | Operation::Welcome | Operation::Usage
+                if !self.payload.is_object() =>
+            {
                 Err(incomplete("payload must be an object"))
             }
             _ => Ok(()),
@@ -406,6 +412,10 @@ mod tests {
                 br#"{"v":1,"id":1,"timestamp":0,"operation":"hello","payload":[1]}"#.to_vec(),
                 "IncompleteFrame",
             ),
+            (
+                br#"{"v":1,"id":1,"timestamp":0,"operation":"usage"}"#.to_vec(),
+                "IncompleteFrame",
+            ),
             (vec![b' '; MAX_FRAME_BYTES + 1], "FrameTooLarge"),
         ];
         for (bytes, reason) in cases {
@@ -417,6 +427,27 @@ mod tests {
                 String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
             );
         }
+    }
+
+    #[test]
+    fn a_usage_frame_round_trips() {
+        let sample = super::super::usage::UsageSample {
+            node: Some(super::super::usage::Measurement {
+                time: 1_795_000_000_000,
+                cpu_nanos: 7,
+                memory_bytes: 8,
+            }),
+            containers: vec![],
+        };
+        let frame = Envelope::new(3, Operation::Usage)
+            .with_payload(serde_json::to_value(&sample).expect("json"));
+        let text = String::from_utf8(frame.encode()).expect("utf8");
+        assert!(text.contains(r#""operation":"usage""#), "{text}");
+        let back = Envelope::decode(&frame.encode()).expect("decode");
+        assert_eq!(back, frame);
+        let payload: super::super::usage::UsageSample =
+            serde_json::from_value(back.payload).expect("a sample");
+        assert_eq!(payload, sample);
     }
 
     #[test]

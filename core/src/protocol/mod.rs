@@ -12,6 +12,7 @@
 //!   errors, pod statuses, deletion confirmations).
 //! - [`sync`]: the incremental resync: what an edge holds against what it should hold.
 //! - [`order`]: the per-connection ordering rule (ids strictly increase).
+//! - [`usage`]: the usage samples edges send (`usage` frames) and the rates derived from two.
 
 pub mod envelope;
 pub mod messages;
@@ -19,6 +20,7 @@ pub mod mux;
 pub mod order;
 pub mod stream;
 pub mod sync;
+pub mod usage;
 
 pub use envelope::{Envelope, FrameError, ObjectKey, Operation, ResourceKind, ResourceRef};
 

@@ -15,6 +15,11 @@ use wedge_core::runtime::{
 
 /// How long a scripted instance runs before it exits.
 pub const RUN_FOR: Duration = Duration::from_secs(1);
+/// What every container of the fake uses.
+pub const FAKE_STATS: ContainerStats = ContainerStats {
+    cpu: Duration::from_millis(250),
+    memory_bytes: 4 << 20,
+};
 
 #[derive(Default)]
 struct State {
@@ -489,8 +494,11 @@ impl RuntimeService for Fake {
         })
     }
 
-    async fn container_stats(&self, _id: &str) -> Result<ContainerStats, RuntimeError> {
-        Ok(ContainerStats::default())
+    async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        if !self.lock().containers.contains_key(id) {
+            return Err(RuntimeError::NotFound(id.to_owned()));
+        }
+        Ok(FAKE_STATS)
     }
 
     /// Port 7 echoes until the client half-closes, then closes; port 9 says `bye\n` and

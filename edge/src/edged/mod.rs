@@ -5,7 +5,8 @@
 //! Secrets held here, the spec checked by [`plan`]), stops pods being deleted within their grace
 //! period and confirms the deletion, stops pods the cloud no longer sends. Status changes come
 //! from the workers' listener and go to the outbox at once, coalesced per pod; the node's status
-//! and lease go there on their intervals. Nothing here needs the cloud: with the link down, pods
+//! and lease go there on their intervals, and resource usage is sampled on its own ([`usage`]).
+//! Nothing here needs the cloud: with the link down, pods
 //! still start after a restart and reports wait in the outbox.
 //!
 //! Edged does the kubelet's job once for every runtime ([`pod_workers`], [`worker`], and
@@ -26,6 +27,7 @@ pub mod pull_secrets;
 pub mod runtime_class;
 pub mod runtimes;
 pub mod status;
+pub mod usage;
 pub mod volumes;
 pub mod worker;
 
@@ -62,6 +64,8 @@ pub struct Signals {
     pub devices_changed: Notify,
     /// MetaManager's Rules changed (EdgeHub → EventBus).
     pub rules_changed: Notify,
+    /// The newest resource usage sample (Edged → EdgeHub): latest wins, nothing queues.
+    pub usage: tokio::sync::watch::Sender<Option<Arc<wedge_core::protocol::usage::UsageSample>>>,
 }
 
 /// Edged's settings.
@@ -73,6 +77,8 @@ pub struct EdgedConfig {
     pub node_status_interval: Duration,
     /// How often the lease is renewed.
     pub lease_interval: Duration,
+    /// How often resource usage is sampled ([`usage`]).
+    pub usage_interval: Duration,
     /// The lease duration the cloud is told.
     pub lease_duration_seconds: i32,
     /// How often every pod's status is compared with what was reported, besides the runtime's
@@ -92,6 +98,7 @@ impl EdgedConfig {
             node,
             node_status_interval: Duration::from_secs(60),
             lease_interval: Duration::from_secs(10),
+            usage_interval: Duration::from_secs(15),
             lease_duration_seconds: 40,
             status_resync: Duration::from_secs(10),
             allow_privileged: false,
@@ -321,6 +328,11 @@ impl Edged {
             self.config.clone(),
             self.workers.runtimes().clone(),
             self.outbox.clone(),
+            self.signals.clone(),
+        ));
+        background.spawn(usage::sample_loop(
+            self.workers.clone(),
+            self.config.usage_interval,
             self.signals.clone(),
         ));
         let mut lease_tick = tokio::time::interval(self.config.lease_interval);

@@ -92,6 +92,23 @@ pub enum StartError {
     },
 }
 
+/// A running container, as [`PodWorkers::running`] lists it.
+#[derive(Clone)]
+pub struct RunningContainer {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's uid.
+    pub uid: String,
+    /// The container's name.
+    pub container: String,
+    /// The runtime's id of its current instance.
+    pub id: String,
+    /// The runtime it runs on.
+    pub handle: RuntimeHandle,
+}
+
 struct Entry {
     state: Arc<PodState>,
     stop: CancellationToken,
@@ -402,6 +419,30 @@ impl PodWorkers {
             .chain(&entry.state.containers)
             .find(|s| s.plan.name == container)?;
         Some((slot.handle.clone(), slot.id()?))
+    }
+
+    /// Every container running now, of every pod and runtime, with the runtime that runs it.
+    pub fn running(&self) -> Vec<RunningContainer> {
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.pods).values().cloned().collect();
+        let mut running = Vec::new();
+        for entry in entries {
+            let plan = &entry.state.plan;
+            for slot in entry.state.init.iter().chain(&entry.state.containers) {
+                let Some(id) = slot.id() else { continue };
+                if !slot.status().state.is_running() {
+                    continue;
+                }
+                running.push(RunningContainer {
+                    namespace: plan.namespace.clone(),
+                    pod: plan.name.clone(),
+                    uid: plan.uid.clone(),
+                    container: slot.plan.name.clone(),
+                    id,
+                    handle: slot.handle.clone(),
+                });
+            }
+        }
+        running
     }
 
     /// A container's figures, from its runtime.

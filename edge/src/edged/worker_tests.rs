@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
 use wedge_core::status::{ContainerState, PodPhase, PodStatusReport};
 
-use super::fake::{Fake, RUN_FOR};
+use super::fake::{FAKE_STATS, Fake, RUN_FOR};
 use super::plan::{PodPlan, plan_pod};
 use super::pod_workers::{Placement, PodWorkers, WorkerConfig};
 use super::runtimes::{RuntimeHandle, Runtimes};
@@ -557,4 +557,47 @@ async fn a_mixed_pod_runs_each_container_on_its_runtime_inside_one_network() {
             "{calls:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_is_sampled_for_every_running_container_on_its_interval() {
+    let h = harness();
+    h.fake.script("main", &[None]);
+    h.start("busy", one(serde_json::json!({}), "Always"));
+    h.wait_for("busy", "running", |s| s.containers[0].state.is_running())
+        .await;
+    let signals = Arc::new(super::Signals::default());
+    let mut samples = signals.usage.subscribe();
+    let interval = Duration::from_secs(15);
+    let sampler = tokio::spawn(super::usage::sample_loop(
+        h.workers.clone(),
+        interval,
+        signals.clone(),
+    ));
+    samples.changed().await.expect("the first sample, at once");
+    let first = samples.borrow_and_update().clone().expect("a sample");
+    let t0 = Instant::now();
+    assert_eq!(first.containers.len(), 1, "{first:?}");
+    let c = &first.containers[0];
+    assert_eq!(
+        (
+            c.namespace.as_str(),
+            c.pod.as_str(),
+            c.uid.as_str(),
+            c.container.as_str()
+        ),
+        ("default", "pod-busy", "busy", "main")
+    );
+    assert!(!c.id.is_empty());
+    assert_eq!(
+        (c.measurement.cpu_nanos, c.measurement.memory_bytes),
+        (250_000_000, FAKE_STATS.memory_bytes)
+    );
+    // The next one comes an interval later; a stopped container is in it no more.
+    h.workers.stop("busy", Duration::from_secs(1)).await;
+    samples.changed().await.expect("the second sample");
+    assert!(t0.elapsed() <= interval, "{:?}", t0.elapsed());
+    let second = samples.borrow_and_update().clone().expect("a sample");
+    assert!(second.containers.is_empty(), "{second:?}");
+    sampler.abort();
 }

@@ -216,6 +216,9 @@ impl Link<'_> {
     ) -> Result<(), LinkError> {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
+        // A fresh receiver has seen the sample taken before this connection: samples missed
+        // while away are not sent late, the next one is.
+        let mut usage = self.signals.usage.subscribe();
         self.pump(ws).await?;
         loop {
             let window_open = self.in_flight.len() < self.config.max_in_flight;
@@ -237,6 +240,13 @@ impl Link<'_> {
                 Some(frame) = stream_frames.recv() => {
                     ws.send(Message::Binary(frame.encode().into())).await.map_err(lost)?;
                 }
+                // Signals lives as long as the agent, so the sender is never dropped here.
+                Ok(()) = usage.changed() => {
+                    let sample = usage.borrow_and_update().clone();
+                    if let Some(sample) = sample {
+                        self.send_usage(ws, &sample).await?;
+                    }
+                }
                 () = async { tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()).await }, if retry_at.is_some() => {
                     if let Some((from, _)) = self.retry.take() {
                         self.cursor = self.cursor.min(from);
@@ -251,6 +261,18 @@ impl Link<'_> {
                 }
             }
         }
+    }
+
+    /// Sends a usage sample: not tracked, not acknowledged (the cloud keeps the newest).
+    async fn send_usage(
+        &mut self,
+        ws: &mut Ws,
+        sample: &wedge_core::protocol::usage::UsageSample,
+    ) -> Result<(), LinkError> {
+        let id = self.id();
+        let frame = Envelope::new(id, Operation::Usage)
+            .with_payload(serde_json::to_value(sample).unwrap_or_default());
+        self.send(ws, &frame).await
     }
 
     /// Sends outbox entries after the cursor while the window has room.

@@ -3,7 +3,8 @@
 //!
 //! A request's path says its [`request::Target`]; discovery and OpenAPI answer from the
 //! [`Registry`]; resource requests go to [`objects`] (create, get, update, delete), [`list`],
-//! [`watch`], [`patch`] and [`subresources`], which apply Kubernetes' object semantics and call
+//! [`watch`], [`patch`] and [`subresources`] (and [`metrics`], `metrics.k8s.io`, from the
+//! nodes), which apply Kubernetes' object semantics and call
 //! the store. Every failure is an [`ApiError`], written as a `Status`.
 
 pub mod apply;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod list;
 pub mod managed;
 pub mod meta;
+pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -294,6 +296,9 @@ impl Api {
         let info = self.resolve(&path)?;
         if path.namespace.is_some() && !info.namespaced {
             return Err(ApiError::NoSuchPath);
+        }
+        if info.group == metrics::GROUP {
+            return metrics::serve(self, call, &info, &path).await;
         }
         if let Some(sub) = path.subresource.as_deref() {
             if !info.has_subresource(sub) {

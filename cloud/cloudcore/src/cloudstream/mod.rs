@@ -9,6 +9,9 @@
 //! no second tunnel, no iptables. The embedded API server reaches nodes the same way, so one
 //! path serves both setups.
 //!
+//! Resource usage (`kubectl top`) is served per node under `/nodes/{node}/...`: a kubelet path
+//! names no node, and here one address serves them all (see [`usage`]).
+//!
 //! Who may call: any client whose certificate chains to the kubelet client CA (the API
 //! server's; kube-apiserver presents `--kubelet-client-certificate`). The API server has already
 //! authorised the user for the subresource, as it does for kubelets.
@@ -18,6 +21,7 @@ pub mod node_endpoint;
 mod portforward;
 mod remotecommand;
 mod spdy;
+mod usage;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -94,6 +98,8 @@ pub enum StreamError {
 pub(crate) struct StreamContext {
     pub sessions: Arc<Sessions>,
     pub desired: Desired,
+    /// The usage edges push, for `/nodes/{node}/usage` and `.../metrics/resource`.
+    pub usage: Arc<crate::usage::UsageStore>,
 }
 
 /// A running CloudStream listener.
@@ -216,6 +222,11 @@ async fn route(req: Request<Incoming>, ctx: &StreamContext) -> Response<Body> {
             let (namespace, pod) = ((*namespace).to_owned(), (*pod).to_owned());
             portforward::serve(ctx, req, &namespace, &pod).await
         }
+        (&http::Method::GET, ["nodes", node, "usage"]) => usage::usage(ctx, node),
+        (&http::Method::GET, ["nodes", node, "metrics", "resource"]) => {
+            usage::resource_metrics(ctx, node)
+        }
+        (&http::Method::GET, ["metrics", "resource"]) => usage::unattributed(),
         (_, ["containerLogs", ..]) => failure(
             405,
             "MethodNotAllowed",

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use wedge_core::protocol::messages::{Hello, Welcome};
 use wedge_core::protocol::order::InboundOrder;
 use wedge_core::protocol::stream::{self, StreamFrame};
+use wedge_core::protocol::usage::UsageSample;
 use wedge_core::protocol::{
     Envelope, FrameError, MAX_FRAME_BYTES, ObjectKey, Operation, ResourceRef, sync,
 };
@@ -169,6 +170,7 @@ where
     let outcome = session.serve(&mut ws, hello, stream_frames).await;
     tracing::info!(node, outcome, "edge session ended");
     ctx.sessions.unregister(&handle);
+    ctx.metrics.usage.forget(&node, handle.connection);
     handle.streams.shutdown(&stream::status(
         503,
         "ServiceUnavailable",
@@ -486,6 +488,22 @@ impl Session {
                     tracing::warn!(node = self.node, key = %failed.key, payload = %frame.payload, "the edge refused a frame; it is sent again at its next change or resync");
                 } else {
                     tracing::warn!(node = self.node, payload = %frame.payload, "the edge reported an error");
+                }
+            }
+            Operation::Usage => {
+                // Not acknowledged: the newest sample replaces the one before, and one that
+                // does not parse is refused and forgotten (the next one comes anyway).
+                match serde_json::from_value::<UsageSample>(frame.payload) {
+                    Ok(sample) => {
+                        self.ctx
+                            .metrics
+                            .usage
+                            .record(&self.node, self.handle.connection, sample);
+                    }
+                    Err(error) => {
+                        let message = format!("usage payload: {error}");
+                        self.refused(ws, frame.id, &message, "Invalid").await;
+                    }
                 }
             }
             Operation::Update | Operation::Delete => {
