@@ -41,6 +41,8 @@ use tokio_util::task::TaskTracker;
 use wedge_apiserver::pki::Pki;
 use wedge_apiserver::server::ClientCerts;
 
+use wedge_core::protocol::mux::{Event, StreamReceiver, StreamSender};
+
 use crate::controller::Desired;
 use crate::hub::sessions::Sessions;
 
@@ -262,4 +264,42 @@ pub(crate) fn node_of(
                 &format!("pod {pod} does not have a host assigned"),
             )
         })
+}
+
+/// The values of header `name`, comma-separated lists split, each trimmed, empty ones left out:
+/// the protocols a client offers (`Sec-WebSocket-Protocol`, `X-Stream-Protocol-Version`).
+pub(crate) fn offered<'h>(headers: &'h http::HeaderMap, name: &str) -> Vec<&'h str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// Opens a stream to `node`'s edge for `request` and waits for the edge's answer: the stream's
+/// halves when it serves the request, else the `Status` for the client (the edge's refusal, a
+/// 503 when the node is not connected, a 502 when the edge closed without answering).
+pub(crate) async fn open_answered(
+    sessions: &Sessions,
+    node: &str,
+    request: wedge_core::protocol::stream::StreamRequest,
+) -> Result<(StreamSender, StreamReceiver), serde_json::Value> {
+    let status = wedge_core::protocol::stream::status;
+    let stream = sessions
+        .open_stream(node, request)
+        .map_err(|e| status(503, "ServiceUnavailable", &e.to_string()))?;
+    let (sender, mut receiver) = stream.split();
+    // The edge's first frame: served (an empty DATA) or refused (a CLOSE with its Status).
+    match receiver.recv().await {
+        Some(Event::Data { .. }) => Ok((sender, receiver)),
+        Some(Event::Closed(Some(refused))) => Err(refused),
+        _ => Err(status(
+            502,
+            "BadGateway",
+            &format!("node {node} closed the stream without an answer"),
+        )),
+    }
 }

@@ -33,7 +33,7 @@ use wedge_core::protocol::stream::{StreamRequest, channel};
 
 use super::remotecommand::Protocol;
 use super::spdy::{self, ClientStream, StreamWriter};
-use super::{Body, StreamContext, failure, node_of, status_response};
+use super::{Body, StreamContext, failure, node_of, offered, open_answered, status_response};
 use crate::hub::sessions::Sessions;
 
 /// The SPDY stream protocol for port-forward.
@@ -74,13 +74,7 @@ pub(crate) async fn serve(
         Err(status) => return status_response(&status),
     };
     if spdy {
-        let offered: Vec<&str> = headers
-            .get_all("x-stream-protocol-version")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
+        let offered = offered(headers, "x-stream-protocol-version");
         if !offered.contains(&SPDY_PROTOCOL) {
             return failure(
                 403,
@@ -130,26 +124,17 @@ pub(crate) struct Target {
 
 impl Target {
     /// Opens the edge stream for one connection to `port` and waits for the edge's answer:
-    /// the stream's halves, or the failure's text.
-    async fn connect(&self, port: u16) -> Result<(StreamSender, StreamReceiver), String> {
+    /// the stream's halves, or the `Status` saying why not.
+    async fn connect(
+        &self,
+        port: u16,
+    ) -> Result<(StreamSender, StreamReceiver), serde_json::Value> {
         let request = StreamRequest::PortForward {
             namespace: self.namespace.clone(),
             pod: self.pod.clone(),
             port,
         };
-        let stream = self
-            .sessions
-            .open_stream(&self.node, request)
-            .map_err(|e| e.to_string())?;
-        let (sender, mut receiver) = stream.split();
-        match receiver.recv().await {
-            Some(Event::Data { .. }) => Ok((sender, receiver)),
-            Some(Event::Closed(Some(status))) => Err(message_of(&status)),
-            _ => Err(format!(
-                "node {} closed the stream without an answer",
-                self.node
-            )),
-        }
+        open_answered(&self.sessions, &self.node, request).await
     }
 }
 
@@ -283,8 +268,8 @@ async fn pair(
 async fn forward(error: StreamWriter, mut data: ClientStream, port: u16, target: &Target) {
     let (sender, mut receiver) = match target.connect(port).await {
         Ok(halves) => halves,
-        Err(message) => {
-            let _ = error.send(Bytes::from(message)).await;
+        Err(status) => {
+            let _ = error.send(Bytes::from(message_of(&status))).await;
             let _ = error.finish().await;
             let _ = data.out.finish().await;
             return;
@@ -380,14 +365,7 @@ async fn serve_websocket(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return failure(400, "BadRequest", "Upgrade request required");
     };
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let offered = offered(headers, header::SEC_WEBSOCKET_PROTOCOL.as_str());
     // No subprotocol at all is the kubelet's binary default.
     let chosen = if offered.is_empty() {
         None
@@ -424,7 +402,7 @@ async fn serve_websocket(
     for &port in &ports {
         match target.connect(port).await {
             Ok(halves) => connections.push((port, halves)),
-            Err(message) => return failure(500, "InternalError", &message),
+            Err(status) => return status_response(&status),
         }
     }
     let on_upgrade = hyper::upgrade::on(&mut req);

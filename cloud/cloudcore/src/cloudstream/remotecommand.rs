@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use wedge_core::protocol::mux::{Event, StreamReceiver, StreamSender};
 use wedge_core::protocol::stream::{StreamIo, StreamRequest, channel};
 
-use super::{Body, StreamContext, failure, node_of, status_response};
+use super::{Body, StreamContext, failure, node_of, offered, open_answered, status_response};
 
 mod over_spdy;
 
@@ -193,14 +193,7 @@ pub(crate) async fn serve(
     if !upgrade.eq_ignore_ascii_case("websocket") {
         return failure(400, "BadRequest", "Upgrade request required");
     }
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect();
+    let offered = offered(headers, header::SEC_WEBSOCKET_PROTOCOL.as_str());
     let Some(protocol) = Protocol::choose(&offered) else {
         return failure(
             400,
@@ -218,23 +211,10 @@ pub(crate) async fn serve(
         Ok(n) => n,
         Err(status) => return status_response(&status),
     };
-    let stream = match ctx.sessions.open_stream(&node, request) {
-        Ok(s) => s,
-        Err(e) => return failure(503, "ServiceUnavailable", &e.to_string()),
+    let (sender, receiver) = match open_answered(&ctx.sessions, &node, request).await {
+        Ok(halves) => halves,
+        Err(status) => return status_response(&status),
     };
-    let (sender, mut receiver) = stream.split();
-    // The edge's first frame: served (an empty DATA) or refused (a CLOSE with its Status).
-    match receiver.recv().await {
-        Some(Event::Data { .. }) => {}
-        Some(Event::Closed(Some(status))) => return status_response(&status),
-        _ => {
-            return failure(
-                502,
-                "BadGateway",
-                &format!("node {node} closed the stream without an answer"),
-            );
-        }
-    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {

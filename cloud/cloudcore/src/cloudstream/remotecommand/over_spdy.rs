@@ -20,7 +20,7 @@ use wedge_core::protocol::mux::{Event, StreamReceiver, StreamSender};
 use wedge_core::protocol::stream::{StreamIo, StreamRequest, channel};
 
 use super::super::spdy::{self, ClientStream};
-use super::super::{Body, StreamContext, failure, status_response};
+use super::super::{Body, StreamContext, failure, offered, open_answered, status_response};
 
 /// The stream protocols served, newest (preferred) first.
 const VERSIONS: [&str; 4] = [
@@ -62,14 +62,7 @@ pub(crate) async fn serve(
     io: StreamIo,
     node: &str,
 ) -> Response<Body> {
-    let offered: Vec<&str> = req
-        .headers()
-        .get_all("x-stream-protocol-version")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
+    let offered = offered(req.headers(), "x-stream-protocol-version");
     let Some(chosen) = VERSIONS.iter().find(|v| offered.contains(v)) else {
         return failure(
             403,
@@ -80,22 +73,10 @@ pub(crate) async fn serve(
         );
     };
     let version = Version::of(chosen);
-    let stream = match ctx.sessions.open_stream(node, request) {
-        Ok(s) => s,
-        Err(e) => return failure(503, "ServiceUnavailable", &e.to_string()),
+    let (sender, receiver) = match open_answered(&ctx.sessions, node, request).await {
+        Ok(halves) => halves,
+        Err(status) => return status_response(&status),
     };
-    let (sender, mut receiver) = stream.split();
-    match receiver.recv().await {
-        Some(Event::Data { .. }) => {}
-        Some(Event::Closed(Some(status))) => return status_response(&status),
-        _ => {
-            return failure(
-                502,
-                "BadGateway",
-                &format!("node {node} closed the stream without an answer"),
-            );
-        }
-    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let node = node.to_owned();
     tokio::spawn(async move {
