@@ -21,6 +21,12 @@ pub struct StreamArgs {
     /// InternalDNS address (default: the first --advertise-address, else 127.0.0.1).
     #[arg(long)]
     pub stream_advertise_address: Option<String>,
+    /// Give each edge's Node its own CloudStream name, `<node>.<DOMAIN>`, instead of the shared
+    /// address, so that scrapes whose path names no pod (metrics-server's /metrics/resource)
+    /// reach the right edge. `*.<DOMAIN>` must resolve to CloudStream (a wildcard DNS record);
+    /// the serving certificate covers it.
+    #[arg(long, value_name = "DOMAIN", value_parser = node_domain)]
+    pub stream_node_domain: Option<String>,
     /// The CA of the API server's kubelet client certificate (kube-apiserver's
     /// --kubelet-client-certificate); default: the cluster CA in the kubeconfig cloudcore uses.
     #[arg(long)]
@@ -55,9 +61,14 @@ impl StreamArgs {
         Ok(StreamSettings {
             listen: self.stream_listen,
             advertise,
+            node_domain: self.stream_node_domain.clone(),
             client_ca,
         })
     }
+}
+
+fn node_domain(given: &str) -> Result<String, String> {
+    wedge_cloudcore::cloudstream::node_endpoint::node_domain(given)
 }
 
 /// The PEM of the CA of the current context's cluster in `kubeconfig`.

@@ -4,6 +4,7 @@
 //! [`containers`] adds a containerd of its own to the edge.
 
 mod containers;
+mod real_cluster;
 mod support;
 
 use std::process::Command;

@@ -97,7 +97,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let kubeconfig = kubeconfig.unwrap_or_default();
     let stream = args.stream.settings(&kubeconfig, &args.advertise)?;
     config.advertise = args.advertise;
-    config.advertise.push(stream.advertise.clone());
     config.stream = Some(stream);
     config.cert_validity = args.edge_cert_validity;
     config.metrics_listen = args.metrics_listen;

@@ -247,10 +247,10 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let stream = wedge_cli::stream_args::StreamArgs {
         stream_listen: args.stream_listen,
         stream_advertise_address: None,
+        stream_node_domain: None,
         kubelet_client_ca: None,
     };
     let stream = stream.settings(cluster.server.kubeconfig_path(), &[])?;
-    hub.advertise.push(stream.advertise.clone());
     hub.stream = Some(stream);
     let cloudcore = CloudCore::start(client.clone(), hub)
         .await

@@ -118,7 +118,15 @@ impl CloudCore {
         client: kube::Client,
         config: CloudCoreConfig,
     ) -> Result<Self, CloudCoreError> {
-        let pki = Arc::new(Pki::load_or_create(&config.data_dir, &config.advertise)?);
+        // The hub's certificate also serves CloudStream: it covers CloudStream's names too.
+        let mut names = config.advertise.clone();
+        names.extend(
+            config
+                .stream
+                .iter()
+                .flat_map(cloudstream::StreamSettings::certificate_names),
+        );
+        let pki = Arc::new(Pki::load_or_create(&config.data_dir, &names)?);
         let mut definitions = devices::definitions();
         definitions.extend(router::crds::definitions());
         crds::install(&client, &definitions).await?;
@@ -144,10 +152,11 @@ impl CloudCore {
                     sessions: sessions.clone(),
                     desired: desired.clone(),
                     usage: metrics.usage.clone(),
+                    node_domain: settings.node_domain.clone(),
                 });
                 let listening =
                     cloudstream::start(settings, &pki, context, shutdown.clone(), &tasks).await?;
-                let endpoint = (settings.advertise.clone(), listening.addr.port());
+                let endpoint = settings.kubelet_endpoint(listening.addr.port());
                 (Some(listening.addr), Some(endpoint))
             }
             None => (None, None),

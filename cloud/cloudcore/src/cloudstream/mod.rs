@@ -9,8 +9,9 @@
 //! no second tunnel, no iptables. The embedded API server reaches nodes the same way, so one
 //! path serves both setups.
 //!
-//! Resource usage (`kubectl top`) is served per node under `/nodes/{node}/...`: a kubelet path
-//! names no node, and here one address serves them all (see [`usage`]).
+//! Resource usage (`kubectl top`) is served per node under `/nodes/{node}/...`, and at the
+//! kubelet's `/metrics/resource` for a request sent to an edge's own name (see [`usage`] and
+//! [`node_endpoint`]): a kubelet path that names no pod names no node.
 //!
 //! Who may call: any client whose certificate chains to the kubelet client CA (the API
 //! server's; kube-apiserver presents `--kubelet-client-certificate`). The API server has already
@@ -76,8 +77,30 @@ pub struct StreamSettings {
     pub listen: SocketAddr,
     /// The address the API server dials to reach it: what edges' Nodes say.
     pub advertise: String,
+    /// With a domain, each edge's Node names `<node>.<domain>` instead (a wildcard DNS record
+    /// sends them all here), and requests say by that name which edge they are for.
+    pub node_domain: Option<String>,
     /// The CA that signs the API server's kubelet client certificate (DER).
     pub client_ca: Vec<Vec<u8>>,
+}
+
+impl StreamSettings {
+    /// The names CloudStream's serving certificate (the hub's) must cover: the advertised
+    /// address, and every name under the node domain.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = vec![self.advertise.clone()];
+        names.extend(self.node_domain.iter().map(|d| format!("*.{d}")));
+        names
+    }
+
+    /// What edges' Nodes are told, once CloudStream listens on `port`.
+    pub fn kubelet_endpoint(&self, port: u16) -> node_endpoint::KubeletEndpoint {
+        node_endpoint::KubeletEndpoint {
+            advertise: self.advertise.clone(),
+            node_domain: self.node_domain.clone(),
+            port,
+        }
+    }
 }
 
 /// Why CloudStream could not start.
@@ -102,6 +125,8 @@ pub(crate) struct StreamContext {
     pub desired: Desired,
     /// The usage edges push, for `/nodes/{node}/usage` and `.../metrics/resource`.
     pub usage: Arc<crate::usage::UsageStore>,
+    /// The node domain, if edges have names of their own ([`StreamSettings::node_domain`]).
+    pub node_domain: Option<String>,
 }
 
 /// A running CloudStream listener.
@@ -200,9 +225,47 @@ pub(crate) fn failure(code: u16, reason: &str, message: &str) -> Response<Body> 
     status_response(&wedge_core::protocol::stream::status(code, reason, message))
 }
 
+/// The node the request was sent to by name (`<node>.<domain>`), if edges have names.
+fn addressed_node(req: &Request<Incoming>, ctx: &StreamContext) -> Option<String> {
+    let domain = ctx.node_domain.as_deref()?;
+    // HTTP/2 carries the name as `:authority`, HTTP/1.1 as `Host`.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })?;
+    node_endpoint::addressed_node(&host, domain)
+}
+
 async fn route(req: Request<Incoming>, ctx: &StreamContext) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let addressed = addressed_node(&req, ctx);
+    // A request sent to one edge's name for a pod on another is for a pod that node does not
+    // have, as a kubelet would answer it.
+    if let (
+        Some(addressed),
+        [
+            "containerLogs" | "exec" | "attach" | "portForward",
+            namespace,
+            pod,
+            ..,
+        ],
+    ) = (&addressed, segments.as_slice())
+        && let Ok(node) = node_of(ctx, namespace, pod)
+        && node != *addressed
+    {
+        return failure(
+            404,
+            "NotFound",
+            &format!("pod {namespace}/{pod} is on node {node}, not on {addressed}"),
+        );
+    }
     match (req.method(), segments.as_slice()) {
         (&http::Method::GET, ["healthz"]) => Response::new(whole(Bytes::from_static(b"ok"))),
         (&http::Method::GET, ["containerLogs", namespace, pod, container]) => {
@@ -228,7 +291,10 @@ async fn route(req: Request<Incoming>, ctx: &StreamContext) -> Response<Body> {
         (&http::Method::GET, ["nodes", node, "metrics", "resource"]) => {
             usage::resource_metrics(ctx, node)
         }
-        (&http::Method::GET, ["metrics", "resource"]) => usage::unattributed(),
+        (&http::Method::GET, ["metrics", "resource"]) => match &addressed {
+            Some(node) => usage::resource_metrics(ctx, node),
+            None => usage::unattributed(),
+        },
         (_, ["containerLogs", ..]) => failure(
             405,
             "MethodNotAllowed",

@@ -1,20 +1,20 @@
 //! Resource usage of an edge, from the samples it pushes ([`crate::usage`]), per node.
 //!
 //! A kubelet serves its node's figures at `/metrics/resource`, with no node in the path: the
-//! kubelet *is* the node. CloudStream answers for every edge on one address and port (every
-//! edge Node names the same `InternalDNS` and kubelet port, see [`super::node_endpoint`]), and
-//! requests that carry no pod (logs and exec name one, which names the node) say nothing of
-//! which node they are for: not the path, not the `Host` (the same name for all), not the TLS
-//! server name. So the figures are served per node, under paths of Wedge's own:
+//! kubelet *is* the node. CloudStream answers for every edge, and a request that names no pod
+//! says which edge it is for only by the name it was sent to, when edges have names of their own
+//! (`--stream-node-domain`: `<node>.<domain>`, see [`super::node_endpoint`]). By default every
+//! edge Node names the same address, so the figures are also served per node, under paths of
+//! Wedge's own:
 //!
 //! - `GET /nodes/{node}/usage`: the node's and its pods' usage from its last two samples
 //!   ([`wedge_core::protocol::usage::NodeUsage`], JSON), which the embedded API server's
 //!   `metrics.k8s.io` reads at each Node's kubelet endpoint;
 //! - `GET /nodes/{node}/metrics/resource`: the kubelet's `/metrics/resource` text of the node's
-//!   newest sample, the format metrics-server scrapes (for a deployment that can route a
-//!   node's scrape here, and for operators' tools);
-//! - `GET /metrics/resource`: 404 saying the above, so that a metrics-server pointed at
-//!   CloudStream fails with a reason rather than attributing every edge's figures to each.
+//!   newest sample, the format metrics-server scrapes;
+//! - `GET /metrics/resource`: the same for the edge named by the request's host; sent to the
+//!   shared address, a 404 saying the above, so that a metrics-server pointed at CloudStream
+//!   fails with a reason rather than attributing every edge's figures to each.
 
 use std::fmt::Write as _;
 
@@ -52,7 +52,8 @@ pub(crate) fn unattributed() -> Response<Body> {
         404,
         "NotFound",
         "CloudStream serves every edge on this address, and /metrics/resource does not say which \
-         node it is for: read /nodes/{node}/metrics/resource (or /nodes/{node}/usage) instead",
+         node it is for: send it to <node>.<domain> with cloudcore's --stream-node-domain, or \
+         read /nodes/{node}/metrics/resource (or /nodes/{node}/usage)",
     )
 }
 

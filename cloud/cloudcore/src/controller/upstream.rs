@@ -17,6 +17,7 @@ use wedge_core::protocol::messages::{LeaseRenewal, NodeReport};
 use wedge_core::protocol::{Envelope, Operation, ResourceKind};
 
 use super::desired::Desired;
+use crate::cloudstream::node_endpoint::KubeletEndpoint;
 use crate::devices;
 use crate::router::Router;
 
@@ -62,8 +63,8 @@ pub struct Upstream {
     client: Client,
     desired: Desired,
     router: Router,
-    /// Where edges' Nodes say their kubelet is (CloudStream's address and port), if served.
-    kubelet_endpoint: Option<(String, u16)>,
+    /// Where edges' Nodes say their kubelet is (CloudStream), if served.
+    kubelet_endpoint: Option<KubeletEndpoint>,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(frame: &Envelope) -> Result<T, UpstreamError> {
@@ -81,7 +82,7 @@ impl Upstream {
         client: Client,
         desired: Desired,
         router: Router,
-        kubelet_endpoint: Option<(String, u16)>,
+        kubelet_endpoint: Option<KubeletEndpoint>,
     ) -> Self {
         Self {
             client,
@@ -239,8 +240,8 @@ impl Upstream {
     }
 
     async fn node_status(&self, node: &str, mut report: NodeReport) -> Result<(), UpstreamError> {
-        if let Some((address, port)) = &self.kubelet_endpoint {
-            crate::cloudstream::node_endpoint::route_to(&mut report.status, address, *port);
+        if let Some(endpoint) = &self.kubelet_endpoint {
+            endpoint.route(node, &mut report.status);
         }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let params = PatchParams::default();
