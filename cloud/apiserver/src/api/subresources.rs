@@ -76,12 +76,7 @@ async fn log(
 ) -> Result<Response<Body>, ApiError> {
     // kube-apiserver decodes and validates the options before it looks at the pod.
     let options = LogOptions::from_query(&call.query, name)?;
-    let namespace = path.namespace.as_deref().ok_or(ApiError::NoSuchPath)?;
-    let pod = api
-        .store
-        .get(&objects::key(info, Some(namespace), name))
-        .map_err(store_err(info))?
-        .value();
+    let (namespace, pod) = pod_of(api, info, path, name)?;
     let container = container_of(&pod, name, call.query.get("container"))?;
     let node = node_of(&pod, name)?;
     let unavailable =
@@ -120,6 +115,21 @@ pub(super) fn unavailable(sub: &str, pod: &str, node: &str, why: &str) -> ApiErr
     ApiError::Unavailable(format!(
         "pods/{sub} for pod {pod} on node {node} is not available: {why}"
     ))
+}
+
+/// The namespace and the pod a `pods/{sub}` request names.
+pub(super) fn pod_of<'p>(
+    api: &Api,
+    info: &ResourceInfo,
+    path: &'p ResourcePath,
+    name: &str,
+) -> Result<(&'p str, Value), ApiError> {
+    let namespace = path.namespace.as_deref().ok_or(ApiError::NoSuchPath)?;
+    let pod = api
+        .store
+        .get(&objects::key(info, Some(namespace), name))
+        .map_err(store_err(info))?;
+    Ok((namespace, pod.value()))
 }
 
 /// The node a pod is assigned to; none is a 400, as kube-apiserver answers exec and

@@ -22,11 +22,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::error::ApiError;
-use super::objects::{self, store_err};
 use super::request::ResourcePath;
 use super::subresources::{
-    MAX_UPSTREAM_ERROR_BYTES, container_of, node_endpoint, node_of, read_prefix, unavailable,
-    upstream_error,
+    MAX_UPSTREAM_ERROR_BYTES, container_of, node_endpoint, node_of, pod_of, read_prefix,
+    unavailable, upstream_error,
 };
 use super::{Api, Body, Call};
 use crate::registry::ResourceInfo;
@@ -89,12 +88,7 @@ pub(super) async fn exec(
     name: &str,
     sub: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let namespace = path.namespace.as_deref().ok_or(ApiError::NoSuchPath)?;
-    let pod = api
-        .store
-        .get(&objects::key(info, Some(namespace), name))
-        .map_err(store_err(info))?
-        .value();
+    let (namespace, pod) = pod_of(api, info, path, name)?;
     let container = container_of(&pod, name, call.query.get("container"))?;
     let q = &call.query;
     let (stdin, stdout, stderr, tty) = (
@@ -143,12 +137,7 @@ pub(super) async fn portforward(
     path: &ResourcePath,
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let namespace = path.namespace.as_deref().ok_or(ApiError::NoSuchPath)?;
-    let pod = api
-        .store
-        .get(&objects::key(info, Some(namespace), name))
-        .map_err(store_err(info))?
-        .value();
+    let (namespace, pod) = pod_of(api, info, path, name)?;
     let query = kubelet_ports(&call.query.all("ports"))?;
     if !wants_upgrade(call) {
         return Err(ApiError::BadRequest("Upgrade request required".into()));
