@@ -23,6 +23,7 @@ mod image;
 mod portforward;
 pub mod runtime;
 mod sandbox;
+mod spdy_client;
 mod streaming;
 pub mod wait;
 

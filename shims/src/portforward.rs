@@ -38,14 +38,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use wedge_core::runtime::{PortStreams, RuntimeError};
-use wedge_core::spdy::{
-    Codec, Frame, HeaderEncoder, ReceiveWindow, RstStatus, SETTINGS_INITIAL_WINDOW_SIZE,
-    SendWindow, SpdyError, StreamId,
-};
+use wedge_core::spdy::{Codec, Frame, HeaderEncoder, RstStatus, SpdyError, StreamId};
 
-use crate::streaming::{
-    self, MAX_DATA, STREAM_TYPE, StreamError, grant_back, is_close, next_of, write_frames,
-};
+use crate::spdy_client::{Link, StreamFrame, is_close, write_frames};
+use crate::streaming::{self, MAX_DATA, STREAM_TYPE, StreamError, next_of};
 
 /// The stream protocol of port-forward (Kubernetes has had no other).
 const PROTOCOL: &str = "portforward.k8s.io";
@@ -143,9 +139,7 @@ where
         input: Some(input),
         input_state: InputState::Open,
         typed: Bytes::new(),
-        send_window: SendWindow::default(),
-        receive_window: ReceiveWindow::default(),
-        control,
+        link: Link::new(control),
     };
     forward
         .run(
@@ -249,10 +243,8 @@ struct Forward {
     input_state: InputState,
     /// Taken from the caller and not sent yet: held back by the reply or the peer's window.
     typed: Bytes,
-    send_window: SendWindow,
-    receive_window: ReceiveWindow,
-    /// Frames for [`write_frames`] that must never wait (it sends them before DATA).
-    control: mpsc::UnboundedSender<Frame>,
+    /// Windows, and the frames that concern the connection.
+    link: Link,
 }
 
 impl Forward {
@@ -299,7 +291,7 @@ impl Forward {
                             Ok(permit) => permit.send(data),
                             Err(_) => tracing::trace!("the caller stopped reading; the pod's bytes are dropped"),
                         }
-                        grant_back(&mut self.receive_window, &self.control, DATA_STREAM, length);
+                        self.link.consumed(DATA_STREAM, length);
                         if fin && let Some(ended) = self.data_ended() {
                             return ended;
                         }
@@ -332,6 +324,7 @@ impl Forward {
         }
         if !self.typed.is_empty() {
             let room = self
+                .link
                 .send_window
                 .available(DATA_STREAM)
                 .min(MAX_DATA)
@@ -357,7 +350,7 @@ impl Forward {
                 (DATA_STREAM, true, Bytes::new())
             }
         };
-        self.send_window.sent(stream, data.len());
+        self.link.send_window.sent(stream, data.len());
         Frame::Data { stream, fin, data }
     }
 
@@ -369,59 +362,19 @@ impl Forward {
         }
     }
 
-    /// The peer showed it keeps windows: window is granted back from now on.
-    fn peer_keeps_windows(&mut self) {
-        for update in self.receive_window.peer_keeps_windows() {
-            self.queue(update);
-        }
-    }
-
-    /// Queues a frame that must not wait behind DATA.
-    fn queue(&self, frame: Frame) {
-        if self.control.send(frame).is_err() {
-            tracing::trace!("the writer is gone; a control frame is dropped");
-        }
-    }
-
     fn on_frame(&mut self, frame: Frame) -> Step {
-        match frame {
-            Frame::Data { stream, fin, data } => return self.on_data(stream, fin, data),
-            Frame::SynReply { stream, .. } => match self.incoming_mut(stream) {
-                Some(incoming) => incoming.replied = true,
-                None => tracing::debug!(stream, "a SYN_REPLY for a stream never opened"),
-            },
-            Frame::RstStream { stream, status } => return self.on_reset(stream, status),
-            Frame::Settings { settings, .. } => {
-                for setting in settings {
-                    if setting.id == SETTINGS_INITIAL_WINDOW_SIZE {
-                        self.send_window.set_initial(setting.value);
-                        self.peer_keeps_windows();
-                    }
+        match self.link.on_frame(frame) {
+            Some(StreamFrame::Data { stream, fin, data }) => self.on_data(stream, fin, data),
+            Some(StreamFrame::Reply(stream)) => {
+                match self.incoming_mut(stream) {
+                    Some(incoming) => incoming.replied = true,
+                    None => tracing::debug!(stream, "a SYN_REPLY for a stream never opened"),
                 }
+                Step::Continue
             }
-            Frame::WindowUpdate { stream, delta } => {
-                self.send_window.grant(stream, delta);
-                self.peer_keeps_windows();
-            }
-            // Even ids are the server's pings; odd ones would answer ours, and we send none.
-            Frame::Ping { id } if id % 2 == 0 => self.queue(Frame::Ping { id }),
-            Frame::Ping { id } => tracing::debug!(id, "ignoring a PING with a client's id"),
-            Frame::GoAway { last_good, status } => {
-                // No new streams; ours go on until the server closes the connection.
-                tracing::debug!(last_good, status, "the streaming server sent GOAWAY");
-            }
-            Frame::SynStream { stream, .. } => {
-                tracing::debug!(stream, "refusing a stream the streaming server opened");
-                self.queue(Frame::RstStream {
-                    stream,
-                    status: RstStatus::RefusedStream,
-                });
-            }
-            frame @ (Frame::Headers { .. } | Frame::Unknown { .. }) => {
-                tracing::trace!(frame = frame.name(), "ignoring a frame");
-            }
+            Some(StreamFrame::Reset { stream, status }) => self.on_reset(stream, status),
+            None => Step::Continue,
         }
-        Step::Continue
     }
 
     fn on_data(&mut self, stream: StreamId, fin: bool, data: Bytes) -> Step {
@@ -441,7 +394,7 @@ impl Forward {
                     .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
                 if fin {
                     self.error.ended = true;
-                    self.receive_window.forget(stream);
+                    self.link.forget(stream);
                     if let Some(ended) = self.verdict() {
                         return Step::End(ended);
                     }
@@ -449,14 +402,14 @@ impl Forward {
             }
             _ => tracing::debug!(stream, "ignoring DATA on a stream that is not open"),
         }
-        grant_back(&mut self.receive_window, &self.control, stream, data.len());
+        self.link.consumed(stream, data.len());
         Step::Continue
     }
 
     /// The server closed the data stream; the verdict if that ends the forward.
     fn data_ended(&mut self) -> Option<Result<(), ForwardError>> {
         self.data.ended = true;
-        self.receive_window.forget(DATA_STREAM);
+        self.link.forget(DATA_STREAM);
         self.verdict()
     }
 

@@ -28,8 +28,9 @@
 //! server sees as the client leaving: an attached container keeps running, an exec'd command
 //! loses its stdin.
 //!
-//! The upgrade ([`connect`]) and the frame writer are shared with `kubectl port-forward`'s
-//! session, [`crate::portforward`].
+//! The upgrade ([`connect`]) is shared with `kubectl port-forward`'s session,
+//! [`crate::portforward`]; windows, the connection's frames and the writer are
+//! [`crate::spdy_client`]'s, for both.
 //!
 //! Start reading at [`run`].
 
@@ -48,10 +49,9 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use wedge_core::runtime::{ExecStreams, RuntimeError, TerminalSize};
 
-use wedge_core::spdy::{
-    Codec, Frame, HeaderEncoder, ReceiveWindow, RstStatus, SETTINGS_INITIAL_WINDOW_SIZE,
-    SendWindow, SpdyError, StreamId,
-};
+use wedge_core::spdy::{Codec, Frame, HeaderEncoder, RstStatus, SpdyError, StreamId};
+
+use crate::spdy_client::{Link, StreamFrame, is_close, write_frames};
 
 /// The upgrade token the streaming server answers to.
 const UPGRADE: &str = "SPDY/3.1";
@@ -482,9 +482,7 @@ where
             resize,
             size: None,
         },
-        send_window: SendWindow::default(),
-        receive_window: ReceiveWindow::default(),
-        control,
+        link: Link::new(control),
     };
     session
         .run(
@@ -494,31 +492,6 @@ where
             Outputs { stdout, stderr },
         )
         .await
-}
-
-/// Writes what the session queues, control frames (window updates, ping answers, resets)
-/// before DATA. Never returns: after a failed write it waits to be dropped, leaving the verdict
-/// to the reading side, which sees the same broken connection and may already hold the status.
-pub(crate) async fn write_frames<W>(
-    mut writer: FramedWrite<W, Codec>,
-    mut control: mpsc::UnboundedReceiver<Frame>,
-    mut data: mpsc::Receiver<Frame>,
-) -> Infallible
-where
-    W: AsyncWrite + Unpin,
-{
-    loop {
-        let frame = tokio::select! {
-            biased;
-            Some(frame) = control.recv() => frame,
-            Some(frame) = data.recv() => frame,
-            else => return std::future::pending().await,
-        };
-        if let Err(e) = writer.send(frame).await {
-            tracing::debug!(error = %e, "writing to the streaming server failed; input stops");
-            return std::future::pending().await;
-        }
-    }
 }
 
 /// Where the command's stdin stands.
@@ -582,10 +555,8 @@ struct Session {
     /// The error stream's bytes: one JSON Status, which could in principle come in pieces.
     status: Vec<u8>,
     input: Input,
-    send_window: SendWindow,
-    receive_window: ReceiveWindow,
-    /// Frames for [`write_frames`] that must never wait (it sends them before DATA).
-    control: mpsc::UnboundedSender<Frame>,
+    /// Windows, and the frames that concern the connection.
+    link: Link,
 }
 
 impl Session {
@@ -635,7 +606,7 @@ impl Session {
                                 "the caller stopped reading this stream; output dropped"
                             ),
                         }
-                        grant_back(&mut self.receive_window, &self.control, stream, length);
+                        self.link.consumed(stream, length);
                     }
                 }
                 () = outputs.all_closed() => return Ok(Ended::CallerGone),
@@ -683,13 +654,14 @@ impl Session {
     /// user sees it), stdin as far as the peer's window allows, then the FIN.
     fn outgoing(&self) -> Option<Outgoing> {
         if let (Some(size), Some(id)) = (&self.input.size, self.writable(Channel::Resize))
-            && self.send_window.available(id) >= size.len()
+            && self.link.send_window.available(id) >= size.len()
         {
             return Some(Outgoing::Size(id));
         }
         let id = self.writable(Channel::Stdin)?;
         if !self.input.typed.is_empty() {
             let room = self
+                .link
                 .send_window
                 .available(id)
                 .min(MAX_DATA)
@@ -712,69 +684,30 @@ impl Session {
                 (id, true, Bytes::new())
             }
         };
-        self.send_window.sent(stream, data.len());
+        self.link.send_window.sent(stream, data.len());
         Frame::Data { stream, fin, data }
     }
 
-    /// The peer showed it keeps windows: window is granted back from now on.
-    fn peer_keeps_windows(&mut self) {
-        for update in self.receive_window.peer_keeps_windows() {
-            self.queue(update);
-        }
-    }
-
-    /// Queues a frame that must not wait behind DATA.
-    fn queue(&self, frame: Frame) {
-        if self.control.send(frame).is_err() {
-            tracing::trace!("the writer is gone; a control frame is dropped");
-        }
-    }
-
     fn on_frame(&mut self, frame: Frame, outputs: &Outputs) -> Step {
-        match frame {
-            Frame::Data { stream, fin, data } => return self.on_data(stream, fin, data, outputs),
-            Frame::SynReply { stream, .. } => match self.opened_mut(stream) {
-                Some(opened) => opened.replied = true,
-                None => tracing::debug!(stream, "a SYN_REPLY for a stream never opened"),
-            },
-            Frame::RstStream { stream, status } => return self.on_reset(stream, status),
-            Frame::Settings { settings, .. } => {
-                for setting in settings {
-                    if setting.id == SETTINGS_INITIAL_WINDOW_SIZE {
-                        self.send_window.set_initial(setting.value);
-                        self.peer_keeps_windows();
-                    }
+        match self.link.on_frame(frame) {
+            Some(StreamFrame::Data { stream, fin, data }) => {
+                self.on_data(stream, fin, data, outputs)
+            }
+            Some(StreamFrame::Reply(stream)) => {
+                match self.opened_mut(stream) {
+                    Some(opened) => opened.replied = true,
+                    None => tracing::debug!(stream, "a SYN_REPLY for a stream never opened"),
                 }
+                Step::Continue
             }
-            Frame::WindowUpdate { stream, delta } => {
-                self.send_window.grant(stream, delta);
-                self.peer_keeps_windows();
-            }
-            // Even ids are the server's pings; odd ones would answer ours, and we send none
-            // (echoing them back would start an endless exchange).
-            Frame::Ping { id } if id % 2 == 0 => self.queue(Frame::Ping { id }),
-            Frame::Ping { id } => tracing::debug!(id, "ignoring a PING with a client's id"),
-            Frame::GoAway { last_good, status } => {
-                // The server takes no new streams; ours go on until it closes the connection.
-                tracing::debug!(last_good, status, "the streaming server sent GOAWAY");
-            }
-            Frame::SynStream { stream, .. } => {
-                tracing::debug!(stream, "refusing a stream the streaming server opened");
-                self.queue(Frame::RstStream {
-                    stream,
-                    status: RstStatus::RefusedStream,
-                });
-            }
-            frame @ (Frame::Headers { .. } | Frame::Unknown { .. }) => {
-                tracing::trace!(frame = frame.name(), "ignoring a frame");
-            }
+            Some(StreamFrame::Reset { stream, status }) => self.on_reset(stream, status),
+            None => Step::Continue,
         }
-        Step::Continue
     }
 
     fn on_data(&mut self, stream: StreamId, fin: bool, data: Bytes, outputs: &Outputs) -> Step {
         if fin {
-            self.receive_window.forget(stream);
+            self.link.forget(stream);
         }
         match self.channel_of(stream) {
             Some(channel @ (Channel::Stdout | Channel::Stderr)) => {
@@ -798,7 +731,7 @@ impl Session {
                 tracing::debug!(stream, channel = ?other, "ignoring DATA on a stream that carries none down")
             }
         }
-        grant_back(&mut self.receive_window, &self.control, stream, data.len());
+        self.link.consumed(stream, data.len());
         Step::Continue
     }
 
@@ -830,36 +763,6 @@ impl Session {
             Channel::Stdout | Channel::Stderr => {}
         }
         Step::Continue
-    }
-}
-
-/// Counts consumed bytes of `stream` and queues the WINDOW_UPDATEs due.
-pub(crate) fn grant_back(
-    window: &mut ReceiveWindow,
-    control: &mpsc::UnboundedSender<Frame>,
-    stream: StreamId,
-    length: usize,
-) {
-    for update in window.consumed(stream, length) {
-        if control.send(update).is_err() {
-            tracing::trace!("the writer is gone; a window update is dropped");
-        }
-    }
-}
-
-/// Whether a read error is the connection ending rather than a broken protocol.
-pub(crate) fn is_close(e: &SpdyError) -> bool {
-    use std::io::ErrorKind;
-    match e {
-        SpdyError::Truncated(_) => true,
-        SpdyError::Io(e) => matches!(
-            e.kind(),
-            ErrorKind::ConnectionReset
-                | ErrorKind::ConnectionAborted
-                | ErrorKind::BrokenPipe
-                | ErrorKind::UnexpectedEof
-        ),
-        _ => false,
     }
 }
 
@@ -995,6 +898,7 @@ mod tests {
     use bytes::Buf;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio_util::codec::Framed;
+    use wedge_core::spdy::SETTINGS_INITIAL_WINDOW_SIZE;
 
     fn outcome(json: &str) -> Result<Ended, StreamError> {
         Status::at_close(json.as_bytes())
