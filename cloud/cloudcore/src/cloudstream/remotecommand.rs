@@ -243,7 +243,8 @@ pub(crate) async fn serve(
         .unwrap_or_default()
 }
 
-/// Joins the client's WebSocket to the edge's stream until either ends.
+/// Joins the client's WebSocket to the edge's stream until the client goes or the edge's end
+/// of the stream has been written to it.
 async fn bridge<S>(
     ws: WebSocketStream<S>,
     protocol: Protocol,
@@ -282,7 +283,10 @@ async fn bridge<S>(
                 _ => Ok(()),
             };
             if sent.is_err() {
-                return;
+                // The edge has ended the stream (a quick command is done) while input still
+                // came: its output and outcome may not be written yet. `outbound` writes them,
+                // then ends the session.
+                return std::future::pending().await;
             }
         }
     };
@@ -367,6 +371,74 @@ mod tests {
             Some((255, Bytes::from_static(&[0])))
         );
         assert_eq!(Protocol::V4.read(Message::Binary(Vec::new().into())), None);
+    }
+
+    /// A quick command's edge ends the stream while the client is still sending (a terminal's
+    /// first size, say): what the edge sent before its end still reaches the client, with the
+    /// outcome and a normal close, rather than the connection dropping under it. (Which of the
+    /// bridge's two directions runs first is up to the scheduler: the case is run many times.)
+    #[tokio::test]
+    async fn input_after_the_edge_ended_the_stream_loses_none_of_its_output() {
+        use wedge_core::protocol::mux::{Mux, Role as MuxRole};
+        use wedge_core::protocol::stream::{StreamFrame, status};
+        let done = status(200, "", "");
+        let io = StreamIo {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        let resize = br#"{"Width":80,"Height":24}"#;
+        for _ in 0..32 {
+            let (mux, _frames) = Mux::new(MuxRole::Opener);
+            let request = StreamRequest::Exec {
+                namespace: "default".into(),
+                pod: "p".into(),
+                container: "c".into(),
+                command: vec!["true".into()],
+                io,
+            };
+            let stream = mux.open(request).expect("a stream");
+            let id = stream.id();
+            mux.incoming(StreamFrame::Data {
+                stream: id,
+                channel: channel::STDOUT,
+                data: Bytes::from_static(b"out"),
+            });
+            mux.incoming(StreamFrame::Close {
+                stream: id,
+                status: Some(done.clone()),
+            });
+            let (client_io, server_io) = tokio::io::duplex(64 << 10);
+            let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+            let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+            client
+                .send(Protocol::V5.message(channel::RESIZE, resize))
+                .await
+                .expect("the size is sent");
+            let (sender, receiver) = stream.split();
+            bridge(server, Protocol::V5, io, sender, receiver).await;
+            let mut got = Vec::new();
+            while let Some(Ok(message)) = client.next().await {
+                let closed = matches!(message, Message::Close(_));
+                got.push(message);
+                if closed {
+                    break;
+                }
+            }
+            assert_eq!(
+                got,
+                [
+                    Protocol::V5.message(channel::STDOUT, b""),
+                    Protocol::V5.message(channel::STDOUT, b"out"),
+                    Protocol::V5.message(ERROR_CHANNEL, done.to_string().as_bytes()),
+                    Message::Close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    })),
+                ]
+            );
+        }
     }
 
     #[test]
