@@ -9,7 +9,7 @@
 //!
 //! Output is not buffered past the channel: a guest writing faster than the client reads waits
 //! for it (the channels are bounded), and a write after the client has gone fails as a write to
-//! a closed pipe does.
+//! a closed pipe does. Output to a terminal ends its lines as a pty would (see [`onlcr`]).
 
 use std::io;
 use std::pin::Pin;
@@ -89,7 +89,8 @@ pub struct ChannelOutput {
 
 impl ChannelOutput {
     /// Sends what the guest writes on `tx`; `None` discards it. `terminal` is what the guest is
-    /// told when it asks whether the stream is a terminal.
+    /// told when it asks whether the stream is a terminal; a terminal's line feeds go out as
+    /// CR LF ([`onlcr`]).
     ///
     /// Must be called inside a tokio runtime: wasmtime-wasi starts the task that writes.
     pub fn new(tx: Option<mpsc::Sender<Bytes>>, terminal: bool) -> Self {
@@ -97,7 +98,10 @@ impl ChannelOutput {
             stream: tx.map(|tx| {
                 Arc::new(AsyncStdoutStream::new(
                     WRITE_BUDGET,
-                    ChannelWriter(PollSender::new(tx)),
+                    ChannelWriter {
+                        tx: PollSender::new(tx),
+                        terminal,
+                    },
                 ))
             }),
             terminal,
@@ -168,8 +172,26 @@ impl AsyncRead for ChannelReader {
     }
 }
 
-/// The channel as a byte sink: one message per write.
-struct ChannelWriter(PollSender<Bytes>);
+/// The channel as a byte sink: one message per write, a terminal's lines ended by [`onlcr`].
+struct ChannelWriter {
+    tx: PollSender<Bytes>,
+    terminal: bool,
+}
+
+/// `bytes` with every LF as CR LF, as a pty's output processing (`ONLCR`, on by default) writes
+/// them. A client with a terminal has put it in raw mode (kubectl does) and relies on the remote
+/// end for this, as a container's pty does it: bare line feeds would show as a staircase.
+fn onlcr(bytes: &[u8]) -> Bytes {
+    let feeds = bytes.iter().filter(|&&b| b == b'\n').count();
+    let mut out = Vec::with_capacity(bytes.len() + feeds);
+    for &b in bytes {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    Bytes::from(out)
+}
 
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the client has gone")
@@ -184,10 +206,13 @@ impl AsyncWrite for ChannelWriter {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        ready!(self.0.poll_reserve(cx)).map_err(|_| closed())?;
-        self.0
-            .send_item(Bytes::copy_from_slice(buf))
-            .map_err(|_| closed())?;
+        ready!(self.tx.poll_reserve(cx)).map_err(|_| closed())?;
+        let bytes = if self.terminal {
+            onlcr(buf)
+        } else {
+            Bytes::copy_from_slice(buf)
+        };
+        self.tx.send_item(bytes).map_err(|_| closed())?;
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -197,7 +222,7 @@ impl AsyncWrite for ChannelWriter {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.close();
+        self.tx.close();
         Poll::Ready(Ok(()))
     }
 }
@@ -230,7 +255,10 @@ mod tests {
     #[tokio::test]
     async fn writer_sends_each_write_and_fails_once_the_client_has_gone() {
         let (tx, mut rx) = mpsc::channel(4);
-        let mut w = ChannelWriter(PollSender::new(tx));
+        let mut w = ChannelWriter {
+            tx: PollSender::new(tx),
+            terminal: false,
+        };
         w.write_all(b"one").await.expect("write");
         w.write_all(b"two").await.expect("write");
         assert_eq!(rx.recv().await.as_deref(), Some(&b"one"[..]));
@@ -255,6 +283,26 @@ mod tests {
         assert!(permit > 0);
         o.write(Bytes::from_static(b"gone")).expect("discarded");
         out.flushed().await;
+    }
+
+    #[tokio::test]
+    async fn a_terminal_ends_lines_as_a_pty_does_and_a_pipe_keeps_them() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut terminal = ChannelWriter {
+            tx: PollSender::new(tx.clone()),
+            terminal: true,
+        };
+        let mut pipe = ChannelWriter {
+            tx: PollSender::new(tx),
+            terminal: false,
+        };
+        terminal.write_all(b"one\ntwo\n\nend").await.expect("write");
+        pipe.write_all(b"one\ntwo\n").await.expect("write");
+        assert_eq!(
+            rx.recv().await.as_deref(),
+            Some(&b"one\r\ntwo\r\n\r\nend"[..])
+        );
+        assert_eq!(rx.recv().await.as_deref(), Some(&b"one\ntwo\n"[..]));
     }
 
     #[tokio::test]

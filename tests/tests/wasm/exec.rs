@@ -171,7 +171,8 @@ async fn exec_runs_a_command_with_the_containers_env_and_volumes() {
     assert_eq!(ran.result, Ok(0), "{}", ran.stderr);
     assert_eq!(ran.stdout, "read: from the host\n");
 
-    // Without a terminal, stderr is apart; with one, it comes on stdout.
+    // Without a terminal, stderr is apart; with one, it comes on stdout, its lines ended as a
+    // pty ends them.
     let ran = t.exec(&id, &["misbehave", "stderr", "oops"], false).await;
     assert_eq!(
         (ran.result, ran.stdout.as_str(), ran.stderr.as_str()),
@@ -180,7 +181,7 @@ async fn exec_runs_a_command_with_the_containers_env_and_volumes() {
     let ran = t.exec(&id, &["misbehave", "stderr", "oops"], true).await;
     assert_eq!(
         (ran.result, ran.stdout.as_str(), ran.stderr.as_str()),
-        (Ok(0), "oops\n", "")
+        (Ok(0), "oops\r\n", "")
     );
 
     // A crash is not an exit code.
