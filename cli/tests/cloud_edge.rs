@@ -663,3 +663,111 @@ async fn kubectl_top_shows_edge_nodes_and_pods_from_the_usage_edges_push() {
     )
     .await;
 }
+
+/// A cloud and one edge, `edge-a`, Ready, with the sample apps and `misbehave` in the registry.
+/// The edge is declared first so that it is killed first.
+struct OneEdge {
+    edge: Proc,
+    cloud: Cloud,
+    registry: wedge_testkit::registry::Registry,
+    root: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OneEdge {
+    async fn start() -> Self {
+        let registry = registry_with_samples().await;
+        push_misbehave(&registry).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cloud = Cloud::start(&dir.path().join("cloud"));
+        let token = cloud.token("1h");
+        let root = dir.path().join("edge-a");
+        let edge = start_edge(&root, &cloud, "edge-a", Some(&token), &registry.host());
+        cloud.wait_for(
+            "node/edge-a",
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+            "True",
+            Duration::from_secs(60),
+        );
+        Self {
+            edge,
+            cloud,
+            registry,
+            root,
+            _dir: dir,
+        }
+    }
+
+    /// Starts a `misbehave` pod running `args` and waits until it runs.
+    fn running(&self, pod: &str, args: &[&str]) {
+        self.cloud
+            .apply(&misbehave_pod(pod, &self.registry.host(), args));
+        self.cloud.wait_for(
+            &format!("pod/{pod}"),
+            "{.status.phase}",
+            "Running",
+            Duration::from_secs(60),
+        );
+    }
+}
+
+/// Runs `kubectl <args>` on a terminal of its own, as from a user's shell: `script` gives it a
+/// pty (24 rows of 80 columns) as its stdin, stdout and stderr, on whose keyboard nobody types.
+/// What the terminal showed, byte for byte, and the exit code.
+fn kubectl_on_a_terminal(cloud: &Cloud, args: &str) -> (Option<i32>, String) {
+    let line = format!(
+        "stty rows 24 cols 80 && kubectl --kubeconfig {} {args}",
+        cloud.kubeconfig().display()
+    );
+    let child = Command::new("script")
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let out = finishes(child, Duration::from_secs(60));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `kubectl exec -it` from a real terminal reaches a Wasm command as a terminal: the command
+/// is told its stdin, stdout and stderr are one, the user's terminal shows its lines as a
+/// terminal session does (CR LF: kubectl puts the local terminal in raw mode, so the remote end
+/// must end lines as a pty would), and the exit status comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_with_a_terminal_reaches_a_wasm_command() {
+    let env = OneEdge::start().await;
+    let cloud = &env.cloud;
+    env.running("wasm", &["sleep"]);
+
+    // kubectl may log a line of its own after the session (its terminal-size sender racing
+    // the end of a command this quick): what the command showed comes first.
+    let (code, shown) = kubectl_on_a_terminal(cloud, "exec -it wasm -- misbehave tty");
+    assert_eq!(code, Some(0), "{shown:?}");
+    assert!(
+        shown.starts_with("stdin: terminal\r\nstdout: terminal\r\nstderr: terminal\r\n"),
+        "the terminal showed {shown:?}"
+    );
+    let (code, shown) = kubectl_on_a_terminal(cloud, "exec -it wasm -- misbehave print 3");
+    assert_eq!(code, Some(0), "{shown:?}");
+    assert!(
+        shown.starts_with("line 0\r\nline 1\r\nline 2\r\n"),
+        "the terminal showed {shown:?}"
+    );
+    // Without -t the same command has pipes, and its lines are its own.
+    assert_eq!(
+        cloud.kubectl_ok(&["exec", "wasm", "--", "misbehave", "tty"]),
+        "stdin: not a terminal\nstdout: not a terminal\nstderr: not a terminal\n"
+    );
+    // A command that fails: its status comes back through the terminal session (a WASI 0.2
+    // command exits with success or failure, so exit(7) is 1).
+    let (code, shown) = kubectl_on_a_terminal(cloud, "exec -it wasm -- misbehave exit 7");
+    assert_eq!(code, Some(1), "{shown:?}");
+    assert!(
+        shown.contains("command terminated with exit code 1"),
+        "{shown:?}"
+    );
+}

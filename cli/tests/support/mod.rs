@@ -133,12 +133,17 @@ impl Cloud {
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
+        self.kubectl_command(args).output().expect("kubectl runs")
+    }
+
+    /// `kubectl <args>` against this cloud, to be spawned.
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("kubectl");
+        command
             .arg("--kubeconfig")
             .arg(self.kubeconfig())
-            .args(args)
-            .output()
-            .expect("kubectl runs")
+            .args(args);
+        command
     }
 
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
@@ -332,6 +337,107 @@ pub async fn registry_with_samples() -> Registry {
         .expect("push");
     }
     registry
+}
+
+/// Pushes the `misbehave` test guest to `registry` as `<host>/samples/misbehave:1`.
+pub async fn push_misbehave(registry: &Registry) {
+    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
+        .await
+        .expect("join")
+        .expect("sample apps build");
+    let wasm = apps.bytes("misbehave").expect("misbehave");
+    push(
+        &registry.host(),
+        "samples/misbehave",
+        "1",
+        &Image::wasm(&wasm, WasmLayout::CncfArtifact),
+    )
+    .await
+    .expect("push");
+}
+
+/// A pod of one `misbehave` container running `args` (`sleep`: idle, for commands to run in).
+pub fn misbehave_pod(name: &str, registry: &str, args: &[&str]) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {registry}/samples/misbehave:1\n    command: [misbehave{}]\n",
+        args.iter()
+            .map(|a| format!(", \"{a}\""))
+            .collect::<String>()
+    )
+}
+
+/// A child process (kubectl, say), killed and reaped when dropped, so that a failing test leaves
+/// none behind.
+pub struct Killed(pub Child);
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits for `child` to end by itself within `timeout` and returns what it wrote on its piped
+/// stdout and stderr; its stdin, if piped, stays open until then. Panics, the child killed, if
+/// it does not end in time.
+pub fn finishes(child: Child, timeout: Duration) -> Output {
+    use std::io::Read;
+    let mut child = Killed(child);
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = collect(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = collect(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after {timeout:?}; it wrote: {}\n{}",
+                String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout read"),
+        stderr: stderr.join().expect("stderr read"),
+    }
 }
 
 pub fn telemetry_pod(name: &str, registry: &str) -> String {
