@@ -709,6 +709,13 @@ impl OneEdge {
             Duration::from_secs(60),
         );
     }
+
+    /// A file for a child's stderr, under the test's directory.
+    fn stderr_file(&self, name: &str) -> (std::path::PathBuf, std::fs::File) {
+        let path = self.root.join(format!("{name}.err"));
+        let file = std::fs::File::create(&path).expect("a stderr file");
+        (path, file)
+    }
 }
 
 /// Runs `kubectl <args>` on a terminal of its own, as from a user's shell: `script` gives it a
@@ -770,4 +777,51 @@ async fn kubectl_exec_with_a_terminal_reaches_a_wasm_command() {
         shown.contains("command terminated with exit code 1"),
         "{shown:?}"
     );
+}
+
+/// An edge going away in the middle of `kubectl exec -i` ends the session with an error, over
+/// WebSocket (kubectl's default) and over SPDY (its fallback) alike, within a bound: not a
+/// hang, though stdin is still open and the command would have run on.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_ends_with_an_error_when_its_edge_goes_away() {
+    use std::io::Write as _;
+    let mut env = OneEdge::start().await;
+    env.running("wasm", &["sleep"]);
+    let mut sessions = Vec::new();
+    for (name, websockets) in [("websocket", "true"), ("spdy", "false")] {
+        let (err, file) = env.stderr_file(&format!("exec-{name}"));
+        let mut child = Killed(
+            env.cloud
+                .kubectl_command(&["exec", "-i", "wasm", "--", "misbehave", "cat"])
+                .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(file)
+                .spawn()
+                .expect("kubectl runs"),
+        );
+        let lines = lines_of(&mut child);
+        // The session is up: a line goes round through the command.
+        let line = format!("before the edge goes, over {name}");
+        writeln!(child.stdin.as_mut().expect("piped stdin"), "{line}").expect("stdin");
+        assert_eq!(
+            lines.recv_timeout(Duration::from_secs(20)).as_deref(),
+            Ok(line.as_str()),
+            "{}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        sessions.push((name, child, lines, err));
+    }
+
+    env.edge.kill();
+    for (name, mut child, _lines, err) in sessions {
+        let status = exit_within(&mut child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("kubectl exec over {name} hung after its edge went away"));
+        let said = std::fs::read_to_string(&err).unwrap_or_default();
+        assert!(!status.success(), "over {name}, an error, not a clean end");
+        assert!(
+            said.contains("the connection to node edge-a ended"),
+            "over {name}, kubectl said: {said:?}"
+        );
+    }
 }

@@ -440,6 +440,20 @@ pub fn finishes(child: Child, timeout: Duration) -> Output {
     }
 }
 
+/// Waits up to `timeout` for `child` to end by itself: its status, or `None` if it still runs.
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn telemetry_pod(name: &str, registry: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: app\n    image: {registry}/samples/telemetry:1\n    env:\n    - {{name: INTERVAL_MS, value: \"200\"}}\n"
