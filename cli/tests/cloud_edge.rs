@@ -825,3 +825,191 @@ async fn kubectl_exec_ends_with_an_error_when_its_edge_goes_away() {
         );
     }
 }
+
+/// Whether a thread of process `pid` waits in the kernel to write into a full pipe (its reader
+/// has stopped reading): the kernel names the wait `pipe_write` (`anon_pipe_write` lately).
+fn blocked_writing_a_pipe(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("wchan")).is_ok_and(|w| w.contains("pipe_write"))
+    })
+}
+
+/// One of the streams that must keep working beside the stalled one.
+enum Working {
+    /// `kubectl exec -i ... misbehave cat`: a line written comes back.
+    Exec {
+        child: Killed,
+        lines: std::sync::mpsc::Receiver<String>,
+        err: std::path::PathBuf,
+    },
+    /// `kubectl logs -f` of a pod ticking every 100 ms: new ticks keep coming.
+    Follow {
+        _child: Killed,
+        lines: std::sync::mpsc::Receiver<String>,
+        err: std::path::PathBuf,
+        last: Option<u64>,
+    },
+}
+
+impl Working {
+    /// A round trip through an exec, two new consecutive ticks from a follow.
+    fn works(&mut self, round: usize, i: usize) {
+        use std::io::Write as _;
+        let within = Duration::from_secs(20);
+        match self {
+            Self::Exec { child, lines, err } => {
+                let line = format!("round {round}, exec {i}");
+                writeln!(child.stdin.as_mut().expect("piped stdin"), "{line}").expect("stdin");
+                assert_eq!(
+                    lines.recv_timeout(within).as_deref(),
+                    Ok(line.as_str()),
+                    "exec {i} in round {round}: {}",
+                    std::fs::read_to_string(err).unwrap_or_default()
+                );
+            }
+            Self::Follow {
+                lines, err, last, ..
+            } => {
+                let mut new = 0;
+                while new < 2 {
+                    let line = lines.recv_timeout(within).unwrap_or_else(|e| {
+                        panic!(
+                            "follow {i} in round {round}: {e}; {}",
+                            std::fs::read_to_string(&*err).unwrap_or_default()
+                        )
+                    });
+                    let Some(tick) = tick_of(&line) else { continue };
+                    if let Some(before) = *last {
+                        assert_eq!(tick, before + 1, "follow {i}: ticks in order, none lost");
+                        new += 1;
+                    }
+                    *last = Some(tick);
+                }
+            }
+        }
+    }
+}
+
+/// 20 streams at once to one edge, one of them stalled: `kubectl exec` of a command that writes
+/// without end, to a kubectl whose stdout nobody reads, so that every window on its way fills
+/// and its sender at the edge waits. Meanwhile 12 `kubectl exec -i` sessions keep answering, 7
+/// `kubectl logs -f` keep following, and pod statuses keep flowing both ways (a pod created
+/// runs to Succeeded, a pod deleted is confirmed gone by the edge). The stalled stream lost
+/// nothing: read at last, its output is whole and in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_stream_holds_up_neither_other_streams_nor_pod_statuses() {
+    let env = OneEdge::start().await;
+    let cloud = &env.cloud;
+    env.running("wasm", &["sleep"]);
+    env.running("ticker", &["ticks", "100"]);
+
+    let (stalled_err, file) = env.stderr_file("stalled");
+    let mut stalled = Killed(
+        cloud
+            .kubectl_command(&["exec", "wasm", "--", "misbehave", "flood"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(file)
+            .spawn()
+            .expect("kubectl runs"),
+    );
+    let stalled_pid = stalled.id();
+    eventually(
+        Duration::from_secs(30),
+        || blocked_writing_a_pipe(stalled_pid),
+        || {
+            format!(
+                "kubectl did not fill its stdout: {}",
+                std::fs::read_to_string(&stalled_err).unwrap_or_default()
+            )
+        },
+    )
+    .await;
+
+    // 19 more streams, all open at once beside the stalled one.
+    let mut working = Vec::new();
+    for i in 0..12 {
+        let (err, file) = env.stderr_file(&format!("exec-{i}"));
+        let mut child = Killed(
+            cloud
+                .kubectl_command(&["exec", "-i", "wasm", "--", "misbehave", "cat"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(file)
+                .spawn()
+                .expect("kubectl runs"),
+        );
+        let lines = lines_of(&mut child);
+        working.push(Working::Exec { child, lines, err });
+    }
+    for i in 0..7 {
+        let (err, file) = env.stderr_file(&format!("follow-{i}"));
+        let mut child = Killed(
+            cloud
+                .kubectl_command(&["logs", "-f", "ticker", "--tail=1"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(file)
+                .spawn()
+                .expect("kubectl runs"),
+        );
+        let lines = lines_of(&mut child);
+        working.push(Working::Follow {
+            _child: child,
+            lines,
+            err,
+            last: None,
+        });
+    }
+    for (i, stream) in working.iter_mut().enumerate() {
+        stream.works(1, i);
+    }
+
+    // Pod statuses flow while the stall holds: a new pod runs to its end, and a deletion is
+    // carried out and confirmed by the edge.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: once\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {}/samples/misbehave:1\n    command: [misbehave, print, \"1\"]\n",
+        env.registry.host()
+    ));
+    cloud.wait_for(
+        "pod/once",
+        "{.status.phase}",
+        "Succeeded",
+        Duration::from_secs(60),
+    );
+    cloud.kubectl_ok(&["delete", "pod", "once", "--wait=false"]);
+    cloud.wait_gone("pod/once", Duration::from_secs(30));
+
+    for (i, stream) in working.iter_mut().enumerate() {
+        stream.works(2, i);
+    }
+    // The sessions end as asked: stdin closed, each command ends, each kubectl exits cleanly.
+    for (i, stream) in working.iter_mut().enumerate() {
+        if let Working::Exec { child, err, .. } = stream {
+            drop(child.stdin.take());
+            let status = exit_within(child, Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("exec {i} did not end when its stdin did"));
+            assert!(
+                status.success(),
+                "exec {i}: {}",
+                std::fs::read_to_string(&*err).unwrap_or_default()
+            );
+        }
+    }
+
+    // The stall held all along (nothing read the stalled kubectl's stdout) and lost nothing:
+    // read now, its output is whole and in order.
+    assert!(
+        blocked_writing_a_pipe(stalled_pid),
+        "the stalled kubectl is still stalled: {}",
+        std::fs::read_to_string(&stalled_err).unwrap_or_default()
+    );
+    let flood = lines_of(&mut stalled);
+    for n in 0..200_000u64 {
+        let line = flood
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the stalled output flows once read");
+        assert_eq!(line, format!("line {n}"));
+    }
+}
