@@ -1434,6 +1434,17 @@ async fn kubectl_exec_attach_and_cp_reach_container_and_wasm_pods() {
     let (code, out, err) = python_exec(cloud, "wasm", &["misbehave", "print", "2"]);
     assert_eq!((code, out.as_str()), (Some(0), "line 0\nline 1\n"), "{err}");
 
+    // From a real terminal (a pty of 24 rows by 80 columns), `exec -it` gives the container's
+    // command a terminal of that size, through containerd's pty: its lines end CR LF, and the
+    // exit code comes back.
+    let (code, shown) =
+        super::kubectl_on_a_terminal(cloud, "exec -it shell -- sh -c 'tty; stty size; exit 3'");
+    assert_eq!(code, Some(3), "{shown:?}");
+    assert!(
+        shown.starts_with("/dev/pts/0\r\n24 80\r\n"),
+        "the terminal showed {shown:?}"
+    );
+
     // What cannot be exec'd says why.
     let missing = cloud.kubectl(&["exec", "wasm", "-c", "nope", "--", "misbehave"]);
     assert!(!missing.status.success());
