@@ -54,6 +54,9 @@ enum Command {
         #[command(subcommand)]
         command: commands::token::TokenCommand,
     },
+    /// Write a kubeconfig for a user of the embedded API server (a client certificate; RBAC
+    /// decides what the user may do).
+    Kubeconfig(commands::kubeconfig::KubeconfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
             Command::Controllers(args) => commands::controllers::run(args).await,
             Command::Up(args) => commands::up::run(&cli.root, args).await,
             Command::Token { command } => commands::token::run(&cli.root, command).await,
+            Command::Kubeconfig(args) => commands::kubeconfig::run(&cli.root, &args),
         }
     });
     match result {

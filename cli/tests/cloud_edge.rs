@@ -3,6 +3,7 @@
 //! real registry serving the sample apps. Each test gets its own ports and directories.
 //! [`containers`] adds a containerd of its own to the edge.
 
+mod authorization;
 mod containers;
 mod real_cluster;
 mod support;

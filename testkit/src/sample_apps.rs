@@ -80,6 +80,25 @@ pub fn build() -> anyhow::Result<&'static SampleApps> {
     Ok(apps)
 }
 
+/// Builds the sample apps (once per process) and pushes the component `name` to the registry
+/// at `registry_host` as `samples/<name, dashes for underscores>:1`, a Wasm artifact as
+/// `wasm-tools`/`oras` push one; returns that reference.
+pub async fn push(registry_host: &str, name: &str) -> anyhow::Result<String> {
+    let apps = tokio::task::spawn_blocking(build)
+        .await
+        .context("the sample apps' build panicked")??;
+    let wasm = apps.bytes(name)?;
+    let repository = format!("samples/{}", name.replace('_', "-"));
+    crate::oci::push(
+        registry_host,
+        &repository,
+        "1",
+        &crate::oci::Image::wasm(&wasm, crate::oci::WasmLayout::CncfArtifact),
+    )
+    .await?;
+    Ok(format!("{registry_host}/{repository}:1"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

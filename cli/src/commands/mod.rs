@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod image;
+pub mod kubeconfig;
 pub mod token;
 pub mod up;
 pub mod wasm;

@@ -1,5 +1,6 @@
-//! The admin kubeconfig: the server's URL, the CA to trust, and a client certificate, written
-//! for `kubectl --kubeconfig` (or `KUBECONFIG=`) and for the `kube` crate.
+//! Kubeconfigs (the admin's, and those `wedge kubeconfig` issues): the server's URL, the CA to
+//! trust, and a client certificate, written for `kubectl --kubeconfig` (or `KUBECONFIG=`) and for
+//! the `kube` crate.
 
 use std::path::Path;
 
@@ -8,8 +9,15 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::pki::CertifiedKey;
 
-/// The kubeconfig's text.
+/// The admin kubeconfig's text.
 pub fn render(server: &str, ca_pem: &str, client: &CertifiedKey) -> String {
+    render_for("wedge-admin", server, ca_pem, client)
+}
+
+/// The text of a kubeconfig whose user entry is `user`.
+pub fn render_for(user: &str, server: &str, ca_pem: &str, client: &CertifiedKey) -> String {
+    // Quoted as JSON, which YAML reads: user names may hold `:` and other YAML syntax.
+    let user = serde_json::Value::String(user.to_owned());
     format!(
         "apiVersion: v1
 kind: Config
@@ -19,7 +27,7 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: wedge-admin
+- name: {user}
   user:
     client-certificate-data: {cert}
     client-key-data: {key}
@@ -27,7 +35,7 @@ contexts:
 - name: wedge
   context:
     cluster: wedge
-    user: wedge-admin
+    user: {user}
     namespace: default
 current-context: wedge
 ",

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod authz;
 pub mod kubeconfig;
 pub mod kubelet_client;
 pub mod listener;

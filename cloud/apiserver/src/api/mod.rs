@@ -208,6 +208,7 @@ impl Api {
         };
         crd::load_stored(&api)?;
         objects::ensure_system_namespaces(&api)?;
+        crate::authz::bootstrap::ensure(&api)?;
         Ok(api)
     }
 
@@ -241,13 +242,19 @@ impl Api {
         let Some(user) = user else {
             return error_response(&ApiError::Unauthorized);
         };
+        let query = Query::parse(parts.uri.query());
+        let attributes =
+            crate::authz::Attributes::of(&user, &parts.method, &path, &target, query.flag("watch"));
+        if let Err(e) = crate::authz::authorize(&self.store, &attributes) {
+            return error_response(&e);
+        }
         let body = match read_body(body).await {
             Ok(b) => b,
             Err(e) => return error_response(&e),
         };
         let call = Call {
             method: &parts.method,
-            query: Query::parse(parts.uri.query()),
+            query,
             headers: &parts.headers,
             user: &user,
             body,

@@ -44,24 +44,36 @@ pub(crate) fn store_err(info: &ResourceInfo) -> impl Fn(StoreError) -> ApiError 
 
 /// Creates the system namespaces if missing.
 pub(crate) fn ensure_system_namespaces(api: &Api) -> Result<(), ApiError> {
-    let Some(info) = api.registry.get("", "v1", "namespaces") else {
-        return Ok(());
-    };
     for ns in SYSTEM_NAMESPACES {
-        let k = key(&info, None, ns);
-        if api.store.get(&k).is_ok() {
-            continue;
-        }
-        let mut object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        stamp_new(&mut object, ns);
-        defaults::apply("", "Namespace", &mut object, true);
-        object["status"] = json!({"phase": "Active"});
-        match api.store.create(&k, object) {
-            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-            Err(e) => return Err(ApiError::from_store(e, "", "namespaces")),
-        }
+        let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+                            "status": {"phase": "Active"}});
+        ensure_object(api, "", "namespaces", ns, object)?;
     }
     Ok(())
+}
+
+/// Creates a cluster-scoped object the server needs when it is missing (the system namespaces,
+/// the default RBAC roles), and leaves one that exists as it is.
+pub(crate) fn ensure_object(
+    api: &Api,
+    group: &str,
+    plural: &str,
+    name: &str,
+    mut object: Value,
+) -> Result<(), ApiError> {
+    let Some(info) = api.registry.get(group, "v1", plural) else {
+        return Ok(());
+    };
+    let k = key(&info, None, name);
+    if api.store.get(&k).is_ok() {
+        return Ok(());
+    }
+    stamp_new(&mut object, name);
+    defaults::apply(group, &info.kind, &mut object, true);
+    match api.store.create(&k, object) {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(ApiError::from_store(e, group, plural)),
+    }
 }
 
 /// GET of one object.
@@ -294,6 +306,7 @@ pub(crate) fn create_object(
     }
     crd::before_write(api, info, &mut object, None)?;
     check_object(info, &name, &object, None)?;
+    crate::authz::check_escalation(&api.store, call.user, info, &object)?;
     if !call.is_apply() {
         super::managed::record_update(
             None,
@@ -465,6 +478,7 @@ pub(crate) fn update_object(
     }
     crd::before_write(api, info, &mut merged, Some(&old_value))?;
     check_object(info, &k.name, &merged, Some(&old_value))?;
+    crate::authz::check_escalation(&api.store, call.user, info, &merged)?;
     if !call.is_apply() {
         super::managed::record_update(
             Some(&old_value),
