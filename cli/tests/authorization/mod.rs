@@ -1,7 +1,8 @@
 //! Authorization of what reaches edge pods, end to end: a user from `wedge kubeconfig` (a client
 //! certificate with no groups) against cloudcore's embedded API server, with real kubectl, and
 //! RBAC's roles and bindings deciding: nothing without a binding, reading with `view`, exec
-//! with `edit`, and no granting oneself more than one holds.
+//! with `edit`, and no granting oneself more than one holds; `kubectl auth whoami` and
+//! `kubectl auth can-i` say so beforehand.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -70,6 +71,28 @@ async fn only_users_that_rbac_allows_may_exec_into_edge_pods() {
         stderr(&out)
     );
 
+    // Who am I, and what may I: the review resources answer.
+    let out = kubectl_as(
+        &alice,
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo}"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        r#"{"groups":["system:authenticated"],"username":"alice"}"#,
+        "{}",
+        stderr(&out)
+    );
+    let can_i = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let out = kubectl_as(&alice, &all);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    assert_eq!(can_i(&["list", "pods"]), (Some(1), "no".to_owned()));
+
     // `view` in default: pods and their logs, not exec.
     cloud.kubectl_ok(&[
         "create",
@@ -96,6 +119,11 @@ async fn only_users_that_rbac_allows_may_exec_into_edge_pods() {
     );
     let out = kubectl_as(&alice, &["get", "pods", "-n", "kube-system"]);
     assert!(!out.status.success(), "other namespaces stay closed");
+    assert_eq!(can_i(&["get", "pods/log"]), (Some(0), "yes".to_owned()));
+    assert_eq!(
+        can_i(&["create", "pods", "--subresource=exec"]),
+        (Some(1), "no".to_owned())
+    );
 
     // Allowed to bind, alice still cannot grant what she does not hold.
     cloud.apply(
@@ -133,6 +161,17 @@ async fn only_users_that_rbac_allows_may_exec_into_edge_pods() {
         "--clusterrole=edit",
         "--user=alice",
     ]);
+    assert_eq!(
+        can_i(&["create", "pods", "--subresource=exec"]),
+        (Some(0), "yes".to_owned())
+    );
+    let (_, listed) = can_i(&["--list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("pods/exec ") && l.contains(" create ")),
+        "{listed}"
+    );
     let out = kubectl_as(&alice, &["exec", "app", "--", "misbehave", "print", "2"]);
     assert_eq!(
         (

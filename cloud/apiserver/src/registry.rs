@@ -77,10 +77,12 @@ impl ResourceInfo {
 
     /// The verbs the resource accepts: all of them, but `get` and `list` for the read-only
     /// `metrics.k8s.io` (so the namespace controller and the garbage collector, which want
-    /// `delete` and `watch`, leave them alone).
+    /// `delete` and `watch`, leave them alone), and `create` for the reviews.
     pub fn verbs(&self) -> &'static [&'static str] {
         if self.group == crate::api::metrics::GROUP {
             crate::api::metrics::VERBS
+        } else if crate::api::reviews::GROUPS.contains(&self.group.as_str()) {
+            crate::api::reviews::VERBS
         } else {
             ALL_VERBS
         }
@@ -310,6 +312,57 @@ const BUILTINS: &[Builtin] = &[
         "clusterrolebindings",
         "ClusterRoleBinding",
         false,
+        &[],
+        false,
+        &[],
+    ),
+    // Reviews: answered, never stored (`api::reviews`).
+    b(
+        "authentication.k8s.io",
+        "v1",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        false,
+        &[],
+        false,
+        &[],
+    ),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        false,
+        &[],
+        false,
+        &[],
+    ),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+        false,
+        &[],
+        false,
+        &[],
+    ),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        false,
+        &[],
+        false,
+        &[],
+    ),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "localsubjectaccessreviews",
+        "LocalSubjectAccessReview",
+        true,
         &[],
         false,
         &[],

@@ -20,6 +20,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod request;
+pub mod reviews;
 pub mod subresources;
 pub mod table;
 pub mod upgrade;
@@ -306,6 +307,9 @@ impl Api {
         }
         if info.group == metrics::GROUP {
             return metrics::serve(self, call, &info, &path).await;
+        }
+        if reviews::GROUPS.contains(&info.group.as_str()) {
+            return reviews::serve(self, call, &info, &path);
         }
         if let Some(sub) = path.subresource.as_deref() {
             if !info.has_subresource(sub) {

@@ -58,7 +58,7 @@ pub struct Attributes<'a> {
     pub user: &'a User,
     /// The verbs the request needs, all of them (`pods/exec` over a WebSocket is a `get` that
     /// also needs `create`, as kube-apiserver asks since 1.31).
-    pub verbs: Vec<&'static str>,
+    pub verbs: Vec<String>,
     /// What it is about.
     pub target: Target,
 }
@@ -83,7 +83,7 @@ impl<'a> Attributes<'a> {
             };
             return Self {
                 user,
-                verbs: vec![verb],
+                verbs: vec![verb.to_owned()],
                 target: Target::NonResource {
                     path: path.to_owned(),
                 },
@@ -100,13 +100,13 @@ impl<'a> Attributes<'a> {
             (&Method::DELETE, None) => "deletecollection",
             _ => "unknown",
         };
-        let mut verbs = vec![verb];
+        let mut verbs = vec![verb.to_owned()];
         let streams = matches!(
             p.subresource.as_deref(),
             Some("exec" | "attach" | "portforward")
         );
         if streams && verb == "get" {
-            verbs.push("create");
+            verbs.push("create".to_owned());
         }
         Self {
             user,
@@ -138,9 +138,14 @@ fn privileged(user: &User) -> bool {
     user.groups.iter().any(|g| g == MASTERS)
 }
 
+/// Whether the request is allowed.
+pub fn allowed(store: &Store, attributes: &Attributes<'_>) -> bool {
+    privileged(attributes.user) || rbac::allows(store, attributes)
+}
+
 /// Allows the request, or refuses it with kube-apiserver's 403.
 pub fn authorize(store: &Store, attributes: &Attributes<'_>) -> Result<(), ApiError> {
-    if privileged(attributes.user) || rbac::allows(store, attributes) {
+    if allowed(store, attributes) {
         return Ok(());
     }
     tracing::debug!(user = %attributes.user.name, verbs = ?attributes.verbs, target = ?attributes.target, "forbidden");
@@ -152,7 +157,7 @@ pub fn authorize(store: &Store, attributes: &Attributes<'_>) -> Result<(), ApiEr
 fn forbidden_message(attributes: &Attributes<'_>) -> String {
     let user = &attributes.user.name;
     // The verb it names is the first one refused.
-    let verb = attributes.verbs.last().copied().unwrap_or("get");
+    let verb = attributes.verbs.last().map_or("get", String::as_str);
     match &attributes.target {
         Target::NonResource { path } => {
             format!("forbidden: User \"{user}\" cannot {verb} path \"{path}\"")
@@ -212,7 +217,7 @@ pub fn check_escalation(
             store,
             &Attributes {
                 user,
-                verbs: vec![verb],
+                verbs: vec![verb.to_owned()],
                 target: Target::Resource {
                     group: RBAC_GROUP.into(),
                     resource: resource.into(),
