@@ -5,8 +5,13 @@
 //! Start at [`PodWorkers::open_logs`]: it picks the instance the request means from the
 //! container's status, as the kubelet does, and returns a [`LogReader`] that streams the rendered
 //! log in chunks. Rendering is [`wedge_core::crilog`]'s, pure; this module only does the I/O: it
-//! reads the file asynchronously, and to follow it polls for appended bytes (a file has no change
-//! notice that works the same on every filesystem an edge may log to) until the instance stops.
+//! reads the file asynchronously, and to follow it reads again when told the container's
+//! directory changed ([`super::notices`]: one inotify watcher for the edge, a watch per directory
+//! followed), until the instance stops. A follow waiting at the end of its file does no I/O: it
+//! wakes on a notice, on a change of the container's status, and every [`STATE_CHECK_INTERVAL`]
+//! to check that the instance still runs; where there are no notices, it reads again every
+//! [`FALLBACK_POLL_INTERVAL`]. A follow ends once the instance has stopped, or the next instance's
+//! log exists, and its file is read to the end.
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -15,13 +20,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
 use wedge_core::crilog::{self, LogOptions, LogRenderer};
 use wedge_core::status::{ContainerState, ContainerStatus, reason};
 
+pub use super::notices::FALLBACK_POLL_INTERVAL;
+use super::notices::Notices;
 use super::pod_workers::PodWorkers;
 
-/// How often a follow looks for appended bytes, and whether the container still runs.
-pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a follow waiting for more checks that the instance still runs, besides at every
+/// change of its status: a stop ends the follow at the latest this long after.
+pub const STATE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The most a read takes from the file at once, so a chunk of output stays about this size.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -190,28 +199,80 @@ impl PodWorkers {
             }
         })?;
         tracing::debug!(pod = %state.plan.display_name, container, attempt, ?options, "reading a container log");
-        let follow = options.follow.then(|| Follow {
-            newer: log_path(&dir, attempt.saturating_add(1)),
-            // Re-read at every poll: the instance read is running while the status says so
-            // and has not moved on to a later one.
-            still_running: Box::new(move || {
-                let s = slot.status();
-                s.state.is_running() && s.restart_count == attempt
-            }),
-        });
+        let follow = if options.follow {
+            // Subscribed before the file is first read to its end: nothing written after that
+            // read goes unnoticed.
+            let notices = self.log_notices().subscribe(&dir).await;
+            let status = Some(slot.changes());
+            Some(Follow {
+                newer: log_path(&dir, attempt.saturating_add(1)),
+                // Asked again whenever the follow waits: the instance read is running while
+                // the status says so and has not moved on to a later one.
+                still_running: Box::new(move || {
+                    let s = slot.status();
+                    s.state.is_running() && s.restart_count == attempt
+                }),
+                notices,
+                status,
+            })
+        } else {
+            None
+        };
         LogReader::open(log_path(&dir, attempt), &options, follow).await
     }
 }
 
-/// Whether the instance whose log is followed may still write to it; asked at every poll.
+/// Whether the instance whose log is followed may still write to it; asked whenever the follow
+/// reaches the end of the file and when it wakes.
 type StillRunning = Box<dyn Fn() -> bool + Send + Sync>;
 
-/// What a follow watches to know when to end.
+/// What a follow watches to know when to read again, and when to end.
 struct Follow {
     /// The instance is still running.
     still_running: StillRunning,
     /// The next instance's log file: once it exists, the instance read has ended.
     newer: PathBuf,
+    /// Notices of changes in the file's directory: there may be more to read.
+    notices: Notices,
+    /// Changes of the container's status, if known: one may be the instance stopping.
+    status: Option<watch::Receiver<()>>,
+}
+
+impl Follow {
+    /// Waits at the end of the file until there may be more to read (`false`: a notice came,
+    /// or without notices the poll interval passed) or the instance has stopped (`true`).
+    /// Cancel-safe.
+    async fn wait(&mut self) -> bool {
+        let polled = self.notices.polled();
+        let period = if polled {
+            FALLBACK_POLL_INTERVAL
+        } else {
+            STATE_CHECK_INTERVAL
+        };
+        loop {
+            tokio::select! {
+                () = self.notices.changed() => return false,
+                () = status_changed(&mut self.status) => {}
+                () = tokio::time::sleep(period) => if polled {
+                    return false;
+                },
+            }
+            if !(self.still_running)() {
+                return true;
+            }
+        }
+    }
+}
+
+/// The next change of a status; never, without one to watch.
+async fn status_changed(status: &mut Option<watch::Receiver<()>>) {
+    let Some(receiver) = status else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        // The container is gone: the check after this answers.
+        *status = None;
+    }
 }
 
 /// A container's log being read: rendered output in chunks, from [`PodWorkers::open_logs`].
@@ -292,16 +353,15 @@ impl LogReader {
             self.renderer.push(&self.buf[..n], out);
             return Ok(());
         }
-        match &self.follow {
+        match &mut self.follow {
             Some(follow) if !self.stopping => {
                 let ended = !(follow.still_running)()
-                    || tokio::fs::try_exists(&follow.newer).await.unwrap_or(false);
+                    || tokio::fs::try_exists(&follow.newer).await.unwrap_or(false)
+                    || follow.wait().await;
                 if ended {
-                    // What it wrote before it stopped may have come after this read: one more
-                    // read to the end takes it.
+                    // What it wrote before it stopped may have come after the last read: one
+                    // more read to the end takes it.
                     self.stopping = true;
-                } else {
-                    tokio::time::sleep(FOLLOW_POLL_INTERVAL).await;
                 }
             }
             _ => {
@@ -384,13 +444,18 @@ mod tests {
         Some(String::from_utf8(chunk.to_vec()).expect("utf-8"))
     }
 
-    /// A follow of `path` while `running` holds.
-    fn follow(dir: &Path, running: &Arc<AtomicBool>) -> Option<Follow> {
+    /// A follow of a log in `dir` while `running` holds, told of changes by the sender returned
+    /// (nothing else tells it: only the periodic check of `running` runs besides).
+    fn follow(dir: &Path, running: &Arc<AtomicBool>) -> (Option<Follow>, watch::Sender<()>) {
         let running = running.clone();
-        Some(Follow {
+        let (notices, receiver) = watch::channel(());
+        let follow = Follow {
             still_running: Box::new(move || running.load(Ordering::SeqCst)),
             newer: dir.join("1.log"),
-        })
+            notices: Notices::from_receiver(receiver),
+            status: None,
+        };
+        (Some(follow), notices)
     }
 
     #[tokio::test]
@@ -424,7 +489,8 @@ mod tests {
             follow: true,
             ..Default::default()
         };
-        let mut reader = LogReader::open(path.clone(), &options, follow(dir.path(), &running))
+        let (follow, notices) = follow(dir.path(), &running);
+        let mut reader = LogReader::open(path.clone(), &options, follow)
             .await
             .expect("open");
         assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
@@ -434,8 +500,11 @@ mod tests {
         // A line written in two goes out as it comes, and whole.
         let two = records(1, &["two".into()]);
         append(&path, &two[..10]);
-        tokio::time::sleep(FOLLOW_POLL_INTERVAL * 3).await;
+        notices.send_replace(());
+        let waited = tokio::time::timeout(STATE_CHECK_INTERVAL * 3, reader.next()).await;
+        assert!(waited.is_err(), "half a line: {waited:?}");
         append(&path, &two[10..]);
+        notices.send_replace(());
         assert_eq!(next_text(&mut reader).await.as_deref(), Some("two\n"));
         // What it wrote last is read before the follow ends.
         append(&path, &records(2, &["three".into()]));
@@ -454,7 +523,8 @@ mod tests {
             follow: true,
             ..Default::default()
         };
-        let mut reader = LogReader::open(path.clone(), &options, follow(dir.path(), &running))
+        let (follow, notices) = follow(dir.path(), &running);
+        let mut reader = LogReader::open(path.clone(), &options, follow)
             .await
             .expect("open");
         let start = Instant::now();
@@ -463,10 +533,182 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(2)).await;
             append(&path, &records(1, &["last".into()]));
             append(&newer, &records(2, &["next instance".into()]));
+            notices.send_replace(());
         });
         assert_eq!(read_all(&mut reader).await, "one\nlast\n");
         assert!(start.elapsed() >= Duration::from_secs(2));
         later.await.expect("writer");
+    }
+
+    /// A notice brings an appended line at once: no poll interval is waited out (the clock is
+    /// paused, so any sleep would show in `elapsed`).
+    #[tokio::test(start_paused = true)]
+    async fn a_notice_brings_an_appended_line_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        append(&path, &records(0, &["one".into()]));
+        let running = Arc::new(AtomicBool::new(true));
+        let options = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let (follow, notices) = follow(dir.path(), &running);
+        let mut reader = LogReader::open(path.clone(), &options, follow)
+            .await
+            .expect("open");
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
+        for (i, line) in ["two", "three", "four"].into_iter().enumerate() {
+            // Waiting at the end of the file, long past any poll interval.
+            let waited = tokio::time::timeout(Duration::from_secs(10), reader.next()).await;
+            assert!(waited.is_err(), "{waited:?}");
+            let start = Instant::now();
+            append(&path, &records(1 + i as i64, &[line.into()]));
+            notices.send_replace(());
+            assert_eq!(next_text(&mut reader).await, Some(format!("{line}\n")));
+            assert_eq!(start.elapsed(), Duration::ZERO);
+        }
+        // A line written while the follow waits, without a notice, is not read however long it
+        // waits: the follow does no polling.
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                append(&path, &records(9, &["unnoticed".into()]));
+            })
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(60), reader.next()).await;
+        assert!(waited.is_err(), "{waited:?}");
+        writer.await.expect("writer");
+        // (A new call reads before it waits.)
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("unnoticed\n"));
+    }
+
+    /// A follow ends at once when the container's status changes to stopped, and within
+    /// [`STATE_CHECK_INTERVAL`] when nothing tells it.
+    #[tokio::test(start_paused = true)]
+    async fn a_follow_ends_when_its_instance_stops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        append(&path, &records(0, &["one".into()]));
+        let options = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        for told in [true, false] {
+            let running = Arc::new(AtomicBool::new(true));
+            let (status, changes) = watch::channel(());
+            let (mut follow, _notices) = follow(dir.path(), &running);
+            if let Some(follow) = &mut follow {
+                follow.status = told.then_some(changes);
+            }
+            let mut reader = LogReader::open(path.clone(), &options, follow)
+                .await
+                .expect("open");
+            assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
+            let stopper = {
+                let running = running.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    running.store(false, Ordering::SeqCst);
+                    status.send_replace(());
+                })
+            };
+            let start = Instant::now();
+            assert!(reader.next().await.is_none());
+            let took = start.elapsed();
+            if told {
+                assert_eq!(took, Duration::from_millis(2500));
+            } else {
+                assert!(
+                    took <= Duration::from_millis(2500) + STATE_CHECK_INTERVAL,
+                    "{took:?}"
+                );
+            }
+            stopper.await.expect("stopper");
+        }
+    }
+
+    /// Where notices cannot be had the follow reads again every [`FALLBACK_POLL_INTERVAL`].
+    #[tokio::test(start_paused = true)]
+    async fn without_notices_a_follow_polls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        append(&path, &records(0, &["one".into()]));
+        let notices = super::super::notices::DirNotices::unavailable();
+        let running = Arc::new(AtomicBool::new(true));
+        let (mut follow, _unused) = follow(dir.path(), &running);
+        if let Some(follow) = &mut follow {
+            follow.notices = notices.subscribe(dir.path()).await;
+        }
+        let options = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let mut reader = LogReader::open(path.clone(), &options, follow)
+            .await
+            .expect("open");
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
+        let start = Instant::now();
+        append(&path, &records(1, &["two".into()]));
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("two\n"));
+        assert!(
+            start.elapsed() <= FALLBACK_POLL_INTERVAL,
+            "{:?}",
+            start.elapsed()
+        );
+        running.store(false, Ordering::SeqCst);
+        assert!(reader.next().await.is_none());
+    }
+
+    /// Through the edge's watcher (real files, real inotify, the clock running): a follow of a
+    /// running container gets each line appended without any poll (it has none), and several
+    /// follows of one log share the directory's one watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn followers_get_appended_lines_through_inotify() {
+        let h = Harness::new();
+        h.fake.script("main", &[None]);
+        h.start("run", spec("Always", false));
+        h.wait_for("run", |s| main_of(s).state.is_running()).await;
+        let options = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let mut readers = Vec::new();
+        for _ in 0..3 {
+            let mut reader = h
+                .workers
+                .open_logs("default", "pod-run", "main", options.clone())
+                .await
+                .expect("open");
+            assert_eq!(
+                next_text(&mut reader).await.as_deref(),
+                Some("main#0 started\n")
+            );
+            readers.push(reader);
+        }
+        assert_eq!(h.workers.log_notices().watched(), 1);
+        let path = h
+            .workers
+            .find_pod("default", "pod-run")
+            .expect("pod")
+            .plan
+            .dir
+            .join("main/0.log");
+        let wait = Duration::from_secs(5);
+        for i in 0..3 {
+            let line = format!("line {i}");
+            append(&path, &records(i, std::slice::from_ref(&line)));
+            for reader in &mut readers {
+                let got = tokio::time::timeout(wait, next_text(reader)).await;
+                assert_eq!(got.expect("in time"), Some(format!("{line}\n")));
+            }
+        }
+        drop(readers);
+        let deadline = Instant::now() + wait;
+        while h.workers.log_notices().watched() > 0 {
+            assert!(Instant::now() < deadline, "the watch outlives its follows");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -517,11 +759,13 @@ mod tests {
             limit_bytes: Some(14),
             ..Default::default()
         };
-        let mut reader = LogReader::open(path.clone(), &options, follow(dir.path(), &running))
+        let (follow, notices) = follow(dir.path(), &running);
+        let mut reader = LogReader::open(path.clone(), &options, follow)
             .await
             .expect("open");
         assert_eq!(next_text(&mut reader).await.as_deref(), Some("line 4999\n"));
         append(&path, &records(5000, &["appended".into()]));
+        notices.send_replace(());
         assert_eq!(read_all(&mut reader).await, "appe");
     }
 

@@ -19,6 +19,7 @@ pub mod env;
 pub mod exec;
 pub mod logs;
 pub mod node;
+pub mod notices;
 pub mod plan;
 pub mod pod_workers;
 pub mod portforward;

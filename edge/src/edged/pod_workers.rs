@@ -25,6 +25,7 @@ use wedge_core::restart::{BackoffSettings, RestartPolicy};
 use wedge_core::runtime::{ContainerStats, PullAuth, labels};
 use wedge_core::status::{PodPhase, PodStatusReport};
 
+use super::notices::DirNotices;
 use super::plan::PodPlan;
 use super::runtimes::{RuntimeHandle, Runtimes};
 use super::worker::{self, Adopted, PodState};
@@ -123,6 +124,8 @@ struct Inner {
     listener: RwLock<Option<StatusListener>>,
     /// What the runtimes held when Edged started, by pod uid, until adopted or removed.
     inventory: Mutex<HashMap<String, (&'static str, Adopted)>>,
+    /// The watcher of the log directories followed (`kubectl logs -f`), shared by every follow.
+    log_notices: DirNotices,
 }
 
 /// The pods this edge runs.
@@ -145,6 +148,7 @@ impl PodWorkers {
                 pods: Mutex::default(),
                 listener: RwLock::default(),
                 inventory: Mutex::default(),
+                log_notices: DirNotices::default(),
             }),
         }
     }
@@ -157,6 +161,11 @@ impl PodWorkers {
     /// The settings.
     pub fn config(&self) -> &WorkerConfig {
         &self.inner.config
+    }
+
+    /// The watcher of followed log directories.
+    pub(super) fn log_notices(&self) -> &DirNotices {
+        &self.inner.log_notices
     }
 
     /// Calls `listener` on every container status change of pods started from now on.

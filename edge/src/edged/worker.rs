@@ -47,6 +47,8 @@ pub struct Slot {
     ready: AtomicBool,
     /// The current instance's startup probe has passed (or it has none).
     started: AtomicBool,
+    /// Sent at every change of `status`, for whoever waits on one (a log follow).
+    changes: tokio::sync::watch::Sender<()>,
 }
 
 impl Slot {
@@ -69,7 +71,13 @@ impl Slot {
             id: Mutex::new(None),
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new(()),
         }
+    }
+
+    /// Marked changed at every change of the status from now on.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changes.subscribe()
     }
 
     pub(crate) fn status(&self) -> ContainerStatus {
@@ -197,6 +205,7 @@ impl PodState {
             .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner));
+        slot.changes.send_replace(());
         self.notify();
     }
 
