@@ -598,3 +598,41 @@ pub fn anonymous_tls(ca_pem_path: &Path) -> rustls::ClientConfig {
     .with_root_certificates(roots)
     .with_no_client_auth()
 }
+
+/// Reads `child`'s stdout line by line on a thread; the lines arrive on the returned channel.
+pub fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs `kubectl <args>` on a terminal of its own, as from a user's shell: `script` gives it a
+/// pty (24 rows of 80 columns) as its stdin, stdout and stderr, on whose keyboard nobody types.
+/// What the terminal showed, byte for byte, and the exit code.
+pub fn kubectl_on_a_terminal(cloud: &Cloud, args: &str) -> (Option<i32>, String) {
+    let line = format!(
+        "stty rows 24 cols 80 && kubectl --kubeconfig {} {args}",
+        cloud.kubeconfig().display()
+    );
+    let child = Command::new("script")
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let out = finishes(child, Duration::from_secs(60));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

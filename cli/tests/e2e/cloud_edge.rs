@@ -1,17 +1,12 @@
 //! Cloud to edge through real processes: `cloudcore` (embedded API server, control plane,
 //! CloudHub), `edgecore` joined with a token from `wedge token create`, the real `kubectl`, a
 //! real registry serving the sample apps. Each test gets its own ports and directories.
-//! [`containers`] adds a containerd of its own to the edge.
-
-mod authorization;
-mod containers;
-mod real_cluster;
-mod support;
+//! [`super::containers`] adds a containerd of its own to the edge.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use super::support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_lands_on_its_edge_with_its_config_and_leaves_when_deleted() {
@@ -329,22 +324,6 @@ async fn joins_that_cannot_work_say_why_and_edges_are_only_themselves() {
         "edge-a was never registered"
     );
     assert!(cloud.metric("wedge_cloudhub_frames_refused_total", "edge-b") >= 1.0);
-}
-
-/// Reads `child`'s stdout line by line on a thread; the lines arrive on the returned channel.
-fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// The number after "tick " in a telemetry log line.
@@ -717,28 +696,6 @@ impl OneEdge {
         let file = std::fs::File::create(&path).expect("a stderr file");
         (path, file)
     }
-}
-
-/// Runs `kubectl <args>` on a terminal of its own, as from a user's shell: `script` gives it a
-/// pty (24 rows of 80 columns) as its stdin, stdout and stderr, on whose keyboard nobody types.
-/// What the terminal showed, byte for byte, and the exit code.
-fn kubectl_on_a_terminal(cloud: &Cloud, args: &str) -> (Option<i32>, String) {
-    let line = format!(
-        "stty rows 24 cols 80 && kubectl --kubeconfig {} {args}",
-        cloud.kubeconfig().display()
-    );
-    let child = Command::new("script")
-        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux) runs");
-    let out = finishes(child, Duration::from_secs(60));
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 /// `kubectl exec -it` from a real terminal reaches a Wasm command as a terminal: the command

@@ -3,8 +3,6 @@
 //! send (written by hand on a real connection with an edge's identity), and certificates that
 //! expire while the edge runs.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -13,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wedge_core::protocol::messages::Hello;
 use wedge_core::protocol::{Envelope, Operation, ResourceKind, ResourceRef};
 
-use support::*;
+use super::support::*;
 
 const READY: &str = "{.status.conditions[?(@.type==\"Ready\")].status}";
 

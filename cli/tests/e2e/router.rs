@@ -3,15 +3,13 @@
 //! and an HTTP service receiving what the Rules deliver. What is asserted is what users see: the
 //! requests the service gets and the Rules' status in the API.
 
-mod support;
-
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use wedge_testkit::http_sink::HttpSink;
 use wedge_testkit::mosquitto::Mosquitto;
 
-use support::*;
+use super::support::*;
 
 /// KubeEdge's router sample: an eventbus endpoint, a rest endpoint, and a rule between them
 /// (`topic: test` on the node's bus, POSTed to the sink).

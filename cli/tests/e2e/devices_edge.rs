@@ -4,8 +4,6 @@
 //! registry. KubeEdge manifests are applied; what is asserted is what users see: the Device's
 //! status in the API and the device's registers.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use wedge_mapper_modbus::{SimConfig, Simulator};
 
-use support::*;
+use super::support::*;
 
 fn manifest(name: &str) -> String {
     std::fs::read_to_string(

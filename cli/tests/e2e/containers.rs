@@ -527,7 +527,7 @@ async fn container_pods_live_and_die_as_under_a_kubelet() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("kubectl runs");
-    let lines = super::lines_of(&mut follow);
+    let lines = lines_of(&mut follow);
     assert_eq!(
         lines.recv_timeout(Duration::from_secs(30)).as_deref(),
         Ok("up")
@@ -1382,7 +1382,7 @@ async fn kubectl_exec_attach_and_cp_reach_container_and_wasm_pods() {
         .stderr(std::fs::File::create(env.root.join("attach.err")).expect("a file"))
         .spawn()
         .expect("kubectl runs");
-    let lines = super::lines_of(&mut attach);
+    let lines = lines_of(&mut attach);
     for _ in 0..3 {
         assert_eq!(
             lines.recv_timeout(Duration::from_secs(20)).as_deref(),
@@ -1436,9 +1436,12 @@ async fn kubectl_exec_attach_and_cp_reach_container_and_wasm_pods() {
 
     // From a real terminal (a pty of 24 rows by 80 columns), `exec -it` gives the container's
     // command a terminal of that size, through containerd's pty: its lines end CR LF, and the
-    // exit code comes back.
-    let (code, shown) =
-        super::kubectl_on_a_terminal(cloud, "exec -it shell -- sh -c 'tty; stty size; exit 3'");
+    // exit code comes back. The size comes as kubectl's first resize, which may land after the
+    // command starts (so on a kubelet too): the command waits for it, for 5 s at most.
+    let (code, shown) = kubectl_on_a_terminal(
+        cloud,
+        "exec -it shell -- sh -c 'tty; i=0; until [ \"$(stty size 2>/dev/null)\" = \"24 80\" ] || [ $i -ge 50 ]; do i=$((i+1)); sleep 0.1; done; stty size; exit 3'",
+    );
     assert_eq!(code, Some(3), "{shown:?}");
     assert!(
         shown.starts_with("/dev/pts/0\r\n24 80\r\n"),
@@ -1487,7 +1490,7 @@ impl PortForward {
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("a file"));
         let mut child = command.spawn().expect("kubectl runs");
-        let lines = super::lines_of(&mut child);
+        let lines = lines_of(&mut child);
         let mut ports = vec![0; remote.len()];
         while ports.contains(&0) {
             let line = lines

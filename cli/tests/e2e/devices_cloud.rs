@@ -3,8 +3,6 @@
 //! (`sample-apps/manifests/devices/`), and an edge's identity speaks the protocol by hand, so
 //! what the cloud sends and accepts is seen frame by frame.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use wedge_core::protocol::messages::Hello;
 use wedge_core::protocol::{Envelope, Operation, ResourceKind, ResourceRef};
 
-use support::*;
+use super::support::*;
 
 fn manifest(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
