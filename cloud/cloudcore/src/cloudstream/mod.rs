@@ -332,6 +332,24 @@ pub(crate) fn node_of(
         })
 }
 
+/// How long ending an upgraded connection may take.
+const END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends an upgraded connection as TLS should: a close_notify, then the socket's end. Dropping
+/// it instead makes the API server's copy of it fail with an unexpected EOF, which may cut what
+/// it has not yet passed on to the client.
+pub(crate) async fn end_connection<S>(io: &mut S)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    match tokio::time::timeout(END_TIMEOUT, io.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("ending a stream connection: {e}"),
+        Err(_) => tracing::debug!("ending a stream connection timed out"),
+    }
+}
+
 /// The values of header `name`, comma-separated lists split, each trimmed, empty ones left out:
 /// the protocols a client offers (`Sec-WebSocket-Protocol`, `X-Stream-Protocol-Version`).
 pub(crate) fn offered<'h>(headers: &'h http::HeaderMap, name: &str) -> Vec<&'h str> {

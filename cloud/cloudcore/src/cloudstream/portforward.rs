@@ -444,13 +444,14 @@ enum FromPod {
 /// Joins the WebSocket's channels to the ports' edge streams until the client leaves or every
 /// connection has ended.
 async fn bridge<S>(
-    ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<S>,
     protocol: Protocol,
     connections: Vec<(u16, (StreamSender, StreamReceiver))>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut ws_out, mut ws_in) = ws.split();
+    // Split borrowed, so that the connection can be ended properly once both halves are done.
+    let (mut ws_out, mut ws_in) = (&mut ws).split();
     let mut senders = Vec::with_capacity(connections.len());
     let mut events: SelectAll<_> = SelectAll::new();
     for (index, (port, (sender, receiver))) in connections.into_iter().enumerate() {
@@ -532,6 +533,8 @@ async fn bridge<S>(
         () = inbound => {}
         () = outbound => {}
     }
+    drop((ws_out, ws_in));
+    super::end_connection(ws.get_mut()).await;
 }
 
 /// The data and error channels of the `index`-th port.

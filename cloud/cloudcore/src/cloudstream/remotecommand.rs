@@ -246,7 +246,7 @@ pub(crate) async fn serve(
 /// Joins the client's WebSocket to the edge's stream until the client goes or the edge's end
 /// of the stream has been written to it.
 async fn bridge<S>(
-    ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<S>,
     protocol: Protocol,
     io: StreamIo,
     sender: StreamSender,
@@ -254,7 +254,8 @@ async fn bridge<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut ws_out, mut ws_in) = ws.split();
+    // Split borrowed, so that the connection can be ended properly once both halves are done.
+    let (mut ws_out, mut ws_in) = (&mut ws).split();
     // Ready: an empty message on the lowest channel this end writes.
     let ready = if io.stdout {
         channel::STDOUT
@@ -338,6 +339,8 @@ async fn bridge<S>(
         () = inbound => {}
         () = outbound => {}
     }
+    drop((ws_out, ws_in));
+    super::end_connection(ws.get_mut()).await;
 }
 
 #[cfg(test)]

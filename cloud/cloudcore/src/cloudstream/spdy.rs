@@ -123,22 +123,26 @@ pub(crate) async fn serve<S>(io: S, streams: mpsc::Sender<ClientStream>) -> Resu
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (read, write) = tokio::io::split(io);
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (data_tx, data_rx) = mpsc::channel(OUTBOUND_FRAMES);
-    let reading = read_frames(FramedRead::new(read, Codec), control_tx, data_tx, streams);
-    let writing = write_frames(FramedWrite::new(write, Codec), control_rx, data_rx);
-    tokio::pin!(reading, writing);
-    tokio::select! {
-        ended = &mut reading => {
-            // What the reader queued last (a GOAWAY saying why) still goes, briefly.
-            let _ = tokio::time::timeout(FINAL_FLUSH, writing).await;
-            ended
+    let (read, mut write) = tokio::io::split(io);
+    let ended = {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (data_tx, data_rx) = mpsc::channel(OUTBOUND_FRAMES);
+        let reading = read_frames(FramedRead::new(read, Codec), control_tx, data_tx, streams);
+        let writing = write_frames(FramedWrite::new(&mut write, Codec), control_rx, data_rx);
+        tokio::pin!(reading, writing);
+        tokio::select! {
+            ended = &mut reading => {
+                // What the reader queued last (a GOAWAY saying why) still goes, briefly.
+                let _ = tokio::time::timeout(FINAL_FLUSH, writing).await;
+                ended
+            }
+            // The writer ends early only when the connection cannot be written: the reader
+            // will see it.
+            () = &mut writing => reading.await,
         }
-        // The writer ends early only when the connection cannot be written: the reader will
-        // see it.
-        () = &mut writing => reading.await,
-    }
+    };
+    super::end_connection(&mut write).await;
+    ended
 }
 
 /// The reading half: accepts streams, routes DATA to them, answers pings.
