@@ -27,9 +27,7 @@ fn stderr(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_users_that_rbac_allows_may_exec_into_edge_pods() {
     let registry = registry_with_samples().await;
-    let misbehave = wedge_testkit::sample_apps::push(&registry.host(), "misbehave")
-        .await
-        .expect("push misbehave");
+    push_misbehave(&registry).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cloud = Cloud::start(&dir.path().join("cloud"));
     let token = cloud.token("1h");
@@ -41,7 +39,8 @@ async fn only_users_that_rbac_allows_may_exec_into_edge_pods() {
         &registry.host(),
     );
     cloud.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {misbehave}\n    command: [misbehave, sleep]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}/samples/misbehave:1\n    command: [misbehave, sleep]\n",
+        registry.host()
     ));
     cloud.wait_for(
         "pod/app",

@@ -894,19 +894,7 @@ async fn a_mixed_pod_shares_localhost_and_volumes_between_wasm_and_a_container()
     let env = mixed_edge(&[]).await;
     let cloud = &env.cloud;
     let host = env.registry.host();
-    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
-        .await
-        .expect("join")
-        .expect("sample apps");
-    let misbehave = apps.bytes("misbehave").expect("misbehave");
-    wedge_testkit::oci::push(
-        &host,
-        "samples/misbehave",
-        "1",
-        &wedge_testkit::oci::Image::wasm(&misbehave, wedge_testkit::oci::WasmLayout::CncfArtifact),
-    )
-    .await
-    .expect("push");
+    push_misbehave(&env.registry).await;
     // No RuntimeClass: the images' kinds make it a mixed pod.
     cloud.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: mixed\nspec:\n  restartPolicy: OnFailure\n  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: page\n    image: {host}/samples/misbehave:1\n    command: [misbehave, write, /shared/index.html, hello-from-wasm]\n    volumeMounts: [{{name: shared, mountPath: /shared}}]\n  containers:\n  - name: web\n    image: {}\n    command: [httpd, -f, -p, '8080', -h, /shared]\n    volumeMounts: [{{name: shared, mountPath: /shared}}]\n  - name: app\n    image: {host}/samples/misbehave:1\n    command: [misbehave, fetch, '127.0.0.1:8080', /index.html]\n  volumes:\n  - name: shared\n    emptyDir: {{}}\n",
@@ -1262,19 +1250,7 @@ async fn kubectl_exec_attach_and_cp_reach_container_and_wasm_pods() {
     let cloud = &env.cloud;
     env.runtime_classes();
     let host = env.registry.host();
-    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
-        .await
-        .expect("join")
-        .expect("sample apps");
-    let misbehave = apps.bytes("misbehave").expect("misbehave");
-    wedge_testkit::oci::push(
-        &host,
-        "samples/misbehave",
-        "1",
-        &wedge_testkit::oci::Image::wasm(&misbehave, wedge_testkit::oci::WasmLayout::CncfArtifact),
-    )
-    .await
-    .expect("push");
+    push_misbehave(&env.registry).await;
     cloud.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: shell\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'while true; do echo tick; sleep 0.2; done']\n",
         env.busybox
@@ -1545,19 +1521,7 @@ async fn kubectl_port_forward_reaches_container_and_wasm_ports() {
     let env = mixed_edge(&[]).await;
     let cloud = &env.cloud;
     let host = env.registry.host();
-    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
-        .await
-        .expect("join")
-        .expect("sample apps");
-    let misbehave = apps.bytes("misbehave").expect("misbehave");
-    wedge_testkit::oci::push(
-        &host,
-        "samples/misbehave",
-        "1",
-        &wedge_testkit::oci::Image::wasm(&misbehave, wedge_testkit::oci::WasmLayout::CncfArtifact),
-    )
-    .await
-    .expect("push");
+    push_misbehave(&env.registry).await;
     cloud.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: served\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: {}\n    command: [sh, -c, 'mkdir -p /www && echo page-from-the-container > /www/index.html && exec httpd -f -p 8080 -h /www']\n  - name: app\n    image: {host}/samples/misbehave:1\n    command: [misbehave, serve, '9090']\n",
         env.busybox

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use wedge_testkit::oci::{Image, WasmLayout, push};
 use wedge_testkit::registry::Registry;
 
 pub fn free_port() -> u16 {
@@ -320,40 +319,20 @@ pub fn start_edge(
 
 /// A registry with the sample apps pushed as `<host>/samples/<app>:1`.
 pub async fn registry_with_samples() -> Registry {
-    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
-        .await
-        .expect("join")
-        .expect("sample apps build");
     let registry = Registry::start().expect("registry");
     for app in ["hello", "telemetry", "fan_handler"] {
-        let wasm = apps.bytes(app).expect("sample");
-        push(
-            &registry.host(),
-            &format!("samples/{}", app.replace('_', "-")),
-            "1",
-            &Image::wasm(&wasm, WasmLayout::CncfArtifact),
-        )
-        .await
-        .expect("push");
+        wedge_testkit::sample_apps::push(&registry.host(), app)
+            .await
+            .expect("push a sample app");
     }
     registry
 }
 
 /// Pushes the `misbehave` test guest to `registry` as `<host>/samples/misbehave:1`.
 pub async fn push_misbehave(registry: &Registry) {
-    let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build)
+    wedge_testkit::sample_apps::push(&registry.host(), "misbehave")
         .await
-        .expect("join")
-        .expect("sample apps build");
-    let wasm = apps.bytes("misbehave").expect("misbehave");
-    push(
-        &registry.host(),
-        "samples/misbehave",
-        "1",
-        &Image::wasm(&wasm, WasmLayout::CncfArtifact),
-    )
-    .await
-    .expect("push");
+        .expect("push misbehave");
 }
 
 /// A pod of one `misbehave` container running `args` (`sleep`: idle, for commands to run in).
