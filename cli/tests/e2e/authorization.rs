@@ -2,7 +2,8 @@
 //! certificate with no groups) against cloudcore's embedded API server, with real kubectl, and
 //! RBAC's roles and bindings deciding: nothing without a binding, reading with `view`, exec
 //! with `edit`, and no granting oneself more than one holds; `kubectl auth whoami` and
-//! `kubectl auth can-i` say so beforehand.
+//! `kubectl auth can-i` say so beforehand, and `--as` acts as another only for who may
+//! impersonate.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -92,6 +93,25 @@ async fn only_users_that_rbac_allows_may_exec_into_edge_pods() {
     };
     assert_eq!(can_i(&["list", "pods"]), (Some(1), "no".to_owned()));
 
+    // Only who may impersonate may act as another: the admin may, as alice, and finds her
+    // limits; alice may not be bob.
+    let out = cloud.kubectl(&["get", "pods", "--as=alice"]);
+    assert!(
+        !out.status.success()
+            && stderr(&out).contains("User \"alice\" cannot list resource \"pods\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = kubectl_as(&alice, &["get", "pods", "--as=bob"]);
+    assert!(
+        !out.status.success()
+            && stderr(&out).contains(
+                "users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+            ),
+        "{}",
+        stderr(&out)
+    );
+
     // `view` in default: pods and their logs, not exec.
     cloud.kubectl_ok(&[
         "create",
@@ -164,6 +184,8 @@ async fn only_users_that_rbac_allows_may_exec_into_edge_pods() {
         can_i(&["create", "pods", "--subresource=exec"]),
         (Some(0), "yes".to_owned())
     );
+    let out = cloud.kubectl(&["auth", "can-i", "create", "pods/exec", "--as=alice"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
     let (_, listed) = can_i(&["--list"]);
     assert!(
         listed

@@ -243,6 +243,11 @@ impl Api {
         let Some(user) = user else {
             return error_response(&ApiError::Unauthorized);
         };
+        let user = match crate::authz::impersonation::acting_user(&self.store, user, &parts.headers)
+        {
+            Ok(user) => user,
+            Err(e) => return error_response(&e),
+        };
         let query = Query::parse(parts.uri.query());
         let attributes =
             crate::authz::Attributes::of(&user, &parts.method, &path, &target, query.flag("watch"));

@@ -10,6 +10,7 @@
 //! (bindings).
 
 pub mod bootstrap;
+pub mod impersonation;
 pub mod rbac;
 
 use http::Method;
