@@ -234,6 +234,17 @@ const BUILTINS: &[Builtin] = &[
         true,
         &["status"],
     ),
+    b("batch", "v1", "jobs", "Job", true, &[], true, &["status"]),
+    b(
+        "batch",
+        "v1",
+        "cronjobs",
+        "CronJob",
+        true,
+        &["cj"],
+        true,
+        &["status"],
+    ),
     b(
         "coordination.k8s.io",
         "v1",

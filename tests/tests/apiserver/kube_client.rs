@@ -227,6 +227,38 @@ async fn every_patch_type_and_server_side_apply() {
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
+    // The same value is no conflict: carol shares "mine" with alice.
+    let shared = cms
+        .patch(
+            "cfg",
+            &PatchParams::apply("carol"),
+            &Patch::Apply(apply("mine", "1")),
+        )
+        .await
+        .expect("the same value is shared");
+    let owners_of_mine: Vec<String> = shared
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:data/f:mine").is_some())
+        })
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(owners_of_mine, ["alice", "carol"]);
+    // carol lets go of it again.
+    cms.patch(
+        "cfg",
+        &PatchParams::apply("carol"),
+        &Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}}),
+        ),
+    )
+    .await
+    .expect("apply");
     let forced = cms
         .patch(
             "cfg",

@@ -148,9 +148,14 @@ fn merge(
             .unwrap_or("");
         return Err(ApiError::conflict(&info.group, &info.plural, name, detail));
     }
-    // Forced: the fields change hands.
+    // Forced: the conflicting fields change hands. A field another manager set to the value
+    // applied stays theirs too: shared, as kube-apiserver shares it.
     for e in list.iter_mut().filter(|e| !mine(e)) {
-        e.fields.retain(|p| !applied_set.contains(p));
+        e.fields.retain(|p| {
+            !conflicts
+                .iter()
+                .any(|(m, _, conflicting)| *m == e.manager && conflicting == p)
+        });
     }
 
     let previous = list

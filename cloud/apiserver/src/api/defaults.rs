@@ -57,6 +57,22 @@ pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
                 template(spec);
             }
         }
+        ("batch", "Job") => job(object, creating),
+        ("batch", "CronJob") => {
+            if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                set(spec, "concurrencyPolicy", json!("Allow"));
+                set(spec, "suspend", json!(false));
+                set(spec, "successfulJobsHistoryLimit", json!(3));
+                set(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(job_spec) = spec
+                    .get_mut("jobTemplate")
+                    .and_then(|t| t.get_mut("spec"))
+                    .and_then(Value::as_object_mut)
+                {
+                    job_spec_defaults(job_spec);
+                }
+            }
+        }
         ("", "Service") => {
             if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
                 set(spec, "type", json!("ClusterIP"));
@@ -88,6 +104,105 @@ pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
         }
         _ => {}
     }
+}
+
+/// The label and selector key naming a Job's uid, and the one naming the Job.
+pub const JOB_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
+/// See [`JOB_CONTROLLER_UID`].
+pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
+
+/// `SetDefaults_Job`, and on create the Job strategy's `generateSelector`: unless
+/// `manualSelector` is true, the template gets `batch.kubernetes.io/controller-uid` and
+/// `batch.kubernetes.io/job-name` (and their legacy unprefixed twins) from the Job's uid and
+/// name, and the selector matches the uid. A Job without labels takes its template's, as
+/// kube-apiserver's defaulting on read gives it.
+fn job(object: &mut Value, creating: bool) {
+    let name = object.pointer("/metadata/name").cloned();
+    let uid = object.pointer("/metadata/uid").cloned();
+    let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    job_spec_defaults(spec);
+    let manual = spec.get("manualSelector").and_then(Value::as_bool) == Some(true);
+    if creating
+        && !manual
+        && let (Some(Value::String(name)), Some(Value::String(uid))) = (name, uid)
+    {
+        if let Some(template) = spec.get_mut("template").and_then(Value::as_object_mut) {
+            let meta = template.entry("metadata").or_insert_with(|| json!({}));
+            if !meta.is_object() {
+                *meta = json!({});
+            }
+            if let Some(meta) = meta.as_object_mut() {
+                let labels = meta.entry("labels").or_insert_with(|| json!({}));
+                if !labels.is_object() {
+                    *labels = json!({});
+                }
+                if let Some(labels) = labels.as_object_mut() {
+                    for key in ["job-name", JOB_NAME] {
+                        set(labels, key, json!(name));
+                    }
+                    for key in ["controller-uid", JOB_CONTROLLER_UID] {
+                        set(labels, key, json!(uid));
+                    }
+                }
+            }
+        }
+        let selector = spec.entry("selector").or_insert_with(|| json!({}));
+        if !selector.is_object() {
+            *selector = json!({});
+        }
+        if let Some(selector) = selector.as_object_mut() {
+            let by_label = selector.entry("matchLabels").or_insert_with(|| json!({}));
+            if let Some(by_label) = by_label.as_object_mut() {
+                set(by_label, JOB_CONTROLLER_UID, json!(uid));
+            }
+        }
+    }
+    let template_labels = spec
+        .get("template")
+        .and_then(|t| t.pointer("/metadata/labels"))
+        .filter(|l| l.as_object().is_some_and(|l| !l.is_empty()))
+        .cloned();
+    if let (Some(labels), Some(meta)) = (
+        template_labels,
+        object.get_mut("metadata").and_then(Value::as_object_mut),
+    ) && meta
+        .get("labels")
+        .and_then(Value::as_object)
+        .is_none_or(Map::is_empty)
+    {
+        meta.insert("labels".into(), labels);
+    }
+}
+
+/// The defaults of a Job's spec (also a CronJob's `jobTemplate`): parallelism and completions
+/// 1 when both are unset (a Job with parallelism and no completions is a work queue and keeps
+/// none), backoffLimit 6, NonIndexed, not suspended, pods replaced once terminating or failed.
+fn job_spec_defaults(spec: &mut Map<String, Value>) {
+    let unset = |spec: &Map<String, Value>, k: &str| spec.get(k).is_none_or(Value::is_null);
+    if unset(spec, "completions") && unset(spec, "parallelism") {
+        spec.insert("completions".into(), json!(1));
+    }
+    set(spec, "parallelism", json!(1));
+    if unset(spec, "backoffLimit") {
+        let limit = if unset(spec, "backoffLimitPerIndex") {
+            6
+        } else {
+            i32::MAX
+        };
+        spec.insert("backoffLimit".into(), json!(limit));
+    }
+    set(spec, "completionMode", json!("NonIndexed"));
+    set(spec, "suspend", json!(false));
+    let replacement = if unset(spec, "podFailurePolicy") {
+        "TerminatingOrFailed"
+    } else {
+        "Failed"
+    };
+    set(spec, "podReplacementPolicy", json!(replacement));
+    set(spec, "manualSelector", json!(false));
+    template(spec);
 }
 
 /// Sets `key` unless present (and not null).
@@ -290,6 +405,44 @@ mod tests {
         assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
         assert_eq!(spec["serviceAccountName"], "default");
         assert_eq!(qos_class(&pod), "Burstable");
+    }
+
+    #[test]
+    fn jobs_get_kubes_defaults_and_a_selector_from_their_uid() {
+        let mut job = json!({"metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "a", "image": "x:1"}]}}}});
+        apply("batch", "Job", &mut job, true);
+        let spec = &job["spec"];
+        assert_eq!(spec["completions"], 1);
+        assert_eq!(spec["parallelism"], 1);
+        assert_eq!(spec["backoffLimit"], 6);
+        assert_eq!(spec["completionMode"], "NonIndexed");
+        assert_eq!(spec["suspend"], false);
+        assert_eq!(spec["manualSelector"], false);
+        assert_eq!(spec["podReplacementPolicy"], "TerminatingOrFailed");
+        assert_eq!(
+            spec["selector"],
+            json!({"matchLabels": {JOB_CONTROLLER_UID: "u-1"}})
+        );
+        let labels = json!({"batch.kubernetes.io/controller-uid": "u-1",
+            "batch.kubernetes.io/job-name": "pi", "controller-uid": "u-1", "job-name": "pi"});
+        assert_eq!(spec["template"]["metadata"]["labels"], labels);
+        assert_eq!(job["metadata"]["labels"], labels);
+        assert_eq!(spec["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+
+        // A work queue (parallelism, no completions) keeps no completions.
+        let mut queue = json!({"metadata": {"name": "q", "uid": "u-2"},
+            "spec": {"parallelism": 3, "manualSelector": true, "selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": []}}}});
+        apply("batch", "Job", &mut queue, true);
+        assert!(queue["spec"].get("completions").is_none());
+        assert_eq!(
+            queue["spec"]["selector"],
+            json!({"matchLabels": {"a": "b"}})
+        );
+        // Unset, the pod template's restart policy is Always, which validation refuses.
+        assert_eq!(queue["spec"]["template"]["spec"]["restartPolicy"], "Always");
     }
 
     #[test]

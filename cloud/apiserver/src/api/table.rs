@@ -229,6 +229,64 @@ fn template_cells(o: &Value) -> [Value; 3] {
     [json!(containers), json!(images), json!(selector)]
 }
 
+/// A Job's `STATUS`, as kubectl's job printer (1.33) words it.
+fn job_status(o: &Value) -> &'static str {
+    let has = |kind: &str| {
+        o.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == kind && c["status"] == "True")
+            })
+    };
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if o
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    }
+}
+
+/// A Job's `COMPLETIONS`: succeeded of completions, or of 1 for a work queue.
+fn job_completions(o: &Value) -> String {
+    let succeeded = n(o, "/status/succeeded");
+    match o.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => match n(o, "/spec/parallelism") {
+            p if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    }
+}
+
+/// A Job's `DURATION`: from its start to its completion, or to now while it runs.
+fn job_duration(o: &Value) -> String {
+    let time = |p: &str| {
+        o.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    match (time("/status/startTime"), time("/status/completionTime")) {
+        (None, _) => String::new(),
+        (Some(start), None) => {
+            human_duration(jiff::Timestamp::now().as_second() - start.as_second())
+        }
+        (Some(start), Some(end)) => human_duration(end.as_second() - start.as_second()),
+    }
+}
+
 /// The columns and cells of one kind.
 fn columns(info: &ResourceInfo) -> Vec<Value> {
     let name = col(
@@ -467,6 +525,63 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
                 "The label selector of the service.",
             ),
         ],
+        ("batch", "Job") => [
+            name,
+            col("Status", "string", 0, "Status of the job."),
+            col(
+                "Completions",
+                "string",
+                0,
+                "The number of pods which reached phase Succeeded. The value increases monotonically for a given spec. However, it may decrease in reaction to scale down of elastic indexed jobs.",
+            ),
+            col(
+                "Duration",
+                "string",
+                0,
+                "Time required to complete the job.",
+            ),
+            age,
+        ]
+        .into_iter()
+        .chain(template_columns())
+        .collect(),
+        ("batch", "CronJob") => [
+            name,
+            col(
+                "Schedule",
+                "string",
+                0,
+                "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron.",
+            ),
+            col(
+                "Timezone",
+                "string",
+                0,
+                "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones. If not specified, this will default to the time zone of the kube-controller-manager process. The set of valid time zone names and the time zone offset is loaded from the system-wide time zone database by the API server during CronJob validation and the controller manager during execution. If no system-wide time zone database can be found a bundled version of the database is used instead. If the time zone name becomes invalid during the lifetime of a CronJob or due to a change in host configuration, the controller will stop creating new new Jobs and will create a system event with the reason UnknownTimeZone. More information can be found in https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/#time-zones",
+            ),
+            col(
+                "Suspend",
+                "boolean",
+                0,
+                "This flag tells the controller to suspend subsequent executions, it does not apply to already started executions.  Defaults to false.",
+            ),
+            col(
+                "Active",
+                "integer",
+                0,
+                "A list of pointers to currently running jobs.",
+            ),
+            col(
+                "Last Schedule",
+                "string",
+                0,
+                "Information when was the last time the job was successfully scheduled.",
+            ),
+            age,
+        ]
+        .into_iter()
+        .chain(template_columns())
+        .collect(),
         ("coordination.k8s.io", "Lease") => vec![
             name,
             col("Holder", "string", 0, "The holder of the lease."),
@@ -581,6 +696,49 @@ fn cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
         .into_iter()
         .chain(template_cells(o))
         .collect(),
+        ("batch", "Job") => vec![
+            name,
+            json!(job_status(o)),
+            json!(job_completions(o)),
+            json!(job_duration(o)),
+            json!(created),
+        ]
+        .into_iter()
+        .chain(template_cells(o))
+        .collect(),
+        ("batch", "CronJob") => {
+            let (containers, images) = containers_and_images(
+                o.pointer("/spec/jobTemplate/spec/template/spec")
+                    .unwrap_or(&Value::Null),
+            );
+            let last = o
+                .pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+                .map_or_else(|| "<none>".to_owned(), |t| age(Some(t)));
+            let suspend = o
+                .pointer("/spec/suspend")
+                .and_then(Value::as_bool)
+                .map_or_else(|| "<unset>".to_owned(), |b| b.to_string());
+            vec![
+                name,
+                json!(s(o, "/spec/schedule")),
+                json!(or_none(s(o, "/spec/timeZone").to_owned())),
+                json!(suspend),
+                json!(
+                    o.pointer("/status/active")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+                ),
+                json!(last),
+                json!(created),
+                json!(containers),
+                json!(images),
+                json!(selector_string(
+                    o.pointer("/spec/jobTemplate/spec/selector")
+                        .unwrap_or(&Value::Null)
+                )),
+            ]
+        }
         ("apps", "DaemonSet") => {
             let node_selector = o
                 .pointer("/spec/template/spec/nodeSelector")
@@ -821,6 +979,23 @@ mod tests {
         assert_eq!(human_duration(30 * 3600), "30h");
         assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
         assert_eq!(human_duration(40 * 86400), "40d");
+    }
+
+    #[test]
+    fn job_columns() {
+        let done = json!({"spec": {"completions": 3}, "status": {"succeeded": 3,
+            "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:05Z",
+            "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]}});
+        assert_eq!(job_status(&done), "Complete");
+        assert_eq!(job_completions(&done), "3/3");
+        assert_eq!(job_duration(&done), "65s");
+        let queue = json!({"spec": {"parallelism": 2}, "status": {"conditions": [{"type": "Failed", "status": "False"}]}});
+        assert_eq!(job_status(&queue), "Running");
+        assert_eq!(job_completions(&queue), "0/1 of 2");
+        assert_eq!(job_duration(&queue), "");
+        let failing =
+            json!({"status": {"conditions": [{"type": "FailureTarget", "status": "True"}]}});
+        assert_eq!(job_status(&failing), "FailureTarget");
     }
 
     #[test]

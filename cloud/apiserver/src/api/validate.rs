@@ -23,6 +23,20 @@ pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) ->
             }
         }
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => workload(kind, object, &mut causes),
+        ("batch", "Job") => {
+            workload(kind, object, &mut causes);
+            if let Some(spec) = object.get("spec") {
+                job_spec(spec, "spec", &mut causes);
+            }
+            if let (Some(old), Some(new)) = (old.and_then(|o| o.get("spec")), object.get("spec")) {
+                job_update(old, new, &mut causes);
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(spec) = object.pointer("/spec/jobTemplate/spec") {
+                job_spec(spec, "spec.jobTemplate.spec", &mut causes);
+            }
+        }
         ("", "ConfigMap") => {
             for field in ["data", "binaryData"] {
                 keys(object.get(field), field, &mut causes);
@@ -230,6 +244,83 @@ fn workload(kind: &str, object: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// `ValidateJobSpec`'s checks: counts not negative, a known completion mode (Indexed needs
+/// completions), and a pod template that does not restart forever.
+fn job_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
+    for field in [
+        "parallelism",
+        "completions",
+        "activeDeadlineSeconds",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
+        if let Some(v) = spec.get(field).filter(|v| !v.is_null())
+            && v.as_i64().is_none_or(|n| n < 0)
+        {
+            causes.push(Cause::invalid(
+                format!("{at}.{field}"),
+                v,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    match spec.get("completionMode").and_then(Value::as_str) {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") => {
+            if spec.get("completions").is_none_or(Value::is_null) {
+                causes.push(Cause::required(
+                    format!("{at}.completions"),
+                    "when completion mode is Indexed",
+                ));
+            }
+        }
+        Some(other) => causes.push(Cause::not_supported(
+            format!("{at}.completionMode"),
+            &Value::String(other.to_owned()),
+            &["NonIndexed", "Indexed"],
+        )),
+    }
+    let field = format!("{at}.template.spec.restartPolicy");
+    match spec.pointer("/template/spec/restartPolicy") {
+        None | Some(Value::Null) => causes.push(Cause::required(
+            field,
+            r#"valid values: "OnFailure", "Never""#,
+        )),
+        Some(Value::String(p)) if p.is_empty() || p == "Always" => causes.push(Cause::required(
+            field,
+            r#"valid values: "OnFailure", "Never""#,
+        )),
+        Some(Value::String(p)) if p == "OnFailure" || p == "Never" => {}
+        Some(p) => causes.push(Cause::not_supported(field, p, &["OnFailure", "Never"])),
+    }
+}
+
+/// What a Job's update may not change: its selector, its completion mode, its template (kube
+/// lets a suspended Job that never started change scheduling directives; not here), and its
+/// completions (except, in Indexed mode, together with parallelism).
+fn job_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    for field in ["selector", "completionMode", "template"] {
+        if old.get(field) != new.get(field) {
+            causes.push(Cause::immutable(
+                format!("spec.{field}"),
+                new.get(field).unwrap_or(&Value::Null),
+            ));
+        }
+    }
+    if old.get("completions") != new.get("completions") {
+        let elastic = new.get("completionMode").and_then(Value::as_str) == Some("Indexed")
+            && new.get("completions") == new.get("parallelism");
+        if !elastic {
+            causes.push(Cause::immutable(
+                "spec.completions",
+                new.get("completions").unwrap_or(&Value::Null),
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +328,38 @@ mod tests {
 
     fn fields(causes: &[Cause]) -> Vec<&str> {
         causes.iter().map(|c| c.field.as_str()).collect()
+    }
+
+    #[test]
+    fn jobs_must_not_restart_forever_nor_change_their_template() {
+        let job = |policy: &str| {
+            json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "completions": 1, "parallelism": 1,
+                "template": {"metadata": {"labels": {"a": "b"}},
+                    "spec": {"restartPolicy": policy, "containers": [{"name": "c", "image": "x"}]}}}})
+        };
+        assert!(validate("batch", "Job", &job("Never"), None).is_empty());
+        let always = validate("batch", "Job", &job("Always"), None);
+        assert_eq!(fields(&always), ["spec.template.spec.restartPolicy"]);
+        assert_eq!(
+            always[0].message,
+            r#"Required value: valid values: "OnFailure", "Never""#
+        );
+        let mut negative = job("OnFailure");
+        negative["spec"]["backoffLimit"] = json!(-1);
+        negative["spec"]["completionMode"] = json!("Indexed");
+        negative["spec"]["completions"] = Value::Null;
+        assert_eq!(
+            fields(&validate("batch", "Job", &negative, None)),
+            ["spec.backoffLimit", "spec.completions"]
+        );
+        let mut changed = job("Never");
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
+        changed["spec"]["completions"] = json!(2);
+        changed["spec"]["parallelism"] = json!(2);
+        assert_eq!(
+            fields(&validate("batch", "Job", &changed, Some(&job("Never")))),
+            ["spec.template", "spec.completions"]
+        );
     }
 
     #[test]
