@@ -2,7 +2,8 @@
 //! Kubernetes would give for the same request, so clients (`kubectl`, kube-rs, client-go) react
 //! to them as they do to a real server's.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::storage::StoreError;
 
@@ -210,15 +211,17 @@ impl ApiError {
 
     /// The `Status` object.
     pub fn status(&self) -> Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.to_string(),
-            "reason": self.reason(),
-            "code": self.code(),
-        });
+        serde_json::to_value(self.wire()).unwrap_or_default()
+    }
+
+    /// The `Status` as the body of a response: the JSON kube-apiserver writes, field for field
+    /// in its order (`kind, apiVersion, metadata, status, message, reason, details, code`), which
+    /// clients that compare error text verbatim see.
+    pub fn status_body(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.wire()).unwrap_or_default()
+    }
+
+    fn wire(&self) -> WireStatus<'_> {
         let details = match self {
             Self::NotFound {
                 group,
@@ -235,26 +238,46 @@ impl ApiError {
                 resource,
                 name,
                 ..
-            } => Some(json!({ "name": name, "group": group, "kind": resource })),
+            } => Some(WireDetails {
+                name,
+                group,
+                // The resource, not the group-qualified name the message uses.
+                kind: resource
+                    .strip_suffix(&format!(".{group}"))
+                    .filter(|_| !group.is_empty())
+                    .unwrap_or(resource),
+                causes: Vec::new(),
+            }),
             Self::Invalid {
                 group,
                 kind,
                 name,
                 causes,
-            } => Some(json!({
-                "name": name,
-                "group": group,
-                "kind": kind,
-                "causes": causes.iter().map(|c| json!({
-                    "reason": c.reason, "message": c.message, "field": c.field,
-                })).collect::<Vec<_>>(),
-            })),
+            } => Some(WireDetails {
+                name,
+                group,
+                kind,
+                causes: causes
+                    .iter()
+                    .map(|c| WireCause {
+                        reason: c.reason,
+                        message: &c.message,
+                        field: &c.field,
+                    })
+                    .collect(),
+            }),
             _ => None,
         };
-        if let Some(details) = details {
-            status["details"] = details;
+        WireStatus {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Map::new(),
+            status: "Failure",
+            message: self.to_string(),
+            reason: self.reason(),
+            details,
+            code: self.code(),
         }
-        status
     }
 
     /// A store failure, said of `resource` in `group`.
@@ -320,9 +343,46 @@ pub fn qualified(resource: &str, group: &str) -> String {
     }
 }
 
+/// `metav1.Status` as kube-apiserver serialises it (Go's field order).
+#[derive(Serialize)]
+struct WireStatus<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    metadata: Map<String, Value>,
+    status: &'static str,
+    message: String,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<WireDetails<'a>>,
+    code: u16,
+}
+
+/// `metav1.StatusDetails`, empty fields left out as Go's `omitempty` does.
+#[derive(Serialize)]
+struct WireDetails<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    group: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<WireCause<'a>>,
+}
+
+/// `metav1.StatusCause`.
+#[derive(Serialize)]
+struct WireCause<'a> {
+    reason: &'a str,
+    message: &'a str,
+    field: &'a str,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn statuses_read_as_kubernetes_writes_them() {
@@ -331,7 +391,13 @@ mod tests {
         let s = e.status();
         assert_eq!(s["code"], 404);
         assert_eq!(s["reason"], "NotFound");
-        assert_eq!(s["details"]["kind"], "deployments.apps");
+        assert_eq!(s["details"]["kind"], "deployments");
+        assert_eq!(s["details"]["group"], "apps");
+        let body = String::from_utf8(e.status_body()).expect("UTF-8");
+        assert_eq!(
+            body,
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"deployments.apps \"web\" not found","reason":"NotFound","details":{"name":"web","group":"apps","kind":"deployments"},"code":404}"#
+        );
 
         let e = ApiError::invalid(
             "",

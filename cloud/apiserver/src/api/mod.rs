@@ -194,7 +194,7 @@ pub(crate) fn value_response(status: StatusCode, value: &Value) -> Response<Body
 /// An error as a `Status` response.
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    value_response(status, &e.status())
+    json_response(status, e.status_body())
 }
 
 impl Api {
