@@ -41,6 +41,10 @@ enum Scenario {
     /// followed logs at the cloud and at the edge. Needs `cargo build --release -p wedge-cli`
     /// first.
     Streams,
+    /// `kubectl port-forward` to a container pod (real containerd, needs root) against a direct
+    /// connection to the same server: throughput of each and their ratio. Needs
+    /// `cargo build --release -p wedge-cli` first, and kubectl.
+    PortForward,
     /// The API server process the `apiserver` scenario measures (not a scenario).
     #[value(hide = true)]
     ApiserverServe,
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::HubFanout => scenarios::hub_fanout::run(args.edges).await,
         Scenario::Mixed => scenarios::mixed::run().await,
         Scenario::Streams => scenarios::streams::run().await,
+        Scenario::PortForward => scenarios::port_forward::run().await,
         Scenario::ApiserverServe => {
             let dir = args
                 .data_dir
@@ -99,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
                 "hub-fanout",
                 "mixed",
                 "streams",
+                "port-forward",
             ] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)

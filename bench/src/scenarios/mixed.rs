@@ -48,7 +48,8 @@ use crate::report::{figure, millis, quantile};
 const SCENARIO: &str = "mixed";
 const PODS: usize = 100;
 const NODE: &str = "bench-mixed";
-const BUSYBOX: &str = "tools/busybox:1";
+/// Where the scenarios with container pods find busybox in their registry.
+pub(super) const BUSYBOX: &str = "tools/busybox:1";
 /// Left for the processes to settle before memory is read.
 const SETTLE: Duration = Duration::from_secs(5);
 /// A warm-up pod pulls (and unpacks or compiles) its image.
@@ -165,7 +166,7 @@ impl Drop for Watch {
 }
 
 /// Creates the RuntimeClasses of both handlers, as `wedge up` does.
-async fn runtime_classes(client: &kube::Client) -> anyhow::Result<()> {
+pub(super) async fn runtime_classes(client: &kube::Client) -> anyhow::Result<()> {
     let classes: Api<RuntimeClass> = Api::all(client.clone());
     for kind in [Kind::Container, Kind::Wasm] {
         let class = RuntimeClass {
@@ -371,13 +372,8 @@ pub async fn run() -> anyhow::Result<()> {
     let apps = tokio::task::spawn_blocking(wedge_testkit::sample_apps::build).await??;
     let image = Image::wasm(&apps.bytes("telemetry")?, WasmLayout::CncfArtifact);
     push(&registry.host(), "samples/telemetry", "1", &image).await?;
-    // skopeo and containerd's start block for a few seconds, before anything is timed.
-    tokio::task::block_in_place(|| {
-        wedge_testkit::container_images::push_busybox(&registry, BUSYBOX)
-    })?;
-    let containerd = tokio::task::block_in_place(Containerd::start)?;
+    let containerd = container_host(&registry)?;
     let registry_host = registry.host();
-    containerd.add_registry_host(&registry_host, &format!("http://{registry_host}"))?;
 
     let dir = tempfile::tempdir()?;
     // The cloud and edge live (and are killed) within `measure`, before containerd's fixture
@@ -393,6 +389,46 @@ pub async fn run() -> anyhow::Result<()> {
         })
 }
 
+/// What the scenarios with container pods start from: busybox pushed to `registry` as
+/// [`BUSYBOX`] and a containerd ([`Containerd`], root needed) pulling from it over HTTP.
+/// skopeo and containerd's start block for a few seconds, before anything is timed.
+pub(super) fn container_host(registry: &Registry) -> anyhow::Result<Containerd> {
+    tokio::task::block_in_place(|| {
+        wedge_testkit::container_images::push_busybox(registry, BUSYBOX)
+    })?;
+    let containerd = tokio::task::block_in_place(Containerd::start)?;
+    let host = registry.host();
+    containerd.add_registry_host(&host, &format!("http://{host}"))?;
+    Ok(containerd)
+}
+
+/// edgecore's arguments for running container pods on `containerd` and pulling from the
+/// registry `registry_host`, its unused CNI directory under `dir`.
+pub(super) fn container_edge_args(
+    registry_host: &str,
+    containerd: &Containerd,
+    dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    // edgecore writes a bridge network there if it holds none; the fixture's containerd reads
+    // its own CNI directory, so this one stays unused.
+    let cni_conf_dir = dir.join("unused-cni");
+    std::fs::create_dir_all(&cni_conf_dir)?;
+    Ok([
+        "--insecure-registry",
+        registry_host,
+        "--mqtt-listen",
+        "127.0.0.1:0",
+        "--container-runtime-endpoint",
+        &containerd.endpoint(),
+        "--cgroup-root",
+        containerd.cgroup_parent(),
+        "--cni-conf-dir",
+        &cni_conf_dir.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec())
+}
+
 /// The last lines of a daemon's log, for errors.
 pub(super) fn log_tail(path: &Path) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
@@ -401,12 +437,8 @@ pub(super) fn log_tail(path: &Path) -> String {
 }
 
 async fn measure(registry_host: &str, containerd: &Containerd, dir: &Path) -> anyhow::Result<()> {
-    // edgecore writes a bridge network there if it holds none; the fixture's containerd reads
-    // its own CNI directory, so this one stays unused.
-    let cni_conf_dir = dir.join("unused-cni");
-    std::fs::create_dir_all(&cni_conf_dir)?;
-    let cni_conf_dir = cni_conf_dir.display().to_string();
-    let endpoint = containerd.endpoint();
+    let edge_args = container_edge_args(registry_host, containerd, dir)?;
+    let edge_args: Vec<&str> = edge_args.iter().map(String::as_str).collect();
     let CloudAndEdge {
         cloud: _cloud,
         mut edge,
@@ -415,18 +447,7 @@ async fn measure(registry_host: &str, containerd: &Containerd, dir: &Path) -> an
         dir,
         NODE,
         &["--insecure-registry", registry_host],
-        &[
-            "--insecure-registry",
-            registry_host,
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--container-runtime-endpoint",
-            &endpoint,
-            "--cgroup-root",
-            containerd.cgroup_parent(),
-            "--cni-conf-dir",
-            &cni_conf_dir,
-        ],
+        &edge_args,
     )
     .await?;
     runtime_classes(&client).await?;

@@ -8,6 +8,7 @@ pub mod handler_invoke;
 pub mod hub_fanout;
 pub mod idle_rss;
 pub mod mixed;
+pub mod port_forward;
 pub mod processes;
 pub mod scheduler;
 pub mod streams;
