@@ -2,7 +2,9 @@
 //! hook): `cluster-admin` for `system:masters`; `admin`, `edit` and `view` to bind users to;
 //! and what every authenticated user may read (discovery, health, version). Each is created when
 //! missing and left alone when present, so an operator's changes stay; like kube-apiserver's
-//! they carry `rbac.authorization.kubernetes.io/autoupdate: "true"`.
+//! they carry `rbac.authorization.kubernetes.io/autoupdate: "true"`. `admin`, `edit` and `view`
+//! hold their rules whole and also aggregate, as kube-apiserver's do, the ClusterRoles labelled
+//! `rbac.authorization.k8s.io/aggregate-to-<role>: "true"` ([`super::rbac`] reads them).
 
 use serde_json::{Value, json};
 
@@ -205,6 +207,22 @@ const DISCOVERY: &[&str] = &[
 
 const PUBLIC_INFO: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/version/"];
 
+/// The label a ClusterRole carries to extend `admin`, `edit` or `view` (`to`).
+fn aggregate_to(to: &str) -> String {
+    format!("rbac.authorization.k8s.io/aggregate-to-{to}")
+}
+
+/// What each default role aggregates, and which role it extends itself: kube-apiserver's chain
+/// (`view` into `edit` into `admin`), so a ClusterRole labelled to extend `view` extends all three.
+fn aggregation(name: &str) -> (Option<&'static str>, Option<&'static str>) {
+    match name {
+        "admin" => (Some("admin"), None),
+        "edit" => (Some("edit"), Some("admin")),
+        "view" => (Some("view"), Some("edit")),
+        _ => (None, None),
+    }
+}
+
 fn cluster_roles() -> Vec<(&'static str, Vec<Value>)> {
     vec![
         (
@@ -262,12 +280,18 @@ pub(crate) fn ensure(api: &Api) -> Result<(), ApiError> {
     let objects = cluster_roles()
         .into_iter()
         .map(|(name, rules)| {
-            (
-                "clusterroles",
-                name,
-                json!({"apiVersion": format!("{RBAC_GROUP}/v1"), "kind": "ClusterRole",
-                       "metadata": metadata(name), "rules": rules}),
-            )
+            let mut role = json!({"apiVersion": format!("{RBAC_GROUP}/v1"), "kind": "ClusterRole",
+                                  "metadata": metadata(name), "rules": rules});
+            let (aggregates, extends) = aggregation(name);
+            if let Some(to) = aggregates {
+                role["aggregationRule"] = json!({"clusterRoleSelectors": [
+                    {"matchLabels": {aggregate_to(to): "true"}}
+                ]});
+            }
+            if let Some(to) = extends {
+                role["metadata"]["labels"][aggregate_to(to)] = json!("true");
+            }
+            ("clusterroles", name, role)
         })
         .chain(cluster_role_bindings().into_iter().map(|(name, groups)| {
             let subjects: Vec<Value> = groups

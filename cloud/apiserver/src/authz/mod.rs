@@ -392,4 +392,64 @@ mod tests {
             .is_ok()
         );
     }
+
+    #[test]
+    fn a_clusterrole_labelled_to_aggregate_extends_view_edit_and_admin() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = std::sync::Arc::new(Store::open(&dir.path().join("state.db")).expect("store"));
+        // The API creates the default roles.
+        crate::api::Api::new(store.clone(), tokio_util::sync::CancellationToken::new())
+            .expect("api");
+        let rbac = |plural: &str, ns: &str, name: &str, object: serde_json::Value| {
+            store
+                .create(
+                    &ObjectKey::new(&format!("{plural}.{RBAC_GROUP}"), ns, name),
+                    object,
+                )
+                .expect("stored");
+        };
+        rbac(
+            "clusterroles",
+            "",
+            "widgets-view",
+            serde_json::json!({"metadata": {"name": "widgets-view", "labels":
+                {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+                "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]}]}),
+        );
+        for (user, role) in [("viewer", "view"), ("editor", "edit"), ("owner", "admin")] {
+            rbac(
+                "rolebindings",
+                "default",
+                user,
+                serde_json::json!({"metadata": {"name": user, "namespace": "default"},
+                    "subjects": [{"kind": "User", "name": user}],
+                    "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role}}),
+            );
+        }
+        let widget = |ns: &str| Target::Resource {
+            group: "example.com".into(),
+            resource: "widgets".into(),
+            subresource: None,
+            namespace: Some(ns.into()),
+            name: Some("w".into()),
+        };
+        for name in ["viewer", "editor", "owner"] {
+            let who = user(name, &[]);
+            let may = |ns: &str| {
+                allowed(
+                    &store,
+                    &Attributes {
+                        user: &who,
+                        verbs: vec!["get".into()],
+                        target: widget(ns),
+                    },
+                )
+            };
+            assert!(
+                may("default"),
+                "{name} reads widgets through the aggregation"
+            );
+            assert!(!may("other"), "{name}'s binding is in default only");
+        }
+    }
 }

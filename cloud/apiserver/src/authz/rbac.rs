@@ -2,12 +2,15 @@
 //! user (cluster-wide through ClusterRoleBindings, in a namespace through its RoleBindings), and
 //! whether a rule allows a request or covers another rule.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Attributes, Target};
 use crate::auth::User;
-use crate::storage::Store;
+use crate::selector::label::LabelSelector;
+use crate::storage::{ObjectKey, Store};
 
 /// The group every authenticated user is in, as kube-apiserver adds it.
 pub const AUTHENTICATED: &str = "system:authenticated";
@@ -65,6 +68,14 @@ struct Binding {
 struct Role {
     #[serde(default)]
     rules: Vec<PolicyRule>,
+    #[serde(default, rename = "aggregationRule")]
+    aggregation: Option<AggregationRule>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AggregationRule {
+    #[serde(default, rename = "clusterRoleSelectors")]
+    selectors: Vec<Value>,
 }
 
 fn has(values: &[String], wanted: &str) -> bool {
@@ -169,19 +180,62 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Option<T> {
 
 /// The rules of the role a binding in `namespace` ("" for a ClusterRoleBinding) refers to.
 fn rules_of(store: &Store, role_ref: &RoleRef, namespace: &str) -> Vec<PolicyRule> {
-    let key = match role_ref.kind.as_str() {
-        "ClusterRole" => crate::storage::ObjectKey::new(CLUSTER_ROLES, "", &role_ref.name),
-        "Role" if !namespace.is_empty() => {
-            crate::storage::ObjectKey::new(ROLES, namespace, &role_ref.name)
-        }
-        _ => return Vec::new(),
-    };
-    store
-        .get(&key)
+    match role_ref.kind.as_str() {
+        "ClusterRole" => cluster_role_rules(store, &role_ref.name, &mut BTreeSet::new()),
+        "Role" if !namespace.is_empty() => store
+            .get(&ObjectKey::new(ROLES, namespace, &role_ref.name))
+            .ok()
+            .and_then(|o| parse::<Role>(o.value()))
+            .map(|r| r.rules)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// A ClusterRole's rules, with those of the ClusterRoles its `aggregationRule` selects (and
+/// theirs, each once), as kube-controller-manager's aggregation writes them into it: so a
+/// chart's ClusterRole labelled `rbac.authorization.k8s.io/aggregate-to-view: "true"` extends
+/// `view` here too. Read when authorizing; the stored object keeps its own rules.
+fn cluster_role_rules(store: &Store, name: &str, seen: &mut BTreeSet<String>) -> Vec<PolicyRule> {
+    if !seen.insert(name.to_owned()) {
+        return Vec::new();
+    }
+    let Some(role) = store
+        .get(&ObjectKey::new(CLUSTER_ROLES, "", name))
         .ok()
         .and_then(|o| parse::<Role>(o.value()))
-        .map(|r| r.rules)
-        .unwrap_or_default()
+    else {
+        return Vec::new();
+    };
+    let mut rules = role.rules;
+    let selectors: Vec<LabelSelector> = role
+        .aggregation
+        .iter()
+        .flat_map(|a| &a.selectors)
+        .filter_map(|s| LabelSelector::from_k8s(s).ok())
+        .collect();
+    if selectors.is_empty() {
+        return rules;
+    }
+    let (all, _, _) = store.list(CLUSTER_ROLES, None, None, None, |_| true);
+    for other in all {
+        let value = other.value();
+        let labels: BTreeMap<String, String> = value
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect();
+        let other_name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if selectors.iter().any(|s| s.matches(&labels)) {
+            rules.extend(cluster_role_rules(store, other_name, seen));
+        }
+    }
+    rules
 }
 
 /// Every rule `user` holds in `namespace` (cluster-wide ones included), or cluster-wide only.
