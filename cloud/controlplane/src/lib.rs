@@ -11,6 +11,7 @@
 //! - [`replicaset`]: keeps a ReplicaSet's pods;
 //! - [`deployment`]: rolls Deployments through ReplicaSets;
 //! - [`daemonset`]: one pod per matching node;
+//! - [`job`]: runs a Job's pods to completion (and deletes it after its TTL);
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
@@ -21,6 +22,7 @@ pub mod deployment;
 pub mod error;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -84,7 +86,8 @@ pub async fn run_controllers(
 ) {
     // One pod watch for every controller that follows pods.
     let (pods, writer) = reflector::store_shared(SHARED_BUFFER);
-    let (Some(replicaset_pods), Some(daemonset_pods)) = (writer.subscribe(), writer.subscribe())
+    let (Some(replicaset_pods), Some(daemonset_pods), Some(job_pods)) =
+        (writer.subscribe(), writer.subscribe(), writer.subscribe())
     else {
         tracing::error!("a shared pod store has subscribers");
         return;
@@ -149,6 +152,7 @@ pub async fn run_controllers(
         () = scheduler::run(client.clone(), config.insecure_registries.clone(), shutdown.clone()) => {}
         () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
+        () = job::run(client.clone(), pods.clone(), job_pods, stop()) => {}
         () = node_feed => {}
         () = rc_feed => {}
         () = gc::run(client.clone(), shutdown.clone()) => {}

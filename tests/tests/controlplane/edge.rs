@@ -1,7 +1,8 @@
 //! A stand-in for edges in these tests: for each of its nodes it renews the node's Lease and
 //! does what Edged does with the API, without running anything: a pod bound to one of its nodes
-//! is reported Running and Ready, and a pod being deleted is confirmed gone. Stopping it is an
-//! edge going offline.
+//! is reported Running and Ready (or, if its [`EXIT`] annotation says how it exits, Succeeded or
+//! Failed at once), and a pod being deleted is confirmed gone. Stopping it is an edge going
+//! offline.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
+
+/// The annotation of a pod that finishes at once with this exit code (`"0"`: Succeeded).
+pub const EXIT: &str = "test.wedge.io/exit";
 
 /// Edges that answer for a set of nodes, until stopped.
 pub struct Edges {
@@ -130,7 +134,41 @@ async fn run_pods(client: Client, nodes: Arc<Mutex<BTreeSet<String>>>) {
                         .await;
                     return;
                 }
-                if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                if matches!(
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Running" | "Succeeded" | "Failed")
+                ) {
+                    return;
+                }
+                // A pod that says how it exits (`EXIT` annotation) finishes at once.
+                if let Some(code) = pod.annotations().get(EXIT).and_then(|c| c.parse::<i32>().ok()) {
+                    let (phase, reason) = if code == 0 {
+                        ("Succeeded", "Completed")
+                    } else {
+                        ("Failed", "Error")
+                    };
+                    let containers: Vec<_> = pod
+                        .spec
+                        .iter()
+                        .flat_map(|s| &s.containers)
+                        .map(|c| {
+                            json!({"name": c.name, "image": c.image, "imageID": "", "ready": false,
+                                "restartCount": 0, "started": false,
+                                "state": {"terminated": {"exitCode": code, "reason": reason,
+                                    "startedAt": now(), "finishedAt": now()}}})
+                        })
+                        .collect();
+                    let status = json!({"status": {
+                        "phase": phase,
+                        "conditions": [
+                            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now()},
+                        ],
+                        "containerStatuses": containers,
+                        "startTime": now(),
+                    }});
+                    let _ = api
+                        .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(status))
+                        .await;
                     return;
                 }
                 let containers: Vec<_> = pod

@@ -7,6 +7,7 @@ mod edge;
 #[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]
 mod harness;
+mod jobs;
 mod lifecycle;
 mod nodes;
 mod scheduler;
