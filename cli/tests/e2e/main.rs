@@ -12,6 +12,7 @@ mod containers;
 mod controllers;
 mod devices_cloud;
 mod devices_edge;
+mod jobs;
 mod real_cluster;
 mod router;
 mod support;

@@ -1,0 +1,199 @@
+//! Jobs of Wasm pods on a real edge: `kubectl create job` of the `hello` sample, a Job of three
+//! completions two at a time reaching Complete (`kubectl wait --for=condition=complete`), an
+//! Indexed Job whose pods read their index, a failing Job (`misbehave exit 1`) reaching
+//! `BackoffLimitExceeded`, and `kubectl get jobs` as kubectl 1.33 prints it. cloudcore runs the
+//! embedded API server and control plane; edgecore runs the pods.
+
+use std::time::Duration;
+
+use crate::support::{Cloud, Proc, push_misbehave, registry_with_samples, start_edge};
+
+/// A cloud and one Wasm edge, `edge-a`, Ready, with `hello` and `misbehave` in the registry.
+/// The edge is declared first so that it is killed first.
+struct Batch {
+    _edge: Proc,
+    cloud: Cloud,
+    registry: wedge_testkit::registry::Registry,
+    _dir: tempfile::TempDir,
+}
+
+impl Batch {
+    async fn start() -> Self {
+        let registry = registry_with_samples().await;
+        push_misbehave(&registry).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cloud = Cloud::start(&dir.path().join("cloud"));
+        let token = cloud.token("1h");
+        let edge = start_edge(
+            &dir.path().join("edge-a"),
+            &cloud,
+            "edge-a",
+            Some(&token),
+            &registry.host(),
+        );
+        cloud.wait_for(
+            "node/edge-a",
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+            "True",
+            Duration::from_secs(60),
+        );
+        Self {
+            _edge: edge,
+            cloud,
+            registry,
+            _dir: dir,
+        }
+    }
+
+    /// A Job of `misbehave` running `args`, with more spec lines.
+    fn misbehave_job(&self, name: &str, spec: &str, args: &[&str]) -> String {
+        let command = args
+            .iter()
+            .map(|a| format!(", \"{a}\""))
+            .collect::<String>();
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: {}/samples/misbehave:1\n        command: [misbehave{command}]\n",
+            self.registry.host()
+        )
+    }
+
+    /// `kubectl wait --for=condition=<condition> job/<name>`; on failure, the Job and its pods.
+    fn wait(&self, name: &str, condition: &str, timeout: Duration) {
+        let out = self.cloud.kubectl(&[
+            "wait",
+            &format!("--for=condition={condition}"),
+            &format!("job/{name}"),
+            &format!("--timeout={}s", timeout.as_secs()),
+        ]);
+        if !out.status.success() {
+            let state = self.cloud.kubectl(&["get", "jobs,pods", "-o", "yaml"]);
+            panic!(
+                "job/{name} is not {condition}: {}\n{}\ncloudcore: {}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&state.stdout),
+                self.cloud.log()
+            );
+        }
+    }
+
+    fn jsonpath(&self, object: &str, path: &str) -> String {
+        self.cloud
+            .kubectl_ok(&["get", object, "-o", &format!("jsonpath={path}")])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_of_wasm_pods_complete_or_fail_on_an_edge() {
+    let env = Batch::start().await;
+    let cloud = &env.cloud;
+    let minute = Duration::from_secs(60);
+
+    // As a user types it (kubectl sends it as protobuf): the hello sample, once.
+    cloud.kubectl_ok(&[
+        "create",
+        "job",
+        "hello",
+        &format!("--image={}/samples/hello:1", env.registry.host()),
+    ]);
+    env.wait("hello", "complete", minute);
+    assert_eq!(env.jsonpath("job/hello", "{.status.succeeded}"), "1");
+    let logs = cloud.kubectl_ok(&["logs", "job/hello"]);
+    assert!(logs.contains("Hello from Wedge!"), "{logs}");
+
+    // Three completions, two at a time.
+    cloud.apply(&env.misbehave_job(
+        "three",
+        "  completions: 3\n  parallelism: 2\n",
+        &["print", "2"],
+    ));
+    env.wait("three", "complete", minute);
+    assert_eq!(env.jsonpath("job/three", "{.status.succeeded}"), "3");
+    assert_eq!(
+        env.jsonpath("job/three", "{.status.conditions[*].type}"),
+        "SuccessCriteriaMet Complete"
+    );
+    let phases = env.jsonpath(
+        "pods",
+        "{range .items[?(@.metadata.labels.job-name==\"three\")]}{.status.phase} {.spec.nodeName}{\"\\n\"}{end}",
+    );
+    assert_eq!(
+        phases.lines().collect::<Vec<_>>(),
+        ["Succeeded edge-a"; 3],
+        "the finished pods are kept"
+    );
+
+    // Indexed: each pod reads its own index.
+    cloud.apply(&env.misbehave_job(
+        "indexed",
+        "  completions: 2\n  parallelism: 2\n  completionMode: Indexed\n",
+        &["env"],
+    ));
+    env.wait("indexed", "complete", minute);
+    assert_eq!(
+        env.jsonpath("job/indexed", "{.status.completedIndexes}"),
+        "0-1"
+    );
+    for index in ["0", "1"] {
+        let pod = env.jsonpath(
+            "pods",
+            &format!(
+                "{{.items[?(@.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index==\"{index}\")].metadata.name}}"
+            ),
+        );
+        let printed = cloud.kubectl_ok(&["logs", pod.trim()]);
+        assert!(
+            printed.contains(&format!("JOB_COMPLETION_INDEX={index}")),
+            "{pod}: {printed}"
+        );
+    }
+
+    // A failing Job: one retry allowed, after kube's 10 s pod failure backoff.
+    cloud.apply(&env.misbehave_job("failing", "  backoffLimit: 1\n", &["exit", "1"]));
+    env.wait("failing", "failed", Duration::from_secs(90));
+    assert_eq!(env.jsonpath("job/failing", "{.status.failed}"), "2");
+    assert_eq!(
+        env.jsonpath(
+            "job/failing",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}"
+        ),
+        "BackoffLimitExceeded"
+    );
+
+    // kubectl get jobs, with kubectl 1.33's columns.
+    let table = cloud.kubectl_ok(&["get", "jobs"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r.first() == Some(&name))
+            .map(|r| r[1..3].to_vec())
+            .unwrap_or_default()
+    };
+    assert_eq!(row("hello"), ["Complete", "1/1"], "{table}");
+    assert_eq!(row("three"), ["Complete", "3/3"], "{table}");
+    assert_eq!(row("failing"), ["Failed", "0/1"], "{table}");
+
+    // Deleting a Job takes its pods with it.
+    cloud.kubectl_ok(&["delete", "job", "three"]);
+    let deadline = std::time::Instant::now() + minute;
+    while !env
+        .jsonpath(
+            "pods",
+            "{.items[?(@.metadata.labels.job-name==\"three\")].metadata.name}",
+        )
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pods of job three outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
