@@ -27,6 +27,7 @@ pub mod registry;
 pub mod schema;
 pub mod selector;
 pub mod server;
+pub mod service_account_tokens;
 pub mod storage;
 
 pub use server::{Server, ServerConfig, ServerError};

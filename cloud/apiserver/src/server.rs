@@ -81,6 +81,9 @@ pub enum ServerError {
     /// The token file.
     #[error(transparent)]
     Tokens(#[from] auth::TokenFileError),
+    /// The ServiceAccount token signing key.
+    #[error(transparent)]
+    ServiceAccountKey(#[from] crate::service_account_tokens::TokenKeyError),
     /// TLS setup.
     #[error("TLS: {0}")]
     Tls(String),
@@ -193,7 +196,13 @@ impl Server {
             config.kubelet_certificate_authority.clone(),
             shutdown.clone(),
         )?;
-        let api = Arc::new(Api::new(store, shutdown.clone())?.with_kubelet_client(kubelet));
+        let service_account_tokens =
+            crate::service_account_tokens::ServiceAccountTokens::load_or_create(pki.dir())?;
+        let api = Arc::new(
+            Api::new(store, shutdown.clone())?
+                .with_kubelet_client(kubelet)
+                .with_service_account_tokens(service_account_tokens),
+        );
         let tokens = match &config.token_file {
             Some(path) => Tokens::load(path)?,
             None => Tokens::default(),
@@ -339,7 +348,11 @@ async fn serve_connection(
                     .get(http::header::AUTHORIZATION)?
                     .to_str()
                     .ok()?;
-                tokens.user(auth::bearer_token(header)?).cloned()
+                let token = auth::bearer_token(header)?;
+                tokens
+                    .user(token)
+                    .cloned()
+                    .or_else(|| api.authenticate_token(token))
             });
             Ok::<_, std::convert::Infallible>(api.handle(req, user).await)
         }

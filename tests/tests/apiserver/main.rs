@@ -7,3 +7,4 @@ mod durability;
 mod harness;
 mod kube_client;
 mod kubectl;
+mod service_accounts;

@@ -23,6 +23,7 @@ pub mod request;
 pub mod reviews;
 pub mod subresources;
 pub mod table;
+pub mod token_request;
 pub mod upgrade;
 pub mod validate;
 pub mod watch;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::User;
 use crate::kubelet_client::KubeletClient;
 use crate::registry::{Registry, ResourceInfo};
+use crate::service_account_tokens::ServiceAccountTokens;
 use crate::storage::Store;
 pub use error::ApiError;
 use error::MAX_REQUEST_BYTES;
@@ -66,6 +68,9 @@ pub struct Api {
     /// How `pods/log` reaches nodes; without one (an API used in-process, without the
     /// server's PKI) those requests get a 503.
     pub(crate) kubelet: Option<KubeletClient>,
+    /// How ServiceAccount tokens are signed and checked; without (an API used in-process) none
+    /// are issued or taken.
+    pub(crate) service_account_tokens: Option<ServiceAccountTokens>,
 }
 
 /// A request as the API handlers see it.
@@ -206,6 +211,7 @@ impl Api {
             shutdown,
             version: discovery::version_info(),
             kubelet: None,
+            service_account_tokens: None,
         };
         crd::load_stored(&api)?;
         objects::ensure_system_namespaces(&api)?;
@@ -217,6 +223,43 @@ impl Api {
     pub fn with_kubelet_client(mut self, client: KubeletClient) -> Self {
         self.kubelet = Some(client);
         self
+    }
+
+    /// The same API, issuing and taking ServiceAccount tokens signed with `tokens`' key.
+    pub fn with_service_account_tokens(mut self, tokens: ServiceAccountTokens) -> Self {
+        self.service_account_tokens = Some(tokens);
+        self
+    }
+
+    /// The user a bearer token is, if it is a valid ServiceAccount token for this API server
+    /// whose ServiceAccount still exists with the uid it names.
+    pub fn authenticate_token(&self, token: &str) -> Option<User> {
+        self.token_subject(token, crate::service_account_tokens::ISSUER)
+            .map(|s| s.user())
+    }
+
+    /// The ServiceAccount a token is for, checked as [`Api::authenticate_token`] checks it,
+    /// for `audience`.
+    pub(crate) fn token_subject(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Option<crate::service_account_tokens::TokenSubject> {
+        let subject = self
+            .service_account_tokens
+            .as_ref()?
+            .verify(token, audience)?;
+        let account = self
+            .store
+            .get(&crate::storage::ObjectKey::new(
+                "serviceaccounts",
+                &subject.namespace,
+                &subject.name,
+            ))
+            .ok()?
+            .value();
+        let uid = account.pointer("/metadata/uid").and_then(Value::as_str)?;
+        (uid == subject.uid).then_some(subject)
     }
 
     /// The resources served.

@@ -48,6 +48,7 @@ pub(crate) fn ensure_system_namespaces(api: &Api) -> Result<(), ApiError> {
         let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
                             "status": {"phase": "Active"}});
         ensure_object(api, "", "namespaces", ns, object)?;
+        ensure_default_service_account(api, ns)?;
     }
     Ok(())
 }
@@ -334,7 +335,30 @@ pub(crate) fn create_object(
     }
     let created = api.store.create(&k, object).map_err(store_err(info))?;
     crd::after_write(api, info, &created);
+    if info.group.is_empty() && info.kind == "Namespace" {
+        ensure_default_service_account(api, &name)?;
+    }
     Ok(created)
+}
+
+/// The `default` ServiceAccount every namespace has (kube-controller-manager's ServiceAccount
+/// controller makes it; here the API server does, so that it is there without a control plane
+/// too, as soon as the namespace is).
+fn ensure_default_service_account(api: &Api, namespace: &str) -> Result<(), ApiError> {
+    let Some(info) = api.registry.get("", "v1", "serviceaccounts") else {
+        return Ok(());
+    };
+    let k = key(&info, Some(namespace), "default");
+    if api.store.get(&k).is_ok() {
+        return Ok(());
+    }
+    let mut object = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                            "metadata": {"name": "default", "namespace": namespace}});
+    stamp_new(&mut object, "default");
+    match api.store.create(&k, object) {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(ApiError::from_store(e, "", "serviceaccounts")),
+    }
 }
 
 /// PUT: replaces an object (or, with `sub`, its status or other subresource view).

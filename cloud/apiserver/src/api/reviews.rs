@@ -1,5 +1,7 @@
 //! The review resources: questions put to the API server as objects that are answered, never
-//! stored, as kube-apiserver answers them. `kubectl auth whoami` creates a `SelfSubjectReview`;
+//! stored, as kube-apiserver answers them. A `TokenReview` asks whether a token is a valid
+//! ServiceAccount token (what a webhook authenticator asks); `kubectl auth whoami` creates a
+//! `SelfSubjectReview`;
 //! `kubectl auth can-i` a `SelfSubjectAccessReview` (`--list`: a `SelfSubjectRulesReview`);
 //! other components a `SubjectAccessReview` (about anyone; it takes a grant of its own) or a
 //! `LocalSubjectAccessReview` (the same, in one namespace). The answers are the authorizer's
@@ -34,6 +36,7 @@ pub(crate) fn serve(
     let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
     let status = match info.kind.as_str() {
         "SelfSubjectReview" => json!({"userInfo": user_info(call.user)}),
+        "TokenReview" => token(api, &spec),
         "SelfSubjectAccessReview" => access(api, call.user, &spec, None)?,
         "SubjectAccessReview" => access(api, &subject(&spec), &spec, None)?,
         "LocalSubjectAccessReview" => {
@@ -59,6 +62,35 @@ fn user_info(user: &User) -> Value {
         groups.push(rbac::AUTHENTICATED.to_owned());
     }
     json!({"username": user.name, "groups": groups})
+}
+
+/// Whether `spec.token` is a ServiceAccount token of this server, valid for one of
+/// `spec.audiences` (none: the API server's), and whose.
+fn token(api: &Api, spec: &Value) -> Value {
+    let token = spec
+        .get("token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let asked: Vec<&str> = spec
+        .get("audiences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let audiences = if asked.is_empty() {
+        vec![crate::service_account_tokens::ISSUER]
+    } else {
+        asked
+    };
+    for audience in audiences {
+        if let Some(subject) = api.token_subject(token, audience) {
+            let mut user = user_info(&subject.user());
+            user["uid"] = json!(subject.uid);
+            return json!({"authenticated": true, "user": user, "audiences": [audience]});
+        }
+    }
+    json!({"authenticated": false, "user": {}, "error": "invalid bearer token"})
 }
 
 /// The user a `SubjectAccessReview` asks about.

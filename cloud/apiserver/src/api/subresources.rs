@@ -58,6 +58,10 @@ pub(crate) async fn serve(
         ("exec" | "attach", Method::GET | Method::POST) => {
             super::upgrade::exec(api, call, info, path, name, sub).await
         }
+        ("token", Method::POST) => {
+            let namespace = path.namespace.as_deref().ok_or(ApiError::NoSuchPath)?;
+            super::token_request::serve(api, call, info, namespace, name)
+        }
         ("portforward", Method::GET | Method::POST) => {
             super::upgrade::portforward(api, call, info, path, name).await
         }
