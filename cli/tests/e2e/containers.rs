@@ -1706,3 +1706,70 @@ async fn kubectl_top_shows_container_pods_beside_wasm_pods() {
         "{top}"
     );
 }
+
+/// Jobs run container pods as they run Wasm pods (cli/tests/e2e/jobs.rs): a Job of busybox
+/// pods completes two at a time, one whose pods exit 3 fails with `BackoffLimitExceeded`, and
+/// a Job of Wasm pods completes beside them on the same edge.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_run_container_pods_to_completion_or_failure() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    let job = |name: &str, spec: &str, image: &str, command: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {image}\n        command: {command}\n"
+        )
+    };
+    cloud.apply(&job(
+        "boxes",
+        "  completions: 2\n  parallelism: 2\n",
+        &env.busybox,
+        "[sh, -c, 'echo job done']",
+    ));
+    cloud.apply(&job(
+        "broken",
+        "  backoffLimit: 0\n",
+        &env.busybox,
+        "[sh, -c, 'exit 3']",
+    ));
+    cloud.apply(&job(
+        "wasm",
+        "",
+        &format!("{}/samples/hello:1", env.registry.host()),
+        "[hello]",
+    ));
+    let wait = |name: &str, condition: &str| {
+        let out = cloud.kubectl(&[
+            "wait",
+            &format!("--for=condition={condition}"),
+            &format!("job/{name}"),
+            &format!("--timeout={}s", PULL.as_secs()),
+        ]);
+        assert!(
+            out.status.success(),
+            "job/{name} is not {condition}: {}\n{}\nedge: {}",
+            String::from_utf8_lossy(&out.stderr),
+            cloud.kubectl_ok(&["get", "jobs,pods", "-o", "yaml"]),
+            env.edge.log()
+        );
+    };
+    wait("boxes", "complete");
+    wait("broken", "failed");
+    wait("wasm", "complete");
+    assert_eq!(env.jsonpath("job/boxes", "{.status.succeeded}"), "2");
+    let logs = cloud.kubectl_ok(&["logs", "job/boxes"]);
+    assert!(logs.contains("job done"), "{logs}");
+    assert_eq!(
+        env.jsonpath(
+            "job/broken",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}"
+        ),
+        "BackoffLimitExceeded"
+    );
+    assert_eq!(
+        env.jsonpath(
+            "pods",
+            "{.items[?(@.metadata.labels.job-name==\"broken\")].status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "3"
+    );
+}
