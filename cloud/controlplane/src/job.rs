@@ -955,7 +955,7 @@ async fn sync(
                     job.object_ref(&()),
                     EventType::Warning,
                     "FailedCreate",
-                    &format!("Error creating: {e}"),
+                    &format!("Error creating: {}", api_message(&e)),
                 )
                 .await;
         } else {
@@ -1006,6 +1006,14 @@ async fn delete_expired(job: &Job, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) if Error::is_gone_or_conflict(&e) => Ok(Action::requeue(RECHECK)),
         Err(e) => Err(Error::api("delete expired", job, e)),
+    }
+}
+
+/// What the API said, as kube-controller-manager quotes it in events.
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -263,3 +263,72 @@ async fn jobs_complete_fail_and_expire() {
 
     fleet.stop().await;
 }
+
+/// A Job whose pods the API refuses (its template's label value is invalid, which the Job's
+/// own validation does not look at yet) is reported once with a `FailedCreate` event, and not
+/// tried again when it is reconciled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_pods_are_refused_is_reported_once() {
+    let fleet = Fleet::start().await;
+    fleet.apply(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: refused, labels: {app: refused}}
+spec:
+  template:
+    metadata: {labels: {tier: "-not valid-"}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: work, image: registry.local/batch:1.0}
+"#,
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::default_namespaced(fleet.client.clone());
+    let failed_creates = || async {
+        events
+            .list(&ListParams::default().fields("involvedObject.name=refused"))
+            .await
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(10), "a FailedCreate event", || async {
+        !failed_creates().await.is_empty()
+    })
+    .await;
+    let first = failed_creates().await;
+    assert_eq!(first[0].type_.as_deref(), Some("Warning"));
+    assert!(
+        first[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("Error creating: Pod \"refused-"),
+        "{:?}",
+        first[0].message
+    );
+    // Changes that do not touch the spec make the controller look again, at once; a retry
+    // (the error policy's would come 2 s later) would add an event within this window.
+    let jobs: Api<Job> = Api::default_namespaced(fleet.client.clone());
+    for n in 0..2 {
+        jobs.patch(
+            "refused",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"poke": n.to_string()}}})),
+        )
+        .await
+        .expect("annotate");
+    }
+    let window = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < window {
+        assert_eq!(failed_creates().await.len(), 1, "reported once");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(job_pods(&fleet, "refused").await.is_empty());
+    fleet.stop().await;
+}
