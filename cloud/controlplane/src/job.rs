@@ -16,6 +16,12 @@
 //!   restarts of active pods, as `pastBackoffLimitOnFailure` does); a replacement waits out
 //!   kube's pod failure backoff (10 s doubled per failure since the last success, at most
 //!   10 min);
+//! - **`podFailurePolicy`**: a failed pod's first matching rule (exit codes of its containers,
+//!   `In` or `NotIn`, or its conditions) decides: `FailJob` fails the Job at once (reason
+//!   `PodFailurePolicy`, kube's message naming the container and exit code), `Ignore` counts it
+//!   for nothing (no failure, no backoff), `Count` (and no match) counts it; with
+//!   `podReplacementPolicy: Failed` (the default under a policy) a terminating pod keeps its
+//!   place until it is gone;
 //! - **conditions**, in 1.33's order: `SuccessCriteriaMet` then, once no pod is active or
 //!   terminating, `Complete` (with `completionTime`); `FailureTarget` then `Failed` (reasons
 //!   `BackoffLimitExceeded`, `DeadlineExceeded` for `activeDeadlineSeconds`), active pods being
@@ -49,16 +55,17 @@
 //! `FailedCreate` warning event, and not tried again until the Job changes (or this process
 //! restarts), instead of being retried forever.
 //!
-//! Not yet: `podFailurePolicy`, `backoffLimitPerIndex`/`maxFailedIndexes`, `successPolicy`,
-//! adopting orphaned pods that match the selector, and `managedBy` other than kube's own
-//! (such Jobs are left alone, as kube leaves them).
+//! Not yet: the `FailIndex` action and `backoffLimitPerIndex`/`maxFailedIndexes` (such a
+//! failure counts as any other), `successPolicy`, and adopting orphaned pods that match the
+//! selector. Jobs whose `spec.managedBy` names another controller are left alone, as kube
+//! leaves them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::{Job, JobCondition};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, PodFailurePolicy};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
@@ -99,6 +106,8 @@ const BACKOFF_LIMIT_EXCEEDED: (&str, &str) = (
     "BackoffLimitExceeded",
     "Job has reached the specified backoff limit",
 );
+/// The reason of a Job failed by a `FailJob` rule of its `podFailurePolicy`.
+const POD_FAILURE_POLICY: &str = "PodFailurePolicy";
 const DEADLINE_EXCEEDED: (&str, &str) = (
     "DeadlineExceeded",
     "Job was active longer than specified deadline",
@@ -172,6 +181,10 @@ pub struct Spec {
     pub suspend: bool,
     /// The template's `restartPolicy` is `OnFailure` (restarts count as failures).
     pub on_failure: bool,
+    /// Which failed pods fail the Job at once, count, or are ignored.
+    pub pod_failure_policy: Option<PodFailurePolicy>,
+    /// `podReplacementPolicy: Failed`: a terminating pod is replaced only once it is gone.
+    pub replace_only_failed: bool,
 }
 
 impl Spec {
@@ -191,6 +204,9 @@ impl Spec {
                 .and_then(|s| s.template.spec.as_ref())
                 .and_then(|s| s.restart_policy.as_deref())
                 == Some("OnFailure"),
+            pod_failure_policy: spec.and_then(|s| s.pod_failure_policy.clone()),
+            replace_only_failed: spec.and_then(|s| s.pod_replacement_policy.as_deref())
+                == Some("Failed"),
         }
     }
 }
@@ -317,6 +333,60 @@ pub fn parse_indexes(text: &str, completions: i32) -> BTreeSet<i32> {
     set
 }
 
+/// What `podFailurePolicy` says of a failed pod: the action of the first rule it matches
+/// (`FailJob`, `Ignore`, `Count`, `FailIndex`) and kube's words for it, or `None` (count it).
+pub fn failure_action(policy: &PodFailurePolicy, pod: &Pod) -> Option<(String, String)> {
+    let status = pod.status.as_ref()?;
+    let (namespace, name) = (
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+    );
+    for (index, rule) in policy.rules.iter().enumerate() {
+        if let Some(codes) = &rule.on_exit_codes {
+            let matching = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .chain(status.init_container_statuses.iter().flatten())
+                .filter(|c| codes.container_name.as_ref().is_none_or(|n| *n == c.name))
+                .find_map(|c| {
+                    let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+                    let listed = codes.values.contains(&code);
+                    let hit = code != 0
+                        && match codes.operator.as_str() {
+                            "In" => listed,
+                            "NotIn" => !listed,
+                            _ => false,
+                        };
+                    hit.then(|| (c.name.clone(), code))
+                });
+            if let Some((container, code)) = matching {
+                let words = format!(
+                    "Container {container} for pod {namespace}/{name} failed with exit code {code} matching {} rule at index {index}",
+                    rule.action
+                );
+                return Some((rule.action.clone(), words));
+            }
+        }
+        let conditions = status.conditions.iter().flatten();
+        for c in conditions {
+            let hit = rule
+                .on_pod_conditions
+                .iter()
+                .flatten()
+                .any(|p| p.type_ == c.type_ && p.status == c.status);
+            if hit {
+                let words = format!(
+                    "Pod {namespace}/{name} has condition {} matching {} rule at index {index}",
+                    c.type_, rule.action
+                );
+                return Some((rule.action.clone(), words));
+            }
+        }
+    }
+    None
+}
+
 /// A condition of the Job's kind, if True.
 fn true_condition<'a>(conditions: &'a [JobCondition], kind: &str) -> Option<&'a JobCondition> {
     conditions
@@ -398,6 +468,10 @@ pub fn decide(job: &Job, owned: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
     let mut active: Vec<&Arc<Pod>> = Vec::new();
     let (mut terminating, mut succeeded_pods, mut failed_pods) = (0, 0_i32, 0_i32);
     let mut succeeded_indexes = BTreeSet::new();
+    // The first pod failure the policy says fails the Job, and the pods whose failure it
+    // ignores (they count for nothing, backoff included).
+    let mut fail_job: Option<String> = None;
+    let mut ignored: BTreeSet<String> = BTreeSet::new();
     for pod in owned {
         match pod_state(pod) {
             PodState::Active => active.push(pod),
@@ -410,7 +484,22 @@ pub fn decide(job: &Job, owned: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
                     succeeded_indexes.insert(i);
                 }
             }
-            PodState::Failed => failed_pods += 1,
+            PodState::Failed => {
+                let action = spec
+                    .pod_failure_policy
+                    .as_ref()
+                    .and_then(|policy| failure_action(policy, pod));
+                match action {
+                    Some((action, _)) if action == "Ignore" => {
+                        ignored.insert(pod.name_any());
+                    }
+                    Some((action, words)) if action == "FailJob" => {
+                        fail_job.get_or_insert(words);
+                        failed_pods += 1;
+                    }
+                    _ => failed_pods += 1,
+                }
+            }
         }
     }
     let completed_indexes = if spec.indexed {
@@ -493,23 +582,32 @@ pub fn decide(job: &Job, owned: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
                 None => succeeded > 0 && active.is_empty(),
                 Some(c) => succeeded >= c,
             };
-            let decided = if failed > spec.backoff_limit || past_on_failure {
-                Some(("FailureTarget", BACKOFF_LIMIT_EXCEEDED))
+            let owned_words = |(r, m): (&str, &str)| (r.to_owned(), m.to_owned());
+            let decided = if let Some(words) = fail_job {
+                Some(("FailureTarget", (POD_FAILURE_POLICY.to_owned(), words)))
+            } else if failed > spec.backoff_limit || past_on_failure {
+                Some(("FailureTarget", owned_words(BACKOFF_LIMIT_EXCEEDED)))
             } else if past_deadline {
-                Some(("FailureTarget", DEADLINE_EXCEEDED))
+                Some(("FailureTarget", owned_words(DEADLINE_EXCEEDED)))
             } else if complete {
-                Some(("SuccessCriteriaMet", COMPLETIONS_REACHED))
+                Some(("SuccessCriteriaMet", owned_words(COMPLETIONS_REACHED)))
             } else {
                 None
             };
-            if let Some((kind, words)) = decided {
-                set_condition(&mut conditions, kind, "True", words, now);
+            if let Some((kind, (reason, message))) = decided {
+                set_condition(
+                    &mut conditions,
+                    kind,
+                    "True",
+                    (reason.as_str(), message.as_str()),
+                    now,
+                );
                 let end = if kind == "FailureTarget" {
                     "Failed"
                 } else {
                     "Complete"
                 };
-                target = Some((end, Some(words.0.to_owned()), Some(words.1.to_owned())));
+                target = Some((end, Some(reason), Some(message)));
             }
         }
         if let Some((end, reason, message)) = target {
@@ -535,6 +633,7 @@ pub fn decide(job: &Job, owned: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
                 } else {
                     let reason = match reason.as_str() {
                         "DeadlineExceeded" => "DeadlineExceeded",
+                        POD_FAILURE_POLICY => POD_FAILURE_POLICY,
                         _ => "BackoffLimitExceeded",
                     };
                     events.push(Note {
@@ -585,7 +684,14 @@ pub fn decide(job: &Job, owned: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
                 requeue = Some(Duration::from_secs(u64::try_from(left.max(1)).unwrap_or(1)));
             }
             // How many pods should be active.
-            let active_now = i32::try_from(active.len()).unwrap_or(i32::MAX);
+            // Under `podReplacementPolicy: Failed` a terminating pod still holds its place.
+            let holding = active.len()
+                + if spec.replace_only_failed {
+                    terminating
+                } else {
+                    0
+                };
+            let active_now = i32::try_from(holding).unwrap_or(i32::MAX);
             let want = match spec.completions {
                 None if succeeded > 0 => active_now,
                 None => spec.parallelism,
@@ -597,7 +703,12 @@ pub fn decide(job: &Job, owned: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
                 let extra = usize::try_from(active_now - want).unwrap_or(0);
                 delete.extend(doomed.iter().take(extra).map(|p| p.name_any()));
             } else if active_now < want {
-                let backoff = remaining_backoff(owned, now);
+                let counted: Vec<Arc<Pod>> = owned
+                    .iter()
+                    .filter(|p| !ignored.contains(&p.name_any()))
+                    .cloned()
+                    .collect();
+                let backoff = remaining_backoff(&counted, now);
                 if backoff > Duration::ZERO {
                     requeue = Some(requeue.map_or(backoff, |r| r.min(backoff)));
                 } else {
@@ -1274,6 +1385,47 @@ mod tests {
             Some(COMPLETION_INDEX_ENV)
         );
         assert_eq!(pod.metadata.owner_references.expect("owner")[0].kind, "Job");
+    }
+
+    #[test]
+    fn the_pod_failure_policy_fails_the_job_or_ignores_a_failure() {
+        let now = at("2026-01-01T00:10:00Z");
+        let j = job(
+            json!({"completions": 1, "parallelism": 1, "backoffLimit": 3,
+                "podFailurePolicy": {"rules": [
+                    {"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]},
+                "template": template("Never")}),
+            json!({"startTime": "2026-01-01T00:00:00Z"}),
+        );
+        let exit = |name: &str, code: i32| {
+            let mut v = serde_json::to_value(&*pod(name, "Failed", None, "2026-01-01T00:00:00Z"))
+                .expect("pod");
+            v["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] = json!(code);
+            Arc::new(serde_json::from_value::<Pod>(v).expect("pod"))
+        };
+        let plan = decide(&j, &[exit("a", 42)], now);
+        assert_eq!(plan.status["conditions"][0]["reason"], "PodFailurePolicy");
+        assert_eq!(
+            plan.status["conditions"][0]["message"],
+            "Container c for pod default/a failed with exit code 42 matching FailJob rule at index 0"
+        );
+        assert_eq!(plan.status["conditions"][1]["type"], "Failed");
+        assert_eq!(plan.events[0].reason, "PodFailurePolicy");
+
+        // Exit 1 matches no rule: counted, and replaced after the backoff.
+        let plan = decide(&j, &[exit("b", 1)], now);
+        assert_eq!(plan.status["failed"], 1);
+        assert!(condition_types(&plan).is_empty());
+
+        // A disrupted pod is ignored: not counted, replaced at once.
+        let mut v = serde_json::to_value(&*exit("c", 137)).expect("pod");
+        v["status"]["conditions"] = json!([{"type": "DisruptionTarget", "status": "True"}]);
+        let disrupted = Arc::new(serde_json::from_value::<Pod>(v).expect("pod"));
+        let plan = decide(&j, &[disrupted], now);
+        assert_eq!(plan.status["failed"], 0);
+        assert_eq!(plan.create, [None]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Job controller through kubectl, on edges that report pods finished as their `EXIT`
-//! annotation says: completions and parallelism, Indexed mode, the backoff limit, the active
-//! deadline, suspend and resume, and deletion after `ttlSecondsAfterFinished`.
+//! annotation says: completions and parallelism, Indexed mode, the backoff limit, a pod
+//! failure policy, the active deadline, suspend and resume, and deletion after
+//! `ttlSecondsAfterFinished`.
 
 use std::time::Duration;
 
@@ -184,6 +185,23 @@ async fn jobs_complete_fail_and_expire() {
             ),
         ]
     );
+
+    // A FailJob rule of the pod failure policy fails the Job at the first matching exit.
+    fleet.apply(&job(
+        "policed",
+        "  backoffLimit: 5\n  podFailurePolicy:\n    rules:\n    - {action: FailJob, onExitCodes: {operator: In, values: [42]}}",
+        Some(42),
+    ));
+    wait(&fleet, "policed", "failed");
+    let policed = get(&fleet, "policed").await.expect("job");
+    assert!(
+        conditions(&policed)
+            .iter()
+            .any(|(t, _, r)| t == "Failed" && r == "PodFailurePolicy"),
+        "{:?}",
+        conditions(&policed)
+    );
+    assert_eq!(job_pods(&fleet, "policed").await.len(), 1, "no retry");
 
     // Pods that run past the deadline are deleted and the Job fails.
     fleet.apply(&job(

@@ -201,6 +201,21 @@ fn job_spec_defaults(spec: &mut Map<String, Value>) {
         "Failed"
     };
     set(spec, "podReplacementPolicy", json!(replacement));
+    // A pod condition pattern without a status means True.
+    if let Some(rules) = spec
+        .get_mut("podFailurePolicy")
+        .and_then(|p| p.get_mut("rules"))
+        .and_then(Value::as_array_mut)
+    {
+        for pattern in rules
+            .iter_mut()
+            .filter_map(|r| r.get_mut("onPodConditions")?.as_array_mut())
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            set(pattern, "status", json!("True"));
+        }
+    }
     set(spec, "manualSelector", json!(false));
     template(spec);
 }

@@ -282,6 +282,17 @@ fn job_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
             &["NonIndexed", "Indexed"],
         )),
     }
+    if let Some(policy) = spec.get("podFailurePolicy").filter(|p| !p.is_null()) {
+        pod_failure_policy(policy, &format!("{at}.podFailurePolicy"), causes);
+        let restart = spec.pointer("/template/spec/restartPolicy");
+        if let Some(p) = restart.filter(|p| p.as_str() == Some("OnFailure")) {
+            causes.push(Cause::invalid(
+                format!("{at}.template.spec.restartPolicy"),
+                p,
+                r#"only "Never" is supported when podFailurePolicy is specified"#,
+            ));
+        }
+    }
     let field = format!("{at}.template.spec.restartPolicy");
     match spec.pointer("/template/spec/restartPolicy") {
         None | Some(Value::Null) => causes.push(Cause::required(
@@ -294,6 +305,85 @@ fn job_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
         )),
         Some(Value::String(p)) if p == "OnFailure" || p == "Never" => {}
         Some(p) => causes.push(Cause::not_supported(field, p, &["OnFailure", "Never"])),
+    }
+}
+
+/// `validatePodFailurePolicy`'s checks of what a controller needs to read a rule: an action
+/// it knows, one of `onExitCodes` (an operator, values, none 0 for `In`) and `onPodConditions`
+/// (each with a type).
+fn pod_failure_policy(policy: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let Some(rules) = policy.get("rules").and_then(Value::as_array) else {
+        causes.push(Cause::required(format!("{at}.rules"), ""));
+        return;
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("{at}.rules[{i}]");
+        match rule.get("action") {
+            None | Some(Value::Null) => causes.push(Cause::required(
+                format!("{at}.action"),
+                r#"valid values: ["Count" "FailIndex" "FailJob" "Ignore"]"#,
+            )),
+            Some(Value::String(a))
+                if ["Count", "FailIndex", "FailJob", "Ignore"].contains(&a.as_str()) => {}
+            Some(a) => causes.push(Cause::not_supported(
+                format!("{at}.action"),
+                a,
+                &["Count", "FailIndex", "FailJob", "Ignore"],
+            )),
+        }
+        let codes = rule.get("onExitCodes").filter(|c| !c.is_null());
+        let conditions = rule
+            .get("onPodConditions")
+            .and_then(Value::as_array)
+            .filter(|c| !c.is_empty());
+        if let Some(codes) = codes {
+            let operator = codes.get("operator").and_then(Value::as_str);
+            if !matches!(operator, Some("In" | "NotIn")) {
+                causes.push(Cause::not_supported(
+                    format!("{at}.onExitCodes.operator"),
+                    codes.get("operator").unwrap_or(&Value::Null),
+                    &["In", "NotIn"],
+                ));
+            }
+            match codes.get("values").and_then(Value::as_array) {
+                Some(values) if !values.is_empty() => {
+                    for (j, v) in values.iter().enumerate() {
+                        if operator == Some("In") && v.as_i64() == Some(0) {
+                            causes.push(Cause::invalid(
+                                format!("{at}.onExitCodes.values[{j}]"),
+                                v,
+                                "must not be 0 for the In operator",
+                            ));
+                        }
+                    }
+                }
+                _ => causes.push(Cause::invalid(
+                    format!("{at}.onExitCodes.values"),
+                    codes.get("values").unwrap_or(&Value::Null),
+                    "at least one value is required",
+                )),
+            }
+        }
+        for (j, pattern) in conditions.into_iter().flatten().enumerate() {
+            if pattern
+                .get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                causes.push(Cause::required(
+                    format!("{at}.onPodConditions[{j}].type"),
+                    "",
+                ));
+            }
+        }
+        if codes.is_some() == conditions.is_some() {
+            let detail = if codes.is_some() {
+                "specifying both OnExitCodes and OnPodConditions is not supported"
+            } else {
+                "specifying one of OnExitCodes and OnPodConditions is required"
+            };
+            causes.push(Cause::invalid(at.clone(), &Value::Null, detail));
+        }
     }
 }
 
@@ -351,6 +441,20 @@ mod tests {
         assert_eq!(
             fields(&validate("batch", "Job", &negative, None)),
             ["spec.backoffLimit", "spec.completions"]
+        );
+        let mut policy = job("OnFailure");
+        policy["spec"]["podFailurePolicy"] = json!({"rules": [
+            {"onExitCodes": {"operator": "In", "values": [0]}},
+            {"action": "Ignore", "onPodConditions": [{"status": "True"}]},
+        ]});
+        assert_eq!(
+            fields(&validate("batch", "Job", &policy, None)),
+            [
+                "spec.podFailurePolicy.rules[0].action",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[0]",
+                "spec.podFailurePolicy.rules[1].onPodConditions[0].type",
+                "spec.template.spec.restartPolicy"
+            ]
         );
         let mut changed = job("Never");
         changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
