@@ -96,6 +96,9 @@ const BURST: usize = crate::replicaset::BURST;
 /// How soon a Job waiting on something the pod events may not announce (a deletion: the
 /// shared stream does not deliver them, kube-rs #1590) is looked at again.
 const RECHECK: Duration = Duration::from_secs(1);
+/// How soon a Job whose status write met a newer version is looked at again (the watch
+/// delivers that version meanwhile).
+const STALE: Duration = Duration::from_millis(100);
 
 /// Condition messages and reasons, as kube 1.33 words them.
 const COMPLETIONS_REACHED: (&str, &str) = (
@@ -297,8 +300,8 @@ pub fn remaining_backoff(pods: &[Arc<Pod>], now: jiff::Timestamp) -> Duration {
     backoff.saturating_sub(elapsed)
 }
 
-/// Indexes as kube writes `completedIndexes`: sorted, runs of three or more as `a-b`
-/// (`1,3-5,7`); kube writes runs of two as `a-b` too.
+/// Indexes as kube writes `completedIndexes`: sorted, each run of consecutive indexes as
+/// `first-last` (`1,3-5,7`).
 pub fn format_indexes(indexes: &BTreeSet<i32>) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut iter = indexes.iter().copied().peekable();
@@ -918,6 +921,8 @@ impl Context {
             return;
         }
         if let Ok(mut all) = self.expectations.lock() {
+            // Those of Jobs deleted meanwhile are never looked at again.
+            all.retain(|_, e| e.at.elapsed() <= EXPECTATION_TTL);
             all.insert(
                 uid.to_owned(),
                 Expectation {
@@ -1075,7 +1080,9 @@ async fn sync(
         }
     }
     // The counts of pods just created show at the next reconcile, which they cause.
-    write_status(job, ctx, namespace, &plan).await?;
+    if !write_status(job, ctx, namespace, &plan).await? {
+        return Ok(Some(STALE));
+    }
     Ok(match plan.requeue {
         Some(after) => Some(after),
         None if !plan.delete.is_empty() => Some(RECHECK),
@@ -1083,19 +1090,35 @@ async fn sync(
     })
 }
 
-async fn write_status(job: &Job, ctx: &Context, namespace: &str, plan: &Plan) -> Result<(), Error> {
+/// Writes the planned status, if it changed, at the version the plan was made from (as kube's
+/// `UpdateStatus` does): a plan made from a Job the cache had not yet updated (its own last
+/// write not seen, say) must not overwrite what it did not see. Returns whether it was written
+/// or unchanged; `false` when the Job changed meanwhile (look again soon).
+async fn write_status(
+    job: &Job,
+    ctx: &Context,
+    namespace: &str,
+    plan: &Plan,
+) -> Result<bool, Error> {
     if !status_changed(job, &plan.status) {
-        return Ok(());
+        return Ok(true);
     }
-    Api::<Job>::namespaced(ctx.client.clone(), namespace)
+    let patch = json!({
+        "metadata": {"resourceVersion": job.resource_version()},
+        "status": plan.status,
+    });
+    match Api::<Job>::namespaced(ctx.client.clone(), namespace)
         .patch_status(
             &job.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": plan.status })),
+            &Patch::Merge(patch),
         )
         .await
-        .map(drop)
-        .map_err(|e| Error::api("update status of", job, e))
+    {
+        Ok(_) => Ok(true),
+        Err(e) if Error::is_gone_or_conflict(&e) => Ok(false),
+        Err(e) => Err(Error::api("update status of", job, e)),
+    }
 }
 
 /// Deletes a Job whose TTL after finishing ran out, in the foreground, only if it is still
