@@ -1009,16 +1009,7 @@ async fn sync(
         .into_iter()
         .flatten()
         .collect();
-    for name in &deleted {
-        ctx.recorder
-            .record(
-                job.object_ref(&()),
-                EventType::Normal,
-                "SuccessfulDelete",
-                &format!("Deleted pod: {name}"),
-            )
-            .await;
-    }
+    record_each(ctx, job, "SuccessfulDelete", "Deleted pod", &deleted).await;
 
     let results: Vec<Result<String, kube::Error>> = futures::stream::iter(plan.create.clone())
         .map(|index| {
@@ -1040,16 +1031,7 @@ async fn sync(
             Err(e) => failure = Some(e),
         }
     }
-    for name in &created {
-        ctx.recorder
-            .record(
-                job.object_ref(&()),
-                EventType::Normal,
-                "SuccessfulCreate",
-                &format!("Created pod: {name}"),
-            )
-            .await;
-    }
+    record_each(ctx, job, "SuccessfulCreate", "Created pod", &created).await;
     ctx.expect(uid, created.clone(), deleted);
 
     for note in &plan.events {
@@ -1088,6 +1070,25 @@ async fn sync(
         None if !plan.delete.is_empty() => Some(RECHECK),
         None => None,
     })
+}
+
+/// Records a Normal event `<what>: <name>` for each of `names`, [`BURST`] at a time: a Job of a
+/// thousand pods does not wait on a thousand event writes in a row.
+async fn record_each(ctx: &Context, job: &Job, reason: &'static str, what: &str, names: &[String]) {
+    let object = job.object_ref(&());
+    let messages: Vec<String> = names.iter().map(|n| format!("{what}: {n}")).collect();
+    futures::stream::iter(messages)
+        .map(|message| {
+            let (recorder, object) = (ctx.recorder.clone(), object.clone());
+            async move {
+                recorder
+                    .record(object, EventType::Normal, reason, &message)
+                    .await;
+            }
+        })
+        .buffer_unordered(BURST)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// Writes the planned status, if it changed, at the version the plan was made from (as kube's
