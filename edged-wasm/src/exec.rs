@@ -285,7 +285,7 @@ pub(crate) async fn attach(c: Arc<WasmContainer>, streams: ExecStreams) -> Resul
                     // The instance wrote everything before it was marked exited: pass on what
                     // is left, then end.
                     while let Some(chunk) = next_kept(&mut output) {
-                        if !deliver(&stdout, &stderr, chunk).await {
+                        if !deliver(&stdout, &stderr, tty, chunk).await {
                             return;
                         }
                     }
@@ -293,7 +293,7 @@ pub(crate) async fn attach(c: Arc<WasmContainer>, streams: ExecStreams) -> Resul
                 }
                 () = any_closed(&stdout, &stderr) => return,
             };
-            if !deliver(&stdout, &stderr, chunk).await {
+            if !deliver(&stdout, &stderr, tty, chunk).await {
                 return;
             }
         }
@@ -307,18 +307,26 @@ pub(crate) async fn attach(c: Arc<WasmContainer>, streams: ExecStreams) -> Resul
     Ok(())
 }
 
-/// Sends `chunk` to the client's stream for it; false when the client has gone.
+/// Sends `chunk` to the client's stream for it, its lines ended CR LF for a client on a
+/// `terminal` (which has put its terminal in raw mode, as for exec); false when the client has
+/// gone.
 async fn deliver(
     stdout: &Option<mpsc::Sender<Bytes>>,
     stderr: &Option<mpsc::Sender<Bytes>>,
+    terminal: bool,
     chunk: OutputChunk,
 ) -> bool {
     let to = match chunk.stream {
         Stream::Stdout => stdout,
         Stream::Stderr => stderr,
     };
+    let bytes = if terminal {
+        crate::stdio::onlcr(&chunk.bytes)
+    } else {
+        chunk.bytes
+    };
     match to {
-        Some(tx) => tx.send(chunk.bytes).await.is_ok(),
+        Some(tx) => tx.send(bytes).await.is_ok(),
         None => true,
     }
 }
@@ -406,13 +414,16 @@ mod tests {
             stream,
             bytes: Bytes::from_static(text.as_bytes()),
         };
-        assert!(deliver(&stdout, &stderr, chunk(Stream::Stdout, "out")).await);
-        assert!(deliver(&stdout, &stderr, chunk(Stream::Stderr, "err")).await);
-        assert!(deliver(&stdout, &None, chunk(Stream::Stderr, "dropped")).await);
-        assert_eq!(out_rx.recv().await.as_deref(), Some(&b"out"[..]));
+        assert!(deliver(&stdout, &stderr, false, chunk(Stream::Stdout, "out\n")).await);
+        assert!(deliver(&stdout, &stderr, false, chunk(Stream::Stderr, "err")).await);
+        assert!(deliver(&stdout, &None, false, chunk(Stream::Stderr, "dropped")).await);
+        // A client on a terminal gets its lines as a pty writes them.
+        assert!(deliver(&stdout, &stderr, true, chunk(Stream::Stdout, "a\nb\n")).await);
+        assert_eq!(out_rx.recv().await.as_deref(), Some(&b"out\n"[..]));
         assert_eq!(err_rx.recv().await.as_deref(), Some(&b"err"[..]));
+        assert_eq!(out_rx.recv().await.as_deref(), Some(&b"a\r\nb\r\n"[..]));
         drop(err_rx);
         any_closed(&stdout, &stderr).await;
-        assert!(!deliver(&stdout, &stderr, chunk(Stream::Stderr, "gone")).await);
+        assert!(!deliver(&stdout, &stderr, false, chunk(Stream::Stderr, "gone")).await);
     }
 }

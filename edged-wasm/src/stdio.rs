@@ -181,7 +181,7 @@ struct ChannelWriter {
 /// `bytes` with every LF as CR LF, as a pty's output processing (`ONLCR`, on by default) writes
 /// them. A client with a terminal has put it in raw mode (kubectl does) and relies on the remote
 /// end for this, as a container's pty does it: bare line feeds would show as a staircase.
-fn onlcr(bytes: &[u8]) -> Bytes {
+pub(crate) fn onlcr(bytes: &[u8]) -> Bytes {
     let feeds = bytes.iter().filter(|&&b| b == b'\n').count();
     let mut out = Vec::with_capacity(bytes.len() + feeds);
     for &b in bytes {
