@@ -46,24 +46,21 @@ pub fn run(root: &Path, args: &KubeconfigArgs) -> anyhow::Result<ExitCode> {
     let client = pki
         .issue_client(&args.user, &groups)
         .context("issuing the user's certificate")?;
-    let text =
-        wedge_apiserver::kubeconfig::render_for(&args.user, &server, &pki.ca.cert_pem, &client);
     match &args.output {
         Some(path) => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            // It holds a private key: readable by its owner only.
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("writing {}", path.display()))?;
-            file.write_all(text.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
+            wedge_apiserver::kubeconfig::write_for(
+                path,
+                &args.user,
+                &server,
+                &pki.ca.cert_pem,
+                &client,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
         }
-        None => print!("{text}"),
+        None => print!(
+            "{}",
+            wedge_apiserver::kubeconfig::render_for(&args.user, &server, &pki.ca.cert_pem, &client)
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

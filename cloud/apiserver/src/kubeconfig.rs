@@ -45,16 +45,27 @@ current-context: wedge
     )
 }
 
-/// Writes the kubeconfig, readable by its owner only (it holds a private key).
+/// Writes the admin kubeconfig, readable by its owner only (it holds a private key).
 pub fn write(
     path: &Path,
     server: &str,
     ca_pem: &str,
     client: &CertifiedKey,
 ) -> std::io::Result<()> {
+    write_for(path, "wedge-admin", server, ca_pem, client)
+}
+
+/// Writes a kubeconfig whose user entry is `user`, readable by its owner only.
+pub fn write_for(
+    path: &Path,
+    user: &str,
+    server: &str,
+    ca_pem: &str,
+    client: &CertifiedKey,
+) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, render(server, ca_pem, client))?;
+    std::fs::write(&tmp, render_for(user, server, ca_pem, client))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&tmp, path)
 }

@@ -310,6 +310,20 @@ impl Pki {
         })
     }
 
+    /// The private key kept as `<dir>/<name>.key` (PEM, ECDSA P-256), made (0600) when missing:
+    /// a signing key of the server's own, such as the ServiceAccount token key (`sa`).
+    pub fn load_or_create_key(&self, name: &str) -> Result<String, PkiError> {
+        let path = self.dir.join(format!("{name}.key"));
+        if let Some(pem) = read(&path)? {
+            return Ok(pem);
+        }
+        let key = KeyPair::generate().map_err(cert_err("signing key"))?;
+        let pem = key.serialize_pem();
+        write(&path, &pem, true)?;
+        tracing::info!(path = %path.display(), "generated a signing key");
+        Ok(pem)
+    }
+
     /// Loads the client certificate kept under `name` (e.g. `admin`), issuing it when missing or
     /// near expiry.
     pub fn load_or_issue_client(

@@ -196,8 +196,9 @@ impl Server {
             config.kubelet_certificate_authority.clone(),
             shutdown.clone(),
         )?;
-        let service_account_tokens =
-            crate::service_account_tokens::ServiceAccountTokens::load_or_create(pki.dir())?;
+        let service_account_tokens = crate::service_account_tokens::ServiceAccountTokens::new(
+            &pki.load_or_create_key("sa")?,
+        )?;
         let api = Arc::new(
             Api::new(store, shutdown.clone())?
                 .with_kubelet_client(kubelet)

@@ -1,11 +1,9 @@
 //! ServiceAccount tokens, as kube-apiserver issues and checks them: JWTs signed with the
 //! server's own key (`<data-dir>/pki/sa.key`, ES256, made at first start like kubeadm's
-//! `sa.key`), issued through `serviceaccounts/token` (`kubectl create token NAME`), and taken as
+//! `sa.key`, by [`crate::pki::Pki::load_or_create_key`]), issued through `serviceaccounts/token` (`kubectl create token NAME`), and taken as
 //! bearer tokens for as long as they are valid and their ServiceAccount exists with the uid
 //! they name. The user is `system:serviceaccount:<namespace>:<name>` in the groups
 //! `system:serviceaccounts` and `system:serviceaccounts:<namespace>`, which RBAC bindings name.
-
-use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -21,21 +19,10 @@ pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// The shortest validity a request may ask for.
 pub const MIN_EXPIRATION_SECONDS: i64 = 600;
 
-/// Why the signing key could not be had.
+/// Why the signing key could not be used, or a token not made.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenKeyError {
-    /// Reading or writing the key file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What failed.
-        source: std::io::Error,
-    },
-    /// The key is not a usable ES256 key.
-    #[error("the ServiceAccount signing key: {0}")]
-    Key(String),
-}
+#[error("the ServiceAccount signing key: {0}")]
+pub struct TokenKeyError(String);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -101,30 +88,14 @@ impl std::fmt::Debug for ServiceAccountTokens {
 }
 
 impl ServiceAccountTokens {
-    /// Loads `<pki>/sa.key`, making it (0600) when missing.
-    pub fn load_or_create(pki: &Path) -> Result<Self, TokenKeyError> {
-        let path = pki.join("sa.key");
-        let io = |source| TokenKeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let pem = match std::fs::read_to_string(&path) {
-            Ok(pem) => pem,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                    .map_err(|e| TokenKeyError::Key(e.to_string()))?;
-                let pem = key.serialize_pem();
-                write_private(&path, &pem).map_err(io)?;
-                tracing::info!(path = %path.display(), "generated the ServiceAccount signing key");
-                pem
-            }
-            Err(e) => return Err(io(e)),
-        };
-        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| TokenKeyError::Key(e.to_string()))?;
-        let encoding = EncodingKey::from_ec_pem(pem.as_bytes())
-            .map_err(|e| TokenKeyError::Key(e.to_string()))?;
-        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
-            .map_err(|e| TokenKeyError::Key(e.to_string()))?;
+    /// Signs and checks with the ES256 key `pem` (PKCS#8, as
+    /// [`crate::pki::Pki::load_or_create_key`] keeps it: `<data-dir>/pki/sa.key`).
+    pub fn new(pem: &str) -> Result<Self, TokenKeyError> {
+        let bad = |e: &dyn std::fmt::Display| TokenKeyError(e.to_string());
+        let key = rcgen::KeyPair::from_pem(pem).map_err(|e| bad(&e))?;
+        let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| bad(&e))?;
+        let decoding =
+            DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()).map_err(|e| bad(&e))?;
         Ok(Self { encoding, decoding })
     }
 
@@ -160,7 +131,7 @@ impl ServiceAccountTokens {
             },
         };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
-            .map_err(|e| TokenKeyError::Key(e.to_string()))
+            .map_err(|e| TokenKeyError(e.to_string()))
     }
 
     /// Who `token` says it is, if it is one of ours, unexpired and for `audience`.
@@ -185,17 +156,6 @@ impl ServiceAccountTokens {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +163,11 @@ mod tests {
     #[test]
     fn tokens_verify_for_their_audience_until_they_expire() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tokens = ServiceAccountTokens::load_or_create(dir.path()).expect("key");
+        let pki = crate::pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
+        let key = |pki: &crate::pki::Pki| {
+            ServiceAccountTokens::new(&pki.load_or_create_key("sa").expect("key")).expect("key")
+        };
+        let tokens = key(&pki);
         let subject = TokenSubject {
             namespace: "ci".into(),
             name: "deployer".into(),
@@ -219,10 +183,10 @@ mod tests {
         let expired = tokens.issue(&subject, now - 7200, 600).expect("token");
         assert!(tokens.verify(&expired, ISSUER).is_none(), "expired");
         // The key is kept: tokens stay valid across restarts; another key's are not.
-        let again = ServiceAccountTokens::load_or_create(dir.path()).expect("key");
+        let again = key(&crate::pki::Pki::load_or_create(dir.path(), &[]).expect("pki"));
         assert!(again.verify(&token, ISSUER).is_some());
         let other = tempfile::tempdir().expect("tempdir");
-        let stranger = ServiceAccountTokens::load_or_create(other.path()).expect("key");
+        let stranger = key(&crate::pki::Pki::load_or_create(other.path(), &[]).expect("pki"));
         assert!(stranger.verify(&token, ISSUER).is_none());
         assert!(tokens.verify("not.a.token", ISSUER).is_none());
     }
