@@ -7,7 +7,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use super::support::*;
 
@@ -27,28 +26,10 @@ fn stderr(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_users_that_rbac_allows_may_exec_into_edge_pods() {
-    let registry = registry_with_samples().await;
-    push_misbehave(&registry).await;
+    let env = OneEdge::start().await;
+    let cloud = &env.cloud;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cloud = Cloud::start(&dir.path().join("cloud"));
-    let token = cloud.token("1h");
-    let _edge = start_edge(
-        &dir.path().join("edge-a"),
-        &cloud,
-        "edge-a",
-        Some(&token),
-        &registry.host(),
-    );
-    cloud.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}/samples/misbehave:1\n    command: [misbehave, sleep]\n",
-        registry.host()
-    ));
-    cloud.wait_for(
-        "pod/app",
-        "{.status.phase}",
-        "Running",
-        Duration::from_secs(90),
-    );
+    env.running("app", &["sleep"]);
 
     let alice = dir.path().join("alice.kubeconfig");
     let issued = Command::new(env!("CARGO_BIN_EXE_wedge"))

@@ -644,60 +644,6 @@ async fn kubectl_top_shows_edge_nodes_and_pods_from_the_usage_edges_push() {
     .await;
 }
 
-/// A cloud and one edge, `edge-a`, Ready, with the sample apps and `misbehave` in the registry.
-/// The edge is declared first so that it is killed first.
-struct OneEdge {
-    edge: Proc,
-    cloud: Cloud,
-    registry: wedge_testkit::registry::Registry,
-    root: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl OneEdge {
-    async fn start() -> Self {
-        let registry = registry_with_samples().await;
-        push_misbehave(&registry).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cloud = Cloud::start(&dir.path().join("cloud"));
-        let token = cloud.token("1h");
-        let root = dir.path().join("edge-a");
-        let edge = start_edge(&root, &cloud, "edge-a", Some(&token), &registry.host());
-        cloud.wait_for(
-            "node/edge-a",
-            "{.status.conditions[?(@.type==\"Ready\")].status}",
-            "True",
-            Duration::from_secs(60),
-        );
-        Self {
-            edge,
-            cloud,
-            registry,
-            root,
-            _dir: dir,
-        }
-    }
-
-    /// Starts a `misbehave` pod running `args` and waits until it runs.
-    fn running(&self, pod: &str, args: &[&str]) {
-        self.cloud
-            .apply(&misbehave_pod(pod, &self.registry.host(), args));
-        self.cloud.wait_for(
-            &format!("pod/{pod}"),
-            "{.status.phase}",
-            "Running",
-            Duration::from_secs(60),
-        );
-    }
-
-    /// A file for a child's stderr, under the test's directory.
-    fn stderr_file(&self, name: &str) -> (std::path::PathBuf, std::fs::File) {
-        let path = self.root.join(format!("{name}.err"));
-        let file = std::fs::File::create(&path).expect("a stderr file");
-        (path, file)
-    }
-}
-
 /// `kubectl exec -it` from a real terminal reaches a Wasm command as a terminal: the command
 /// is told its stdin, stdout and stderr are one, the user's terminal shows its lines as a
 /// terminal session does (CR LF: kubectl puts the local terminal in raw mode, so the remote end

@@ -6,43 +6,14 @@
 
 use std::time::Duration;
 
-use crate::support::{Cloud, Proc, push_misbehave, registry_with_samples, start_edge};
+use crate::support::OneEdge;
 
-/// A cloud and one Wasm edge, `edge-a`, Ready, with `hello` and `misbehave` in the registry.
-/// The edge is declared first so that it is killed first.
-struct Batch {
-    _edge: Proc,
-    cloud: Cloud,
-    registry: wedge_testkit::registry::Registry,
-    _dir: tempfile::TempDir,
-}
+/// [`OneEdge`], with what the Job tests ask of it.
+struct Batch(OneEdge);
 
 impl Batch {
     async fn start() -> Self {
-        let registry = registry_with_samples().await;
-        push_misbehave(&registry).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cloud = Cloud::start(&dir.path().join("cloud"));
-        let token = cloud.token("1h");
-        let edge = start_edge(
-            &dir.path().join("edge-a"),
-            &cloud,
-            "edge-a",
-            Some(&token),
-            &registry.host(),
-        );
-        cloud.wait_for(
-            "node/edge-a",
-            "{.status.conditions[?(@.type==\"Ready\")].status}",
-            "True",
-            Duration::from_secs(60),
-        );
-        Self {
-            _edge: edge,
-            cloud,
-            registry,
-            _dir: dir,
-        }
+        Self(OneEdge::start().await)
     }
 
     /// A Job of `misbehave` running `args`, with more spec lines.
@@ -53,31 +24,32 @@ impl Batch {
             .collect::<String>();
         format!(
             "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n{spec}  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: {}/samples/misbehave:1\n        command: [misbehave{command}]\n",
-            self.registry.host()
+            self.0.registry.host()
         )
     }
 
     /// `kubectl wait --for=condition=<condition> job/<name>`; on failure, the Job and its pods.
     fn wait(&self, name: &str, condition: &str, timeout: Duration) {
-        let out = self.cloud.kubectl(&[
+        let out = self.0.cloud.kubectl(&[
             "wait",
             &format!("--for=condition={condition}"),
             &format!("job/{name}"),
             &format!("--timeout={}s", timeout.as_secs()),
         ]);
         if !out.status.success() {
-            let state = self.cloud.kubectl(&["get", "jobs,pods", "-o", "yaml"]);
+            let state = self.0.cloud.kubectl(&["get", "jobs,pods", "-o", "yaml"]);
             panic!(
                 "job/{name} is not {condition}: {}\n{}\ncloudcore: {}",
                 String::from_utf8_lossy(&out.stderr),
                 String::from_utf8_lossy(&state.stdout),
-                self.cloud.log()
+                self.0.cloud.log()
             );
         }
     }
 
     fn jsonpath(&self, object: &str, path: &str) -> String {
-        self.cloud
+        self.0
+            .cloud
             .kubectl_ok(&["get", object, "-o", &format!("jsonpath={path}")])
     }
 }
@@ -85,7 +57,7 @@ impl Batch {
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_of_wasm_pods_complete_or_fail_on_an_edge() {
     let env = Batch::start().await;
-    let cloud = &env.cloud;
+    let cloud = &env.0.cloud;
     let minute = Duration::from_secs(60);
 
     // As a user types it (kubectl sends it as protobuf): the hello sample, once.
@@ -93,7 +65,7 @@ async fn jobs_of_wasm_pods_complete_or_fail_on_an_edge() {
         "create",
         "job",
         "hello",
-        &format!("--image={}/samples/hello:1", env.registry.host()),
+        &format!("--image={}/samples/hello:1", env.0.registry.host()),
     ]);
     env.wait("hello", "complete", minute);
     assert_eq!(env.jsonpath("job/hello", "{.status.succeeded}"), "1");

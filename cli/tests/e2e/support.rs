@@ -615,3 +615,57 @@ pub fn kubectl_on_a_terminal(cloud: &Cloud, args: &str) -> (Option<i32>, String)
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// A cloud and one edge, `edge-a`, Ready, with the sample apps and `misbehave` in the registry.
+/// The edge is declared first so that it is killed first.
+pub struct OneEdge {
+    pub edge: Proc,
+    pub cloud: Cloud,
+    pub registry: wedge_testkit::registry::Registry,
+    pub root: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OneEdge {
+    pub async fn start() -> Self {
+        let registry = registry_with_samples().await;
+        push_misbehave(&registry).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cloud = Cloud::start(&dir.path().join("cloud"));
+        let token = cloud.token("1h");
+        let root = dir.path().join("edge-a");
+        let edge = start_edge(&root, &cloud, "edge-a", Some(&token), &registry.host());
+        cloud.wait_for(
+            "node/edge-a",
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+            "True",
+            Duration::from_secs(60),
+        );
+        Self {
+            edge,
+            cloud,
+            registry,
+            root,
+            _dir: dir,
+        }
+    }
+
+    /// Starts a `misbehave` pod running `args` and waits until it runs.
+    pub fn running(&self, pod: &str, args: &[&str]) {
+        self.cloud
+            .apply(&misbehave_pod(pod, &self.registry.host(), args));
+        self.cloud.wait_for(
+            &format!("pod/{pod}"),
+            "{.status.phase}",
+            "Running",
+            Duration::from_secs(60),
+        );
+    }
+
+    /// A file for a child's stderr, under the test's directory.
+    pub fn stderr_file(&self, name: &str) -> (std::path::PathBuf, std::fs::File) {
+        let path = self.root.join(format!("{name}.err"));
+        let file = std::fs::File::create(&path).expect("a stderr file");
+        (path, file)
+    }
+}
