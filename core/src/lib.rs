@@ -6,6 +6,7 @@
 //! Edged reports of a pod.
 
 pub mod crilog;
+pub mod cron;
 pub mod device;
 pub mod grants;
 pub mod join_token;

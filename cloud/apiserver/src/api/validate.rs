@@ -33,6 +33,7 @@ pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) ->
             }
         }
         ("batch", "CronJob") => {
+            cron_job(object, old, &mut causes);
             if let Some(spec) = object.pointer("/spec/jobTemplate/spec") {
                 job_spec(spec, "spec.jobTemplate.spec", &mut causes);
             }
@@ -241,6 +242,132 @@ fn workload(kind: &str, object: &Value, causes: &mut Vec<Cause>) {
             }
         }
         None => causes.push(Cause::required("spec.template.spec", "")),
+    }
+}
+
+/// `ValidateCronJobCreate`/`Update`'s own checks: a name that leaves room for the Job's
+/// `-<minutes>` suffix, a schedule robfig/cron parses (with no `TZ=` in it unless the stored
+/// one had it), a time zone Go can load (checked when it changes), a known concurrency policy,
+/// and no negative deadline or history limit.
+fn cron_job(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = object.get("spec").unwrap_or(&Value::Null);
+    let old_spec = old.and_then(|o| o.get("spec"));
+    match spec.get("schedule").and_then(Value::as_str) {
+        None | Some("") => causes.push(Cause::required("spec.schedule", "")),
+        Some(schedule) => {
+            let value = Value::String(schedule.to_owned());
+            let allow_tz = old_spec
+                .and_then(|o| o.get("schedule"))
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.contains("TZ"));
+            if let Err(e) = wedge_core::cron::Schedule::parse(schedule, jiff::tz::TimeZone::UTC) {
+                causes.push(Cause::invalid("spec.schedule", &value, &e.to_string()));
+            }
+            let zoned = spec.get("timeZone").is_some_and(|z| !z.is_null());
+            if allow_tz && schedule.contains("TZ") && zoned {
+                causes.push(Cause::invalid(
+                    "spec.schedule",
+                    &value,
+                    "cannot use both timeZone field and TZ or CRON_TZ in schedule",
+                ));
+            } else if !allow_tz && schedule.contains("TZ") {
+                causes.push(Cause::invalid(
+                    "spec.schedule",
+                    &value,
+                    "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+                ));
+            }
+        }
+    }
+    if let Some(v) = spec.get("startingDeadlineSeconds").filter(|v| !v.is_null())
+        && v.as_i64().is_none_or(|n| n < 0)
+    {
+        causes.push(Cause::invalid(
+            "spec.startingDeadlineSeconds",
+            v,
+            "must be greater than or equal to 0",
+        ));
+    }
+    let zone = spec.get("timeZone").filter(|z| !z.is_null());
+    if old_spec
+        .and_then(|o| o.get("timeZone"))
+        .filter(|z| !z.is_null())
+        != zone
+        && let Some(zone) = zone
+    {
+        time_zone(zone, causes);
+    }
+    match spec.get("concurrencyPolicy").and_then(Value::as_str) {
+        Some("Allow" | "Forbid" | "Replace") => {}
+        None | Some("") => causes.push(Cause::required("spec.concurrencyPolicy", "")),
+        Some(other) => causes.push(Cause::not_supported(
+            "spec.concurrencyPolicy",
+            &Value::String(other.to_owned()),
+            &["Allow", "Forbid", "Replace"],
+        )),
+    }
+    for field in ["successfulJobsHistoryLimit", "failedJobsHistoryLimit"] {
+        if let Some(v) = spec.get(field).filter(|v| !v.is_null())
+            && v.as_i64().is_none_or(|n| n < 0)
+        {
+            causes.push(Cause::invalid(
+                format!("spec.{field}"),
+                v,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if old.is_none()
+        && let Some(name) = object.pointer("/metadata/name").and_then(Value::as_str)
+        && name.len() > 52
+    {
+        causes.push(Cause::invalid(
+            "metadata.name",
+            &Value::String(name.to_owned()),
+            "must be no more than 52 characters",
+        ));
+    }
+}
+
+/// `validateTimeZone`: the IANA file-name rules, not `Local`, and a zone Go can load.
+fn time_zone(zone: &Value, causes: &mut Vec<Cause>) {
+    let Some(name) = zone.as_str() else {
+        causes.push(Cause::invalid("spec.timeZone", zone, "must be a string"));
+        return;
+    };
+    if name.is_empty() {
+        causes.push(Cause::invalid(
+            "spec.timeZone",
+            zone,
+            "timeZone must be nil or non-empty string",
+        ));
+        return;
+    }
+    let part_ok = |p: &str| {
+        p != "."
+            && p != ".."
+            && !p.starts_with('-')
+            && (1..=14).contains(&p.len())
+            && p.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'+'))
+    };
+    if !name.split('/').all(part_ok) {
+        causes.push(Cause::invalid(
+            "spec.timeZone",
+            zone,
+            &format!("unknown time zone {name}"),
+        ));
+        return;
+    }
+    if name.eq_ignore_ascii_case("Local") {
+        causes.push(Cause::invalid(
+            "spec.timeZone",
+            zone,
+            "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+        ));
+    }
+    if let Err(e) = wedge_core::cron::time_zone(name) {
+        causes.push(Cause::invalid("spec.timeZone", zone, &e.to_string()));
     }
 }
 
@@ -463,6 +590,67 @@ mod tests {
         assert_eq!(
             fields(&validate("batch", "Job", &changed, Some(&job("Never")))),
             ["spec.template", "spec.completions"]
+        );
+    }
+
+    #[test]
+    fn cron_jobs_need_a_schedule_and_zone_kubernetes_reads() {
+        let cron = |schedule: &str, zone: Value| {
+            json!({"metadata": {"name": "nightly"}, "spec": {"schedule": schedule, "timeZone": zone,
+                "concurrencyPolicy": "Allow", "jobTemplate": {"spec": {"template": {"spec":
+                    {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}}})
+        };
+        assert!(validate("batch", "CronJob", &cron("*/1 * * * *", Value::Null), None).is_empty());
+        assert!(
+            validate(
+                "batch",
+                "CronJob",
+                &cron("@every 90s", json!("Europe/Paris")),
+                None
+            )
+            .is_empty()
+        );
+        let bad = validate(
+            "batch",
+            "CronJob",
+            &cron("61 * * * *", json!("Mars/Base")),
+            None,
+        );
+        assert_eq!(fields(&bad), ["spec.schedule", "spec.timeZone"]);
+        assert_eq!(
+            bad[0].message,
+            r#"Invalid value: "61 * * * *": end of range (61) above maximum (59): 61"#
+        );
+        assert_eq!(
+            bad[1].message,
+            r#"Invalid value: "Mars/Base": unknown time zone Mars/Base"#
+        );
+        let tz = validate(
+            "batch",
+            "CronJob",
+            &cron("TZ=UTC 0 * * * *", Value::Null),
+            None,
+        );
+        assert_eq!(
+            tz[0].message,
+            r#"Invalid value: "TZ=UTC 0 * * * *": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"#
+        );
+        // A stored schedule with TZ may stay, as long as no timeZone is added to it.
+        let legacy = cron("TZ=UTC 0 * * * *", Value::Null);
+        assert!(validate("batch", "CronJob", &legacy, Some(&legacy)).is_empty());
+        let local = validate("batch", "CronJob", &cron("0 * * * *", json!("Local")), None);
+        assert_eq!(fields(&local), ["spec.timeZone", "spec.timeZone"]);
+        let mut long = cron("0 * * * *", Value::Null);
+        long["metadata"]["name"] = json!("n".repeat(53));
+        long["spec"]["concurrencyPolicy"] = json!("Sometimes");
+        long["spec"]["startingDeadlineSeconds"] = json!(-1);
+        assert_eq!(
+            fields(&validate("batch", "CronJob", &long, None)),
+            [
+                "spec.startingDeadlineSeconds",
+                "spec.concurrencyPolicy",
+                "metadata.name"
+            ]
         );
     }
 
