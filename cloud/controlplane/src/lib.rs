@@ -12,11 +12,14 @@
 //! - [`deployment`]: rolls Deployments through ReplicaSets;
 //! - [`daemonset`]: one pod per matching node;
 //! - [`job`]: runs a Job's pods to completion (and deletes it after its TTL);
+//! - [`cronjob`]: makes a CronJob's Jobs on its schedule;
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
-//! - [`events`], [`pods`], [`selector`], [`resources`]: what the controllers share.
+//! - [`events`], [`pods`], [`selector`], [`resources`], [`clock`]: what the controllers share.
 
+pub mod clock;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod error;
@@ -82,6 +85,17 @@ pub async fn run(
 pub async fn run_controllers(
     client: Client,
     config: ControllersConfig,
+    shutdown: CancellationToken,
+) {
+    run_controllers_at(client, config, clock::Clock::system(), shutdown).await;
+}
+
+/// [`run_controllers`], with the controllers that follow the wall clock (CronJobs) reading
+/// it from `clock`.
+pub async fn run_controllers_at(
+    client: Client,
+    config: ControllersConfig,
+    clock: clock::Clock,
     shutdown: CancellationToken,
 ) {
     // One pod watch for every controller that follows pods.
@@ -153,6 +167,7 @@ pub async fn run_controllers(
         () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = job::run(client.clone(), pods.clone(), job_pods, stop()) => {}
+        () = cronjob::run(client.clone(), clock, stop()) => {}
         () = node_feed => {}
         () = rc_feed => {}
         () = gc::run(client.clone(), shutdown.clone()) => {}
