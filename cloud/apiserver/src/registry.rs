@@ -77,12 +77,18 @@ impl ResourceInfo {
 
     /// The verbs the resource accepts: all of them, but `get` and `list` for the read-only
     /// `metrics.k8s.io` (so the namespace controller and the garbage collector, which want
-    /// `delete` and `watch`, leave them alone), and `create` for the reviews.
+    /// `delete` and `watch`, leave them alone) and the computed `componentstatuses`, and
+    /// `create` for the reviews and `bindings`.
     pub fn verbs(&self) -> &'static [&'static str] {
         if self.group == crate::api::metrics::GROUP {
             crate::api::metrics::VERBS
         } else if crate::api::reviews::GROUPS.contains(&self.group.as_str()) {
             crate::api::reviews::VERBS
+        } else if self.crd.is_none() && self.group.is_empty() && self.plural == "bindings" {
+            &["create"]
+        } else if self.crd.is_none() && self.group.is_empty() && self.plural == "componentstatuses"
+        {
+            &["get", "list"]
         } else {
             ALL_VERBS
         }
@@ -95,7 +101,7 @@ pub struct Registry {
     resources: RwLock<Vec<Arc<ResourceInfo>>>,
 }
 
-/// A built-in resource, as a table row.
+/// A built-in resource, as a table row: [`r`] and the builder methods below.
 struct Builtin {
     group: &'static str,
     version: &'static str,
@@ -105,299 +111,324 @@ struct Builtin {
     short: &'static [&'static str],
     all: bool,
     subresources: &'static [&'static str],
+    preferred: bool,
 }
 
-#[allow(clippy::too_many_arguments)] // a table row, read positionally
-const fn b(
+/// A cluster-scoped resource with no short names, categories or subresources, its group's
+/// preferred version.
+const fn r(
     group: &'static str,
     version: &'static str,
     plural: &'static str,
     kind: &'static str,
-    namespaced: bool,
-    short: &'static [&'static str],
-    all: bool,
-    subresources: &'static [&'static str],
 ) -> Builtin {
     Builtin {
         group,
         version,
         plural,
         kind,
-        namespaced,
-        short,
-        all,
-        subresources,
+        namespaced: false,
+        short: &[],
+        all: false,
+        subresources: &[],
+        preferred: true,
     }
 }
 
-/// Built-in resources: what an edge platform uses of Kubernetes.
+impl Builtin {
+    /// Objects live in namespaces.
+    const fn ns(mut self) -> Self {
+        self.namespaced = true;
+        self
+    }
+    /// Short names (`po`).
+    const fn short(mut self, short: &'static [&'static str]) -> Self {
+        self.short = short;
+        self
+    }
+    /// In the `all` category (`kubectl get all`).
+    const fn all(mut self) -> Self {
+        self.all = true;
+        self
+    }
+    /// Subresources.
+    const fn sub(mut self, subresources: &'static [&'static str]) -> Self {
+        self.subresources = subresources;
+        self
+    }
+    /// Served, but not the version clients should prefer.
+    const fn older(mut self) -> Self {
+        self.preferred = false;
+        self
+    }
+}
+
+/// The built-in resources: those kube-apiserver v1.33 serves by default, in its discovery order.
+/// What Wedge acts on and what it only stores is in the README.
 const BUILTINS: &[Builtin] = &[
-    b(
-        "",
-        "v1",
-        "namespaces",
-        "Namespace",
-        false,
-        &["ns"],
-        false,
-        &["status", "finalize"],
-    ),
-    b(
-        "",
-        "v1",
-        "nodes",
-        "Node",
-        false,
-        &["no"],
-        false,
-        &["status"],
-    ),
-    b(
-        "",
-        "v1",
-        "pods",
-        "Pod",
-        true,
-        &["po"],
-        true,
-        &["status", "binding", "log", "exec", "attach", "portforward"],
-    ),
-    b(
-        "",
-        "v1",
-        "configmaps",
-        "ConfigMap",
-        true,
-        &["cm"],
-        false,
-        &[],
-    ),
-    b("", "v1", "secrets", "Secret", true, &[], false, &[]),
-    b(
-        "",
-        "v1",
-        "services",
-        "Service",
-        true,
-        &["svc"],
-        true,
-        &["status"],
-    ),
-    b(
-        "",
-        "v1",
-        "endpoints",
-        "Endpoints",
-        true,
-        &["ep"],
-        false,
-        &[],
-    ),
-    b("", "v1", "events", "Event", true, &["ev"], false, &[]),
-    b(
-        "",
-        "v1",
-        "serviceaccounts",
-        "ServiceAccount",
-        true,
-        &["sa"],
-        false,
-        &["token"],
-    ),
-    b(
-        "apps",
-        "v1",
-        "deployments",
-        "Deployment",
-        true,
-        &["deploy"],
-        true,
-        &["status", "scale"],
-    ),
-    b(
-        "apps",
-        "v1",
-        "replicasets",
-        "ReplicaSet",
-        true,
-        &["rs"],
-        true,
-        &["status", "scale"],
-    ),
-    b(
-        "apps",
-        "v1",
-        "daemonsets",
-        "DaemonSet",
-        true,
-        &["ds"],
-        true,
-        &["status"],
-    ),
-    b("batch", "v1", "jobs", "Job", true, &[], true, &["status"]),
-    b(
-        "batch",
-        "v1",
-        "cronjobs",
-        "CronJob",
-        true,
-        &["cj"],
-        true,
-        &["status"],
-    ),
-    b(
-        "coordination.k8s.io",
-        "v1",
-        "leases",
-        "Lease",
-        true,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "node.k8s.io",
-        "v1",
-        "runtimeclasses",
-        "RuntimeClass",
-        false,
-        &[],
-        false,
-        &[],
-    ),
-    // Usage from the nodes' kubelet endpoints, read-only, as metrics-server serves it
-    // (`api::metrics`).
-    b(
-        "metrics.k8s.io",
-        "v1beta1",
-        "nodes",
-        "NodeMetrics",
-        false,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "metrics.k8s.io",
-        "v1beta1",
-        "pods",
-        "PodMetrics",
-        true,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "roles",
-        "Role",
-        true,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "rolebindings",
-        "RoleBinding",
-        true,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterroles",
-        "ClusterRole",
-        false,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterrolebindings",
-        "ClusterRoleBinding",
-        false,
-        &[],
-        false,
-        &[],
-    ),
+    // core/v1
+    r("", "v1", "bindings", "Binding").ns(),
+    r("", "v1", "componentstatuses", "ComponentStatus").short(&["cs"]),
+    r("", "v1", "configmaps", "ConfigMap").ns().short(&["cm"]),
+    r("", "v1", "endpoints", "Endpoints").ns().short(&["ep"]),
+    r("", "v1", "events", "Event").ns().short(&["ev"]),
+    r("", "v1", "limitranges", "LimitRange")
+        .ns()
+        .short(&["limits"]),
+    r("", "v1", "namespaces", "Namespace")
+        .short(&["ns"])
+        .sub(&["status", "finalize"]),
+    r("", "v1", "nodes", "Node").short(&["no"]).sub(&["status"]),
+    r("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+        .ns()
+        .short(&["pvc"])
+        .sub(&["status"]),
+    r("", "v1", "persistentvolumes", "PersistentVolume")
+        .short(&["pv"])
+        .sub(&["status"]),
+    r("", "v1", "pods", "Pod").ns().short(&["po"]).all().sub(&[
+        "status",
+        "binding",
+        "log",
+        "exec",
+        "attach",
+        "portforward",
+    ]),
+    r("", "v1", "podtemplates", "PodTemplate").ns(),
+    r("", "v1", "replicationcontrollers", "ReplicationController")
+        .ns()
+        .short(&["rc"])
+        .all()
+        .sub(&["status", "scale"]),
+    r("", "v1", "resourcequotas", "ResourceQuota")
+        .ns()
+        .short(&["quota"])
+        .sub(&["status"]),
+    r("", "v1", "secrets", "Secret").ns(),
+    r("", "v1", "serviceaccounts", "ServiceAccount")
+        .ns()
+        .short(&["sa"])
+        .sub(&["token"]),
+    r("", "v1", "services", "Service")
+        .ns()
+        .short(&["svc"])
+        .all()
+        .sub(&["status"]),
+    r("apiregistration.k8s.io", "v1", "apiservices", "APIService").sub(&["status"]),
+    r("apps", "v1", "controllerrevisions", "ControllerRevision").ns(),
+    r("apps", "v1", "daemonsets", "DaemonSet")
+        .ns()
+        .short(&["ds"])
+        .all()
+        .sub(&["status"]),
+    r("apps", "v1", "deployments", "Deployment")
+        .ns()
+        .short(&["deploy"])
+        .all()
+        .sub(&["status", "scale"]),
+    r("apps", "v1", "replicasets", "ReplicaSet")
+        .ns()
+        .short(&["rs"])
+        .all()
+        .sub(&["status", "scale"]),
+    r("apps", "v1", "statefulsets", "StatefulSet")
+        .ns()
+        .short(&["sts"])
+        .all()
+        .sub(&["status", "scale"]),
+    r("events.k8s.io", "v1", "events", "Event")
+        .ns()
+        .short(&["ev"]),
     // Reviews: answered, never stored (`api::reviews`).
-    b(
+    r(
         "authentication.k8s.io",
         "v1",
         "selfsubjectreviews",
         "SelfSubjectReview",
-        false,
-        &[],
-        false,
-        &[],
     ),
-    b(
-        "authentication.k8s.io",
-        "v1",
-        "tokenreviews",
-        "TokenReview",
-        false,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "authorization.k8s.io",
-        "v1",
-        "selfsubjectaccessreviews",
-        "SelfSubjectAccessReview",
-        false,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "authorization.k8s.io",
-        "v1",
-        "selfsubjectrulesreviews",
-        "SelfSubjectRulesReview",
-        false,
-        &[],
-        false,
-        &[],
-    ),
-    b(
-        "authorization.k8s.io",
-        "v1",
-        "subjectaccessreviews",
-        "SubjectAccessReview",
-        false,
-        &[],
-        false,
-        &[],
-    ),
-    b(
+    r("authentication.k8s.io", "v1", "tokenreviews", "TokenReview"),
+    r(
         "authorization.k8s.io",
         "v1",
         "localsubjectaccessreviews",
         "LocalSubjectAccessReview",
-        true,
-        &[],
-        false,
-        &[],
+    )
+    .ns(),
+    r(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
     ),
-    b(
+    r(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+    ),
+    r(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+    ),
+    r(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+    )
+    .ns()
+    .short(&["hpa"])
+    .all()
+    .sub(&["status"]),
+    r(
+        "autoscaling",
+        "v1",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+    )
+    .ns()
+    .short(&["hpa"])
+    .all()
+    .sub(&["status"])
+    .older(),
+    r("batch", "v1", "cronjobs", "CronJob")
+        .ns()
+        .short(&["cj"])
+        .all()
+        .sub(&["status"]),
+    r("batch", "v1", "jobs", "Job").ns().all().sub(&["status"]),
+    r(
+        "certificates.k8s.io",
+        "v1",
+        "certificatesigningrequests",
+        "CertificateSigningRequest",
+    )
+    .short(&["csr"])
+    .sub(&["status", "approval"]),
+    r("networking.k8s.io", "v1", "ingressclasses", "IngressClass"),
+    r("networking.k8s.io", "v1", "ingresses", "Ingress")
+        .ns()
+        .short(&["ing"])
+        .sub(&["status"]),
+    r("networking.k8s.io", "v1", "ipaddresses", "IPAddress").short(&["ip"]),
+    r(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+    )
+    .ns()
+    .short(&["netpol"]),
+    r("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR").sub(&["status"]),
+    r(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+    )
+    .ns()
+    .short(&["pdb"])
+    .sub(&["status"]),
+    r(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+    )
+    .ns(),
+    r("rbac.authorization.k8s.io", "v1", "roles", "Role").ns(),
+    r("storage.k8s.io", "v1", "csidrivers", "CSIDriver"),
+    r("storage.k8s.io", "v1", "csinodes", "CSINode"),
+    r(
+        "storage.k8s.io",
+        "v1",
+        "csistoragecapacities",
+        "CSIStorageCapacity",
+    )
+    .ns(),
+    r("storage.k8s.io", "v1", "storageclasses", "StorageClass").short(&["sc"]),
+    r(
+        "storage.k8s.io",
+        "v1",
+        "volumeattachments",
+        "VolumeAttachment",
+    )
+    .sub(&["status"]),
+    r(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+    ),
+    r(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicy",
+    )
+    .sub(&["status"]),
+    r(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingadmissionpolicybindings",
+        "ValidatingAdmissionPolicyBinding",
+    ),
+    r(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+    ),
+    r(
         "apiextensions.k8s.io",
         "v1",
         "customresourcedefinitions",
         "CustomResourceDefinition",
-        false,
-        &["crd", "crds"],
-        false,
-        &["status"],
-    ),
+    )
+    .short(&["crd", "crds"])
+    .sub(&["status"]),
+    r(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "PriorityClass",
+    )
+    .short(&["pc"]),
+    r("coordination.k8s.io", "v1", "leases", "Lease").ns(),
+    r("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass"),
+    r("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice").ns(),
+    r(
+        "flowcontrol.apiserver.k8s.io",
+        "v1",
+        "flowschemas",
+        "FlowSchema",
+    )
+    .sub(&["status"]),
+    r(
+        "flowcontrol.apiserver.k8s.io",
+        "v1",
+        "prioritylevelconfigurations",
+        "PriorityLevelConfiguration",
+    )
+    .sub(&["status"]),
+    // Usage from the nodes' kubelet endpoints, read-only, as metrics-server serves it
+    // (`api::metrics`).
+    r("metrics.k8s.io", "v1beta1", "nodes", "NodeMetrics"),
+    r("metrics.k8s.io", "v1beta1", "pods", "PodMetrics").ns(),
 ];
 
 impl Registry {
@@ -416,7 +447,7 @@ impl Registry {
                     short_names: r.short.iter().map(|s| (*s).to_owned()).collect(),
                     categories: if r.all { vec!["all".into()] } else { vec![] },
                     subresources: r.subresources.iter().map(|s| (*s).to_owned()).collect(),
-                    preferred: true,
+                    preferred: r.preferred,
                     crd: None,
                 })
             })

@@ -3,6 +3,7 @@
 //! on the machine, against the server on a loopback port with its own SQLite file.
 
 mod bad_input;
+mod builtins;
 mod durability;
 mod harness;
 mod kube_client;

@@ -109,10 +109,28 @@ fn merge(
     let mine =
         |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource == subresource;
 
+    // A conflict is a value the applier would change under another manager: compared, as
+    // kube-apiserver compares it, between the live object and the merged one with the
+    // server's defaults, so a field the server defaulted (a member of an item, a list the
+    // applier replaced with what the server had filled in) is no change. Maps and the items of
+    // keyed lists are containers, not values: their members are compared one by one.
+    let mut result = super::patch::strategic_merge(live, applied, schema)
+        .map_err(|e| ApiError::BadRequest(format!("unable to apply the configuration: {e}")))?;
+    let mut defaulted = result.clone();
+    super::defaults::apply(
+        &info.group,
+        &info.kind,
+        &mut defaulted,
+        live.get("metadata").is_none(),
+    );
     let mut conflicts = Vec::new();
     for e in list.iter().filter(|e| !mine(e)) {
         for p in e.fields.intersection(&applied_set) {
-            if managed::value_at(live, p) != managed::value_at(applied, p) {
+            let held = managed::value_at(live, p);
+            if held.is_some_and(Value::is_object) {
+                continue;
+            }
+            if held != managed::value_at(&defaulted, p) {
                 conflicts.push((e.manager.clone(), e.api_version.clone(), p.clone()));
             }
         }
@@ -169,25 +187,28 @@ fn merge(
         .flat_map(|e| e.fields.iter().cloned())
         .collect();
 
-    let mut object = super::patch::strategic_merge(live, applied, schema)
-        .map_err(|e| ApiError::BadRequest(format!("unable to apply the configuration: {e}")))?;
     for p in previous.difference(&applied_set) {
         if !owned_by_others.contains(p) {
-            managed::remove_at(&mut object, p);
+            managed::remove_at(&mut result, p);
         }
     }
-    let now = super::meta::now();
+    // The same fields applied again keep their time, as kube-apiserver keeps it, so that an
+    // apply that changes nothing writes nothing.
+    let time = list
+        .iter()
+        .find(|e| mine(e) && e.fields == applied_set)
+        .map_or_else(super::meta::now, |e| e.time.clone());
     list.retain(|e| !mine(e));
     list.push(Entry {
         manager: manager.to_owned(),
         operation: "Apply".into(),
         api_version: info.api_version(),
         subresource: subresource.to_owned(),
-        time: now,
+        time,
         fields: applied_set,
     });
-    managed::set_entries(&mut object, &list);
-    Ok(object)
+    managed::set_entries(&mut result, &list);
+    Ok(result)
 }
 
 /// `.spec.replicas` from a field path, as conflicts name fields.

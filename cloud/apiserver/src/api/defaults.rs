@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value, json};
 
+mod stored;
+
 /// Fills in the defaults of an object of `kind` in `group`, on create and update.
 pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
     match (group, kind) {
@@ -102,7 +104,9 @@ pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
                 set(obj, "type", json!("Opaque"));
             }
         }
-        _ => {}
+        _ => {
+            stored::apply(group, kind, object);
+        }
     }
 }
 

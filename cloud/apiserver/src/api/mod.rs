@@ -8,6 +8,7 @@
 //! the store. Every failure is an [`ApiError`], written as a `Status`.
 
 pub mod apply;
+mod component_statuses;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;
@@ -358,6 +359,15 @@ impl Api {
         }
         if reviews::GROUPS.contains(&info.group.as_str()) {
             return reviews::serve(self, call, &info, &path);
+        }
+        if info.crd.is_none() && info.group.is_empty() {
+            match info.plural.as_str() {
+                "componentstatuses" => {
+                    return component_statuses::serve(self, call, &info, &path);
+                }
+                "bindings" => return subresources::bindings(self, call, &path),
+                _ => {}
+            }
         }
         if let Some(sub) = path.subresource.as_deref() {
             if !info.has_subresource(sub) {

@@ -536,6 +536,39 @@ fn scale(
     ))
 }
 
+/// POST of a Binding to `namespaces/{ns}/bindings`, the older form of `pods/{name}/binding`:
+/// the pod is the Binding's own name.
+pub(crate) fn bindings(
+    api: &Api,
+    call: &Call<'_>,
+    path: &ResourcePath,
+) -> Result<Response<Body>, ApiError> {
+    if call.method != Method::POST || path.name.is_some() || path.subresource.is_some() {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let binding = call.object()?;
+    let name = binding
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "",
+                "Binding",
+                "",
+                vec![Cause::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                )],
+            )
+        })?;
+    let pods = api
+        .registry
+        .get("", "v1", "pods")
+        .ok_or_else(|| ApiError::Internal("pods are not served".into()))?;
+    bind(api, call, &pods, path, name)
+}
+
 /// POST of a Binding: assigns an unassigned pod to a node.
 fn bind(
     api: &Api,

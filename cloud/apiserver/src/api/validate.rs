@@ -8,6 +8,8 @@ use super::error::Cause;
 use super::meta::{NameRule, name_problem};
 use crate::selector::LabelSelector;
 
+mod stored;
+
 /// The causes an object of `kind` is invalid for (empty when valid). `old` is the stored object
 /// on update.
 pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) -> Vec<Cause> {
@@ -61,7 +63,11 @@ pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) ->
                 }
             }
         }
-        _ => {}
+        _ => {
+            if let Some(more) = stored::validate(group, kind, object, old) {
+                causes.extend(more);
+            }
+        }
     }
     causes
 }

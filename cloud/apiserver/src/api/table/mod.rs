@@ -4,6 +4,8 @@
 
 use serde_json::{Value, json};
 
+mod printers;
+
 use super::list::Page;
 use super::{Api, Call};
 use crate::registry::ResourceInfo;
@@ -598,7 +600,10 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
                 col("Created At", "date", 0, "The time the CRD was created."),
             ]
         }
-        _ => vec![name, age],
+        (group, kind) => match printers::printer(group, kind) {
+            Some(printer) => printer.iter().map(printers::Column::definition).collect(),
+            None => vec![name, age],
+        },
     }
 }
 
@@ -867,7 +872,10 @@ fn cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![name, json!(s(o, "/metadata/creationTimestamp"))]
         }
-        _ => vec![name, json!(created)],
+        (group, kind) => match printers::printer(group, kind) {
+            Some(printer) => printer.iter().map(|c| c.cell(o)).collect(),
+            None => vec![name, json!(created)],
+        },
     }
 }
 

@@ -1,0 +1,312 @@
+//! Every built-in resource kube-apiserver v1.33 serves, through the real kubectl: discovery,
+//! a chart's worth of manifests applied twice, the columns `kubectl get` prints, validation,
+//! and the computed `componentstatuses`.
+
+use crate::harness::Cluster;
+
+const SHOP: &str = include_str!("manifests/shop.yaml");
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_what_kube_apiserver_serves() {
+    let cluster = Cluster::start().await;
+    let listed = cluster.kubectl_ok(&["api-resources", "--no-headers", "-o", "name"]);
+    let names: Vec<&str> = listed.lines().collect();
+    for expected in [
+        "bindings",
+        "componentstatuses",
+        "limitranges",
+        "persistentvolumeclaims",
+        "persistentvolumes",
+        "podtemplates",
+        "replicationcontrollers",
+        "resourcequotas",
+        "apiservices.apiregistration.k8s.io",
+        "controllerrevisions.apps",
+        "statefulsets.apps",
+        "events.events.k8s.io",
+        "horizontalpodautoscalers.autoscaling",
+        "certificatesigningrequests.certificates.k8s.io",
+        "ingressclasses.networking.k8s.io",
+        "ingresses.networking.k8s.io",
+        "ipaddresses.networking.k8s.io",
+        "networkpolicies.networking.k8s.io",
+        "servicecidrs.networking.k8s.io",
+        "poddisruptionbudgets.policy",
+        "csidrivers.storage.k8s.io",
+        "csinodes.storage.k8s.io",
+        "csistoragecapacities.storage.k8s.io",
+        "storageclasses.storage.k8s.io",
+        "volumeattachments.storage.k8s.io",
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        "validatingadmissionpolicies.admissionregistration.k8s.io",
+        "validatingadmissionpolicybindings.admissionregistration.k8s.io",
+        "validatingwebhookconfigurations.admissionregistration.k8s.io",
+        "priorityclasses.scheduling.k8s.io",
+        "endpointslices.discovery.k8s.io",
+        "flowschemas.flowcontrol.apiserver.k8s.io",
+        "prioritylevelconfigurations.flowcontrol.apiserver.k8s.io",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    // Both autoscaling versions are served; v2 is the one clients prefer.
+    let versions = cluster.kubectl_ok(&["api-versions"]);
+    assert!(
+        versions.lines().any(|v| v == "autoscaling/v1"),
+        "{versions}"
+    );
+    assert!(
+        versions.lines().any(|v| v == "autoscaling/v2"),
+        "{versions}"
+    );
+    let group = cluster.kubectl_ok(&["get", "--raw", "/apis/autoscaling"]);
+    assert!(
+        group.contains(r#""preferredVersion":{"groupVersion":"autoscaling/v2""#),
+        "{group}"
+    );
+    // Short names resolve as on Kubernetes.
+    for short in [
+        "sts", "pdb", "hpa", "pvc", "pv", "rc", "netpol", "sc", "pc", "ing", "quota", "limits",
+    ] {
+        let out = cluster.kubectl(&["get", short, "-A"]);
+        assert!(out.status.success(), "kubectl get {short}: {}", text(&out));
+    }
+}
+
+/// Every object of the chart with its resourceVersion.
+fn resource_versions(cluster: &Cluster) -> String {
+    let out = cluster.kubectl_stdin(
+        &[
+            "get",
+            "-f",
+            "-",
+            "-o",
+            "custom-columns=KIND:.kind,NAME:.metadata.name,RV:.metadata.resourceVersion",
+        ],
+        SHOP,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chart_of_many_kinds_applies_twice_and_prints_as_on_kubernetes() {
+    let cluster = Cluster::start().await;
+    let first = cluster.kubectl_stdin(&["apply", "-f", "-"], SHOP);
+    assert!(first.status.success(), "{}", text(&first));
+    let created = String::from_utf8_lossy(&first.stdout).into_owned();
+    let documents = SHOP.matches("\n---\n").count() + 1;
+    assert_eq!(created.lines().count(), documents, "{created}");
+    assert!(
+        created.lines().all(|l| l.ends_with(" created")),
+        "{created}"
+    );
+    // Applied again, nothing changes: the server's defaults and the stored objects agree with
+    // what kubectl sent, and no object is written again. kubectl's client-side apply still
+    // reports three as `configured`, as it does against kube-apiserver: it always sends a
+    // field whose patch strategy is `replace` (a PodDisruptionBudget's selector) and an atomic
+    // list the server defaulted into (a StatefulSet's claim templates, a NetworkPolicy's rules),
+    // and the server finds nothing to change.
+    let before = resource_versions(&cluster);
+    let second = cluster.kubectl_stdin(&["apply", "-f", "-"], SHOP);
+    assert!(second.status.success(), "{}", text(&second));
+    let again = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert_eq!(again.lines().count(), documents, "{again}");
+    let configured: Vec<&str> = again
+        .lines()
+        .filter(|l| !l.ends_with(" unchanged"))
+        .collect();
+    assert_eq!(
+        configured,
+        [
+            "statefulset.apps/db configured",
+            "poddisruptionbudget.policy/web configured",
+            "networkpolicy.networking.k8s.io/web configured"
+        ],
+        "{again}"
+    );
+    assert_eq!(
+        resource_versions(&cluster),
+        before,
+        "nothing is written again"
+    );
+    // Moving to server-side apply takes the fields over from the client-side manager without a
+    // conflict (the values are the same); applied once more, nothing is written.
+    let server_side = cluster.kubectl_stdin(&["apply", "--server-side", "-f", "-"], SHOP);
+    assert!(server_side.status.success(), "{}", text(&server_side));
+    let taken_over = resource_versions(&cluster);
+    let again = cluster.kubectl_stdin(&["apply", "--server-side", "-f", "-"], SHOP);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        resource_versions(&cluster),
+        taken_over,
+        "server-side apply writes nothing again"
+    );
+    let diff = cluster.kubectl_stdin(&["diff", "-f", "-"], SHOP);
+    assert_eq!(diff.status.code(), Some(0), "kubectl diff: {}", text(&diff));
+
+    let hpa = cluster.kubectl_ok(&["-n", "shop", "get", "hpa"]);
+    let mut lines = hpa.lines();
+    assert_eq!(
+        lines
+            .next()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>()),
+        Some(vec![
+            "NAME",
+            "REFERENCE",
+            "TARGETS",
+            "MINPODS",
+            "MAXPODS",
+            "REPLICAS",
+            "AGE"
+        ])
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..6],
+        ["web", "Deployment/web", "cpu:", "<unknown>/70%", "2", "6"],
+        "{hpa}"
+    );
+
+    let pdb = cluster.kubectl_ok(&["-n", "shop", "get", "pdb", "--no-headers"]);
+    assert_eq!(
+        pdb.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["web", "1", "N/A", "0"]
+    );
+    let sts = cluster.kubectl_ok(&["-n", "shop", "get", "sts", "-o", "wide", "--no-headers"]);
+    assert_eq!(
+        sts.split_whitespace().collect::<Vec<_>>()[..2],
+        ["db", "0/1"],
+        "{sts}"
+    );
+    let pv = cluster.kubectl_ok(&["get", "pv", "--no-headers"]);
+    assert_eq!(
+        pv.split_whitespace().take(6).collect::<Vec<_>>(),
+        ["shop-data", "1Gi", "RWO", "Retain", "Pending", "edge-local"],
+        "{pv}"
+    );
+    let sc = cluster.kubectl_ok(&["get", "sc", "--no-headers"]);
+    assert!(sc.starts_with("edge-local (default)"), "{sc}");
+    let ingress = cluster.kubectl_ok(&["-n", "shop", "get", "ingress", "--no-headers"]);
+    assert_eq!(
+        ingress.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["web", "edge", "shop.example.com", "80"],
+        "{ingress}"
+    );
+    // Defaults kube-apiserver fills are there to read.
+    let policy_types = cluster.kubectl_ok(&[
+        "-n",
+        "shop",
+        "get",
+        "netpol",
+        "web",
+        "-o",
+        "jsonpath={.spec.policyTypes}",
+    ]);
+    assert_eq!(policy_types, r#"["Ingress"]"#);
+    let partition = cluster.kubectl_ok(&[
+        "-n",
+        "shop",
+        "get",
+        "sts",
+        "db",
+        "-o",
+        "jsonpath={.spec.podManagementPolicy} {.spec.updateStrategy.rollingUpdate.partition}",
+    ]);
+    assert_eq!(partition, "OrderedReady 0");
+    // `kubectl explain` reads the vendored definitions.
+    let explain = cluster.kubectl_ok(&["explain", "pdb.spec.minAvailable"]);
+    assert!(explain.contains("IntOrString"), "{explain}");
+
+    let deleted = cluster.kubectl_stdin(&["delete", "-f", "-", "--wait=false"], SHOP);
+    assert!(deleted.status.success(), "{}", text(&deleted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_of_the_new_kinds_are_refused_with_the_field() {
+    let cluster = Cluster::start().await;
+    let both = r#"{"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "both"},
+        "spec": {"minAvailable": 1, "maxUnavailable": 1}}"#;
+    let out = cluster.kubectl_stdin(&["create", "-f", "-"], both);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(r#"The PodDisruptionBudget "both" is invalid: spec: Invalid value"#)
+            && text(&out).contains("minAvailable and maxUnavailable cannot be both set"),
+        "{}",
+        text(&out)
+    );
+    let hpa = r#"{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 4, "maxReplicas": 2}}"#;
+    let out = cluster.kubectl_stdin(&["create", "-f", "-"], hpa);
+    assert!(
+        text(&out).contains(
+            "spec.maxReplicas: Invalid value: 2: must be greater than or equal to `minReplicas`"
+        ),
+        "{}",
+        text(&out)
+    );
+    let sts = r#"{"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "s"},
+        "spec": {"selector": {"matchLabels": {"app": "s"}}, "serviceName": "s",
+                 "template": {"metadata": {"labels": {"app": "s"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}}"#;
+    cluster.kubectl_stdin(&["create", "-f", "-"], sts);
+    let out = cluster.kubectl(&[
+        "patch",
+        "sts",
+        "s",
+        "-p",
+        r#"{"spec":{"serviceName":"other"}}"#,
+    ]);
+    assert!(
+        text(&out).contains("spec: Forbidden: updates to statefulset spec for fields other than"),
+        "{}",
+        text(&out)
+    );
+    // Nothing of the refused objects was stored.
+    let none = cluster.kubectl(&["get", "pdb,hpa", "--no-headers"]);
+    assert!(none.stdout.is_empty(), "{}", text(&none));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_statuses_and_bindings_are_served() {
+    let cluster = Cluster::start().await;
+    // No control plane runs beside this API server: its lease is held by no one.
+    let cs = cluster.kubectl_ok(&["get", "componentstatuses"]);
+    let rows: Vec<Vec<&str>> = cs
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..2], ["controller-manager", "Unhealthy"], "{cs}");
+    assert_eq!(rows[1][..2], ["scheduler", "Unhealthy"], "{cs}");
+    assert_eq!(rows[2][..3], ["storage", "Healthy", "ok"], "{cs}");
+    let refused = cluster.kubectl(&["delete", "componentstatus", "storage"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("MethodNotAllowed") || text(&refused).contains("not allowed"),
+        "{}",
+        text(&refused)
+    );
+
+    // The older `bindings` collection assigns a pod as `pods/binding` does.
+    cluster.kubectl_ok(&["run", "lone", "--image=registry.local/app:1"]);
+    let binding = r#"{"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "lone"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "edge-1"}}"#;
+    let out = cluster.kubectl_stdin(&["create", "-f", "-"], binding);
+    assert!(out.status.success(), "{}", text(&out));
+    let node = cluster.kubectl_ok(&["get", "pod", "lone", "-o", "jsonpath={.spec.nodeName}"]);
+    assert_eq!(node, "edge-1");
+}
