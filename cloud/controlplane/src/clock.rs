@@ -14,6 +14,11 @@ impl Clock {
         Self(Arc::new(jiff::Timestamp::now))
     }
 
+    /// Whatever `now` says.
+    pub fn from_fn(now: impl Fn() -> jiff::Timestamp + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
     /// The system's clock moved by `offset`.
     pub fn offset(offset: jiff::SignedDuration) -> Self {
         Self(Arc::new(move || {

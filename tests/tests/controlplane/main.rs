@@ -3,6 +3,7 @@
 //! as an edge registers them, and the real `kubectl` to look at the result.
 
 mod cascade;
+mod cronjobs;
 mod edge;
 #[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]

@@ -24,6 +24,11 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start() -> Self {
+        Self::start_at(wedge_controlplane::clock::Clock::system()).await
+    }
+
+    /// [`Fleet::start`], with the control plane reading the time from `clock`.
+    pub async fn start_at(clock: wedge_controlplane::clock::Clock) -> Self {
         let cluster = Cluster::start().await;
         let client = cluster.client().await;
         for (name, zone) in [("edge-1", "a"), ("edge-2", "a"), ("edge-3", "b")] {
@@ -36,9 +41,10 @@ impl Fleet {
             node_grace: Duration::from_secs(3),
             ..Default::default()
         };
-        let controllers = tokio::spawn(wedge_controlplane::run_controllers(
+        let controllers = tokio::spawn(wedge_controlplane::run_controllers_at(
             client.clone(),
             config,
+            clock,
             shutdown.clone(),
         ));
         Self {
