@@ -1,7 +1,8 @@
 //! Jobs of Wasm pods on a real edge: `kubectl create job` of the `hello` sample, a Job of three
 //! completions two at a time reaching Complete (`kubectl wait --for=condition=complete`), an
 //! Indexed Job whose pods read their index, a failing Job (`misbehave exit 1`) reaching
-//! `BackoffLimitExceeded`, and `kubectl get jobs` as kubectl 1.33 prints it. cloudcore runs the
+//! `BackoffLimitExceeded`, `kubectl get jobs` as kubectl 1.33 prints it, and a CronJob of the
+//! `hello` sample run by hand (`kubectl create job --from`) and on its schedule. cloudcore runs the
 //! embedded API server and control plane; edgecore runs the pods.
 
 use std::time::Duration;
@@ -167,5 +168,79 @@ async fn jobs_of_wasm_pods_complete_or_fail_on_an_edge() {
             "the pods of job three outlived it"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A CronJob of Wasm pods on a real edge, made as a user types it: run at once with
+/// `kubectl create job --from=cronjob/...`, then on its own at the next minute (the test
+/// waits for the CronJob to say it ran, through `kubectl wait`, never a fixed sleep).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cron_job_of_wasm_pods_runs_on_an_edge() {
+    let env = Batch::start().await;
+    let cloud = &env.0.cloud;
+    let minute = Duration::from_secs(60);
+    cloud.kubectl_ok(&[
+        "create",
+        "cronjob",
+        "greeter",
+        &format!("--image={}/samples/hello:1", env.0.registry.host()),
+        "--schedule=*/1 * * * *",
+    ]);
+    let table = cloud.kubectl_ok(&["get", "cronjobs"]);
+    assert!(
+        table.contains("greeter") && table.contains("*/1 * * * *"),
+        "{table}"
+    );
+
+    // Now, by hand: a Job of the CronJob, run to completion on the edge.
+    cloud.kubectl_ok(&["create", "job", "greet-now", "--from=cronjob/greeter"]);
+    env.wait("greet-now", "complete", minute);
+    assert_eq!(
+        env.jsonpath("job/greet-now", "{.metadata.ownerReferences[0].kind}"),
+        "CronJob"
+    );
+    let logs = cloud.kubectl_ok(&["logs", "job/greet-now"]);
+    assert!(logs.contains("Hello from Wedge!"), "{logs}");
+
+    // On schedule: the CronJob records the run, and its Job completes on the edge.
+    let out = cloud.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.lastScheduleTime}",
+        "cronjob/greeter",
+        "--timeout=90s",
+    ]);
+    assert!(
+        out.status.success(),
+        "the cronjob never ran: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cloud.log()
+    );
+    let scheduled = env.jsonpath("cronjob/greeter", "{.status.lastScheduleTime}");
+    let at: jiff::Timestamp = scheduled.parse().expect("lastScheduleTime");
+    assert_eq!(at.as_second() % 60, 0, "on a minute boundary: {scheduled}");
+    let job = format!("greeter-{}", at.as_second() / 60);
+    env.wait(&job, "complete", minute);
+    assert_eq!(
+        env.jsonpath(
+            &format!("job/{job}"),
+            "{.metadata.annotations.batch\\.kubernetes\\.io/cronjob-scheduled-timestamp}"
+        ),
+        scheduled
+    );
+    let logs = cloud.kubectl_ok(&["logs", &format!("job/{job}")]);
+    assert!(logs.contains("Hello from Wedge!"), "{logs}");
+    let out = cloud.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.lastSuccessfulTime}",
+        "cronjob/greeter",
+        "--timeout=30s",
+    ]);
+    assert!(out.status.success(), "no lastSuccessfulTime");
+    let reasons = env.jsonpath(
+        "events",
+        "{range .items[?(@.involvedObject.name==\"greeter\")]}{.reason}{\"\\n\"}{end}",
+    );
+    for reason in ["UnexpectedJob", "SuccessfulCreate", "SawCompletedJob"] {
+        assert!(reasons.lines().any(|r| r == reason), "{reason}: {reasons}");
     }
 }
