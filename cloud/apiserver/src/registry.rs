@@ -56,9 +56,10 @@ impl ResourceInfo {
         }
     }
 
-    /// The key objects are stored under: `plural` or `plural.group`.
+    /// The key objects are stored under: `plural` or `plural.group`; events.k8s.io's Events
+    /// are core Events under other field names, stored with them (`api::conversion`).
     pub fn storage_key(&self) -> String {
-        if self.group.is_empty() {
+        if self.group.is_empty() || (self.crd.is_none() && self.group == "events.k8s.io") {
             self.plural.clone()
         } else {
             format!("{}.{}", self.plural, self.group)

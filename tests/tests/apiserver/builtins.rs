@@ -310,3 +310,100 @@ async fn component_statuses_and_bindings_are_served() {
     let node = cluster.kubectl_ok(&["get", "pod", "lone", "-o", "jsonpath={.spec.nodeName}"]);
     assert_eq!(node, "edge-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_object_is_read_and_written_through_each_of_its_versions() {
+    let cluster = Cluster::start().await;
+    cluster.kubectl_stdin(&["apply", "-f", "-"], SHOP);
+    // Written as autoscaling/v2, read as v1: the CPU target is v1's field, the memory metric
+    // v1 cannot say travels in its annotation.
+    let hpa_v2 = r#"{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "both", "namespace": "shop"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                 "minReplicas": 1, "maxReplicas": 4,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}},
+                             {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "64Mi"}}}]}}"#;
+    cluster.kubectl_stdin(&["create", "-f", "-"], hpa_v2);
+    let cpu = cluster.kubectl_ok(&[
+        "-n",
+        "shop",
+        "get",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "both",
+        "-o",
+        "jsonpath={.apiVersion} {.spec.targetCPUUtilizationPercentage}",
+    ]);
+    assert_eq!(cpu, "autoscaling/v1 60");
+    // A change made through v1 keeps what only v2 says.
+    cluster.kubectl_ok(&[
+        "-n",
+        "shop",
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "both",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"targetCPUUtilizationPercentage":40,"maxReplicas":8}}"#,
+    ]);
+    let v2 = cluster.kubectl_ok(&[
+        "-n", "shop", "get", "horizontalpodautoscalers.v2.autoscaling", "both", "-o",
+        "jsonpath={.spec.maxReplicas} {.spec.metrics[*].resource.name} {.spec.metrics[0].resource.target.averageUtilization} {.metadata.annotations}",
+    ]);
+    assert_eq!(v2, "8 cpu memory 40 ", "{v2}");
+    // kubectl autoscale, whichever version it writes, gives an HPA both versions read.
+    cluster.kubectl_ok(&[
+        "-n",
+        "shop",
+        "autoscale",
+        "deployment",
+        "web",
+        "--name=auto",
+        "--cpu-percent=50",
+        "--max=3",
+    ]);
+    let auto = cluster.kubectl_ok(&[
+        "-n",
+        "shop",
+        "get",
+        "hpa",
+        "auto",
+        "-o",
+        "jsonpath={.apiVersion} {.spec.metrics[0].resource.target.averageUtilization}",
+    ]);
+    assert_eq!(auto, "autoscaling/v2 50");
+
+    // An Event recorded through events.k8s.io/v1 is a core Event, and the other way round.
+    let recorded = r#"{"apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "web.scaled", "namespace": "shop"},
+        "eventTime": "2026-12-05T10:00:00.000000Z", "reportingController": "example.com/scaler",
+        "reportingInstance": "scaler-1", "action": "Scale", "reason": "Scaled", "type": "Normal",
+        "note": "scaled web to 3", "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "web"}}"#;
+    let out = cluster.kubectl_stdin(&["create", "-f", "-"], recorded);
+    assert!(out.status.success(), "{}", text(&out));
+    let core = cluster.kubectl_ok(&[
+        "-n",
+        "shop",
+        "get",
+        "events.v1.",
+        "web.scaled",
+        "-o",
+        "jsonpath={.apiVersion} {.message} {.involvedObject.kind} {.reportingComponent}",
+    ]);
+    assert_eq!(core, "v1 scaled web to 3 Deployment example.com/scaler");
+    let listed = cluster.kubectl_ok(&["-n", "shop", "get", "events", "--no-headers"]);
+    assert!(
+        listed.contains("Scaled")
+            && listed.contains("deployment/web")
+            && listed.contains("scaled web to 3"),
+        "{listed}"
+    );
+    let through_events = cluster.kubectl_ok(&[
+        "-n",
+        "shop",
+        "get",
+        "events.v1.events.k8s.io",
+        "-o",
+        "jsonpath={.items[*].note}",
+    ]);
+    assert_eq!(through_events, "scaled web to 3");
+}

@@ -55,7 +55,10 @@ pub(crate) fn serve(
             Err(StoreError::NotFound(_)) => None,
             Err(e) => return Err(ApiError::from_store(e, &info.group, &info.plural)),
         };
-        let live = current.as_ref().map_or_else(|| json!({}), |o| o.value());
+        let live = current.as_ref().map_or_else(
+            || json!({}),
+            |o| super::conversion::to_version(info, o.value()),
+        );
         let merged = merge(
             info,
             &live,
@@ -76,7 +79,7 @@ pub(crate) fn serve(
             Some(old) => objects::update_object(api, call, info, k, old, merged, sub, false),
         };
         match result {
-            Ok((status, obj)) => return Ok(object_response(status, &obj)),
+            Ok((status, obj)) => return Ok(object_response(info, status, &obj)),
             // The object changed (or appeared) between the read and the write: apply again.
             Err(ApiError::Conflict { .. } | ApiError::AlreadyExists { .. }) => continue,
             Err(e) => return Err(e),

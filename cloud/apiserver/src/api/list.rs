@@ -205,7 +205,7 @@ pub fn write_list(info: &ResourceInfo, page: &Page) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&item.json);
+        out.extend_from_slice(&super::conversion::present(info, item).json);
     }
     out.extend_from_slice(b"]}");
     out

@@ -9,6 +9,7 @@
 
 pub mod apply;
 mod component_statuses;
+pub(crate) mod conversion;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;

@@ -32,9 +32,13 @@ pub(crate) fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> O
     )
 }
 
-/// The object's JSON as a response.
-pub(crate) fn object_response(status: StatusCode, obj: &StoredObject) -> Response<Body> {
-    json_response(status, obj.json.clone())
+/// The object's JSON as a response, in the version `info` names.
+pub(crate) fn object_response(
+    info: &ResourceInfo,
+    status: StatusCode,
+    obj: &StoredObject,
+) -> Response<Body> {
+    json_response(status, super::conversion::present(info, obj).json.clone())
 }
 
 /// Maps a store error for `info`.
@@ -95,7 +99,7 @@ pub(crate) fn get(
             &super::table::render(api, call, info, &[obj], None),
         ));
     }
-    Ok(object_response(StatusCode::OK, &obj))
+    Ok(object_response(info, StatusCode::OK, &obj))
 }
 
 /// Checks (and fills) `apiVersion` and `kind` against the endpoint.
@@ -256,7 +260,7 @@ pub(crate) fn create(
 ) -> Result<Response<Body>, ApiError> {
     let object = call.object()?;
     let created = create_object(api, call, info, path, object)?;
-    Ok(object_response(StatusCode::CREATED, &created))
+    Ok(object_response(info, StatusCode::CREATED, &created))
 }
 
 /// Creates `object` (already parsed) under `path`'s namespace.
@@ -294,6 +298,7 @@ pub(crate) fn create_object(
     let schema = crd::schema_for_info(api, info);
     let unknown = crd::prune_and_default(info, schema.as_deref(), &mut object)?;
     super::patch::check_field_validation(call, unknown)?;
+    let mut object = super::conversion::to_storage(api, info, object)?;
     if info.has_subresource("status")
         && let Some(o) = object.as_object_mut()
     {
@@ -374,7 +379,7 @@ pub(crate) fn update(
     let k = key(info, path.namespace.as_deref(), name);
     let old = api.store.get(&k).map_err(store_err(info))?;
     let (status, obj) = update_object(api, call, info, &k, &old, new, sub, true)?;
-    Ok(object_response(status, &obj))
+    Ok(object_response(info, status, &obj))
 }
 
 /// Replaces `old` with `new`. With `client_version`, a `resourceVersion` in `new` is a
@@ -435,6 +440,7 @@ pub(crate) fn update_object(
     let schema = crd::schema_for_info(api, info);
     let unknown = crd::prune_and_default(info, schema.as_deref(), &mut new)?;
     super::patch::check_field_validation(call, unknown)?;
+    let new = super::conversion::to_storage(api, info, new)?;
 
     // What the server owns in metadata stays as it was.
     let mut merged = match sub {
@@ -657,7 +663,7 @@ pub(crate) fn delete(
     if info.group.is_empty() && info.kind == "Namespace" && !call.query.dry_run()? {
         obj = finalize_if_empty(api, info, &k, obj)?;
     }
-    Ok(object_response(StatusCode::OK, &obj))
+    Ok(object_response(info, StatusCode::OK, &obj))
 }
 
 /// A namespace being deleted that holds nothing is finalized and removed at once. One that

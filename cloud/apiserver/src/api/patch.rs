@@ -97,9 +97,14 @@ pub(crate) async fn serve(
     }
     for _ in 0..RETRIES {
         let old = api.store.get(&k).map_err(store_err(info))?;
-        let patched = apply_patch(info, kind, &old.value(), &patch)?;
+        let patched = apply_patch(
+            info,
+            kind,
+            &super::conversion::to_version(info, old.value()),
+            &patch,
+        )?;
         match objects::update_object(api, call, info, &k, &old, patched, sub, false) {
-            Ok((status, obj)) => return Ok(object_response(status, &obj)),
+            Ok((status, obj)) => return Ok(object_response(info, status, &obj)),
             Err(ApiError::Conflict { .. }) if !patch_has_version(&patch) => continue,
             Err(e) => return Err(e),
         }

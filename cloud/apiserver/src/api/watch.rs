@@ -96,8 +96,7 @@ pub(crate) fn serve(
     if let Some(stream) = stream {
         let watch = Watch {
             filter,
-            kind: info.kind.clone(),
-            api_version: info.api_version(),
+            info: info.clone(),
             bookmarks,
             initial_end: send_initial == Some(true),
         };
@@ -134,8 +133,10 @@ fn line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(out)
 }
 
-/// One watch event line from stored bytes, without parsing them.
-fn stored_line(kind: &str, object: &StoredObject) -> Bytes {
+/// One watch event line from stored bytes, in the version `info` names (without parsing them
+/// when they are in it).
+fn stored_line(info: &ResourceInfo, kind: &str, object: &StoredObject) -> Bytes {
+    let object = super::conversion::present(info, object);
     let mut out = Vec::with_capacity(object.json.len() + 32);
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(kind.as_bytes());
@@ -147,8 +148,7 @@ fn stored_line(kind: &str, object: &StoredObject) -> Bytes {
 
 struct Watch {
     filter: Filter,
-    kind: String,
-    api_version: String,
+    info: ResourceInfo,
     bookmarks: bool,
     initial_end: bool,
 }
@@ -161,7 +161,7 @@ impl Watch {
         }
         line(
             "BOOKMARK",
-            &json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": metadata}),
+            &json!({"kind": self.info.kind, "apiVersion": self.info.api_version(), "metadata": metadata}),
         )
     }
 
@@ -189,7 +189,11 @@ impl Watch {
         tx: mpsc::Sender<Bytes>,
     ) {
         for obj in &initial {
-            if tx.send(stored_line("ADDED", obj)).await.is_err() {
+            if tx
+                .send(stored_line(&self.info, "ADDED", obj))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -208,7 +212,7 @@ impl Watch {
                 next = stream.next() => match next {
                     Ok(event) => {
                         if let Some((kind, obj)) = self.translate(&event)
-                            && tx.send(stored_line(kind, obj)).await.is_err()
+                            && tx.send(stored_line(&self.info, kind, obj)).await.is_err()
                         {
                             return;
                         }

@@ -455,7 +455,7 @@ fn columns(info: &ResourceInfo) -> Vec<Value> {
         .into_iter()
         .chain(template_columns())
         .collect(),
-        ("", "Event") => vec![
+        ("" | "events.k8s.io", "Event") => vec![
             col(
                 "Last Seen",
                 "string",
@@ -769,7 +769,7 @@ fn cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
             .chain(template_cells(o))
             .collect()
         }
-        ("", "Event") => {
+        ("" | "events.k8s.io", "Event") => {
             let last = [
                 "/lastTimestamp",
                 "/eventTime",
@@ -954,7 +954,7 @@ pub(crate) fn render(
                 None => cells(info, &o),
             };
             let object = match include {
-                "Object" => o.clone(),
+                "Object" => super::conversion::to_version(info, o.clone()),
                 "None" => Value::Null,
                 _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
             };
