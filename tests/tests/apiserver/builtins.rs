@@ -407,3 +407,62 @@ async fn one_object_is_read_and_written_through_each_of_its_versions() {
     ]);
     assert_eq!(through_events, "scaled web to 3");
 }
+
+/// The Python client's `utils.create_from_yaml` of the chart: every kind has the client's typed
+/// API and model, the second run reports each object as already there (409), and an invalid
+/// document among valid ones is reported with its 422 while the rest are created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_creates_a_chart_from_yaml() {
+    const SCRIPT: &str = r#"
+import json, sys
+from kubernetes import client, config, utils
+config.load_kube_config(sys.argv[1])
+api = client.ApiClient()
+def run(path):
+    try:
+        created = utils.create_from_yaml(api, path)
+        return {"created": sum(len(group) for group in created), "failures": []}
+    except utils.FailToCreateError as e:
+        return {"failures": [[f.status, json.loads(f.body)["reason"]] for f in e.api_exceptions]}
+print(json.dumps([run(sys.argv[2]), run(sys.argv[2]), run(sys.argv[3])]))
+"#;
+    let cluster = Cluster::start().await;
+    let chart = cluster.dir.path().join("shop.yaml");
+    std::fs::write(&chart, SHOP).expect("chart written");
+    let mixed = cluster.dir.path().join("mixed.yaml");
+    std::fs::write(
+        &mixed,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fine\n  namespace: shop\n---\n\
+         apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: broken\n  namespace: shop\n\
+         spec:\n  minAvailable: 1\n  maxUnavailable: 1\n",
+    )
+    .expect("mixed written");
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(cluster.server.kubeconfig_path())
+        .arg(&chart)
+        .arg(&mixed)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let runs: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let documents = SHOP.matches("\n---\n").count() + 1;
+    assert_eq!(runs[0]["created"], documents, "{runs}");
+    assert_eq!(runs[0]["failures"], serde_json::json!([]), "{runs}");
+    let again = runs[1]["failures"].as_array().cloned().unwrap_or_default();
+    assert_eq!(again.len(), documents, "{runs}");
+    assert!(
+        again
+            .iter()
+            .all(|f| *f == serde_json::json!([409, "AlreadyExists"])),
+        "{runs}"
+    );
+    assert_eq!(
+        runs[2]["failures"],
+        serde_json::json!([[422, "Invalid"]]),
+        "{runs}"
+    );
+    let fine = cluster.kubectl_ok(&["-n", "shop", "get", "configmap", "fine", "-o", "name"]);
+    assert_eq!(fine.trim(), "configmap/fine");
+}
