@@ -13,6 +13,7 @@
 //! - [`daemonset`]: one pod per matching node;
 //! - [`job`]: runs a Job's pods to completion (and deletes it after its TTL);
 //! - [`cronjob`]: makes a CronJob's Jobs on its schedule;
+//! - [`statefulset`]: pods with stable names and ordinals, their claims, rolled in order;
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
@@ -34,6 +35,7 @@ pub mod replicaset;
 pub mod resources;
 pub mod scheduler;
 pub mod selector;
+pub mod statefulset;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -100,9 +102,12 @@ pub async fn run_controllers_at(
 ) {
     // One pod watch for every controller that follows pods.
     let (pods, writer) = reflector::store_shared(SHARED_BUFFER);
-    let (Some(replicaset_pods), Some(daemonset_pods), Some(job_pods)) =
-        (writer.subscribe(), writer.subscribe(), writer.subscribe())
-    else {
+    let (Some(replicaset_pods), Some(daemonset_pods), Some(job_pods), Some(statefulset_pods)) = (
+        writer.subscribe(),
+        writer.subscribe(),
+        writer.subscribe(),
+        writer.subscribe(),
+    ) else {
         tracing::error!("a shared pod store has subscribers");
         return;
     };
@@ -168,6 +173,7 @@ pub async fn run_controllers_at(
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = job::run(client.clone(), pods.clone(), job_pods, stop()) => {}
         () = cronjob::run(client.clone(), clock, stop()) => {}
+        () = statefulset::run(client.clone(), pods.clone(), statefulset_pods, stop()) => {}
         () = node_feed => {}
         () = rc_feed => {}
         () = gc::run(client.clone(), shutdown.clone()) => {}

@@ -12,4 +12,5 @@ mod jobs;
 mod lifecycle;
 mod nodes;
 mod scheduler;
+mod statefulsets;
 mod workloads;
