@@ -15,4 +15,5 @@ mod devices_edge;
 mod jobs;
 mod real_cluster;
 mod router;
+mod statefulsets;
 mod support;
