@@ -2,6 +2,7 @@
 //! dynamic APIs, watcher, reflector, every patch type, server-side apply) and the real `kubectl`
 //! on the machine, against the server on a loopback port with its own SQLite file.
 
+mod admission;
 mod bad_input;
 mod builtins;
 mod durability;

@@ -321,8 +321,8 @@ fn image_tag_is_latest(image: &str) -> bool {
     }
 }
 
-/// What admission adds to a new pod: its service account, priority, and the tolerations of
-/// not-ready and unreachable nodes for 300 s.
+/// What admission adds to a new pod: its service account and the tolerations of not-ready and
+/// unreachable nodes for 300 s (its priority and the namespace's limits: `api::admission`).
 fn pod_admission(spec: &mut Value) {
     let Some(spec) = spec.as_object_mut() else {
         return;
@@ -331,8 +331,6 @@ fn pod_admission(spec: &mut Value) {
     if let Some(sa) = spec.get("serviceAccountName").cloned() {
         set(spec, "serviceAccount", sa);
     }
-    set(spec, "priority", json!(0));
-    set(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(list) = tolerations.as_array_mut() {
         for key in [

@@ -7,6 +7,7 @@
 //! nodes), which apply Kubernetes' object semantics and call
 //! the store. Every failure is an [`ApiError`], written as a `Status`.
 
+mod admission;
 pub mod apply;
 mod component_statuses;
 pub(crate) mod conversion;

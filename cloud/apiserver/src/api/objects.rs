@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, Cause};
 use super::meta::{self, NameRule};
 use super::request::ResourcePath;
-use super::{Api, Body, Call, crd, defaults, json_response, validate, value_response};
+use super::{Api, Body, Call, admission, crd, defaults, json_response, validate, value_response};
 use crate::registry::ResourceInfo;
 use crate::storage::{ObjectKey, StoreError, StoredObject};
 
@@ -46,13 +46,17 @@ pub(crate) fn store_err(info: &ResourceInfo) -> impl Fn(StoreError) -> ApiError 
     move |e| ApiError::from_store(e, &info.group, &info.plural)
 }
 
-/// Creates the system namespaces if missing.
+/// Creates the system namespaces (each with its `default` ServiceAccount) and the system
+/// PriorityClasses if missing.
 pub(crate) fn ensure_system_namespaces(api: &Api) -> Result<(), ApiError> {
     for ns in SYSTEM_NAMESPACES {
         let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
                             "status": {"phase": "Active"}});
         ensure_object(api, "", "namespaces", ns, object)?;
         ensure_default_service_account(api, ns)?;
+    }
+    for (name, class) in admission::priority::system_classes() {
+        ensure_object(api, "scheduling.k8s.io", "priorityclasses", name, class)?;
     }
     Ok(())
 }
@@ -305,6 +309,10 @@ pub(crate) fn create_object(
         o.remove("status");
     }
     defaults::apply(&info.group, &info.kind, &mut object, true);
+    let pod_namespace = admission::is_pods(info).then(|| ns.clone().unwrap_or_default());
+    if let Some(ns) = &pod_namespace {
+        admission::mutate_pod(api, ns, &mut object)?;
+    }
     match (info.group.as_str(), info.kind.as_str()) {
         ("", "Pod") => object["status"] = defaults::initial_pod_status(&object),
         ("", "Namespace") => object["status"] = json!({"phase": "Active"}),
@@ -313,6 +321,9 @@ pub(crate) fn create_object(
     crd::before_write(api, info, &mut object, None)?;
     check_object(info, &name, &object, None)?;
     crate::authz::check_escalation(&api.store, call.user, info, &object)?;
+    if let Some(ns) = &pod_namespace {
+        admission::validate_pod(api, ns, &object, call.query.dry_run()?)?;
+    }
     if !call.is_apply() {
         super::managed::record_update(
             None,
@@ -340,6 +351,7 @@ pub(crate) fn create_object(
     }
     let created = api.store.create(&k, object).map_err(store_err(info))?;
     crd::after_write(api, info, &created);
+    admission::after_write(api, info, &k.namespace, true);
     if info.group.is_empty() && info.kind == "Namespace" {
         ensure_default_service_account(api, &name)?;
     }
@@ -555,13 +567,17 @@ pub(crate) fn update_object(
     if finalized(&merged) {
         let deleted = api.store.delete(k, expected).map_err(store_err(info))?;
         crd::after_delete(api, info, &deleted);
+        admission::after_write(api, info, &k.namespace, true);
         return Ok((StatusCode::OK, deleted));
     }
+    let counts_changed = admission::is_pods(info)
+        && admission::resource_quota::counts_change(Some(&old_value), Some(&merged));
     let written = api
         .store
         .update(k, merged, expected)
         .map_err(store_err(info))?;
     crd::after_write(api, info, &written);
+    admission::after_write(api, info, &k.namespace, counts_changed);
     Ok((StatusCode::OK, written))
 }
 
@@ -759,6 +775,7 @@ pub(crate) fn delete_object(
                     crd::after_write(api, info, &written);
                 } else {
                     crd::after_delete(api, info, &written);
+                    admission::after_write(api, info, &k.namespace, true);
                 }
                 return Ok(written);
             }

@@ -43,6 +43,7 @@ pub(super) fn apply(group: &str, kind: &str, object: &mut Value) -> bool {
             }
         }
         ("networking.k8s.io", "NetworkPolicy") => network_policy(object),
+        ("", "LimitRange") => limit_range(object),
         _ => return false,
     }
     true
@@ -148,6 +149,43 @@ fn hpa(object: &mut Value) {
             json!([{"type": "Resource", "resource": {"name": "cpu",
                     "target": {"type": "Utilization", "averageUtilization": 80}}}]),
         );
+    }
+}
+
+/// `SetDefaults_LimitRangeItem`: a container's default limit is its max, its default request
+/// its default limit, else its min.
+fn limit_range(object: &mut Value) {
+    let Some(items) = object
+        .pointer_mut("/spec/limits")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for item in items.iter_mut().filter_map(Value::as_object_mut) {
+        if item.get("type").and_then(Value::as_str) != Some("Container") {
+            continue;
+        }
+        let from = |item: &Map<String, Value>, key: &str| {
+            item.get(key)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (max, min) = (from(item, "max"), from(item, "min"));
+        let mut default = from(item, "default");
+        for (k, v) in max {
+            default.entry(k).or_insert(v);
+        }
+        let mut request = from(item, "defaultRequest");
+        for (k, v) in default.iter().chain(min.iter()) {
+            request.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if !default.is_empty() {
+            item.insert("default".into(), Value::Object(default));
+        }
+        if !request.is_empty() {
+            item.insert("defaultRequest".into(), Value::Object(request));
+        }
     }
 }
 

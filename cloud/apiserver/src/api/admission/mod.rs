@@ -1,0 +1,80 @@
+//! Admission of pods: what kube-apiserver's admission plugins every cluster runs do to a pod
+//! before it is stored, named as they are named there.
+//!
+//! Mutating first (`priority` resolves the PriorityClass, `limit_ranger` fills the namespace's
+//! default requests and limits), then the object's validation, then validating
+//! (`limit_ranger`'s minimums and maximums, and `resource_quota` last, which charges the
+//! namespace's quotas). A refusal is a 403 worded as kube-apiserver words it (`pods "x" is
+//! forbidden: ...`). `resource_quota` also keeps each quota's `status.used` current as pods come
+//! and go (kube-controller-manager's quota controller's job), since only the API server sees
+//! every pod write.
+
+use serde_json::Value;
+
+use super::Api;
+use super::error::ApiError;
+use crate::registry::ResourceInfo;
+
+pub(crate) mod limit_ranger;
+pub(crate) mod priority;
+pub(crate) mod resource_quota;
+
+/// A 403 for pod `name`, as admission plugins word it.
+fn forbidden(name: &str, why: impl std::fmt::Display) -> ApiError {
+    ApiError::Forbidden(format!("pods \"{name}\" is forbidden: {why}"))
+}
+
+/// The mutating plugins, on a new pod in `namespace`.
+pub(crate) fn mutate_pod(api: &Api, namespace: &str, pod: &mut Value) -> Result<(), ApiError> {
+    priority::admit(api, pod)?;
+    limit_ranger::default(api, namespace, pod);
+    Ok(())
+}
+
+/// The validating plugins, on a new pod in `namespace`; `dry_run` charges no quota.
+pub(crate) fn validate_pod(
+    api: &Api,
+    namespace: &str,
+    pod: &Value,
+    dry_run: bool,
+) -> Result<(), ApiError> {
+    limit_ranger::validate(api, namespace, pod)?;
+    resource_quota::charge(api, namespace, pod, dry_run)
+}
+
+/// Whether `info` is core pods.
+pub(crate) fn is_pods(info: &ResourceInfo) -> bool {
+    info.crd.is_none() && info.group.is_empty() && info.plural == "pods"
+}
+
+/// After a write in `namespace`: recounts its quotas when a pod came, went or finished
+/// (`pod_counts_changed`), or when a quota itself was written.
+pub(crate) fn after_write(
+    api: &Api,
+    info: &ResourceInfo,
+    namespace: &str,
+    pod_counts_changed: bool,
+) {
+    let quotas = info.crd.is_none() && info.group.is_empty() && info.plural == "resourcequotas";
+    if quotas || (is_pods(info) && pod_counts_changed) {
+        resource_quota::refresh(api, namespace);
+    }
+}
+
+/// The container lists of a pod spec.
+fn containers(pod: &Value) -> impl Iterator<Item = &Value> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .filter_map(|list| {
+            pod.pointer(&format!("/spec/{list}"))
+                .and_then(Value::as_array)
+        })
+        .flatten()
+}
+
+fn name_of(object: &Value) -> &str {
+    object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
