@@ -945,7 +945,11 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     for note in &events {
         ctx.record(cron_job, note).await;
     }
-    let scheduled = (!created.is_empty()).then_some(last_scheduled).flatten();
+    // The next reconcile waits for the time it wrote only if it was written: after a conflict
+    // it must look again at once (and find its Job by name).
+    let scheduled = (!created.is_empty() && matches!(status_written, Ok(true)))
+        .then_some(last_scheduled)
+        .flatten();
     ctx.expect(&uid, created, deleted, scheduled);
     if let Some(e) = failure {
         return Err(e);
