@@ -917,11 +917,16 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
                 Err(e) => {
                     let invalid =
                         matches!(&e, kube::Error::Api(s) if s.code == 422 || s.code == 400);
+                    // kube says nothing when the namespace is going: the CronJob goes with it.
+                    let terminating = matches!(&e, kube::Error::Api(s)
+                        if s.code == 403 && s.message.contains("because it is being terminated"));
                     let note = Note::warning(
                         "FailedCreate",
                         format!("Error creating job: {}", api_message(&e)),
                     );
-                    if invalid {
+                    if terminating {
+                        tracing::debug!(cronjob = %cron_job.name_any(), %namespace, "namespace terminating; no job");
+                    } else if invalid {
                         tracing::warn!(cronjob = %cron_job.name_any(), %namespace, error = %e, "cronjob's job is refused");
                         events.push(note.once(key));
                     } else {
