@@ -220,7 +220,8 @@ impl Hands {
 
 /// Successive minutes of a `* * * * *` schedule, on a clock the test moves a minute at a time
 /// (then touching the CronJobs, since the controller's timers were set by the clock as it
-/// stood): history limits, `Forbid`, `Replace`, suspend, and `kubectl create job --from`.
+/// stood): history limits, `Forbid`, `Replace`, suspend, `kubectl create job --from`, and a
+/// running Job deleted by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_limits_concurrency_suspend_and_manual_runs() {
     let hands = Hands::new();
@@ -353,6 +354,32 @@ async fn history_limits_concurrency_suspend_and_manual_runs() {
         ))
     })
     .await;
+
+    // Its running Job deleted by hand: it leaves the active list (`MissingJob`), and at the
+    // next minute Forbid lets a new one start.
+    let running = format!("single-{}", minutes - 3);
+    fleet.cluster.kubectl_ok(&["delete", "job", &running]);
+    hands.advance(jiff::SignedDuration::from_secs(60));
+    fleet
+        .cluster
+        .kubectl_ok(&["annotate", "cronjob", "single", "minute=5", "--overwrite"]);
+    eventually(Duration::from_secs(20), "single's next job", || async {
+        creates("single").await == 2
+    })
+    .await;
+    let events = events_of(&fleet, "single").await;
+    assert!(
+        events.contains(&(
+            "MissingJob".into(),
+            format!("Active job went missing: {running}")
+        )),
+        "{events:?}"
+    );
+    let active = get(&fleet, "single").await.status.and_then(|s| s.active);
+    assert_eq!(
+        active.map(|a| a.iter().filter_map(|r| r.name.clone()).collect::<Vec<_>>()),
+        Some(vec![format!("single-{}", minutes + 1)])
+    );
     fleet.stop().await;
 }
 
