@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod runtimes;
 pub mod spdy;
 pub mod status;
+pub mod storage;
 pub mod topic;
 pub mod twin;
 

@@ -114,6 +114,9 @@ pub struct AgentConfig {
     /// The network written for containerd when its CNI directory holds none; `None` writes
     /// nothing.
     pub pod_network: Option<PodNetwork>,
+    /// The directory local volumes live under, if this edge offers local storage to claims
+    /// (`wedge_core::storage`).
+    pub local_volume_root: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -144,6 +147,7 @@ impl AgentConfig {
             allow_privileged: false,
             max_pods: 110,
             pod_network: Some(PodNetwork::default()),
+            local_volume_root: None,
         }
     }
 }
@@ -208,6 +212,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         path: config.root.clone(),
         source,
     })?;
+    if let Some(volumes) = &config.local_volume_root {
+        std::fs::create_dir_all(volumes).map_err(|source| AgentError::Io {
+            path: volumes.clone(),
+            source,
+        })?;
+        tracing::info!(root = %volumes.display(), "offering local storage to claims");
+    }
     let creds = EdgeCredentials::new(config.root.join("pki"));
     if !creds.exists() {
         let token = config
@@ -286,6 +297,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         labels: config.labels.clone(),
         max_pods: config.max_pods,
         ready_since: jiff::Timestamp::now(),
+        local_volume_root: config.local_volume_root.clone(),
     });
     edged_config.node_status_interval = config.node_status_interval;
     edged_config.lease_interval = config.lease_interval;

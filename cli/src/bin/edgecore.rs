@@ -63,6 +63,11 @@ struct Args {
     /// Where the embedded MQTT broker listens, when no --mqtt-broker is given (port 0: any).
     #[arg(long, env = "WEDGE_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
     mqtt_listen: std::net::SocketAddr,
+    /// Offer local storage to PersistentVolumeClaims (class `local-path`, or none): a
+    /// directory per claim under this one, as k3s's local-path provisioner keeps them. Without
+    /// it, pods with claims are not scheduled here.
+    #[arg(long, env = "WEDGE_LOCAL_VOLUME_ROOT")]
+    local_volume_root: Option<PathBuf>,
     #[command(flatten)]
     containers: wedge_cli::container_args::ContainerArgs,
 }
@@ -97,6 +102,16 @@ fn main() -> ExitCode {
         },
         None => BrokerChoice::Embedded(args.mqtt_listen),
     };
+    if let Some(root) = &args.local_volume_root {
+        if !root.is_absolute() {
+            eprintln!(
+                "edgecore: --local-volume-root {}: must be an absolute path",
+                root.display()
+            );
+            return ExitCode::from(2);
+        }
+        config.local_volume_root = Some(root.clone());
+    }
     args.containers.apply(&mut config);
     config.node_status_interval = Duration::from_secs(args.node_status_seconds.max(1));
     config.lease_interval = Duration::from_secs(args.lease_seconds.max(1));

@@ -79,6 +79,9 @@ pub struct NodeReport {
     /// Labels the edge sets on its Node (hostname, os, arch, the runtimes it offers).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Annotations the edge sets on its Node (the directory of its local volumes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// The node's status: capacity, allocatable, conditions, addresses, node info.
     pub status: NodeStatus,
 }

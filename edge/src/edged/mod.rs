@@ -828,6 +828,7 @@ mod tests {
                 labels: Default::default(),
                 max_pods: 110,
                 ready_since: jiff::Timestamp::now(),
+                local_volume_root: None,
             }),
         );
         let meta = db.meta();

@@ -36,6 +36,8 @@ pub struct NodeFacts {
     pub max_pods: u32,
     /// When edgecore started: the Ready condition's transition time.
     pub ready_since: jiff::Timestamp,
+    /// The directory of its local volumes, if it offers local storage.
+    pub local_volume_root: Option<std::path::PathBuf>,
 }
 
 /// What the runtimes say of themselves when the report is made.
@@ -159,6 +161,17 @@ pub fn node_report(facts: &NodeFacts, runtime: &RuntimeFacts) -> NodeReport {
         labels.insert(wedge_core::runtimes::label(handler), "true".to_owned());
     }
     labels.extend(facts.labels.clone());
+    let mut annotations = BTreeMap::new();
+    if let Some(root) = facts.local_volume_root.as_ref().and_then(|r| r.to_str()) {
+        labels.insert(
+            wedge_core::storage::LOCAL_PATH_LABEL.to_owned(),
+            "true".to_owned(),
+        );
+        annotations.insert(
+            wedge_core::storage::LOCAL_PATH_ROOT.to_owned(),
+            root.to_owned(),
+        );
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let capacity = BTreeMap::from([
         ("cpu".to_owned(), Quantity(cpus.to_string())),
@@ -177,6 +190,7 @@ pub fn node_report(facts: &NodeFacts, runtime: &RuntimeFacts) -> NodeReport {
     };
     NodeReport {
         labels,
+        annotations,
         status: NodeStatus {
             capacity: Some(capacity.clone()),
             allocatable: Some(capacity),
@@ -248,6 +262,7 @@ mod tests {
             labels: BTreeMap::from([("site".into(), "north".into())]),
             max_pods: 110,
             ready_since: jiff::Timestamp::UNIX_EPOCH,
+            local_volume_root: Some("/var/lib/wedge/storage".into()),
         };
         let image = |id: &str, tag: &str, size| ImageInfo {
             id: id.into(),
@@ -263,6 +278,14 @@ mod tests {
         let label = |k: &str| report.labels.get(k).map(String::as_str);
         assert_eq!(label("runtime.wedge.io/wasm"), Some("true"));
         assert_eq!(label("runtime.wedge.io/runc"), Some("false"));
+        assert_eq!(label("storage.wedge.io/local-path"), Some("true"));
+        assert_eq!(
+            report
+                .annotations
+                .get("storage.wedge.io/local-path-root")
+                .map(String::as_str),
+            Some("/var/lib/wedge/storage")
+        );
         let info = report.status.node_info.as_ref().expect("node info");
         assert_eq!(
             info.container_runtime_version,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -352,6 +352,20 @@ async fn ordered_statefulsets_scale_in_order_roll_and_undo() {
 async fn parallel_sets_partitions_claims_and_failing_pods() {
     let fleet = Fleet::start().await;
 
+    // One edge offers local storage: the set's pods go there, each claim bound to a volume on it.
+    fleet.cluster.kubectl_ok(&[
+        "annotate",
+        "node",
+        "edge-2",
+        "storage.wedge.io/local-path-root=/srv/volumes",
+    ]);
+    fleet.cluster.kubectl_ok(&[
+        "label",
+        "node",
+        "edge-2",
+        "storage.wedge.io/local-path=true",
+    ]);
+
     // Parallel, from ordinal 1, with a claim per pod deleted when its pod is scaled away.
     fleet.apply(&statefulset(
         "db",
@@ -385,6 +399,71 @@ async fn parallel_sets_partitions_claims_and_failing_pods() {
         .and_then(|v| v.persistent_volume_claim.as_ref())
         .map(|c| c.claim_name.clone());
     assert_eq!(volume.as_deref(), Some("data-db-1"));
+    for pod in pods_of(&fleet, "db").await {
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some("edge-2"),
+            "{} goes where storage is",
+            pod.name_any()
+        );
+    }
+    // Each claim Bound to a hostPath volume on edge-2, both ways.
+    let claim = claims.get("data-db-1").await.expect("claim");
+    let bound_to = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .expect("volumeName");
+    assert_eq!(bound_to, format!("pvc-{}", claim.uid().unwrap_or_default()));
+    assert_eq!(
+        claim.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Bound")
+    );
+    let volume = Api::<PersistentVolume>::all(fleet.client.clone())
+        .get(&bound_to)
+        .await
+        .expect("volume");
+    let spec = volume.spec.clone().expect("spec");
+    assert_eq!(
+        spec.host_path.as_ref().map(|h| h.path.clone()),
+        Some(format!(
+            "/srv/volumes/pvc-{}_default_data-db-1",
+            claim.uid().unwrap_or_default()
+        ))
+    );
+    assert_eq!(
+        spec.claim_ref.as_ref().and_then(|c| c.name.as_deref()),
+        Some("data-db-1")
+    );
+    let affinity = serde_json::to_value(&spec.node_affinity).expect("affinity");
+    assert_eq!(
+        affinity["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
+        "edge-2"
+    );
+    assert_eq!(
+        volume.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Bound")
+    );
+    let table = fleet.cluster.kubectl_ok(&["get", "pvc", "data-db-1"]);
+    assert!(
+        table.contains("Bound") && table.contains(&bound_to),
+        "{table}"
+    );
+
+    // A pod deleted comes back on the same node, to the same claim.
+    fleet
+        .cluster
+        .kubectl_ok(&["delete", "pod", "db-1", "--wait=false"]);
+    eventually(Duration::from_secs(30), "db-1 made again", || async {
+        pods_of(&fleet, "db").await.iter().any(|p| {
+            p.name_any() == "db-1"
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.metadata.uid != pod.metadata.uid
+        })
+    })
+    .await;
+    let again = claims.get("data-db-1").await.expect("claim");
+    assert_eq!(again.uid(), claim.uid(), "the claim is kept");
 
     // The partition: only ordinals from start + 2 (db-3) are updated.
     fleet
@@ -409,16 +488,24 @@ async fn parallel_sets_partitions_claims_and_failing_pods() {
     assert_eq!((s.current_replicas, s.updated_replicas), (Some(2), Some(1)));
     assert_ne!(s.current_revision, s.update_revision);
 
-    // Scaled down: db-3's claim goes with it; those of the pods kept stay.
+    // Scaled down: db-3's claim goes with it (and its volume); those of the pods kept stay.
+    let db3 = claims.get("data-db-3").await.expect("claim of db-3");
+    let db3_volume = format!("pvc-{}", db3.uid().unwrap_or_default());
     fleet
         .cluster
         .kubectl_ok(&["scale", "sts/db", "--replicas=2"]);
     eventually(
         Duration::from_secs(30),
-        "db-3 and its claim gone",
+        "db-3, its claim and volume gone",
         || async {
+            let volume = Api::<PersistentVolume>::all(fleet.client.clone())
+                .get_opt(&db3_volume)
+                .await
+                .ok()
+                .flatten();
             pods_of(&fleet, "db").await.len() == 2
                 && claim_names().await == ["data-db-1", "data-db-2"]
+                && volume.is_none()
         },
     )
     .await;
@@ -478,5 +565,85 @@ async fn parallel_sets_partitions_claims_and_failing_pods() {
     )
     .await;
     assert_eq!(warnings().await.len(), 1, "the second remake waits");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_without_local_storage_are_refused_with_a_message() {
+    let fleet = Fleet::start().await;
+    fleet.apply(&statefulset(
+        "cache",
+        "  replicas: 1\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}",
+        "registry.local/cache:1.0",
+    ));
+    let pods: Api<Pod> = Api::default_namespaced(fleet.client.clone());
+    let message = || async {
+        pods.get_opt("cache-0")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status)
+            .and_then(|s| s.conditions)
+            .and_then(|c| c.into_iter().find(|c| c.type_ == "PodScheduled"))
+            .filter(|c| c.status == "False")
+            .and_then(|c| c.message)
+    };
+    eventually(Duration::from_secs(30), "cache-0 unschedulable", || async {
+        message().await.is_some()
+    })
+    .await;
+    let said = message().await.unwrap_or_default();
+    for node in ["edge-1", "edge-2", "edge-3"] {
+        assert!(
+            said.contains(&format!(
+                "1 node(s) offered no local storage (edgecore --local-volume-root) for PersistentVolumeClaim \"data-cache-0\": {node}"
+            )),
+            "{said}"
+        );
+    }
+    assert!(said.starts_with("0/3 nodes are available: "), "{said}");
+    let events: Api<Event> = Api::default_namespaced(fleet.client.clone());
+    let failed = events
+        .list(&ListParams::default().fields("involvedObject.name=cache-0"))
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("FailedScheduling"))
+        .count();
+    assert_eq!(failed, 1, "said once, not in a loop");
+    // The claim waits, Pending, unbound; the StatefulSet says one pod made, none ready.
+    let claim = Api::<PersistentVolumeClaim>::default_namespaced(fleet.client.clone())
+        .get("data-cache-0")
+        .await
+        .expect("claim");
+    assert_eq!(
+        claim.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
+    let s = status(&fleet, "cache").await;
+    assert_eq!((s.replicas, s.ready_replicas.unwrap_or(0)), (1, 0));
+
+    // Once an edge offers storage the pod goes there.
+    fleet.cluster.kubectl_ok(&[
+        "annotate",
+        "node",
+        "edge-3",
+        "storage.wedge.io/local-path-root=/srv/volumes",
+    ]);
+    fleet.cluster.kubectl_ok(&[
+        "label",
+        "node",
+        "edge-3",
+        "storage.wedge.io/local-path=true",
+    ]);
+    rolled_out(&fleet, "cache");
+    let placed = pods
+        .get("cache-0")
+        .await
+        .expect("pod")
+        .spec
+        .and_then(|s| s.node_name);
+    assert_eq!(placed.as_deref(), Some("edge-3"));
     fleet.stop().await;
 }

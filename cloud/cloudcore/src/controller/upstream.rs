@@ -251,6 +251,7 @@ impl Upstream {
                     metadata: ObjectMeta {
                         name: Some(node.to_owned()),
                         labels: Some(report.labels.clone()),
+                        annotations: Some(report.annotations.clone()).filter(|a| !a.is_empty()),
                         ..ObjectMeta::default()
                     },
                     ..Node::default()
@@ -263,8 +264,34 @@ impl Upstream {
             }
             Some(existing) => {
                 let current = existing.metadata.labels.unwrap_or_default();
-                if report.labels.iter().any(|(k, v)| current.get(k) != Some(v)) {
-                    let patch = json!({ "metadata": { "labels": report.labels } });
+                let annotated = existing.metadata.annotations.unwrap_or_default();
+                // The local storage label and annotation go when the edge stops offering it.
+                let mut labels = json!(report.labels);
+                let mut annotations = json!(report.annotations);
+                let dropped = |have: &std::collections::BTreeMap<String, String>,
+                               key: &str,
+                               sent: &mut serde_json::Value| {
+                    let gone = have.contains_key(key) && sent.get(key).is_none();
+                    if gone {
+                        sent[key] = serde_json::Value::Null;
+                    }
+                    gone
+                };
+                let storage_gone =
+                    dropped(&current, wedge_core::storage::LOCAL_PATH_LABEL, &mut labels)
+                        | dropped(
+                            &annotated,
+                            wedge_core::storage::LOCAL_PATH_ROOT,
+                            &mut annotations,
+                        );
+                let changed = report.labels.iter().any(|(k, v)| current.get(k) != Some(v))
+                    || report
+                        .annotations
+                        .iter()
+                        .any(|(k, v)| annotated.get(k) != Some(v));
+                if changed || storage_gone {
+                    let patch =
+                        json!({ "metadata": { "labels": labels, "annotations": annotations } });
                     nodes.patch(node, &params, &Patch::Merge(&patch)).await?;
                 }
             }

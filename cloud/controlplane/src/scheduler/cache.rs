@@ -180,6 +180,11 @@ impl Cache {
         self.place(uid.to_owned(), None);
     }
 
+    /// The node called `name`, if known.
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.get(name).map(|info| info.node.clone())
+    }
+
     /// How many nodes there are.
     pub fn node_count(&self) -> usize {
         self.nodes.len()

@@ -47,6 +47,8 @@ pub struct PodNeeds {
     pub runtimes: Vec<String>,
     /// The controller that owns the pod, whose pods are spread apart.
     pub owner: Option<String>,
+    /// What its PersistentVolumeClaims ask of the node ([`super::volumes`]).
+    pub volumes: Vec<super::volumes::VolumeNeed>,
 }
 
 /// Why a pod's needs could not be worked out.
@@ -55,6 +57,25 @@ pub enum NeedsError {
     /// The pod names a RuntimeClass that does not exist.
     #[error("RuntimeClass \"{0}\" not found")]
     NoRuntimeClass(String),
+    /// A claim the pod names does not exist.
+    #[error("persistentvolumeclaim \"{0}\" not found")]
+    NoClaim(String),
+    /// A claim the pod names is being deleted.
+    #[error("persistentvolumeclaim \"{0}\" is being deleted")]
+    ClaimDeleting(String),
+    /// A claim is bound to a volume that does not exist.
+    #[error(
+        "persistentvolumeclaim \"{claim}\" bound to non-existent persistentvolume \"{volume}\""
+    )]
+    NoVolume {
+        /// The claim.
+        claim: String,
+        /// The volume it names.
+        volume: String,
+    },
+    /// A claim of a class Wedge does not provision is not bound yet.
+    #[error("pod has unbound immediate PersistentVolumeClaims")]
+    UnboundImmediate,
 }
 
 impl PodNeeds {
@@ -85,6 +106,7 @@ impl PodNeeds {
                 .flatten()
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
+            volumes: Vec::new(),
         };
         if let Some(name) = spec.runtime_class_name.filter(|n| !n.is_empty()) {
             let rc = runtime_class.ok_or(NeedsError::NoRuntimeClass(name))?;
@@ -189,6 +211,15 @@ pub enum Unfit {
     Insufficient(String),
     /// The node holds as many pods as it takes.
     TooManyPods,
+    /// A bound volume of the pod is not reachable from the node.
+    VolumeNodeConflict,
+    /// The node offers no local storage for an unbound claim of the pod.
+    NoLocalStorage {
+        /// The node.
+        node: String,
+        /// The claim.
+        claim: String,
+    },
 }
 
 impl fmt::Display for Unfit {
@@ -202,6 +233,11 @@ impl fmt::Display for Unfit {
             Self::Runtime(handler) => write!(f, "node(s) didn't offer the runtime \"{handler}\""),
             Self::Insufficient(resource) => write!(f, "Insufficient {resource}"),
             Self::TooManyPods => f.write_str("Too many pods"),
+            Self::VolumeNodeConflict => f.write_str("node(s) had volume node affinity conflict"),
+            Self::NoLocalStorage { node, claim } => write!(
+                f,
+                "node(s) offered no local storage (edgecore --local-volume-root) for PersistentVolumeClaim \"{claim}\": {node}"
+            ),
         }
     }
 }
@@ -232,7 +268,7 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
 
 /// Whether a node selector term matches the node (all its requirements; an empty term matches
 /// nothing, as in Kubernetes).
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
+pub(crate) fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
     let labels = node.metadata.labels.as_ref();
     let exprs = term.match_expressions.as_deref().unwrap_or_default();
     let fields = term.match_fields.as_deref().unwrap_or_default();
@@ -357,7 +393,7 @@ pub fn placement(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {
     {
         return Err(Unfit::Runtime(handler.clone()));
     }
-    Ok(())
+    super::volumes::fits(&needs.volumes, node)
 }
 
 fn fit_resources(needs: &PodNeeds, info: &NodeInfo) -> Result<(), Unfit> {

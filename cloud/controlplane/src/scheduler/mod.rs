@@ -9,6 +9,8 @@
 //!
 //! The runtime a pod needs comes from its RuntimeClass, or else from its images: the
 //! registry's manifest says whether each is Wasm or a container image ([`wedge_oci::kinds`]).
+//! Its PersistentVolumeClaims, from two more stores, say where its volumes are or may be made
+//! ([`volumes`]); a local volume is made and bound on the chosen node before the pod is bound.
 //!
 //! A pod that fits nowhere gets `PodScheduled=False` with reason `Unschedulable` and
 //! kube-scheduler's message, and a `FailedScheduling` event; it is tried again when a node
@@ -19,13 +21,14 @@
 pub mod cache;
 pub mod fit;
 pub mod resources;
+pub mod volumes;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -55,6 +58,8 @@ struct Context {
     client: Client,
     cache: Arc<Mutex<Cache>>,
     runtime_classes: Store<RuntimeClass>,
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
     /// True once nodes and pods have been listed: no decision before the cache is whole.
     synced: watch::Receiver<bool>,
     recorder: Recorder,
@@ -89,11 +94,58 @@ pub async fn run(client: Client, insecure_registries: Vec<String>, shutdown: Can
         }
     });
 
+    // Claims and volumes: a claim made, bound or deleted, or a volume going, may let a pod in.
+    let (claims, claim_writer) = reflector::store();
+    // Claims going and volumes appearing are what the reclaimer looks at (deletions too).
+    let (reclaim_tx, reclaim_rx) = mpsc::channel::<()>(1);
+    let claim_watch = reflector::reflector(
+        claim_writer,
+        watcher(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .for_each({
+        let (retry, reclaim) = (retry_tx.clone(), reclaim_tx.clone());
+        move |_| {
+            let _ = retry.clone().try_send(());
+            let _ = reclaim.clone().try_send(());
+            futures::future::ready(())
+        }
+    });
+    let (volume_store, volume_writer) = reflector::store();
+    let volume_watch = reflector::reflector(
+        volume_writer,
+        watcher(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .for_each({
+        let (retry, reclaim) = (retry_tx.clone(), reclaim_tx);
+        move |_| {
+            let _ = retry.clone().try_send(());
+            let _ = reclaim.clone().try_send(());
+            futures::future::ready(())
+        }
+    });
+    let reclaimer = volumes::reclaim(
+        client.clone(),
+        claims.clone(),
+        volume_store.clone(),
+        reclaim_rx,
+    );
+
+    volumes::ensure_storage_class(&client).await;
     let feeds = feed_cache(client.clone(), cache.clone(), retry_tx, synced_tx);
     let context = Arc::new(Context {
         client: client.clone(),
         cache,
         runtime_classes,
+        claims,
+        volumes: volume_store,
         synced,
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
         image_kinds,
@@ -114,6 +166,9 @@ pub async fn run(client: Client, insecure_registries: Vec<String>, shutdown: Can
         () = controller => {}
         () = feeds => {}
         () = rc_watch => {}
+        () = claim_watch => {}
+        () = volume_watch => {}
+        () = reclaimer => {}
         () = shutdown.cancelled() => {}
     }
 }
@@ -245,7 +300,16 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         .as_ref()
         .and_then(|s| s.runtime_class_name.as_deref())
         .and_then(|n| ctx.runtime_classes.get(&ObjectRef::new(n)));
-    let needs = match PodNeeds::of(&pod, runtime_class.as_deref()) {
+    let namespace = pod.namespace().unwrap_or_default();
+    let claimed = volumes::needs(
+        &pod,
+        |name| ctx.claims.get(&ObjectRef::new(name).within(&namespace)),
+        |name| ctx.volumes.get(&ObjectRef::new(name)),
+    );
+    let needs = match PodNeeds::of(&pod, runtime_class.as_deref()).and_then(|mut needs| {
+        needs.volumes = claimed?;
+        Ok(needs)
+    }) {
         Ok(mut needs) => {
             if needs.runtimes.is_empty()
                 && let Some(kinds) = &ctx.image_kinds
@@ -271,7 +335,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
     };
     match choice {
-        Ok(node) => match bind(&ctx.client, &pod, &node).await {
+        Ok(node) => match prebind_and_bind(&ctx, &pod, &node, &needs).await {
             Ok(()) => Ok(Action::await_change()),
             Err(e) => {
                 ctx.cache
@@ -345,6 +409,31 @@ pub(crate) async fn image_runtimes(kinds: &ImageKinds, pod: &Pod) -> Vec<String>
 fn error_policy(_pod: Arc<Pod>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "scheduling failed; retrying");
     Action::requeue(Duration::from_secs(1))
+}
+
+/// Makes and binds the pod's local volumes on `node` (if it has any to make), then binds the
+/// pod.
+async fn prebind_and_bind(
+    ctx: &Context,
+    pod: &Pod,
+    node: &str,
+    needs: &PodNeeds,
+) -> Result<(), kube::Error> {
+    let local = needs
+        .volumes
+        .iter()
+        .any(|v| matches!(v, volumes::VolumeNeed::Local { .. }));
+    if local {
+        let chosen = ctx
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .node(node);
+        if let Some(chosen) = chosen {
+            volumes::provision(&ctx.client, pod, &chosen, &needs.volumes).await?;
+        }
+    }
+    bind(&ctx.client, pod, node).await
 }
 
 async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
