@@ -237,3 +237,127 @@ async fn a_statefulset_of_wasm_pods_scales_in_order_and_rolls_back() {
         .collect();
     assert_eq!(numbers, ["2", "3"], "{history}");
 }
+
+/// A StatefulSet `notes` of one `misbehave sleep` pod with a claim `data` mounted at `/data`.
+fn notes(registry: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: notes}}
+spec:
+  replicas: 1
+  serviceName: notes
+  selector: {{matchLabels: {{app: notes}}}}
+  template:
+    metadata: {{labels: {{app: notes}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: {registry}/samples/misbehave:1
+        command: [misbehave, sleep]
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {{requests: {{storage: 64Mi}}}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claims_file_survives_its_pod_on_the_edges_local_storage() {
+    let volumes = tempfile::tempdir().expect("volume root");
+    let root = volumes.path().to_str().expect("utf-8 path").to_owned();
+    let env = OneEdge::start_with(&["--local-volume-root", &root]).await;
+    let minute = Duration::from_secs(60);
+    // The edge says it offers local storage, and where.
+    env.cloud.wait_for(
+        "node/edge-a",
+        "{.metadata.annotations.storage\\.wedge\\.io/local-path-root}",
+        &root,
+        minute,
+    );
+    assert_eq!(
+        jsonpath(
+            &env,
+            "node/edge-a",
+            "{.metadata.labels.storage\\.wedge\\.io/local-path}"
+        ),
+        "true"
+    );
+
+    env.cloud.apply(&notes(&env.registry.host()));
+    env.cloud
+        .wait_for("pod/notes-0", "{.status.phase}", "Running", minute);
+    // The claim is bound to a volume on edge-a, under the edge's root.
+    let claim_uid = jsonpath(&env, "pvc/data-notes-0", "{.metadata.uid}");
+    assert_eq!(
+        jsonpath(
+            &env,
+            "pvc/data-notes-0",
+            "{.status.phase} {.spec.volumeName}"
+        ),
+        format!("Bound pvc-{claim_uid}")
+    );
+    let dir = format!("{root}/pvc-{claim_uid}_default_data-notes-0");
+    assert_eq!(
+        jsonpath(
+            &env,
+            &format!("pv/pvc-{claim_uid}"),
+            "{.spec.hostPath.path} {.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]} {.status.phase}"
+        ),
+        format!("{dir} edge-a Bound")
+    );
+
+    // A file written in the pod is on the edge's disk.
+    let wrote = env.cloud.kubectl_ok(&[
+        "exec",
+        "notes-0",
+        "--",
+        "misbehave",
+        "write",
+        "/data/note.txt",
+        "kept",
+    ]);
+    assert!(wrote.contains("wrote"), "{wrote}");
+    assert_eq!(
+        std::fs::read_to_string(format!("{dir}/note.txt")).expect("the file on the edge"),
+        "kept"
+    );
+
+    // The pod deleted and made again reads it back, from the same claim.
+    let first = jsonpath(&env, "pod/notes-0", "{.metadata.uid}");
+    env.cloud.kubectl_ok(&["delete", "pod", "notes-0"]);
+    let deadline = Instant::now() + minute;
+    loop {
+        let now = env.cloud.kubectl(&[
+            "get",
+            "pod",
+            "notes-0",
+            "-o",
+            "jsonpath={.metadata.uid} {.status.phase}",
+        ]);
+        let said = String::from_utf8_lossy(&now.stdout).into_owned();
+        if !said.starts_with(&first) && said.ends_with("Running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "notes-0 not back: {said}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let read = env.cloud.kubectl_ok(&[
+        "exec",
+        "notes-0",
+        "--",
+        "misbehave",
+        "read",
+        "/data/note.txt",
+    ]);
+    assert!(read.contains("read: kept"), "{read}");
+    assert_eq!(
+        jsonpath(&env, "pvc/data-notes-0", "{.metadata.uid}"),
+        claim_uid,
+        "the same claim"
+    );
+}

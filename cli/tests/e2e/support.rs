@@ -628,13 +628,21 @@ pub struct OneEdge {
 
 impl OneEdge {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`OneEdge::start`], with more edgecore flags.
+    pub async fn start_with(edge_args: &[&str]) -> Self {
         let registry = registry_with_samples().await;
         push_misbehave(&registry).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let cloud = Cloud::start(&dir.path().join("cloud"));
         let token = cloud.token("1h");
         let root = dir.path().join("edge-a");
-        let edge = start_edge(&root, &cloud, "edge-a", Some(&token), &registry.host());
+        std::fs::create_dir_all(&root).expect("edge root");
+        let mut command = edgecore(&root, &cloud, "edge-a", Some(&token), &registry.host());
+        command.args(edge_args);
+        let edge = Proc::spawn(command, root.join("edgecore.log"));
         cloud.wait_for(
             "node/edge-a",
             "{.status.conditions[?(@.type==\"Ready\")].status}",

@@ -60,11 +60,16 @@ pub enum ResourceKind {
     /// A `node.k8s.io/v1` RuntimeClass a pod on the edge names (down, cluster-scoped): its
     /// handler picks the runtime the pod runs on.
     RuntimeClass,
+    /// A core/v1 PersistentVolumeClaim a pod on the edge mounts (down).
+    PersistentVolumeClaim,
+    /// The core/v1 PersistentVolume such a claim is bound to (down, cluster-scoped): where the
+    /// claim's directory is on the edge.
+    PersistentVolume,
 }
 
 impl ResourceKind {
     /// The kinds the cloud sends down and the edge keeps.
-    pub const DOWNSTREAM: [ResourceKind; 7] = [
+    pub const DOWNSTREAM: [ResourceKind; 9] = [
         Self::Pod,
         Self::ConfigMap,
         Self::Secret,
@@ -72,6 +77,8 @@ impl ResourceKind {
         Self::DeviceModel,
         Self::Rule,
         Self::RuntimeClass,
+        Self::PersistentVolumeClaim,
+        Self::PersistentVolume,
     ];
 
     /// The kebab-case name, as in frames and logs.
@@ -89,6 +96,8 @@ impl ResourceKind {
             Self::Rule => "rule",
             Self::Upload => "upload",
             Self::RuntimeClass => "runtime-class",
+            Self::PersistentVolumeClaim => "persistent-volume-claim",
+            Self::PersistentVolume => "persistent-volume",
         }
     }
 
@@ -104,6 +113,7 @@ impl ResourceKind {
                 | Self::DeviceModel
                 | Self::DeviceStatus
                 | Self::Rule
+                | Self::PersistentVolumeClaim
         )
     }
 }

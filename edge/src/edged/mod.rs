@@ -15,6 +15,7 @@
 //! Which runtime a pod runs on is decided by [`runtime_class`], in a task of its own (it may ask
 //! a registry), whose answer comes back to the loop that starts the pod.
 
+pub mod claims;
 pub mod env;
 pub mod exec;
 pub mod logs;
@@ -575,6 +576,10 @@ impl Edged {
     ) -> Result<(), (String, bool)> {
         let lookup = |k, ns: &str, n: &str| self.lookup(k, ns, n);
         let resolved = env::resolve_env(pod, &lookup).map_err(|m| (m, false))?;
+        let resolved = claims::resolve_claims(&resolved, &lookup).map_err(|e| match e {
+            claims::ClaimError::Waiting(m) => (m, false),
+            claims::ClaimError::Refused(m) => (m, true),
+        })?;
         let plan = plan::plan_pod(&resolved, &self.workers.config().pods_root)
             .map_err(|e| (e.to_string(), true))?;
         if !self.config.allow_privileged
@@ -699,7 +704,11 @@ impl Edged {
         if !has_files {
             return;
         }
-        let Ok(resolved) = env::resolve_env(pod, &|k, ns, n| self.lookup(k, ns, n)) else {
+        let lookup = |k, ns: &str, n: &str| self.lookup(k, ns, n);
+        let Ok(resolved) = env::resolve_env(pod, &lookup) else {
+            return;
+        };
+        let Ok(resolved) = claims::resolve_claims(&resolved, &lookup) else {
             return;
         };
         let Ok(plan) = plan::plan_pod(&resolved, &self.workers.config().pods_root) else {

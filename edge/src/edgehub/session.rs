@@ -499,6 +499,18 @@ impl Link<'_> {
                     return Err("the RuntimeClass names no handler".to_owned());
                 }
             }
+            ResourceKind::PersistentVolumeClaim => {
+                serde_json::from_value::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(
+                    object.clone(),
+                )
+                .map_err(|e| format!("not a PersistentVolumeClaim: {e}"))?;
+            }
+            ResourceKind::PersistentVolume => {
+                serde_json::from_value::<k8s_openapi::api::core::v1::PersistentVolume>(
+                    object.clone(),
+                )
+                .map_err(|e| format!("not a PersistentVolume: {e}"))?;
+            }
             ResourceKind::Rule => {
                 let rule: wedge_core::rule::Rule = serde_json::from_value(object.clone())
                     .map_err(|e| format!("not a Rule: {e}"))?;

@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{PoisonError, RwLock};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Resource;
 use kube::api::{ApiResource, DynamicObject};
@@ -204,6 +204,10 @@ pub struct Desired {
     pub secrets: Store<Secret>,
     /// Every RuntimeClass.
     pub runtime_classes: Store<RuntimeClass>,
+    /// Every PersistentVolumeClaim.
+    pub claims: Store<PersistentVolumeClaim>,
+    /// Every PersistentVolume.
+    pub volumes: Store<PersistentVolume>,
     /// Every Device.
     pub devices: DynamicCache,
     /// Every DeviceModel.
@@ -213,6 +217,14 @@ pub struct Desired {
     /// Every RuleEndpoint (the router reads them; edges never hold one).
     pub rule_endpoints: DynamicCache,
     index: std::sync::Arc<RwLock<Index>>,
+}
+
+/// The caches of claims and the volumes they are bound to.
+pub struct VolumeStores {
+    /// PersistentVolumeClaims.
+    pub claims: Store<PersistentVolumeClaim>,
+    /// PersistentVolumes.
+    pub volumes: Store<PersistentVolume>,
 }
 
 /// The caches of the custom resources cloudcore reads untyped.
@@ -251,6 +263,7 @@ impl Desired {
         config_maps: Store<ConfigMap>,
         secrets: Store<Secret>,
         runtime_classes: Store<RuntimeClass>,
+        volumes: VolumeStores,
         dynamic: DynamicStores,
     ) -> Self {
         Self {
@@ -258,6 +271,8 @@ impl Desired {
             config_maps,
             secrets,
             runtime_classes,
+            claims: volumes.claims,
+            volumes: volumes.volumes,
             devices: DynamicCache {
                 store: dynamic.devices,
                 resource: devices::device_resource(),
@@ -285,6 +300,8 @@ impl Desired {
         let _ = self.config_maps.wait_until_ready().await;
         let _ = self.secrets.wait_until_ready().await;
         let _ = self.runtime_classes.wait_until_ready().await;
+        let _ = self.claims.wait_until_ready().await;
+        let _ = self.volumes.wait_until_ready().await;
         let _ = self.devices.store.wait_until_ready().await;
         let _ = self.device_models.store.wait_until_ready().await;
         let _ = self.rules.store.wait_until_ready().await;
@@ -304,8 +321,51 @@ impl Desired {
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .filter(|n| !n.is_empty());
-        let refs = pod_references(pod);
+        let mut refs = pod_references(pod);
+        // A claim's bound volume goes with it (cluster-scoped: no namespace).
+        let bound: Vec<ObjectKey> = refs
+            .iter()
+            .filter(|r| r.kind == ResourceKind::PersistentVolumeClaim)
+            .filter_map(|r| {
+                let claim = self
+                    .claims
+                    .get(&ObjectRef::new(&r.name).within(&r.namespace))?;
+                let volume = claim.spec.as_ref()?.volume_name.clone()?;
+                (!volume.is_empty()).then(|| ObjectKey {
+                    kind: ResourceKind::PersistentVolume,
+                    namespace: String::new(),
+                    name: volume,
+                })
+            })
+            .collect();
+        refs.extend(bound);
         self.with_index(|index| index.upsert_bound(key, node, refs))
+    }
+
+    /// Records a claim as the watch shows it: the bound pods naming it are indexed again, so
+    /// that a volume bound to it after they were reaches their nodes.
+    pub fn claim_changed(&self, claim: &PersistentVolumeClaim) -> Vec<Change> {
+        let (namespace, name) = (
+            claim.metadata.namespace.as_deref().unwrap_or_default(),
+            claim.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let users: Vec<std::sync::Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.node_name.as_deref().is_some_and(|n| !n.is_empty())
+                        && s.volumes.iter().flatten().any(|v| {
+                            v.persistent_volume_claim
+                                .as_ref()
+                                .is_some_and(|c| c.claim_name == name)
+                        })
+                })
+            })
+            .collect();
+        users.iter().flat_map(|p| self.pod_changed(p)).collect()
     }
 
     /// Records a Device as the watch shows it: bound to `spec.nodeName`, referencing its
@@ -375,6 +435,12 @@ impl Desired {
             ResourceKind::DeviceModel => self.device_models.current(ns, name),
             ResourceKind::RuntimeClass => {
                 current(self.runtime_classes.get(&ObjectRef::new(name))?.as_ref())
+            }
+            ResourceKind::PersistentVolumeClaim => {
+                current(self.claims.get(&ObjectRef::new(name).within(ns))?.as_ref())
+            }
+            ResourceKind::PersistentVolume => {
+                current(self.volumes.get(&ObjectRef::new(name))?.as_ref())
             }
             ResourceKind::Rule => {
                 let rule = self.rules.get(ns, name)?;
@@ -568,6 +634,10 @@ mod tests {
             kube::runtime::reflector::store().0,
             kube::runtime::reflector::store().0,
             kube::runtime::reflector::store().0,
+            VolumeStores {
+                claims: kube::runtime::reflector::store().0,
+                volumes: kube::runtime::reflector::store().0,
+            },
             DynamicStores {
                 devices: devices_w.as_reader(),
                 device_models: models_w.as_reader(),

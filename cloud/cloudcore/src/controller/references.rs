@@ -1,7 +1,9 @@
-//! Which ConfigMaps, Secrets and RuntimeClass a pod needs on its node: the ConfigMaps and
-//! Secrets its containers' env and envFrom, its volumes (direct and projected) and its image
-//! pull secrets name, and the RuntimeClass its `runtimeClassName` names (the edge picks the
-//! pod's runtime by its handler). The edge gets these and nothing else.
+//! Which ConfigMaps, Secrets, RuntimeClass and PersistentVolumeClaims a pod needs on its node:
+//! the ConfigMaps and Secrets its containers' env and envFrom, its volumes (direct and
+//! projected) and its image pull secrets name, the RuntimeClass its `runtimeClassName` names
+//! (the edge picks the pod's runtime by its handler), and the claims its volumes name (the
+//! volumes they are bound to are added from the claim cache, `desired`). The edge gets these
+//! and nothing else.
 
 use std::collections::BTreeSet;
 
@@ -32,6 +34,9 @@ pub fn pod_references(pod: &Pod) -> BTreeSet<ObjectKey> {
         container_references(container, &mut add);
     }
     for volume in spec.volumes.iter().flatten() {
+        if let Some(claim) = &volume.persistent_volume_claim {
+            add(ResourceKind::PersistentVolumeClaim, &claim.claim_name);
+        }
         if let Some(cm) = &volume.config_map {
             add(ResourceKind::ConfigMap, &cm.name);
         }
@@ -116,7 +121,8 @@ mod tests {
                     {"name": "v1", "configMap": {"name": "files"}},
                     {"name": "v2", "secret": {"secretName": "certs"}},
                     {"name": "v3", "projected": {"sources": [{"configMap": {"name": "proj"}}]}},
-                    {"name": "v4", "emptyDir": {}}
+                    {"name": "v4", "emptyDir": {}},
+                    {"name": "v5", "persistentVolumeClaim": {"claimName": "www-p"}}
                 ]
             }
         }))
@@ -137,6 +143,7 @@ mod tests {
                 "secret:apps/init-env",
                 "secret:apps/pull",
                 "runtime-class:/runc",
+                "persistent-volume-claim:apps/www-p",
             ]
         );
     }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::store::Writer;
@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
-use super::desired::{Change, Desired, DynamicStores, key_of};
+use super::desired::{Change, Desired, DynamicStores, VolumeStores, key_of};
 use crate::hub::sessions::Sessions;
 use crate::{devices, router};
 
@@ -37,6 +37,8 @@ pub fn start(
     let (config_maps, cm_writer) = reflector::store();
     let (secrets, secret_writer) = reflector::store();
     let (runtime_classes, class_writer) = reflector::store();
+    let (claims, claim_writer) = reflector::store();
+    let (volumes, volume_writer) = reflector::store();
     let device_writer = Writer::<DynamicObject>::new(devices::device_resource());
     let model_writer = Writer::<DynamicObject>::new(devices::device_model_resource());
     let rule_writer = Writer::<DynamicObject>::new(router::crds::rule_resource());
@@ -46,6 +48,7 @@ pub fn start(
         config_maps,
         secrets,
         runtime_classes,
+        VolumeStores { claims, volumes },
         DynamicStores {
             devices: device_writer.as_reader(),
             device_models: model_writer.as_reader(),
@@ -107,6 +110,32 @@ pub fn start(
         referenced_loop(
             class_events,
             ResourceKind::RuntimeClass,
+            desired.clone(),
+            sessions.clone(),
+        ),
+    ));
+    let claim_events = reflector(
+        claim_writer,
+        watcher::watcher(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            config.clone(),
+        ),
+    )
+    .default_backoff();
+    tasks.spawn(until(
+        shutdown.clone(),
+        claim_loop(claim_events, desired.clone(), sessions.clone()),
+    ));
+    let volume_events = reflector(
+        volume_writer,
+        watcher::watcher(Api::<PersistentVolume>::all(client.clone()), config.clone()),
+    )
+    .default_backoff();
+    tasks.spawn(until(
+        shutdown.clone(),
+        referenced_loop(
+            volume_events,
+            ResourceKind::PersistentVolume,
             desired.clone(),
             sessions.clone(),
         ),
@@ -309,6 +338,35 @@ async fn referenced_loop<K>(
                 continue;
             }
         };
+        let key = key_of(kind, &object);
+        for node in desired.with_index(|i| i.referrers(&key)) {
+            sessions.mark(&node, key.clone());
+        }
+    }
+}
+
+/// PersistentVolumeClaims: referenced by pods like ConfigMaps, and a claim bound (or rebound)
+/// re-indexes the pods naming it, so that its volume reaches their nodes.
+async fn claim_loop(
+    events: impl Stream<Item = Result<Event<PersistentVolumeClaim>, watcher::Error>>,
+    desired: Desired,
+    sessions: Arc<Sessions>,
+) {
+    let mut events = std::pin::pin!(events);
+    let kind = ResourceKind::PersistentVolumeClaim;
+    while let Some(event) = events.next().await {
+        let (object, applied) = match event {
+            Ok(Event::Apply(o) | Event::InitApply(o)) => (o, true),
+            Ok(Event::Delete(o)) => (o, false),
+            Ok(Event::Init | Event::InitDone) => continue,
+            Err(error) => {
+                tracing::warn!(%error, %kind, "watch failed; retrying");
+                continue;
+            }
+        };
+        if applied {
+            mark(&sessions, desired.claim_changed(&object));
+        }
         let key = key_of(kind, &object);
         for node in desired.with_index(|i| i.referrers(&key)) {
             sessions.mark(&node, key.clone());
