@@ -250,7 +250,115 @@ pub async fn run() -> anyhow::Result<()> {
     figure(SCENARIO, "rss-after-lists", rss as f64 / 1024.0, "MiB");
     figure(SCENARIO, "rss-peak", peak as f64 / 1024.0, "MiB");
 
-    write_to_event_delay(&client).await
+    write_to_event_delay(&client).await?;
+    authorization_cost(&server, dir.path(), &client).await
+}
+
+/// Bindings of other users beside the measured one's, as a busy cluster has them.
+const OTHER_BINDINGS: usize = 100;
+/// GETs of one pod, per identity.
+const GETS: usize = 2_000;
+
+/// What RBAC costs a request: the same GET of one pod, one at a time, as the admin (in
+/// `system:masters`, which RBAC does not consult) and as a user bound to `edit` in the
+/// namespace, among [`OTHER_BINDINGS`] RoleBindings and as many ClusterRoleBindings of other
+/// users. The two alternate in batches, so that the machine's other work weighs on both alike.
+async fn authorization_cost(
+    server: &ServerProcess,
+    data_dir: &Path,
+    admin: &kube::Client,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+    let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), NAMESPACE);
+    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
+    for i in 0..OTHER_BINDINGS {
+        let subject = serde_json::json!([{"kind": "User", "name": format!("someone-{i}"),
+                                          "apiGroup": "rbac.authorization.k8s.io"}]);
+        bindings
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("other-{i}")}, "subjects": subject,
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}}))?,
+            )
+            .await?;
+        cluster_bindings
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("bench-other-{i}")}, "subjects": subject,
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}}))?,
+            )
+            .await?;
+    }
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "bench-user-edit"},
+                "subjects": [{"kind": "User", "name": "bench-user", "apiGroup": "rbac.authorization.k8s.io"}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"}}))?,
+        )
+        .await?;
+    let user = user_client(server, data_dir, "bench-user").await?;
+    let as_admin: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
+    let as_user: Api<Pod> = Api::namespaced(user, NAMESPACE);
+    let name = "telemetry-00000";
+    let (mut admin_gets, mut user_gets) = (Vec::with_capacity(GETS), Vec::with_capacity(GETS));
+    for _ in 0..GETS / 100 {
+        for (api, out) in [(&as_admin, &mut admin_gets), (&as_user, &mut user_gets)] {
+            for _ in 0..100 {
+                let t = Instant::now();
+                api.get(name).await?;
+                out.push(t.elapsed());
+            }
+        }
+    }
+    let mean = |v: &[Duration]| v.iter().sum::<Duration>().as_secs_f64() * 1e3 / v.len() as f64;
+    let cost = mean(&user_gets) - mean(&admin_gets);
+    figure(
+        SCENARIO,
+        "get-admin-p50",
+        millis(quantile(&mut admin_gets, 0.5)),
+        "ms",
+    );
+    figure(
+        SCENARIO,
+        "get-rbac-user-p50",
+        millis(quantile(&mut user_gets, 0.5)),
+        "ms",
+    );
+    figure(
+        SCENARIO,
+        "get-rbac-user-p99",
+        millis(quantile(&mut user_gets, 0.99)),
+        "ms",
+    );
+    figure(SCENARIO, "rbac-cost-per-request", cost, "ms");
+    Ok(())
+}
+
+/// A client for `user`, with a certificate from the server's CA, as `wedge kubeconfig` issues.
+async fn user_client(
+    server: &ServerProcess,
+    data_dir: &Path,
+    user: &str,
+) -> anyhow::Result<kube::Client> {
+    let pki = wedge_apiserver::pki::Pki::load_or_create(data_dir, &[])?;
+    let cert = pki.issue_client(user, &[])?;
+    let url = Kubeconfig::read_from(server.kubeconfig())?
+        .clusters
+        .into_iter()
+        .find_map(|c| c.cluster.and_then(|c| c.server))
+        .context("the admin kubeconfig names no server")?;
+    let path = data_dir.join(format!("{user}.kubeconfig"));
+    wedge_apiserver::kubeconfig::write_for(&path, user, &url, &pki.ca.cert_pem, &cert)?;
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&path)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// From sending a write to its event arriving on a watch that was already open: one update of

@@ -2,7 +2,8 @@
 //! user (cluster-wide through ClusterRoleBindings, in a namespace through its RoleBindings), and
 //! whether a rule allows a request or covers another rule.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -161,35 +162,8 @@ impl PolicyRule {
     }
 }
 
-/// Whether `subject` names `user` (`namespace`: the binding's, for ServiceAccounts without one).
-fn names_user(subject: &Subject, user: &User, namespace: &str) -> bool {
-    match subject.kind.as_str() {
-        "User" => subject.name == user.name,
-        "Group" => subject.name == AUTHENTICATED || user.groups.contains(&subject.name),
-        "ServiceAccount" => {
-            let ns = subject.namespace.as_deref().unwrap_or(namespace);
-            user.name == format!("system:serviceaccount:{ns}:{}", subject.name)
-        }
-        _ => false,
-    }
-}
-
 fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Option<T> {
     serde_json::from_value(value).ok()
-}
-
-/// The rules of the role a binding in `namespace` ("" for a ClusterRoleBinding) refers to.
-fn rules_of(store: &Store, role_ref: &RoleRef, namespace: &str) -> Vec<PolicyRule> {
-    match role_ref.kind.as_str() {
-        "ClusterRole" => cluster_role_rules(store, &role_ref.name, &mut BTreeSet::new()),
-        "Role" if !namespace.is_empty() => store
-            .get(&ObjectKey::new(ROLES, namespace, &role_ref.name))
-            .ok()
-            .and_then(|o| parse::<Role>(o.value()))
-            .map(|r| r.rules)
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
 }
 
 /// A ClusterRole's rules, with those of the ClusterRoles its `aggregationRule` selects (and
@@ -238,30 +212,153 @@ fn cluster_role_rules(store: &Store, name: &str, seen: &mut BTreeSet<String>) ->
     rules
 }
 
-/// Every rule `user` holds in `namespace` (cluster-wide ones included), or cluster-wide only.
-pub fn rules_for(store: &Store, user: &User, namespace: Option<&str>) -> Vec<PolicyRule> {
-    let mut rules = Vec::new();
-    let mut visit = |resource: &str, ns: Option<&str>| {
-        let (bindings, _, _) = store.list(resource, ns, None, None, |_| true);
-        for stored in bindings {
-            let Some(binding) = parse::<Binding>(stored.value()) else {
-                continue;
-            };
-            let binding_ns = ns.unwrap_or("");
-            if binding
-                .subjects
-                .iter()
-                .any(|s| names_user(s, user, binding_ns))
-            {
-                rules.extend(rules_of(store, &binding.role_ref, binding_ns));
+/// Who a binding's subject names, as the index looks it up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SubjectKey {
+    User(String),
+    Group(String),
+    /// Namespace and name.
+    ServiceAccount(String, String),
+}
+
+impl SubjectKey {
+    /// The key of `subject` in a binding in `namespace` ("" for cluster-wide).
+    fn of(subject: &Subject, namespace: &str) -> Option<Self> {
+        match subject.kind.as_str() {
+            "User" => Some(Self::User(subject.name.clone())),
+            "Group" => Some(Self::Group(subject.name.clone())),
+            "ServiceAccount" => Some(Self::ServiceAccount(
+                subject
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| namespace.to_owned()),
+                subject.name.clone(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Every key that names `user`: their name, their groups and `system:authenticated`, and
+    /// the ServiceAccount their name is, if it is one.
+    fn all_for(user: &User) -> Vec<Self> {
+        let mut keys = vec![
+            Self::User(user.name.clone()),
+            Self::Group(AUTHENTICATED.to_owned()),
+        ];
+        keys.extend(user.groups.iter().map(|g| Self::Group(g.clone())));
+        if let Some((ns, name)) = user
+            .name
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            keys.push(Self::ServiceAccount(ns.to_owned(), name.to_owned()));
+        }
+        keys
+    }
+}
+
+/// The roles and bindings, parsed and resolved: for each subject, the rules its bindings give,
+/// cluster-wide and per namespace. Built again only when a role or binding is written
+/// ([`Store::derived`]), as kube-apiserver's authorizer reads its informers' caches, so that a
+/// request costs a few lookups however many bindings the cluster has.
+#[derive(Debug, Default)]
+struct Index {
+    cluster: HashMap<SubjectKey, Vec<Arc<[PolicyRule]>>>,
+    namespaced: HashMap<(String, SubjectKey), Vec<Arc<[PolicyRule]>>>,
+}
+
+impl Index {
+    fn build(store: &Store) -> Self {
+        let mut index = Self::default();
+        let mut cluster_roles: HashMap<String, Arc<[PolicyRule]>> = HashMap::new();
+        let mut roles: HashMap<(String, String), Arc<[PolicyRule]>> = HashMap::new();
+        let mut rules_of = |role_ref: &RoleRef, namespace: &str| -> Arc<[PolicyRule]> {
+            match role_ref.kind.as_str() {
+                "ClusterRole" => cluster_roles
+                    .entry(role_ref.name.clone())
+                    .or_insert_with(|| {
+                        cluster_role_rules(store, &role_ref.name, &mut BTreeSet::new()).into()
+                    })
+                    .clone(),
+                "Role" if !namespace.is_empty() => roles
+                    .entry((namespace.to_owned(), role_ref.name.clone()))
+                    .or_insert_with(|| {
+                        store
+                            .get(&ObjectKey::new(ROLES, namespace, &role_ref.name))
+                            .ok()
+                            .and_then(|o| parse::<Role>(o.value()))
+                            .map(|r| r.rules)
+                            .unwrap_or_default()
+                            .into()
+                    })
+                    .clone(),
+                _ => Arc::from(Vec::new()),
+            }
+        };
+        for resource in [CLUSTER_ROLE_BINDINGS, ROLE_BINDINGS] {
+            let (bindings, _, _) = store.list(resource, None, None, None, |_| true);
+            for stored in bindings {
+                let value = stored.value();
+                let namespace = value
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let Some(binding) = parse::<Binding>(value) else {
+                    continue;
+                };
+                let rules = rules_of(&binding.role_ref, &namespace);
+                for key in binding
+                    .subjects
+                    .iter()
+                    .filter_map(|s| SubjectKey::of(s, &namespace))
+                {
+                    let held = if resource == CLUSTER_ROLE_BINDINGS {
+                        index.cluster.entry(key).or_default()
+                    } else {
+                        index
+                            .namespaced
+                            .entry((namespace.clone(), key))
+                            .or_default()
+                    };
+                    held.push(rules.clone());
+                }
             }
         }
-    };
-    visit(CLUSTER_ROLE_BINDINGS, None);
-    if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
-        visit(ROLE_BINDINGS, Some(ns));
+        index
     }
-    rules
+}
+
+/// Every rule `user` holds in `namespace` (cluster-wide ones included), or cluster-wide only.
+pub fn rules_for(store: &Store, user: &User, namespace: Option<&str>) -> Vec<PolicyRule> {
+    rule_sets(store, user, namespace)
+        .iter()
+        .flat_map(|set| set.iter().cloned())
+        .collect()
+}
+
+/// The rule sets of the bindings that name `user`, cluster-wide and in `namespace`.
+fn rule_sets(store: &Store, user: &User, namespace: Option<&str>) -> Vec<Arc<[PolicyRule]>> {
+    let index = store.derived(
+        "rbac",
+        &[CLUSTER_ROLES, ROLES, CLUSTER_ROLE_BINDINGS, ROLE_BINDINGS],
+        Index::build,
+    );
+    let keys = SubjectKey::all_for(user);
+    let mut sets: Vec<Arc<[PolicyRule]>> = keys
+        .iter()
+        .filter_map(|k| index.cluster.get(k))
+        .flatten()
+        .cloned()
+        .collect();
+    if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+        for key in keys {
+            if let Some(found) = index.namespaced.get(&(ns.to_owned(), key)) {
+                sets.extend(found.iter().cloned());
+            }
+        }
+    }
+    sets
 }
 
 /// Whether RBAC allows the request.
@@ -270,11 +367,11 @@ pub fn allows(store: &Store, attributes: &Attributes<'_>) -> bool {
         Target::Resource { namespace, .. } => namespace.as_deref(),
         Target::NonResource { .. } => None,
     };
-    let rules = rules_for(store, attributes.user, namespace);
-    attributes
-        .verbs
-        .iter()
-        .all(|verb| rules.iter().any(|r| r.allows(verb, &attributes.target)))
+    let sets = rule_sets(store, attributes.user, namespace);
+    attributes.verbs.iter().all(|verb| {
+        sets.iter()
+            .any(|set| set.iter().any(|r| r.allows(verb, &attributes.target)))
+    })
 }
 
 #[cfg(test)]

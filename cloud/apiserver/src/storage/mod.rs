@@ -17,7 +17,8 @@
 mod db;
 mod watch;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -174,7 +175,12 @@ pub enum StoreError {
 struct State {
     objects: BTreeMap<ObjectKey, StoredObject>,
     rv: u64,
+    /// The version of each resource's last write since the store opened.
+    changed: HashMap<String, u64>,
 }
+
+/// What [`Store::derived`] keeps: a value and the versions of the resources it was built from.
+type Derived = (Vec<u64>, Arc<dyn Any + Send + Sync>);
 
 /// The store.
 pub struct Store {
@@ -183,6 +189,7 @@ pub struct Store {
     history: Mutex<VecDeque<Arc<Event>>>,
     live: broadcast::Sender<Arc<Event>>,
     history_len: usize,
+    derived: Mutex<HashMap<&'static str, Derived>>,
 }
 
 /// The precondition of updates and deletes: the object exists and, with `expected`, is at that
@@ -286,10 +293,15 @@ impl Store {
             .collect();
         Ok(Self {
             db: Mutex::new(conn),
-            state: RwLock::new(State { objects, rv }),
+            state: RwLock::new(State {
+                objects,
+                rv,
+                changed: HashMap::new(),
+            }),
             history: Mutex::new(history),
             live: broadcast::channel(HISTORY).0,
             history_len,
+            derived: Mutex::new(HashMap::new()),
         })
     }
 
@@ -318,6 +330,43 @@ impl Store {
             .get(key)
             .cloned()
             .ok_or_else(|| StoreError::NotFound(key.clone()))
+    }
+
+    /// A value built by `build` from the objects of `resources`, kept and handed out again until
+    /// one of them is written (what the RBAC authorizer reads at every request, parsed once per
+    /// change of the roles and bindings rather than once per request). `name` tells the values
+    /// apart; each name must always give the same type.
+    pub fn derived<T: Send + Sync + 'static>(
+        &self,
+        name: &'static str,
+        resources: &[&str],
+        build: impl FnOnce(&Store) -> T,
+    ) -> Arc<T> {
+        // Versions first, then the build: a value is never newer-tagged than what it read.
+        let versions: Vec<u64> = {
+            let state = self
+                .state
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            resources
+                .iter()
+                .map(|r| state.changed.get(*r).copied().unwrap_or(0))
+                .collect()
+        };
+        let lock = || {
+            self.derived
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, value)) = lock().get(name)
+            && *at == versions
+            && let Ok(value) = value.clone().downcast::<T>()
+        {
+            return value;
+        }
+        let value = Arc::new(build(self));
+        lock().insert(name, (versions, value.clone()));
+        value
     }
 
     /// Objects of `resource` (in `namespace` if given) in key order, starting after `after`
@@ -426,6 +475,7 @@ impl Store {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             state.rv = rv;
+            state.changed.insert(key.resource.clone(), rv);
             match kind {
                 EventType::Deleted => state.objects.remove(key),
                 _ => state.objects.insert(key.clone(), stored.clone()),

@@ -208,3 +208,31 @@ async fn watches_resume_after_a_restart_and_too_old_versions_are_gone() {
         other => panic!("expected Gone, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn derived_values_are_rebuilt_only_when_their_resources_change() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&dir.path().join("db")).expect("open");
+    let builds = std::sync::atomic::AtomicUsize::new(0);
+    let count_pods = |store: &Store| {
+        builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        store.list("pods", None, None, None, |_| true).0.len()
+    };
+    assert_eq!(*store.derived("pods", &["pods"], count_pods), 0);
+    store.create(&key("a"), pod("a", json!({}))).expect("a");
+    assert_eq!(*store.derived("pods", &["pods"], count_pods), 1);
+    assert_eq!(*store.derived("pods", &["pods"], count_pods), 1);
+    assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A write elsewhere leaves the value as it is.
+    store
+        .create(
+            &ObjectKey::new("configmaps", "default", "c"),
+            json!({"metadata": {"name": "c"}}),
+        )
+        .expect("configmap");
+    assert_eq!(*store.derived("pods", &["pods"], count_pods), 1);
+    assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
+    store.delete(&key("a"), None).expect("deleted");
+    assert_eq!(*store.derived("pods", &["pods"], count_pods), 0);
+    assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
