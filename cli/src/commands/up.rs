@@ -273,6 +273,8 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     edge.insecure_registries = args.insecure_registries.clone();
     edge.registry_config_dir = Some(args.registry_config_dir.clone());
     edge.node_ip = Some("127.0.0.1".into());
+    // All in one machine, as k3s: claims get local storage out of the box.
+    edge.local_volume_root = std::path::absolute(edge_root.join("storage")).ok();
     args.containers.apply(&mut edge);
     edge.mqtt = match &args.mqtt_broker {
         Some(address) => BrokerChoice::external(address).context("--mqtt-broker")?,

@@ -236,6 +236,54 @@ async fn a_statefulset_of_wasm_pods_scales_in_order_and_rolls_back() {
         .filter(|c| c.chars().all(|c| c.is_ascii_digit()))
         .collect();
     assert_eq!(numbers, ["2", "3"], "{history}");
+
+    // A template the edge refuses: its first pod says why, and nothing more is made or retried.
+    let refused = counter(&registry, 2)
+        .replace("name: counter", "name: refused")
+        .replace("app: counter", "app: refused")
+        .replace("serviceName: counter", "serviceName: refused")
+        .replace(
+            "        command: [misbehave, sleep]\n",
+            "        command: [misbehave, sleep]\n        volumeMounts: [{name: share, mountPath: /share}]\n      volumes: [{name: share, nfs: {server: 10.0.0.1, path: /}}]\n",
+        );
+    env.cloud.apply(&refused);
+    env.cloud.wait_for(
+        "pod/refused-0",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CreateContainerConfigError",
+        minute,
+    );
+    let why = jsonpath(
+        &env,
+        "pod/refused-0",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(why.contains("edges mount"), "{why}");
+    let made = jsonpath(
+        &env,
+        "events",
+        "{range .items[?(@.involvedObject.name==\"refused\")]}{.reason}{\"\\n\"}{end}",
+    );
+    assert_eq!(
+        made.lines().filter(|r| *r == "SuccessfulCreate").count(),
+        1,
+        "{made}"
+    );
+    assert!(
+        !env.cloud
+            .kubectl(&["get", "pod", "refused-1"])
+            .status
+            .success(),
+        "refused-1 waits for refused-0 to be Ready"
+    );
+    assert_eq!(
+        jsonpath(
+            &env,
+            "sts/refused",
+            "{.status.replicas}/{.status.readyReplicas}"
+        ),
+        "1/"
+    );
 }
 
 /// A StatefulSet `notes` of one `misbehave sleep` pod with a claim `data` mounted at `/data`.
