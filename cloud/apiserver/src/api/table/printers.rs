@@ -309,6 +309,50 @@ fn slice_endpoints(o: &Value) -> Value {
     json!(out)
 }
 
+/// Endpoints' `ENDPOINTS`: the ready addresses with each port (`ip:port`; an address alone in a
+/// subset without ports), the first three, as kube's `formatEndpoints` writes them.
+fn endpoints(o: &Value) -> Value {
+    let Some(subsets) = o
+        .pointer("/subsets")
+        .and_then(Value::as_array)
+        .filter(|s| !s.is_empty())
+    else {
+        return json!("<none>");
+    };
+    let (mut list, mut count) = (Vec::new(), 0);
+    for subset in subsets {
+        let addresses: Vec<&str> = subset["addresses"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|a| a["ip"].as_str()).collect())
+            .unwrap_or_default();
+        let ports: Vec<i64> = subset["ports"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["port"].as_i64()).collect())
+            .unwrap_or_default();
+        if ports.is_empty() {
+            count += addresses.len();
+            list.extend(addresses.iter().map(|a| (*a).to_owned()));
+            continue;
+        }
+        for port in ports {
+            count += addresses.len();
+            list.extend(addresses.iter().map(|ip| {
+                if ip.contains(':') {
+                    format!("[{ip}]:{port}")
+                } else {
+                    format!("{ip}:{port}")
+                }
+            }));
+        }
+    }
+    let shown: Vec<String> = list.into_iter().take(3).collect();
+    let mut out = shown.join(",");
+    if count > 3 {
+        out.push_str(&format!(" + {} more...", count - 3));
+    }
+    json!(out)
+}
+
 /// A CertificateSigningRequest's `CONDITION`: `Pending`, or its conditions, then `Issued`.
 fn csr_condition(o: &Value) -> Value {
     let mut parts: Vec<String> = o
@@ -366,6 +410,20 @@ fn quota(o: &Value, limits: bool) -> Value {
 /// The columns of `group`/`kind`, when kube-apiserver prints more than a name and an age.
 pub(super) fn printer(group: &str, kind: &str) -> Option<&'static [Column]> {
     let columns: &'static [Column] = match (group, kind) {
+        ("", "Endpoints") => {
+            const {
+                &[
+                    NAME,
+                    c(
+                        "Endpoints",
+                        "string",
+                        "The set of all endpoints is the union of all subsets. Addresses are placed into subsets according to the IPs they share. A single address with multiple ports, some of which are ready and some of which are not (because they come from different containers) will result in the address being displayed in different subsets for the different ports. No address will appear in both Addresses and NotReadyAddresses in the same subset. Sets of addresses and ports that comprise a service.",
+                        endpoints,
+                    ),
+                    AGE,
+                ]
+            }
+        }
         ("", "ComponentStatus") => {
             const {
                 &[
@@ -1510,6 +1568,17 @@ mod tests {
                 json!("10.0.0.1,10.0.0.2,10.0.0.3 + 1 more...")
             ]
         );
+        let ep = json!({"metadata": {"name": "web"}, "subsets": [
+            {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}], "notReadyAddresses": [{"ip": "10.0.0.9"}],
+             "ports": [{"port": 80}, {"port": 443}]}]});
+        assert_eq!(
+            row("", "Endpoints", &ep)[1],
+            json!("10.0.0.1:80,10.0.0.2:80,10.0.0.1:443 + 1 more...")
+        );
+        let none = json!({"metadata": {"name": "web"}});
+        assert_eq!(row("", "Endpoints", &none)[1], json!("<none>"));
+        let unready = json!({"metadata": {"name": "web"}, "subsets": [{"notReadyAddresses": [{"ip": "10.0.0.9"}], "ports": [{"port": 80}]}]});
+        assert_eq!(row("", "Endpoints", &unready)[1], json!(""));
         let class = json!({"metadata": {"name": "local", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
             "provisioner": "wedge.io/local"});
         assert_eq!(
