@@ -14,15 +14,20 @@
 //! - [`job`]: runs a Job's pods to completion (and deletes it after its TTL);
 //! - [`cronjob`]: makes a CronJob's Jobs on its schedule;
 //! - [`statefulset`]: pods with stable names and ordinals, their claims, rolled in order;
+//! - [`endpoints`]: a Service's Endpoints, from the pods it selects and their readiness;
+//! - [`endpointslice`]: a Service's EndpointSlices, the same, packed with little churn;
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
-//! - [`events`], [`pods`], [`selector`], [`resources`], [`clock`]: what the controllers share.
+//! - [`events`], [`pods`], [`selector`], [`resources`], [`clock`]: what the controllers share
+//!   ([`services`]: what the two endpoints controllers share).
 
 pub mod clock;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod error;
 pub mod events;
 pub mod gc;
@@ -35,6 +40,7 @@ pub mod replicaset;
 pub mod resources;
 pub mod scheduler;
 pub mod selector;
+pub mod services;
 pub mod statefulset;
 
 use futures::StreamExt;
@@ -102,12 +108,22 @@ pub async fn run_controllers_at(
 ) {
     // One pod watch for every controller that follows pods.
     let (pods, writer) = reflector::store_shared(SHARED_BUFFER);
-    let (Some(replicaset_pods), Some(daemonset_pods), Some(job_pods), Some(statefulset_pods)) = (
+    let (
+        Some(replicaset_pods),
+        Some(daemonset_pods),
+        Some(job_pods),
+        Some(statefulset_pods),
+        Some(endpoints_pods),
+        Some(endpointslice_pods),
+    ) = (
         writer.subscribe(),
         writer.subscribe(),
         writer.subscribe(),
         writer.subscribe(),
-    ) else {
+        writer.subscribe(),
+        writer.subscribe(),
+    )
+    else {
         tracing::error!("a shared pod store has subscribers");
         return;
     };
@@ -174,6 +190,8 @@ pub async fn run_controllers_at(
         () = job::run(client.clone(), pods.clone(), job_pods, stop()) => {}
         () = cronjob::run(client.clone(), clock, stop()) => {}
         () = statefulset::run(client.clone(), pods.clone(), statefulset_pods, stop()) => {}
+        () = endpoints::run(client.clone(), pods.clone(), endpoints_pods, stop()) => {}
+        () = endpointslice::run(client.clone(), pods.clone(), endpointslice_pods, nodes.clone(), stop()) => {}
         () = node_feed => {}
         () = rc_feed => {}
         () = gc::run(client.clone(), shutdown.clone()) => {}
