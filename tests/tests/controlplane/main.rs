@@ -5,6 +5,7 @@
 mod cascade;
 mod cronjobs;
 mod edge;
+mod endpoints;
 #[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]
 mod harness;
