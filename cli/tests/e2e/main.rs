@@ -15,5 +15,6 @@ mod devices_edge;
 mod jobs;
 mod real_cluster;
 mod router;
+mod services;
 mod statefulsets;
 mod support;
