@@ -371,27 +371,45 @@ fn ready_transition(pod: &Pod) -> Option<jiff::Timestamp> {
 /// only, where kube's informer hands over the old one too).
 #[derive(Debug, Default)]
 pub struct Members {
+    inner: Mutex<MembersInner>,
+}
+
+#[derive(Debug, Default)]
+struct MembersInner {
     /// Pod (namespace, name) → Service names.
-    by_pod: Mutex<HashMap<(String, String), BTreeSet<String>>>,
+    by_pod: HashMap<(String, String), BTreeSet<String>>,
+    /// Service (namespace, name) → pod names, to update `by_pod` by difference.
+    by_service: HashMap<(String, String), BTreeSet<String>>,
 }
 
 impl Members {
     /// Records that a sync of `service` (in `namespace`) found `pods` in it.
     pub fn record(&self, namespace: &str, service: &str, pods: &[Arc<Pod>]) {
-        let Ok(mut all) = self.by_pod.lock() else {
+        let Ok(mut guard) = self.inner.lock() else {
             return;
         };
+        let inner = &mut *guard;
         let now: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
-        all.retain(|(ns, pod), services| {
-            if ns == namespace && !now.contains(pod) {
+        let key = (namespace.to_owned(), service.to_owned());
+        let before = inner.by_service.remove(&key).unwrap_or_default();
+        for gone in before.difference(&now) {
+            let pod = (namespace.to_owned(), gone.clone());
+            if let Some(services) = inner.by_pod.get_mut(&pod) {
                 services.remove(service);
+                if services.is_empty() {
+                    inner.by_pod.remove(&pod);
+                }
             }
-            !services.is_empty()
-        });
-        for pod in now {
-            all.entry((namespace.to_owned(), pod))
+        }
+        for came in now.difference(&before) {
+            inner
+                .by_pod
+                .entry((namespace.to_owned(), came.clone()))
                 .or_default()
                 .insert(service.to_owned());
+        }
+        if !now.is_empty() {
+            inner.by_service.insert(key, now);
         }
     }
 
@@ -405,10 +423,10 @@ impl Members {
     pub fn services_for(&self, services: &Store<Service>, pod: &Pod) -> Vec<ObjectRef<Service>> {
         let namespace = pod.namespace().unwrap_or_default();
         let mut names: BTreeSet<String> = self
-            .by_pod
+            .inner
             .lock()
             .ok()
-            .and_then(|all| all.get(&(namespace.clone(), pod.name_any())).cloned())
+            .and_then(|m| m.by_pod.get(&(namespace.clone(), pod.name_any())).cloned())
             .unwrap_or_default();
         for service in services.state() {
             if service.metadata.namespace.as_deref() == Some(namespace.as_str())
@@ -510,6 +528,32 @@ mod tests {
             "spec": {"hostname": "x", "subdomain": "db", "containers": []}}));
         assert_eq!(hostname_for(&under, &svc).as_deref(), Some("web-0"));
         assert_eq!(hostname_for(&other, &svc), None);
+    }
+
+    #[test]
+    fn a_pod_wakes_the_services_selecting_it_and_those_it_left() {
+        let (store, mut writer) = kube::runtime::reflector::store::<Service>();
+        for (name, app) in [("web", "web"), ("db", "db")] {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(service(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"selector": {"app": app}}}))));
+        }
+        let web_pod = Arc::new(pod(
+            json!({"metadata": {"name": "p", "namespace": "default",
+            "labels": {"app": "web"}}}),
+        ));
+        let members = Members::default();
+        let names = |refs: Vec<ObjectRef<Service>>| -> Vec<String> {
+            refs.into_iter().map(|r| r.name).collect()
+        };
+        assert_eq!(names(members.services_for(&store, &web_pod)), ["web"]);
+        members.record("default", "web", std::slice::from_ref(&web_pod));
+        // Relabelled: db selects it now, and web, which it left, hears of it too.
+        let moved = pod(json!({"metadata": {"name": "p", "namespace": "default",
+            "labels": {"app": "db"}}}));
+        assert_eq!(names(members.services_for(&store, &moved)), ["db", "web"]);
+        members.record("default", "web", &[]);
+        assert_eq!(names(members.services_for(&store, &moved)), ["db"]);
     }
 
     #[test]
