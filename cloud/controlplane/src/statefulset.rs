@@ -708,8 +708,8 @@ pub struct Context {
     expectations: Mutex<HashMap<String, Expectation>>,
     /// Sets whose pods the API refused as invalid, by uid, with the generation refused.
     refused: Mutex<HashMap<String, Option<i64>>>,
-    /// Finished pods made again, by set uid and pod name: how often, and when last.
-    remade: Mutex<HashMap<(String, String), (u32, tokio::time::Instant)>>,
+    /// Finished pods made again.
+    remade: Remakes,
 }
 
 /// Runs the controller until `shutdown` resolves. `pods` is the shared pod store and
@@ -726,7 +726,7 @@ pub async fn run(
         pods,
         expectations: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashMap::new()),
-        remade: Mutex::new(HashMap::new()),
+        remade: Remakes::default(),
     });
     Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_changes)
@@ -792,10 +792,17 @@ impl Context {
             .lock()
             .is_ok_and(|r| r.get(uid).is_some_and(|g| *g == generation))
     }
+}
 
+/// Finished pods made again, by set uid and pod name: how often, and when last; the backoff
+/// before the next remake counts from then, in tokio time (paused in tests).
+#[derive(Default)]
+struct Remakes(Mutex<HashMap<(String, String), (u32, tokio::time::Instant)>>);
+
+impl Remakes {
     /// How long the finished pod `name` of set `uid` must still wait to be made again.
-    fn remake_wait(&self, uid: &str, name: &str) -> Duration {
-        let Ok(remade) = self.remade.lock() else {
+    fn wait(&self, uid: &str, name: &str) -> Duration {
+        let Ok(remade) = self.0.lock() else {
             return Duration::ZERO;
         };
         match remade.get(&(uid.to_owned(), name.to_owned())) {
@@ -804,8 +811,9 @@ impl Context {
         }
     }
 
+    /// Counts a remake of `name`, now.
     fn remaking(&self, uid: &str, name: &str) {
-        if let Ok(mut remade) = self.remade.lock() {
+        if let Ok(mut remade) = self.0.lock() {
             let entry = remade
                 .entry((uid.to_owned(), name.to_owned()))
                 .or_insert((0, tokio::time::Instant::now()));
@@ -815,7 +823,7 @@ impl Context {
 
     /// Pods that run and are Ready start their backoff afresh.
     fn healthy_again(&self, uid: &str, owned: &[Arc<Pod>]) {
-        if let Ok(mut remade) = self.remade.lock() {
+        if let Ok(mut remade) = self.0.lock() {
             for pod in owned.iter().filter(|p| running_and_ready(p)) {
                 remade.remove(&(uid.to_owned(), pod.name_any()));
             }
@@ -844,7 +852,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::requeue(RECHECK));
     }
     let owned = owned_pods(&ctx.pods, &namespace, &uid);
-    ctx.healthy_again(&uid, &owned);
+    ctx.remade.healthy_again(&uid, &owned);
     let revs = revisions(&set, &ctx).await?;
     let (current, update) = (revs.current.name_any(), revs.update.name_any());
     let now = jiff::Timestamp::now();
@@ -1055,12 +1063,12 @@ async fn act(
             continue;
         };
         if matches!(why, Why::Failed | Why::Succeeded) {
-            let wait = ctx.remake_wait(&uid, pod);
+            let wait = ctx.remade.wait(&uid, pod);
             if wait > Duration::ZERO {
                 outcome.wait = Some(outcome.wait.map_or(wait, |w| w.min(wait)));
                 continue;
             }
-            ctx.remaking(&uid, pod);
+            ctx.remade.remaking(&uid, pod);
             let (kind, reason, message) = if *why == Why::Failed {
                 (
                     EventType::Warning,
@@ -1621,6 +1629,28 @@ mod tests {
         assert_eq!(recreate_backoff(1), Duration::from_secs(10));
         assert_eq!(recreate_backoff(3), Duration::from_secs(40));
         assert_eq!(recreate_backoff(30), MAX_RECREATE_BACKOFF);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_keeps_failing_is_made_again_ever_more_slowly() {
+        let remakes = Remakes::default();
+        assert_eq!(
+            remakes.wait("u1", "web-0"),
+            Duration::ZERO,
+            "the first at once"
+        );
+        remakes.remaking("u1", "web-0");
+        assert_eq!(remakes.wait("u1", "web-0"), Duration::from_secs(10));
+        assert_eq!(remakes.wait("u1", "web-1"), Duration::ZERO, "per pod");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(remakes.wait("u1", "web-0"), Duration::from_secs(6));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(remakes.wait("u1", "web-0"), Duration::ZERO);
+        remakes.remaking("u1", "web-0");
+        assert_eq!(remakes.wait("u1", "web-0"), Duration::from_secs(20));
+        // Running and Ready again: the next failure is remade at once.
+        remakes.healthy_again("u1", &[pod(0, "a", "ready")]);
+        assert_eq!(remakes.wait("u1", "web-0"), Duration::ZERO);
     }
 
     #[test]

@@ -300,12 +300,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         .as_ref()
         .and_then(|s| s.runtime_class_name.as_deref())
         .and_then(|n| ctx.runtime_classes.get(&ObjectRef::new(n)));
-    let namespace = pod.namespace().unwrap_or_default();
-    let claimed = volumes::needs(
-        &pod,
-        |name| ctx.claims.get(&ObjectRef::new(name).within(&namespace)),
-        |name| ctx.volumes.get(&ObjectRef::new(name)),
-    );
+    let claimed = claim_needs(&ctx, &pod).await;
     let needs = match PodNeeds::of(&pod, runtime_class.as_deref()).and_then(|mut needs| {
         needs.volumes = claimed?;
         Ok(needs)
@@ -355,6 +350,59 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
             Ok(Action::requeue(RETRY))
         }
     }
+}
+
+/// What the pod's claims ask of its node, from the claim and volume stores; a claim or volume
+/// they do not show yet (a StatefulSet makes a claim just before its pod, and the watches race)
+/// is asked of the API before the pod is called unschedulable for it.
+async fn claim_needs(
+    ctx: &Context,
+    pod: &Pod,
+) -> Result<Vec<volumes::VolumeNeed>, fit::NeedsError> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let from_stores = volumes::needs(
+        pod,
+        |name| ctx.claims.get(&ObjectRef::new(name).within(&namespace)),
+        |name| ctx.volumes.get(&ObjectRef::new(name)),
+    );
+    if !matches!(
+        from_stores,
+        Err(fit::NeedsError::NoClaim(_) | fit::NeedsError::NoVolume { .. })
+    ) {
+        return from_stores;
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let mut fetched_claims = std::collections::HashMap::new();
+    let mut fetched_volumes = std::collections::HashMap::new();
+    let names = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.clone());
+    for name in names {
+        let Ok(Some(claim)) = claims.get_opt(&name).await else {
+            continue;
+        };
+        let bound = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+        if let Some(volume) = bound.filter(|v| !v.is_empty())
+            && let Ok(Some(pv)) = pvs.get_opt(&volume).await
+        {
+            fetched_volumes.insert(volume, Arc::new(pv));
+        }
+        fetched_claims.insert(name, Arc::new(claim));
+    }
+    volumes::needs(
+        pod,
+        |name| fetched_claims.get(name).cloned(),
+        |name| {
+            fetched_volumes
+                .get(name)
+                .cloned()
+                .or_else(|| ctx.volumes.get(&ObjectRef::new(name)))
+        },
+    )
 }
 
 /// A resolver of image kinds for pods without a RuntimeClass; `None` (logged) if no registry
