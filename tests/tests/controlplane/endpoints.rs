@@ -230,8 +230,19 @@ async fn services_list_their_pods_as_they_come_turn_ready_and_go() {
             .is_string(),
         "{ep}"
     );
-    let table = setup.cluster.kubectl_ok(&["get", "endpoints", "web"]);
+    let out = setup.cluster.kubectl(&["get", "endpoints", "web"]);
+    let (table, warning) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(table.contains("10.1.0.1:8080"), "{table}");
+    // As kubectl 1.33 prints it against kube-apiserver 1.33.
+    assert!(
+        warning.contains(
+            "Warning: v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice"
+        ),
+        "{warning}"
+    );
     assert!(!table.contains("10.1.0.2"), "not ready: {table}");
 
     // One slice: named after the Service, owned by it, labelled, with zone and conditions.

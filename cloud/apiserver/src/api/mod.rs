@@ -356,6 +356,9 @@ impl Api {
         if path.namespace.is_some() && !info.namespaced {
             return Err(ApiError::NoSuchPath);
         }
+        if let Some(message) = deprecation(&info) {
+            call.warn([message.to_owned()]);
+        }
         if info.group == metrics::GROUP {
             return metrics::serve(self, call, &info, &path).await;
         }
@@ -424,4 +427,20 @@ where
         return Err(ApiError::TooLarge);
     }
     Ok(buf.freeze())
+}
+
+/// The warning kube-apiserver (v1.33) adds to every request for a deprecated built-in
+/// resource version, as kubectl prints it (`Warning: v1 Endpoints is deprecated in v1.33+;
+/// use discovery.k8s.io/v1 EndpointSlice`).
+fn deprecation(info: &ResourceInfo) -> Option<&'static str> {
+    if info.crd.is_some() || !info.group.is_empty() || info.version != "v1" {
+        return None;
+    }
+    match info.kind.as_str() {
+        "Endpoints" => {
+            Some("v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice")
+        }
+        "ComponentStatus" => Some("v1 ComponentStatus is deprecated in v1.19+"),
+        _ => None,
+    }
 }
