@@ -38,17 +38,7 @@ impl Setup {
         )
         .await;
         register(&client, "edge-2", json!({}), "4", json!({})).await;
-        let shutdown = CancellationToken::new();
-        // No edge renews these nodes' leases: keep them Ready for the test's length.
-        let config = wedge_controlplane::ControllersConfig {
-            node_grace: Duration::from_secs(3600),
-            ..Default::default()
-        };
-        let controllers = tokio::spawn(wedge_controlplane::run_controllers(
-            client.clone(),
-            config,
-            shutdown.clone(),
-        ));
+        let (shutdown, controllers) = controllers(&client);
         Self {
             cluster,
             client,
@@ -134,6 +124,48 @@ impl Setup {
         self.shutdown.cancel();
         self.controllers.await.expect("controllers stop");
     }
+
+    /// Stops the control plane and starts a new one, as a restart or a new leader does.
+    async fn restart_controllers(&mut self) {
+        self.shutdown.cancel();
+        (&mut self.controllers).await.expect("controllers stop");
+        (self.shutdown, self.controllers) = controllers(&self.client);
+    }
+}
+
+/// Starts the control plane.
+fn controllers(client: &kube::Client) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    // No edge renews these nodes' leases: keep them Ready for the test's length.
+    let config = wedge_controlplane::ControllersConfig {
+        node_grace: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let controllers = tokio::spawn(wedge_controlplane::run_controllers(
+        client.clone(),
+        config,
+        shutdown.clone(),
+    ));
+    (shutdown, controllers)
+}
+
+/// The resourceVersions of a Service's Endpoints and slices.
+fn versions(setup: &Setup, service: &str) -> Vec<String> {
+    let mut out: Vec<String> = setup
+        .slices(service)
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["metadata"]["name"], s["metadata"]["resourceVersion"]
+            )
+        })
+        .collect();
+    out.sort();
+    if let Some(e) = setup.endpoints(service) {
+        out.push(e["metadata"]["resourceVersion"].to_string());
+    }
+    out
 }
 
 /// The ready and not-ready addresses of Endpoints, as `ip pod` each.
@@ -404,7 +436,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_pods_fill_slices_of_a_hundred_and_headless_services_get_hostnames() {
-    let setup = Setup::start().await;
+    let mut setup = Setup::start().await;
     setup.apply(WEB);
     let names: Vec<String> = (0..120).map(|i| format!("p{i}")).collect();
     for (i, name) in names.iter().enumerate() {
@@ -480,5 +512,24 @@ spec:
         .await
         .expect("list");
     assert_eq!(all.items.len(), 1);
+
+    // The control plane restarted (a new leader): nothing changed, so nothing is written, not
+    // even while its stores load.
+    let before = (versions(&setup, "web"), versions(&setup, "db"));
+    setup.restart_controllers().await;
+    setup.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: probe}
+spec:
+  selector: {app: nothing}
+  ports: [{port: 1}]
+"#,
+    );
+    eventually(WAIT, "the new control plane's first Endpoints", || async {
+        setup.endpoints("probe").is_some() && setup.slices("probe").len() == 1
+    })
+    .await;
+    assert_eq!((versions(&setup, "web"), versions(&setup, "db")), before);
     setup.stop().await;
 }
