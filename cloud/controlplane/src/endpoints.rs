@@ -586,8 +586,9 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             }
             Ok(after)
         }
-        // The store is behind (made or changed meanwhile): its event brings the next look.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Action::requeue(RECHECK)),
+        // The store is behind (made, changed or deleted meanwhile): its event brings the next
+        // look.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Action::requeue(RECHECK)),
         Err(e) if namespace_terminating(&e) => Ok(Action::await_change()),
         Err(e) => {
             let message = if verb == "create" {

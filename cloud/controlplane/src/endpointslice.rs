@@ -708,8 +708,9 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         if crate::endpoints::namespace_terminating(&e) {
             return Ok(Action::await_change());
         }
-        if matches!(&e, kube::Error::Api(s) if s.code == 409) {
-            // The store is behind: its events bring the next look.
+        if matches!(&e, kube::Error::Api(s) if s.code == 409 || s.code == 404) {
+            // The store is behind (a slice changed or deleted meanwhile): its events bring the
+            // next look.
             return Ok(Action::requeue(RECHECK));
         }
         ctx.recorder

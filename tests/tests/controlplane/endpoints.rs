@@ -383,6 +383,22 @@ async fn services_list_their_pods_as_they_come_turn_ready_and_go() {
     })
     .await;
 
+    // Endpoints and slices deleted by hand come back.
+    setup.cluster.kubectl_ok(&["delete", "endpoints", "web"]);
+    setup.cluster.kubectl_ok(&[
+        "delete",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ]);
+    eventually(WAIT, "web's endpoints and slice back", || async {
+        setup
+            .endpoints("web")
+            .is_some_and(|e| addresses(&e) == (set(&["10.1.0.3 c"]), BTreeSet::new()))
+            && slice_endpoints(&setup.slices("web")) == set(&["10.1.0.3 c true true false"])
+    })
+    .await;
+
     // A Service without a selector keeps the Endpoints its user wrote, and gets no slices.
     setup.apply(
         r#"apiVersion: v1
