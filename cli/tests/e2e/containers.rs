@@ -1773,3 +1773,100 @@ async fn jobs_run_container_pods_to_completion_or_failure() {
         "3"
     );
 }
+
+/// `ip pod` of each line `ip pod status` whose status is `True`.
+fn ready_lines(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_suffix(" True"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_over_container_pods_lists_each_sandbox_ip_once_its_probe_passes() {
+    let env = mixed_edge(&[]).await;
+    let cloud = &env.cloud;
+    env.runtime_classes();
+    // Ready once /tmp/ready exists, made after 2 s.
+    cloud.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: boxes}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: boxes}}}}
+  template:
+    metadata: {{labels: {{app: boxes}}}}
+    spec:
+      runtimeClassName: runc
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: {}
+        command: [sh, -c, 'sleep 2; touch /tmp/ready; sleep 3600']
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{exec: {{command: [cat, /tmp/ready]}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: boxes}}
+spec:
+  selector: {{app: boxes}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#,
+        env.busybox
+    ));
+    let pods = || {
+        env.jsonpath(
+            "pods",
+            "{range .items[?(@.metadata.labels.app==\"boxes\")]}{.status.podIP} {.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        )
+    };
+    let endpoints = || {
+        let text = env.jsonpath(
+            "endpoints/boxes",
+            "{range .subsets[*].addresses[*]}{.ip} {.targetRef.name} True{\"\\n\"}{end}",
+        );
+        ready_lines(&text)
+    };
+    let slices = || {
+        let text = cloud.kubectl_ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=boxes",
+            "-o",
+            "jsonpath={range .items[*].endpoints[*]}{.addresses[0]} {.targetRef.name} {.conditions.ready}{\"\\n\"}{end}",
+        ]);
+        ready_lines(&text.replace(" true", " True"))
+    };
+    let state = || {
+        format!(
+            "{}\nedge: {}",
+            cloud.kubectl_ok(&["get", "pods,endpoints,endpointslices", "-o", "yaml"]),
+            env.edge.log()
+        )
+    };
+    // Both pods pass their probe: each is listed at its own sandbox's IP.
+    eventually(PULL, || ready_lines(&pods()).len() == 2, state).await;
+    let ready = ready_lines(&pods());
+    let ips: std::collections::BTreeSet<&str> =
+        ready.iter().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(ips.len(), 2, "two sandboxes, two IPs: {ready:?}");
+    eventually(PULL, || endpoints() == ready && slices() == ready, state).await;
+    let table = cloud.kubectl_ok(&["get", "endpoints", "boxes"]);
+    for ip in &ips {
+        assert!(table.contains(&format!("{ip}:8080")), "{table}");
+    }
+    // Scaled to one: the pod that goes leaves both.
+    cloud.kubectl_ok(&["scale", "deployment/boxes", "--replicas=1"]);
+    eventually(
+        PULL,
+        || pods().lines().filter(|l| !l.trim().is_empty()).count() == 1,
+        state,
+    )
+    .await;
+    let left = ready_lines(&pods());
+    assert_eq!(left.len(), 1, "{left:?}");
+    eventually(PULL, || endpoints() == left && slices() == left, state).await;
+}
