@@ -31,7 +31,8 @@
 //!    pod's volume of that name points at it. `persistentVolumeClaimRetentionPolicy` is carried
 //!    as kube carries it, by owner references the garbage collector follows: `whenDeleted:
 //!    Delete` makes the StatefulSet an owner of every claim, `whenScaled: Delete` makes a pod
-//!    removed by a scale down the owner of its claims.
+//!    removed by a scale down the owner of its claims; when the set changes, its pods' claims
+//!    are given the owners the policy now wants.
 //! 5. **status** as kube fills it: `replicas` (pods made), `readyReplicas`,
 //!    `availableReplicas`, `currentReplicas`, `updatedReplicas`, the two revisions,
 //!    `observedGeneration` and `collisionCount`; a finished rolling update makes the update
@@ -708,6 +709,9 @@ pub struct Context {
     expectations: Mutex<HashMap<String, Expectation>>,
     /// Sets whose pods the API refused as invalid, by uid, with the generation refused.
     refused: Mutex<HashMap<String, Option<i64>>>,
+    /// The generation at which each set's claims last had the owners its retention policy
+    /// wants, by uid.
+    claims_at: Mutex<HashMap<String, Option<i64>>>,
     /// Finished pods made again.
     remade: Remakes,
 }
@@ -726,6 +730,7 @@ pub async fn run(
         pods,
         expectations: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashMap::new()),
+        claims_at: Mutex::new(HashMap::new()),
         remade: Remakes::default(),
     });
     Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
@@ -871,6 +876,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     let patch = status_patch(&set, &plan, &current, &update, revs.collisions);
     let written = write_status(&set, &ctx, &namespace, &patch).await?;
     trim_history(&set, &ctx, &revs, &owned).await?;
+    follow_retention_policy(&set, &ctx, &owned).await?;
     if let Some(e) = outcome.error {
         return Err(e);
     }
@@ -1361,6 +1367,41 @@ async fn retain_claims(
                 .await
                 .map_err(|e| Error::api("update claim owners of", set, e))?;
         }
+    }
+    Ok(())
+}
+
+/// When the set changed (its retention policy, say), gives the claims of its pods in range the
+/// owners the policy wants, as kube's `UpdatePodClaimForRetentionPolicy` does for each replica.
+async fn follow_retention_policy(
+    set: &StatefulSet,
+    ctx: &Context,
+    owned: &[Arc<Pod>],
+) -> Result<(), Error> {
+    if claim_templates(set).is_empty() {
+        return Ok(());
+    }
+    let uid = set.uid().unwrap_or_default();
+    let generation = set.metadata.generation;
+    let done = ctx
+        .claims_at
+        .lock()
+        .is_ok_and(|m| m.get(&uid).is_some_and(|g| *g == generation));
+    if done {
+        return Ok(());
+    }
+    let spec = Spec::of(set);
+    let end = spec.start.saturating_add(spec.replicas);
+    let name = set.name_any();
+    for pod in owned {
+        let in_range =
+            ordinal_of(&name, &pod.name_any()).is_some_and(|o| (spec.start..end).contains(&o));
+        if in_range && !terminating(pod) {
+            retain_claims(set, ctx, owned, &pod.name_any(), false).await?;
+        }
+    }
+    if let Ok(mut m) = ctx.claims_at.lock() {
+        m.insert(uid, generation);
     }
     Ok(())
 }

@@ -329,6 +329,26 @@ async fn ordered_statefulsets_scale_in_order_roll_and_undo() {
         .collect();
     assert_eq!(rows, ["2", "3"], "{listed}");
 
+    // History beyond revisionHistoryLimit goes; the revision in use stays.
+    fleet.cluster.kubectl_ok(&[
+        "patch",
+        "sts",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"revisionHistoryLimit":0}}"#,
+    ]);
+    eventually(Duration::from_secs(30), "one revision left", || async {
+        let names: Vec<String> =
+            Api::<ControllerRevision>::default_namespaced(fleet.client.clone())
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .map(|l| l.items.iter().map(|r| r.name_any()).collect())
+                .unwrap_or_default();
+        names == [first_revision.clone()]
+    })
+    .await;
+
     // Deleting the set takes its pods and revisions with it.
     fleet.cluster.kubectl_ok(&["delete", "sts", "web"]);
     eventually(
@@ -507,6 +527,42 @@ async fn parallel_sets_partitions_claims_and_failing_pods() {
                 && claim_names().await == ["data-db-1", "data-db-2"]
                 && volume.is_none()
         },
+    )
+    .await;
+
+    // whenDeleted: Delete, set afterwards: the claims go with the set.
+    fleet.cluster.kubectl_ok(&[
+        "patch",
+        "sts",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenDeleted":"Delete"}}}"#,
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "db's claims owned by db",
+        || async {
+            let owned = claims
+                .list(&ListParams::default().labels("app=db"))
+                .await
+                .map(|l| {
+                    l.items.iter().all(|c| {
+                        c.owner_references()
+                            .iter()
+                            .any(|o| o.kind == "StatefulSet" && o.name == "db")
+                    })
+                })
+                .unwrap_or(false);
+            owned
+        },
+    )
+    .await;
+    fleet.cluster.kubectl_ok(&["delete", "sts", "db"]);
+    eventually(
+        Duration::from_secs(30),
+        "db's claims gone with it",
+        || async { claim_names().await.is_empty() },
     )
     .await;
 
