@@ -543,7 +543,7 @@ async fn parallel_sets_partitions_claims_and_failing_pods() {
         Duration::from_secs(30),
         "db's claims owned by db",
         || async {
-            let owned = claims
+            claims
                 .list(&ListParams::default().labels("app=db"))
                 .await
                 .map(|l| {
@@ -553,8 +553,7 @@ async fn parallel_sets_partitions_claims_and_failing_pods() {
                             .any(|o| o.kind == "StatefulSet" && o.name == "db")
                     })
                 })
-                .unwrap_or(false);
-            owned
+                .unwrap_or(false)
         },
     )
     .await;
