@@ -175,27 +175,13 @@ impl Daemon {
 
     /// The CPU time it has used, user and system, failing if it has exited.
     pub fn cpu_time(&mut self) -> anyhow::Result<Duration> {
-        /// `/proc` counts in USER_HZ: 100 on x86 and Arm Linux.
-        const TICKS_PER_SECOND: u64 = 100;
         self.rss_kib()?;
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // The fields after the command name, which is in parentheses and may hold anything:
-        // the first is the state (field 3 of proc(5)), so utime (14) and stime (15) are 11, 12.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .with_context(|| format!("/proc/{pid}/stat: {stat}"))?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("/proc/{pid}/stat: {stat}"))
-        };
-        let ticks = ticks(11)? + ticks(12)?;
-        Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+        cpu_time_of(self.child.id())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Its proportional set size in KiB (see [`rollup_kib`]), failing if it has exited.
@@ -243,4 +229,27 @@ fn binary_path(binary: &str) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// The CPU time process `pid` has used, all its threads, user and system.
+pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
+    /// `/proc` counts in USER_HZ: 100 on x86 and Arm Linux.
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold anything:
+    // the first is the state (field 3 of proc(5)), so utime (14) and stime (15) are 11, 12.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .with_context(|| format!("/proc/{pid}/stat: {stat}"))?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat: {stat}"))
+    };
+    let ticks = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
 }

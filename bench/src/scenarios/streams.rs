@@ -107,8 +107,8 @@ fn pod(name: &str, registry: &str, args: &[&str]) -> anyhow::Result<Pod> {
 
 /// Where the API server listens and how to reach it as its admin, read from the admin
 /// kubeconfig, for the clients `kube` has no room for: a WebSocket of our own, HTTP/2.
-struct ApiEndpoint {
-    addr: SocketAddr,
+pub(super) struct ApiEndpoint {
+    pub(super) addr: SocketAddr,
     roots: Arc<rustls::RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -117,7 +117,7 @@ struct ApiEndpoint {
 impl ApiEndpoint {
     /// Reads the kubeconfig the embedded API server writes (`wedge_apiserver::kubeconfig`: one
     /// cluster, one user, the certificates inline).
-    fn read(kubeconfig: &Path) -> anyhow::Result<Self> {
+    pub(super) fn read(kubeconfig: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(kubeconfig)
             .with_context(|| format!("reading {}", kubeconfig.display()))?;
         let field = |name: &str| {
@@ -150,7 +150,7 @@ impl ApiEndpoint {
     }
 
     /// A TLS connection to the API server offering `alpn`.
-    async fn connect(
+    pub(super) async fn connect(
         &self,
         alpn: &[u8],
     ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
