@@ -245,6 +245,12 @@ fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// The buffer each direction of a proxied upgrade is copied through. tokio's default, 8 KiB,
+/// cost a read, a TLS record and a write (a system call, and a wakeup of the reader at the
+/// other end) each way per 8 KiB: a port-forward's bytes come from CloudStream in frames of up
+/// to 32 KiB, and go on in as large pieces now.
+const PROXY_BUFFER: usize = 64 << 10;
+
 /// Proxies an upgrade to the kubelet byte for byte: the kubelet's answer headers go back, then
 /// the two connections are joined until either ends (or the server shuts down).
 async fn proxy(
@@ -280,7 +286,13 @@ async fn proxy(
                 }
             };
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            let copied = tokio::io::copy_bidirectional_with_sizes(
+                &mut client,
+                &mut upstream,
+                PROXY_BUFFER,
+                PROXY_BUFFER,
+            );
+            if let Err(e) = copied.await {
                 tracing::debug!(pod, node, "the {sub} session ended: {e}");
             }
         };
