@@ -37,6 +37,9 @@ pub(crate) const NEW_STREAMS: usize = 16;
 /// How many DATA frames wait for the connection.
 const OUTBOUND_FRAMES: usize = 64;
 
+/// The most frames written before one flush.
+const FRAMES_PER_FLUSH: usize = 16;
+
 /// How long the last frames may take to go once the client's side has ended.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -128,7 +131,11 @@ where
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (data_tx, data_rx) = mpsc::channel(OUTBOUND_FRAMES);
         let reading = read_frames(FramedRead::new(read, Codec), control_tx, data_tx, streams);
-        let writing = write_frames(FramedWrite::new(&mut write, Codec), control_rx, data_rx);
+        let mut framed = FramedWrite::new(&mut write, Codec);
+        // Frames are written out at each flush, not as soon as 8 KiB (tokio-util's default)
+        // are buffered.
+        framed.set_backpressure_boundary(FRAMES_PER_FLUSH * MAX_DATA);
+        let writing = write_frames(framed, control_rx, data_rx);
         tokio::pin!(reading, writing);
         tokio::select! {
             ended = &mut reading => {
@@ -278,7 +285,23 @@ async fn write_frames<W>(
             },
             Some(frame) = data.recv() => frame,
         };
-        if let Err(e) = writer.send(frame).await {
+        // What is queued behind it goes in the same flush: one system call (and one wakeup of
+        // the client) for up to FRAMES_PER_FLUSH frames, not one each.
+        let mut written = writer.feed(frame).await;
+        for _ in 1..FRAMES_PER_FLUSH {
+            if written.is_err() {
+                break;
+            }
+            let Ok(frame) = control.try_recv().or_else(|_| data.try_recv()) else {
+                break;
+            };
+            written = writer.feed(frame).await;
+        }
+        let flushed = match written {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = flushed {
             tracing::debug!(error = %e, "writing to a SPDY client failed");
             return;
         }
@@ -454,6 +477,71 @@ mod tests {
                 None => anyhow::bail!("no GOAWAY"),
             }
         }
+        Ok(())
+    }
+
+    /// An AsyncWrite that keeps what is written and counts the flushes.
+    #[derive(Default)]
+    struct Recorder {
+        written: Vec<u8>,
+        flushes: usize,
+    }
+
+    impl tokio::io::AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.flushes += 1;
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_queued_together_go_in_one_flush_control_first() -> anyhow::Result<()> {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (data_tx, data_rx) = mpsc::channel(OUTBOUND_FRAMES);
+        let data = |n: u8| Frame::Data {
+            stream: 3,
+            fin: false,
+            data: Bytes::from(vec![n; MAX_DATA]),
+        };
+        for n in 0..3 {
+            data_tx.send(data(n)).await?;
+        }
+        control_tx.send(Frame::Ping { id: 1 })?;
+        // The reader is done: the writer ends once everything queued has gone.
+        drop(control_tx);
+        let mut recorder = Recorder::default();
+        let mut framed = FramedWrite::new(&mut recorder, Codec);
+        framed.set_backpressure_boundary(FRAMES_PER_FLUSH * MAX_DATA);
+        write_frames(framed, control_rx, data_rx).await;
+        assert_eq!(recorder.flushes, 1, "one flush for the four frames");
+        let mut frames = FramedRead::new(&recorder.written[..], Codec);
+        assert_eq!(
+            frames.next().await.transpose()?,
+            Some(Frame::Ping { id: 1 })
+        );
+        for n in 0..3 {
+            assert_eq!(frames.next().await.transpose()?, Some(data(n)));
+        }
+        assert_eq!(frames.next().await.transpose()?, None);
         Ok(())
     }
 
