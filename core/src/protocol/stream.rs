@@ -170,8 +170,21 @@ impl StreamFrame {
         out
     }
 
-    /// Reads a frame.
-    pub fn decode(bytes: &[u8]) -> Result<Self, StreamFrameError> {
+    /// Reads a frame from a message the connection handed over whole: a DATA frame's bytes
+    /// are a slice of it, not a copy (a port-forward's bytes pass through here once a frame).
+    pub fn decode_shared(bytes: &bytes::Bytes) -> Result<Self, StreamFrameError> {
+        match Self::decode_header(bytes)? {
+            (DATA, stream) => Ok(Self::Data {
+                stream,
+                channel: bytes[5],
+                data: bytes.slice(6..),
+            }),
+            _ => Self::decode(bytes),
+        }
+    }
+
+    /// The type and stream of a frame, once its length is checked for its type.
+    fn decode_header(bytes: &[u8]) -> Result<(u8, u32), StreamFrameError> {
         let kind = *bytes.first().ok_or(StreamFrameError::Short {
             kind: 0,
             needed: 5,
@@ -190,7 +203,15 @@ impl StreamFrame {
                 got: bytes.len(),
             });
         }
-        let stream = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        Ok((
+            kind,
+            u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]),
+        ))
+    }
+
+    /// Reads a frame.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StreamFrameError> {
+        let (kind, stream) = Self::decode_header(bytes)?;
         let rest = &bytes[5..];
         let json = |e: serde_json::Error| StreamFrameError::Json {
             stream,
@@ -380,7 +401,11 @@ mod tests {
     fn round_trip(frame: StreamFrame) {
         let bytes = frame.encode();
         assert!(is_stream_frame(&bytes));
-        assert_eq!(StreamFrame::decode(&bytes), Ok(frame));
+        assert_eq!(StreamFrame::decode(&bytes), Ok(frame.clone()));
+        assert_eq!(
+            StreamFrame::decode_shared(&bytes::Bytes::from(bytes)),
+            Ok(frame)
+        );
     }
 
     #[test]
@@ -431,6 +456,31 @@ mod tests {
         assert!(!is_stream_frame(br#"{"v":1}"#));
         assert!(!is_stream_frame(b""));
         assert!(!is_stream_frame(b"\x06abcd"));
+    }
+
+    #[test]
+    fn shared_data_is_a_slice_of_the_message() {
+        let message = bytes::Bytes::from(
+            StreamFrame::Data {
+                stream: 3,
+                channel: channel::STDOUT,
+                data: bytes::Bytes::from_static(b"payload"),
+            }
+            .encode(),
+        );
+        let Ok(StreamFrame::Data { data, .. }) = StreamFrame::decode_shared(&message) else {
+            panic!("not DATA");
+        };
+        assert_eq!(&data[..], b"payload");
+        assert_eq!(data.as_ptr(), message[6..].as_ptr(), "not copied");
+        assert_eq!(
+            StreamFrame::decode_shared(&bytes::Bytes::from_static(b"\x02\x00\x00")),
+            Err(StreamFrameError::Short {
+                kind: DATA,
+                needed: 6,
+                got: 3
+            })
+        );
     }
 
     #[test]

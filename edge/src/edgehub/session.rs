@@ -238,6 +238,10 @@ impl Link<'_> {
                 }
                 () = self.signals.outbox_changed.notified(), if window_open => self.pump(ws).await?,
                 Some(frame) = stream_frames.recv() => {
+                    // One flush a frame: batching frames into one flush measured worse here
+                    // (edgecore's CPU per MiB forwarded 1.2 ms to 1.8, one run under load),
+                    // likely because tungstenite writes its buffer out by draining the front
+                    // of a Vec, moving what TLS did not take yet again at each write.
                     ws.send(Message::Binary(frame.encode().into())).await.map_err(lost)?;
                 }
                 // Signals lives as long as the agent, so the sender is never dropped here.
@@ -308,9 +312,9 @@ impl Link<'_> {
             .await
     }
 
-    async fn inbound(&mut self, ws: &mut Ws, bytes: &[u8]) -> Result<(), LinkError> {
+    async fn inbound(&mut self, ws: &mut Ws, bytes: &bytes::Bytes) -> Result<(), LinkError> {
         if stream::is_stream_frame(bytes) {
-            return match StreamFrame::decode(bytes) {
+            return match StreamFrame::decode_shared(bytes) {
                 Ok(frame) => {
                     if let Some((opened, request)) = self.streams.incoming(frame) {
                         match self.server {

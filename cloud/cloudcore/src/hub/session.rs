@@ -434,14 +434,14 @@ impl Session {
     async fn inbound<S>(
         &mut self,
         ws: &mut Ws<S>,
-        bytes: &[u8],
+        bytes: &bytes::Bytes,
         reports: &mpsc::Sender<Envelope>,
     ) -> Result<(), ()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if stream::is_stream_frame(bytes) {
-            match StreamFrame::decode(bytes) {
+            match StreamFrame::decode_shared(bytes) {
                 Ok(frame) => {
                     // The cloud opens every stream; the mux refuses an OPEN from the edge.
                     let _ = self.handle.streams.incoming(frame);
