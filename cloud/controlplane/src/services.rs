@@ -53,9 +53,16 @@ impl Family {
     }
 }
 
-/// The Service's selector, if it has one (`None`: the Service's endpoints are the user's).
+/// The Service's selector, if it has one (`None`: the Service's endpoints are the user's). An
+/// empty one counts as none: kube-apiserver drops an empty `selector: {}` when it stores the
+/// Service, so kube-controller-manager never sees one.
 pub fn selector(service: &Service) -> Option<&BTreeMap<String, String>> {
-    service.spec.as_ref()?.selector.as_ref()
+    service
+        .spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
 }
 
 /// Whether the controllers act on the Service: it has a selector and is not `ExternalName`.
@@ -554,6 +561,17 @@ mod tests {
         assert_eq!(names(members.services_for(&store, &moved)), ["db", "web"]);
         members.record("default", "web", &[]);
         assert_eq!(names(members.services_for(&store, &moved)), ["db"]);
+    }
+
+    #[test]
+    fn services_without_a_selector_or_external_are_left_alone() {
+        let managed_of = |spec| managed(&service(json!({"spec": spec})));
+        assert!(managed_of(json!({"selector": {"app": "web"}})));
+        assert!(!managed_of(json!({})));
+        assert!(!managed_of(json!({"selector": {}})));
+        assert!(!managed_of(
+            json!({"type": "ExternalName", "externalName": "x.example", "selector": {"app": "web"}})
+        ));
     }
 
     #[test]
