@@ -190,6 +190,7 @@ const BUILTINS: &[Builtin] = &[
     r("", "v1", "pods", "Pod").ns().short(&["po"]).all().sub(&[
         "status",
         "binding",
+        "eviction",
         "log",
         "exec",
         "attach",

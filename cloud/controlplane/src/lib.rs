@@ -16,6 +16,7 @@
 //! - [`statefulset`]: pods with stable names and ordinals, their claims, rolled in order;
 //! - [`endpoints`]: a Service's Endpoints, from the pods it selects and their readiness;
 //! - [`endpointslice`]: a Service's EndpointSlices, the same, packed with little churn;
+//! - [`disruption`]: each PodDisruptionBudget's status, which evictions read;
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod error;
@@ -115,7 +117,9 @@ pub async fn run_controllers_at(
         Some(statefulset_pods),
         Some(endpoints_pods),
         Some(endpointslice_pods),
+        Some(disruption_pods),
     ) = (
+        writer.subscribe(),
         writer.subscribe(),
         writer.subscribe(),
         writer.subscribe(),
@@ -188,6 +192,7 @@ pub async fn run_controllers_at(
         () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = job::run(client.clone(), pods.clone(), job_pods, stop()) => {}
+        () = disruption::run(client.clone(), pods.clone(), disruption_pods, stop()) => {}
         () = cronjob::run(client.clone(), clock, stop()) => {}
         () = statefulset::run(client.clone(), pods.clone(), statefulset_pods, stop()) => {}
         () = endpoints::run(client.clone(), pods.clone(), endpoints_pods, stop()) => {}

@@ -4,6 +4,7 @@
 
 mod cascade;
 mod cronjobs;
+mod disruption;
 mod edge;
 mod endpoints;
 #[allow(dead_code)]

@@ -149,6 +149,15 @@ pub enum ApiError {
         /// What is wrong, field by field.
         causes: Vec<Cause>,
     },
+    /// 429: the request breaks a rule that may allow it later (an eviction a
+    /// PodDisruptionBudget does not allow now); clients retry.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was refused.
+        message: String,
+        /// Why, by rule.
+        causes: Vec<Cause>,
+    },
     /// 500.
     #[error("{0}")]
     Internal(String),
@@ -184,6 +193,7 @@ impl ApiError {
             Self::TooLarge => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::Invalid { .. } => 422,
+            Self::TooManyRequests { .. } => 429,
             Self::Internal(_) => 500,
             Self::Unavailable(_) => 503,
         }
@@ -204,6 +214,7 @@ impl ApiError {
             Self::TooLarge => "RequestEntityTooLarge",
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Self::Invalid { .. } => "Invalid",
+            Self::TooManyRequests { .. } => "TooManyRequests",
             Self::Internal(_) => "InternalError",
             Self::Unavailable(_) => "ServiceUnavailable",
         }
@@ -257,6 +268,19 @@ impl ApiError {
                 name,
                 group,
                 kind,
+                causes: causes
+                    .iter()
+                    .map(|c| WireCause {
+                        reason: c.reason,
+                        message: &c.message,
+                        field: &c.field,
+                    })
+                    .collect(),
+            }),
+            Self::TooManyRequests { causes, .. } => Some(WireDetails {
+                name: "",
+                group: "",
+                kind: "",
                 causes: causes
                     .iter()
                     .map(|c| WireCause {
@@ -376,6 +400,7 @@ struct WireDetails<'a> {
 struct WireCause<'a> {
     reason: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     field: &'a str,
 }
 

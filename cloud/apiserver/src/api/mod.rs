@@ -15,6 +15,7 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+mod eviction;
 pub mod list;
 pub mod managed;
 pub mod meta;

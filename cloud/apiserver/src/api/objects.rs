@@ -618,6 +618,11 @@ impl DeleteOptions {
         } else {
             call.object()?
         };
+        Self::from_body(&body, call)
+    }
+
+    /// The options in `body` (a `DeleteOptions`, or null), then the query's.
+    pub(crate) fn from_body(body: &Value, call: &Call<'_>) -> Result<Self, ApiError> {
         let mut o = Self {
             grace: body.get("gracePeriodSeconds").and_then(Value::as_i64),
             propagation: body

@@ -53,6 +53,7 @@ pub(crate) async fn serve(
         }
         ("scale", Method::PUT | Method::PATCH) => scale(api, call, info, path, name),
         ("binding", Method::POST) => bind(api, call, info, path, name),
+        ("eviction", Method::POST) => super::eviction::serve(api, call, info, path, name),
         ("finalize", Method::PUT) => objects::update(api, call, info, path, name, Some("finalize")),
         ("log", Method::GET) => log(api, call, info, path, name).await,
         ("exec" | "attach", Method::GET | Method::POST) => {
