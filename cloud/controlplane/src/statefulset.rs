@@ -905,8 +905,22 @@ async fn revisions(set: &StatefulSet, ctx: &Context) -> Result<Revisions, Error>
     let namespace = set.namespace().unwrap_or_default();
     let uid = set.uid().unwrap_or_default();
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Revisions carry the template's labels, which the selector's `matchLabels` select: only
+    // those are listed (the owner reference decides which are the set's).
+    let selector = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
     let mut all: Vec<ControllerRevision> = api
-        .list(&ListParams::default())
+        .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Error::api("list revisions of", set, e))?
         .items
