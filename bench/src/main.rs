@@ -45,6 +45,10 @@ enum Scenario {
     /// connection to the same server: throughput of each and their ratio. Needs
     /// `cargo build --release -p wedge-cli` first, and kubectl.
     PortForward,
+    /// A Job of 1,000 short Wasm pods and the same Job of container pods on one edge with a
+    /// real containerd (needs root): create to Complete of each, and their ratio. Needs
+    /// `cargo build --release -p wedge-cli` first.
+    Jobs,
     /// The API server process the `apiserver` scenario measures (not a scenario).
     #[value(hide = true)]
     ApiserverServe,
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Mixed => scenarios::mixed::run().await,
         Scenario::Streams => scenarios::streams::run().await,
         Scenario::PortForward => scenarios::port_forward::run().await,
+        Scenario::Jobs => scenarios::jobs::run().await,
         Scenario::ApiserverServe => {
             let dir = args
                 .data_dir
@@ -105,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
                 "mixed",
                 "streams",
                 "port-forward",
+                "jobs",
             ] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)

@@ -7,6 +7,7 @@ pub mod edge;
 pub mod handler_invoke;
 pub mod hub_fanout;
 pub mod idle_rss;
+pub mod jobs;
 pub mod mixed;
 pub mod port_forward;
 pub mod processes;
