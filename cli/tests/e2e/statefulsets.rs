@@ -377,7 +377,11 @@ async fn a_claims_file_survives_its_pod_on_the_edges_local_storage() {
 
     // The pod deleted and made again reads it back, from the same claim.
     let first = jsonpath(&env, "pod/notes-0", "{.metadata.uid}");
-    env.cloud.kubectl_ok(&["delete", "pod", "notes-0"]);
+    // Not waited for by kubectl: its wait lists the pods after its first look, and when the
+    // edge confirms the deletion and the set makes notes-0 again in between, it sees only the
+    // new pod and waits for a deletion it already missed. The loop below waits instead.
+    env.cloud
+        .kubectl_ok(&["delete", "pod", "notes-0", "--wait=false"]);
     let deadline = Instant::now() + minute;
     loop {
         let now = env.cloud.kubectl(&[
