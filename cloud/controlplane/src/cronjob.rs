@@ -41,7 +41,7 @@
 //!
 //! **Expectations**: after making or deleting Jobs, a reconcile records what it did and the
 //! schedule time it wrote; the next one for the CronJob waits until the Job store and the
-//! CronJob show it (or [`EXPECTATION_TTL`] passed), as the Job controller does.
+//! CronJob show it (or [`crate::expectations::TTL`] passed), as the Job controller does.
 //!
 //! Differences from kube: child Jobs are matched by the controller reference's uid, not its
 //! name (a CronJob recreated under the same name does not count its predecessor's Jobs); a
@@ -60,7 +60,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -69,13 +69,12 @@ use wedge_core::cron::{Schedule, time_zone};
 use crate::Error;
 use crate::clock::Clock;
 use crate::events::{EventType, Recorder};
+use crate::expectations::{Expectations, Writes, api_message};
 
 /// The annotation of a Job with the time it was scheduled for.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 /// kube's `nextScheduleDelta`: how long after a schedule time the CronJob is looked at.
 pub const NEXT_SCHEDULE_DELTA: Duration = Duration::from_millis(100);
-/// How long an unmet expectation holds up a CronJob before it is dropped.
-pub const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 /// More missed schedule times than this: kube's `TooManyMissedTimes`.
 pub const MANY_MISSED: i64 = 100;
 /// How soon a CronJob waiting on its own writes is looked at again.
@@ -598,13 +597,12 @@ fn timestamp(t: Timestamp) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Doing it.
 
-/// What a reconcile did and the next one must see first.
+/// What a reconcile did and the next one must see first: its Jobs in the Job store, and the
+/// schedule time it wrote in the CronJob.
 #[derive(Debug, Clone)]
 struct Expectation {
-    created: Vec<String>,
-    deleted: Vec<String>,
+    writes: Writes,
     scheduled: Option<Timestamp>,
-    at: tokio::time::Instant,
 }
 
 /// What the reconciler shares.
@@ -616,7 +614,7 @@ pub struct Context {
     /// The zone schedules without `timeZone` are read in: this process's, as kube's.
     local: TimeZone,
     /// By CronJob uid.
-    expectations: Mutex<HashMap<String, Expectation>>,
+    expectations: Expectations<String, Expectation>,
     /// Events recorded once: (CronJob uid, reason, key) and when.
     noted: Mutex<HashMap<(String, &'static str, String), tokio::time::Instant>>,
 }
@@ -647,7 +645,7 @@ pub async fn run(
         jobs,
         clock,
         local: TimeZone::try_system().unwrap_or(TimeZone::UTC),
-        expectations: Mutex::new(HashMap::new()),
+        expectations: Expectations::new("job"),
         noted: Mutex::new(HashMap::new()),
     });
     let controller = Controller::new(Api::<CronJob>::all(client), watcher::Config::default())
@@ -672,58 +670,23 @@ impl Context {
     /// Whether the Job store and `cron_job` show what the last reconcile of it did (or that
     /// is too old to wait for).
     fn expectations_met(&self, cron_job: &CronJob, namespace: &str) -> bool {
-        let uid = cron_job.uid().unwrap_or_default();
-        let Ok(mut all) = self.expectations.lock() else {
-            return true;
-        };
-        let Some(e) = all.get(&uid) else {
-            return true;
-        };
-        let seen = |n: &String| self.jobs.get(&ObjectRef::new(n).within(namespace));
         let last = cron_job
             .status
             .as_ref()
             .and_then(|s| time_of(s.last_schedule_time.as_ref()));
-        let met = e.created.iter().all(|n| seen(n).is_some())
-            && e.deleted
-                .iter()
-                .all(|n| seen(n).is_none_or(|j| j.metadata.deletion_timestamp.is_some()))
-            && e.scheduled.is_none_or(|t| last >= Some(t));
-        if met || e.at.elapsed() > EXPECTATION_TTL {
-            if !met {
-                tracing::warn!(
-                    cronjob_uid = uid,
-                    "stores did not show the cronjob's writes in time"
-                );
-            }
-            all.remove(&uid);
-            return true;
-        }
-        false
+        self.expectations
+            .met(&cron_job.uid().unwrap_or_default(), |e| {
+                e.writes.shown_in(&self.jobs, namespace)
+                    && e.scheduled.is_none_or(|t| last >= Some(t))
+            })
     }
 
-    fn expect(
-        &self,
-        uid: &str,
-        created: Vec<String>,
-        deleted: Vec<String>,
-        scheduled: Option<Timestamp>,
-    ) {
-        if created.is_empty() && deleted.is_empty() && scheduled.is_none() {
+    fn expect(&self, uid: &str, writes: Writes, scheduled: Option<Timestamp>) {
+        if writes.is_empty() && scheduled.is_none() {
             return;
         }
-        if let Ok(mut all) = self.expectations.lock() {
-            all.retain(|_, e| e.at.elapsed() <= EXPECTATION_TTL);
-            all.insert(
-                uid.to_owned(),
-                Expectation {
-                    created,
-                    deleted,
-                    scheduled,
-                    at: tokio::time::Instant::now(),
-                },
-            );
-        }
+        self.expectations
+            .expect(uid.to_owned(), Expectation { writes, scheduled });
     }
 
     /// Whether `(uid, reason, key)` was noted already; notes it if not.
@@ -955,7 +918,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     let scheduled = (!created.is_empty() && matches!(status_written, Ok(true)))
         .then_some(last_scheduled)
         .flatten();
-    ctx.expect(&uid, created, deleted, scheduled);
+    ctx.expect(&uid, Writes { created, deleted }, scheduled);
     if let Some(e) = failure {
         return Err(e);
     }
@@ -1021,14 +984,6 @@ async fn write_status(
         Ok(_) => Ok(true),
         Err(e) if Error::is_gone_or_conflict(&e) => Ok(false),
         Err(e) => Err(Error::api("update status of", cron_job, e)),
-    }
-}
-
-/// What the API said, as kube-controller-manager quotes it in events.
-fn api_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -39,9 +39,9 @@
 //! deletions (kube-rs #1590): a Service whose pods are terminating is looked at again every
 //! second until they are gone, and every Service every 10 s.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -57,6 +57,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
+use crate::expectations::Expectations;
 use crate::services::{self, Family, Members, TriggerTimes};
 
 /// How many addresses Endpoints hold at most (kube's `maxCapacity`).
@@ -65,8 +66,6 @@ pub const MAX_CAPACITY: usize = 1000;
 pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 /// The annotation of leader-election records kept in Endpoints, which have no Service.
 const LEADER_RECORD: &str = "control-plane.alpha.kubernetes.io/leader";
-/// How long an unmet expectation holds up a Service.
-const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 /// How soon a Service waiting on something no event announces is looked at again.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -369,13 +368,6 @@ pub fn plan(
 // ---------------------------------------------------------------------------------------------
 // The controller.
 
-/// The version a write replaced (`None`: it created), which the store must no longer show.
-#[derive(Debug, Clone)]
-struct Written {
-    replaced: Option<String>,
-    at: tokio::time::Instant,
-}
-
 /// What the reconciler shares.
 pub struct Context {
     client: Client,
@@ -384,42 +376,23 @@ pub struct Context {
     recorder: Recorder,
     triggers: TriggerTimes,
     members: Arc<Members>,
-    /// By (namespace, name).
-    written: Mutex<HashMap<(String, String), Written>>,
+    /// The resourceVersion each Service's last write replaced (none: it created), by
+    /// (namespace, name).
+    written: Expectations<(String, String), Option<String>>,
 }
 
 impl Context {
     /// Whether the store shows the last write for the Service (or it is too old to wait for).
     fn caught_up(&self, key: &(String, String), stored: Option<&Endpoints>) -> bool {
-        let Ok(mut all) = self.written.lock() else {
-            return true;
-        };
-        let Some(w) = all.get(key) else {
-            return true;
-        };
-        let stale = match (&w.replaced, stored) {
-            (None, None) => true,
-            (Some(old), Some(s)) => s.metadata.resource_version.as_ref() == Some(old),
-            _ => false,
-        };
-        if !stale || w.at.elapsed() > EXPECTATION_TTL {
-            all.remove(key);
-            return true;
-        }
-        false
+        self.written.met(key, |replaced| match (replaced, stored) {
+            (None, None) => false,
+            (Some(old), Some(s)) => s.metadata.resource_version.as_ref() != Some(old),
+            _ => true,
+        })
     }
 
     fn wrote(&self, key: (String, String), replaced: Option<String>) {
-        if let Ok(mut all) = self.written.lock() {
-            all.retain(|_, w| w.at.elapsed() <= EXPECTATION_TTL);
-            all.insert(
-                key,
-                Written {
-                    replaced,
-                    at: tokio::time::Instant::now(),
-                },
-            );
-        }
+        self.written.expect(key, replaced);
     }
 }
 
@@ -448,7 +421,7 @@ pub async fn run(
         endpoints,
         triggers: TriggerTimes::default(),
         members: members.clone(),
-        written: Mutex::new(HashMap::new()),
+        written: Expectations::new("endpoints"),
     });
     let mapper_services = services.clone();
     let controller = Controller::for_stream(service_changes, services.clone())

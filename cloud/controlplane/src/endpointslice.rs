@@ -33,8 +33,8 @@
 //! is remembered, and the next reconcile of the Service waits until the slice store shows it
 //! (kube's `EndpointSliceTracker`), so a stale store never makes a second slice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -49,6 +49,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
+use crate::expectations::Expectations;
 use crate::services::{self, Family, Members, TriggerTimes};
 
 /// kube-controller-manager's `--max-endpoints-per-slice` default.
@@ -61,8 +62,6 @@ pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
 /// The node label an endpoint's zone comes from.
 pub const ZONE: &str = "topology.kubernetes.io/zone";
-/// How long an unmet expectation holds up a Service.
-const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 /// How soon a Service waiting on something no event announces is looked at again.
 const RECHECK: Duration = Duration::from_secs(1);
 /// How many slices the slice store buffers for this controller.
@@ -526,7 +525,6 @@ struct Expectation {
     /// Name → generation written.
     updated: Vec<(String, Option<i64>)>,
     deleted: Vec<String>,
-    at: tokio::time::Instant,
 }
 
 /// What the reconciler shares.
@@ -540,41 +538,26 @@ pub struct Context {
     members: Arc<Members>,
     max: usize,
     /// By (namespace, Service name).
-    expectations: Mutex<HashMap<(String, String), Expectation>>,
+    expectations: Expectations<(String, String), Expectation>,
 }
 
 impl Context {
     fn expectations_met(&self, key: &(String, String)) -> bool {
-        let Ok(mut all) = self.expectations.lock() else {
-            return true;
-        };
-        let Some(e) = all.get(key) else {
-            return true;
-        };
-        let seen = |n: &String| self.slices.get(&ObjectRef::new(n).within(&key.0));
-        let met = e.created.iter().all(|n| seen(n).is_some())
-            && e.deleted.iter().all(|n| seen(n).is_none())
-            && e.updated.iter().all(|(n, generation)| {
-                seen(n).is_none_or(|s| s.metadata.generation >= *generation)
-            });
-        if met || e.at.elapsed() > EXPECTATION_TTL {
-            if !met {
-                tracing::warn!(namespace = %key.0, service = %key.1, "slice store did not show the service's writes in time");
-            }
-            all.remove(key);
-            return true;
-        }
-        false
+        self.expectations.met(key, |e| {
+            let seen = |n: &String| self.slices.get(&ObjectRef::new(n).within(&key.0));
+            e.created.iter().all(|n| seen(n).is_some())
+                && e.deleted.iter().all(|n| seen(n).is_none())
+                && e.updated.iter().all(|(n, generation)| {
+                    seen(n).is_none_or(|s| s.metadata.generation >= *generation)
+                })
+        })
     }
 
     fn expect(&self, key: (String, String), e: Expectation) {
         if e.created.is_empty() && e.updated.is_empty() && e.deleted.is_empty() {
             return;
         }
-        if let Ok(mut all) = self.expectations.lock() {
-            all.retain(|_, e| e.at.elapsed() <= EXPECTATION_TTL);
-            all.insert(key, e);
-        }
+        self.expectations.expect(key, e);
     }
 
     fn node_zone(&self, name: &str) -> NodeZone {
@@ -626,7 +609,7 @@ pub async fn run(
         triggers: TriggerTimes::default(),
         members: members.clone(),
         max: MAX_ENDPOINTS_PER_SLICE,
-        expectations: Mutex::new(HashMap::new()),
+        expectations: Expectations::new("endpointslice"),
     });
     let mapper_services = services.clone();
     let controller = Controller::for_stream(service_changes, services)
@@ -700,7 +683,6 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         created: Vec::new(),
         updated: Vec::new(),
         deleted: Vec::new(),
-        at: tokio::time::Instant::now(),
     };
     let result = write(&api, &plan, &mut expectation).await;
     ctx.expect(key, expectation);

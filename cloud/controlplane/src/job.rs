@@ -37,7 +37,8 @@
 //! **Expectations**: after creating or deleting pods, a reconcile records what it did, and the
 //! next one for the Job waits (returns, to be woken by the pod events its own writes cause) until
 //! the shared store shows all of it, as kube-controller-manager's expectations make it wait for
-//! its informer; an expectation older than [`EXPECTATION_TTL`] is dropped, as kube's are.
+//! its informer; an expectation older than [`expectations::TTL`] is dropped, as kube's are
+//! ([`crate::expectations`]).
 //!
 //! **No `batch.kubernetes.io/job-tracking` finalizer.** kube puts it on every pod so that a pod
 //! deleted before the controller saw it finish (kube's terminated-pod GC, eviction of pods on
@@ -60,8 +61,8 @@
 //! selector. Jobs whose `spec.managedBy` names another controller are left alone, as kube
 //! leaves them.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -70,13 +71,14 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
+use crate::expectations::{Expectations, Refusals, Writes, api_message};
 use crate::pods;
 
 /// The annotation and label holding an Indexed Job pod's completion index.
@@ -85,8 +87,6 @@ pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 pub const COMPLETION_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 /// The `spec.managedBy` of Jobs this controller acts on (also when unset).
 pub const MANAGED_BY: &str = "kubernetes.io/job-controller";
-/// How long an unmet expectation holds up a Job before it is dropped.
-pub const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 /// kube's `DefaultJobPodFailureBackOff`.
 pub const POD_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
 /// kube's `MaxJobPodFailureBackOff`.
@@ -116,23 +116,15 @@ const DEADLINE_EXCEEDED: (&str, &str) = (
     "Job was active longer than specified deadline",
 );
 
-/// What a reconcile did and the next one must see in the store first.
-#[derive(Debug, Clone)]
-struct Expectation {
-    created: Vec<String>,
-    deleted: Vec<String>,
-    at: tokio::time::Instant,
-}
-
 /// What the reconciler shares.
 pub struct Context {
     client: Client,
     pods: Store<Pod>,
     recorder: Recorder,
-    /// By Job uid.
-    expectations: Mutex<HashMap<String, Expectation>>,
-    /// Jobs whose pods the API refused as invalid, by uid, with the generation refused.
-    refused: Mutex<HashMap<String, Option<i64>>>,
+    /// What the last reconcile of each Job (by uid) wrote.
+    expectations: Expectations<String, Writes>,
+    /// Jobs whose pods the API refused as invalid.
+    refused: Refusals,
 }
 
 /// Runs the controller until `shutdown` resolves. `pods` is the shared pod store and
@@ -147,8 +139,8 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), "job-controller"),
         client: client.clone(),
         pods,
-        expectations: Mutex::new(HashMap::new()),
-        refused: Mutex::new(HashMap::new()),
+        expectations: Expectations::new("pod"),
+        refused: Refusals::default(),
     });
     Controller::new(Api::<Job>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_changes)
@@ -888,59 +880,6 @@ fn owned_pods(store: &Store<Pod>, namespace: &str, uid: &str) -> Vec<Arc<Pod>> {
         .collect()
 }
 
-impl Context {
-    /// Whether the store shows what the last reconcile of `uid` did (or it is too old to wait
-    /// for).
-    fn expectations_met(&self, uid: &str, namespace: &str) -> bool {
-        let Ok(mut all) = self.expectations.lock() else {
-            return true;
-        };
-        let Some(e) = all.get(uid) else {
-            return true;
-        };
-        let seen = |n: &String| self.pods.get(&ObjectRef::new(n).within(namespace));
-        let met = e.created.iter().all(|n| seen(n).is_some())
-            && e.deleted
-                .iter()
-                .all(|n| seen(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
-        if met || e.at.elapsed() > EXPECTATION_TTL {
-            if !met {
-                tracing::warn!(
-                    job_uid = uid,
-                    "pod store did not show the job's writes in time"
-                );
-            }
-            all.remove(uid);
-            return true;
-        }
-        false
-    }
-
-    fn expect(&self, uid: &str, created: Vec<String>, deleted: Vec<String>) {
-        if created.is_empty() && deleted.is_empty() {
-            return;
-        }
-        if let Ok(mut all) = self.expectations.lock() {
-            // Those of Jobs deleted meanwhile are never looked at again.
-            all.retain(|_, e| e.at.elapsed() <= EXPECTATION_TTL);
-            all.insert(
-                uid.to_owned(),
-                Expectation {
-                    created,
-                    deleted,
-                    at: tokio::time::Instant::now(),
-                },
-            );
-        }
-    }
-
-    fn refused(&self, uid: &str, generation: Option<i64>) -> bool {
-        self.refused
-            .lock()
-            .is_ok_and(|r| r.get(uid).is_some_and(|g| *g == generation))
-    }
-}
-
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     if job.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -976,7 +915,10 @@ async fn sync(
     uid: &str,
     now: jiff::Timestamp,
 ) -> Result<Option<Duration>, Error> {
-    if !ctx.expectations_met(uid, namespace) {
+    if !ctx
+        .expectations
+        .met(&uid.to_owned(), |w| w.shown_in(&ctx.pods, namespace))
+    {
         // The pod events our writes cause wake this Job; deletions may not be announced.
         return Ok(Some(RECHECK));
     }
@@ -984,7 +926,7 @@ async fn sync(
     let mut plan = decide(job, &owned, now);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let generation = job.metadata.generation;
-    if ctx.refused(uid, generation) {
+    if ctx.refused.refused(uid, generation) {
         plan.create.clear();
     }
 
@@ -1032,7 +974,13 @@ async fn sync(
         }
     }
     record_each(ctx, job, "SuccessfulCreate", "Created pod", &created).await;
-    ctx.expect(uid, created.clone(), deleted);
+    let writes = Writes {
+        created: created.clone(),
+        deleted,
+    };
+    if !writes.is_empty() {
+        ctx.expectations.expect(uid.to_owned(), writes);
+    }
 
     for note in &plan.events {
         ctx.recorder
@@ -1045,9 +993,7 @@ async fn sync(
             // The template cannot make a pod: say so once, and do not try again until the
             // Job changes.
             tracing::warn!(job = %job.name_any(), %namespace, error = %e, "job's pods are refused");
-            if let Ok(mut r) = ctx.refused.lock() {
-                r.insert(uid.to_owned(), generation);
-            }
+            ctx.refused.refuse(uid, generation);
             ctx.recorder
                 .record(
                     job.object_ref(&()),
@@ -1141,14 +1087,6 @@ async fn delete_expired(job: &Job, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) if Error::is_gone_or_conflict(&e) => Ok(Action::requeue(RECHECK)),
         Err(e) => Err(Error::api("delete expired", job, e)),
-    }
-}
-
-/// What the API said, as kube-controller-manager quotes it in events.
-fn api_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -20,8 +20,8 @@
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
-//! - [`events`], [`pods`], [`selector`], [`resources`], [`clock`]: what the controllers share
-//!   ([`services`]: what the two endpoints controllers share).
+//! - [`events`], [`expectations`], [`pods`], [`selector`], [`resources`], [`clock`]: what the
+//!   controllers share ([`services`]: what the two endpoints controllers share).
 
 pub mod clock;
 pub mod cronjob;
@@ -32,6 +32,7 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod error;
 pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod job;
 pub mod leader;

@@ -56,13 +56,14 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
+use crate::expectations::{Expectations, Refusals, Writes, api_message};
 use crate::pods;
 
 /// The label naming a StatefulSet pod (so a Service can select one).
@@ -73,8 +74,6 @@ pub const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// The label holding a ControllerRevision's hash.
 pub const HASH_LABEL: &str = "controller.kubernetes.io/hash";
-/// How long an unmet expectation holds up a set before it is dropped.
-const EXPECTATION_TTL: Duration = Duration::from_secs(30);
 /// How soon a set waiting on something the pod events may not announce (a deletion: the
 /// shared stream does not deliver them, kube-rs #1590) is looked at again.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -692,23 +691,15 @@ pub fn recreate_backoff(count: u32) -> Duration {
 // ---------------------------------------------------------------------------------------------
 // Doing it.
 
-/// What a reconcile did and the next one must see in the store first.
-#[derive(Debug, Clone)]
-struct Expectation {
-    created: Vec<String>,
-    deleted: Vec<String>,
-    at: tokio::time::Instant,
-}
-
 /// What the reconciler shares.
 pub struct Context {
     client: Client,
     pods: Store<Pod>,
     recorder: Recorder,
-    /// By set uid.
-    expectations: Mutex<HashMap<String, Expectation>>,
-    /// Sets whose pods the API refused as invalid, by uid, with the generation refused.
-    refused: Mutex<HashMap<String, Option<i64>>>,
+    /// What the last reconcile of each set (by uid) wrote.
+    expectations: Expectations<String, Writes>,
+    /// Sets whose pods or claims the API refused as invalid.
+    refused: Refusals,
     /// The generation at which each set's claims last had the owners its retention policy
     /// wants, by uid.
     claims_at: Mutex<HashMap<String, Option<i64>>>,
@@ -728,8 +719,8 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), "statefulset-controller"),
         client: client.clone(),
         pods,
-        expectations: Mutex::new(HashMap::new()),
-        refused: Mutex::new(HashMap::new()),
+        expectations: Expectations::new("pod"),
+        refused: Refusals::default(),
         claims_at: Mutex::new(HashMap::new()),
         remade: Remakes::default(),
     });
@@ -745,58 +736,6 @@ pub async fn run(
             futures::future::ready(())
         })
         .await;
-}
-
-impl Context {
-    /// Whether the store shows what the last reconcile of `uid` did (or it is too old to wait
-    /// for).
-    fn expectations_met(&self, uid: &str, namespace: &str) -> bool {
-        let Ok(mut all) = self.expectations.lock() else {
-            return true;
-        };
-        let Some(e) = all.get(uid) else {
-            return true;
-        };
-        let seen = |n: &String| self.pods.get(&ObjectRef::new(n).within(namespace));
-        let met = e.created.iter().all(|n| seen(n).is_some())
-            && e.deleted
-                .iter()
-                .all(|n| seen(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
-        if met || e.at.elapsed() > EXPECTATION_TTL {
-            if !met {
-                tracing::warn!(
-                    statefulset_uid = uid,
-                    "pod store did not show the statefulset's writes in time"
-                );
-            }
-            all.remove(uid);
-            return true;
-        }
-        false
-    }
-
-    fn expect(&self, uid: &str, created: Vec<String>, deleted: Vec<String>) {
-        if created.is_empty() && deleted.is_empty() {
-            return;
-        }
-        if let Ok(mut all) = self.expectations.lock() {
-            all.retain(|_, e| e.at.elapsed() <= EXPECTATION_TTL);
-            all.insert(
-                uid.to_owned(),
-                Expectation {
-                    created,
-                    deleted,
-                    at: tokio::time::Instant::now(),
-                },
-            );
-        }
-    }
-
-    fn refused(&self, uid: &str, generation: Option<i64>) -> bool {
-        self.refused
-            .lock()
-            .is_ok_and(|r| r.get(uid).is_some_and(|g| *g == generation))
-    }
 }
 
 /// Finished pods made again, by set uid and pod name: how often, and when last; the backoff
@@ -853,7 +792,10 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     }
     let namespace = set.namespace().unwrap_or_default();
     let uid = set.uid().unwrap_or_default();
-    if !ctx.expectations_met(&uid, &namespace) {
+    if !ctx
+        .expectations
+        .met(&uid, |w| w.shown_in(&ctx.pods, &namespace))
+    {
         return Ok(Action::requeue(RECHECK));
     }
     let owned = owned_pods(&ctx.pods, &namespace, &uid);
@@ -863,7 +805,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     let now = jiff::Timestamp::now();
     let mut plan = decide(&set, &owned, &current, &update, now);
     let mut after = plan.requeue;
-    let refused = ctx.refused(&uid, set.metadata.generation);
+    let refused = ctx.refused.refused(&uid, set.metadata.generation);
     if refused {
         plan.steps.retain(|s| !matches!(s, Step::Create { .. }));
     }
@@ -871,7 +813,13 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     if let Some(wait) = outcome.wait {
         after = Some(after.map_or(wait, |a| a.min(wait)));
     }
-    ctx.expect(&uid, outcome.created, outcome.deleted.clone());
+    let writes = Writes {
+        created: outcome.created,
+        deleted: outcome.deleted.clone(),
+    };
+    if !writes.is_empty() {
+        ctx.expectations.expect(uid.clone(), writes);
+    }
 
     let patch = status_patch(&set, &plan, &current, &update, revs.collisions);
     let written = write_status(&set, &ctx, &namespace, &patch).await?;
@@ -1226,9 +1174,7 @@ async fn act(
                     // The template cannot make a pod: said once, not tried again until the
                     // set changes.
                     tracing::warn!(statefulset = %name, %namespace, error = %e, "statefulset's pods are refused");
-                    if let Ok(mut r) = ctx.refused.lock() {
-                        r.insert(uid.clone(), set.metadata.generation);
-                    }
+                    ctx.refused.refuse(&uid, set.metadata.generation);
                 } else {
                     outcome.error = Some(Error::api("create pod for", set, e));
                 }
@@ -1251,9 +1197,7 @@ async fn act(
                     .await;
                 let invalid = matches!(&e, kube::Error::Api(s) if s.code == 422 || s.code == 400);
                 if invalid {
-                    if let Ok(mut r) = ctx.refused.lock() {
-                        r.insert(uid.clone(), set.metadata.generation);
-                    }
+                    ctx.refused.refuse(&uid, set.metadata.generation);
                 } else {
                     outcome.error = Some(Error::api("create claim for", set, e));
                 }
@@ -1488,14 +1432,6 @@ async fn trim_history(
         }
     }
     Ok(())
-}
-
-/// What the API said, as kube-controller-manager quotes it in events.
-fn api_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn error_policy(_set: Arc<StatefulSet>, error: &Error, _ctx: Arc<Context>) -> Action {

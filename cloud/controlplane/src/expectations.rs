@@ -1,0 +1,151 @@
+//! What the controllers share about their own writes, as kube-controller-manager's
+//! `ControllerExpectations` do: after a reconcile creates or deletes objects, the next reconcile
+//! of the same owner waits (returns, to be woken by the events its writes cause) until the
+//! store shows them, so that it never acts on a store older than its own writes; an expectation
+//! older than [`TTL`] is dropped with a warning, as kube's are. Also: the owners whose template
+//! the API refused, so that a refusal is reported once per generation, not retried forever.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::Resource;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+/// How long an unmet expectation holds an owner up before it is dropped.
+pub const TTL: Duration = Duration::from_secs(30);
+
+/// Expectations of type `E` by owner key `K`.
+pub struct Expectations<K, E> {
+    /// What the store holds, for the warning when an expectation expires (`pod`, `job`).
+    what: &'static str,
+    all: Mutex<HashMap<K, (E, tokio::time::Instant)>>,
+}
+
+impl<K: Eq + Hash + Debug, E> Expectations<K, E> {
+    /// No expectations yet; `what` names the objects written.
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            all: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the last writes for `key` show (`shown`), or there are none, or they are too old
+    /// to wait for. Shown or expired ones are forgotten.
+    pub fn met(&self, key: &K, shown: impl FnOnce(&E) -> bool) -> bool {
+        let Ok(mut all) = self.all.lock() else {
+            return true;
+        };
+        let Some((e, at)) = all.get(key) else {
+            return true;
+        };
+        let met = shown(e);
+        if met || at.elapsed() > TTL {
+            if !met {
+                tracing::warn!(owner = ?key, "the {} store did not show the owner's writes in time", self.what);
+            }
+            all.remove(key);
+            return true;
+        }
+        false
+    }
+
+    /// Records `e` as what the next reconcile of `key` must see (and forgets expired ones of
+    /// owners that are never looked at again).
+    pub fn expect(&self, key: K, e: E) {
+        if let Ok(mut all) = self.all.lock() {
+            all.retain(|_, (_, at)| at.elapsed() <= TTL);
+            all.insert(key, (e, tokio::time::Instant::now()));
+        }
+    }
+}
+
+/// The names a reconcile created and deleted in one namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Writes {
+    /// Created.
+    pub created: Vec<String>,
+    /// Deleted.
+    pub deleted: Vec<String>,
+}
+
+impl Writes {
+    /// Whether there is nothing to wait for.
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.deleted.is_empty()
+    }
+
+    /// Whether `store` shows them in `namespace`: the created there, the deleted gone or being
+    /// deleted.
+    pub fn shown_in<K>(&self, store: &Store<K>, namespace: &str) -> bool
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let seen = |n: &String| store.get(&ObjectRef::new(n).within(namespace));
+        self.created.iter().all(|n| seen(n).is_some())
+            && self
+                .deleted
+                .iter()
+                .all(|n| seen(n).is_none_or(|o| o.meta().deletion_timestamp.is_some()))
+    }
+}
+
+/// Owners whose objects the API refused as invalid, by uid, with the generation refused: not
+/// tried again until the owner changes.
+#[derive(Default)]
+pub struct Refusals(Mutex<HashMap<String, Option<i64>>>);
+
+impl Refusals {
+    /// Notes that `uid`'s objects are refused at `generation`.
+    pub fn refuse(&self, uid: &str, generation: Option<i64>) {
+        if let Ok(mut r) = self.0.lock() {
+            r.insert(uid.to_owned(), generation);
+        }
+    }
+
+    /// Whether `uid`'s objects were refused at `generation`.
+    pub fn refused(&self, uid: &str, generation: Option<i64>) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|r| r.get(uid).is_some_and(|g| *g == generation))
+    }
+}
+
+/// What the API said, as kube-controller-manager quotes it in events.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expectations_hold_until_shown_or_expired() {
+        let e: Expectations<String, u32> = Expectations::new("pod");
+        assert!(e.met(&"a".to_owned(), |_| false), "nothing expected");
+        e.expect("a".to_owned(), 1);
+        assert!(!e.met(&"a".to_owned(), |n| *n == 2));
+        assert!(e.met(&"a".to_owned(), |n| *n == 1));
+        // Forgotten once met.
+        assert!(e.met(&"a".to_owned(), |_| false));
+        e.expect("b".to_owned(), 1);
+        tokio::time::advance(TTL + Duration::from_secs(1)).await;
+        assert!(e.met(&"b".to_owned(), |_| false), "expired");
+    }
+
+    #[test]
+    fn refusals_hold_for_their_generation() {
+        let r = Refusals::default();
+        r.refuse("u", Some(2));
+        assert!(r.refused("u", Some(2)));
+        assert!(!r.refused("u", Some(3)));
+        assert!(!r.refused("v", Some(2)));
+    }
+}
