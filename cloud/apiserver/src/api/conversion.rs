@@ -59,28 +59,48 @@ pub(crate) fn to_storage(api: &Api, info: &ResourceInfo, object: Value) -> Resul
 
 /// A stored object as `info`'s version shows it.
 pub(crate) fn present<'a>(info: &ResourceInfo, obj: &'a StoredObject) -> Cow<'a, StoredObject> {
-    let wanted = info.api_version();
-    let mut prefix = Vec::with_capacity(wanted.len() + 20);
-    prefix.extend_from_slice(b"{\"apiVersion\":\"");
-    prefix.extend_from_slice(wanted.as_bytes());
-    prefix.push(b'"');
-    if obj.json.starts_with(&prefix) {
-        return Cow::Borrowed(obj);
+    Presenter::new(info).present(obj)
+}
+
+/// Shows stored objects in one version: made once per list or watch, so that each object
+/// costs a prefix compare when it is already in that version.
+pub(crate) struct Presenter {
+    wanted: String,
+    /// `{"apiVersion":"<wanted>"`, how stored JSON in that version begins.
+    prefix: Vec<u8>,
+}
+
+impl Presenter {
+    /// Shows objects in `info`'s version.
+    pub(crate) fn new(info: &ResourceInfo) -> Self {
+        let wanted = info.api_version();
+        let mut prefix = Vec::with_capacity(wanted.len() + 20);
+        prefix.extend_from_slice(b"{\"apiVersion\":\"");
+        prefix.extend_from_slice(wanted.as_bytes());
+        prefix.push(b'"');
+        Self { wanted, prefix }
     }
-    let value = obj.value();
-    if value.get("apiVersion").and_then(Value::as_str) == Some(wanted.as_str()) {
-        return Cow::Borrowed(obj);
-    }
-    match convert(value, &wanted)
-        .ok()
-        .and_then(|v| serde_json::to_vec(&v).ok())
-    {
-        Some(json) => Cow::Owned(StoredObject {
-            rv: obj.rv,
-            json: json.into(),
-            labels: obj.labels.clone(),
-        }),
-        None => Cow::Borrowed(obj),
+
+    /// `obj` in this version.
+    pub(crate) fn present<'a>(&self, obj: &'a StoredObject) -> Cow<'a, StoredObject> {
+        if obj.json.starts_with(&self.prefix) {
+            return Cow::Borrowed(obj);
+        }
+        let value = obj.value();
+        if value.get("apiVersion").and_then(Value::as_str) == Some(self.wanted.as_str()) {
+            return Cow::Borrowed(obj);
+        }
+        match convert(value, &self.wanted)
+            .ok()
+            .and_then(|v| serde_json::to_vec(&v).ok())
+        {
+            Some(json) => Cow::Owned(StoredObject {
+                rv: obj.rv,
+                json: json.into(),
+                labels: obj.labels.clone(),
+            }),
+            None => Cow::Borrowed(obj),
+        }
     }
 }
 

@@ -201,11 +201,12 @@ pub fn write_list(info: &ResourceInfo, page: &Page) -> Vec<u8> {
     out.extend_from_slice(b",\"metadata\":");
     out.extend_from_slice(metadata.to_string().as_bytes());
     out.extend_from_slice(b",\"items\":[");
+    let presenter = super::conversion::Presenter::new(info);
     for (i, item) in page.items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&super::conversion::present(info, item).json);
+        out.extend_from_slice(&presenter.present(item).json);
     }
     out.extend_from_slice(b"]}");
     out

@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, StreamBody};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::conversion::Presenter;
 use super::error::ApiError;
 use super::list::Filter;
 use super::request::ResourcePath;
@@ -97,6 +98,7 @@ pub(crate) fn serve(
         let watch = Watch {
             filter,
             info: info.clone(),
+            presenter: super::conversion::Presenter::new(info),
             bookmarks,
             initial_end: send_initial == Some(true),
         };
@@ -133,10 +135,10 @@ fn line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(out)
 }
 
-/// One watch event line from stored bytes, in the version `info` names (without parsing them
-/// when they are in it).
-fn stored_line(info: &ResourceInfo, kind: &str, object: &StoredObject) -> Bytes {
-    let object = super::conversion::present(info, object);
+/// One watch event line from stored bytes, in the version `presenter` shows (without parsing
+/// them when they are in it).
+fn stored_line(presenter: &Presenter, kind: &str, object: &StoredObject) -> Bytes {
+    let object = presenter.present(object);
     let mut out = Vec::with_capacity(object.json.len() + 32);
     out.extend_from_slice(b"{\"type\":\"");
     out.extend_from_slice(kind.as_bytes());
@@ -149,6 +151,7 @@ fn stored_line(info: &ResourceInfo, kind: &str, object: &StoredObject) -> Bytes 
 struct Watch {
     filter: Filter,
     info: ResourceInfo,
+    presenter: Presenter,
     bookmarks: bool,
     initial_end: bool,
 }
@@ -190,7 +193,7 @@ impl Watch {
     ) {
         for obj in &initial {
             if tx
-                .send(stored_line(&self.info, "ADDED", obj))
+                .send(stored_line(&self.presenter, "ADDED", obj))
                 .await
                 .is_err()
             {
@@ -212,7 +215,7 @@ impl Watch {
                 next = stream.next() => match next {
                     Ok(event) => {
                         if let Some((kind, obj)) = self.translate(&event)
-                            && tx.send(stored_line(&self.info, kind, obj)).await.is_err()
+                            && tx.send(stored_line(&self.presenter, kind, obj)).await.is_err()
                         {
                             return;
                         }
