@@ -113,10 +113,11 @@ async fn a_chart_of_many_kinds_applies_twice_and_prints_as_on_kubernetes() {
     );
     // Applied again, nothing changes: the server's defaults and the stored objects agree with
     // what kubectl sent, and no object is written again. kubectl's client-side apply still
-    // reports four as `configured`, as it does against kube-apiserver: it always sends a
-    // field whose patch strategy is `replace` (a PodDisruptionBudget's selector) and an atomic
-    // list the server defaulted into (a LimitRange's limits, a StatefulSet's claim templates,
-    // a NetworkPolicy's rules), and the server finds nothing to change.
+    // reports four as `configured`: its three-way patch always carries a field whose patch
+    // strategy is `replace` (a PodDisruptionBudget's selector) and an atomic list the server
+    // defaulted into (a LimitRange's limits, a StatefulSet's claim templates, a NetworkPolicy's
+    // rules), which kube-apiserver defaults too (read from kubectl's strategic merge patch code;
+    // not checked against a real kube-apiserver here), and the server finds nothing to change.
     let before = resource_versions(&cluster);
     let second = cluster.kubectl_stdin(&["apply", "-f", "-"], SHOP);
     assert!(second.status.success(), "{}", text(&second));
