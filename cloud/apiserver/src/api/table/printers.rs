@@ -75,6 +75,21 @@ const AGE: Column = c(
     },
 );
 
+/// The `-o wide` columns of a workload's pod template: its containers' names and images.
+const TEMPLATE_CONTAINERS: Column = wide(
+    "Containers",
+    "string",
+    "Names of each container in the template.",
+    |o| json!(containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null)).0),
+);
+/// See [`TEMPLATE_CONTAINERS`].
+const TEMPLATE_IMAGES: Column = wide(
+    "Images",
+    "string",
+    "Images referenced by each container in the template.",
+    |o| json!(containers_and_images(o.pointer("/spec/template/spec").unwrap_or(&Value::Null)).1),
+);
+
 /// A string field, or `""`.
 fn text(o: &Value, ptr: &str) -> Value {
     json!(s(o, ptr))
@@ -678,32 +693,8 @@ pub(super) fn printer(group: &str, kind: &str) -> Option<&'static [Column]> {
                         |o| json!(n(o, "/status/readyReplicas")),
                     ),
                     AGE,
-                    wide(
-                        "Containers",
-                        "string",
-                        "Names of each container in the template.",
-                        |o| {
-                            json!(
-                                containers_and_images(
-                                    o.pointer("/spec/template/spec").unwrap_or(&Value::Null)
-                                )
-                                .0
-                            )
-                        },
-                    ),
-                    wide(
-                        "Images",
-                        "string",
-                        "Images referenced by each container in the template.",
-                        |o| {
-                            json!(
-                                containers_and_images(
-                                    o.pointer("/spec/template/spec").unwrap_or(&Value::Null)
-                                )
-                                .1
-                            )
-                        },
-                    ),
+                    TEMPLATE_CONTAINERS,
+                    TEMPLATE_IMAGES,
                     wide(
                         "Selector",
                         "string",
@@ -759,32 +750,8 @@ pub(super) fn printer(group: &str, kind: &str) -> Option<&'static [Column]> {
                         },
                     ),
                     AGE,
-                    wide(
-                        "Containers",
-                        "string",
-                        "Names of each container in the template.",
-                        |o| {
-                            json!(
-                                containers_and_images(
-                                    o.pointer("/spec/template/spec").unwrap_or(&Value::Null)
-                                )
-                                .0
-                            )
-                        },
-                    ),
-                    wide(
-                        "Images",
-                        "string",
-                        "Images referenced by each container in the template.",
-                        |o| {
-                            json!(
-                                containers_and_images(
-                                    o.pointer("/spec/template/spec").unwrap_or(&Value::Null)
-                                )
-                                .1
-                            )
-                        },
-                    ),
+                    TEMPLATE_CONTAINERS,
+                    TEMPLATE_IMAGES,
                 ]
             }
         }
