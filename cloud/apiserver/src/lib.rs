@@ -13,7 +13,9 @@
 //!   tables, subresources);
 //! - [`pki`], [`auth`], [`kubeconfig`], [`server`], [`listener`]: TLS, who is asking, and the
 //!   listener (whose accept loop the cloud's other listeners share);
-//! - [`kubelet_client`]: how requests for a pod's logs reach its node, as kube-apiserver's do.
+//! - [`kubelet_client`]: how requests for a pod's logs reach its node, as kube-apiserver's do;
+//! - [`service_account_tokens`] and [`token_controller`]: ServiceAccount tokens, bound and
+//!   legacy, and the controller that fills token Secrets (here because it needs the signing key).
 
 pub mod api;
 pub mod auth;
@@ -29,5 +31,7 @@ pub mod selector;
 pub mod server;
 pub mod service_account_tokens;
 pub mod storage;
+pub mod token_controller;
 
+pub use authz::components::Component;
 pub use server::{Server, ServerConfig, ServerError};

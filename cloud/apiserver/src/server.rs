@@ -245,6 +245,11 @@ impl Server {
             shutdown.clone(),
             tasks.clone(),
         ));
+        tasks.spawn(crate::token_controller::run(
+            api.clone(),
+            pki.ca.cert_pem.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
         Ok(Self {
             addr,

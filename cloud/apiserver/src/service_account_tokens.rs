@@ -1,9 +1,17 @@
 //! ServiceAccount tokens, as kube-apiserver issues and checks them: JWTs signed with the
 //! server's own key (`<data-dir>/pki/sa.key`, ES256, made at first start like kubeadm's
-//! `sa.key`, by [`crate::pki::Pki::load_or_create_key`]), issued through `serviceaccounts/token` (`kubectl create token NAME`), and taken as
-//! bearer tokens for as long as they are valid and their ServiceAccount exists with the uid
-//! they name. The user is `system:serviceaccount:<namespace>:<name>` in the groups
+//! `sa.key`, by [`crate::pki::Pki::load_or_create_key`]), and taken as bearer tokens while they
+//! are valid. The user is `system:serviceaccount:<namespace>:<name>` in the groups
 //! `system:serviceaccounts` and `system:serviceaccounts:<namespace>`, which RBAC bindings name.
+//!
+//! Two kinds, as Kubernetes has them:
+//! - **bound tokens**, issued through `serviceaccounts/token` (`kubectl create token NAME`, and
+//!   the tokens Edged mounts into pods, bound to the pod): they expire, and hold only while the
+//!   account (and the pod they are bound to) exists with the uid they name;
+//! - **legacy tokens** ([`ServiceAccountTokens::issue_legacy`]), which the token controller
+//!   ([`crate::token_controller`]) writes into Secrets of type
+//!   `kubernetes.io/service-account-token`: issuer `kubernetes/serviceaccount`, no expiry, valid
+//!   while the Secret holds that very token and the account exists with its uid.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -13,6 +21,9 @@ use crate::auth::User;
 /// The issuer, and the audience a token is for when its request names none: kube-apiserver's
 /// defaults (`--service-account-issuer`, `--api-audiences`).
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The issuer of legacy tokens (kube's `serviceaccount.LegacyIssuer`).
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 
 /// How long a token is valid when the request does not say (kube-apiserver's default).
 pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
@@ -40,6 +51,25 @@ struct Claims {
 struct KubernetesClaims {
     namespace: String,
     serviceaccount: Reference,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<Reference>,
+}
+
+/// A legacy token's claims, named as kube's `legacyPrivateClaims` names them.
+#[derive(Debug, Serialize, Deserialize)]
+struct LegacyClaims {
+    iss: String,
+    sub: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace")]
+    namespace: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
+    secret_name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name")]
+    account_name: String,
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid")]
+    account_uid: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,8 +78,27 @@ struct Reference {
     uid: String,
 }
 
-/// Who a valid token says it is.
+/// The object a bound token lives no longer than (`boundObjectRef` of its request).
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundObject {
+    /// A Pod, by name and uid.
+    Pod {
+        /// Its name.
+        name: String,
+        /// Its uid.
+        uid: String,
+    },
+    /// A Secret, by name and uid.
+    Secret {
+        /// Its name.
+        name: String,
+        /// Its uid.
+        uid: String,
+    },
+}
+
+/// Who a valid token says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TokenSubject {
     /// The ServiceAccount's namespace.
     pub namespace: String,
@@ -59,6 +108,10 @@ pub struct TokenSubject {
     pub uid: String,
     /// The audiences the token is for.
     pub audiences: Vec<String>,
+    /// What a bound token is bound to.
+    pub bound: Option<BoundObject>,
+    /// For a legacy token, the Secret that must hold it.
+    pub legacy_secret: Option<String>,
 }
 
 impl TokenSubject {
@@ -128,14 +181,63 @@ impl ServiceAccountTokens {
                     name: subject.name.clone(),
                     uid: subject.uid.clone(),
                 },
+                pod: match &subject.bound {
+                    Some(BoundObject::Pod { name, uid }) => Some(Reference {
+                        name: name.clone(),
+                        uid: uid.clone(),
+                    }),
+                    _ => None,
+                },
+                secret: match &subject.bound {
+                    Some(BoundObject::Secret { name, uid }) => Some(Reference {
+                        name: name.clone(),
+                        uid: uid.clone(),
+                    }),
+                    _ => None,
+                },
             },
         };
         jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
             .map_err(|e| TokenKeyError(e.to_string()))
     }
 
-    /// Who `token` says it is, if it is one of ours, unexpired and for `audience`.
+    /// A legacy token for ServiceAccount `namespace/name` (`uid`), to be kept in Secret
+    /// `secret`: no expiry, valid while that Secret holds it.
+    pub fn issue_legacy(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        secret: &str,
+    ) -> Result<String, TokenKeyError> {
+        let claims = LegacyClaims {
+            iss: LEGACY_ISSUER.to_owned(),
+            sub: format!("system:serviceaccount:{namespace}:{name}"),
+            namespace: namespace.to_owned(),
+            secret_name: secret.to_owned(),
+            account_name: name.to_owned(),
+            account_uid: uid.to_owned(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &self.encoding)
+            .map_err(|e| TokenKeyError(e.to_string()))
+    }
+
+    /// Who `token` says it is, if it is one of ours, unexpired and for `audience` (a legacy
+    /// token is for the API server's audience only, as kube takes it). Whether the objects it
+    /// names still exist is the caller's to check (`Api::token_subject`).
     pub fn verify(&self, token: &str, audience: &str) -> Option<TokenSubject> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != Algorithm::ES256 {
+            return None;
+        }
+        self.verify_bound(token, audience).or_else(|| {
+            (audience == ISSUER)
+                .then(|| self.verify_legacy(token))
+                .flatten()
+        })
+    }
+
+    fn verify_bound(&self, token: &str, audience: &str) -> Option<TokenSubject> {
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[audience]);
@@ -147,11 +249,46 @@ impl ServiceAccountTokens {
             "system:serviceaccount:{}:{}",
             claims.kubernetes.namespace, claims.kubernetes.serviceaccount.name
         );
+        let bound = match (claims.kubernetes.pod, claims.kubernetes.secret) {
+            (Some(pod), _) => Some(BoundObject::Pod {
+                name: pod.name,
+                uid: pod.uid,
+            }),
+            (None, Some(secret)) => Some(BoundObject::Secret {
+                name: secret.name,
+                uid: secret.uid,
+            }),
+            (None, None) => None,
+        };
         (claims.sub == expected).then_some(TokenSubject {
             namespace: claims.kubernetes.namespace,
             name: claims.kubernetes.serviceaccount.name,
             uid: claims.kubernetes.serviceaccount.uid,
             audiences: claims.aud,
+            bound,
+            legacy_secret: None,
+        })
+    }
+
+    fn verify_legacy(&self, token: &str) -> Option<TokenSubject> {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[LEGACY_ISSUER]);
+        validation.set_required_spec_claims(&["iss", "sub"]);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<LegacyClaims>(token, &self.decoding, &validation).ok()?;
+        let claims = data.claims;
+        let expected = format!(
+            "system:serviceaccount:{}:{}",
+            claims.namespace, claims.account_name
+        );
+        (claims.sub == expected && !claims.secret_name.is_empty()).then_some(TokenSubject {
+            namespace: claims.namespace,
+            name: claims.account_name,
+            uid: claims.account_uid,
+            audiences: vec![ISSUER.to_owned()],
+            bound: None,
+            legacy_secret: Some(claims.secret_name),
         })
     }
 }
@@ -172,7 +309,7 @@ mod tests {
             namespace: "ci".into(),
             name: "deployer".into(),
             uid: "u-1".into(),
-            audiences: Vec::new(),
+            ..TokenSubject::default()
         };
         let now = jiff::Timestamp::now().as_second();
         let token = tokens.issue(&subject, now, 600).expect("token");
@@ -189,5 +326,38 @@ mod tests {
         let stranger = key(&crate::pki::Pki::load_or_create(other.path(), &[]).expect("pki"));
         assert!(stranger.verify(&token, ISSUER).is_none());
         assert!(tokens.verify("not.a.token", ISSUER).is_none());
+    }
+
+    #[test]
+    fn bound_and_legacy_tokens_say_what_they_hang_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = crate::pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
+        let tokens =
+            ServiceAccountTokens::new(&pki.load_or_create_key("sa").expect("key")).expect("key");
+        let bound = TokenSubject {
+            namespace: "apps".into(),
+            name: "default".into(),
+            uid: "sa-1".into(),
+            audiences: vec!["vault".into()],
+            bound: Some(BoundObject::Pod {
+                name: "web".into(),
+                uid: "pod-1".into(),
+            }),
+            legacy_secret: None,
+        };
+        let now = jiff::Timestamp::now().as_second();
+        let token = tokens.issue(&bound, now, 600).expect("token");
+        assert_eq!(tokens.verify(&token, "vault"), Some(bound));
+        let legacy = tokens
+            .issue_legacy("apps", "robot", "sa-2", "robot-token")
+            .expect("token");
+        let seen = tokens.verify(&legacy, ISSUER).expect("valid");
+        assert_eq!(seen.user().name, "system:serviceaccount:apps:robot");
+        assert_eq!(seen.uid, "sa-2");
+        assert_eq!(seen.legacy_secret.as_deref(), Some("robot-token"));
+        assert!(
+            tokens.verify(&legacy, "vault").is_none(),
+            "legacy tokens are for the API server"
+        );
     }
 }

@@ -87,9 +87,17 @@ async fn apply_get_describe_label_scale_edit_delete() {
     assert_eq!(json["data"]["interval"], "5");
 
     let described = cluster.kubectl_ok(&["describe", "pod", "hello"]);
+    // kubectl aligns every section to its widest label (the token volume's
+    // `TokenExpirationSeconds:`), so fields are read by their words.
+    let field = |label: &str| {
+        described
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(str::trim)
+            .unwrap_or_default()
+    };
     assert!(
-        described.contains("Status:           Pending")
-            && described.contains("QoS Class:        BestEffort"),
+        field("Status:") == "Pending" && field("QoS Class:") == "BestEffort",
         "{described}"
     );
 

@@ -321,15 +321,27 @@ fn image_tag_is_latest(image: &str) -> bool {
     }
 }
 
-/// What admission adds to a new pod: its service account and the tolerations of not-ready and
-/// unreachable nodes for 300 s (its priority and the namespace's limits: `api::admission`).
+/// What admission adds to a new pod: the tolerations of not-ready and unreachable nodes for
+/// 300 s (its service account, token volume, priority and the namespace's limits:
+/// `api::admission`). The deprecated `serviceAccount` says the same as `serviceAccountName`,
+/// as v1's conversion keeps them.
 fn pod_admission(spec: &mut Value) {
     let Some(spec) = spec.as_object_mut() else {
         return;
     };
-    set(spec, "serviceAccountName", json!("default"));
-    if let Some(sa) = spec.get("serviceAccountName").cloned() {
-        set(spec, "serviceAccount", sa);
+    let named = |spec: &serde_json::Map<String, Value>, key: &str| {
+        spec.get(key)
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+    };
+    if named(spec, "serviceAccountName").is_none()
+        && let Some(old) = named(spec, "serviceAccount")
+    {
+        spec.insert("serviceAccountName".into(), json!(old));
+    }
+    if let Some(sa) = named(spec, "serviceAccountName") {
+        spec.insert("serviceAccount".into(), json!(sa));
     }
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(list) = tolerations.as_array_mut() {
@@ -420,7 +432,10 @@ mod tests {
             "1Gi"
         );
         assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
-        assert_eq!(spec["serviceAccountName"], "default");
+        assert!(
+            spec.get("serviceAccountName").is_none(),
+            "admission names the account"
+        );
         assert_eq!(qos_class(&pod), "Burstable");
     }
 

@@ -263,7 +263,48 @@ impl Api {
             .ok()?
             .value();
         let uid = account.pointer("/metadata/uid").and_then(Value::as_str)?;
-        (uid == subject.uid).then_some(subject)
+        if uid != subject.uid || account.pointer("/metadata/deletionTimestamp").is_some() {
+            return None;
+        }
+        let get = |plural: &str, name: &str| {
+            self.store
+                .get(&crate::storage::ObjectKey::new(
+                    plural,
+                    &subject.namespace,
+                    name,
+                ))
+                .ok()
+                .map(|o| o.value())
+        };
+        let uid_of = |o: &Value| {
+            o.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        use crate::service_account_tokens::BoundObject;
+        let holds = match &subject.bound {
+            Some(BoundObject::Pod { name, uid }) => {
+                get("pods", name).is_some_and(|p| uid_of(&p).as_ref() == Some(uid))
+            }
+            Some(BoundObject::Secret { name, uid }) => {
+                get("secrets", name).is_some_and(|s| uid_of(&s).as_ref() == Some(uid))
+            }
+            None => true,
+        };
+        // A legacy token holds while its Secret (not being deleted) keeps this very token.
+        let legacy_holds = subject.legacy_secret.as_deref().is_none_or(|secret| {
+            get("secrets", secret).is_some_and(|s| {
+                s.pointer("/metadata/deletionTimestamp").is_none()
+                    && s.pointer("/data/token")
+                        .and_then(Value::as_str)
+                        .and_then(|t| {
+                            use base64::Engine as _;
+                            base64::engine::general_purpose::STANDARD.decode(t).ok()
+                        })
+                        .is_some_and(|t| t == token.as_bytes())
+            })
+        });
+        (holds && legacy_holds).then_some(subject)
     }
 
     /// The resources served.

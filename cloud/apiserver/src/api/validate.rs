@@ -47,6 +47,20 @@ pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) ->
         }
         ("", "Secret") => {
             keys(object.get("data"), "data", &mut causes);
+            let token_type = crate::token_controller::TOKEN_TYPE;
+            let annotation = crate::token_controller::NAME_ANNOTATION;
+            if object.get("type").and_then(Value::as_str) == Some(token_type)
+                && object
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(annotation))
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
+                causes.push(Cause::required(
+                    format!("metadata.annotations[{annotation}]"),
+                    "",
+                ));
+            }
             if let Some(data) = object.get("data").and_then(Value::as_object) {
                 for (k, v) in data {
                     let ok = v.as_str().is_some_and(|s| {

@@ -1,13 +1,13 @@
 //! Admission of pods: what kube-apiserver's admission plugins every cluster runs do to a pod
 //! before it is stored, named as they are named there.
 //!
-//! Mutating first (`priority` resolves the PriorityClass, `limit_ranger` fills the namespace's
-//! default requests and limits), then the object's validation, then validating
-//! (`limit_ranger`'s minimums and maximums, and `resource_quota` last, which charges the
-//! namespace's quotas). A refusal is a 403 worded as kube-apiserver words it (`pods "x" is
-//! forbidden: ...`). `resource_quota` also keeps each quota's `status.used` current as pods come
-//! and go (kube-controller-manager's quota controller's job), since only the API server sees
-//! every pod write.
+//! Mutating first (`service_account` names the pod's account and mounts its token, `priority`
+//! resolves the PriorityClass, `limit_ranger` fills the namespace's default requests and
+//! limits), then the object's validation, then validating (`limit_ranger`'s minimums and
+//! maximums, and `resource_quota` last, which charges the namespace's quotas). A refusal is a
+//! 403 worded as kube-apiserver words it (`pods "x" is forbidden: ...`). `resource_quota` also
+//! keeps each quota's `status.used` current as pods come and go (kube-controller-manager's quota
+//! controller's job), since only the API server sees every pod write.
 
 use serde_json::Value;
 
@@ -18,6 +18,7 @@ use crate::registry::ResourceInfo;
 pub(crate) mod limit_ranger;
 pub(crate) mod priority;
 pub(crate) mod resource_quota;
+pub(crate) mod service_account;
 
 /// A 403 for pod `name`, as admission plugins word it.
 fn forbidden(name: &str, why: impl std::fmt::Display) -> ApiError {
@@ -26,6 +27,7 @@ fn forbidden(name: &str, why: impl std::fmt::Display) -> ApiError {
 
 /// The mutating plugins, on a new pod in `namespace`.
 pub(crate) fn mutate_pod(api: &Api, namespace: &str, pod: &mut Value) -> Result<(), ApiError> {
+    service_account::admit(api, namespace, pod)?;
     priority::admit(api, pod)?;
     limit_ranger::default(api, namespace, pod);
     Ok(())
