@@ -34,12 +34,13 @@ pub enum NetnsError {
 }
 
 /// A thread in a pod's network namespace, with a runtime to spawn the pod's guests on. The
-/// thread ends, and with it whatever still runs there, when this is dropped.
+/// thread ends, and with it whatever still runs there, when this is dropped or
+/// [`PodThread::stop`]ped.
 #[derive(Debug)]
 pub struct PodThread {
     handle: Handle,
     netns: PathBuf,
-    _stop: oneshot::Sender<()>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl PodThread {
@@ -91,7 +92,7 @@ impl PodThread {
         Ok(Self {
             handle,
             netns: netns.to_owned(),
-            _stop: stop_tx,
+            stop: std::sync::Mutex::new(Some(stop_tx)),
         })
     }
 
@@ -103,6 +104,16 @@ impl PodThread {
     /// The namespace's path.
     pub fn netns(&self) -> &Path {
         &self.netns
+    }
+
+    /// Ends the thread (its hold on the namespace with it) and whatever still runs there; once
+    /// it has ended, what is spawned there is cancelled at once. A finished pod's sandbox keeps
+    /// no thread.
+    pub fn stop(&self) {
+        self.stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 }
 
@@ -132,6 +143,17 @@ mod tests {
             .await
             .expect("join");
         assert_eq!(there, here);
+        // Once stopped, the thread's runtime goes: what is spawned there is cancelled.
+        thread.stop();
+        let mut ended = false;
+        for _ in 0..1_000 {
+            if thread.handle().spawn(async {}).await.is_err() {
+                ended = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(ended, "the pod thread still runs after stop");
         let missing = PodThread::start(Path::new("/var/run/netns/no-such"), "x")
             .await
             .expect_err("no namespace");

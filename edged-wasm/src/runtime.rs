@@ -333,6 +333,14 @@ impl RuntimeService for WasmRuntime {
         for c in ids {
             self.stop_container(&c, Duration::ZERO).await?;
         }
+        // A guest's instance (its memory, its sockets) goes when it ends; what a stopped sandbox
+        // would hold on to beyond that is a mixed pod's thread in the pod's network namespace.
+        let thread = lock(&self.inner.sandboxes)
+            .get(id)
+            .and_then(|s| s.pod_thread.clone());
+        if let Some(thread) = thread {
+            thread.stop();
+        }
         Ok(())
     }
 

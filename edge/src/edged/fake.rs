@@ -173,6 +173,28 @@ impl Fake {
         id
     }
 
+    /// Holds, from before, the sandbox of a pod whose container `name` exited with `code`:
+    /// stopped (`ready: false`, as Edged leaves a finished pod's) or still running.
+    pub fn preexisting_exited(&self, uid: &str, name: &str, code: i32, ready: bool) -> String {
+        let id = self.preexisting(uid, name, 0);
+        let mut s = self.lock();
+        if let Some(sandbox) = s.sandboxes.get_mut(&format!("sb-old-{uid}")) {
+            sandbox.ready = ready;
+        }
+        if let Some((info, tx)) = s.containers.get_mut(&id) {
+            let exit = Exit {
+                code,
+                reason: if code == 0 { "Completed" } else { "Error" }.to_owned(),
+                message: None,
+                started_at: Timestamp::UNIX_EPOCH,
+                finished_at: Timestamp::UNIX_EPOCH,
+            };
+            info.state = ContainerState::Exited(exit.clone());
+            tx.send_replace(Some(exit));
+        }
+        id
+    }
+
     fn call(&self, what: String) -> Result<(), RuntimeError> {
         let mut s = self.lock();
         s.calls.push(what);

@@ -304,6 +304,19 @@ impl Edged {
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
         self.workers.remove_orphans(&held).await;
+        // A pod that had finished is not run again: its sandbox stays stopped (no network) until
+        // the pod is deleted.
+        let finished: HashSet<String> = self
+            .desired_pods()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                is_terminal(p)
+                    || queued_status(&self.outbox, p).is_some_and(|s| phase_is_terminal(&s))
+            })
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        self.workers.stop_leftovers(&finished).await;
         // Directories go only with pods the edge no longer holds at all: a pod being deleted
         // keeps its volumes and logs until it has stopped.
         let pods_root = self.workers.config().pods_root.clone();
@@ -440,6 +453,9 @@ impl Edged {
         let stopped = &loopback.stopped;
         let desired = self.desired_pods();
         let running: HashSet<String> = self.workers.pods().into_iter().collect();
+        // What the runtimes still hold of pods not started since a restart (finished ones among
+        // them): removed at their deletion as a running pod is stopped.
+        let leftovers = self.workers.leftovers();
         let mut wanted = HashSet::new();
         for pod in desired {
             let Some(uid) = pod.metadata.uid.clone() else {
@@ -469,7 +485,7 @@ impl Edged {
             });
             state.pod = pod.clone();
             if pod.metadata.deletion_timestamp.is_some() {
-                if running.contains(&uid) {
+                if running.contains(&uid) || leftovers.contains(&uid) {
                     if !state.stopping {
                         state.stopping = true;
                         let dir = plan::pod_dir(
@@ -527,7 +543,10 @@ impl Edged {
             }
             self.report_status(&uid);
         }
-        for uid in running.difference(&wanted) {
+        for uid in running
+            .union(&leftovers)
+            .filter(|uid| !wanted.contains(*uid))
+        {
             if self.pods.get(uid).is_some_and(|s| s.stopping) {
                 continue;
             }

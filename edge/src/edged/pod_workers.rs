@@ -9,9 +9,12 @@
 //! **Adoption.** Containers outlive edgecore (containerd keeps them), so before the first pod
 //! starts [`PodWorkers::take_inventory`] lists what every runtime holds; a pod started
 //! afterwards adopts its sandbox and containers instead of creating them again, and
-//! [`PodWorkers::remove_orphans`] removes sandboxes that belong to no pod the edge holds. The
-//! Wasm runtime's instances live in the process, so it has nothing to report after a restart
-//! and its pods start afresh.
+//! [`PodWorkers::remove_orphans`] removes sandboxes that belong to no pod the edge holds. A pod
+//! that had finished keeps a stopped sandbox (its containers and logs, no network) until it is
+//! deleted: Edged does not run it again, [`PodWorkers::stop_leftovers`] makes sure its sandbox
+//! is stopped, and [`PodWorkers::stop`] removes it at the pod's deletion. The Wasm runtime's
+//! instances live in the process, so it has nothing to report after a restart and its pods
+//! start afresh.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -22,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wedge_core::restart::{BackoffSettings, RestartPolicy};
-use wedge_core::runtime::{ContainerStats, PullAuth, labels};
+use wedge_core::runtime::{ContainerStats, PullAuth, SandboxStatus, labels};
 use wedge_core::status::{PodPhase, PodStatusReport};
 
 use super::notices::DirNotices;
@@ -57,6 +60,16 @@ impl WorkerConfig {
             cgroup_parent: None,
         }
     }
+}
+
+/// Every sandbox id of `adopted`.
+fn sandboxes_of(adopted: &Adopted) -> Vec<String> {
+    adopted
+        .sandbox
+        .iter()
+        .map(|(id, _)| id.clone())
+        .chain(adopted.stale.iter().cloned())
+        .collect()
 }
 
 /// Where a pod runs: its sandbox on one runtime, and (in a mixed pod) some containers on
@@ -195,28 +208,87 @@ impl PodWorkers {
                 tracing::warn!(runtime = handle.handler(), %error, "cannot list the runtime's containers");
                 Vec::new()
             });
+            let mut by_pod: HashMap<String, Vec<SandboxStatus>> = HashMap::new();
             for sandbox in sandboxes {
-                let Some(uid) = sandbox.labels.get(labels::POD_UID).cloned() else {
-                    continue;
-                };
-                let entry = found
-                    .entry(uid)
-                    .or_insert_with(|| (handle.handler(), Adopted::default()));
-                if !sandbox.ready {
-                    // A stopped sandbox is removed with the orphans or replaced by a new one.
+                if let Some(uid) = sandbox.labels.get(labels::POD_UID).cloned() {
+                    by_pod.entry(uid).or_default().push(sandbox);
+                }
+            }
+            for (uid, mut sandboxes) in by_pod {
+                if found.contains_key(&uid) {
                     continue;
                 }
-                entry.1.containers.extend(
-                    containers
+                // The pod's sandbox is its running one, else its newest; the others are stale.
+                sandboxes.sort_by_key(|s| (s.ready, s.created_at));
+                let Some(newest) = sandboxes.pop() else {
+                    continue;
+                };
+                let adopted = Adopted {
+                    containers: containers
                         .iter()
-                        .filter(|c| c.sandbox_id == sandbox.id)
-                        .cloned(),
-                );
-                entry.1.sandbox = Some((sandbox.id, sandbox.ip));
+                        .filter(|c| c.sandbox_id == newest.id)
+                        .cloned()
+                        .collect(),
+                    ready: newest.ready,
+                    sandbox: Some((newest.id, newest.ip)),
+                    stale: sandboxes.into_iter().map(|s| s.id).collect(),
+                };
+                found.insert(uid, (handle.handler(), adopted));
             }
         }
         tracing::info!(pods = found.len(), "took the runtimes' inventory");
         *lock(&self.inner.inventory) = found;
+    }
+
+    /// The pods the inventory still holds sandboxes of: pods not started yet, and pods that had
+    /// finished before Edged restarted, which it does not run again.
+    pub fn leftovers(&self) -> HashSet<String> {
+        lock(&self.inner.inventory).keys().cloned().collect()
+    }
+
+    /// Stops the sandboxes the inventory holds for the pods in `finished` (which had finished
+    /// before Edged restarted and are not run again): their network goes, as a finished pod's
+    /// does ([`super::worker`]); their containers and logs stay until the pod is deleted
+    /// ([`PodWorkers::stop`]).
+    pub async fn stop_leftovers(&self, finished: &HashSet<String>) {
+        let held: Vec<(&'static str, Vec<String>)> = lock(&self.inner.inventory)
+            .iter()
+            .filter(|(uid, _)| finished.contains(*uid))
+            .map(|(_, (handler, adopted))| (*handler, sandboxes_of(adopted)))
+            .collect();
+        for (handler, ids) in held {
+            let Some(handle) = self.inner.runtimes.get(handler) else {
+                continue;
+            };
+            for id in ids {
+                if let Err(error) = handle.runtime.stop_sandbox(&id).await {
+                    tracing::warn!(sandbox = id, %error, "cannot stop a finished pod's sandbox");
+                }
+            }
+        }
+    }
+
+    /// Stops and removes the sandboxes the inventory holds for `uid`, and forgets them.
+    async fn remove_leftovers(&self, uid: &str) {
+        let Some((handler, adopted)) = lock(&self.inner.inventory).remove(uid) else {
+            return;
+        };
+        let Some(handle) = self.inner.runtimes.get(handler) else {
+            return;
+        };
+        for id in sandboxes_of(&adopted) {
+            tracing::info!(
+                uid,
+                sandbox = id,
+                "removing the sandbox of a pod from before the restart"
+            );
+            if let Err(error) = handle.runtime.stop_sandbox(&id).await {
+                tracing::warn!(sandbox = id, %error, "cannot stop a sandbox");
+            }
+            if let Err(error) = handle.runtime.remove_sandbox(&id).await {
+                tracing::warn!(sandbox = id, %error, "cannot remove a sandbox");
+            }
+        }
     }
 
     /// Stops and removes every sandbox of the inventory whose pod is not in `keep` (a pod
@@ -334,8 +406,10 @@ impl PodWorkers {
     }
 
     /// Stops a pod: each container within `grace` (SIGTERM, then SIGKILL), then its sandbox,
-    /// and forgets it. Stopping an unknown pod is a no-op.
+    /// and forgets it; or, for a pod not started since Edged restarted, removes what the
+    /// runtimes held of it. Stopping an unknown pod is a no-op.
     pub async fn stop(&self, uid: &str, grace: Duration) {
+        self.remove_leftovers(uid).await;
         let Some(entry) = lock(&self.inner.pods).get(uid).cloned() else {
             return;
         };

@@ -32,8 +32,13 @@ use super::runtimes::RuntimeHandle;
 pub struct Adopted {
     /// The sandbox's id and IP.
     pub sandbox: Option<(String, Option<String>)>,
+    /// Whether that sandbox still runs. A stopped one is a finished pod's (Edged stops those),
+    /// or one the host's restart stopped.
+    pub ready: bool,
     /// Its containers, every instance.
     pub containers: Vec<ContainerInfo>,
+    /// The pod's other sandboxes (older, stopped), removed when the pod starts.
+    pub stale: Vec<String>,
 }
 
 /// One container's status, and the id of its current instance.
@@ -279,11 +284,19 @@ pub(crate) async fn run_pod(
     stop: CancellationToken,
     deadline: Arc<Mutex<Option<Instant>>>,
 ) {
+    let adopted = sort_adopted(&pod, adopted).await;
+    if !adopted.ready
+        && let Some((sandbox_id, _)) = adopted.sandbox.clone()
+    {
+        adopt_finished(&pod, adopted);
+        finish(&pod, &sandbox_id, &config, &stop).await;
+        return;
+    }
     let Some(sandbox_id) = ensure_sandbox(&pod, &config, adopted.sandbox, &stop).await else {
         return;
     };
     if !join_sandboxes(&pod, &config, &sandbox_id, &stop).await {
-        finish(&pod, &sandbox_id, &stop).await;
+        finish(&pod, &sandbox_id, &config, &stop).await;
         return;
     }
     let adopted = Arc::new(adopted.containers);
@@ -331,7 +344,7 @@ pub(crate) async fn run_pod(
                                 ContainerState::waiting(reason::POD_INITIALIZING, message.clone())
                         });
                     }
-                    finish(&pod, &sandbox_id, &stop).await;
+                    finish(&pod, &sandbox_id, &config, &stop).await;
                     return;
                 }
             }
@@ -366,7 +379,91 @@ pub(crate) async fn run_pod(
             tracing::error!(pod = %pod.plan.display_name, error = %e, "a container task failed");
         }
     }
-    finish(&pod, &sandbox_id, &stop).await;
+    finish(&pod, &sandbox_id, &config, &stop).await;
+}
+
+/// What of `adopted` the pod takes on. Stale sandboxes go. A stopped sandbox is kept only for a
+/// pod that had finished (as the kubelet, which does not make a finished pod's sandbox again):
+/// every container's last instance ended for good, or an init container failed under
+/// `restartPolicy: Never`. Otherwise it goes with its containers, and the pod starts afresh.
+async fn sort_adopted(pod: &PodState, mut adopted: Adopted) -> Adopted {
+    let rt = &pod.handle.runtime;
+    let mut remove = std::mem::take(&mut adopted.stale);
+    if !adopted.ready
+        && let Some((id, _)) = &adopted.sandbox
+        && !finished_before(&pod.plan, &adopted.containers)
+    {
+        tracing::info!(pod = %pod.plan.display_name, sandbox = id, "the pod's sandbox was stopped before it finished: starting it afresh");
+        remove.push(id.clone());
+        adopted = Adopted::default();
+    }
+    for id in remove {
+        if let Err(e) = rt.stop_sandbox(&id).await {
+            tracing::warn!(pod = %pod.plan.display_name, sandbox = id, error = %e, "cannot stop an old sandbox");
+        }
+        if let Err(e) = rt.remove_sandbox(&id).await {
+            tracing::warn!(pod = %pod.plan.display_name, sandbox = id, error = %e, "cannot remove an old sandbox");
+        }
+    }
+    adopted
+}
+
+/// Whether `containers` (every instance the runtime held) show that the pod had finished: none
+/// of its containers will run again.
+fn finished_before(plan: &PodPlan, containers: &[ContainerInfo]) -> bool {
+    let exit_code = |name: &str| match latest(containers, name).map(|c| &c.state) {
+        Some(runtime::ContainerState::Exited(e)) => Some(e.code),
+        _ => None,
+    };
+    let policy = plan.restart_policy;
+    let init_failed = policy == RestartPolicy::Never
+        && plan
+            .init_containers
+            .iter()
+            .any(|c| exit_code(&c.name).is_some_and(|code| code != 0));
+    init_failed
+        || plan
+            .containers
+            .iter()
+            .all(|c| exit_code(&c.name).is_some_and(|code| !policy.restarts_after(code)))
+}
+
+/// Takes on the stopped sandbox of a pod that had finished before Edged restarted: each
+/// container's status is its last instance's, and nothing runs again.
+fn adopt_finished(pod: &PodState, adopted: Adopted) {
+    *pod.sandbox
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = adopted.sandbox;
+    let failed_init = pod.init.iter().find(|slot| {
+        latest(&adopted.containers, &slot.plan.name)
+            .is_some_and(|c| matches!(&c.state, runtime::ContainerState::Exited(e) if e.code != 0))
+    });
+    let message = failed_init.map_or_else(
+        || "an init container did not complete".to_owned(),
+        |slot| format!("init container {:?} did not complete", slot.plan.name),
+    );
+    for slot in pod.init.iter().chain(&pod.containers) {
+        match latest(&adopted.containers, &slot.plan.name) {
+            Some(c) => {
+                let state = match &c.state {
+                    runtime::ContainerState::Exited(e) => terminated(e),
+                    _ => ContainerState::waiting(reason::CONTAINER_CREATING, None),
+                };
+                slot.set_id(Some(c.id.clone()));
+                let c = c.clone();
+                pod.update(slot, |s| {
+                    s.restart_count = c.attempt;
+                    s.image_id.clone_from(&c.image_id);
+                    s.state = state;
+                });
+            }
+            // A container that never ran: its init container failed.
+            None => pod.update(slot, |s| {
+                s.state = ContainerState::waiting(reason::POD_INITIALIZING, message.clone());
+            }),
+        }
+    }
+    tracing::info!(pod = %pod.plan.display_name, "adopted a pod that had finished");
 }
 
 /// The newest instance of container `name` among `containers`.
@@ -377,9 +474,19 @@ fn latest<'a>(containers: &'a [ContainerInfo], name: &str) -> Option<&'a Contain
         .max_by_key(|c| c.attempt)
 }
 
-/// After the last container ended: a stopped pod's sandbox goes; a pod that finished by
-/// itself keeps it (and its containers) until it is stopped, as the kubelet keeps them for logs.
-async fn finish(pod: &PodState, sandbox_id: &str, stop: &CancellationToken) {
+/// After the last container ended.
+///
+/// A pod that finished by itself (every container ended for good, none will restart) has its
+/// sandboxes stopped at once, as the kubelet stops them: the runtime lets go of the pod's
+/// network (a container pod's IP goes back to the pool, through CNI `DEL`) and of whatever ran
+/// there, while the containers, their exit statuses and their logs stay readable for
+/// `kubectl get` and `kubectl logs`. Only then is the pod marked finished. Without this, a Job
+/// of a few hundred container pods on one edge would run out of addresses on pods the Job
+/// controller has not yet deleted. Everything is removed when the pod is stopped (deleted).
+async fn finish(pod: &PodState, sandbox_id: &str, config: &WorkerConfig, stop: &CancellationToken) {
+    if !stop.is_cancelled() {
+        stop_sandboxes(pod, sandbox_id, config, stop).await;
+    }
     pod.finished.send_replace(true);
     stop.cancelled().await;
     for slot in pod.init.iter().chain(&pod.containers) {
@@ -416,6 +523,44 @@ async fn finish(pod: &PodState, sandbox_id: &str, stop: &CancellationToken) {
     if let Err(e) = rt.remove_sandbox(sandbox_id).await {
         tracing::warn!(pod = %pod.plan.display_name, error = %e, "cannot remove the sandbox");
     }
+}
+
+/// Stops a finished pod's sandboxes (the joined ones first), retried with backoff while the
+/// runtime fails, until they are stopped or the pod is.
+async fn stop_sandboxes(
+    pod: &PodState,
+    sandbox_id: &str,
+    config: &WorkerConfig,
+    stop: &CancellationToken,
+) {
+    let mut sandboxes: Vec<(RuntimeHandle, String)> = pod
+        .joined
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    sandboxes.push((pod.handle.clone(), sandbox_id.to_owned()));
+    let mut backoff = CrashLoopBackoff::new(config.backoff);
+    for (handle, id) in sandboxes {
+        loop {
+            let stopped = tokio::select! {
+                () = stop.cancelled() => return,
+                stopped = handle.runtime.stop_sandbox(&id) => stopped,
+            };
+            match stopped {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(pod = %pod.plan.display_name, sandbox = id, error = %e, "cannot stop a finished pod's sandbox");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff.after_exit(Duration::ZERO)) => {}
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(pod = %pod.plan.display_name, "pod finished: its sandbox is stopped");
 }
 
 /// The pod's sandbox: adopted, or run (retried with backoff while it fails). `None` when the pod

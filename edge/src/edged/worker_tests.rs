@@ -138,7 +138,8 @@ async fn restart_policies_decide_the_phase() {
         .await;
     assert_eq!(s.containers[0].restart_count, 0);
     assert_eq!(reason(&s), Some("Completed"));
-    // A finished pod keeps its sandbox (and its logs) until it is stopped.
+    // A finished pod keeps its (stopped) sandbox and its logs until it is stopped.
+    h.workers.wait("ok").await.expect("known");
     assert!(
         !h.fake
             .calls()
@@ -343,6 +344,173 @@ async fn a_restarted_edge_adopts_what_runs() {
     );
     assert!(calls.contains(&"remove_sandbox sb-old-orphan".to_owned()));
     assert!(!calls.contains(&"remove_sandbox sb-old-adopt".to_owned()));
+}
+
+/// The sandboxes the fake holds: id and whether it runs.
+async fn sandboxes(fake: &Fake) -> Vec<(String, bool)> {
+    use wedge_core::runtime::RuntimeService as _;
+    let mut all: Vec<(String, bool)> = fake
+        .list_sandboxes()
+        .await
+        .expect("listed")
+        .into_iter()
+        .map(|s| (s.id, s.ready))
+        .collect();
+    all.sort();
+    all
+}
+
+/// What `kubectl logs` shows of the pod's `main` container.
+async fn logs(workers: &PodWorkers, pod: &str) -> String {
+    let mut reader = workers
+        .open_logs("default", pod, "main", Default::default())
+        .await
+        .expect("logs open");
+    let mut text = Vec::new();
+    while let Some(chunk) = reader.next().await {
+        text.extend_from_slice(&chunk.expect("read"));
+    }
+    String::from_utf8(text).expect("utf-8")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_pod_stops_its_sandbox_keeps_its_logs_and_goes_at_deletion() {
+    // Succeeded, Failed, and Succeeded after a failure: each pod's sandbox stops (its network
+    // goes) as soon as nothing will run in it again, not before.
+    for (policy, exits, phase) in [
+        ("Never", vec![Some(0)], PodPhase::Succeeded),
+        ("Never", vec![Some(3)], PodPhase::Failed),
+        ("OnFailure", vec![Some(1), Some(0)], PodPhase::Succeeded),
+    ] {
+        let h = harness();
+        h.fake.script("main", &exits);
+        h.start("job", one(serde_json::json!({}), policy));
+        let running = h
+            .wait_for("job", "running", |s| s.containers[0].state.is_running())
+            .await;
+        assert_eq!(running.phase, PodPhase::Running);
+        assert_eq!(sandboxes(&h.fake).await, [("sb1".to_owned(), true)]);
+        let finished = h.workers.wait("job").await.expect("known");
+        assert_eq!(finished.phase, phase, "{policy} {exits:?}");
+        let code = exits.last().copied().flatten();
+        assert_eq!(finished.containers[0].state.exit_code(), code);
+        assert_eq!(
+            sandboxes(&h.fake).await,
+            [("sb1".to_owned(), false)],
+            "stopped, not removed: {:?}",
+            h.fake.calls()
+        );
+        // What the user reads is unchanged: the status and exit code, and the log.
+        let after = h.workers.status("job").expect("known");
+        assert_eq!(after, finished);
+        assert_eq!(after.pod_ip.as_deref(), Some("10.88.0.1"));
+        let attempt = exits.len() - 1;
+        assert!(
+            logs(&h.workers, "pod-job")
+                .await
+                .contains(&format!("main#{attempt} started")),
+        );
+        h.workers.stop("job", Duration::from_secs(30)).await;
+        assert!(sandboxes(&h.fake).await.is_empty());
+        assert!(h.fake.calls().contains(&"remove_sandbox sb1".to_owned()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_that_fails_to_stop_a_finished_pods_sandbox_is_asked_again() {
+    let h = harness();
+    h.fake.script("main", &[Some(0)]);
+    h.start("job", one(serde_json::json!({}), "Never"));
+    h.wait_for("job", "running", |s| s.containers[0].state.is_running())
+        .await;
+    h.fake.set_down(true);
+    h.wait_for("job", "succeeded", |s| s.phase == PodPhase::Succeeded)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| *c == "stop_sandbox sb1")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{:?}", h.fake.calls());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.fake.set_down(false);
+    h.workers.wait("job").await.expect("known");
+    assert_eq!(sandboxes(&h.fake).await, [("sb1".to_owned(), false)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_edge_runs_no_finished_pod_again_and_removes_it_at_deletion() {
+    let h = harness();
+    // Finished before the restart: its sandbox stopped, its container exited 0.
+    h.fake.preexisting_exited("done", "main", 0, false);
+    // Finished, but the restart came before its sandbox was stopped.
+    h.fake.preexisting_exited("late", "main", 0, true);
+    // Stopped before it finished (the host restarted): it runs again.
+    h.fake.preexisting_exited("cut", "main", 1, false);
+    h.workers.take_inventory().await;
+    assert_eq!(
+        h.workers.leftovers(),
+        ["done", "late", "cut"].map(str::to_owned).into()
+    );
+
+    // Edged does not start a pod whose status says it finished; its sandbox stops.
+    h.workers.stop_leftovers(&["late".to_owned()].into()).await;
+    assert!(
+        h.fake
+            .calls()
+            .contains(&"stop_sandbox sb-old-late".to_owned())
+    );
+
+    // A pod whose status had not yet said so is found finished in the runtime, and its log is
+    // the one its container wrote before the restart.
+    let plan = h.plan("done", one(serde_json::json!({}), "Never"));
+    let log = plan.dir.join("main").join("0.log");
+    std::fs::create_dir_all(log.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&log, "2026-12-05T10:00:00.000000000Z stdout F all done\n").expect("log");
+    h.workers
+        .start(plan, Default::default(), Default::default())
+        .expect("started");
+    let s = h.workers.wait("done").await.expect("known");
+    assert_eq!(s.phase, PodPhase::Succeeded);
+    assert_eq!(reason(&s), Some("Completed"));
+    assert_eq!(logs(&h.workers, "pod-done").await, "all done\n");
+
+    h.start("cut", one(serde_json::json!({}), "Always"));
+    h.wait_for("cut", "running again", |s| {
+        s.containers[0].state.is_running()
+    })
+    .await;
+    let calls = h.fake.calls();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("run_sandbox"))
+            .count(),
+        1,
+        "only the pod cut short gets a new sandbox: {calls:?}"
+    );
+    assert!(calls.contains(&"remove_sandbox sb-old-cut".to_owned()));
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c == "remove_sandbox sb-old-done" || c == "remove_sandbox sb-old-late")
+    );
+
+    // Deleted: the finished pods' sandboxes go, whether Edged ran the pod again or not.
+    h.workers.stop("done", Duration::from_secs(30)).await;
+    h.workers.stop("late", Duration::from_secs(30)).await;
+    let left: Vec<String> = sandboxes(&h.fake)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, ["sb1"], "{:?}", h.fake.calls());
+    assert!(h.workers.leftovers().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
