@@ -7,6 +7,13 @@
 //! `ListContainers` per tick, plus one `ContainerStatus` as each starts waiting (so a container
 //! that has already exited answers at once) and one per exit, to read its code and reason.
 //!
+//! A container killed by SIGKILL (exit 137) whose reason is not yet `OOMKilled` is asked again on
+//! the next relists, for at most [`OOM_REASON_GRACE`]: containerd's CRI learns that the exit was
+//! the OOM killer's from the shim's `TaskOOM` event, which can arrive after it has seen the exit
+//! (it waits on the task for that), and until then it says `Error`. The kubelet rereads a
+//! terminated container's status at every sync and shows `OOMKilled` once it comes; Edged reads
+//! the exit once, so it is settled here.
+//!
 //! Waiters keep waiting while containerd is unreachable: a restart of containerd does not end
 //! a running container, and the next successful list after it picks up where the last left
 //! off. A container that is gone from containerd wakes its waiters with `NotFound`. The task
@@ -22,10 +29,12 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 use wedge_core::runtime::{ContainerState, Exit, RuntimeError};
+use wedge_core::status::reason;
 
 use crate::client::call;
 use crate::container::container_info;
@@ -33,6 +42,14 @@ use crate::errors::runtime_error;
 
 /// How often containers are relisted while someone waits: the longest an exit goes unnoticed.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a SIGKILLed container's exit may wait for containerd to say it was an OOM kill.
+pub const OOM_REASON_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether `exit` may yet turn out to be an OOM kill that containerd has not heard of.
+fn maybe_oom(exit: &Exit) -> bool {
+    exit.code == 137 && exit.reason != reason::OOM_KILLED
+}
 
 /// Where a waited-for container stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +110,8 @@ struct Shared {
     waiting: Mutex<HashMap<String, watch::Sender<Outcome>>>,
     /// Wakes the idle poller when the first waiter comes.
     wake: Notify,
+    /// Exits that may yet be OOM kills ([`maybe_oom`]): when each was first seen.
+    unsure: Mutex<HashMap<String, Instant>>,
 }
 
 impl Shared {
@@ -100,11 +119,34 @@ impl Shared {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn unsure(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.unsure.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Tells every waiter of `id` how it ended, and forgets it.
     fn settle(&self, id: &str, outcome: Outcome) {
+        self.unsure().remove(id);
         if let Some(tx) = self.waiting().remove(id) {
             tx.send_replace(outcome);
         }
+    }
+
+    /// Settles `id` with `outcome`, unless it is a SIGKILL whose reason may still become
+    /// `OOMKilled` and was first seen less than [`OOM_REASON_GRACE`] ago (`false`: asked again
+    /// at the next relist).
+    fn settle_exit(&self, id: &str, outcome: Outcome) -> bool {
+        if let Outcome::Exited(exit) = &outcome
+            && maybe_oom(exit)
+        {
+            let now = Instant::now();
+            let first = *self.unsure().entry(id.to_owned()).or_insert(now);
+            if now.duration_since(first) < OOM_REASON_GRACE {
+                return false;
+            }
+            tracing::debug!(container = %id, "a SIGKILLed container's reason stayed {:?}", exit.reason);
+        }
+        self.settle(id, outcome);
+        true
     }
 }
 
@@ -155,7 +197,11 @@ impl ExitWatch {
             Ok(Outcome::Running) | Err(RuntimeError::Unavailable(_)) => {
                 self.shared.wake.notify_one();
             }
-            Ok(outcome) => self.shared.settle(id, outcome),
+            Ok(outcome) => {
+                if !self.shared.settle_exit(id, outcome) {
+                    self.shared.wake.notify_one();
+                }
+            }
             Err(e) => return Err(e),
         }
         let outcome = rx
@@ -207,6 +253,7 @@ async fn poll(
             waiting.retain(|_, tx| tx.receiver_count() > 0);
             waiting.keys().cloned().collect()
         };
+        shared.unsure().retain(|id, _| ids.contains(id));
         if ids.is_empty() {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -250,7 +297,7 @@ async fn relist(shared: &Shared, containers: &dyn Containers, ids: &[String]) {
                 if outcome == Outcome::Gone {
                     tracing::debug!(container = %id, "waited-for container is gone");
                 }
-                shared.settle(id, outcome);
+                shared.settle_exit(id, outcome);
             }
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "reading an exited container failed");
@@ -264,7 +311,6 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
     use jiff::Timestamp;
-    use wedge_core::status::reason;
 
     use super::*;
 
@@ -276,6 +322,8 @@ mod tests {
         down: AtomicBool,
         lists: AtomicUsize,
         statuses: AtomicUsize,
+        /// Reasons other than `Error` for a non-zero exit, by id.
+        reasons: Mutex<HashMap<String, &'static str>>,
     }
 
     impl Fake {
@@ -284,6 +332,9 @@ mod tests {
         }
         fn exit(&self, id: &str, code: i32) {
             lock(&self.containers).insert(id.to_owned(), Some(code));
+        }
+        fn reason(&self, id: &str, reason: &'static str) {
+            lock(&self.reasons).insert(id.to_owned(), reason);
         }
         fn remove(&self, id: &str) {
             lock(&self.containers).remove(id);
@@ -326,7 +377,11 @@ mod tests {
                 Some(None) => Outcome::Running,
                 Some(Some(code)) => Outcome::Exited(Exit {
                     code: *code,
-                    reason: reason::ERROR.into(),
+                    reason: lock(&self.reasons)
+                        .get(id)
+                        .copied()
+                        .unwrap_or(reason::ERROR)
+                        .into(),
                     message: None,
                     started_at: Timestamp::UNIX_EPOCH,
                     finished_at: Timestamp::UNIX_EPOCH,
@@ -412,6 +467,55 @@ mod tests {
         fake.down.store(false, SeqCst);
         ticks(2).await;
         assert_eq!(waiter.await.expect("joined").map(|e| e.code), Ok(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oom_kill_is_named_even_when_containerd_hears_of_it_after_the_exit() {
+        let fake = Arc::new(Fake::default());
+        let w = watch(&fake);
+        // Seen exiting by the relist, OOMKilled a tick later.
+        fake.run("hog");
+        let hog = spawn_wait(&w, "hog");
+        ticks(2).await;
+        fake.exit("hog", 137);
+        ticks(2).await;
+        assert!(!hog.is_finished(), "a SIGKILL's reason is asked again");
+        fake.reason("hog", reason::OOM_KILLED);
+        ticks(2).await;
+        let exit = hog.await.expect("joined").expect("exited");
+        assert_eq!((exit.code, exit.reason.as_str()), (137, "OOMKilled"));
+
+        // Already exited at the first look.
+        fake.exit("early", 137);
+        let early = spawn_wait(&w, "early");
+        ticks(1).await;
+        fake.reason("early", reason::OOM_KILLED);
+        ticks(2).await;
+        let exit = early.await.expect("joined").expect("exited");
+        assert_eq!(exit.reason, "OOMKilled");
+
+        // A SIGKILL that was not the OOM killer's is said to be one no later than the grace.
+        fake.run("killed");
+        let killed = spawn_wait(&w, "killed");
+        ticks(1).await;
+        fake.exit("killed", 137);
+        let t0 = Instant::now();
+        let exit = killed.await.expect("joined").expect("exited");
+        assert_eq!(exit.reason, "Error");
+        assert!(
+            t0.elapsed() <= OOM_REASON_GRACE + POLL_INTERVAL * 2,
+            "{:?}",
+            t0.elapsed()
+        );
+
+        // Other exits are not held back.
+        fake.run("plain");
+        let plain = spawn_wait(&w, "plain");
+        ticks(1).await;
+        fake.exit("plain", 1);
+        let t0 = Instant::now();
+        assert_eq!(plain.await.expect("joined").map(|e| e.code), Ok(1));
+        assert!(t0.elapsed() <= POLL_INTERVAL * 2);
     }
 
     #[tokio::test(start_paused = true)]
