@@ -228,3 +228,118 @@ async fn resource_quotas_count_pods_and_refuse_what_exceeds_them() {
     let table = cluster.kubectl_ok(&["-n", "team", "get", "quota", "small", "--no-headers"]);
     assert!(table.contains("pods: 1/2, requests.cpu: 700m/1"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_quotas_count_objects_of_every_kind() {
+    let cluster = Cluster::start().await;
+    cluster.kubectl_ok(&["create", "namespace", "team"]);
+    cluster.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "quota",
+        "objects",
+        "--hard=configmaps=2,count/deployments.apps=1,services.nodeports=1,requests.storage=1Gi",
+    ]);
+    let used = || {
+        cluster.kubectl_ok(&[
+            "-n",
+            "team",
+            "get",
+            "quota",
+            "objects",
+            "-o",
+            "jsonpath={.status.used.configmaps} {.status.used.count/deployments\\.apps} \
+             {.status.used.services\\.nodeports} {.status.used.requests\\.storage}",
+        ])
+    };
+    assert_eq!(used(), "0 0 0 0");
+    // A ConfigMap of a namespace: charged as it is created, refused past the limit.
+    cluster.kubectl_ok(&["-n", "team", "create", "configmap", "a"]);
+    cluster.kubectl_ok(&["-n", "team", "create", "configmap", "b"]);
+    let third = cluster.kubectl(&["-n", "team", "create", "configmap", "c"]);
+    assert!(
+        text(&third).contains(
+            r#"configmaps "c" is forbidden: exceeded quota: objects, requested: configmaps=1, used: configmaps=2, limited: configmaps=2"#
+        ),
+        "{}",
+        text(&third)
+    );
+    // A kind with a group, counted as `count/<resource>.<group>`.
+    cluster.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.local/app:1",
+    ]);
+    let second = cluster.kubectl(&[
+        "-n",
+        "team",
+        "create",
+        "deployment",
+        "api",
+        "--image=registry.local/app:1",
+    ]);
+    assert!(
+        text(&second).contains(
+            r#"deployments.apps "api" is forbidden: exceeded quota: objects, requested: count/deployments.apps=1, used: count/deployments.apps=1, limited: count/deployments.apps=1"#
+        ),
+        "{}",
+        text(&second)
+    );
+    // A NodePort Service takes a node port per port.
+    let two_ports = cluster.kubectl(&[
+        "-n",
+        "team",
+        "create",
+        "service",
+        "nodeport",
+        "wide",
+        "--tcp=80:8080,443:8443",
+    ]);
+    assert!(
+        text(&two_ports).contains("exceeded quota: objects, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1"),
+        "{}",
+        text(&two_ports)
+    );
+    cluster.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "service",
+        "nodeport",
+        "narrow",
+        "--tcp=80:8080",
+    ]);
+    // Claims charge the storage they request.
+    let claim = |name: &str, size: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {{"name": "{name}", "namespace": "team"}},
+                "spec": {{"accessModes": ["ReadWriteOnce"], "resources": {{"requests": {{"storage": "{size}"}}}}}}}}"#
+        )
+    };
+    let out = cluster.kubectl_stdin(&["create", "-f", "-"], &claim("data", "512Mi"));
+    assert!(out.status.success(), "{}", text(&out));
+    let big = cluster.kubectl_stdin(&["create", "-f", "-"], &claim("more", "1Gi"));
+    assert!(
+        text(&big).contains("exceeded quota: objects, requested: requests.storage=1Gi, used: requests.storage=512Mi, limited: requests.storage=1Gi"),
+        "{}",
+        text(&big)
+    );
+    assert_eq!(used(), "2 1 1 512Mi");
+    // Deleting frees what the object held.
+    cluster.kubectl_ok(&["-n", "team", "delete", "configmap", "a"]);
+    cluster.kubectl_ok(&["-n", "team", "create", "configmap", "c"]);
+    cluster.kubectl_ok(&["-n", "team", "delete", "deployment", "web", "--wait=false"]);
+    cluster.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "deployment",
+        "api",
+        "--image=registry.local/app:1",
+    ]);
+    assert_eq!(used(), "2 1 1 512Mi");
+}

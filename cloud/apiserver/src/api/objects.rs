@@ -322,8 +322,15 @@ pub(crate) fn create_object(
     check_object(info, &name, &object, None)?;
     crate::authz::check_escalation(&api.store, call.user, info, &object)?;
     if let Some(ns) = &pod_namespace {
-        admission::validate_pod(api, ns, &object, call.query.dry_run()?)?;
+        admission::validate_pod(api, ns, &object)?;
     }
+    admission::charge_quota(
+        api,
+        info,
+        ns.as_deref().unwrap_or(""),
+        &object,
+        call.query.dry_run()?,
+    )?;
     if !call.is_apply() {
         super::managed::record_update(
             None,
@@ -570,8 +577,7 @@ pub(crate) fn update_object(
         admission::after_write(api, info, &k.namespace, true);
         return Ok((StatusCode::OK, deleted));
     }
-    let counts_changed = admission::is_pods(info)
-        && admission::resource_quota::counts_change(Some(&old_value), Some(&merged));
+    let counts_changed = admission::counts_change(info, &old_value, &merged);
     let written = api
         .store
         .update(k, merged, expected)

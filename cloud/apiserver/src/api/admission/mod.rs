@@ -4,10 +4,11 @@
 //! Mutating first (`service_account` names the pod's account and mounts its token, `priority`
 //! resolves the PriorityClass, `limit_ranger` fills the namespace's default requests and
 //! limits), then the object's validation, then validating (`limit_ranger`'s minimums and
-//! maximums, and `resource_quota` last, which charges the namespace's quotas). A refusal is a
-//! 403 worded as kube-apiserver words it (`pods "x" is forbidden: ...`). `resource_quota` also
-//! keeps each quota's `status.used` current as pods come and go (kube-controller-manager's quota
-//! controller's job), since only the API server sees every pod write.
+//! maximums, and `resource_quota` last, which charges the namespace's quotas: for every kind,
+//! not only pods). A refusal is a 403 worded as kube-apiserver words it (`pods "x" is
+//! forbidden: ...`). `resource_quota` also keeps each quota's `status.used` current as objects
+//! come and go (kube-controller-manager's quota controller's job), since only the API server
+//! sees every write.
 
 use serde_json::Value;
 
@@ -17,7 +18,7 @@ use crate::registry::ResourceInfo;
 
 pub(crate) mod limit_ranger;
 pub(crate) mod priority;
-pub(crate) mod resource_quota;
+mod resource_quota;
 pub(crate) mod service_account;
 
 /// A 403 for pod `name`, as admission plugins word it.
@@ -33,15 +34,24 @@ pub(crate) fn mutate_pod(api: &Api, namespace: &str, pod: &mut Value) -> Result<
     Ok(())
 }
 
-/// The validating plugins, on a new pod in `namespace`; `dry_run` charges no quota.
-pub(crate) fn validate_pod(
+/// The validating plugins but the quota, on a new pod in `namespace`.
+pub(crate) fn validate_pod(api: &Api, namespace: &str, pod: &Value) -> Result<(), ApiError> {
+    limit_ranger::validate(api, namespace, pod)
+}
+
+/// The quota plugin, last, on a new object of `info` in `namespace` (cluster-scoped objects
+/// are not counted); `dry_run` charges nothing.
+pub(crate) fn charge_quota(
     api: &Api,
+    info: &ResourceInfo,
     namespace: &str,
-    pod: &Value,
+    object: &Value,
     dry_run: bool,
 ) -> Result<(), ApiError> {
-    limit_ranger::validate(api, namespace, pod)?;
-    resource_quota::charge(api, namespace, pod, dry_run)
+    if !info.namespaced {
+        return Ok(());
+    }
+    resource_quota::charge(api, &info.storage_key(), namespace, object, dry_run)
 }
 
 /// Whether `info` is core pods.
@@ -49,18 +59,24 @@ pub(crate) fn is_pods(info: &ResourceInfo) -> bool {
     info.crd.is_none() && info.group.is_empty() && info.plural == "pods"
 }
 
-/// After a write in `namespace`: recounts its quotas when a pod came, went or finished
-/// (`pod_counts_changed`), or when a quota itself was written.
-pub(crate) fn after_write(
-    api: &Api,
-    info: &ResourceInfo,
-    namespace: &str,
-    pod_counts_changed: bool,
-) {
-    let quotas = info.crd.is_none() && info.group.is_empty() && info.plural == "resourcequotas";
-    if quotas || (is_pods(info) && pod_counts_changed) {
-        resource_quota::refresh(api, namespace);
+/// After a write in `namespace`: recounts the quotas that count `info`'s kind when an object
+/// of it came, went or changed what it counts for (`counts_changed`), and every quota when a
+/// quota itself was written.
+pub(crate) fn after_write(api: &Api, info: &ResourceInfo, namespace: &str, counts_changed: bool) {
+    if !info.namespaced {
+        return;
     }
+    let kind = info.storage_key();
+    if kind == "resourcequotas" {
+        resource_quota::refresh(api, namespace, None);
+    } else if counts_changed {
+        resource_quota::refresh(api, namespace, Some(&kind));
+    }
+}
+
+/// Whether an update of an object of `info` changes what quotas count.
+pub(crate) fn counts_change(info: &ResourceInfo, old: &Value, new: &Value) -> bool {
+    resource_quota::counts_change(&info.storage_key(), old, new)
 }
 
 /// The container lists of a pod spec.
