@@ -50,9 +50,15 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the server in a process of its own, keeping its state in `data_dir`.
+    /// Starts the server in a process of its own, keeping its state in `data_dir`: this binary,
+    /// or the one `WEDGE_BENCH_SERVER` names (another build's server, speaking the same
+    /// `apiserver-serve --data-dir` protocol, for an A/B of two commits under the same client).
     pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let server = match std::env::var_os("WEDGE_BENCH_SERVER") {
+            Some(path) => path.into(),
+            None => std::env::current_exe()?,
+        };
+        let mut child = Command::new(server)
             .arg("apiserver-serve")
             .arg("--data-dir")
             .arg(data_dir)
