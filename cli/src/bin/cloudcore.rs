@@ -56,6 +56,9 @@ struct Args {
     ping_interval: u64,
     #[command(flatten)]
     stream: wedge_cli::stream_args::StreamArgs,
+    /// The HorizontalPodAutoscaler controller (embedded mode).
+    #[command(flatten)]
+    podautoscaler: wedge_cli::podautoscaler_args::PodAutoscalerArgs,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -76,6 +79,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let controllers = wedge_controlplane::ControllersConfig {
                 node_grace: Duration::from_secs(args.node_grace.max(1)),
                 insecure_registries: args.insecure_registries.clone(),
+                podautoscaler: args.podautoscaler.config(),
+                ..Default::default()
             };
             let identity = format!("cloudcore-{}", std::process::id());
             let cluster =

@@ -30,6 +30,8 @@ pub struct ControlPlaneArgs {
     /// is (repeatable).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    #[command(flatten)]
+    podautoscaler: wedge_cli::podautoscaler_args::PodAutoscalerArgs,
 }
 
 /// Options of `wedge controllers`.
@@ -62,6 +64,8 @@ pub async fn run_control_plane(
     let config = ControllersConfig {
         node_grace: Duration::from_secs(args.node_grace.max(1)),
         insecure_registries: args.insecure_registries,
+        podautoscaler: args.podautoscaler.config(),
+        ..Default::default()
     };
     wedge_controlplane::run(client, config, leader, shutdown)
         .await

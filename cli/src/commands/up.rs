@@ -96,6 +96,9 @@ pub struct UpArgs {
     /// The local edge's container runtime (edgecore's flags).
     #[command(flatten)]
     containers: wedge_cli::container_args::ContainerArgs,
+    /// The HorizontalPodAutoscaler controller.
+    #[command(flatten)]
+    podautoscaler: wedge_cli::podautoscaler_args::PodAutoscalerArgs,
 }
 
 /// The RuntimeClasses of Wedge's two runtimes, as `kubectl get runtimeclass` lists them: a pod
@@ -235,6 +238,8 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let controllers = wedge_controlplane::ControllersConfig {
         node_grace: Duration::from_secs(args.node_grace.max(1)),
         insecure_registries: args.insecure_registries.clone(),
+        podautoscaler: args.podautoscaler.config(),
+        ..Default::default()
     };
     let identity = format!("wedge-up-{}", std::process::id());
     let cluster =

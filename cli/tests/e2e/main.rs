@@ -5,6 +5,7 @@
 //! containers::`.
 
 mod authorization;
+mod autoscaling;
 mod cli;
 mod cloud_edge;
 mod cloud_edge_faults;

@@ -17,6 +17,7 @@
 //! - [`endpoints`]: a Service's Endpoints, from the pods it selects and their readiness;
 //! - [`endpointslice`]: a Service's EndpointSlices, the same, packed with little churn;
 //! - [`disruption`]: each PodDisruptionBudget's status, which evictions read;
+//! - [`podautoscaler`]: HorizontalPodAutoscalers scale their targets on the metrics API's usage;
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
@@ -38,6 +39,7 @@ pub mod job;
 pub mod leader;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod podautoscaler;
 pub mod pods;
 pub mod replicaset;
 pub mod resources;
@@ -68,6 +70,8 @@ pub struct ControllersConfig {
     pub node_grace: std::time::Duration,
     /// Registries (`host:port`) the scheduler asks about images over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The HorizontalPodAutoscaler controller's settings (its sync period...).
+    pub podautoscaler: podautoscaler::Config,
 }
 
 impl Default for ControllersConfig {
@@ -75,6 +79,7 @@ impl Default for ControllersConfig {
         Self {
             node_grace: std::time::Duration::from_secs(40),
             insecure_registries: Vec::new(),
+            podautoscaler: podautoscaler::Config::default(),
         }
     }
 }
@@ -101,8 +106,8 @@ pub async fn run_controllers(
     run_controllers_at(client, config, clock::Clock::system(), shutdown).await;
 }
 
-/// [`run_controllers`], with the controllers that follow the wall clock (CronJobs) reading
-/// it from `clock`.
+/// [`run_controllers`], with the controllers that follow the wall clock (CronJobs,
+/// HorizontalPodAutoscalers) reading it from `clock`.
 pub async fn run_controllers_at(
     client: Client,
     config: ControllersConfig,
@@ -194,7 +199,8 @@ pub async fn run_controllers_at(
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = job::run(client.clone(), pods.clone(), job_pods, stop()) => {}
         () = disruption::run(client.clone(), pods.clone(), disruption_pods, stop()) => {}
-        () = cronjob::run(client.clone(), clock, stop()) => {}
+        () = cronjob::run(client.clone(), clock.clone(), stop()) => {}
+        () = podautoscaler::run(client.clone(), config.podautoscaler, clock, stop()) => {}
         () = statefulset::run(client.clone(), pods.clone(), statefulset_pods, stop()) => {}
         () = endpoints::run(client.clone(), pods.clone(), endpoints_pods, stop()) => {}
         () = endpointslice::run(client.clone(), pods.clone(), endpointslice_pods, nodes.clone(), stop()) => {}

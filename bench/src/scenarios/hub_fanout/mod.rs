@@ -110,7 +110,7 @@ pub async fn run(edges: usize) -> anyhow::Result<()> {
     let controllers = wedge_controlplane::ControllersConfig {
         // The simulated edges register once and renew no lease: no node goes Unknown here.
         node_grace: Duration::from_secs(3600),
-        insecure_registries: Vec::new(),
+        ..Default::default()
     };
     let control_plane = tokio::spawn(wedge_controlplane::run_controllers(
         client.clone(),
