@@ -440,10 +440,21 @@ pub(super) fn container_of(
 
 /// The Scale view of a workload.
 fn scale_of(o: &Value) -> Value {
-    let selector = o
-        .pointer("/spec/selector")
-        .map(LabelSelector::format_k8s)
-        .unwrap_or_default();
+    // A ReplicationController's selector is a plain map of labels, the others' a LabelSelector.
+    let selector = match o.pointer("/spec/selector") {
+        Some(s) if s.get("matchLabels").is_none() && s.get("matchExpressions").is_none() => s
+            .as_object()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+        Some(s) => LabelSelector::format_k8s(s),
+        None => String::new(),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -649,6 +660,18 @@ fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scale_names_the_selector_of_every_workload_kind() {
+        let deployment = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}}}, "status": {"replicas": 2}});
+        assert_eq!(scale_of(&deployment)["status"]["selector"], "app=web");
+        assert_eq!(scale_of(&deployment)["spec"]["replicas"], 2);
+        // A ReplicationController's selector is a map: the autoscaler finds its pods by it.
+        let rc = json!({"metadata": {"name": "r"}, "spec": {"replicas": 1,
+            "selector": {"app": "web", "tier": "front"}}});
+        assert_eq!(scale_of(&rc)["status"]["selector"], "app=web,tier=front");
+    }
 
     async fn status_of(response: Response<Body>) -> (StatusCode, Value) {
         let code = response.status();
