@@ -3,6 +3,7 @@
 
 pub mod container_args;
 pub mod podautoscaler_args;
+pub mod service_args;
 pub mod stream_args;
 
 use std::path::Path;

@@ -56,6 +56,8 @@ struct Args {
     ping_interval: u64,
     #[command(flatten)]
     stream: wedge_cli::stream_args::StreamArgs,
+    #[command(flatten)]
+    services: wedge_cli::service_args::ServiceArgs,
     /// The HorizontalPodAutoscaler controller (embedded mode).
     #[command(flatten)]
     podautoscaler: wedge_cli::podautoscaler_args::PodAutoscalerArgs,
@@ -73,6 +75,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.apiserver_listen,
             );
             config.names.clone_from(&args.advertise);
+            config.service_network = args.services.network();
+            // The `kubernetes` Service's endpoints name the first address given, if any.
+            config.advertise_address = args.advertise.iter().find_map(|a| a.parse().ok());
             // The API server reaches edges through CloudStream, whose certificate the hub's
             // CA signs (written when cloudcore starts, read at the first request).
             config.kubelet_certificate_authority = Some(args.root.join("cloudcore/hub/pki/ca.crt"));

@@ -29,6 +29,12 @@ pub struct ApiserverArgs {
     /// kube-apiserver's --kubelet-certificate-authority; without it they are not verified.
     #[arg(long)]
     kubelet_certificate_authority: Option<PathBuf>,
+    /// The address the `kubernetes` Service's endpoints name (default: the listen address, or
+    /// this host's if that is unspecified or loopback, as kube-apiserver chooses it).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    services: wedge_cli::service_args::ServiceArgs,
     /// Also run the embedded control plane (scheduler and controllers) in this process.
     #[arg(long)]
     controllers: bool,
@@ -43,6 +49,8 @@ pub async fn run(root: &std::path::Path, args: ApiserverArgs) -> anyhow::Result<
     config.names = args.tls_sans;
     config.token_file = args.token_auth_file;
     config.kubelet_certificate_authority = args.kubelet_certificate_authority;
+    config.service_network = args.services.network();
+    config.advertise_address = args.advertise_address;
     let server = Server::start(config)
         .await
         .with_context(|| format!("starting the API server in {}", data_dir.display()))?;

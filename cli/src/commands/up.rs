@@ -96,6 +96,9 @@ pub struct UpArgs {
     /// The local edge's container runtime (edgecore's flags).
     #[command(flatten)]
     containers: wedge_cli::container_args::ContainerArgs,
+    /// The embedded API server's Service ranges.
+    #[command(flatten)]
+    services: wedge_cli::service_args::ServiceArgs,
     /// The HorizontalPodAutoscaler controller.
     #[command(flatten)]
     podautoscaler: wedge_cli::podautoscaler_args::PodAutoscalerArgs,
@@ -235,6 +238,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         wedge_apiserver::ServerConfig::new(root.join("apiserver"), args.apiserver_listen);
     // The API server reaches the edge through CloudStream, whose certificate the hub's CA signs.
     config.kubelet_certificate_authority = Some(root.join("cloudcore/hub/pki/ca.crt"));
+    config.service_network = args.services.network();
     let controllers = wedge_controlplane::ControllersConfig {
         node_grace: Duration::from_secs(args.node_grace.max(1)),
         insecure_registries: args.insecure_registries.clone(),

@@ -2,7 +2,7 @@
 //! against the cluster CA, bearer tokens, and the API behind them. One task accepts; one task
 //! per connection serves; all of them end when the server is shut down.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::services::ServiceNetwork;
 use crate::api::{Api, ApiError};
 use crate::auth::{self, Tokens, User};
 use crate::kubelet_client::{KubeletClient, KubeletError};
@@ -42,6 +43,13 @@ pub struct ServerConfig {
     /// does not verify them without that flag. Read on the first request that reaches a node,
     /// not at start: in the embedded setup cloudcore writes it after the server has started.
     pub kubelet_certificate_authority: Option<PathBuf>,
+    /// Where Services' cluster IPs and node ports come from (`--service-cluster-ip-range`,
+    /// `--service-node-port-range`).
+    pub service_network: ServiceNetwork,
+    /// The address the `kubernetes` Service's endpoints name (`--advertise-address`); without,
+    /// the listen address, or the host's if that is unspecified or loopback, as kube-apiserver
+    /// chooses it.
+    pub advertise_address: Option<IpAddr>,
 }
 
 impl ServerConfig {
@@ -54,6 +62,8 @@ impl ServerConfig {
             token_file: None,
             watch_history: crate::storage::HISTORY,
             kubelet_certificate_authority: None,
+            service_network: ServiceNetwork::default(),
+            advertise_address: None,
         }
     }
 }
@@ -106,6 +116,7 @@ pub struct Server {
     pki: Arc<Pki>,
     api: Arc<Api>,
     kubeconfig: PathBuf,
+    advertise: IpAddr,
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     tasks: TaskTracker,
@@ -202,7 +213,8 @@ impl Server {
         let api = Arc::new(
             Api::new(store, shutdown.clone())?
                 .with_kubelet_client(kubelet)
-                .with_service_account_tokens(service_account_tokens),
+                .with_service_account_tokens(service_account_tokens)
+                .with_service_network(config.service_network),
         );
         let tokens = match &config.token_file {
             Some(path) => Tokens::load(path)?,
@@ -237,6 +249,16 @@ impl Server {
             ClientCerts::Optional,
         )?));
         let tasks = TaskTracker::new();
+        let advertise = config
+            .advertise_address
+            .unwrap_or_else(|| crate::api::services::kubernetes::advertise_address(addr.ip()));
+        api.reconcile_services(advertise, addr.port(), true);
+        tasks.spawn(keep_services(
+            api.clone(),
+            advertise,
+            addr.port(),
+            shutdown.clone(),
+        ));
         let accept = tokio::spawn(accept_loop(
             listener,
             acceptor,
@@ -256,6 +278,7 @@ impl Server {
             pki,
             api,
             kubeconfig,
+            advertise,
             shutdown,
             accept,
             tasks,
@@ -287,6 +310,11 @@ impl Server {
         &self.kubeconfig
     }
 
+    /// The address the `kubernetes` Service's endpoints name.
+    pub fn advertise_address(&self) -> IpAddr {
+        self.advertise
+    }
+
     /// The API (for in-process use).
     pub fn api(&self) -> &Arc<Api> {
         &self.api
@@ -312,6 +340,24 @@ fn client_address(addr: SocketAddr) -> SocketAddr {
         SocketAddr::new(ip, addr.port())
     } else {
         addr
+    }
+}
+
+/// Keeps the `kubernetes` Service and its endpoints, as kube-apiserver's controller does.
+async fn keep_services(api: Arc<Api>, address: IpAddr, port: u16, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::api::services::kubernetes::INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let api = api.clone();
+        // SQLite writes, off the async workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            api.reconcile_services(address, port, false);
+        })
+        .await;
     }
 }
 

@@ -10,3 +10,4 @@ mod harness;
 mod kube_client;
 mod kubectl;
 mod service_accounts;
+mod services;

@@ -77,9 +77,36 @@ pub fn apply(group: &str, kind: &str, object: &mut Value, creating: bool) {
         }
         ("", "Service") => {
             if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                // `SetDefaults_Service`.
                 set(spec, "type", json!("ClusterIP"));
                 set(spec, "sessionAffinity", json!("None"));
-                set(spec, "internalTrafficPolicy", json!("Cluster"));
+                let kind = spec.get("type").and_then(Value::as_str).unwrap_or("");
+                let (external_name, node_ports, balancer) = (
+                    kind == "ExternalName",
+                    matches!(kind, "NodePort" | "LoadBalancer"),
+                    kind == "LoadBalancer",
+                );
+                if !external_name {
+                    set(spec, "internalTrafficPolicy", json!("Cluster"));
+                }
+                if node_ports {
+                    set(spec, "externalTrafficPolicy", json!("Cluster"));
+                }
+                if balancer {
+                    set(spec, "allocateLoadBalancerNodePorts", json!(true));
+                }
+                if spec.get("sessionAffinity") == Some(&json!("ClientIP")) {
+                    let config = spec
+                        .entry("sessionAffinityConfig")
+                        .or_insert_with(|| json!({}));
+                    if let Some(client_ip) = config
+                        .as_object_mut()
+                        .map(|c| c.entry("clientIP").or_insert_with(|| json!({})))
+                        .and_then(Value::as_object_mut)
+                    {
+                        set(client_ip, "timeoutSeconds", json!(10800));
+                    }
+                }
                 if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                     for port in ports.iter_mut().filter_map(Value::as_object_mut) {
                         set(port, "protocol", json!("TCP"));

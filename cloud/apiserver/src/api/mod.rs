@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod patch;
 pub mod request;
 pub mod reviews;
+pub mod services;
 pub mod subresources;
 pub mod table;
 pub mod token_request;
@@ -75,6 +76,8 @@ pub struct Api {
     /// How ServiceAccount tokens are signed and checked; without (an API used in-process) none
     /// are issued or taken.
     pub(crate) service_account_tokens: Option<ServiceAccountTokens>,
+    /// Where Services' cluster IPs and node ports come from, and which are taken.
+    pub(crate) services: services::Allocations,
 }
 
 /// A request as the API handlers see it.
@@ -216,6 +219,7 @@ impl Api {
             version: discovery::version_info(),
             kubelet: None,
             service_account_tokens: None,
+            services: services::Allocations::new(services::ServiceNetwork::default()),
         };
         crd::load_stored(&api)?;
         objects::ensure_system_namespaces(&api)?;
@@ -233,6 +237,25 @@ impl Api {
     pub fn with_service_account_tokens(mut self, tokens: ServiceAccountTokens) -> Self {
         self.service_account_tokens = Some(tokens);
         self
+    }
+
+    /// The same API, allocating Services' cluster IPs and node ports from `network`.
+    pub fn with_service_network(mut self, network: services::ServiceNetwork) -> Self {
+        self.services = services::Allocations::new(network);
+        self
+    }
+
+    /// Starts what the server keeps of Services: the IPAddress objects brought in line with the
+    /// stored Services, and the `kubernetes` Service (with its Endpoints, EndpointSlice and
+    /// ServiceCIDR) for a server reached at `address`, serving on `port`. Run at start, then
+    /// every [`services::kubernetes::INTERVAL`].
+    pub fn reconcile_services(&self, address: std::net::IpAddr, port: u16, repair: bool) {
+        if repair {
+            services::repair_ip_objects(self);
+        }
+        if let Err(e) = services::kubernetes::reconcile(self, address, port) {
+            tracing::warn!("keeping the kubernetes Service: {e}");
+        }
     }
 
     /// The user a bearer token is, if it is a valid ServiceAccount token for this API server

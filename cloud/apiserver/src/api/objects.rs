@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use super::error::{ApiError, Cause};
 use super::meta::{self, NameRule};
 use super::request::ResourcePath;
-use super::{Api, Body, Call, admission, crd, defaults, json_response, validate, value_response};
+use super::{
+    Api, Body, Call, admission, crd, defaults, json_response, services, validate, value_response,
+};
 use crate::registry::ResourceInfo;
 use crate::storage::{ObjectKey, StoreError, StoredObject};
 
@@ -144,7 +146,7 @@ fn check_type(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
 }
 
 /// Sets what a new object gets from the server: name, uid, creation time, generation.
-fn stamp_new(object: &mut Value, name: &str) {
+pub(crate) fn stamp_new(object: &mut Value, name: &str) {
     if let Some(m) = meta::metadata_mut(object) {
         m.insert("name".into(), json!(name));
         m.insert("uid".into(), json!(meta::uid()));
@@ -341,6 +343,18 @@ pub(crate) fn create_object(
             "",
         );
     }
+    // Cluster IPs and node ports, after the managed fields as kube-apiserver allocates them
+    // (in storage), held until the write below.
+    let allocation = if services::is_services(info) {
+        Some(services::for_create(
+            api,
+            ns.as_deref().unwrap_or(""),
+            &mut object,
+            call.query.dry_run()?,
+        )?)
+    } else {
+        None
+    };
     let k = key(info, ns.as_deref(), &name);
     if call.query.dry_run()? {
         if api.store.get(&k).is_ok() {
@@ -357,6 +371,9 @@ pub(crate) fn create_object(
         });
     }
     let created = api.store.create(&k, object).map_err(store_err(info))?;
+    if let Some(allocation) = allocation {
+        allocation.commit(&created, (&k.namespace, &k.name));
+    }
     crd::after_write(api, info, &created);
     admission::after_write(api, info, &k.namespace, true);
     if info.group.is_empty() && info.kind == "Namespace" {
@@ -538,6 +555,18 @@ pub(crate) fn update_object(
             sub.unwrap_or(""),
         );
     }
+    // What the client left out that was allocated is kept (so that the same YAML applies
+    // again), and a change of type allocates or frees; held until the write below.
+    let mut allocation = if services::is_services(info) {
+        Some(services::for_update(
+            api,
+            &old_value,
+            &mut merged,
+            call.query.dry_run()?,
+        )?)
+    } else {
+        None
+    };
 
     // An unchanged object is not written: no new version, no event.
     let mut compare = merged.clone();
@@ -572,7 +601,13 @@ pub(crate) fn update_object(
     }
     // Removing the last finalizer of an object being deleted deletes it.
     if finalized(&merged) {
+        // The update's allocation is let go first: the deletion frees what the Service held.
+        drop(allocation.take());
+        let freeing = services::is_services(info).then(|| services::for_delete(api, &old_value));
         let deleted = api.store.delete(k, expected).map_err(store_err(info))?;
+        if let Some(freeing) = freeing {
+            freeing.commit(&deleted, (&k.namespace, &k.name));
+        }
         crd::after_delete(api, info, &deleted);
         admission::after_write(api, info, &k.namespace, true);
         return Ok((StatusCode::OK, deleted));
@@ -582,6 +617,9 @@ pub(crate) fn update_object(
         .store
         .update(k, merged, expected)
         .map_err(store_err(info))?;
+    if let Some(allocation) = allocation {
+        allocation.commit(&written, (&k.namespace, &k.name));
+    }
     crd::after_write(api, info, &written);
     admission::after_write(api, info, &k.namespace, counts_changed);
     Ok((StatusCode::OK, written))
@@ -778,7 +816,12 @@ pub(crate) fn delete_object(
             }
             api.store.update(k, marked, Some(old.rv))
         } else {
-            api.store.delete(k, Some(old.rv))
+            let freeing = services::is_services(info).then(|| services::for_delete(api, &value));
+            let deleted = api.store.delete(k, Some(old.rv));
+            if let (Some(freeing), Ok(deleted)) = (freeing, &deleted) {
+                freeing.commit(deleted, (&k.namespace, &k.name));
+            }
+            deleted
         };
         match result {
             Ok(written) => {

@@ -319,6 +319,18 @@ impl Store {
             .rv
     }
 
+    /// The version of the last write to `resource` since the store was opened (0 if none):
+    /// what a value built from its objects compares to know it is current.
+    pub fn last_write(&self, resource: &str) -> u64 {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .changed
+            .get(resource)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Reads one object.
     pub fn get(&self, key: &ObjectKey) -> Result<StoredObject, StoreError> {
         let state = self
