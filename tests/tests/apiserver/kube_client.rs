@@ -415,3 +415,79 @@ async fn a_crd_round_trip_with_the_dynamic_api() {
     );
     cluster.server.shutdown().await;
 }
+
+/// A CRD whose scale subresource keeps the replicas at `.spec.size` and `.status.size` and the
+/// selector at `.status.selector`.
+const SCALED_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: pools.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: pools, singular: pool, kind: Pool}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.size, statusReplicasPath: .status.size, labelSelectorPath: .status.selector}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, properties: {size: {type: integer}}}
+          status: {type: object, properties: {size: {type: integer}, selector: {type: string}}}
+"#;
+
+/// A custom resource's Scale reads and writes where its CRD says, as a HorizontalPodAutoscaler
+/// reads and writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_resources_scale_follows_its_crds_paths() {
+    let cluster = Cluster::start().await;
+    let client = cluster.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(SCALED_CRD).expect("crd yaml");
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("create CRD");
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Pool"),
+        "pools",
+    );
+    let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let pool: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1",
+        "kind": "Pool", "metadata": {"name": "p"}, "spec": {"size": 2}}))
+    .expect("pool");
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("create pool");
+    pools
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"size": 2, "selector": "app=pool"}})),
+        )
+        .await
+        .expect("status");
+    let scale = pools.get_scale("p").await.expect("scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(2));
+    let status = scale.status.expect("scale status");
+    assert_eq!(status.replicas, 2);
+    assert_eq!(status.selector.as_deref(), Some("app=pool"));
+    let scaled = pools
+        .patch_scale(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .expect("patch scale");
+    assert_eq!(scaled.spec.and_then(|s| s.replicas), Some(5));
+    let read = pools.get("p").await.expect("pool");
+    assert_eq!(read.data["spec"]["size"], 5);
+    assert!(read.data["spec"].get("replicas").is_none());
+    cluster.server.shutdown().await;
+}

@@ -105,6 +105,28 @@ fn version_of<'a>(crd: &'a Value, version: &str) -> Option<&'a Value> {
         .find(|v| v["name"].as_str() == Some(version))
 }
 
+/// Where a custom resource version's `subresources.scale` keeps its replicas and selector, as
+/// JSON pointers (`.spec.replicas` is `/spec/replicas`); `None` without a scale subresource.
+pub(crate) fn scale_paths(
+    api: &Api,
+    info: &ResourceInfo,
+) -> Option<super::subresources::ScalePaths> {
+    let crd = crd_of(api, info)?;
+    let scale = version_of(&crd, &info.version)?.pointer("/subresources/scale")?;
+    let pointer = |field: &str| {
+        scale[field]
+            .as_str()
+            .map(|p| p.trim_start_matches('.').replace('.', "/"))
+            .map(|p| format!("/{p}"))
+    };
+    Some(super::subresources::ScalePaths {
+        spec: pointer("specReplicasPath")?,
+        status: pointer("statusReplicasPath")?,
+        selector: pointer("labelSelectorPath"),
+        custom: true,
+    })
+}
+
 /// The `openAPIV3Schema` of a custom resource's version.
 pub(crate) fn schema_of(api: &Api, info: &ResourceInfo) -> Option<Value> {
     let crd = crd_of(api, info)?;

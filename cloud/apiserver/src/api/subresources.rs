@@ -45,11 +45,15 @@ pub(crate) async fn serve(
             patch::serve(api, call, info, path, name, Some("status")).await
         }
         ("scale", Method::GET) => {
+            let paths = ScalePaths::of(api, info)?;
             let obj = api
                 .store
                 .get(&objects::key(info, path.namespace.as_deref(), name))
                 .map_err(store_err(info))?;
-            Ok(value_response(StatusCode::OK, &scale_of(&obj.value())))
+            Ok(value_response(
+                StatusCode::OK,
+                &scale_of(&obj.value(), &paths),
+            ))
         }
         ("scale", Method::PUT | Method::PATCH) => scale(api, call, info, path, name),
         ("binding", Method::POST) => bind(api, call, info, path, name),
@@ -438,22 +442,66 @@ pub(super) fn container_of(
     }
 }
 
+/// Where a kind keeps what its Scale shows, as JSON pointers: the built-in workloads at
+/// `spec.replicas`, `status.replicas` and `spec.selector`; a custom resource where its CRD's
+/// `subresources.scale` says (`labelSelectorPath` names a string, a selector already written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScalePaths {
+    /// `specReplicasPath`.
+    pub spec: String,
+    /// `statusReplicasPath`.
+    pub status: String,
+    /// `labelSelectorPath`, for custom resources.
+    pub selector: Option<String>,
+    /// Whether these are a CRD's.
+    pub custom: bool,
+}
+
+impl ScalePaths {
+    fn builtin() -> Self {
+        Self {
+            spec: "/spec/replicas".into(),
+            status: "/status/replicas".into(),
+            selector: None,
+            custom: false,
+        }
+    }
+
+    fn of(api: &Api, info: &ResourceInfo) -> Result<Self, ApiError> {
+        match info.crd {
+            None => Ok(Self::builtin()),
+            Some(_) => super::crd::scale_paths(api, info).ok_or(ApiError::NoSuchPath),
+        }
+    }
+}
+
 /// The Scale view of a workload.
-fn scale_of(o: &Value) -> Value {
+fn scale_of(o: &Value, paths: &ScalePaths) -> Value {
+    let int = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
     // A ReplicationController's selector is a plain map of labels, the others' a LabelSelector.
-    let selector = match o.pointer("/spec/selector") {
-        Some(s) if s.get("matchLabels").is_none() && s.get("matchExpressions").is_none() => s
-            .as_object()
-            .map(|labels| {
-                labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default(),
-        Some(s) => LabelSelector::format_k8s(s),
-        None => String::new(),
+    let selector = match (paths.custom, o.pointer("/spec/selector")) {
+        (true, _) => paths
+            .selector
+            .as_deref()
+            .and_then(|p| o.pointer(p))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        (false, None) => String::new(),
+        (false, Some(s))
+            if s.get("matchLabels").is_none() && s.get("matchExpressions").is_none() =>
+        {
+            s.as_object()
+                .map(|labels| {
+                    labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        }
+        (false, Some(s)) => LabelSelector::format_k8s(s),
     };
     json!({
         "kind": "Scale",
@@ -465,12 +513,13 @@ fn scale_of(o: &Value) -> Value {
             "resourceVersion": o.pointer("/metadata/resourceVersion"),
             "creationTimestamp": o.pointer("/metadata/creationTimestamp"),
         },
-        "spec": {"replicas": o.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
-        "status": {"replicas": o.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+        "spec": {"replicas": int(&paths.spec)},
+        "status": {"replicas": int(&paths.status), "selector": selector},
     })
 }
 
-/// PUT or PATCH of a Scale: sets the workload's `spec.replicas`.
+/// PUT or PATCH of a Scale: sets the workload's `spec.replicas` (a custom resource's
+/// `specReplicasPath`).
 fn scale(
     api: &Api,
     call: &Call<'_>,
@@ -479,10 +528,11 @@ fn scale(
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     let k = objects::key(info, path.namespace.as_deref(), name);
+    let paths = ScalePaths::of(api, info)?;
     let body = call.object()?;
     for _ in 0..8 {
         let old = api.store.get(&k).map_err(store_err(info))?;
-        let current = scale_of(&old.value());
+        let current = scale_of(&old.value(), &paths);
         let wanted = if *call.method == Method::PATCH {
             let kind = match call.content_type() {
                 "application/json-patch+json" => PatchType::Json,
@@ -536,9 +586,14 @@ fn scale(
             ));
         }
         let mut updated = old.value();
-        updated["spec"]["replicas"] = json!(replicas);
+        set_pointer(&mut updated, &paths.spec, json!(replicas));
         match objects::update_object(api, call, info, &k, &old, updated, None, false) {
-            Ok((_, obj)) => return Ok(value_response(StatusCode::OK, &scale_of(&obj.value()))),
+            Ok((_, obj)) => {
+                return Ok(value_response(
+                    StatusCode::OK,
+                    &scale_of(&obj.value(), &paths),
+                ));
+            }
             Err(ApiError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
         }
@@ -546,6 +601,25 @@ fn scale(
     Err(ApiError::Internal(
         "the object kept changing while it was being scaled; try again".into(),
     ))
+}
+
+/// Sets the field at JSON `pointer` in `o`, making the objects on the way.
+fn set_pointer(o: &mut Value, pointer: &str, value: Value) {
+    let mut at = o;
+    let mut keys = pointer.split('/').skip(1).peekable();
+    while let Some(key) = keys.next() {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        let Some(map) = at.as_object_mut() else {
+            return;
+        };
+        if keys.peek().is_none() {
+            map.insert(key.to_owned(), value);
+            return;
+        }
+        at = map.entry(key.to_owned()).or_insert_with(|| json!({}));
+    }
 }
 
 /// POST of a Binding to `namespaces/{ns}/bindings`, the older form of `pods/{name}/binding`:
@@ -665,12 +739,35 @@ mod tests {
     fn a_scale_names_the_selector_of_every_workload_kind() {
         let deployment = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2,
             "selector": {"matchLabels": {"app": "web"}}}, "status": {"replicas": 2}});
-        assert_eq!(scale_of(&deployment)["status"]["selector"], "app=web");
-        assert_eq!(scale_of(&deployment)["spec"]["replicas"], 2);
+        let builtin = ScalePaths::builtin();
+        assert_eq!(
+            scale_of(&deployment, &builtin)["status"]["selector"],
+            "app=web"
+        );
+        assert_eq!(scale_of(&deployment, &builtin)["spec"]["replicas"], 2);
         // A ReplicationController's selector is a map: the autoscaler finds its pods by it.
         let rc = json!({"metadata": {"name": "r"}, "spec": {"replicas": 1,
             "selector": {"app": "web", "tier": "front"}}});
-        assert_eq!(scale_of(&rc)["status"]["selector"], "app=web,tier=front");
+        assert_eq!(
+            scale_of(&rc, &builtin)["status"]["selector"],
+            "app=web,tier=front"
+        );
+        // A custom resource's, where its CRD says.
+        let custom = ScalePaths {
+            spec: "/spec/size".into(),
+            status: "/status/size".into(),
+            selector: Some("/status/selector".into()),
+            custom: true,
+        };
+        let widget = json!({"metadata": {"name": "w"}, "spec": {"size": 3},
+            "status": {"size": 2, "selector": "app=w"}});
+        let scale = scale_of(&widget, &custom);
+        assert_eq!(scale["spec"]["replicas"], 3);
+        assert_eq!(scale["status"]["replicas"], 2);
+        assert_eq!(scale["status"]["selector"], "app=w");
+        let mut empty = json!({"metadata": {"name": "w"}});
+        set_pointer(&mut empty, "/spec/size", json!(5));
+        assert_eq!(empty["spec"]["size"], 5);
     }
 
     async fn status_of(response: Response<Body>) -> (StatusCode, Value) {
