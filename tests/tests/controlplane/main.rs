@@ -2,6 +2,7 @@
 //! port, the controllers against it through the `kube` crate, nodes registered through the API
 //! as an edge registers them, and the real `kubectl` to look at the result.
 
+mod autoscaling;
 mod cascade;
 mod cronjobs;
 mod disruption;
