@@ -212,6 +212,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         path: config.root.clone(),
         source,
     })?;
+    // The database first: its lock keeps a second edgecore on this root from joining over
+    // this one's credentials or running its pods.
+    let db = Database::open(&config.root.join("edge.db"))?;
     if let Some(volumes) = &config.local_volume_root {
         std::fs::create_dir_all(volumes).map_err(|source| AgentError::Io {
             path: volumes.clone(),
@@ -248,7 +251,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     runtime_config.registries = registries.clone();
     runtime_config.echo_logs = config.echo_logs;
-    let db = Database::open(&config.root.join("edge.db"))?;
     let signals = Arc::new(Signals::default());
     let twin = DeviceTwin::new(&db, signals.clone());
     let uploads = Arc::new(Uploads::new(

@@ -67,7 +67,7 @@ async fn a_pod_lands_on_its_edge_with_its_config_and_leaves_when_deleted() {
         "-p",
         "{\"data\":{\"NAME\":\"changed\"}}",
     ]);
-    let meta = wedge_edge::store::Database::open(&edge_root.join("edge.db"))
+    let meta = wedge_edge::store::Database::inspect(&edge_root.join("edge.db"))
         .expect("edge db")
         .meta();
     let key = wedge_core::protocol::ObjectKey {

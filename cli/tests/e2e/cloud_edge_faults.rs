@@ -1,7 +1,7 @@
 //! Cloud to edge when things go wrong, through real processes: two edges side by side, clients
 //! without certificates, a link cut while updates are on their way, frames no edgecore would
-//! send (written by hand on a real connection with an edge's identity), and certificates that
-//! expire while the edge runs.
+//! send (written by hand on a real connection with an edge's identity), certificates that
+//! expire while the edge runs, and a second process started on a root one already runs from.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -203,7 +203,7 @@ async fn a_link_cut_mid_update_and_an_edge_restart_converge_and_the_resync_sends
             namespace: "default".into(),
             name: "finite".into(),
         };
-        wedge_edge::store::Database::open(&edge_root.join("edge.db"))
+        wedge_edge::store::Database::inspect(&edge_root.join("edge.db"))
             .and_then(|db| db.outbox().get(&key))
             .ok()
             .flatten()
@@ -608,4 +608,89 @@ async fn edge_certificates_rotate_before_they_expire() {
     )
     .await;
     cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(30));
+}
+
+/// What a refused second process printed.
+fn refusal_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_cloudcore_or_edgecore_on_a_root_in_use_is_refused_naming_the_first() {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let edge_root = dir.path().join("edge");
+    let edge = start_edge(&edge_root, &cloud, "edge-a", Some(&token), &registry.host());
+    cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(60));
+    cloud.apply(&pinned_pod("kept", "edge-a", &registry.host()));
+    cloud.wait_for(
+        "pod/kept",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+
+    // A second cloudcore on the same root, on other ports: refused before it serves anything.
+    let cloud_pid = cloud.proc.as_ref().expect("cloudcore").child.id();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_cloudcore"));
+    second
+        .arg("--root")
+        .arg(&cloud.root)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--apiserver-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--stream-listen", &format!("127.0.0.1:{}", free_port())]);
+    let out = exits(second);
+    assert!(!out.status.success());
+    let said = refusal_of(&out);
+    assert!(
+        said.contains(&format!(
+            "{} is in use by process {cloud_pid} (",
+            cloud.root.join("apiserver").join("wedge.db").display()
+        )) && said.contains("cloudcore --root"),
+        "{said}"
+    );
+
+    // A second edgecore on the edge's root, even with a token to join with: refused, and the
+    // first edge's credentials are left as they were.
+    let credentials = std::fs::read(edge_root.join("pki").join("edge.crt")).ok();
+    let out = exits(edgecore(
+        &edge_root,
+        &cloud,
+        "edge-a",
+        Some(&token),
+        &registry.host(),
+    ));
+    assert!(!out.status.success());
+    let said = refusal_of(&out);
+    assert!(
+        said.contains(&format!(
+            "{} is in use by process {} (",
+            edge_root.join("edge.db").display(),
+            edge.child.id()
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(edge_root.join("pki").join("edge.crt")).ok(),
+        credentials
+    );
+
+    // The first two keep working: a write is served and reaches the edge, which still runs
+    // its pod.
+    cloud.apply(&pinned_pod("after", "edge-a", &registry.host()));
+    cloud.wait_for(
+        "pod/after",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(60),
+    );
+    cloud.wait_for(
+        "pod/kept",
+        "{.status.phase}",
+        "Running",
+        Duration::from_secs(5),
+    );
 }

@@ -454,7 +454,7 @@ pub async fn eventually(
 
 /// The pods an edge holds in its SQLite store: name → resourceVersion.
 pub fn pods_held(edge_root: &Path) -> std::collections::BTreeMap<String, String> {
-    let Ok(db) = wedge_edge::store::Database::open(&edge_root.join("edge.db")) else {
+    let Ok(db) = wedge_edge::store::Database::inspect(&edge_root.join("edge.db")) else {
         return Default::default();
     };
     db.meta()

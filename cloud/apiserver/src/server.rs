@@ -196,11 +196,13 @@ impl Server {
             path: dir.clone(),
             source,
         })?;
-        let pki = Arc::new(Pki::load_or_create(dir, &config.names)?);
+        // The store first: its lock keeps a second server on this directory from touching
+        // the certificates or anything else here.
         let store = Arc::new(Store::open_with_history(
             &dir.join("wedge.db"),
             config.watch_history,
         )?);
+        let pki = Arc::new(Pki::load_or_create(dir, &config.names)?);
         let shutdown = CancellationToken::new();
         let kubelet = KubeletClient::new(
             &pki,

@@ -81,6 +81,17 @@ pub enum CloudCoreError {
     /// The hub.
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// Another cloudcore has this hub's directory.
+    #[error(transparent)]
+    Locked(#[from] wedge_core::lockfile::LockError),
+    /// The hub's directory cannot be made.
+    #[error("creating {path}: {source}")]
+    Io {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The CRDs could not be installed (cloudcore needs them before its watches start).
     #[error("cannot install the CustomResourceDefinitions cloudcore serves: {0}")]
     Crds(#[from] crds::CrdError),
@@ -102,6 +113,8 @@ pub enum CloudCoreError {
 
 /// A running cloudcore.
 pub struct CloudCore {
+    /// Held while cloudcore runs: one cloudcore per hub directory.
+    _lock: wedge_core::lockfile::StateLock,
     addr: SocketAddr,
     stream_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
@@ -118,6 +131,11 @@ impl CloudCore {
         client: kube::Client,
         config: CloudCoreConfig,
     ) -> Result<Self, CloudCoreError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| CloudCoreError::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let lock = wedge_core::lockfile::StateLock::acquire(&config.data_dir)?;
         // The hub's certificate also serves CloudStream: it covers CloudStream's names too.
         let mut names = config.advertise.clone();
         names.extend(
@@ -202,6 +220,7 @@ impl CloudCore {
         };
         tracing::info!(%addr, "CloudHub listening");
         Ok(Self {
+            _lock: lock,
             addr,
             stream_addr,
             metrics_addr,

@@ -126,11 +126,11 @@ pub fn headless_without_ports(service: &Service) -> bool {
     no_ports && spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None")
 }
 
-/// The families the Service's endpoints are of: its `ipFamilies`, else its cluster IP's. Wedge's
-/// API server allocates no cluster IPs and fills no `ipFamilies`, where kube-apiserver always
-/// would; for such a Service kube-controller-manager would make slices of both families (as
-/// for a headless Service on an old API server). Wedge's pods have IPv4 addresses, so it makes
-/// IPv4 ones only.
+/// The families the Service's endpoints are of: its `ipFamilies`, else its cluster IP's. Both
+/// API servers fill `ipFamilies` (Wedge's since it allocates cluster IPs); a Service stored
+/// without them (by an older Wedge) would get slices of both families from
+/// kube-controller-manager (as for a headless Service on an old API server). Wedge's pods have
+/// IPv4 addresses, so it makes IPv4 ones only.
 pub fn families(service: &Service) -> BTreeSet<Family> {
     let spec = service.spec.as_ref();
     let mut out: BTreeSet<Family> = spec

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::Connection;
+use wedge_core::lockfile::StateLock;
 
 pub use meta::{Applied, MetaStore, StoredObject};
 pub use outbox::{Appended, Outbox, OutboxEntry};
@@ -95,6 +96,9 @@ pub enum StoreError {
         /// Why.
         source: rusqlite::Error,
     },
+    /// Another process (an edgecore, or a `wedge up`, on the same root) has the database open.
+    #[error(transparent)]
+    Locked(#[from] wedge_core::lockfile::LockError),
     /// A stored value does not parse.
     #[error("the stored {what} for {key} is corrupt: {message}")]
     Corrupt {
@@ -111,6 +115,8 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Database {
     conn: Arc<Mutex<Connection>>,
+    /// Held while any clone lives: one process per database (none for [`Database::inspect`]).
+    _lock: Option<Arc<StateLock>>,
 }
 
 impl Database {
@@ -120,6 +126,7 @@ impl Database {
             path: path.to_owned(),
             source,
         };
+        let lock = StateLock::acquire(path)?;
         let mut conn = Connection::open(path).map_err(open_err)?;
         // Wait for a lock (another process reading, a checkpoint) before the first statement
         // that may need one.
@@ -137,6 +144,24 @@ impl Database {
         migrate(&mut conn, path)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            _lock: Some(Arc::new(lock)),
+        })
+    }
+
+    /// Opens the database of an edgecore that may be running, to read what it holds, without
+    /// taking its lock: for tests and tools that look at a live edge. Writes through it fail.
+    pub fn inspect(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            _lock: None,
         })
     }
 

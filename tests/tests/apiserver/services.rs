@@ -193,6 +193,26 @@ async fn kubectl_sees_cluster_ips_allocated_released_and_refused_as_kube_words_i
     let back = cluster.kubectl_ok(&["get", "svc", "again", "-o", "jsonpath={.spec.clusterIP}"]);
     assert!(in_default_range(&back), "{back:?}");
 
+    // An IPAddress a user made reserves its IP.
+    cluster.kubectl_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: networking.k8s.io/v1\nkind: IPAddress\nmetadata:\n  name: 10.96.0.50\nspec:\n  parentRef:\n    group: \"\"\n    resource: services\n    namespace: other\n    name: elsewhere\n",
+    );
+    let reserved = cluster.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "reserved",
+        "--tcp=80",
+        "--clusterip=10.96.0.50",
+    ]);
+    assert!(
+        stderr(&reserved)
+            .contains("failed to allocate IP 10.96.0.50: provided IP is already allocated"),
+        "{}",
+        stderr(&reserved)
+    );
+
     // The kubernetes Service: the range's first IP, 443 to this server, at its address.
     let table = cluster.kubectl_ok(&["get", "svc", "kubernetes", "--no-headers"]);
     let cols: Vec<&str> = table.split_whitespace().collect();
@@ -538,4 +558,51 @@ async fn allocations_survive_kill_dash_nine() {
     );
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// The Python client reads what it would on kube-apiserver: the allocated IP and node port, and
+/// a taken node port's 422 with its cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_sees_the_allocation_and_the_conflict() {
+    const SCRIPT: &str = r#"
+import json, sys
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+config.load_kube_config(sys.argv[1])
+v1 = client.CoreV1Api()
+body = {"metadata": {"name": "py"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}}
+svc = v1.create_namespaced_service("default", body)
+port = svc.spec.ports[0].node_port
+out = {"ip": svc.spec.cluster_ip, "families": svc.spec.ip_families, "port": port,
+       "kubernetes": v1.read_namespaced_service("kubernetes", "default").spec.cluster_ip}
+try:
+    v1.create_namespaced_service("default", {"metadata": {"name": "py2"}, "spec": {
+        "type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}})
+except ApiException as e:
+    status = json.loads(e.body)
+    out["conflict"] = [e.status, status["reason"], status["details"]["causes"][0]["field"]]
+print(json.dumps(out))
+"#;
+    let cluster = Cluster::start().await;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(cluster.server.kubeconfig_path())
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(seen["ip"].as_str().is_some_and(in_default_range), "{seen}");
+    assert_eq!(seen["families"], json!(["IPv4"]));
+    assert!(
+        seen["port"]
+            .as_i64()
+            .is_some_and(|p| (30000..=32767).contains(&p)),
+        "{seen}"
+    );
+    assert_eq!(seen["kubernetes"], "10.96.0.1");
+    assert_eq!(
+        seen["conflict"],
+        json!([422, "Invalid", "spec.ports[0].nodePort"])
+    );
+    cluster.server.shutdown().await;
 }

@@ -325,6 +325,7 @@ impl ApiError {
             }
             StoreError::Invalid(m) => Self::BadRequest(m),
             StoreError::Db(e) => Self::Internal(format!("storage: {e}")),
+            StoreError::Locked(e) => Self::Internal(e.to_string()),
         }
     }
 

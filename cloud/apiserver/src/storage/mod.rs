@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
+use wedge_core::lockfile::StateLock;
 
 pub use watch::WatchStream;
 
@@ -170,6 +171,9 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("storage: {0}")]
     Db(#[from] rusqlite::Error),
+    /// Another process has the database open.
+    #[error(transparent)]
+    Locked(#[from] wedge_core::lockfile::LockError),
 }
 
 struct State {
@@ -184,6 +188,8 @@ type Derived = (Vec<u64>, Arc<dyn Any + Send + Sync>);
 
 /// The store.
 pub struct Store {
+    /// Held while the store is open: one process per database.
+    _lock: StateLock,
     db: Mutex<rusqlite::Connection>,
     state: RwLock<State>,
     history: Mutex<VecDeque<Arc<Event>>>,
@@ -258,6 +264,7 @@ impl Store {
     /// Opens the store keeping `history_len` events for watches to resume from.
     pub fn open_with_history(path: &Path, history_len: usize) -> Result<Self, StoreError> {
         let history_len = history_len.max(1);
+        let lock = StateLock::acquire(path)?;
         let conn = db::open(path)?;
         let (rv, rows) = db::load(&conn)?;
         let objects = rows
@@ -292,6 +299,7 @@ impl Store {
             })
             .collect();
         Ok(Self {
+            _lock: lock,
             db: Mutex::new(conn),
             state: RwLock::new(State {
                 objects,

@@ -777,3 +777,100 @@ fn check(spec: &Spec, name: &str) -> Result<(), ApiError> {
         Err(invalid(name, causes))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: Value) -> Spec {
+        v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn families_are_filled_as_on_a_single_stack_cluster() {
+        let mut plain = spec(json!({"selector": {"app": "web"}}));
+        init_ip_families(&mut plain, None, "s").expect("valid");
+        assert_eq!(plain["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(plain["ipFamilies"], json!(["IPv4"]));
+        // Headless without a selector: kube asks for both families even here.
+        let mut headless = spec(json!({"clusterIP": "None", "clusterIPs": ["None"]}));
+        init_ip_families(&mut headless, None, "h").expect("valid");
+        assert_eq!(headless["ipFamilyPolicy"], "RequireDualStack");
+        assert_eq!(headless["ipFamilies"], json!(["IPv4", "IPv6"]));
+        let mut dual = spec(json!({"ipFamilyPolicy": "RequireDualStack"}));
+        let e = init_ip_families(&mut dual, None, "d").expect_err("no dual stack");
+        assert!(
+            e.to_string()
+                .contains("this cluster is not configured for dual-stack services"),
+            "{e}"
+        );
+        let mut v6 = spec(json!({"ipFamilies": ["IPv6"]}));
+        let e = init_ip_families(&mut v6, None, "v").expect_err("no IPv6");
+        assert!(
+            e.to_string().contains(
+                "spec.ipFamilies[0]: Invalid value: \"IPv6\": not configured on this cluster"
+            ),
+            "{e}"
+        );
+        let mut external = spec(json!({"type": "ExternalName"}));
+        init_ip_families(&mut external, None, "e").expect("valid");
+        assert!(!external.contains_key("ipFamilies"));
+    }
+
+    #[test]
+    fn what_the_client_left_out_is_kept_and_a_changed_ip_refused() {
+        let old = spec(json!({"type": "NodePort", "clusterIP": "10.96.0.5",
+            "clusterIPs": ["10.96.0.5"], "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}));
+        let mut new = spec(json!({"type": "NodePort", "ports": [{"name": "http", "port": 80}]}));
+        patch_allocated_values(&old, &mut new);
+        assert_eq!(new["clusterIP"], "10.96.0.5");
+        assert_eq!(new["clusterIPs"], json!(["10.96.0.5"]));
+        assert_eq!(new["ports"][0]["nodePort"], 30080);
+
+        let was = vec!["10.96.0.5".to_owned()];
+        assert!(immutable_cluster_ips(&was, &was, "s").is_ok());
+        let e = immutable_cluster_ips(&was, &["10.96.0.6".to_owned()], "s").expect_err("changed");
+        assert!(
+            e.to_string().contains(
+                "spec.clusterIPs[0]: Invalid value: [\"10.96.0.6\"]: may not change once set"
+            ),
+            "{e}"
+        );
+        let e = immutable_cluster_ips(&was, &[], "s").expect_err("unset");
+        assert!(
+            e.to_string().contains("primary clusterIP can not be unset"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_change_of_type_drops_what_it_makes_meaningless() {
+        let old = spec(json!({"type": "NodePort", "clusterIP": "10.96.0.5",
+            "clusterIPs": ["10.96.0.5"], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "ports": [{"port": 80, "nodePort": 30080}]}));
+        let mut external = old.clone();
+        external.insert("type".into(), json!("ExternalName"));
+        drop_type_dependent_fields(&old, &mut external);
+        for gone in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            assert!(!external.contains_key(gone), "{gone}");
+        }
+        assert!(external["ports"][0].get("nodePort").is_none());
+        // A singular clusterIP alone (an old client) is made the list.
+        let mut changed = old.clone();
+        changed.insert("clusterIP".into(), json!("10.96.0.9"));
+        normalize_cluster_ips(&old, &mut changed);
+        assert_eq!(changed["clusterIPs"], json!(["10.96.0.9"]));
+    }
+
+    #[test]
+    fn held_values_are_read_back() {
+        let svc = json!({"spec": {"clusterIPs": ["10.96.0.5"], "healthCheckNodePort": 31000,
+            "ports": [{"nodePort": 30080}, {"nodePort": 0}, {}]}});
+        assert_eq!(
+            cluster_ips(&svc),
+            vec!["10.96.0.5".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(node_ports(&svc), vec![30080, 31000]);
+        assert!(cluster_ips(&json!({"spec": {"clusterIP": "None"}})).is_empty());
+    }
+}
