@@ -126,6 +126,18 @@ async fn an_hpa_keeps_its_target_within_bounds_and_says_what_it_cannot_scale() {
     })
     .await;
 
+    // `kubectl autoscale` makes one too.
+    fleet.apply(&deployment("auto", 1));
+    fleet.cluster.kubectl_ok(&[
+        "autoscale",
+        "deployment",
+        "auto",
+        "--min=2",
+        "--max=3",
+        "--cpu-percent=60",
+    ]);
+    replicas_become(&fleet, "deployment/auto", "2").await;
+
     // A target scaled to zero: autoscaling is off until someone scales it up.
     fleet.apply(&deployment("zero", 0));
     fleet.apply(&hpa("zero", "apps/v1", "Deployment", "zero", 1, 3));
