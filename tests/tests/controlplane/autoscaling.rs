@@ -166,6 +166,19 @@ async fn an_hpa_keeps_its_target_within_bounds_and_says_what_it_cannot_scale() {
             "the HPA controller was unable to get the target's current scale: deployments.apps \"nope\" not found"
         )
     );
+    // A metric no API here serves: said in the status, looked at again only each sync period.
+    fleet.apply(&deployment("custom", 1));
+    fleet.apply(
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: custom}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: custom}\n  maxReplicas: 3\n  metrics:\n  - type: Pods\n    pods:\n      metric: {name: requests-per-second}\n      target: {type: AverageValue, averageValue: \"10\"}\n",
+    );
+    let custom = condition(&hpas, "custom", "ScalingActive", "FailedGetPodsMetric").await;
+    assert_eq!(custom.status, "False");
+    assert!(
+        custom.message.as_deref().is_some_and(|m| m.starts_with(
+            "the HPA was unable to compute the replica count: unable to get metric requests-per-second:"
+        )),
+        "{custom:?}"
+    );
     // kubectl shows the same.
     let described = fleet.cluster.kubectl_ok(&["describe", "hpa", "gadget"]);
     assert!(described.contains("FailedGetScale"), "{described}");
