@@ -67,6 +67,11 @@ impl EmbeddedCluster {
             .await
             .context("starting the embedded API server")?;
         let client = kube_client(server.kubeconfig_path()).await?;
+        // Pods are told to trust the server's own CA (`kube-root-ca.crt` in every namespace).
+        let mut controllers = controllers;
+        controllers
+            .root_ca
+            .get_or_insert_with(|| server.ca_pem().to_owned());
         let leader = wedge_controlplane::LeaderConfig::new(identity);
         let control_plane = tokio::spawn(wedge_controlplane::run(
             client.clone(),

@@ -311,13 +311,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             .await
             .unwrap_or_default();
     let streams = crate::edgestream::EdgeStream::new(workers.clone());
+    // Pods' ServiceAccount tokens are asked of the cloud over EdgeHub's connection.
+    let (token_queries, token_answers) = tokio::sync::mpsc::channel(64);
+    let tokens = crate::edged::tokens::TokenManager::new(token_queries, signals.clone());
     let mut edged = Edged::new(
         workers,
         db.meta(),
         db.outbox(),
         signals.clone(),
         edged_config,
-    );
+    )
+    .with_tokens(tokens);
     if cri.is_some() {
         // Two runtimes: a pod without a RuntimeClass goes where its images' kind says.
         match wedge_oci::ImageKinds::new(registries.clone()) {
@@ -338,7 +342,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }),
     );
     hub_config.backoff_max = config.reconnect_max;
-    let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals).with_streams(streams);
+    let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals)
+        .with_streams(streams)
+        .with_token_queries(token_answers);
     let mut tasks = JoinSet::new();
     tasks.spawn(edged.run(shutdown.clone()));
     tasks.spawn(hub.run(shutdown.clone()));

@@ -1870,3 +1870,145 @@ spec:
     assert_eq!(left.len(), 1, "{left:?}");
     eventually(PULL, || endpoints() == left && slices() == left, state).await;
 }
+
+/// Who a token is, by a TokenReview (`""`: not authenticated).
+fn whose_token(cloud: &Cloud, token: &str) -> String {
+    let review = format!(
+        "{{\"apiVersion\": \"authentication.k8s.io/v1\", \"kind\": \"TokenReview\", \"spec\": {{\"token\": \"{token}\"}}}}"
+    );
+    let out = kubectl_with_input(
+        cloud,
+        &[
+            "create",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.status.user.username}",
+        ],
+        review.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// ServiceAccount tokens, as Kubernetes gives them: a Wasm pod and a container pod each read
+/// a token bound to them (asked of the cloud by the edge) from kube's projected volume, with
+/// the cluster CA and their namespace; `automountServiceAccountToken: false` mounts nothing; a
+/// legacy token Secret is filled and authenticates; a pod naming a missing account is refused
+/// with kube's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_an_edge_read_their_service_account_token() {
+    let env = mixed_edge(&[]).await;
+    push_misbehave(&env.registry).await;
+    let cloud = &env.cloud;
+    cloud.apply(&misbehave_pod("wasm-sa", &env.registry.host(), &["sleep"]));
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: box-sa\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sleep, '3600']\n",
+        env.busybox
+    ));
+    cloud.wait_for("pod/wasm-sa", "{.status.phase}", "Running", PULL);
+    cloud.wait_for("pod/box-sa", "{.status.phase}", "Running", PULL);
+    let ca = std::fs::read_to_string(cloud.root.join("apiserver/pki/ca.crt")).expect("the CA");
+
+    // The container reads the files with busybox's cat.
+    let read = |pod: &str, file: &str| {
+        cloud.kubectl_ok(&["exec", pod, "--", "cat", &format!("{SA_DIR}/{file}")])
+    };
+    let token = read("box-sa", "token");
+    assert_eq!(
+        whose_token(cloud, token.trim()),
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(read("box-sa", "namespace"), "default");
+    assert_eq!(read("box-sa", "ca.crt").trim(), ca.trim());
+
+    // The Wasm guest reads its own through its preopened volume.
+    let wasm_read = |file: &str| {
+        let out = cloud.kubectl_ok(&[
+            "exec",
+            "wasm-sa",
+            "--",
+            "misbehave",
+            "read",
+            &format!("{SA_DIR}/{file}"),
+        ]);
+        out.trim()
+            .strip_prefix("read: ")
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let wasm_token = wasm_read("token");
+    assert_ne!(wasm_token, token.trim(), "each pod has a token of its own");
+    assert_eq!(
+        whose_token(cloud, &wasm_token),
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(wasm_read("namespace"), "default");
+    // Bound to the pod: once the pod is gone, so is the token.
+    cloud.kubectl_ok(&["delete", "pod", "wasm-sa", "--wait=true"]);
+    assert_eq!(whose_token(cloud, &wasm_token), "");
+
+    // automountServiceAccountToken: false mounts nothing.
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: no-token\nspec:\n  automountServiceAccountToken: false\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sleep, '3600']\n",
+        env.busybox
+    ));
+    cloud.wait_for("pod/no-token", "{.status.phase}", "Running", PULL);
+    assert_eq!(
+        cloud.kubectl_ok(&["get", "pod", "no-token", "-o", "jsonpath={.spec.volumes}"]),
+        ""
+    );
+    let listed = cloud.kubectl(&["exec", "no-token", "--", "ls", SA_DIR]);
+    assert!(!listed.status.success(), "nothing is mounted");
+
+    // A legacy token Secret is filled by the token controller and authenticates.
+    cloud.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: default-token\n  annotations:\n    kubernetes.io/service-account.name: default\ntype: kubernetes.io/service-account-token\n",
+    );
+    let mut legacy = String::new();
+    eventually(
+        Duration::from_secs(30),
+        || {
+            legacy = cloud.kubectl_ok(&[
+                "get",
+                "secret",
+                "default-token",
+                "-o",
+                "jsonpath={.data.token}",
+            ]);
+            !legacy.is_empty()
+        },
+        || "the Secret was not filled".to_owned(),
+    )
+    .await;
+    use base64::Engine as _;
+    let legacy = base64::engine::general_purpose::STANDARD
+        .decode(legacy.trim())
+        .expect("base64");
+    let legacy = String::from_utf8(legacy).expect("utf8");
+    assert_eq!(
+        whose_token(cloud, &legacy),
+        "system:serviceaccount:default:default"
+    );
+
+    // A pod naming an account that does not exist is refused as kube refuses it.
+    let out = kubectl_with_input(
+        cloud,
+        &["create", "-f", "-"],
+        b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: ghostly\nspec:\n  serviceAccountName: ghost\n  containers:\n  - name: main\n    image: busybox\n",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "pods \"ghostly\" is forbidden: error looking up service account default/ghost: serviceaccount \"ghost\" not found"
+        ),
+        "{stderr}"
+    );
+}

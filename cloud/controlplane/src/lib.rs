@@ -21,6 +21,7 @@
 //! - [`gc`]: garbage collection by owner references (background, foreground, orphan);
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
+//! - [`rootca`]: the `kube-root-ca.crt` ConfigMap in every namespace;
 //! - [`events`], [`expectations`], [`pods`], [`selector`], [`resources`], [`clock`]: what the
 //!   controllers share ([`services`]: what the two endpoints controllers share).
 
@@ -43,6 +44,7 @@ pub mod podautoscaler;
 pub mod pods;
 pub mod replicaset;
 pub mod resources;
+pub mod rootca;
 pub mod scheduler;
 pub mod selector;
 pub mod services;
@@ -70,6 +72,9 @@ pub struct ControllersConfig {
     pub node_grace: std::time::Duration,
     /// Registries (`host:port`) the scheduler asks about images over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The CA the client trusts the API server with (PEM), published in every namespace as
+    /// `kube-root-ca.crt` ([`rootca`]); none, nothing is published.
+    pub root_ca: Option<String>,
     /// The HorizontalPodAutoscaler controller's settings (its sync period...).
     pub podautoscaler: podautoscaler::Config,
 }
@@ -79,6 +84,7 @@ impl Default for ControllersConfig {
         Self {
             node_grace: std::time::Duration::from_secs(40),
             insecure_registries: Vec::new(),
+            root_ca: None,
             podautoscaler: podautoscaler::Config::default(),
         }
     }
@@ -191,6 +197,7 @@ pub async fn run_controllers_at(
         }
         futures::future::ready(())
     });
+    let root_ca = config.root_ca.clone();
     let stop = || shutdown.clone().cancelled_owned();
     tokio::select! {
         () = pod_feed => {}
@@ -209,6 +216,12 @@ pub async fn run_controllers_at(
         () = gc::run(client.clone(), shutdown.clone()) => {}
         () = nodelifecycle::run(client.clone(), pods.clone(), config.node_grace, stop()) => {}
         () = namespace::run(client.clone(), stop()) => {}
+        () = async {
+            match root_ca {
+                Some(ca) => rootca::run(client.clone(), ca, stop()).await,
+                None => std::future::pending().await,
+            }
+        } => {}
         () = daemonset::run(
             client.clone(),
             pods.clone(),

@@ -29,6 +29,12 @@ pub enum Operation {
     /// ([`super::usage::UsageSample`]). Not acknowledged, not kept, not resent: the newest
     /// sample replaces the one before.
     Usage,
+    /// Edge → cloud: a question the cloud answers with one `response` (or `error`) naming it
+    /// as `parent`: a ServiceAccount token for a pod. Not kept in the outbox: the edge asks
+    /// again if the connection ends first.
+    Query,
+    /// Cloud → edge: the answer to the `query` named by `parent`.
+    Response,
 }
 
 /// The kinds of resources that travel between cloud and edge.
@@ -65,6 +71,9 @@ pub enum ResourceKind {
     /// The core/v1 PersistentVolume such a claim is bound to (down, cluster-scoped): where the
     /// claim's directory is on the edge.
     PersistentVolume,
+    /// A ServiceAccount token for a pod on the edge (a `query` up, named by the account; the
+    /// `response` down carries the `TokenRequest` answered).
+    ServiceAccountToken,
 }
 
 impl ResourceKind {
@@ -98,6 +107,7 @@ impl ResourceKind {
             Self::RuntimeClass => "runtime-class",
             Self::PersistentVolumeClaim => "persistent-volume-claim",
             Self::PersistentVolume => "persistent-volume",
+            Self::ServiceAccountToken => "service-account-token",
         }
     }
 
@@ -114,6 +124,7 @@ impl ResourceKind {
                 | Self::DeviceStatus
                 | Self::Rule
                 | Self::PersistentVolumeClaim
+                | Self::ServiceAccountToken
         )
     }
 }
@@ -328,8 +339,24 @@ impl Envelope {
             return Err(incomplete("id must be 1 or more"));
         }
         match self.operation {
-            Operation::Ack | Operation::Error if self.parent.is_none() => {
-                Err(incomplete("an ack or error names its parent"))
+            Operation::Ack | Operation::Error | Operation::Response if self.parent.is_none() => {
+                Err(incomplete("an ack, error or response names its parent"))
+            }
+            Operation::Query => {
+                let resource = self
+                    .resource
+                    .as_ref()
+                    .ok_or_else(|| incomplete("names no resource"))?;
+                if resource.name.is_empty()
+                    || (resource.kind.namespaced()
+                        && resource.namespace.as_deref().unwrap_or("").is_empty())
+                {
+                    return Err(incomplete("a query names a namespaced resource"));
+                }
+                if !self.payload.is_object() {
+                    return Err(incomplete("payload must be an object"));
+                }
+                Ok(())
             }
             Operation::Insert | Operation::Update | Operation::Delete => {
                 let resource = self
@@ -458,6 +485,31 @@ mod tests {
         let payload: super::super::usage::UsageSample =
             serde_json::from_value(back.payload).expect("a sample");
         assert_eq!(payload, sample);
+    }
+
+    #[test]
+    fn a_query_names_its_account_and_its_response_the_query() {
+        let query = Envelope::new(4, Operation::Query)
+            .with_resource(ResourceRef {
+                kind: ResourceKind::ServiceAccountToken,
+                namespace: Some("default".into()),
+                name: "default".into(),
+                uid: None,
+            })
+            .with_payload(serde_json::json!({"spec": {}}));
+        let text = String::from_utf8(query.encode()).expect("utf8");
+        assert!(text.contains(r#""kind":"service-account-token""#), "{text}");
+        assert_eq!(Envelope::decode(&query.encode()), Ok(query));
+        let no_namespace = br#"{"v":1,"id":1,"timestamp":0,"operation":"query","resource":{"kind":"service-account-token","name":"default"},"payload":{}}"#;
+        assert_eq!(
+            Envelope::decode(no_namespace).map_err(|e| e.reason()),
+            Err("IncompleteFrame")
+        );
+        let orphan = br#"{"v":1,"id":1,"timestamp":0,"operation":"response","payload":{}}"#;
+        assert_eq!(
+            Envelope::decode(orphan).map_err(|e| e.reason()),
+            Err("IncompleteFrame")
+        );
     }
 
     #[test]

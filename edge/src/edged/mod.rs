@@ -29,6 +29,7 @@ pub mod pull_secrets;
 pub mod runtime_class;
 pub mod runtimes;
 pub mod status;
+pub mod tokens;
 pub mod usage;
 pub mod volumes;
 pub mod worker;
@@ -171,6 +172,8 @@ pub struct Edged {
     parsed: HashMap<ObjectKey, ParsedPod>,
     /// Where the kinds of images no runtime holds are asked, on edges with several runtimes.
     image_kinds: Option<Arc<dyn runtime_class::ImageKinds>>,
+    /// The ServiceAccount tokens of pods' projected volumes, asked of the cloud.
+    tokens: Option<Arc<tokens::TokenManager>>,
 }
 
 fn grace_of(pod: &Pod) -> Duration {
@@ -277,7 +280,16 @@ impl Edged {
             pods: HashMap::new(),
             parsed: HashMap::new(),
             image_kinds: None,
+            tokens: None,
         }
+    }
+
+    /// Gets pods' ServiceAccount tokens through `tokens`; without it, a pod that mounts one
+    /// waits, saying this edge cannot get them.
+    #[must_use]
+    pub fn with_tokens(mut self, tokens: Arc<tokens::TokenManager>) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     /// Asks `kinds` the kind of images no runtime here holds, to choose a pod's runtime.
@@ -345,6 +357,9 @@ impl Edged {
             self.outbox.clone(),
             self.signals.clone(),
         ));
+        if let Some(tokens) = &self.tokens {
+            background.spawn(tokens.clone().run(shutdown.clone()));
+        }
         background.spawn(usage::sample_loop(
             self.workers.clone(),
             self.config.usage_interval,
@@ -580,6 +595,9 @@ impl Edged {
         }
         self.pods
             .retain(|uid, s| wanted.contains(uid) || s.stopping);
+        if let Some(tokens) = &self.tokens {
+            tokens.retain(&self.pods.keys().cloned().collect());
+        }
     }
 
     /// Prepares a pod: env, volumes and pull credentials from what MetaManager holds, the spec
@@ -688,9 +706,10 @@ impl Edged {
     /// changed), off the async workers.
     async fn write_volumes(&self, pod: &Pod, plan: &plan::PodPlan) -> Result<(), String> {
         let lookup = |k, ns: &str, n: &str| self.lookup(k, ns, n);
+        let token = |key: &tokens::TokenKey| self.tokens.as_ref()?.get(key);
         let mut writes = Vec::new();
         for volume in plan.volumes.iter().filter(|v| v.files) {
-            if let Some(files) = volumes::render(pod, &volume.name, &lookup)? {
+            if let Some(files) = volumes::render(pod, &volume.name, &lookup, &token)? {
                 writes.push((volume.host_path.clone(), files));
             }
         }

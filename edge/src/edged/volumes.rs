@@ -1,5 +1,6 @@
 //! ConfigMap, Secret, downward-API and projected volumes: their files rendered from what
-//! MetaManager holds and written into the pod's directory, for every runtime (a container gets
+//! MetaManager holds (and a projected `serviceAccountToken` from the tokens [`super::tokens`]
+//! keeps) and written into the pod's directory, for every runtime (a container gets
 //! the directory bind-mounted, a Wasm guest preopened).
 //!
 //! Written as the kubelet's atomic writer does, so that a reader never sees half an update: the
@@ -230,9 +231,18 @@ fn downward_value(pod: &Pod, item: &DownwardAPIVolumeFile) -> Result<Vec<u8>, St
     Err("a downwardAPI item needs fieldRef or resourceFieldRef".to_owned())
 }
 
+/// The token a projected `serviceAccountToken` source needs, if held (see [`super::tokens`]).
+pub type TokenLookup<'a> = dyn Fn(&super::tokens::TokenKey) -> Option<String> + 'a;
+
 /// The files of volume `name` of `pod`, or `None` if it is not a volume Edged writes
-/// (emptyDir, hostPath). A missing object (not optional) is kubelet's message.
-pub fn render(pod: &Pod, name: &str, lookup: &Lookup<'_>) -> Result<Option<Files>, String> {
+/// (emptyDir, hostPath). A missing object (not optional) is kubelet's message; a token not
+/// held yet is a message to wait on (it is being asked for).
+pub fn render(
+    pod: &Pod,
+    name: &str,
+    lookup: &Lookup<'_>,
+    tokens: &TokenLookup<'_>,
+) -> Result<Option<Files>, String> {
     let namespace = pod
         .metadata
         .namespace
@@ -318,10 +328,30 @@ pub fn render(pod: &Pod, name: &str, lookup: &Lookup<'_>) -> Result<Option<Files
                         mode: mode_of(item.mode, mode),
                     });
                 }
-            } else if source.service_account_token.is_some() {
-                return Err(
-                    "projected serviceAccountToken volumes are not served to edges".to_owned(),
-                );
+            } else if let Some(projection) = &source.service_account_token {
+                let spec = pod.spec.as_ref();
+                let key = super::tokens::TokenKey {
+                    namespace: namespace.clone(),
+                    pod: pod.metadata.name.clone().unwrap_or_default(),
+                    pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+                    account: spec
+                        .and_then(|s| s.service_account_name.clone())
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or_else(|| "default".to_owned()),
+                    audience: projection.audience.clone().unwrap_or_default(),
+                    expiration_seconds: projection.expiration_seconds.unwrap_or(3600),
+                };
+                let token = tokens(&key).ok_or_else(|| {
+                    format!(
+                        "waiting for a token of ServiceAccount {}/{} from the cloud",
+                        key.namespace, key.account
+                    )
+                })?;
+                files.push(File {
+                    path: safe_path(&projection.path)?,
+                    content: token.into_bytes(),
+                    mode,
+                });
             }
         }
         return Ok(Some(files));
@@ -455,7 +485,7 @@ mod tests {
     type Listed = Vec<(String, String, u32)>;
 
     fn files(name: &str) -> Result<Option<Listed>, String> {
-        render(&pod(), name, &lookup).map(|f| {
+        render(&pod(), name, &lookup, &|_| None).map(|f| {
             f.map(|f| {
                 f.into_iter()
                     .map(|f| {
@@ -504,6 +534,56 @@ mod tests {
         );
         assert!(files("escape").is_err());
         assert_eq!(files("scratch"), Ok(None));
+    }
+
+    #[test]
+    fn the_service_account_volume_holds_the_token_the_ca_and_the_namespace() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "apps", "uid": "u1"},
+            "spec": {"serviceAccountName": "robot", "containers": [],
+                     "volumes": [{"name": "kube-api-access-abcde", "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token", "audience": "vault"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]}
+        }))
+        .expect("pod");
+        let lookup = |kind, ns: &str, name: &str| match (kind, ns, name) {
+            (ResourceKind::ConfigMap, "apps", "kube-root-ca.crt") => {
+                Some(serde_json::json!({"data": {"ca.crt": "CA"}}))
+            }
+            _ => None,
+        };
+        let tokens = |key: &super::super::tokens::TokenKey| {
+            let expected = ("apps", "robot", "vault", 3607, "u1");
+            let got = (
+                key.namespace.as_str(),
+                key.account.as_str(),
+                key.audience.as_str(),
+                key.expiration_seconds,
+                key.pod_uid.as_str(),
+            );
+            (got == expected).then(|| "jwt".to_owned())
+        };
+        let files = render(&pod, "kube-api-access-abcde", &lookup, &tokens)
+            .expect("rendered")
+            .expect("a volume of files");
+        let listed: Vec<(String, String, u32)> = files
+            .into_iter()
+            .map(|f| {
+                let content = String::from_utf8_lossy(&f.content).into_owned();
+                (f.path.display().to_string(), content, f.mode)
+            })
+            .collect();
+        let f = |p: &str, c: &str| (p.to_owned(), c.to_owned(), 0o644);
+        assert_eq!(
+            listed,
+            vec![f("token", "jwt"), f("ca.crt", "CA"), f("namespace", "apps")]
+        );
+        let waiting = render(&pod, "kube-api-access-abcde", &lookup, &|_| None);
+        assert_eq!(
+            waiting,
+            Err("waiting for a token of ServiceAccount apps/robot from the cloud".into())
+        );
     }
 
     #[test]

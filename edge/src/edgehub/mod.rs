@@ -99,6 +99,8 @@ pub struct EdgeHub {
     outbox: Outbox,
     signals: Arc<Signals>,
     streams: Option<EdgeStream>,
+    /// Edged's questions for the cloud (ServiceAccount tokens), asked on each connection.
+    token_queries: Option<tokio::sync::mpsc::Receiver<crate::edged::tokens::TokenQuery>>,
 }
 
 impl EdgeHub {
@@ -115,7 +117,18 @@ impl EdgeHub {
             outbox,
             signals,
             streams: None,
+            token_queries: None,
         }
+    }
+
+    /// Asks the cloud the token questions that come on `queries` (from Edged's
+    /// [`crate::edged::tokens::TokenManager`]).
+    pub fn with_token_queries(
+        mut self,
+        queries: tokio::sync::mpsc::Receiver<crate::edged::tokens::TokenQuery>,
+    ) -> Self {
+        self.token_queries = Some(queries);
+        self
     }
 
     /// Serves the streams the cloud opens (logs, exec, port-forward) with `streams`; without
@@ -126,13 +139,13 @@ impl EdgeHub {
     }
 
     /// Connects, serves and reconnects until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut attempt = 0u32;
         loop {
             let started = std::time::Instant::now();
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => return,
-                outcome = session::run(&self.config, &self.meta, &self.outbox, &self.signals, self.streams.as_ref(), &shutdown) => outcome,
+                outcome = session::run(&self.config, &self.meta, &self.outbox, &self.signals, self.streams.as_ref(), self.token_queries.as_mut(), &shutdown) => outcome,
             };
             match outcome {
                 Ok(()) => return,

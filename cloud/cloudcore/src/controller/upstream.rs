@@ -92,6 +92,64 @@ impl Upstream {
         }
     }
 
+    /// Answers a query from `node`'s edge: a ServiceAccount token for a pod bound to it
+    /// (`payload`: a TokenRequest whose `boundObjectRef` is the pod), asked of the API as
+    /// kubelets ask it, bound to the pod. An edge gets tokens only for the account of a pod
+    /// bound to its node, as the node authorizer and NodeRestriction allow a kubelet.
+    pub async fn query(
+        &self,
+        node: &str,
+        frame: &Envelope,
+    ) -> Result<serde_json::Value, UpstreamError> {
+        let resource = frame
+            .resource
+            .as_ref()
+            .ok_or_else(|| UpstreamError::Invalid("the frame names no resource".into()))?;
+        if resource.kind != ResourceKind::ServiceAccountToken {
+            return Err(UpstreamError::Unsupported {
+                operation: frame.operation,
+                kind: resource.kind,
+            });
+        }
+        let namespace = resource.namespace.as_deref().unwrap_or("");
+        let account = resource.name.as_str();
+        let request: k8s_openapi::api::authentication::v1::TokenRequest = payload(frame)?;
+        let bound = request
+            .spec
+            .bound_object_ref
+            .clone()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .ok_or_else(|| {
+                UpstreamError::Forbidden(format!(
+                    "edge {node} may ask only for tokens bound to its pods"
+                ))
+            })?;
+        let pod_name = bound.name.clone().unwrap_or_default();
+        let uid = bound.uid.clone().unwrap_or_default();
+        let Some(pod) = self.own_pod(node, namespace, &pod_name, &uid)? else {
+            return Err(UpstreamError::Forbidden(format!(
+                "pod {namespace}/{pod_name} with uid {uid} is not bound to node {node}"
+            )));
+        };
+        let runs_as = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+            .filter(|a| !a.is_empty())
+            .unwrap_or("default");
+        if runs_as != account {
+            return Err(UpstreamError::Forbidden(format!(
+                "pod {namespace}/{pod_name} runs as ServiceAccount {runs_as}, not {account}"
+            )));
+        }
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), namespace);
+        let answered = api
+            .create_token_request(account, &PostParams::default(), &request)
+            .await?;
+        serde_json::to_value(answered).map_err(|e| UpstreamError::Invalid(e.to_string()))
+    }
+
     /// Applies one frame from `node`'s edge.
     pub async fn apply(&self, node: &str, frame: &Envelope) -> Result<(), UpstreamError> {
         let resource = frame

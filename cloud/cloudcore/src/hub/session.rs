@@ -238,6 +238,9 @@ impl Session {
 
         let (report_tx, report_rx) = mpsc::channel::<Envelope>(REPORT_QUEUE);
         let (answer_tx, mut answer_rx) = mpsc::channel::<Envelope>(REPORT_QUEUE);
+        // Queries (token requests) are answered beside the reports, not behind them.
+        let mut queries = tokio::task::JoinSet::new();
+        let query_answers = answer_tx.clone();
         let writer = tokio::spawn(write_reports(
             self.ctx.clone(),
             self.node.clone(),
@@ -258,7 +261,7 @@ impl Session {
                     self.last_heard = Instant::now();
                     match message {
                         Some(Ok(Message::Binary(bytes))) => {
-                            if self.inbound(ws, &bytes, &report_tx).await.is_err() {
+                            if self.inbound(ws, &bytes, &report_tx, &mut queries, &query_answers).await.is_err() {
                                 break "the edge went away";
                             }
                         }
@@ -314,6 +317,7 @@ impl Session {
             }
         };
         writer.abort();
+        queries.abort_all();
         outcome
     }
 
@@ -436,6 +440,8 @@ impl Session {
         ws: &mut Ws<S>,
         bytes: &bytes::Bytes,
         reports: &mpsc::Sender<Envelope>,
+        queries: &mut tokio::task::JoinSet<()>,
+        answers: &mpsc::Sender<Envelope>,
     ) -> Result<(), ()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -506,6 +512,37 @@ impl Session {
                     }
                 }
             }
+            Operation::Query => {
+                // Finished answers are reaped here; a session has few queries in flight.
+                while queries.try_join_next().is_some() {}
+                if queries.len() >= MAX_QUERIES {
+                    self.refused(
+                        ws,
+                        frame.id,
+                        "too many queries in flight; ask again later",
+                        "Busy",
+                    )
+                    .await;
+                    return Ok(());
+                }
+                let (ctx, node, answers) = (self.ctx.clone(), self.node.clone(), answers.clone());
+                queries.spawn(async move {
+                    let answer = match ctx.upstream.query(&node, &frame).await {
+                        Ok(payload) => {
+                            let mut answer = Envelope::new(0, Operation::Response).with_payload(payload);
+                            answer.parent = Some(frame.id);
+                            answer
+                        }
+                        Err(error) => {
+                            let reason = error.reason();
+                            tracing::warn!(node, frame = frame.id, reason, %error, "refused an edge's query");
+                            ctx.metrics.refused(&node, reason);
+                            Envelope::error(0, frame.id, reason, &error.to_string())
+                        }
+                    };
+                    let _ = answers.send(answer).await;
+                });
+            }
             Operation::Update | Operation::Delete => {
                 if let Err(e) = reports.try_send(frame) {
                     let id = match &e {
@@ -530,6 +567,9 @@ impl Session {
         Ok(())
     }
 }
+
+/// How many queries of one edge are answered at once; more are refused with `Busy`.
+const MAX_QUERIES: usize = 16;
 
 /// Writes the edge's reports to the API one at a time, in order, and answers each with an ack
 /// or an error frame (whose id the session fills in).
