@@ -154,17 +154,32 @@ fn san(name: &str) -> Result<SanType, rcgen::Error> {
     })
 }
 
+/// The common name of the API server's CA. (A CA made before names were given kept
+/// `wedge-ca`: a CA is never replaced.)
+pub const APISERVER_CA: &str = "wedge-apiserver-ca";
+
 impl Pki {
     /// Loads the PKI under `data_dir/pki`, creating the CA on first start and (re)issuing the
     /// serving certificate when it is missing, near expiry, or lacks one of `names` (DNS names
     /// or IP addresses the server must answer to).
+    /// The CA is the API server's ([`APISERVER_CA`]).
     pub fn load_or_create(data_dir: &Path, names: &[String]) -> Result<Self, PkiError> {
+        Self::load_or_create_with_ca(data_dir, APISERVER_CA, names)
+    }
+
+    /// [`Pki::load_or_create`] with a CA of another name (cloudcore's hub has its own CA, so
+    /// that an operator can tell which one a certificate chains to).
+    pub fn load_or_create_with_ca(
+        data_dir: &Path,
+        ca_name: &str,
+        names: &[String],
+    ) -> Result<Self, PkiError> {
         let dir = data_dir.join("pki");
         std::fs::create_dir_all(&dir).map_err(|source| PkiError::Io {
             path: dir.clone(),
             source,
         })?;
-        let ca = Self::load_or_create_ca(&dir)?;
+        let ca = Self::load_or_create_ca(&dir, ca_name)?;
         let mut pki = Self {
             dir,
             serving: ca.clone(),
@@ -184,16 +199,14 @@ impl Pki {
         self.dir.join("ca.crt")
     }
 
-    fn load_or_create_ca(dir: &Path) -> Result<CertifiedKey, PkiError> {
+    fn load_or_create_ca(dir: &Path, name: &str) -> Result<CertifiedKey, PkiError> {
         let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
         if let (Some(cert_pem), Some(key_pem)) = (read(&cert_path)?, read(&key_path)?) {
             return Ok(CertifiedKey { cert_pem, key_pem });
         }
         let key = KeyPair::generate().map_err(cert_err("CA key"))?;
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "wedge-ca");
+        params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -352,6 +365,21 @@ impl Pki {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_ca_is_named_for_what_it_signs_for() {
+        let subject = |pki: &Pki| {
+            let der = pem_to_der(&pki.ca.cert_pem).expect("der");
+            let (_, cert) = X509Certificate::from_der(&der).expect("parse");
+            cert.subject().to_string()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = Pki::load_or_create(&dir.path().join("api"), &[]).expect("pki");
+        assert_eq!(subject(&api), "CN=wedge-apiserver-ca");
+        let hub = Pki::load_or_create_with_ca(&dir.path().join("hub"), "wedge-cloudhub-ca", &[])
+            .expect("pki");
+        assert_eq!(subject(&hub), "CN=wedge-cloudhub-ca");
+    }
 
     #[test]
     fn the_ca_is_kept_and_the_serving_certificate_follows_the_names_asked_for() {

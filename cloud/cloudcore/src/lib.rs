@@ -111,6 +111,10 @@ pub enum CloudCoreError {
     },
 }
 
+/// The common name of the hub's CA, which signs edges' certificates and the hub's own: not the
+/// API server's (`wedge-apiserver-ca`), so an operator can tell which a certificate chains to.
+pub const HUB_CA: &str = "wedge-cloudhub-ca";
+
 /// A running cloudcore.
 pub struct CloudCore {
     /// Held while cloudcore runs: one cloudcore per hub directory.
@@ -144,7 +148,11 @@ impl CloudCore {
                 .iter()
                 .flat_map(cloudstream::StreamSettings::certificate_names),
         );
-        let pki = Arc::new(Pki::load_or_create(&config.data_dir, &names)?);
+        let pki = Arc::new(Pki::load_or_create_with_ca(
+            &config.data_dir,
+            HUB_CA,
+            &names,
+        )?);
         let mut definitions = devices::definitions();
         definitions.extend(router::crds::definitions());
         crds::install(&client, &definitions).await?;
