@@ -33,5 +33,4 @@ pub mod service_account_tokens;
 pub mod storage;
 pub mod token_controller;
 
-pub use authz::components::Component;
 pub use server::{Server, ServerConfig, ServerError};
