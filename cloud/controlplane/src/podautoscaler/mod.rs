@@ -184,7 +184,8 @@ pub async fn reconcile(
     Ok(Action::requeue(ctx.config.sync_period))
 }
 
-/// A metric that gave no replica count: the condition it sets and the error it adds.
+/// A metric that gave no replica count: the reason of its condition and event, and the
+/// error (the event's message; the condition's after kube's preamble).
 struct Failed {
     reason: &'static str,
     message: String,
@@ -572,7 +573,7 @@ impl Look<'_> {
                     statuses[i] = p.status;
                 }
                 Err((failed, wrapped)) => {
-                    self.event(EventType::Warning, failed.reason, &failed.detail())
+                    self.event(EventType::Warning, failed.reason, &failed.message)
                         .await;
                     invalid += 1;
                     if first.is_none() {
@@ -834,12 +835,5 @@ impl Look<'_> {
                 ..Default::default()
             },
         ))
-    }
-}
-
-impl Failed {
-    /// The event's message (kube records the error without the condition's preamble).
-    fn detail(&self) -> String {
-        self.message.clone()
     }
 }
