@@ -128,9 +128,12 @@ async fn kubectl_sees_cluster_ips_allocated_released_and_refused_as_kube_words_i
             .is_some_and(|l| l.split_whitespace().nth(2) == Some("None")),
         "{table}"
     );
+    // An ExternalName Service has no cluster IP; kubectl shows the name it stands for.
     assert!(
-        rows.next()
-            .is_some_and(|l| l.split_whitespace().nth(2) == Some("<none>")),
+        rows.next().is_some_and(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(2..4) == Some(&["<none>", "example.com"][..])
+        }),
         "{table}"
     );
 
@@ -360,6 +363,22 @@ async fn node_ports_are_allocated_kept_on_reapply_refused_when_taken_and_freed()
         lb.status.and_then(|s| s.load_balancer).is_some(),
         "status.loadBalancer: {{}}"
     );
+
+    // A load balancer's controller writes the status alone; kubectl shows its address.
+    services
+        .patch_status(
+            "lb",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}),
+            ),
+        )
+        .await
+        .expect("status written");
+    let row = cluster.kubectl_ok(&["get", "svc", "lb", "--no-headers"]);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols.get(3), Some(&"192.0.2.10"), "{row}");
+    assert!(cols.get(4).is_some_and(|p| p.starts_with("443:")), "{row}");
 
     // To ClusterIP frees the node ports: another Service takes one.
     cluster.kubectl_ok(&[

@@ -556,8 +556,10 @@ pub(crate) fn update_object(
         );
     }
     // What the client left out that was allocated is kept (so that the same YAML applies
-    // again), and a change of type allocates or frees; held until the write below.
-    let mut allocation = if services::is_services(info) {
+    // again), and a change of type allocates or frees; held until the write below. Not for
+    // the status subresource, whose writes leave the spec as it was (kube's status store has
+    // no allocation hooks either).
+    let mut allocation = if services::is_services(info) && sub.is_none() {
         Some(services::for_update(
             api,
             &old_value,

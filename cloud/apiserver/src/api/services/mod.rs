@@ -390,16 +390,14 @@ pub(crate) fn owner(service: &Value) -> (&str, &str) {
 /// does: one for every IP a Service holds in the range, none managed by the allocator for an
 /// IP no Service holds. Run at start; after that each Service write keeps them.
 pub(crate) fn repair_ip_objects(api: &Api) {
-    let cidr = api.services.network.cluster_ip_range;
     let mut held = std::collections::HashMap::new();
     let (services, _, _) = api.store.list(SERVICES, None, None, None, |_| true);
     for svc in services {
         let svc = svc.value();
         let (ns, name) = owner(&svc);
+        // Out of the range too (the range changed since it was allocated): kube keeps those.
         for ip in fields::cluster_ips(&svc) {
-            if cidr.index(ip).is_ok() {
-                held.insert(ip.to_string(), (ns.to_owned(), name.to_owned()));
-            }
+            held.insert(ip.to_string(), (ns.to_owned(), name.to_owned()));
         }
     }
     let (objects, _, _) = api.store.list(IP_ADDRESSES, None, None, None, |_| true);

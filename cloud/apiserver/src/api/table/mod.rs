@@ -859,7 +859,7 @@ fn cells(info: &ResourceInfo, o: &Value) -> Vec<Value> {
                 name,
                 json!(s(o, "/spec/type")),
                 json!(or_none(s(o, "/spec/clusterIP").to_owned())),
-                json!("<none>"),
+                json!(service_external_ip(o)),
                 json!(or_none(ports.join(","))),
                 json!(created),
                 json!(or_none(selector)),
@@ -972,6 +972,57 @@ pub(crate) fn render(
         metadata["continue"] = json!(token);
     }
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": definitions, "rows": rows})
+}
+
+/// kube's `getServiceExternalIP`, as the server prints it (wide, so not shortened): a load
+/// balancer's ingress addresses and the `externalIPs`, `<pending>` for a load balancer with
+/// neither, the name an ExternalName Service stands for.
+fn service_external_ip(o: &Value) -> String {
+    let strings = |ptr: &str| -> Vec<String> {
+        o.pointer(ptr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let external = strings("/spec/externalIPs");
+    match o
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+    {
+        "ClusterIP" | "NodePort" | "" if !external.is_empty() => external.join(","),
+        "ClusterIP" | "NodePort" | "" => "<none>".to_owned(),
+        "LoadBalancer" => {
+            let mut all: Vec<String> = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i.get("ip")
+                        .or_else(|| i.get("hostname"))
+                        .and_then(Value::as_str)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_owned)
+                })
+                .collect();
+            all.extend(external);
+            if all.is_empty() {
+                "<pending>".to_owned()
+            } else {
+                all.join(",")
+            }
+        }
+        "ExternalName" => o
+            .pointer("/spec/externalName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        _ => "<unknown>".to_owned(),
+    }
 }
 
 #[cfg(test)]
