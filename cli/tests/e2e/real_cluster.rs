@@ -155,7 +155,15 @@ async fn cloudstream_answers_a_separate_api_server_at_each_edges_own_name() {
         host
     );
 
-    // No scheduler runs here: the pod names its node, as a scheduler would have bound it.
+    // No scheduler runs here: the pod names its node, as a scheduler would have bound it. Nor
+    // does kube-controller-manager: its root CA publisher's ConfigMap is made by hand, and the
+    // pod's token comes through cloudcore under the RBAC `wedge rbac` prints.
+    cloud.kubectl_ok(&[
+        "create",
+        "configmap",
+        "kube-root-ca.crt",
+        &format!("--from-file=ca.crt={}", data.join("pki/ca.crt").display()),
+    ]);
     cloud.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\nspec:\n  nodeName: edge-a\n  restartPolicy: Never\n  containers:\n  - name: hello\n    image: {}/samples/hello:1\n",
         registry.host()
