@@ -10,6 +10,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use wedge_apiserver::Component;
 
 /// Resolves on Ctrl-C or SIGTERM (or at once if the handlers cannot be installed).
 pub async fn terminated() {
@@ -49,14 +50,19 @@ pub fn init_tracing(default: &str) {
 pub struct EmbeddedCluster {
     /// The API server.
     pub server: wedge_apiserver::Server,
-    /// A client of it, with the admin credentials.
+    /// A client of it, with the admin credentials: for what the operator asks (`wedge up`'s
+    /// samples), never for Wedge's own components.
     pub client: kube::Client,
+    /// cloudcore's client, as `system:wedge:cloudcore` with the `cloudcore` ClusterRole.
+    pub cloudcore_client: kube::Client,
     control_plane: tokio::task::JoinHandle<Result<(), wedge_controlplane::LeaderError>>,
 }
 
 impl EmbeddedCluster {
     /// Starts the API server with `config`, then the control plane under leader election as
-    /// `identity`, until `shutdown` is cancelled.
+    /// `identity`, until `shutdown` is cancelled. Each component uses the kubeconfig the server
+    /// wrote for it: the scheduler as `system:kube-scheduler`, the controllers as
+    /// `system:kube-controller-manager`.
     pub async fn start(
         config: wedge_apiserver::ServerConfig,
         controllers: wedge_controlplane::ControllersConfig,
@@ -67,6 +73,9 @@ impl EmbeddedCluster {
             .await
             .context("starting the embedded API server")?;
         let client = kube_client(server.kubeconfig_path()).await?;
+        let cloudcore_client =
+            kube_client(&server.component_kubeconfig(Component::CloudCore)).await?;
+        let clients = control_plane_clients(&server).await?;
         // Pods are told to trust the server's own CA (`kube-root-ca.crt` in every namespace).
         let mut controllers = controllers;
         controllers
@@ -74,7 +83,7 @@ impl EmbeddedCluster {
             .get_or_insert_with(|| server.ca_pem().to_owned());
         let leader = wedge_controlplane::LeaderConfig::new(identity);
         let control_plane = tokio::spawn(wedge_controlplane::run(
-            client.clone(),
+            clients,
             controllers,
             leader,
             shutdown.clone(),
@@ -82,6 +91,7 @@ impl EmbeddedCluster {
         Ok(Self {
             server,
             client,
+            cloudcore_client,
             control_plane,
         })
     }
@@ -91,6 +101,18 @@ impl EmbeddedCluster {
         let _ = self.control_plane.await;
         self.server.shutdown().await;
     }
+}
+
+/// The control plane's clients of the embedded API server `server`: the scheduler's and the
+/// controllers' identities, from the kubeconfigs it wrote for them.
+pub async fn control_plane_clients(
+    server: &wedge_apiserver::Server,
+) -> anyhow::Result<wedge_controlplane::Clients> {
+    Ok(wedge_controlplane::Clients {
+        scheduler: kube_client(&server.component_kubeconfig(Component::Scheduler)).await?,
+        controllers: kube_client(&server.component_kubeconfig(Component::ControllerManager))
+            .await?,
+    })
 }
 
 /// A duration as operators write it: a whole number and `s`, `m`, `h` or `d` (`90s`, `24h`,

@@ -57,6 +57,8 @@ enum Command {
     /// Write a kubeconfig for a user of the embedded API server (a client certificate; RBAC
     /// decides what the user may do).
     Kubeconfig(commands::kubeconfig::KubeconfigArgs),
+    /// Print the RBAC manifest cloudcore needs on a real cluster (`kubectl apply -f -`).
+    Rbac,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             Command::Up(args) => commands::up::run(&cli.root, args).await,
             Command::Token { command } => commands::token::run(&cli.root, command).await,
             Command::Kubeconfig(args) => commands::kubeconfig::run(&cli.root, &args),
+            Command::Rbac => commands::rbac::run(),
         }
     });
     match result {

@@ -95,7 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "kubectl: export KUBECONFIG={}",
                 cluster.server.kubeconfig_path().display()
             );
-            let client = cluster.client.clone();
+            let client = cluster.cloudcore_client.clone();
             kubeconfig = Some(cluster.server.kubeconfig_path().to_path_buf());
             embedded = Some(cluster);
             client

@@ -61,9 +61,9 @@ pub async fn run(root: &std::path::Path, args: ApiserverArgs) -> anyhow::Result<
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
     let control_plane = if args.controllers {
-        let client = super::controllers::client_for(server.kubeconfig_path()).await?;
+        let clients = wedge_cli::control_plane_clients(&server).await?;
         let run =
-            super::controllers::run_control_plane(client, args.control_plane, shutdown.clone());
+            super::controllers::run_control_plane(clients, args.control_plane, shutdown.clone());
         Some(tokio::spawn(run))
     } else {
         None

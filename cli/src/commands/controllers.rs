@@ -37,9 +37,14 @@ pub struct ControlPlaneArgs {
 /// Options of `wedge controllers`.
 #[derive(Args)]
 pub struct ControllersArgs {
-    /// The kubeconfig of the API server to control.
+    /// The kubeconfig of the API server to control, for the controllers (the embedded API
+    /// server writes `controller-manager.kubeconfig`, as `system:kube-controller-manager`).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
+    /// The scheduler's kubeconfig (`scheduler.kubeconfig`, as `system:kube-scheduler`);
+    /// default: --kubeconfig.
+    #[arg(long)]
+    scheduler_kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     control_plane: ControlPlaneArgs,
 }
@@ -49,7 +54,7 @@ pub use wedge_cli::kube_client as client_for;
 
 /// Runs the control plane until `shutdown` is cancelled.
 pub async fn run_control_plane(
-    client: kube::Client,
+    clients: wedge_controlplane::Clients,
     args: ControlPlaneArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -67,14 +72,22 @@ pub async fn run_control_plane(
         podautoscaler: args.podautoscaler.config(),
         ..Default::default()
     };
-    wedge_controlplane::run(client, config, leader, shutdown)
+    wedge_controlplane::run(clients, config, leader, shutdown)
         .await
         .context("leader election")
 }
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ControllersArgs) -> anyhow::Result<ExitCode> {
-    let client = client_for(&args.kubeconfig).await?;
+    let controllers = client_for(&args.kubeconfig).await?;
+    let scheduler = match &args.scheduler_kubeconfig {
+        Some(path) => client_for(path).await?,
+        None => controllers.clone(),
+    };
+    let clients = wedge_controlplane::Clients {
+        scheduler,
+        controllers,
+    };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -82,6 +95,6 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<ExitCode> {
         stop.cancel();
     });
     eprintln!("wedge controllers: waiting for the lease, then controlling");
-    run_control_plane(client, args.control_plane, shutdown).await?;
+    run_control_plane(clients, args.control_plane, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -261,7 +261,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let stream = stream.settings(cluster.server.kubeconfig_path(), &[])?;
     hub.stream = Some(stream);
-    let cloudcore = CloudCore::start(client.clone(), hub)
+    let cloudcore = CloudCore::start(cluster.cloudcore_client.clone(), hub)
         .await
         .context("starting cloudcore")?;
 

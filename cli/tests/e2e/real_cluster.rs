@@ -85,6 +85,110 @@ async fn kubelet_get(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// Runs `kubectl` with `kubeconfig`, failing the test if it fails; its stdout.
+fn kubectl_ok_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("stdin written");
+    drop(input);
+    let out = child.wait_with_output().expect("kubectl ends");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the README tells an operator to do before `cloudcore --kubeconfig`: apply `wedge rbac`'s
+/// manifest with the cluster admin's kubeconfig (`admin`), then write a kubeconfig for the
+/// ServiceAccount `kubeedge/cloudcore` with a token for it. Returns its path.
+fn cloudcore_identity(data: &Path, admin: &Path) -> std::path::PathBuf {
+    let manifest = Command::new(env!("CARGO_BIN_EXE_wedge"))
+        .arg("rbac")
+        .output()
+        .expect("wedge runs");
+    assert!(manifest.status.success());
+    let manifest = String::from_utf8(manifest.stdout).expect("UTF-8");
+    assert_eq!(
+        manifest,
+        include_str!("../../../deploy/cloudcore-rbac.yaml"),
+        "deploy/ ships what `wedge rbac` prints"
+    );
+    kubectl_ok_with(admin, &["apply", "-f", "-"], Some(&manifest));
+    let token = kubectl_ok_with(
+        admin,
+        &[
+            "-n",
+            "kubeedge",
+            "create",
+            "token",
+            "cloudcore",
+            "--duration=2h",
+        ],
+        None,
+    );
+    let server = kubectl_ok_with(
+        admin,
+        &[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+        None,
+    );
+    let path = data.join("cloudcore.token.kubeconfig");
+    let ca = data.join("pki/ca.crt");
+    let ca = format!("--certificate-authority={}", ca.display());
+    let server = format!("--server={server}");
+    let token = format!("--token={}", token.trim());
+    for args in [
+        &[
+            "config",
+            "set-cluster",
+            "wedge",
+            &server,
+            &ca,
+            "--embed-certs",
+        ][..],
+        &["config", "set-credentials", "cloudcore", &token],
+        &[
+            "config",
+            "set-context",
+            "wedge",
+            "--cluster=wedge",
+            "--user=cloudcore",
+        ],
+        &["config", "use-context", "wedge"],
+    ] {
+        kubectl_ok_with(&path, args, None);
+    }
+    let whoami = kubectl_ok_with(
+        &path,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+        None,
+    );
+    assert_eq!(whoami, "system:serviceaccount:kubeedge:cloudcore");
+    path
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cloudstream_answers_a_separate_api_server_at_each_edges_own_name() {
     let registry = registry_with_samples().await;
@@ -114,12 +218,15 @@ async fn cloudstream_answers_a_separate_api_server_at_each_edges_own_name() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // cloudcore runs as an operator would run it on a real cluster: as KubeEdge's
+    // ServiceAccount, with the RBAC manifest `wedge rbac` prints applied, not as an admin.
+    let cloudcore_kubeconfig = cloudcore_identity(&data, &kubeconfig);
     let cloud = Cloud::start_with(
         &root,
         "127.0.0.1",
         &[
             "--kubeconfig",
-            kubeconfig.to_str().expect("a UTF-8 path"),
+            cloudcore_kubeconfig.to_str().expect("a UTF-8 path"),
             "--stream-node-domain",
             DOMAIN,
         ],

@@ -3,7 +3,10 @@
 //!
 //! kube-apiserver does not know how a node runs its pods; it reads the Node's status for an
 //! address ([`KubeletEndpoint::of_node`]) and dials HTTPS there, presenting its kubelet client
-//! certificate (CN `kube-apiserver-kubelet-client`, O `system:masters`). In Wedge the edges have
+//! certificate (CN `kube-apiserver-kubelet-client`). kubeadm once put it in `system:masters`;
+//! here it has no group and is bound to kube's `system:kubelet-api-admin`, as recent kubeadm
+//! and Cluster API bind it, since its key, signed by the cluster CA, also authenticates to the
+//! API server itself (see [`crate::authz::components`]). In Wedge the edges have
 //! no reachable kubelet: cloudcore serves the kubelet's streaming paths for every edge node and
 //! points each edge Node at itself, so this client needs nothing Wedge-specific.
 //!
@@ -62,9 +65,7 @@ pub const PREFERRED_ADDRESS_TYPES: [&str; 5] = [
 ];
 
 /// The user the kubelet client certificate names, as kubeadm issues it.
-pub const CLIENT_USER: &str = "kube-apiserver-kubelet-client";
-/// The group the kubelet client certificate names: the kubelet authorizes it fully.
-pub const CLIENT_GROUP: &str = "system:masters";
+pub const CLIENT_USER: &str = crate::authz::components::KUBELET_CLIENT;
 /// The file name (under the PKI directory, `.crt` and `.key`) of the kubelet client
 /// certificate, kubeadm's.
 pub const CLIENT_CERT_FILE: &str = "apiserver-kubelet-client";
@@ -301,7 +302,7 @@ impl KubeletClient {
         shutdown: CancellationToken,
     ) -> Result<Self, KubeletError> {
         let tls = |e: &dyn std::fmt::Display| KubeletError::Tls(e.to_string());
-        let cert = pki.load_or_issue_client(CLIENT_CERT_FILE, CLIENT_USER, &[CLIENT_GROUP])?;
+        let cert = pki.load_or_issue_client(CLIENT_CERT_FILE, CLIENT_USER, &[])?;
         let cert_chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
                 .collect::<Result<_, _>>()

@@ -33,4 +33,5 @@ pub mod service_account_tokens;
 pub mod storage;
 pub mod token_controller;
 
+pub use authz::components::Component;
 pub use server::{Server, ServerConfig, ServerError};

@@ -337,8 +337,9 @@ impl Pki {
         Ok(pem)
     }
 
-    /// Loads the client certificate kept under `name` (e.g. `admin`), issuing it when missing or
-    /// near expiry.
+    /// Loads the client certificate kept under `name` (e.g. `admin`), issuing it when missing,
+    /// near expiry, or naming another user or groups (a kept certificate must not outlive a
+    /// change of who a component is: the kubelet client's was once `system:masters`).
     pub fn load_or_issue_client(
         &self,
         file: &str,
@@ -351,7 +352,11 @@ impl Pki {
         );
         if let (Some(cert_pem), Some(key_pem)) = (read(&cert_path)?, read(&key_path)?) {
             let info = leaf_info(&cert_path, &cert_pem)?;
-            if info.not_after > (OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp() {
+            let names = pem_to_der(&cert_pem)
+                .and_then(|der| crate::auth::user_from_certificate(&der))
+                .is_some_and(|u| u.name == user && u.groups == groups);
+            if names && info.not_after > (OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp()
+            {
                 return Ok(CertifiedKey { cert_pem, key_pem });
             }
         }
@@ -406,5 +411,27 @@ mod tests {
         );
         assert!(info.names.contains(&"cloud.example".to_owned()));
         assert!(info.names.contains(&"127.0.0.1".to_owned()));
+    }
+
+    #[test]
+    fn a_kept_client_certificate_is_issued_again_when_its_subject_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
+        let user = |c: &CertifiedKey| {
+            let der = pem_to_der(&c.cert_pem).expect("der");
+            crate::auth::user_from_certificate(&der).expect("user")
+        };
+        let first = pki
+            .load_or_issue_client("kc", "kube-apiserver-kubelet-client", &["system:masters"])
+            .expect("issued");
+        let kept = pki
+            .load_or_issue_client("kc", "kube-apiserver-kubelet-client", &["system:masters"])
+            .expect("kept");
+        assert_eq!(first.cert_pem, kept.cert_pem, "nothing changed: kept");
+        let now = pki
+            .load_or_issue_client("kc", "kube-apiserver-kubelet-client", &[])
+            .expect("issued again");
+        assert!(user(&now).groups.is_empty(), "{:?}", user(&now));
+        assert_eq!(user(&now).name, "kube-apiserver-kubelet-client");
     }
 }

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::services::ServiceNetwork;
 use crate::api::{Api, ApiError};
 use crate::auth::{self, Tokens, User};
+use crate::authz::components::Component;
 use crate::kubelet_client::{KubeletClient, KubeletError};
 use crate::pki::{Pki, PkiError};
 use crate::storage::{Store, StoreError};
@@ -117,6 +118,7 @@ pub struct Server {
     api: Arc<Api>,
     kubeconfig: PathBuf,
     advertise: IpAddr,
+    data_dir: PathBuf,
     shutdown: CancellationToken,
     accept: JoinHandle<()>,
     tasks: TaskTracker,
@@ -244,6 +246,20 @@ impl Server {
                 source,
             },
         )?;
+        // Each of Wedge's components its own identity, as kubeadm writes `scheduler.conf` and
+        // `controller-manager.conf` beside `admin.conf`.
+        for component in Component::ALL {
+            let cert = pki.load_or_issue_client(component.file(), component.user(), &[])?;
+            let path = component_kubeconfig(dir, component);
+            crate::kubeconfig::write_for(
+                &path,
+                component.user(),
+                &server_url,
+                &pki.ca.cert_pem,
+                &cert,
+            )
+            .map_err(|source| ServerError::Io { path, source })?;
+        }
 
         let acceptor = TlsAcceptor::from(Arc::new(tls_config(
             &pki,
@@ -281,6 +297,7 @@ impl Server {
             api,
             kubeconfig,
             advertise,
+            data_dir: dir.clone(),
             shutdown,
             accept,
             tasks,
@@ -312,6 +329,12 @@ impl Server {
         &self.kubeconfig
     }
 
+    /// The kubeconfig of one of Wedge's components (`<data-dir>/<component>.kubeconfig`),
+    /// written at start with a certificate naming its user.
+    pub fn component_kubeconfig(&self, component: Component) -> PathBuf {
+        component_kubeconfig(&self.data_dir, component)
+    }
+
     /// The address the `kubernetes` Service's endpoints name.
     pub fn advertise_address(&self) -> IpAddr {
         self.advertise
@@ -329,6 +352,11 @@ impl Server {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// Where a component's kubeconfig is kept under the data directory.
+pub fn component_kubeconfig(data_dir: &Path, component: Component) -> PathBuf {
+    data_dir.join(format!("{}.kubeconfig", component.file()))
 }
 
 /// The address a client on this machine dials: loopback when listening on every address.

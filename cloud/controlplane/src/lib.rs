@@ -90,36 +90,61 @@ impl Default for ControllersConfig {
     }
 }
 
+/// The clients the control plane acts through: the scheduler's and the controllers' (each its
+/// own identity, kube-scheduler's and kube-controller-manager's, so each holds only its
+/// roles). One client for both (`From<Client>`) suits an API server that trusts it with both.
+#[derive(Clone)]
+pub struct Clients {
+    /// The scheduler's.
+    pub scheduler: Client,
+    /// The controllers' (and the leader election's).
+    pub controllers: Client,
+}
+
+impl From<Client> for Clients {
+    fn from(client: Client) -> Self {
+        Self {
+            scheduler: client.clone(),
+            controllers: client,
+        }
+    }
+}
+
 /// Runs the control plane under leader election until `shutdown` is cancelled.
 pub async fn run(
-    client: Client,
+    clients: impl Into<Clients>,
     config: ControllersConfig,
     leader: LeaderConfig,
     shutdown: CancellationToken,
 ) -> Result<(), LeaderError> {
-    leader::run_elected(client.clone(), leader, shutdown, move |term| {
-        run_controllers(client.clone(), config.clone(), term)
+    let clients = clients.into();
+    leader::run_elected(clients.controllers.clone(), leader, shutdown, move |term| {
+        run_controllers(clients.clone(), config.clone(), term)
     })
     .await
 }
 
 /// Runs every controller (no election) until `shutdown` is cancelled.
 pub async fn run_controllers(
-    client: Client,
+    clients: impl Into<Clients>,
     config: ControllersConfig,
     shutdown: CancellationToken,
 ) {
-    run_controllers_at(client, config, clock::Clock::system(), shutdown).await;
+    run_controllers_at(clients, config, clock::Clock::system(), shutdown).await;
 }
 
 /// [`run_controllers`], with the controllers that follow the wall clock (CronJobs,
 /// HorizontalPodAutoscalers) reading it from `clock`.
 pub async fn run_controllers_at(
-    client: Client,
+    clients: impl Into<Clients>,
     config: ControllersConfig,
     clock: clock::Clock,
     shutdown: CancellationToken,
 ) {
+    let Clients {
+        scheduler: scheduler_client,
+        controllers: client,
+    } = clients.into();
     // One pod watch for every controller that follows pods.
     let (pods, writer) = reflector::store_shared(SHARED_BUFFER);
     let (
@@ -201,7 +226,7 @@ pub async fn run_controllers_at(
     let stop = || shutdown.clone().cancelled_owned();
     tokio::select! {
         () = pod_feed => {}
-        () = scheduler::run(client.clone(), config.insecure_registries.clone(), shutdown.clone()) => {}
+        () = scheduler::run(scheduler_client, config.insecure_registries.clone(), shutdown.clone()) => {}
         () = rs_feed => {}
         () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
         () = job::run(client.clone(), pods.clone(), job_pods, stop()) => {}

@@ -33,6 +33,23 @@ impl Cluster {
         client_for(self.server.kubeconfig_path()).await
     }
 
+    /// A kube client as one of Wedge's components, with the kubeconfig the server wrote for it
+    /// (its own user and roles, not the admin's).
+    pub async fn component_client(&self, component: wedge_apiserver::Component) -> Client {
+        client_for(&self.server.component_kubeconfig(component)).await
+    }
+
+    /// The control plane's clients: the scheduler's and the controllers' own identities, as
+    /// `wedge up` and `cloudcore` give them.
+    #[allow(dead_code)] // the controlplane tests' (this file is shared with them)
+    pub async fn control_plane_clients(&self) -> wedge_controlplane::Clients {
+        use wedge_apiserver::Component;
+        wedge_controlplane::Clients {
+            scheduler: self.component_client(Component::Scheduler).await,
+            controllers: self.component_client(Component::ControllerManager).await,
+        }
+    }
+
     /// Runs the real kubectl against the server.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         kubectl_with(self.server.kubeconfig_path(), args, None)

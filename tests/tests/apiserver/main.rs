@@ -5,6 +5,7 @@
 mod admission;
 mod bad_input;
 mod builtins;
+mod components;
 mod durability;
 mod harness;
 mod kube_client;

@@ -38,7 +38,7 @@ impl Setup {
         )
         .await;
         register(&client, "edge-2", json!({}), "4", json!({})).await;
-        let (shutdown, controllers) = controllers(&client);
+        let (shutdown, controllers) = controllers(cluster.control_plane_clients().await);
         Self {
             cluster,
             client,
@@ -129,12 +129,14 @@ impl Setup {
     async fn restart_controllers(&mut self) {
         self.shutdown.cancel();
         (&mut self.controllers).await.expect("controllers stop");
-        (self.shutdown, self.controllers) = controllers(&self.client);
+        (self.shutdown, self.controllers) = controllers(self.cluster.control_plane_clients().await);
     }
 }
 
 /// Starts the control plane.
-fn controllers(client: &kube::Client) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn controllers(
+    clients: wedge_controlplane::Clients,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let shutdown = CancellationToken::new();
     // No edge renews these nodes' leases: keep them Ready for the test's length.
     let config = wedge_controlplane::ControllersConfig {
@@ -142,7 +144,7 @@ fn controllers(client: &kube::Client) -> (CancellationToken, tokio::task::JoinHa
         ..Default::default()
     };
     let controllers = tokio::spawn(wedge_controlplane::run_controllers(
-        client.clone(),
+        clients,
         config,
         shutdown.clone(),
     ));

@@ -46,7 +46,9 @@ async fn binds_fitting_pods_and_says_why_the_others_wait() {
     let client = cluster.client().await;
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(wedge_controlplane::scheduler::run(
-        client.clone(),
+        cluster
+            .component_client(wedge_apiserver::Component::Scheduler)
+            .await,
         Vec::new(),
         shutdown.clone(),
     ));
@@ -211,7 +213,9 @@ async fn picks_the_runtime_from_the_image_without_a_runtime_class() {
     let client = cluster.client().await;
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(wedge_controlplane::scheduler::run(
-        client.clone(),
+        cluster
+            .component_client(wedge_apiserver::Component::Scheduler)
+            .await,
         vec![host.clone()],
         shutdown.clone(),
     ));

@@ -34,7 +34,12 @@ impl Fleet {
         for (name, zone) in [("edge-1", "a"), ("edge-2", "a"), ("edge-3", "b")] {
             register(&client, name, json!({"zone": zone}), "4", json!({})).await;
         }
-        let edges = Edges::start(client.clone(), &["edge-1", "edge-2", "edge-3"]);
+        // The edges report through cloudcore, and the control plane acts, each as its own
+        // identity: what they may not do fails here as it would in `wedge up`.
+        let cloudcore = cluster
+            .component_client(wedge_apiserver::Component::CloudCore)
+            .await;
+        let edges = Edges::start(cloudcore, &["edge-1", "edge-2", "edge-3"]);
         let shutdown = CancellationToken::new();
         // A short grace period, so that the node lifecycle test does not wait 40 s.
         let config = wedge_controlplane::ControllersConfig {
@@ -42,7 +47,7 @@ impl Fleet {
             ..Default::default()
         };
         let controllers = tokio::spawn(wedge_controlplane::run_controllers_at(
-            client.clone(),
+            cluster.control_plane_clients().await,
             config,
             clock,
             shutdown.clone(),

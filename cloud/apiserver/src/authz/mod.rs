@@ -1,15 +1,17 @@
 //! Authorization: may this user do this? As kube-apiserver with `--authorization-mode=RBAC`:
 //! members of `system:masters` may do everything (kube-apiserver's privileged group, which
-//! Wedge's own components and the admin kubeconfig use), everyone else what RBAC's roles and
-//! bindings grant them ([`rbac`]), with the default roles and bindings kube-apiserver creates
-//! ([`bootstrap`]). A request is authorized after authentication and before its body is read;
-//! a refusal is kube-apiserver's 403, worded as it words it.
+//! the admin kubeconfig uses), everyone else what RBAC's roles and bindings grant them
+//! ([`rbac`]), with the default roles and bindings kube-apiserver creates ([`bootstrap`]).
+//! Wedge's own components are users like any other, each with its roles ([`components`]). A
+//! request is authorized after authentication and before its body is read; a refusal is
+//! kube-apiserver's 403, worded as it words it.
 //!
 //! Writes of roles and bindings are also checked for escalation, as RBAC's REST storage does:
 //! a user may grant only what they hold, unless allowed to `escalate` (roles) or `bind`
 //! (bindings).
 
 pub mod bootstrap;
+pub mod components;
 pub mod impersonation;
 pub mod rbac;
 
