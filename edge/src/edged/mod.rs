@@ -230,6 +230,13 @@ fn remove_orphaned_pod_dirs(pods_root: &std::path::Path, held: &HashSet<String>)
     }
 }
 
+/// The token a volume already holds at `file`, if any.
+fn held_token(file: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(file)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+}
+
 /// Queues `report` and wakes EdgeHub.
 fn put(outbox: &Outbox, signals: &Signals, report: &Report) {
     match outbox.put(&report.key, report.operation, &report.payload) {
@@ -706,9 +713,16 @@ impl Edged {
     /// changed), off the async workers.
     async fn write_volumes(&self, pod: &Pod, plan: &plan::PodPlan) -> Result<(), String> {
         let lookup = |k, ns: &str, n: &str| self.lookup(k, ns, n);
-        let token = |key: &tokens::TokenKey| self.tokens.as_ref()?.get(key);
         let mut writes = Vec::new();
         for volume in plan.volumes.iter().filter(|v| v.files) {
+            // A token the cloud has not answered for (it may be away) falls back to the one
+            // the volume already holds, so that pods start again after an offline restart.
+            let token = |key: &tokens::TokenKey, path: &std::path::Path| {
+                self.tokens
+                    .as_ref()
+                    .and_then(|t| t.get(key))
+                    .or_else(|| held_token(&volume.host_path.join(path)))
+            };
             if let Some(files) = volumes::render(pod, &volume.name, &lookup, &token)? {
                 writes.push((volume.host_path.clone(), files));
             }

@@ -231,8 +231,9 @@ fn downward_value(pod: &Pod, item: &DownwardAPIVolumeFile) -> Result<Vec<u8>, St
     Err("a downwardAPI item needs fieldRef or resourceFieldRef".to_owned())
 }
 
-/// The token a projected `serviceAccountToken` source needs, if held (see [`super::tokens`]).
-pub type TokenLookup<'a> = dyn Fn(&super::tokens::TokenKey) -> Option<String> + 'a;
+/// The token a projected `serviceAccountToken` source needs (written at the relative path
+/// given), if there is one (see [`super::tokens`]).
+pub type TokenLookup<'a> = dyn Fn(&super::tokens::TokenKey, &Path) -> Option<String> + 'a;
 
 /// The files of volume `name` of `pod`, or `None` if it is not a volume Edged writes
 /// (emptyDir, hostPath). A missing object (not optional) is kubelet's message; a token not
@@ -341,14 +342,15 @@ pub fn render(
                     audience: projection.audience.clone().unwrap_or_default(),
                     expiration_seconds: projection.expiration_seconds.unwrap_or(3600),
                 };
-                let token = tokens(&key).ok_or_else(|| {
+                let path = safe_path(&projection.path)?;
+                let token = tokens(&key, &path).ok_or_else(|| {
                     format!(
                         "waiting for a token of ServiceAccount {}/{} from the cloud",
                         key.namespace, key.account
                     )
                 })?;
                 files.push(File {
-                    path: safe_path(&projection.path)?,
+                    path,
                     content: token.into_bytes(),
                     mode,
                 });
@@ -485,7 +487,7 @@ mod tests {
     type Listed = Vec<(String, String, u32)>;
 
     fn files(name: &str) -> Result<Option<Listed>, String> {
-        render(&pod(), name, &lookup, &|_| None).map(|f| {
+        render(&pod(), name, &lookup, &|_, _| None).map(|f| {
             f.map(|f| {
                 f.into_iter()
                     .map(|f| {
@@ -553,7 +555,8 @@ mod tests {
             }
             _ => None,
         };
-        let tokens = |key: &super::super::tokens::TokenKey| {
+        let tokens = |key: &super::super::tokens::TokenKey, path: &Path| {
+            assert_eq!(path, Path::new("token"));
             let expected = ("apps", "robot", "vault", 3607, "u1");
             let got = (
                 key.namespace.as_str(),
@@ -579,7 +582,7 @@ mod tests {
             listed,
             vec![f("token", "jwt"), f("ca.crt", "CA"), f("namespace", "apps")]
         );
-        let waiting = render(&pod, "kube-api-access-abcde", &lookup, &|_| None);
+        let waiting = render(&pod, "kube-api-access-abcde", &lookup, &|_, _| None);
         assert_eq!(
             waiting,
             Err("waiting for a token of ServiceAccount apps/robot from the cloud".into())
