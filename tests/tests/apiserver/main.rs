@@ -12,3 +12,4 @@ mod kube_client;
 mod kubectl;
 mod service_accounts;
 mod services;
+mod versions;

@@ -161,6 +161,15 @@ pub enum ApiError {
     /// 500.
     #[error("{0}")]
     Internal(String),
+    /// 504: a read at a version the server has not reached (kube-apiserver's
+    /// `NewTooLargeResourceVersionError`).
+    #[error("Timeout: Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// The version asked for.
+        requested: u64,
+        /// The newest version there is.
+        current: u64,
+    },
     /// 503: a backend the request needs (an edge's logs, exec) is not reachable.
     #[error("{0}")]
     Unavailable(String),
@@ -195,6 +204,7 @@ impl ApiError {
             Self::Invalid { .. } => 422,
             Self::TooManyRequests { .. } => 429,
             Self::Internal(_) => 500,
+            Self::TooLargeResourceVersion { .. } => 504,
             Self::Unavailable(_) => 503,
         }
     }
@@ -216,6 +226,7 @@ impl ApiError {
             Self::Invalid { .. } => "Invalid",
             Self::TooManyRequests { .. } => "TooManyRequests",
             Self::Internal(_) => "InternalError",
+            Self::TooLargeResourceVersion { .. } => "Timeout",
             Self::Unavailable(_) => "ServiceUnavailable",
         }
     }
@@ -289,6 +300,16 @@ impl ApiError {
                         field: &c.field,
                     })
                     .collect(),
+            }),
+            Self::TooLargeResourceVersion { .. } => Some(WireDetails {
+                name: "",
+                group: "",
+                kind: "",
+                causes: vec![WireCause {
+                    reason: "ResourceVersionTooLarge",
+                    message: "Too large resource version",
+                    field: "",
+                }],
             }),
             _ => None,
         };

@@ -17,7 +17,7 @@ use super::request::{Query, ResourcePath};
 use super::{Api, Body, Call, json_response, table, value_response};
 use crate::registry::ResourceInfo;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::storage::{ObjectKey, StoredObject};
+use crate::storage::{ObjectKey, StoreError, StoredObject};
 
 /// The fields each resource can be selected by, beyond `metadata.name` and
 /// `metadata.namespace`.
@@ -113,9 +113,32 @@ pub struct Page {
     pub rv: u64,
     /// The token for the next page.
     pub continue_token: Option<String>,
+    /// How many objects the pages after this one hold, when the list has no selector (as
+    /// kube-apiserver says it only then).
+    pub remaining: Option<usize>,
 }
 
-/// Reads one page as the query asks.
+/// A `resourceVersion` parameter, as kube-apiserver's storage parses it: empty and `"0"` mean
+/// any version; anything but a number is a 400 in its words.
+pub(crate) fn parse_resource_version(v: &str) -> Result<u64, ApiError> {
+    if v.is_empty() || v == "0" {
+        return Ok(0);
+    }
+    v.parse::<u64>().map_err(|_| {
+        let why = if v.bytes().all(|b| b.is_ascii_digit()) {
+            "value out of range"
+        } else {
+            "invalid syntax"
+        };
+        ApiError::BadRequest(format!(
+            "invalid resource version: resourceVersion: Invalid value: {v:?}: strconv.ParseUint: parsing {v:?}: {why}"
+        ))
+    })
+}
+
+/// Reads one page as the query asks: the first at the current version (or 410 when an exact
+/// older one is asked for), the next ones at the first's (410 once the history no longer
+/// reaches it, as after etcd's compaction).
 pub fn page(
     api: &Api,
     info: &ResourceInfo,
@@ -125,28 +148,47 @@ pub fn page(
     let filter = Filter::from_query(info, query)?;
     let limit = query.number::<usize>("limit")?.filter(|l| *l > 0);
     let resource = info.storage_key();
+    let requested = parse_resource_version(query.get("resourceVersion").unwrap_or(""))?;
     let (first_rv, after) = match query.get("continue") {
+        Some(_) if requested != 0 => {
+            return Err(ApiError::BadRequest(
+                "specifying resource version is not allowed when using continue".into(),
+            ));
+        }
         Some(token) => {
             let (rv, key) = decode_continue(&resource, token)?;
             (Some(rv), Some(key))
         }
         None => (None, None),
     };
-    if let Some(rv) = query.get("resourceVersion").filter(|v| *v != "0")
-        && query.get("resourceVersionMatch") == Some("Exact")
-        && rv.parse::<u64>().ok() != Some(api.store.current_rv())
+    let current = api.store.current_rv();
+    if requested > current {
+        return Err(ApiError::TooLargeResourceVersion { requested, current });
+    }
+    if requested != 0 && requested != current && query.get("resourceVersionMatch") == Some("Exact")
     {
         return Err(ApiError::Gone(format!(
-            "too old resource version: {rv} ({})",
-            api.store.current_rv()
+            "too old resource version: {requested} ({current})"
         )));
     }
-    let (items, rv, more) = api
+    let read = api
         .store
-        .list(&resource, namespace, after.as_ref(), limit, |o| {
+        .page_at(&resource, namespace, after.as_ref(), limit, first_rv, |o| {
             filter.keep(o)
         });
-    let continue_token = match (more, items.last()) {
+    let read = match read {
+        Ok(read) => read,
+        Err(StoreError::Gone { .. }) => {
+            return Err(ApiError::Gone(
+                "The provided continue parameter is too old to display a consistent list result. \
+                 You can start a new list without the continue parameter."
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(ApiError::from_store(e, &info.group, &info.plural)),
+    };
+    let more = read.remaining > 0;
+    let continue_token = match (more, read.items.last()) {
         (true, Some(last)) => {
             let v = last.value();
             let key = ObjectKey::new(
@@ -158,14 +200,15 @@ pub fn page(
                     .and_then(Value::as_str)
                     .unwrap_or(""),
             );
-            Some(encode_continue(first_rv.unwrap_or(rv), &key))
+            Some(encode_continue(read.rv, &key))
         }
         _ => None,
     };
     Ok(Page {
-        items,
-        rv: first_rv.unwrap_or(rv),
+        items: read.items,
+        rv: read.rv,
         continue_token,
+        remaining: (more && filter.is_empty()).then_some(read.remaining),
     })
 }
 
@@ -193,6 +236,9 @@ pub fn write_list(info: &ResourceInfo, page: &Page) -> Vec<u8> {
     let mut metadata = json!({"resourceVersion": page.rv.to_string()});
     if let Some(token) = &page.continue_token {
         metadata["continue"] = json!(token);
+    }
+    if let Some(remaining) = page.remaining {
+        metadata["remainingItemCount"] = json!(remaining);
     }
     out.extend_from_slice(b"{\"kind\":");
     out.extend_from_slice(json!(info.list_kind()).to_string().as_bytes());

@@ -140,7 +140,7 @@ impl Call<'_> {
     }
 
     /// The body as a JSON object, from JSON, YAML or Kubernetes protobuf; malformed input is a
-    /// 400, CBOR a 415.
+    /// 400, another media type (CBOR, `text/plain`) a 415.
     pub fn object(&self) -> Result<Value, ApiError> {
         let content_type = self.content_type();
         if content_type.contains("cbor") {
@@ -148,6 +148,22 @@ impl Call<'_> {
                 "application/json, application/yaml, application/vnd.kubernetes.protobuf (this server does not \
                  decode CBOR bodies)"
                     .into(),
+            ));
+        }
+        // kube-apiserver decodes what its serializers (and, for patches, its patch types) name,
+        // and answers 415 for anything else (`text/plain` included).
+        if !matches!(
+            content_type,
+            "application/json"
+                | "application/yaml"
+                | "application/vnd.kubernetes.protobuf"
+                | "application/json-patch+json"
+                | "application/merge-patch+json"
+                | "application/strategic-merge-patch+json"
+                | "application/apply-patch+yaml"
+        ) {
+            return Err(ApiError::UnsupportedMediaType(
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf".into(),
             ));
         }
         if content_type.contains("application/vnd.kubernetes.protobuf") {

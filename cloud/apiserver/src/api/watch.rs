@@ -75,15 +75,22 @@ pub(crate) fn serve(
             (items, rv)
         }
         (None | Some("0"), Some(false)) => (Vec::new(), api.store.current_rv()),
-        (Some(v), _) => {
-            let rv = v
-                .parse::<u64>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid resource version {v:?}")))?;
-            (Vec::new(), rv)
-        }
+        (Some(v), _) => (Vec::new(), super::list::parse_resource_version(v)?),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
+    // A version the store has not reached (read after subscribing, so a write in between
+    // counts): one ERROR event, as kube-apiserver's watch cache sends once it has waited for
+    // it (the store here is never behind, so it does not wait).
     let stream = match api.store.watch(&resource, namespace.as_deref(), from) {
+        Ok(_) if from > api.store.current_rv() => {
+            let status = ApiError::TooLargeResourceVersion {
+                requested: from,
+                current: api.store.current_rv(),
+            }
+            .status();
+            let _ = tx.try_send(line("ERROR", &status));
+            None
+        }
         Ok(s) => Some(s),
         Err(StoreError::Gone { requested, oldest }) => {
             let status =

@@ -15,6 +15,7 @@
 //! history holds is [`StoreError::Gone`], the API's 410.
 
 mod db;
+mod snapshot;
 mod watch;
 
 use std::any::Any;
