@@ -34,6 +34,33 @@ pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// The CA (PEM) a kubeconfig trusts its server with, if it names one: what the control plane
+/// publishes as `kube-root-ca.crt`.
+pub async fn kubeconfig_ca(path: &Path) -> Option<String> {
+    use base64::Engine as _;
+    let kubeconfig = Kubeconfig::read_from(path).ok()?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .ok()?;
+    let pem: String = config
+        .root_cert?
+        .iter()
+        .map(|der| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .filter_map(|c| std::str::from_utf8(c).ok())
+                .collect();
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                lines.join("\n")
+            )
+        })
+        .collect();
+    (!pem.is_empty()).then_some(pem)
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` or else `default`.
 pub fn init_tracing(default: &str) {
     tracing_subscriber::fmt()

@@ -62,8 +62,10 @@ pub async fn run(root: &std::path::Path, args: ApiserverArgs) -> anyhow::Result<
     let shutdown = tokio_util::sync::CancellationToken::new();
     let control_plane = if args.controllers {
         let clients = wedge_cli::control_plane_clients(&server).await?;
-        let run =
-            super::controllers::run_control_plane(clients, args.control_plane, shutdown.clone());
+        let control_plane = args
+            .control_plane
+            .default_root_ca(Some(server.ca_pem().to_owned()));
+        let run = super::controllers::run_control_plane(clients, control_plane, shutdown.clone());
         Some(tokio::spawn(run))
     } else {
         None

@@ -32,6 +32,23 @@ pub struct ControlPlaneArgs {
     insecure_registries: Vec<String>,
     #[command(flatten)]
     podautoscaler: wedge_cli::podautoscaler_args::PodAutoscalerArgs,
+    /// The CA bundle (PEM) published in every namespace as the `kube-root-ca.crt` ConfigMap,
+    /// which pods' token volumes carry (kube-controller-manager's `--root-ca-file`). Default:
+    /// the CA the kubeconfig trusts (`wedge controllers`), the server's own (`wedge apiserver
+    /// --controllers`).
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
+    /// The CA used without `--root-ca-file`.
+    #[arg(skip)]
+    default_root_ca: Option<String>,
+}
+
+impl ControlPlaneArgs {
+    /// Publishes `pem` as the root CA unless `--root-ca-file` names another.
+    pub fn default_root_ca(mut self, pem: Option<String>) -> Self {
+        self.default_root_ca = pem;
+        self
+    }
 }
 
 /// Options of `wedge controllers`.
@@ -66,10 +83,18 @@ pub async fn run_control_plane(
     let mut leader = LeaderConfig::new(identity);
     leader.lease_duration = lease;
     leader.renew_before = lease / 3;
+    let root_ca = match &args.root_ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --root-ca-file {}", path.display()))?,
+        ),
+        None => args.default_root_ca,
+    };
     let config = ControllersConfig {
         node_grace: Duration::from_secs(args.node_grace.max(1)),
         insecure_registries: args.insecure_registries,
         podautoscaler: args.podautoscaler.config(),
+        root_ca,
         ..Default::default()
     };
     wedge_controlplane::run(clients, config, leader, shutdown)
@@ -95,6 +120,7 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<ExitCode> {
         stop.cancel();
     });
     eprintln!("wedge controllers: waiting for the lease, then controlling");
-    run_control_plane(clients, args.control_plane, shutdown).await?;
+    let ca = wedge_cli::kubeconfig_ca(&args.kubeconfig).await;
+    run_control_plane(clients, args.control_plane.default_root_ca(ca), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -137,6 +137,17 @@ async fn a_second_controller_process_stays_passive_until_the_first_dies() {
     .await;
     let second = Controllers::start(server.kubeconfig_path(), "second", dir.path());
     assert!(pod_bound(&pods, "one").await, "the leader schedules");
+    // It publishes the CA its kubeconfig trusts as kube-root-ca.crt, for pods' token volumes.
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(client.clone());
+    wait_for("kube-root-ca.crt", || async {
+        maps.get_opt("kube-root-ca.crt")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|m| m.data?.get("ca.crt").cloned())
+            .is_some_and(|ca| ca.trim() == server.ca_pem().trim())
+    })
+    .await;
     // Two lease periods later the first still leads and the second has done nothing.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(holder(&leases).await.as_deref(), Some("first"));
