@@ -98,6 +98,8 @@ struct Network {
     bridge: String,
     /// The subnet's network address (10.x.y.0).
     subnet: Ipv4Addr,
+    /// How many addresses pods get, from 10.x.y.2 on (`None`: the whole /24).
+    addresses: Option<u8>,
 }
 
 impl Containerd {
@@ -106,10 +108,20 @@ impl Containerd {
     /// it. Blocks: from async code, call it through `spawn_blocking` (or accept that it blocks a
     /// test's runtime for about a second).
     pub fn start() -> anyhow::Result<Containerd> {
+        Self::start_with(None)
+    }
+
+    /// [`Containerd::start`] with a pod network of only `addresses` addresses (10.x.y.2 on),
+    /// for a test to see what happens when pods would need more than that.
+    pub fn start_with_pod_addresses(addresses: u8) -> anyhow::Result<Containerd> {
+        Self::start_with(Some(addresses))
+    }
+
+    fn start_with(addresses: Option<u8>) -> anyhow::Result<Containerd> {
         let started = Instant::now();
         // Before anything on the host changes: a failed build leaves nothing to clean.
         let pause = container_images::pause()?;
-        let mut containerd = Containerd::prepare()?;
+        let mut containerd = Containerd::prepare(addresses)?;
         // From here on, an error drops `containerd`, whose Drop removes what was made so far.
         containerd.spawn()?;
         let imported = containerd.import_image(&pause.docker_archive())?;
@@ -125,7 +137,7 @@ impl Containerd {
     }
 
     /// Makes the directory, picks the names and writes the configs; starts nothing.
-    fn prepare() -> anyhow::Result<Containerd> {
+    fn prepare(addresses: Option<u8>) -> anyhow::Result<Containerd> {
         // Mounts are matched against this path, so it must be the one the kernel reports: no
         // symlink in it.
         let parent = std::fs::canonicalize(state_parent())?;
@@ -136,7 +148,10 @@ impl Containerd {
             .keep();
         let id = format!("{:08x}", random_u64() as u32);
         let network = match host::register(&id) {
-            Ok(network) => network,
+            Ok(network) => Network {
+                addresses,
+                ..network
+            },
             Err(error) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(error);
@@ -218,6 +233,13 @@ state = {state}
         );
         std::fs::write(&self.config, config)?;
         let network = &self.network;
+        let mut range = serde_json::json!({ "subnet": self.pod_subnet() });
+        if let Some(addresses) = network.addresses {
+            let [a, b, c, _] = network.subnet.octets();
+            let last = addresses.clamp(1, 253).saturating_add(1);
+            range["rangeStart"] = format!("{a}.{b}.{c}.2").into();
+            range["rangeEnd"] = format!("{a}.{b}.{c}.{last}").into();
+        }
         let conflist = serde_json::json!({
             "cniVersion": "0.4.0",
             "name": network.name,
@@ -229,7 +251,7 @@ state = {state}
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{ "subnet": self.pod_subnet() }]],
+                    "ranges": [[range]],
                     "routes": [{ "dst": "0.0.0.0/0" }],
                     // host-local's default is /var/lib/cni/networks, on the host.
                     "dataDir": self.dir.join("cni").join("ipam"),
@@ -1327,6 +1349,7 @@ mod host {
                 name: format!("wedge-{id}"),
                 bridge,
                 subnet,
+                addresses: None,
             });
         }
         bail!("no free 10.200-254.x.0/24 subnet for the pod network")

@@ -32,8 +32,13 @@ struct MixedEdge {
 }
 
 async fn mixed_edge(extra: &[&str]) -> MixedEdge {
+    mixed_edge_on(Containerd::start, extra).await
+}
+
+/// [`mixed_edge`] on the containerd `start` starts.
+async fn mixed_edge_on(start: fn() -> anyhow::Result<Containerd>, extra: &[&str]) -> MixedEdge {
     let registry = registry_with_samples().await;
-    let containerd = tokio::task::spawn_blocking(Containerd::start)
+    let containerd = tokio::task::spawn_blocking(start)
         .await
         .expect("join")
         .expect("containerd starts");
@@ -1772,6 +1777,109 @@ async fn jobs_run_container_pods_to_completion_or_failure() {
         ),
         "3"
     );
+}
+
+/// Pod network addresses of the edge in [`a_job_of_more_container_pods_than_addresses_completes`].
+const ADDRESSES: u8 = 8;
+
+/// A finished container pod gives its address back, as under a kubelet (its sandbox is stopped,
+/// its logs kept): a Job of more pods than the pod network has addresses completes on one edge,
+/// and `kubectl logs` of its finished pods still works. After a restart of edgecore the finished
+/// pods are not run again, and deleting the Job removes every sandbox they left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_of_more_container_pods_than_addresses_completes() {
+    let mut env = mixed_edge_on(|| Containerd::start_with_pod_addresses(ADDRESSES), &[]).await;
+    let completions = usize::from(ADDRESSES) * 5 / 2;
+    let busybox = env.busybox.clone();
+    let job = |name: &str, completions: usize| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  completions: {completions}\n  parallelism: 4\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {}\n        command: [sh, -c, 'echo job done']\n",
+            busybox
+        )
+    };
+    let wait_complete = |env: &MixedEdge, name: &str| {
+        let out = env.cloud.kubectl(&[
+            "wait",
+            "--for=condition=complete",
+            &format!("job/{name}"),
+            "--timeout=300s",
+        ]);
+        assert!(
+            out.status.success(),
+            "job/{name} is not complete: {}\n{}\nedge: {}",
+            String::from_utf8_lossy(&out.stderr),
+            env.cloud.kubectl_ok(&["get", "pods", "-o", "wide"]),
+            env.edge.log()
+        );
+    };
+    env.cloud.apply(&job("many", completions));
+    wait_complete(&env, "many");
+    assert_eq!(
+        env.jsonpath("job/many", "{.status.succeeded}"),
+        completions.to_string()
+    );
+    let names = env.jsonpath(
+        "pods",
+        "{range .items[?(@.metadata.labels.job-name==\"many\")]}{.metadata.name} {.status.phase} {.status.containerStatuses[0].state.terminated.exitCode}{\"\\n\"}{end}",
+    );
+    let pods: Vec<&str> = names.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(pods.len(), completions, "{names}");
+    let ips = env.jsonpath(
+        "pods",
+        "{range .items[?(@.metadata.labels.job-name==\"many\")]}{.status.podIP}{\"\\n\"}{end}",
+    );
+    let distinct: std::collections::BTreeSet<&str> = ips.lines().collect();
+    assert!(
+        distinct.len() <= usize::from(ADDRESSES) && ips.lines().all(|ip| ip.starts_with("10.")),
+        "{completions} pods on {ADDRESSES} addresses, each given back and used again: {ips}"
+    );
+    assert!(
+        names.lines().all(|l| l.ends_with(" Succeeded 0")),
+        "{names}"
+    );
+    // More pods ran than there are addresses: each finished pod gave its own back, and kept
+    // its log.
+    assert_eq!(env.cloud.kubectl_ok(&["logs", pods[0]]), "job done\n");
+    let all = env
+        .cloud
+        .kubectl_ok(&["logs", "-l", "job-name=many", "--tail=-1"]);
+    assert_eq!(all.matches("job done").count(), completions, "{all}");
+    let uids: Vec<String> = pods.iter().map(|p| env.uid(p)).collect();
+    let mut containers = Vec::new();
+    for uid in &uids {
+        let sandboxes = env.sandboxes_of(uid).await;
+        assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+        assert!(!sandboxes[0].ready, "a finished pod's sandbox is stopped");
+        containers.extend(env.containers_of(uid).await);
+    }
+    assert_eq!(containers.len(), completions);
+
+    // edgecore restarted: the finished pods stay finished; a new Job runs beside them.
+    env.restart_edge();
+    env.cloud.apply(&job("after", 2));
+    wait_complete(&env, "after");
+    let mut again = Vec::new();
+    for uid in &uids {
+        again.extend(env.containers_of(uid).await);
+    }
+    assert_eq!(again, containers, "no finished pod ran again");
+
+    // Deleted, the Jobs leave nothing in containerd, before the restart or after.
+    env.cloud
+        .kubectl_ok(&["delete", "job", "many", "after", "--cascade=foreground"]);
+    let cri = CriRuntime::connect(&env.containerd.endpoint()).expect("endpoint");
+    eventually(
+        Duration::from_secs(120),
+        || {
+            let pods = env.cloud.kubectl_ok(&["get", "pods", "-o", "name"]);
+            pods.trim().is_empty()
+        },
+        || env.cloud.kubectl_ok(&["get", "pods", "-o", "wide"]),
+    )
+    .await;
+    let left = cri.list_sandboxes().await.expect("list sandboxes");
+    cri.shutdown().await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// `ip pod` of each line `ip pod status` whose status is `True`.
