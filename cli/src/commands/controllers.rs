@@ -95,7 +95,6 @@ pub async fn run_control_plane(
         insecure_registries: args.insecure_registries,
         podautoscaler: args.podautoscaler.config(),
         root_ca,
-        ..Default::default()
     };
     wedge_controlplane::run(clients, config, leader, shutdown)
         .await
