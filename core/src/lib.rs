@@ -1,6 +1,6 @@
 //! Wedge's core: the types and pure logic that the cloud, the edge and the runtimes share.
 //!
-//! Nothing in this crate does I/O but [`lockfile`] (the one lock every store takes on its
+//! Nothing in this crate does I/O but [`state`] (the one lock every store takes on its
 //! state), so everything else is unit-tested without processes, sockets or files. Start with
 //! [`runtime`], the container-level boundary between Edged and the runtimes (Wasm components on
 //! wasmtime, containers through containerd's CRI), then [`status`] for what
@@ -11,7 +11,7 @@ pub mod cron;
 pub mod device;
 pub mod grants;
 pub mod join_token;
-pub mod lockfile;
+pub mod state;
 pub mod protocol;
 pub mod quantity;
 pub mod restart;

@@ -208,7 +208,7 @@ pub fn route_ip(cloud: &str) -> Option<String> {
 
 /// Runs the agent until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.root).map_err(|source| AgentError::Io {
+    wedge_core::state::private_dir(&config.root).map_err(|source| AgentError::Io {
         path: config.root.clone(),
         source,
     })?;

@@ -64,7 +64,7 @@ impl EdgeCredentials {
     /// Keeps the pinned CA, the certificate and its key (private to the owner), each replaced
     /// atomically.
     pub fn save(&self, ca_pem: &str, cert_pem: &str, key_pem: &str) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        wedge_core::state::private_dir(&self.dir)?;
         write_atomic(&self.ca_path(), ca_pem, false)?;
         write_atomic(&self.key_path(), key_pem, true)?;
         write_atomic(&self.cert_path(), cert_pem, false)

@@ -616,7 +616,7 @@ fn refusal_of(out: &std::process::Output) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_cloudcore_or_edgecore_on_a_root_in_use_is_refused_naming_the_first() {
+async fn state_is_private_and_a_second_cloudcore_or_edgecore_on_it_is_refused_naming_the_first() {
     let registry = registry_with_samples().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cloud = Cloud::start(&dir.path().join("cloud"));
@@ -631,6 +631,34 @@ async fn a_second_cloudcore_or_edgecore_on_a_root_in_use_is_refused_naming_the_f
         "Running",
         Duration::from_secs(60),
     );
+
+    // What holds Secrets, tokens and keys is the process's own: directories 0700, databases
+    // (and SQLite's files beside them) 0600.
+    let mode = |path: std::path::PathBuf| {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&path).expect("state file");
+        (path, meta.permissions().mode() & 0o777)
+    };
+    for dir in [
+        cloud.root.join("apiserver"),
+        cloud.root.join("apiserver/pki"),
+        cloud.root.join("cloudcore/hub"),
+        cloud.root.join("cloudcore/hub/pki"),
+        edge_root.clone(),
+        edge_root.join("pki"),
+    ] {
+        let (path, mode) = mode(dir);
+        assert_eq!(mode, 0o700, "{}", path.display());
+    }
+    for file in [
+        cloud.root.join("apiserver/wedge.db"),
+        cloud.root.join("apiserver/wedge.db-wal"),
+        edge_root.join("edge.db"),
+        edge_root.join("edge.db-wal"),
+    ] {
+        let (path, mode) = mode(file);
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
 
     // A second cloudcore on the same root, on other ports: refused before it serves anything.
     let cloud_pid = cloud.proc.as_ref().expect("cloudcore").child.id();

@@ -175,7 +175,7 @@ impl Pki {
         names: &[String],
     ) -> Result<Self, PkiError> {
         let dir = data_dir.join("pki");
-        std::fs::create_dir_all(&dir).map_err(|source| PkiError::Io {
+        wedge_core::state::private_dir(&dir).map_err(|source| PkiError::Io {
             path: dir.clone(),
             source,
         })?;

@@ -194,7 +194,7 @@ impl Server {
     /// starts serving.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+        wedge_core::state::private_dir(dir).map_err(|source| ServerError::Io {
             path: dir.clone(),
             source,
         })?;

@@ -83,7 +83,7 @@ pub enum CloudCoreError {
     Hub(#[from] HubError),
     /// Another cloudcore has this hub's directory.
     #[error(transparent)]
-    Locked(#[from] wedge_core::lockfile::LockError),
+    Locked(#[from] wedge_core::state::LockError),
     /// The hub's directory cannot be made.
     #[error("creating {path}: {source}")]
     Io {
@@ -118,7 +118,7 @@ pub const HUB_CA: &str = "wedge-cloudhub-ca";
 /// A running cloudcore.
 pub struct CloudCore {
     /// Held while cloudcore runs: one cloudcore per hub directory.
-    _lock: wedge_core::lockfile::StateLock,
+    _lock: wedge_core::state::StateLock,
     addr: SocketAddr,
     stream_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
@@ -135,11 +135,11 @@ impl CloudCore {
         client: kube::Client,
         config: CloudCoreConfig,
     ) -> Result<Self, CloudCoreError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| CloudCoreError::Io {
+        wedge_core::state::private_dir(&config.data_dir).map_err(|source| CloudCoreError::Io {
             path: config.data_dir.clone(),
             source,
         })?;
-        let lock = wedge_core::lockfile::StateLock::acquire(&config.data_dir)?;
+        let lock = wedge_core::state::StateLock::acquire(&config.data_dir)?;
         // The hub's certificate also serves CloudStream: it covers CloudStream's names too.
         let mut names = config.advertise.clone();
         names.extend(

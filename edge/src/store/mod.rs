@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::Connection;
-use wedge_core::lockfile::StateLock;
+use wedge_core::state::StateLock;
 
 pub use meta::{Applied, MetaStore, StoredObject};
 pub use outbox::{Appended, Outbox, OutboxEntry};
@@ -98,7 +98,15 @@ pub enum StoreError {
     },
     /// Another process (an edgecore, or a `wedge up`, on the same root) has the database open.
     #[error(transparent)]
-    Locked(#[from] wedge_core::lockfile::LockError),
+    Locked(#[from] wedge_core::state::LockError),
+    /// The database's permissions could not be made private.
+    #[error("making {path} private: {source}")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A stored value does not parse.
     #[error("the stored {what} for {key} is corrupt: {message}")]
     Corrupt {
@@ -127,6 +135,10 @@ impl Database {
             source,
         };
         let lock = StateLock::acquire(path)?;
+        wedge_core::state::private_file(path).map_err(|source| StoreError::Permissions {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut conn = Connection::open(path).map_err(open_err)?;
         // Wait for a lock (another process reading, a checkpoint) before the first statement
         // that may need one.

@@ -346,7 +346,9 @@ impl ApiError {
             }
             StoreError::Invalid(m) => Self::BadRequest(m),
             StoreError::Db(e) => Self::Internal(format!("storage: {e}")),
-            StoreError::Locked(e) => Self::Internal(e.to_string()),
+            e @ (StoreError::Locked(_) | StoreError::Permissions { .. }) => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
-use wedge_core::lockfile::StateLock;
+use wedge_core::state::StateLock;
 
 pub use watch::WatchStream;
 
@@ -174,7 +174,15 @@ pub enum StoreError {
     Db(#[from] rusqlite::Error),
     /// Another process has the database open.
     #[error(transparent)]
-    Locked(#[from] wedge_core::lockfile::LockError),
+    Locked(#[from] wedge_core::state::LockError),
+    /// The database's permissions could not be made private.
+    #[error("making {path} private: {source}")]
+    Permissions {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 struct State {
@@ -266,6 +274,10 @@ impl Store {
     pub fn open_with_history(path: &Path, history_len: usize) -> Result<Self, StoreError> {
         let history_len = history_len.max(1);
         let lock = StateLock::acquire(path)?;
+        wedge_core::state::private_file(path).map_err(|source| StoreError::Permissions {
+            path: path.to_owned(),
+            source,
+        })?;
         let conn = db::open(path)?;
         let (rv, rows) = db::load(&conn)?;
         let objects = rows
