@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub token_file: Option<PathBuf>,
     /// How many changes watches can resume from (older versions get 410 Gone).
     pub watch_history: usize,
+    /// How many bytes of objects the watch history keeps (older events expire first).
+    pub watch_history_bytes: usize,
     /// The CA that nodes' kubelet serving certificates must chain to (kube-apiserver's
     /// `--kubelet-certificate-authority`). Without it they are not verified, as kube-apiserver
     /// does not verify them without that flag. Read on the first request that reaches a node,
@@ -62,6 +64,7 @@ impl ServerConfig {
             names: Vec::new(),
             token_file: None,
             watch_history: crate::storage::HISTORY,
+            watch_history_bytes: crate::storage::HISTORY_BYTES,
             kubelet_certificate_authority: None,
             service_network: ServiceNetwork::default(),
             advertise_address: None,
@@ -202,7 +205,10 @@ impl Server {
         // the certificates or anything else here.
         let store = Arc::new(Store::open_with_history(
             &dir.join("wedge.db"),
-            config.watch_history,
+            crate::storage::HistoryLimits {
+                events: config.watch_history,
+                bytes: config.watch_history_bytes,
+            },
         )?);
         let pki = Arc::new(Pki::load_or_create(dir, &config.names)?);
         let shutdown = CancellationToken::new();

@@ -10,6 +10,7 @@ mod durability;
 mod harness;
 mod kube_client;
 mod kubectl;
+mod limits;
 mod service_accounts;
 mod services;
 mod versions;

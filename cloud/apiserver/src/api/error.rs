@@ -134,6 +134,9 @@ pub enum ApiError {
     /// 413.
     #[error("Request entity too large: limit is {MAX_REQUEST_BYTES}")]
     TooLarge,
+    /// 413: an object larger than the store keeps, as kube-apiserver passes etcd's refusal on.
+    #[error("{0}")]
+    ObjectTooLarge(String),
     /// 415.
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(String),
@@ -199,7 +202,7 @@ impl ApiError {
             Self::NotAcceptable(_) => 406,
             Self::AlreadyExists { .. } | Self::Conflict { .. } => 409,
             Self::Gone(_) => 410,
-            Self::TooLarge => 413,
+            Self::TooLarge | Self::ObjectTooLarge(_) => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::Invalid { .. } => 422,
             Self::TooManyRequests { .. } => 429,
@@ -221,7 +224,7 @@ impl ApiError {
             Self::AlreadyExists { .. } => "AlreadyExists",
             Self::Conflict { .. } => "Conflict",
             Self::Gone(_) => "Expired",
-            Self::TooLarge => "RequestEntityTooLarge",
+            Self::TooLarge | Self::ObjectTooLarge(_) => "RequestEntityTooLarge",
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Self::Invalid { .. } => "Invalid",
             Self::TooManyRequests { .. } => "TooManyRequests",
@@ -345,6 +348,7 @@ impl ApiError {
                 Self::Gone(format!("too old resource version: {requested} ({oldest})"))
             }
             StoreError::Invalid(m) => Self::BadRequest(m),
+            e @ StoreError::TooLarge { .. } => Self::ObjectTooLarge(e.to_string()),
             StoreError::Db(e) => Self::Internal(format!("storage: {e}")),
             e @ (StoreError::Locked(_) | StoreError::Permissions { .. }) => {
                 Self::Internal(e.to_string())

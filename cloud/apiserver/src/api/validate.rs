@@ -44,9 +44,13 @@ pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) ->
             for field in ["data", "binaryData"] {
                 keys(object.get(field), field, &mut causes);
             }
+            let size =
+                data_size(object.get("data"), false) + data_size(object.get("binaryData"), true);
+            too_big(size, &mut causes);
         }
         ("", "Secret") => {
             keys(object.get("data"), "data", &mut causes);
+            too_big(data_size(object.get("data"), true), &mut causes);
             let token_type = crate::token_controller::TOKEN_TYPE;
             let annotation = crate::token_controller::NAME_ANNOTATION;
             if object.get("type").and_then(Value::as_str) == Some(token_type)
@@ -84,6 +88,32 @@ pub fn validate(group: &str, kind: &str, object: &Value, old: Option<&Value>) ->
         }
     }
     causes
+}
+
+/// The most a ConfigMap's or a Secret's data may hold (Kubernetes' `MaxSecretSize`).
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// The bytes a `data` map holds: its strings' lengths, or their base64 decodings' (`binary`).
+fn data_size(data: Option<&Value>, binary: bool) -> usize {
+    data.and_then(Value::as_object)
+        .map(|m| {
+            m.values()
+                .filter_map(Value::as_str)
+                .map(|v| if binary { v.len() / 4 * 3 } else { v.len() })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A ConfigMap or Secret whose data is over [`MAX_DATA_BYTES`], as kube-apiserver refuses it.
+fn too_big(size: usize, causes: &mut Vec<Cause>) {
+    if size > MAX_DATA_BYTES {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "data".into(),
+            message: format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
+        });
+    }
 }
 
 fn keys(map: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {

@@ -89,14 +89,14 @@ pub(super) fn load_history(conn: &Connection, limit: usize) -> rusqlite::Result<
 }
 
 /// Commits one write: the object (or its removal), its event, the new version, and the trim of
-/// the history to `history` events.
+/// the history to the events from `keep_from` on.
 pub(super) fn commit(
     conn: &mut Connection,
     key: &ObjectKey,
     rv: u64,
     kind: EventType,
     json: &[u8],
-    history: usize,
+    keep_from: u64,
 ) -> rusqlite::Result<()> {
     let rv = i64::try_from(rv).unwrap_or(i64::MAX);
     let tx = conn.transaction()?;
@@ -124,8 +124,8 @@ pub(super) fn commit(
         params![rv],
     )?;
     tx.execute(
-        "DELETE FROM events WHERE rv <= ?1",
-        params![rv - i64::try_from(history).unwrap_or(i64::MAX)],
+        "DELETE FROM events WHERE rv < ?1",
+        params![i64::try_from(keep_from).unwrap_or(i64::MAX)],
     )?;
     tx.commit()
 }

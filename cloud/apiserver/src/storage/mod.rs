@@ -33,6 +33,74 @@ pub use watch::WatchStream;
 
 /// How many events the watch history keeps by default.
 pub const HISTORY: usize = 10_000;
+/// How many bytes of objects the watch history keeps by default: a few large objects written
+/// often (a 1 MiB ConfigMap updated in a loop) expire the oldest events instead of holding
+/// gigabytes, in memory and on disk. A watch or continue from an expired version gets 410 and
+/// relists, as from etcd after compaction.
+pub const HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// The largest object the store keeps: etcd's default request limit (`--max-request-bytes`,
+/// 1.5 MiB), which kube-apiserver's objects live under.
+pub const MAX_OBJECT_BYTES: usize = 1_572_864;
+
+/// The watch history's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Events kept.
+    pub events: usize,
+    /// Bytes of their objects kept.
+    pub bytes: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        Self {
+            events: HISTORY,
+            bytes: HISTORY_BYTES,
+        }
+    }
+}
+
+/// The watch history: events, oldest first, and the bytes of their objects.
+#[derive(Default)]
+struct History {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+}
+
+impl History {
+    /// Whether, with `more` events of `more_bytes` added, it holds more than `limits` allow.
+    fn over(&self, limits: HistoryLimits, more: usize, more_bytes: usize) -> bool {
+        self.events.len() + more > limits.events || self.bytes + more_bytes > limits.bytes
+    }
+
+    /// The version from which events are kept once `more` events of `more_bytes` are added
+    /// (the oldest ones dropped until the limits hold, never the new ones).
+    fn keep_from(&self, limits: HistoryLimits, more: usize, more_bytes: usize, next: u64) -> u64 {
+        let (mut count, mut bytes) = (self.events.len(), self.bytes);
+        for event in &self.events {
+            if count + more <= limits.events && bytes + more_bytes <= limits.bytes {
+                return event.rv;
+            }
+            count -= 1;
+            bytes -= event.object.json.len();
+        }
+        next
+    }
+
+    fn push(&mut self, event: Arc<Event>, limits: HistoryLimits) {
+        while !self.events.is_empty() && self.over(limits, 1, event.object.json.len()) {
+            self.pop();
+        }
+        self.bytes += event.object.json.len();
+        self.events.push_back(event);
+    }
+
+    fn pop(&mut self) {
+        if let Some(old) = self.events.pop_front() {
+            self.bytes -= old.object.json.len();
+        }
+    }
+}
 
 /// Where an object lives: its resource (`pods`, `deployments.apps`), namespace (empty for
 /// cluster-scoped resources) and name.
@@ -166,6 +234,14 @@ pub enum StoreError {
         /// The oldest version a watch can start from.
         oldest: u64,
     },
+    /// The object is larger than the store keeps ([`MAX_OBJECT_BYTES`]).
+    #[error("etcdserver: request is too large")]
+    TooLarge {
+        /// The object.
+        key: ObjectKey,
+        /// Its size in bytes.
+        size: usize,
+    },
     /// The object is not a JSON object with `metadata`.
     #[error("invalid object: {0}")]
     Invalid(String),
@@ -201,9 +277,9 @@ pub struct Store {
     _lock: StateLock,
     db: Mutex<rusqlite::Connection>,
     state: RwLock<State>,
-    history: Mutex<VecDeque<Arc<Event>>>,
+    history: Mutex<History>,
     live: broadcast::Sender<Arc<Event>>,
-    history_len: usize,
+    limits: HistoryLimits,
     derived: Mutex<HashMap<&'static str, Derived>>,
 }
 
@@ -267,12 +343,15 @@ fn labels_of(json: &[u8]) -> BTreeMap<String, String> {
 impl Store {
     /// Opens (creating if needed) the store in the SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with_history(path, HISTORY)
+        Self::open_with_history(path, HistoryLimits::default())
     }
 
-    /// Opens the store keeping `history_len` events for watches to resume from.
-    pub fn open_with_history(path: &Path, history_len: usize) -> Result<Self, StoreError> {
-        let history_len = history_len.max(1);
+    /// Opens the store keeping the events `limits` allow for watches to resume from.
+    pub fn open_with_history(path: &Path, limits: HistoryLimits) -> Result<Self, StoreError> {
+        let limits = HistoryLimits {
+            events: limits.events.max(1),
+            bytes: limits.bytes,
+        };
         let lock = StateLock::acquire(path)?;
         wedge_core::state::private_file(path).map_err(|source| StoreError::Permissions {
             path: path.to_owned(),
@@ -294,7 +373,7 @@ impl Store {
                 )
             })
             .collect();
-        let history = db::load_history(&conn, history_len)?
+        let events = db::load_history(&conn, limits.events)?
             .into_iter()
             .filter_map(|(rv, kind, key, json)| {
                 let labels = Arc::new(labels_of(&json));
@@ -309,8 +388,11 @@ impl Store {
                     },
                     prev: None,
                 }))
-            })
-            .collect();
+            });
+        let mut history = History::default();
+        for event in events {
+            history.push(event, limits);
+        }
         Ok(Self {
             _lock: lock,
             db: Mutex::new(conn),
@@ -321,7 +403,7 @@ impl Store {
             }),
             history: Mutex::new(history),
             live: broadcast::channel(HISTORY).0,
-            history_len,
+            limits,
             derived: Mutex::new(HashMap::new()),
         })
     }
@@ -501,7 +583,19 @@ impl Store {
                 stamp(last.value(), rv)?
             }
         };
-        db::commit(&mut db, key, rv, kind, &stored.json, self.history_len)?;
+        if stored.json.len() > MAX_OBJECT_BYTES {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                size: stored.json.len(),
+            });
+        }
+        // What the history drops for this event is dropped from disk in the same transaction.
+        let keep_from = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keep_from(self.limits, 1, stored.json.len(), rv);
+        db::commit(&mut db, key, rv, kind, &stored.json, keep_from)?;
         {
             let mut state = self
                 .state
@@ -526,10 +620,7 @@ impl Store {
                 .history
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if history.len() >= self.history_len {
-                history.pop_front();
-            }
-            history.push_back(event.clone());
+            history.push(event.clone(), self.limits);
         }
         // No receivers is fine.
         let _ = self.live.send(event);
@@ -551,6 +642,7 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let oldest = history
+            .events
             .front()
             .map_or_else(|| self.current_rv(), |e| e.rv - 1);
         if from < oldest {
@@ -559,7 +651,12 @@ impl Store {
                 oldest,
             });
         }
-        let backlog: Vec<Arc<Event>> = history.iter().filter(|e| e.rv > from).cloned().collect();
+        let backlog: Vec<Arc<Event>> = history
+            .events
+            .iter()
+            .filter(|e| e.rv > from)
+            .cloned()
+            .collect();
         Ok(WatchStream::new(resource, namespace, from, backlog, live))
     }
 }

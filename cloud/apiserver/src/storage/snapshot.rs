@@ -53,14 +53,18 @@ impl Store {
                 .history
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let oldest = history.front().map_or(current, |e| e.rv - 1);
+            let oldest = history.events.front().map_or(current, |e| e.rv - 1);
             if at < oldest {
                 return Err(StoreError::Gone {
                     requested: at,
                     oldest,
                 });
             }
-            for event in history.iter().filter(|e| e.rv > at && in_range(&e.key)) {
+            for event in history
+                .events
+                .iter()
+                .filter(|e| e.rv > at && in_range(&e.key))
+            {
                 if then.contains_key(&event.key) {
                     continue;
                 }

@@ -189,7 +189,14 @@ async fn watches_resume_after_a_restart_and_too_old_versions_are_gone() {
                 .expect("created");
         }
     }
-    let store = Store::open_with_history(&path, 20).expect("reopen");
+    let store = Store::open_with_history(
+        &path,
+        HistoryLimits {
+            events: 20,
+            bytes: HISTORY_BYTES,
+        },
+    )
+    .expect("reopen");
     let mut w = store.watch("pods", None, 3).expect("resume from 3");
     assert_eq!(w.next().await.expect("4").rv, 4);
     assert_eq!(w.next().await.expect("5").rv, 5);
@@ -235,4 +242,57 @@ fn derived_values_are_rebuilt_only_when_their_resources_change() {
     store.delete(&key("a"), None).expect("deleted");
     assert_eq!(*store.derived("pods", &["pods"], count_pods), 0);
     assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn the_history_keeps_a_byte_budget_on_disk_too_and_objects_have_a_size_limit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db");
+    let limits = HistoryLimits {
+        events: 1000,
+        bytes: 64 * 1024,
+    };
+    let big = "x".repeat(10 * 1024);
+    {
+        let store = Store::open_with_history(&path, limits).expect("open");
+        store
+            .create(&key("p"), pod("p", json!({})))
+            .expect("created");
+        for i in 0..20 {
+            store
+                .update(
+                    &key("p"),
+                    pod("p", json!({"i": i.to_string(), "blob": big.clone()})),
+                    None,
+                )
+                .expect("update");
+        }
+        // Twenty 10 KiB versions do not fit in 64 KiB: the first ones expired.
+        let oldest = match store.watch("pods", None, 1) {
+            Err(StoreError::Gone { oldest, .. }) => oldest,
+            other => panic!("expected Gone, got {:?}", other.err()),
+        };
+        assert!((15..21).contains(&oldest), "oldest kept {oldest}");
+        let mut w = store
+            .watch("pods", None, oldest)
+            .expect("the newest are kept");
+        assert_eq!(w.next().await.expect("event").rv, oldest + 1);
+
+        let huge = "y".repeat(MAX_OBJECT_BYTES);
+        match store.create(&key("huge"), pod("huge", json!({"blob": huge}))) {
+            Err(StoreError::TooLarge { size, .. }) => assert!(size > MAX_OBJECT_BYTES),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(matches!(
+            store.get(&key("huge")),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    // What expired in memory was dropped on disk in the same commits: a restart with room for
+    // everything still starts from the same oldest version.
+    let store = Store::open(&path).expect("reopen");
+    assert!(matches!(
+        store.watch("pods", None, 1),
+        Err(StoreError::Gone { .. })
+    ));
 }
