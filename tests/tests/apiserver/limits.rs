@@ -79,3 +79,44 @@ async fn a_history_past_its_byte_budget_sends_old_watchers_to_relist() {
         other => panic!("expected 410, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_patch_cannot_grow_a_document_without_bound() {
+    let cluster = Cluster::start().await;
+    cluster.kubectl_ok(&["create", "configmap", "seed", "--from-literal=a=0123456789"]);
+    // Each copy doubles `data`: 23 of them, about 1 KB of request, would make gigabytes.
+    let bomb: Vec<_> = (0..23)
+        .map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/k{i}")}))
+        .collect();
+    let bomb = serde_json::to_string(&bomb).expect("patch");
+    assert!(bomb.len() < 2048);
+    let out = cluster.kubectl(&["patch", "configmap", "seed", "--type=json", "-p", &bomb]);
+    assert!(
+        stderr(&out).contains("Unable to copy, length")
+            && stderr(&out).contains("exceeds limit 3145728"),
+        "{}",
+        stderr(&out)
+    );
+    // Too many operations: refused before any is applied.
+    let many: Vec<_> = (0..10_001)
+        .map(|_| json!({"op": "test", "path": "/data/a", "value": "0123456789"}))
+        .collect();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("many.json");
+    std::fs::write(&file, serde_json::to_string(&many).expect("patch")).expect("file");
+    let out = cluster.kubectl(&[
+        "patch",
+        "configmap",
+        "seed",
+        "--type=json",
+        &format!("--patch-file={}", file.display()),
+    ]);
+    assert!(
+        stderr(&out).contains("The allowed maximum operations in a JSON patch is 10000, got 10001"),
+        "{}",
+        stderr(&out)
+    );
+    // The object is as it was, and the server still answers.
+    let data = cluster.kubectl_ok(&["get", "configmap", "seed", "-o", "jsonpath={.data}"]);
+    assert_eq!(data, r#"{"a":"0123456789"}"#);
+}

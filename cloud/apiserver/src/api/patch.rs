@@ -4,6 +4,12 @@
 //!
 //! A patch is applied to the object as stored, then written as an update based on that
 //! version; if the object changed in between, the patch is applied again to the new version.
+//!
+//! A patch is bounded as kube-apiserver bounds it, since a small one can do much work: a JSON
+//! patch has at most [`MAX_JSON_PATCH_OPERATIONS`] operations (413), and its `copy` operations
+//! may copy [`MAX_JSON_PATCH_COPY_BYTES`] in all (422), so a kilobyte of doubling copies cannot
+//! grow a document to gigabytes. Patches are applied on the blocking pool, off the async
+//! workers that serve every other request.
 
 use http::Response;
 use serde_json::{Map, Value};
@@ -18,6 +24,11 @@ use crate::storage::StoreError;
 
 /// How many times a patch is re-applied when the object changes under it.
 const RETRIES: usize = 8;
+/// The most operations a JSON patch may have (kube-apiserver's `maxJSONPatchOperations`).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// The most bytes a JSON patch's `copy` operations may copy in all (kube-apiserver's
+/// `--json-patch-max-copy-bytes` default, as `AccumulatedCopySizeLimit`).
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
 
 /// The media types PATCH accepts.
 const PATCH_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json";
@@ -95,14 +106,16 @@ pub(crate) async fn serve(
                 .into(),
         ));
     }
+    let patch = std::sync::Arc::new(patch);
     for _ in 0..RETRIES {
         let old = api.store.get(&k).map_err(store_err(info))?;
-        let patched = apply_patch(
-            info,
-            kind,
-            &super::conversion::to_version(info, old.value()),
-            &patch,
-        )?;
+        let original = super::conversion::to_version(info, old.value());
+        let (owned_info, owned_patch) = (info.clone(), patch.clone());
+        let patched = tokio::task::spawn_blocking(move || {
+            apply_patch(&owned_info, kind, &original, &owned_patch)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("applying the patch: {e}")))??;
         match objects::update_object(api, call, info, &k, &old, patched, sub, false) {
             Ok((status, obj)) => return Ok(object_response(info, status, &obj)),
             Err(ApiError::Conflict { .. }) if !patch_has_version(&patch) => continue,
@@ -147,7 +160,13 @@ pub fn apply_patch(
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::BadRequest(format!("the JSON patch is malformed: {e}")))?;
-            json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::Invalid {
+            if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+                return Err(ApiError::ObjectTooLarge(format!(
+                    "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+                    ops.0.len()
+                )));
+            }
+            let invalid = |message: String| ApiError::Invalid {
                 group: info.group.clone(),
                 kind: info.kind.clone(),
                 name: original
@@ -158,9 +177,25 @@ pub fn apply_patch(
                 causes: vec![super::error::Cause {
                     reason: "FieldValueInvalid",
                     field: String::new(),
-                    message: e.to_string(),
+                    message,
                 }],
-            })?;
+            };
+            // One operation at a time, so that what each copy copies is counted before it is.
+            let mut copied = 0usize;
+            for op in &ops.0 {
+                if let json_patch::PatchOperation::Copy(copy) = op
+                    && let Some(value) = doc.pointer(copy.from.as_str())
+                {
+                    copied = copied.saturating_add(json_size(value));
+                    if copied > MAX_JSON_PATCH_COPY_BYTES {
+                        return Err(invalid(format!(
+                            "Unable to copy, length {copied} exceeds limit {MAX_JSON_PATCH_COPY_BYTES}"
+                        )));
+                    }
+                }
+                json_patch::patch(&mut doc, std::slice::from_ref(op))
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
         }
         PatchType::Strategic => {
             let schema = schema::schema_for(&info.group, &info.version, &info.kind);
@@ -175,6 +210,24 @@ pub fn apply_patch(
         }
     }
     Ok(doc)
+}
+
+/// The length of `value` written as JSON, without writing it anywhere.
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Applies a strategic merge patch to `original`, with `schema` (the type's OpenAPI schema)
