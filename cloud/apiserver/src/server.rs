@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub watch_history: usize,
     /// How many bytes of objects the watch history keeps (older events expire first).
     pub watch_history_bytes: usize,
+    /// How many connections the listener holds, in all and per client address.
+    pub connection_limits: crate::listener::Limits,
+    /// How long a request's headers, or an idle connection's next request, may take.
+    pub header_timeout: std::time::Duration,
     /// The CA that nodes' kubelet serving certificates must chain to (kube-apiserver's
     /// `--kubelet-certificate-authority`). Without it they are not verified, as kube-apiserver
     /// does not verify them without that flag. Read on the first request that reaches a node,
@@ -65,6 +69,8 @@ impl ServerConfig {
             token_file: None,
             watch_history: crate::storage::HISTORY,
             watch_history_bytes: crate::storage::HISTORY_BYTES,
+            connection_limits: crate::listener::Limits::api(),
+            header_timeout: crate::listener::HEADER_TIMEOUT,
             kubelet_certificate_authority: None,
             service_network: ServiceNetwork::default(),
             advertise_address: None,
@@ -288,6 +294,10 @@ impl Server {
             acceptor,
             api.clone(),
             Arc::new(tokens),
+            Bounds {
+                limits: config.connection_limits,
+                header_timeout: config.header_timeout,
+            },
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -397,17 +407,39 @@ async fn keep_services(api: Arc<Api>, address: IpAddr, port: u16, shutdown: Canc
     }
 }
 
+/// How the API server's listener is bounded.
+#[derive(Clone, Copy)]
+struct Bounds {
+    limits: crate::listener::Limits,
+    header_timeout: std::time::Duration,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     api: Arc<Api>,
     tokens: Arc<Tokens>,
+    bounds: Bounds,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listener::accept(listener, "api", shutdown, tasks, move |tcp, peer| {
-        serve_connection(tcp, peer, acceptor.clone(), api.clone(), tokens.clone())
-    })
+    crate::listener::accept(
+        listener,
+        "api",
+        bounds.limits,
+        shutdown,
+        tasks,
+        move |tcp, peer| {
+            serve_connection(
+                tcp,
+                peer,
+                acceptor.clone(),
+                api.clone(),
+                tokens.clone(),
+                bounds.header_timeout,
+            )
+        },
+    )
     .await;
 }
 
@@ -417,6 +449,7 @@ async fn serve_connection(
     acceptor: TlsAcceptor,
     api: Arc<Api>,
     tokens: Arc<Tokens>,
+    header_timeout: std::time::Duration,
 ) {
     let Some(tls) = crate::listener::handshake(&acceptor, tcp, peer, "api").await else {
         return;
@@ -445,10 +478,26 @@ async fn serve_connection(
             Ok::<_, std::convert::Infallible>(api.handle(req, user).await)
         }
     });
-    if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .await
-    {
-        tracing::debug!(%peer, "connection: {e}");
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // The header timeout also ends an HTTP/1 keep-alive connection idle that long (its timer
+    // runs while the server waits for the next request's headers); HTTP/2's pings end a peer
+    // that is gone.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    let served = crate::listener::first_bytes_within(tls, header_timeout, |io| {
+        builder.serve_connection_with_upgrades(TokioIo::new(io), service)
+    })
+    .await;
+    match served {
+        Some(Err(e)) => tracing::debug!(%peer, "connection: {e}"),
+        Some(Ok(())) => {}
+        None => tracing::debug!(%peer, "no request within the header timeout"),
     }
 }

@@ -21,31 +21,45 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    wedge_apiserver::listener::accept(listener, "metrics", shutdown, tasks, move |tcp, _| {
-        let metrics = metrics.clone();
-        async move {
-            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let response = if req.uri().path() == "/metrics" {
-                        http::Response::builder()
-                            .header(
-                                http::header::CONTENT_TYPE,
-                                "text/plain; version=0.0.4; charset=utf-8",
-                            )
-                            .body(Full::new(Bytes::from(metrics.encode())))
-                    } else {
-                        http::Response::builder()
-                            .status(http::StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"not found")))
-                    };
-                    Ok::<_, Infallible>(response.unwrap_or_default())
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        }
-    })
+    // A scraper or two: a small cap, whatever the descriptor limit.
+    let limits = wedge_apiserver::listener::Limits {
+        connections: 64,
+        per_client: Some(16),
+    };
+    wedge_apiserver::listener::accept(
+        listener,
+        "metrics",
+        limits,
+        shutdown,
+        tasks,
+        move |tcp, _| {
+            let metrics = metrics.clone();
+            async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let response = if req.uri().path() == "/metrics" {
+                            http::Response::builder()
+                                .header(
+                                    http::header::CONTENT_TYPE,
+                                    "text/plain; version=0.0.4; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(metrics.encode())))
+                        } else {
+                            http::Response::builder()
+                                .status(http::StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"not found")))
+                        };
+                        Ok::<_, Infallible>(response.unwrap_or_default())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(wedge_apiserver::listener::HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            }
+        },
+    )
     .await;
 }

@@ -120,3 +120,87 @@ async fn a_json_patch_cannot_grow_a_document_without_bound() {
     let data = cluster.kubectl_ok(&["get", "configmap", "seed", "-o", "jsonpath={.data}"]);
     assert_eq!(data, r#"{"a":"0123456789"}"#);
 }
+
+/// A TLS client of the server that trusts its CA.
+fn tls_connector(cluster: &Cluster) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let der = wedge_apiserver::pki::pem_to_der(cluster.server.ca_pem()).expect("CA");
+    roots.add(der.into()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A connection from `source` (a loopback address) that completes its TLS handshake, or
+/// `None` when the server closes it first.
+async fn connect_from(
+    connector: &tokio_rustls::TlsConnector,
+    source: std::net::IpAddr,
+    server: std::net::SocketAddr,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind((source, 0).into()).expect("bind");
+    let tcp = socket.connect(server).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    connector.connect(name, tcp).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_from_one_address_leaves_room_for_everyone_else() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start_with(|c| {
+        c.connection_limits = wedge_apiserver::listener::Limits {
+            connections: 64,
+            per_client: Some(8),
+        };
+        c.header_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let server: std::net::SocketAddr = cluster
+        .server
+        .url()
+        .trim_start_matches("https://")
+        .parse()
+        .expect("addr");
+    let connector = tls_connector(&cluster);
+    let flood: std::net::IpAddr = [127, 0, 0, 2].into();
+    // 30 connections from one address: 8 are served, the others closed at once.
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        if let Some(tls) = connect_from(&connector, flood, server).await {
+            held.push(tls);
+        }
+    }
+    assert_eq!(held.len(), 8, "the per-address cap");
+    // Everyone else is served meanwhile.
+    let out = cluster.kubectl_ok(&["get", "namespace", "default", "-o", "name"]);
+    assert_eq!(out.trim(), "namespace/default");
+    // A request whose headers never end, and connections that never send one, are closed by
+    // the header timeout: each reads its end.
+    held[0]
+        .write_all(b"GET /api HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial request");
+    for tls in &mut held {
+        let mut buf = [0_u8; 512];
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the server closed the connection");
+    }
+    drop(held);
+    // Their places came back.
+    let again = connect_from(&connector, flood, server).await;
+    assert!(again.is_some(), "a place for the address again");
+}

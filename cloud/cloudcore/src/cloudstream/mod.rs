@@ -167,6 +167,7 @@ pub(crate) async fn start(
     tasks.spawn(wedge_apiserver::listener::accept(
         listener,
         "stream",
+        wedge_apiserver::listener::Limits::api(),
         shutdown,
         tasks.clone(),
         move |tcp, peer| connection(tcp, peer, acceptor.clone(), ctx.clone()),
@@ -193,14 +194,21 @@ async fn connection(
     // shared connection, which carries every log it follows as one stream.
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(wedge_apiserver::listener::HEADER_TIMEOUT);
+    builder
         .http2()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .await
-    {
+    let served = wedge_apiserver::listener::first_bytes_within(
+        tls,
+        wedge_apiserver::listener::HEADER_TIMEOUT,
+        |io| builder.serve_connection_with_upgrades(TokioIo::new(io), service),
+    )
+    .await;
+    if let Some(Err(e)) = served {
         tracing::debug!(%peer, "CloudStream connection: {e}");
     }
 }

@@ -128,9 +128,15 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let shutdown = ctx.shutdown.clone();
-    wedge_apiserver::listener::accept(listener, "hub", shutdown, tasks, move |tcp, peer| {
-        connection(tcp, peer, acceptor.clone(), ctx.clone())
-    })
+    let limits = wedge_apiserver::listener::Limits::hub();
+    wedge_apiserver::listener::accept(
+        listener,
+        "hub",
+        limits,
+        shutdown,
+        tasks,
+        move |tcp, peer| connection(tcp, peer, acceptor.clone(), ctx.clone()),
+    )
     .await;
 }
 
@@ -153,7 +159,11 @@ async fn connection(
         let (ctx, node) = (ctx.clone(), node.clone());
         async move { Ok::<_, Infallible>(route(req, node, peer, ctx).await) }
     });
+    // The upgrade request's headers are bounded as the API server's are; after the upgrade,
+    // the session's pings end an edge that is gone.
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(wedge_apiserver::listener::HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades()
         .await
