@@ -722,3 +722,69 @@ async fn state_is_private_and_a_second_cloudcore_or_edgecore_on_it_is_refused_na
         Duration::from_secs(5),
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_cannot_give_its_node_a_role_or_a_restricted_label() {
+    let registry = registry_with_samples().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let root = dir.path().join("edge");
+    std::fs::create_dir_all(&root).expect("edge root");
+    let mut command = edgecore(&root, &cloud, "edge-a", Some(&token), &registry.host());
+    command.args([
+        "--label",
+        "node-role.kubernetes.io/control-plane=",
+        "--label",
+        "node-restriction.kubernetes.io/trusted=yes",
+        "--label",
+        "example.com/rack=r1",
+        "--label",
+        "topology.kubernetes.io/zone=hall-2",
+    ]);
+    let _edge = Proc::spawn(command, root.join("edgecore.log"));
+    cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(60));
+    let labels: BTreeMap<String, String> = serde_json::from_str(&cloud.kubectl_ok(&[
+        "get",
+        "node",
+        "edge-a",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]))
+    .expect("labels");
+    assert_eq!(
+        labels.get("example.com/rack").map(String::as_str),
+        Some("r1")
+    );
+    assert_eq!(
+        labels
+            .get("topology.kubernetes.io/zone")
+            .map(String::as_str),
+        Some("hall-2")
+    );
+    assert_eq!(
+        labels
+            .get("node-role.kubernetes.io/edge")
+            .map(String::as_str),
+        Some(""),
+        "the role cloudcore gives every edge"
+    );
+    assert!(
+        !labels.contains_key("node-role.kubernetes.io/control-plane"),
+        "{labels:?}"
+    );
+    assert!(
+        !labels.contains_key("node-restriction.kubernetes.io/trusted"),
+        "{labels:?}"
+    );
+    // `kubectl get nodes` shows the role.
+    let table = cloud.kubectl_ok(&["get", "node", "edge-a", "--no-headers"]);
+    assert!(table.split_whitespace().nth(2) == Some("edge"), "{table}");
+    let log = cloud.log();
+    assert_eq!(
+        log.matches("the edge may not set these labels on its Node")
+            .count(),
+        1,
+        "logged once: {log}"
+    );
+}

@@ -150,8 +150,9 @@ pub fn node_report(facts: &NodeFacts, runtime: &RuntimeFacts) -> NodeReport {
         ("kubernetes.io/hostname".to_owned(), facts.name.clone()),
         ("kubernetes.io/os".to_owned(), "linux".to_owned()),
         ("kubernetes.io/arch".to_owned(), kube_arch().to_owned()),
-        ("node-role.kubernetes.io/edge".to_owned(), String::new()),
     ]);
+    // `node-role.kubernetes.io/edge` is cloudcore's to set: an edge may not give itself a role
+    // (NodeRestriction).
     // Both known handlers are always labelled, so that a runtime an edge no longer offers
     // (containerd removed) reads "false" rather than keeping its old "true".
     for handler in [wedge_core::runtimes::WASM, wedge_core::runtimes::RUNC] {

@@ -4,9 +4,11 @@
 //! [`desired::Index`] of which node should hold which object, and a mark on the session of
 //! every node a change concerns ([`watch`]). Up: node registration and status, lease renewals,
 //! pod statuses and deletion confirmations, checked against the edge's identity and written to
-//! the API ([`upstream`]). It works the same against the embedded API server and a real one.
+//! the API ([`upstream`]), the Node's labels within what NodeRestriction lets a kubelet set
+//! ([`node_restriction`]). It works the same against the embedded API server and a real one.
 
 pub mod desired;
+pub mod node_restriction;
 pub mod references;
 pub mod upstream;
 pub mod watch;

@@ -65,6 +65,9 @@ pub struct Upstream {
     router: Router,
     /// Where edges' Nodes say their kubelet is (CloudStream), if served.
     kubelet_endpoint: Option<KubeletEndpoint>,
+    /// The labels each node's edge was last refused, so each refusal is logged once.
+    refused_labels:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(frame: &Envelope) -> Result<T, UpstreamError> {
@@ -89,6 +92,7 @@ impl Upstream {
             desired,
             router,
             kubelet_endpoint,
+            refused_labels: std::sync::Arc::default(),
         }
     }
 
@@ -300,6 +304,27 @@ impl Upstream {
     async fn node_status(&self, node: &str, mut report: NodeReport) -> Result<(), UpstreamError> {
         if let Some(endpoint) = &self.kubelet_endpoint {
             endpoint.route(node, &mut report.status);
+        }
+        let (labels, refused) = super::node_restriction::node_labels(&report.labels);
+        report.labels = labels;
+        {
+            let mut last = self
+                .refused_labels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last
+                .get(node)
+                .map_or(!refused.is_empty(), |l| *l != refused)
+            {
+                if !refused.is_empty() {
+                    tracing::warn!(
+                        node,
+                        ?refused,
+                        "the edge may not set these labels on its Node (NodeRestriction); left out"
+                    );
+                }
+                last.insert(node.to_owned(), refused);
+            }
         }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let params = PatchParams::default();
