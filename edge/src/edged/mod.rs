@@ -34,6 +34,14 @@ pub mod usage;
 pub mod volumes;
 pub mod worker;
 
+/// A hash of `value`, to tell whether what it was taken of changed.
+fn stamp(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
@@ -126,6 +134,9 @@ struct PodState {
     choosing: bool,
     stopping: bool,
     confirmed: bool,
+    /// What its file volumes were last written from ([`Edged::volume_inputs`] and the pod's
+    /// version): while it stands, a reconcile leaves them alone.
+    volumes_written_from: Option<u64>,
 }
 
 /// A pod as parsed from MetaManager, with the version it was parsed from; `None` if that
@@ -475,6 +486,7 @@ impl Edged {
         let stopped = &loopback.stopped;
         let desired = self.desired_pods();
         let running: HashSet<String> = self.workers.pods().into_iter().collect();
+        let inputs = self.volume_inputs();
         // What the runtimes still hold of pods not started since a restart (finished ones among
         // them): removed at their deletion as a running pod is stopped.
         let leftovers = self.workers.leftovers();
@@ -504,6 +516,7 @@ impl Edged {
                 choosing: false,
                 stopping: false,
                 confirmed: false,
+                volumes_written_from: None,
             });
             state.pod = pod.clone();
             if pod.metadata.deletion_timestamp.is_some() {
@@ -542,7 +555,16 @@ impl Edged {
             let finished =
                 is_terminal(&pod) || state.reported.as_ref().is_some_and(phase_is_terminal);
             if running.contains(&uid) {
-                self.refresh_volumes(&pod).await;
+                // Only when something a volume is written from changed: each start wakes this
+                // loop, and rendering every running pod's volumes then made starts cost more
+                // the more pods ran.
+                let from = inputs.map(|i| stamp(&(i, &pod.metadata.resource_version)));
+                if (from.is_none() || state.volumes_written_from != from)
+                    && self.refresh_volumes(&pod).await
+                    && let Some(state) = self.pods.get_mut(&uid)
+                {
+                    state.volumes_written_from = from;
+                }
                 continue;
             }
             if finished || state.choosing {
@@ -744,9 +766,19 @@ impl Edged {
         .map_err(|e| e.to_string())?
     }
 
+    /// A stamp of what file volumes are written from besides the pod itself: the versions of
+    /// the ConfigMaps and Secrets MetaManager holds and the tokens received. `None` (every
+    /// pod refreshed) when the store cannot say.
+    fn volume_inputs(&self) -> Option<u64> {
+        let config_maps = self.meta.versions(ResourceKind::ConfigMap).ok()?;
+        let secrets = self.meta.versions(ResourceKind::Secret).ok()?;
+        let received = self.tokens.as_ref().map(|t| t.received());
+        Some(stamp(&(config_maps, secrets, received)))
+    }
+
     /// Brings a running pod's file volumes up to date with MetaManager, as the kubelet's
-    /// periodic sync does; a failure keeps what the volume held.
-    async fn refresh_volumes(&self, pod: &Pod) {
+    /// periodic sync does; a failure keeps what the volume held. Whether they are up to date.
+    async fn refresh_volumes(&self, pod: &Pod) -> bool {
         // Most pods have no file volume: skip them before resolving and planning anything.
         let has_files = pod
             .spec
@@ -754,20 +786,24 @@ impl Edged {
             .flat_map(|s| s.volumes.iter().flatten())
             .any(volumes::writes_files);
         if !has_files {
-            return;
+            return true;
         }
         let lookup = |k, ns: &str, n: &str| self.lookup(k, ns, n);
         let Ok(resolved) = env::resolve_env(pod, &lookup) else {
-            return;
+            return false;
         };
         let Ok(resolved) = claims::resolve_claims(&resolved, &lookup) else {
-            return;
+            return false;
         };
         let Ok(plan) = plan::plan_pod(&resolved, &self.workers.config().pods_root) else {
-            return;
+            return false;
         };
-        if let Err(error) = self.write_volumes(pod, &plan).await {
-            tracing::warn!(pod = %plan.display_name, error, "cannot update the pod's volumes");
+        match self.write_volumes(pod, &plan).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(pod = %plan.display_name, error, "cannot update the pod's volumes");
+                false
+            }
         }
     }
 

@@ -110,6 +110,8 @@ impl Entry {
 #[derive(Debug)]
 pub struct TokenManager {
     entries: Mutex<HashMap<TokenKey, Entry>>,
+    /// Counts the tokens received: what tells Edged a volume may need writing again.
+    received: std::sync::atomic::AtomicU64,
     queries: mpsc::Sender<TokenQuery>,
     wake: Notify,
     signals: Arc<Signals>,
@@ -126,6 +128,7 @@ impl TokenManager {
     pub fn new(queries: mpsc::Sender<TokenQuery>, signals: Arc<Signals>) -> Arc<Self> {
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
+            received: std::sync::atomic::AtomicU64::new(0),
             queries,
             wake: Notify::new(),
             signals,
@@ -136,6 +139,11 @@ impl TokenManager {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many tokens have been received: it changes whenever a volume's token may have.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The token for `key`, if one is held and unexpired; otherwise `None`, and one is asked
@@ -263,6 +271,8 @@ impl TokenManager {
                 entry.failures = 0;
                 entry.next_attempt = now;
                 drop(entries);
+                self.received
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.signals.objects_changed.notify_one();
             }
             Err(error) => {
