@@ -596,6 +596,22 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .keep_from(self.limits, 1, stored.json.len(), rv);
         db::commit(&mut db, key, rv, kind, &stored.json, keep_from)?;
+        let event = Arc::new(Event {
+            rv,
+            kind,
+            key: key.clone(),
+            object: stored.clone(),
+            prev: existing,
+        });
+        // The history first, then the state: whoever reads the state at a version finds every
+        // event up to it in the history (`snapshot`).
+        {
+            let mut history = self
+                .history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            history.push(event.clone(), self.limits);
+        }
         {
             let mut state = self
                 .state
@@ -607,20 +623,6 @@ impl Store {
                 EventType::Deleted => state.objects.remove(key),
                 _ => state.objects.insert(key.clone(), stored.clone()),
             };
-        }
-        let event = Arc::new(Event {
-            rv,
-            kind,
-            key: key.clone(),
-            object: stored.clone(),
-            prev: existing,
-        });
-        {
-            let mut history = self
-                .history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            history.push(event.clone(), self.limits);
         }
         // No receivers is fine.
         let _ = self.live.send(event);
@@ -637,14 +639,13 @@ impl Store {
     ) -> Result<WatchStream, StoreError> {
         // Subscribe before reading the history, so nothing falls between the two.
         let live = self.live.subscribe();
+        // Read before the history's lock: the state's lock is never taken inside it.
+        let current = self.current_rv();
         let history = self
             .history
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let oldest = history
-            .events
-            .front()
-            .map_or_else(|| self.current_rv(), |e| e.rv - 1);
+        let oldest = history.events.front().map_or(current, |e| e.rv - 1);
         if from < oldest {
             return Err(StoreError::Gone {
                 requested: from,

@@ -37,8 +37,13 @@ impl Store {
         at: Option<u64>,
         keep: impl Fn(&StoredObject) -> bool,
     ) -> Result<SnapshotPage, StoreError> {
-        // No write runs while the page is read: state and history agree.
-        let _writes = self.db();
+        // The state's read lock is held throughout, so no write lands while the page is read;
+        // writers put each event in the history before they apply it to the state, so every
+        // event up to the state's version is there (newer ones are left out).
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let in_range = |key: &ObjectKey| {
             key.resource == resource
                 && namespace.is_none_or(|ns| key.namespace == ns)
@@ -46,8 +51,8 @@ impl Store {
         };
         // How each object changed since `at` stood at `at` (`None`: it did not exist).
         let mut then: BTreeMap<ObjectKey, Option<StoredObject>> = BTreeMap::new();
-        let current = self.current_rv();
-        let at = at.unwrap_or(current);
+        let current = state.rv;
+        let at = at.unwrap_or(current).min(current);
         if at < current {
             let history = self
                 .history
@@ -63,7 +68,7 @@ impl Store {
             for event in history
                 .events
                 .iter()
-                .filter(|e| e.rv > at && in_range(&e.key))
+                .filter(|e| e.rv > at && e.rv <= current && in_range(&e.key))
             {
                 if then.contains_key(&event.key) {
                     continue;
@@ -78,10 +83,6 @@ impl Store {
                 then.insert(event.key.clone(), before);
             }
         }
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let start = ObjectKey::new(resource, namespace.unwrap_or(""), "");
         let lower = match after {
             Some(a) => Bound::Excluded(a.clone()),
@@ -90,19 +91,29 @@ impl Store {
         let now = state
             .objects
             .range((lower, Bound::Unbounded))
-            .take_while(|(key, _)| in_range(key))
-            .filter(|(key, _)| !then.contains_key(key))
-            .map(|(key, object)| (key, Some(object)));
-        let mut merged: BTreeMap<&ObjectKey, Option<&StoredObject>> = now.collect();
-        merged.extend(then.iter().map(|(key, object)| (key, object.as_ref())));
+            .take_while(|(key, _)| in_range(key));
         let mut items = Vec::new();
         let mut remaining = 0;
-        for object in merged.into_values().flatten().filter(|o| keep(o)) {
+        let mut take = |object: &StoredObject| {
+            if !keep(object) {
+                return;
+            }
             if limit.is_some_and(|l| items.len() >= l) {
                 remaining += 1;
             } else {
                 items.push(object.clone());
             }
+        };
+        if then.is_empty() {
+            // Nothing changed since `at` (always so for a first page): the state as it is.
+            now.for_each(|(_, object)| take(object));
+        } else {
+            let mut merged: BTreeMap<&ObjectKey, Option<&StoredObject>> = now
+                .filter(|(key, _)| !then.contains_key(key))
+                .map(|(key, object)| (key, Some(object)))
+                .collect();
+            merged.extend(then.iter().map(|(key, object)| (key, object.as_ref())));
+            merged.into_values().flatten().for_each(take);
         }
         Ok(SnapshotPage {
             items,
