@@ -780,6 +780,25 @@ async fn an_edge_cannot_give_its_node_a_role_or_a_restricted_label() {
     // `kubectl get nodes` shows the role.
     let table = cloud.kubectl_ok(&["get", "node", "edge-a", "--no-headers"]);
     assert!(table.split_whitespace().nth(2) == Some("edge"), "{table}");
+    // Two more status reports (every 5 s here) bring the same labels: still one warning.
+    let heartbeat = || {
+        cloud.kubectl_ok(&[
+            "get",
+            "node",
+            "edge-a",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}",
+        ])
+    };
+    for _ in 0..2 {
+        let before = heartbeat();
+        eventually(
+            Duration::from_secs(30),
+            || heartbeat() != before,
+            || "the edge reports its status again".to_owned(),
+        )
+        .await;
+    }
     let log = cloud.log();
     assert_eq!(
         log.matches("the edge may not set these labels on its Node")
