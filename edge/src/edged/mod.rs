@@ -486,7 +486,12 @@ impl Edged {
         let stopped = &loopback.stopped;
         let desired = self.desired_pods();
         let running: HashSet<String> = self.workers.pods().into_iter().collect();
-        let inputs = self.volume_inputs();
+        // Two reads of the store, only when some pod runs whose volumes may need them.
+        let inputs = if running.is_empty() {
+            None
+        } else {
+            self.volume_inputs()
+        };
         // What the runtimes still hold of pods not started since a restart (finished ones among
         // them): removed at their deletion as a running pod is stopped.
         let leftovers = self.workers.leftovers();
