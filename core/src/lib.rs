@@ -9,6 +9,7 @@
 pub mod crilog;
 pub mod cron;
 pub mod device;
+pub mod encryption;
 pub mod grants;
 pub mod join_token;
 pub mod protocol;

@@ -38,6 +38,10 @@ struct Args {
     /// Where the embedded API server listens.
     #[arg(long, default_value = "127.0.0.1:6443")]
     apiserver_listen: SocketAddr,
+    /// Encryption at rest for the embedded API server (kube-apiserver's
+    /// `EncryptionConfiguration`); ignored with --kubeconfig.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// Serve Prometheus metrics over plain HTTP here.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -76,6 +80,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
             config.names.clone_from(&args.advertise);
             config.service_network = args.services.network();
+            config
+                .encryption_provider_config
+                .clone_from(&args.encryption_provider_config);
             // The `kubernetes` Service's endpoints name the first address given, if any.
             config.advertise_address = args.advertise.iter().find_map(|a| a.parse().ok());
             // The API server reaches edges through CloudStream, whose certificate the hub's

@@ -33,6 +33,11 @@ pub struct ApiserverArgs {
     /// this host's if that is unspecified or loopback, as kube-apiserver chooses it).
     #[arg(long)]
     advertise_address: Option<std::net::IpAddr>,
+    /// An `EncryptionConfiguration` file, as kube-apiserver's --encryption-provider-config:
+    /// the resources it lists (secrets, at least) are encrypted at rest by its first provider
+    /// and read by any it lists.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     #[command(flatten)]
     services: wedge_cli::service_args::ServiceArgs,
     /// Also run the embedded control plane (scheduler and controllers) in this process.
@@ -51,6 +56,7 @@ pub async fn run(root: &std::path::Path, args: ApiserverArgs) -> anyhow::Result<
     config.kubelet_certificate_authority = args.kubelet_certificate_authority;
     config.service_network = args.services.network();
     config.advertise_address = args.advertise_address;
+    config.encryption_provider_config = args.encryption_provider_config;
     let server = Server::start(config)
         .await
         .with_context(|| format!("starting the API server in {}", data_dir.display()))?;

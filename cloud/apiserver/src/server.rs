@@ -57,6 +57,10 @@ pub struct ServerConfig {
     /// the listen address, or the host's if that is unspecified or loopback, as kube-apiserver
     /// chooses it.
     pub advertise_address: Option<IpAddr>,
+    /// An `EncryptionConfiguration` file (`--encryption-provider-config`): which resources
+    /// are encrypted at rest, and with which keys. Without, everything is stored plain, as
+    /// kube-apiserver stores it without the flag.
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -74,6 +78,7 @@ impl ServerConfig {
             kubelet_certificate_authority: None,
             service_network: ServiceNetwork::default(),
             advertise_address: None,
+            encryption_provider_config: None,
         }
     }
 }
@@ -95,6 +100,9 @@ pub enum ServerError {
     /// The store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The encryption configuration could not be read or is invalid.
+    #[error(transparent)]
+    Encryption(#[from] wedge_core::encryption::ConfigError),
     /// The API's setup.
     #[error("starting the API: {0}")]
     Api(#[from] ApiError),
@@ -209,12 +217,17 @@ impl Server {
         })?;
         // The store first: its lock keeps a second server on this directory from touching
         // the certificates or anything else here.
-        let store = Arc::new(Store::open_with_history(
+        let encryption = match &config.encryption_provider_config {
+            Some(path) => wedge_core::encryption::EncryptionConfig::load(path)?,
+            None => Default::default(),
+        };
+        let store = Arc::new(Store::open_encrypted(
             &dir.join("wedge.db"),
             crate::storage::HistoryLimits {
                 events: config.watch_history,
                 bytes: config.watch_history_bytes,
             },
+            encryption,
         )?);
         let pki = Arc::new(Pki::load_or_create(dir, &config.names)?);
         let shutdown = CancellationToken::new();

@@ -350,7 +350,9 @@ impl ApiError {
             StoreError::Invalid(m) => Self::BadRequest(m),
             e @ StoreError::TooLarge { .. } => Self::ObjectTooLarge(e.to_string()),
             StoreError::Db(e) => Self::Internal(format!("storage: {e}")),
-            e @ (StoreError::Locked(_) | StoreError::Permissions { .. }) => {
+            e @ (StoreError::Locked(_)
+            | StoreError::Permissions { .. }
+            | StoreError::Transform { .. }) => {
                 Self::Internal(e.to_string())
             }
         }

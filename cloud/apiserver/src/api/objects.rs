@@ -575,7 +575,8 @@ pub(crate) fn update_object(
     if let Some(m) = meta::metadata_mut(&mut compare) {
         m.insert("resourceVersion".into(), json!(old.rv.to_string()));
     }
-    if compare == old_value {
+    // Except one stored under an older key: rewriting it is how rotation moves it.
+    if compare == old_value && !api.store.is_stale(k) {
         if let Some(exp) = expected
             && exp != old.rv
         {

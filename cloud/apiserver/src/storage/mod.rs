@@ -13,13 +13,19 @@
 //! Watches read the history (the last [`HISTORY`] events, kept in SQLite too so clients can
 //! resume after a restart) and then follow live events; asking for a version older than the
 //! history holds is [`StoreError::Gone`], the API's 410.
+//!
+//! With an `EncryptionConfiguration` ([`Store::open_encrypted`]), the objects of the resources
+//! it lists are encrypted on their way to SQLite, in the object rows and the history rows alike,
+//! and decrypted once at open: memory holds them plain, as kube-apiserver's watch cache does.
+//! An object no configured key can read stays out of memory and answers every read and write
+//! with [`StoreError::Transform`] (a 500 naming the key it was written with).
 
 mod db;
 mod snapshot;
 mod watch;
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -27,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
+use wedge_core::encryption::{EncryptionConfig, TransformError};
 use wedge_core::state::StateLock;
 
 pub use watch::WatchStream;
@@ -121,6 +128,19 @@ impl ObjectKey {
             resource: resource.to_owned(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
+        }
+    }
+
+    /// Where kube-apiserver would keep it in etcd (`/registry/secrets/default/name`): the
+    /// authenticated data its encrypted bytes are sealed with, and how errors name it.
+    pub fn storage_key(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("/registry/{}/{}", self.resource, self.name)
+        } else {
+            format!(
+                "/registry/{}/{}/{}",
+                self.resource, self.namespace, self.name
+            )
         }
     }
 }
@@ -259,6 +279,16 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// The object's stored bytes could not be decrypted (or encrypted) with the configured
+    /// providers: kube-apiserver's "unable to transform key".
+    #[error("unable to transform key {:?}: {source}", key.storage_key())]
+    Transform {
+        /// The object.
+        key: ObjectKey,
+        /// What failed, naming the key the data was written with (boxed: it is rare, and
+        /// every `Result` of the store carries its size).
+        source: Box<TransformError>,
+    },
 }
 
 struct State {
@@ -266,6 +296,12 @@ struct State {
     rv: u64,
     /// The version of each resource's last write since the store opened.
     changed: HashMap<String, u64>,
+    /// Objects stored that no configured provider reads, and why.
+    unreadable: BTreeMap<ObjectKey, TransformError>,
+    /// Objects read with a provider other than the first (or plain where a rule now
+    /// encrypts): an update writes them even when nothing changed, which is how
+    /// `kubectl replace` moves them under the current key.
+    stale: HashSet<ObjectKey>,
 }
 
 /// What [`Store::derived`] keeps: a value and the versions of the resources it was built from.
@@ -281,6 +317,7 @@ pub struct Store {
     live: broadcast::Sender<Arc<Event>>,
     limits: HistoryLimits,
     derived: Mutex<HashMap<&'static str, Derived>>,
+    encryption: EncryptionConfig,
 }
 
 /// The precondition of updates and deletes: the object exists and, with `expected`, is at that
@@ -348,6 +385,15 @@ impl Store {
 
     /// Opens the store keeping the events `limits` allow for watches to resume from.
     pub fn open_with_history(path: &Path, limits: HistoryLimits) -> Result<Self, StoreError> {
+        Self::open_encrypted(path, limits, EncryptionConfig::default())
+    }
+
+    /// Opens the store, encrypting at rest what `encryption` lists.
+    pub fn open_encrypted(
+        path: &Path,
+        limits: HistoryLimits,
+        encryption: EncryptionConfig,
+    ) -> Result<Self, StoreError> {
         let limits = HistoryLimits {
             events: limits.events.max(1),
             bytes: limits.bytes,
@@ -358,37 +404,53 @@ impl Store {
             source,
         })?;
         let conn = db::open(path)?;
+        if !encryption.is_empty() {
+            // Deleted rows (a rotated-away key's bytes, plain copies from before) are
+            // overwritten rather than left in free pages.
+            conn.pragma_update(None, "secure_delete", "ON")?;
+        }
         let (rv, rows) = db::load(&conn)?;
-        let objects = rows
-            .into_iter()
-            .map(|(key, rv, json)| {
-                let labels = Arc::new(labels_of(&json));
-                (
-                    key,
-                    StoredObject {
+        let mut objects = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
+        let mut stale = HashSet::new();
+        for (key, rv, stored) in rows {
+            match encryption.decrypt_for(&key.resource, &stored, key.storage_key().as_bytes()) {
+                Ok(plain) => {
+                    if plain.stale {
+                        stale.insert(key.clone());
+                    }
+                    let labels = Arc::new(labels_of(&plain.data));
+                    let json = Bytes::from(plain.data);
+                    objects.insert(key, StoredObject { rv, json, labels });
+                }
+                Err(error) => {
+                    tracing::error!(key = %key.storage_key(), %error, "an object cannot be decrypted; reads and writes of it fail until its key is configured");
+                    unreadable.insert(key, error);
+                }
+            }
+        }
+        // The history after the last event that cannot be decrypted: watches from before it
+        // get 410 and relist rather than miss it.
+        let mut events = Vec::new();
+        for (rv, kind, key, stored) in db::load_history(&conn, limits.events)? {
+            let Some(kind) = EventType::from_db(&kind) else {
+                continue;
+            };
+            match encryption.decrypt_for(&key.resource, &stored, key.storage_key().as_bytes()) {
+                Ok(plain) => {
+                    let labels = Arc::new(labels_of(&plain.data));
+                    let json = Bytes::from(plain.data);
+                    events.push(Arc::new(Event {
                         rv,
-                        json: Bytes::from(json),
-                        labels,
-                    },
-                )
-            })
-            .collect();
-        let events = db::load_history(&conn, limits.events)?
-            .into_iter()
-            .filter_map(|(rv, kind, key, json)| {
-                let labels = Arc::new(labels_of(&json));
-                Some(Arc::new(Event {
-                    rv,
-                    kind: EventType::from_db(&kind)?,
-                    key,
-                    object: StoredObject {
-                        rv,
-                        json: Bytes::from(json),
-                        labels,
-                    },
-                    prev: None,
-                }))
-            });
+                        kind,
+                        key,
+                        object: StoredObject { rv, json, labels },
+                        prev: None,
+                    }));
+                }
+                Err(_) => events.clear(),
+            }
+        }
         let mut history = History::default();
         for event in events {
             history.push(event, limits);
@@ -400,12 +462,38 @@ impl Store {
                 objects,
                 rv,
                 changed: HashMap::new(),
+                unreadable,
+                stale,
             }),
             history: Mutex::new(history),
             live: broadcast::channel(HISTORY).0,
             limits,
             derived: Mutex::new(HashMap::new()),
+            encryption,
         })
+    }
+
+    /// Whether the object is stored under an older key (or plain where its resource is now
+    /// encrypted): an update rewrites it even when nothing changed.
+    pub fn is_stale(&self, key: &ObjectKey) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stale
+            .contains(key)
+    }
+
+    /// The first object of `resource` (in `namespace` if given) that cannot be decrypted, as
+    /// the error a list of them answers.
+    fn unreadable_in(state: &State, resource: &str, namespace: Option<&str>) -> Option<StoreError> {
+        state
+            .unreadable
+            .iter()
+            .find(|(k, _)| k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(key, source)| StoreError::Transform {
+                key: key.clone(),
+                source: Box::new(source.clone()),
+            })
     }
 
     fn db(&self) -> MutexGuard<'_, rusqlite::Connection> {
@@ -440,6 +528,12 @@ impl Store {
             .state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(source) = state.unreadable.get(key) {
+            return Err(StoreError::Transform {
+                key: key.clone(),
+                source: Box::new(source.clone()),
+            });
+        }
         state
             .objects
             .get(key)
@@ -571,6 +665,12 @@ impl Store {
                 .state
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(source) = state.unreadable.get(key) {
+                return Err(StoreError::Transform {
+                    key: key.clone(),
+                    source: Box::new(source.clone()),
+                });
+            }
             (state.rv + 1, state.objects.get(key).cloned())
         };
         let stored = match decide(existing.as_ref())? {
@@ -595,7 +695,16 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .keep_from(self.limits, 1, stored.json.len(), rv);
-        db::commit(&mut db, key, rv, kind, &stored.json, keep_from)?;
+        // The bytes on disk: encrypted when a rule lists the resource (the object row and the
+        // history row alike), the JSON itself otherwise.
+        let on_disk = self
+            .encryption
+            .encrypt_for(&key.resource, &stored.json, key.storage_key().as_bytes())
+            .map_err(|source| StoreError::Transform {
+                key: key.clone(),
+                source: Box::new(source),
+            })?;
+        db::commit(&mut db, key, rv, kind, &on_disk, keep_from)?;
         let event = Arc::new(Event {
             rv,
             kind,
@@ -619,6 +728,7 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             state.rv = rv;
             state.changed.insert(key.resource.clone(), rv);
+            state.stale.remove(key);
             match kind {
                 EventType::Deleted => state.objects.remove(key),
                 _ => state.objects.insert(key.clone(), stored.clone()),
@@ -662,5 +772,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod encryption_tests;
 #[cfg(test)]
 mod tests;

@@ -44,6 +44,9 @@ impl Store {
             .state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(error) = Self::unreadable_in(&state, resource, namespace) {
+            return Err(error);
+        }
         let in_range = |key: &ObjectKey| {
             key.resource == resource
                 && namespace.is_none_or(|ns| key.namespace == ns)
