@@ -2,6 +2,7 @@
 //! clients from kubeconfigs, logging setup, the edge's container flags.
 
 pub mod container_args;
+pub mod mqtt_args;
 pub mod podautoscaler_args;
 pub mod service_args;
 pub mod stream_args;

@@ -100,6 +100,11 @@ pub struct AgentConfig {
     pub reconnect_max: Duration,
     /// The MQTT broker EventBus uses: the operator's, or the embedded one listening here.
     pub mqtt: BrokerChoice,
+    /// Who may use the bus (the embedded broker's users and ACLs), or EventBus's login to the
+    /// operator's broker.
+    pub mqtt_auth: crate::eventbus::auth::BusAuthConfig,
+    /// Where edgecore serves its Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Components to add to the image store under a name before anything starts, as
     /// `wedge image import` does (the samples of `wedge up`).
     pub preload: Vec<(String, PathBuf)>,
@@ -141,6 +146,8 @@ impl AgentConfig {
             usage_interval: Duration::from_secs(15),
             preload: Vec::new(),
             mqtt: BrokerChoice::Embedded(std::net::SocketAddr::from(([127, 0, 0, 1], 1883))),
+            mqtt_auth: Default::default(),
+            metrics_listen: None,
             reconnect_max: Duration::from_secs(30),
             container_runtime: ContainerRuntime::Detect,
             cgroup_root: None,
@@ -175,6 +182,14 @@ pub enum AgentError {
     /// EventBus could not start.
     #[error(transparent)]
     EventBus(#[from] crate::eventbus::EventBusError),
+    /// `--metrics-listen` cannot be listened on.
+    #[error("--metrics-listen {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The runtime could not start.
     #[error(transparent)]
     Runtime(#[from] wedge_edged_wasm::RuntimeStartError),
@@ -259,7 +274,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         signals.clone(),
         crate::eventbus::uploads::MAX_PENDING,
     ));
-    let (bus, bus_driver) = EventBus::new(&config.node, &config.mqtt, uploads)?;
+    let refusals = Arc::new(crate::eventbus::auth::Refusals::default());
+    let (bus, bus_driver) = EventBus::new(
+        &config.node,
+        &config.mqtt,
+        &config.mqtt_auth,
+        refusals.clone(),
+        uploads,
+    )?;
     let backends = Backends {
         twin: Arc::new(twin.clone()),
         bus: Arc::new(bus),
@@ -346,12 +368,25 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .with_streams(streams)
         .with_token_queries(token_answers);
     let mut tasks = JoinSet::new();
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::MetricsListen { addr, source })?;
+            tracing::info!(%addr, "serving metrics at /metrics");
+            Some(listener)
+        }
+        None => None,
+    };
     tasks.spawn(edged.run(shutdown.clone()));
     tasks.spawn(hub.run(shutdown.clone()));
     tasks.spawn(twin.clone().run(shutdown.clone()));
     tasks.spawn(bus_driver.run(twin.clone(), shutdown.clone()));
     tasks.spawn(crate::mappers::run(twin, shutdown.clone()));
     tasks.spawn(crate::rotation::run(
+    if let Some(listener) = metrics {
+        tasks.spawn(crate::metrics::serve(listener, refusals, shutdown.clone()));
+    }
         config.cloud.clone(),
         creds,
         shutdown.clone(),

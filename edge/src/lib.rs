@@ -23,6 +23,7 @@ pub mod edgestream;
 pub mod eventbus;
 pub mod join;
 pub mod mappers;
+pub mod metrics;
 pub mod reports;
 pub mod rotation;
 pub mod store;

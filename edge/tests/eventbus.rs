@@ -14,6 +14,7 @@ use wedge_core::protocol::{ObjectKey, ResourceKind};
 use wedge_core::twin::TwinValue;
 use wedge_edge::devicetwin::DeviceTwin;
 use wedge_edge::edged::Signals;
+use wedge_edge::eventbus::auth::{BusAuthConfig, Refusal, Refusals};
 use wedge_edge::eventbus::uploads::{MAX_PENDING, Uploads};
 use wedge_edge::eventbus::{BrokerChoice, EventBus};
 use wedge_edge::store::Database;
@@ -85,7 +86,15 @@ struct Peer {
 
 impl Peer {
     async fn connect(port: u16, filters: &[&str]) -> Self {
-        let options = MqttOptions::new(format!("peer-{}", fastrand_id()), "127.0.0.1", port);
+        Self::connect_as(port, None, filters).await
+    }
+
+    /// A peer logging in as `login` (username, password).
+    async fn connect_as(port: u16, login: Option<(&str, &str)>, filters: &[&str]) -> Self {
+        let mut options = MqttOptions::new(format!("peer-{}", fastrand_id()), "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let (tx, received) = mpsc::unbounded_channel();
         let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
@@ -156,6 +165,7 @@ struct Edge {
     signals: Arc<Signals>,
     twin: DeviceTwin,
     bus: EventBus,
+    refusals: Arc<Refusals>,
     shutdown: CancellationToken,
 }
 
@@ -165,7 +175,16 @@ impl Drop for Edge {
     }
 }
 
+/// An edge whose embedded broker lets anonymous clients in, as before the bus had logins.
 async fn edge(broker: BrokerChoice) -> Edge {
+    let security = BusAuthConfig {
+        allow_anonymous: matches!(broker, BrokerChoice::Embedded(_)),
+        ..BusAuthConfig::default()
+    };
+    edge_with(broker, &security).await
+}
+
+async fn edge_with(broker: BrokerChoice, security: &BusAuthConfig) -> Edge {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(&dir.path().join("edge.db")).expect("db");
     put_devices(&db);
@@ -177,7 +196,9 @@ async fn edge(broker: BrokerChoice) -> Edge {
         signals.clone(),
         MAX_PENDING,
     ));
-    let (bus, driver) = EventBus::new(NODE, &broker, uploads).expect("EventBus starts");
+    let refusals = Arc::new(Refusals::default());
+    let (bus, driver) =
+        EventBus::new(NODE, &broker, security, refusals.clone(), uploads).expect("EventBus starts");
     let shutdown = CancellationToken::new();
     tokio::spawn(driver.run(twin.clone(), shutdown.clone()));
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -196,6 +217,7 @@ async fn edge(broker: BrokerChoice) -> Edge {
         signals,
         twin,
         bus,
+        refusals,
         shutdown,
     }
 }
@@ -452,12 +474,26 @@ async fn kubeedge_topics_through_the_embedded_broker() {
         .port();
     let broker = BrokerChoice::Embedded(([127, 0, 0, 1], port).into());
     kubeedge_topics_are_served(broker, port).await;
-    // The embedded broker lives as long as the process: the second edge reaches it as any
-    // external broker.
-    let external = BrokerChoice::external(&format!("127.0.0.1:{port}")).expect("addr");
-    pods_messages_flow_both_ways(external.clone(), port).await;
+    // The embedded broker lives as long as the process, and its EventBus's client id stays
+    // taken by it: each part gets a broker of its own.
+    let port = free_port();
+    pods_messages_flow_both_ways(BrokerChoice::Embedded(([127, 0, 0, 1], port).into()), port).await;
+    let port = free_port();
     let upload = "$hw/events/upload/alarms";
-    rules_route_messages_to_the_outbox(external, port, upload, upload).await;
+    rules_route_messages_to_the_outbox(
+        BrokerChoice::Embedded(([127, 0, 0, 1], port).into()),
+        port,
+        upload,
+        upload,
+    )
+    .await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -472,12 +508,308 @@ async fn a_port_in_use_is_a_clear_error() {
         Arc::default(),
         MAX_PENDING,
     ));
-    let err = EventBus::new(NODE, &BrokerChoice::Embedded(addr), uploads)
-        .err()
-        .expect("refused");
+    let err = EventBus::new(
+        NODE,
+        &BrokerChoice::Embedded(addr),
+        &BusAuthConfig::default(),
+        Arc::default(),
+        uploads,
+    )
+    .err()
+    .expect("refused");
     assert!(
         err.to_string()
             .contains(&format!("cannot listen on {addr}")),
         "{err}"
+    );
+}
+
+/// Waits until `refusals` counted `n` of `why`: the event that proves a refusal happened.
+async fn refused(refusals: &Refusals, why: Refusal, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while refusals.total(why) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{why:?} refusals: {} (wanted {n})",
+            refusals.total(why)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A client that only connects: its eventloop runs until the broker closes the connection.
+fn connect_only(port: u16, client_id: &str, login: Option<(&str, &str)>) -> AsyncClient {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    if let Some((u, p)) = login {
+        options.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 8);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+}
+
+const MAPPER_ACL: &str = "user thermo-mapper\n\
+    topic write $hw/events/device/thermo-1/twin/update\n\
+    topic read $hw/events/device/thermo-1/#\n";
+
+/// A password file naming `thermo-mapper` (password `m4pper`) and the ACL above, in `dir`.
+fn mapper_security(dir: &std::path::Path) -> BusAuthConfig {
+    let passwd = dir.join("passwd");
+    let acl = dir.join("acl");
+    std::fs::write(
+        &passwd,
+        format!(
+            "thermo-mapper:{}\n",
+            wedge_edge::eventbus::passwords::hash("m4pper")
+        ),
+    )
+    .expect("passwd");
+    std::fs::write(&acl, MAPPER_ACL).expect("acl");
+    BusAuthConfig {
+        password_file: Some(passwd),
+        acl_file: Some(acl),
+        ..BusAuthConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_broker_takes_logins_only_and_holds_each_to_its_devices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let edge = edge_with(
+        BrokerChoice::Embedded(([127, 0, 0, 1], port).into()),
+        &mapper_security(dir.path()),
+    )
+    .await;
+    let temperature = || async {
+        edge.twin
+            .property("thermo-1", "temperature")
+            .await
+            .expect("twin")
+            .reported
+    };
+
+    // An anonymous device is refused at CONNECT: its reading cannot change the twin.
+    let anonymous = connect_only(port, "sensor", None);
+    let _ = anonymous.try_publish(
+        "$hw/events/device/thermo-1/twin/update",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"twin":{"temperature":{"actual":{"value":"99"}}}}"#,
+    );
+    refused(&edge.refusals, Refusal::Anonymous, 1).await;
+    assert_eq!(temperature().await, None);
+    // So is a wrong password.
+    let _wrong = connect_only(port, "sensor", Some(("thermo-mapper", "guess")));
+    refused(&edge.refusals, Refusal::BadLogin, 1).await;
+
+    // The mapper reports its device; another device's topic is refused by the ACL, and what
+    // it published first is dropped (the answer to its own report comes after).
+    let mut mapper = Peer::connect_as(
+        port,
+        Some(("thermo-mapper", "m4pper")),
+        &["$hw/events/device/thermo-1/twin/update/result"],
+    )
+    .await;
+    mapper
+        .publish(
+            "$hw/events/device/fan-1/twin/update",
+            r#"{"event_id":"x","twin":{"power":{"actual":{"value":"true"}}}}"#,
+        )
+        .await;
+    mapper
+        .publish(
+            "$hw/events/device/thermo-1/twin/update",
+            r#"{"event_id":"ok","twin":{"temperature":{"actual":{"value":"21.5"}}}}"#,
+        )
+        .await;
+    let result = mapper
+        .next_on("$hw/events/device/thermo-1/twin/update/result")
+        .await;
+    assert_eq!(result["event_id"], "ok", "{result}");
+    refused(&edge.refusals, Refusal::Publish, 1).await;
+    let fan = edge.twin.property("fan-1", "power").await.expect("twin");
+    assert_eq!(fan.reported, None);
+    // Subscribing beyond its devices is refused too.
+    mapper
+        .client
+        .subscribe("$hw/events/device/+/twin/update/delta", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe sent");
+    refused(&edge.refusals, Refusal::Subscribe, 1).await;
+
+    // EventBus's client id is its own: a valid login asking for it is refused, and EventBus
+    // keeps serving.
+    let _thief = connect_only(
+        port,
+        &format!("wedge-edge-{NODE}"),
+        Some(("thermo-mapper", "m4pper")),
+    );
+    refused(&edge.refusals, Refusal::ClientId, 1).await;
+    mapper
+        .publish(
+            "$hw/events/device/thermo-1/twin/update",
+            r#"{"event_id":"after","twin":{"temperature":{"actual":{"value":"22"}}}}"#,
+        )
+        .await;
+    let result = mapper
+        .next_on("$hw/events/device/thermo-1/twin/update/result")
+        .await;
+    assert_eq!(result["event_id"], "after", "{result}");
+    assert!(edge.bus.connected());
+}
+
+/// Sends an anonymous MQTT 3.1.1 CONNECT on a raw socket; true if the broker accepts it.
+async fn raw_connect(port: u16, client_id: &str) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let id = client_id.as_bytes();
+    let mut packet = vec![
+        0x10,
+        (12 + id.len()) as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        0x02,
+        0,
+        60,
+    ];
+    packet.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    packet.extend_from_slice(id);
+    tcp.write_all(&packet).await.ok()?;
+    let mut ack = [0u8; 4];
+    tcp.read_exact(&mut ack).await.ok()?;
+    (ack == [0x20, 2, 0, 0]).then_some(tcp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn held_anonymous_connections_leave_room_for_the_edges_own_clients() {
+    use wedge_edge::eventbus::auth::RESERVED_SLOTS;
+    use wedge_edge::eventbus::broker::MAX_CONNECTIONS;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut security = mapper_security(dir.path());
+    security.acl_file = None;
+    security.allow_anonymous = true;
+    let edge = edge_with(
+        BrokerChoice::Embedded(([127, 0, 0, 1], port).into()),
+        &security,
+    )
+    .await;
+
+    // Anonymous clients take every slot they may (EventBus holds one already).
+    let mut held = Vec::new();
+    for i in 0.. {
+        match raw_connect(port, &format!("holder-{i}")).await {
+            Some(tcp) => held.push(tcp),
+            None => break,
+        }
+        assert!(held.len() <= MAX_CONNECTIONS, "no cap on anonymous clients");
+    }
+    assert_eq!(held.len(), MAX_CONNECTIONS - RESERVED_SLOTS - 1);
+    refused(&edge.refusals, Refusal::Full, 1).await;
+
+    // A mapper with a login still gets in and is served.
+    let mut mapper = Peer::connect_as(
+        port,
+        Some(("thermo-mapper", "m4pper")),
+        &["$hw/events/device/thermo-1/twin/update/result"],
+    )
+    .await;
+    mapper
+        .publish(
+            "$hw/events/device/thermo-1/twin/update",
+            r#"{"event_id":"in","twin":{"temperature":{"actual":{"value":"20"}}}}"#,
+        )
+        .await;
+    let result = mapper
+        .next_on("$hw/events/device/thermo-1/twin/update/result")
+        .await;
+    assert_eq!(result["event_id"], "in", "{result}");
+    assert!(edge.bus.connected());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eventbus_logs_in_to_mosquitto_which_refuses_anonymous_clients() {
+    use wedge_edge::eventbus::passwords::hash;
+    // The same formats as the embedded broker's: a password file hashed by Wedge and read by
+    // mosquitto, and mosquitto's ACL patterns.
+    let passwd = format!(
+        "edge-a:{}\nthermo-mapper:{}\n",
+        hash("bus-secret"),
+        hash("m4pper")
+    );
+    let acl = format!(
+        "user edge-a\ntopic readwrite $hw/#\ntopic readwrite $ke/#\ntopic readwrite #\n{MAPPER_ACL}"
+    );
+    let mosquitto =
+        wedge_testkit::mosquitto::Mosquitto::start_secured(&passwd, &acl).expect("mosquitto");
+    let port = mosquitto.port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credentials = dir.path().join("credentials");
+    std::fs::write(&credentials, "edge-a:bus-secret\n").expect("credentials");
+    let broker = BrokerChoice::external(&format!("127.0.0.1:{port}")).expect("addr");
+    let edge = edge_with(
+        broker,
+        &BusAuthConfig {
+            credentials_file: Some(credentials),
+            ..BusAuthConfig::default()
+        },
+    )
+    .await;
+
+    // The mapper logs in and is answered by EventBus.
+    let mut mapper = Peer::connect_as(
+        port,
+        Some(("thermo-mapper", "m4pper")),
+        &["$hw/events/device/thermo-1/twin/update/result"],
+    )
+    .await;
+    mapper
+        .publish(
+            "$hw/events/device/thermo-1/twin/update",
+            r#"{"event_id":"m","twin":{"temperature":{"actual":{"value":"19"}}}}"#,
+        )
+        .await;
+    let result = mapper
+        .next_on("$hw/events/device/thermo-1/twin/update/result")
+        .await;
+    assert_eq!(result["event_id"], "m", "{result}");
+
+    // Anonymous and wrong logins are refused at CONNECT, as mosquitto says in its CONNACK.
+    for login in [None, Some(("thermo-mapper", "guess"))] {
+        let mut options = MqttOptions::new("intruder", "127.0.0.1", port);
+        if let Some((u, p)) = login {
+            options.set_credentials(u, p);
+        }
+        let (_client, mut eventloop) = AsyncClient::new(options, 8);
+        let outcome = tokio::time::timeout(WAIT, eventloop.poll())
+            .await
+            .expect("mosquitto answers");
+        assert!(
+            matches!(
+                outcome,
+                Err(rumqttc::ConnectionError::ConnectionRefused(
+                    rumqttc::ConnectReturnCode::NotAuthorized
+                        | rumqttc::ConnectReturnCode::BadUserNamePassword
+                ))
+            ),
+            "{login:?}: {outcome:?}"
+        );
+    }
+    let stored = edge
+        .twin
+        .property("thermo-1", "temperature")
+        .await
+        .expect("twin");
+    assert_eq!(
+        stored.reported.map(|r| r.value),
+        Some(TwinValue::Float(19.0))
     );
 }

@@ -39,9 +39,20 @@ fn binary() -> PathBuf {
 impl Mosquitto {
     /// Starts a broker on a free loopback port.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts a broker that authenticates: `password_file` (mosquitto_passwd's format) and
+    /// `acl_file` texts, `allow_anonymous false`, and `use_username_as_clientid true`, so that a
+    /// login's client id is its own.
+    pub fn start_secured(password_file: &str, acl_file: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some((password_file, acl_file)))
+    }
+
+    fn start_with(secured: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start() {
+            match Self::try_start(secured) {
                 Ok(m) => return Ok(m),
                 Err(e) => last = Some(e),
             }
@@ -49,7 +60,7 @@ impl Mosquitto {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("mosquitto did not start")))
     }
 
-    fn try_start() -> anyhow::Result<Self> {
+    fn try_start(secured: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("wedge-mosquitto-")
             .tempdir()?;
@@ -57,10 +68,25 @@ impl Mosquitto {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = dir.path().join("mosquitto.log");
         let config = dir.path().join("mosquitto.conf");
+        let access = match secured {
+            None => "allow_anonymous true\n".to_owned(),
+            Some((passwords, acl)) => {
+                let (p, a) = (dir.path().join("passwd"), dir.path().join("acl"));
+                for (path, text) in [(&p, passwords), (&a, acl)] {
+                    std::fs::write(path, text)?;
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+                }
+                format!(
+                    "allow_anonymous false\npassword_file {}\nacl_file {}\nuse_username_as_clientid true\n",
+                    p.display(),
+                    a.display()
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\n",
+                "listener {port} 127.0.0.1\n{access}persistence false\nlog_dest file {}\nlog_type error\nlog_type warning\nlog_type notice\n",
                 log.display()
             ),
         )?;

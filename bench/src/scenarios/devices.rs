@@ -5,6 +5,8 @@
 //! - **report → status**: a device speaking KubeEdge's MQTT topics reports a new value; timed
 //!   from the publish to the watch event showing it in the Device's status in the API (EventBus,
 //!   DeviceTwin's SQLite, the outbox, CloudHub, DeviceController's status patch, the watch).
+//!   Side by side: the sensor logged in and held to its device by an ACL (the default bus), and
+//!   anonymous on a second edge that allows it with no ACL: what the bus's security costs.
 //! - **desired → register**: a Device's `spec.properties[].desired.value` is patched through the
 //!   API; timed from the patch request until the simulator's coil holds the value (the hub, the
 //!   edge's store, DeviceTwin, the mapper's Modbus write). Polled every millisecond (tokio's timer
@@ -121,45 +123,38 @@ async fn seen(
     }
 }
 
-/// Latencies through the processes.
-async fn through_processes() -> anyhow::Result<()> {
-    let sim = Simulator::bind(([127, 0, 0, 1], 0).into(), SimConfig::default()).await?;
-    let stop = CancellationToken::new();
-    let _sim_task = sim.spawn(stop.clone());
-    let dir = tempfile::tempdir()?;
-    let mqtt_port = free_port()?;
-    let mqtt_listen = format!("127.0.0.1:{mqtt_port}");
-    let CloudAndEdge {
-        cloud: _cloud,
-        edge: _edge,
-        client,
-    } = CloudAndEdge::start(dir.path(), NODE, &[], &["--mqtt-listen", &mqtt_listen]).await?;
-    wait_listening(&mqtt_listen, Duration::from_secs(60)).await?;
+/// The bench sensor's login, `bench-sensor`, and an ACL that lets it report only its device
+/// (mosquitto's formats): the password file's and the ACL file's paths.
+fn bus_users(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let passwd = dir.join("mqtt-passwd");
+    let acl = dir.join("mqtt-acl");
+    std::fs::write(
+        &passwd,
+        format!(
+            "bench-sensor:{}\n",
+            wedge_edge::eventbus::passwords::hash("bench-secret")
+        ),
+    )?;
+    std::fs::write(
+        &acl,
+        "user bench-sensor\ntopic write $hw/events/device/sensor-1/twin/update\ntopic write bench/up\n",
+    )?;
+    Ok((passwd.display().to_string(), acl.display().to_string()))
+}
 
-    let models: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "default",
-        &wedge_cloudcore::devices::device_model_resource(),
-    );
-    let devices: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "default",
-        &wedge_cloudcore::devices::device_resource(),
-    );
-    for model in [thermometer(), fan_model()] {
-        models
-            .create(&PostParams::default(), &serde_json::from_value(model)?)
-            .await?;
+/// A sensor speaking KubeEdge's topics reports [`REPORTS`] values one at a time; the time from
+/// each publish to the watch event showing it. Returns the client, kept for more.
+async fn sensor_reports(
+    mqtt_port: u16,
+    login: Option<(&str, &str)>,
+    watch: &mut mpsc::UnboundedReceiver<(String, String, Instant)>,
+    stop: CancellationToken,
+) -> anyhow::Result<(AsyncClient, Vec<Duration>)> {
+    let mut options = MqttOptions::new("bench-sensor", "127.0.0.1", mqtt_port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
     }
-    for device in [fan_device(sim.local_addr()), sensor_device()] {
-        devices
-            .create(&PostParams::default(), &serde_json::from_value(device)?)
-            .await?;
-    }
-    let mut watch = reported_values(devices.clone());
-
-    let (mqtt, mut eventloop) =
-        AsyncClient::new(MqttOptions::new("bench-sensor", "127.0.0.1", mqtt_port), 64);
+    let (mqtt, mut eventloop) = AsyncClient::new(options, 64);
     tokio::spawn(async move {
         while !stop.is_cancelled() {
             if eventloop.poll().await.is_err() {
@@ -185,7 +180,7 @@ async fn through_processes() -> anyhow::Result<()> {
     let warm = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         report("0.5".into()).await?;
-        if tokio::time::timeout(Duration::from_secs(1), seen(&mut watch, "sensor-1", "0.5"))
+        if tokio::time::timeout(Duration::from_secs(1), seen(watch, "sensor-1", "0.5"))
             .await
             .is_ok()
         {
@@ -202,21 +197,127 @@ async fn through_processes() -> anyhow::Result<()> {
         let value = format!("{i}.5");
         let sent = Instant::now();
         report(value.clone()).await?;
-        let at = seen(&mut watch, "sensor-1", &value).await?;
+        let at = seen(watch, "sensor-1", &value).await?;
         samples.push(at.duration_since(sent));
     }
-    figure(
-        SCENARIO,
-        "device report to Device status p50",
-        millis(quantile(&mut samples, 0.5)),
-        "ms",
+    Ok((mqtt, samples))
+}
+
+/// [`sensor_reports`] from an anonymous sensor, on a cloud and edge of their own whose bus lets
+/// anonymous clients in (`--mqtt-allow-anonymous`, no password or ACL file).
+async fn anonymous_reports(stop: CancellationToken) -> anyhow::Result<Vec<Duration>> {
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_port()?;
+    let mqtt_listen = format!("127.0.0.1:{mqtt_port}");
+    let CloudAndEdge {
+        cloud: _cloud,
+        edge: _edge,
+        client,
+    } = CloudAndEdge::start(
+        dir.path(),
+        NODE,
+        &[],
+        &["--mqtt-listen", &mqtt_listen, "--mqtt-allow-anonymous"],
+    )
+    .await?;
+    wait_listening(&mqtt_listen, Duration::from_secs(60)).await?;
+    let models: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &wedge_cloudcore::devices::device_model_resource(),
     );
-    figure(
-        SCENARIO,
-        "device report to Device status p99",
-        millis(quantile(&mut samples, 0.99)),
-        "ms",
+    let devices: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &wedge_cloudcore::devices::device_resource(),
     );
+    models
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(thermometer())?,
+        )
+        .await?;
+    devices
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(sensor_device())?,
+        )
+        .await?;
+    let mut watch = reported_values(devices);
+    let (_mqtt, samples) = sensor_reports(mqtt_port, None, &mut watch, stop).await?;
+    Ok(samples)
+}
+
+/// Latencies through the processes.
+async fn through_processes() -> anyhow::Result<()> {
+    let sim = Simulator::bind(([127, 0, 0, 1], 0).into(), SimConfig::default()).await?;
+    let stop = CancellationToken::new();
+    let _sim_task = sim.spawn(stop.clone());
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_port()?;
+    let mqtt_listen = format!("127.0.0.1:{mqtt_port}");
+    let (passwd, acl) = bus_users(dir.path())?;
+    let CloudAndEdge {
+        cloud: _cloud,
+        edge: _edge,
+        client,
+    } = CloudAndEdge::start(
+        dir.path(),
+        NODE,
+        &[],
+        &[
+            "--mqtt-listen",
+            &mqtt_listen,
+            "--mqtt-password-file",
+            &passwd,
+            "--mqtt-acl-file",
+            &acl,
+        ],
+    )
+    .await?;
+    wait_listening(&mqtt_listen, Duration::from_secs(60)).await?;
+
+    let models: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &wedge_cloudcore::devices::device_model_resource(),
+    );
+    let devices: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &wedge_cloudcore::devices::device_resource(),
+    );
+    for model in [thermometer(), fan_model()] {
+        models
+            .create(&PostParams::default(), &serde_json::from_value(model)?)
+            .await?;
+    }
+    for device in [fan_device(sim.local_addr()), sensor_device()] {
+        devices
+            .create(&PostParams::default(), &serde_json::from_value(device)?)
+            .await?;
+    }
+    let mut watch = reported_values(devices.clone());
+    let login = ("bench-sensor", "bench-secret");
+    let (mqtt, mut samples) =
+        sensor_reports(mqtt_port, Some(login), &mut watch, stop.clone()).await?;
+    // The same reports from an anonymous device, on an edge whose bus lets anonymous clients
+    // in with no ACL: what the login and the ACL cost.
+    let mut anonymous = anonymous_reports(stop.clone()).await?;
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        figure(
+            SCENARIO,
+            &format!("device report to Device status {name}, login + ACL"),
+            millis(quantile(&mut samples, q)),
+            "ms",
+        );
+        figure(
+            SCENARIO,
+            &format!("device report to Device status {name}, anonymous, no ACL"),
+            millis(quantile(&mut anonymous, q)),
+            "ms",
+        );
+    }
 
     // Warm-up: the fan's mapper is connected once the coil follows a first change.
     let mut samples = Vec::with_capacity(WRITES);

@@ -70,6 +70,12 @@ struct Args {
     local_volume_root: Option<PathBuf>,
     #[command(flatten)]
     containers: wedge_cli::container_args::ContainerArgs,
+    #[command(flatten)]
+    mqtt_auth: wedge_cli::mqtt_args::MqttAuthArgs,
+    /// Serve Prometheus metrics (what the MQTT bus refused) at /metrics here, e.g.
+    /// 127.0.0.1:9092 (off by default).
+    #[arg(long, env = "WEDGE_EDGE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -113,6 +119,8 @@ fn main() -> ExitCode {
         config.local_volume_root = Some(root.clone());
     }
     args.containers.apply(&mut config);
+    args.mqtt_auth.apply(&mut config);
+    config.metrics_listen = args.metrics_listen;
     config.node_status_interval = Duration::from_secs(args.node_status_seconds.max(1));
     config.lease_interval = Duration::from_secs(args.lease_seconds.max(1));
     config.usage_interval = args.usage_interval;

@@ -90,6 +90,10 @@ pub struct UpArgs {
     /// An MQTT broker to use (host:port, e.g. mosquitto) instead of the embedded one.
     #[arg(long)]
     mqtt_broker: Option<String>,
+    /// Who may use the embedded broker (edgecore's flags). Without a password file, a user
+    /// `wedge` is made with its password under the root.
+    #[command(flatten)]
+    mqtt_auth: wedge_cli::mqtt_args::MqttAuthArgs,
     /// Where the sample Modbus TCP device simulator listens.
     #[arg(long, default_value = "127.0.0.1:5020")]
     modbus_sim_listen: SocketAddr,
@@ -304,6 +308,15 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         let preload = preload(&args.samples);
         if let Some((_, missing)) = preload.iter().find(|(_, path)| !path.exists()) {
             anyhow::bail!(
+    let mut mqtt_auth = args.mqtt_auth.clone();
+    let mut local_mqtt_password = None;
+    if args.mqtt_broker.is_none() && mqtt_auth.mqtt_password_file.is_none() {
+        let (passwd, password) = wedge_cli::mqtt_args::local_user(&edge_root.join("mqtt"))
+            .context("writing the local MQTT user's password file")?;
+        mqtt_auth.mqtt_password_file = Some(passwd);
+        local_mqtt_password = Some(password);
+    }
+    mqtt_auth.apply(&mut edge);
                 "the sample component {} is missing: build the samples with `cargo sample-apps` (or pass --no-samples)",
                 missing.display()
             );
@@ -370,7 +383,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         );
         if args.mqtt_broker.is_none() {
             println!(
-                "  mosquitto_sub -h {} -p {} -t '$hw/events/device/+/twin/update/document'",
+                "  mosquitto_sub -h {} -p {}{login} -t '$hw/events/device/+/twin/update/document'",
                 args.mqtt_listen.ip(),
                 args.mqtt_listen.port()
             );
@@ -384,6 +397,14 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
 
     tokio::select! {
         () = wedge_cli::terminated() => {}
+            let login = match &local_mqtt_password {
+                Some(p) => format!(
+                    " -u {} -P \"$(cat {})\"",
+                    wedge_cli::mqtt_args::LOCAL_USER,
+                    p.display()
+                ),
+                None => String::new(),
+            };
         result = edge_task => {
             shutdown.cancel();
             cloudcore.shutdown().await;

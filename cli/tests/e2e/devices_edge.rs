@@ -38,6 +38,41 @@ fn reported(cloud: &Cloud, device: &str, property: &str) -> String {
 /// A device speaking KubeEdge's MQTT topics directly, with a model of its own.
 const MQTT_DEVICE: &str = "apiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata:\n  name: hygro-1\nspec:\n  deviceModelRef: {name: hygrometer}\n  nodeName: edge-a\n  protocol: {protocolName: mqtt}\n  properties:\n  - {name: humidity, reportToCloud: true}\n---\napiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata:\n  name: hygrometer\nspec:\n  protocol: mqtt\n  properties:\n  - {name: humidity, type: INT, accessMode: ReadOnly, minimum: \"0\", maximum: \"100\"}\n";
 
+/// The edge bus's users: each device logs in with its own name and may report only itself
+/// (mosquitto's `password_file` and `acl_file` formats, read by the embedded broker).
+fn bus_users(edge_root: &std::path::Path, command: &mut std::process::Command) {
+    let passwd = edge_root.join("mqtt-passwd");
+    let acl = edge_root.join("mqtt-acl");
+    let line = format!(
+        "hygro-1:{}\n",
+        wedge_edge::eventbus::passwords::hash("hygro-secret")
+    );
+    std::fs::write(&passwd, line).expect("password file");
+    std::fs::write(
+        &acl,
+        "pattern write $hw/events/device/%u/twin/update\npattern read $hw/events/device/%u/#\n",
+    )
+    .expect("acl file");
+    command
+        .env("WEDGE_MQTT_PASSWORD_FILE", &passwd)
+        .env("WEDGE_MQTT_ACL_FILE", &acl);
+}
+
+/// edgecore's count of what its bus refused for `reason`, from its `/metrics`.
+fn bus_refused(metrics: &str, reason: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(metrics) else {
+        return 0;
+    };
+    let _ = write!(tcp, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = tcp.read_to_string(&mut text);
+    let needle = format!("wedge_edge_mqtt_refused_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle)?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// What `pod`'s fan-handler container wrote, from its log files on the edge (kubelet's layout).
 fn handler_logs(edge_root: &std::path::Path, pod: &str) -> String {
     let mut out = String::new();
@@ -58,13 +93,18 @@ fn handler_logs(edge_root: &std::path::Path, pod: &str) -> String {
     out
 }
 
-async fn mqtt_client(port: u16) -> AsyncClient {
-    let (client, mut eventloop) =
-        AsyncClient::new(MqttOptions::new("hygro-1", "127.0.0.1", port), 16);
+async fn mqtt_client(port: u16, login: Option<(&str, &str)>) -> AsyncClient {
+    let mut options = MqttOptions::new("hygro-1", "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Incoming::Disconnect)) => return,
+                // Refused at CONNECT: this client stays out.
+                Err(rumqttc::ConnectionError::ConnectionRefused(_)) => return,
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -100,6 +140,9 @@ async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives
     let token = cloud.token("1h");
     let mut command = edgecore(&edge_root, &cloud, "edge-a", Some(&token), &registry.host());
     command.env("WEDGE_MQTT_LISTEN", format!("127.0.0.1:{mqtt_port}"));
+    bus_users(&edge_root, &mut command);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    command.env("WEDGE_EDGE_METRICS_LISTEN", &metrics);
     let edge = Proc::spawn(command, edge_root.join("edgecore.log"));
     cloud.wait_for(
         "node/edge-a",
@@ -189,7 +232,27 @@ async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives
 
     // The cloud goes away. The mapper keeps reading, and a device speaking MQTT reports.
     cloud.kill();
-    let device = mqtt_client(mqtt_port).await;
+    // A process without the device's login cannot report for it: refused at CONNECT, and
+    // counted.
+    let intruder = mqtt_client(mqtt_port, None).await;
+    let _ = intruder.try_publish(
+        "$hw/events/device/hygro-1/twin/update",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"event_id":"forged","twin":{"humidity":{"actual":{"value":"99"}}}}"#,
+    );
+    eventually(
+        Duration::from_secs(10),
+        || bus_refused(&metrics, "anonymous") >= 1,
+        || format!("no anonymous refusal counted\nedgecore: {}", edge.log()),
+    )
+    .await;
+    let log = edge.log();
+    assert!(
+        log.contains("MQTT bus: the embedded broker, authenticated: 1 user(s) from the password file, limited by the ACL file, anonymous clients refused"),
+        "edgecore says which mode its bus runs in: {log}"
+    );
+    let device = mqtt_client(mqtt_port, Some(("hygro-1", "hygro-secret"))).await;
     device
         .publish(
             "$hw/events/device/hygro-1/twin/update",

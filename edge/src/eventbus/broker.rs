@@ -5,11 +5,22 @@
 //! lives as long as the process. The listen address is bound once first, so that a port in use
 //! is a clear error here rather than a log line on a broker thread; EventBus's client connects
 //! (and reconnects) on its own once the broker listens.
+//!
+//! Every client logs in and is limited as the [`BusGuard`] says; a socket that sends no CONNECT
+//! within [`CONNECT_TIMEOUT_MS`] is closed, and [`auth::RESERVED_SLOTS`] of the connections are
+//! kept for EventBus and the operator's users.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use super::auth::{self, BusGuard};
 
 /// The largest MQTT payload the broker accepts.
 pub const MAX_PAYLOAD: usize = 1 << 20;
+/// The most clients connected at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a new connection may take to send its CONNECT.
+pub const CONNECT_TIMEOUT_MS: u16 = 10_000;
 
 /// Why the embedded broker did not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +45,9 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Starts a broker listening on `addr` (port 0 picks a free port).
-    pub fn start(addr: SocketAddr) -> Result<Self, BrokerError> {
+    /// Starts a broker listening on `addr` (port 0 picks a free port), letting in and limiting
+    /// clients as `guard` says.
+    pub fn start(addr: SocketAddr, guard: Arc<BusGuard>) -> Result<Self, BrokerError> {
         let probe =
             TcpListener::bind(addr).map_err(|source| BrokerError::Listen { addr, source })?;
         let addr = probe
@@ -46,7 +58,8 @@ impl EmbeddedBroker {
             "id": 0,
             "router": {
                 "id": 0,
-                "max_connections": 1024,
+                "max_connections": MAX_CONNECTIONS,
+                "reserved_connections": auth::RESERVED_SLOTS,
                 "max_outgoing_packet_count": 1024,
                 // Segments hold messages in memory per topic: small, for small gateways.
                 "max_segment_size": MAX_PAYLOAD,
@@ -57,15 +70,25 @@ impl EmbeddedBroker {
                 "listen": addr.to_string(),
                 "next_connection_delay_ms": 1,
                 "connections": {
-                    "connection_timeout_ms": 60000,
+                    "connection_timeout_ms": CONNECT_TIMEOUT_MS,
                     "max_payload_size": MAX_PAYLOAD,
                     "max_inflight_count": 256,
                     "dynamic_filters": true,
                 },
             }},
         });
-        let config: rumqttd::Config =
+        let mut config: rumqttd::Config =
             serde_json::from_value(config).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let g = guard.clone();
+        config.router.authorize = Some(rumqttd::Authorizer(Arc::new(
+            move |client: &str, access: rumqttd::Access<'_>| g.authorize(client, access),
+        )));
+        for server in config.v4.iter_mut().flat_map(|v4| v4.values_mut()) {
+            let g = guard.clone();
+            server.set_auth_handler(move |client: String, user: String, password: String| {
+                std::future::ready(g.authenticate(&client, &user, &password))
+            });
+        }
         let mut broker = rumqttd::Broker::new(config);
         std::thread::Builder::new()
             .name("mqtt-broker".into())

@@ -14,7 +14,10 @@
 //! Subscriptions are made again after every (re)connection: sessions are clean, so a broker
 //! restart loses nothing EventBus asked for.
 
+pub mod acl;
+pub mod auth;
 pub mod broker;
+pub mod passwords;
 pub mod topics;
 pub mod twin_api;
 pub mod uploads;
@@ -87,6 +90,9 @@ pub enum EventBusError {
     /// The embedded broker did not start.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    /// The bus's security settings cannot be used.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
 }
 
 /// The edge's bus; cheap to clone.
@@ -100,6 +106,7 @@ struct Inner {
     client: AsyncClient,
     subscriptions: Mutex<Vec<(String, Weak<MessageQueue>)>>,
     uploads: Arc<Uploads>,
+    refusals: Arc<auth::Refusals>,
     connected: AtomicBool,
     dropped: AtomicU64,
 }
@@ -111,21 +118,60 @@ pub struct EventBusDriver {
 }
 
 impl EventBus {
-    /// A bus for `node` on `broker` (starting the embedded one if chosen), forwarding what the
-    /// Rules `uploads` holds route to the cloud. Nothing is sent until the driver runs.
+    /// A bus for `node` on `broker` (starting the embedded one if chosen, guarded as `security`
+    /// says), forwarding what the Rules `uploads` holds route to the cloud; refusals are counted
+    /// in `refusals`. Nothing is sent until the driver runs.
     pub fn new(
         node: &str,
         broker: &BrokerChoice,
+        security: &auth::BusAuthConfig,
+        refusals: Arc<auth::Refusals>,
         uploads: Arc<Uploads>,
     ) -> Result<(Self, EventBusDriver), EventBusError> {
-        let (host, port) = match broker {
-            BrokerChoice::External { host, port } => (host.clone(), *port),
+        let (host, port, login) = match broker {
+            BrokerChoice::External { host, port } => {
+                if security.password_file.is_some() {
+                    return Err(auth::AuthError::NotEmbedded("--mqtt-password-file").into());
+                }
+                if security.acl_file.is_some() {
+                    return Err(auth::AuthError::NotEmbedded("--mqtt-acl-file").into());
+                }
+                if security.allow_anonymous {
+                    return Err(auth::AuthError::NotEmbedded("--mqtt-allow-anonymous").into());
+                }
+                let login = match &security.credentials_file {
+                    Some(path) => Some(auth::read_credentials(path)?),
+                    None => None,
+                };
+                match &login {
+                    Some((user, _)) => {
+                        tracing::info!(broker = %format!("{host}:{port}"), user = %user, "MQTT bus: an external broker; EventBus logs in")
+                    }
+                    None => {
+                        tracing::info!(broker = %format!("{host}:{port}"), "MQTT bus: an external broker; EventBus connects without a login (no --mqtt-credentials-file)")
+                    }
+                }
+                (host.clone(), *port, login)
+            }
             BrokerChoice::Embedded(addr) => {
-                let broker = broker::EmbeddedBroker::start(*addr)?;
-                (broker.addr().ip().to_string(), broker.addr().port())
+                if security.credentials_file.is_some() {
+                    return Err(auth::AuthError::CredentialsWithoutBroker.into());
+                }
+                let guard = Arc::new(auth::BusGuard::load(node, security, refusals.clone())?);
+                let broker = broker::EmbeddedBroker::start(*addr, guard.clone())?;
+                tracing::info!(addr = %broker.addr(), "MQTT bus: the embedded broker, authenticated: {}", guard.describe());
+                let (user, password) = guard.eventbus_login();
+                (
+                    broker.addr().ip().to_string(),
+                    broker.addr().port(),
+                    Some((user.to_owned(), password.to_owned())),
+                )
             }
         };
-        let mut options = MqttOptions::new(format!("wedge-edge-{node}"), host, port);
+        let mut options = MqttOptions::new(auth::eventbus_client_id(node), host, port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
@@ -142,6 +188,7 @@ impl EventBus {
                 client,
                 subscriptions: Mutex::default(),
                 uploads,
+                refusals,
                 connected: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
             }),
@@ -309,10 +356,23 @@ impl EventBusDriver {
         tokio::join!(
             poll(self.eventloop, bus.clone(), tx, shutdown.clone()),
             dispatch(bus.clone(), twin.clone(), rx, shutdown.clone()),
+            flush_warnings(bus.inner.refusals.clone(), shutdown.clone()),
             announce(bus, twin, shutdown),
         );
         // Dropping the event loop closes the connection; the session is clean, so the broker
         // keeps nothing of it.
+    }
+}
+
+/// Logs the counts of refusals whose warning interval has passed, so that a burst's tail is
+/// told even when no refusal follows it.
+async fn flush_warnings(refusals: Arc<auth::Refusals>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(auth::WARN_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => refusals.flush(),
+        }
     }
 }
 
@@ -391,9 +451,13 @@ async fn dispatch(
                 }
             }
             Received::Message(message) => {
-                if let Some(answer) =
-                    twin_api::serve(&twin, &bus.inner.node, &message.topic, &message.payload)
-                {
+                if let Some(answer) = twin_api::serve(
+                    &twin,
+                    &bus.inner.node,
+                    &message.topic,
+                    &message.payload,
+                    &bus.inner.refusals,
+                ) {
                     bus.publish_json(answer).await;
                 }
                 if let Err(e) = bus.inner.uploads.forward(&message.topic, &message.payload) {

@@ -153,8 +153,15 @@ fn twin_map(twin: &DeviceTwin, device: &str, only: Option<&[String]>) -> Result<
     ))
 }
 
-/// Serves a request if `topic` is one of KubeEdge's for `node`: the answer to publish.
-pub fn serve(twin: &DeviceTwin, node: &str, topic: &str, payload: &[u8]) -> Option<Outgoing> {
+/// Serves a request if `topic` is one of KubeEdge's for `node`: the answer to publish. A refused
+/// request is answered with its reason and counted in `refusals` (logged once per interval).
+pub fn serve(
+    twin: &DeviceTwin,
+    node: &str,
+    topic: &str,
+    payload: &[u8],
+    refusals: &super::auth::Refusals,
+) -> Option<Outgoing> {
     let request = topics::parse(node, topic)?;
     let event_id = event_id(payload);
     let answer = match &request {
@@ -166,7 +173,9 @@ pub fn serve(twin: &DeviceTwin, node: &str, topic: &str, payload: &[u8]) -> Opti
     let mut body = match answer {
         Ok(body) => body,
         Err(refusal) => {
-            tracing::warn!(topic, error = %refusal, "refused a KubeEdge device request");
+            refusals.note(super::auth::Refusal::TwinRequest, || {
+                format!("{topic}: {refusal}")
+            });
             json!({"code": refusal.code(), "reason": refusal.to_string()})
         }
     };

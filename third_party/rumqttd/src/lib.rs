@@ -53,6 +53,27 @@ pub type AuthHandler = Arc<
         + Sync,
 >;
 
+/// WEDGE-PATCH: what a connected client asks to do, for [`RouterConfig::authorize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// Publish on this topic.
+    Publish(&'a str),
+    /// Subscribe to this filter.
+    Subscribe(&'a str),
+    /// Take one of the connection slots kept for privileged clients.
+    ReservedSlot,
+}
+
+/// WEDGE-PATCH: decides, by client id, whether a connected client may do something.
+#[derive(Clone)]
+pub struct Authorizer(pub Arc<dyn Fn(&str, Access<'_>) -> bool + Send + Sync>);
+
+impl fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Authorizer")
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -204,6 +225,13 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// WEDGE-PATCH: of `max_connections`, how many only clients the authorizer grants
+    /// [`Access::ReservedSlot`] may take.
+    #[serde(default)]
+    pub reserved_connections: usize,
+    /// WEDGE-PATCH: asked before every publish, subscription and reserved slot; none allows all.
+    #[serde(skip)]
+    pub authorize: Option<Authorizer>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -231,6 +231,19 @@ async fn handle_auth(
         return Ok(());
     }
 
+    // WEDGE-PATCH: an external handler also decides about clients without login details (they
+    // get an empty username and password), so that it may let anonymous clients in.
+    if let Some(auth) = &config.external_auth {
+        let (username, password) = login
+            .map(|l| (l.username.clone(), l.password.clone()))
+            .unwrap_or_default();
+        return if auth(client_id.to_owned(), username, password).await {
+            Ok(())
+        } else {
+            Err(Error::InvalidAuth)
+        };
+    }
+
     // if authentication is configured and connect packet doesn't have login details
     // return an error
     let Some(login) = login else {

@@ -264,6 +264,14 @@ impl Router {
         }
     }
 
+    /// WEDGE-PATCH: whether `client_id` may do `access`; everything without an authorizer.
+    fn authorized(&self, client_id: &str, access: crate::Access<'_>) -> bool {
+        self.config
+            .authorize
+            .as_ref()
+            .is_none_or(|a| (a.0)(client_id, access))
+    }
+
     fn handle_new_connection(
         &mut self,
         mut connection: Connection,
@@ -293,8 +301,14 @@ impl Router {
             }
         }
 
-        if self.connections.len() >= self.config.max_connections {
-            error!("no space for new connection");
+        // WEDGE-PATCH: the last `reserved_connections` slots are for privileged clients.
+        let reserved = self.config.reserved_connections.min(self.config.max_connections);
+        let full = self.connections.len() >= self.config.max_connections
+            || (self.connections.len() >= self.config.max_connections - reserved
+                && !self.authorized(&client_id, crate::Access::ReservedSlot));
+        if full {
+            // WEDGE-PATCH: counted and logged, rate-limited, by the authorizer.
+            debug!("no space for new connection");
             // let ack = ConnectionAck::Failure("No space for new connection".to_owned());
             // let message = Notification::ConnectionAck(ack);
             return;
@@ -564,6 +578,29 @@ impl Router {
                     let qos = publish.qos;
                     let pkid = publish.pkid;
 
+                    // WEDGE-PATCH: a publish the authorizer refuses is acknowledged (MQTT 3.1.1
+                    // has no way to refuse one; mosquitto does the same) and dropped.
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+                    if !self.authorized(&client_id, crate::Access::Publish(topic)) {
+                        match qos {
+                            QoS::AtMostOnce => {}
+                            QoS::AtLeastOnce => {
+                                let puback = PubAck {
+                                    pkid,
+                                    reason: PubAckReason::NotAuthorized,
+                                };
+                                self.ackslog.get_mut(id).unwrap().puback(puback);
+                                force_ack = true;
+                            }
+                            QoS::ExactlyOnce => {
+                                disconnect = true;
+                                disconnect_reason = Some(DisconnectReasonCode::NotAuthorized);
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
                     // set global force flush flag. Force flush is triggered when the
@@ -663,6 +700,12 @@ impl Router {
 
                             disconnect = true;
                             break;
+                        }
+
+                        // WEDGE-PATCH: a filter the authorizer refuses gets a failure code.
+                        if !self.authorized(&client_id, crate::Access::Subscribe(&f.path)) {
+                            return_codes.push(SubscribeReasonCode::Failure);
+                            continue;
                         }
 
                         let mut filter = f.path.clone();
