@@ -382,11 +382,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tasks.spawn(hub.run(shutdown.clone()));
     tasks.spawn(twin.clone().run(shutdown.clone()));
     tasks.spawn(bus_driver.run(twin.clone(), shutdown.clone()));
-    tasks.spawn(crate::mappers::run(twin, shutdown.clone()));
-    tasks.spawn(crate::rotation::run(
     if let Some(listener) = metrics {
         tasks.spawn(crate::metrics::serve(listener, refusals, shutdown.clone()));
     }
+    tasks.spawn(crate::mappers::run(twin, shutdown.clone()));
+    tasks.spawn(crate::rotation::run(
         config.cloud.clone(),
         creds,
         shutdown.clone(),
