@@ -14,6 +14,7 @@ mod controllers;
 mod devices_cloud;
 mod devices_edge;
 mod jobs;
+mod node_identity;
 mod real_cluster;
 mod router;
 mod services;
