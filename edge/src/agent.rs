@@ -364,6 +364,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }),
     );
     hub_config.backoff_max = config.reconnect_max;
+    let retry = crate::reports::retry_held(db.outbox(), signals.clone(), shutdown.clone());
     let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals)
         .with_streams(streams)
         .with_token_queries(token_answers);
@@ -380,6 +381,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     tasks.spawn(edged.run(shutdown.clone()));
     tasks.spawn(hub.run(shutdown.clone()));
+    tasks.spawn(retry);
     tasks.spawn(twin.clone().run(shutdown.clone()));
     tasks.spawn(bus_driver.run(twin.clone(), shutdown.clone()));
     if let Some(listener) = metrics {

@@ -2,7 +2,8 @@
 //!
 //! The outbox keeps one entry per key: a pod's status (key kind `pod-status`), a pod's deletion
 //! confirmation (kind `pod`), the node's status and its lease. Entries carry the uid next to the
-//! payload so the frame can name it.
+//! payload so the frame can name it. Reports the database cannot take (a full disk) wait in
+//! memory and [`retry_held`] writes them once it takes them again.
 
 use serde_json::{Value, json};
 use wedge_core::protocol::messages::{LeaseRenewal, NodeReport};
@@ -100,6 +101,42 @@ pub fn frame(id: u64, key: &ObjectKey, operation: Operation, payload: &Value) ->
         .with_payload(body)
 }
 
+/// The first delay before writing again what the database refused; it doubles up to
+/// [`RETRY_MAX`]. A refused write costs little, and the reports should be stored soon after
+/// space returns.
+pub const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest delay between two tries.
+pub const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes the reports waiting in memory into the outbox whenever some wait, with backoff from
+/// [`RETRY_MIN`] to [`RETRY_MAX`], until `shutdown`; wakes EdgeHub for what it wrote. Any
+/// report queued meanwhile tries too, so this only matters while nothing else is reported.
+pub async fn retry_held(
+    outbox: crate::store::Outbox,
+    signals: std::sync::Arc<crate::edged::Signals>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = outbox.held_changed() => {}
+        }
+        let mut attempt = 0u32;
+        while outbox.is_holding() {
+            let delay = crate::edgehub::backoff(attempt, RETRY_MIN, RETRY_MAX);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            let (written, _) = outbox.retry();
+            if written > 0 {
+                signals.outbox_changed.notify_one();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +162,48 @@ mod tests {
         let f = frame(5, &l.key, l.operation, &l.payload);
         assert_eq!(f.payload, json!({"durationSeconds": 40}));
         assert!(Envelope::decode(&f.encode()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_held_through_a_full_disk_are_written_soon_after_it_takes_writes_again() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = crate::store::Database::open(&dir.path().join("edge.db")).expect("open");
+        let outbox = db.outbox();
+        let signals = Arc::new(crate::edged::Signals::default());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(retry_held(
+            outbox.clone(),
+            signals.clone(),
+            shutdown.clone(),
+        ));
+        db.set_full(true);
+        let renewal = lease("edge-1", 40);
+        assert_eq!(
+            outbox.queue(&renewal.key, renewal.operation, &renewal.payload),
+            crate::store::Queued::Held
+        );
+        // A minute with the disk full: tried again and again, nothing written, nothing lost.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(outbox.is_holding());
+        assert_eq!(outbox.held().len(), 1);
+
+        db.set_full(false);
+        let freed = tokio::time::Instant::now();
+        signals.outbox_changed.notified().await;
+        assert!(
+            freed.elapsed() <= RETRY_MAX,
+            "written {:?} after the disk took writes again",
+            freed.elapsed()
+        );
+        assert!(!outbox.is_holding());
+        let pending = outbox.pending(0, 10).expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].key, renewal.key);
+
+        shutdown.cancel();
+        task.await.expect("the retry task ends with shutdown");
     }
 }

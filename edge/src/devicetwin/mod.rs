@@ -415,10 +415,8 @@ impl DeviceTwin {
         };
         let status = report::status(entry);
         let payload = serde_json::json!({"uid": entry.uid, "status": status});
-        match self.inner.outbox.put(&key, Operation::Update, &payload) {
-            Ok(_) => self.inner.signals.outbox_changed.notify_one(),
-            Err(e) => tracing::warn!(device = name, error = %e, "cannot queue the device's status"),
-        }
+        self.inner.outbox.queue(&key, Operation::Update, &payload);
+        self.inner.signals.outbox_changed.notify_one();
     }
 
     /// Sets one side of a property, stores it, queues the status and announces the change.

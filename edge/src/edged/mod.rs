@@ -248,12 +248,11 @@ fn held_token(file: &std::path::Path) -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
-/// Queues `report` and wakes EdgeHub.
+/// Queues `report` and wakes EdgeHub, which sends it also when it waits in memory (a full
+/// disk).
 fn put(outbox: &Outbox, signals: &Signals, report: &Report) {
-    match outbox.put(&report.key, report.operation, &report.payload) {
-        Ok(_) => signals.outbox_changed.notify_one(),
-        Err(error) => tracing::error!(key = %report.key, %error, "cannot queue a report"),
-    }
+    outbox.queue(&report.key, report.operation, &report.payload);
+    signals.outbox_changed.notify_one();
 }
 
 /// The status of `pod` queued in the outbox, if one waits there for this uid.

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
-use wedge_core::protocol::messages::{CERTIFICATE_REVOKED, ErrorPayload, Hello};
+use wedge_core::protocol::messages::{ErrorPayload, Hello};
 use wedge_core::protocol::mux::{Mux, Role};
 use wedge_core::protocol::order::InboundOrder;
 use wedge_core::protocol::stream::{self, StreamFrame};
@@ -76,15 +76,12 @@ async fn dial(config: &EdgeHubConfig) -> Result<Ws, LinkError> {
         .await
         .map_err(|e| match e {
             tungstenite::Error::Http(response) => {
-                let payload = response
+                let body = response
                     .body()
                     .as_ref()
-                    .and_then(|b| serde_json::from_slice::<ErrorPayload>(b).ok());
-                match payload {
-                    Some(p) if p.reason == CERTIFICATE_REVOKED => LinkError::Revoked(p.message),
-                    Some(p) => LinkError::Refused(p.message),
-                    None => LinkError::Refused(response.status().to_string()),
-                }
+                    .and_then(|b| serde_json::from_slice::<ErrorPayload>(b).ok())
+                    .map_or_else(|| response.status().to_string(), |p| p.message);
+                LinkError::Refused(body)
             }
             other => LinkError::Connect(format!("WebSocket handshake with {cloud}: {other}")),
         })?;
@@ -103,8 +100,15 @@ struct Link<'a> {
     order: InboundOrder,
     /// Reports awaiting their ack: frame id → (key, outbox seq).
     in_flight: HashMap<u64, (ObjectKey, u64)>,
+    /// Reports sent from memory (the database could not take them) awaiting their ack: frame
+    /// id → (key, generation).
+    held_in_flight: HashMap<u64, (ObjectKey, u64)>,
+    /// The generation of each report sent from memory on this connection.
+    held_sent: HashMap<ObjectKey, u64>,
     /// The outbox sequence sent up to.
     cursor: u64,
+    /// Whether the last object from the cloud could not be stored (a full disk).
+    store_failing: bool,
     /// The earliest sequence to send again after a retryable refusal, and when.
     retry: Option<(u64, Instant)>,
     last_heard: Instant,
@@ -135,6 +139,9 @@ pub async fn run(
         next_id: 0,
         order: InboundOrder::default(),
         in_flight: HashMap::new(),
+        held_in_flight: HashMap::new(),
+        held_sent: HashMap::new(),
+        store_failing: false,
         cursor: 0,
         retry: None,
         last_heard: Instant::now(),
@@ -233,7 +240,7 @@ impl Link<'_> {
         let mut usage = self.signals.usage.subscribe();
         self.pump(ws).await?;
         loop {
-            let window_open = self.in_flight.len() < self.config.max_in_flight;
+            let window_open = self.unacknowledged() < self.config.max_in_flight;
             let retry_at = self.retry.map(|(_, at)| at);
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -241,9 +248,6 @@ impl Link<'_> {
                     self.last_heard = Instant::now();
                     match message {
                         Some(Ok(Message::Binary(bytes))) => self.inbound(ws, &bytes).await?,
-                        Some(Ok(Message::Close(Some(close)))) if close.reason.as_str() == CERTIFICATE_REVOKED => {
-                            return Err(LinkError::Revoked("the cloud closed the session".into()));
-                        }
                         Some(Ok(Message::Close(close))) => return Err(lost(format!("the cloud closed the connection: {close:?}"))),
                         None => return Err(lost("the cloud closed the connection")),
                         Some(Ok(_)) => {}
@@ -319,22 +323,50 @@ impl Link<'_> {
         self.send(ws, &frame).await
     }
 
-    /// Sends outbox entries after the cursor while the window has room.
+    /// Reports awaiting their ack.
+    fn unacknowledged(&self) -> usize {
+        self.in_flight.len() + self.held_in_flight.len()
+    }
+
+    /// Sends outbox entries after the cursor while the window has room, then the reports
+    /// waiting in memory (a full disk) not sent yet on this connection: the cloud still hears
+    /// of the lease, the node and the pods. An entry of the database whose key has a newer
+    /// report in memory is skipped; the newer one replaces it there once written.
     async fn pump(&mut self, ws: &mut Ws) -> Result<(), LinkError> {
-        let room = self
+        let mut room = self
             .config
             .max_in_flight
-            .saturating_sub(self.in_flight.len());
+            .saturating_sub(self.unacknowledged());
         if room == 0 {
             return Ok(());
         }
+        let held = self.outbox.held();
         let entries = self.outbox.pending(self.cursor, room)?;
         for entry in entries {
+            self.cursor = self.cursor.max(entry.seq);
+            if held.iter().any(|h| h.key == entry.key) {
+                continue;
+            }
             let id = self.id();
             let frame = reports::frame(id, &entry.key, entry.operation, &entry.payload);
             self.send(ws, &frame).await?;
-            self.cursor = self.cursor.max(entry.seq);
             self.in_flight.insert(id, (entry.key, entry.seq));
+            room -= 1;
+        }
+        for report in held {
+            if room == 0 {
+                break;
+            }
+            if self.held_sent.get(&report.key) == Some(&report.generation) {
+                continue;
+            }
+            let id = self.id();
+            let frame = reports::frame(id, &report.key, report.operation, &report.payload);
+            self.send(ws, &frame).await?;
+            self.held_sent.insert(report.key.clone(), report.generation);
+            self.held_in_flight
+                .insert(id, (report.key, report.generation));
+            room -= 1;
         }
         Ok(())
     }
@@ -383,6 +415,9 @@ impl Link<'_> {
         match frame.operation {
             Operation::Insert | Operation::Update | Operation::Delete => match self.store(&frame) {
                 Ok(()) => {
+                    if std::mem::take(&mut self.store_failing) {
+                        tracing::info!("objects from the cloud are stored again");
+                    }
                     let id = self.id();
                     self.send(ws, &Envelope::ack(id, frame.id)).await?;
                     let kind = frame.resource.as_ref().map(|r| r.kind);
@@ -395,11 +430,28 @@ impl Link<'_> {
                     }
                     Ok(())
                 }
+                Err(("StoreFailed", message)) => {
+                    // The cloud sends it again shortly: said once, not at every try.
+                    if !std::mem::replace(&mut self.store_failing, true) {
+                        tracing::warn!(
+                            message,
+                            "cannot store objects from the cloud (is the disk full?); the cloud sends them again until they are stored"
+                        );
+                    }
+                    let id = self.id();
+                    self.send(ws, &Envelope::error(id, frame.id, "StoreFailed", &message))
+                        .await
+                }
                 Err((reason, message)) => self.refuse(ws, frame.id, reason, &message).await,
             },
             Operation::Ack => {
                 if let Some((key, seq)) = frame.parent.and_then(|p| self.in_flight.remove(&p)) {
                     self.outbox.acknowledge(&key, seq)?;
+                }
+                // A report sent from memory stays there until the database takes it (and it
+                // is sent once more then): dropped now, an older entry of its key could follow.
+                if let Some(parent) = frame.parent {
+                    self.held_in_flight.remove(&parent);
                 }
                 Ok(())
             }
@@ -415,11 +467,22 @@ impl Link<'_> {
                         reason: String::new(),
                         message: frame.payload.to_string(),
                     });
-                if payload.reason == CERTIFICATE_REVOKED {
-                    return Err(LinkError::Revoked(payload.message));
-                }
                 if let Some(reply) = frame.parent.and_then(|p| self.queries.remove(&p)) {
                     let _ = reply.send(Err(format!("{}: {}", payload.reason, payload.message)));
+                    return Ok(());
+                }
+                if let Some((key, generation)) =
+                    frame.parent.and_then(|p| self.held_in_flight.remove(&p))
+                {
+                    if RETRYABLE.contains(&payload.reason.as_str()) {
+                        self.held_sent.remove(&key);
+                        let at = Instant::now() + RETRY_AFTER;
+                        let from = self.cursor;
+                        self.retry = Some(self.retry.map_or((from, at), |(f, a)| (f.min(from), a)));
+                    } else {
+                        tracing::warn!(%key, reason = payload.reason, message = payload.message, "the cloud refused a report; dropped");
+                        self.outbox.forget_held(&key, generation);
+                    }
                     return Ok(());
                 }
                 let Some((key, seq)) = frame.parent.and_then(|p| self.in_flight.remove(&p)) else {

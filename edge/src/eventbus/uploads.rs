@@ -151,11 +151,11 @@ impl Uploads {
             return Ok(false);
         }
         let upload = serde_json::to_value(Upload::new(topic_name, payload)).unwrap_or_default();
-        let appended = self
+        let (_, dropped) = self
             .outbox
-            .append(ResourceKind::Upload, &upload, self.cap)?;
+            .queue_appended(ResourceKind::Upload, &upload, self.cap);
         self.signals.outbox_changed.notify_one();
-        if appended.dropped {
+        if dropped {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(

@@ -4,8 +4,10 @@
 //! WAL with `synchronous=NORMAL`: a committed write survives the process being killed (kill -9,
 //! a crash), which is what "stored before acknowledged" needs; only a power cut can lose the
 //! last commits, and the cloud's resync brings those back. Every call is a short synchronous
-//! statement on a shared connection; callers run them inline.
+//! statement on a shared connection; callers run them inline. Reports the database cannot take
+//! (a full disk) wait in memory ([`held`]) until it can.
 
+mod held;
 mod meta;
 mod outbox;
 mod twins;
@@ -16,8 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use rusqlite::Connection;
 use wedge_core::state::StateLock;
 
+pub use held::HeldReport;
 pub use meta::{Applied, MetaStore, StoredObject};
-pub use outbox::{Appended, Outbox, OutboxEntry};
+pub use outbox::{Appended, Outbox, OutboxEntry, Queued};
 pub use twins::{StoredTwin, TwinStore};
 
 /// The schema's version, in `PRAGMA user_version`.
@@ -123,6 +126,8 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Database {
     conn: Arc<Mutex<Connection>>,
+    /// Reports it could not take, shared by every [`Outbox`] of it ([`held`]).
+    held: Arc<HeldReports>,
     /// Held while any clone lives: one process per database (none for [`Database::inspect`]).
     _lock: Option<Arc<StateLock>>,
 }
@@ -156,6 +161,7 @@ impl Database {
         migrate(&mut conn, path)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            held: Arc::default(),
             _lock: Some(Arc::new(lock)),
         })
     }
@@ -173,6 +179,7 @@ impl Database {
             .map_err(open_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            held: Arc::default(),
             _lock: None,
         })
     }
@@ -195,6 +202,52 @@ impl Database {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Taken before [`Database::conn`] where both are, never after.
+    fn held(&self) -> MutexGuard<'_, held::Held> {
+        self.held
+            .reports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes every outbox write fail as on a full disk (SQLITE_FULL), or work again.
+    #[cfg(test)]
+    pub(crate) fn set_full(&self, full: bool) {
+        self.held
+            .full
+            .store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Fails as a full disk does while [`Database::set_full`] says so.
+    #[cfg(test)]
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.held.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Sql {
+                doing: "writing (a full disk, in a test)".into(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    None,
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[inline]
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The reports a database could not take, and the wake-up of their retry.
+#[derive(Debug, Default)]
+struct HeldReports {
+    reports: Mutex<held::Held>,
+    changed: tokio::sync::Notify,
+    #[cfg(test)]
+    full: std::sync::atomic::AtomicBool,
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`] in one transaction: a crash midway leaves the old

@@ -4,10 +4,16 @@
 //! status, not its history) and takes a new sequence number, so entries leave in the order of
 //! their latest change. An acknowledgement removes an entry only if it still has the sequence
 //! that was sent: a report replaced while its predecessor was in flight is not lost.
+//!
+//! [`Outbox::queue`] and [`Outbox::queue_appended`] are how the edge reports: what the
+//! database cannot take (a full disk) waits in memory ([`super::held`]) and is written by the
+//! next write that succeeds or by [`Outbox::retry`]; an acknowledgement it cannot write waits
+//! there too.
 
 use rusqlite::{OptionalExtension, params};
 use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
 
+use super::held::{HeldReport, Waiting};
 use super::{Database, StoreError, sql};
 
 /// A report waiting for the cloud's acknowledgement.
@@ -48,6 +54,15 @@ pub struct Appended {
     pub seq: u64,
     /// Whether the oldest entry of its kind was dropped to make room.
     pub dropped: bool,
+}
+
+/// Where [`Outbox::queue`] put a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// In the database.
+    Stored,
+    /// In memory: the database refused it, or others wait before it.
+    Held,
 }
 
 /// The next value of a counter that never goes back, even when the table empties, so numbers
@@ -92,6 +107,7 @@ impl Outbox {
         operation: Operation,
         payload: &serde_json::Value,
     ) -> Result<u64, StoreError> {
+        self.db.writable()?;
         let mut conn = self.db.conn();
         let tx = conn
             .transaction()
@@ -111,6 +127,7 @@ impl Outbox {
         payload: &serde_json::Value,
         cap: usize,
     ) -> Result<Appended, StoreError> {
+        self.db.writable()?;
         let mut conn = self.db.conn();
         let tx = conn
             .transaction()
@@ -145,6 +162,8 @@ impl Outbox {
 
     /// Up to `limit` entries with a sequence above `after`, oldest first.
     pub fn pending(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        // Before the connection: the lock order is held, then connection.
+        let acked = self.db.held().acks.clone();
         let conn = self.db.conn();
         let mut statement = conn
             .prepare_cached(
@@ -184,11 +203,19 @@ impl Outbox {
                     payload: decode(&payload, "report", &display)?,
                 })
             })
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .map_or(true, |e| !acked.contains(&(e.key.clone(), e.seq)))
+            })
             .collect()
     }
 
     /// The payload queued for `key`, if a report waits for it.
     pub fn get(&self, key: &ObjectKey) -> Result<Option<serde_json::Value>, StoreError> {
+        if let Some(held) = self.db.held().get(key) {
+            return Ok(Some(held.payload));
+        }
         let text: Option<String> = self
             .db
             .conn()
@@ -203,8 +230,24 @@ impl Outbox {
             .transpose()
     }
 
-    /// Removes the entry of `key` if it still has `seq`. Returns whether it did.
+    /// Removes the entry of `key` if it still has `seq`. Returns whether it did. When the
+    /// database cannot take the deletion (a full disk), the entry is held back from
+    /// [`Outbox::pending`] and deleted at the next [`Outbox::retry`].
     pub fn acknowledge(&self, key: &ObjectKey, seq: u64) -> Result<bool, StoreError> {
+        match self.delete(key, seq) {
+            Ok(removed) => Ok(removed),
+            Err(error) => {
+                let mut held = self.db.held();
+                held.refused(&error);
+                held.acks.insert((key.clone(), seq));
+                self.db.held.changed.notify_one();
+                Ok(true)
+            }
+        }
+    }
+
+    fn delete(&self, key: &ObjectKey, seq: u64) -> Result<bool, StoreError> {
+        self.db.writable()?;
         let removed = self
             .db
             .conn()
@@ -221,8 +264,132 @@ impl Outbox {
         Ok(removed > 0)
     }
 
-    /// How many reports wait.
+    /// Queues a report as [`Outbox::put`] does; when the database cannot take it, it waits in
+    /// memory (replacing any waiting for its key) and is written with the next write that
+    /// succeeds. Never fails: the first refusal of a stretch is logged, not each report.
+    pub fn queue(
+        &self,
+        key: &ObjectKey,
+        operation: Operation,
+        payload: &serde_json::Value,
+    ) -> Queued {
+        let mut held = self.db.held();
+        if held.is_empty() {
+            match self.put(key, operation, payload) {
+                Ok(_) => {
+                    held.settle();
+                    return Queued::Stored;
+                }
+                Err(error) => {
+                    held.refused(&error);
+                    held.put(key.clone(), operation, payload.clone());
+                    self.db.held.changed.notify_one();
+                    return Queued::Held;
+                }
+            }
+        }
+        // Behind those waiting, so that reports reach the database in the order they came.
+        held.put(key.clone(), operation, payload.clone());
+        self.write_held(&mut held)
+    }
+
+    /// Appends a report as [`Outbox::append`] does, or keeps it in memory as
+    /// [`Outbox::queue`] does (at most `cap` uploads wait there too). Returns where it went,
+    /// and whether the oldest queued in the database was dropped for it.
+    pub fn queue_appended(
+        &self,
+        kind: ResourceKind,
+        payload: &serde_json::Value,
+        cap: usize,
+    ) -> (Queued, bool) {
+        let mut held = self.db.held();
+        if held.is_empty() {
+            match self.append(kind, payload, cap) {
+                Ok(appended) => {
+                    held.settle();
+                    return (Queued::Stored, appended.dropped);
+                }
+                Err(error) => {
+                    held.refused(&error);
+                    held.append(kind, payload.clone(), cap);
+                    self.db.held.changed.notify_one();
+                    return (Queued::Held, false);
+                }
+            }
+        }
+        held.append(kind, payload.clone(), cap);
+        (self.write_held(&mut held), false)
+    }
+
+    /// Writes what waits in memory, oldest first, up to the first refusal.
+    fn write_held(&self, held: &mut super::held::Held) -> Queued {
+        let acks: Vec<(ObjectKey, u64)> = held.acks.iter().cloned().collect();
+        for (key, seq) in acks {
+            if self.delete(&key, seq).is_err() {
+                self.db.held.changed.notify_one();
+                return Queued::Held;
+            }
+            held.acks.remove(&(key, seq));
+        }
+        while let Some((generation, waiting)) = held.first() {
+            let written = match waiting {
+                Waiting::Put {
+                    key,
+                    operation,
+                    payload,
+                } => self.put(key, *operation, payload).map(drop),
+                Waiting::Append { kind, payload, cap } => {
+                    self.append(*kind, payload, *cap).map(drop)
+                }
+            };
+            if written.is_err() {
+                self.db.held.changed.notify_one();
+                return Queued::Held;
+            }
+            held.remove(generation);
+        }
+        held.settle();
+        Queued::Stored
+    }
+
+    /// Writes what waits in memory into the database. Returns how many reports it wrote;
+    /// `Queued::Held` when some still wait.
+    pub fn retry(&self) -> (usize, Queued) {
+        let mut held = self.db.held();
+        let before = held.len();
+        let queued = self.write_held(&mut held);
+        (before - held.len(), queued)
+    }
+
+    /// The reports waiting in memory that have keys (not uploads), oldest first, for EdgeHub
+    /// to send over a live connection.
+    pub fn held(&self) -> Vec<HeldReport> {
+        self.db.held().reports()
+    }
+
+    /// Forgets a report waiting in memory if it is still of `generation` (the cloud refused
+    /// it for good).
+    pub fn forget_held(&self, key: &ObjectKey, generation: u64) {
+        let mut held = self.db.held();
+        if held.get(key).is_some_and(|r| r.generation == generation) {
+            // The stretch ends with the next write that succeeds, not here.
+            held.remove(generation);
+        }
+    }
+
+    /// Whether anything waits in memory (reports or acknowledgements).
+    pub fn is_holding(&self) -> bool {
+        !self.db.held().is_empty()
+    }
+
+    /// Resolves when something new waits in memory ([`crate::reports::retry_held`]).
+    pub async fn held_changed(&self) {
+        self.db.held.changed.notified().await;
+    }
+
+    /// How many reports wait, in the database and in memory.
     pub fn len(&self) -> Result<usize, StoreError> {
+        let held = self.db.held().len();
         let n: i64 = self
             .db
             .conn()
@@ -230,7 +397,7 @@ impl Outbox {
             .optional()
             .map_err(sql("counting the outbox"))?
             .unwrap_or(0);
-        Ok(usize::try_from(n).unwrap_or(0))
+        Ok(usize::try_from(n).unwrap_or(0) + held)
     }
 
     /// Whether no report waits.
@@ -337,5 +504,127 @@ mod tests {
             .map(|e| e.payload)
             .collect();
         assert_eq!(payloads, [json!("status"), json!(2), json!(3), json!(4)]);
+    }
+
+    fn lease(node: &str) -> ObjectKey {
+        ObjectKey {
+            kind: ResourceKind::Lease,
+            namespace: String::new(),
+            name: node.into(),
+        }
+    }
+
+    #[test]
+    fn reports_a_full_disk_refuses_wait_in_memory_coalesced_and_are_written_in_order_with_the_next_write_that_succeeds()
+     {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(&dir.path().join("edge.db")).expect("open");
+        let outbox = db.outbox();
+        assert_eq!(
+            outbox.queue(&key("a"), Operation::Update, &json!("a1")),
+            Queued::Stored
+        );
+        db.set_full(true);
+        assert_eq!(
+            outbox.queue(&lease("n"), Operation::Update, &json!(1)),
+            Queued::Held
+        );
+        outbox.queue(&key("a"), Operation::Update, &json!("a2"));
+        outbox.queue(&lease("n"), Operation::Update, &json!(2));
+        // What waits in memory, newest per key, in the order of the latest change; the
+        // database still holds the older status of `a`, which a reader of `get` does not see.
+        let held: Vec<(String, serde_json::Value)> = outbox
+            .held()
+            .into_iter()
+            .map(|h| (h.key.name, h.payload))
+            .collect();
+        assert_eq!(held, [("a".into(), json!("a2")), ("n".into(), json!(2))]);
+        assert_eq!(outbox.get(&key("a")).expect("get"), Some(json!("a2")));
+        assert_eq!(
+            outbox.len().expect("len"),
+            3,
+            "one in the database, two in memory"
+        );
+        assert_eq!(outbox.retry(), (0, Queued::Held), "the disk is still full");
+        db.set_full(false);
+        // The next report written writes those waiting first.
+        assert_eq!(
+            outbox.queue(&key("b"), Operation::Update, &json!("b1")),
+            Queued::Stored
+        );
+        assert!(!outbox.is_holding());
+        assert!(outbox.held().is_empty());
+        let order: Vec<(String, serde_json::Value)> = outbox
+            .pending(0, 10)
+            .expect("pending")
+            .into_iter()
+            .map(|e| (e.key.name, e.payload))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("a".into(), json!("a2")),
+                ("n".into(), json!(2)),
+                ("b".into(), json!("b1"))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_acknowledgement_a_full_disk_refuses_hides_the_entry_until_it_is_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(&dir.path().join("edge.db")).expect("open");
+        let outbox = db.outbox();
+        let seq = outbox
+            .put(&key("a"), Operation::Update, &json!(1))
+            .expect("put");
+        outbox
+            .put(&key("b"), Operation::Update, &json!(1))
+            .expect("put");
+        db.set_full(true);
+        assert!(outbox.acknowledge(&key("a"), seq).expect("ack"));
+        let names: Vec<String> = outbox
+            .pending(0, 10)
+            .expect("pending")
+            .into_iter()
+            .map(|e| e.key.name)
+            .collect();
+        assert_eq!(names, ["b"], "not sent again after its ack");
+        assert!(outbox.is_holding());
+        db.set_full(false);
+        assert_eq!(outbox.retry(), (0, Queued::Stored));
+        assert!(!outbox.is_holding());
+        let reopened = Database::inspect(&dir.path().join("edge.db"))
+            .expect("inspect")
+            .outbox();
+        assert_eq!(
+            reopened.len().expect("len"),
+            1,
+            "the row is gone from the file"
+        );
+    }
+
+    #[test]
+    fn uploads_a_full_disk_refuses_wait_up_to_their_cap_and_get_keys_when_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(&dir.path().join("edge.db")).expect("open");
+        let outbox = db.outbox();
+        db.set_full(true);
+        for i in 0..4 {
+            assert_eq!(
+                outbox.queue_appended(ResourceKind::Upload, &json!(i), 3),
+                (Queued::Held, false)
+            );
+        }
+        assert!(outbox.held().is_empty(), "uploads are not sent from memory");
+        db.set_full(false);
+        assert_eq!(outbox.retry(), (3, Queued::Stored));
+        let payloads: Vec<serde_json::Value> = outbox
+            .pending(0, 10)
+            .expect("pending")
+            .into_iter()
+            .map(|e| e.payload)
+            .collect();
+        assert_eq!(payloads, [json!(1), json!(2), json!(3)]);
     }
 }

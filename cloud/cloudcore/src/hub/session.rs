@@ -55,6 +55,9 @@ struct Resync {
 
 type Ws<S> = WebSocketStream<S>;
 
+/// How long after the edge could not store an object (`StoreFailed`) it is sent again.
+const STORE_RETRY: Duration = Duration::from_secs(2);
+
 async fn send<S>(ws: &mut Ws<S>, frame: &Envelope) -> Result<usize, ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -112,11 +115,10 @@ where
 
 /// Runs the session of the edge whose certificate names `node`, until the edge leaves, a newer
 /// connection of it replaces this one, or the hub shuts down.
-pub async fn run<S>(mut ws: Ws<S>, identity: super::identity::EdgeIdentity, ctx: Arc<HubContext>)
+pub async fn run<S>(mut ws: Ws<S>, node: String, ctx: Arc<HubContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let node = identity.node.clone();
     let (hello, hello_id) = match hello(&mut ws).await {
         Ok(h) => h,
         Err(message) => {
@@ -141,13 +143,7 @@ where
         return;
     }
     ctx.desired.ready().await;
-    let (handle, stream_frames) =
-        ctx.sessions
-            .register(&node, identity.certificate.clone(), &ctx.shutdown);
-    // Revoked between the upgrade and now: the revocation closed the sessions it found, so
-    // this one is looked at again.
-    ctx.sessions
-        .close_revoked(&node, |c| ctx.join.certificates.check(&node, c));
+    let (handle, stream_frames) = ctx.sessions.register(&node, &ctx.shutdown);
     ctx.metrics.connected_edges.inc();
     tracing::info!(
         node,
@@ -174,11 +170,7 @@ where
         last_heard: Instant::now(),
     };
     let _ = session.order.accept(hello_id);
-    let mut outcome = session.serve(&mut ws, hello, stream_frames).await;
-    let revoked = handle.revoked();
-    if revoked.is_some() {
-        outcome = "its certificate was revoked";
-    }
+    let outcome = session.serve(&mut ws, hello, stream_frames).await;
     tracing::info!(node, outcome, "edge session ended");
     ctx.sessions.unregister(&handle);
     ctx.metrics.usage.forget(&node, handle.connection);
@@ -188,24 +180,7 @@ where
         &format!("the connection to node {node} ended: {outcome}"),
     ));
     ctx.metrics.connected_edges.dec();
-    match revoked {
-        // The edge is told why, once, and stops dialling with this certificate.
-        Some(message) => {
-            let id = session.id();
-            let reason = crate::join::certificates::REVOKED;
-            ctx.metrics.refused(&node, reason);
-            let _ = send(&mut ws, &Envelope::error(id, 0, reason, &message)).await;
-            let _ = ws
-                .close(Some(CloseFrame {
-                    code: CloseCode::Policy,
-                    reason: reason.into(),
-                }))
-                .await;
-        }
-        None => {
-            let _ = ws.close(None).await;
-        }
-    }
+    let _ = ws.close(None).await;
 }
 
 struct Session {
@@ -271,7 +246,7 @@ impl Session {
         let query_answers = answer_tx.clone();
         let writer = tokio::spawn(write_reports(
             self.ctx.clone(),
-            self.handle.clone(),
+            self.node.clone(),
             report_rx,
             answer_tx,
         ));
@@ -518,8 +493,24 @@ impl Session {
                 }
             }
             Operation::Error => {
+                let store_failed =
+                    frame.payload.get("reason").and_then(|r| r.as_str()) == Some("StoreFailed");
                 if let Some(failed) = frame.parent.and_then(|p| self.in_flight.remove(&p)) {
-                    tracing::warn!(node = self.node, key = %failed.key, payload = %frame.payload, "the edge refused a frame; it is sent again at its next change or resync");
+                    if store_failed {
+                        // The edge could not store it (a full disk, say): sent again shortly,
+                        // with its newest version, until the edge takes it, not only at its
+                        // next change. The edge logs its full disk itself.
+                        tracing::debug!(node = self.node, key = %failed.key, payload = %frame.payload, "the edge could not store a frame; sent again shortly");
+                        let handle = self.handle.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                () = handle.closed.cancelled() => {}
+                                () = tokio::time::sleep(STORE_RETRY) => handle.mark(failed.key),
+                            }
+                        });
+                    } else {
+                        tracing::warn!(node = self.node, key = %failed.key, payload = %frame.payload, "the edge refused a frame; it is sent again at its next change or resync");
+                    }
                 } else {
                     tracing::warn!(node = self.node, payload = %frame.payload, "the edge reported an error");
                 }
@@ -603,24 +594,11 @@ const MAX_QUERIES: usize = 16;
 /// or an error frame (whose id the session fills in).
 async fn write_reports(
     ctx: Arc<HubContext>,
-    handle: Arc<SessionHandle>,
+    node: String,
     mut reports: mpsc::Receiver<Envelope>,
     answers: mpsc::Sender<Envelope>,
 ) {
-    let node = handle.node.clone();
     while let Some(frame) = reports.recv().await {
-        // Nothing more is written for a certificate revoked meanwhile (its session is closing).
-        if let Err(message) = ctx.join.certificates.check(&node, &handle.certificate) {
-            let reason = crate::join::certificates::REVOKED;
-            if answers
-                .send(Envelope::error(0, frame.id, reason, &message))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            continue;
-        }
         let answer = match ctx.upstream.apply(&node, &frame).await {
             Ok(()) => Envelope::ack(0, frame.id),
             Err(error) => {
