@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::token::TokenCommand,
     },
+    /// Edge nodes' identities: revoke a node's certificates, list them.
+    Node {
+        #[command(subcommand)]
+        command: commands::node::NodeCommand,
+    },
     /// Write a kubeconfig for a user of the embedded API server (a client certificate; RBAC
     /// decides what the user may do).
     Kubeconfig(commands::kubeconfig::KubeconfigArgs),
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
             Command::Controllers(args) => commands::controllers::run(args).await,
             Command::Up(args) => commands::up::run(&cli.root, args).await,
             Command::Token { command } => commands::token::run(&cli.root, command).await,
+            Command::Node { command } => commands::node::run(&cli.root, command).await,
             Command::Kubeconfig(args) => commands::kubeconfig::run(&cli.root, &args),
             Command::Rbac => commands::rbac::run(),
         }

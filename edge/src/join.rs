@@ -55,9 +55,14 @@ pub enum JoinError {
         /// The presented CA's hash.
         got: String,
     },
-    /// The cloud refused (bad token, bad node name...): its message says why.
+    /// The cloud refused (bad token, bad node name, a node name in use...): its message says
+    /// why.
     #[error("the cloud refused: {0}")]
     Refused(String),
+    /// The cloud revoked this edge's certificate (its Node was deleted, the node joined again
+    /// elsewhere, or an operator revoked it): only a new join helps.
+    #[error("the cloud revoked this edge's certificate: {0}")]
+    Revoked(String),
     /// The cloud answered something unexpected.
     #[error("unexpected answer from the cloud at {cloud}: {message}")]
     Protocol {
@@ -89,6 +94,8 @@ struct JoinResponse {
 
 #[derive(Deserialize)]
 struct Refusal {
+    #[serde(default)]
+    reason: String,
     message: String,
 }
 
@@ -251,10 +258,13 @@ fn key_and_csr(node: &str) -> Result<(KeyPair, String), JoinError> {
 }
 
 fn refusal(status: StatusCode, body: &[u8]) -> JoinError {
-    let message = serde_json::from_slice::<Refusal>(body)
-        .map(|r| r.message)
-        .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(body)));
-    JoinError::Refused(message)
+    match serde_json::from_slice::<Refusal>(body) {
+        Ok(r) if r.reason == wedge_core::protocol::messages::CERTIFICATE_REVOKED => {
+            JoinError::Revoked(r.message)
+        }
+        Ok(r) => JoinError::Refused(r.message),
+        Err(_) => JoinError::Refused(format!("{status}: {}", String::from_utf8_lossy(body))),
+    }
 }
 
 fn accept(cloud: &str, status: StatusCode, body: &[u8]) -> Result<JoinResponse, JoinError> {

@@ -37,6 +37,11 @@ pub async fn run(cloud: String, creds: EdgeCredentials, shutdown: CancellationTo
         }
         match crate::join::renew(&cloud, &creds).await {
             Ok(()) => tracing::info!("renewed this edge's certificate"),
+            // Will not heal: said once (EdgeHub says it too), not retried.
+            Err(error @ crate::join::JoinError::Revoked(_)) => {
+                tracing::error!(%error, "renewal refused; this edge must join again with a new token (wedge token create --node <this node>)");
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%error, "renewing the certificate failed; retrying in a minute");
                 tokio::select! {

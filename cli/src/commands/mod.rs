@@ -4,6 +4,7 @@ pub mod apiserver;
 pub mod controllers;
 pub mod image;
 pub mod kubeconfig;
+pub mod node;
 pub mod rbac;
 pub mod token;
 pub mod up;

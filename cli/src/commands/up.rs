@@ -271,8 +271,23 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let edge_root = root.join("edge");
     let creds = EdgeCredentials::new(edge_root.join("pki"));
-    if !creds.exists() {
-        let cert = cloudcore.issue_edge_certificate(&args.node)?;
+    // The local edge's certificate is the operator's to give: a new one when there is none,
+    // or when the one it has was revoked (its Node deleted, or `wedge node revoke`).
+    let revoked = creds.exists()
+        && match std::fs::read_to_string(creds.cert_path()) {
+            Ok(pem) => match cloudcore.edge_certificate_usable(&pem) {
+                Ok(()) => false,
+                Err(why) => {
+                    eprintln!(
+                        "the local edge's certificate is no longer valid ({why}): issuing a new one"
+                    );
+                    true
+                }
+            },
+            Err(_) => false,
+        };
+    if !creds.exists() || revoked {
+        let cert = cloudcore.issue_edge_certificate(&args.node).await?;
         creds
             .save(cloudcore.ca_pem(), &cert.cert_pem, &cert.key_pem)
             .with_context(|| {

@@ -15,6 +15,7 @@ mod devices_cloud;
 mod devices_edge;
 mod edge_full_disk;
 mod jobs;
+mod node_identity;
 mod real_cluster;
 mod router;
 mod services;

@@ -101,6 +101,9 @@ pub enum CloudCoreError {
     /// CloudStream could not start.
     #[error(transparent)]
     Stream(#[from] cloudstream::StreamError),
+    /// The records of edges' certificates could not be read, or one could not be written.
+    #[error("edge certificates: {0}")]
+    Certificates(#[from] join::JoinError),
     /// The metrics listener.
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -123,6 +126,7 @@ pub struct CloudCore {
     stream_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     pki: Arc<Pki>,
+    certificates: Arc<join::certificates::Certificates>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     watches: JoinSet<()>,
@@ -171,6 +175,13 @@ impl CloudCore {
             router::Router::new(client.clone(), &desired, routes_changed, shutdown.clone())?;
         let tasks = TaskTracker::new();
         tasks.spawn(router.clone().run());
+        let certificates = join::certificates::Certificates::start(
+            client.clone(),
+            sessions.clone(),
+            &tasks,
+            &shutdown,
+        )
+        .await?;
         let metrics = Arc::new(Metrics::default());
         let (stream_addr, kubelet_endpoint) = match &config.stream {
             Some(settings) => {
@@ -189,14 +200,17 @@ impl CloudCore {
         };
         let ctx = Arc::new(HubContext {
             settings: config.hub.clone(),
-            upstream: Upstream::new(client.clone(), desired.clone(), router, kubelet_endpoint),
+            upstream: Upstream::new(client.clone(), desired.clone(), router, kubelet_endpoint)
+                .with_certificates(certificates.clone()),
             desired,
-            sessions,
+            sessions: sessions.clone(),
             metrics: metrics.clone(),
             join: join::JoinContext {
                 client,
                 pki: pki.clone(),
                 cert_validity: config.cert_validity,
+                certificates: certificates.clone(),
+                sessions,
             },
             shutdown: shutdown.clone(),
         });
@@ -233,6 +247,7 @@ impl CloudCore {
             stream_addr,
             metrics_addr,
             pki,
+            certificates,
             shutdown,
             tasks,
             watches,
@@ -265,11 +280,31 @@ impl CloudCore {
     }
 
     /// Issues a client certificate for the edge `node`, as joining does, for edges provisioned
-    /// by the cloud's operator directly (the local edge of `wedge up`).
-    pub fn issue_edge_certificate(&self, node: &str) -> Result<CertifiedKey, CloudCoreError> {
-        self.pki
-            .issue_client(&format!("system:node:{node}"), &["system:nodes"])
-            .map_err(CloudCoreError::from)
+    /// by the cloud's operator directly (the local edge of `wedge up`). It is recorded as a
+    /// join's is, and the node's earlier certificates are revoked.
+    pub async fn issue_edge_certificate(&self, node: &str) -> Result<CertifiedKey, CloudCoreError> {
+        let certified = self
+            .pki
+            .issue_client(&format!("system:node:{node}"), &["system:nodes"])?;
+        let issued = join::signer::issued(&certified.cert_pem, "issued by wedge up".into())?;
+        self.certificates
+            .update(node, |record| {
+                let now = jiff::Timestamp::now();
+                record.revoke_all(now, "wedge up issued the node a new certificate", false);
+                record.add(issued.clone(), now);
+                Ok(true)
+            })
+            .await?;
+        Ok(certified)
+    }
+
+    /// Whether the edge certificate in `pem` may still be used (`Err`: why not).
+    pub fn edge_certificate_usable(&self, pem: &str) -> Result<(), String> {
+        let identity = wedge_apiserver::pki::pem_to_der(pem)
+            .and_then(|der| hub::identity::identity_of_certificate(&der))
+            .ok_or("not an edge certificate")?;
+        self.certificates
+            .check(&identity.node, &identity.certificate)
     }
 
     /// Closes every session and stops.

@@ -63,6 +63,11 @@ pub struct Welcome {
     pub max_in_flight: u32,
 }
 
+/// The reason CloudHub gives for a revoked (or no longer known) edge certificate: in the 403
+/// answering a connection or a renewal, and in the error frame and close frame ending a live
+/// session. An edge that gets it stops using the certificate: only a new join helps.
+pub const CERTIFICATE_REVOKED: &str = "CertificateRevoked";
+
 /// The payload of an error frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorPayload {

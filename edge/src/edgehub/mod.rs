@@ -73,6 +73,9 @@ pub enum LinkError {
         /// Its message.
         message: String,
     },
+    /// The cloud revoked the edge's certificate: dialling again with it cannot help.
+    #[error("the cloud revoked this edge's certificate: {0}")]
+    Revoked(String),
     /// The connection broke.
     #[error("connection lost: {0}")]
     Lost(String),
@@ -149,6 +152,12 @@ impl EdgeHub {
             };
             match outcome {
                 Ok(()) => return,
+                // Said once; the pods keep running, but nothing reaches the cloud until the
+                // edge joins again.
+                Err(error @ LinkError::Revoked(_)) => {
+                    tracing::error!(cloud = self.config.cloud, %error, "stopped connecting to the cloud: this edge must join again with a new token (remove its pki/ directory and start edgecore with --token from wedge token create --node <this node>)");
+                    return;
+                }
                 Err(error) => {
                     // A session that lasted a while resets the backoff.
                     if started.elapsed() > Duration::from_secs(30) {

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
-use wedge_core::protocol::messages::{ErrorPayload, Hello};
+use wedge_core::protocol::messages::{CERTIFICATE_REVOKED, ErrorPayload, Hello};
 use wedge_core::protocol::mux::{Mux, Role};
 use wedge_core::protocol::order::InboundOrder;
 use wedge_core::protocol::stream::{self, StreamFrame};
@@ -76,12 +76,15 @@ async fn dial(config: &EdgeHubConfig) -> Result<Ws, LinkError> {
         .await
         .map_err(|e| match e {
             tungstenite::Error::Http(response) => {
-                let body = response
+                let payload = response
                     .body()
                     .as_ref()
-                    .and_then(|b| serde_json::from_slice::<ErrorPayload>(b).ok())
-                    .map_or_else(|| response.status().to_string(), |p| p.message);
-                LinkError::Refused(body)
+                    .and_then(|b| serde_json::from_slice::<ErrorPayload>(b).ok());
+                match payload {
+                    Some(p) if p.reason == CERTIFICATE_REVOKED => LinkError::Revoked(p.message),
+                    Some(p) => LinkError::Refused(p.message),
+                    None => LinkError::Refused(response.status().to_string()),
+                }
             }
             other => LinkError::Connect(format!("WebSocket handshake with {cloud}: {other}")),
         })?;
@@ -248,6 +251,9 @@ impl Link<'_> {
                     self.last_heard = Instant::now();
                     match message {
                         Some(Ok(Message::Binary(bytes))) => self.inbound(ws, &bytes).await?,
+                        Some(Ok(Message::Close(Some(close)))) if close.reason.as_str() == CERTIFICATE_REVOKED => {
+                            return Err(LinkError::Revoked("the cloud closed the session".into()));
+                        }
                         Some(Ok(Message::Close(close))) => return Err(lost(format!("the cloud closed the connection: {close:?}"))),
                         None => return Err(lost("the cloud closed the connection")),
                         Some(Ok(_)) => {}
@@ -467,6 +473,9 @@ impl Link<'_> {
                         reason: String::new(),
                         message: frame.payload.to_string(),
                     });
+                if payload.reason == CERTIFICATE_REVOKED {
+                    return Err(LinkError::Revoked(payload.message));
+                }
                 if let Some(reply) = frame.parent.and_then(|p| self.queries.remove(&p)) {
                     let _ = reply.send(Err(format!("{}: {}", payload.reason, payload.message)));
                     return Ok(());

@@ -462,8 +462,13 @@ fn kubelet_api_admin() -> Vec<Value> {
 /// node-upgrade jobs, which Wedge's cloudcore never reads or writes.
 pub fn cloudcore_rules() -> Vec<Value> {
     vec![
-        // Edges register their Node and report its status.
-        rule(&[""], &["nodes"], &["create", "get", "patch"]),
+        // Edges register their Node and report its status; a deleted Node's certificates are
+        // revoked (the watch).
+        rule(
+            &[""],
+            &["nodes"],
+            &["create", "get", "list", "patch", "watch"],
+        ),
         rule(&[""], &["nodes/status"], &["patch"]),
         // Every edge's pods, what they mount and how they run; pods' status from edges, and
         // the final deletion once an edge confirms a pod is gone.
@@ -480,6 +485,10 @@ pub fn cloudcore_rules() -> Vec<Value> {
             READ,
         ),
         rule(&["node.k8s.io"], &["runtimeclasses"], READ),
+        // The records of the certificates issued to edges (ConfigMaps `edge-certificates.*` in
+        // kube-system), and single-use bootstrap tokens marked used.
+        rule(&[""], &["configmaps"], &["create", "update"]),
+        rule(&[""], &["secrets"], &["update"]),
         // Tokens for the ServiceAccounts of an edge's pods (their `kube-api-access` volumes),
         // bound to the pod; cloudcore checks the pod is the asking edge's.
         rule(&[""], &["serviceaccounts/token"], &["create"]),

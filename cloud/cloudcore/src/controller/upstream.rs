@@ -65,6 +65,8 @@ pub struct Upstream {
     router: Router,
     /// Where edges' Nodes say their kubelet is (CloudStream), if served.
     kubelet_endpoint: Option<KubeletEndpoint>,
+    /// The edges' certificates: a Node deleted is not registered again by its old identity.
+    certificates: Option<std::sync::Arc<crate::join::certificates::Certificates>>,
     /// The labels each node's edge was last refused, so each refusal is logged once.
     refused_labels:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>>,
@@ -92,7 +94,28 @@ impl Upstream {
             desired,
             router,
             kubelet_endpoint,
+            certificates: None,
             refused_labels: std::sync::Arc::default(),
+        }
+    }
+
+    /// Checks Node registrations against the edges' certificate records: an edge whose Node
+    /// was deleted is refused (and its certificates revoked) instead of registering it again.
+    pub fn with_certificates(
+        mut self,
+        certificates: std::sync::Arc<crate::join::certificates::Certificates>,
+    ) -> Self {
+        self.certificates = Some(certificates);
+        self
+    }
+
+    async fn node_seen(&self, node: &str, uid: Option<&str>) -> Result<(), UpstreamError> {
+        match &self.certificates {
+            Some(certificates) => certificates
+                .node_seen(node, uid)
+                .await
+                .map_err(UpstreamError::Forbidden),
+            None => Ok(()),
         }
     }
 
@@ -330,6 +353,7 @@ impl Upstream {
         let params = PatchParams::default();
         match nodes.get_opt(node).await? {
             None => {
+                self.node_seen(node, None).await?;
                 let new = Node {
                     metadata: ObjectMeta {
                         name: Some(node.to_owned()),
@@ -340,12 +364,18 @@ impl Upstream {
                     ..Node::default()
                 };
                 match nodes.create(&PostParams::default(), &new).await {
-                    Ok(_) => tracing::info!(node, "registered the edge's node"),
+                    Ok(created) => {
+                        tracing::info!(node, "registered the edge's node");
+                        self.node_seen(node, created.metadata.uid.as_deref())
+                            .await?;
+                    }
                     Err(e) if is_status(&e, 409) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
             Some(existing) => {
+                self.node_seen(node, existing.metadata.uid.as_deref())
+                    .await?;
                 let current = existing.metadata.labels.unwrap_or_default();
                 let annotated = existing.metadata.annotations.unwrap_or_default();
                 // The local storage label and annotation go when the edge stops offering it.

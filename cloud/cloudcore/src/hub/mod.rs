@@ -149,12 +149,12 @@ async fn connection(
     let Some(tls) = wedge_apiserver::listener::handshake(&acceptor, tcp, peer, "hub").await else {
         return;
     };
-    let node: Option<String> = tls
+    let node: Option<identity::EdgeIdentity> = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|c| identity::node_of_certificate(c));
+        .and_then(|c| identity::identity_of_certificate(c));
     let service = service_fn(move |req: Request<Incoming>| {
         let (ctx, node) = (ctx.clone(), node.clone());
         async move { Ok::<_, Infallible>(route(req, node, peer, ctx).await) }
@@ -183,7 +183,7 @@ fn json_response(status: StatusCode, reason: &str, message: &str) -> Response<Fu
 
 async fn route(
     req: Request<Incoming>,
-    node: Option<String>,
+    node: Option<identity::EdgeIdentity>,
     peer: SocketAddr,
     ctx: Arc<HubContext>,
 ) -> Response<Full<Bytes>> {
@@ -209,7 +209,7 @@ async fn route(
                 &path,
                 &parts.headers,
                 body,
-                node.as_deref(),
+                node.as_ref(),
             )
             .await
             {
@@ -224,7 +224,7 @@ async fn route(
 /// once the connection is upgraded.
 fn upgrade(
     mut req: Request<Incoming>,
-    node: Option<String>,
+    node: Option<identity::EdgeIdentity>,
     peer: SocketAddr,
     ctx: Arc<HubContext>,
 ) -> Response<Full<Bytes>> {
@@ -239,13 +239,29 @@ fn upgrade(
             .inc();
         json_response(status, reason, message)
     };
-    let Some(node) = node else {
+    let Some(identity) = node else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "CloudHub needs the edge's client certificate, which an edge gets by joining: run edgecore with --token (wedge token create makes one)",
         );
     };
+    // A revoked certificate (its Node deleted, its node joined again, or revoked by hand) is
+    // refused before anything else; the edge stops dialling.
+    if let Err(message) = ctx
+        .join
+        .certificates
+        .check(&identity.node, &identity.certificate)
+    {
+        ctx.metrics
+            .refused(&identity.node, crate::join::certificates::REVOKED);
+        tracing::warn!(%peer, node = identity.node, serial = identity.certificate.serial, "refused a revoked certificate");
+        return json_response(
+            StatusCode::FORBIDDEN,
+            crate::join::certificates::REVOKED,
+            &message,
+        );
+    }
     let headers = req.headers();
     let is_upgrade = headers
         .get(header::UPGRADE)
@@ -295,7 +311,7 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                session::run(ws, node, ctx).await;
+                session::run(ws, identity, ctx).await;
             }
             Err(e) => tracing::info!(%peer, "WebSocket upgrade failed: {e}"),
         }

@@ -115,10 +115,11 @@ where
 
 /// Runs the session of the edge whose certificate names `node`, until the edge leaves, a newer
 /// connection of it replaces this one, or the hub shuts down.
-pub async fn run<S>(mut ws: Ws<S>, node: String, ctx: Arc<HubContext>)
+pub async fn run<S>(mut ws: Ws<S>, identity: super::identity::EdgeIdentity, ctx: Arc<HubContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let node = identity.node.clone();
     let (hello, hello_id) = match hello(&mut ws).await {
         Ok(h) => h,
         Err(message) => {
@@ -143,7 +144,13 @@ where
         return;
     }
     ctx.desired.ready().await;
-    let (handle, stream_frames) = ctx.sessions.register(&node, &ctx.shutdown);
+    let (handle, stream_frames) =
+        ctx.sessions
+            .register(&node, identity.certificate.clone(), &ctx.shutdown);
+    // Revoked between the upgrade and now: the revocation closed the sessions it found, so
+    // this one is looked at again.
+    ctx.sessions
+        .close_revoked(&node, |c| ctx.join.certificates.check(&node, c));
     ctx.metrics.connected_edges.inc();
     tracing::info!(
         node,
@@ -170,7 +177,11 @@ where
         last_heard: Instant::now(),
     };
     let _ = session.order.accept(hello_id);
-    let outcome = session.serve(&mut ws, hello, stream_frames).await;
+    let mut outcome = session.serve(&mut ws, hello, stream_frames).await;
+    let revoked = handle.revoked();
+    if revoked.is_some() {
+        outcome = "its certificate was revoked";
+    }
     tracing::info!(node, outcome, "edge session ended");
     ctx.sessions.unregister(&handle);
     ctx.metrics.usage.forget(&node, handle.connection);
@@ -180,7 +191,24 @@ where
         &format!("the connection to node {node} ended: {outcome}"),
     ));
     ctx.metrics.connected_edges.dec();
-    let _ = ws.close(None).await;
+    match revoked {
+        // The edge is told why, once, and stops dialling with this certificate.
+        Some(message) => {
+            let id = session.id();
+            let reason = crate::join::certificates::REVOKED;
+            ctx.metrics.refused(&node, reason);
+            let _ = send(&mut ws, &Envelope::error(id, 0, reason, &message)).await;
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: reason.into(),
+                }))
+                .await;
+        }
+        None => {
+            let _ = ws.close(None).await;
+        }
+    }
 }
 
 struct Session {
@@ -246,7 +274,7 @@ impl Session {
         let query_answers = answer_tx.clone();
         let writer = tokio::spawn(write_reports(
             self.ctx.clone(),
-            self.node.clone(),
+            self.handle.clone(),
             report_rx,
             answer_tx,
         ));
@@ -594,11 +622,24 @@ const MAX_QUERIES: usize = 16;
 /// or an error frame (whose id the session fills in).
 async fn write_reports(
     ctx: Arc<HubContext>,
-    node: String,
+    handle: Arc<SessionHandle>,
     mut reports: mpsc::Receiver<Envelope>,
     answers: mpsc::Sender<Envelope>,
 ) {
+    let node = handle.node.clone();
     while let Some(frame) = reports.recv().await {
+        // Nothing more is written for a certificate revoked meanwhile (its session is closing).
+        if let Err(message) = ctx.join.certificates.check(&node, &handle.certificate) {
+            let reason = crate::join::certificates::REVOKED;
+            if answers
+                .send(Envelope::error(0, frame.id, reason, &message))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let answer = match ctx.upstream.apply(&node, &frame).await {
             Ok(()) => Envelope::ack(0, frame.id),
             Err(error) => {

@@ -17,6 +17,8 @@ use wedge_core::protocol::ObjectKey;
 use wedge_core::protocol::mux::{self, Mux, Stream};
 use wedge_core::protocol::stream::{StreamFrame, StreamRequest};
 
+use crate::join::certificates::Presented;
+
 /// Keys owed to one edge, oldest first, each at most once.
 #[derive(Debug, Default)]
 struct DirtyQueue {
@@ -33,13 +35,26 @@ pub struct SessionHandle {
     pub connection: u64,
     dirty: Mutex<DirtyQueue>,
     wake: Notify,
-    /// Cancelled when the session must end (replaced by a newer connection, or shutdown).
+    /// The client certificate the edge connected with.
+    pub certificate: Presented,
+    /// Cancelled when the session must end (replaced by a newer connection, its certificate
+    /// revoked, or shutdown).
     pub closed: CancellationToken,
+    /// Why it was closed, when the edge is to be told (a revoked certificate).
+    revoked: Mutex<Option<String>>,
     /// The byte streams (logs, exec, port-forward) on this connection.
     pub streams: Mux,
 }
 
 impl SessionHandle {
+    /// Why the session was closed for a revoked certificate, if it was.
+    pub fn revoked(&self) -> Option<String> {
+        self.revoked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Queues `key` to be sent, unless it is queued already (coalescing).
     pub fn mark(&self, key: ObjectKey) {
         let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
@@ -133,6 +148,7 @@ impl Sessions {
     pub fn register(
         &self,
         node: &str,
+        certificate: Presented,
         shutdown: &CancellationToken,
     ) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<StreamFrame>) {
         let (streams, frames) = Mux::new(mux::Role::Opener);
@@ -141,7 +157,9 @@ impl Sessions {
             connection: self.next_connection.fetch_add(1, Ordering::Relaxed) + 1,
             dirty: Mutex::default(),
             wake: Notify::new(),
+            certificate,
             closed: shutdown.child_token(),
+            revoked: Mutex::default(),
             streams,
         });
         self.left
@@ -158,6 +176,38 @@ impl Sessions {
             old.closed.cancel();
         }
         (handle, frames)
+    }
+
+    /// Closes `node`'s session if `check` refuses its certificate now, telling the edge why.
+    pub fn close_revoked(&self, node: &str, check: impl Fn(&Presented) -> Result<(), String>) {
+        let session = self
+            .by_node
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .cloned();
+        let Some(session) = session else { return };
+        if let Err(message) = check(&session.certificate) {
+            tracing::info!(
+                node,
+                serial = session.certificate.serial,
+                message,
+                "closing the session of a revoked certificate"
+            );
+            *session
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(message);
+            session.closed.cancel();
+        }
+    }
+
+    /// Whether `node`'s edge is connected now.
+    pub fn is_connected(&self, node: &str) -> bool {
+        self.by_node
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(node)
     }
 
     /// Opens a stream to `node`'s edge.
@@ -252,6 +302,13 @@ mod tests {
 
     use super::*;
 
+    fn cert(serial: &str) -> Presented {
+        Presented {
+            serial: serial.into(),
+            not_before: 0,
+        }
+    }
+
     fn key(name: &str) -> ObjectKey {
         ObjectKey {
             kind: ResourceKind::Pod,
@@ -264,7 +321,7 @@ mod tests {
     fn repeated_marks_coalesce_and_keep_their_first_place() {
         let sessions = Sessions::default();
         let shutdown = CancellationToken::new();
-        let (edge, _) = sessions.register("edge-1", &shutdown);
+        let (edge, _) = sessions.register("edge-1", cert("aa"), &shutdown);
         for name in ["a", "b", "a", "a", "c", "b"] {
             sessions.mark("edge-1", key(name));
         }
@@ -280,8 +337,8 @@ mod tests {
     fn a_newer_connection_closes_the_older_one() {
         let sessions = Sessions::default();
         let shutdown = CancellationToken::new();
-        let (first, _) = sessions.register("edge-1", &shutdown);
-        let (second, _) = sessions.register("edge-1", &shutdown);
+        let (first, _) = sessions.register("edge-1", cert("aa"), &shutdown);
+        let (second, _) = sessions.register("edge-1", cert("aa"), &shutdown);
         assert!(first.closed.is_cancelled());
         assert!(!second.closed.is_cancelled());
         sessions.unregister(&first);
@@ -314,7 +371,7 @@ mod tests {
                 .contains("has not connected since cloudcore started at"),
             "{never}"
         );
-        let (edge, _frames) = sessions.register("edge-1", &shutdown);
+        let (edge, _frames) = sessions.register("edge-1", cert("aa"), &shutdown);
         assert!(sessions.open_stream("edge-1", request()).is_ok());
         sessions.unregister(&edge);
         let gone = sessions.open_stream("edge-1", request()).expect_err("gone");
@@ -323,5 +380,24 @@ mod tests {
             gone.to_string().contains("its connection ended at"),
             "{gone}"
         );
+    }
+
+    #[test]
+    fn a_session_on_a_revoked_certificate_is_closed_with_the_reason() {
+        let sessions = Sessions::default();
+        let shutdown = CancellationToken::new();
+        let (edge, _frames) = sessions.register("edge-1", cert("aa"), &shutdown);
+        sessions.close_revoked("edge-1", |c| {
+            if c.serial == "bb" {
+                Err("bb is revoked".into())
+            } else {
+                Ok(())
+            }
+        });
+        assert!(!edge.closed.is_cancelled(), "another serial's revocation");
+        assert!(edge.revoked().is_none());
+        sessions.close_revoked("edge-1", |_| Err("revoked by hand".into()));
+        assert!(edge.closed.is_cancelled());
+        assert_eq!(edge.revoked().as_deref(), Some("revoked by hand"));
     }
 }

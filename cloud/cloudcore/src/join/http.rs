@@ -5,7 +5,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
-use super::{JoinContext, JoinError, signer, tokens};
+use super::{JoinContext, JoinError, admission, certificates, signer, tokens};
+use crate::hub::identity::EdgeIdentity;
 
 /// The CA, for anyone (edges check it against their token's hash).
 pub const CA_PATH: &str = "/v1/join/ca";
@@ -71,30 +72,117 @@ async fn join(
     let token = bearer(headers).ok_or(JoinError::MalformedToken)?;
     let request: JoinRequest =
         serde_json::from_slice(body).map_err(|e| JoinError::BadRequest(e.to_string()))?;
-    let id = tokens::validate(&ctx.client, token).await?;
-    let certificate = signer::sign_node_csr(
-        &ctx.pki,
-        &request.csr,
-        &request.node_name,
-        ctx.cert_validity,
-    )?;
-    tracing::info!(node = request.node_name, token = id, "an edge joined");
+    let token = tokens::validate(&ctx.client, token).await?;
+    let node = request.node_name.as_str();
+    if !signer::valid_node_name(node) {
+        return Err(JoinError::BadNodeName(node.to_owned()));
+    }
+    let taken = in_use(ctx, node).await?;
+    admission::admit(&token, node, taken.as_ref())?;
+    if token.binding.single_use {
+        tokens::consume(&ctx.client, &token, node).await?;
+    }
+    let certificate = signer::sign_node_csr(&ctx.pki, &request.csr, node, ctx.cert_validity)?;
+    let issued = signer::issued(&certificate, format!("join with token {}", token.id))?;
+    let serial = issued.serial.clone();
+    let reason = format!("node {node} joined again (token {})", token.id);
+    // Recorded at the version read, so that of two joins racing for a free name one is
+    // refused; the node's earlier certificates are revoked (their session, if any, closed), so
+    // an edge that was replaced cannot come back and fight for the name.
+    let may_replace = admission::may_replace(&token);
+    ctx.certificates
+        .update(node, |record| {
+            let now = jiff::Timestamp::now();
+            if !may_replace && let Some(held) = record.valid(now).next() {
+                return Err(JoinError::NodeTaken {
+                    node: node.to_owned(),
+                    why: admission::Taken::Certificate {
+                        serial: held.serial.clone(),
+                        not_after: held.not_after,
+                    }
+                    .to_string(),
+                });
+            }
+            record.revoke_all(now, &reason, false);
+            record.add(issued.clone(), now);
+            Ok(true)
+        })
+        .await?;
+    match &taken {
+        Some(why) => tracing::warn!(
+            node,
+            token = token.id,
+            serial,
+            %why,
+            "an edge joined as a node in use, as its token allows: the node's earlier certificates are revoked"
+        ),
+        None => tracing::info!(node, token = token.id, serial, "an edge joined"),
+    }
     Ok(JoinResponse {
         certificate,
         ca_certificate: ctx.pki.ca.cert_pem.clone(),
     })
 }
 
-fn renew(
+/// What shows `node` is in use, read from the API and the sessions.
+async fn in_use(ctx: &JoinContext, node: &str) -> Result<Option<admission::Taken>, JoinError> {
+    let api_error = |e: kube::Error| JoinError::Internal(format!("the API server: {e}"));
+    let found = kube::Api::<k8s_openapi::api::core::v1::Node>::all(ctx.client.clone())
+        .get_opt(node)
+        .await
+        .map_err(api_error)?;
+    let lease = match &found {
+        Some(_) => kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+            ctx.client.clone(),
+            "kube-node-lease",
+        )
+        .get_opt(node)
+        .await
+        .map_err(api_error)?,
+        None => None,
+    };
+    let record = certificates::read(&ctx.client, node).await?;
+    Ok(admission::taken(
+        jiff::Timestamp::now(),
+        ctx.sessions.is_connected(node),
+        found.as_ref(),
+        lease.as_ref(),
+        record.as_ref(),
+    ))
+}
+
+async fn renew(
     ctx: &JoinContext,
-    peer_node: Option<&str>,
+    peer: Option<&EdgeIdentity>,
     body: &[u8],
 ) -> Result<JoinResponse, JoinError> {
-    let node = peer_node.ok_or(JoinError::NoClientCertificate)?;
+    let peer = peer.ok_or(JoinError::NoClientCertificate)?;
+    let node = peer.node.as_str();
+    ctx.certificates
+        .check(node, &peer.certificate)
+        .map_err(JoinError::Revoked)?;
     let request: JoinRequest =
         serde_json::from_slice(body).map_err(|e| JoinError::BadRequest(e.to_string()))?;
     let certificate = signer::sign_node_csr(&ctx.pki, &request.csr, node, ctx.cert_validity)?;
-    tracing::info!(node, "renewed an edge's certificate");
+    let issued = signer::issued(
+        &certificate,
+        format!("renewal of {}", peer.certificate.serial),
+    )?;
+    ctx.certificates
+        .update(node, |record| {
+            // Looked at again in the record read: revoked since the check above?
+            record
+                .check(&peer.certificate)
+                .map_err(JoinError::Revoked)?;
+            record.add(issued.clone(), jiff::Timestamp::now());
+            Ok(true)
+        })
+        .await?;
+    tracing::info!(
+        node,
+        serial = issued.serial,
+        "renewed an edge's certificate"
+    );
     Ok(JoinResponse {
         certificate,
         ca_certificate: ctx.pki.ca.cert_pem.clone(),
@@ -108,7 +196,7 @@ pub async fn handle(
     path: &str,
     headers: &HeaderMap,
     body: Bytes,
-    peer_node: Option<&str>,
+    peer: Option<&EdgeIdentity>,
 ) -> Option<Response<Bytes>> {
     let answer = |result: Result<JoinResponse, JoinError>| match result {
         Ok(r) => respond(
@@ -125,7 +213,7 @@ pub async fn handle(
             ctx.pki.ca.cert_pem.clone().into_bytes(),
         ),
         (&Method::POST, CSR_PATH) => answer(join(ctx, headers, &body).await),
-        (&Method::POST, RENEW_PATH) => answer(renew(ctx, peer_node, &body)),
+        (&Method::POST, RENEW_PATH) => answer(renew(ctx, peer, &body).await),
         (_, CA_PATH | CSR_PATH | RENEW_PATH) => refuse(
             &JoinError::BadRequest(format!("{method} is not served on {path}")),
             path,

@@ -6,7 +6,15 @@
 //! it uses mutual TLS, and renews its certificate over it (`POST /v1/certificates/renew`)
 //! before it expires. Tokens are kubeadm bootstrap-token Secrets ([`tokens`]), so they work the
 //! same on the embedded API server and on a real cluster.
+//!
+//! A node's identity cannot be taken: a join as a node that is in use (connected, Ready, its
+//! Lease fresh, or holding a valid certificate) is refused unless the token was made for that
+//! node or to replace ([`admission`]); every certificate issued is recorded, and revoked when
+//! its Node is deleted, when a join gives the node a new identity, or by hand
+//! ([`certificates`]).
 
+pub mod admission;
+pub mod certificates;
 pub mod http;
 pub mod signer;
 pub mod tokens;
@@ -63,6 +71,41 @@ pub enum JoinError {
     /// The request is not what the endpoint takes.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The token is bound to another node.
+    #[error(
+        "token {id} was made for node {bound} only (wedge token create --node {bound}), not for {asked}"
+    )]
+    TokenForOtherNode {
+        /// The token id.
+        id: String,
+        /// The node it is bound to.
+        bound: String,
+        /// The node asked for.
+        asked: String,
+    },
+    /// A single-use token was used already.
+    #[error(
+        "token {id} was single-use and has been used ({by}); run `wedge token create` for a new one"
+    )]
+    TokenUsed {
+        /// The token id.
+        id: String,
+        /// By whom and when.
+        by: String,
+    },
+    /// The node is in use and the token may not replace it.
+    #[error(
+        "node {node} is taken: {why}. A join cannot take over a node in use unless the operator says so: `wedge token create --node {node}` makes a token that may (the edge holding the name now is cut off and its certificates revoked); otherwise choose another --node name"
+    )]
+    NodeTaken {
+        /// The node.
+        node: String,
+        /// What shows it is in use.
+        why: String,
+    },
+    /// The client certificate is revoked.
+    #[error("{0}")]
+    Revoked(String),
     /// Renewal without a client certificate.
     #[error("renewing needs the edge's current client certificate (mutual TLS)")]
     NoClientCertificate,
@@ -80,7 +123,11 @@ impl JoinError {
             | Self::Expired { .. }
             | Self::WrongSecret { .. }
             | Self::NotForEdges { .. } => (401, "InvalidToken"),
+            Self::TokenUsed { .. } => (401, "TokenUsed"),
             Self::NoClientCertificate => (403, "Forbidden"),
+            Self::TokenForOtherNode { .. } => (403, "TokenBoundToNode"),
+            Self::NodeTaken { .. } => (409, "NodeTaken"),
+            Self::Revoked(_) => (403, certificates::REVOKED),
             Self::BadNodeName(_) | Self::BadCsr(_) | Self::BadRequest(_) => (400, "BadRequest"),
             Self::Internal(_) => (500, "InternalError"),
         }
@@ -96,4 +143,8 @@ pub struct JoinContext {
     pub pki: Arc<Pki>,
     /// How long edge certificates are valid.
     pub cert_validity: std::time::Duration,
+    /// The certificates issued to each node, and their revocations.
+    pub certificates: Arc<certificates::Certificates>,
+    /// The connected edges (a connected node is taken).
+    pub sessions: Arc<crate::hub::sessions::Sessions>,
 }

@@ -1,5 +1,11 @@
 //! Bootstrap tokens as Kubernetes keeps them: Secrets `kube-system/bootstrap-token-<id>` of
 //! type `bootstrap.kubernetes.io/token`, with `token-id`, `token-secret` and `expiration`.
+//!
+//! What Wedge adds is kept beside kubeadm's keys in the Secret's data, so it holds on a real
+//! cluster too (data keys cannot hold `/`, hence `wedge.io.` rather than `wedge.io/`):
+//! `wedge.io.node` binds the token to one node name (and lets it take that name over),
+//! `wedge.io.replace` lets it take over any name it joins, `wedge.io.single-use` makes it good
+//! for one join, after which `wedge.io.used-by` says which node used it and when.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +24,49 @@ pub const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
 pub const NAMESPACE: &str = "kube-system";
 /// The group joined edges' tokens authenticate as.
 pub const GROUP: &str = "system:bootstrappers:wedge:edges";
+
+/// The data key binding a token to one node.
+pub const NODE_KEY: &str = "wedge.io.node";
+/// The data key letting a token take over any node name.
+pub const REPLACE_KEY: &str = "wedge.io.replace";
+/// The data key making a token good for one join.
+pub const SINGLE_USE_KEY: &str = "wedge.io.single-use";
+/// The data key a used single-use token carries: the node and when.
+pub const USED_BY_KEY: &str = "wedge.io.used-by";
+
+/// What a token may join, beyond kubeadm's fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// The only node it joins; it may take that node over.
+    pub node: Option<String>,
+    /// It may take over whatever node it joins.
+    pub replace: bool,
+    /// Good for one join.
+    pub single_use: bool,
+}
+
+/// A token that checked out.
+#[derive(Debug, Clone)]
+pub struct ValidToken {
+    /// The id.
+    pub id: String,
+    /// What it may join.
+    pub binding: Binding,
+    /// The Secret as read, to mark a single-use token used at this version.
+    stored: Secret,
+}
+
+impl ValidToken {
+    /// A token as if validated, for the decision's tests.
+    #[cfg(test)]
+    pub fn for_tests(id: &str, binding: Binding) -> Self {
+        Self {
+            id: id.to_owned(),
+            binding,
+            stored: Secret::default(),
+        }
+    }
+}
 
 /// A token just created.
 #[derive(Debug, Clone)]
@@ -39,6 +88,10 @@ pub struct TokenInfo {
     pub expires: Option<String>,
     /// What it is for.
     pub description: String,
+    /// What it may join.
+    pub binding: Binding,
+    /// For a used single-use token: which node used it, and when.
+    pub used_by: Option<String>,
 }
 
 fn random_token_chars(len: usize) -> Result<String, JoinError> {
@@ -67,12 +120,18 @@ pub async fn create(
     client: &Client,
     ttl: Duration,
     description: &str,
+    binding: &Binding,
 ) -> Result<CreatedToken, JoinError> {
+    if let Some(node) = &binding.node
+        && !super::signer::valid_node_name(node)
+    {
+        return Err(JoinError::BadNodeName(node.clone()));
+    }
     let id = random_token_chars(6)?;
     let secret = random_token_chars(16)?;
     let expires = jiff::Timestamp::now()
         + jiff::SignedDuration::try_from(ttl).map_err(|e| JoinError::Internal(e.to_string()))?;
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         ("token-id".to_owned(), id.clone()),
         ("token-secret".to_owned(), secret.clone()),
         ("expiration".to_owned(), expires.to_string()),
@@ -83,6 +142,15 @@ pub async fn create(
         ("auth-extra-groups".to_owned(), GROUP.to_owned()),
         ("description".to_owned(), description.to_owned()),
     ]);
+    if let Some(node) = &binding.node {
+        data.insert(NODE_KEY.to_owned(), node.clone());
+    }
+    if binding.replace {
+        data.insert(REPLACE_KEY.to_owned(), "true".to_owned());
+    }
+    if binding.single_use {
+        data.insert(SINGLE_USE_KEY.to_owned(), "true".to_owned());
+    }
     let secret_object = Secret {
         metadata: ObjectMeta {
             name: Some(format!("bootstrap-token-{id}")),
@@ -124,9 +192,20 @@ pub async fn list(client: &Client) -> Result<Vec<TokenInfo>, JoinError> {
                 id: field(s, "token-id")?,
                 expires: field(s, "expiration"),
                 description: field(s, "description").unwrap_or_default(),
+                binding: binding(s),
+                used_by: field(s, USED_BY_KEY),
             })
         })
         .collect())
+}
+
+fn binding(secret: &Secret) -> Binding {
+    let yes = |key| field(secret, key).as_deref() == Some("true");
+    Binding {
+        node: field(secret, NODE_KEY).filter(|n| !n.is_empty()),
+        replace: yes(REPLACE_KEY),
+        single_use: yes(SINGLE_USE_KEY),
+    }
 }
 
 fn digest(s: &str) -> [u8; 32] {
@@ -134,7 +213,7 @@ fn digest(s: &str) -> [u8; 32] {
 }
 
 /// Checks a bearer `<id>.<secret>`.
-pub async fn validate(client: &Client, bearer: &str) -> Result<String, JoinError> {
+pub async fn validate(client: &Client, bearer: &str) -> Result<ValidToken, JoinError> {
     let (id, secret) = bearer.split_once('.').ok_or(JoinError::MalformedToken)?;
     if id.len() != 6 || secret.len() != 16 {
         return Err(JoinError::MalformedToken);
@@ -170,5 +249,38 @@ pub async fn validate(client: &Client, bearer: &str) -> Result<String, JoinError
             });
         }
     }
-    Ok(id.to_owned())
+    if let Some(by) = field(&stored, USED_BY_KEY) {
+        return Err(JoinError::TokenUsed {
+            id: id.to_owned(),
+            by,
+        });
+    }
+    Ok(ValidToken {
+        id: id.to_owned(),
+        binding: binding(&stored),
+        stored,
+    })
+}
+
+/// Marks a single-use token used by `node`, at the version validated: of two joins with it,
+/// one wins and the other is refused.
+pub async fn consume(client: &Client, token: &ValidToken, node: &str) -> Result<(), JoinError> {
+    let by = format!("node {node} at {}", jiff::Timestamp::now());
+    let mut secret = token.stored.clone();
+    secret.data.get_or_insert_default().insert(
+        USED_BY_KEY.to_owned(),
+        k8s_openapi::ByteString(by.into_bytes()),
+    );
+    let name = format!("bootstrap-token-{}", token.id);
+    match Api::<Secret>::namespaced(client.clone(), NAMESPACE)
+        .replace(&name, &PostParams::default(), &secret)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Err(JoinError::TokenUsed {
+            id: token.id.clone(),
+            by: "by another join at the same moment".into(),
+        }),
+        Err(e) => Err(api_error(e)),
+    }
 }
