@@ -48,7 +48,8 @@ enum Command {
     Controllers(commands::controllers::ControllersArgs),
     /// The all-in-one cluster: API server, control plane, cloudcore and a local edge, with the
     /// sample Wasm app applied.
-    Up(commands::up::UpArgs),
+    // Boxed: its flags are many, and the enum is as large as its largest variant.
+    Up(Box<commands::up::UpArgs>),
     /// Bootstrap tokens for edges to join with.
     Token {
         #[command(subcommand)]
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
             Command::Image { command } => commands::image::run(&cli.root, command).await,
             Command::Apiserver(args) => commands::apiserver::run(&cli.root, args).await,
             Command::Controllers(args) => commands::controllers::run(args).await,
-            Command::Up(args) => commands::up::run(&cli.root, args).await,
+            Command::Up(args) => commands::up::run(&cli.root, *args).await,
             Command::Token { command } => commands::token::run(&cli.root, command).await,
             Command::Node { command } => commands::node::run(&cli.root, command).await,
             Command::Kubeconfig(args) => commands::kubeconfig::run(&cli.root, &args),

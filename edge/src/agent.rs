@@ -100,6 +100,9 @@ pub struct AgentConfig {
     pub reconnect_max: Duration,
     /// The MQTT broker EventBus uses: the operator's, or the embedded one listening here.
     pub mqtt: BrokerChoice,
+    /// Which of MetaManager's stored objects are encrypted at rest (`--encryption-provider-config`,
+    /// kube-apiserver's `EncryptionConfiguration`); empty: none.
+    pub encryption: wedge_core::encryption::EncryptionConfig,
     /// Who may use the bus (the embedded broker's users and ACLs), or EventBus's login to the
     /// operator's broker.
     pub mqtt_auth: crate::eventbus::auth::BusAuthConfig,
@@ -141,6 +144,7 @@ impl AgentConfig {
             registry_config_dir: None,
             labels: BTreeMap::new(),
             echo_logs: false,
+            encryption: Default::default(),
             node_status_interval: Duration::from_secs(60),
             lease_interval: Duration::from_secs(10),
             usage_interval: Duration::from_secs(15),
@@ -229,7 +233,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     })?;
     // The database first: its lock keeps a second edgecore on this root from joining over
     // this one's credentials or running its pods.
-    let db = Database::open(&config.root.join("edge.db"))?;
+    let db =
+        Database::open(&config.root.join("edge.db"))?.with_encryption(config.encryption.clone())?;
     if let Some(volumes) = &config.local_volume_root {
         std::fs::create_dir_all(volumes).map_err(|source| AgentError::Io {
             path: volumes.clone(),
@@ -368,7 +373,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals)
         .with_streams(streams)
         .with_token_queries(token_answers);
-    let mut tasks = JoinSet::new();
     let metrics = match config.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -379,6 +383,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
         None => None,
     };
+    let mut tasks = JoinSet::new();
     tasks.spawn(edged.run(shutdown.clone()));
     tasks.spawn(hub.run(shutdown.clone()));
     tasks.spawn(retry);

@@ -41,6 +41,11 @@ struct Args {
     /// runtimes pull from the same places. Point containerd's `config_path` at the same one.
     #[arg(long, default_value = "/etc/containerd/certs.d")]
     registry_config_dir: PathBuf,
+    /// An `EncryptionConfiguration` file (kube-apiserver's format): the stored objects of the
+    /// resources it lists (secrets, at least) are encrypted at rest; at start, rows under an
+    /// older key are rewritten under the first provider's.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// An extra node label, key=value (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -91,6 +96,15 @@ fn main() -> ExitCode {
     config.node_ip = args.node_ip;
     config.insecure_registries = args.insecure_registries;
     config.registry_config_dir = Some(args.registry_config_dir);
+    if let Some(path) = &args.encryption_provider_config {
+        match wedge_core::encryption::EncryptionConfig::load(path) {
+            Ok(encryption) => config.encryption = encryption,
+            Err(e) => {
+                eprintln!("edgecore: --encryption-provider-config: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     for label in &args.labels {
         let Some((k, v)) = label.split_once('=') else {
             eprintln!("edgecore: --label {label}: expected key=value");

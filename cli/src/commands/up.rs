@@ -106,6 +106,47 @@ pub struct UpArgs {
     /// The HorizontalPodAutoscaler controller.
     #[command(flatten)]
     podautoscaler: wedge_cli::podautoscaler_args::PodAutoscalerArgs,
+    /// An `EncryptionConfiguration` for Secrets (and what else it lists) at rest, in the API
+    /// server and the local edge. Without it, one with a new aesgcm key for secrets is made
+    /// once at <root>/encryption-config.yaml and used from then on.
+    #[arg(long, conflicts_with = "no_encryption")]
+    encryption_provider_config: Option<PathBuf>,
+    /// Store Secrets plain, as kube-apiserver does without --encryption-provider-config.
+    #[arg(long)]
+    no_encryption: bool,
+}
+
+/// The encryption configuration `wedge up` uses: the operator's, else the one it made under
+/// `root` (made now if missing), else none.
+fn encryption_config(root: &Path, args: &UpArgs) -> anyhow::Result<Option<PathBuf>> {
+    if args.no_encryption {
+        return Ok(None);
+    }
+    if let Some(path) = &args.encryption_provider_config {
+        return Ok(Some(path.clone()));
+    }
+    let path = root.join("encryption-config.yaml");
+    if !path.exists() {
+        let text = wedge_core::encryption::generate(&["secrets"], "key1");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            wedge_core::state::private_dir(root)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        };
+        write().with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "Secrets are encrypted at rest with a new key in {} (keep it with backups of the state; --no-encryption to store them plain)",
+            path.display()
+        );
+    }
+    Ok(Some(path))
 }
 
 /// The RuntimeClasses of Wedge's two runtimes, as `kubectl get runtimeclass` lists them: a pod
@@ -243,6 +284,8 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     // The API server reaches the edge through CloudStream, whose certificate the hub's CA signs.
     config.kubelet_certificate_authority = Some(root.join("cloudcore/hub/pki/ca.crt"));
     config.service_network = args.services.network();
+    let encryption = encryption_config(root, &args)?;
+    config.encryption_provider_config.clone_from(&encryption);
     let controllers = wedge_controlplane::ControllersConfig {
         node_grace: Duration::from_secs(args.node_grace.max(1)),
         insecure_registries: args.insecure_registries.clone(),
@@ -299,6 +342,9 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let mut edge = AgentConfig::new(&edge_root, cloudcore.local_addr().to_string(), &args.node);
     edge.insecure_registries = args.insecure_registries.clone();
+    if let Some(path) = &encryption {
+        edge.encryption = wedge_core::encryption::EncryptionConfig::load(path)?;
+    }
     edge.registry_config_dir = Some(args.registry_config_dir.clone());
     edge.node_ip = Some("127.0.0.1".into());
     // All in one machine, as k3s: claims get local storage out of the box.
@@ -308,6 +354,15 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(address) => BrokerChoice::external(address).context("--mqtt-broker")?,
         None => BrokerChoice::Embedded(args.mqtt_listen),
     };
+    let mut mqtt_auth = args.mqtt_auth.clone();
+    let mut local_mqtt_password = None;
+    if args.mqtt_broker.is_none() && mqtt_auth.mqtt_password_file.is_none() {
+        let (passwd, password) = wedge_cli::mqtt_args::local_user(&edge_root.join("mqtt"))
+            .context("writing the local MQTT user's password file")?;
+        mqtt_auth.mqtt_password_file = Some(passwd);
+        local_mqtt_password = Some(password);
+    }
+    mqtt_auth.apply(&mut edge);
     let mut simulator = None;
     if !args.no_samples {
         let sim = Simulator::bind(args.modbus_sim_listen, SimConfig::default())
@@ -323,15 +378,6 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         let preload = preload(&args.samples);
         if let Some((_, missing)) = preload.iter().find(|(_, path)| !path.exists()) {
             anyhow::bail!(
-    let mut mqtt_auth = args.mqtt_auth.clone();
-    let mut local_mqtt_password = None;
-    if args.mqtt_broker.is_none() && mqtt_auth.mqtt_password_file.is_none() {
-        let (passwd, password) = wedge_cli::mqtt_args::local_user(&edge_root.join("mqtt"))
-            .context("writing the local MQTT user's password file")?;
-        mqtt_auth.mqtt_password_file = Some(passwd);
-        local_mqtt_password = Some(password);
-    }
-    mqtt_auth.apply(&mut edge);
                 "the sample component {} is missing: build the samples with `cargo sample-apps` (or pass --no-samples)",
                 missing.display()
             );
@@ -397,6 +443,14 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
             edge_root.display()
         );
         if args.mqtt_broker.is_none() {
+            let login = match &local_mqtt_password {
+                Some(p) => format!(
+                    " -u {} -P \"$(cat {})\"",
+                    wedge_cli::mqtt_args::LOCAL_USER,
+                    p.display()
+                ),
+                None => String::new(),
+            };
             println!(
                 "  mosquitto_sub -h {} -p {}{login} -t '$hw/events/device/+/twin/update/document'",
                 args.mqtt_listen.ip(),
@@ -412,14 +466,6 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
 
     tokio::select! {
         () = wedge_cli::terminated() => {}
-            let login = match &local_mqtt_password {
-                Some(p) => format!(
-                    " -u {} -P \"$(cat {})\"",
-                    wedge_cli::mqtt_args::LOCAL_USER,
-                    p.display()
-                ),
-                None => String::new(),
-            };
         result = edge_task => {
             shutdown.cancel();
             cloudcore.shutdown().await;

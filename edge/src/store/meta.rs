@@ -1,6 +1,12 @@
 //! MetaManager's store: every object the cloud sent, applied idempotently by resourceVersion.
+//!
+//! Objects of the kinds the edge's `EncryptionConfiguration` lists (Secrets, at least) are
+//! stored encrypted, as a BLOB in kube's format; the others as JSON text. The storage key their
+//! `aesgcm` ciphertext is bound to is `/edge/<kind>/<namespace>/<name>`.
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, params};
+use wedge_core::encryption::EncryptionConfig;
 use wedge_core::protocol::messages::HeldObject;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
@@ -55,9 +61,63 @@ fn kind_of(text: &str, key: &str) -> Result<ResourceKind, StoreError> {
     })
 }
 
-type Row = (String, String, String, String, String, String);
+/// The resource an `EncryptionConfiguration` names objects of this kind by.
+fn resource_of(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Pod | ResourceKind::PodStatus => "pods",
+        ResourceKind::ConfigMap => "configmaps",
+        ResourceKind::Secret => "secrets",
+        ResourceKind::NodeStatus => "nodes",
+        ResourceKind::Lease => "leases.coordination.k8s.io",
+        ResourceKind::Device | ResourceKind::DeviceStatus => "devices.devices.kubeedge.io",
+        ResourceKind::DeviceModel => "devicemodels.devices.kubeedge.io",
+        ResourceKind::Rule => "rules.rules.kubeedge.io",
+        ResourceKind::Upload => "uploads",
+        ResourceKind::RuntimeClass => "runtimeclasses.node.k8s.io",
+        ResourceKind::PersistentVolumeClaim => "persistentvolumeclaims",
+        ResourceKind::PersistentVolume => "persistentvolumes",
+        ResourceKind::ServiceAccountToken => "serviceaccounts",
+    }
+}
 
-fn stored(row: Row) -> Result<StoredObject, StoreError> {
+/// What an object's ciphertext is bound to (`aesgcm`'s authenticated data).
+fn context(kind: &str, namespace: &str, name: &str) -> String {
+    format!("/edge/{kind}/{namespace}/{name}")
+}
+
+/// The bytes of a stored object column, whether text (plain JSON) or a BLOB (encrypted).
+fn column_bytes(value: SqlValue) -> Vec<u8> {
+    match value {
+        SqlValue::Text(text) => text.into_bytes(),
+        SqlValue::Blob(bytes) => bytes,
+        _ => Vec::new(),
+    }
+}
+
+/// What to store for `json` of an object of `kind`: a BLOB when its resource is encrypted,
+/// the text otherwise.
+fn to_column(
+    encryption: &EncryptionConfig,
+    kind: ResourceKind,
+    context: &str,
+    json: Vec<u8>,
+) -> Result<SqlValue, StoreError> {
+    match encryption.for_resource(resource_of(kind)) {
+        Some(t) if !t.writes_plain() => t
+            .encrypt(&json, context.as_bytes())
+            .map(SqlValue::Blob)
+            .map_err(|e| StoreError::Corrupt {
+                what: "object",
+                key: context.to_owned(),
+                message: e.to_string(),
+            }),
+        _ => Ok(SqlValue::Text(String::from_utf8_lossy(&json).into_owned())),
+    }
+}
+
+type Row = (String, String, String, String, String, SqlValue);
+
+fn stored(encryption: &EncryptionConfig, row: Row) -> Result<StoredObject, StoreError> {
     let (kind, namespace, name, uid, resource_version, object) = row;
     let display = format!("{kind} {namespace}/{name}");
     let key = ObjectKey {
@@ -65,11 +125,19 @@ fn stored(row: Row) -> Result<StoredObject, StoreError> {
         namespace,
         name,
     };
-    let object = serde_json::from_str(&object).map_err(|e| StoreError::Corrupt {
+    let corrupt = |message: String| StoreError::Corrupt {
         what: "object",
-        key: display,
-        message: e.to_string(),
-    })?;
+        key: display.clone(),
+        message,
+    };
+    let plain = encryption
+        .decrypt_for(
+            resource_of(key.kind),
+            &column_bytes(object),
+            context(&kind, &key.namespace, &key.name).as_bytes(),
+        )
+        .map_err(|e| corrupt(e.to_string()))?;
+    let object = serde_json::from_slice(&plain.data).map_err(|e| corrupt(e.to_string()))?;
     Ok(StoredObject {
         key,
         uid,
@@ -91,8 +159,9 @@ impl MetaStore {
         let kind = key.kind.as_str();
         let current: Option<(String, String)> = conn
             .query_row(
-                // A damaged row counts as not held, so the object replaces it.
-                "SELECT uid, resource_version FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND json_valid(object)",
+                // A damaged row counts as not held, so the object replaces it (an encrypted
+                // one is known to decrypt: `reencrypt` dropped those that do not at start).
+                "SELECT uid, resource_version FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND (json_valid(object) OR typeof(object) = 'blob')",
                 params![kind, key.namespace, key.name],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -105,9 +174,15 @@ impl MetaStore {
             }
             Some(_) => Applied::Updated,
         };
+        let column = to_column(
+            &self.db.encryption,
+            key.kind,
+            &context(kind, &key.namespace, &key.name),
+            object.to_string().into_bytes(),
+        )?;
         conn.execute(
             "INSERT OR REPLACE INTO objects (kind, namespace, name, uid, resource_version, object) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![kind, key.namespace, key.name, uid, resource_version, object.to_string()],
+            params![kind, key.namespace, key.name, uid, resource_version, column],
         )
         .map_err(sql(format!("storing {key}")))?;
         Ok(applied)
@@ -142,7 +217,7 @@ impl MetaStore {
             )
             .optional()
             .map_err(sql(format!("reading {key}")))?;
-        row.map(stored).transpose()
+        row.map(|row| stored(&self.db.encryption, row)).transpose()
     }
 
     /// Every object of a kind, by namespace and name. A damaged row is logged and left out
@@ -169,7 +244,7 @@ impl MetaStore {
             .map_err(sql(format!("listing {kind} objects")))?;
         Ok(rows
             .into_iter()
-            .filter_map(|row| match stored(row) {
+            .filter_map(|row| match stored(&self.db.encryption, row) {
                 Ok(object) => Some(object),
                 Err(error) => {
                     tracing::warn!(%error, "left out a damaged object; the cloud sends it again at the next resync");
@@ -218,7 +293,7 @@ impl MetaStore {
     pub fn held(&self) -> Result<Vec<HeldObject>, StoreError> {
         let conn = self.db.conn();
         let mut statement = conn
-            .prepare_cached("SELECT kind, namespace, name, uid, resource_version FROM objects WHERE json_valid(object) ORDER BY kind, namespace, name")
+            .prepare_cached("SELECT kind, namespace, name, uid, resource_version FROM objects WHERE json_valid(object) OR typeof(object) = 'blob' ORDER BY kind, namespace, name")
             .map_err(sql("listing held objects"))?;
         let rows: Vec<(String, String, String, String, String)> = statement
             .query_map([], |r| {
@@ -237,6 +312,61 @@ impl MetaStore {
                 })
             })
             .collect()
+    }
+
+    /// Brings every stored object under the current encryption configuration, in one
+    /// transaction: rewrites those stored under another key or plain where they should be
+    /// encrypted (or encrypted where `identity` now comes first), and drops those no configured
+    /// key reads (the cloud sends them again at the next resync). Returns how many of each.
+    pub(super) fn reencrypt(&self) -> Result<(usize, usize), StoreError> {
+        let encryption = &self.db.encryption;
+        let mut conn = self.db.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql("re-encrypting objects"))?;
+        let mut statement = tx
+            .prepare("SELECT kind, namespace, name, object FROM objects")
+            .map_err(sql("re-encrypting objects"))?;
+        let rows: Vec<(String, String, String, SqlValue)> = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .and_then(Iterator::collect)
+            .map_err(sql("re-encrypting objects"))?;
+        drop(statement);
+        let (mut rewritten, mut dropped) = (0, 0);
+        for (kind_text, namespace, name, object) in rows {
+            let Ok(kind) = kind_of(&kind_text, &name) else {
+                continue;
+            };
+            let context = context(&kind_text, &namespace, &name);
+            let keys = params![kind_text, namespace, name];
+            match encryption.decrypt_for(
+                resource_of(kind),
+                &column_bytes(object),
+                context.as_bytes(),
+            ) {
+                Ok(plain) if plain.stale => {
+                    let column = to_column(encryption, kind, &context, plain.data)?;
+                    tx.execute(
+                        "UPDATE objects SET object = ?4 WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                        params![kind_text, namespace, name, column],
+                    )
+                    .map_err(sql(format!("re-encrypting {context}")))?;
+                    rewritten += 1;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(object = %context, %error, "dropped a stored object no configured key reads; the cloud sends it again");
+                    tx.execute(
+                        "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                        keys,
+                    )
+                    .map_err(sql(format!("dropping {context}")))?;
+                    dropped += 1;
+                }
+            }
+        }
+        tx.commit().map_err(sql("re-encrypting objects"))?;
+        Ok((rewritten, dropped))
     }
 }
 
@@ -313,6 +443,154 @@ mod tests {
         assert_eq!(held, [("a".into(), "1".into()), ("b".into(), "2".into())]);
         assert_eq!(meta.list(ResourceKind::Pod).expect("list").len(), 2);
         assert!(meta.list(ResourceKind::Secret).expect("list").is_empty());
+    }
+
+    fn encryption(keys: &[(&str, &str)], identity: bool) -> EncryptionConfig {
+        let mut text = String::from(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n",
+        );
+        for (name, secret) in keys {
+            text.push_str(&format!(
+                "  - aesgcm:\n      keys:\n      - name: {name}\n        secret: {secret}\n"
+            ));
+        }
+        if identity {
+            text.push_str("  - identity: {}\n");
+        }
+        EncryptionConfig::from_yaml(&text).expect("config")
+    }
+
+    const OLD: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const NEW: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+
+    fn secret_key(name: &str) -> ObjectKey {
+        ObjectKey {
+            kind: ResourceKind::Secret,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn raw(db: &Database, name: &str) -> SqlValue {
+        db.conn()
+            .query_row("SELECT object FROM objects WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .expect("row")
+    }
+
+    #[test]
+    fn secrets_are_stored_encrypted_and_rotated_at_start() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("edge.db");
+        let value = json!({"data": {"password": "c3VwZXItc2VjcmV0"}});
+        {
+            // Written before encryption was on.
+            let meta = Database::open(&path).expect("open").meta();
+            meta.apply(&secret_key("before"), "u0", "1", &value)
+                .expect("apply");
+        }
+        {
+            let db = Database::open(&path)
+                .expect("open")
+                .with_encryption(encryption(&[("old", OLD)], true))
+                .expect("encrypt");
+            let meta = db.meta();
+            meta.apply(&secret_key("s"), "u1", "2", &value)
+                .expect("apply");
+            meta.apply(&key("p"), "u2", "3", &json!({"pod": true}))
+                .expect("apply");
+            for name in ["s", "before"] {
+                let SqlValue::Blob(bytes) = raw(&db, name) else {
+                    panic!("{name} is not stored encrypted");
+                };
+                assert!(bytes.starts_with(b"k8s:enc:aesgcm:v1:old:"), "{name}");
+                assert!(!bytes.windows(8).any(|w| w == b"c3VwZXIt"), "{name}");
+                assert_eq!(
+                    meta.get(&secret_key(name))
+                        .expect("get")
+                        .expect("held")
+                        .object,
+                    value
+                );
+            }
+            assert!(
+                matches!(raw(&db, "p"), SqlValue::Text(_)),
+                "pods stay plain"
+            );
+            assert_eq!(meta.held().expect("held").len(), 3);
+        }
+        {
+            // The new key first: the start rewrites every row under it.
+            let db = Database::open(&path)
+                .expect("open")
+                .with_encryption(encryption(&[("new", NEW), ("old", OLD)], false))
+                .expect("rotate");
+            for name in ["s", "before"] {
+                let SqlValue::Blob(bytes) = raw(&db, name) else {
+                    panic!("{name} is not stored encrypted");
+                };
+                assert!(bytes.starts_with(b"k8s:enc:aesgcm:v1:new:"), "{name}");
+            }
+        }
+        // The old key removed: still read.
+        let db = Database::open(&path)
+            .expect("open")
+            .with_encryption(encryption(&[("new", NEW)], false))
+            .expect("open");
+        let meta = db.meta();
+        assert_eq!(meta.list(ResourceKind::Secret).expect("list").len(), 2);
+        assert_eq!(
+            meta.get(&secret_key("s"))
+                .expect("get")
+                .expect("held")
+                .object,
+            value
+        );
+    }
+
+    #[test]
+    fn a_row_no_key_reads_is_dropped_at_start_so_the_cloud_sends_it_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("edge.db");
+        let value = json!({"data": {"k": "dg=="}});
+        {
+            let db = Database::open(&path)
+                .expect("open")
+                .with_encryption(encryption(&[("lost", OLD)], false))
+                .expect("encrypt");
+            db.meta()
+                .apply(&secret_key("s"), "u", "5", &value)
+                .expect("apply");
+            db.meta()
+                .apply(&key("p"), "up", "6", &json!({}))
+                .expect("apply");
+        }
+        let db = Database::open(&path)
+            .expect("open")
+            .with_encryption(encryption(&[("other", NEW)], false))
+            .expect("open");
+        let meta = db.meta();
+        assert!(meta.get(&secret_key("s")).expect("get").is_none());
+        let held: Vec<String> = meta
+            .held()
+            .expect("held")
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(held, ["p"], "not held: the resync sends it again");
+        assert_eq!(
+            meta.apply(&secret_key("s"), "u", "5", &value)
+                .expect("apply"),
+            Applied::Inserted
+        );
+        assert_eq!(
+            meta.get(&secret_key("s"))
+                .expect("get")
+                .expect("held")
+                .object,
+            value
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rusqlite::Connection;
+use wedge_core::encryption::EncryptionConfig;
 use wedge_core::state::StateLock;
 
 pub use held::HeldReport;
@@ -130,6 +131,8 @@ pub struct Database {
     held: Arc<HeldReports>,
     /// Held while any clone lives: one process per database (none for [`Database::inspect`]).
     _lock: Option<Arc<StateLock>>,
+    /// Which of MetaManager's objects are encrypted at rest, and how ([`Database::with_encryption`]).
+    encryption: Arc<EncryptionConfig>,
 }
 
 impl Database {
@@ -163,6 +166,7 @@ impl Database {
             conn: Arc::new(Mutex::new(conn)),
             held: Arc::default(),
             _lock: Some(Arc::new(lock)),
+            encryption: Arc::default(),
         })
     }
 
@@ -181,7 +185,26 @@ impl Database {
             conn: Arc::new(Mutex::new(conn)),
             held: Arc::default(),
             _lock: None,
+            encryption: Arc::default(),
         })
+    }
+
+    /// Encrypts MetaManager's objects at rest as `encryption` says (kube-apiserver's
+    /// `EncryptionConfiguration`; Secrets the cloud sent, at least), and brings every stored
+    /// object under it now: rows under an older key, or plain, are rewritten under the first
+    /// provider's; rows no configured key reads are dropped, so the cloud's resync sends them
+    /// again. That rewrite at start is the edge's half of key rotation.
+    pub fn with_encryption(mut self, encryption: EncryptionConfig) -> Result<Self, StoreError> {
+        self.encryption = Arc::new(encryption);
+        let (rewritten, dropped) = self.meta().reencrypt()?;
+        if rewritten > 0 || dropped > 0 {
+            tracing::info!(
+                rewritten,
+                dropped,
+                "brought the stored objects under the current encryption configuration"
+            );
+        }
+        Ok(self)
     }
 
     /// MetaManager's objects.
