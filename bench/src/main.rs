@@ -49,6 +49,9 @@ enum Scenario {
     /// real containerd (needs root): create to Complete of each, and their ratio. Needs
     /// `cargo build --release -p wedge-cli` first.
     Jobs,
+    /// Secrets in the API server's store with encryption at rest off and with each provider:
+    /// create latency and throughput, reopening, a 1 MiB Secret's create.
+    SecretsAtRest,
     /// The API server process the `apiserver` scenario measures (not a scenario).
     #[value(hide = true)]
     ApiserverServe,
@@ -89,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Streams => scenarios::streams::run().await,
         Scenario::PortForward => scenarios::port_forward::run().await,
         Scenario::Jobs => scenarios::jobs::run().await,
+        Scenario::SecretsAtRest => scenarios::secrets_at_rest::run().await,
         Scenario::ApiserverServe => {
             let dir = args
                 .data_dir
@@ -111,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
                 "streams",
                 "port-forward",
                 "jobs",
+                "secrets-at-rest",
             ] {
                 let status = std::process::Command::new(std::env::current_exe()?)
                     .arg(scenario)

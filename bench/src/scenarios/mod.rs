@@ -12,6 +12,7 @@ pub mod mixed;
 pub mod port_forward;
 pub mod processes;
 pub mod scheduler;
+pub mod secrets_at_rest;
 pub mod streams;
 
 use k8s_openapi::api::core::v1::Pod;
