@@ -10,6 +10,8 @@ pub mod crilog;
 pub mod cron;
 pub mod device;
 pub mod encryption;
+#[cfg(test)]
+mod fuzz;
 pub mod grants;
 pub mod join_token;
 pub mod protocol;

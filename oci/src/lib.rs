@@ -10,6 +10,8 @@
 //!   `hosts.toml` directory, so that both of an edge's runtimes pull from the same places;
 //! - [`kinds`]: the kind of image a reference names, asked of its registry and remembered.
 
+#[cfg(test)]
+mod fuzz;
 pub mod hosts;
 pub mod kinds;
 pub mod media;

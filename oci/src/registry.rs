@@ -57,6 +57,18 @@ pub enum RegistryError {
         /// The digest of what arrived.
         actual: String,
     },
+    /// A blob is bigger than an edge takes ([`MAX_BLOB_BYTES`]), or than its descriptor said.
+    #[error("{reference}: blob {digest} is {size}, over the limit of {limit} bytes: refusing it")]
+    TooLarge {
+        /// The image.
+        reference: String,
+        /// The blob's digest.
+        digest: String,
+        /// Its size, as the descriptor gives it or as far as it was read.
+        size: String,
+        /// The limit it went over.
+        limit: u64,
+    },
     /// Any other registry failure.
     #[error("{reference}: {detail}")]
     Other {
@@ -65,6 +77,52 @@ pub enum RegistryError {
         /// What went wrong.
         detail: String,
     },
+}
+
+/// The largest blob this client fetches. A Wasm component is rarely over tens of MiB; the bound
+/// keeps an image from a hostile or broken registry (a layer of gigabytes) from taking the
+/// edge's memory, since blobs are held whole while their digest is checked.
+pub const MAX_BLOB_BYTES: u64 = 512 << 20;
+
+/// Where a blob's bytes go as they arrive: refused past `cap`, the size its descriptor gives,
+/// so a registry that sends more than it announced cannot grow the buffer without end.
+struct Capped<'a> {
+    out: &'a mut Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl tokio::io::AsyncWrite for Capped<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.out.len().saturating_add(buf.len()) > this.cap {
+            this.over = true;
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the blob is longer than its descriptor's size",
+            )));
+        }
+        this.out.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 fn sort_error(reference: &Reference, e: OciDistributionError) -> RegistryError {
@@ -284,13 +342,36 @@ impl RegistryClient {
         auth: &RegistryAuth,
         descriptor: &OciDescriptor,
     ) -> Result<Vec<u8>, RegistryError> {
+        let too_large = |size: String, limit: u64| RegistryError::TooLarge {
+            reference: reference.to_string(),
+            digest: descriptor.digest.clone(),
+            size,
+            limit,
+        };
+        let size = u64::try_from(descriptor.size).unwrap_or(u64::MAX);
+        if size > MAX_BLOB_BYTES {
+            return Err(too_large(format!("{size} bytes"), MAX_BLOB_BYTES));
+        }
+        // Within MAX_BLOB_BYTES, so it fits a usize.
+        let cap = usize::try_from(size).unwrap_or(usize::MAX);
         let mut errors = Vec::new();
         for endpoint in self.endpoints(reference, Need::Pull).await {
             let routed = endpoint.reference(reference);
             let client = self.client(auth, endpoint.plain_http, endpoint.skip_verify)?;
-            let mut out =
-                Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0).min(64 << 20));
-            match client.pull_blob(&routed, descriptor, &mut out).await {
+            let mut out = Vec::with_capacity(cap.min(64 << 20));
+            let mut capped = Capped {
+                out: &mut out,
+                cap,
+                over: false,
+            };
+            let pulled = client.pull_blob(&routed, descriptor, &mut capped).await;
+            if capped.over {
+                return Err(too_large(
+                    format!("more than the {size} bytes its descriptor gives"),
+                    size,
+                ));
+            }
+            match pulled {
                 Ok(()) => return Ok(out),
                 Err(e) => {
                     let error = sort_error(reference, e);

@@ -13,6 +13,9 @@
 //! - [`container_images`] builds ordinary container images locally (a `pause` image for pod
 //!   sandboxes, a `busybox` image) and pushes them to a [`registry::Registry`].
 //!
+//! The fuzz tests' inputs come from `wedge-testkit-fuzz` (`testkit/fuzz/`), a crate of its own so
+//! that the small crates' tests need not build these fixtures.
+//!
 //! A typical test starts a [`registry::Registry`], pushes an [`oci::Image::wasm`] of a sample app with
 //! [`oci::push`], and points the code under test at [`registry::Registry::host`]. A container test
 //! starts a [`containerd::Containerd`], pushes busybox with [`container_images::push_busybox`], tells

@@ -19,6 +19,8 @@
 
 pub mod api;
 pub mod auth;
+#[cfg(test)]
+mod fuzz;
 pub mod authz;
 pub mod kubeconfig;
 pub mod kubelet_client;

@@ -573,15 +573,15 @@ fn go_duration(ns: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A minimal protobuf writer for the tests.
+    /// A minimal protobuf writer for the tests (and the fuzz tests' seeds).
     #[derive(Default)]
-    struct W(Vec<u8>);
+    pub(crate) struct W(Vec<u8>);
 
     impl W {
-        fn varint(mut self, mut v: u64) -> Self {
+        pub(crate) fn varint(mut self, mut v: u64) -> Self {
             loop {
                 let b = (v & 0x7f) as u8;
                 v >>= 7;
@@ -592,30 +592,30 @@ mod tests {
                 self.0.push(b | 0x80);
             }
         }
-        fn key(self, tag: u64, wire: u64) -> Self {
+        pub(crate) fn key(self, tag: u64, wire: u64) -> Self {
             self.varint(tag << 3 | wire)
         }
-        fn bytes(self, tag: u64, b: &[u8]) -> Self {
+        pub(crate) fn bytes(self, tag: u64, b: &[u8]) -> Self {
             let mut w = self.key(tag, 2).varint(b.len() as u64);
             w.0.extend_from_slice(b);
             w
         }
-        fn str(self, tag: u64, s: &str) -> Self {
+        pub(crate) fn str(self, tag: u64, s: &str) -> Self {
             self.bytes(tag, s.as_bytes())
         }
-        fn msg(self, tag: u64, m: W) -> Self {
+        pub(crate) fn msg(self, tag: u64, m: W) -> Self {
             self.bytes(tag, &m.0)
         }
-        fn int(self, tag: u64, v: u64) -> Self {
+        pub(crate) fn int(self, tag: u64, v: u64) -> Self {
             self.key(tag, 0).varint(v)
         }
-        fn raw(mut self, b: &[u8]) -> Self {
+        pub(crate) fn raw(mut self, b: &[u8]) -> Self {
             self.0.extend_from_slice(b);
             self
         }
     }
 
-    fn envelope(api_version: &str, kind: &str, raw: W) -> Vec<u8> {
+    pub(crate) fn envelope(api_version: &str, kind: &str, raw: W) -> Vec<u8> {
         let meta = W::default().str(1, api_version).str(2, kind);
         let mut body = MAGIC.to_vec();
         body.extend(

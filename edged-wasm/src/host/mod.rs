@@ -5,6 +5,8 @@
 //! backend trait and its `Host` implementation; [`in_process`] holds the in-memory backends.
 
 pub mod device;
+#[cfg(test)]
+mod fuzz;
 pub mod in_process;
 pub mod messaging;
 

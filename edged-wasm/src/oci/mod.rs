@@ -5,6 +5,8 @@
 //! it ([`pull`]) or importing it ([`layout`]) into the [`store`], after [`media`] has decided from
 //! the manifest's media types whether the image is Wasm at all.
 
+#[cfg(test)]
+mod fuzz;
 pub mod layout;
 pub mod store;
 

@@ -147,10 +147,21 @@ pub struct ImageService {
 
 /// Normalises a reference the way Docker does (`app:1` → `docker.io/library/app:1`).
 pub fn parse_reference(image: &str) -> Result<Reference, ImageError> {
-    Reference::from_str(image).map_err(|e| ImageError::InvalidReference {
+    let invalid = |detail: String| ImageError::InvalidReference {
         reference: image.to_owned(),
-        detail: e.to_string(),
-    })
+        detail,
+    };
+    let reference = Reference::from_str(image).map_err(|e| invalid(e.to_string()))?;
+    // oci-client takes capitals in a repository when no registry is named (`Sha/app`), then
+    // cannot read its own whole form back (found by fuzzing); Docker refuses them too.
+    if reference
+        .repository()
+        .bytes()
+        .any(|b| b.is_ascii_uppercase())
+    {
+        return Err(invalid("repository name must be lowercase".into()));
+    }
+    Ok(reference)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -343,9 +354,15 @@ impl ImageService {
                     layers.push((d.media_type.clone(), source.blob(d).await?));
                 }
                 let r = reference.clone();
-                let wasm =
-                    blocking(move || find_wasm_in_layers(&r, &layers, entrypoint.as_deref()))
-                        .await?;
+                let wasm = blocking(move || {
+                    find_wasm_in_layers(
+                        &r,
+                        &layers,
+                        entrypoint.as_deref(),
+                        wedge_oci::registry::MAX_BLOB_BYTES,
+                    )
+                })
+                .await?;
                 check_binary(&reference, &wasm, "in the image's layers")?;
                 (layout, wasm)
             }
@@ -380,10 +397,11 @@ fn check_binary(reference: &str, bytes: &[u8], what: &str) -> Result<(), ImageEr
 
 /// Finds the component in an image's tar layers: the entrypoint's file if named, else the one
 /// `.wasm` file. Later layers win, as they would in a container's root filesystem.
-fn find_wasm_in_layers(
+pub(super) fn find_wasm_in_layers(
     reference: &str,
     layers: &[(String, Vec<u8>)],
     entrypoint: Option<&str>,
+    limit: u64,
 ) -> Result<Vec<u8>, ImageError> {
     let fail = |detail: String| ImageError::NoWasmInImage {
         reference: reference.to_owned(),
@@ -414,10 +432,17 @@ fn find_wasm_in_layers(
                 None => path.ends_with(".wasm"),
             };
             if hit && entry.header().entry_type().is_file() {
+                // A layer is bounded, but what it inflates to is not (a gzip bomb): the
+                // component is read no further than the limit on any blob.
                 let mut data = Vec::new();
                 entry
+                    .by_ref()
+                    .take(limit.saturating_add(1))
                     .read_to_end(&mut data)
                     .map_err(|e| fail(e.to_string()))?;
+                if data.len() as u64 > limit {
+                    return Err(fail(format!("/{path} inflates to more than {limit} bytes")));
+                }
                 found.retain(|(p, _)| *p != path);
                 found.push((path, data));
             }
@@ -465,17 +490,54 @@ mod tests {
             tar_of(&[("app.wasm", b"one"), ("etc/x", b"-")]),
         )];
         assert_eq!(
-            find_wasm_in_layers("r", &layers, None).expect("found"),
+            find_wasm_in_layers("r", &layers, None, 1 << 20).expect("found"),
             b"one"
         );
         assert_eq!(
-            find_wasm_in_layers("r", &layers, Some("/app.wasm")).expect("found"),
+            find_wasm_in_layers("r", &layers, Some("/app.wasm"), 1 << 20).expect("found"),
             b"one"
         );
-        assert!(find_wasm_in_layers("r", &layers, Some("/other.wasm")).is_err());
+        assert!(find_wasm_in_layers("r", &layers, Some("/other.wasm"), 1 << 20).is_err());
         let two = vec![(tar, tar_of(&[("a.wasm", b"1"), ("b.wasm", b"2")]))];
-        let e = find_wasm_in_layers("r", &two, None).expect_err("ambiguous");
+        let e = find_wasm_in_layers("r", &two, None, 1 << 20).expect_err("ambiguous");
         assert!(e.to_string().contains("several"));
+    }
+
+    #[test]
+    fn a_repository_with_capitals_is_refused_as_docker_refuses_it() {
+        // Found by fuzzing: this parsed, and its whole form (docker.io/...) then did not.
+        let e = parse_reference("sha25S/44136.fa355b").expect_err("capitals");
+        assert_eq!(
+            e.to_string(),
+            "invalid image reference \"sha25S/44136.fa355b\": repository name must be lowercase"
+        );
+        assert!(parse_reference("registry.local:5000/wedge/telemetry:0.1.0").is_ok());
+    }
+
+    #[test]
+    fn a_component_that_inflates_past_the_limit_is_refused() {
+        // 4 MiB of zeros gzip to a few KiB: a layer small on the wire, large in memory.
+        let zeros = vec![0u8; 4 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &tar_of(&[("app.wasm", &zeros)])).expect("gzip");
+        let layer = gz.finish().expect("gzip");
+        assert!(layer.len() < 64 << 10);
+        let layers = vec![(
+            "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
+            layer,
+        )];
+        let e = find_wasm_in_layers("r", &layers, None, 1 << 20).expect_err("too large");
+        assert!(
+            e.to_string()
+                .contains("/app.wasm inflates to more than 1048576 bytes"),
+            "{e}"
+        );
+        assert_eq!(
+            find_wasm_in_layers("r", &layers, None, 8 << 20)
+                .expect("within")
+                .len(),
+            4 << 20
+        );
     }
 
     #[test]

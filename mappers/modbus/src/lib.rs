@@ -8,6 +8,8 @@
 
 pub mod codec;
 pub mod config;
+#[cfg(test)]
+mod fuzz;
 pub mod mapper;
 pub mod sim;
 
