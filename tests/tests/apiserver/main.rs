@@ -7,6 +7,7 @@ mod bad_input;
 mod builtins;
 mod components;
 mod durability;
+mod encryption;
 mod harness;
 mod kube_client;
 mod kubectl;
