@@ -19,9 +19,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod authz;
 #[cfg(test)]
 mod fuzz;
-pub mod authz;
 pub mod kubeconfig;
 pub mod kubelet_client;
 pub mod listener;
