@@ -14,6 +14,7 @@ mod controllers;
 mod devices_cloud;
 mod devices_edge;
 mod edge_full_disk;
+mod encryption_at_rest;
 mod jobs;
 mod node_identity;
 mod real_cluster;
