@@ -7,23 +7,12 @@ use std::io::Write;
 
 use wedge_testkit_fuzz::Mutation;
 
+use super::service::tests::tar_of;
 use super::service::{find_wasm_in_layers, parse_reference};
 use super::store::Digest;
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const TAR_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        let _ = b.append_data(&mut h, path, *data);
-    }
-    b.into_inner().unwrap_or_default()
-}
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

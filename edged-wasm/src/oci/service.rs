@@ -466,11 +466,12 @@ pub(super) fn find_wasm_in_layers(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::oci::WasmLayout;
 
-    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    /// A tar of `files` (also the fuzz tests' seed layers).
+    pub(in crate::oci) fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (path, data) in files {
             let mut h = tar::Header::new_gnu();
