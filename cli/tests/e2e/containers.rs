@@ -2046,16 +2046,17 @@ async fn pods_on_an_edge_read_their_service_account_token() {
             "read",
             &format!("{SA_DIR}/{file}"),
         ]);
-        out.trim()
-            .strip_prefix("read: ")
-            .unwrap_or_default()
-            .to_owned()
+        match out.trim().strip_prefix("read: ") {
+            Some(content) => content.to_owned(),
+            None => panic!("kubectl exec wasm-sa -- misbehave read {file} printed {out:?}"),
+        }
     };
     let wasm_token = wasm_read("token");
     assert_ne!(wasm_token, token.trim(), "each pod has a token of its own");
     assert_eq!(
         whose_token(cloud, &wasm_token),
-        "system:serviceaccount:default:default"
+        "system:serviceaccount:default:default",
+        "the Wasm pod's token {wasm_token:?}"
     );
     assert_eq!(wasm_read("namespace"), "default");
     // Bound to the pod: once the pod is gone, so is the token.

@@ -95,7 +95,10 @@ impl Cloud {
         cloud
     }
 
+    /// Starts cloudcore, stopping the running one first: the root is locked to one process, so
+    /// a new one started beside the old would refuse to run.
     pub fn restart(&mut self) {
+        self.kill();
         let mut command = Command::new(env!("CARGO_BIN_EXE_cloudcore"));
         command
             .arg("--root")
