@@ -244,6 +244,51 @@ async fn a_deleted_nodes_certificate_stops_working_and_the_name_can_join_again()
     cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(60));
 }
 
+/// A Node deleted while cloudcore is down (possible when the API server is not cloudcore's own,
+/// as with a real cluster): the next cloudcore finds it (at start, or from the edge's first
+/// report) and revokes the certificates, so the edge, dialling all along, is refused and says
+/// so once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_deleted_while_cloudcore_was_down_has_its_certificates_revoked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("cloud");
+    let data = root.join("apiserver");
+    let (_apiserver, admin) = separate_apiserver(&data, &dir.path().join("apiserver.log")).await;
+    // As an operator runs it on a real cluster: KubeEdge's ServiceAccount under `wedge rbac`.
+    let identity = crate::real_cluster::cloudcore_identity(&data, &admin);
+    let mut cloud = Cloud::start_with(
+        &root,
+        "127.0.0.1",
+        &["--kubeconfig", identity.to_str().expect("a UTF-8 path")],
+    );
+    let token = cloud.token("1h");
+    let edge_root = dir.path().join("edge-a");
+    let edge = start_edge(&edge_root, &cloud, "edge-a", Some(&token), "127.0.0.1:1");
+    cloud.wait_for("node/edge-a", READY, "True", Duration::from_secs(60));
+
+    cloud.kill();
+    cloud.kubectl_ok(&["delete", "node", "edge-a", "--wait=false"]);
+    cloud.restart();
+    eventually(
+        Duration::from_secs(60),
+        || edge.log().contains(STOPPED),
+        || format!("the edge was not refused: {}", edge.log()),
+    )
+    .await;
+    let said = edge.log();
+    assert_eq!(said.matches(STOPPED).count(), 1, "{said}");
+    assert!(said.contains("was deleted"), "{said}");
+    assert!(!cloud.kubectl(&["get", "node", "edge-a"]).status.success());
+    let creds = wedge_edge::tls::EdgeCredentials::new(edge_root.join("pki"));
+    let tls = wedge_edge::tls::client_config(&creds).expect("credentials");
+    let refused = raw_edge_socket(&cloud.hub, tls)
+        .await
+        .map(|_| ())
+        .expect_err("a deleted node's certificate");
+    assert_eq!(refused.0, 403, "{refused:?}");
+    assert!(refused.1.contains("CertificateRevoked"), "{}", refused.1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wedge_node_revoke_drops_the_session() {
     let dir = tempfile::tempdir().expect("tempdir");

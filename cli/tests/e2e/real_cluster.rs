@@ -114,7 +114,7 @@ fn kubectl_ok_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Str
 /// What the README tells an operator to do before `cloudcore --kubeconfig`: apply `wedge rbac`'s
 /// manifest with the cluster admin's kubeconfig (`admin`), then write a kubeconfig for the
 /// ServiceAccount `kubeedge/cloudcore` with a token for it. Returns its path.
-fn cloudcore_identity(data: &Path, admin: &Path) -> std::path::PathBuf {
+pub(crate) fn cloudcore_identity(data: &Path, admin: &Path) -> std::path::PathBuf {
     let manifest = Command::new(env!("CARGO_BIN_EXE_wedge"))
         .arg("rbac")
         .output()
@@ -195,29 +195,8 @@ async fn cloudstream_answers_a_separate_api_server_at_each_edges_own_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("cloud");
     let data = root.join("apiserver");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
-    command
-        .arg("apiserver")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())]);
-    let apiserver = Proc::spawn(command, dir.path().join("apiserver.log"));
-    let kubeconfig = data.join("admin.kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["get", "--raw", "/readyz"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "wedge apiserver did not come up: {}",
-            apiserver.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_apiserver, kubeconfig) =
+        separate_apiserver(&data, &dir.path().join("apiserver.log")).await;
     // cloudcore runs as an operator would run it on a real cluster: as KubeEdge's
     // ServiceAccount, with the RBAC manifest `wedge rbac` prints applied, not as an admin.
     let cloudcore_kubeconfig = cloudcore_identity(&data, &kubeconfig);

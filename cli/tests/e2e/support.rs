@@ -57,6 +57,36 @@ impl Drop for Proc {
     }
 }
 
+/// `wedge apiserver` as a process of its own, standing in for kube-apiserver beside
+/// `cloudcore --kubeconfig`: its data under `data`, its log at `log`. Returns it once it is
+/// ready, with the admin's kubeconfig.
+pub async fn separate_apiserver(data: &Path, log: &Path) -> (Proc, PathBuf) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
+    command
+        .arg("apiserver")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())]);
+    let apiserver = Proc::spawn(command, log.to_owned());
+    let kubeconfig = data.join("admin.kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "--raw", "/readyz"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "wedge apiserver did not come up: {}",
+            apiserver.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (apiserver, kubeconfig)
+}
+
 /// cloudcore in embedded mode.
 pub struct Cloud {
     pub root: PathBuf,
