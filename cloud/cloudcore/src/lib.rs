@@ -178,6 +178,7 @@ impl CloudCore {
         let certificates = join::certificates::Certificates::start(
             client.clone(),
             sessions.clone(),
+            config.cert_validity,
             &tasks,
             &shutdown,
         )

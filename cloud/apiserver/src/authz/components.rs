@@ -486,8 +486,9 @@ pub fn cloudcore_rules() -> Vec<Value> {
         ),
         rule(&["node.k8s.io"], &["runtimeclasses"], READ),
         // The records of the certificates issued to edges (ConfigMaps `edge-certificates.*` in
-        // kube-system), and single-use bootstrap tokens marked used.
-        rule(&[""], &["configmaps"], &["create", "update"]),
+        // kube-system, deleted once they refuse nothing), and single-use bootstrap tokens
+        // marked used.
+        rule(&[""], &["configmaps"], &["create", "delete", "update"]),
         rule(&[""], &["secrets"], &["update"]),
         // Tokens for the ServiceAccounts of an edge's pods (their `kube-api-access` volumes),
         // bound to the pod; cloudcore checks the pod is the asking edge's.

@@ -161,6 +161,25 @@ impl NodeCertificates {
         self.prune(now);
     }
 
+    /// Whether the record can be deleted at `now`, certificates being valid for at most
+    /// `validity`: it registered no Node that still stands, lists no unexpired certificate,
+    /// and any certificate issued before its revocation, listed or not, has expired too. What
+    /// is left refuses only certificates TLS refuses anyway.
+    pub fn forgettable(&self, now: Timestamp, validity: std::time::Duration) -> bool {
+        let expired_by = |at: Timestamp| {
+            jiff::SignedDuration::try_from(validity)
+                .ok()
+                .and_then(|v| at.checked_add(v).ok())
+                .is_some_and(|end| end <= now)
+        };
+        self.node_uid.is_none()
+            && self.certificates.iter().all(|c| c.not_after <= now)
+            && self
+                .revoked_before
+                .as_ref()
+                .is_none_or(|r| expired_by(r.at))
+    }
+
     /// Lists a new certificate.
     pub fn add(&mut self, issued: Issued, now: Timestamp) {
         self.prune(now);
@@ -290,14 +309,18 @@ pub struct Certificates {
     client: Client,
     sessions: Arc<Sessions>,
     records: RwLock<HashMap<String, NodeCertificates>>,
+    /// How long the certificates issued are valid: when a record may be forgotten.
+    validity: std::time::Duration,
 }
 
 impl Certificates {
     /// Lists the records (before CloudHub serves: every check needs them) and starts the
-    /// watches of records and Nodes, which end with `shutdown`.
+    /// watches of records and Nodes and the hourly forgetting of records that refuse nothing
+    /// any more, which end with `shutdown`. Certificates are issued for `validity`.
     pub async fn start(
         client: Client,
         sessions: Arc<Sessions>,
+        validity: std::time::Duration,
         tasks: &tokio_util::task::TaskTracker,
         shutdown: &CancellationToken,
     ) -> Result<Arc<Self>, JoinError> {
@@ -315,9 +338,11 @@ impl Certificates {
             client,
             sessions,
             records: RwLock::new(records),
+            validity,
         });
         tasks.spawn(this.clone().watch_records(shutdown.clone()));
         tasks.spawn(this.clone().watch_nodes(shutdown.clone()));
+        tasks.spawn(this.clone().forget_records(shutdown.clone()));
         Ok(this)
     }
 
@@ -416,6 +441,54 @@ impl Certificates {
         match result {
             Ok(()) => tracing::info!(node, reason, "revoked the node's certificates"),
             Err(error) => tracing::warn!(node, %error, "revoking the node's certificates failed"),
+        }
+    }
+
+    /// Every hour, deletes the records that are [`NodeCertificates::forgettable`]: a fleet whose
+    /// nodes come and go keeps no record of each forever. A record changed since it was read
+    /// (a new join) is left, by the delete's precondition.
+    async fn forget_records(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), NAMESPACE);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = hourly.tick() => {}
+            }
+            let now = Timestamp::now();
+            let candidates: Vec<String> = self
+                .records
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .filter(|r| r.forgettable(now, self.validity))
+                .map(|r| r.node.clone())
+                .collect();
+            for node in candidates {
+                let name = object_name(&node);
+                let Ok(Some(object)) = api.get_opt(&name).await else {
+                    continue;
+                };
+                if !parse(&object).is_some_and(|r| r.forgettable(now, self.validity)) {
+                    continue;
+                }
+                let params = kube::api::DeleteParams {
+                    preconditions: Some(kube::api::Preconditions {
+                        resource_version: object.metadata.resource_version.clone(),
+                        uid: object.metadata.uid.clone(),
+                    }),
+                    ..kube::api::DeleteParams::default()
+                };
+                match api.delete(&name, &params).await {
+                    Ok(_) => tracing::info!(
+                        node,
+                        "forgot the certificates record of a node gone and its certificates expired"
+                    ),
+                    Err(error) => {
+                        tracing::debug!(node, %error, "the certificates record was not forgotten")
+                    }
+                }
+            }
         }
     }
 
@@ -562,6 +635,28 @@ mod tests {
         record.add(issued("bb", 5_000), at(2_000));
         assert_eq!(record.certificates.len(), 1);
         assert_eq!(record.certificates[0].serial, "bb");
+    }
+
+    #[test]
+    fn a_record_is_forgotten_once_nothing_it_refuses_could_still_be_used() {
+        let year = std::time::Duration::from_secs(365 * 24 * 3600);
+        let year_s = 365 * 24 * 3600;
+        let mut record = NodeCertificates::new("edge-a");
+        record.node_uid = Some("uid-1".into());
+        record.add(issued("aa", 10_000), at(100));
+        assert!(!record.forgettable(at(20_000), year), "its Node stands");
+
+        record.revoke_all(at(300), "its Node was deleted", true);
+        assert!(
+            !record.forgettable(at(20_000), year),
+            "a certificate issued before the revocation may be valid for a year"
+        );
+        assert!(record.forgettable(at(300 + year_s), year));
+
+        // A new join lists a certificate: kept while it is valid.
+        record.add(issued("bb", 2 * year_s), at(400));
+        assert!(!record.forgettable(at(300 + year_s), year));
+        assert!(record.forgettable(at(2 * year_s), year));
     }
 
     #[test]
