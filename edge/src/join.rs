@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use wedge_core::join_token::{JoinToken, ca_hash};
+use wedge_core::protocol::Reason;
+use wedge_core::protocol::messages::ErrorPayload;
 
 use crate::tls::{self, EdgeCredentials};
 
@@ -90,13 +92,6 @@ struct JoinRequest<'a> {
 #[serde(rename_all = "camelCase")]
 struct JoinResponse {
     certificate: String,
-}
-
-#[derive(Deserialize)]
-struct Refusal {
-    #[serde(default)]
-    reason: String,
-    message: String,
 }
 
 /// Accepts any server certificate (handshake signatures are still checked): used only to fetch
@@ -258,10 +253,8 @@ fn key_and_csr(node: &str) -> Result<(KeyPair, String), JoinError> {
 }
 
 fn refusal(status: StatusCode, body: &[u8]) -> JoinError {
-    match serde_json::from_slice::<Refusal>(body) {
-        Ok(r) if r.reason == wedge_core::protocol::messages::CERTIFICATE_REVOKED => {
-            JoinError::Revoked(r.message)
-        }
+    match serde_json::from_slice::<ErrorPayload>(body) {
+        Ok(r) if r.reason == Reason::CertificateRevoked => JoinError::Revoked(r.message),
         Ok(r) => JoinError::Refused(r.message),
         Err(_) => JoinError::Refused(format!("{status}: {}", String::from_utf8_lossy(body))),
     }

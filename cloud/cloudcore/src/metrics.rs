@@ -115,11 +115,11 @@ impl Metrics {
     }
 
     /// Counts a refusal.
-    pub fn refused(&self, node: &str, reason: &str) {
+    pub fn refused(&self, node: &str, reason: &wedge_core::protocol::Reason) {
         self.frames_refused
             .get_or_create(&RefusedLabels {
                 node: node.to_owned(),
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             })
             .inc();
     }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::reason::Reason;
 use super::{MAX_FRAME_BYTES, VERSION};
 
 /// What a frame asks for. KubeEdge's operations (insert, update, delete, response, error,
@@ -247,12 +248,12 @@ pub enum FrameError {
 
 impl FrameError {
     /// A short machine-readable reason, as error frames carry it.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::TooLarge { .. } => "FrameTooLarge",
-            Self::Malformed(_) | Self::Text => "MalformedFrame",
-            Self::Version(_) => "UnsupportedVersion",
-            Self::Incomplete { .. } => "IncompleteFrame",
+            Self::TooLarge { .. } => Reason::FrameTooLarge,
+            Self::Malformed(_) | Self::Text => Reason::MalformedFrame,
+            Self::Version(_) => Reason::UnsupportedVersion,
+            Self::Incomplete { .. } => Reason::IncompleteFrame,
         }
     }
 }
@@ -299,7 +300,7 @@ impl Envelope {
 
     /// A refusal of frame `parent` (0 when the frame could not be read far enough to know its
     /// id), with a reason and a message.
-    pub fn error(id: u64, parent: u64, reason: &str, message: &str) -> Self {
+    pub fn error(id: u64, parent: u64, reason: Reason, message: &str) -> Self {
         let mut error = Self::new(id, Operation::Error);
         error.parent = Some(parent);
         error.payload = serde_json::json!({ "reason": reason, "message": message });
@@ -458,7 +459,7 @@ mod tests {
         for (bytes, reason) in cases {
             let err = Envelope::decode(&bytes).expect_err("must be refused");
             assert_eq!(
-                err.reason(),
+                err.reason().as_str(),
                 reason,
                 "{err} for {:?}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
@@ -503,12 +504,12 @@ mod tests {
         let no_namespace = br#"{"v":1,"id":1,"timestamp":0,"operation":"query","resource":{"kind":"service-account-token","name":"default"},"payload":{}}"#;
         assert_eq!(
             Envelope::decode(no_namespace).map_err(|e| e.reason()),
-            Err("IncompleteFrame")
+            Err(Reason::IncompleteFrame)
         );
         let orphan = br#"{"v":1,"id":1,"timestamp":0,"operation":"response","payload":{}}"#;
         assert_eq!(
             Envelope::decode(orphan).map_err(|e| e.reason()),
-            Err("IncompleteFrame")
+            Err(Reason::IncompleteFrame)
         );
     }
 

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::NodeStatus;
 use serde::{Deserialize, Serialize};
 
 use super::envelope::{ObjectKey, ResourceKind};
+use super::reason::Reason;
 
 /// An object the edge holds, as it states it in [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,16 +64,11 @@ pub struct Welcome {
     pub max_in_flight: u32,
 }
 
-/// The reason CloudHub gives for a revoked (or no longer known) edge certificate: in the 403
-/// answering a connection or a renewal, and in the error frame and close frame ending a live
-/// session. An edge that gets it stops using the certificate: only a new join helps.
-pub const CERTIFICATE_REVOKED: &str = "CertificateRevoked";
-
-/// The payload of an error frame.
+/// The payload of an error frame, and the body of CloudHub's HTTP refusals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorPayload {
     /// A machine-readable reason: `MalformedFrame`, `Forbidden`, `OutOfOrder`...
-    pub reason: String,
+    pub reason: Reason,
     /// What happened, for people.
     pub message: String,
 }

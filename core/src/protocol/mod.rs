@@ -12,17 +12,20 @@
 //!   errors, pod statuses, deletion confirmations).
 //! - [`sync`]: the incremental resync: what an edge holds against what it should hold.
 //! - [`order`]: the per-connection ordering rule (ids strictly increase).
+//! - [`reason`]: why a peer refused something, and whether sending it again can help.
 //! - [`usage`]: the usage samples edges send (`usage` frames) and the rates derived from two.
 
 pub mod envelope;
 pub mod messages;
 pub mod mux;
 pub mod order;
+pub mod reason;
 pub mod stream;
 pub mod sync;
 pub mod usage;
 
 pub use envelope::{Envelope, FrameError, ObjectKey, Operation, ResourceKind, ResourceRef};
+pub use reason::Reason;
 
 /// The protocol version in every envelope's `v`. A peer refuses frames of another version.
 pub const VERSION: u32 = 1;

@@ -69,7 +69,7 @@ pub enum LinkError {
     #[error("the cloud ended the session: {reason}: {message}")]
     Session {
         /// The error frame's reason.
-        reason: String,
+        reason: wedge_core::protocol::Reason,
         /// Its message.
         message: String,
     },

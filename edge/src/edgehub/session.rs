@@ -14,12 +14,12 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
-use wedge_core::protocol::messages::{CERTIFICATE_REVOKED, ErrorPayload, Hello};
+use wedge_core::protocol::messages::{ErrorPayload, Hello};
 use wedge_core::protocol::mux::{Mux, Role};
 use wedge_core::protocol::order::InboundOrder;
 use wedge_core::protocol::stream::{self, StreamFrame};
 use wedge_core::protocol::{
-    EDGE_PATH, Envelope, MAX_FRAME_BYTES, ObjectKey, Operation, ResourceKind, SUBPROTOCOL,
+    EDGE_PATH, Envelope, MAX_FRAME_BYTES, ObjectKey, Operation, Reason, ResourceKind, SUBPROTOCOL,
 };
 
 use super::{EdgeHubConfig, LinkError};
@@ -32,8 +32,6 @@ use crate::store::{MetaStore, Outbox};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the cloud asks to send a report again later, wait this long.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// Error reasons after which a report is sent again; any other refusal drops it.
-const RETRYABLE: [&str; 2] = ["Busy", "ApiUnavailable"];
 
 type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
@@ -81,7 +79,9 @@ async fn dial(config: &EdgeHubConfig) -> Result<Ws, LinkError> {
                     .as_ref()
                     .and_then(|b| serde_json::from_slice::<ErrorPayload>(b).ok());
                 match payload {
-                    Some(p) if p.reason == CERTIFICATE_REVOKED => LinkError::Revoked(p.message),
+                    Some(p) if p.reason == Reason::CertificateRevoked => {
+                        LinkError::Revoked(p.message)
+                    }
                     Some(p) => LinkError::Refused(p.message),
                     None => LinkError::Refused(response.status().to_string()),
                 }
@@ -217,7 +217,7 @@ impl Link<'_> {
             Operation::Error => {
                 let p: ErrorPayload =
                     serde_json::from_value(frame.payload).unwrap_or(ErrorPayload {
-                        reason: "Unknown".into(),
+                        reason: Reason::Other("Unknown".into()),
                         message: "no message".into(),
                     });
                 Err(LinkError::Session {
@@ -251,7 +251,7 @@ impl Link<'_> {
                     self.last_heard = Instant::now();
                     match message {
                         Some(Ok(Message::Binary(bytes))) => self.inbound(ws, &bytes).await?,
-                        Some(Ok(Message::Close(Some(close)))) if close.reason.as_str() == CERTIFICATE_REVOKED => {
+                        Some(Ok(Message::Close(Some(close)))) if close.reason.as_str() == Reason::CertificateRevoked.as_str() => {
                             return Err(LinkError::Revoked("the cloud closed the session".into()));
                         }
                         Some(Ok(Message::Close(close))) => return Err(lost(format!("the cloud closed the connection: {close:?}"))),
@@ -381,10 +381,10 @@ impl Link<'_> {
         &mut self,
         ws: &mut Ws,
         parent: u64,
-        reason: &str,
+        reason: Reason,
         message: &str,
     ) -> Result<(), LinkError> {
-        tracing::warn!(parent, reason, message, "refused a frame from the cloud");
+        tracing::warn!(parent, %reason, message, "refused a frame from the cloud");
         let id = self.id();
         self.send(ws, &Envelope::error(id, parent, reason, message))
             .await
@@ -406,7 +406,10 @@ impl Link<'_> {
                     }
                     Ok(())
                 }
-                Err(e) => self.refuse(ws, 0, "MalformedFrame", &e.to_string()).await,
+                Err(e) => {
+                    self.refuse(ws, 0, Reason::MalformedFrame, &e.to_string())
+                        .await
+                }
             };
         }
         let frame = match Envelope::decode(bytes) {
@@ -415,7 +418,7 @@ impl Link<'_> {
         };
         if let Err(e) = self.order.accept(frame.id) {
             return self
-                .refuse(ws, frame.id, "OutOfOrder", &e.to_string())
+                .refuse(ws, frame.id, Reason::OutOfOrder, &e.to_string())
                 .await;
         }
         match frame.operation {
@@ -436,7 +439,7 @@ impl Link<'_> {
                     }
                     Ok(())
                 }
-                Err(("StoreFailed", message)) => {
+                Err((Reason::StoreFailed, message)) => {
                     // The cloud sends it again shortly: said once, not at every try.
                     if !std::mem::replace(&mut self.store_failing, true) {
                         tracing::warn!(
@@ -445,8 +448,11 @@ impl Link<'_> {
                         );
                     }
                     let id = self.id();
-                    self.send(ws, &Envelope::error(id, frame.id, "StoreFailed", &message))
-                        .await
+                    self.send(
+                        ws,
+                        &Envelope::error(id, frame.id, Reason::StoreFailed, &message),
+                    )
+                    .await
                 }
                 Err((reason, message)) => self.refuse(ws, frame.id, reason, &message).await,
             },
@@ -470,10 +476,10 @@ impl Link<'_> {
             Operation::Error => {
                 let payload: ErrorPayload = serde_json::from_value(frame.payload.clone())
                     .unwrap_or(ErrorPayload {
-                        reason: String::new(),
+                        reason: Reason::Other(String::new()),
                         message: frame.payload.to_string(),
                     });
-                if payload.reason == CERTIFICATE_REVOKED {
+                if payload.reason == Reason::CertificateRevoked {
                     return Err(LinkError::Revoked(payload.message));
                 }
                 if let Some(reply) = frame.parent.and_then(|p| self.queries.remove(&p)) {
@@ -483,32 +489,32 @@ impl Link<'_> {
                 if let Some((key, generation)) =
                     frame.parent.and_then(|p| self.held_in_flight.remove(&p))
                 {
-                    if RETRYABLE.contains(&payload.reason.as_str()) {
+                    if payload.reason.retryable() {
                         self.held_sent.remove(&key);
                         let at = Instant::now() + RETRY_AFTER;
                         let from = self.cursor;
                         self.retry = Some(self.retry.map_or((from, at), |(f, a)| (f.min(from), a)));
                     } else {
-                        tracing::warn!(%key, reason = payload.reason, message = payload.message, "the cloud refused a report; dropped");
+                        tracing::warn!(%key, reason = %payload.reason, message = payload.message, "the cloud refused a report; dropped");
                         self.outbox.forget_held(&key, generation);
                     }
                     return Ok(());
                 }
                 let Some((key, seq)) = frame.parent.and_then(|p| self.in_flight.remove(&p)) else {
                     tracing::warn!(
-                        reason = payload.reason,
+                        reason = %payload.reason,
                         message = payload.message,
                         "the cloud reported an error"
                     );
                     return Ok(());
                 };
-                if RETRYABLE.contains(&payload.reason.as_str()) {
+                if payload.reason.retryable() {
                     let from = seq.saturating_sub(1);
                     let at = Instant::now() + RETRY_AFTER;
                     self.retry = Some(self.retry.map_or((from, at), |(f, a)| (f.min(from), a)));
-                    tracing::info!(%key, reason = payload.reason, "the cloud asked to send a report again later");
+                    tracing::info!(%key, reason = %payload.reason, "the cloud asked to send a report again later");
                 } else {
-                    tracing::warn!(%key, reason = payload.reason, message = payload.message, "the cloud refused a report; dropped");
+                    tracing::warn!(%key, reason = %payload.reason, message = payload.message, "the cloud refused a report; dropped");
                     self.outbox.acknowledge(&key, seq)?;
                 }
                 Ok(())
@@ -521,7 +527,7 @@ impl Link<'_> {
                 self.refuse(
                     ws,
                     frame.id,
-                    "UnexpectedOperation",
+                    Reason::UnexpectedOperation,
                     &format!("the cloud does not send {other:?} here"),
                 )
                 .await
@@ -530,14 +536,14 @@ impl Link<'_> {
     }
 
     /// Stores an object frame in MetaManager, or says why not.
-    fn store(&self, frame: &Envelope) -> Result<(), (&'static str, String)> {
+    fn store(&self, frame: &Envelope) -> Result<(), (Reason, String)> {
         let resource = frame
             .resource
             .as_ref()
-            .ok_or(("IncompleteFrame", "no resource".to_owned()))?;
+            .ok_or((Reason::IncompleteFrame, "no resource".to_owned()))?;
         if !ResourceKind::DOWNSTREAM.contains(&resource.kind) {
             return Err((
-                "UnexpectedResource",
+                Reason::UnexpectedResource,
                 format!("the cloud does not send {} objects", resource.kind),
             ));
         }
@@ -546,11 +552,11 @@ impl Link<'_> {
         if frame.operation == Operation::Delete {
             self.meta
                 .delete(&key, (!uid.is_empty()).then_some(uid.as_str()))
-                .map_err(|e| ("StoreFailed", e.to_string()))?;
+                .map_err(|e| (Reason::StoreFailed, e.to_string()))?;
             return Ok(());
         }
         self.check_object(resource.kind, &frame.payload, &uid)
-            .map_err(|m| ("InvalidObject", format!("{key}: {m}")))?;
+            .map_err(|m| (Reason::InvalidObject, format!("{key}: {m}")))?;
         let rv = frame
             .resource_version
             .clone()
@@ -564,7 +570,7 @@ impl Link<'_> {
             .unwrap_or_default();
         self.meta
             .apply(&key, &uid, &rv, &frame.payload)
-            .map_err(|e| ("StoreFailed", e.to_string()))?;
+            .map_err(|e| (Reason::StoreFailed, e.to_string()))?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use wedge_core::device::DeviceStatus;
 use wedge_core::protocol::messages::{LeaseRenewal, NodeReport};
-use wedge_core::protocol::{Envelope, Operation, ResourceKind};
+use wedge_core::protocol::{Envelope, Operation, Reason, ResourceKind};
 
 use super::desired::Desired;
 use crate::cloudstream::node_endpoint::KubeletEndpoint;
@@ -48,11 +48,11 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The error frame's reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Forbidden(_) => "Forbidden",
-            Self::Invalid(_) | Self::Unsupported { .. } => "Invalid",
-            Self::Api(_) => "ApiUnavailable",
+            Self::Forbidden(_) => Reason::Forbidden,
+            Self::Invalid(_) | Self::Unsupported { .. } => Reason::Invalid,
+            Self::Api(_) => Reason::ApiUnavailable,
         }
     }
 }

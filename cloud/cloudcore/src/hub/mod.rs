@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wedge_apiserver::pki::Pki;
-use wedge_core::protocol::{EDGE_PATH, MAX_FRAME_BYTES, SUBPROTOCOL};
+use wedge_core::protocol::{EDGE_PATH, MAX_FRAME_BYTES, Reason, SUBPROTOCOL};
 
 use crate::controller::{Desired, Upstream};
 use crate::metrics::{Metrics, RefusedLabels};
@@ -172,7 +172,7 @@ async fn connection(
     }
 }
 
-fn json_response(status: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, reason: &Reason, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "reason": reason, "message": message }).to_string();
     Response::builder()
         .status(status)
@@ -198,7 +198,7 @@ async fn route(
                 Err(_) => {
                     return json_response(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        "RequestTooLarge",
+                        &Reason::RequestTooLarge,
                         &format!("request bodies are limited to {MAX_BODY} bytes"),
                     );
                 }
@@ -214,7 +214,7 @@ async fn route(
             .await
             {
                 Some(response) => response.map(Full::new),
-                None => json_response(StatusCode::NOT_FOUND, "NotFound", "no such path"),
+                None => json_response(StatusCode::NOT_FOUND, &Reason::NotFound, "no such path"),
             }
         }
     }
@@ -228,21 +228,21 @@ fn upgrade(
     peer: SocketAddr,
     ctx: Arc<HubContext>,
 ) -> Response<Full<Bytes>> {
-    let refuse = |status, reason: &str, message: &str| {
-        tracing::warn!(%peer, reason, message, "refused an edge connection");
+    let refuse = |status, reason: Reason, message: &str| {
+        tracing::warn!(%peer, %reason, message, "refused an edge connection");
         ctx.metrics
             .connections_refused
             .get_or_create(&RefusedLabels {
                 node: String::new(),
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             })
             .inc();
-        json_response(status, reason, message)
+        json_response(status, &reason, message)
     };
     let Some(identity) = node else {
         return refuse(
             StatusCode::UNAUTHORIZED,
-            "Unauthorized",
+            Reason::Unauthorized,
             "CloudHub needs the edge's client certificate, which an edge gets by joining: run edgecore with --token (wedge token create makes one)",
         );
     };
@@ -254,13 +254,9 @@ fn upgrade(
         .check(&identity.node, &identity.certificate)
     {
         ctx.metrics
-            .refused(&identity.node, crate::join::certificates::REVOKED);
+            .refused(&identity.node, &Reason::CertificateRevoked);
         tracing::warn!(%peer, node = identity.node, serial = identity.certificate.serial, "refused a revoked certificate");
-        return json_response(
-            StatusCode::FORBIDDEN,
-            crate::join::certificates::REVOKED,
-            &message,
-        );
+        return json_response(StatusCode::FORBIDDEN, &Reason::CertificateRevoked, &message);
     }
     let headers = req.headers();
     let is_upgrade = headers
@@ -270,7 +266,7 @@ fn upgrade(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return refuse(
             StatusCode::BAD_REQUEST,
-            "NotWebSocket",
+            Reason::NotWebSocket,
             "this path is a WebSocket",
         );
     };
@@ -283,14 +279,14 @@ fn upgrade(
     if !is_upgrade {
         return refuse(
             StatusCode::BAD_REQUEST,
-            "NotWebSocket",
+            Reason::NotWebSocket,
             "this path is a WebSocket",
         );
     }
     if !protocol_ok {
         return refuse(
             StatusCode::BAD_REQUEST,
-            "UnsupportedProtocol",
+            Reason::UnsupportedProtocol,
             &format!(
                 "ask for the WebSocket subprotocol {SUBPROTOCOL}: this edge is too old or too new for this cloud"
             ),

@@ -23,7 +23,7 @@ use wedge_core::protocol::order::InboundOrder;
 use wedge_core::protocol::stream::{self, StreamFrame};
 use wedge_core::protocol::usage::UsageSample;
 use wedge_core::protocol::{
-    Envelope, FrameError, MAX_FRAME_BYTES, ObjectKey, Operation, ResourceRef, sync,
+    Envelope, FrameError, MAX_FRAME_BYTES, ObjectKey, Operation, Reason, ResourceRef, sync,
 };
 
 use super::HubContext;
@@ -70,15 +70,16 @@ where
         .map_err(|_| ())
 }
 
-async fn refuse<S>(ws: &mut Ws<S>, reason: &str, message: &str)
+async fn refuse<S>(ws: &mut Ws<S>, reason: Reason, message: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let close = reason.as_str().to_owned();
     let _ = send(ws, &Envelope::error(1, 0, reason, message)).await;
     let _ = ws
         .close(Some(CloseFrame {
             code: CloseCode::Policy,
-            reason: reason.to_owned().into(),
+            reason: close.into(),
         }))
         .await;
 }
@@ -124,8 +125,8 @@ where
         Ok(h) => h,
         Err(message) => {
             tracing::warn!(node, message, "refused an edge session");
-            ctx.metrics.refused(&node, "BadHello");
-            refuse(&mut ws, "BadHello", &message).await;
+            ctx.metrics.refused(&node, &Reason::BadHello);
+            refuse(&mut ws, Reason::BadHello, &message).await;
             return;
         }
     };
@@ -139,8 +140,8 @@ where
             claimed = hello.node,
             "refused an edge claiming another node"
         );
-        ctx.metrics.refused(&node, "Forbidden");
-        refuse(&mut ws, "Forbidden", &message).await;
+        ctx.metrics.refused(&node, &Reason::Forbidden);
+        refuse(&mut ws, Reason::Forbidden, &message).await;
         return;
     }
     ctx.desired.ready().await;
@@ -195,13 +196,14 @@ where
         // The edge is told why, once, and stops dialling with this certificate.
         Some(message) => {
             let id = session.id();
-            let reason = crate::join::certificates::REVOKED;
-            ctx.metrics.refused(&node, reason);
+            let reason = Reason::CertificateRevoked;
+            ctx.metrics.refused(&node, &reason);
+            let close = reason.as_str().to_owned();
             let _ = send(&mut ws, &Envelope::error(id, 0, reason, &message)).await;
             let _ = ws
                 .close(Some(CloseFrame {
                     code: CloseCode::Policy,
-                    reason: reason.into(),
+                    reason: close.into(),
                 }))
                 .await;
         }
@@ -297,7 +299,7 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Text(_))) => {
-                            self.refused(ws, 0, &FrameError::Text.to_string(), FrameError::Text.reason()).await;
+                            self.refuse(ws, 0, FrameError::Text.reason(), &FrameError::Text.to_string()).await;
                         }
                         Some(Ok(Message::Close(_))) | None => break "the edge closed",
                         Some(Ok(_)) => {} // pings are answered by the library; pongs keep it alive
@@ -306,8 +308,8 @@ impl Session {
                             // connection ends with 1009 and the edge resyncs when it is back.
                             let message = format!("{error}; frames are at most {MAX_FRAME_BYTES} bytes");
                             tracing::warn!(node = self.node, message, "refused a frame from the edge; closing");
-                            self.ctx.metrics.refused(&self.node, "FrameTooLarge");
-                            let _ = ws.close(Some(CloseFrame { code: CloseCode::Size, reason: "FrameTooLarge".into() })).await;
+                            self.ctx.metrics.refused(&self.node, &Reason::FrameTooLarge);
+                            let _ = ws.close(Some(CloseFrame { code: CloseCode::Size, reason: Reason::FrameTooLarge.as_str().into() })).await;
                             break "frame too large";
                         }
                         Some(Err(error)) => {
@@ -450,18 +452,18 @@ impl Session {
         }
     }
 
-    async fn refused<S>(&mut self, ws: &mut Ws<S>, parent: u64, message: &str, reason: &str)
+    async fn refuse<S>(&mut self, ws: &mut Ws<S>, parent: u64, reason: Reason, message: &str)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         tracing::warn!(
             node = self.node,
             parent,
-            reason,
+            %reason,
             message,
             "refused a frame from the edge"
         );
-        self.ctx.metrics.refused(&self.node, reason);
+        self.ctx.metrics.refused(&self.node, &reason);
         let id = self.id();
         let _ = send(ws, &Envelope::error(id, parent, reason, message)).await;
     }
@@ -484,7 +486,7 @@ impl Session {
                     let _ = self.handle.streams.incoming(frame);
                 }
                 Err(error) => {
-                    self.refused(ws, 0, &error.to_string(), "MalformedFrame")
+                    self.refuse(ws, 0, Reason::MalformedFrame, &error.to_string())
                         .await;
                 }
             }
@@ -493,13 +495,12 @@ impl Session {
         let frame = match Envelope::decode(bytes) {
             Ok(frame) => frame,
             Err(error) => {
-                self.refused(ws, 0, &error.to_string(), error.reason())
-                    .await;
+                self.refuse(ws, 0, error.reason(), &error.to_string()).await;
                 return Ok(());
             }
         };
         if let Err(error) = self.order.accept(frame.id) {
-            self.refused(ws, frame.id, &error.to_string(), "OutOfOrder")
+            self.refuse(ws, frame.id, Reason::OutOfOrder, &error.to_string())
                 .await;
             return Ok(());
         }
@@ -521,10 +522,13 @@ impl Session {
                 }
             }
             Operation::Error => {
-                let store_failed =
-                    frame.payload.get("reason").and_then(|r| r.as_str()) == Some("StoreFailed");
+                let reason = frame
+                    .payload
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .map(Reason::from);
                 if let Some(failed) = frame.parent.and_then(|p| self.in_flight.remove(&p)) {
-                    if store_failed {
+                    if reason.is_some_and(|r| r.retryable()) {
                         // The edge could not store it (a full disk, say): sent again shortly,
                         // with its newest version, until the edge takes it, not only at its
                         // next change. The edge logs its full disk itself.
@@ -555,7 +559,7 @@ impl Session {
                     }
                     Err(error) => {
                         let message = format!("usage payload: {error}");
-                        self.refused(ws, frame.id, &message, "Invalid").await;
+                        self.refuse(ws, frame.id, Reason::Invalid, &message).await;
                     }
                 }
             }
@@ -563,11 +567,11 @@ impl Session {
                 // Finished answers are reaped here; a session has few queries in flight.
                 while queries.try_join_next().is_some() {}
                 if queries.len() >= MAX_QUERIES {
-                    self.refused(
+                    self.refuse(
                         ws,
                         frame.id,
+                        Reason::Busy,
                         "too many queries in flight; ask again later",
-                        "Busy",
                     )
                     .await;
                     return Ok(());
@@ -582,8 +586,8 @@ impl Session {
                         }
                         Err(error) => {
                             let reason = error.reason();
-                            tracing::warn!(node, frame = frame.id, reason, %error, "refused an edge's query");
-                            ctx.metrics.refused(&node, reason);
+                            tracing::warn!(node, frame = frame.id, %reason, %error, "refused an edge's query");
+                            ctx.metrics.refused(&node, &reason);
                             Envelope::error(0, frame.id, reason, &error.to_string())
                         }
                     };
@@ -596,18 +600,18 @@ impl Session {
                         mpsc::error::TrySendError::Full(f)
                         | mpsc::error::TrySendError::Closed(f) => f.id,
                     };
-                    self.refused(
+                    self.refuse(
                         ws,
                         id,
+                        Reason::Busy,
                         "too many reports in flight; send it again later",
-                        "Busy",
                     )
                     .await;
                 }
             }
             other => {
                 let message = format!("edges do not send {other:?} frames after their hello");
-                self.refused(ws, frame.id, &message, "UnexpectedOperation")
+                self.refuse(ws, frame.id, Reason::UnexpectedOperation, &message)
                     .await;
             }
         }
@@ -630,9 +634,13 @@ async fn write_reports(
     while let Some(frame) = reports.recv().await {
         // Nothing more is written for a certificate revoked meanwhile (its session is closing).
         if let Err(message) = ctx.join.certificates.check(&node, &handle.certificate) {
-            let reason = crate::join::certificates::REVOKED;
             if answers
-                .send(Envelope::error(0, frame.id, reason, &message))
+                .send(Envelope::error(
+                    0,
+                    frame.id,
+                    Reason::CertificateRevoked,
+                    &message,
+                ))
                 .await
                 .is_err()
             {
@@ -644,8 +652,8 @@ async fn write_reports(
             Ok(()) => Envelope::ack(0, frame.id),
             Err(error) => {
                 let reason = error.reason();
-                tracing::warn!(node, frame = frame.id, reason, %error, "refused an edge's report");
-                ctx.metrics.refused(&node, reason);
+                tracing::warn!(node, frame = frame.id, %reason, %error, "refused an edge's report");
+                ctx.metrics.refused(&node, &reason);
                 Envelope::error(0, frame.id, reason, &error.to_string())
             }
         };

@@ -125,6 +125,7 @@ mod tests {
     use k8s_openapi::api::coordination::v1::LeaseSpec;
     use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use wedge_core::protocol::Reason;
 
     use super::super::certificates::Issued;
     use super::super::tokens::Binding;
@@ -225,7 +226,7 @@ mod tests {
         let in_use = Taken::Connected;
         assert!(admit(&plain, "edge-a", None).is_ok(), "a free name");
         let refused = admit(&plain, "edge-a", Some(&in_use)).expect_err("taken");
-        assert_eq!(refused.status(), (409, "NodeTaken"));
+        assert_eq!(refused.status(), (409, Reason::NodeTaken));
         let message = refused.to_string();
         assert!(
             message.contains("edge-a")
@@ -240,7 +241,7 @@ mod tests {
         });
         assert!(admit(&bound, "edge-a", Some(&in_use)).is_ok());
         let other = admit(&bound, "edge-b", None).expect_err("bound elsewhere");
-        assert_eq!(other.status(), (403, "TokenBoundToNode"));
+        assert_eq!(other.status(), (403, Reason::TokenBoundToNode));
         assert!(may_replace(&bound));
 
         let replace = token(Binding {

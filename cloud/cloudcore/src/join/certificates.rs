@@ -45,8 +45,6 @@ pub const NAMESPACE: &str = "kube-system";
 pub const LABEL: &str = "wedge.io/edge-certificates";
 /// The data key of the record.
 pub const KEY: &str = "certificates.json";
-/// The close and refusal reason of a revoked (or unknown) certificate.
-pub const REVOKED: &str = wedge_core::protocol::messages::CERTIFICATE_REVOKED;
 
 /// A revocation: when and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,7 +46,7 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<By
 
 fn refuse(error: &JoinError, path: &str) -> Response<Bytes> {
     let (code, reason) = error.status();
-    tracing::warn!(path, reason, %error, "refused a join request");
+    tracing::warn!(path, %reason, %error, "refused a join request");
     let body = serde_json::json!({ "reason": reason, "message": error.to_string() });
     respond(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

@@ -22,6 +22,7 @@ pub mod tokens;
 use std::sync::Arc;
 
 use wedge_apiserver::pki::Pki;
+use wedge_core::protocol::Reason;
 
 /// Why a join or renewal was refused. The messages are what the edge's operator reads.
 #[derive(Debug, thiserror::Error)]
@@ -116,20 +117,22 @@ pub enum JoinError {
 
 impl JoinError {
     /// The HTTP status and reason the endpoint answers with.
-    pub fn status(&self) -> (u16, &'static str) {
+    pub fn status(&self) -> (u16, Reason) {
         match self {
             Self::MalformedToken
             | Self::UnknownToken { .. }
             | Self::Expired { .. }
             | Self::WrongSecret { .. }
-            | Self::NotForEdges { .. } => (401, "InvalidToken"),
-            Self::TokenUsed { .. } => (401, "TokenUsed"),
-            Self::NoClientCertificate => (403, "Forbidden"),
-            Self::TokenForOtherNode { .. } => (403, "TokenBoundToNode"),
-            Self::NodeTaken { .. } => (409, "NodeTaken"),
-            Self::Revoked(_) => (403, certificates::REVOKED),
-            Self::BadNodeName(_) | Self::BadCsr(_) | Self::BadRequest(_) => (400, "BadRequest"),
-            Self::Internal(_) => (500, "InternalError"),
+            | Self::NotForEdges { .. } => (401, Reason::InvalidToken),
+            Self::TokenUsed { .. } => (401, Reason::TokenUsed),
+            Self::NoClientCertificate => (403, Reason::Forbidden),
+            Self::TokenForOtherNode { .. } => (403, Reason::TokenBoundToNode),
+            Self::NodeTaken { .. } => (409, Reason::NodeTaken),
+            Self::Revoked(_) => (403, Reason::CertificateRevoked),
+            Self::BadNodeName(_) | Self::BadCsr(_) | Self::BadRequest(_) => {
+                (400, Reason::BadRequest)
+            }
+            Self::Internal(_) => (500, Reason::InternalError),
         }
     }
 }
