@@ -17,6 +17,8 @@
 pub mod acl;
 pub mod auth;
 pub mod broker;
+#[cfg(test)]
+mod fuzz;
 pub mod passwords;
 pub mod topics;
 pub mod twin_api;
