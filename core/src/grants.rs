@@ -12,6 +12,7 @@
 //! | `handlers.wedge.io/twin` | `thermo-1/temperature, fan-1/*` | handler runs on these twin changes |
 //! | `handlers.wedge.io/topics` | `commands/#` | handler runs on messages here (must be subscribable) |
 //! | `handlers.wedge.io/timer` | `30s` | handler's timer fires at this interval |
+//! | `mqtt.wedge.io/login` | `thermo-mapper-login` | a `kubernetes.io/basic-auth` Secret: the pod's login on the edge's MQTT broker, limited to these grants |
 //!
 //! Annotations are pod-wide: every container of the pod gets the same grants and triggers.
 
@@ -34,6 +35,10 @@ pub const HANDLER_TWIN: &str = "handlers.wedge.io/twin";
 pub const HANDLER_TOPICS: &str = "handlers.wedge.io/topics";
 /// Annotation: the handler's timer interval.
 pub const HANDLER_TIMER: &str = "handlers.wedge.io/timer";
+/// Annotation: a `kubernetes.io/basic-auth` Secret in the pod's namespace whose `username` and
+/// `password` log the pod's own MQTT clients in to the edge's embedded broker, within the pod's
+/// grants. The cloud sends the Secret to the pod's edge as it sends the Secrets a pod mounts.
+pub const MQTT_LOGIN: &str = "mqtt.wedge.io/login";
 
 /// A grant annotation that does not parse or contradicts another.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

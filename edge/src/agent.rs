@@ -287,6 +287,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         refusals.clone(),
         uploads,
     )?;
+    let pod_logins = bus.logins();
     let backends = Backends {
         twin: Arc::new(twin.clone()),
         bus: Arc::new(bus),
@@ -348,7 +349,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         signals.clone(),
         edged_config,
     )
-    .with_tokens(tokens);
+    .with_tokens(tokens)
+    .with_logins(pod_logins);
     if cri.is_some() {
         // Two runtimes: a pod without a RuntimeClass goes where its images' kind says.
         match wedge_oci::ImageKinds::new(registries.clone()) {

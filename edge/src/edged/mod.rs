@@ -137,6 +137,8 @@ struct PodState {
     /// What its file volumes were last written from ([`Edged::volume_inputs`] and the pod's
     /// version): while it stands, a reconcile leaves them alone.
     volumes_written_from: Option<u64>,
+    /// Whether its MQTT login is accepted, if it names one (`mqtt.wedge.io/login`).
+    mqtt_login: Option<crate::eventbus::logins::Outcome>,
 }
 
 /// A pod as parsed from MetaManager, with the version it was parsed from; `None` if that
@@ -185,6 +187,8 @@ pub struct Edged {
     image_kinds: Option<Arc<dyn runtime_class::ImageKinds>>,
     /// The ServiceAccount tokens of pods' projected volumes, asked of the cloud.
     tokens: Option<Arc<tokens::TokenManager>>,
+    /// The MQTT logins pods bring, kept to the pods on this edge.
+    logins: Option<Arc<crate::eventbus::logins::PodLogins>>,
 }
 
 fn grace_of(pod: &Pod) -> Duration {
@@ -298,7 +302,16 @@ impl Edged {
             parsed: HashMap::new(),
             image_kinds: None,
             tokens: None,
+            logins: None,
         }
+    }
+
+    /// Keeps `logins` to the MQTT logins of the pods on this edge (`mqtt.wedge.io/login`), and
+    /// reports on each such pod whether its login is accepted.
+    #[must_use]
+    pub fn with_logins(mut self, logins: Arc<crate::eventbus::logins::PodLogins>) -> Self {
+        self.logins = Some(logins);
+        self
     }
 
     /// Gets pods' ServiceAccount tokens through `tokens`; without it, a pod that mounts one
@@ -521,6 +534,7 @@ impl Edged {
                 stopping: false,
                 confirmed: false,
                 volumes_written_from: None,
+                mqtt_login: None,
             });
             state.pod = pod.clone();
             if pod.metadata.deletion_timestamp.is_some() {
@@ -630,6 +644,62 @@ impl Edged {
             .retain(|uid, s| wanted.contains(uid) || s.stopping);
         if let Some(tokens) = &self.tokens {
             tokens.retain(&self.pods.keys().cloned().collect());
+        }
+        self.sync_logins();
+    }
+
+    /// Makes the MQTT logins those of the pods on this edge that name one (not deleted, not
+    /// finished), and reports each such pod's outcome when it changes.
+    fn sync_logins(&mut self) {
+        use crate::eventbus::logins::WantedLogin;
+        let Some(logins) = self.logins.clone() else {
+            return;
+        };
+        let mut wanted = Vec::new();
+        for (uid, state) in &self.pods {
+            let pod = &state.pod;
+            let gone = state.stopping
+                || state.confirmed
+                || pod.metadata.deletion_timestamp.is_some()
+                || is_terminal(pod)
+                || state.reported.as_ref().is_some_and(phase_is_terminal);
+            let annotations = pod.metadata.annotations.as_ref();
+            let Some(secret_name) = annotations
+                .and_then(|a| a.get(wedge_core::grants::MQTT_LOGIN))
+                .map(|n| n.trim())
+                .filter(|n| !gone && !n.is_empty())
+            else {
+                continue;
+            };
+            wanted.push(WantedLogin {
+                uid: uid.clone(),
+                pod: format!("{}/{}", state.namespace, state.name),
+                secret_name: secret_name.to_owned(),
+                secret: self.lookup(ResourceKind::Secret, &state.namespace, secret_name),
+                grants: wedge_core::grants::PodGrants::from_annotations(
+                    annotations.unwrap_or(&Default::default()),
+                )
+                .map_err(|e| e.to_string()),
+            });
+        }
+        // Most edges' pods name no login: nothing to lock or report.
+        if wanted.is_empty()
+            && logins.is_empty()
+            && self.pods.values().all(|s| s.mqtt_login.is_none())
+        {
+            return;
+        }
+        let mut outcomes: HashMap<String, _> = logins.sync(wanted).into_iter().collect();
+        let mut changed = Vec::new();
+        for (uid, state) in &mut self.pods {
+            let outcome = outcomes.remove(uid);
+            if state.mqtt_login != outcome {
+                state.mqtt_login = outcome;
+                changed.push(uid.clone());
+            }
+        }
+        for uid in changed {
+            self.report_status(&uid);
         }
     }
 
@@ -843,6 +913,7 @@ impl Edged {
             node_ip: &self.config.node.ip,
             start_time: state.start_time,
             refused: state.refused.as_ref().map(|(_, m)| m.as_str()),
+            mqtt_login: state.mqtt_login.as_ref(),
         };
         let status = status::pod_status(pod, report.as_ref(), &facts, state.reported.as_ref());
         if state.reported.as_ref() == Some(&status) {

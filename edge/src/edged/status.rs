@@ -17,6 +17,9 @@ pub struct PodFacts<'a> {
     /// Why the pod could not be started, when it could not (kubelet's
     /// `CreateContainerConfigError`: a missing ConfigMap, an invalid spec).
     pub refused: Option<&'a str>,
+    /// Whether the pod's MQTT login (`mqtt.wedge.io/login`) is accepted, if it names one: the
+    /// [`logins::CONDITION`](crate::eventbus::logins::CONDITION) condition.
+    pub mqtt_login: Option<&'a crate::eventbus::logins::Outcome>,
 }
 
 fn condition(
@@ -103,14 +106,27 @@ pub fn pod_status(
     let pod_ip = report
         .and_then(|r| r.pod_ip.clone())
         .unwrap_or_else(|| facts.node_ip.to_owned());
+    let mut conditions = vec![
+        condition("PodScheduled", true, previous, now),
+        condition("Initialized", initialized, previous, now),
+        condition("ContainersReady", all_ready, previous, now),
+        condition("Ready", all_ready, previous, now),
+    ];
+    if let Some(outcome) = facts.mqtt_login {
+        let kind = crate::eventbus::logins::CONDITION;
+        let mut c = condition(kind, outcome.is_ok(), previous, now);
+        match outcome {
+            Ok(()) => c.reason = Some("Accepted".into()),
+            Err(e) => {
+                c.reason = Some(e.reason().into());
+                c.message = Some(e.to_string());
+            }
+        }
+        conditions.push(c);
+    }
     PodStatus {
         phase: Some(phase.to_owned()),
-        conditions: Some(vec![
-            condition("PodScheduled", true, previous, now),
-            condition("Initialized", initialized, previous, now),
-            condition("ContainersReady", all_ready, previous, now),
-            condition("Ready", all_ready, previous, now),
-        ]),
+        conditions: Some(conditions),
         init_container_statuses: (!init.is_empty()).then_some(init),
         container_statuses: Some(containers),
         host_ip: Some(facts.node_ip.to_owned()),
@@ -144,6 +160,7 @@ mod tests {
             node_ip: "10.0.0.5",
             start_time: jiff::Timestamp::UNIX_EPOCH,
             refused: None,
+            mqtt_login: None,
         }
     }
 
@@ -176,6 +193,42 @@ mod tests {
         );
         assert_eq!(status.host_ip.as_deref(), Some("10.0.0.5"));
         assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.5"));
+    }
+
+    #[test]
+    fn a_pods_mqtt_login_is_a_condition_with_its_reason() {
+        let refused: crate::eventbus::logins::Outcome = Err(
+            crate::eventbus::logins::LoginError::SecretNotFound("login".into()),
+        );
+        let mut f = facts();
+        f.mqtt_login = Some(&refused);
+        let status = pod_status(&pod(), None, &f, None);
+        let conditions = status.conditions.expect("conditions");
+        let c = conditions
+            .iter()
+            .find(|c| c.type_ == crate::eventbus::logins::CONDITION)
+            .expect("the login's condition");
+        assert_eq!(c.status, "False");
+        assert_eq!(c.reason.as_deref(), Some("SecretNotFound"));
+        assert!(
+            c.message
+                .as_deref()
+                .is_some_and(|m| m.contains("\"login\"")),
+            "{c:?}"
+        );
+        let accepted = Ok(());
+        f.mqtt_login = Some(&accepted);
+        let status = pod_status(&pod(), None, &f, None);
+        assert!(
+            status
+                .conditions
+                .expect("conditions")
+                .iter()
+                .any(|c| { c.type_ == crate::eventbus::logins::CONDITION && c.status == "True" })
+        );
+        // No login named, no condition.
+        let status = pod_status(&pod(), None, &facts(), None);
+        assert_eq!(status.conditions.expect("conditions").len(), 4);
     }
 
     #[test]

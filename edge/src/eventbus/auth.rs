@@ -7,6 +7,8 @@
 //! - **Users** (mappers, devices, container apps) are those of a mosquitto `password_file`
 //!   ([`passwords`](super::passwords)), each limited by a mosquitto `acl_file`
 //!   ([`acl`](super::acl)) when one is given.
+//! - **Pods' logins** come from the Secrets pods name ([`logins`](super::logins)), each limited
+//!   to its pod's grants; the `acl_file`'s `deny` rules limit them too.
 //! - **Anonymous** clients are refused unless the operator allows them (KubeEdge mappers that
 //!   cannot log in); the `acl_file`'s rules before its first `user` line then limit them.
 //!
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::acl::{Acl, Action};
+use super::logins::PodLogins;
 use super::passwords::{self, Passwords};
 
 /// Connection slots only EventBus and users of the password file may take.
@@ -259,6 +262,8 @@ fn log(why: Refusal, p: &mut Pending) {
 enum Identity {
     EventBus,
     User(String),
+    /// A pod's login (its username).
+    Pod(String),
     Anonymous,
 }
 
@@ -271,6 +276,8 @@ pub struct BusGuard {
     allow_anonymous: bool,
     /// Who logged in with each client id (the broker keeps one connection per id).
     sessions: Mutex<HashMap<String, Identity>>,
+    /// The logins pods bring.
+    logins: std::sync::Arc<PodLogins>,
     refusals: std::sync::Arc<Refusals>,
 }
 
@@ -326,6 +333,7 @@ impl BusGuard {
         allow_anonymous: bool,
         refusals: std::sync::Arc<Refusals>,
     ) -> Self {
+        let logins = std::sync::Arc::new(PodLogins::embedded(passwords.users().map(str::to_owned)));
         Self {
             eventbus_client_id: eventbus_client_id(node),
             eventbus_password: passwords::random_password(),
@@ -333,8 +341,14 @@ impl BusGuard {
             acl,
             allow_anonymous,
             sessions: Mutex::default(),
+            logins,
             refusals,
         }
+    }
+
+    /// The logins pods bring, which Edged keeps up to date.
+    pub fn logins(&self) -> &std::sync::Arc<PodLogins> {
+        &self.logins
     }
 
     /// EventBus's login.
@@ -345,7 +359,7 @@ impl BusGuard {
     /// One line for the start-up log: which mode the bus runs in.
     pub fn describe(&self) -> String {
         format!(
-            "{} user(s) from the password file, {}, anonymous clients {}",
+            "{} user(s) from the password file, pods' logins from their Secrets (mqtt.wedge.io/login) within their grants, {}, anonymous clients {}",
             self.passwords.len(),
             if self.acl.is_some() {
                 "limited by the ACL file"
@@ -390,13 +404,23 @@ impl BusGuard {
                 return false;
             }
             Identity::Anonymous
-        } else if self.passwords.verify(username, password) {
+        } else if self.passwords.contains(username) {
+            if !self.passwords.verify(username, password) {
+                self.refusals
+                    .note(Refusal::BadLogin, || format!("{client_id} as {username}"));
+                return false;
+            }
             Identity::User(username.to_owned())
+        } else if self.logins.verify(client_id, username, password) {
+            Identity::Pod(username.to_owned())
         } else {
             self.refusals
                 .note(Refusal::BadLogin, || format!("{client_id} as {username}"));
             return false;
         };
+        if !matches!(identity, Identity::Pod(_)) {
+            self.logins.forget_client(client_id);
+        }
         let mut sessions = self.sessions();
         // Anonymous is what an unknown id is; keeping none for them bounds the map by the
         // users' ids.
@@ -417,7 +441,7 @@ impl BusGuard {
             .unwrap_or(Identity::Anonymous);
         let user = match &identity {
             Identity::EventBus => return true,
-            Identity::User(u) => Some(u.as_str()),
+            Identity::User(u) | Identity::Pod(u) => Some(u.as_str()),
             Identity::Anonymous => None,
         };
         let (action, topic) = match access {
@@ -430,10 +454,17 @@ impl BusGuard {
             rumqttd::Access::Publish(t) => (Action::Publish, t),
             rumqttd::Access::Subscribe(f) => (Action::Subscribe, f),
         };
-        let Some(acl) = &self.acl else {
-            return true;
+        let allowed = match (&identity, &self.acl) {
+            // A pod's login: its grants, and the ACL file's denies (deny wins).
+            (Identity::Pod(u), acl) => {
+                self.logins.allows(client_id, u, action, topic)
+                    && !acl
+                        .as_ref()
+                        .is_some_and(|a| a.denies(user, client_id, action, topic))
+            }
+            (_, None) => return true,
+            (_, Some(acl)) => acl.allows(user, client_id, action, topic),
         };
-        let allowed = acl.allows(user, client_id, action, topic);
         if !allowed {
             let why = match action {
                 Action::Publish => Refusal::Publish,
@@ -530,6 +561,42 @@ mod tests {
             "m",
             Access::Publish("$hw/events/device/thermo-1/twin/update")
         ));
+    }
+
+    #[test]
+    fn a_pods_login_is_held_to_its_grants_and_the_acl_files_denies() {
+        use base64::Engine;
+        use wedge_core::grants::{PUBLISH, PodGrants};
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let (g, refusals) = guard(false, Some("pattern deny telemetry/secret/#\n"));
+        let annotations = [(PUBLISH.to_owned(), "telemetry/#".to_owned())].into();
+        let wanted = |user: &str| super::super::logins::WantedLogin {
+            uid: "u1".into(),
+            pod: "default/app".into(),
+            secret_name: "login".into(),
+            secret: Some(serde_json::json!({
+                "type": "kubernetes.io/basic-auth",
+                "data": {"username": b64(user), "password": b64("pw")},
+            })),
+            grants: PodGrants::from_annotations(&annotations).map_err(|e| e.to_string()),
+        };
+        g.logins().sync(vec![wanted("app")]);
+        assert!(!g.authenticate("app-1", "app", "nope"));
+        assert!(g.authenticate("app-1", "app", "pw"));
+        assert!(g.authorize("app-1", Access::Publish("telemetry/t")));
+        assert!(g.authorize("app-1", Access::ReservedSlot));
+        assert!(!g.authorize("app-1", Access::Publish("commands/x")));
+        assert!(!g.authorize("app-1", Access::Publish("telemetry/secret/x")));
+        assert_eq!(refusals.total(Refusal::Publish), 2);
+        // The pod goes: its client keeps no rights, and cannot log in again.
+        g.logins().sync(Vec::new());
+        assert!(!g.authorize("app-1", Access::Publish("telemetry/t")));
+        assert!(!g.authenticate("app-1", "app", "pw"));
+        // A password-file user's name is not a pod's to take.
+        let out = g.logins().sync(vec![wanted("thermo-mapper")]);
+        assert!(out[0].1.is_err());
+        assert!(!g.authenticate("m", "thermo-mapper", "pw"));
+        assert!(g.authenticate("m", "thermo-mapper", "m4pper"));
     }
 
     #[test]

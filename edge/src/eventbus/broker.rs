@@ -90,6 +90,11 @@ impl EmbeddedBroker {
             });
         }
         let mut broker = rumqttd::Broker::new(config);
+        // Pods' logins that go take their sessions with them.
+        let kicker = broker.kicker();
+        guard
+            .logins()
+            .set_kicker(move |client: &str| kicker.kick(client));
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod broker;
 #[cfg(test)]
 mod fuzz;
+pub mod logins;
 pub mod passwords;
 pub mod topics;
 pub mod twin_api;
@@ -109,6 +110,7 @@ struct Inner {
     subscriptions: Mutex<Vec<(String, Weak<MessageQueue>)>>,
     uploads: Arc<Uploads>,
     refusals: Arc<auth::Refusals>,
+    logins: Arc<logins::PodLogins>,
     connected: AtomicBool,
     dropped: AtomicU64,
 }
@@ -130,7 +132,7 @@ impl EventBus {
         refusals: Arc<auth::Refusals>,
         uploads: Arc<Uploads>,
     ) -> Result<(Self, EventBusDriver), EventBusError> {
-        let (host, port, login) = match broker {
+        let (host, port, login, pod_logins) = match broker {
             BrokerChoice::External { host, port } => {
                 if security.password_file.is_some() {
                     return Err(auth::AuthError::NotEmbedded("--mqtt-password-file").into());
@@ -153,7 +155,12 @@ impl EventBus {
                         tracing::info!(broker = %format!("{host}:{port}"), "MQTT bus: an external broker; EventBus connects without a login (no --mqtt-credentials-file)")
                     }
                 }
-                (host.clone(), *port, login)
+                (
+                    host.clone(),
+                    *port,
+                    login,
+                    Arc::new(logins::PodLogins::external()),
+                )
             }
             BrokerChoice::Embedded(addr) => {
                 if security.credentials_file.is_some() {
@@ -167,6 +174,7 @@ impl EventBus {
                     broker.addr().ip().to_string(),
                     broker.addr().port(),
                     Some((user.to_owned(), password.to_owned())),
+                    guard.logins().clone(),
                 )
             }
         };
@@ -191,11 +199,18 @@ impl EventBus {
                 subscriptions: Mutex::default(),
                 uploads,
                 refusals,
+                logins: pod_logins,
                 connected: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
             }),
         };
         Ok((bus.clone(), EventBusDriver { bus, eventloop }))
+    }
+
+    /// The MQTT logins pods bring (`mqtt.wedge.io/login`), which Edged keeps up to date; with
+    /// an external broker, one that refuses them all, saying why.
+    pub fn logins(&self) -> Arc<logins::PodLogins> {
+        self.inner.logins.clone()
     }
 
     /// Whether the broker connection is up.

@@ -70,6 +70,16 @@ impl Passwords {
         self.0.len()
     }
 
+    /// Whether it names `username`.
+    pub fn contains(&self, username: &str) -> bool {
+        self.0.contains_key(username)
+    }
+
+    /// The usernames it names.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// Whether it names none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -2,8 +2,9 @@
 //! the ConfigMaps and Secrets its containers' env and envFrom, its volumes (direct and
 //! projected) and its image pull secrets name, the RuntimeClass its `runtimeClassName` names
 //! (the edge picks the pod's runtime by its handler), and the claims its volumes name (the
-//! volumes they are bound to are added from the claim cache, `desired`). The edge gets these
-//! and nothing else.
+//! volumes they are bound to are added from the claim cache, `desired`), and the Secret its
+//! `mqtt.wedge.io/login` annotation names (the pod's login on its edge's MQTT broker). The edge
+//! gets these and nothing else.
 
 use std::collections::BTreeSet;
 
@@ -23,6 +24,15 @@ pub fn pod_references(pod: &Pod) -> BTreeSet<ObjectKey> {
             });
         }
     };
+    // The pod's MQTT login: its edge's broker reads the Secret, the pod's containers may too.
+    if let Some(login) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(wedge_core::grants::MQTT_LOGIN))
+    {
+        add(ResourceKind::Secret, login.trim());
+    }
     let Some(spec) = &pod.spec else {
         return refs;
     };
@@ -102,7 +112,8 @@ mod tests {
     #[test]
     fn every_place_a_pod_names_a_config_map_secret_or_runtime_class_counts() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "apps"},
+            "metadata": {"name": "p", "namespace": "apps",
+                         "annotations": {"mqtt.wedge.io/login": "mqtt-login"}},
             "spec": {
                 "runtimeClassName": "runc",
                 "imagePullSecrets": [{"name": "pull"}],
@@ -141,6 +152,7 @@ mod tests {
                 "secret:apps/certs",
                 "secret:apps/creds",
                 "secret:apps/init-env",
+                "secret:apps/mqtt-login",
                 "secret:apps/pull",
                 "runtime-class:/runc",
                 "persistent-volume-claim:apps/www-p",

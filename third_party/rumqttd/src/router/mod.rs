@@ -65,6 +65,8 @@ pub enum Event {
     PrintStatus(Print),
     /// Publish Will message
     PublishWill((String, Option<String>)),
+    /// WEDGE-PATCH: drop the connection of this client id (its login was revoked)
+    Kick(String),
 }
 
 /// Notification from router to connection

@@ -245,6 +245,13 @@ impl Router {
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
+            // WEDGE-PATCH: the router drops the connection as after a protocol error; the link
+            // sees its channel close and ends without sending a Disconnect of its own.
+            Event::Kick(client_id) => {
+                if let Some(&id) = self.connection_map.get(&client_id) {
+                    self.handle_disconnection(id, None);
+                }
+            }
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)

@@ -64,6 +64,23 @@ pub enum Error {
     Config(String),
 }
 
+/// WEDGE-PATCH: drops clients' connections (see [`Broker::kicker`]).
+#[derive(Clone)]
+pub struct Kicker {
+    router_tx: Sender<(ConnectionId, Event)>,
+}
+
+impl Kicker {
+    /// Asks the router to drop the connection of `client_id`, if one is connected, without
+    /// waiting; false when the router's queue is full or the router has stopped.
+    pub fn kick(&self, client_id: &str) -> bool {
+        // The connection id is unused for this event: the router finds the client by its id.
+        self.router_tx
+            .try_send((0, Event::Kick(client_id.to_owned())))
+            .is_ok()
+    }
+}
+
 pub struct Broker {
     config: Arc<Config>,
     router_tx: Sender<(ConnectionId, Event)>,
@@ -145,6 +162,13 @@ impl Broker {
     pub fn alerts(&self) -> Result<alerts::AlertsLink, alerts::LinkError> {
         let link = alerts::AlertsLink::new(self.router_tx.clone())?;
         Ok(link)
+    }
+
+    /// WEDGE-PATCH: a handle that drops clients' connections by client id.
+    pub fn kicker(&self) -> Kicker {
+        Kicker {
+            router_tx: self.router_tx.clone(),
+        }
     }
 
     pub fn link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), local::LinkError> {
