@@ -371,6 +371,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }),
     );
     hub_config.backoff_max = config.reconnect_max;
+    let refused_reports = hub_config.refused.clone();
     let retry = crate::reports::retry_held(db.outbox(), signals.clone(), shutdown.clone());
     let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals)
         .with_streams(streams)
@@ -392,7 +393,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tasks.spawn(twin.clone().run(shutdown.clone()));
     tasks.spawn(bus_driver.run(twin.clone(), shutdown.clone()));
     if let Some(listener) = metrics {
-        tasks.spawn(crate::metrics::serve(listener, refusals, shutdown.clone()));
+        tasks.spawn(crate::metrics::serve(
+            listener,
+            refusals,
+            refused_reports,
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(crate::mappers::run(twin, shutdown.clone()));
     tasks.spawn(crate::rotation::run(

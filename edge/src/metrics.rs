@@ -1,6 +1,7 @@
 //! edgecore's `/metrics`: Prometheus's text format over plain HTTP, on an address the operator
 //! chooses with `--metrics-listen` (loopback, normally). Today it carries what the edge refused
-//! on its MQTT bus ([`Refusals`]); the cloud's figures per edge are cloudcore's.
+//! on its MQTT bus ([`Refusals`]) and the reports the cloud refused for good
+//! ([`RefusedReports`]); the cloud's figures per edge are cloudcore's.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::edgehub::RefusedReports;
 use crate::eventbus::auth::Refusals;
 
 /// A scraper or two: connections beyond this wait in the kernel's backlog.
@@ -22,7 +24,12 @@ const MAX_CONNECTIONS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `/metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, refusals: Arc<Refusals>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    refusals: Arc<Refusals>,
+    reports: Arc<RefusedReports>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -44,11 +51,11 @@ pub async fn serve(listener: TcpListener, refusals: Arc<Refusals>, shutdown: Can
                 }
             },
         };
-        let refusals = refusals.clone();
+        let (refusals, reports) = (refusals.clone(), reports.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let refusals = refusals.clone();
+                let (refusals, reports) = (refusals.clone(), reports.clone());
                 async move {
                     let response = if req.uri().path() == "/metrics" {
                         http::Response::builder()
@@ -56,7 +63,9 @@ pub async fn serve(listener: TcpListener, refusals: Arc<Refusals>, shutdown: Can
                                 http::header::CONTENT_TYPE,
                                 "text/plain; version=0.0.4; charset=utf-8",
                             )
-                            .body(Full::new(Bytes::from(refusals.encode())))
+                            .body(Full::new(Bytes::from(
+                                refusals.encode() + &reports.encode(),
+                            )))
                     } else {
                         http::Response::builder()
                             .status(http::StatusCode::NOT_FOUND)

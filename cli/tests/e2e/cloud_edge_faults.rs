@@ -807,3 +807,95 @@ async fn an_edge_cannot_give_its_node_a_role_or_a_restricted_label() {
         "logged once: {log}"
     );
 }
+
+/// edgecore's log line for a report the cloud refused for good.
+const DROPPED: &str = "the cloud refused a report for good";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_the_api_rejects_is_dropped_once_and_the_reports_after_it_flow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = Cloud::start(&dir.path().join("cloud"));
+    let token = cloud.token("1h");
+    let root = dir.path().join("edge");
+    std::fs::create_dir_all(&root).expect("edge root");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut command = edgecore(&root, &cloud, "edge-a", Some(&token), "127.0.0.1:1");
+    // An operator's typo: a label value the API server refuses (422 Invalid), so the Node the
+    // first status report would register cannot be created. One status report only (the
+    // later flag wins), and a lease every 2 s after it.
+    command.args([
+        "--label",
+        "example.com/site=north hall!",
+        "--node-status-seconds",
+        "3600",
+        "--metrics-listen",
+        &metrics,
+    ]);
+    let edge = Proc::spawn(command, root.join("edgecore.log"));
+    eventually(
+        Duration::from_secs(60),
+        || edge.log().contains(DROPPED),
+        || {
+            format!(
+                "the edge drops the rejected report\nedgecore: {}",
+                edge.log()
+            )
+        },
+    )
+    .await;
+
+    // The reports after it reach the API: the lease is renewed twice more.
+    let renewed = || {
+        let out = cloud.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "edge-a",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for _ in 0..2 {
+        let before = renewed();
+        eventually(
+            Duration::from_secs(30),
+            || renewed() != before,
+            || format!("the lease is renewed\nedgecore: {}", edge.log()),
+        )
+        .await;
+    }
+
+    // Refused once, said once, counted once on each side: not sent again meanwhile.
+    let log = edge.log();
+    assert_eq!(log.matches(DROPPED).count(), 1, "logged once: {log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains(DROPPED))
+        .unwrap_or_default();
+    assert!(
+        line.contains("node-status") && line.contains("Rejected") && line.contains("422"),
+        "the edge says which report and why: {line}"
+    );
+    let counted = scrape(&metrics);
+    assert!(
+        counted.contains(
+            r#"wedge_edge_reports_refused_total{kind="node-status",reason="Rejected"} 1"#
+        ),
+        "{counted}"
+    );
+    assert_eq!(
+        cloud.metric(
+            r#"wedge_cloudhub_frames_refused_total{node="edge-a",reason="Rejected"}"#,
+            "edge-a"
+        ),
+        1.0,
+        "cloudcore refused it once: {}",
+        cloud.log()
+    );
+    assert!(
+        !cloud.kubectl(&["get", "node", "edge-a"]).status.success(),
+        "the API server did refuse the Node"
+    );
+}

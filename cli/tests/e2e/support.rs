@@ -472,6 +472,19 @@ pub fn telemetry_pod(name: &str, registry: &str) -> String {
     )
 }
 
+/// The Prometheus text a process serves at `http://{addr}/metrics` (empty when it does not
+/// answer).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(tcp, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = tcp.read_to_string(&mut text);
+    text
+}
+
 /// Polls `check` every 100 ms until it holds; panics with `what()` after `timeout`.
 pub async fn eventually(
     timeout: Duration,

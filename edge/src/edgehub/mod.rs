@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wedge_core::protocol::{Reason, ResourceKind};
 
 use crate::edged::Signals;
 use crate::edgestream::EdgeStream;
@@ -39,6 +40,8 @@ pub struct EdgeHubConfig {
     pub ping_interval: Duration,
     /// Unacknowledged reports in flight, at most.
     pub max_in_flight: usize,
+    /// The reports the cloud refused for good, counted for edgecore's metrics.
+    pub refused: Arc<RefusedReports>,
 }
 
 impl EdgeHubConfig {
@@ -52,7 +55,56 @@ impl EdgeHubConfig {
             backoff_max: Duration::from_secs(30),
             ping_interval: Duration::from_secs(15),
             max_in_flight: 32,
+            refused: Arc::default(),
         }
+    }
+}
+
+/// The reports the cloud refused for good (a reason not [`Reason::retryable`]), dropped by the
+/// edge: by kind and reason, for `wedge_edge_reports_refused_total`.
+#[derive(Debug, Default)]
+pub struct RefusedReports {
+    counts: std::sync::Mutex<std::collections::BTreeMap<(ResourceKind, String), u64>>,
+}
+
+impl RefusedReports {
+    /// Counts one refused report of `kind`.
+    pub fn count(&self, kind: ResourceKind, reason: &Reason) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry((kind, reason.to_string())).or_default() += 1;
+    }
+
+    /// How many reports of `kind` were refused with `reason`.
+    pub fn get(&self, kind: ResourceKind, reason: &Reason) -> u64 {
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts
+            .get(&(kind, reason.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The counter in Prometheus's text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::from(
+            "# HELP wedge_edge_reports_refused_total Reports the cloud refused for good, dropped by the edge, by kind and reason.\n\
+             # TYPE wedge_edge_reports_refused_total counter\n",
+        );
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((kind, reason), n) in counts.iter() {
+            out.push_str(&format!(
+                "wedge_edge_reports_refused_total{{kind=\"{kind}\",reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        out
     }
 }
 
@@ -146,9 +198,16 @@ impl EdgeHub {
         let mut attempt = 0u32;
         loop {
             let started = std::time::Instant::now();
+            let parts = session::Parts {
+                config: &self.config,
+                meta: &self.meta,
+                outbox: &self.outbox,
+                signals: &self.signals,
+                server: self.streams.as_ref(),
+            };
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => return,
-                outcome = session::run(&self.config, &self.meta, &self.outbox, &self.signals, self.streams.as_ref(), self.token_queries.as_mut(), &shutdown) => outcome,
+                outcome = session::run(&parts, self.token_queries.as_mut(), &shutdown) => outcome,
             };
             match outcome {
                 Ok(()) => return,

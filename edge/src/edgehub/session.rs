@@ -7,6 +7,7 @@ use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -33,9 +34,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the cloud asks to send a report again later, wait this long.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
-type Ws = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+/// The WebSocket a session runs on: over TLS to the cloud, or in memory in the tests.
+type Ws<S> = WebSocketStream<S>;
 
-async fn dial(config: &EdgeHubConfig) -> Result<Ws, LinkError> {
+/// What a session's WebSocket runs over.
+pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Transport for T {}
+
+async fn dial(
+    config: &EdgeHubConfig,
+) -> Result<Ws<tokio_rustls::client::TlsStream<TcpStream>>, LinkError> {
     let cloud = &config.cloud;
     let host = cloud
         .rsplit_once(':')
@@ -120,17 +128,40 @@ struct Link<'a> {
     queries: HashMap<u64, tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>>,
 }
 
+/// What a connection works with: EdgeHub's settings, the edge's stores and signals, and who
+/// serves the streams the cloud opens.
+pub(super) struct Parts<'a> {
+    pub config: &'a EdgeHubConfig,
+    pub meta: &'a MetaStore,
+    pub outbox: &'a Outbox,
+    pub signals: &'a Signals,
+    pub server: Option<&'a EdgeStream>,
+}
+
 /// Runs one connection. `Ok` only when `shutdown` ended it.
-pub async fn run(
-    config: &EdgeHubConfig,
-    meta: &MetaStore,
-    outbox: &Outbox,
-    signals: &Signals,
-    server: Option<&EdgeStream>,
+pub(super) async fn run(
+    parts: &Parts<'_>,
     token_queries: Option<&mut tokio::sync::mpsc::Receiver<TokenQuery>>,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
-    let mut ws = dial(config).await?;
+    let ws = dial(parts.config).await?;
+    converse(ws, parts, token_queries, shutdown).await
+}
+
+/// Says hello on `ws`, then serves it until the link ends or `shutdown`.
+async fn converse<S: Transport>(
+    mut ws: Ws<S>,
+    parts: &Parts<'_>,
+    token_queries: Option<&mut tokio::sync::mpsc::Receiver<TokenQuery>>,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
+    let Parts {
+        config,
+        meta,
+        outbox,
+        signals,
+        server,
+    } = *parts;
     let (streams, mut stream_frames) = Mux::new(Role::Acceptor);
     let mut link = Link {
         config,
@@ -187,13 +218,17 @@ impl Link<'_> {
         self.next_id
     }
 
-    async fn send(&mut self, ws: &mut Ws, frame: &Envelope) -> Result<(), LinkError> {
+    async fn send<S: Transport>(
+        &mut self,
+        ws: &mut Ws<S>,
+        frame: &Envelope,
+    ) -> Result<(), LinkError> {
         ws.send(Message::Binary(frame.encode().into()))
             .await
             .map_err(lost)
     }
 
-    async fn welcome(&mut self, ws: &mut Ws) -> Result<(), LinkError> {
+    async fn welcome<S: Transport>(&mut self, ws: &mut Ws<S>) -> Result<(), LinkError> {
         let frame = tokio::time::timeout(CONNECT_TIMEOUT, async {
             loop {
                 match ws.next().await {
@@ -229,9 +264,9 @@ impl Link<'_> {
         }
     }
 
-    async fn serve(
+    async fn serve<S: Transport>(
         &mut self,
-        ws: &mut Ws,
+        ws: &mut Ws<S>,
         stream_frames: &mut tokio::sync::mpsc::UnboundedReceiver<StreamFrame>,
         mut token_queries: Option<&mut tokio::sync::mpsc::Receiver<TokenQuery>>,
         shutdown: &CancellationToken,
@@ -300,7 +335,11 @@ impl Link<'_> {
 
     /// Sends a question to the cloud, remembering who waits for the answer; one whose asker
     /// already gave up is not sent.
-    async fn ask(&mut self, ws: &mut Ws, query: TokenQuery) -> Result<(), LinkError> {
+    async fn ask<S: Transport>(
+        &mut self,
+        ws: &mut Ws<S>,
+        query: TokenQuery,
+    ) -> Result<(), LinkError> {
         if query.reply.is_closed() {
             return Ok(());
         }
@@ -318,9 +357,9 @@ impl Link<'_> {
     }
 
     /// Sends a usage sample: not tracked, not acknowledged (the cloud keeps the newest).
-    async fn send_usage(
+    async fn send_usage<S: Transport>(
         &mut self,
-        ws: &mut Ws,
+        ws: &mut Ws<S>,
         sample: &wedge_core::protocol::usage::UsageSample,
     ) -> Result<(), LinkError> {
         let id = self.id();
@@ -338,7 +377,7 @@ impl Link<'_> {
     /// waiting in memory (a full disk) not sent yet on this connection: the cloud still hears
     /// of the lease, the node and the pods. An entry of the database whose key has a newer
     /// report in memory is skipped; the newer one replaces it there once written.
-    async fn pump(&mut self, ws: &mut Ws) -> Result<(), LinkError> {
+    async fn pump<S: Transport>(&mut self, ws: &mut Ws<S>) -> Result<(), LinkError> {
         let mut room = self
             .config
             .max_in_flight
@@ -377,9 +416,9 @@ impl Link<'_> {
         Ok(())
     }
 
-    async fn refuse(
+    async fn refuse<S: Transport>(
         &mut self,
-        ws: &mut Ws,
+        ws: &mut Ws<S>,
         parent: u64,
         reason: Reason,
         message: &str,
@@ -390,7 +429,11 @@ impl Link<'_> {
             .await
     }
 
-    async fn inbound(&mut self, ws: &mut Ws, bytes: &bytes::Bytes) -> Result<(), LinkError> {
+    async fn inbound<S: Transport>(
+        &mut self,
+        ws: &mut Ws<S>,
+        bytes: &bytes::Bytes,
+    ) -> Result<(), LinkError> {
         if stream::is_stream_frame(bytes) {
             return match StreamFrame::decode_shared(bytes) {
                 Ok(frame) => {
@@ -495,8 +538,8 @@ impl Link<'_> {
                         let from = self.cursor;
                         self.retry = Some(self.retry.map_or((from, at), |(f, a)| (f.min(from), a)));
                     } else {
-                        tracing::warn!(%key, reason = %payload.reason, message = payload.message, "the cloud refused a report; dropped");
                         self.outbox.forget_held(&key, generation);
+                        self.dropped(&key, &payload);
                     }
                     return Ok(());
                 }
@@ -514,8 +557,8 @@ impl Link<'_> {
                     self.retry = Some(self.retry.map_or((from, at), |(f, a)| (f.min(from), a)));
                     tracing::info!(%key, reason = %payload.reason, "the cloud asked to send a report again later");
                 } else {
-                    tracing::warn!(%key, reason = %payload.reason, message = payload.message, "the cloud refused a report; dropped");
                     self.outbox.acknowledge(&key, seq)?;
+                    self.dropped(&key, &payload);
                 }
                 Ok(())
             }
@@ -533,6 +576,13 @@ impl Link<'_> {
                 .await
             }
         }
+    }
+
+    /// A report the cloud refused for good, dropped: said once (it is not sent again) and
+    /// counted in edgecore's metrics.
+    fn dropped(&self, key: &ObjectKey, refusal: &ErrorPayload) {
+        tracing::warn!(%key, reason = %refusal.reason, message = refusal.message, "the cloud refused a report for good; dropped, not sent again");
+        self.config.refused.count(key.kind, &refusal.reason);
     }
 
     /// Stores an object frame in MetaManager, or says why not.
@@ -661,3 +711,7 @@ impl Link<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

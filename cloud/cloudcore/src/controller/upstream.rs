@@ -41,9 +41,39 @@ pub enum UpstreamError {
         /// The resource kind.
         kind: ResourceKind,
     },
-    /// The API refused or failed; the edge keeps the report and sends it again.
+    /// The API server refused the write for good (a 4xx other than 408 and 429): sent again,
+    /// it would be refused again, so the edge drops it. Kube's code, reason and message go to
+    /// the edge in the error frame's message.
+    #[error("the API server refused it: {code} {reason}: {message}")]
+    Rejected {
+        /// The HTTP status code.
+        code: u16,
+        /// Kube's reason (`Invalid`, `Forbidden`, `BadRequest`...).
+        reason: String,
+        /// Kube's message.
+        message: String,
+    },
+    /// The API server failed or did not answer (5xx, 408, 429, no connection): the edge keeps
+    /// the report and sends it again.
     #[error("the API server failed: {0}")]
-    Api(#[from] kube::Error),
+    Api(kube::Error),
+}
+
+impl From<kube::Error> for UpstreamError {
+    fn from(error: kube::Error) -> Self {
+        match error {
+            kube::Error::Api(status)
+                if (400..500).contains(&status.code) && !matches!(status.code, 408 | 429) =>
+            {
+                Self::Rejected {
+                    code: status.code,
+                    reason: status.reason,
+                    message: status.message,
+                }
+            }
+            other => Self::Api(other),
+        }
+    }
 }
 
 impl UpstreamError {
@@ -52,6 +82,7 @@ impl UpstreamError {
         match self {
             Self::Forbidden(_) => Reason::Forbidden,
             Self::Invalid(_) | Self::Unsupported { .. } => Reason::Invalid,
+            Self::Rejected { .. } => Reason::Rejected,
             Self::Api(_) => Reason::ApiUnavailable,
         }
     }
@@ -484,5 +515,55 @@ impl Upstream {
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn api(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(
+            Status::failure(&format!("the server says {reason}"), reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_write_the_api_refuses_for_good_is_final_and_says_why() {
+        // Before: every API error but 404/409 was ApiUnavailable, and the edge resent the
+        // report every 2 s, forever.
+        for (code, reason) in [(422, "Invalid"), (403, "Forbidden"), (400, "BadRequest")] {
+            let error = UpstreamError::from(api(code, reason));
+            assert_eq!(error.reason(), Reason::Rejected, "{code}");
+            assert!(!error.reason().retryable(), "{code}");
+            let said = error.to_string();
+            assert!(
+                said.contains(&code.to_string())
+                    && said.contains(reason)
+                    && said.contains(&format!("the server says {reason}")),
+                "{said}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_api_that_fails_or_throttles_is_tried_again() {
+        for (code, reason) in [
+            (500, "InternalError"),
+            (503, "ServiceUnavailable"),
+            (429, "TooManyRequests"),
+            (408, "Timeout"),
+            (504, "Timeout"),
+        ] {
+            let error = UpstreamError::from(api(code, reason));
+            assert_eq!(error.reason(), Reason::ApiUnavailable, "{code}");
+            assert!(error.reason().retryable(), "{code}");
+        }
+        let unreachable = UpstreamError::from(kube::Error::Service("connection refused".into()));
+        assert!(unreachable.reason().retryable());
     }
 }

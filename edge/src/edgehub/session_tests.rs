@@ -1,0 +1,266 @@
+//! A session against a fake cloud over an in-memory WebSocket, with paused time: what the edge
+//! does with the cloud's answers to its reports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::DuplexStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+use wedge_core::protocol::messages::Welcome;
+use wedge_core::protocol::{Envelope, ObjectKey, Operation, Reason, ResourceKind};
+
+use super::{Parts, converse};
+use crate::edged::Signals;
+use crate::edgehub::EdgeHubConfig;
+use crate::store::Database;
+
+/// The cloud's end of the connection.
+struct FakeCloud {
+    ws: WebSocketStream<DuplexStream>,
+    next_id: u64,
+}
+
+impl FakeCloud {
+    /// The next envelope from the edge, if one comes within `wait` (of paused time).
+    async fn next(&mut self, wait: Duration) -> Option<Envelope> {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        return Envelope::decode(&bytes).expect("the edge sends envelopes");
+                    }
+                    Some(Ok(_)) => continue, // pings
+                    other => panic!("the edge's side ended: {other:?}"),
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    /// The next report (usage samples aside).
+    async fn report(&mut self, wait: Duration) -> Option<Envelope> {
+        loop {
+            let frame = self.next(wait).await?;
+            if frame.operation != Operation::Usage {
+                return Some(frame);
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: Envelope) {
+        self.ws
+            .send(Message::Binary(frame.encode().into()))
+            .await
+            .expect("send to the edge");
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn ack(&mut self, report: &Envelope) {
+        let id = self.id();
+        self.send(Envelope::ack(id, report.id)).await;
+    }
+
+    async fn refuse(&mut self, report: &Envelope, reason: Reason) {
+        let id = self.id();
+        let message = "the API server refused it: 422 Invalid: metadata.labels: Invalid value";
+        self.send(Envelope::error(id, report.id, reason, message))
+            .await;
+    }
+}
+
+fn key(kind: ResourceKind, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: String::new(),
+        name: name.into(),
+    }
+}
+
+fn named(frame: &Envelope) -> String {
+    frame
+        .resource
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default()
+}
+
+/// Runs an edge session whose outbox holds a node status (`edge-a`) and a lease (`lease-a`)
+/// against `cloud`, which answers the first report with `reason` and acks the rest; returns
+/// what the edge sent after that.
+struct Run {
+    cloud: FakeCloud,
+    db: Database,
+    signals: Arc<Signals>,
+    config: EdgeHubConfig,
+    shutdown: CancellationToken,
+    edge: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Run {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(&dir.path().join("edge.db")).expect("database");
+    let outbox = db.outbox();
+    outbox
+        .put(
+            &key(ResourceKind::NodeStatus, "edge-a"),
+            Operation::Update,
+            &serde_json::json!({"labels": {"bad": "not a valid value!"}, "status": {}}),
+        )
+        .expect("queued");
+    outbox
+        .put(
+            &key(ResourceKind::Lease, "edge-a-lease"),
+            Operation::Update,
+            &serde_json::json!({"durationSeconds": 40}),
+        )
+        .expect("queued");
+    let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
+    let signals = Arc::new(Signals::default());
+    let config = EdgeHubConfig::new(
+        "cloud.invalid:10000",
+        "edge-a",
+        Arc::new(|| Err("no TLS in memory".to_owned())),
+    );
+    let shutdown = CancellationToken::new();
+    let edge = {
+        let (config, meta, outbox, signals, shutdown) = (
+            config.clone(),
+            db.meta(),
+            db.outbox(),
+            signals.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(edge_end, Role::Client, None).await;
+            let parts = Parts {
+                config: &config,
+                meta: &meta,
+                outbox: &outbox,
+                signals: &signals,
+                server: None,
+            };
+            let _ = converse(ws, &parts, None, &shutdown).await;
+        })
+    };
+    let mut cloud = FakeCloud {
+        ws: WebSocketStream::from_raw_socket(cloud_end, Role::Server, None).await,
+        next_id: 0,
+    };
+    let hello = cloud.next(Duration::from_secs(5)).await.expect("a hello");
+    assert_eq!(hello.operation, Operation::Hello);
+    let welcome = Welcome {
+        node_status_seconds: 60,
+        lease_renew_seconds: 10,
+        max_in_flight: 32,
+    };
+    let id = cloud.id();
+    cloud
+        .send(
+            Envelope::new(id, Operation::Welcome)
+                .with_payload(serde_json::to_value(welcome).expect("json")),
+        )
+        .await;
+    Run {
+        cloud,
+        db,
+        signals,
+        config,
+        shutdown,
+        edge,
+        _dir: dir,
+    }
+}
+
+impl Run {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.edge.await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_the_api_rejects_is_dropped_counted_and_never_sent_again() {
+    let mut run = start().await;
+    let wait = Duration::from_secs(30);
+    let node = run.cloud.report(wait).await.expect("the node status");
+    assert_eq!(named(&node), "edge-a");
+    let lease = run.cloud.report(wait).await.expect("the lease");
+    assert_eq!(named(&lease), "edge-a-lease");
+    run.cloud.refuse(&node, Reason::Rejected).await;
+    run.cloud.ack(&lease).await;
+
+    // Before: the edge sent the rejected node status again every 2 s, forever. Now nothing
+    // comes in 30 s (paused time: the edge's retry timer would have fired many times)...
+    assert_eq!(
+        run.cloud.report(wait).await.map(|f| named(&f)),
+        None,
+        "a rejected report is not sent again"
+    );
+    assert_eq!(
+        run.config
+            .refused
+            .get(ResourceKind::NodeStatus, &Reason::Rejected),
+        1
+    );
+    assert!(
+        run.config.refused.encode().contains(
+            r#"wedge_edge_reports_refused_total{kind="node-status",reason="Rejected"} 1"#
+        ),
+        "{}",
+        run.config.refused.encode()
+    );
+    assert!(run.db.outbox().is_empty().expect("outbox"), "dropped");
+
+    // ...and the reports after it go: the next one is the new lease, not the old status.
+    run.db
+        .outbox()
+        .put(
+            &key(ResourceKind::Lease, "edge-a-lease"),
+            Operation::Update,
+            &serde_json::json!({"durationSeconds": 41}),
+        )
+        .expect("queued");
+    run.signals.outbox_changed.notify_one();
+    let next = run.cloud.report(wait).await.expect("the next report");
+    assert_eq!(named(&next), "edge-a-lease");
+    assert_eq!(next.payload["durationSeconds"], 41);
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_the_api_could_not_take_is_sent_again_until_it_is_acknowledged() {
+    let mut run = start().await;
+    let wait = Duration::from_secs(30);
+    let node = run.cloud.report(wait).await.expect("the node status");
+    let lease = run.cloud.report(wait).await.expect("the lease");
+    run.cloud.refuse(&node, Reason::ApiUnavailable).await;
+    run.cloud.ack(&lease).await;
+    let started = tokio::time::Instant::now();
+    let again = run.cloud.report(wait).await.expect("sent again");
+    assert_eq!(named(&again), "edge-a");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "after the retry delay"
+    );
+    run.cloud.ack(&again).await;
+    assert_eq!(run.cloud.report(wait).await.map(|f| named(&f)), None);
+    assert!(run.db.outbox().is_empty().expect("outbox"));
+    assert_eq!(
+        run.config
+            .refused
+            .get(ResourceKind::NodeStatus, &Reason::ApiUnavailable),
+        0,
+        "not counted as dropped"
+    );
+    run.stop().await;
+}
