@@ -236,7 +236,22 @@ async fn a_link_cut_mid_update_and_an_edge_restart_converge_and_the_resync_sends
         || format!("the pods did not come back offline: {}", edge.log()),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Edged decides at start which pods had finished; the finite one is among them.
+    eventually(
+        Duration::from_secs(30),
+        || {
+            edge.log()
+                .lines()
+                .any(|l| l.contains("is not run again") && l.contains(&finite_uid))
+        },
+        || {
+            format!(
+                "the edge did not see that the pod had finished: {}",
+                edge.log()
+            )
+        },
+    )
+    .await;
     assert_eq!(
         starts(&edge.log()),
         started_before,

@@ -148,9 +148,24 @@ async fn a_second_controller_process_stays_passive_until_the_first_dies() {
             .is_some_and(|ca| ca.trim() == server.ca_pem().trim())
     })
     .await;
-    // Two lease periods later the first still leads and the second has done nothing.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(holder(&leases).await.as_deref(), Some("first"));
+    // Once the second is electing, a whole lease period (3 s) passes with the first renewing:
+    // the second never took the lease, and has done nothing.
+    wait_for("the second to elect", || async {
+        second.log().contains("electing")
+    })
+    .await;
+    let renewed = |lease: Option<Lease>| {
+        let spec = lease?.spec?;
+        Some((spec.holder_identity?, spec.renew_time?.0))
+    };
+    let (_, since) = renewed(leases.get_opt("wedge-controlplane").await.ok().flatten())
+        .expect("the lease is held");
+    wait_for("the first to renew a lease period later", || async {
+        renewed(leases.get_opt("wedge-controlplane").await.ok().flatten()).is_some_and(
+            |(who, at)| who == "first" && at >= since + jiff::SignedDuration::from_secs(3),
+        )
+    })
+    .await;
     assert!(first.log().contains("leading"), "{}", first.log());
     assert!(!second.log().contains("leading"), "{}", second.log());
 

@@ -238,7 +238,25 @@ async fn messages_published_at_the_edge_reach_an_http_service_and_the_rule_count
     for body in &offline {
         publish(&app, "default/test", body.clone()).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // They wait in the edge's outbox before the cloud comes back.
+    eventually(
+        Duration::from_secs(30),
+        || {
+            let waiting = reports_waiting(&edge_root, wedge_core::protocol::ResourceKind::Upload);
+            offline.iter().all(|body| {
+                waiting
+                    .iter()
+                    .any(|(_, upload)| upload.to_string().contains(body.as_str()))
+            })
+        },
+        || {
+            format!(
+                "the offline messages are not waiting at the edge: {:?}",
+                reports_waiting(&edge_root, wedge_core::protocol::ResourceKind::Upload)
+            )
+        },
+    )
+    .await;
     cloud.restart();
     eventually(
         Duration::from_secs(60),

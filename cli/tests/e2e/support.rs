@@ -512,6 +512,24 @@ pub fn pods_held(edge_root: &Path) -> std::collections::BTreeMap<String, String>
         .collect()
 }
 
+/// The reports of `kind` waiting in the edge's outbox for the cloud (name and payload), oldest
+/// first: what proves the edge holds something while the cloud is away.
+pub fn reports_waiting(
+    edge_root: &Path,
+    kind: wedge_core::protocol::ResourceKind,
+) -> Vec<(String, serde_json::Value)> {
+    let Ok(db) = wedge_edge::store::Database::inspect(&edge_root.join("edge.db")) else {
+        return Vec::new();
+    };
+    db.outbox()
+        .pending(0, 100_000)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.key.kind == kind)
+        .map(|e| (e.key.name, e.payload))
+        .collect()
+}
+
 /// A TCP proxy on loopback in front of `target` whose link can be cut (every connection
 /// dropped, new ones refused) and restored, as a network failure between edge and cloud.
 pub struct CuttableLink {

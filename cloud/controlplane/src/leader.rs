@@ -83,6 +83,11 @@ where
         .await
         .map_err(err)?;
     let (mut leading, keeper) = manager.watch().await;
+    tracing::info!(
+        identity = %config.identity,
+        lease = %format!("{}/{}", config.namespace, config.name),
+        "electing: the controllers run while this process holds the lease"
+    );
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

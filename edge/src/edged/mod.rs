@@ -358,6 +358,12 @@ impl Edged {
             })
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
+        for uid in &finished {
+            tracing::info!(
+                uid,
+                "the pod had finished before this start: it is not run again"
+            );
+        }
         self.workers.stop_leftovers(&finished).await;
         // Directories go only with pods the edge no longer holds at all: a pod being deleted
         // keeps its volumes and logs until it has stopped.

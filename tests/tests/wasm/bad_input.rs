@@ -27,13 +27,23 @@ async fn start_bystander(t: &TestRuntime) -> String {
 async fn assert_bystander_alive(t: &TestRuntime, uid: &str) {
     let s = t.pod_status(uid).expect("bystander known");
     assert!(running(&s), "the bystander stopped: {s:#?}");
-    let before = t.logs(uid, "main").await.lines().count();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = t.logs(uid, "main").await.lines().count();
-    assert!(
-        after > before,
-        "the bystander stopped logging ({before} → {after} lines)"
-    );
+    // Still ticking: the tick after the last one logged so far arrives.
+    let last = t
+        .logs(uid, "main")
+        .await
+        .lines()
+        .filter_map(|l| {
+            l.split("tick ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("the bystander has ticked");
+    t.wait_for_log(uid, "main", &format!("tick {} ", last + 1))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
