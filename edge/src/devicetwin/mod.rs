@@ -446,9 +446,21 @@ impl DeviceTwin {
                 }
                 model.check(value)?;
             }
+            // The new rows are made aside, stored in one transaction, and only then become the
+            // twin in memory: a failed write leaves memory and disk as they were, together.
             let now = now_ms();
+            // In the report's order, a property named twice once.
+            let mut staged: Vec<(String, StoredTwin)> = Vec::with_capacity(values.len());
             for (property, value) in values {
-                let stored = entry.properties.entry(property.clone()).or_default();
+                let at = match staged.iter().position(|(p, _)| *p == property) {
+                    Some(at) => at,
+                    None => {
+                        let held = entry.properties.get(&property).cloned();
+                        staged.push((property.clone(), held.unwrap_or_default()));
+                        staged.len() - 1
+                    }
+                };
+                let stored = &mut staged[at].1;
                 let slot = match side {
                     TwinSide::Reported => &mut stored.twin.reported,
                     TwinSide::Desired => &mut stored.twin.desired,
@@ -460,10 +472,6 @@ impl DeviceTwin {
                     version: previous.as_ref().map_or(1, |p| p.version + 1),
                 };
                 *slot = Some(current.clone());
-                self.inner
-                    .twins
-                    .save(device, &property, stored)
-                    .map_err(unavailable)?;
                 versions.push(current.version);
                 changes.push(TwinChange {
                     device: device.to_owned(),
@@ -473,6 +481,11 @@ impl DeviceTwin {
                     current,
                 });
             }
+            self.inner
+                .twins
+                .save_all(device, staged.iter().map(|(p, t)| (p.as_str(), t)))
+                .map_err(unavailable)?;
+            entry.properties.extend(staged);
             if side == TwinSide::Reported && entry.twin.state == DeviceState::Online {
                 entry.last_online = Some(jiff::Timestamp::now().to_string());
             }

@@ -31,7 +31,7 @@ fn device(setpoint: &str) -> serde_json::Value {
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     db: Database,
 }
 
@@ -47,7 +47,7 @@ impl Fixture {
                 &model(),
             )
             .expect("model");
-        Self { _dir: dir, db }
+        Self { dir, db }
     }
 
     fn put_device(&self, setpoint: &str, rv: &str) {
@@ -233,4 +233,105 @@ async fn a_device_that_leaves_the_node_is_forgotten() {
     assert!(membership.has_changed().expect("open"));
     assert!(twin.names().is_empty());
     assert!(f.db.twins().devices().expect("rows").is_empty());
+}
+
+#[tokio::test]
+async fn a_report_whose_second_row_cannot_be_stored_changes_neither_memory_nor_disk() {
+    let f = Fixture::new();
+    f.put_device("21", "1");
+    let twin = f.twin();
+    twin.report(
+        "thermo-1",
+        vec![("temperature".into(), TwinValue::Float(20.0))],
+    )
+    .expect("the first report");
+    // The database refuses the setpoint's row from now on, as a failing disk would: a trigger,
+    // made over a connection of the test's own.
+    let sql = rusqlite::Connection::open(f.dir.path().join("edge.db")).expect("a connection");
+    sql.execute_batch(
+        "CREATE TRIGGER refuse_setpoint BEFORE INSERT ON twins
+         WHEN NEW.property = 'setpoint' AND NEW.reported IS NOT NULL
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .expect("the trigger");
+
+    let refused = twin.report(
+        "thermo-1",
+        vec![
+            ("temperature".into(), TwinValue::Float(22.5)),
+            ("setpoint".into(), TwinValue::Integer(19)),
+        ],
+    );
+    assert!(
+        matches!(refused, Err(TwinBackendError::Unavailable(_))),
+        "{refused:?}"
+    );
+    // Before: the temperature's row was saved and both values were set in memory, so memory
+    // said 22.5 and 19 while the disk said 22.5 and nothing.
+    let in_memory = |property: &'static str| {
+        let twin = twin.clone();
+        async move {
+            twin.property("thermo-1", property)
+                .await
+                .expect("twin")
+                .reported
+                .map(|r| (r.value, r.version))
+        }
+    };
+    assert_eq!(
+        in_memory("temperature").await,
+        Some((TwinValue::Float(20.0), 1))
+    );
+    assert_eq!(in_memory("setpoint").await, None);
+    let on_disk = f.db.twins().load("thermo-1").expect("rows");
+    assert_eq!(
+        on_disk["temperature"]
+            .twin
+            .reported
+            .as_ref()
+            .map(|r| (r.value.clone(), r.version)),
+        Some((TwinValue::Float(20.0), 1))
+    );
+    assert_eq!(
+        on_disk
+            .get("setpoint")
+            .and_then(|s| s.twin.reported.clone()),
+        None
+    );
+    // A restart reads back what memory holds.
+    let restarted = f.twin();
+    assert_eq!(
+        restarted
+            .property("thermo-1", "temperature")
+            .await
+            .expect("twin")
+            .reported
+            .map(|r| r.value),
+        Some(TwinValue::Float(20.0))
+    );
+
+    // Once the disk takes it again, the same report is taken whole.
+    sql.execute_batch("DROP TRIGGER refuse_setpoint")
+        .expect("drop the trigger");
+    twin.report(
+        "thermo-1",
+        vec![
+            ("temperature".into(), TwinValue::Float(22.5)),
+            ("setpoint".into(), TwinValue::Integer(19)),
+        ],
+    )
+    .expect("taken");
+    assert_eq!(
+        in_memory("temperature").await,
+        Some((TwinValue::Float(22.5), 2))
+    );
+    let on_disk = f.db.twins().load("thermo-1").expect("rows");
+    assert_eq!(
+        on_disk["setpoint"]
+            .twin
+            .reported
+            .as_ref()
+            .map(|r| r.version),
+        Some(1)
+    );
 }

@@ -76,9 +76,22 @@ impl TwinStore {
 
     /// Writes one property's twin.
     pub fn save(&self, device: &str, property: &str, twin: &StoredTwin) -> Result<(), StoreError> {
-        self.db
-            .conn()
-            .prepare_cached(
+        self.save_all(device, [(property, twin)])
+    }
+
+    /// Writes several properties' twins of `device` in one transaction: all of them, or (when
+    /// one fails) none, so a report is stored whole or not at all.
+    pub fn save_all<'a>(
+        &self,
+        device: &str,
+        twins: impl IntoIterator<Item = (&'a str, &'a StoredTwin)>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.db.conn();
+        let tx = conn
+            .transaction()
+            .map_err(sql(format!("starting to store the twins of {device}")))?;
+        for (property, twin) in twins {
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO twins (device, property, reported, desired, spec_desired) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .and_then(|mut s| {
@@ -91,7 +104,10 @@ impl TwinStore {
                 ])
             })
             .map_err(sql(format!("storing the twin {device}/{property}")))?;
-        Ok(())
+        }
+        // Dropped without a commit on an error above: rolled back.
+        tx.commit()
+            .map_err(sql(format!("committing the twins of {device}")))
     }
 
     /// A device's state and when it was last online.
