@@ -16,6 +16,7 @@ mod devices_edge;
 mod edge_full_disk;
 mod encryption_at_rest;
 mod jobs;
+mod mqtt_logins;
 mod node_identity;
 mod real_cluster;
 mod router;

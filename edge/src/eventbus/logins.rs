@@ -413,14 +413,22 @@ impl PodLogins {
     /// The broker's login check for a pod login: records `client_id` as logged in with it.
     pub fn verify(&self, client_id: &str, username: &str, password: &str) -> bool {
         let mut state = self.lock();
-        let Some(entry) = state.by_user.get_mut(username) else {
-            return false;
-        };
         // Constant time: ring compares the tags so.
-        if hmac::verify(&self.key, password.as_bytes(), &entry.tag).is_err() {
+        let valid = state
+            .by_user
+            .get(username)
+            .is_some_and(|e| hmac::verify(&self.key, password.as_bytes(), &e.tag).is_ok());
+        if !valid {
             return false;
         }
-        entry.clients.insert(client_id.to_owned());
+        // The id is this login's now: another login going must not drop it.
+        for (user, entry) in state.by_user.iter_mut() {
+            if user == username {
+                entry.clients.insert(client_id.to_owned());
+            } else {
+                entry.clients.remove(client_id);
+            }
+        }
         true
     }
 
@@ -557,6 +565,29 @@ mod tests {
         assert!(!logins.allows("c1", "mapper", Action::Publish, "telemetry/t"));
         assert!(!logins.verify("c1", "mapper", "one"));
         assert!(logins.verify("c1", "mapper", "two"));
+    }
+
+    #[test]
+    fn a_client_id_that_moved_to_another_login_is_not_dropped_with_the_first() {
+        let logins = PodLogins::embedded([]);
+        let kicked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let k = kicked.clone();
+        logins.set_kicker(move |c| {
+            k.lock().expect("lock").push(c.to_owned());
+            true
+        });
+        let both = || {
+            vec![
+                wanted("u1", Some(basic_auth("a", "pa"))),
+                wanted("u2", Some(basic_auth("b", "pb"))),
+            ]
+        };
+        logins.sync(both());
+        assert!(logins.verify("c1", "a", "pa"));
+        assert!(logins.verify("c1", "b", "pb"));
+        logins.sync(vec![wanted("u2", Some(basic_auth("b", "pb")))]);
+        assert!(kicked.lock().expect("lock").is_empty());
+        assert!(logins.allows("c1", "b", Action::Publish, "telemetry/t"));
     }
 
     #[test]

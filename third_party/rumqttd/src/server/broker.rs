@@ -537,8 +537,15 @@ async fn remote<P: Protocol>(
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
         // WEDGE-PATCH: refused logins are counted and logged, rate-limited, by the auth hook.
+        // The client is told in a CONNACK (not authorized), as mosquitto tells it, rather than
+        // finding its socket closed and retrying as after a network error.
         Err(remote::Error::InvalidAuth) => {
             debug!("MQTT connect refused by the auth handler");
+            let ack = crate::protocol::ConnAck {
+                session_present: false,
+                code: crate::protocol::ConnectReturnCode::NotAuthorized,
+            };
+            let _ = network.write(Packet::ConnAck(ack, None)).await;
             return;
         }
         Err(e) => {
@@ -611,7 +618,8 @@ async fn remote<P: Protocol>(
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
         Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
+            // WEDGE-PATCH: info, not error: Wedge drops clients on purpose (Kicker).
+            info!(error=?e, "router-drop");
             send_disconnect = false;
         }
         // Connection was closed by peer
