@@ -51,17 +51,21 @@ pub struct Hello {
     pub held: Vec<HeldObject>,
 }
 
-/// Cloud → edge, the answer to [`Hello`].
+/// Cloud → edge, the answer to [`Hello`]: what the cloud decides for the connection. How
+/// often the edge reports its node status and renews its lease is the edge's to decide
+/// (edgecore's flags, as a kubelet's configuration decides them); cloudcore before this sent
+/// those too (`nodeStatusSeconds`, `leaseRenewSeconds`), and they are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Welcome {
-    /// How often the edge should report its node status, in seconds.
-    pub node_status_seconds: u32,
-    /// How often the edge should renew its lease, in seconds.
-    pub lease_renew_seconds: u32,
-    /// How many unacknowledged frames the cloud has in flight at most; the edge should keep
-    /// to the same.
+    /// How many unacknowledged frames the cloud has in flight at most; the edge keeps its
+    /// reports to the same window (or its own, if smaller). 0 (absent): the edge's own.
+    #[serde(default)]
     pub max_in_flight: u32,
+    /// How often the cloud pings, in seconds: the edge pings as often, and ends a connection
+    /// silent for three of them. Absent (an older cloudcore): the edge's own interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_seconds: Option<u32>,
 }
 
 /// The payload of an error frame, and the body of CloudHub's HTTP refusals.

@@ -36,9 +36,11 @@ pub struct EdgeHubConfig {
     pub backoff_min: Duration,
     /// The longest reconnect delay.
     pub backoff_max: Duration,
-    /// How often to ping the cloud; three silent intervals end the connection.
+    /// How often to ping the cloud; three silent intervals end the connection. The cloud's
+    /// interval from its welcome replaces it.
     pub ping_interval: Duration,
-    /// Unacknowledged reports in flight, at most.
+    /// Unacknowledged reports in flight, at most; the cloud's window from its welcome, if
+    /// smaller, replaces it.
     pub max_in_flight: usize,
     /// The reports the cloud refused for good, counted for edgecore's metrics.
     pub refused: Arc<RefusedReports>,

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
-use wedge_core::protocol::messages::{ErrorPayload, Hello};
+use wedge_core::protocol::messages::{ErrorPayload, Hello, Welcome};
 use wedge_core::protocol::mux::{Mux, Role};
 use wedge_core::protocol::order::InboundOrder;
 use wedge_core::protocol::stream::{self, StreamFrame};
@@ -123,6 +123,11 @@ struct Link<'a> {
     /// The earliest sequence to send again after a retryable refusal, and when.
     retry: Option<(u64, Instant)>,
     last_heard: Instant,
+    /// Unacknowledged reports in flight at most: the edge's setting, or the cloud's window
+    /// from the welcome if smaller.
+    max_in_flight: usize,
+    /// How often to ping: the cloud's interval from the welcome, or the edge's setting.
+    ping_interval: Duration,
     /// Queries sent and not answered yet: frame id → who waits. Dropped with the connection,
     /// which tells the asker to ask again.
     queries: HashMap<u64, tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>>,
@@ -179,6 +184,8 @@ async fn converse<S: Transport>(
         cursor: 0,
         retry: None,
         last_heard: Instant::now(),
+        max_in_flight: config.max_in_flight,
+        ping_interval: config.ping_interval,
         queries: HashMap::new(),
     };
     let hello = Hello {
@@ -248,7 +255,23 @@ impl Link<'_> {
         .map_err(|_| lost("no welcome from the cloud"))??;
         let _ = self.order.accept(frame.id);
         match frame.operation {
-            Operation::Welcome => Ok(()),
+            Operation::Welcome => {
+                // What the cloud decides wins; a welcome that does not parse leaves the
+                // edge's own settings.
+                let welcome = serde_json::from_value::<Welcome>(frame.payload)
+                    .map_err(|e| tracing::warn!(error = %e, "a welcome that does not parse; keeping this edge's settings"))
+                    .ok();
+                if let Some(welcome) = welcome {
+                    if welcome.max_in_flight > 0 {
+                        let cloud = usize::try_from(welcome.max_in_flight).unwrap_or(usize::MAX);
+                        self.max_in_flight = self.max_in_flight.min(cloud);
+                    }
+                    if let Some(seconds) = welcome.ping_seconds.filter(|s| *s > 0) {
+                        self.ping_interval = Duration::from_secs(u64::from(seconds));
+                    }
+                }
+                Ok(())
+            }
             Operation::Error => {
                 let p: ErrorPayload =
                     serde_json::from_value(frame.payload).unwrap_or(ErrorPayload {
@@ -271,14 +294,14 @@ impl Link<'_> {
         mut token_queries: Option<&mut tokio::sync::mpsc::Receiver<TokenQuery>>,
         shutdown: &CancellationToken,
     ) -> Result<(), LinkError> {
-        let mut ping = tokio::time::interval(self.config.ping_interval);
+        let mut ping = tokio::time::interval(self.ping_interval);
         ping.tick().await;
         // A fresh receiver has seen the sample taken before this connection: samples missed
         // while away are not sent late, the next one is.
         let mut usage = self.signals.usage.subscribe();
         self.pump(ws).await?;
         loop {
-            let window_open = self.unacknowledged() < self.config.max_in_flight;
+            let window_open = self.unacknowledged() < self.max_in_flight;
             let retry_at = self.retry.map(|(_, at)| at);
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -324,7 +347,7 @@ impl Link<'_> {
                     self.pump(ws).await?;
                 }
                 _ = ping.tick() => {
-                    if self.last_heard.elapsed() > self.config.ping_interval * 3 {
+                    if self.last_heard.elapsed() > self.ping_interval * 3 {
                         return Err(lost("the cloud was silent for three keepalives"));
                     }
                     ws.send(Message::Ping(Vec::new().into())).await.map_err(lost)?;
@@ -378,10 +401,7 @@ impl Link<'_> {
     /// of the lease, the node and the pods. An entry of the database whose key has a newer
     /// report in memory is skipped; the newer one replaces it there once written.
     async fn pump<S: Transport>(&mut self, ws: &mut Ws<S>) -> Result<(), LinkError> {
-        let mut room = self
-            .config
-            .max_in_flight
-            .saturating_sub(self.unacknowledged());
+        let mut room = self.max_in_flight.saturating_sub(self.unacknowledged());
         if room == 0 {
             return Ok(());
         }

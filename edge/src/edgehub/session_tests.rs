@@ -10,7 +10,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
-use wedge_core::protocol::messages::Welcome;
 use wedge_core::protocol::{Envelope, ObjectKey, Operation, Reason, ResourceKind};
 
 use super::{Parts, converse};
@@ -40,6 +39,22 @@ impl FakeCloud {
         })
         .await
         .ok()
+    }
+
+    /// The time until the edge's next ping, and the envelopes it sent before it.
+    async fn until_ping(&mut self) -> (Duration, Vec<Envelope>) {
+        let started = tokio::time::Instant::now();
+        let mut before = Vec::new();
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Ping(_))) => return (started.elapsed(), before),
+                Some(Ok(Message::Binary(bytes))) => {
+                    before.push(Envelope::decode(&bytes).expect("an envelope"));
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("the edge's side ended: {other:?}"),
+            }
+        }
     }
 
     /// The next report (usage samples aside).
@@ -106,7 +121,17 @@ struct Run {
     _dir: tempfile::TempDir,
 }
 
+/// What cloudcore's welcome said before the edge honoured it (and still says to old edges'
+/// eyes): node status and lease intervals, which the edge ignores, and the window.
+fn old_welcome() -> serde_json::Value {
+    serde_json::json!({"nodeStatusSeconds": 60, "leaseRenewSeconds": 10, "maxInFlight": 32})
+}
+
 async fn start() -> Run {
+    start_with(old_welcome()).await
+}
+
+async fn start_with(welcome: serde_json::Value) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(&dir.path().join("edge.db")).expect("database");
     let outbox = db.outbox();
@@ -158,17 +183,9 @@ async fn start() -> Run {
     };
     let hello = cloud.next(Duration::from_secs(5)).await.expect("a hello");
     assert_eq!(hello.operation, Operation::Hello);
-    let welcome = Welcome {
-        node_status_seconds: 60,
-        lease_renew_seconds: 10,
-        max_in_flight: 32,
-    };
     let id = cloud.id();
     cloud
-        .send(
-            Envelope::new(id, Operation::Welcome)
-                .with_payload(serde_json::to_value(welcome).expect("json")),
-        )
+        .send(Envelope::new(id, Operation::Welcome).with_payload(welcome))
         .await;
     Run {
         cloud,
@@ -261,6 +278,49 @@ async fn a_report_the_api_could_not_take_is_sent_again_until_it_is_acknowledged(
             .get(ResourceKind::NodeStatus, &Reason::ApiUnavailable),
         0,
         "not counted as dropped"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_edge_keeps_to_the_window_and_the_keepalive_the_welcome_gives() {
+    // Before: the edge used its own window (32) and ping interval (15 s) whatever the cloud said.
+    let mut run = start_with(serde_json::json!({"maxInFlight": 1, "pingSeconds": 2})).await;
+    let (first_ping, sent) = run.cloud.until_ping().await;
+    assert_eq!(first_ping, Duration::from_secs(2), "the cloud's interval");
+    let (second_ping, more) = run.cloud.until_ping().await;
+    assert_eq!(second_ping, Duration::from_secs(2));
+    let reports: Vec<Envelope> = sent
+        .into_iter()
+        .chain(more)
+        .filter(|f| f.operation != Operation::Usage)
+        .collect();
+    assert_eq!(
+        reports.iter().map(named).collect::<Vec<_>>(),
+        ["edge-a"],
+        "one report in flight, the cloud's window"
+    );
+    run.cloud.ack(&reports[0]).await;
+    let next = run
+        .cloud
+        .report(Duration::from_secs(30))
+        .await
+        .expect("the next report once the first is acknowledged");
+    assert_eq!(named(&next), "edge-a-lease");
+    run.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_older_clouds_welcome_leaves_the_edge_its_own_keepalive() {
+    let mut run = start().await;
+    let (first_ping, sent) = run.cloud.until_ping().await;
+    assert_eq!(first_ping, run.config.ping_interval);
+    assert_eq!(
+        sent.iter()
+            .filter(|f| f.operation != Operation::Usage)
+            .count(),
+        2,
+        "both reports within the window"
     );
     run.stop().await;
 }

@@ -45,12 +45,9 @@ pub struct HubSettings {
     pub listen: SocketAddr,
     /// Unacknowledged frames in flight per edge, at most.
     pub max_in_flight: usize,
-    /// How often to ping an edge; three silent intervals end its session.
+    /// How often to ping an edge; three silent intervals end its session. Told in the
+    /// welcome: the edge keeps to it.
     pub ping_interval: Duration,
-    /// How often edges report their node status, in seconds (told in the welcome).
-    pub node_status_seconds: u32,
-    /// How often edges renew their lease, in seconds (told in the welcome).
-    pub lease_renew_seconds: u32,
 }
 
 impl Default for HubSettings {
@@ -59,8 +56,6 @@ impl Default for HubSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 10000)),
             max_in_flight: 32,
             ping_interval: Duration::from_secs(15),
-            node_status_seconds: 60,
-            lease_renew_seconds: 10,
         }
     }
 }

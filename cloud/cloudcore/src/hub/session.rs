@@ -242,9 +242,10 @@ impl Session {
     {
         let settings = &self.ctx.settings;
         let welcome = Welcome {
-            node_status_seconds: settings.node_status_seconds,
-            lease_renew_seconds: settings.lease_renew_seconds,
-            max_in_flight: settings.max_in_flight as u32,
+            max_in_flight: u32::try_from(settings.max_in_flight).unwrap_or(u32::MAX),
+            ping_seconds: Some(
+                u32::try_from(settings.ping_interval.as_secs().max(1)).unwrap_or(u32::MAX),
+            ),
         };
         let welcome = Envelope::new(1, Operation::Welcome)
             .with_payload(serde_json::to_value(welcome).unwrap_or_default());
