@@ -359,7 +359,7 @@ impl BusGuard {
     /// One line for the start-up log: which mode the bus runs in.
     pub fn describe(&self) -> String {
         format!(
-            "{} user(s) from the password file, pods' logins from their Secrets (mqtt.wedge.io/login) within their grants, {}, anonymous clients {}",
+            "{} user(s) from the password file, {}, anonymous clients {}; pods' own logins from their Secrets (mqtt.wedge.io/login), within their grants",
             self.passwords.len(),
             if self.acl.is_some() {
                 "limited by the ACL file"
