@@ -400,6 +400,9 @@ impl DeviceTwin {
                     "the Device's spec sets a desired value that does not fit its model; ignored"
                 ),
             }
+            // Unlike a report, the cloud's value acts even when its row cannot be stored: its
+            // source, the Device's spec, is in MetaManager, so a restart only applies it again
+            // (one version later), where holding it back would ignore the cloud until then.
             if let Err(e) = self.inner.twins.save(name, &model.name, stored) {
                 tracing::warn!(device = name, error = %e, "cannot store a desired value");
             }
@@ -558,21 +561,20 @@ impl DeviceTwin {
         let entry = devices
             .get_mut(device)
             .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
-        if state == DeviceState::Online {
-            entry.last_online = Some(jiff::Timestamp::now().to_string());
-        }
         if entry.twin.state == state && state != DeviceState::Online {
             return Ok(());
         }
-        entry.twin.state = state;
+        let last_online = match state {
+            DeviceState::Online => Some(jiff::Timestamp::now().to_string()),
+            _ => entry.last_online.clone(),
+        };
+        // Stored first, as reports are: memory changes only with the disk.
         self.inner
             .twins
-            .save_state(
-                device,
-                device::state_name(state),
-                entry.last_online.as_deref(),
-            )
+            .save_state(device, device::state_name(state), last_online.as_deref())
             .map_err(unavailable)?;
+        entry.twin.state = state;
+        entry.last_online = last_online;
         self.mark_dirty(device);
         Ok(())
     }

@@ -335,3 +335,29 @@ async fn a_report_whose_second_row_cannot_be_stored_changes_neither_memory_nor_d
         Some(1)
     );
 }
+
+#[tokio::test]
+async fn a_state_the_disk_cannot_take_leaves_the_state_as_it_was() {
+    let f = Fixture::new();
+    f.put_device("21", "1");
+    let twin = f.twin();
+    twin.set_state("thermo-1", DeviceState::Online)
+        .expect("online");
+    let sql = rusqlite::Connection::open(f.dir.path().join("edge.db")).expect("a connection");
+    sql.execute_batch(
+        "CREATE TRIGGER refuse_state BEFORE INSERT ON device_states
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .expect("the trigger");
+    assert!(matches!(
+        twin.set_state("thermo-1", DeviceState::Offline),
+        Err(TwinBackendError::Unavailable(_))
+    ));
+    let state = |t: &DeviceTwin| t.document("thermo-1").expect("document").0.state;
+    assert_eq!(state(&twin), DeviceState::Online, "memory as the disk");
+    assert_eq!(
+        f.db.twins().state("thermo-1").expect("row").map(|(s, _)| s),
+        Some("online".to_owned())
+    );
+    assert_eq!(state(&f.twin()), DeviceState::Online, "and after a restart");
+}
