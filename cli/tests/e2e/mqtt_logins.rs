@@ -100,33 +100,97 @@ fn pod(name: &str, secret: &str, registry: &str) -> String {
     )
 }
 
+/// A cloud and one edge, `edge-a`, whose embedded broker and metrics listen on ports of the
+/// test's. The edge is declared first so that it is killed first.
+struct Bus {
+    edge: Proc,
+    cloud: Cloud,
+    registry: wedge_testkit::registry::Registry,
+    port: u16,
+    metrics: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Bus {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = registry_with_samples().await;
+        let cloud = Cloud::start(&dir.path().join("cloud"));
+        let token = cloud.token("1h");
+        let root = dir.path().join("edge-a");
+        std::fs::create_dir_all(&root).expect("edge root");
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut command = edgecore(&root, &cloud, "edge-a", Some(&token), &registry.host());
+        command
+            .env("WEDGE_MQTT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WEDGE_EDGE_METRICS_LISTEN", &metrics);
+        let edge = Proc::spawn(command, root.join("edgecore.log"));
+        cloud.wait_for(
+            "node/edge-a",
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+            "True",
+            Duration::from_secs(60),
+        );
+        Self {
+            edge,
+            cloud,
+            registry,
+            port,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    fn context(&self) -> impl Fn() -> String + '_ {
+        || format!("edgecore: {}", self.edge.log())
+    }
+
+    /// A client logged in as `user`, once connected.
+    async fn connected(
+        &self,
+        id: &str,
+        user: &str,
+        password: &str,
+    ) -> (AsyncClient, mpsc::UnboundedReceiver<Seen>) {
+        let (c, mut seen) = client(self.port, id, user, password);
+        expect(
+            &mut seen,
+            Duration::from_secs(10),
+            |s| matches!(s, Seen::Connected),
+            self.context(),
+        )
+        .await;
+        (c, seen)
+    }
+
+    /// Waits until the broker has refused one more publish than `before`.
+    async fn publish_refused(&self, before: u64) {
+        eventually(
+            Duration::from_secs(10),
+            || refused(&self.metrics, "publish_acl") > before,
+            || format!("no publish refused\nedgecore: {}", self.edge.log()),
+        )
+        .await;
+    }
+}
+
+fn basic_auth(name: &str, user: &str, password: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: kubernetes.io/basic-auth\nstringData:\n  username: {user}\n  password: {password}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pods_secret_logs_it_in_within_its_grants_until_the_pod_goes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let registry = registry_with_samples().await;
-    let cloud = Cloud::start(&dir.path().join("cloud"));
-    let token = cloud.token("1h");
-    let root = dir.path().join("edge-a");
-    std::fs::create_dir_all(&root).expect("edge root");
-    let port = free_port();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut command = edgecore(&root, &cloud, "edge-a", Some(&token), &registry.host());
-    command
-        .env("WEDGE_MQTT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WEDGE_EDGE_METRICS_LISTEN", &metrics);
-    let edge = Proc::spawn(command, root.join("edgecore.log"));
-    cloud.wait_for(
-        "node/edge-a",
-        "{.status.conditions[?(@.type==\"Ready\")].status}",
-        "True",
-        Duration::from_secs(60),
+    let bus = Bus::start().await;
+    let (cloud, edge) = (&bus.cloud, &bus.edge);
+    cloud.apply(&basic_auth(LOGIN, "app", "s3cret-pw"));
+    cloud.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: opaque-login\ntype: Opaque\nstringData:\n  username: other\n  password: pw\n",
     );
-
-    cloud.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {LOGIN}\ntype: kubernetes.io/basic-auth\nstringData:\n  username: app\n  password: s3cret-pw\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: opaque-login\ntype: Opaque\nstringData:\n  username: other\n  password: pw\n"
-    ));
-    cloud.apply(&pod("app", LOGIN, &registry.host()));
-    cloud.apply(&pod("wrong-type", "opaque-login", &registry.host()));
+    cloud.apply(&pod("app", LOGIN, &bus.registry.host()));
+    cloud.apply(&pod("wrong-type", "opaque-login", &bus.registry.host()));
     cloud.wait_for(
         "pod/app",
         "{.status.phase}",
@@ -149,15 +213,8 @@ async fn a_pods_secret_logs_it_in_within_its_grants_until_the_pod_goes() {
     );
 
     // The pod's login publishes on a granted topic, and a subscriber with it receives it.
-    let context = || format!("edgecore: {}", edge.log());
-    let (sub, mut sub_seen) = client(port, "app-sub", "app", "s3cret-pw");
-    expect(
-        &mut sub_seen,
-        Duration::from_secs(10),
-        |s| matches!(s, Seen::Connected),
-        context,
-    )
-    .await;
+    let context = bus.context();
+    let (sub, mut sub_seen) = bus.connected("app-sub", "app", "s3cret-pw").await;
     sub.subscribe("telemetry/#", QoS::AtLeastOnce)
         .await
         .expect("subscribe");
@@ -165,17 +222,10 @@ async fn a_pods_secret_logs_it_in_within_its_grants_until_the_pod_goes() {
         &mut sub_seen,
         Duration::from_secs(10),
         |s| matches!(s, Seen::SubAck),
-        context,
+        &context,
     )
     .await;
-    let (publisher, mut pub_seen) = client(port, "app-pub", "app", "s3cret-pw");
-    expect(
-        &mut pub_seen,
-        Duration::from_secs(10),
-        |s| matches!(s, Seen::Connected),
-        context,
-    )
-    .await;
+    let (publisher, mut pub_seen) = bus.connected("app-pub", "app", "s3cret-pw").await;
     publisher
         .publish("telemetry/room-1", QoS::AtLeastOnce, false, "21.5")
         .await
@@ -184,20 +234,44 @@ async fn a_pods_secret_logs_it_in_within_its_grants_until_the_pod_goes() {
         &mut sub_seen,
         Duration::from_secs(10),
         |s| matches!(s, Seen::Message(t) if t == "telemetry/room-1"),
-        context,
+        &context,
     )
     .await;
 
     // A topic outside the grants is refused, and counted.
-    let before = refused(&metrics, "publish_acl");
+    let before = refused(&bus.metrics, "publish_acl");
     publisher
         .publish("commands/fan", QoS::AtLeastOnce, false, "on")
         .await
         .expect("publish");
-    eventually(
+    bus.publish_refused(before).await;
+
+    // The Secret changes: the old password's sessions are dropped and it is refused; the new
+    // one logs in.
+    cloud.apply(&basic_auth(LOGIN, "app", "n3w-pw"));
+    expect(
+        &mut pub_seen,
+        Duration::from_secs(30),
+        |s| matches!(s, Seen::Dropped),
+        &context,
+    )
+    .await;
+    expect(
+        &mut pub_seen,
         Duration::from_secs(10),
-        || refused(&metrics, "publish_acl") > before,
-        || format!("no publish refused\nedgecore: {}", edge.log()),
+        |s| matches!(s, Seen::Refused),
+        &context,
+    )
+    .await;
+    let (sub, mut sub_seen) = bus.connected("app-sub-2", "app", "n3w-pw").await;
+    sub.subscribe("telemetry/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    expect(
+        &mut sub_seen,
+        Duration::from_secs(10),
+        |s| matches!(s, Seen::SubAck),
+        &context,
     )
     .await;
 
@@ -207,23 +281,23 @@ async fn a_pods_secret_logs_it_in_within_its_grants_until_the_pod_goes() {
         &mut sub_seen,
         Duration::from_secs(30),
         |s| matches!(s, Seen::Dropped),
-        context,
+        &context,
     )
     .await;
     cloud.wait_gone("pod/app", Duration::from_secs(30));
-    let bad_logins = refused(&metrics, "bad_login");
-    let (_late, mut late_seen) = client(port, "app-late", "app", "s3cret-pw");
+    let bad_logins = refused(&bus.metrics, "bad_login");
+    let (_late, mut late_seen) = client(bus.port, "app-late", "app", "n3w-pw");
     expect(
         &mut late_seen,
         Duration::from_secs(10),
         |s| matches!(s, Seen::Refused),
-        context,
+        &context,
     )
     .await;
     assert!(
-        refused(&metrics, "bad_login") > bad_logins,
+        refused(&bus.metrics, "bad_login") > bad_logins,
         "{}",
-        scrape(&metrics)
+        scrape(&bus.metrics)
     );
 
     // The wrong-type login was reported once, not at every reconcile since.
@@ -233,5 +307,95 @@ async fn a_pods_secret_logs_it_in_within_its_grants_until_the_pod_goes() {
         1,
         "edgecore: {log}"
     );
-    drop(edge);
+}
+
+/// A device speaking KubeEdge's MQTT topics, and one beside it, with their model.
+const DEVICES: &str = "apiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata:\n  name: hygrometer\nspec:\n  protocol: mqtt\n  properties:\n  - {name: humidity, type: INT, accessMode: ReadOnly, minimum: \"0\", maximum: \"100\"}\n---\napiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata:\n  name: hygro-1\nspec:\n  deviceModelRef: {name: hygrometer}\n  nodeName: edge-a\n  protocol: {protocolName: mqtt}\n  properties:\n  - {name: humidity, reportToCloud: true}\n---\napiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata:\n  name: hygro-2\nspec:\n  deviceModelRef: {name: hygrometer}\n  nodeName: edge-a\n  protocol: {protocolName: mqtt}\n  properties:\n  - {name: humidity, reportToCloud: true}\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mapper_pod_reports_its_own_device_and_no_other() {
+    let bus = Bus::start().await;
+    let cloud = &bus.cloud;
+    cloud.apply(DEVICES);
+    cloud.apply(&basic_auth("mapper-login", "hygro-mapper", "m4pper-pw"));
+    // The mapper runs as a pod granted to drive hygro-1 (the telemetry app stands in for its
+    // code: the login is the pod's, whatever runs in it).
+    cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hygro-mapper\n  annotations:\n    mqtt.wedge.io/login: mapper-login\n    devices.wedge.io/write: hygro-1\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: mapper\n    image: {}/samples/telemetry:1\n",
+        bus.registry.host()
+    ));
+    cloud.wait_for(
+        "pod/hygro-mapper",
+        CONDITION,
+        "True",
+        Duration::from_secs(60),
+    );
+
+    let context = bus.context();
+    let (mapper, mut seen) = bus
+        .connected("hygro-mapper-1", "hygro-mapper", "m4pper-pw")
+        .await;
+    let result = "$hw/events/device/hygro-1/twin/update/result";
+    mapper
+        .subscribe(result, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    expect(
+        &mut seen,
+        Duration::from_secs(10),
+        |s| matches!(s, Seen::SubAck),
+        &context,
+    )
+    .await;
+    mapper
+        .publish(
+            "$hw/events/device/hygro-1/twin/update",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"event_id":"r1","twin":{"humidity":{"actual":{"value":"64"}}}}"#,
+        )
+        .await
+        .expect("publish");
+    // EventBus answers the mapper, and the reading reaches the Device's status in the API.
+    expect(
+        &mut seen,
+        Duration::from_secs(10),
+        |s| matches!(s, Seen::Message(t) if t == result),
+        &context,
+    )
+    .await;
+    cloud.wait_for(
+        "device/hygro-1",
+        "{.status.twins[?(@.propertyName==\"humidity\")].reported.value}",
+        "64",
+        Duration::from_secs(30),
+    );
+
+    // Another device's report is refused at the broker, and counted.
+    let before = refused(&bus.metrics, "publish_acl");
+    mapper
+        .publish(
+            "$hw/events/device/hygro-2/twin/update",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"event_id":"r2","twin":{"humidity":{"actual":{"value":"99"}}}}"#,
+        )
+        .await
+        .expect("publish");
+    bus.publish_refused(before).await;
+    // Nor may it listen to the other device.
+    let other = "$hw/events/device/hygro-2/twin/update/result";
+    let subs_refused = refused(&bus.metrics, "subscribe_acl");
+    mapper
+        .subscribe(other, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    eventually(
+        Duration::from_secs(10),
+        || refused(&bus.metrics, "subscribe_acl") > subs_refused,
+        || format!("no subscription refused\nedgecore: {}", bus.edge.log()),
+    )
+    .await;
+    let twin = cloud.kubectl_ok(&["get", "device", "hygro-2", "-o", "jsonpath={.status.twins}"]);
+    assert!(!twin.contains("99"), "hygro-2: {twin}");
 }
