@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A Modbus TCP server nobody in Wedge wrote, for the Modbus mapper's interoperability test
-(mappers/modbus/tests/pymodbus.rs): pymodbus 3.x on 127.0.0.1:<port>, any unit id, with known
+(mappers/modbus/tests/mapper/pymodbus.rs): pymodbus 3.x on 127.0.0.1:<port>, any unit id, with known
 starting values.
 
   holding registers 0..=4: 215, 0, 0x4148, 0x0000, 0xFFF9  (21.5 at scale 0.1; f32 12.5; -7)

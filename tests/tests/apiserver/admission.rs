@@ -1,7 +1,7 @@
 //! Pod admission through the real kubectl: PriorityClasses, LimitRanges and ResourceQuotas act
 //! on new pods as kube-apiserver's admission plugins do, with their refusals' wording.
 
-use crate::harness::Cluster;
+use crate::apiserver::harness::Cluster;
 
 fn text(out: &std::process::Output) -> String {
     format!(

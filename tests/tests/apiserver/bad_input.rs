@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
-use crate::harness::Cluster;
+use crate::apiserver::harness::Cluster;
 
 /// Sends a raw request and returns the status code and the Status body's reason.
 async fn raw(
@@ -267,7 +267,7 @@ async fn anonymous_requests_are_refused_and_tokens_are_accepted() {
     }
     // A wrong token: kubectl says the user must log in.
     let wrong = write_config("wrong", "{token: wrong}");
-    let out = crate::harness::kubectl_with(&wrong, &["get", "ns"], None);
+    let out = crate::apiserver::harness::kubectl_with(&wrong, &["get", "ns"], None);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("You must be logged in to the server"),
@@ -275,8 +275,11 @@ async fn anonymous_requests_are_refused_and_tokens_are_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
     let with_token = write_config("token", "{token: s3cret}");
-    let out =
-        crate::harness::kubectl_with(&with_token, &["get", "ns", "default", "-o", "name"], None);
+    let out = crate::apiserver::harness::kubectl_with(
+        &with_token,
+        &["get", "ns", "default", "-o", "name"],
+        None,
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "namespace/default"

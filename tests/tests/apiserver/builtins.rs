@@ -2,7 +2,7 @@
 //! a chart's worth of manifests applied twice, the columns `kubectl get` prints, validation,
 //! and the computed `componentstatuses`.
 
-use crate::harness::Cluster;
+use crate::apiserver::harness::Cluster;
 
 const SHOP: &str = include_str!("manifests/shop.yaml");
 

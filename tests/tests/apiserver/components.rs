@@ -8,7 +8,7 @@ use kube::api::{Api, DeleteParams};
 use serde_json::Value;
 use wedge_apiserver::Component;
 
-use crate::harness::{Cluster, kubectl_with};
+use crate::apiserver::harness::{Cluster, kubectl_with};
 
 /// `kubectl auth can-i VERB RESOURCE... --as USER`: whether it says yes.
 fn can(cluster: &Cluster, user: &str, args: &[&str]) -> bool {

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
-use crate::harness::{client_for, eventually};
+use crate::apiserver::harness::{client_for, eventually};
 
 fn spawn_server(data: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_wedge-apiserver-test"))

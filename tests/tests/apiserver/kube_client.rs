@@ -11,7 +11,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 
-use crate::harness::{Cluster, WIDGET_CRD, eventually};
+use crate::apiserver::harness::{Cluster, WIDGET_CRD, eventually};
 
 fn pod(name: &str, app: &str) -> Pod {
     serde_json::from_value(json!({

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use crate::harness::{Cluster, MANIFESTS, WIDGET_CRD};
+use crate::apiserver::harness::{Cluster, MANIFESTS, WIDGET_CRD};
 
 fn text(out: &std::process::Output) -> String {
     format!(

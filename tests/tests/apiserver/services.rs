@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::harness::{Cluster, client_for, eventually};
+use crate::apiserver::harness::{Cluster, client_for, eventually};
 
 fn in_default_range(ip: &str) -> bool {
     let Ok(ip) = ip.parse::<Ipv4Addr>() else {

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
-use crate::harness::Cluster;
+use crate::apiserver::harness::Cluster;
 
 /// A raw GET or POST: the status code and the body as JSON.
 async fn raw(client: &kube::Client, method: &str, path: &str, content_type: &str) -> (u16, Value) {

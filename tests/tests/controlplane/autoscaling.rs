@@ -12,8 +12,8 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 
-use crate::harness::eventually;
-use crate::workloads::Fleet;
+use crate::controlplane::harness::eventually;
+use crate::controlplane::workloads::Fleet;
 
 /// A Deployment of `replicas` pods.
 fn deployment(name: &str, replicas: i32) -> String {

@@ -6,8 +6,8 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ListParams};
 
-use crate::harness::eventually;
-use crate::workloads::Fleet;
+use crate::controlplane::harness::eventually;
+use crate::controlplane::workloads::Fleet;
 
 fn deployment(name: &str, namespace: &str) -> String {
     format!(

@@ -14,9 +14,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use wedge_controlplane::clock::Clock;
 
-use crate::edge::EXIT;
-use crate::harness::eventually;
-use crate::workloads::Fleet;
+use crate::controlplane::edge::EXIT;
+use crate::controlplane::harness::eventually;
+use crate::controlplane::workloads::Fleet;
 
 /// A CronJob manifest whose pods exit with `exit` (none: they run until deleted).
 fn cron_job(name: &str, spec: &str, exit: Option<i32>) -> String {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
-use crate::harness::eventually;
-use crate::workloads::Fleet;
+use crate::controlplane::harness::eventually;
+use crate::controlplane::workloads::Fleet;
 
 const WEB: &str = r#"
 apiVersion: apps/v1

@@ -12,8 +12,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Cluster, eventually};
-use crate::nodes::register;
+use crate::controlplane::harness::{Cluster, eventually};
+use crate::controlplane::nodes::register;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -11,9 +11,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use crate::edge::EXIT;
-use crate::harness::eventually;
-use crate::workloads::Fleet;
+use crate::controlplane::edge::EXIT;
+use crate::controlplane::harness::eventually;
+use crate::controlplane::workloads::Fleet;
 
 /// A Job manifest whose pods exit with `exit` (none: they run until deleted).
 fn job(name: &str, spec: &str, exit: Option<i32>) -> String {

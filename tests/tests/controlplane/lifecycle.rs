@@ -5,8 +5,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 
-use crate::harness::eventually;
-use crate::workloads::Fleet;
+use crate::controlplane::harness::eventually;
+use crate::controlplane::workloads::Fleet;
 
 const PINNED: &str = r#"apiVersion: v1
 kind: Pod

@@ -9,8 +9,8 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Cluster, eventually};
-use crate::nodes::register;
+use crate::controlplane::harness::{Cluster, eventually};
+use crate::controlplane::nodes::register;
 
 const PODS: &str = r#"apiVersion: node.k8s.io/v1
 kind: RuntimeClass

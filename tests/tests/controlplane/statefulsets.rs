@@ -15,9 +15,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::edge::EXIT;
-use crate::harness::eventually;
-use crate::workloads::Fleet;
+use crate::controlplane::edge::EXIT;
+use crate::controlplane::harness::eventually;
+use crate::controlplane::workloads::Fleet;
 
 /// A StatefulSet `name` of `image`, with more spec lines.
 fn statefulset(name: &str, spec: &str, image: &str) -> String {

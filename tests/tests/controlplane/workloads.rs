@@ -9,9 +9,9 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::edge::Edges;
-use crate::harness::{Cluster, eventually};
-use crate::nodes::register;
+use crate::controlplane::edge::Edges;
+use crate::controlplane::harness::{Cluster, eventually};
+use crate::controlplane::nodes::register;
 
 /// A cluster with three Ready nodes whose edges answer, and the controllers running.
 pub struct Fleet {

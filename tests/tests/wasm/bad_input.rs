@@ -7,7 +7,9 @@ use serde_json::json;
 use wedge_testkit::oci::{self, Blob, Image, WasmLayout, media_type};
 use wedge_testkit::registry::Registry;
 
-use crate::harness::{TestRuntime, apps, assert_terminated, pod, push_hello, running, terminated};
+use crate::wasm::harness::{
+    TestRuntime, apps, assert_terminated, pod, push_hello, running, terminated,
+};
 
 /// A healthy app that logs every 50 ms: it must keep running whatever the others do.
 async fn start_bystander(t: &TestRuntime) -> String {

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use wedge_core::runtime::{ExecStreams, RuntimeError, RuntimeService};
 
-use crate::harness::{TestRuntime, pod, running, terminated};
+use crate::wasm::harness::{TestRuntime, pod, running, terminated};
 
 /// The longest any step may take.
 const LIMIT: Duration = Duration::from_secs(60);

@@ -10,7 +10,7 @@ use wedge_core::twin::{
 use wedge_edged_wasm::host::device::TwinBackend;
 use wedge_edged_wasm::host::in_process::InProcessTwin;
 
-use crate::harness::{TestRuntime, pod, running, terminated};
+use crate::wasm::harness::{TestRuntime, pod, running, terminated};
 
 fn property(name: &str, kind: PropertyType, access: AccessMode) -> PropertyModel {
     PropertyModel {

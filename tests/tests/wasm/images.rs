@@ -9,7 +9,7 @@ use wedge_edged_wasm::compile::CacheOutcome;
 use wedge_testkit::oci::{self, Image, WasmLayout};
 use wedge_testkit::registry::Registry;
 
-use crate::harness::{TestRuntime, apps, pod, push_hello, terminated};
+use crate::wasm::harness::{TestRuntime, apps, pod, push_hello, terminated};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_every_wasm_layout_from_a_real_registry() {

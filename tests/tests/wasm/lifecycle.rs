@@ -8,7 +8,7 @@ use wedge_core::crilog;
 use wedge_core::crilog::LogOptions;
 use wedge_core::status::{ContainerState, PodPhase};
 
-use crate::harness::{TestRuntime, pod, terminated};
+use crate::wasm::harness::{TestRuntime, pod, terminated};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_policies_follow_kubernetes() {

@@ -23,7 +23,7 @@ use wedge_shims::CriRuntime;
 use wedge_testkit::container_images::{self, BUSYBOX_IMAGE};
 use wedge_testkit::containerd::Containerd;
 
-use crate::harness::{TestRuntime, pod, terminated};
+use crate::wasm::harness::{TestRuntime, pod, terminated};
 
 /// The bound of every wait here.
 const LONG: Duration = Duration::from_secs(60);

@@ -1,12 +1,10 @@
 //! The mapper against the crate's own simulator: reads, desired writes, read-back reports, the
 //! simulated physics, and reconnecting when the device goes away and comes back.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Running, eventually, modbus_device};
+use crate::common::{Running, eventually, modbus_device};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -8,7 +8,7 @@ mod builtins;
 mod components;
 mod durability;
 mod encryption;
-mod harness;
+pub(crate) mod harness;
 mod kube_client;
 mod kubectl;
 mod limits;

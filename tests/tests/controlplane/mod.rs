@@ -8,9 +8,8 @@ mod cronjobs;
 mod disruption;
 mod edge;
 mod endpoints;
-#[allow(dead_code)]
-#[path = "../apiserver/harness.rs"]
-mod harness;
+// The API server's harness: a server in-process, clients and kubectl against it.
+use crate::apiserver::harness;
 mod jobs;
 mod lifecycle;
 mod nodes;

@@ -5,14 +5,12 @@
 //! Needs `python3` with pymodbus 3.x (`python3 -m pip install 'pymodbus>=3.6,<4'`; `scripts/test`
 //! installs it). Without it the test fails, saying so, rather than skipping.
 
-mod common;
-
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Running, WAIT, modbus_device, near};
+use crate::common::{Running, WAIT, modbus_device, near};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_modbus::client::{Context, Reader};
