@@ -137,7 +137,7 @@ fn bus_users(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
     )?;
     std::fs::write(
         &acl,
-        "user bench-sensor\ntopic write $hw/events/device/sensor-1/twin/update\ntopic write bench/up\n",
+        "user bench-sensor\ntopic write $hw/events/device/sensor-1/twin/update\ntopic write default/bench/up\n",
     )?;
     Ok((passwd.display().to_string(), acl.display().to_string()))
 }

@@ -231,6 +231,7 @@ async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives
     assert!(logs.contains("fan-1/power=true"), "{logs}");
 
     // The cloud goes away. The mapper keeps reading, and a device speaking MQTT reports.
+    let before = reported(&cloud, "thermo-1", "temperature");
     cloud.kill();
     // A process without the device's login cannot report for it: refused at CONNECT, and
     // counted.
@@ -262,8 +263,24 @@ async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives
         )
         .await
         .expect("publish");
-    let before = reported(&cloud, "thermo-1", "temperature");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Both wait at the edge: the device's report, and the mapper's readings made offline.
+    let waiting = |device: &str| {
+        reports_waiting(&edge_root, wedge_core::protocol::ResourceKind::DeviceStatus)
+            .into_iter()
+            .any(|(name, _)| name == device)
+    };
+    eventually(
+        Duration::from_secs(30),
+        || waiting("hygro-1") && waiting("thermo-1"),
+        || {
+            format!(
+                "the offline reports are not waiting at the edge: {:?}\nedgecore: {}",
+                reports_waiting(&edge_root, wedge_core::protocol::ResourceKind::DeviceStatus),
+                edge.log()
+            )
+        },
+    )
+    .await;
     let during = sim.temperature();
     cloud.restart();
 
