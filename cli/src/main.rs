@@ -1,8 +1,12 @@
 //! `wedge`: the operator's command line.
 //!
-//! Today it runs Wasm components by hand (`wedge wasm run`) and manages the edge's image store
-//! (`wedge image import|list`); the all-in-one cluster (`wedge up`) and join tokens come with the
-//! cloud-to-edge work. The logic lives in the library crates; this binary parses and prints.
+//! `wedge up` runs the all-in-one cluster (API server, control plane, cloudcore and a local edge
+//! with the sample pods); `wedge apiserver` and `wedge controllers` run those parts on their own.
+//! `wedge token` makes the bootstrap tokens edges join with, `wedge node` revokes and lists edges'
+//! certificates, `wedge kubeconfig` writes a user's kubeconfig and `wedge rbac` prints what
+//! cloudcore needs on a real cluster; `wedge wasm run` runs a component by hand and `wedge image`
+//! manages the edge's image store. The logic lives in the library crates; this binary parses and
+//! prints. (`cloudcore` and `edgecore` are binaries of their own, in `src/bin/`.)
 
 mod commands;
 

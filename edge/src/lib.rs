@@ -1,16 +1,23 @@
 //! Wedge's edge agent, `edgecore`: KubeEdge's edge modules, in one process.
 //!
-//! - [`store`]: the edge's SQLite database: MetaManager (every object the cloud sent, applied
-//!   idempotently by resourceVersion) and the outbox (status updates that survive restarts and
-//!   disconnections, coalesced to the newest per object).
+//! - [`store`]: the edge's SQLite database: MetaManager (every object the cloud sent for this
+//!   node: pods and what they reference, Devices, Rules, the Node and Lease; applied idempotently
+//!   by resourceVersion, Secrets encrypted at rest when configured) and the outbox (reports that
+//!   survive restarts and disconnections, coalesced to the newest per object; held in memory
+//!   when the disk is full).
 //! - [`edgehub`]: the one connection to CloudHub: reconnecting, acknowledged, resynced.
-//! - [`edged`]: runs the pods MetaManager holds on the Wasm runtime and reports their status,
-//!   the node's status and its lease through the outbox.
+//! - [`edged`]: runs the pods MetaManager holds, Wasm and containers (through CRI), and reports
+//!   their status, the node's status and its lease through the outbox.
 //! - [`edgestream`]: serves the streams the cloud opens on EdgeHub's connection (`kubectl
-//!   logs`, `exec`, `port-forward`) against Edged's pods.
+//!   logs`, `exec`, `attach`, `port-forward`) against Edged's pods.
 //! - [`devicetwin`]: DeviceTwin: the devices bound to this node, their twins in SQLite, the
 //!   `wedge:device` backend for apps, and the Device status reported to the cloud.
+//! - [`eventbus`]: EventBus: the MQTT bus (the embedded broker, with logins and ACLs, or the
+//!   operator's mosquitto), KubeEdge's twin topics, pods' messaging, and the uploads Rules route
+//!   to the cloud.
+//! - [`mappers`]: the built-in Modbus mapper, a task per Device.
 //! - [`reports`]: the outbox entries and the frames they become.
+//! - [`metrics`]: edgecore's `/metrics`.
 //! - [`tls`], [`join`], [`rotation`]: the edge's credentials, joining with a bootstrap token,
 //!   and certificate rotation.
 //! - [`agent`]: all of it together, as `edgecore` and `wedge up` run it.
