@@ -5,12 +5,14 @@
 //! the embedded API server and against real clusters that have never heard of KubeEdge, so it
 //! brings their definitions itself, applied server-side and forced: cloudcore owns them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 /// The field manager of the CRDs' server-side apply.
 pub const FIELD_MANAGER: &str = "wedge-cloudcore-crds";
@@ -61,6 +63,11 @@ pub async fn install(client: &Client, wanted: &[Wanted]) -> Result<(), CrdError>
     Ok(())
 }
 
+/// Waits for `name`'s Established condition with kube's own wait
+/// ([`await_condition`] with [`conditions::is_crd_established`]), then until the resource can
+/// be listed. The second wait is ours because kube has no condition for it: Established says
+/// the definition was accepted, not that every API server (or discovery) serves the resource
+/// yet, and the watches started next must not fail on a 404.
 async fn wait_established(
     client: &Client,
     crds: &Api<CustomResourceDefinition>,
@@ -68,38 +75,28 @@ async fn wait_established(
     resource: &ApiResource,
     deadline: Instant,
 ) -> Result<(), CrdError> {
+    let not_established = |last: String| CrdError::NotEstablished {
+        crd: name,
+        timeout: ESTABLISH_TIMEOUT,
+        last,
+    };
+    let established = await_condition(crds.clone(), name, conditions::is_crd_established());
+    match tokio::time::timeout_at(deadline, established).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(not_established(e.to_string())),
+        Err(_) => return Err(not_established("not Established yet".to_owned())),
+    }
     let objects: Api<DynamicObject> = Api::all_with(client.clone(), resource);
     loop {
-        let last = match crds.get_opt(name).await {
-            Ok(Some(crd)) if established(&crd) => {
-                match objects.list_metadata(&ListParams::default().limit(1)).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => format!("established, but listing fails: {e}"),
-                }
-            }
-            Ok(Some(_)) => "not Established yet".to_owned(),
-            Ok(None) => "gone".to_owned(),
-            Err(e) => e.to_string(),
+        let last = match objects.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => return Ok(()),
+            Err(e) => format!("established, but listing fails: {e}"),
         };
         if Instant::now() >= deadline {
-            return Err(CrdError::NotEstablished {
-                crd: name,
-                timeout: ESTABLISH_TIMEOUT,
-                last,
-            });
+            return Err(not_established(last));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn established(crd: &CustomResourceDefinition) -> bool {
-    crd.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        })
 }
 
 /// A string.
