@@ -1,30 +1,25 @@
 //! Label selectors (`matchLabels` and `matchExpressions`) as workload controllers use them to
-//! find their pods.
+//! find their pods: kube's [`Selector`] does the matching; this module only fixes what a
+//! selector that kube cannot read means here.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 
 /// Whether `labels` are selected. An empty selector selects everything, as Kubernetes has it
-/// (the API server refuses empty selectors on workloads, so a controller never sees one).
+/// (the API server refuses empty selectors on workloads, so a controller never sees one); one
+/// that is not valid (an unknown operator, `In`/`NotIn` without values) selects nothing, as
+/// `metav1.LabelSelectorAsSelector` failing does in Kubernetes' controllers. A nil selector is
+/// the caller's to read (a PodDisruptionBudget without one selects nothing).
 pub fn matches(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
-    let get = |k: &str| labels.and_then(|l| l.get(k));
-    let by_label = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| get(k) == Some(v));
-    by_label
-        && selector.match_expressions.iter().flatten().all(|r| {
-            let values = r.values.as_deref().unwrap_or_default();
-            match r.operator.as_str() {
-                "In" => get(&r.key).is_some_and(|v| values.contains(v)),
-                "NotIn" => !get(&r.key).is_some_and(|v| values.contains(v)),
-                "Exists" => get(&r.key).is_some(),
-                "DoesNotExist" => get(&r.key).is_none(),
-                _ => false,
-            }
-        })
+    let Ok(selector) = Selector::try_from(selector.clone()) else {
+        return false;
+    };
+    match labels {
+        Some(labels) => selector.matches(labels),
+        None => selector.matches(&BTreeMap::new()),
+    }
 }
 
 #[cfg(test)]
@@ -55,5 +50,27 @@ mod tests {
             Some(&labels(&[("app", "web"), ("tier", "a"), ("canary", "1")]))
         ));
         assert!(!matches(&s, None));
+    }
+
+    #[test]
+    fn empty_selects_everything_and_invalid_nothing() {
+        let parse = |v: serde_json::Value| -> LabelSelector {
+            serde_json::from_value(v).expect("selector")
+        };
+        let web: BTreeMap<String, String> = [("app".to_owned(), "web".to_owned())].into();
+        assert!(matches(&LabelSelector::default(), Some(&web)));
+        assert!(matches(&LabelSelector::default(), None));
+        let unknown = parse(
+            serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Equals", "values": ["web"]}]}),
+        );
+        assert!(!matches(&unknown, Some(&web)));
+        let no_values =
+            parse(serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "NotIn"}]}));
+        assert!(!matches(&no_values, Some(&web)));
+        let not_in = parse(
+            serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]}),
+        );
+        assert!(matches(&not_in, Some(&web)));
+        assert!(matches(&not_in, None));
     }
 }
