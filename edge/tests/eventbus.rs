@@ -489,12 +489,7 @@ async fn kubeedge_topics_through_the_embedded_broker() {
     .await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use wedge_testkit::wait::free_port;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_port_in_use_is_a_clear_error() {

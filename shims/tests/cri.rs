@@ -62,21 +62,14 @@ async fn env() -> anyhow::Result<Env> {
 }
 
 /// Retries `f` until it succeeds or [`LONG`] has passed.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+async fn eventually<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let deadline = Instant::now() + LONG;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e.context(format!("{what}: still failing after {LONG:?}")));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    wedge_testkit::wait::until_ok(LONG, Duration::from_millis(50), f)
+        .await
+        .map_err(|e| e.context(format!("{what}: still failing after {LONG:?}")))
 }
 
 async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {

@@ -12,6 +12,8 @@
 //!   process, mount, link and cgroup it made.
 //! - [`container_images`] builds ordinary container images locally (a `pause` image for pod
 //!   sandboxes, a `busybox` image) and pushes them to a [`registry::Registry`].
+//! - [`wait`] polls for the event that proves a thing ([`wait::eventually`]) and gives free
+//!   loopback ports; [`metrics`] reads a process's Prometheus figures.
 //!
 //! The fuzz tests' inputs come from `wedge-testkit-fuzz` (`testkit/fuzz/`), a crate of its own so
 //! that the small crates' tests need not build these fixtures.
@@ -26,7 +28,9 @@
 pub mod container_images;
 pub mod containerd;
 pub mod http_sink;
+pub mod metrics;
 pub mod mosquitto;
 pub mod oci;
 pub mod registry;
 pub mod sample_apps;
+pub mod wait;

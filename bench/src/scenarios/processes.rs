@@ -46,9 +46,7 @@ pub fn mem_available_kib() -> anyhow::Result<u64> {
 
 /// A free port on loopback.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(wedge_testkit::wait::try_free_port()?)
 }
 
 /// Waits until something listens on `addr`.

@@ -58,19 +58,18 @@ async fn holder(leases: &Api<Lease>) -> Option<String> {
         .holder_identity
 }
 
-async fn wait_for<F, Fut>(what: &str, mut check: F)
+async fn wait_for<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wedge_testkit::wait::eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        check,
+        || format!("timed out waiting for {what}"),
+    )
+    .await;
 }
 
 async fn pod_bound(pods: &Api<Pod>, name: &str) -> bool {

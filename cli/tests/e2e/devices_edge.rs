@@ -58,21 +58,6 @@ fn bus_users(edge_root: &std::path::Path, command: &mut std::process::Command) {
         .env("WEDGE_MQTT_ACL_FILE", &acl);
 }
 
-/// edgecore's count of what its bus refused for `reason`, from its `/metrics`.
-fn bus_refused(metrics: &str, reason: &str) -> u64 {
-    use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect(metrics) else {
-        return 0;
-    };
-    let _ = write!(tcp, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut text = String::new();
-    let _ = tcp.read_to_string(&mut text);
-    let needle = format!("wedge_edge_mqtt_refused_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// What `pod`'s fan-handler container wrote, from its log files on the edge (kubelet's layout).
 fn handler_logs(edge_root: &std::path::Path, pod: &str) -> String {
     let mut out = String::new();
@@ -244,7 +229,7 @@ async fn the_device_loop_runs_from_kubectl_to_the_register_and_back_and_survives
     );
     eventually(
         Duration::from_secs(10),
-        || bus_refused(&metrics, "anonymous") >= 1,
+        || bus_refused(&metrics, "anonymous") >= 1.0,
         || format!("no anonymous refusal counted\nedgecore: {}", edge.log()),
     )
     .await;

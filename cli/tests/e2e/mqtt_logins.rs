@@ -81,11 +81,8 @@ async fn expect(
 
 /// edgecore's count of what its bus refused for `reason`.
 fn refused(metrics: &str, reason: &str) -> u64 {
-    let needle = format!("wedge_edge_mqtt_refused_total{{reason=\"{reason}\"}} ");
-    scrape(metrics)
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle)?.parse().ok())
-        .unwrap_or(0)
+    // A count: a whole number.
+    bus_refused(metrics, reason) as u64
 }
 
 const LOGIN: &str = "app-login";

@@ -9,12 +9,8 @@ use std::time::{Duration, Instant};
 
 use wedge_testkit::registry::Registry;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+pub use wedge_testkit::metrics::scrape;
+pub use wedge_testkit::wait::free_port;
 
 /// A child process, killed (SIGKILL) when dropped, its stderr in a log file.
 pub struct Proc {
@@ -231,18 +227,7 @@ impl Cloud {
 
     /// A counter or gauge of cloudcore's metrics for `node`.
     pub fn metric(&self, name: &str, node: &str) -> f64 {
-        use std::io::{Read, Write};
-        let Ok(mut tcp) = std::net::TcpStream::connect(&self.metrics) else {
-            return 0.0;
-        };
-        let _ = write!(tcp, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-        let mut text = String::new();
-        let _ = tcp.read_to_string(&mut text);
-        let needle = format!("node=\"{node}\"");
-        text.lines()
-            .filter(|l| l.starts_with(name) && l.contains(&needle))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        wedge_testkit::metrics::sum(&scrape(&self.metrics), name, &[("node", node)])
     }
 
     /// Polls `jsonpath` of `object` until it equals `want`.
@@ -472,30 +457,29 @@ pub fn telemetry_pod(name: &str, registry: &str) -> String {
     )
 }
 
-/// The Prometheus text a process serves at `http://{addr}/metrics` (empty when it does not
-/// answer).
-pub fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = write!(tcp, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut text = String::new();
-    let _ = tcp.read_to_string(&mut text);
-    text
+/// edgecore's count of what its bus refused for `reason`, from its `/metrics` at `metrics`.
+pub fn bus_refused(metrics: &str, reason: &str) -> f64 {
+    wedge_testkit::metrics::sum(
+        &scrape(metrics),
+        "wedge_edge_mqtt_refused_total",
+        &[("reason", reason)],
+    )
 }
 
-/// Polls `check` every 100 ms until it holds; panics with `what()` after `timeout`.
+/// Polls `check` (a look at processes, files or kubectl) every 100 ms until it holds; panics
+/// with `what()` after `timeout`.
 pub async fn eventually(
     timeout: Duration,
     mut check: impl FnMut() -> bool,
     what: impl Fn() -> String,
 ) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "{}", what());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wedge_testkit::wait::eventually(
+        timeout,
+        Duration::from_millis(100),
+        || std::future::ready(check()),
+        what,
+    )
+    .await;
 }
 
 /// The pods an edge holds in its SQLite store: name → resourceVersion.

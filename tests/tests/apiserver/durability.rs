@@ -21,12 +21,7 @@ fn spawn_server(data: &std::path::Path, port: u16) -> Child {
         .expect("server process")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
+use wedge_testkit::wait::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_dash_nine() {

@@ -105,19 +105,15 @@ pub fn kubectl_with(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&
 }
 
 /// Polls `check` every 50 ms until it holds or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wedge_testkit::wait::eventually(timeout, Duration::from_millis(50), check, || {
+        format!("timed out waiting for {what}")
+    })
+    .await;
 }
 
 /// The manifests the kubectl tests apply.

@@ -103,19 +103,15 @@ impl Recorder {
 }
 
 /// Polls `f` every 10 ms for up to [`WAIT`]; panics naming `what` if it never holds.
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
+pub async fn eventually<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wedge_testkit::wait::eventually(WAIT, Duration::from_millis(10), f, || {
+        format!("timed out after {WAIT:?} waiting for {what}")
+    })
+    .await;
 }
 
 /// A Device and its model from KubeEdge JSON.
