@@ -195,7 +195,9 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
                         Some(r) => Exit::of_run(r),
                         None => Exit::killed("the container was stopped"),
                     };
-                    log.finish();
+                    // Everything the guest wrote is in its log before its status says it
+                    // exited: `kubectl logs` of a finished pod has every line.
+                    log.close().await;
                     exited(&c2, exit, started_at);
                 })
             })
@@ -217,7 +219,7 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
             Box::new(move || {
                 c3.spawn(async move {
                     handler::serve(&runner, &c2.grants.triggers, &rt.backends, &c2.cancel).await;
-                    log.finish();
+                    log.close().await;
                     // A handler has no exit of its own: it ends when stopped, having finished
                     // the event in hand.
                     let exit = Exit {

@@ -207,9 +207,14 @@ pub async fn serve(
     for filter in &triggers.topics {
         match backends.bus.subscribe(filter, &queue).await {
             Ok(()) => has_topics = true,
-            Err(e) => runner.log.runtime_line(&format!(
-                "wedge: cannot subscribe the handler to {filter}: {e}"
-            )),
+            Err(e) => {
+                runner
+                    .log
+                    .runtime_line(&format!(
+                        "wedge: cannot subscribe the handler to {filter}: {e}"
+                    ))
+                    .await
+            }
         }
     }
     let mut timer = triggers
@@ -223,7 +228,7 @@ pub async fn serve(
                     Ok(c) if triggers.twin.iter().any(|t| t.fires_on(&c.device, &c.property)) => HandlerEvent::Twin(c),
                     Ok(_) => continue,
                     Err(RecvError::Lagged(n)) => {
-                        runner.log.runtime_line(&format!("wedge: handler fell behind: {n} twin changes were skipped"));
+                        runner.log.runtime_line(&format!("wedge: handler fell behind: {n} twin changes were skipped")).await;
                         continue;
                     }
                     Err(RecvError::Closed) => {
@@ -237,10 +242,13 @@ pub async fn serve(
         };
         if let Err(e) = runner.invoke(&event).await {
             tracing::debug!(event = %event.describe(), error = %e, "handler invocation failed");
-            runner.log.runtime_line(&format!(
-                "wedge: handler failed on {}: {e}",
-                event.describe()
-            ));
+            runner
+                .log
+                .runtime_line(&format!(
+                    "wedge: handler failed on {}: {e}",
+                    event.describe()
+                ))
+                .await;
         }
     }
 }
