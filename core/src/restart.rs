@@ -3,6 +3,9 @@
 //! Kubelet waits 10 s before the first restart of a failed container, doubles the wait after each
 //! further exit up to 5 minutes, and forgets the history once a container has run for 10 minutes.
 //! [`CrashLoopBackoff`] is that rule with its durations as parameters so tests can shrink them.
+//! It is not a retry crate's backoff (`backon`, which the edge and the mapper use): it resets on
+//! how long the container *ran*, has no jitter, and its state is what users see as the
+//! `CrashLoopBackOff` reason, so it follows kubelet's code rather than a general schedule.
 
 use std::time::Duration;
 

@@ -121,10 +121,9 @@ pub async fn retry_held(
             () = shutdown.cancelled() => return,
             () = outbox.held_changed() => {}
         }
-        let mut attempt = 0u32;
+        let mut delays = crate::edgehub::backoff(RETRY_MIN, RETRY_MAX);
         while outbox.is_holding() {
-            let delay = crate::edgehub::backoff(attempt, RETRY_MIN, RETRY_MAX);
-            attempt = attempt.saturating_add(1);
+            let delay = delays.next().unwrap_or(RETRY_MAX);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}

@@ -264,7 +264,9 @@ fn finished_at(pod: &Pod) -> Option<jiff::Timestamp> {
 }
 
 /// How long a replacement pod must still wait: kube's pod failure backoff, 10 s doubled for
-/// each failure since the last success (at most 10 min), from the last failure.
+/// each failure since the last success (at most 10 min), from the last failure. Computed from
+/// the pods' own finish times, as the Job controller does, so it survives a restart of the
+/// control plane: no retry crate's in-memory schedule can.
 pub fn remaining_backoff(pods: &[Arc<Pod>], now: jiff::Timestamp) -> Duration {
     let mut finished: Vec<(jiff::Timestamp, bool)> = pods
         .iter()

@@ -677,7 +677,8 @@ pub fn claim_owners(
 }
 
 /// How long a finished pod must wait before it is made again, having been made again `count`
-/// times already.
+/// times already. A pure function of the count, not a retry crate's iterator: the count lives
+/// in the controller's per-pod table and the wait is measured from the last remake.
 pub fn recreate_backoff(count: u32) -> Duration {
     if count == 0 {
         return Duration::ZERO;

@@ -28,7 +28,8 @@ use super::Signals;
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long the cloud may take to answer before the fetch counts as failed.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Backoff after failed fetches: from the first, doubling, to the last.
+/// Backoff after failed fetches ([`crate::edgehub::backoff`]): from the first, doubling, to the
+/// last, each delay jittered in its upper half.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -89,7 +90,8 @@ struct Held {
 struct Entry {
     held: Option<Held>,
     fetching: bool,
-    failures: u32,
+    /// The delays before fetching again after failures; a new one after a success.
+    retry: backon::ExponentialBackoff,
     next_attempt: Instant,
 }
 
@@ -163,7 +165,7 @@ impl TokenManager {
                     Entry {
                         held: None,
                         fetching: false,
-                        failures: 0,
+                        retry: crate::edgehub::backoff(BACKOFF_MIN, BACKOFF_MAX),
                         next_attempt: now,
                     },
                 );
@@ -268,7 +270,7 @@ impl TokenManager {
                     refresh_at: refresh_at(now, granted),
                     expires_at: now + granted,
                 });
-                entry.failures = 0;
+                entry.retry = crate::edgehub::backoff(BACKOFF_MIN, BACKOFF_MAX);
                 entry.next_attempt = now;
                 drop(entries);
                 self.received
@@ -276,10 +278,7 @@ impl TokenManager {
                 self.signals.objects_changed.notify_one();
             }
             Err(error) => {
-                let delay = BACKOFF_MIN
-                    .saturating_mul(2u32.saturating_pow(entry.failures.min(16)))
-                    .min(BACKOFF_MAX);
-                entry.failures = entry.failures.saturating_add(1);
+                let delay = entry.retry.next().unwrap_or(BACKOFF_MAX);
                 entry.next_attempt = now + delay;
                 tracing::warn!(pod = %format!("{}/{}", key.namespace, key.pod), account = key.account, error, retry_in = ?delay, "cannot get a ServiceAccount token");
             }
@@ -366,12 +365,17 @@ mod tests {
         tokio::spawn(manager.clone().run(shutdown.clone()));
         let key = key(7 * 24 * 3600);
         assert_eq!(manager.get(&key), None);
-        // The first answer is a refusal: the next question comes a second later.
+        // The first answer is a refusal: the next question comes half a second to a second
+        // later.
         let first = rx.recv().await.expect("asked");
         let _ = first.reply.send(Err("Forbidden".into()));
         let refused = Instant::now();
         let second = rx.recv().await.expect("asked again");
-        assert!(Instant::now() - refused >= BACKOFF_MIN);
+        let waited = Instant::now() - refused;
+        assert!(
+            waited >= BACKOFF_MIN / 2 && waited <= BACKOFF_MIN,
+            "{waited:?}"
+        );
         let mut answer = second.request.clone();
         answer["status"] = json!({"token": "t"});
         let _ = second.reply.send(Ok(answer));

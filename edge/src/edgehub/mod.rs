@@ -138,15 +138,18 @@ pub enum LinkError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// The delay before reconnect attempt `attempt` (0-based): exponential from `min` to `max`,
-/// with full jitter in its upper half so a fleet that lost the cloud together does not come
-/// back together.
-pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
-    let ceiling = min
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(max);
-    let half = ceiling / 2;
-    half + half.mul_f64(fastrand::f64())
+/// The edge's retry delays (reconnecting, writing held reports, fetching tokens), endless: the
+/// ceiling doubles from `min` to `max` and each delay is jittered in the ceiling's upper half,
+/// so a fleet that lost the cloud together does not come back together. `backon` computes
+/// them (its jitter adds up to 100% of the delay, hence the halves); start a new one to reset.
+pub fn backoff(min: Duration, max: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min / 2)
+        .with_max_delay(max / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// The edge's link to the cloud.
@@ -197,7 +200,7 @@ impl EdgeHub {
 
     /// Connects, serves and reconnects until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut attempt = 0u32;
+        let mut delays = backoff(self.config.backoff_min, self.config.backoff_max);
         loop {
             let started = std::time::Instant::now();
             let parts = session::Parts {
@@ -222,10 +225,9 @@ impl EdgeHub {
                 Err(error) => {
                     // A session that lasted a while resets the backoff.
                     if started.elapsed() > Duration::from_secs(30) {
-                        attempt = 0;
+                        delays = backoff(self.config.backoff_min, self.config.backoff_max);
                     }
-                    let delay = backoff(attempt, self.config.backoff_min, self.config.backoff_max);
-                    attempt = attempt.saturating_add(1);
+                    let delay = delays.next().unwrap_or(self.config.backoff_max);
                     tracing::warn!(cloud = self.config.cloud, %error, retry_in = ?delay, "no link to the cloud; pods keep running");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -245,14 +247,15 @@ mod tests {
     fn backoff_grows_to_its_ceiling_with_jitter() {
         let (min, max) = (Duration::from_millis(500), Duration::from_secs(30));
         for _ in 0..100 {
-            let first = backoff(0, min, max);
+            let delays: Vec<Duration> = backoff(min, max).take(30).collect();
             assert!(
-                first >= Duration::from_millis(250) && first <= min,
-                "{first:?}"
+                delays[0] >= Duration::from_millis(250) && delays[0] <= min,
+                "{delays:?}"
             );
-            let late = backoff(20, min, max);
+            assert!(delays[3] <= Duration::from_secs(4), "{delays:?}");
+            let late = delays[29];
             assert!(late >= max / 2 && late <= max, "{late:?}");
+            assert!(delays.iter().all(|d| *d <= max), "{delays:?}");
         }
-        assert!(backoff(3, min, max) <= Duration::from_secs(4));
     }
 }

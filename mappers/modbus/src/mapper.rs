@@ -35,6 +35,18 @@ pub const BACKOFF_START: Duration = Duration::from_millis(100);
 /// The longest reconnect delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Reconnect delays, computed by `backon` (as kube-runtime's and the edge's are): from
+/// [`BACKOFF_START`] doubling to [`BACKOFF_MAX`], endless; a new one after each connection.
+/// No jitter: a mapper serves its one device, so there is no herd to spread.
+fn reconnect_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_START)
+        .with_max_delay(BACKOFF_MAX)
+        .without_max_times()
+        .build()
+}
+
 /// Where the mapper sends what it learns: the edge's DeviceTwin, or a test's recorder.
 #[async_trait]
 pub trait TwinPort: Send + Sync + 'static {
@@ -76,7 +88,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut mapper = Mapper::new(device, port);
-    let mut backoff = BACKOFF_START;
+    let mut delays = reconnect_delays();
     let mut desired_open = true;
     let mut state = DeviceState::Unknown;
     while !cancel.is_cancelled() {
@@ -90,8 +102,7 @@ pub async fn run(
                 tracing::debug!(device = %mapper.device.name, addr = %mapper.device.addr, %err, "connect failed");
                 mapper.set_state(&mut state, DeviceState::Offline).await;
                 // Keep taking desired values while we wait, so senders are not held up.
-                let wake = Instant::now() + backoff;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                let wake = Instant::now() + delays.next().unwrap_or(BACKOFF_MAX);
                 loop {
                     tokio::select! {
                         () = cancel.cancelled() => return,
@@ -106,7 +117,7 @@ pub async fn run(
             }
         };
         tracing::info!(device = %mapper.device.name, addr = %mapper.device.addr, "connected");
-        backoff = BACKOFF_START;
+        delays = reconnect_delays();
         mapper.set_state(&mut state, DeviceState::Online).await;
         let mut session = Session {
             ctx,
@@ -379,5 +390,17 @@ async fn write(
         RegisterKind::Input | RegisterKind::DiscreteInput => {
             Err(RequestError::Exception(ExceptionCode::IllegalFunction))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_from_100_ms_doubling_to_5_s() {
+        // In whole milliseconds: backon multiplies in f32, a few nanoseconds off.
+        let delays: Vec<u128> = reconnect_delays().take(9).map(|d| d.as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
     }
 }
