@@ -321,3 +321,82 @@ async fn wedge_node_revoke_drops_the_session() {
         .expect_err("revoked");
     assert_eq!(refused.0, 403, "{refused:?}");
 }
+
+/// `wedge up` on `root`, its stdout in `up.out` and its log in `up.log`, with no samples and no
+/// containerd: the cloud and the local edge only.
+fn wedge_up(root: &Path, api: u16, hub: &str, stream: &str) -> Proc {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wedge"));
+    command
+        .arg("--root")
+        .arg(root)
+        .arg("up")
+        .arg("--no-samples")
+        .args(["--apiserver-listen", &format!("127.0.0.1:{api}")])
+        .args(["--hub-listen", hub])
+        .args(["--stream-listen", stream])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--container-runtime-endpoint")
+        .arg(root.join("no-containerd.sock"))
+        .env("RUST_LOG", "info,kube=warn,wedge_apiserver=warn")
+        .stdout(std::fs::File::create(root.join("up.out")).expect("stdout file"));
+    Proc::spawn(command, root.join("up.log"))
+}
+
+/// The local edge of `wedge up` whose certificate was revoked by hand stops, and the next
+/// `wedge up` on the same root issues it a new one: the operator's own edge comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn wedge_up_issues_its_edge_a_new_certificate_after_a_revocation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let (api, hub, stream) = (
+        free_port(),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    // The state `wedge up` keeps is where cloudcore keeps it: a Cloud handle reads it.
+    let cloud = Cloud {
+        root: root.to_owned(),
+        hub: hub.clone(),
+        api,
+        metrics: String::new(),
+        stream: stream.clone(),
+        extra: Vec::new(),
+        proc: None,
+    };
+    let mut up = wedge_up(root, api, &hub, &stream);
+    cloud.wait_for("node/edge-local", READY, "True", Duration::from_secs(120));
+
+    let out = wedge(&cloud, &["node", "revoke", "edge-local"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(
+        Duration::from_secs(30),
+        || up.log().contains(STOPPED),
+        || format!("the local edge was not cut off: {}", up.log()),
+    )
+    .await;
+    up.kill();
+
+    let up = wedge_up(root, api, &hub, &stream);
+    eventually(
+        Duration::from_secs(120),
+        || {
+            up.log().contains("issuing a new one")
+                || std::fs::read_to_string(root.join("up.out"))
+                    .is_ok_and(|o| o.contains("issuing a new one"))
+        },
+        || {
+            format!(
+                "wedge up did not replace the revoked certificate: {}",
+                up.log()
+            )
+        },
+    )
+    .await;
+    cloud.wait_for("node/edge-local", READY, "True", Duration::from_secs(120));
+    let listed = wedge(&cloud, &["node", "certificates", "edge-local"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("revoked at") && listed.contains("wedge up"),
+        "{listed}"
+    );
+}
