@@ -24,6 +24,7 @@ pub mod spdy;
 pub mod state;
 pub mod status;
 pub mod storage;
+pub mod tls;
 pub mod topic;
 pub mod twin;
 

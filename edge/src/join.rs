@@ -4,6 +4,14 @@
 //! token pins, then send a CSR for a fresh ECDSA P-256 key over TLS that trusts only that CA
 //! and checks the cloud's certificate covers the address dialled. Every failure says what is
 //! wrong and what to do: KubeEdge users' most common complaint is joins that fail unclearly.
+//!
+//! The two requests go over hyper's HTTP/1 connection on a tokio-rustls stream we dial, not
+//! through reqwest (in the tree through oci-client): each request needs its own rustls
+//! configuration (any certificate, then the pinned CA, or the edge's own for renewal), its own
+//! timeouts, and the rustls error itself so that [`tls::explain`] can say what is wrong
+//! (expired, wrong name, unknown CA); reqwest would hide that error in its chain. The
+//! certificate verifier is the one the API server's kubelet client uses
+//! ([`wedge_core::tls::AnyServerCertificate`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,15 +21,15 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DnType, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use wedge_core::join_token::{JoinToken, ca_hash};
 use wedge_core::protocol::Reason;
 use wedge_core::protocol::messages::ErrorPayload;
+use wedge_core::tls::AnyServerCertificate;
 
 use crate::tls::{self, EdgeCredentials};
 
@@ -92,56 +100,6 @@ struct JoinRequest<'a> {
 #[serde(rename_all = "camelCase")]
 struct JoinResponse {
     certificate: String,
-}
-
-/// Accepts any server certificate (handshake signatures are still checked): used only to fetch
-/// the CA, which is then checked against the token's hash before anything is sent.
-#[derive(Debug)]
-struct TrustOnHash(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for TrustOnHash {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -282,7 +240,9 @@ pub async fn join(
         .with_safe_default_protocol_versions()
         .map_err(|e| JoinError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(TrustOnHash(provider.clone())))
+        // Any certificate (signatures still checked): used only to fetch the CA, which is
+        // then checked against the token's hash before anything is sent.
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate::new(provider.clone())))
         .with_no_client_auth();
     let (status, ca) = request(
         cloud,

@@ -36,17 +36,17 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
+use wedge_core::tls::AnyServerCertificate;
 
 use crate::pki::{Pki, PkiError};
 
@@ -313,7 +313,9 @@ impl KubeletClient {
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(&e))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider.clone())))
+            // Any kubelet serving certificate, as kube-apiserver does without
+            // `--kubelet-certificate-authority` (signatures still checked).
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate::new(provider.clone())))
             .with_client_auth_cert(cert_chain.clone(), key.clone_key())
             .map_err(|e| tls(&e))?;
         Ok(Self {
@@ -602,57 +604,6 @@ impl Configs {
             http1: with(ALPN_HTTP1),
             h2: with(ALPN_H2),
         }
-    }
-}
-
-/// Accepts any kubelet serving certificate, as kube-apiserver does without
-/// `--kubelet-certificate-authority`; the handshake's signatures are still checked, so the peer
-/// holds the key of the certificate it showed.
-#[derive(Debug)]
-struct AnyServerCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
