@@ -4,6 +4,15 @@
 //! cloudcore serves KubeEdge's resources (Device and DeviceModel, Rule and RuleEndpoint) against
 //! the embedded API server and against real clusters that have never heard of KubeEdge, so it
 //! brings their definitions itself, applied server-side and forced: cloudcore owns them.
+//!
+//! The schemas are written out (in this vocabulary), not derived with kube's `CustomResource`
+//! and `schemars`: they must be what KubeEdge users apply, and the Rust types are not that.
+//! Those types (`wedge_core::device`, `wedge_core::rule`) live in `wedge-core`, which the edge
+//! shares and which has no kube dependency, and hold only what Wedge reads (a Device's
+//! `methods` is in the schema, not in `DeviceSpec`); KubeEdge's open maps need
+//! `x-kubernetes-preserve-unknown-fields`, and its optional fields are plain types where
+//! schemars writes `nullable` for an `Option`. A derive would need an override per field, and
+//! the printer columns and status subresource would still be written here.
 
 use std::time::Duration;
 
