@@ -7,7 +7,8 @@
 //! ([`ContainerRuntime`]). Pods reach devices and topics through DeviceTwin and EventBus (the
 //! `wedge:device` and `wedge:messaging` host functions).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,7 +164,7 @@ impl AgentConfig {
     }
 }
 
-/// Why the agent could not start.
+/// Why the agent could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The edge has no certificate and no token to get one.
@@ -200,6 +201,14 @@ pub enum AgentError {
     /// The container runtime endpoint is not usable.
     #[error("--container-runtime-endpoint: {0}")]
     ContainerRuntime(#[from] wedge_shims::ConnectError),
+    /// A task of the agent panicked; the others were stopped.
+    #[error("the edge's {task} task failed: {why}")]
+    TaskFailed {
+        /// Which task.
+        task: &'static str,
+        /// Its panic.
+        why: String,
+    },
     /// A directory could not be created.
     #[error("{path}: {source}")]
     Io {
@@ -386,33 +395,91 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
         None => None,
     };
-    let mut tasks = JoinSet::new();
-    tasks.spawn(edged.run(shutdown.clone()));
-    tasks.spawn(hub.run(shutdown.clone()));
-    tasks.spawn(retry);
-    tasks.spawn(twin.clone().run(shutdown.clone()));
-    tasks.spawn(bus_driver.run(twin.clone(), shutdown.clone()));
+    let mut tasks = Supervisor::default();
+    tasks.spawn("edged", edged.run(shutdown.clone()));
+    tasks.spawn("edgehub", hub.run(shutdown.clone()));
+    tasks.spawn("outbox retry", retry);
+    tasks.spawn("devicetwin", twin.clone().run(shutdown.clone()));
+    tasks.spawn("eventbus", bus_driver.run(twin.clone(), shutdown.clone()));
     if let Some(listener) = metrics {
-        tasks.spawn(crate::metrics::serve(
-            listener,
-            refusals,
-            refused_reports,
-            shutdown.clone(),
-        ));
+        tasks.spawn(
+            "metrics",
+            crate::metrics::serve(listener, refusals, refused_reports, shutdown.clone()),
+        );
     }
-    tasks.spawn(crate::mappers::run(twin, shutdown.clone()));
-    tasks.spawn(crate::rotation::run(
-        config.cloud.clone(),
-        creds,
-        shutdown.clone(),
-    ));
+    tasks.spawn("mappers", crate::mappers::run(twin, shutdown.clone()));
+    tasks.spawn(
+        "certificate rotation",
+        crate::rotation::run(config.cloud.clone(), creds, shutdown.clone()),
+    );
     tracing::info!(node = config.node, cloud = config.cloud, "edgecore running");
-    while tasks.join_next().await.is_some() {}
-    runtime.shutdown();
+    let outcome = tasks.run(&shutdown).await;
+    // Edged has let go of the pods: containers keep running for the next start to adopt, as
+    // the kubelet's do across its restarts. Wasm guests live in this process and end with it:
+    // all at once, each log written out to its last line.
+    if tokio::time::timeout(WASM_STOP_LIMIT, runtime.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            limit = ?WASM_STOP_LIMIT,
+            "Wasm pods did not all stop in time: exiting without them"
+        );
+    }
     if let Some(cri) = cri {
         cri.shutdown().await;
     }
-    Ok(())
+    outcome
+}
+
+/// The most edgecore waits at exit for its Wasm pods to end. They end at their next epoch
+/// tick, a handler once the event in hand is done (bounded by its own time budget): this only
+/// bounds a bug.
+const WASM_STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// The agent's long-running tasks, each named for the log. Each runs until shutdown; one that
+/// panics is a bug that restarting inside the process would only repeat, so the supervisor says
+/// so loudly and stops the others: edgecore exits with an error and its service manager starts
+/// it again, to adopt its pods. A task may end early on its own (the certificate rotation once
+/// the cloud has revoked the edge, which it reports itself): that is logged, and the rest run on.
+#[derive(Default)]
+struct Supervisor {
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervisor {
+    fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for every task to end: the first to panic cancels `shutdown` and is the error.
+    async fn run(mut self, shutdown: &CancellationToken) -> Result<(), AgentError> {
+        let mut failed = None;
+        while let Some(ended) = self.set.join_next_with_id().await {
+            let (id, panic) = match ended {
+                Ok((id, ())) => (id, None),
+                Err(error) => (error.id(), error.is_panic().then(|| error.to_string())),
+            };
+            let task = self.names.get(&id).copied().unwrap_or("a task");
+            match panic {
+                Some(why) => {
+                    tracing::error!(task, why, "an edge task failed: stopping edgecore");
+                    shutdown.cancel();
+                    failed.get_or_insert(AgentError::TaskFailed { task, why });
+                }
+                None if !shutdown.is_cancelled() => {
+                    tracing::warn!(task, "an edge task ended before shutdown; the rest go on");
+                }
+                None => {}
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
 }
 
 /// How long containerd may take to answer at start.
@@ -489,4 +556,54 @@ fn credential_files(root: &Path) -> Vec<PathBuf> {
         files.push(PathBuf::from(home).join(".docker").join("config.json"));
     }
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that runs until `shutdown`, as every agent task does.
+    async fn until(shutdown: CancellationToken) {
+        shutdown.cancelled().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_task_stops_the_others_and_is_the_error() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        tasks.spawn("steady", until(shutdown.clone()));
+        tasks.spawn("faulty", async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            panic!("a bug");
+        });
+        let outcome = tasks.run(&shutdown).await;
+        assert!(shutdown.is_cancelled(), "the others were told to stop");
+        match outcome {
+            Err(AgentError::TaskFailed { task, why }) => {
+                assert_eq!(task, "faulty");
+                assert!(why.contains("panicked"), "{why}");
+            }
+            other => panic!("expected the failed task, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_ending_on_its_own_leaves_the_rest_running_until_shutdown() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        tasks.spawn("steady", until(shutdown.clone()));
+        tasks.spawn("done early", async {});
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            stop.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        tasks.run(&shutdown).await.expect("a clean stop");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(60),
+            "ran until shutdown"
+        );
+    }
 }

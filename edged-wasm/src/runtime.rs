@@ -165,11 +165,23 @@ impl WasmRuntime {
         })
     }
 
-    /// Stops every container at once (the process is exiting).
-    pub fn shutdown(&self) {
-        for c in lock(&self.inner.containers).values() {
+    /// Stops every container at once (the process is exiting) and waits until all have ended:
+    /// an instance ends at its next epoch tick or host call (a handler finishes the event in
+    /// hand, bounded by its time budget), and its end waits for its log to have every line it
+    /// wrote. Guests have no signal to catch, so a pod's grace period gives them nothing to do;
+    /// bound the wait from outside if it must be bounded.
+    pub async fn shutdown(&self) {
+        let containers: Vec<Arc<WasmContainer>> =
+            lock(&self.inner.containers).values().cloned().collect();
+        for c in &containers {
             c.cancel.cancel();
         }
+        let tasks: Vec<_> = containers
+            .iter()
+            .filter_map(|c| lock(&c.task).take())
+            .collect();
+        // Together: the slowest sets the time, not their sum.
+        futures::future::join_all(tasks).await;
     }
 
     fn container(&self, id: &str) -> Result<Arc<WasmContainer>, RuntimeError> {

@@ -245,7 +245,7 @@ async fn compiled_components_are_cached_on_disk_and_in_memory() {
         rt, root, workers, ..
     } = t;
     workers.detach_all();
-    rt.shutdown();
+    rt.shutdown().await;
     drop((rt, workers));
     let t = TestRuntime::at(root, &[]);
     t.start(pod(

@@ -356,3 +356,85 @@ async fn cpu_limits_throttle_guest_execution() {
         "limited {limited_n} vs unlimited {free_n} iterations"
     );
 }
+
+/// A guest that writes far more than its log's channel holds (64 writes) and exits at once:
+/// by the time its status says it exited, its log has every line, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_guests_log_has_every_line_it_wrote() {
+    let t = TestRuntime::new(&[]);
+    let image = t.local_image("misbehave").await;
+    let lines = 20_000;
+    let uid = t
+        .start(pod(
+            "burst",
+            &image,
+            json!({"args": ["print", lines.to_string()]}),
+            json!({"restartPolicy": "Never"}),
+        ))
+        .await;
+    t.wait_for(&uid, "the guest to exit", terminated).await;
+    let log = t.logs(&uid, "main").await;
+    let expected: String = (0..lines).map(|i| format!("line {i}\n")).collect();
+    assert!(
+        log == expected,
+        "{} lines of {lines}, the last {:?}",
+        log.lines().count(),
+        log.lines().last()
+    );
+}
+
+/// edgecore exiting: the Wasm runtime stops every guest at once and returns once each has
+/// ended, its log written out without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_every_guest_with_its_log_written_out() {
+    use wedge_core::runtime::{ContainerState as Cri, RuntimeService};
+
+    let t = TestRuntime::new(&[]);
+    let image = t.local_image("misbehave").await;
+    let fast = t
+        .start(pod(
+            "fast",
+            &image,
+            json!({"args": ["ticks", "1"]}),
+            json!({"restartPolicy": "Never"}),
+        ))
+        .await;
+    let slow = t
+        .start(pod(
+            "slow",
+            &image,
+            json!({"args": ["ticks", "10"]}),
+            json!({"restartPolicy": "Never"}),
+        ))
+        .await;
+    t.wait_for_log(&fast, "main", "tick 200\n").await;
+    t.wait_for_log(&slow, "main", "tick 2\n").await;
+    // As edgecore does: Edged lets go of the pods, then the runtime stops.
+    t.workers.detach_all();
+    t.rt.shutdown().await;
+    let containers = t.rt.list_containers(None).await.expect("list");
+    assert_eq!(containers.len(), 2);
+    for c in &containers {
+        assert!(matches!(c.state, Cri::Exited(_)), "{c:?}");
+    }
+    for (uid, name) in [(&fast, "fast"), (&slow, "slow")] {
+        let file = t
+            .root
+            .path()
+            .join(format!("pods/default_pod-{name}_{uid}/main/0.log"));
+        let raw = std::fs::read(&file).expect("the guest's log");
+        let mut shown = Vec::new();
+        let mut renderer = crilog::LogRenderer::new(&LogOptions::default());
+        renderer.push(&raw, &mut shown);
+        renderer.finish(&mut shown);
+        let shown = String::from_utf8(shown).expect("utf-8");
+        assert!(shown.ends_with('\n'), "{shown}");
+        for (i, line) in shown.lines().enumerate() {
+            assert_eq!(
+                line,
+                format!("tick {i}"),
+                "no gap, no repeat in {name}'s log"
+            );
+        }
+    }
+}
