@@ -901,9 +901,10 @@ async fn a_report_the_api_rejects_is_dropped_once_and_the_reports_after_it_flow(
         "{counted}"
     );
     assert_eq!(
-        cloud.metric(
-            r#"wedge_cloudhub_frames_refused_total{node="edge-a",reason="Rejected"}"#,
-            "edge-a"
+        wedge_testkit::metrics::sum(
+            &scrape(&cloud.metrics),
+            "wedge_cloudhub_frames_refused_total",
+            &[("node", "edge-a"), ("reason", "Rejected")]
         ),
         1.0,
         "cloudcore refused it once: {}",
