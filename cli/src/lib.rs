@@ -83,7 +83,8 @@ pub struct EmbeddedCluster {
     pub client: kube::Client,
     /// cloudcore's client, as `system:wedge:cloudcore` with the `cloudcore` ClusterRole.
     pub cloudcore_client: kube::Client,
-    control_plane: tokio::task::JoinHandle<Result<(), wedge_controlplane::LeaderError>>,
+    /// Running until shutdown; taken once it stops on its own.
+    control_plane: Option<tokio::task::JoinHandle<Result<(), wedge_controlplane::LeaderError>>>,
 }
 
 impl EmbeddedCluster {
@@ -120,13 +121,31 @@ impl EmbeddedCluster {
             server,
             client,
             cloudcore_client,
-            control_plane,
+            control_plane: Some(control_plane),
         })
+    }
+
+    /// Resolves if the control plane stops before shutdown (a controller ended on its own, or
+    /// the lease could not be kept), with why; pending while it runs. The process should then
+    /// stop loudly rather than serve without controllers.
+    pub async fn control_plane_stopped(&mut self) -> anyhow::Error {
+        let Some(handle) = self.control_plane.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = handle.await;
+        self.control_plane = None;
+        match result {
+            Ok(Ok(())) => anyhow::anyhow!("the control plane stopped"),
+            Ok(Err(e)) => anyhow::Error::new(e).context("the control plane stopped"),
+            Err(e) => anyhow::Error::new(e).context("the control plane's task failed"),
+        }
     }
 
     /// Waits for the control plane to stop (cancel its `shutdown` first), then stops the server.
     pub async fn stop(self) {
-        let _ = self.control_plane.await;
+        if let Some(control_plane) = self.control_plane {
+            let _ = control_plane.await;
+        }
         self.server.shutdown().await;
     }
 }

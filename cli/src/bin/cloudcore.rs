@@ -128,13 +128,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = cloudcore.metrics_addr() {
         println!("metrics on http://{addr}/metrics");
     }
-    wedge_cli::terminated().await;
+    // Embedded, a control plane that stops on its own stops cloudcore too, loudly.
+    let stopped = async {
+        match embedded.as_mut() {
+            Some(cluster) => Some(cluster.control_plane_stopped().await),
+            None => std::future::pending().await,
+        }
+    };
+    let failure = tokio::select! {
+        () = wedge_cli::terminated() => None,
+        error = stopped => error,
+    };
     shutdown.cancel();
     cloudcore.shutdown().await;
     if let Some(cluster) = embedded {
         cluster.stop().await;
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 fn main() -> ExitCode {

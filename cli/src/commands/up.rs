@@ -293,7 +293,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let identity = format!("wedge-up-{}", std::process::id());
-    let cluster =
+    let mut cluster =
         wedge_cli::EmbeddedCluster::start(config, controllers, identity, &shutdown).await?;
     let client = cluster.client.clone();
     apply_runtime_classes(&client).await?;
@@ -466,6 +466,12 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
 
     tokio::select! {
         () = wedge_cli::terminated() => {}
+        error = cluster.control_plane_stopped() => {
+            shutdown.cancel();
+            cloudcore.shutdown().await;
+            cluster.stop().await;
+            return Err(error);
+        }
         result = edge_task => {
             shutdown.cancel();
             cloudcore.shutdown().await;

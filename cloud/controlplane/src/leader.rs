@@ -4,7 +4,9 @@
 //!
 //! The lease itself is kept by `kube-lease-manager` (server-side apply on the Lease, renewal
 //! before expiry, takeover of an expired lease). A leader that loses the lease stops its
-//! controllers and goes back to waiting rather than exiting.
+//! controllers and goes back to waiting rather than exiting. Controllers that end on their own
+//! while this process leads are a failure, not a quiet idle leader: the lease is released, so a
+//! standby takes over at once, and the error says which one ended.
 
 use std::future::Future;
 use std::time::Duration;
@@ -55,6 +57,9 @@ pub enum LeaderError {
         #[source]
         source: LeaseManagerError,
     },
+    /// The controllers ended on their own while this process led.
+    #[error(transparent)]
+    ControllersEnded(#[from] crate::ControllerEnded),
 }
 
 /// Runs `lead` whenever this process holds the lease, with a token cancelled when it stops
@@ -67,7 +72,7 @@ pub async fn run_elected<F, Fut>(
 ) -> Result<(), LeaderError>
 where
     F: FnMut(CancellationToken) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = Result<(), crate::ControllerEnded>> + Send + 'static,
 {
     let err = |source| LeaderError::Lease {
         namespace: config.namespace.clone(),
@@ -95,16 +100,36 @@ where
         }
         tracing::info!(identity = %config.identity, "leading: controllers start");
         let term = shutdown.child_token();
-        let controllers = tokio::spawn(lead(term.clone()));
-        tokio::select! {
-            () = shutdown.cancelled() => {}
+        let mut controllers = tokio::spawn(lead(term.clone()));
+        let ended = tokio::select! {
+            () = shutdown.cancelled() => None,
             _ = leading.wait_for(|l| !*l) => {
                 tracing::warn!(identity = %config.identity, "lost the lease: controllers stop");
+                None
             }
-        }
+            ended = &mut controllers => Some(ended),
+        };
         term.cancel();
-        if let Err(error) = controllers.await {
-            tracing::error!(%error, "controllers ended abnormally");
+        let ended = match ended {
+            Some(ended) => ended,
+            None => controllers.await,
+        };
+        let failure = match ended {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(error) => Some(crate::ControllerEnded(format!("its task failed: {error}"))),
+        };
+        if let Some(failure) = failure.filter(|_| !shutdown.is_cancelled()) {
+            tracing::error!(
+                identity = %config.identity,
+                error = %failure,
+                "the control plane stops: releasing the lease for a standby"
+            );
+            drop(leading);
+            if let Ok(Err(e)) = keeper.await {
+                tracing::warn!(error = %e, "releasing the lease");
+            }
+            return Err(failure.into());
         }
         if shutdown.is_cancelled() {
             break;

@@ -124,13 +124,27 @@ pub async fn run(
     .await
 }
 
-/// Runs every controller (no election) until `shutdown` is cancelled.
+/// A controller (or a watch feeding them) ended on its own, before shutdown: the control plane
+/// is no longer whole, and says which part stopped rather than idling on.
+#[derive(Debug, thiserror::Error)]
+#[error("the control plane's {0} ended on its own")]
+pub struct ControllerEnded(pub String);
+
+/// Runs every controller (no election) until `shutdown` is cancelled, or until one of them ends
+/// on its own ([`ControllerEnded`]).
 pub async fn run_controllers(
     clients: impl Into<Clients>,
     config: ControllersConfig,
     shutdown: CancellationToken,
-) {
-    run_controllers_at(clients, config, clock::Clock::system(), shutdown).await;
+) -> Result<(), ControllerEnded> {
+    run_controllers_at(clients, config, clock::Clock::system(), shutdown).await
+}
+
+/// `run`, then `part`: which branch of the control plane ended. A combinator, not an `async
+/// fn`: an async fn would keep its argument and the awaited future both in its state, and these
+/// futures are large enough that doubling them overflows a worker's stack.
+fn named(part: &'static str, run: impl Future<Output = ()>) -> impl Future<Output = &'static str> {
+    futures::FutureExt::map(run, move |()| part)
 }
 
 /// [`run_controllers`], with the controllers that follow the wall clock (CronJobs,
@@ -140,7 +154,7 @@ pub async fn run_controllers_at(
     config: ControllersConfig,
     clock: clock::Clock,
     shutdown: CancellationToken,
-) {
+) -> Result<(), ControllerEnded> {
     let Clients {
         scheduler: scheduler_client,
         controllers: client,
@@ -165,8 +179,9 @@ pub async fn run_controllers_at(
         writer.subscribe(),
     )
     else {
-        tracing::error!("a shared pod store has subscribers");
-        return;
+        return Err(ControllerEnded(
+            "setup: a shared pod store had subscribers before the watch".to_owned(),
+        ));
     };
     let pod_feed = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -179,8 +194,9 @@ pub async fn run_controllers_at(
         });
     let (replicasets, rs_writer) = reflector::store_shared(SHARED_BUFFER);
     let Some(deployment_sets) = rs_writer.subscribe() else {
-        tracing::error!("a shared replicaset store has subscribers");
-        return;
+        return Err(ControllerEnded(
+            "setup: a shared replicaset store had subscribers before the watch".to_owned(),
+        ));
     };
     let rs_feed = watcher(
         Api::<ReplicaSet>::all(client.clone()),
@@ -196,8 +212,9 @@ pub async fn run_controllers_at(
     });
     let (nodes, node_writer) = reflector::store_shared(SHARED_BUFFER);
     let Some(daemonset_nodes) = node_writer.subscribe() else {
-        tracing::error!("a shared node store has subscribers");
-        return;
+        return Err(ControllerEnded(
+            "setup: a shared node store had subscribers before the watch".to_owned(),
+        ));
     };
     let node_feed = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -224,30 +241,30 @@ pub async fn run_controllers_at(
     });
     let root_ca = config.root_ca.clone();
     let stop = || shutdown.clone().cancelled_owned();
-    tokio::select! {
-        () = pod_feed => {}
-        () = scheduler::run(scheduler_client, config.insecure_registries.clone(), shutdown.clone()) => {}
-        () = rs_feed => {}
-        () = replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop()) => {}
-        () = job::run(client.clone(), pods.clone(), job_pods, stop()) => {}
-        () = disruption::run(client.clone(), pods.clone(), disruption_pods, stop()) => {}
-        () = cronjob::run(client.clone(), clock.clone(), stop()) => {}
-        () = podautoscaler::run(client.clone(), config.podautoscaler, clock, stop()) => {}
-        () = statefulset::run(client.clone(), pods.clone(), statefulset_pods, stop()) => {}
-        () = endpoints::run(client.clone(), pods.clone(), endpoints_pods, stop()) => {}
-        () = endpointslice::run(client.clone(), pods.clone(), endpointslice_pods, nodes.clone(), stop()) => {}
-        () = node_feed => {}
-        () = rc_feed => {}
-        () = gc::run(client.clone(), shutdown.clone()) => {}
-        () = nodelifecycle::run(client.clone(), pods.clone(), config.node_grace, stop()) => {}
-        () = namespace::run(client.clone(), stop()) => {}
-        () = async {
+    let ended = tokio::select! {
+        part = named("pod watch", pod_feed) => part,
+        part = named("scheduler", scheduler::run(scheduler_client, config.insecure_registries.clone(), shutdown.clone())) => part,
+        part = named("replicaset watch", rs_feed) => part,
+        part = named("replicaset controller", replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop())) => part,
+        part = named("job controller", job::run(client.clone(), pods.clone(), job_pods, stop())) => part,
+        part = named("disruption controller", disruption::run(client.clone(), pods.clone(), disruption_pods, stop())) => part,
+        part = named("cronjob controller", cronjob::run(client.clone(), clock.clone(), stop())) => part,
+        part = named("horizontal pod autoscaler", podautoscaler::run(client.clone(), config.podautoscaler, clock, stop())) => part,
+        part = named("statefulset controller", statefulset::run(client.clone(), pods.clone(), statefulset_pods, stop())) => part,
+        part = named("endpoints controller", endpoints::run(client.clone(), pods.clone(), endpoints_pods, stop())) => part,
+        part = named("endpointslice controller", endpointslice::run(client.clone(), pods.clone(), endpointslice_pods, nodes.clone(), stop())) => part,
+        part = named("node watch", node_feed) => part,
+        part = named("runtimeclass watch", rc_feed) => part,
+        part = named("garbage collector", gc::run(client.clone(), shutdown.clone())) => part,
+        part = named("node lifecycle controller", nodelifecycle::run(client.clone(), pods.clone(), config.node_grace, stop())) => part,
+        part = named("namespace controller", namespace::run(client.clone(), stop())) => part,
+        part = named("root CA publisher", async {
             match root_ca {
                 Some(ca) => rootca::run(client.clone(), ca, stop()).await,
                 None => std::future::pending().await,
             }
-        } => {}
-        () = daemonset::run(
+        }) => part,
+        part = named("daemonset controller", daemonset::run(
             client.clone(),
             pods.clone(),
             daemonset_pods,
@@ -258,10 +275,15 @@ pub async fn run_controllers_at(
                 image_kinds: scheduler::image_kinds(&config.insecure_registries),
             },
             stop(),
-        ) => {}
-        () = deployment::run(client.clone(), replicasets, deployment_sets, pods.clone(), stop()) => {}
-        () = shutdown.cancelled() => {}
+        )) => part,
+        part = named("deployment controller", deployment::run(client.clone(), replicasets, deployment_sets, pods.clone(), stop())) => part,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    // Stopping for shutdown ends the controllers too, maybe before the arm above is polled.
+    if shutdown.is_cancelled() {
+        return Ok(());
     }
+    Err(ControllerEnded(ended.to_owned()))
 }
 
 /// How often the workload controllers look at every object even without an event, as

@@ -22,7 +22,7 @@ struct Setup {
     cluster: Cluster,
     client: kube::Client,
     shutdown: CancellationToken,
-    controllers: tokio::task::JoinHandle<()>,
+    controllers: tokio::task::JoinHandle<Result<(), wedge_controlplane::ControllerEnded>>,
 }
 
 impl Setup {
@@ -122,13 +122,19 @@ impl Setup {
 
     async fn stop(self) {
         self.shutdown.cancel();
-        self.controllers.await.expect("controllers stop");
+        self.controllers
+            .await
+            .expect("controllers stop")
+            .expect("no controller ended on its own");
     }
 
     /// Stops the control plane and starts a new one, as a restart or a new leader does.
     async fn restart_controllers(&mut self) {
         self.shutdown.cancel();
-        (&mut self.controllers).await.expect("controllers stop");
+        (&mut self.controllers)
+            .await
+            .expect("controllers stop")
+            .expect("no controller ended on its own");
         (self.shutdown, self.controllers) = controllers(self.cluster.control_plane_clients().await);
     }
 }
@@ -136,7 +142,10 @@ impl Setup {
 /// Starts the control plane.
 fn controllers(
     clients: wedge_controlplane::Clients,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), wedge_controlplane::ControllerEnded>>,
+) {
     let shutdown = CancellationToken::new();
     // No edge renews these nodes' leases: keep them Ready for the test's length.
     let config = wedge_controlplane::ControllersConfig {

@@ -11,6 +11,7 @@ mod endpoints;
 // The API server's harness: a server in-process, clients and kubectl against it.
 use crate::apiserver::harness;
 mod jobs;
+mod leader;
 mod lifecycle;
 mod nodes;
 mod scheduler;

@@ -19,7 +19,7 @@ pub struct Fleet {
     pub client: kube::Client,
     pub edges: Edges,
     shutdown: CancellationToken,
-    controllers: tokio::task::JoinHandle<()>,
+    controllers: tokio::task::JoinHandle<Result<(), wedge_controlplane::ControllerEnded>>,
 }
 
 impl Fleet {
@@ -112,7 +112,10 @@ impl Fleet {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.controllers.await.expect("controllers stop");
+        self.controllers
+            .await
+            .expect("controllers stop")
+            .expect("no controller ended on its own");
     }
 }
 
