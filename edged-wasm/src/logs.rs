@@ -50,6 +50,46 @@ const WRITE_PERMIT: usize = 64 * 1024;
 /// How much formatted output the writer gathers before writing it out, when more is queued.
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// The size at which a log file is rotated: the kubelet's `containerLogMaxSize` default.
+pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
+/// How many files a log keeps, the one being written included: the kubelet's
+/// `containerLogMaxFiles` default. A guest printing in a loop takes at most
+/// `LOG_MAX_FILES × LOG_MAX_BYTES` (plus a batch) of the edge's disk.
+pub const LOG_MAX_FILES: usize = 5;
+
+/// Renames a log that reached [`LOG_MAX_BYTES`] to `<name>.<UTC time>`, as the kubelet names
+/// rotated logs, removes the oldest rotated ones beyond [`LOG_MAX_FILES`], and opens a fresh
+/// file at `path`. Readers following the old file move to the new one when its inode changes
+/// (`edged::logs` at the edge).
+fn rotate(path: &Path, file: File, max_files: usize) -> std::io::Result<File> {
+    drop(file);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = Timestamp::now().strftime("%Y%m%d-%H%M%S%.6f").to_string();
+    std::fs::rename(path, path.with_file_name(format!("{name}.{stamp}")))?;
+    if let Some(dir) = path.parent() {
+        let prefix = format!("{name}.");
+        let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+            .collect();
+        // The stamps sort as the times do: the oldest first.
+        rotated.sort();
+        let excess = rotated.len().saturating_sub(max_files.saturating_sub(1));
+        for old in &rotated[..excess] {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
 /// One write of a guest, as it made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputChunk {
@@ -125,6 +165,9 @@ struct Writer {
     tap: OutputTap,
     /// A write has failed and was reported: the next failures are not.
     failed: bool,
+    /// When to rotate, and how many files to keep ([`LOG_MAX_BYTES`], [`LOG_MAX_FILES`]).
+    max_bytes: u64,
+    max_files: usize,
 }
 
 impl Writer {
@@ -193,6 +236,8 @@ impl Writer {
             return batch;
         };
         let echo = self.echo;
+        let path = self.path.clone();
+        let (max_bytes, max_files) = (self.max_bytes, self.max_files);
         let written = tokio::task::spawn_blocking(move || {
             if echo {
                 // `wedge wasm run` shows the guest's output as it comes.
@@ -203,9 +248,15 @@ impl Writer {
                     };
                 }
             }
-            let result = file.write_all(&batch.records);
+            let mut result = file.write_all(&batch.records);
             batch.records.clear();
             batch.echo.clear();
+            if result.is_ok() && file.metadata().is_ok_and(|m| m.len() >= max_bytes) {
+                match file.try_clone().and_then(|f| rotate(&path, f, max_files)) {
+                    Ok(fresh) => file = fresh,
+                    Err(e) => result = Err(e),
+                }
+            }
             (file, batch, result)
         })
         .await;
@@ -248,6 +299,17 @@ impl ContainerLog {
 
     /// Opens the log as [`ContainerLog::open`] does, every write also sent to `tap`.
     pub fn open_tapped(path: &Path, echo: bool, tap: OutputTap) -> std::io::Result<Self> {
+        Self::open_limited(path, echo, tap, LOG_MAX_BYTES, LOG_MAX_FILES)
+    }
+
+    /// [`ContainerLog::open_tapped`], rotating at `max_bytes` and keeping `max_files`.
+    fn open_limited(
+        path: &Path,
+        echo: bool,
+        tap: OutputTap,
+        max_bytes: u64,
+        max_files: usize,
+    ) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -261,6 +323,8 @@ impl ContainerLog {
             echo,
             tap,
             failed: false,
+            max_bytes,
+            max_files,
         };
         tokio::spawn(writer.run(rx));
         Ok(Self { tx })
@@ -469,6 +533,49 @@ mod tests {
         }
         out.write(Bytes::copy_from_slice(bytes)).expect("write");
         waited
+    }
+
+    #[tokio::test]
+    async fn a_log_rotates_at_its_size_and_keeps_its_newest_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let log =
+            ContainerLog::open_limited(&path, false, OutputTap::default(), 4096, 3).expect("open");
+        let mut out = log.stdout().p2_stream();
+        for i in 0..2000 {
+            write(&mut out, format!("line {i}\n").as_bytes()).await;
+        }
+        log.close().await;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        // 0.log and the two newest rotated ones: the oldest went.
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert_eq!(files[0], path);
+        // Read oldest first, the kept files hold the end of the output without a gap.
+        let mut text = Vec::new();
+        for file in files[1..].iter().chain(std::iter::once(&files[0])) {
+            let bytes = std::fs::read(file).expect("read");
+            assert!(
+                bytes.len() < 4096 + BATCH_BYTES,
+                "{file:?}: {}",
+                bytes.len()
+            );
+            text.extend(render(&bytes, &LogOptions::default()));
+        }
+        let text = String::from_utf8(text).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.last(), Some(&"line 1999"));
+        let first: usize = lines[0]
+            .strip_prefix("line ")
+            .and_then(|n| n.parse().ok())
+            .expect("a numbered line");
+        assert!(first > 0, "the oldest lines were rotated away");
+        for (k, line) in lines.iter().enumerate() {
+            assert_eq!(*line, format!("line {}", first + k));
+        }
     }
 
     #[tokio::test]

@@ -284,6 +284,9 @@ pub struct LogReader {
     follow: Option<Follow>,
     /// The follow saw the instance stop: the rest of the file is the last to read.
     stopping: bool,
+    /// The file at `path` is a new one (the log was rotated): read the rest of the open one,
+    /// then move to it.
+    rotated: bool,
     ended: bool,
 }
 
@@ -314,6 +317,7 @@ impl LogReader {
             buf: vec![0; CHUNK_BYTES],
             follow,
             stopping: false,
+            rotated: false,
             ended: false,
         })
     }
@@ -353,6 +357,17 @@ impl LogReader {
             self.renderer.push(&self.buf[..n], out);
             return Ok(());
         }
+        if std::mem::take(&mut self.rotated) {
+            // The rotated file is read to its end (nothing is written to it once renamed).
+            self.file = File::open(&self.path).await?;
+            return Ok(());
+        }
+        if self.follow.is_some() && !self.stopping && self.was_rotated().await {
+            // One more read of the old file first: its writer may have added to it between
+            // the read above and the rename.
+            self.rotated = true;
+            return Ok(());
+        }
         match &mut self.follow {
             Some(follow) if !self.stopping => {
                 let ended = !(follow.still_running)()
@@ -370,6 +385,22 @@ impl LogReader {
             }
         }
         Ok(())
+    }
+}
+
+impl LogReader {
+    /// Whether the file at the log's path is no longer the one open: the log was rotated (the
+    /// writer renamed it and started a new one, as the kubelet rotates logs). A path missing
+    /// for a moment, between the rename and the new file, is not yet a rotation.
+    async fn was_rotated(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(open), Ok(named)) = (
+            self.file.metadata().await,
+            tokio::fs::metadata(&self.path).await,
+        ) else {
+            return false;
+        };
+        (open.dev(), open.ino()) != (named.dev(), named.ino())
     }
 }
 
@@ -510,6 +541,36 @@ mod tests {
         append(&path, &records(2, &["three".into()]));
         running.store(false, Ordering::SeqCst);
         assert_eq!(read_all(&mut reader).await, "three\n");
+        assert!(reader.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follow_moves_to_the_new_file_when_the_log_is_rotated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        append(&path, &records(0, &["one".into()]));
+        let running = Arc::new(AtomicBool::new(true));
+        let options = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let (follow, notices) = follow(dir.path(), &running);
+        let mut reader = LogReader::open(path.clone(), &options, follow)
+            .await
+            .expect("open");
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
+        // The writer adds a last line, renames the file and starts a new one, as rotation does.
+        append(&path, &records(1, &["two".into()]));
+        std::fs::rename(&path, dir.path().join("0.log.20261206-000000.000000")).expect("rename");
+        append(&path, &records(2, &["three".into()]));
+        notices.send_replace(());
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("two\n"));
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("three\n"));
+        append(&path, &records(3, &["four".into()]));
+        notices.send_replace(());
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("four\n"));
+        running.store(false, Ordering::SeqCst);
+        assert_eq!(read_all(&mut reader).await, "");
         assert!(reader.next().await.is_none());
     }
 

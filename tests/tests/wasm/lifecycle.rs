@@ -1,7 +1,7 @@
 //! The container lifecycle: restart policies with backoff, CRI logs (`--previous`, `-f`), the WASI
 //! context from the spec (args, env, volumes), and CPU limits.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wedge_core::crilog;
@@ -437,4 +437,59 @@ async fn shutdown_ends_every_guest_with_its_log_written_out() {
             );
         }
     }
+}
+
+/// A guest printing as fast as it can takes a bounded share of the disk: its log is rotated at
+/// 10 MiB, as the kubelet rotates logs, and only the newest 5 files are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_guests_log_is_rotated_and_bounded() {
+    use wedge_edged_wasm::logs::{LOG_MAX_BYTES, LOG_MAX_FILES};
+
+    let t = TestRuntime::new(&[]);
+    let image = t.local_image("misbehave").await;
+    let flood = t
+        .start(pod(
+            "flood",
+            &image,
+            json!({"args": ["flood"]}),
+            json!({"restartPolicy": "Never"}),
+        ))
+        .await;
+    let dir = t
+        .root
+        .path()
+        .join(format!("pods/default_pod-flood_{flood}/main"));
+    // Every file of the log stays under the size plus one write batch, all of them together
+    // under the cap, while rotated files come and the oldest go.
+    let cap_per_file = LOG_MAX_BYTES + 1024 * 1024;
+    let mut rotated_seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rotated_seen.len() <= LOG_MAX_FILES {
+        assert!(
+            Instant::now() < deadline,
+            "the log was not rotated past {LOG_MAX_FILES} files: {rotated_seen:?}"
+        );
+        let files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| {
+                        Some((
+                            e.file_name().to_string_lossy().into_owned(),
+                            e.metadata().ok()?.len(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(files.len() <= LOG_MAX_FILES, "{files:?}");
+        for (name, len) in &files {
+            assert!(*len <= cap_per_file, "{name}: {len} bytes");
+            if name.starts_with("0.log.") {
+                rotated_seen.insert(name.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.stop_pod(&flood, Duration::from_secs(1)).await;
 }
