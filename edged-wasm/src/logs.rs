@@ -62,8 +62,7 @@ pub const LOG_MAX_FILES: usize = 5;
 /// rotated logs, removes the oldest rotated ones beyond [`LOG_MAX_FILES`], and opens a fresh
 /// file at `path`. Readers following the old file move to the new one when its inode changes
 /// (`edged::logs` at the edge).
-fn rotate(path: &Path, file: File, max_files: usize) -> std::io::Result<File> {
-    drop(file);
+fn rotate(path: &Path, max_files: usize) -> std::io::Result<File> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -168,6 +167,8 @@ struct Writer {
     /// When to rotate, and how many files to keep ([`LOG_MAX_BYTES`], [`LOG_MAX_FILES`]).
     max_bytes: u64,
     max_files: usize,
+    /// How long the file is: counted as it is written, so deciding to rotate costs no `stat`.
+    size: u64,
 }
 
 impl Writer {
@@ -237,7 +238,7 @@ impl Writer {
         };
         let echo = self.echo;
         let path = self.path.clone();
-        let (max_bytes, max_files) = (self.max_bytes, self.max_files);
+        let (max_bytes, max_files, mut size) = (self.max_bytes, self.max_files, self.size);
         let written = tokio::task::spawn_blocking(move || {
             if echo {
                 // `wedge wasm run` shows the guest's output as it comes.
@@ -249,20 +250,25 @@ impl Writer {
                 }
             }
             let mut result = file.write_all(&batch.records);
+            if result.is_ok() {
+                size += batch.records.len() as u64;
+            }
             batch.records.clear();
             batch.echo.clear();
-            if result.is_ok() && file.metadata().is_ok_and(|m| m.len() >= max_bytes) {
-                match file.try_clone().and_then(|f| rotate(&path, f, max_files)) {
-                    Ok(fresh) => file = fresh,
+            if size >= max_bytes {
+                // Renaming the open file is fine: the fresh one replaces it here.
+                match rotate(&path, max_files) {
+                    Ok(fresh) => (file, size) = (fresh, 0),
                     Err(e) => result = Err(e),
                 }
             }
-            (file, batch, result)
+            (file, size, batch, result)
         })
         .await;
         match written {
-            Ok((file, batch, result)) => {
+            Ok((file, size, batch, result)) => {
                 self.file = Some(file);
+                self.size = size;
                 if let Err(error) = result
                     && !std::mem::replace(&mut self.failed, true)
                 {
@@ -314,6 +320,7 @@ impl ContainerLog {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
         let (tx, rx) = mpsc::channel(LOG_CHUNKS);
         let writer = Writer {
             file: Some(file),
@@ -325,6 +332,7 @@ impl ContainerLog {
             failed: false,
             max_bytes,
             max_files,
+            size,
         };
         tokio::spawn(writer.run(rx));
         Ok(Self { tx })

@@ -860,18 +860,7 @@ async fn a_report_the_api_rejects_is_dropped_once_and_the_reports_after_it_flow(
     .await;
 
     // The reports after it reach the API: the lease is renewed twice more.
-    let renewed = || {
-        let out = cloud.kubectl(&[
-            "get",
-            "lease",
-            "-n",
-            "kube-node-lease",
-            "edge-a",
-            "-o",
-            "jsonpath={.spec.renewTime}",
-        ]);
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let renewed = || cloud.lease_renewed("edge-a");
     for _ in 0..2 {
         let before = renewed();
         eventually(

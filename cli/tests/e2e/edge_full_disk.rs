@@ -75,19 +75,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn lease_renewed(cloud: &Cloud) -> Option<jiff::Timestamp> {
-    let out = cloud.kubectl(&[
-        "get",
-        "lease",
-        "-n",
-        "kube-node-lease",
-        "edge-a",
-        "-o",
-        "jsonpath={.spec.renewTime}",
-    ]);
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
 fn count(log: &str, line: &str) -> usize {
     log.matches(line).count()
 }
@@ -173,11 +160,15 @@ async fn reports_keep_flowing_through_a_full_disk_and_are_stored_once_space_retu
     let past_grace = full_at + GRACE + Duration::from_secs(4);
     eventually(
         Duration::from_secs(60),
-        || lease_renewed(&cloud).is_some_and(|t| t > past_grace),
+        || {
+            cloud
+                .lease_renewed("edge-a")
+                .is_some_and(|t| t > past_grace)
+        },
         || {
             format!(
                 "the lease was last renewed at {:?} (the disk filled at {full_at}):\n{}",
-                lease_renewed(&cloud),
+                cloud.lease_renewed("edge-a"),
                 edge.log()
             )
         },

@@ -97,46 +97,29 @@ fn pod(name: &str, secret: &str, registry: &str) -> String {
     )
 }
 
-/// A cloud and one edge, `edge-a`, whose embedded broker and metrics listen on ports of the
-/// test's. The edge is declared first so that it is killed first.
+/// The cloud and edge of [`OneEdge`], whose embedded broker and metrics listen on ports of the
+/// test's.
 struct Bus {
-    edge: Proc,
-    cloud: Cloud,
-    registry: wedge_testkit::registry::Registry,
+    one: OneEdge,
     port: u16,
     metrics: String,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Bus {
+    type Target = OneEdge;
+    fn deref(&self) -> &OneEdge {
+        &self.one
+    }
 }
 
 impl Bus {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let registry = registry_with_samples().await;
-        let cloud = Cloud::start(&dir.path().join("cloud"));
-        let token = cloud.token("1h");
-        let root = dir.path().join("edge-a");
-        std::fs::create_dir_all(&root).expect("edge root");
         let port = free_port();
         let metrics = format!("127.0.0.1:{}", free_port());
-        let mut command = edgecore(&root, &cloud, "edge-a", Some(&token), &registry.host());
-        command
-            .env("WEDGE_MQTT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("WEDGE_EDGE_METRICS_LISTEN", &metrics);
-        let edge = Proc::spawn(command, root.join("edgecore.log"));
-        cloud.wait_for(
-            "node/edge-a",
-            "{.status.conditions[?(@.type==\"Ready\")].status}",
-            "True",
-            Duration::from_secs(60),
-        );
-        Self {
-            edge,
-            cloud,
-            registry,
-            port,
-            metrics,
-            _dir: dir,
-        }
+        let mqtt = format!("127.0.0.1:{port}");
+        let one =
+            OneEdge::start_with(&["--mqtt-listen", &mqtt, "--metrics-listen", &metrics]).await;
+        Self { one, port, metrics }
     }
 
     fn context(&self) -> impl Fn() -> String + '_ {

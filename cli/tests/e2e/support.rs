@@ -230,6 +230,20 @@ impl Cloud {
         wedge_testkit::metrics::sum(&scrape(&self.metrics), name, &[("node", node)])
     }
 
+    /// When `node`'s Lease was last renewed, if it has been.
+    pub fn lease_renewed(&self, node: &str) -> Option<jiff::Timestamp> {
+        let out = self.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            node,
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
     /// Polls `jsonpath` of `object` until it equals `want`.
     pub fn wait_for(&self, object: &str, jsonpath: &str, want: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -93,6 +93,7 @@ where
         lease = %format!("{}/{}", config.namespace, config.name),
         "electing: the controllers run while this process holds the lease"
     );
+    let mut failure = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -114,22 +115,19 @@ where
             Some(ended) => ended,
             None => controllers.await,
         };
-        let failure = match ended {
+        failure = match ended {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
             Err(error) => Some(crate::ControllerEnded(format!("its task failed: {error}"))),
-        };
-        if let Some(failure) = failure.filter(|_| !shutdown.is_cancelled()) {
+        }
+        .filter(|_| !shutdown.is_cancelled());
+        if let Some(failure) = &failure {
             tracing::error!(
                 identity = %config.identity,
                 error = %failure,
                 "the control plane stops: releasing the lease for a standby"
             );
-            drop(leading);
-            if let Ok(Err(e)) = keeper.await {
-                tracing::warn!(error = %e, "releasing the lease");
-            }
-            return Err(failure.into());
+            break;
         }
         if shutdown.is_cancelled() {
             break;
@@ -137,11 +135,15 @@ where
     }
     // Closing the channel makes the keeper release the lease, so a standby takes over at once.
     drop(leading);
-    match keeper.await {
+    let released = match keeper.await {
         Ok(result) => result.map(drop).map_err(err),
         Err(error) => {
             tracing::error!(%error, "the lease keeper ended abnormally");
             Ok(())
         }
+    };
+    match failure {
+        Some(failure) => Err(failure.into()),
+        None => released,
     }
 }
