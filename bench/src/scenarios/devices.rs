@@ -224,12 +224,12 @@ async fn anonymous_reports(stop: CancellationToken) -> anyhow::Result<Vec<Durati
     let models: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "default",
-        &wedge_cloudcore::devices::device_model_resource(),
+        &wedge_cloudcore::devicecontroller::device_model_resource(),
     );
     let devices: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "default",
-        &wedge_cloudcore::devices::device_resource(),
+        &wedge_cloudcore::devicecontroller::device_resource(),
     );
     models
         .create(
@@ -280,12 +280,12 @@ async fn through_processes() -> anyhow::Result<()> {
     let models: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "default",
-        &wedge_cloudcore::devices::device_model_resource(),
+        &wedge_cloudcore::devicecontroller::device_model_resource(),
     );
     let devices: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "default",
-        &wedge_cloudcore::devices::device_resource(),
+        &wedge_cloudcore::devicecontroller::device_resource(),
     );
     for model in [thermometer(), fan_model()] {
         models

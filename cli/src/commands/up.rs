@@ -192,9 +192,9 @@ async fn apply_devices(
                 object["spec"]["nodeName"] = node.into();
                 object["spec"]["protocol"]["configData"]["ip"] = sim.ip().to_string().into();
                 object["spec"]["protocol"]["configData"]["port"] = sim.port().into();
-                wedge_cloudcore::devices::device_resource()
+                wedge_cloudcore::devicecontroller::device_resource()
             } else {
-                wedge_cloudcore::devices::device_model_resource()
+                wedge_cloudcore::devicecontroller::device_model_resource()
             };
             let object: DynamicObject =
                 serde_json::from_value(object).context("a sample device manifest")?;

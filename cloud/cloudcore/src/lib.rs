@@ -1,11 +1,11 @@
 //! Wedge's `cloudcore`: what edges talk to.
 //!
-//! - [`hub`]: CloudHub, the TLS WebSocket server edges dial, one acknowledged session per edge.
+//! - [`cloudhub`]: CloudHub, the TLS WebSocket server edges dial, one acknowledged session per edge.
 //! - [`cloudstream`]: the kubelet endpoint of every edge (logs, exec, port-forward), carried
 //!   to the edges over their CloudHub connections.
-//! - [`controller`]: EdgeController, the shared watches that say what each edge should hold and
+//! - [`edgecontroller`]: EdgeController, the shared watches that say what each edge should hold and
 //!   the writer of what edges report.
-//! - [`devices`]: DeviceController, KubeEdge's Device and DeviceModel CRDs, installed at start.
+//! - [`devicecontroller`]: DeviceController, KubeEdge's Device and DeviceModel CRDs, installed at start.
 //! - [`router`]: KubeEdge's Rule and RuleEndpoint CRDs, and the route from edges' MQTT buses to
 //!   HTTP services.
 //! - [`crds`]: what those CRDs share, and their installation.
@@ -16,11 +16,11 @@
 //! [`CloudCore::start`] runs all of it against any API server a `kube::Client` reaches: the
 //! embedded one (in-process in `cloudcore` and `wedge up`) or a real cluster's.
 
+pub mod cloudhub;
 pub mod cloudstream;
-pub mod controller;
 pub mod crds;
-pub mod devices;
-pub mod hub;
+pub mod devicecontroller;
+pub mod edgecontroller;
 pub mod join;
 pub mod metrics;
 mod metrics_server;
@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wedge_apiserver::pki::{CertifiedKey, Pki, PkiError};
 
-use crate::controller::Upstream;
-use crate::hub::{HubContext, HubError, HubSettings};
+use crate::cloudhub::{HubContext, HubError, HubSettings};
+use crate::edgecontroller::Upstream;
 use crate::metrics::Metrics;
 
 /// cloudcore's settings.
@@ -157,14 +157,14 @@ impl CloudCore {
             HUB_CA,
             &names,
         )?);
-        let mut definitions = devices::definitions();
+        let mut definitions = devicecontroller::definitions();
         definitions.extend(router::crds::definitions());
         crds::install(&client, &definitions).await?;
         let shutdown = CancellationToken::new();
-        let sessions = Arc::new(hub::sessions::Sessions::default());
+        let sessions = Arc::new(cloudhub::sessions::Sessions::default());
         let mut watches = JoinSet::new();
         let routes_changed = Arc::new(router::RouteChanges::default());
-        let desired = controller::watch::start(
+        let desired = edgecontroller::watch::start(
             &client,
             sessions.clone(),
             routes_changed.clone(),
@@ -215,13 +215,18 @@ impl CloudCore {
             },
             shutdown: shutdown.clone(),
         });
-        let listener = hub::bind(&config.hub).await?;
+        let listener = cloudhub::bind(&config.hub).await?;
         let addr = listener.local_addr().map_err(|source| HubError::Listen {
             addr: config.hub.listen,
             source,
         })?;
-        let acceptor = TlsAcceptor::from(Arc::new(hub::tls_config(&pki)?));
-        tasks.spawn(hub::serve(listener, acceptor, ctx.clone(), tasks.clone()));
+        let acceptor = TlsAcceptor::from(Arc::new(cloudhub::tls_config(&pki)?));
+        tasks.spawn(cloudhub::serve(
+            listener,
+            acceptor,
+            ctx.clone(),
+            tasks.clone(),
+        ));
         let metrics_addr = match config.metrics_listen {
             Some(listen) => {
                 let listener = tokio::net::TcpListener::bind(listen)
@@ -302,7 +307,7 @@ impl CloudCore {
     /// Whether the edge certificate in `pem` may still be used (`Err`: why not).
     pub fn edge_certificate_usable(&self, pem: &str) -> Result<(), String> {
         let identity = wedge_apiserver::pki::pem_to_der(pem)
-            .and_then(|der| hub::identity::identity_of_certificate(&der))
+            .and_then(|der| cloudhub::identity::identity_of_certificate(&der))
             .ok_or("not an edge certificate")?;
         self.certificates
             .check(&identity.node, &identity.certificate)

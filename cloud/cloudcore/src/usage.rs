@@ -23,7 +23,7 @@ use wedge_core::protocol::usage::{NodeUsage, UsageSample};
 /// One node's samples.
 #[derive(Debug)]
 struct Samples {
-    /// The connection they came on ([`crate::hub::sessions::SessionHandle::connection`]).
+    /// The connection they came on ([`crate::cloudhub::sessions::SessionHandle::connection`]).
     connection: u64,
     last: Arc<UsageSample>,
     prev: Option<Arc<UsageSample>>,

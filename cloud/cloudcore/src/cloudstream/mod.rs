@@ -44,8 +44,8 @@ use wedge_apiserver::server::ClientCerts;
 
 use wedge_core::protocol::mux::{Event, StreamReceiver, StreamSender};
 
-use crate::controller::Desired;
-use crate::hub::sessions::Sessions;
+use crate::cloudhub::sessions::Sessions;
+use crate::edgecontroller::Desired;
 
 /// The most streams one HTTP/2 connection carries: the API server follows every log of every
 /// edge on one connection, so this is the bound on logs followed at once, not a few hundred as

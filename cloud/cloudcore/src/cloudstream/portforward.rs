@@ -34,7 +34,7 @@ use wedge_core::protocol::stream::{StreamRequest, channel};
 use super::remotecommand::Protocol;
 use super::spdy::{self, ClientStream, StreamWriter};
 use super::{Body, StreamContext, failure, node_of, offered, open_answered, status_response};
-use crate::hub::sessions::Sessions;
+use crate::cloudhub::sessions::Sessions;
 
 /// The SPDY stream protocol for port-forward.
 const SPDY_PROTOCOL: &str = "portforward.k8s.io";

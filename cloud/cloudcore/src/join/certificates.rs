@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::JoinError;
-use crate::hub::sessions::Sessions;
+use crate::cloudhub::sessions::Sessions;
 
 /// Where the records live.
 pub const NAMESPACE: &str = "kube-system";

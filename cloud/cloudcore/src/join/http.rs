@@ -6,7 +6,7 @@ use http::{HeaderMap, Method, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use super::{JoinContext, JoinError, admission, certificates, signer, tokens};
-use crate::hub::identity::EdgeIdentity;
+use crate::cloudhub::identity::EdgeIdentity;
 
 /// The CA, for anyone (edges check it against their token's hash).
 pub const CA_PATH: &str = "/v1/join/ca";

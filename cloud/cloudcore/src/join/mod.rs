@@ -149,5 +149,5 @@ pub struct JoinContext {
     /// The certificates issued to each node, and their revocations.
     pub certificates: Arc<certificates::Certificates>,
     /// The connected edges (a connected node is taken).
-    pub sessions: Arc<crate::hub::sessions::Sessions>,
+    pub sessions: Arc<crate::cloudhub::sessions::Sessions>,
 }

@@ -69,7 +69,8 @@ pub fn sign_node_csr(
 pub fn issued(pem: &str, by: String) -> Result<super::certificates::Issued, JoinError> {
     let unreadable = || JoinError::Internal("the certificate just signed does not parse".into());
     let der = wedge_apiserver::pki::pem_to_der(pem).ok_or_else(unreadable)?;
-    let identity = crate::hub::identity::identity_of_certificate(&der).ok_or_else(unreadable)?;
+    let identity =
+        crate::cloudhub::identity::identity_of_certificate(&der).ok_or_else(unreadable)?;
     Ok(super::certificates::Issued {
         serial: identity.certificate.serial,
         not_after: jiff::Timestamp::from_second(identity.not_after).map_err(|_| unreadable())?,

@@ -2,10 +2,10 @@
 //! data up: a message published on an edge's MQTT bus, POSTed to an HTTP service.
 //!
 //! The pieces, in the order a message meets them:
-//! - the Rule reaches the edge its eventbus source names (`controller::desired` binds it to that
+//! - the Rule reaches the edge its eventbus source names (`edgecontroller::desired` binds it to that
 //!   node as it binds Devices), and EventBus there forwards what matches it as an `upload` report
 //!   through the outbox, so messages published while the cloud is away arrive later;
-//! - `controller::upstream` hands each upload to [`Router::route`], which matches it against the
+//! - `edgecontroller::upstream` hands each upload to [`Router::route`], which matches it against the
 //!   routes [`routes::resolve`] made of every Rule and queues it for each matching rule; the
 //!   edge is acknowledged then, so a slow target never holds up the edge's pod statuses;
 //! - one task per rule POSTs its messages in order ([`rest`]), and [`stats`] counts what was
@@ -35,7 +35,7 @@ use wedge_core::protocol::messages::Upload;
 use wedge_core::rule::{Rule, RuleEndpoint, RuleStatus};
 use wedge_core::topic;
 
-use crate::controller::desired::{Desired, DynamicCache};
+use crate::edgecontroller::desired::{Desired, DynamicCache};
 use rest::{Delivery, RestClient};
 use routes::Route;
 use stats::{RuleRef, RuleStats};

@@ -1,6 +1,8 @@
-//! The shared watches: caches for pods, ConfigMaps, Secrets, RuntimeClasses, Devices,
-//! DeviceModels, Rules and RuleEndpoints, and the tasks that turn each watch event into marks on the sessions of the
-//! nodes it concerns (and tell the router its rules may have changed).
+//! The shared watches: caches for pods, ConfigMaps, Secrets, RuntimeClasses, claims, volumes,
+//! Rules and RuleEndpoints (and DeviceController's Devices and DeviceModels, started from here so
+//! that every cache exists before the first session asks), and the tasks that turn each watch
+//! event into marks on the sessions of the nodes it concerns (and tell the router its rules may
+//! have changed).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
 use super::desired::{Change, Desired, DynamicStores, VolumeStores, key_of};
-use crate::hub::sessions::Sessions;
-use crate::{devices, router};
+use crate::cloudhub::sessions::Sessions;
+use crate::devicecontroller::downstream::DeviceWriters;
+use crate::{devicecontroller, router};
 
 /// Starts the watches. Returns the caches; the tasks end when `shutdown` is cancelled.
 /// `routes_changed` is marked at every Rule and RuleEndpoint event.
@@ -39,8 +42,8 @@ pub fn start(
     let (runtime_classes, class_writer) = reflector::store();
     let (claims, claim_writer) = reflector::store();
     let (volumes, volume_writer) = reflector::store();
-    let device_writer = Writer::<DynamicObject>::new(devices::device_resource());
-    let model_writer = Writer::<DynamicObject>::new(devices::device_model_resource());
+    let device_writer = Writer::<DynamicObject>::new(devicecontroller::device_resource());
+    let model_writer = Writer::<DynamicObject>::new(devicecontroller::device_model_resource());
     let rule_writer = Writer::<DynamicObject>::new(router::crds::rule_resource());
     let endpoint_writer = Writer::<DynamicObject>::new(router::crds::rule_endpoint_resource());
     let desired = Desired::new(
@@ -140,30 +143,17 @@ pub fn start(
             sessions.clone(),
         ),
     ));
-    let device_api = Api::<DynamicObject>::all_with(client.clone(), &desired.devices.resource);
-    let device_events =
-        reflector(device_writer, watcher::watcher(device_api, config.clone())).default_backoff();
-    tasks.spawn(until(
-        shutdown.clone(),
-        bound_loop(
-            device_events,
-            ResourceKind::Device,
-            desired.clone(),
-            sessions.clone(),
-        ),
-    ));
-    let model_api = Api::<DynamicObject>::all_with(client.clone(), &desired.device_models.resource);
-    let model_events =
-        reflector(model_writer, watcher::watcher(model_api, config.clone())).default_backoff();
-    tasks.spawn(until(
-        shutdown.clone(),
-        referenced_loop(
-            model_events,
-            ResourceKind::DeviceModel,
-            desired.clone(),
-            sessions.clone(),
-        ),
-    ));
+    crate::devicecontroller::downstream::start(
+        client,
+        DeviceWriters {
+            devices: device_writer,
+            models: model_writer,
+        },
+        &desired,
+        &sessions,
+        tasks,
+        shutdown,
+    );
     let rule_api = Api::<DynamicObject>::all_with(client.clone(), &desired.rules.resource);
     let poke = routes_changed.clone();
     let rule_events = reflector(rule_writer, watcher::watcher(rule_api, config.clone()))
@@ -187,7 +177,7 @@ pub fn start(
     desired
 }
 
-async fn until(shutdown: CancellationToken, work: impl Future<Output = ()>) {
+pub(crate) async fn until(shutdown: CancellationToken, work: impl Future<Output = ()>) {
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = work => {}
@@ -201,7 +191,7 @@ fn mark(sessions: &Sessions, changes: Vec<Change>) {
 }
 
 /// A kind whose objects are bound to a node by their spec.
-trait BoundKind: kube::Resource + Sized {
+pub(crate) trait BoundKind: kube::Resource + Sized {
     /// Indexes the object (of `kind`) as the watch shows it.
     fn changed(desired: &Desired, kind: ResourceKind, object: &Self) -> Vec<Change>;
 
@@ -223,7 +213,7 @@ impl BoundKind for DynamicObject {
     fn changed(desired: &Desired, kind: ResourceKind, object: &Self) -> Vec<Change> {
         match kind {
             ResourceKind::Rule => desired.rule_changed(object),
-            _ => desired.device_changed(object),
+            _ => devicecontroller::downstream::device_changed(desired, object),
         }
     }
 
@@ -253,7 +243,7 @@ impl BoundKind for DynamicObject {
 
 /// Pods, Devices and Rules: a change goes to the node the object is bound to (and to the one it
 /// left).
-async fn bound_loop<K: BoundKind>(
+pub(crate) async fn bound_loop<K: BoundKind>(
     events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
     kind: ResourceKind,
     desired: Desired,
@@ -320,7 +310,7 @@ async fn bound_loop<K: BoundKind>(
 
 /// ConfigMaps, Secrets, RuntimeClasses and DeviceModels: a change goes to every node whose bound objects
 /// reference the object.
-async fn referenced_loop<K>(
+pub(crate) async fn referenced_loop<K>(
     events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
     kind: ResourceKind,
     desired: Desired,

@@ -2,12 +2,15 @@
 //!
 //! cloudcore installs the two CustomResourceDefinitions ([`crds`], [`definitions`]) before any
 //! watch starts, so cloudcore runs the same against the embedded API server and a real cluster
-//! that has never heard of KubeEdge. The rest is EdgeController's machinery with two more kinds:
-//! Devices are bound to nodes like pods and reference their DeviceModel like pods reference
-//! ConfigMaps (`controller::desired`), and the edge's device statuses are written back as the
-//! Device's status subresource (`controller::upstream`).
+//! that has never heard of KubeEdge. [`downstream`] watches Devices and DeviceModels and sends
+//! each Device, with its model, to the edge of its `spec.nodeName` (on EdgeController's index and
+//! sessions: a Device is bound like a pod and references its model like a pod references a
+//! ConfigMap); [`upstream`] writes the statuses edges report into the Device's status
+//! subresource.
 
 pub mod crds;
+pub mod downstream;
+pub mod upstream;
 
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::Value;

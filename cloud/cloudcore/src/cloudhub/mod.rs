@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use wedge_apiserver::pki::Pki;
 use wedge_core::protocol::{EDGE_PATH, MAX_FRAME_BYTES, Reason, SUBPROTOCOL};
 
-use crate::controller::{Desired, Upstream};
+use crate::edgecontroller::{Desired, Upstream};
 use crate::metrics::{Metrics, RefusedLabels};
 use sessions::Sessions;
 

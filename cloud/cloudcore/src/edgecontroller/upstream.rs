@@ -9,16 +9,15 @@
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client};
 use serde_json::json;
-use wedge_core::device::DeviceStatus;
 use wedge_core::protocol::messages::{LeaseRenewal, NodeReport};
 use wedge_core::protocol::{Envelope, Operation, Reason, ResourceKind};
 
 use super::desired::Desired;
 use crate::cloudstream::node_endpoint::KubeletEndpoint;
-use crate::devices;
+use crate::devicecontroller;
 use crate::router::Router;
 
 /// The field manager of cloudcore's writes, as `managedFields` shows it.
@@ -108,7 +107,7 @@ fn payload<T: serde::de::DeserializeOwned>(frame: &Envelope) -> Result<T, Upstre
         .map_err(|e| UpstreamError::Invalid(format!("payload: {e}")))
 }
 
-fn is_status(e: &kube::Error, code: u16) -> bool {
+pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
@@ -234,10 +233,13 @@ impl Upstream {
             }
             (Operation::Update, ResourceKind::DeviceStatus) => {
                 let uid = resource.uid.as_deref().unwrap_or("");
-                let Some(device) = self.own_device(node, namespace, &resource.name, uid)? else {
-                    return Ok(()); // gone: its status no longer matters
-                };
-                self.device_status(&device, payload(frame)?).await
+                devicecontroller::upstream::device_status(
+                    &self.client,
+                    &self.desired.devices,
+                    (node, namespace, &resource.name, uid),
+                    payload(frame)?,
+                )
+                .await
             }
             (Operation::Delete, ResourceKind::Pod) => {
                 let uid = resource.uid.as_deref().unwrap_or("");
@@ -304,55 +306,6 @@ impl Upstream {
             )));
         }
         Ok(Some(pod))
-    }
-
-    /// The Device, if it exists and is bound to `node` (with this uid, when the frame names
-    /// one). A Device of that name bound elsewhere is forbidden; one that no longer exists (or
-    /// was re-created) is `None`, as for pods.
-    fn own_device(
-        &self,
-        node: &str,
-        namespace: &str,
-        name: &str,
-        uid: &str,
-    ) -> Result<Option<std::sync::Arc<DynamicObject>>, UpstreamError> {
-        let Some(device) = self.desired.device(namespace, name) else {
-            return Ok(None);
-        };
-        let bound = devices::node_of(&device);
-        if bound.as_deref() != Some(node) {
-            return Err(UpstreamError::Forbidden(format!(
-                "device {namespace}/{name} is bound to {}, not to node {node}",
-                bound.as_deref().unwrap_or("no node")
-            )));
-        }
-        if !uid.is_empty() && device.metadata.uid.as_deref() != Some(uid) {
-            return Ok(None);
-        }
-        Ok(Some(device))
-    }
-
-    async fn device_status(
-        &self,
-        device: &DynamicObject,
-        status: DeviceStatus,
-    ) -> Result<(), UpstreamError> {
-        let namespace = device.metadata.namespace.as_deref().unwrap_or("default");
-        let name = device.metadata.name.as_deref().unwrap_or("");
-        let resource = &self.desired.devices.resource;
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), namespace, resource);
-        // A merge patch replaces lists whole: the edge always sends every twin. The uid makes the
-        // server refuse it if the Device was re-created meanwhile.
-        let patch = json!({ "metadata": { "uid": device.metadata.uid }, "status": status });
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
     }
 
     async fn node_status(&self, node: &str, mut report: NodeReport) -> Result<(), UpstreamError> {

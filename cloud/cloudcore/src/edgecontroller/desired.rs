@@ -21,7 +21,7 @@ use wedge_core::protocol::sync::DesiredObject;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
 use super::references::pod_references;
-use crate::{devices, router};
+use crate::{devicecontroller, router};
 
 /// A (node, key) pair whose desired state changed: the node's session must look at the key.
 pub type Change = (String, ObjectKey);
@@ -275,11 +275,11 @@ impl Desired {
             volumes: volumes.volumes,
             devices: DynamicCache {
                 store: dynamic.devices,
-                resource: devices::device_resource(),
+                resource: devicecontroller::device_resource(),
             },
             device_models: DynamicCache {
                 store: dynamic.device_models,
-                resource: devices::device_model_resource(),
+                resource: devicecontroller::device_model_resource(),
             },
             rules: DynamicCache {
                 store: dynamic.rules,
@@ -368,22 +368,6 @@ impl Desired {
         users.iter().flat_map(|p| self.pod_changed(p)).collect()
     }
 
-    /// Records a Device as the watch shows it: bound to `spec.nodeName`, referencing its
-    /// DeviceModel in its namespace.
-    pub fn device_changed(&self, device: &DynamicObject) -> Vec<Change> {
-        let key = key_of(ResourceKind::Device, device);
-        let refs = devices::model_of(device)
-            .map(|name| ObjectKey {
-                kind: ResourceKind::DeviceModel,
-                namespace: key.namespace.clone(),
-                name,
-            })
-            .into_iter()
-            .collect();
-        let node = devices::node_of(device);
-        self.with_index(|index| index.upsert_bound(key, node, refs))
-    }
-
     /// Records a Rule as the watch shows it: bound to the node its eventbus source names.
     pub fn rule_changed(&self, rule: &DynamicObject) -> Vec<Change> {
         let key = key_of(ResourceKind::Rule, rule);
@@ -429,7 +413,7 @@ impl Desired {
             }
             ResourceKind::Device => {
                 let device = self.devices.get(ns, name)?;
-                let bound_here = devices::node_of(&device).as_deref() == Some(node);
+                let bound_here = devicecontroller::node_of(&device).as_deref() == Some(node);
                 bound_here.then(|| self.devices.current(ns, name)).flatten()
             }
             ResourceKind::DeviceModel => self.device_models.current(ns, name),
@@ -454,11 +438,6 @@ impl Desired {
     /// A pod from the cache.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Pod>> {
         self.pods.get(&ObjectRef::new(name).within(namespace))
-    }
-
-    /// A Device from the cache.
-    pub fn device(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<DynamicObject>> {
-        self.devices.get(namespace, name)
     }
 }
 
@@ -627,8 +606,8 @@ mod tests {
     fn a_deleted_model_is_taken_from_the_edge_until_it_is_re_created() {
         use kube::runtime::reflector::store::Writer;
         use kube::runtime::watcher::Event;
-        let mut devices_w = Writer::<DynamicObject>::new(devices::device_resource());
-        let mut models_w = Writer::<DynamicObject>::new(devices::device_model_resource());
+        let mut devices_w = Writer::<DynamicObject>::new(devicecontroller::device_resource());
+        let mut models_w = Writer::<DynamicObject>::new(devicecontroller::device_model_resource());
         let desired = Desired::new(
             kube::runtime::reflector::store().0,
             kube::runtime::reflector::store().0,
@@ -663,8 +642,7 @@ mod tests {
         let model_key = key(ResourceKind::DeviceModel, "thermometer");
         let device_key = key(ResourceKind::Device, "thermo-1");
         assert!(
-            desired
-                .device_changed(&device)
+            devicecontroller::downstream::device_changed(&desired, &device)
                 .contains(&("edge-a".into(), model_key.clone()))
         );
 
