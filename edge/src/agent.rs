@@ -25,10 +25,11 @@ use crate::devicetwin::DeviceTwin;
 use crate::edged::node::NodeFacts;
 use crate::edged::pod_workers::{PodWorkers, WorkerConfig};
 use crate::edged::runtimes::{RuntimeHandle, Runtimes};
-use crate::edged::{Edged, EdgedConfig, Signals};
+use crate::edged::{Edged, EdgedConfig};
 use crate::edgehub::{EdgeHub, EdgeHubConfig};
 use crate::eventbus::uploads::Uploads;
 use crate::eventbus::{BrokerChoice, EventBus};
+use crate::metamanager::MetaManager;
 use crate::store::Database;
 use crate::tls::EdgeCredentials;
 
@@ -184,6 +185,9 @@ pub enum AgentError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The task reading MetaManager's objects at start ended without an answer.
+    #[error("reading the stored objects failed: {0}")]
+    Load(String),
     /// EventBus could not start.
     #[error(transparent)]
     EventBus(#[from] crate::eventbus::EventBusError),
@@ -280,12 +284,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     runtime_config.registries = registries.clone();
     runtime_config.echo_logs = config.echo_logs;
-    let signals = Arc::new(Signals::default());
-    let twin = DeviceTwin::new(&db, signals.clone());
+    // Every object is read (and decrypted) once, here: off the async workers.
+    let meta = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || MetaManager::load(&db))
+            .await
+            .map_err(|e| AgentError::Load(e.to_string()))??
+    };
+    let usage = crate::edged::usage::feed();
+    let twin = DeviceTwin::new(&db, &meta);
     let uploads = Arc::new(Uploads::new(
-        db.meta(),
+        meta.clone(),
         db.outbox(),
-        signals.clone(),
         crate::eventbus::uploads::MAX_PENDING,
     ));
     let refusals = Arc::new(crate::eventbus::auth::Refusals::default());
@@ -350,12 +360,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let streams = crate::edgestream::EdgeStream::new(workers.clone());
     // Pods' ServiceAccount tokens are asked of the cloud over EdgeHub's connection.
     let (token_queries, token_answers) = tokio::sync::mpsc::channel(64);
-    let tokens = crate::edged::tokens::TokenManager::new(token_queries, signals.clone());
+    let tokens = crate::edged::tokens::TokenManager::new(token_queries);
     let mut edged = Edged::new(
         workers,
-        db.meta(),
+        meta.clone(),
         db.outbox(),
-        signals.clone(),
+        usage.clone(),
         edged_config,
     )
     .with_tokens(tokens)
@@ -381,8 +391,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     );
     hub_config.backoff_max = config.reconnect_max;
     let refused_reports = hub_config.refused.clone();
-    let retry = crate::reports::retry_held(db.outbox(), signals.clone(), shutdown.clone());
-    let hub = EdgeHub::new(hub_config, db.meta(), db.outbox(), signals)
+    let retry = crate::reports::retry_held(db.outbox(), shutdown.clone());
+    let hub = EdgeHub::new(hub_config, meta, db.outbox(), usage)
         .with_streams(streams)
         .with_token_queries(token_answers);
     let metrics = match config.metrics_listen {

@@ -1,10 +1,12 @@
 //! Wedge's edge agent, `edgecore`: KubeEdge's edge modules, in one process.
 //!
-//! - [`store`]: the edge's SQLite database: MetaManager (every object the cloud sent for this
-//!   node: pods and what they reference, Devices, Rules, the Node and Lease; applied idempotently
-//!   by resourceVersion, Secrets encrypted at rest when configured) and the outbox (reports that
+//! - [`metamanager`]: MetaManager, owner of every object the cloud sent for this node (pods
+//!   and what they reference, Devices, DeviceModels, Rules): stored, then kept in memory parsed
+//!   once per version, and the changed keys told to the modules that subscribed to their kinds.
+//! - [`store`]: the edge's SQLite database: MetaManager's `objects` table (applied idempotently
+//!   by resourceVersion, Secrets encrypted at rest when configured), the outbox (reports that
 //!   survive restarts and disconnections, coalesced to the newest per object; held in memory
-//!   when the disk is full).
+//!   when the disk is full) and DeviceTwin's twins.
 //! - [`edgehub`]: the one connection to CloudHub: reconnecting, acknowledged, resynced.
 //! - [`edged`]: runs the pods MetaManager holds, Wasm and containers (through CRI), and reports
 //!   their status, the node's status and its lease through the outbox.
@@ -30,6 +32,7 @@ pub mod edgestream;
 pub mod eventbus;
 pub mod join;
 pub mod mappers;
+pub mod metamanager;
 pub mod metrics;
 pub mod reports;
 pub mod rotation;

@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 use wedge_core::twin::TwinValue;
 use wedge_edge::devicetwin::DeviceTwin;
-use wedge_edge::edged::Signals;
 use wedge_edge::eventbus::auth::{BusAuthConfig, Refusal, Refusals};
 use wedge_edge::eventbus::uploads::{MAX_PENDING, Uploads};
 use wedge_edge::eventbus::{BrokerChoice, EventBus};
+use wedge_edge::metamanager::MetaManager;
 use wedge_edge::store::Database;
 use wedge_edged_wasm::host::device::TwinBackend;
 use wedge_edged_wasm::host::messaging::{BusBackend, BusMessage, MessageQueue, Qos};
@@ -33,8 +33,7 @@ fn key(kind: ResourceKind, name: &str) -> ObjectKey {
 }
 
 /// The thermometer and fan of the samples, as MetaManager holds them after the cloud sent them.
-fn put_devices(db: &Database) {
-    let meta = db.meta();
+fn put_devices(meta: &MetaManager) {
     let objects = [
         (
             ResourceKind::DeviceModel,
@@ -162,7 +161,7 @@ fn fastrand_id() -> u64 {
 struct Edge {
     _dir: tempfile::TempDir,
     db: Database,
-    signals: Arc<Signals>,
+    meta: MetaManager,
     twin: DeviceTwin,
     bus: EventBus,
     refusals: Arc<Refusals>,
@@ -187,15 +186,10 @@ async fn edge(broker: BrokerChoice) -> Edge {
 async fn edge_with(broker: BrokerChoice, security: &BusAuthConfig) -> Edge {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(&dir.path().join("edge.db")).expect("db");
-    put_devices(&db);
-    let signals = Arc::new(Signals::default());
-    let twin = DeviceTwin::new(&db, signals.clone());
-    let uploads = Arc::new(Uploads::new(
-        db.meta(),
-        db.outbox(),
-        signals.clone(),
-        MAX_PENDING,
-    ));
+    let meta = MetaManager::load(&db).expect("meta");
+    put_devices(&meta);
+    let twin = DeviceTwin::new(&db, &meta);
+    let uploads = Arc::new(Uploads::new(meta.clone(), db.outbox(), MAX_PENDING));
     let refusals = Arc::new(Refusals::default());
     let (bus, driver) =
         EventBus::new(NODE, &broker, security, refusals.clone(), uploads).expect("EventBus starts");
@@ -214,7 +208,7 @@ async fn edge_with(broker: BrokerChoice, security: &BusAuthConfig) -> Edge {
     Edge {
         _dir: dir,
         db,
-        signals,
+        meta,
         twin,
         bus,
         refusals,
@@ -409,11 +403,9 @@ async fn rules_route_messages_to_the_outbox(
         "metadata": {"name": "to-rest", "namespace": "default", "uid": "r1", "resourceVersion": "1"},
         "spec": {"source": "my-eventbus", "sourceResource": {"topic": rule_topic, "node_name": NODE},
                  "target": "my-rest", "targetResource": {"resource": "http://127.0.0.1:9/"}}});
-    edge.db
-        .meta()
+    edge.meta
         .apply(&key(ResourceKind::Rule, "to-rest"), "r1", "1", &rule)
         .expect("store the rule");
-    edge.signals.rules_changed.notify_one();
     let outbox = edge.db.outbox();
     let uploads = || -> Vec<Value> {
         outbox
@@ -497,12 +489,8 @@ async fn a_port_in_use_is_a_clear_error() {
     let addr = taken.local_addr().expect("addr");
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(&dir.path().join("edge.db")).expect("db");
-    let uploads = Arc::new(Uploads::new(
-        db.meta(),
-        db.outbox(),
-        Arc::default(),
-        MAX_PENDING,
-    ));
+    let meta = MetaManager::load(&db).expect("meta");
+    let uploads = Arc::new(Uploads::new(meta, db.outbox(), MAX_PENDING));
     let err = EventBus::new(
         NODE,
         &BrokerChoice::Embedded(addr),

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 use wedge_core::twin::TwinValue;
 use wedge_edge::devicetwin::DeviceTwin;
-use wedge_edge::edged::Signals;
+use wedge_edge::metamanager::MetaManager;
 use wedge_edge::store::Database;
 use wedge_edged_wasm::host::Backends;
 use wedge_edged_wasm::{RuntimeConfig, WasmRuntime};
@@ -458,7 +458,7 @@ async fn uploads(client: &kube::Client, mqtt: &AsyncClient) -> anyhow::Result<()
 async fn handler_throughput() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = Database::open(&dir.path().join("edge.db"))?;
-    let meta = db.meta();
+    let meta = MetaManager::load(&db)?;
     let key = |kind, name: &str| ObjectKey {
         kind,
         namespace: "default".into(),
@@ -482,7 +482,7 @@ async fn handler_throughput() -> anyhow::Result<()> {
     )?;
     meta.apply(&key(ResourceKind::Device, "fan-1"), "d1", "1", &fan)?;
     meta.apply(&key(ResourceKind::Device, "sensor-1"), "d2", "1", &sensor)?;
-    let twin = DeviceTwin::new(&db, Arc::new(Signals::default()));
+    let twin = DeviceTwin::new(&db, &meta);
     // As in edgecore: DeviceTwin's task writes the statuses to the outbox.
     let stop = CancellationToken::new();
     let _twin_task = tokio::spawn(twin.clone().run(stop.clone()));

@@ -31,8 +31,8 @@ use wedge_core::twin::{
 };
 use wedge_edged_wasm::host::device::{TwinBackend, TwinBackendError};
 
-use crate::edged::Signals;
-use crate::store::{Database, MetaStore, Outbox, StoreError, StoredTwin, TwinStore};
+use crate::metamanager::{MetaManager, Subscription};
+use crate::store::{Database, Outbox, StoreError, StoredTwin, TwinStore};
 
 /// One device as DeviceTwin holds it.
 #[derive(Debug, Clone)]
@@ -62,10 +62,11 @@ pub struct DeviceTwin {
 }
 
 struct Inner {
-    meta: MetaStore,
+    meta: MetaManager,
     twins: TwinStore,
     outbox: Outbox,
-    signals: Arc<Signals>,
+    /// Which Devices and DeviceModels changed: made before the first load, taken by `run`.
+    subscription: Mutex<Option<Subscription>>,
     devices: Mutex<BTreeMap<String, Entry>>,
     changes: broadcast::Sender<TwinChange>,
     /// Bumped whenever the set of devices or a device's spec or model changes.
@@ -89,14 +90,16 @@ fn parse_state(text: &str) -> DeviceState {
 }
 
 impl DeviceTwin {
-    /// DeviceTwin over the edge's database, loaded from what MetaManager holds.
-    pub fn new(db: &Database, signals: Arc<Signals>) -> Self {
+    /// DeviceTwin over the edge's database, loaded from the Devices and DeviceModels `meta`
+    /// holds.
+    pub fn new(db: &Database, meta: &MetaManager) -> Self {
+        let subscription = meta.subscribe(&[ResourceKind::Device, ResourceKind::DeviceModel]);
         let twin = Self {
             inner: Arc::new(Inner {
-                meta: db.meta(),
+                meta: meta.clone(),
                 twins: db.twins(),
                 outbox: db.outbox(),
-                signals,
+                subscription: Mutex::new(Some(subscription)),
                 devices: Mutex::default(),
                 changes: broadcast::channel(4096).0,
                 membership: watch::channel(0).0,
@@ -118,10 +121,20 @@ impl DeviceTwin {
     /// Follows MetaManager until `shutdown` (each change of Devices or DeviceModels reloads) and
     /// puts changed statuses in the outbox.
     pub async fn run(self, shutdown: CancellationToken) {
+        let taken = self
+            .inner
+            .subscription
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut changes) = taken else {
+            tracing::error!("DeviceTwin runs once; a second run does nothing");
+            return;
+        };
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.inner.signals.devices_changed.notified() => self.reload(),
+                _ = changes.changed() => self.reload(),
                 () = self.inner.status_due.notified() => self.flush_statuses(),
             }
         }
@@ -215,17 +228,12 @@ impl DeviceTwin {
     /// Reads MetaManager's Devices and DeviceModels again: new devices get twins (their stored
     /// values, if they had some), gone ones are forgotten, and changed spec desired values apply.
     pub fn reload(&self) {
-        let objects = |kind| match self.inner.meta.list(kind) {
-            Ok(list) => list,
-            Err(e) => {
-                tracing::warn!(%kind, error = %e, "cannot read devices from the store");
-                Vec::new()
-            }
-        };
-        let models: BTreeMap<(String, String), DeviceModel> = objects(ResourceKind::DeviceModel)
+        let meta = &self.inner.meta;
+        let models: BTreeMap<(String, String), Arc<DeviceModel>> = meta
+            .list(ResourceKind::DeviceModel)
             .into_iter()
-            .filter_map(|o| match serde_json::from_value::<DeviceModel>(o.object) {
-                Ok(m) => Some(((o.key.namespace, o.key.name), m)),
+            .filter_map(|o| match o.typed::<DeviceModel>() {
+                Ok(m) => Some(((o.key.namespace.clone(), o.key.name.clone()), m)),
                 Err(e) => {
                     tracing::warn!(model = o.key.name, error = %e, "a stored DeviceModel does not parse");
                     None
@@ -233,9 +241,9 @@ impl DeviceTwin {
             })
             .collect();
         let mut wanted: BTreeMap<String, Entry> = BTreeMap::new();
-        for o in objects(ResourceKind::Device) {
-            let device: Device = match serde_json::from_value(o.object) {
-                Ok(d) => d,
+        for o in meta.list(ResourceKind::Device) {
+            let device: Device = match o.typed::<Device>() {
+                Ok(d) => Device::clone(&d),
                 Err(e) => {
                     tracing::warn!(device = o.key.name, error = %e, "a stored Device does not parse");
                     continue;
@@ -272,10 +280,10 @@ impl DeviceTwin {
             wanted.insert(
                 o.key.name.clone(),
                 Entry {
-                    namespace: o.key.namespace,
-                    uid: o.uid,
+                    namespace: o.key.namespace.clone(),
+                    uid: o.uid.clone(),
                     device,
-                    model: model.clone(),
+                    model: DeviceModel::clone(model),
                     twin,
                     properties: BTreeMap::new(),
                     last_online: None,
@@ -419,7 +427,6 @@ impl DeviceTwin {
         let status = report::status(entry);
         let payload = serde_json::json!({"uid": entry.uid, "status": status});
         self.inner.outbox.queue(&key, Operation::Update, &payload);
-        self.inner.signals.outbox_changed.notify_one();
     }
 
     /// Sets one side of a property, stores it, queues the status and announces the change.

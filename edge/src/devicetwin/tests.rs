@@ -4,7 +4,7 @@ use wedge_core::twin::{DeviceState, TwinSide, TwinValue};
 use wedge_edged_wasm::host::device::{TwinBackend, TwinBackendError};
 
 use super::DeviceTwin;
-use crate::edged::Signals;
+use crate::metamanager::MetaManager;
 use crate::store::Database;
 
 fn key(kind: ResourceKind, name: &str) -> ObjectKey {
@@ -33,26 +33,26 @@ fn device(setpoint: &str) -> serde_json::Value {
 struct Fixture {
     dir: tempfile::TempDir,
     db: Database,
+    meta: MetaManager,
 }
 
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("db");
-        db.meta()
-            .apply(
-                &key(ResourceKind::DeviceModel, "thermostat"),
-                "m1",
-                "1",
-                &model(),
-            )
-            .expect("model");
-        Self { dir, db }
+        let meta = MetaManager::load(&db).expect("meta");
+        meta.apply(
+            &key(ResourceKind::DeviceModel, "thermostat"),
+            "m1",
+            "1",
+            &model(),
+        )
+        .expect("model");
+        Self { dir, db, meta }
     }
 
     fn put_device(&self, setpoint: &str, rv: &str) {
-        self.db
-            .meta()
+        self.meta
             .apply(
                 &key(ResourceKind::Device, "thermo-1"),
                 "d1",
@@ -63,7 +63,7 @@ impl Fixture {
     }
 
     fn twin(&self) -> DeviceTwin {
-        DeviceTwin::new(&self.db, std::sync::Arc::new(Signals::default()))
+        DeviceTwin::new(&self.db, &self.meta)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -226,7 +226,7 @@ async fn a_device_that_leaves_the_node_is_forgotten() {
         vec![("temperature".into(), TwinValue::Float(20.0))],
     )
     .expect("report");
-    f.db.meta()
+    f.meta
         .delete(&key(ResourceKind::Device, "thermo-1"), Some("d1"))
         .expect("delete");
     twin.reload();

@@ -74,7 +74,6 @@ pub async fn report_loop(
     config: super::EdgedConfig,
     runtimes: Runtimes,
     outbox: crate::store::Outbox,
-    signals: std::sync::Arc<super::Signals>,
 ) {
     let mut tick = tokio::time::interval(config.node_status_interval);
     loop {
@@ -83,7 +82,6 @@ pub async fn report_loop(
         let report = node_report(&config.node, &runtime);
         super::put(
             &outbox,
-            &signals,
             &crate::reports::node_status(&config.node.name, &report),
         );
     }

@@ -22,8 +22,6 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Signals;
-
 /// The longest a token is used before it is renewed (the kubelet's `maxTTL`).
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long the cloud may take to answer before the fetch counts as failed.
@@ -116,7 +114,8 @@ pub struct TokenManager {
     received: std::sync::atomic::AtomicU64,
     queries: mpsc::Sender<TokenQuery>,
     wake: Notify,
-    signals: Arc<Signals>,
+    /// Told at each token received; Edged waits on it ([`TokenManager::changed`]).
+    changed: Notify,
 }
 
 /// When a token granted for `granted` seconds, received at `now`, is renewed: at 80% of its
@@ -126,15 +125,20 @@ pub fn refresh_at(now: Instant, granted: Duration) -> Instant {
 }
 
 impl TokenManager {
-    /// A manager asking the cloud through `queries`, waking Edged through `signals`.
-    pub fn new(queries: mpsc::Sender<TokenQuery>, signals: Arc<Signals>) -> Arc<Self> {
+    /// A manager asking the cloud through `queries`.
+    pub fn new(queries: mpsc::Sender<TokenQuery>) -> Arc<Self> {
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
             received: std::sync::atomic::AtomicU64::new(0),
             queries,
             wake: Notify::new(),
-            signals,
+            changed: Notify::new(),
         })
+    }
+
+    /// Resolves when a token was received since the last call returned (one waiter: Edged).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, Entry>> {
@@ -275,7 +279,7 @@ impl TokenManager {
                 drop(entries);
                 self.received
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.signals.objects_changed.notify_one();
+                self.changed.notify_one();
             }
             Err(error) => {
                 let delay = entry.retry.next().unwrap_or(BACKOFF_MAX);
@@ -326,7 +330,7 @@ mod tests {
     async fn until_token(manager: &TokenManager, key: &TokenKey, want: &str) {
         let held = async {
             while manager.get(key).as_deref() != Some(want) {
-                manager.signals.objects_changed.notified().await;
+                manager.changed().await;
             }
         };
         tokio::time::timeout(Duration::from_secs(3 * 24 * 3600), held)
@@ -337,8 +341,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn tokens_are_renewed_at_80_percent_of_their_life() {
         let (tx, rx) = mpsc::channel(8);
-        let signals = Arc::new(Signals::default());
-        let manager = TokenManager::new(tx, signals);
+        let manager = TokenManager::new(tx);
         let asked = fake_cloud(rx);
         let shutdown = CancellationToken::new();
         tokio::spawn(manager.clone().run(shutdown.clone()));
@@ -360,7 +363,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn long_tokens_are_renewed_after_a_day_and_failures_back_off() {
         let (tx, mut rx) = mpsc::channel::<TokenQuery>(8);
-        let manager = TokenManager::new(tx, Arc::new(Signals::default()));
+        let manager = TokenManager::new(tx);
         let shutdown = CancellationToken::new();
         tokio::spawn(manager.clone().run(shutdown.clone()));
         let key = key(7 * 24 * 3600);

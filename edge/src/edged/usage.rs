@@ -6,7 +6,7 @@
 //! container's (`RuntimeService::container_stats`: the CRI runtime's come from containerd's
 //! cgroups, the Wasm runtime's from its own meters: guest execution time and linear memory),
 //! each stamped with the time it was read. The sample replaces the previous one in
-//! [`Signals::usage`], a latest-value channel that EdgeHub sends from while it is connected: not
+//! the [`UsageFeed`], a latest-value channel that EdgeHub sends from while it is connected: not
 //! stored, not acknowledged, not resent after a reconnect (`docs/PROTOCOL.md`, usage). The
 //! cloud turns two samples into rates.
 //!
@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use wedge_core::protocol::usage::{ContainerSample, Measurement, UsageSample};
 
-use super::Signals;
 use super::pod_workers::{PodWorkers, RunningContainer};
 
 /// How long a runtime may take to give one container's figures: a runtime that hangs leaves
@@ -29,8 +28,16 @@ const CONCURRENT_STATS: usize = 8;
 /// edges run (its `sysconf(_SC_CLK_TCK)`), whatever the kernel's own tick rate.
 const USER_HZ: u64 = 100;
 
+/// The newest resource usage sample (Edged → EdgeHub): latest wins, nothing queues.
+pub type UsageFeed = tokio::sync::watch::Sender<Option<Arc<UsageSample>>>;
+
+/// A feed with no sample yet.
+pub fn feed() -> Arc<UsageFeed> {
+    Arc::new(tokio::sync::watch::Sender::new(None))
+}
+
 /// Samples every `interval`, the first at once, until the task is dropped.
-pub async fn sample_loop(workers: PodWorkers, interval: Duration, signals: Arc<Signals>) {
+pub async fn sample_loop(workers: PodWorkers, interval: Duration, feed: Arc<UsageFeed>) {
     let mut tick = tokio::time::interval(interval);
     // A slow sample delays the next one rather than bunching samples up: a window shorter than
     // the interval would only be noisier.
@@ -43,7 +50,7 @@ pub async fn sample_loop(workers: PodWorkers, interval: Duration, signals: Arc<S
             node = sample.node.is_some(),
             "usage sampled"
         );
-        signals.usage.send_replace(Some(Arc::new(sample)));
+        feed.send_replace(Some(Arc::new(sample)));
     }
 }
 

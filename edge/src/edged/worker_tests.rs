@@ -734,13 +734,13 @@ async fn usage_is_sampled_for_every_running_container_on_its_interval() {
     h.start("busy", one(serde_json::json!({}), "Always"));
     h.wait_for("busy", "running", |s| s.containers[0].state.is_running())
         .await;
-    let signals = Arc::new(super::Signals::default());
-    let mut samples = signals.usage.subscribe();
+    let feed = super::usage::feed();
+    let mut samples = feed.subscribe();
     let interval = Duration::from_secs(15);
     let sampler = tokio::spawn(super::usage::sample_loop(
         h.workers.clone(),
         interval,
-        signals.clone(),
+        feed.clone(),
     ));
     samples.changed().await.expect("the first sample, at once");
     let first = samples.borrow_and_update().clone().expect("a sample");

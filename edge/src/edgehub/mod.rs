@@ -15,9 +15,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{Reason, ResourceKind};
 
-use crate::edged::Signals;
+use crate::edged::usage::UsageFeed;
 use crate::edgestream::EdgeStream;
-use crate::store::{MetaStore, Outbox};
+use crate::metamanager::MetaManager;
+use crate::store::Outbox;
 
 /// Builds the TLS client configuration (the pinned CA and this edge's current certificate) for
 /// each dial, so a rotated certificate is used from the next connection on.
@@ -155,27 +156,28 @@ pub fn backoff(min: Duration, max: Duration) -> backon::ExponentialBackoff {
 /// The edge's link to the cloud.
 pub struct EdgeHub {
     config: EdgeHubConfig,
-    meta: MetaStore,
+    meta: MetaManager,
     outbox: Outbox,
-    signals: Arc<Signals>,
+    usage: Arc<UsageFeed>,
     streams: Option<EdgeStream>,
     /// Edged's questions for the cloud (ServiceAccount tokens), asked on each connection.
     token_queries: Option<tokio::sync::mpsc::Receiver<crate::edged::tokens::TokenQuery>>,
 }
 
 impl EdgeHub {
-    /// EdgeHub storing into `meta` and reporting from `outbox`.
+    /// EdgeHub storing into `meta`, reporting from `outbox` and sending Edged's resource usage
+    /// samples from `usage`.
     pub fn new(
         config: EdgeHubConfig,
-        meta: MetaStore,
+        meta: MetaManager,
         outbox: Outbox,
-        signals: Arc<Signals>,
+        usage: Arc<UsageFeed>,
     ) -> Self {
         Self {
             config,
             meta,
             outbox,
-            signals,
+            usage,
             streams: None,
             token_queries: None,
         }
@@ -207,7 +209,7 @@ impl EdgeHub {
                 config: &self.config,
                 meta: &self.meta,
                 outbox: &self.outbox,
-                signals: &self.signals,
+                usage: &self.usage,
                 server: self.streams.as_ref(),
             };
             let outcome = tokio::select! {

@@ -24,11 +24,12 @@ use wedge_core::protocol::{
 };
 
 use super::{EdgeHubConfig, LinkError};
-use crate::edged::Signals;
 use crate::edged::tokens::TokenQuery;
+use crate::edged::usage::UsageFeed;
 use crate::edgestream::EdgeStream;
+use crate::metamanager::MetaManager;
 use crate::reports;
-use crate::store::{MetaStore, Outbox};
+use crate::store::Outbox;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the cloud asks to send a report again later, wait this long.
@@ -101,9 +102,9 @@ async fn dial(
 
 struct Link<'a> {
     config: &'a EdgeHubConfig,
-    meta: &'a MetaStore,
+    meta: &'a MetaManager,
     outbox: &'a Outbox,
-    signals: &'a Signals,
+    usage: &'a UsageFeed,
     /// The streams the cloud opened on this connection, and who serves them.
     streams: Mux,
     server: Option<&'a EdgeStream>,
@@ -133,13 +134,13 @@ struct Link<'a> {
     queries: HashMap<u64, tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>>,
 }
 
-/// What a connection works with: EdgeHub's settings, the edge's stores and signals, and who
+/// What a connection works with: EdgeHub's settings, MetaManager, the outbox, the usage feed, and who
 /// serves the streams the cloud opens.
 pub(super) struct Parts<'a> {
     pub config: &'a EdgeHubConfig,
-    pub meta: &'a MetaStore,
+    pub meta: &'a MetaManager,
     pub outbox: &'a Outbox,
-    pub signals: &'a Signals,
+    pub usage: &'a UsageFeed,
     pub server: Option<&'a EdgeStream>,
 }
 
@@ -164,7 +165,7 @@ async fn converse<S: Transport>(
         config,
         meta,
         outbox,
-        signals,
+        usage,
         server,
     } = *parts;
     let (streams, mut stream_frames) = Mux::new(Role::Acceptor);
@@ -172,7 +173,7 @@ async fn converse<S: Transport>(
         config,
         meta,
         outbox,
-        signals,
+        usage,
         streams,
         server,
         next_id: 0,
@@ -191,7 +192,7 @@ async fn converse<S: Transport>(
     let hello = Hello {
         node: config.node.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        held: meta.held()?,
+        held: meta.held(),
     };
     let held = hello.held.len();
     let id = link.id();
@@ -298,7 +299,7 @@ impl Link<'_> {
         ping.tick().await;
         // A fresh receiver has seen the sample taken before this connection: samples missed
         // while away are not sent late, the next one is.
-        let mut usage = self.signals.usage.subscribe();
+        let mut usage = self.usage.subscribe();
         self.pump(ws).await?;
         loop {
             let window_open = self.unacknowledged() < self.max_in_flight;
@@ -319,7 +320,7 @@ impl Link<'_> {
                     }
                     self.pump(ws).await?;
                 }
-                () = self.signals.outbox_changed.notified(), if window_open => self.pump(ws).await?,
+                () = self.outbox.changed(), if window_open => self.pump(ws).await?,
                 Some(query) = async {
                     match token_queries.as_mut() {
                         Some(queries) => queries.recv().await,
@@ -333,7 +334,7 @@ impl Link<'_> {
                     // of a Vec, moving what TLS did not take yet again at each write.
                     ws.send(Message::Binary(frame.encode().into())).await.map_err(lost)?;
                 }
-                // Signals lives as long as the agent, so the sender is never dropped here.
+                // The feed lives as long as the agent, so the sender is never dropped here.
                 Ok(()) = usage.changed() => {
                     let sample = usage.borrow_and_update().clone();
                     if let Some(sample) = sample {
@@ -490,17 +491,9 @@ impl Link<'_> {
                     if std::mem::take(&mut self.store_failing) {
                         tracing::info!("objects from the cloud are stored again");
                     }
+                    // MetaManager told its subscribers when it stored the object.
                     let id = self.id();
-                    self.send(ws, &Envelope::ack(id, frame.id)).await?;
-                    let kind = frame.resource.as_ref().map(|r| r.kind);
-                    if matches!(kind, Some(ResourceKind::Device | ResourceKind::DeviceModel)) {
-                        self.signals.devices_changed.notify_one();
-                    } else if kind == Some(ResourceKind::Rule) {
-                        self.signals.rules_changed.notify_one();
-                    } else {
-                        self.signals.objects_changed.notify_one();
-                    }
-                    Ok(())
+                    self.send(ws, &Envelope::ack(id, frame.id)).await
                 }
                 Err((Reason::StoreFailed, message)) => {
                     // The cloud sends it again shortly: said once, not at every try.

@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{Envelope, ObjectKey, Operation, Reason, ResourceKind};
 
 use super::{Parts, converse};
-use crate::edged::Signals;
 use crate::edgehub::EdgeHubConfig;
 use crate::store::Database;
 
@@ -114,7 +113,6 @@ fn named(frame: &Envelope) -> String {
 struct Run {
     cloud: FakeCloud,
     db: Database,
-    signals: Arc<Signals>,
     config: EdgeHubConfig,
     shutdown: CancellationToken,
     edge: tokio::task::JoinHandle<()>,
@@ -150,7 +148,6 @@ async fn start_with(welcome: serde_json::Value) -> Run {
         )
         .expect("queued");
     let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
-    let signals = Arc::new(Signals::default());
     let config = EdgeHubConfig::new(
         "cloud.invalid:10000",
         "edge-a",
@@ -158,11 +155,11 @@ async fn start_with(welcome: serde_json::Value) -> Run {
     );
     let shutdown = CancellationToken::new();
     let edge = {
-        let (config, meta, outbox, signals, shutdown) = (
+        let (config, meta, outbox, usage, shutdown) = (
             config.clone(),
-            db.meta(),
+            crate::metamanager::MetaManager::load(&db).expect("meta"),
             db.outbox(),
-            signals.clone(),
+            crate::edged::usage::feed(),
             shutdown.clone(),
         );
         tokio::spawn(async move {
@@ -171,7 +168,7 @@ async fn start_with(welcome: serde_json::Value) -> Run {
                 config: &config,
                 meta: &meta,
                 outbox: &outbox,
-                signals: &signals,
+                usage: &usage,
                 server: None,
             };
             let _ = converse(ws, &parts, None, &shutdown).await;
@@ -190,7 +187,6 @@ async fn start_with(welcome: serde_json::Value) -> Run {
     Run {
         cloud,
         db,
-        signals,
         config,
         shutdown,
         edge,
@@ -239,15 +235,12 @@ async fn a_report_the_api_rejects_is_dropped_counted_and_never_sent_again() {
     assert!(run.db.outbox().is_empty().expect("outbox"), "dropped");
 
     // ...and the reports after it go: the next one is the new lease, not the old status.
-    run.db
-        .outbox()
-        .put(
-            &key(ResourceKind::Lease, "edge-a-lease"),
-            Operation::Update,
-            &serde_json::json!({"durationSeconds": 41}),
-        )
-        .expect("queued");
-    run.signals.outbox_changed.notify_one();
+    let queued = run.db.outbox().queue(
+        &key(ResourceKind::Lease, "edge-a-lease"),
+        Operation::Update,
+        &serde_json::json!({"durationSeconds": 41}),
+    );
+    assert_eq!(queued, crate::store::Queued::Stored);
     let next = run.cloud.report(wait).await.expect("the next report");
     assert_eq!(named(&next), "edge-a-lease");
     assert_eq!(next.payload["durationSeconds"], 41);

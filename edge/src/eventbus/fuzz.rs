@@ -12,7 +12,6 @@ use wedge_testkit_fuzz::Mutation;
 use super::auth::Refusals;
 use super::twin_api;
 use crate::devicetwin::DeviceTwin;
-use crate::edged::Signals;
 use crate::store::Database;
 
 const NODE: &str = "edge-a";
@@ -41,7 +40,7 @@ fn key(kind: ResourceKind, name: &str) -> ObjectKey {
 }
 
 /// An edge database holding one thermostat: a read-only temperature, a bounded setpoint.
-fn database(dir: &std::path::Path) -> Database {
+fn database(dir: &std::path::Path) -> (Database, crate::metamanager::MetaManager) {
     let db = Database::open(&dir.join("edge.db")).expect("db");
     let model = json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
         "metadata": {"name": "thermostat", "namespace": "default", "uid": "m1"},
@@ -51,7 +50,7 @@ fn database(dir: &std::path::Path) -> Database {
     let device = json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
         "metadata": {"name": "thermo-1", "namespace": "default", "uid": "d1"},
         "spec": {"deviceModelRef": {"name": "thermostat"}, "nodeName": NODE}});
-    let meta = db.meta();
+    let meta = crate::metamanager::MetaManager::load(&db).expect("meta");
     meta.apply(
         &key(ResourceKind::DeviceModel, "thermostat"),
         "m1",
@@ -61,7 +60,7 @@ fn database(dir: &std::path::Path) -> Database {
     .expect("model");
     meta.apply(&key(ResourceKind::Device, "thermo-1"), "d1", "1", &device)
         .expect("device");
-    db
+    (db, meta)
 }
 
 /// The twin and state as a `twin/get` and a membership detail answer them, without the
@@ -88,8 +87,8 @@ fn observed(twin: &DeviceTwin, refusals: &Refusals) -> Vec<Value> {
 #[test]
 fn twin_requests_are_answered_and_a_refused_one_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = database(dir.path());
-    let twin = DeviceTwin::new(&db, std::sync::Arc::new(Signals::default()));
+    let (db, meta) = database(dir.path());
+    let twin = DeviceTwin::new(&db, &meta);
     let refusals = Refusals::default();
     for topic in TOPICS {
         for payload in PAYLOADS {

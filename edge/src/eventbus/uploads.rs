@@ -20,8 +20,8 @@ use wedge_core::protocol::messages::Upload;
 use wedge_core::rule::Rule;
 use wedge_core::topic;
 
-use crate::edged::Signals;
-use crate::store::{MetaStore, Outbox, StoreError};
+use crate::metamanager::{MetaManager, Subscription};
+use crate::store::{Outbox, StoreError};
 
 /// How many uploads may wait for the cloud before the oldest are dropped.
 pub const MAX_PENDING: usize = 10_000;
@@ -31,9 +31,10 @@ pub const MAX_UPLOAD_BYTES: usize = wedge_core::protocol::MAX_FRAME_BYTES / 2;
 
 /// The rules' filters and the outbox they feed.
 pub struct Uploads {
-    meta: MetaStore,
+    meta: MetaManager,
+    /// Which Rules changed (one reader: EventBus's dispatcher).
+    rules: tokio::sync::Mutex<Subscription>,
     outbox: Outbox,
-    signals: Arc<Signals>,
     cap: usize,
     filters: RwLock<Vec<String>>,
     dropped: AtomicU64,
@@ -49,13 +50,13 @@ pub struct FilterChanges {
 }
 
 impl Uploads {
-    /// Uploads for the rules in `meta`, queued in `outbox` (at most `cap` waiting; EdgeHub is
-    /// told through `signals`). The rules are read on [`Uploads::reload`].
-    pub fn new(meta: MetaStore, outbox: Outbox, signals: Arc<Signals>, cap: usize) -> Self {
+    /// Uploads for the rules in `meta`, queued in `outbox` (at most `cap` waiting). The rules
+    /// are read on [`Uploads::reload`].
+    pub fn new(meta: MetaManager, outbox: Outbox, cap: usize) -> Self {
         Self {
+            rules: tokio::sync::Mutex::new(meta.subscribe(&[ResourceKind::Rule])),
             meta,
             outbox,
-            signals,
             cap,
             filters: RwLock::default(),
             dropped: AtomicU64::new(0),
@@ -65,17 +66,12 @@ impl Uploads {
     /// Reads the stored Rules again. A Rule whose topic makes no filter is skipped with a
     /// warning (the cloud reports the same error in the Rule's status).
     pub fn reload(&self) -> FilterChanges {
-        let stored = match self.meta.list(ResourceKind::Rule) {
-            Ok(list) => list,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read rules from the store; keeping the filters held");
-                return FilterChanges::default();
-            }
-        };
-        let mut wanted: Vec<String> = stored
+        let mut wanted: Vec<String> = self
+            .meta
+            .list(ResourceKind::Rule)
             .into_iter()
             .filter_map(|o| {
-                let rule: Rule = match serde_json::from_value(o.object) {
+                let rule: Arc<Rule> = match o.typed() {
                     Ok(rule) => rule,
                     Err(e) => {
                         tracing::warn!(rule = %o.key, error = %e, "a stored Rule does not parse");
@@ -110,9 +106,9 @@ impl Uploads {
         changes
     }
 
-    /// Resolves when EdgeHub has stored or forgotten a Rule.
+    /// Resolves when EdgeHub has stored or forgotten a Rule. Cancel-safe.
     pub async fn changed(&self) {
-        self.signals.rules_changed.notified().await;
+        self.rules.lock().await.changed().await;
     }
 
     /// The filters the rules stand for.
@@ -154,7 +150,6 @@ impl Uploads {
         let (_, dropped) = self
             .outbox
             .queue_appended(ResourceKind::Upload, &upload, self.cap);
-        self.signals.outbox_changed.notify_one();
         if dropped {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -197,7 +192,7 @@ mod tests {
     fn messages_a_rule_routes_wait_in_the_outbox_and_others_stay() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("open");
-        let meta = db.meta();
+        let meta = crate::metamanager::MetaManager::load(&db).expect("meta");
         for (key, object) in [
             rule("telemetry", "telemetry/#", "edge-a"),
             rule("alarms", "$hw/events/upload/alarms", "edge-a"),
@@ -207,7 +202,7 @@ mod tests {
             meta.apply(&key, &uid, "1", &object)
                 .expect("store the rule");
         }
-        let uploads = Uploads::new(meta.clone(), db.outbox(), Arc::default(), 2);
+        let uploads = Uploads::new(meta.clone(), db.outbox(), 2);
         let changes = uploads.reload();
         assert_eq!(
             changes.added,

@@ -129,6 +129,9 @@ pub struct Database {
     conn: Arc<Mutex<Connection>>,
     /// Reports it could not take, shared by every [`Outbox`] of it ([`held`]).
     held: Arc<HeldReports>,
+    /// Told whenever a report is queued, in the database or in memory: EdgeHub's pump waits
+    /// on it ([`Outbox::changed`]).
+    queued: Arc<tokio::sync::Notify>,
     /// Held while any clone lives: one process per database (none for [`Database::inspect`]).
     _lock: Option<Arc<StateLock>>,
     /// Which of MetaManager's objects are encrypted at rest, and how ([`Database::with_encryption`]).
@@ -165,6 +168,7 @@ impl Database {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             held: Arc::default(),
+            queued: Arc::default(),
             _lock: Some(Arc::new(lock)),
             encryption: Arc::default(),
         })
@@ -184,6 +188,7 @@ impl Database {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             held: Arc::default(),
+            queued: Arc::default(),
             _lock: None,
             encryption: Arc::default(),
         })

@@ -264,10 +264,21 @@ impl Outbox {
         Ok(removed > 0)
     }
 
-    /// Queues a report as [`Outbox::put`] does; when the database cannot take it, it waits in
+    /// Queues a report as [`Outbox::put`] does and wakes EdgeHub ([`Outbox::changed`]); when the database cannot take it, it waits in
     /// memory (replacing any waiting for its key) and is written with the next write that
     /// succeeds. Never fails: the first refusal of a stretch is logged, not each report.
     pub fn queue(
+        &self,
+        key: &ObjectKey,
+        operation: Operation,
+        payload: &serde_json::Value,
+    ) -> Queued {
+        let queued = self.queue_quietly(key, operation, payload);
+        self.db.queued.notify_one();
+        queued
+    }
+
+    fn queue_quietly(
         &self,
         key: &ObjectKey,
         operation: Operation,
@@ -297,6 +308,17 @@ impl Outbox {
     /// [`Outbox::queue`] does (at most `cap` uploads wait there too). Returns where it went,
     /// and whether the oldest queued in the database was dropped for it.
     pub fn queue_appended(
+        &self,
+        kind: ResourceKind,
+        payload: &serde_json::Value,
+        cap: usize,
+    ) -> (Queued, bool) {
+        let queued = self.append_quietly(kind, payload, cap);
+        self.db.queued.notify_one();
+        queued
+    }
+
+    fn append_quietly(
         &self,
         kind: ResourceKind,
         payload: &serde_json::Value,
@@ -358,7 +380,17 @@ impl Outbox {
         let mut held = self.db.held();
         let before = held.len();
         let queued = self.write_held(&mut held);
-        (before - held.len(), queued)
+        let written = before - held.len();
+        if written > 0 {
+            self.db.queued.notify_one();
+        }
+        (written, queued)
+    }
+
+    /// Resolves when a report was queued since the last call returned (one waiter: EdgeHub's
+    /// pump; a report queued while nobody waits is remembered).
+    pub async fn changed(&self) {
+        self.db.queued.notified().await;
     }
 
     /// The reports waiting in memory that have keys (not uploads), oldest first, for EdgeHub

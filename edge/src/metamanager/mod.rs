@@ -1,0 +1,260 @@
+//! MetaManager: the objects the cloud sent for this node, and who hears of their changes.
+//!
+//! KubeEdge's MetaManager sits between EdgeHub and the edge's modules: what the cloud sends is
+//! stored, then handed on. Here it owns the objects in two places: the `objects` table of the
+//! edge's database ([`MetaStore`], so that an edge keeps and restarts its pods with the cloud
+//! gone) and a copy in memory, read by everyone else. The copy is what makes a change cheap:
+//! a reader lists what it needs without touching SQLite, and each object is parsed into its
+//! Rust type once per version ([`Object::typed`]), not at every reconcile.
+//!
+//! Readers subscribe to the kinds they serve ([`MetaManager::subscribe`]) and are told which
+//! keys changed: Edged pods and what they reference, DeviceTwin Devices and DeviceModels,
+//! EventBus Rules. A subscription gathers keys until it is read, so a slow reader gets one
+//! wake-up with everything that changed meanwhile and no change is ever dropped.
+
+mod subscription;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
+
+use serde::de::DeserializeOwned;
+use wedge_core::protocol::messages::HeldObject;
+use wedge_core::protocol::{ObjectKey, ResourceKind};
+
+use crate::store::{Applied, Database, MetaStore, StoreError};
+use subscription::Subscriber;
+pub use subscription::Subscription;
+
+/// An object as MetaManager holds it.
+pub struct Object {
+    /// Its key.
+    pub key: ObjectKey,
+    /// Its uid.
+    pub uid: String,
+    /// Its resourceVersion.
+    pub resource_version: String,
+    /// The object, as the cloud sent it.
+    pub object: serde_json::Value,
+    /// The object in its Rust type, parsed at the first [`Object::typed`].
+    typed: OnceLock<Result<Arc<dyn Any + Send + Sync>, String>>,
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Object")
+            .field("key", &self.key)
+            .field("uid", &self.uid)
+            .field("resource_version", &self.resource_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Object {
+    fn new(
+        key: ObjectKey,
+        uid: String,
+        resource_version: String,
+        object: serde_json::Value,
+    ) -> Self {
+        Self {
+            key,
+            uid,
+            resource_version,
+            object,
+            typed: OnceLock::new(),
+        }
+    }
+
+    /// The object as a `T`, parsed once per version: every reader after the first gets the
+    /// same `Arc`. Each kind is read as one type (a pod as `k8s_openapi`'s `Pod`): asking for
+    /// another type than the first reader did is an error, as is an object that does not parse
+    /// (kept, so it is reported the same way until a new version comes).
+    pub fn typed<T: DeserializeOwned + Send + Sync + 'static>(&self) -> Result<Arc<T>, String> {
+        let parsed = self.typed.get_or_init(|| {
+            serde_json::from_value::<T>(self.object.clone())
+                .map(|t| Arc::new(t) as Arc<dyn Any + Send + Sync>)
+                .map_err(|e| e.to_string())
+        });
+        match parsed {
+            Ok(any) => any.clone().downcast::<T>().map_err(|_| {
+                format!(
+                    "{} was read as another type than {}",
+                    self.key,
+                    std::any::type_name::<T>()
+                )
+            }),
+            Err(message) => Err(message.clone()),
+        }
+    }
+}
+
+/// MetaManager; cheap to clone.
+#[derive(Clone)]
+pub struct MetaManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: MetaStore,
+    objects: RwLock<BTreeMap<ObjectKey, Arc<Object>>>,
+    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+}
+
+impl std::fmt::Debug for MetaManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaManager").finish_non_exhaustive()
+    }
+}
+
+impl MetaManager {
+    /// MetaManager over `db`'s objects, read into memory now. A row that cannot be read (damaged,
+    /// or under a key no longer configured) is logged and left out: the edge does not hold it,
+    /// so the cloud's resync sends it again.
+    pub fn load(db: &Database) -> Result<Self, StoreError> {
+        let store = db.meta();
+        let mut objects = BTreeMap::new();
+        for kind in ResourceKind::DOWNSTREAM {
+            for stored in store.list(kind)? {
+                let object = Object::new(
+                    stored.key.clone(),
+                    stored.uid,
+                    stored.resource_version,
+                    stored.object,
+                );
+                objects.insert(stored.key, Arc::new(object));
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                objects: RwLock::new(objects),
+                subscribers: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Stores `object` unless the edge holds this version (or a newer one) of the same uid;
+    /// then the copy in memory is replaced and the subscribers of its kind are told. Stored
+    /// first: what a reader sees survives a crash.
+    pub fn apply(
+        &self,
+        key: &ObjectKey,
+        uid: &str,
+        resource_version: &str,
+        object: &serde_json::Value,
+    ) -> Result<Applied, StoreError> {
+        let applied = self.inner.store.apply(key, uid, resource_version, object)?;
+        if applied != Applied::Unchanged {
+            let held = Object::new(
+                key.clone(),
+                uid.to_owned(),
+                resource_version.to_owned(),
+                object.clone(),
+            );
+            self.write().insert(key.clone(), Arc::new(held));
+            self.changed(key);
+        }
+        Ok(applied)
+    }
+
+    /// Forgets an object, only if it has `uid` (when given). Returns whether one was removed.
+    pub fn delete(&self, key: &ObjectKey, uid: Option<&str>) -> Result<bool, StoreError> {
+        let removed = self.inner.store.delete(key, uid)?;
+        if removed {
+            self.write().remove(key);
+            self.changed(key);
+        }
+        Ok(removed)
+    }
+
+    /// One object.
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<Object>> {
+        self.read().get(key).cloned()
+    }
+
+    /// One object in its Rust type: `None` when not held, an error when it does not parse.
+    pub fn get_typed<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        key: &ObjectKey,
+    ) -> Option<Result<Arc<T>, String>> {
+        self.get(key).map(|o| o.typed())
+    }
+
+    /// Every object of a kind, by namespace and name.
+    pub fn list(&self, kind: ResourceKind) -> Vec<Arc<Object>> {
+        let first = ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.read()
+            .range(first..)
+            .take_while(|(k, _)| k.kind == kind)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// The key, uid and resourceVersion of every object of a kind.
+    pub fn versions(&self, kind: ResourceKind) -> Vec<(ObjectKey, String, String)> {
+        self.list(kind)
+            .into_iter()
+            .map(|o| (o.key.clone(), o.uid.clone(), o.resource_version.clone()))
+            .collect()
+    }
+
+    /// What the edge holds, for the hello.
+    pub fn held(&self) -> Vec<HeldObject> {
+        self.read()
+            .values()
+            .map(|o| HeldObject {
+                kind: o.key.kind,
+                namespace: o.key.namespace.clone(),
+                name: o.key.name.clone(),
+                uid: o.uid.clone(),
+                resource_version: o.resource_version.clone(),
+            })
+            .collect()
+    }
+
+    /// Tells the returned subscription which keys of `kinds` change from now on.
+    pub fn subscribe(&self, kinds: &[ResourceKind]) -> Subscription {
+        let (subscription, subscriber) = Subscription::new(kinds);
+        let mut subscribers = self
+            .inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subscribers.retain(|s| s.strong_count() > 0);
+        subscribers.push(Arc::downgrade(&subscriber));
+        subscription
+    }
+
+    fn changed(&self, key: &ObjectKey) {
+        let subscribers = self
+            .inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for subscriber in subscribers.iter().filter_map(Weak::upgrade) {
+            subscriber.changed(key);
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ObjectKey, Arc<Object>>> {
+        self.inner
+            .objects
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ObjectKey, Arc<Object>>> {
+        self.inner
+            .objects
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests;
