@@ -209,11 +209,19 @@ async fn shutdown_finishes_the_deletions_under_way_and_lets_the_other_pods_run()
     let (doomed, stays) = (started("doomed"), started("stays"));
     assert!(calls.contains(&format!("stop {doomed} 20s")), "{calls:?}");
     assert!(
-        !calls.iter().any(|c| c.starts_with(&format!("stop {stays} "))),
+        !calls
+            .iter()
+            .any(|c| c.starts_with(&format!("stop {stays} "))),
         "{calls:?}"
     );
-    let sandbox_stops = calls.iter().filter(|c| c.starts_with("stop_sandbox ")).count();
-    assert_eq!(sandbox_stops, 1, "only the deleted pod's sandbox: {calls:?}");
+    let sandbox_stops = calls
+        .iter()
+        .filter(|c| c.starts_with("stop_sandbox "))
+        .count();
+    assert_eq!(
+        sandbox_stops, 1,
+        "only the deleted pod's sandbox: {calls:?}"
+    );
     let dirs: Vec<String> = std::fs::read_dir(edge.dir.path().join("pods"))
         .expect("pods dir")
         .flatten()

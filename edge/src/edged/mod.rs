@@ -43,9 +43,9 @@ fn stamp(value: &impl std::hash::Hash) -> u64 {
 }
 
 #[cfg(test)]
-pub(crate) mod fake;
-#[cfg(test)]
 mod edged_tests;
+#[cfg(test)]
+pub(crate) mod fake;
 #[cfg(test)]
 mod worker_tests;
 
