@@ -352,7 +352,8 @@ impl ApiError {
             StoreError::Db(e) => Self::Internal(format!("storage: {e}")),
             e @ (StoreError::Locked(_)
             | StoreError::Permissions { .. }
-            | StoreError::Transform { .. }) => {
+            | StoreError::Transform { .. }
+            | StoreError::Closed) => {
                 Self::Internal(e.to_string())
             }
         }

@@ -10,9 +10,11 @@
 //! validation, finalizers and graceful deletion live in the layer above, which calls
 //! [`Store::create`], [`Store::update`] and [`Store::delete`] with the objects it has decided on.
 //!
-//! Watches read the history (the last [`HISTORY`] events, kept in SQLite too so clients can
-//! resume after a restart) and then follow live events; asking for a version older than the
-//! history holds is [`StoreError::Gone`], the API's 410.
+//! Watches read the history and then follow live events, both per resource (`history`: each
+//! resource has its own window of the history and its own live channel, so a storm of one
+//! resource's writes lags no watcher of another); the history is kept in SQLite too so clients
+//! can resume after a restart. Asking for a version older than a resource's window holds is
+//! [`StoreError::Gone`], the API's 410.
 //!
 //! With an `EncryptionConfiguration` ([`Store::open_encrypted`]), the objects of the resources
 //! it lists are encrypted on their way to SQLite, in the object rows and the history rows alike,
@@ -21,24 +23,28 @@
 //! with [`StoreError::Transform`] (a 500 naming the key it was written with).
 
 mod db;
+mod history;
 mod snapshot;
 mod watch;
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::broadcast;
 use wedge_core::encryption::{EncryptionConfig, TransformError};
 use wedge_core::state::StateLock;
 
-pub use watch::WatchStream;
+use history::{History, Trims};
 
-/// How many events the watch history keeps by default.
+pub use history::LIVE_EVENTS;
+pub use watch::{WatchEnded, WatchStream};
+
+/// How many events the watch history keeps by default, over all resources.
 pub const HISTORY: usize = 10_000;
 /// How many bytes of objects the watch history keeps by default: a few large objects written
 /// often (a 1 MiB ConfigMap updated in a loop) expire the oldest events instead of holding
@@ -49,7 +55,7 @@ pub const HISTORY_BYTES: usize = 64 * 1024 * 1024;
 /// 1.5 MiB), which kube-apiserver's objects live under.
 pub const MAX_OBJECT_BYTES: usize = 1_572_864;
 
-/// The watch history's limits.
+/// The watch history's limits, over all resources' windows together.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryLimits {
     /// Events kept.
@@ -63,48 +69,6 @@ impl Default for HistoryLimits {
         Self {
             events: HISTORY,
             bytes: HISTORY_BYTES,
-        }
-    }
-}
-
-/// The watch history: events, oldest first, and the bytes of their objects.
-#[derive(Default)]
-struct History {
-    events: VecDeque<Arc<Event>>,
-    bytes: usize,
-}
-
-impl History {
-    /// Whether, with `more` events of `more_bytes` added, it holds more than `limits` allow.
-    fn over(&self, limits: HistoryLimits, more: usize, more_bytes: usize) -> bool {
-        self.events.len() + more > limits.events || self.bytes + more_bytes > limits.bytes
-    }
-
-    /// The version from which events are kept once `more` events of `more_bytes` are added
-    /// (the oldest ones dropped until the limits hold, never the new ones).
-    fn keep_from(&self, limits: HistoryLimits, more: usize, more_bytes: usize, next: u64) -> u64 {
-        let (mut count, mut bytes) = (self.events.len(), self.bytes);
-        for event in &self.events {
-            if count + more <= limits.events && bytes + more_bytes <= limits.bytes {
-                return event.rv;
-            }
-            count -= 1;
-            bytes -= event.object.json.len();
-        }
-        next
-    }
-
-    fn push(&mut self, event: Arc<Event>, limits: HistoryLimits) {
-        while !self.events.is_empty() && self.over(limits, 1, event.object.json.len()) {
-            self.pop();
-        }
-        self.bytes += event.object.json.len();
-        self.events.push_back(event);
-    }
-
-    fn pop(&mut self) {
-        if let Some(old) = self.events.pop_front() {
-            self.bytes -= old.object.json.len();
         }
     }
 }
@@ -268,6 +232,9 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("storage: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The store has closed (the server is stopping).
+    #[error("storage: the store has closed")]
+    Closed,
     /// Another process has the database open.
     #[error(transparent)]
     Locked(#[from] wedge_core::state::LockError),
@@ -307,17 +274,76 @@ struct State {
 /// What [`Store::derived`] keeps: a value and the versions of the resources it was built from.
 type Derived = (Vec<u64>, Arc<dyn Any + Send + Sync>);
 
+/// What the store's reads, its writes and its watches share.
+struct Shared {
+    state: RwLock<State>,
+    history: Mutex<History>,
+    /// The newest version whose event has been sent on its resource's channel: a watch that
+    /// has read everything its channel held has seen every event of its resource up to it.
+    published: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn history(&self) -> MutexGuard<'_, History> {
+        self.history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes committed events seen: each in its resource's window of the history first, then
+    /// in the state (whoever reads the state at a version finds every event up to it in the
+    /// history, `snapshot`), then on its channel, in version order.
+    fn apply(&self, events: &[Arc<Event>], trims: &Trims) {
+        let live = self.history().push(events, trims);
+        {
+            let mut state = self
+                .state
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for event in events {
+                state.rv = event.rv;
+                state.changed.insert(event.key.resource.clone(), event.rv);
+                state.stale.remove(&event.key);
+                match event.kind {
+                    EventType::Deleted => state.objects.remove(&event.key),
+                    _ => state
+                        .objects
+                        .insert(event.key.clone(), event.object.clone()),
+                };
+            }
+        }
+        for (event, live) in events.iter().zip(live) {
+            // No receivers is fine.
+            let _ = live.send(event.clone());
+        }
+        if let Some(last) = events.last() {
+            self.published.store(last.rv, Ordering::Release);
+        }
+    }
+}
+
 /// The store.
 pub struct Store {
     /// Held while the store is open: one process per database.
     _lock: StateLock,
     db: Mutex<rusqlite::Connection>,
-    state: RwLock<State>,
-    history: Mutex<History>,
-    live: broadcast::Sender<Arc<Event>>,
+    shared: Arc<Shared>,
     limits: HistoryLimits,
     derived: Mutex<HashMap<&'static str, Derived>>,
     encryption: EncryptionConfig,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Watches end (`WatchEnded::Closed`) rather than wait for events that will not come.
+        self.shared.history().close();
+    }
 }
 
 /// The precondition of updates and deletes: the object exists and, with `expected`, is at that
@@ -403,7 +429,7 @@ impl Store {
             path: path.to_owned(),
             source,
         })?;
-        let conn = db::open(path)?;
+        let mut conn = db::open(path)?;
         if !encryption.is_empty() {
             // Deleted rows (a rotated-away key's bytes, plain copies from before) are
             // overwritten rather than left in free pages.
@@ -429,58 +455,88 @@ impl Store {
                 }
             }
         }
-        // The history after the last event that cannot be decrypted: watches from before it
-        // get 410 and relist rather than miss it.
-        let mut events = Vec::new();
-        for (rv, kind, key, stored) in db::load_history(&conn, limits.events)? {
-            let Some(kind) = EventType::from_db(&kind) else {
-                continue;
-            };
-            match encryption.decrypt_for(&key.resource, &stored, key.storage_key().as_bytes()) {
-                Ok(plain) => {
-                    let labels = Arc::new(labels_of(&plain.data));
-                    let json = Bytes::from(plain.data);
-                    events.push(Arc::new(Event {
-                        rv,
-                        kind,
-                        key,
-                        object: StoredObject { rv, json, labels },
-                        prev: None,
-                    }));
-                }
-                Err(_) => events.clear(),
-            }
-        }
-        let mut history = History::default();
-        for event in events {
-            history.push(event, limits);
-        }
+        let history = Self::load_history(&mut conn, rv, limits, &encryption)?;
         Ok(Self {
             _lock: lock,
             db: Mutex::new(conn),
-            state: RwLock::new(State {
-                objects,
-                rv,
-                changed: HashMap::new(),
-                unreadable,
-                stale,
+            shared: Arc::new(Shared {
+                state: RwLock::new(State {
+                    objects,
+                    rv,
+                    changed: HashMap::new(),
+                    unreadable,
+                    stale,
+                }),
+                history: Mutex::new(history),
+                published: AtomicU64::new(rv),
             }),
-            history: Mutex::new(history),
-            live: broadcast::channel(HISTORY).0,
             limits,
             derived: Mutex::new(HashMap::new()),
             encryption,
         })
     }
 
+    /// Reads the history back into each resource's window, and drops from disk what no longer
+    /// fits (the limits shrank) or comes before an event that cannot be decrypted (a watch
+    /// from before it gets 410 and relists rather than miss it).
+    fn load_history(
+        conn: &mut rusqlite::Connection,
+        rv: u64,
+        limits: HistoryLimits,
+        encryption: &EncryptionConfig,
+    ) -> Result<History, StoreError> {
+        let (floor, sinces) = db::load_windows(conn)?;
+        let rows = db::load_history(conn)?;
+        // A database from before per-resource windows was trimmed as one history: complete
+        // after its oldest event, or after the current version when it held none.
+        let new_floor = match floor {
+            Some(_) => None,
+            None => Some(rows.first().map_or(rv, |row| row.0.saturating_sub(1))),
+        };
+        let mut history = History::new(floor.or(new_floor).unwrap_or(0));
+        let kept: HashMap<String, u64> = sinces.into_iter().collect();
+        for (resource, since) in &kept {
+            history.set_since(resource, *since);
+        }
+        for (rv, kind, key, stored) in rows {
+            let Some(kind) = EventType::from_db(&kind) else {
+                continue;
+            };
+            if rv <= history.since(&key.resource) {
+                continue;
+            }
+            match encryption.decrypt_for(&key.resource, &stored, key.storage_key().as_bytes()) {
+                Ok(plain) => {
+                    let labels = Arc::new(labels_of(&plain.data));
+                    let json = Bytes::from(plain.data);
+                    let event = Arc::new(Event {
+                        rv,
+                        kind,
+                        key,
+                        object: StoredObject { rv, json, labels },
+                        prev: None,
+                    });
+                    history.load(event, limits);
+                }
+                Err(_) => history.reset(&key.resource, rv),
+            }
+        }
+        let floor = history.floor();
+        let moved: Vec<(String, u64)> = history
+            .sinces()
+            .filter(|(resource, since)| kept.get(*resource).copied().unwrap_or(floor) != *since)
+            .map(|(resource, since)| (resource.to_owned(), since))
+            .collect();
+        if new_floor.is_some() || !moved.is_empty() {
+            db::trim(conn, new_floor, &moved)?;
+        }
+        Ok(history)
+    }
+
     /// Whether the object is stored under an older key (or plain where its resource is now
     /// encrypted): an update rewrites it even when nothing changed.
     pub fn is_stale(&self, key: &ObjectKey) -> bool {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .stale
-            .contains(key)
+        self.shared.state().stale.contains(key)
     }
 
     /// The first object of `resource` (in `namespace` if given) that cannot be decrypted, as
@@ -504,18 +560,14 @@ impl Store {
 
     /// The newest resourceVersion.
     pub fn current_rv(&self) -> u64 {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .rv
+        self.shared.state().rv
     }
 
     /// The version of the last write to `resource` since the store was opened (0 if none):
     /// what a value built from its objects compares to know it is current.
     pub fn last_write(&self, resource: &str) -> u64 {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared
+            .state()
             .changed
             .get(resource)
             .copied()
@@ -524,10 +576,7 @@ impl Store {
 
     /// Reads one object.
     pub fn get(&self, key: &ObjectKey) -> Result<StoredObject, StoreError> {
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.shared.state();
         if let Some(source) = state.unreadable.get(key) {
             return Err(StoreError::Transform {
                 key: key.clone(),
@@ -553,10 +602,7 @@ impl Store {
     ) -> Arc<T> {
         // Versions first, then the build: a value is never newer-tagged than what it read.
         let versions: Vec<u64> = {
-            let state = self
-                .state
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.shared.state();
             resources
                 .iter()
                 .map(|r| state.changed.get(*r).copied().unwrap_or(0))
@@ -589,10 +635,7 @@ impl Store {
         limit: Option<usize>,
         keep: impl Fn(&StoredObject) -> bool,
     ) -> (Vec<StoredObject>, u64, bool) {
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.shared.state();
         let start = ObjectKey::new(resource, namespace.unwrap_or(""), "");
         let lower = match after {
             Some(a) => Bound::Excluded(a.clone()),
@@ -661,10 +704,7 @@ impl Store {
     ) -> Result<StoredObject, StoreError> {
         let mut db = self.db();
         let (rv, existing) = {
-            let state = self
-                .state
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let state = self.shared.state();
             if let Some(source) = state.unreadable.get(key) {
                 return Err(StoreError::Transform {
                     key: key.clone(),
@@ -689,12 +729,6 @@ impl Store {
                 size: stored.json.len(),
             });
         }
-        // What the history drops for this event is dropped from disk in the same transaction.
-        let keep_from = self
-            .history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keep_from(self.limits, 1, stored.json.len(), rv);
         // The bytes on disk: encrypted when a rule lists the resource (the object row and the
         // history row alike), the JSON itself otherwise.
         let on_disk = self
@@ -704,7 +738,23 @@ impl Store {
                 key: key.clone(),
                 source: Box::new(source),
             })?;
-        db::commit(&mut db, key, rv, kind, &on_disk, keep_from)?;
+        // What the history drops for this event is dropped from disk in the same transaction.
+        let trims = self
+            .shared
+            .history()
+            .plan(self.limits, &[(&key.resource, stored.json.len(), rv)]);
+        let write = db::Write {
+            key,
+            rv,
+            kind,
+            data: &on_disk,
+        };
+        db::commit(
+            &mut db,
+            &[write],
+            rv,
+            trims.iter().map(|(r, (_, since))| (r.as_str(), *since)),
+        )?;
         let event = Arc::new(Event {
             rv,
             kind,
@@ -712,30 +762,7 @@ impl Store {
             object: stored.clone(),
             prev: existing,
         });
-        // The history first, then the state: whoever reads the state at a version finds every
-        // event up to it in the history (`snapshot`).
-        {
-            let mut history = self
-                .history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            history.push(event.clone(), self.limits);
-        }
-        {
-            let mut state = self
-                .state
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.rv = rv;
-            state.changed.insert(key.resource.clone(), rv);
-            state.stale.remove(key);
-            match kind {
-                EventType::Deleted => state.objects.remove(key),
-                _ => state.objects.insert(key.clone(), stored.clone()),
-            };
-        }
-        // No receivers is fine.
-        let _ = self.live.send(event);
+        self.shared.apply(&[event], &trims);
         drop(db);
         Ok(stored)
     }
@@ -747,28 +774,35 @@ impl Store {
         namespace: Option<&str>,
         from: u64,
     ) -> Result<WatchStream, StoreError> {
-        // Subscribe before reading the history, so nothing falls between the two.
-        let live = self.live.subscribe();
-        // Read before the history's lock: the state's lock is never taken inside it.
-        let current = self.current_rv();
-        let history = self
-            .history
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let oldest = history.events.front().map_or(current, |e| e.rv - 1);
-        if from < oldest {
+        let mut history = self.shared.history();
+        let since = history.since(resource);
+        if from < since {
             return Err(StoreError::Gone {
                 requested: from,
-                oldest,
+                oldest: since,
             });
         }
+        // Subscribed under the history's lock: an event is in the backlog, or on the channel
+        // (or, between the two, in both: the stream skips what it has seen).
+        let Some(live) = history.subscribe(resource) else {
+            return Err(StoreError::Closed);
+        };
         let backlog: Vec<Arc<Event>> = history
-            .events
-            .iter()
-            .filter(|e| e.rv > from)
+            .window(resource)
+            .and_then(|w| w.after(from).ok())
+            .into_iter()
+            .flatten()
             .cloned()
             .collect();
-        Ok(WatchStream::new(resource, namespace, from, backlog, live))
+        drop(history);
+        Ok(WatchStream::new(
+            self.shared.clone(),
+            resource,
+            namespace,
+            from,
+            backlog,
+            live,
+        ))
     }
 }
 

@@ -5,9 +5,9 @@
 //! has compacted that revision. The store keeps only the current objects, but its watch history
 //! says what changed since: for each object changed after the version, the first change's
 //! `prev` is how it stood then (and an `ADDED` says it did not exist). A page is the current
-//! objects with those put back. When the history no longer reaches back to the version, or an
-//! event replayed after a restart has no `prev`, the page cannot be told and the caller gets
-//! [`StoreError::Gone`], as from etcd after compaction.
+//! objects with those put back. When the resource's window of the history no longer reaches
+//! back to the version, or an event replayed after a restart has no `prev`, the page cannot be
+//! told and the caller gets [`StoreError::Gone`], as from etcd after compaction.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -38,12 +38,9 @@ impl Store {
         keep: impl Fn(&StoredObject) -> bool,
     ) -> Result<SnapshotPage, StoreError> {
         // The state's read lock is held throughout, so no write lands while the page is read;
-        // writers put each event in the history before they apply it to the state, so every
-        // event up to the state's version is there (newer ones are left out).
-        let state = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // writers put each event in its resource's window before they apply it to the state, so
+        // every event up to the state's version is there (newer ones are left out).
+        let state = self.shared.state();
         if let Some(error) = Self::unreadable_in(&state, resource, namespace) {
             return Err(error);
         }
@@ -57,22 +54,20 @@ impl Store {
         let current = state.rv;
         let at = at.unwrap_or(current).min(current);
         if at < current {
-            let history = self
-                .history
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let oldest = history.events.front().map_or(current, |e| e.rv - 1);
-            if at < oldest {
+            let history = self.shared.history();
+            let since = history.since(resource);
+            if at < since {
                 return Err(StoreError::Gone {
                     requested: at,
-                    oldest,
+                    oldest: since,
                 });
             }
-            for event in history
-                .events
-                .iter()
-                .filter(|e| e.rv > at && e.rv <= current && in_range(&e.key))
-            {
+            let changed = history
+                .window(resource)
+                .and_then(|w| w.after(at).ok())
+                .into_iter()
+                .flatten();
+            for event in changed.filter(|e| e.rv <= current && in_range(&e.key)) {
                 if then.contains_key(&event.key) {
                     continue;
                 }

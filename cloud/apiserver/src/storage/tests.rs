@@ -296,3 +296,133 @@ async fn the_history_keeps_a_byte_budget_on_disk_too_and_objects_have_a_size_lim
         Err(StoreError::Gone { .. })
     ));
 }
+
+fn lease(n: u32) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+           "metadata": {"name": "edge-a", "namespace": "kube-node-lease", "labels": {"n": n.to_string()}}})
+}
+
+const LEASES: &str = "leases.coordination.k8s.io";
+
+#[tokio::test]
+async fn a_storm_on_one_resource_lags_no_watch_of_another() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db");
+    let limits = HistoryLimits {
+        events: 2 * LIVE_EVENTS,
+        bytes: HISTORY_BYTES,
+    };
+    let store = Store::open_with_history(&path, limits).expect("open");
+    let lease_key = ObjectKey::new(LEASES, "kube-node-lease", "edge-a");
+    let created = store.create(&lease_key, lease(0)).expect("lease").rv;
+    let mut leases = store.watch(LEASES, None, created).expect("watch leases");
+    let mut early_pods = store.watch("pods", None, created).expect("watch pods");
+    let mut late_pods = None;
+    let mut renewed = 0;
+    // Three channels' worth of pods, none of them read while they are written, with the
+    // lease renewed in the middle; a second pod watch starts when 1.5 channels remain.
+    let storm = 3 * LIVE_EVENTS;
+    for i in 0..storm {
+        if i == storm / 2 {
+            renewed = store.update(&lease_key, lease(1), None).expect("renew").rv;
+        }
+        if i == storm - LIVE_EVENTS * 3 / 2 {
+            late_pods = Some(
+                store
+                    .watch("pods", None, store.current_rv())
+                    .expect("watch"),
+            );
+        }
+        let name = format!("p{i}");
+        store
+            .create(&key(&name), pod(&name, json!({})))
+            .expect("pod");
+    }
+
+    // The lease watch has not read the storm's 3,000 events: it never held them.
+    assert_eq!(
+        leases.position(),
+        created,
+        "its channel still holds the renewal"
+    );
+    let e = leases.next().await.expect("the renewal, not a lag");
+    assert_eq!((e.rv, e.kind), (renewed, EventType::Modified));
+    assert_eq!(e.object.labels.get("n").map(String::as_str), Some("1"));
+    assert_eq!(
+        leases.position(),
+        store.current_rv(),
+        "a bookmark reports every version seen, the other resources' included"
+    );
+
+    // 1.5 channels behind: caught up from the pods' window, every event once, in order.
+    let mut late = late_pods.expect("started");
+    let first = storm - LIVE_EVENTS * 3 / 2;
+    for i in first..storm {
+        let e = late.next().await.expect("caught up from the window");
+        assert_eq!(e.key.name, format!("p{i}"));
+    }
+    assert_eq!(late.position(), store.current_rv());
+
+    // Three channels behind is further than the pods' window reaches: a relist.
+    assert!(matches!(
+        early_pods.next().await,
+        Err(WatchEnded::Lagged(_))
+    ));
+    // And so is a new watch from there; the leases' window still reaches back to it.
+    let oldest = match store.watch("pods", None, created) {
+        Err(StoreError::Gone { oldest, .. }) => oldest,
+        other => panic!("expected Gone, got {:?}", other.err()),
+    };
+    assert_eq!(
+        store.current_rv() - oldest - 1,
+        2 * LIVE_EVENTS as u64 - 2,
+        "the pods hold the budget but the lease's two events (the renewal is among their versions)"
+    );
+    store
+        .watch(LEASES, None, created)
+        .expect("the lease's window");
+
+    // The windows are where they were after a restart.
+    drop(store);
+    let store = Store::open_with_history(&path, limits).expect("reopen");
+    let mut leases = store
+        .watch(LEASES, None, created)
+        .expect("the lease's window");
+    assert_eq!(leases.next().await.expect("replayed").rv, renewed);
+    match store.watch("pods", None, created) {
+        Err(StoreError::Gone { oldest: again, .. }) => assert_eq!(again, oldest),
+        other => panic!("expected Gone, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn a_busy_resource_gives_way_first_and_a_quiet_one_keeps_its_past() {
+    let dir = tempfile::tempdir().expect("dir");
+    let limits = HistoryLimits {
+        events: 100,
+        bytes: HISTORY_BYTES,
+    };
+    let store = Store::open_with_history(&dir.path().join("db"), limits).expect("open");
+    let lease_key = ObjectKey::new(LEASES, "kube-node-lease", "edge-a");
+    store.create(&lease_key, lease(0)).expect("lease");
+    for i in 0..10 {
+        store.update(&lease_key, lease(i), None).expect("renew");
+    }
+    for i in 0..500 {
+        let name = format!("p{i}");
+        store
+            .create(&key(&name), pod(&name, json!({})))
+            .expect("pod");
+    }
+    // The leases' eleven events are all still there; the pods have the rest of the budget.
+    let mut leases = store.watch(LEASES, None, 0).expect("from the start");
+    for rv in 1..=11 {
+        assert_eq!(leases.next().await.expect("lease").rv, rv);
+    }
+    let current = store.current_rv();
+    let oldest = match store.watch("pods", None, 0) {
+        Err(StoreError::Gone { oldest, .. }) => oldest,
+        other => panic!("expected Gone, got {:?}", other.err()),
+    };
+    assert_eq!(current - oldest, 89, "100 events in all, 11 of them leases");
+}
