@@ -6,6 +6,7 @@
 //! wasmtime, containers through containerd's CRI), then [`status`] for what
 //! Edged reports of a pod.
 
+pub mod backend;
 pub mod crilog;
 pub mod cron;
 pub mod device;

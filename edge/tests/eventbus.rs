@@ -10,6 +10,8 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use wedge_core::backend::TwinBackend;
+use wedge_core::backend::{BusBackend, BusMessage, MessageQueue, Qos};
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 use wedge_core::twin::TwinValue;
 use wedge_edge::devicetwin::DeviceTwin;
@@ -18,8 +20,6 @@ use wedge_edge::eventbus::uploads::{MAX_PENDING, Uploads};
 use wedge_edge::eventbus::{BrokerChoice, EventBus};
 use wedge_edge::metamanager::MetaManager;
 use wedge_edge::store::Database;
-use wedge_edged_wasm::host::device::TwinBackend;
-use wedge_edged_wasm::host::messaging::{BusBackend, BusMessage, MessageQueue, Qos};
 
 const NODE: &str = "edge-a";
 const WAIT: Duration = Duration::from_secs(10);

@@ -18,12 +18,13 @@ use wedge_core::grants::{HandlerTriggers, PodGrants};
 use wedge_core::twin::{TwinChange, TwinSide};
 
 use crate::host::device::stamped_to_wit;
-use crate::host::messaging::{BusMessage, MessageQueue, message_to_wit, now_ms};
+use crate::host::messaging::message_to_wit;
 use crate::host::{Backends, HostState};
 use crate::instance::{Exit, InstanceError, handler_store, ticks, wasi_ctx};
 use crate::limits::ContainerMeters;
 use crate::logs::ContainerLog;
 use crate::spec::ContainerPlan;
+use wedge_core::backend::{BusMessage, MessageQueue, now_ms};
 
 mod bindings {
     wasmtime::component::bindgen!({

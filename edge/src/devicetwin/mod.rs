@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use wedge_core::backend::{TwinBackend, TwinBackendError};
 use wedge_core::device::{self, Device, DeviceModel};
 use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
 use wedge_core::twin::{
     AccessMode, DeviceState, StampedValue, TwinChange, TwinProperty, TwinSide, TwinValue,
 };
-use wedge_edged_wasm::host::device::{TwinBackend, TwinBackendError};
 
 use crate::metamanager::{MetaManager, Subscription};
 use crate::store::{Database, Outbox, StoreError, StoredTwin, TwinStore};

@@ -1,7 +1,7 @@
 use serde_json::json;
+use wedge_core::backend::{TwinBackend, TwinBackendError};
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 use wedge_core::twin::{DeviceState, TwinSide, TwinValue};
-use wedge_edged_wasm::host::device::{TwinBackend, TwinBackendError};
 
 use super::DeviceTwin;
 use crate::metamanager::MetaManager;

@@ -34,8 +34,8 @@ use async_trait::async_trait;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use wedge_core::backend::{BusBackend, BusError, BusMessage, MessageQueue, Qos};
 use wedge_core::topic;
-use wedge_edged_wasm::host::messaging::{BusBackend, BusError, BusMessage, MessageQueue, Qos};
 
 use crate::devicetwin::DeviceTwin;
 use twin_api::Outgoing;
@@ -416,7 +416,7 @@ async fn poll(
                 topic: p.topic,
                 payload: p.payload.to_vec(),
                 retained: p.retain,
-                received_ms: wedge_edged_wasm::host::messaging::now_ms(),
+                received_ms: wedge_core::backend::now_ms(),
             }),
             Ok(_) => continue,
             Err(e) => {

@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use wedge_core::backend::TwinBackendError;
 use wedge_core::device;
 use wedge_core::twin::{AccessMode, StampedValue, TwinChange, TwinProperty, TwinSide, TwinValue};
-use wedge_edged_wasm::host::device::TwinBackendError;
 
 use super::topics::{self, Request};
 use crate::devicetwin::DeviceTwin;

@@ -1,18 +1,16 @@
 //! `wedge:device`: the device twin as host functions, checked against the pod's grants.
 //!
-//! The twin itself lives behind [`TwinBackend`]: the edge's SQLite DeviceTwin in production, the
+//! The twin itself lives behind `wedge_core::backend::TwinBackend`: the edge's SQLite DeviceTwin in production, the
 //! [`super::in_process`] backend in tests. This module only translates between WIT and the
 //! backend and enforces what the pod may touch; a device the pod was not granted is
 //! `not-permitted` whether or not it exists.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use tokio::sync::broadcast;
+use wedge_core::backend::{TwinBackend, TwinBackendError};
 use wedge_core::grants::{DeviceAccess, PodGrants};
 use wedge_core::twin::{
-    self, AccessMode, DeviceState, PropertyType, StampedValue, TwinChange, TwinProperty, TwinValue,
-    ValueError,
+    AccessMode, DeviceState, PropertyType, StampedValue, TwinValue, ValueError,
 };
 
 pub(crate) mod bindings {
@@ -24,53 +22,6 @@ pub(crate) mod bindings {
 }
 
 use bindings::wedge::device::types as wit;
-
-/// Why the twin backend could not answer.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum TwinBackendError {
-    /// No such device on this node.
-    #[error("no device {0:?} on this node")]
-    NoSuchDevice(String),
-    /// No such property in the device's model.
-    #[error("device {device:?} has no property {property:?}")]
-    NoSuchProperty {
-        /// The device.
-        device: String,
-        /// The property.
-        property: String,
-    },
-    /// The value does not fit the property.
-    #[error(transparent)]
-    Value(#[from] ValueError),
-    /// The property is read-only.
-    #[error("property {0:?} is read-only")]
-    ReadOnly(String),
-    /// The store failed.
-    #[error("twin store unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// The device twin store as the Wasm host needs it.
-#[async_trait]
-pub trait TwinBackend: Send + Sync + 'static {
-    /// The device, if bound to this node.
-    async fn device(&self, name: &str) -> Result<Option<twin::DeviceTwin>, TwinBackendError>;
-    /// Both sides of a property.
-    async fn property(
-        &self,
-        device: &str,
-        property: &str,
-    ) -> Result<TwinProperty, TwinBackendError>;
-    /// Sets a desired value (checked against the model) and returns its new version.
-    async fn set_desired(
-        &self,
-        device: &str,
-        property: &str,
-        value: TwinValue,
-    ) -> Result<u64, TwinBackendError>;
-    /// Every change from now on. Receivers that fall behind lose the oldest changes.
-    fn changes(&self) -> broadcast::Receiver<TwinChange>;
-}
 
 /// The device half of a store's data: the backend and the pod's grants.
 #[derive(Clone)]

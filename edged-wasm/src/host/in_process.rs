@@ -14,8 +14,9 @@ use wedge_core::twin::{
     AccessMode, DeviceTwin, StampedValue, TwinChange, TwinProperty, TwinSide, TwinValue,
 };
 
-use super::device::{TwinBackend, TwinBackendError};
-use super::messaging::{BusBackend, BusError, BusMessage, MessageQueue, Qos, now_ms};
+use wedge_core::backend::{
+    BusBackend, BusError, BusMessage, MessageQueue, Qos, TwinBackend, TwinBackendError, now_ms,
+};
 
 #[derive(Default)]
 struct Device {

@@ -5,14 +5,11 @@
 //! backend pushes into; when it is full the oldest message is dropped and counted, so a guest
 //! that stops receiving cannot grow the host's memory.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use tokio::sync::Notify;
 use wasmtime::component::{Resource, ResourceTable};
+use wedge_core::backend::{BusBackend, BusMessage, MessageQueue, Qos, SUBSCRIPTION_QUEUE, now_ms};
 use wedge_core::grants::PodGrants;
 use wedge_core::topic;
 
@@ -27,114 +24,8 @@ pub(crate) mod bindings {
 
 use bindings::wedge::messaging::types as wit;
 
-/// How many messages a subscription holds before dropping the oldest.
-pub const SUBSCRIPTION_QUEUE: usize = 1024;
 /// The largest payload the host accepts (MQTT's own limit is 256 MiB; edges are small).
 pub const MAX_PAYLOAD: usize = 1 << 20;
-
-/// MQTT delivery guarantee.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Qos {
-    /// QoS 0.
-    AtMostOnce,
-    /// QoS 1.
-    AtLeastOnce,
-    /// QoS 2.
-    ExactlyOnce,
-}
-
-/// A message on the bus.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BusMessage {
-    /// The topic.
-    pub topic: String,
-    /// The payload.
-    pub payload: Vec<u8>,
-    /// Whether it was the retained message.
-    pub retained: bool,
-    /// When the edge received it (ms since the epoch).
-    pub received_ms: u64,
-}
-
-/// Why the bus could not do what was asked.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BusError {
-    /// The broker is unreachable or refused.
-    #[error("message bus unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// A bounded queue of messages for one subscriber: the backend pushes, the guest receives.
-#[derive(Debug, Default)]
-pub struct MessageQueue {
-    messages: Mutex<VecDeque<BusMessage>>,
-    lost: AtomicU64,
-    arrived: Notify,
-}
-
-impl MessageQueue {
-    /// Adds a message, dropping the oldest if the queue is full.
-    pub fn push(&self, message: BusMessage) {
-        {
-            let mut q = self
-                .messages
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if q.len() >= SUBSCRIPTION_QUEUE {
-                q.pop_front();
-                self.lost.fetch_add(1, Ordering::Relaxed);
-            }
-            q.push_back(message);
-        }
-        self.arrived.notify_one();
-    }
-
-    fn pop(&self) -> Option<BusMessage> {
-        self.messages
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop_front()
-    }
-
-    /// The next message, waiting at most `timeout`.
-    pub async fn next(&self, timeout: Duration) -> Option<BusMessage> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let arrived = self.arrived.notified();
-            if let Some(m) = self.pop() {
-                return Some(m);
-            }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return self.pop();
-            }
-        }
-    }
-
-    /// The next message, however long it takes.
-    pub async fn recv(&self) -> BusMessage {
-        loop {
-            let arrived = self.arrived.notified();
-            if let Some(m) = self.pop() {
-                return m;
-            }
-            arrived.await;
-        }
-    }
-
-    /// How many messages were dropped since the last call.
-    pub fn take_lost(&self) -> u64 {
-        self.lost.swap(0, Ordering::Relaxed)
-    }
-}
-
-/// The message bus as the Wasm host needs it.
-#[async_trait]
-pub trait BusBackend: Send + Sync + 'static {
-    /// Publishes a message (topic already validated and permitted).
-    async fn publish(&self, message: BusMessage, qos: Qos, retain: bool) -> Result<(), BusError>;
-    /// Starts delivering messages matching `filter` into `queue` until the queue is dropped.
-    async fn subscribe(&self, filter: &str, queue: &Arc<MessageQueue>) -> Result<(), BusError>;
-}
 
 /// A guest's subscription, held in its resource table.
 pub struct GuestSubscription {
@@ -167,11 +58,6 @@ pub struct MessagingData;
 
 impl wasmtime::component::HasData for MessagingData {
     type Data<'a> = MessagingView<'a>;
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0)
 }
 
 /// Converts a bus message to its WIT form.

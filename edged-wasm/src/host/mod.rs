@@ -1,8 +1,9 @@
 //! What the host gives a guest: WASI p2, the device twin, the message bus, and the limits around
 //! them, gathered in the store's data ([`HostState`]) and one [`Linker`] for every pod.
 //!
-//! Each WIT package has a module of its own ([`device`], [`messaging`]) with its bindings, its
-//! backend trait and its `Host` implementation; [`in_process`] holds the in-memory backends.
+//! Each WIT package has a module of its own ([`device`], [`messaging`]) with its bindings and its
+//! `Host` implementation over a backend trait of `wedge_core::backend`; [`in_process`] holds the
+//! in-memory backends.
 
 pub mod device;
 #[cfg(test)]
@@ -18,8 +19,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wedge_core::grants::PodGrants;
 
 use crate::limits::{ContainerMeters, CpuAccount, MemoryLimiter};
-use device::{DeviceCtx, TwinBackend};
-use messaging::{BusBackend, MessagingCtx, MessagingData, MessagingView};
+use device::DeviceCtx;
+use messaging::{MessagingCtx, MessagingData, MessagingView};
+use wedge_core::backend::{BusBackend, TwinBackend};
 
 /// The backends the host functions reach: one of each per runtime, shared by all pods.
 #[derive(Clone)]

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use wedge_core::backend::TwinBackend;
 use wedge_core::twin::{
     AccessMode, DeviceState, DeviceTwin, PropertyModel, PropertyType, TwinValue,
 };
-use wedge_edged_wasm::host::device::TwinBackend;
 use wedge_edged_wasm::host::in_process::InProcessTwin;
 
 use crate::wasm::harness::{TestRuntime, pod, running, terminated};
