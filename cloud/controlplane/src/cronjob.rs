@@ -918,7 +918,12 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     let scheduled = (!created.is_empty() && matches!(status_written, Ok(true)))
         .then_some(last_scheduled)
         .flatten();
-    ctx.expect(&uid, Writes { created, deleted }, scheduled);
+    let writes = Writes {
+        created,
+        deleted,
+        created_version: None,
+    };
+    ctx.expect(&uid, writes, scheduled);
     if let Some(e) = failure {
         return Err(e);
     }

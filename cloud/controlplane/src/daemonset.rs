@@ -9,7 +9,12 @@
 //! already running where a `NoSchedule` taint appeared stays, as on Kubernetes.
 //!
 //! Pods are created pinned to their node by required node affinity on `metadata.name` and
-//! bound by the scheduler, as Kubernetes does since 1.12. The template's hash goes in the
+//! bound by the scheduler, as Kubernetes does since 1.12 (the scheduler looks only at the
+//! pinned node: [`crate::scheduler::fit::PodNeeds::pinned_nodes`]). As kube-controller-manager
+//! does, one reconcile creates at most [`BURST_REPLICAS`] pods, in slow-start batches, and
+//! keeps what it wrote as an expectation ([`crate::expectations`]): until the pod watch shows
+//! them, later reconciles of the set only write its status, and the pod events wake it for the
+//! next batch. The pods come from the shared store's index by controller, not a scan of it. The template's hash goes in the
 //! `controller-revision-hash` label; `RollingUpdate` replaces out-of-date pods at most
 //! `maxUnavailable` nodes at a time, `OnDelete` only when the user deletes them. (Kubernetes
 //! also keeps ControllerRevision objects for `kubectl rollout history`; this server does not
@@ -34,18 +39,27 @@ use serde_json::json;
 use crate::Error;
 use crate::deployment::{resolve, template_hash};
 use crate::events::{EventType, Recorder};
+use crate::expectations::{Expectations, Writes, version_of};
+use crate::indexes::{ControllerIndex, Indexed};
 use crate::pods;
+use crate::replicaset::{BURST, slow_start};
 use crate::scheduler::fit::{self, NodeInfo, PodNeeds, Unfit};
 
 /// The label holding the hash of the template a daemon pod was made from.
 pub const REVISION_HASH: &str = "controller-revision-hash";
-/// How long a reconcile waits for the pod store to show its own writes.
-const SETTLE: Duration = Duration::from_secs(5);
+/// How many pods one reconcile creates or deletes at most (kube-controller-manager's
+/// `BurstReplicas` for DaemonSets).
+pub const BURST_REPLICAS: usize = 250;
+/// How soon a set waiting for its writes to show looks again without an event: the shared pod
+/// stream does not deliver deletions (kube-rs #1590).
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// What the reconciler shares.
 pub struct Context {
     client: Client,
     pods: Store<Pod>,
+    index: ControllerIndex<Pod>,
+    expectations: Expectations<String, Writes>,
     nodes: Store<Node>,
     runtime_classes: Store<RuntimeClass>,
     /// Asks registries what the template's images are, for templates without a RuntimeClass.
@@ -66,7 +80,7 @@ pub struct RuntimeSources {
 /// goes, or changes in a way that can change where daemons run.
 pub async fn run(
     client: Client,
-    pods: Store<Pod>,
+    pods: Indexed<Pod>,
     pod_changes: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
     nodes: Store<Node>,
     node_changes: impl futures::Stream<Item = ()> + Send + 'static,
@@ -76,7 +90,9 @@ pub async fn run(
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "daemonset-controller"),
         client: client.clone(),
-        pods,
+        pods: pods.store,
+        index: pods.index,
+        expectations: Expectations::new("pod"),
         nodes,
         runtime_classes: runtimes.runtime_classes,
         image_kinds: runtimes.image_kinds,
@@ -225,8 +241,14 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
+    let synced = ctx
+        .expectations
+        .met(&uid, |w| w.forget_shown(&ctx.pods, &ctx.index, &namespace));
     let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
-    for p in crate::replicaset::owned_pods(&ctx.pods, &namespace, &uid) {
+    for p in ctx.index.owned(&ctx.pods, &namespace, &uid) {
+        if !pods::is_active(&p) {
+            continue;
+        }
         if let Some(n) = node_of(&p) {
             by_node.entry(n).or_default().push(p);
         }
@@ -253,7 +275,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     // Pods on nodes that no longer exist.
     for (n, ps) in &by_node {
-        if !nodes.iter().any(|node| &node.name_any() == n) {
+        if ctx.nodes.get(&ObjectRef::new(n)).is_none() {
             delete.extend(ps.iter().cloned());
         }
     }
@@ -304,10 +326,20 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
             }
         }
     }
-    apply_changes(&ds, &ctx, &pod, &create, &delete).await?;
-    write_status(&ds, &ctx, &hash, &wanted).await
+    if synced {
+        apply_changes(&ds, &ctx, &pod, &create, &delete).await?;
+    }
+    let action = write_status(&ds, &ctx, &hash, &wanted).await?;
+    // Not synced: the pod events the writes cause wake it sooner.
+    Ok(if synced {
+        action
+    } else {
+        Action::requeue(RECHECK)
+    })
 }
 
+/// Creates the pods of up to [`BURST_REPLICAS`] nodes of `create` and deletes up to as many
+/// of `delete`, with their events, and expects what it wrote.
 async fn apply_changes(
     ds: &DaemonSet,
     ctx: &Context,
@@ -316,62 +348,67 @@ async fn apply_changes(
     delete: &[Arc<Pod>],
 ) -> Result<(), Error> {
     let namespace = ds.namespace().unwrap_or_default();
+    let uid = ds.uid().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    // Up to BURST creates in flight: a DaemonSet over thousands of edges is created in seconds,
-    // not one request after another.
-    let created: Vec<String> = futures::stream::iter(create.to_vec())
-        .map(|node: String| {
-            let (api, pod) = (api.clone(), pinned(pod.clone(), &node));
-            async move { create_with_fresh_name(&api, &pod).await }
-        })
-        .buffer_unordered(crate::replicaset::BURST)
-        .map(|r| r.map_err(|e| Error::api("create daemon pod for", ds, e)))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    let reference = ds.object_ref(&());
-    futures::stream::iter(created.clone())
-        .for_each_concurrent(crate::replicaset::BURST, |name: String| {
-            let reference = reference.clone();
+    let create = &create[..create.len().min(BURST_REPLICAS)];
+    let (created, create_failure) = slow_start(create.len(), |i| {
+        let (api, pod) = (api.clone(), pinned(pod.clone(), &create[i]));
+        async move { create_with_fresh_name(&api, &pod).await }
+    })
+    .await;
+    let delete = &delete[..delete.len().min(BURST_REPLICAS)];
+    let names: Vec<String> = delete.iter().map(|p| p.name_any()).collect();
+    let results: Vec<Result<Option<String>, kube::Error>> = futures::stream::iter(names)
+        .map(|name| {
+            let api = api.clone();
             async move {
-                let message = format!("Created pod: {name}");
-                ctx.recorder
-                    .record(reference, EventType::Normal, "SuccessfulCreate", &message)
-                    .await;
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => Ok(Some(name)),
+                    Err(e) if Error::is_gone_or_conflict(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
         })
+        .buffer_unordered(BURST)
+        .collect()
         .await;
-    let mut deleted = Vec::new();
-    for p in delete {
-        match api.delete(&p.name_any(), &DeleteParams::default()).await {
-            Err(e) if !Error::is_gone_or_conflict(&e) => {
-                return Err(Error::api("delete daemon pod of", ds, e));
-            }
-            _ => {}
+    let (mut deleted, mut delete_failure) = (Vec::new(), None);
+    for r in results {
+        match r {
+            Ok(name) => deleted.extend(name),
+            Err(e) => delete_failure = delete_failure.or(Some(e)),
         }
-        let message = format!("Deleted pod: {}", p.name_any());
-        ctx.recorder
-            .record(
-                ds.object_ref(&()),
-                EventType::Normal,
-                "SuccessfulDelete",
-                &message,
-            )
-            .await;
-        deleted.push(p.name_any());
     }
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    while tokio::time::Instant::now() < deadline {
-        let seen = |n: &String| ctx.pods.get(&ObjectRef::new(n).within(&namespace));
-        let settled = created.iter().all(|n| seen(n).is_some())
-            && deleted
-                .iter()
-                .all(|n| seen(n).is_none_or(|p| !pods::is_active(&p)));
-        if settled {
-            break;
+    let writes = Writes {
+        created: created.iter().map(ResourceExt::name_any).collect(),
+        deleted,
+        created_version: created.iter().filter_map(|p| version_of(&p.metadata)).max(),
+    };
+    if !writes.is_empty() {
+        ctx.expectations.expect(uid, writes.clone());
+    }
+    let reference = ds.object_ref(&());
+    for (reason, names) in [
+        ("SuccessfulCreate", &writes.created),
+        ("SuccessfulDelete", &writes.deleted),
+    ] {
+        let verb = if reason == "SuccessfulCreate" {
+            "Created"
+        } else {
+            "Deleted"
+        };
+        for name in names {
+            let message = format!("{verb} pod: {name}");
+            ctx.recorder
+                .record(reference.clone(), EventType::Normal, reason, &message)
+                .await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if let Some(e) = create_failure {
+        return Err(Error::api("create daemon pod for", ds, e));
+    }
+    if let Some(e) = delete_failure {
+        return Err(Error::api("delete daemon pod of", ds, e));
     }
     Ok(())
 }
@@ -379,11 +416,11 @@ async fn apply_changes(
 /// Creates `pod`, asking again when its generated name was taken: with thousands of pods of
 /// one DaemonSet, five random characters collide now and then (the API answers 409, as
 /// Kubernetes does, and clients retry).
-async fn create_with_fresh_name(api: &Api<Pod>, pod: &Pod) -> Result<String, kube::Error> {
+async fn create_with_fresh_name(api: &Api<Pod>, pod: &Pod) -> Result<Pod, kube::Error> {
     let mut attempts = 0;
     loop {
         match api.create(&PostParams::default(), pod).await {
-            Ok(p) => return Ok(p.name_any()),
+            Ok(p) => return Ok(p),
             Err(kube::Error::Api(s)) if s.code == 409 && attempts < 3 => attempts += 1,
             Err(e) => return Err(e),
         }
@@ -397,7 +434,10 @@ async fn write_status(
     wanted: &BTreeSet<String>,
 ) -> Result<Action, Error> {
     let namespace = ds.namespace().unwrap_or_default();
-    let owned = crate::replicaset::owned_pods(&ctx.pods, &namespace, &ds.uid().unwrap_or_default());
+    let mut owned = ctx
+        .index
+        .owned(&ctx.pods, &namespace, &ds.uid().unwrap_or_default());
+    owned.retain(|p| pods::is_active(p));
     let scheduled: Vec<&Arc<Pod>> = owned
         .iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
@@ -470,7 +510,125 @@ fn error_policy(_ds: Arc<DaemonSet>, error: &Error, _ctx: Arc<Context>) -> Actio
 
 #[cfg(test)]
 mod tests {
+    use kube::runtime::reflector;
+
     use super::*;
+    use crate::fake_api::FakeApi;
+
+    fn ready_node(name: &str) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+        .expect("node")
+    }
+
+    fn fleet() -> Arc<DaemonSet> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "agent", "namespace": "default", "uid": "ds-uid"},
+                "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                         "template": {"metadata": {"labels": {"app": "agent"}},
+                                      "spec": {"containers": [{"name": "a", "image": "i"}]}}}
+            }))
+            .expect("daemonset"),
+        )
+    }
+
+    struct Harness {
+        api: FakeApi,
+        ctx: Arc<Context>,
+        pod_writer: reflector::store::Writer<Pod>,
+        node_writer: reflector::store::Writer<Node>,
+    }
+
+    impl Harness {
+        fn new(nodes: usize) -> Self {
+            let api = FakeApi::default();
+            let client = api.client();
+            let (pods, pod_writer) = reflector::store();
+            let (node_store, mut node_writer) = reflector::store();
+            for i in 0..nodes {
+                node_writer
+                    .apply_watcher_event(&watcher::Event::Apply(ready_node(&format!("edge-{i}"))));
+            }
+            let (runtime_classes, _) = reflector::store();
+            let ctx = Arc::new(Context {
+                recorder: Recorder::new(client.clone(), "daemonset-controller"),
+                client,
+                pods,
+                index: ControllerIndex::default(),
+                expectations: Expectations::new("pod"),
+                nodes: node_store,
+                runtime_classes,
+                image_kinds: None,
+            });
+            Self {
+                api,
+                ctx,
+                pod_writer,
+                node_writer,
+            }
+        }
+
+        fn watch_catches_up(&mut self) {
+            for pod in self.api.pods() {
+                let event = watcher::Event::Apply(pod);
+                self.ctx.index.apply(&event);
+                self.pod_writer.apply_watcher_event(&event);
+            }
+        }
+
+        /// Nodes that have a daemon pod in the API, and how many each.
+        fn pods_per_node(&self) -> BTreeMap<String, usize> {
+            let mut per = BTreeMap::new();
+            for p in self.api.pods() {
+                *per.entry(node_of(&p).unwrap_or_default()).or_default() += 1;
+            }
+            per
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn daemon_pods_are_created_once_per_node_across_reconciles() {
+        let mut h = Harness::new(3);
+        reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
+        assert_eq!(
+            h.pods_per_node().values().copied().collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        // Before the watch shows them, and after: no second pod on any node.
+        reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
+        h.watch_catches_up();
+        reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
+        assert_eq!(
+            h.pods_per_node().values().copied().collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        // A node joins: its pod, and only its.
+        h.node_writer
+            .apply_watcher_event(&watcher::Event::Apply(ready_node("edge-9")));
+        reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
+        let per = h.pods_per_node();
+        assert_eq!(per.len(), 4);
+        assert!(per.values().all(|n| *n == 1), "{per:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_creates_at_most_a_burst_and_the_watch_releases_the_next() {
+        let mut h = Harness::new(BURST_REPLICAS + 50);
+        reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
+        assert_eq!(h.api.pods().len(), BURST_REPLICAS);
+        reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
+        assert_eq!(
+            h.api.pods().len(),
+            BURST_REPLICAS,
+            "the watch has not shown them"
+        );
+        h.watch_catches_up();
+        reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
+        let per = h.pods_per_node();
+        assert_eq!(per.len(), BURST_REPLICAS + 50);
+        assert!(per.values().all(|n| *n == 1));
+    }
 
     #[test]
     fn daemon_pods_are_pinned_and_tolerate_offline_nodes() {

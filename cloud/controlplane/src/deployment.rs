@@ -18,6 +18,12 @@
 //!    `ProgressDeadlineExceeded`).
 //!
 //! Then the ReplicaSet's changes (pods created, becoming available) trigger the next step.
+//!
+//! The ReplicaSets it wrote (created, scaled, annotated) are kept as an expectation
+//! ([`crate::expectations`]): until the ReplicaSet watch shows them at those versions, a
+//! reconcile of the Deployment does nothing and the ReplicaSet events wake it, so no step is
+//! taken from a store older than the last one. Its ReplicaSets come from the store's index by
+//! controller, not a scan of every ReplicaSet.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,14 +36,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
-use crate::pods;
+use crate::expectations::{Expectations, version_of};
+use crate::indexes::Indexed;
 
 /// The label that ties a ReplicaSet and its pods to one template.
 pub const TEMPLATE_HASH: &str = "pod-template-hash";
@@ -46,23 +53,28 @@ pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
-/// How long a reconcile waits for the ReplicaSet store to show its own writes.
-const SETTLE: Duration = Duration::from_secs(5);
+/// How soon a Deployment waiting for its writes to show looks again without an event.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The ReplicaSets a reconcile wrote, by name, with the versions the API answered.
+type Written = BTreeMap<String, u64>;
 
 /// What the reconciler shares.
 pub struct Context {
     client: Client,
-    replicasets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    replicasets: Indexed<ReplicaSet>,
+    pods: Indexed<Pod>,
+    /// By Deployment uid.
+    expectations: Expectations<String, Written>,
     recorder: Recorder,
 }
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
-    replicasets: Store<ReplicaSet>,
+    replicasets: Indexed<ReplicaSet>,
     replicaset_changes: impl futures::Stream<Item = Arc<ReplicaSet>> + Send + 'static,
-    pods: Store<Pod>,
+    pods: Indexed<Pod>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let context = Arc::new(Context {
@@ -70,6 +82,7 @@ pub async fn run(
         client: client.clone(),
         replicasets,
         pods,
+        expectations: Expectations::new("replicaset"),
     });
     Controller::new(Api::<Deployment>::all(client), watcher::Config::default())
         .owns_shared_stream(replicaset_changes)
@@ -162,13 +175,22 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let namespace = d.namespace().unwrap_or_default();
     let uid = d.uid().unwrap_or_default();
-    let mut sets: Vec<Arc<ReplicaSet>> = ctx
-        .replicasets
-        .state()
-        .into_iter()
-        .filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()))
-        .filter(|r| pods::controller_of(&r.metadata).is_some_and(|o| o.uid == uid))
-        .collect();
+    let shown = ctx.expectations.met(&uid, |written| {
+        written.retain(|name, version| {
+            let seen = ctx
+                .replicasets
+                .store
+                .get(&ObjectRef::new(name).within(&namespace))
+                .and_then(|r| version_of(&r.metadata));
+            seen.is_none_or(|seen| seen < *version)
+        });
+        written.is_empty()
+    });
+    if !shown {
+        // The ReplicaSet events its writes cause wake it sooner.
+        return Ok(Action::requeue(RECHECK));
+    }
+    let mut sets = ctx.replicasets.owned(&namespace, &uid);
     sets.sort_by_key(|r| {
         (
             revision(r),
@@ -228,7 +250,13 @@ async fn ensure_newest_revision(
     if let Some(cause) = d.annotations().get(CHANGE_CAUSE) {
         annotations[CHANGE_CAUSE] = json!(cause);
     }
-    let patched = patch_rs(ctx, &rs, json!({"metadata": {"annotations": annotations}})).await?;
+    let patched = patch_rs(
+        d,
+        ctx,
+        &rs,
+        json!({"metadata": {"annotations": annotations}}),
+    )
+    .await?;
     Ok(patched)
 }
 
@@ -285,7 +313,7 @@ async fn create_new(
         Ok(created) => {
             let message = format!("Scaled up replica set {} to 0 from 0", created.name_any());
             tracing::debug!(%message, "new replicaset");
-            settle(&ctx.replicasets, &created).await;
+            expect_written(ctx, d, &created);
             Ok(Arc::new(created))
         }
         // A ReplicaSet of that name with another template: count the collision and retry
@@ -306,7 +334,12 @@ async fn create_new(
     }
 }
 
-async fn patch_rs(ctx: &Context, rs: &ReplicaSet, patch: Value) -> Result<Arc<ReplicaSet>, Error> {
+async fn patch_rs(
+    d: &Deployment,
+    ctx: &Context,
+    rs: &ReplicaSet,
+    patch: Value,
+) -> Result<Arc<ReplicaSet>, Error> {
     let api: Api<ReplicaSet> =
         Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
     let patched = api
@@ -317,28 +350,17 @@ async fn patch_rs(ctx: &Context, rs: &ReplicaSet, patch: Value) -> Result<Arc<Re
         )
         .await
         .map_err(|e| Error::api("update", rs, e))?;
-    settle(&ctx.replicasets, &patched).await;
+    expect_written(ctx, d, &patched);
     Ok(Arc::new(patched))
 }
 
-/// Waits until the store holds `rs` at least as new as this.
-async fn settle(store: &Store<ReplicaSet>, rs: &ReplicaSet) {
-    let key = ObjectRef::from_obj(rs);
-    let want: u64 = rs
-        .resource_version()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    while tokio::time::Instant::now() < deadline {
-        let seen: u64 = store
-            .get(&key)
-            .and_then(|r| r.resource_version())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if seen >= want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// Expects the ReplicaSet store to show `rs` at least as new as this before `d`'s next step.
+fn expect_written(ctx: &Context, d: &Deployment, rs: &ReplicaSet) {
+    if let Some(version) = version_of(&rs.metadata) {
+        ctx.expectations
+            .expect_also(d.uid().unwrap_or_default(), |written| {
+                written.insert(rs.name_any(), version);
+            });
     }
 }
 
@@ -353,6 +375,7 @@ async fn scale(
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let surge = max_surge(d, desired);
     let patched = patch_rs(
+        d,
         ctx,
         rs,
         json!({
@@ -478,12 +501,11 @@ async fn recreate_step(
         scale(d, ctx, rs, 0).await?;
     }
     // The new pods start only once the old ones are gone.
-    let old_uids: Vec<String> = old.iter().filter_map(|r| r.uid()).collect();
-    let old_pods_left = ctx
-        .pods
-        .state()
+    let namespace = d.namespace().unwrap_or_default();
+    let old_pods_left = old
         .iter()
-        .any(|p| pods::controller_of(&p.metadata).is_some_and(|o| old_uids.contains(&o.uid)));
+        .filter_map(|r| r.uid())
+        .any(|uid| !ctx.pods.owned(&namespace, &uid).is_empty());
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     if !old_pods_left && spec_replicas(new) != desired {
         scale(d, ctx, new, desired).await?;
@@ -567,13 +589,7 @@ async fn write_status(
 ) -> Result<Action, Error> {
     let namespace = d.namespace().unwrap_or_default();
     let uid = d.uid().unwrap_or_default();
-    let sets: Vec<Arc<ReplicaSet>> = ctx
-        .replicasets
-        .state()
-        .into_iter()
-        .filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()))
-        .filter(|r| pods::controller_of(&r.metadata).is_some_and(|o| o.uid == uid))
-        .collect();
+    let sets = ctx.replicasets.owned(&namespace, &uid);
     let count = |f: fn(&ReplicaSet) -> i32| sets.iter().map(|r| f(r)).sum::<i32>();
     let replicas = count(|r| r.status.as_ref().map_or(0, |s| s.replicas));
     let ready = count(|r| {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::indexes::ControllerIndex;
+
 /// How long an unmet expectation holds an owner up before it is dropped.
 pub const TTL: Duration = Duration::from_secs(30);
 
@@ -33,13 +35,13 @@ impl<K: Eq + Hash + Debug, E> Expectations<K, E> {
         }
     }
 
-    /// Whether the last writes for `key` show (`shown`), or there are none, or they are too old
-    /// to wait for. Shown or expired ones are forgotten.
-    pub fn met(&self, key: &K, shown: impl FnOnce(&E) -> bool) -> bool {
+    /// Whether the last writes for `key` show (`shown`, which may forget the parts that do),
+    /// or there are none, or they are too old to wait for. Shown or expired ones are forgotten.
+    pub fn met(&self, key: &K, shown: impl FnOnce(&mut E) -> bool) -> bool {
         let Ok(mut all) = self.all.lock() else {
             return true;
         };
-        let Some((e, at)) = all.get(key) else {
+        let Some((e, at)) = all.get_mut(key) else {
             return true;
         };
         let met = shown(e);
@@ -63,6 +65,20 @@ impl<K: Eq + Hash + Debug, E> Expectations<K, E> {
     }
 }
 
+impl<K: Eq + Hash + Debug, E: Default> Expectations<K, E> {
+    /// Adds to what the next reconcile of `key` must see (to nothing, if nothing is expected
+    /// now), and restarts its clock.
+    pub fn expect_also(&self, key: K, add: impl FnOnce(&mut E)) {
+        if let Ok(mut all) = self.all.lock() {
+            all.retain(|_, (_, at)| at.elapsed() <= TTL);
+            let now = tokio::time::Instant::now();
+            let (e, at) = all.entry(key).or_insert_with(|| (E::default(), now));
+            add(e);
+            *at = now;
+        }
+    }
+}
+
 /// The names a reconcile created and deleted in one namespace.
 #[derive(Debug, Clone, Default)]
 pub struct Writes {
@@ -70,6 +86,9 @@ pub struct Writes {
     pub created: Vec<String>,
     /// Deleted.
     pub deleted: Vec<String>,
+    /// The newest resourceVersion the creates were answered with: once the watch has passed
+    /// it, a created object the store does not hold was created and deleted between two looks.
+    pub created_version: Option<u64>,
 }
 
 impl Writes {
@@ -91,6 +110,47 @@ impl Writes {
                 .iter()
                 .all(|n| seen(n).is_none_or(|o| o.meta().deletion_timestamp.is_some()))
     }
+}
+
+impl Writes {
+    /// Forgets the writes the watch has shown: created objects `store` holds (or that the
+    /// watch, as `index` follows it, has passed and no longer holds: created and deleted
+    /// meanwhile), deleted ones it no longer holds or holds terminating. Whether all are shown.
+    /// Each object is looked for until it shows, not at every call.
+    pub fn forget_shown<K>(
+        &mut self,
+        store: &Store<K>,
+        index: &ControllerIndex<K>,
+        namespace: &str,
+    ) -> bool
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let passed = self
+            .created_version
+            .is_some_and(|v| index.seen_version() >= v);
+        self.created.retain(|n| {
+            let key = ObjectRef::new(n).within(namespace);
+            // The index is ahead of the store by at most the event being applied: one it
+            // holds that the store does not hold yet is waited for.
+            store.get(&key).is_none() && (!passed || index.contains(&key))
+        });
+        self.deleted.retain(|n| {
+            store
+                .get(&ObjectRef::new(n).within(namespace))
+                .is_some_and(|o| o.meta().deletion_timestamp.is_none())
+        });
+        self.is_empty()
+    }
+}
+
+/// The resourceVersion of an object the API answered with, as a number (this API server's
+/// are; another's that are not give `None`, and created objects are then waited for in the
+/// store alone).
+pub fn version_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<u64> {
+    meta.resource_version.as_deref()?.parse().ok()
 }
 
 /// Owners whose objects the API refused as invalid, by uid, with the generation refused: not

@@ -79,6 +79,7 @@ use serde_json::{Value, json};
 use crate::Error;
 use crate::events::{EventType, Recorder};
 use crate::expectations::{Expectations, Refusals, Writes, api_message};
+use crate::indexes::{ControllerIndex, Indexed};
 use crate::pods;
 
 /// The annotation and label holding an Indexed Job pod's completion index.
@@ -120,6 +121,8 @@ const DEADLINE_EXCEEDED: (&str, &str) = (
 pub struct Context {
     client: Client,
     pods: Store<Pod>,
+    /// The pods by controller uid.
+    index: ControllerIndex<Pod>,
     recorder: Recorder,
     /// What the last reconcile of each Job (by uid) wrote.
     expectations: Expectations<String, Writes>,
@@ -131,14 +134,15 @@ pub struct Context {
 /// `pod_changes` its subscription.
 pub async fn run(
     client: Client,
-    pods: Store<Pod>,
+    pods: Indexed<Pod>,
     pod_changes: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "job-controller"),
         client: client.clone(),
-        pods,
+        pods: pods.store,
+        index: pods.index,
         expectations: Expectations::new("pod"),
         refused: Refusals::default(),
     });
@@ -872,16 +876,6 @@ pub fn pod_from_template(job: &Job, index: Option<i32>) -> Pod {
     }
 }
 
-/// Every pod `job` controls, finished and terminating ones included.
-fn owned_pods(store: &Store<Pod>, namespace: &str, uid: &str) -> Vec<Arc<Pod>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| pods::controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-        .collect()
-}
-
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     if job.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -924,7 +918,7 @@ async fn sync(
         // The pod events our writes cause wake this Job; deletions may not be announced.
         return Ok(Some(RECHECK));
     }
-    let owned = owned_pods(&ctx.pods, namespace, uid);
+    let owned = ctx.index.owned(&ctx.pods, namespace, uid);
     let mut plan = decide(job, &owned, now);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let generation = job.metadata.generation;
@@ -979,6 +973,7 @@ async fn sync(
     let writes = Writes {
         created: created.clone(),
         deleted,
+        created_version: None,
     };
     if !writes.is_empty() {
         ctx.expectations.expect(uid.to_owned(), writes);

@@ -22,8 +22,9 @@
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
 //! - [`rootca`]: the `kube-root-ca.crt` ConfigMap in every namespace;
-//! - [`events`], [`expectations`], [`pods`], [`selector`], [`resources`], [`clock`]: what the
-//!   controllers share ([`services`]: what the two endpoints controllers share).
+//! - [`events`], [`expectations`], [`indexes`], [`pods`], [`selector`], [`resources`],
+//!   [`clock`]: what the controllers share ([`services`]: what the two endpoints controllers
+//!   share).
 
 pub mod clock;
 pub mod cronjob;
@@ -35,7 +36,10 @@ pub mod endpointslice;
 pub mod error;
 pub mod events;
 pub mod expectations;
+#[cfg(test)]
+mod fake_api;
 pub mod gc;
+pub mod indexes;
 pub mod job;
 pub mod leader;
 pub mod namespace;
@@ -183,8 +187,18 @@ pub async fn run_controllers_at(
             "setup: a shared pod store had subscribers before the watch".to_owned(),
         ));
     };
+    // The index by controller follows the same events, applied before the store's.
+    let pod_index = indexes::ControllerIndex::default();
     let pod_feed = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .inspect({
+            let index = pod_index.clone();
+            move |event| {
+                if let Ok(event) = event {
+                    index.apply(event);
+                }
+            }
+        })
         .reflect_shared(writer)
         .for_each(|event| {
             if let Err(error) = event {
@@ -198,11 +212,20 @@ pub async fn run_controllers_at(
             "setup: a shared replicaset store had subscribers before the watch".to_owned(),
         ));
     };
+    let rs_index = indexes::ControllerIndex::default();
     let rs_feed = watcher(
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
+    .inspect({
+        let index = rs_index.clone();
+        move |event| {
+            if let Ok(event) = event {
+                index.apply(event);
+            }
+        }
+    })
     .reflect_shared(rs_writer)
     .for_each(|event| {
         if let Err(error) = event {
@@ -239,18 +262,26 @@ pub async fn run_controllers_at(
         }
         futures::future::ready(())
     });
+    let indexed_pods = indexes::Indexed {
+        store: pods.clone(),
+        index: pod_index,
+    };
+    let indexed_sets = indexes::Indexed {
+        store: replicasets,
+        index: rs_index,
+    };
     let root_ca = config.root_ca.clone();
     let stop = || shutdown.clone().cancelled_owned();
     let ended = tokio::select! {
         part = named("pod watch", pod_feed) => part,
         part = named("scheduler", scheduler::run(scheduler_client, config.insecure_registries.clone(), shutdown.clone())) => part,
         part = named("replicaset watch", rs_feed) => part,
-        part = named("replicaset controller", replicaset::run(client.clone(), pods.clone(), replicaset_pods, stop())) => part,
-        part = named("job controller", job::run(client.clone(), pods.clone(), job_pods, stop())) => part,
+        part = named("replicaset controller", replicaset::run(client.clone(), indexed_pods.clone(), replicaset_pods, stop())) => part,
+        part = named("job controller", job::run(client.clone(), indexed_pods.clone(), job_pods, stop())) => part,
         part = named("disruption controller", disruption::run(client.clone(), pods.clone(), disruption_pods, stop())) => part,
         part = named("cronjob controller", cronjob::run(client.clone(), clock.clone(), stop())) => part,
         part = named("horizontal pod autoscaler", podautoscaler::run(client.clone(), config.podautoscaler, clock, stop())) => part,
-        part = named("statefulset controller", statefulset::run(client.clone(), pods.clone(), statefulset_pods, stop())) => part,
+        part = named("statefulset controller", statefulset::run(client.clone(), indexed_pods.clone(), statefulset_pods, stop())) => part,
         part = named("endpoints controller", endpoints::run(client.clone(), pods.clone(), endpoints_pods, stop())) => part,
         part = named("endpointslice controller", endpointslice::run(client.clone(), pods.clone(), endpointslice_pods, nodes.clone(), stop())) => part,
         part = named("node watch", node_feed) => part,
@@ -266,7 +297,7 @@ pub async fn run_controllers_at(
         }) => part,
         part = named("daemonset controller", daemonset::run(
             client.clone(),
-            pods.clone(),
+            indexed_pods.clone(),
             daemonset_pods,
             nodes.clone(),
             placement_changes(nodes.clone(), daemonset_nodes),
@@ -276,7 +307,7 @@ pub async fn run_controllers_at(
             },
             stop(),
         )) => part,
-        part = named("deployment controller", deployment::run(client.clone(), replicasets, deployment_sets, pods.clone(), stop())) => part,
+        part = named("deployment controller", deployment::run(client.clone(), indexed_sets, deployment_sets, indexed_pods, stop())) => part,
         () = shutdown.cancelled() => return Ok(()),
     };
     // Stopping for shutdown ends the controllers too, maybe before the arm above is polled.

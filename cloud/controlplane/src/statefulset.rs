@@ -64,6 +64,7 @@ use serde_json::{Value, json};
 use crate::Error;
 use crate::events::{EventType, Recorder};
 use crate::expectations::{Expectations, Refusals, Writes, api_message};
+use crate::indexes::{ControllerIndex, Indexed};
 use crate::pods;
 
 /// The label naming a StatefulSet pod (so a Service can select one).
@@ -696,6 +697,8 @@ pub fn recreate_backoff(count: u32) -> Duration {
 pub struct Context {
     client: Client,
     pods: Store<Pod>,
+    /// The pods by controller uid.
+    index: ControllerIndex<Pod>,
     recorder: Recorder,
     /// What the last reconcile of each set (by uid) wrote.
     expectations: Expectations<String, Writes>,
@@ -712,14 +715,15 @@ pub struct Context {
 /// `pod_changes` its subscription.
 pub async fn run(
     client: Client,
-    pods: Store<Pod>,
+    pods: Indexed<Pod>,
     pod_changes: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "statefulset-controller"),
         client: client.clone(),
-        pods,
+        pods: pods.store,
+        index: pods.index,
         expectations: Expectations::new("pod"),
         refused: Refusals::default(),
         claims_at: Mutex::new(HashMap::new()),
@@ -776,16 +780,6 @@ impl Remakes {
     }
 }
 
-/// Every pod `set` controls.
-fn owned_pods(store: &Store<Pod>, namespace: &str, uid: &str) -> Vec<Arc<Pod>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| pods::controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
-        .collect()
-}
-
 async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     if set.metadata.deletion_timestamp.is_some() {
         // The garbage collector deletes its pods and revisions.
@@ -799,7 +793,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     {
         return Ok(Action::requeue(RECHECK));
     }
-    let owned = owned_pods(&ctx.pods, &namespace, &uid);
+    let owned = ctx.index.owned(&ctx.pods, &namespace, &uid);
     ctx.remade.healthy_again(&uid, &owned);
     let revs = revisions(&set, &ctx).await?;
     let (current, update) = (revs.current.name_any(), revs.update.name_any());
@@ -817,6 +811,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     let writes = Writes {
         created: outcome.created,
         deleted: outcome.deleted.clone(),
+        created_version: None,
     };
     if !writes.is_empty() {
         ctx.expectations.expect(uid.clone(), writes);

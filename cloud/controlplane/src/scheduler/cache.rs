@@ -195,7 +195,24 @@ impl Cache {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(&String, i64)> = None;
         let mut ties = 0u32;
-        for (name, info) in &self.nodes {
+        // A pod pinned by name (a daemon pod) is checked against its nodes only; the others
+        // fail its affinity, as the full pass would say.
+        let candidates: Box<dyn Iterator<Item = (&String, &NodeInfo)>> = match needs.pinned_nodes()
+        {
+            Some(names) => {
+                let pinned: Vec<(&String, &NodeInfo)> = names
+                    .into_iter()
+                    .filter_map(|n| self.nodes.get_key_value(n))
+                    .collect();
+                let others = self.nodes.len() - pinned.len();
+                if others > 0 {
+                    reasons.insert(fit::Unfit::Selector.to_string(), others);
+                }
+                Box::new(pinned.into_iter())
+            }
+            None => Box::new(self.nodes.iter()),
+        };
+        for (name, info) in candidates {
             if let Err(unfit) = fit::filter(needs, info) {
                 *reasons.entry(unfit.to_string()).or_default() += 1;
                 continue;
@@ -272,6 +289,36 @@ mod tests {
         assert_eq!(cache.pick(&needs), Ok("a".to_owned()));
         assert!(!cache.apply_node(node("a", "1")), "no change, no retry");
         assert!(cache.apply_node(node("a", "2")), "more room: retry");
+    }
+
+    #[test]
+    fn a_pod_pinned_by_name_is_placed_on_its_node_or_told_why_not() {
+        let mut cache = Cache::default();
+        for n in ["a", "b", "c"] {
+            cache.apply_node(node(n, "1"));
+        }
+        let pinned = |names: &[&str], cpu: &str| {
+            let mut p = serde_json::to_value(pod("p", None, cpu)).expect("pod");
+            p["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": names}]}]}}});
+            PodNeeds::of(&serde_json::from_value(p).expect("pod"), None).expect("needs")
+        };
+        for _ in 0..20 {
+            assert_eq!(cache.pick(&pinned(&["b"], "100m")), Ok("b".to_owned()));
+        }
+        let too_big = cache.pick(&pinned(&["b"], "2")).expect_err("no room");
+        assert_eq!(too_big.get("Insufficient cpu"), Some(&1));
+        assert_eq!(
+            too_big.get("node(s) didn't match Pod's node affinity/selector"),
+            Some(&2)
+        );
+        let gone = cache
+            .pick(&pinned(&["z"], "100m"))
+            .expect_err("no such node");
+        assert_eq!(
+            fit::unschedulable_message(cache.node_count(), &gone),
+            "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+        );
     }
 
     #[test]

@@ -124,6 +124,35 @@ impl PodNeeds {
     }
 }
 
+impl PodNeeds {
+    /// The only nodes the required node affinity allows by name, when every term names them
+    /// (`matchFields` `metadata.name In`, as daemon pods are pinned): kube-scheduler's
+    /// NodeAffinity PreFilter, so that placing a daemon pod looks at its node, not at every
+    /// node. `None`: any node may match.
+    pub fn pinned_nodes(&self) -> Option<std::collections::BTreeSet<&str>> {
+        let mut names = std::collections::BTreeSet::new();
+        if self.required.is_empty() {
+            return None;
+        }
+        for term in &self.required {
+            // The requirements of a term are ANDed: the names all of them allow.
+            let mut term_names: Option<std::collections::BTreeSet<&str>> = None;
+            for r in term.match_fields.iter().flatten() {
+                if r.key == "metadata.name" && r.operator == "In" {
+                    let these = r.values.iter().flatten().map(String::as_str).collect();
+                    term_names = Some(match term_names {
+                        None => these,
+                        Some(before) => before.intersection(&these).copied().collect(),
+                    });
+                }
+            }
+            // A term without a name allows any node (terms are ORed).
+            names.extend(term_names?);
+        }
+        Some(names)
+    }
+}
+
 /// A node as the scheduler sees it: the object and what its pods already take.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
