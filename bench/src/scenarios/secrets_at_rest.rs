@@ -51,10 +51,12 @@ fn measure() -> anyhow::Result<()> {
             for i in 0..SECRETS {
                 let name = format!("s-{i}");
                 let t = Instant::now();
-                store.create(
+                // The store's writes are async (its writer thread commits them): waited for
+                // here, one at a time.
+                futures::executor::block_on(store.create(
                     &ObjectKey::new("secrets", "bench", &name),
                     secret(&name, 768),
-                )?;
+                ))?;
                 latencies.push(t.elapsed());
             }
             let total = started.elapsed();
@@ -80,10 +82,10 @@ fn measure() -> anyhow::Result<()> {
             for i in 0..5 {
                 let name = format!("large-{i}");
                 let t = Instant::now();
-                store.create(
+                futures::executor::block_on(store.create(
                     &ObjectKey::new("secrets", "bench", &name),
                     secret(&name, 1 << 20),
-                )?;
+                ))?;
                 large.push(t.elapsed());
             }
             figure(

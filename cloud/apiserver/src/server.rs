@@ -221,14 +221,20 @@ impl Server {
             Some(path) => wedge_core::encryption::EncryptionConfig::load(path)?,
             None => Default::default(),
         };
-        let store = Arc::new(Store::open_encrypted(
-            &dir.join("wedge.db"),
-            crate::storage::HistoryLimits {
-                events: config.watch_history,
-                bytes: config.watch_history_bytes,
-            },
-            encryption,
-        )?);
+        let path = dir.join("wedge.db");
+        let limits = crate::storage::HistoryLimits {
+            events: config.watch_history,
+            bytes: config.watch_history_bytes,
+        };
+        // Opening reads the whole database: off the async workers.
+        let open = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Store::open_encrypted(&path, limits, encryption))
+        };
+        let store = Arc::new(open.await.map_err(|e| ServerError::Io {
+            path,
+            source: std::io::Error::other(e),
+        })??);
         let pki = Arc::new(Pki::load_or_create(dir, &config.names)?);
         let shutdown = CancellationToken::new();
         let kubelet = KubeletClient::new(
@@ -240,7 +246,8 @@ impl Server {
             &pki.load_or_create_key("sa")?,
         )?;
         let api = Arc::new(
-            Api::new(store, shutdown.clone())?
+            Api::new(store, shutdown.clone())
+                .await?
                 .with_kubelet_client(kubelet)
                 .with_service_account_tokens(service_account_tokens)
                 .with_service_network(config.service_network),
@@ -295,7 +302,7 @@ impl Server {
         let advertise = config
             .advertise_address
             .unwrap_or_else(|| crate::api::services::kubernetes::advertise_address(addr.ip()));
-        api.reconcile_services(advertise, addr.port(), true);
+        api.reconcile_services(advertise, addr.port(), true).await;
         tasks.spawn(keep_services(
             api.clone(),
             advertise,
@@ -411,12 +418,8 @@ async fn keep_services(api: Arc<Api>, address: IpAddr, port: u16, shutdown: Canc
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let api = api.clone();
-        // SQLite writes, off the async workers.
-        let _ = tokio::task::spawn_blocking(move || {
-            api.reconcile_services(address, port, false);
-        })
-        .await;
+        // Its SQLite writes go to the store's writer thread.
+        api.reconcile_services(address, port, false).await;
     }
 }
 
@@ -488,7 +491,17 @@ async fn serve_connection(
                     .cloned()
                     .or_else(|| api.authenticate_token(token))
             });
-            Ok::<_, std::convert::Infallible>(api.handle(req, user).await)
+            // A request runs to its end in a task of its own even when its client goes away:
+            // store writes are awaited, and a request's writes (a Service and its IPAddress, an
+            // object and its namespace's quota recount) must not stop halfway.
+            let handled = tokio::spawn(async move { api.handle(req, user).await });
+            let response = handled.await.unwrap_or_else(|error| {
+                tracing::error!(%error, "a request's handler failed");
+                crate::api::error_response(&crate::api::ApiError::Internal(
+                    "the request's handler failed".into(),
+                ))
+            });
+            Ok::<_, std::convert::Infallible>(response)
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -59,7 +59,7 @@ pub enum Outcome {
 pub async fn run(api: Arc<Api>, ca_pem: String, shutdown: CancellationToken) {
     loop {
         let from = api.store.current_rv();
-        resync(&api, &ca_pem);
+        resync(&api, &ca_pem).await;
         let Ok(mut secrets) = api.store.watch("secrets", None, from) else {
             continue;
         };
@@ -78,10 +78,10 @@ pub async fn run(api: Arc<Api>, ca_pem: String, shutdown: CancellationToken) {
             };
             match (event.key.resource.as_str(), event.kind) {
                 ("secrets", EventType::Added | EventType::Modified) => {
-                    log(&event.key, sync_secret(&api, &ca_pem, &event.key));
+                    log(&event.key, sync_secret(&api, &ca_pem, &event.key).await);
                 }
                 ("serviceaccounts", EventType::Deleted) => {
-                    account_deleted(&api, &event.key.namespace, &event.key.name);
+                    account_deleted(&api, &event.key.namespace, &event.key.name).await;
                 }
                 _ => {}
             }
@@ -101,7 +101,7 @@ fn log(key: &ObjectKey, outcome: Result<Outcome, TokenControllerError>) {
 }
 
 /// Every Secret once (at start, and after a lagging watch).
-fn resync(api: &Api, ca_pem: &str) {
+async fn resync(api: &Api, ca_pem: &str) {
     let (secrets, _, _) = api.store.list("secrets", None, None, None, |_| true);
     for secret in secrets {
         let value = secret.value();
@@ -113,7 +113,7 @@ fn resync(api: &Api, ca_pem: &str) {
             meta(&value, "namespace").unwrap_or_default(),
             meta(&value, "name").unwrap_or_default(),
         );
-        log(&key, sync_secret(api, ca_pem, &key));
+        log(&key, sync_secret(api, ca_pem, &key).await);
     }
 }
 
@@ -132,7 +132,7 @@ fn annotation<'a>(object: &'a Value, name: &str) -> Option<&'a str> {
 }
 
 /// Fills (or deletes) the Secret at `key`, as the controller's `syncSecret` does.
-pub fn sync_secret(
+pub async fn sync_secret(
     api: &Api,
     ca_pem: &str,
     key: &ObjectKey,
@@ -162,7 +162,7 @@ pub fn sync_secret(
         .map(str::to_owned);
     let wanted_uid = annotation(&secret, UID_ANNOTATION);
     let Some(account_uid) = account_uid.filter(|uid| wanted_uid.is_none_or(|w| w == uid)) else {
-        delete(api, key, stored.rv, &secret)?;
+        delete(api, key, stored.rv, &secret).await?;
         return Ok(Outcome::Deleted);
     };
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -212,12 +212,12 @@ pub fn sync_secret(
         annotations[NAME_ANNOTATION] = json!(account_name);
         annotations[UID_ANNOTATION] = json!(account_uid);
     }
-    api.store.update(key, secret, Some(stored.rv))?;
+    api.store.update(key, secret, Some(stored.rv)).await?;
     Ok(Outcome::Filled)
 }
 
 /// Deletes the token Secrets of the account `namespace/name` that was just deleted.
-pub fn account_deleted(api: &Api, namespace: &str, name: &str) {
+pub async fn account_deleted(api: &Api, namespace: &str, name: &str) {
     let (secrets, _, _) = api
         .store
         .list("secrets", Some(namespace), None, None, |_| true);
@@ -233,7 +233,7 @@ pub fn account_deleted(api: &Api, namespace: &str, name: &str) {
             namespace,
             meta(&value, "name").unwrap_or_default(),
         );
-        match delete(api, &key, secret.rv, &value) {
+        match delete(api, &key, secret.rv, &value).await {
             Ok(()) => {
                 tracing::info!(secret = %key, "deleted the token secret of a deleted ServiceAccount")
             }
@@ -243,7 +243,7 @@ pub fn account_deleted(api: &Api, namespace: &str, name: &str) {
 }
 
 /// Deletes a Secret; one with finalizers is marked instead, as a DELETE would.
-fn delete(api: &Api, key: &ObjectKey, rv: u64, secret: &Value) -> Result<(), StoreError> {
+async fn delete(api: &Api, key: &ObjectKey, rv: u64, secret: &Value) -> Result<(), StoreError> {
     let finalized = secret
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -252,9 +252,9 @@ fn delete(api: &Api, key: &ObjectKey, rv: u64, secret: &Value) -> Result<(), Sto
         let mut marked = secret.clone();
         marked["metadata"]["deletionTimestamp"] = json!(crate::api::meta::now());
         marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        api.store.update(key, marked, Some(rv))?;
+        api.store.update(key, marked, Some(rv)).await?;
     } else {
-        api.store.delete(key, Some(rv))?;
+        api.store.delete(key, Some(rv)).await?;
     }
     Ok(())
 }
@@ -263,7 +263,7 @@ fn delete(api: &Api, key: &ObjectKey, rv: u64, secret: &Value) -> Result<(), Sto
 mod tests {
     use super::*;
 
-    fn api() -> (tempfile::TempDir, Api) {
+    async fn api() -> (tempfile::TempDir, Api) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(crate::storage::Store::open(&dir.path().join("db")).expect("store"));
         let pki = crate::pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
@@ -272,17 +272,18 @@ mod tests {
         )
         .expect("key");
         let api = Api::new(store, CancellationToken::new())
+            .await
             .expect("api")
             .with_service_account_tokens(tokens);
         (dir, api)
     }
 
-    fn put_secret(api: &Api, name: &str, account: &str) -> ObjectKey {
+    async fn put_secret(api: &Api, name: &str, account: &str) -> ObjectKey {
         let key = ObjectKey::new("secrets", "default", name);
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": TOKEN_TYPE,
             "metadata": {"name": name, "namespace": "default", "uid": format!("s-{name}"),
                          "annotations": {NAME_ANNOTATION: account}}});
-        api.store.create(&key, secret).expect("create");
+        api.store.create(&key, secret).await.expect("create");
         key
     }
 
@@ -295,12 +296,12 @@ mod tests {
         base64::engine::general_purpose::STANDARD.decode(text).ok()
     }
 
-    #[test]
-    fn a_token_secret_is_filled_once_and_its_token_authenticates() {
-        let (_dir, api) = api();
-        let key = put_secret(&api, "default-token", "default");
+    #[tokio::test]
+    async fn a_token_secret_is_filled_once_and_its_token_authenticates() {
+        let (_dir, api) = api().await;
+        let key = put_secret(&api, "default-token", "default").await;
         assert_eq!(
-            sync_secret(&api, "CA", &key).expect("sync"),
+            sync_secret(&api, "CA", &key).await.expect("sync"),
             Outcome::Filled
         );
         assert_eq!(data(&api, &key, "ca.crt").as_deref(), Some(&b"CA"[..]));
@@ -312,46 +313,47 @@ mod tests {
         let user = api.authenticate_token(&token).expect("authenticates");
         assert_eq!(user.name, "system:serviceaccount:default:default");
         assert_eq!(
-            sync_secret(&api, "CA", &key).expect("sync"),
+            sync_secret(&api, "CA", &key).await.expect("sync"),
             Outcome::Nothing,
             "a complete secret is not written again"
         );
         // A token no longer in its Secret no longer authenticates.
         let mut secret = api.store.get(&key).expect("get").value();
         secret["data"]["token"] = json!(base64::engine::general_purpose::STANDARD.encode("x"));
-        api.store.update(&key, secret, None).expect("update");
+        api.store.update(&key, secret, None).await.expect("update");
         assert!(api.authenticate_token(&token).is_none());
     }
 
-    #[test]
-    fn secrets_of_missing_or_deleted_accounts_go() {
-        let (_dir, api) = api();
-        let orphan = put_secret(&api, "ghost-token", "ghost");
+    #[tokio::test]
+    async fn secrets_of_missing_or_deleted_accounts_go() {
+        let (_dir, api) = api().await;
+        let orphan = put_secret(&api, "ghost-token", "ghost").await;
         assert_eq!(
-            sync_secret(&api, "CA", &orphan).expect("sync"),
+            sync_secret(&api, "CA", &orphan).await.expect("sync"),
             Outcome::Deleted
         );
         assert!(api.store.get(&orphan).is_err());
-        let key = put_secret(&api, "default-token", "default");
-        sync_secret(&api, "CA", &key).expect("sync");
+        let key = put_secret(&api, "default-token", "default").await;
+        sync_secret(&api, "CA", &key).await.expect("sync");
         let account = ObjectKey::new("serviceaccounts", "default", "default");
-        api.store.delete(&account, None).expect("delete");
-        account_deleted(&api, "default", "default");
+        api.store.delete(&account, None).await.expect("delete");
+        account_deleted(&api, "default", "default").await;
         assert!(api.store.get(&key).is_err());
     }
 
-    #[test]
-    fn other_secrets_are_left_alone() {
-        let (_dir, api) = api();
+    #[tokio::test]
+    async fn other_secrets_are_left_alone() {
+        let (_dir, api) = api().await;
         let key = ObjectKey::new("secrets", "default", "plain");
         api.store
             .create(
                 &key,
                 json!({"metadata": {"name": "plain", "namespace": "default"}, "type": "Opaque"}),
             )
+            .await
             .expect("create");
         assert_eq!(
-            sync_secret(&api, "CA", &key).expect("sync"),
+            sync_secret(&api, "CA", &key).await.expect("sync"),
             Outcome::Nothing
         );
     }

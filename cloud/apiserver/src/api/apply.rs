@@ -19,7 +19,7 @@ use crate::storage::{ObjectKey, StoreError};
 const RETRIES: usize = 8;
 
 /// PATCH with an apply configuration.
-pub(crate) fn serve(
+pub(crate) async fn serve(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -74,9 +74,10 @@ pub(crate) fn serve(
                     return Err(ApiError::not_found(&info.group, &info.plural, &k.name));
                 }
                 objects::create_object(api, call, info, path, merged)
+                    .await
                     .map(|o| (StatusCode::CREATED, o))
             }
-            Some(old) => objects::update_object(api, call, info, k, old, merged, sub, false),
+            Some(old) => objects::update_object(api, call, info, k, old, merged, sub, false).await,
         };
         match result {
             Ok((status, obj)) => return Ok(object_response(info, status, &obj)),

@@ -312,7 +312,11 @@ pub(crate) fn after_write(api: &Api, info: &ResourceInfo, written: &crate::stora
 }
 
 /// After a delete: a CRD's resources stop being served and its objects are deleted.
-pub(crate) fn after_delete(api: &Api, info: &ResourceInfo, deleted: &crate::storage::StoredObject) {
+pub(crate) async fn after_delete(
+    api: &Api,
+    info: &ResourceInfo,
+    deleted: &crate::storage::StoredObject,
+) {
     if !is_crd(info) {
         return;
     }
@@ -331,7 +335,7 @@ pub(crate) fn after_delete(api: &Api, info: &ResourceInfo, deleted: &crate::stor
                 meta::meta_str(&v, "namespace"),
                 meta::meta_str(&v, "name").unwrap_or(""),
             );
-            if let Err(e) = api.store.delete(&k, None) {
+            if let Err(e) = api.store.delete(&k, None).await {
                 tracing::warn!(%k, "deleting an object of a deleted CRD: {e}");
             }
         }

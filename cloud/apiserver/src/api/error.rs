@@ -353,7 +353,8 @@ impl ApiError {
             e @ (StoreError::Locked(_)
             | StoreError::Permissions { .. }
             | StoreError::Transform { .. }
-            | StoreError::Closed) => {
+            | StoreError::Closed
+            | StoreError::Writer { .. }) => {
                 Self::Internal(e.to_string())
             }
         }

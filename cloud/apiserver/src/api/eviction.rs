@@ -30,7 +30,7 @@ const REFUSED: &str = "Cannot evict pod as it would violate the pod's disruption
 const MAX_DISRUPTED: usize = 2000;
 
 /// POST of an Eviction for pod `name`.
-pub(crate) fn serve(
+pub(crate) async fn serve(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -54,12 +54,12 @@ pub(crate) fn serve(
     for _ in 0..RETRIES {
         let pod = api.store.get(&k).map_err(store_err(info))?.value();
         if !ignores_budgets(&pod) {
-            match take_disruption(api, namespace, &pod)? {
+            match take_disruption(api, namespace, &pod).await? {
                 Taken::Yes | Taken::NotNeeded => {}
                 Taken::Raced => continue,
             }
         }
-        objects::delete_object(api, call, info, &k, &options)?;
+        objects::delete_object(api, call, info, &k, &options).await?;
         return Ok(value_response(
             StatusCode::CREATED,
             &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -113,7 +113,7 @@ fn refused(detail: String) -> ApiError {
 }
 
 /// Takes one disruption from the budget that selects `pod`, if one does.
-fn take_disruption(api: &Api, namespace: &str, pod: &Value) -> Result<Taken, ApiError> {
+async fn take_disruption(api: &Api, namespace: &str, pod: &Value) -> Result<Taken, ApiError> {
     let labels = pod
         .pointer("/metadata/labels")
         .and_then(Value::as_object)
@@ -201,7 +201,7 @@ fn take_disruption(api: &Api, namespace: &str, pod: &Value) -> Result<Taken, Api
     }
     budget["status"]["disruptedPods"][pod_name] = json!(super::meta::now());
     let k = ObjectKey::new(BUDGETS, namespace, &budget_name);
-    match api.store.update(&k, budget, Some(stored.rv)) {
+    match api.store.update(&k, budget, Some(stored.rv)).await {
         Ok(_) => Ok(Taken::Yes),
         Err(StoreError::Conflict { .. }) => Ok(Taken::Raced),
         Err(e) => Err(ApiError::from_store(e, "policy", "poddisruptionbudgets")),

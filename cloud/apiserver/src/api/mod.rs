@@ -227,7 +227,7 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
 
 impl Api {
     /// An API over `store`, serving the built-in resources and the CRDs stored.
-    pub fn new(store: Arc<Store>, shutdown: CancellationToken) -> Result<Self, ApiError> {
+    pub async fn new(store: Arc<Store>, shutdown: CancellationToken) -> Result<Self, ApiError> {
         let api = Self {
             store,
             registry: Arc::new(Registry::builtin()),
@@ -238,8 +238,8 @@ impl Api {
             services: services::Allocations::new(services::ServiceNetwork::default()),
         };
         crd::load_stored(&api)?;
-        objects::ensure_system_namespaces(&api)?;
-        crate::authz::bootstrap::ensure(&api)?;
+        objects::ensure_system_namespaces(&api).await?;
+        crate::authz::bootstrap::ensure(&api).await?;
         Ok(api)
     }
 
@@ -265,11 +265,11 @@ impl Api {
     /// stored Services, and the `kubernetes` Service (with its Endpoints, EndpointSlice and
     /// ServiceCIDR) for a server reached at `address`, serving on `port`. Run at start, then
     /// every [`services::kubernetes::INTERVAL`].
-    pub fn reconcile_services(&self, address: std::net::IpAddr, port: u16, repair: bool) {
+    pub async fn reconcile_services(&self, address: std::net::IpAddr, port: u16, repair: bool) {
         if repair {
-            services::repair_ip_objects(self);
+            services::repair_ip_objects(self).await;
         }
-        if let Err(e) = services::kubernetes::reconcile(self, address, port) {
+        if let Err(e) = services::kubernetes::reconcile(self, address, port).await {
             tracing::warn!("keeping the kubernetes Service: {e}");
         }
     }
@@ -451,7 +451,7 @@ impl Api {
                 "componentstatuses" => {
                     return component_statuses::serve(self, call, &info, &path);
                 }
-                "bindings" => return subresources::bindings(self, call, &path),
+                "bindings" => return subresources::bindings(self, call, &path).await,
                 _ => {}
             }
         }
@@ -470,10 +470,12 @@ impl Api {
             (Method::GET, None) => list::serve(self, call, &info, &path),
             (Method::GET, Some(name)) => objects::get(self, call, &info, &path, name),
             (Method::PATCH, Some(name)) => patch::serve(self, call, &info, &path, name, None).await,
-            (Method::POST, None) => objects::create(self, call, &info, &path),
-            (Method::PUT, Some(name)) => objects::update(self, call, &info, &path, name, None),
-            (Method::DELETE, Some(name)) => objects::delete(self, call, &info, &path, name),
-            (Method::DELETE, None) => objects::delete_collection(self, call, &info, &path),
+            (Method::POST, None) => objects::create(self, call, &info, &path).await,
+            (Method::PUT, Some(name)) => {
+                objects::update(self, call, &info, &path, name, None).await
+            }
+            (Method::DELETE, Some(name)) => objects::delete(self, call, &info, &path, name).await,
+            (Method::DELETE, None) => objects::delete_collection(self, call, &info, &path).await,
             _ => Err(ApiError::MethodNotAllowed),
         }
     }

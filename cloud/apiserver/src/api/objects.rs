@@ -50,22 +50,22 @@ pub(crate) fn store_err(info: &ResourceInfo) -> impl Fn(StoreError) -> ApiError 
 
 /// Creates the system namespaces (each with its `default` ServiceAccount) and the system
 /// PriorityClasses if missing.
-pub(crate) fn ensure_system_namespaces(api: &Api) -> Result<(), ApiError> {
+pub(crate) async fn ensure_system_namespaces(api: &Api) -> Result<(), ApiError> {
     for ns in SYSTEM_NAMESPACES {
         let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
                             "status": {"phase": "Active"}});
-        ensure_object(api, "", "namespaces", ns, object)?;
-        ensure_default_service_account(api, ns)?;
+        ensure_object(api, "", "namespaces", ns, object).await?;
+        ensure_default_service_account(api, ns).await?;
     }
     for (name, class) in admission::priority::system_classes() {
-        ensure_object(api, "scheduling.k8s.io", "priorityclasses", name, class)?;
+        ensure_object(api, "scheduling.k8s.io", "priorityclasses", name, class).await?;
     }
     Ok(())
 }
 
 /// Creates a cluster-scoped object the server needs when it is missing (the system namespaces,
 /// the default RBAC roles), and leaves one that exists as it is.
-pub(crate) fn ensure_object(
+pub(crate) async fn ensure_object(
     api: &Api,
     group: &str,
     plural: &str,
@@ -81,7 +81,7 @@ pub(crate) fn ensure_object(
     }
     stamp_new(&mut object, name);
     defaults::apply(group, &info.kind, &mut object, true);
-    match api.store.create(&k, object) {
+    match api.store.create(&k, object).await {
         Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(ApiError::from_store(e, group, plural)),
     }
@@ -258,19 +258,19 @@ fn check_object(
 }
 
 /// POST: creates an object.
-pub(crate) fn create(
+pub(crate) async fn create(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
     path: &ResourcePath,
 ) -> Result<Response<Body>, ApiError> {
     let object = call.object()?;
-    let created = create_object(api, call, info, path, object)?;
+    let created = create_object(api, call, info, path, object).await?;
     Ok(object_response(info, StatusCode::CREATED, &created))
 }
 
 /// Creates `object` (already parsed) under `path`'s namespace.
-pub(crate) fn create_object(
+pub(crate) async fn create_object(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -332,7 +332,8 @@ pub(crate) fn create_object(
         ns.as_deref().unwrap_or(""),
         &object,
         call.query.dry_run()?,
-    )?;
+    )
+    .await?;
     if !call.is_apply() {
         super::managed::record_update(
             None,
@@ -346,12 +347,15 @@ pub(crate) fn create_object(
     // Cluster IPs and node ports, after the managed fields as kube-apiserver allocates them
     // (in storage), held until the write below.
     let allocation = if services::is_services(info) {
-        Some(services::for_create(
-            api,
-            ns.as_deref().unwrap_or(""),
-            &mut object,
-            call.query.dry_run()?,
-        )?)
+        Some(
+            services::for_create(
+                api,
+                ns.as_deref().unwrap_or(""),
+                &mut object,
+                call.query.dry_run()?,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -370,14 +374,18 @@ pub(crate) fn create_object(
             labels: Default::default(),
         });
     }
-    let created = api.store.create(&k, object).map_err(store_err(info))?;
+    let created = api
+        .store
+        .create(&k, object)
+        .await
+        .map_err(store_err(info))?;
     if let Some(allocation) = allocation {
-        allocation.commit(&created, (&k.namespace, &k.name));
+        allocation.commit(&created, (&k.namespace, &k.name)).await;
     }
     crd::after_write(api, info, &created);
-    admission::after_write(api, info, &k.namespace, true);
+    admission::after_write(api, info, &k.namespace, true).await;
     if info.group.is_empty() && info.kind == "Namespace" {
-        ensure_default_service_account(api, &name)?;
+        ensure_default_service_account(api, &name).await?;
     }
     Ok(created)
 }
@@ -385,7 +393,7 @@ pub(crate) fn create_object(
 /// The `default` ServiceAccount every namespace has (kube-controller-manager's ServiceAccount
 /// controller makes it; here the API server does, so that it is there without a control plane
 /// too, as soon as the namespace is).
-fn ensure_default_service_account(api: &Api, namespace: &str) -> Result<(), ApiError> {
+async fn ensure_default_service_account(api: &Api, namespace: &str) -> Result<(), ApiError> {
     let Some(info) = api.registry.get("", "v1", "serviceaccounts") else {
         return Ok(());
     };
@@ -396,14 +404,14 @@ fn ensure_default_service_account(api: &Api, namespace: &str) -> Result<(), ApiE
     let mut object = json!({"apiVersion": "v1", "kind": "ServiceAccount",
                             "metadata": {"name": "default", "namespace": namespace}});
     stamp_new(&mut object, "default");
-    match api.store.create(&k, object) {
+    match api.store.create(&k, object).await {
         Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(ApiError::from_store(e, "", "serviceaccounts")),
     }
 }
 
 /// PUT: replaces an object (or, with `sub`, its status or other subresource view).
-pub(crate) fn update(
+pub(crate) async fn update(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -414,7 +422,7 @@ pub(crate) fn update(
     let new = call.object()?;
     let k = key(info, path.namespace.as_deref(), name);
     let old = api.store.get(&k).map_err(store_err(info))?;
-    let (status, obj) = update_object(api, call, info, &k, &old, new, sub, true)?;
+    let (status, obj) = update_object(api, call, info, &k, &old, new, sub, true).await?;
     Ok(object_response(info, status, &obj))
 }
 
@@ -422,7 +430,7 @@ pub(crate) fn update(
 /// precondition (PUT); without, the write is based on `old` (patches). Returns the status code
 /// and the object written (the old one, unchanged, when nothing changed).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn update_object(
+pub(crate) async fn update_object(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -560,12 +568,7 @@ pub(crate) fn update_object(
     // the status subresource, whose writes leave the spec as it was (kube's status store has
     // no allocation hooks either).
     let mut allocation = if services::is_services(info) && sub.is_none() {
-        Some(services::for_update(
-            api,
-            &old_value,
-            &mut merged,
-            call.query.dry_run()?,
-        )?)
+        Some(services::for_update(api, &old_value, &mut merged, call.query.dry_run()?).await?)
     } else {
         None
     };
@@ -606,25 +609,34 @@ pub(crate) fn update_object(
     if finalized(&merged) {
         // The update's allocation is let go first: the deletion frees what the Service held.
         drop(allocation.take());
-        let freeing = services::is_services(info).then(|| services::for_delete(api, &old_value));
-        let deleted = api.store.delete(k, expected).map_err(store_err(info))?;
+        let freeing = if services::is_services(info) {
+            Some(services::for_delete(api, &old_value).await)
+        } else {
+            None
+        };
+        let deleted = api
+            .store
+            .delete(k, expected)
+            .await
+            .map_err(store_err(info))?;
         if let Some(freeing) = freeing {
-            freeing.commit(&deleted, (&k.namespace, &k.name));
+            freeing.commit(&deleted, (&k.namespace, &k.name)).await;
         }
-        crd::after_delete(api, info, &deleted);
-        admission::after_write(api, info, &k.namespace, true);
+        crd::after_delete(api, info, &deleted).await;
+        admission::after_write(api, info, &k.namespace, true).await;
         return Ok((StatusCode::OK, deleted));
     }
     let counts_changed = admission::counts_change(info, &old_value, &merged);
     let written = api
         .store
         .update(k, merged, expected)
+        .await
         .map_err(store_err(info))?;
     if let Some(allocation) = allocation {
-        allocation.commit(&written, (&k.namespace, &k.name));
+        allocation.commit(&written, (&k.namespace, &k.name)).await;
     }
     crd::after_write(api, info, &written);
-    admission::after_write(api, info, &k.namespace, counts_changed);
+    admission::after_write(api, info, &k.namespace, counts_changed).await;
     Ok((StatusCode::OK, written))
 }
 
@@ -718,7 +730,7 @@ impl DeleteOptions {
 }
 
 /// DELETE of one object.
-pub(crate) fn delete(
+pub(crate) async fn delete(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -727,9 +739,9 @@ pub(crate) fn delete(
 ) -> Result<Response<Body>, ApiError> {
     let options = DeleteOptions::from_call(call)?;
     let k = key(info, path.namespace.as_deref(), name);
-    let mut obj = delete_object(api, call, info, &k, &options)?;
+    let mut obj = delete_object(api, call, info, &k, &options).await?;
     if info.group.is_empty() && info.kind == "Namespace" && !call.query.dry_run()? {
-        obj = finalize_if_empty(api, info, &k, obj)?;
+        obj = finalize_if_empty(api, info, &k, obj).await?;
     }
     Ok(object_response(info, StatusCode::OK, &obj))
 }
@@ -737,7 +749,7 @@ pub(crate) fn delete(
 /// A namespace being deleted that holds nothing is finalized and removed at once. One that
 /// still holds objects stays `Terminating` until the namespace controller (issue 4) has
 /// removed them and finalized it.
-fn finalize_if_empty(
+async fn finalize_if_empty(
     api: &Api,
     info: &ResourceInfo,
     k: &ObjectKey,
@@ -767,15 +779,20 @@ fn finalize_if_empty(
         spec.remove("finalizers");
     }
     if finalized(&value) {
-        return api.store.delete(k, Some(obj.rv)).map_err(store_err(info));
+        return api
+            .store
+            .delete(k, Some(obj.rv))
+            .await
+            .map_err(store_err(info));
     }
     api.store
         .update(k, value, Some(obj.rv))
+        .await
         .map_err(store_err(info))
 }
 
 /// Deletes one object as `options` ask: at once, or by marking it (finalizers, a pod's grace).
-pub(crate) fn delete_object(
+pub(crate) async fn delete_object(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -817,12 +834,16 @@ pub(crate) fn delete_object(
             if !changed {
                 return Ok(old);
             }
-            api.store.update(k, marked, Some(old.rv))
+            api.store.update(k, marked, Some(old.rv)).await
         } else {
-            let freeing = services::is_services(info).then(|| services::for_delete(api, &value));
-            let deleted = api.store.delete(k, Some(old.rv));
+            let freeing = if services::is_services(info) {
+                Some(services::for_delete(api, &value).await)
+            } else {
+                None
+            };
+            let deleted = api.store.delete(k, Some(old.rv)).await;
             if let (Some(freeing), Ok(deleted)) = (freeing, &deleted) {
-                freeing.commit(deleted, (&k.namespace, &k.name));
+                freeing.commit(deleted, (&k.namespace, &k.name)).await;
             }
             deleted
         };
@@ -831,8 +852,8 @@ pub(crate) fn delete_object(
                 if keep {
                     crd::after_write(api, info, &written);
                 } else {
-                    crd::after_delete(api, info, &written);
-                    admission::after_write(api, info, &k.namespace, true);
+                    crd::after_delete(api, info, &written).await;
+                    admission::after_write(api, info, &k.namespace, true).await;
                 }
                 return Ok(written);
             }
@@ -932,7 +953,7 @@ fn add(list: &mut Vec<Value>, finalizer: &str) {
 }
 
 /// DELETE of a collection: every object the selectors match, each as one delete.
-pub(crate) fn delete_collection(
+pub(crate) async fn delete_collection(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -952,7 +973,7 @@ pub(crate) fn delete_collection(
         let value = item.value();
         let name = meta::meta_str(&value, "name").unwrap_or_default();
         let ns = meta::meta_str(&value, "namespace");
-        match delete_object(api, call, info, &key(info, ns, name), &options) {
+        match delete_object(api, call, info, &key(info, ns, name), &options).await {
             Ok(obj) => deleted.push(obj.value()),
             Err(ApiError::NotFound { .. }) => {}
             Err(e) => return Err(e),

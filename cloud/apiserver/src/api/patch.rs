@@ -96,7 +96,7 @@ pub(crate) async fn serve(
     let kind = PatchType::from_content_type(call.content_type())?;
     let k = objects::key(info, path.namespace.as_deref(), name);
     if kind == PatchType::Apply {
-        return super::apply::serve(api, call, info, path, &k, sub);
+        return super::apply::serve(api, call, info, path, &k, sub).await;
     }
     let patch = call.object()?;
     if kind == PatchType::Strategic && info.crd.is_some() {
@@ -116,7 +116,7 @@ pub(crate) async fn serve(
         })
         .await
         .map_err(|e| ApiError::Internal(format!("applying the patch: {e}")))??;
-        match objects::update_object(api, call, info, &k, &old, patched, sub, false) {
+        match objects::update_object(api, call, info, &k, &old, patched, sub, false).await {
             Ok((status, obj)) => return Ok(object_response(info, status, &obj)),
             Err(ApiError::Conflict { .. }) if !patch_has_version(&patch) => continue,
             Err(e) => return Err(e),

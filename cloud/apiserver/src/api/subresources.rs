@@ -40,7 +40,9 @@ pub(crate) async fn serve(
     let name = path.name.as_deref().ok_or(ApiError::NoSuchPath)?;
     match (sub, call.method.clone()) {
         ("status", Method::GET) => objects::get(api, call, info, path, name),
-        ("status", Method::PUT) => objects::update(api, call, info, path, name, Some("status")),
+        ("status", Method::PUT) => {
+            objects::update(api, call, info, path, name, Some("status")).await
+        }
         ("status", Method::PATCH) => {
             patch::serve(api, call, info, path, name, Some("status")).await
         }
@@ -55,10 +57,12 @@ pub(crate) async fn serve(
                 &scale_of(&obj.value(), &paths),
             ))
         }
-        ("scale", Method::PUT | Method::PATCH) => scale(api, call, info, path, name),
-        ("binding", Method::POST) => bind(api, call, info, path, name),
-        ("eviction", Method::POST) => super::eviction::serve(api, call, info, path, name),
-        ("finalize", Method::PUT) => objects::update(api, call, info, path, name, Some("finalize")),
+        ("scale", Method::PUT | Method::PATCH) => scale(api, call, info, path, name).await,
+        ("binding", Method::POST) => bind(api, call, info, path, name).await,
+        ("eviction", Method::POST) => super::eviction::serve(api, call, info, path, name).await,
+        ("finalize", Method::PUT) => {
+            objects::update(api, call, info, path, name, Some("finalize")).await
+        }
         ("log", Method::GET) => log(api, call, info, path, name).await,
         ("exec" | "attach", Method::GET | Method::POST) => {
             super::upgrade::exec(api, call, info, path, name, sub).await
@@ -520,7 +524,7 @@ fn scale_of(o: &Value, paths: &ScalePaths) -> Value {
 
 /// PUT or PATCH of a Scale: sets the workload's `spec.replicas` (a custom resource's
 /// `specReplicasPath`).
-fn scale(
+async fn scale(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -587,7 +591,7 @@ fn scale(
         }
         let mut updated = old.value();
         set_pointer(&mut updated, &paths.spec, json!(replicas));
-        match objects::update_object(api, call, info, &k, &old, updated, None, false) {
+        match objects::update_object(api, call, info, &k, &old, updated, None, false).await {
             Ok((_, obj)) => {
                 return Ok(value_response(
                     StatusCode::OK,
@@ -624,7 +628,7 @@ fn set_pointer(o: &mut Value, pointer: &str, value: Value) {
 
 /// POST of a Binding to `namespaces/{ns}/bindings`, the older form of `pods/{name}/binding`:
 /// the pod is the Binding's own name.
-pub(crate) fn bindings(
+pub(crate) async fn bindings(
     api: &Api,
     call: &Call<'_>,
     path: &ResourcePath,
@@ -652,11 +656,11 @@ pub(crate) fn bindings(
         .registry
         .get("", "v1", "pods")
         .ok_or_else(|| ApiError::Internal("pods are not served".into()))?;
-    bind(api, call, &pods, path, name)
+    bind(api, call, &pods, path, name).await
 }
 
 /// POST of a Binding: assigns an unassigned pod to a node.
-fn bind(
+async fn bind(
     api: &Api,
     call: &Call<'_>,
     info: &ResourceInfo,
@@ -715,7 +719,7 @@ fn bind(
         conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": super::meta::now()}));
         pod["status"]["conditions"] = json!(conditions);
         // A binding writes both spec and status: write the object directly, as the registry does.
-        match api.store.update(&k, pod, Some(old.rv)) {
+        match api.store.update(&k, pod, Some(old.rv)).await {
             Ok(_) => {
                 return Ok(value_response(
                     StatusCode::CREATED,

@@ -282,7 +282,7 @@ pub(super) fn metadata(name: &str) -> Value {
 }
 
 /// Creates the default roles and bindings that are missing.
-pub(crate) fn ensure(api: &Api) -> Result<(), ApiError> {
+pub(crate) async fn ensure(api: &Api) -> Result<(), ApiError> {
     let objects = cluster_roles()
         .into_iter()
         .map(|(name, rules)| {
@@ -327,8 +327,8 @@ pub(crate) fn ensure(api: &Api) -> Result<(), ApiError> {
         );
     let objects = objects.map(|(plural, name, object)| (plural, name.to_owned(), object));
     for (plural, name, object) in objects.chain(components) {
-        reconcile(api, plural, &name, &object)?;
-        crate::api::objects::ensure_object(api, RBAC_GROUP, plural, &name, object)?;
+        reconcile(api, plural, &name, &object).await?;
+        crate::api::objects::ensure_object(api, RBAC_GROUP, plural, &name, object).await?;
     }
     Ok(())
 }
@@ -337,7 +337,7 @@ pub(crate) fn ensure(api: &Api) -> Result<(), ApiError> {
 /// `reconcile` does at start: the rules (or subjects) it lacks are added, nothing is taken
 /// away, and one annotated `rbac.authorization.kubernetes.io/autoupdate: "false"` is left as
 /// it is. Nothing stored: nothing to do (it is created).
-fn reconcile(api: &Api, plural: &str, name: &str, wanted: &Value) -> Result<(), ApiError> {
+async fn reconcile(api: &Api, plural: &str, name: &str, wanted: &Value) -> Result<(), ApiError> {
     let key = crate::storage::ObjectKey::new(&format!("{plural}.{RBAC_GROUP}"), "", name);
     let Ok(stored) = api.store.get(&key) else {
         return Ok(());
@@ -393,7 +393,7 @@ fn reconcile(api: &Api, plural: &str, name: &str, wanted: &Value) -> Result<(), 
     let mut all = have;
     all.extend(missing);
     object[field] = Value::Array(all);
-    match api.store.update(&key, object, Some(stored.rv)) {
+    match api.store.update(&key, object, Some(stored.rv)).await {
         // Written meanwhile by someone else: theirs stands until the next start.
         Ok(_) | Err(crate::storage::StoreError::Conflict { .. }) => Ok(()),
         Err(e) => Err(ApiError::from_store(e, RBAC_GROUP, plural)),
@@ -413,24 +413,31 @@ mod tests {
     }
 
     /// Rewrites a stored object with `change`.
-    fn edit(store: &Store, plural: &str, name: &str, change: impl FnOnce(&mut serde_json::Value)) {
+    async fn edit(
+        store: &Store,
+        plural: &str,
+        name: &str,
+        change: impl FnOnce(&mut serde_json::Value),
+    ) {
         let stored = store.get(&key(plural, name)).expect("stored");
         let mut object = stored.value();
         change(&mut object);
         store
             .update(&key(plural, name), object, Some(stored.rv))
+            .await
             .expect("updated");
     }
 
-    #[test]
-    fn a_restart_gives_default_roles_what_they_lack_and_keeps_what_operators_added() {
+    #[tokio::test]
+    async fn a_restart_gives_default_roles_what_they_lack_and_keeps_what_operators_added() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(Store::open(&dir.path().join("state.db")).expect("store"));
-        let start = || {
+        let start = async || {
             crate::api::Api::new(store.clone(), tokio_util::sync::CancellationToken::new())
+                .await
                 .expect("api")
         };
-        start();
+        start().await;
         let operators =
             json!({"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]});
         // An older Wedge's role lacked a rule, and an operator added one.
@@ -438,7 +445,8 @@ mod tests {
             let rules = role["rules"].as_array_mut().expect("rules");
             rules.retain(|r| r["resources"] != json!(["serviceaccounts/token"]));
             rules.push(operators.clone());
-        });
+        })
+        .await;
         // A binding lost a subject.
         edit(
             &store,
@@ -447,14 +455,16 @@ mod tests {
             |b| {
                 b["subjects"].as_array_mut().expect("subjects").truncate(1);
             },
-        );
+        )
+        .await;
         // An operator took a role over.
         edit(&store, "clusterroles", "system:volume-scheduler", |role| {
             role["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"] =
                 json!("false");
             role["rules"] = json!([]);
-        });
-        start();
+        })
+        .await;
+        start().await;
         let rules = store
             .get(&key("clusterroles", "cloudcore"))
             .expect("role")
@@ -491,7 +501,7 @@ mod tests {
             .get(&key("clusterroles", "cloudcore"))
             .expect("role")
             .rv;
-        start();
+        start().await;
         assert_eq!(
             store
                 .get(&key("clusterroles", "cloudcore"))

@@ -395,19 +395,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_clusterrole_labelled_to_aggregate_extends_view_edit_and_admin() {
+    #[tokio::test]
+    async fn a_clusterrole_labelled_to_aggregate_extends_view_edit_and_admin() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = std::sync::Arc::new(Store::open(&dir.path().join("state.db")).expect("store"));
         // The API creates the default roles.
         crate::api::Api::new(store.clone(), tokio_util::sync::CancellationToken::new())
+            .await
             .expect("api");
-        let rbac = |plural: &str, ns: &str, name: &str, object: serde_json::Value| {
+        let rbac = async |plural: &str, ns: &str, name: &str, object: serde_json::Value| {
             store
                 .create(
                     &ObjectKey::new(&format!("{plural}.{RBAC_GROUP}"), ns, name),
                     object,
                 )
+                .await
                 .expect("stored");
         };
         rbac(
@@ -417,7 +419,7 @@ mod tests {
             serde_json::json!({"metadata": {"name": "widgets-view", "labels":
                 {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
                 "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]}]}),
-        );
+        ).await;
         for (user, role) in [("viewer", "view"), ("editor", "edit"), ("owner", "admin")] {
             rbac(
                 "rolebindings",
@@ -426,7 +428,8 @@ mod tests {
                 serde_json::json!({"metadata": {"name": user, "namespace": "default"},
                     "subjects": [{"kind": "User", "name": user}],
                     "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role}}),
-            );
+            )
+            .await;
         }
         let widget = |ns: &str| Target::Resource {
             group: "example.com".into(),

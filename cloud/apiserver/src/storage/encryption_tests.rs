@@ -57,17 +57,18 @@ fn open(path: &Path, encryption: EncryptionConfig) -> Store {
     Store::open_encrypted(path, HistoryLimits::default(), encryption).expect("open")
 }
 
-#[test]
-fn a_secret_is_encrypted_in_its_row_and_its_history_row_and_reads_back() {
+#[tokio::test]
+async fn a_secret_is_encrypted_in_its_row_and_its_history_row_and_reads_back() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("db");
     {
         let store = open(&path, config(&[("aesgcm", "k1", OLD)], false));
-        store.create(&key("s"), secret("s")).expect("create");
+        store.create(&key("s"), secret("s")).await.expect("create");
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
                         "metadata": {"name": "c", "namespace": "default"}, "data": {"plain": "visible-config"}});
         store
             .create(&ObjectKey::new("configmaps", "default", "c"), cm)
+            .await
             .expect("create");
         assert_eq!(
             store.get(&key("s")).expect("get").value()["data"]["password"],
@@ -83,7 +84,8 @@ fn a_secret_is_encrypted_in_its_row_and_its_history_row_and_reads_back() {
             contains(&bytes, "visible-config"),
             "what no rule lists is stored plain"
         );
-        let db = store.db();
+        // A connection of the test's own: the writer thread owns the store's.
+        let db = rusqlite::Connection::open(&path).expect("reading the file");
         for table in ["objects", "events"] {
             let data: Vec<u8> = db
                 .query_row(
@@ -102,18 +104,19 @@ fn a_secret_is_encrypted_in_its_row_and_its_history_row_and_reads_back() {
     );
     // The history, read back from disk, is plain in memory: a watch replays it.
     let mut watch = store.watch("secrets", None, 0).expect("watch");
-    let event = futures::executor::block_on(watch.next()).expect("event");
+    let event = watch.next().await.expect("event");
     assert_eq!(event.object.value()["data"]["password"], VALUE);
 }
 
-#[test]
-fn rotation_reads_old_keys_and_plain_rows_and_a_rewrite_moves_them_to_the_new_key() {
+#[tokio::test]
+async fn rotation_reads_old_keys_and_plain_rows_and_a_rewrite_moves_them_to_the_new_key() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("db");
     {
         let plain = open(&path, EncryptionConfig::default());
         plain
             .create(&key("before"), secret("before"))
+            .await
             .expect("create");
     }
     {
@@ -122,7 +125,7 @@ fn rotation_reads_old_keys_and_plain_rows_and_a_rewrite_moves_them_to_the_new_ke
             store.is_stale(&key("before")),
             "plain where secrets are now encrypted"
         );
-        store.create(&key("s"), secret("s")).expect("create");
+        store.create(&key("s"), secret("s")).await.expect("create");
     }
     let store = open(
         &path,
@@ -137,6 +140,7 @@ fn rotation_reads_old_keys_and_plain_rows_and_a_rewrite_moves_them_to_the_new_ke
         assert_eq!(old.value()["data"]["password"], VALUE);
         store
             .update(&key(name), secret(name), Some(old.rv))
+            .await
             .expect("rewrite");
         assert!(!store.is_stale(&key(name)));
     }
@@ -151,13 +155,13 @@ fn rotation_reads_old_keys_and_plain_rows_and_a_rewrite_moves_them_to_the_new_ke
     }
 }
 
-#[test]
-fn a_row_no_key_reads_is_an_error_naming_its_key_for_reads_lists_and_writes() {
+#[tokio::test]
+async fn a_row_no_key_reads_is_an_error_naming_its_key_for_reads_lists_and_writes() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("db");
     {
         let store = open(&path, config(&[("aesgcm", "gone", OLD)], false));
-        store.create(&key("s"), secret("s")).expect("create");
+        store.create(&key("s"), secret("s")).await.expect("create");
     }
     let store = open(&path, config(&[("aesgcm", "other", NEW)], true));
     let err = store.get(&key("s")).expect_err("unreadable");
@@ -170,11 +174,11 @@ fn a_row_no_key_reads_is_an_error_naming_its_key_for_reads_lists_and_writes() {
         Err(StoreError::Transform { .. })
     ));
     assert!(matches!(
-        store.update(&key("s"), secret("s"), None),
+        store.update(&key("s"), secret("s"), None).await,
         Err(StoreError::Transform { .. })
     ));
     assert!(matches!(
-        store.delete(&key("s"), None),
+        store.delete(&key("s"), None).await,
         Err(StoreError::Transform { .. })
     ));
     // Other namespaces and resources are not affected.
@@ -185,6 +189,7 @@ fn a_row_no_key_reads_is_an_error_naming_its_key_for_reads_lists_and_writes() {
     );
     store
         .create(&key("t"), secret("t"))
+        .await
         .expect("a new secret is written under the new key");
     // The history from before the unreadable event is gone: a watch from there relists.
     assert!(matches!(

@@ -2,9 +2,11 @@
 //!
 //! Every write takes the next value of one cluster-wide resourceVersion counter, is committed to
 //! SQLite (WAL) before it is acknowledged, so an acknowledged write survives `kill -9`, and is then
-//! applied to the in-memory index and announced to watchers. Reads (get, list) are served from
-//! memory: a 10k-object list never touches the disk. Objects are kept as their JSON bytes, with
-//! their labels parsed beside them for selectors.
+//! applied to the in-memory index and announced to watchers. Writes are async: one thread per
+//! store owns the SQLite connection and commits what is queued in groups (`writer`), so a slow
+//! disk stalls no async worker. Reads (get, list) are served from memory: a 10k-object list
+//! never touches the disk. Objects are kept as their JSON bytes, with their labels parsed
+//! beside them for selectors.
 //!
 //! The store knows nothing of Kubernetes semantics beyond versions and preconditions: defaulting,
 //! validation, finalizers and graceful deletion live in the layer above, which calls
@@ -26,6 +28,7 @@ mod db;
 mod history;
 mod snapshot;
 mod watch;
+mod writer;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -43,6 +46,7 @@ use history::{History, Trims};
 
 pub use history::LIVE_EVENTS;
 pub use watch::{WatchEnded, WatchStream};
+pub use writer::MAX_GROUP;
 
 /// How many events the watch history keeps by default, over all resources.
 pub const HISTORY: usize = 10_000;
@@ -229,12 +233,18 @@ pub enum StoreError {
     /// The object is not a JSON object with `metadata`.
     #[error("invalid object: {0}")]
     Invalid(String),
-    /// SQLite failed.
+    /// SQLite failed (shared: a failed group commit answers each of its writes with it).
     #[error("storage: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(Arc<rusqlite::Error>),
     /// The store has closed (the server is stopping).
     #[error("storage: the store has closed")]
     Closed,
+    /// The writer thread could not be started.
+    #[error("starting the store's writer thread: {source}")]
+    Writer {
+        /// Why.
+        source: std::io::Error,
+    },
     /// Another process has the database open.
     #[error(transparent)]
     Locked(#[from] wedge_core::state::LockError),
@@ -256,6 +266,12 @@ pub enum StoreError {
         /// every `Result` of the store carries its size).
         source: Box<TransformError>,
     },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Db(Arc::new(error))
+    }
 }
 
 struct State {
@@ -330,17 +346,18 @@ impl Shared {
 
 /// The store.
 pub struct Store {
-    /// Held while the store is open: one process per database.
-    _lock: StateLock,
-    db: Mutex<rusqlite::Connection>,
+    writer: writer::Writer,
     shared: Arc<Shared>,
-    limits: HistoryLimits,
     derived: Mutex<HashMap<&'static str, Derived>>,
-    encryption: EncryptionConfig,
+    /// Held while the store is open, released after the writer has stopped: one process per
+    /// database.
+    _lock: StateLock,
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // What was queued is committed and answered before the lock is released.
+        self.writer.stop();
         // Watches end (`WatchEnded::Closed`) rather than wait for events that will not come.
         self.shared.history().close();
     }
@@ -414,11 +431,38 @@ impl Store {
         Self::open_encrypted(path, limits, EncryptionConfig::default())
     }
 
-    /// Opens the store, encrypting at rest what `encryption` lists.
+    /// Opens the store, encrypting at rest what `encryption` lists. It reads the whole
+    /// database: call it off the async workers (`spawn_blocking`) where that matters.
     pub fn open_encrypted(
         path: &Path,
         limits: HistoryLimits,
         encryption: EncryptionConfig,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(path, limits, encryption, false)
+    }
+
+    /// A store whose writer commits one group per [`Store::let_group_through`]: what is queued
+    /// before it is one group.
+    #[cfg(test)]
+    fn open_gated(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(
+            path,
+            HistoryLimits::default(),
+            EncryptionConfig::default(),
+            true,
+        )
+    }
+
+    #[cfg(test)]
+    fn let_group_through(&self) {
+        self.writer.tick();
+    }
+
+    fn open_with(
+        path: &Path,
+        limits: HistoryLimits,
+        encryption: EncryptionConfig,
+        gated: bool,
     ) -> Result<Self, StoreError> {
         let limits = HistoryLimits {
             events: limits.events.max(1),
@@ -456,23 +500,24 @@ impl Store {
             }
         }
         let history = Self::load_history(&mut conn, rv, limits, &encryption)?;
-        Ok(Self {
-            _lock: lock,
-            db: Mutex::new(conn),
-            shared: Arc::new(Shared {
-                state: RwLock::new(State {
-                    objects,
-                    rv,
-                    changed: HashMap::new(),
-                    unreadable,
-                    stale,
-                }),
-                history: Mutex::new(history),
-                published: AtomicU64::new(rv),
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                objects,
+                rv,
+                changed: HashMap::new(),
+                unreadable,
+                stale,
             }),
-            limits,
+            history: Mutex::new(history),
+            published: AtomicU64::new(rv),
+        });
+        let writer = writer::Writer::start(shared.clone(), conn, limits, encryption, gated)
+            .map_err(|source| StoreError::Writer { source })?;
+        Ok(Self {
+            writer,
+            shared,
             derived: Mutex::new(HashMap::new()),
-            encryption,
+            _lock: lock,
         })
     }
 
@@ -550,12 +595,6 @@ impl Store {
                 key: key.clone(),
                 source: Box::new(source.clone()),
             })
-    }
-
-    fn db(&self) -> MutexGuard<'_, rusqlite::Connection> {
-        self.db
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The newest resourceVersion.
@@ -659,112 +698,70 @@ impl Store {
         (out, state.rv, more)
     }
 
-    /// Creates an object; fails if one exists under `key`.
-    pub fn create(&self, key: &ObjectKey, object: Value) -> Result<StoredObject, StoreError> {
-        self.write(key, EventType::Added, |existing| match existing {
-            Some(_) => Err(StoreError::AlreadyExists(key.clone())),
-            None => Ok(Some(object)),
-        })
+    /// Creates an object; fails if one exists under `key`. The write is queued when this is
+    /// called (writes are committed in the order they are queued); the future answers once it
+    /// is committed and visible to reads.
+    pub fn create(
+        &self,
+        key: &ObjectKey,
+        object: Value,
+    ) -> impl Future<Output = Result<StoredObject, StoreError>> + Send + 'static + use<> {
+        self.write(
+            key,
+            EventType::Added,
+            Box::new(move |key, existing| match existing {
+                Some(_) => Err(StoreError::AlreadyExists(key.clone())),
+                None => Ok(Some(object)),
+            }),
+        )
     }
 
     /// Replaces an object. With `expected`, fails with a conflict unless the stored version is
-    /// that one.
+    /// that one (checked when the write's turn comes). Queued as [`Store::create`].
     pub fn update(
         &self,
         key: &ObjectKey,
         object: Value,
         expected: Option<u64>,
-    ) -> Result<StoredObject, StoreError> {
-        self.write(key, EventType::Modified, |existing| {
-            check_version(key, existing, expected)?;
-            Ok(Some(object))
-        })
+    ) -> impl Future<Output = Result<StoredObject, StoreError>> + Send + 'static + use<> {
+        self.write(
+            key,
+            EventType::Modified,
+            Box::new(move |key, existing| {
+                check_version(key, existing, expected)?;
+                Ok(Some(object))
+            }),
+        )
     }
 
     /// Deletes an object, returning it as it was (stamped with the deletion's version). With
-    /// `expected`, fails with a conflict unless the stored version is that one.
+    /// `expected`, fails with a conflict unless the stored version is that one. Queued as
+    /// [`Store::create`].
     pub fn delete(
         &self,
         key: &ObjectKey,
         expected: Option<u64>,
-    ) -> Result<StoredObject, StoreError> {
-        self.write(key, EventType::Deleted, |existing| {
-            check_version(key, existing, expected)?;
-            Ok(None)
-        })
+    ) -> impl Future<Output = Result<StoredObject, StoreError>> + Send + 'static + use<> {
+        self.write(
+            key,
+            EventType::Deleted,
+            Box::new(move |key, existing| {
+                check_version(key, existing, expected)?;
+                Ok(None)
+            }),
+        )
     }
 
-    /// The one write path: decide under the write lock, commit to SQLite, then apply and
-    /// announce. `decide` returns the new object, or `None` to delete.
+    /// The one write path: queued to the writer thread, which decides, commits, applies and
+    /// announces (`writer`).
     fn write(
         &self,
         key: &ObjectKey,
         kind: EventType,
-        decide: impl FnOnce(Option<&StoredObject>) -> Result<Option<Value>, StoreError>,
-    ) -> Result<StoredObject, StoreError> {
-        let mut db = self.db();
-        let (rv, existing) = {
-            let state = self.shared.state();
-            if let Some(source) = state.unreadable.get(key) {
-                return Err(StoreError::Transform {
-                    key: key.clone(),
-                    source: Box::new(source.clone()),
-                });
-            }
-            (state.rv + 1, state.objects.get(key).cloned())
-        };
-        let stored = match decide(existing.as_ref())? {
-            Some(object) => stamp(object, rv)?,
-            None => {
-                // The deleted object as it was, at the deletion's version.
-                let last = existing
-                    .as_ref()
-                    .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                stamp(last.value(), rv)?
-            }
-        };
-        if stored.json.len() > MAX_OBJECT_BYTES {
-            return Err(StoreError::TooLarge {
-                key: key.clone(),
-                size: stored.json.len(),
-            });
-        }
-        // The bytes on disk: encrypted when a rule lists the resource (the object row and the
-        // history row alike), the JSON itself otherwise.
-        let on_disk = self
-            .encryption
-            .encrypt_for(&key.resource, &stored.json, key.storage_key().as_bytes())
-            .map_err(|source| StoreError::Transform {
-                key: key.clone(),
-                source: Box::new(source),
-            })?;
-        // What the history drops for this event is dropped from disk in the same transaction.
-        let trims = self
-            .shared
-            .history()
-            .plan(self.limits, &[(&key.resource, stored.json.len(), rv)]);
-        let write = db::Write {
-            key,
-            rv,
-            kind,
-            data: &on_disk,
-        };
-        db::commit(
-            &mut db,
-            &[write],
-            rv,
-            trims.iter().map(|(r, (_, since))| (r.as_str(), *since)),
-        )?;
-        let event = Arc::new(Event {
-            rv,
-            kind,
-            key: key.clone(),
-            object: stored.clone(),
-            prev: existing,
-        });
-        self.shared.apply(&[event], &trims);
-        drop(db);
-        Ok(stored)
+        decide: writer::Decide,
+    ) -> impl Future<Output = Result<StoredObject, StoreError>> + Send + 'static + use<> {
+        let answer = self.writer.submit(key, kind, decide);
+        async move { answer?.await.unwrap_or(Err(StoreError::Closed)) }
     }
 
     /// Watches `resource` (in `namespace` if given) for changes after version `from`.

@@ -14,26 +14,28 @@ fn key(name: &str) -> ObjectKey {
     ObjectKey::new("pods", "default", name)
 }
 
-#[test]
-fn writes_are_versioned_and_checked() {
+#[tokio::test]
+async fn writes_are_versioned_and_checked() {
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("db")).expect("open");
     let a = store
         .create(&key("a"), pod("a", json!({"app": "x"})))
+        .await
         .expect("created");
     assert_eq!(a.rv, 1);
     assert_eq!(a.value()["metadata"]["resourceVersion"], "1");
     assert_eq!(a.labels.get("app").map(String::as_str), Some("x"));
     assert!(matches!(
-        store.create(&key("a"), pod("a", json!({}))),
+        store.create(&key("a"), pod("a", json!({}))).await,
         Err(StoreError::AlreadyExists(_))
     ));
 
     let b = store
         .update(&key("a"), pod("a", json!({"app": "y"})), Some(1))
+        .await
         .expect("updated");
     assert_eq!(b.rv, 2);
-    let stale = store.update(&key("a"), pod("a", json!({})), Some(1));
+    let stale = store.update(&key("a"), pod("a", json!({})), Some(1)).await;
     assert!(
         matches!(
             stale,
@@ -51,22 +53,24 @@ fn writes_are_versioned_and_checked() {
         "a refused write changes nothing"
     );
     assert!(matches!(
-        store.update(&key("nope"), pod("nope", json!({})), None),
+        store
+            .update(&key("nope"), pod("nope", json!({})), None)
+            .await,
         Err(StoreError::NotFound(_))
     ));
 
-    let gone = store.delete(&key("a"), None).expect("deleted");
+    let gone = store.delete(&key("a"), None).await.expect("deleted");
     assert_eq!((gone.rv, store.current_rv()), (3, 3));
     assert!(matches!(store.get(&key("a")), Err(StoreError::NotFound(_))));
     assert!(matches!(
-        store.create(&key("x"), json!({"kind": "Pod"})),
+        store.create(&key("x"), json!({"kind": "Pod"})).await,
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(store.current_rv(), 3, "an invalid object takes no version");
 }
 
-#[test]
-fn acknowledged_writes_survive_reopening() {
+#[tokio::test]
+async fn acknowledged_writes_survive_reopening() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("db");
     {
@@ -74,9 +78,10 @@ fn acknowledged_writes_survive_reopening() {
         for name in ["a", "b", "c"] {
             store
                 .create(&key(name), pod(name, json!({"n": name})))
+                .await
                 .expect("created");
         }
-        store.delete(&key("b"), None).expect("deleted");
+        store.delete(&key("b"), None).await.expect("deleted");
     }
     let store = Store::open(&path).expect("reopen");
     assert_eq!(store.current_rv(), 4);
@@ -99,14 +104,15 @@ fn acknowledged_writes_survive_reopening() {
     assert_eq!(
         store
             .create(&key("d"), pod("d", json!({})))
+            .await
             .expect("next")
             .rv,
         5
     );
 }
 
-#[test]
-fn lists_page_and_filter_within_a_resource() {
+#[tokio::test]
+async fn lists_page_and_filter_within_a_resource() {
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("db")).expect("open");
     for i in 0..10 {
@@ -116,16 +122,19 @@ fn lists_page_and_filter_within_a_resource() {
                 &key(&name),
                 pod(&name, json!({"even": (i % 2 == 0).to_string()})),
             )
+            .await
             .expect("created");
     }
     store
         .create(&ObjectKey::new("pods", "other", "q"), pod("q", json!({})))
+        .await
         .expect("other ns");
     store
         .create(
             &ObjectKey::new("configmaps", "default", "c"),
             json!({"metadata": {"name": "c"}}),
         )
+        .await
         .expect("cm");
 
     let (page, _, more) = store.list("pods", Some("default"), None, Some(4), |_| true);
@@ -146,25 +155,34 @@ fn lists_page_and_filter_within_a_resource() {
 async fn watches_replay_history_then_follow_live_events() {
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("db")).expect("open");
-    store.create(&key("a"), pod("a", json!({}))).expect("1");
+    store
+        .create(&key("a"), pod("a", json!({})))
+        .await
+        .expect("1");
     store
         .create(
             &ObjectKey::new("configmaps", "default", "c"),
             json!({"metadata": {"name": "c"}}),
         )
+        .await
         .expect("2");
     store
         .update(&key("a"), pod("a", json!({"v": "2"})), None)
+        .await
         .expect("3");
 
     let mut w = store.watch("pods", Some("default"), 1).expect("watch");
     let e = w.next().await.expect("from history");
     assert_eq!((e.rv, e.kind), (3, EventType::Modified));
-    store.delete(&key("a"), None).expect("4");
+    store.delete(&key("a"), None).await.expect("4");
     store
         .create(&ObjectKey::new("pods", "other", "b"), pod("b", json!({})))
+        .await
         .expect("5, other namespace");
-    store.create(&key("z"), pod("z", json!({}))).expect("6");
+    store
+        .create(&key("z"), pod("z", json!({})))
+        .await
+        .expect("6");
     let e = w.next().await.expect("live");
     assert_eq!(
         (e.rv, e.kind, e.key.name.as_str()),
@@ -186,6 +204,7 @@ async fn watches_resume_after_a_restart_and_too_old_versions_are_gone() {
         for i in 0..5 {
             store
                 .create(&key(&format!("p{i}")), pod("p", json!({})))
+                .await
                 .expect("created");
         }
     }
@@ -205,6 +224,7 @@ async fn watches_resume_after_a_restart_and_too_old_versions_are_gone() {
     for i in 0..20 {
         store
             .update(&key("p0"), pod("p0", json!({"i": i.to_string()})), None)
+            .await
             .expect("update");
     }
     match store.watch("pods", None, 1) {
@@ -216,8 +236,8 @@ async fn watches_resume_after_a_restart_and_too_old_versions_are_gone() {
     }
 }
 
-#[test]
-fn derived_values_are_rebuilt_only_when_their_resources_change() {
+#[tokio::test]
+async fn derived_values_are_rebuilt_only_when_their_resources_change() {
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&dir.path().join("db")).expect("open");
     let builds = std::sync::atomic::AtomicUsize::new(0);
@@ -226,7 +246,10 @@ fn derived_values_are_rebuilt_only_when_their_resources_change() {
         store.list("pods", None, None, None, |_| true).0.len()
     };
     assert_eq!(*store.derived("pods", &["pods"], count_pods), 0);
-    store.create(&key("a"), pod("a", json!({}))).expect("a");
+    store
+        .create(&key("a"), pod("a", json!({})))
+        .await
+        .expect("a");
     assert_eq!(*store.derived("pods", &["pods"], count_pods), 1);
     assert_eq!(*store.derived("pods", &["pods"], count_pods), 1);
     assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
@@ -236,10 +259,11 @@ fn derived_values_are_rebuilt_only_when_their_resources_change() {
             &ObjectKey::new("configmaps", "default", "c"),
             json!({"metadata": {"name": "c"}}),
         )
+        .await
         .expect("configmap");
     assert_eq!(*store.derived("pods", &["pods"], count_pods), 1);
     assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 2);
-    store.delete(&key("a"), None).expect("deleted");
+    store.delete(&key("a"), None).await.expect("deleted");
     assert_eq!(*store.derived("pods", &["pods"], count_pods), 0);
     assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
@@ -257,6 +281,7 @@ async fn the_history_keeps_a_byte_budget_on_disk_too_and_objects_have_a_size_lim
         let store = Store::open_with_history(&path, limits).expect("open");
         store
             .create(&key("p"), pod("p", json!({})))
+            .await
             .expect("created");
         for i in 0..20 {
             store
@@ -265,6 +290,7 @@ async fn the_history_keeps_a_byte_budget_on_disk_too_and_objects_have_a_size_lim
                     pod("p", json!({"i": i.to_string(), "blob": big.clone()})),
                     None,
                 )
+                .await
                 .expect("update");
         }
         // Twenty 10 KiB versions do not fit in 64 KiB: the first ones expired.
@@ -279,7 +305,10 @@ async fn the_history_keeps_a_byte_budget_on_disk_too_and_objects_have_a_size_lim
         assert_eq!(w.next().await.expect("event").rv, oldest + 1);
 
         let huge = "y".repeat(MAX_OBJECT_BYTES);
-        match store.create(&key("huge"), pod("huge", json!({"blob": huge}))) {
+        match store
+            .create(&key("huge"), pod("huge", json!({"blob": huge})))
+            .await
+        {
             Err(StoreError::TooLarge { size, .. }) => assert!(size > MAX_OBJECT_BYTES),
             other => panic!("expected TooLarge, got {other:?}"),
         }
@@ -314,7 +343,7 @@ async fn a_storm_on_one_resource_lags_no_watch_of_another() {
     };
     let store = Store::open_with_history(&path, limits).expect("open");
     let lease_key = ObjectKey::new(LEASES, "kube-node-lease", "edge-a");
-    let created = store.create(&lease_key, lease(0)).expect("lease").rv;
+    let created = store.create(&lease_key, lease(0)).await.expect("lease").rv;
     let mut leases = store.watch(LEASES, None, created).expect("watch leases");
     let mut early_pods = store.watch("pods", None, created).expect("watch pods");
     let mut late_pods = None;
@@ -324,7 +353,11 @@ async fn a_storm_on_one_resource_lags_no_watch_of_another() {
     let storm = 3 * LIVE_EVENTS;
     for i in 0..storm {
         if i == storm / 2 {
-            renewed = store.update(&lease_key, lease(1), None).expect("renew").rv;
+            renewed = store
+                .update(&lease_key, lease(1), None)
+                .await
+                .expect("renew")
+                .rv;
         }
         if i == storm - LIVE_EVENTS * 3 / 2 {
             late_pods = Some(
@@ -336,6 +369,7 @@ async fn a_storm_on_one_resource_lags_no_watch_of_another() {
         let name = format!("p{i}");
         store
             .create(&key(&name), pod(&name, json!({})))
+            .await
             .expect("pod");
     }
 
@@ -404,14 +438,18 @@ async fn a_busy_resource_gives_way_first_and_a_quiet_one_keeps_its_past() {
     };
     let store = Store::open_with_history(&dir.path().join("db"), limits).expect("open");
     let lease_key = ObjectKey::new(LEASES, "kube-node-lease", "edge-a");
-    store.create(&lease_key, lease(0)).expect("lease");
+    store.create(&lease_key, lease(0)).await.expect("lease");
     for i in 0..10 {
-        store.update(&lease_key, lease(i), None).expect("renew");
+        store
+            .update(&lease_key, lease(i), None)
+            .await
+            .expect("renew");
     }
     for i in 0..500 {
         let name = format!("p{i}");
         store
             .create(&key(&name), pod(&name, json!({})))
+            .await
             .expect("pod");
     }
     // The leases' eleven events are all still there; the pods have the rest of the budget.
@@ -425,4 +463,136 @@ async fn a_busy_resource_gives_way_first_and_a_quiet_one_keeps_its_past() {
         other => panic!("expected Gone, got {:?}", other.err()),
     };
     assert_eq!(current - oldest, 89, "100 events in all, 11 of them leases");
+}
+
+#[tokio::test]
+async fn a_group_is_decided_in_order_committed_once_and_every_write_answered() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db");
+    let store = Store::open_gated(&path).expect("open");
+    let mut watch = store.watch("pods", None, 0).expect("watch");
+    // Queued before the writer takes any: one group, each write decided with the earlier
+    // ones in.
+    let a = store.create(&key("a"), pod("a", json!({})));
+    let b = store.create(&key("b"), pod("b", json!({})));
+    let again = store.create(&key("a"), pod("a", json!({})));
+    let a2 = store.update(&key("a"), pod("a", json!({"v": "2"})), Some(1));
+    let stale = store.update(&key("b"), pod("b", json!({})), Some(7));
+    let b_gone = store.delete(&key("b"), None);
+    store.let_group_through();
+    let (a, b, again, a2, stale, b_gone) = tokio::join!(a, b, again, a2, stale, b_gone);
+    assert_eq!(a.expect("a").rv, 1);
+    assert_eq!(b.expect("b").rv, 2);
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists(_))),
+        "{again:?}"
+    );
+    let a2 = a2.expect("the update sees the group's create");
+    assert_eq!(
+        (a2.rv, a2.labels.get("v").map(String::as_str)),
+        (3, Some("2"))
+    );
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::Conflict {
+                expected: 7,
+                found: 2,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(
+        b_gone.expect("deleted").rv,
+        4,
+        "refused writes take no version"
+    );
+    assert_eq!(store.current_rv(), 4);
+    for (rv, kind, name) in [
+        (1, EventType::Added, "a"),
+        (2, EventType::Added, "b"),
+        (3, EventType::Modified, "a"),
+        (4, EventType::Deleted, "b"),
+    ] {
+        let e = watch.next().await.expect("event");
+        assert_eq!((e.rv, e.kind, e.key.name.as_str()), (rv, kind, name));
+    }
+    drop(store);
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.current_rv(), 4);
+    assert_eq!(store.get(&key("a")).expect("a").rv, 3);
+    assert!(matches!(store.get(&key("b")), Err(StoreError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_failed_commit_refuses_its_whole_group_and_publishes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db");
+    let store = Store::open_gated(&path).expect("open");
+    let mut watch = store.watch("pods", None, 0).expect("watch");
+    // SQLite itself refuses one write of the group: a trigger, from a connection of the test's.
+    let conn = rusqlite::Connection::open(&path).expect("second connection");
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.name = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .expect("trigger");
+    let group = [
+        store.create(&key("a"), pod("a", json!({}))),
+        store.create(&key("poison"), pod("poison", json!({}))),
+        store.create(&key("c"), pod("c", json!({}))),
+    ];
+    store.let_group_through();
+    for answer in futures::future::join_all(group).await {
+        match answer {
+            Err(StoreError::Db(e)) => assert!(e.to_string().contains("refused by the test"), "{e}"),
+            other => panic!("expected the commit's error, got {other:?}"),
+        }
+    }
+    assert_eq!(store.current_rv(), 0);
+    assert!(matches!(store.get(&key("a")), Err(StoreError::NotFound(_))));
+
+    // The next group takes the versions the failed one did not use, and is the first thing
+    // watchers see.
+    let d = store.create(&key("d"), pod("d", json!({})));
+    store.let_group_through();
+    assert_eq!(d.await.expect("d").rv, 1);
+    let e = watch.next().await.expect("event");
+    assert_eq!((e.rv, e.key.name.as_str()), (1, "d"));
+    drop(store);
+    let store = Store::open(&path).expect("reopen");
+    let (items, rv, _) = store.list("pods", None, None, None, |_| true);
+    assert_eq!((items.len(), rv), (1, 1), "only d is on disk");
+}
+
+#[tokio::test]
+async fn concurrent_writes_get_consecutive_versions_and_watchers_see_them_in_order() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = std::sync::Arc::new(Store::open(&dir.path().join("db")).expect("open"));
+    let mut watch = store.watch("pods", None, 0).expect("watch");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let name = format!("p{i}");
+            let created = store.create(&key(&name), pod(&name, json!({}))).await;
+            (name, created.expect("created").rv)
+        });
+    }
+    let mut answered = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (name, rv) = done.expect("task");
+        answered.insert(rv, name);
+    }
+    assert_eq!(answered.len(), 200, "every version once");
+    for rv in 1..=200 {
+        let e = watch.next().await.expect("event");
+        assert_eq!(e.rv, rv);
+        assert_eq!(
+            answered.get(&rv),
+            Some(&e.key.name),
+            "the answer is the event"
+        );
+    }
 }

@@ -41,7 +41,7 @@ pub(crate) fn validate_pod(api: &Api, namespace: &str, pod: &Value) -> Result<()
 
 /// The quota plugin, last, on a new object of `info` in `namespace` (cluster-scoped objects
 /// are not counted); `dry_run` charges nothing.
-pub(crate) fn charge_quota(
+pub(crate) async fn charge_quota(
     api: &Api,
     info: &ResourceInfo,
     namespace: &str,
@@ -51,7 +51,7 @@ pub(crate) fn charge_quota(
     if !info.namespaced {
         return Ok(());
     }
-    resource_quota::charge(api, &info.storage_key(), namespace, object, dry_run)
+    resource_quota::charge(api, &info.storage_key(), namespace, object, dry_run).await
 }
 
 /// Whether `info` is core pods.
@@ -62,15 +62,20 @@ pub(crate) fn is_pods(info: &ResourceInfo) -> bool {
 /// After a write in `namespace`: recounts the quotas that count `info`'s kind when an object
 /// of it came, went or changed what it counts for (`counts_changed`), and every quota when a
 /// quota itself was written.
-pub(crate) fn after_write(api: &Api, info: &ResourceInfo, namespace: &str, counts_changed: bool) {
+pub(crate) async fn after_write(
+    api: &Api,
+    info: &ResourceInfo,
+    namespace: &str,
+    counts_changed: bool,
+) {
     if !info.namespaced {
         return;
     }
     let kind = info.storage_key();
     if kind == "resourcequotas" {
-        resource_quota::refresh(api, namespace, None);
+        resource_quota::refresh(api, namespace, None).await;
     } else if counts_changed {
-        resource_quota::refresh(api, namespace, Some(&kind));
+        resource_quota::refresh(api, namespace, Some(&kind)).await;
     }
 }
 

@@ -24,9 +24,9 @@ const NAMESPACE: &str = "default";
 
 /// Brings the `kubernetes` ServiceCIDR, Service, Endpoints and EndpointSlice in line with this
 /// server: reached at `address`, serving on `port`.
-pub(crate) fn reconcile(api: &Api, address: IpAddr, port: u16) -> Result<(), ApiError> {
-    service_cidr(api)?;
-    service(api, port)?;
+pub(crate) async fn reconcile(api: &Api, address: IpAddr, port: u16) -> Result<(), ApiError> {
+    service_cidr(api).await?;
+    service(api, port).await?;
     let port_entry = json!({"name": "https", "port": port, "protocol": "TCP"});
     let family = if address.is_ipv6() { "IPv6" } else { "IPv4" };
     upsert(
@@ -38,7 +38,8 @@ pub(crate) fn reconcile(api: &Api, address: IpAddr, port: u16) -> Result<(), Api
                "subsets": [{"addresses": [{"ip": address.to_string()}],
                             "ports": [port_entry.clone()]}]}),
         &["subsets"],
-    )?;
+    )
+    .await?;
     upsert(
         api,
         &ObjectKey::new("endpointslices.discovery.k8s.io", NAMESPACE, NAME),
@@ -50,12 +51,13 @@ pub(crate) fn reconcile(api: &Api, address: IpAddr, port: u16) -> Result<(), Api
                               "conditions": {"ready": true}}],
                "ports": [port_entry]}),
         &["addressType", "endpoints", "ports"],
-    )?;
+    )
+    .await?;
     Ok(())
 }
 
 /// The ServiceCIDR named `kubernetes`, with the range, Ready.
-fn service_cidr(api: &Api) -> Result<(), ApiError> {
+async fn service_cidr(api: &Api) -> Result<(), ApiError> {
     let cidr = api.services.network().cluster_ip_range.to_string();
     let k = ObjectKey::new("servicecidrs.networking.k8s.io", "", NAME);
     if let Ok(existing) = api.store.get(&k) {
@@ -79,14 +81,14 @@ fn service_cidr(api: &Api) -> Result<(), ApiError> {
                                    "message": "Kubernetes default Service CIDR is ready"}]},
     });
     objects::stamp_new(&mut object, NAME);
-    match api.store.create(&k, object) {
+    match api.store.create(&k, object).await {
         Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(ApiError::from_store(e, "networking.k8s.io", "servicecidrs")),
     }
 }
 
 /// The Service: port 443 to the server's port, at the first IP of the range.
-fn service(api: &Api, port: u16) -> Result<(), ApiError> {
+async fn service(api: &Api, port: u16) -> Result<(), ApiError> {
     let k = ObjectKey::new(SERVICES, NAMESPACE, NAME);
     let ports = json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]);
     if let Ok(existing) = api.store.get(&k) {
@@ -96,12 +98,13 @@ fn service(api: &Api, port: u16) -> Result<(), ApiError> {
         }
         let mut new = old.clone();
         new["spec"]["ports"] = ports;
-        let pending = for_update(api, &old, &mut new, false)?;
+        let pending = for_update(api, &old, &mut new, false).await?;
         let written = api
             .store
             .update(&k, new, Some(existing.rv))
+            .await
             .map_err(|e| ApiError::from_store(e, "", SERVICES))?;
-        pending.commit(&written, owner(&old));
+        pending.commit(&written, owner(&old)).await;
         return Ok(());
     }
     let first = api.services.network().cluster_ip_range.first().to_string();
@@ -114,10 +117,10 @@ fn service(api: &Api, port: u16) -> Result<(), ApiError> {
     });
     objects::stamp_new(&mut object, NAME);
     defaults::apply("", "Service", &mut object, true);
-    let pending = for_create(api, NAMESPACE, &mut object, false)?;
-    match api.store.create(&k, object) {
+    let pending = for_create(api, NAMESPACE, &mut object, false).await?;
+    match api.store.create(&k, object).await {
         Ok(written) => {
-            pending.commit(&written, (NAMESPACE, NAME));
+            pending.commit(&written, (NAMESPACE, NAME)).await;
             Ok(())
         }
         Err(StoreError::AlreadyExists(_)) => Ok(()),
@@ -127,7 +130,12 @@ fn service(api: &Api, port: u16) -> Result<(), ApiError> {
 
 /// Creates `desired` at `k`, or sets `fields` of the stored object to `desired`'s where they
 /// differ (and the labels it names).
-fn upsert(api: &Api, k: &ObjectKey, mut desired: Value, fields: &[&str]) -> Result<(), ApiError> {
+async fn upsert(
+    api: &Api,
+    k: &ObjectKey,
+    mut desired: Value,
+    fields: &[&str],
+) -> Result<(), ApiError> {
     let err = |e| ApiError::from_store(e, "", &k.resource);
     match api.store.get(k) {
         Ok(existing) => {
@@ -155,13 +163,16 @@ fn upsert(api: &Api, k: &ObjectKey, mut desired: Value, fields: &[&str]) -> Resu
                 }
             }
             if changed {
-                api.store.update(k, value, Some(existing.rv)).map_err(err)?;
+                api.store
+                    .update(k, value, Some(existing.rv))
+                    .await
+                    .map_err(err)?;
             }
             Ok(())
         }
         Err(StoreError::NotFound(_)) => {
             objects::stamp_new(&mut desired, &k.name);
-            match api.store.create(k, desired) {
+            match api.store.create(k, desired).await {
                 Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
                 Err(e) => Err(err(e)),
             }

@@ -25,7 +25,7 @@ mod fields;
 pub mod kubernetes;
 
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard};
 
 use serde_json::{Value, json};
 
@@ -84,11 +84,8 @@ impl Allocations {
 
     /// The lock, with the bitmaps current: rebuilt from the stored Services if any was written
     /// since they were last brought up to date.
-    fn lock(&self, store: &Store) -> MutexGuard<'_, Taken> {
-        let mut taken = self
-            .taken
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    async fn lock(&self, store: &Store) -> MutexGuard<'_, Taken> {
+        let mut taken = self.taken.lock().await;
         let now = store.last_write(SERVICES);
         if taken.at != Some(now) {
             let started = std::time::Instant::now();
@@ -143,10 +140,10 @@ pub(crate) struct Pending<'a> {
 }
 
 impl<'a> Pending<'a> {
-    fn new(api: &'a Api) -> Self {
+    async fn new(api: &'a Api) -> Self {
         Self {
             api,
-            taken: api.services.lock(&api.store),
+            taken: api.services.lock(&api.store).await,
             new_ips: Vec::new(),
             new_ports: Vec::new(),
             freed_ips: Vec::new(),
@@ -244,14 +241,14 @@ impl<'a> Pending<'a> {
 
     /// The write is committed: frees what it released, records the Services' version the
     /// bitmaps now match, and brings the IPAddress objects in line.
-    pub(crate) fn commit(mut self, written: &StoredObject, owner: (&str, &str)) {
+    pub(crate) async fn commit(mut self, written: &StoredObject, owner: (&str, &str)) {
         self.committed = true;
         for i in std::mem::take(&mut self.freed_ips) {
             // Not an IP this same write took again.
             if !self.new_ips.contains(&i) {
                 self.taken.ips.clear(i);
                 let ip = self.cidr().address(i).to_string();
-                delete_ip_object(self.api, &ip, owner);
+                delete_ip_object(self.api, &ip, owner).await;
             }
         }
         for i in std::mem::take(&mut self.freed_ports) {
@@ -262,7 +259,7 @@ impl<'a> Pending<'a> {
         self.taken.at = Some(written.rv);
         for i in std::mem::take(&mut self.new_ips) {
             let ip = self.cidr().address(i).to_string();
-            create_ip_object(self.api, &ip, owner);
+            create_ip_object(self.api, &ip, owner).await;
         }
     }
 }
@@ -316,19 +313,19 @@ fn ip_object(ip: &str, owner: (&str, &str)) -> Value {
     })
 }
 
-fn create_ip_object(api: &Api, ip: &str, owner: (&str, &str)) {
+async fn create_ip_object(api: &Api, ip: &str, owner: (&str, &str)) {
     let k = ObjectKey::new(IP_ADDRESSES, "", ip);
-    match api.store.create(&k, ip_object(ip, owner)) {
+    match api.store.create(&k, ip_object(ip, owner)).await {
         Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
         Err(e) => tracing::warn!(%ip, "writing the IPAddress of a Service: {e}"),
     }
 }
 
-fn delete_ip_object(api: &Api, ip: &str, owner: (&str, &str)) {
+async fn delete_ip_object(api: &Api, ip: &str, owner: (&str, &str)) {
     let k = ObjectKey::new(IP_ADDRESSES, "", ip);
     if let Ok(o) = api.store.get(&k)
         && is_parent(&o.value(), owner)
-        && let Err(e) = api.store.delete(&k, Some(o.rv))
+        && let Err(e) = api.store.delete(&k, Some(o.rv)).await
     {
         tracing::warn!(%ip, "deleting the IPAddress of a deleted Service: {e}");
     }
@@ -342,33 +339,33 @@ pub(crate) fn is_services(info: &crate::registry::ResourceInfo) -> bool {
 /// Before a new Service is stored: fills its IP family fields, cluster IPs, node ports and
 /// `status.loadBalancer`, as kube-apiserver's `beginCreate`. The write must follow while the
 /// returned [`Pending`] is held.
-pub(crate) fn for_create<'a>(
+pub(crate) async fn for_create<'a>(
     api: &'a Api,
     namespace: &str,
     service: &mut Value,
     dry_run: bool,
 ) -> Result<Pending<'a>, ApiError> {
-    let mut pending = Pending::new(api);
+    let mut pending = Pending::new(api).await;
     fields::create(&mut pending, namespace, service, dry_run)?;
     Ok(pending)
 }
 
 /// Before a Service is replaced: keeps what the client left out that was allocated, and
 /// allocates or frees for a change of type or ports, as kube-apiserver's `beginUpdate`.
-pub(crate) fn for_update<'a>(
+pub(crate) async fn for_update<'a>(
     api: &'a Api,
     old: &Value,
     service: &mut Value,
     dry_run: bool,
 ) -> Result<Pending<'a>, ApiError> {
-    let mut pending = Pending::new(api);
+    let mut pending = Pending::new(api).await;
     fields::update(&mut pending, old, service, dry_run)?;
     Ok(pending)
 }
 
 /// Before a Service is removed: what it holds, freed once the removal is committed.
-pub(crate) fn for_delete<'a>(api: &'a Api, old: &Value) -> Pending<'a> {
-    let mut pending = Pending::new(api);
+pub(crate) async fn for_delete<'a>(api: &'a Api, old: &Value) -> Pending<'a> {
+    let mut pending = Pending::new(api).await;
     for ip in fields::cluster_ips(old) {
         pending.free_ip(ip);
     }
@@ -389,7 +386,7 @@ pub(crate) fn owner(service: &Value) -> (&str, &str) {
 /// Brings the IPAddress objects in line with the stored Services, as kube's `repairip` loop
 /// does: one for every IP a Service holds in the range, none managed by the allocator for an
 /// IP no Service holds. Run at start; after that each Service write keeps them.
-pub(crate) fn repair_ip_objects(api: &Api) {
+pub(crate) async fn repair_ip_objects(api: &Api) {
     let mut held = std::collections::HashMap::new();
     let (services, _, _) = api.store.list(SERVICES, None, None, None, |_| true);
     for svc in services {
@@ -414,7 +411,7 @@ pub(crate) fn repair_ip_objects(api: &Api) {
             }
             _ if managed => {
                 let k = ObjectKey::new(IP_ADDRESSES, "", &name);
-                if let Err(e) = api.store.delete(&k, Some(o.rv)) {
+                if let Err(e) = api.store.delete(&k, Some(o.rv)).await {
                     tracing::warn!(ip = %name, "removing an IPAddress no Service holds: {e}");
                 }
             }
@@ -422,7 +419,7 @@ pub(crate) fn repair_ip_objects(api: &Api) {
         }
     }
     for (ip, (ns, name)) in held {
-        create_ip_object(api, &ip, (&ns, &name));
+        create_ip_object(api, &ip, (&ns, &name)).await;
     }
 }
 

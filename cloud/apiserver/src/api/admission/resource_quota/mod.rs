@@ -199,7 +199,7 @@ fn forbidden(kind: &str, name: &str, why: impl std::fmt::Display) -> ApiError {
 
 /// Checks a new `object` of `kind` (its storage key: `pods`, `deployments.apps`) against every
 /// quota of its namespace that counts it, and charges them.
-pub(crate) fn charge(
+pub(crate) async fn charge(
     api: &Api,
     kind: &str,
     namespace: &str,
@@ -276,7 +276,7 @@ pub(crate) fn charge(
         if dry_run || writes.is_empty() {
             return Ok(());
         }
-        match write_statuses(api, namespace, writes) {
+        match write_statuses(api, namespace, writes).await {
             Ok(()) => return Ok(()),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(ApiError::from_store(e, "", STORAGE)),
@@ -290,7 +290,7 @@ pub(crate) fn charge(
     ))
 }
 
-fn write_statuses(
+async fn write_statuses(
     api: &Api,
     namespace: &str,
     writes: Vec<(u64, Value, Value)>,
@@ -301,14 +301,14 @@ fn write_statuses(
         }
         quota["status"] = status;
         let k = ObjectKey::new(STORAGE, namespace, name_of(&quota));
-        api.store.update(&k, quota, Some(rv))?;
+        api.store.update(&k, quota, Some(rv)).await?;
     }
     Ok(())
 }
 
 /// Recounts the quotas of `namespace` that count `kind` (every quota when `kind` is `None`:
 /// a quota was written), after an object of it came, went or changed what it counts for.
-pub(crate) fn refresh(api: &Api, namespace: &str, kind: Option<&str>) {
+pub(crate) async fn refresh(api: &Api, namespace: &str, kind: Option<&str>) {
     for _ in 0..RETRIES {
         let (quotas, _, _) = api
             .store
@@ -328,7 +328,7 @@ pub(crate) fn refresh(api: &Api, namespace: &str, kind: Option<&str>) {
         if writes.is_empty() {
             return;
         }
-        match write_statuses(api, namespace, writes) {
+        match write_statuses(api, namespace, writes).await {
             Ok(()) => return,
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => {
