@@ -13,8 +13,8 @@
 //! pinned node: [`crate::scheduler::fit::PodNeeds::pinned_nodes`]). As kube-controller-manager
 //! does, one reconcile creates at most [`BURST_REPLICAS`] pods, in slow-start batches, and
 //! keeps what it wrote as an expectation ([`crate::expectations`]): until the pod watch shows
-//! them, later reconciles of the set only write its status, and the pod events wake it for the
-//! next batch. The pods come from the shared store's index by controller, not a scan of it. The template's hash goes in the
+//! them, later reconciles of the set return at once, and the pod events wake it for the next
+//! batch. The pods come from the shared store's index by controller, not a scan of it. The template's hash goes in the
 //! `controller-revision-hash` label; `RollingUpdate` replaces out-of-date pods at most
 //! `maxUnavailable` nodes at a time, `OnDelete` only when the user deletes them. (Kubernetes
 //! also keeps ControllerRevision objects for `kubectl rollout history`; this server does not
@@ -214,6 +214,15 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     let namespace = ds.namespace().unwrap_or_default();
     let uid = ds.uid().unwrap_or_default();
+    if !ctx
+        .expectations
+        .met(&uid, |w| w.forget_shown(&ctx.pods, &ctx.index, &namespace))
+    {
+        // Its last batch does not show yet: the pod events it causes wake the set again.
+        // (kube writes the status meanwhile; here a pass walks every node, and the batch's
+        // own events would run it back to back, so the status waits for the batch.)
+        return Ok(Action::requeue(RECHECK));
+    }
     let template = serde_json::to_value(ds.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
     let hash = template_hash(
         &template,
@@ -241,9 +250,6 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
-    let synced = ctx
-        .expectations
-        .met(&uid, |w| w.forget_shown(&ctx.pods, &ctx.index, &namespace));
     let mut by_node: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
     for p in ctx.index.owned(&ctx.pods, &namespace, &uid) {
         if !pods::is_active(&p) {
@@ -326,16 +332,8 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
             }
         }
     }
-    if synced {
-        apply_changes(&ds, &ctx, &pod, &create, &delete).await?;
-    }
-    let action = write_status(&ds, &ctx, &hash, &wanted).await?;
-    // Not synced: the pod events the writes cause wake it sooner.
-    Ok(if synced {
-        action
-    } else {
-        Action::requeue(RECHECK)
-    })
+    apply_changes(&ds, &ctx, &pod, &create, &delete).await?;
+    write_status(&ds, &ctx, &hash, &wanted).await
 }
 
 /// Creates the pods of up to [`BURST_REPLICAS`] nodes of `create` and deletes up to as many
