@@ -28,6 +28,23 @@ pub struct ContainerArgs {
     /// The container pods' subnet on this edge, for that bridge network.
     #[arg(long, default_value = "10.88.0.0/16")]
     pub pod_cidr: String,
+    /// The size past which a container's log is rotated, Wasm and containers alike (the
+    /// kubelet's `containerLogMaxSize`).
+    #[arg(long, default_value = "10Mi", value_parser = log_size)]
+    pub container_log_max_size: u64,
+    /// How many files a container's log keeps, the one being written included (the kubelet's
+    /// `containerLogMaxFiles`; at least 2).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    pub container_log_max_files: u32,
+}
+
+/// A log size, a Kubernetes quantity (`10Mi`, `500Ki`, `1G`), at least 1 KiB.
+fn log_size(s: &str) -> Result<u64, String> {
+    let bytes = wedge_core::quantity::parse_bytes(s).map_err(|e| e.to_string())?;
+    if bytes < 1024 {
+        return Err(format!("{s} is less than 1Ki"));
+    }
+    Ok(bytes)
 }
 
 impl ContainerArgs {
@@ -41,6 +58,10 @@ impl ContainerArgs {
         config.cgroup_root = self.cgroup_root;
         config.allow_privileged = self.allow_privileged;
         config.max_pods = self.max_pods;
+        config.log_limits = wedge_core::logrotation::LogLimits {
+            max_bytes: self.container_log_max_size,
+            max_files: usize::try_from(self.container_log_max_files).unwrap_or(usize::MAX),
+        };
         config.pod_network = Some(PodNetwork {
             conf_dir: self.cni_conf_dir,
             subnet: self.pod_cidr,

@@ -25,6 +25,18 @@ pub async fn terminated() {
     }
 }
 
+/// Called after the first signal: logs that the process is stopping, and makes a second
+/// signal exit at once (status 1), so that a stop that hangs (a guest, a slow disk, an API
+/// server that does not answer) does not keep an operator waiting.
+pub fn stop_or_exit_on_second_signal() {
+    tracing::info!("stopping (a second signal exits at once)");
+    tokio::spawn(async {
+        terminated().await;
+        tracing::warn!("second signal: exiting without waiting for the rest to stop");
+        std::process::exit(1);
+    });
+}
+
 /// A kube client from a kubeconfig file.
 pub async fn kube_client(path: &Path) -> anyhow::Result<kube::Client> {
     let kubeconfig = Kubeconfig::read_from(path)

@@ -15,6 +15,7 @@ pub mod encryption;
 mod fuzz;
 pub mod grants;
 pub mod join_token;
+pub mod logrotation;
 pub mod protocol;
 pub mod quantity;
 pub mod restart;

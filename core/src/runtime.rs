@@ -490,6 +490,10 @@ pub trait RuntimeService: Send + Sync {
     /// A container's figures.
     async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError>;
 
+    /// Makes a running container write to a fresh file at its log path, after the one there was
+    /// renamed (CRI's `ReopenContainerLog`: how the kubelet, here Edged, rotates logs).
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError>;
+
     /// Runs `command` in a running container with `streams` (`kubectl exec`), returning its
     /// exit code when it ends. Dropping the future ends the session.
     async fn exec(

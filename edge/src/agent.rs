@@ -121,6 +121,9 @@ pub struct AgentConfig {
     pub allow_privileged: bool,
     /// How many pods the node accepts (kubelet's `--max-pods`).
     pub max_pods: u32,
+    /// When containers' logs are rotated, for both runtimes (`--container-log-max-size`,
+    /// `--container-log-max-files`).
+    pub log_limits: wedge_core::logrotation::LogLimits,
     /// The network written for containerd when its CNI directory holds none; `None` writes
     /// nothing.
     pub pod_network: Option<PodNetwork>,
@@ -159,6 +162,7 @@ impl AgentConfig {
             cgroup_root: None,
             allow_privileged: false,
             max_pods: 110,
+            log_limits: Default::default(),
             pod_network: Some(PodNetwork::default()),
             local_volume_root: None,
         }
@@ -284,6 +288,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     runtime_config.registries = registries.clone();
     runtime_config.echo_logs = config.echo_logs;
+    runtime_config.log_limits = config.log_limits;
     // Every object is read (and decrypted) once, here: off the async workers.
     let meta = {
         let db = db.clone();
@@ -352,6 +357,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     edged_config.lease_interval = config.lease_interval;
     edged_config.usage_interval = config.usage_interval;
     edged_config.allow_privileged = config.allow_privileged;
+    edged_config.log_limits = config.log_limits;
     let files = credential_files(&config.root);
     edged_config.node_credentials =
         tokio::task::spawn_blocking(move || crate::edged::pull_secrets::node_credentials(&files))

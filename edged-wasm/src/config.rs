@@ -27,6 +27,8 @@ pub struct RuntimeConfig {
     pub handler_timeout: Duration,
     /// Copy guests' output to this process's stdout and stderr as well as to the logs.
     pub echo_logs: bool,
+    /// When guests' logs are rotated, as they are written.
+    pub log_limits: wedge_core::logrotation::LogLimits,
 }
 
 impl RuntimeConfig {
@@ -39,6 +41,7 @@ impl RuntimeConfig {
             backoff: BackoffSettings::default(),
             handler_timeout: Duration::from_secs(1),
             echo_logs: false,
+            log_limits: Default::default(),
         }
     }
 }

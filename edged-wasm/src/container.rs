@@ -120,6 +120,9 @@ pub(crate) struct WasmContainer {
     /// The running app's stdin, for attached clients: set when it starts, if the container
     /// asked for one (`stdin: true`).
     pub(crate) stdin: Mutex<Option<mpsc::Sender<Bytes>>>,
+    /// The running instance's log, for Edged's rotation (`reopen_container_log`): set when it
+    /// starts.
+    pub(crate) log: Mutex<Option<ContainerLog>>,
 }
 
 impl WasmContainer {
@@ -160,13 +163,19 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
     let prepared = lock(&c.prepared)
         .take()
         .ok_or_else(|| RuntimeError::Failed(format!("container {} is not prepared", c.id)))?;
-    let log = ContainerLog::open_tapped(&c.config.log_path, rt.config.echo_logs, c.output.clone())
-        .map_err(|e| {
-            RuntimeError::Failed(format!(
-                "cannot open the container log {}: {e}",
-                c.config.log_path.display()
-            ))
-        })?;
+    let log = ContainerLog::open_limited(
+        &c.config.log_path,
+        rt.config.echo_logs,
+        c.output.clone(),
+        rt.config.log_limits,
+    )
+    .map_err(|e| {
+        RuntimeError::Failed(format!(
+            "cannot open the container log {}: {e}",
+            c.config.log_path.display()
+        ))
+    })?;
+    *lock(&c.log) = Some(log.clone());
     let started_at = Timestamp::now();
     let run: Box<dyn FnOnce() -> JoinHandle<()> + Send> = match prepared.kind {
         ComponentKind::App => {
@@ -239,7 +248,7 @@ pub(crate) fn start(rt: Arc<Inner>, c: Arc<WasmContainer>) -> Result<(), Runtime
     Ok(())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

@@ -35,6 +35,7 @@ use tokio_util::sync::PollSender;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wedge_core::crilog::{LineSplitter, Stream};
+use wedge_core::logrotation::{self, LogLimits};
 
 /// How many writes an attached client may fall behind by before it loses output. A write is at
 /// most [`WRITE_PERMIT`] bytes and usually a line.
@@ -50,39 +51,17 @@ const WRITE_PERMIT: usize = 64 * 1024;
 /// How much formatted output the writer gathers before writing it out, when more is queued.
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// The size at which a log file is rotated: the kubelet's `containerLogMaxSize` default.
-pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
-
-/// How many files a log keeps, the one being written included: the kubelet's
-/// `containerLogMaxFiles` default. A guest printing in a loop takes at most
-/// `LOG_MAX_FILES × LOG_MAX_BYTES` (plus a batch) of the edge's disk.
-pub const LOG_MAX_FILES: usize = 5;
-
-/// Renames a log that reached [`LOG_MAX_BYTES`] to `<name>.<UTC time>`, as the kubelet names
-/// rotated logs, removes the oldest rotated ones beyond [`LOG_MAX_FILES`], and opens a fresh
-/// file at `path`. Readers following the old file move to the new one when its inode changes
-/// (`edged::logs` at the edge).
+/// Renames a log that reached its size limit as the kubelet names rotated logs, removes the
+/// oldest rotated ones beyond `max_files`, and opens a fresh file at `path`. Readers following
+/// the old file move to the new one when its inode changes (`edged::logs` at the edge).
 fn rotate(path: &Path, max_files: usize) -> std::io::Result<File> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stamp = Timestamp::now().strftime("%Y%m%d-%H%M%S%.6f").to_string();
-    std::fs::rename(path, path.with_file_name(format!("{name}.{stamp}")))?;
+    std::fs::rename(path, logrotation::rotated_path(path, Timestamp::now()))?;
     if let Some(dir) = path.parent() {
-        let prefix = format!("{name}.");
-        let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)?
+        let siblings: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
             .collect();
-        // The stamps sort as the times do: the oldest first.
-        rotated.sort();
-        let excess = rotated.len().saturating_sub(max_files.saturating_sub(1));
-        for old in &rotated[..excess] {
+        for old in logrotation::excess_rotated(path, &siblings, max_files) {
             let _ = std::fs::remove_file(old);
         }
     }
@@ -142,6 +121,9 @@ enum Entry {
     /// The instance has ended: write out unterminated lines, answer once all is in the file, and
     /// stop.
     Close(oneshot::Sender<()>),
+    /// The file was renamed by Edged's rotation: write out what queued before, then go on in a
+    /// fresh file at the log's path, and answer.
+    Reopen(oneshot::Sender<std::io::Result<()>>),
 }
 
 /// What one blocking write puts out.
@@ -164,9 +146,8 @@ struct Writer {
     tap: OutputTap,
     /// A write has failed and was reported: the next failures are not.
     failed: bool,
-    /// When to rotate, and how many files to keep ([`LOG_MAX_BYTES`], [`LOG_MAX_FILES`]).
-    max_bytes: u64,
-    max_files: usize,
+    /// When to rotate, and how many files to keep.
+    limits: LogLimits,
     /// How long the file is: counted as it is written, so deciding to rotate costs no `stat`.
     size: u64,
 }
@@ -179,6 +160,7 @@ impl Writer {
         loop {
             let mut next = rx.recv().await;
             let mut closed = None;
+            let mut reopen = None;
             let ended = loop {
                 match next {
                     Some(Entry::Write {
@@ -200,6 +182,10 @@ impl Writer {
                         closed = Some(ack);
                         break true;
                     }
+                    Some(Entry::Reopen(ack)) => {
+                        reopen = Some(ack);
+                        break false;
+                    }
                     None => break true,
                 }
                 if batch.records.len() >= BATCH_BYTES {
@@ -217,6 +203,9 @@ impl Writer {
                 self.stderr.finish(now, &mut batch.records);
             }
             batch = self.write_out(batch).await;
+            if let Some(ack) = reopen {
+                let _ = ack.send(self.reopen().await);
+            }
             if ended {
                 if let Some(ack) = closed {
                     let _ = ack.send(());
@@ -238,7 +227,7 @@ impl Writer {
         };
         let echo = self.echo;
         let path = self.path.clone();
-        let (max_bytes, max_files, mut size) = (self.max_bytes, self.max_files, self.size);
+        let (limits, mut size) = (self.limits, self.size);
         let written = tokio::task::spawn_blocking(move || {
             if echo {
                 // `wedge wasm run` shows the guest's output as it comes.
@@ -255,9 +244,9 @@ impl Writer {
             }
             batch.records.clear();
             batch.echo.clear();
-            if size >= max_bytes {
+            if size >= limits.max_bytes {
                 // Renaming the open file is fine: the fresh one replaces it here.
-                match rotate(&path, max_files) {
+                match rotate(&path, limits.max_files) {
                     Ok(fresh) => (file, size) = (fresh, 0),
                     Err(e) => result = Err(e),
                 }
@@ -286,6 +275,26 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Opens a fresh file at the log's path (the old one was renamed), off the async workers.
+    /// On failure the writer keeps the file it had.
+    async fn reopen(&mut self) -> std::io::Result<()> {
+        let path = self.path.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            let size = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, size))
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        let (file, size) = opened?;
+        self.file = Some(file);
+        self.size = size;
+        self.failed = false;
+        Ok(())
+    }
+}
+
 /// The log of one container instance: hand [`ContainerLog::stdout`] and
 /// [`ContainerLog::stderr`] to WASI, and [`ContainerLog::close`] it when the instance ends.
 #[derive(Clone)]
@@ -305,16 +314,18 @@ impl ContainerLog {
 
     /// Opens the log as [`ContainerLog::open`] does, every write also sent to `tap`.
     pub fn open_tapped(path: &Path, echo: bool, tap: OutputTap) -> std::io::Result<Self> {
-        Self::open_limited(path, echo, tap, LOG_MAX_BYTES, LOG_MAX_FILES)
+        Self::open_limited(path, echo, tap, LogLimits::default())
     }
 
-    /// [`ContainerLog::open_tapped`], rotating at `max_bytes` and keeping `max_files`.
-    fn open_limited(
+    /// [`ContainerLog::open_tapped`], rotated as it is written past `limits` (the edge's
+    /// `--container-log-max-size` and `--container-log-max-files`): a guest printing as fast as
+    /// it can never holds more of the disk than they allow, which a check every few seconds
+    /// would not ensure.
+    pub fn open_limited(
         path: &Path,
         echo: bool,
         tap: OutputTap,
-        max_bytes: u64,
-        max_files: usize,
+        limits: LogLimits,
     ) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -330,8 +341,7 @@ impl ContainerLog {
             echo,
             tap,
             failed: false,
-            max_bytes,
-            max_files,
+            limits,
             size,
         };
         tokio::spawn(writer.run(rx));
@@ -376,6 +386,16 @@ impl ContainerLog {
             // An error means the writer is gone (its runtime is shutting down).
             let _ = done.await;
         }
+    }
+
+    /// Goes on in a fresh file at the log's path, after what was written before: the file there
+    /// was renamed (Edged rotated it, as the kubelet rotates every runtime's logs). Returns once
+    /// the fresh file is open.
+    pub async fn reopen(&self) -> std::io::Result<()> {
+        let (ack, done) = oneshot::channel();
+        let gone = || std::io::Error::other("the log's writer has stopped");
+        self.tx.send(Entry::Reopen(ack)).await.map_err(|_| gone())?;
+        done.await.map_err(|_| gone())?
     }
 }
 
@@ -547,8 +567,16 @@ mod tests {
     async fn a_log_rotates_at_its_size_and_keeps_its_newest_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("0.log");
-        let log =
-            ContainerLog::open_limited(&path, false, OutputTap::default(), 4096, 3).expect("open");
+        let log = ContainerLog::open_limited(
+            &path,
+            false,
+            OutputTap::default(),
+            LogLimits {
+                max_bytes: 4096,
+                max_files: 3,
+            },
+        )
+        .expect("open");
         let mut out = log.stdout().p2_stream();
         for i in 0..2000 {
             write(&mut out, format!("line {i}\n").as_bytes()).await;
@@ -584,6 +612,28 @@ mod tests {
         for (k, line) in lines.iter().enumerate() {
             assert_eq!(*line, format!("line {}", first + k));
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_renamed_by_edged_goes_on_in_a_fresh_file_when_reopened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let log = ContainerLog::open(&path, false).expect("open");
+        let mut out = log.stdout().p2_stream();
+        write(&mut out, b"before\n").await;
+        // As Edged rotates: rename, writes go on into the renamed file, then reopen.
+        let rotated = dir.path().join("0.log.20260101-000000.000000");
+        std::fs::rename(&path, &rotated).expect("rename");
+        write(&mut out, b"between\n").await;
+        log.reopen().await.expect("reopened");
+        write(&mut out, b"after\n").await;
+        log.close().await;
+        let text = |p: &Path| {
+            let bytes = std::fs::read(p).expect("read");
+            String::from_utf8(render(&bytes, &LogOptions::default())).expect("utf-8")
+        };
+        assert_eq!(text(&rotated), "before\nbetween\n");
+        assert_eq!(text(&path), "after\n");
     }
 
     #[tokio::test]

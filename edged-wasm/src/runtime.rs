@@ -432,6 +432,7 @@ impl RuntimeService for WasmRuntime {
             task: Mutex::new(None),
             output: crate::logs::OutputTap::default(),
             stdin: Mutex::new(None),
+            log: Mutex::new(None),
         };
         lock(&self.inner.containers).insert(id.clone(), Arc::new(c));
         Ok(id)
@@ -547,6 +548,22 @@ impl RuntimeService for WasmRuntime {
                  it can listen on port {port}; give the pod a container to give it a network"
             )
         }))
+    }
+
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let c = self.container(id)?;
+        let log = crate::container::lock(&c.log).clone();
+        match log {
+            Some(log) => log.reopen().await.map_err(|e| {
+                RuntimeError::Failed(format!(
+                    "cannot reopen the container log {}: {e}",
+                    c.config.log_path.display()
+                ))
+            }),
+            None => Err(RuntimeError::Failed(format!(
+                "container {id} is not running"
+            ))),
+        }
     }
 
     async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {

@@ -482,6 +482,16 @@ impl RuntimeService for CriRuntime {
         })
     }
 
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        self.runtime()
+            .reopen_container_log(call(cri::ReopenContainerLogRequest {
+                container_id: id.to_owned(),
+            }))
+            .await
+            .map_err(|s| runtime_error(s, &container_object(id)))?;
+        Ok(())
+    }
+
     async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
         let stats = self
             .runtime()

@@ -31,6 +31,7 @@ pub mod http_sink;
 pub mod metrics;
 pub mod mosquitto;
 pub mod oci;
+pub mod process;
 pub mod registry;
 pub mod sample_apps;
 pub mod wait;

@@ -136,7 +136,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let failure = tokio::select! {
-        () = wedge_cli::terminated() => None,
+        () = wedge_cli::terminated() => {
+            wedge_cli::stop_or_exit_on_second_signal();
+            None
+        }
         error = stopped => error,
     };
     shutdown.cancel();

@@ -151,12 +151,8 @@ fn main() -> ExitCode {
         let stop = shutdown.clone();
         tokio::spawn(async move {
             wedge_cli::terminated().await;
-            tracing::info!("stopping (a second signal exits at once)");
+            wedge_cli::stop_or_exit_on_second_signal();
             stop.cancel();
-            // A stop that hangs (a guest, a slow disk) must not keep an operator waiting.
-            wedge_cli::terminated().await;
-            tracing::warn!("second signal: exiting without waiting for the rest to stop");
-            std::process::exit(1);
         });
         agent::run(config, shutdown).await
     });

@@ -465,7 +465,7 @@ pub async fn run(root: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     );
 
     tokio::select! {
-        () = wedge_cli::terminated() => {}
+        () = wedge_cli::terminated() => wedge_cli::stop_or_exit_on_second_signal(),
         error = cluster.control_plane_stopped() => {
             shutdown.cancel();
             cloudcore.shutdown().await;

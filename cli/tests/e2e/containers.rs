@@ -431,6 +431,142 @@ async fn edgecore_killed_with_the_cloud_away_adopts_its_containers_when_it_resta
     assert_eq!(env.log("survivor", "main").matches("started").count(), 1);
 }
 
+/// edgecore told to stop while a pod is being deleted finishes that deletion first (within the
+/// pod's grace period) instead of leaving it half done; a second signal exits at once, so a
+/// stop that takes long never holds an operator.
+#[tokio::test(flavor = "multi_thread")]
+async fn edgecore_stopping_finishes_a_deletion_under_way_and_a_second_signal_exits_at_once() {
+    let mut env = mixed_edge(&[]).await;
+    env.runtime_classes();
+    env.cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stubborn\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 600\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'trap \"\" TERM; echo started; while true; do sleep 1; done']\n",
+        env.busybox
+    ));
+    env.cloud
+        .wait_for("pod/stubborn", "{.status.phase}", "Running", PULL);
+    env.cloud
+        .kubectl(&["delete", "pod", "stubborn", "--wait=false"]);
+    eventually(
+        Duration::from_secs(60),
+        || env.edge.log().contains("stopping a deleted pod"),
+        || format!("edgecore's log: {}", env.edge.log()),
+    )
+    .await;
+
+    env.edge.terminate();
+    eventually(
+        Duration::from_secs(30),
+        || {
+            env.edge
+                .log()
+                .contains("waiting for the pods being stopped")
+        },
+        || format!("edgecore's log: {}", env.edge.log()),
+    )
+    .await;
+    // It waits for the container, which ignores SIGTERM, until the pod's 600 s are up...
+    assert!(
+        env.edge.child.try_wait().expect("try_wait").is_none(),
+        "edgecore exited before the deletion under way had finished:\n{}",
+        env.edge.log()
+    );
+    // ...unless told again.
+    env.edge.terminate();
+    let status = env.edge.exited(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "{}", env.edge.log());
+    assert!(
+        env.edge.log().contains("second signal"),
+        "{}",
+        env.edge.log()
+    );
+}
+
+/// A container printing without end holds a bounded share of the disk: past
+/// `--container-log-max-size` Edged renames its log and has containerd reopen it, keeping
+/// `--container-log-max-files` files, and `kubectl logs -f` follows across the rotations without
+/// losing or repeating a line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chatty_containers_log_is_rotated_and_followed_across_rotations() {
+    let env = mixed_edge(&[
+        "--container-log-max-size",
+        "4Ki",
+        "--container-log-max-files",
+        "2",
+    ])
+    .await;
+    env.runtime_classes();
+    env.cloud.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: chatty\nspec:\n  runtimeClassName: runc\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [sh, -c, 'i=0; while true; do echo line $i; i=$((i+1)); usleep 20000; done']\n",
+        env.busybox
+    ));
+    env.cloud
+        .wait_for("pod/chatty", "{.status.phase}", "Running", PULL);
+    let dir = env
+        .root
+        .join(format!("pods/default_chatty_{}", env.uid("chatty")))
+        .join("main");
+    let mut follow = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(env.cloud.kubeconfig())
+        .args(["logs", "-f", "chatty"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let lines = lines_of(&mut follow);
+
+    // Two rotations, and never more files than the limit.
+    let mut rotated_seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while rotated_seen.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not rotated twice: {rotated_seen:?}\n{}",
+            env.edge.log()
+        );
+        let files: Vec<String> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(files.len() <= 2, "{files:?}");
+        rotated_seen.extend(files.into_iter().filter(|f| f.starts_with("0.log.")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // What the follow printed runs on without a gap or a repeat across both rotations, past the
+    // last line of the newest rotated file (written before the second rotation).
+    let newest = rotated_seen.last().expect("rotated");
+    let raw = std::fs::read_to_string(dir.join(newest)).unwrap_or_default();
+    let target: u64 = raw
+        .lines()
+        .filter_map(|record| record.splitn(4, ' ').nth(3))
+        .filter_map(|content| content.strip_prefix("line ")?.parse().ok())
+        .next_back()
+        .map_or(0, |n: u64| n + 1);
+    let mut expected = None;
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("kubectl logs -f goes on");
+        let n: u64 = line
+            .strip_prefix("line ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a numbered line: {line:?}"));
+        if let Some(want) = expected {
+            assert_eq!(n, want, "lost or repeated lines across a rotation");
+        }
+        expected = Some(n + 1);
+        if n >= target {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
 /// What Edged does for every runtime, seen on container pods: OOMKilled at the memory limit,
 /// a SIGTERM handler given its grace period, CrashLoopBackOff, readiness gating Ready and a
 /// failing liveness probe restarting the container.

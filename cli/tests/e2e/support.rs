@@ -45,6 +45,27 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends SIGTERM, as a service manager stops it.
+    pub fn terminate(&self) {
+        wedge_testkit::process::terminate(self.child.id());
+    }
+
+    /// Waits (bounded by `timeout`) until the process has exited; its status.
+    pub async fn exited(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still running after {timeout:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Proc {

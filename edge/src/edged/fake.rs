@@ -445,6 +445,19 @@ impl RuntimeService for Fake {
         Ok(())
     }
 
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(format!("reopen_log {id}"))?;
+        let path = self.lock().logs.get(id).cloned();
+        if let Some(path) = path {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
         self.call(format!("remove {id}"))?;
         self.lock().containers.remove(id);

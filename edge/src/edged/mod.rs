@@ -18,6 +18,7 @@
 pub mod claims;
 pub mod env;
 pub mod exec;
+pub mod log_manager;
 pub mod logs;
 pub mod node;
 pub mod notices;
@@ -107,6 +108,8 @@ pub struct EdgedConfig {
     /// The edge's own registry credentials, by host, for every pod's pulls wherever its
     /// `imagePullSecrets` name none ([`pull_secrets::node_credentials`]).
     pub node_credentials: std::collections::BTreeMap<String, PullAuth>,
+    /// When containers' logs are rotated ([`log_manager`]).
+    pub log_limits: wedge_core::logrotation::LogLimits,
 }
 
 impl EdgedConfig {
@@ -121,6 +124,7 @@ impl EdgedConfig {
             status_resync: Duration::from_secs(10),
             allow_privileged: false,
             node_credentials: Default::default(),
+            log_limits: Default::default(),
         }
     }
 }
@@ -402,6 +406,11 @@ impl Edged {
         if let Some(tokens) = &self.tokens {
             background.spawn(tokens.clone().run(shutdown.clone()));
         }
+        background.spawn(log_manager::run(
+            self.workers.clone(),
+            self.config.log_limits,
+            log_manager::MONITOR_INTERVAL,
+        ));
         background.spawn(usage::sample_loop(
             self.workers.clone(),
             self.config.usage_interval,

@@ -121,6 +121,8 @@ pub struct RunningContainer {
     pub id: String,
     /// The runtime it runs on.
     pub handle: RuntimeHandle,
+    /// Where its current instance's output goes (`<pod dir>/<name>/<restart count>.log`).
+    pub log_path: std::path::PathBuf,
 }
 
 struct Entry {
@@ -522,6 +524,10 @@ impl PodWorkers {
                     container: slot.plan.name.clone(),
                     id,
                     handle: slot.handle.clone(),
+                    log_path: plan
+                        .dir
+                        .join(&slot.plan.name)
+                        .join(format!("{}.log", slot.status().restart_count)),
                 });
             }
         }

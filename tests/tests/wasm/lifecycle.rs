@@ -440,10 +440,11 @@ async fn shutdown_ends_every_guest_with_its_log_written_out() {
 }
 
 /// A guest printing as fast as it can takes a bounded share of the disk: its log is rotated at
-/// 10 MiB, as the kubelet rotates logs, and only the newest 5 files are kept.
+/// 10 MiB, as the kubelet rotates logs, and only the newest 5 files are kept (the defaults).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_guests_log_is_rotated_and_bounded() {
-    use wedge_edged_wasm::logs::{LOG_MAX_BYTES, LOG_MAX_FILES};
+    let limits = wedge_core::logrotation::LogLimits::default();
+    let (max_bytes, max_files) = (limits.max_bytes, limits.max_files);
 
     let t = TestRuntime::new(&[]);
     let image = t.local_image("misbehave").await;
@@ -461,13 +462,13 @@ async fn a_flooding_guests_log_is_rotated_and_bounded() {
         .join(format!("pods/default_pod-flood_{flood}/main"));
     // Every file of the log stays under the size plus one write batch, all of them together
     // under the cap, while rotated files come and the oldest go.
-    let cap_per_file = LOG_MAX_BYTES + 1024 * 1024;
+    let cap_per_file = max_bytes + 1024 * 1024;
     let mut rotated_seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while rotated_seen.len() <= LOG_MAX_FILES {
+    while rotated_seen.len() <= max_files {
         assert!(
             Instant::now() < deadline,
-            "the log was not rotated past {LOG_MAX_FILES} files: {rotated_seen:?}"
+            "the log was not rotated past {max_files} files: {rotated_seen:?}"
         );
         let files: Vec<(String, u64)> = std::fs::read_dir(&dir)
             .map(|entries| {
@@ -482,7 +483,7 @@ async fn a_flooding_guests_log_is_rotated_and_bounded() {
                     .collect()
             })
             .unwrap_or_default();
-        assert!(files.len() <= LOG_MAX_FILES, "{files:?}");
+        assert!(files.len() <= max_files, "{files:?}");
         for (name, len) in &files {
             assert!(*len <= cap_per_file, "{name}: {len} bytes");
             if name.starts_with("0.log.") {
