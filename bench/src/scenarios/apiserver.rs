@@ -350,7 +350,7 @@ async fn user_client(
     data_dir: &Path,
     user: &str,
 ) -> anyhow::Result<kube::Client> {
-    let pki = wedge_apiserver::pki::Pki::load_or_create(data_dir, &[])?;
+    let pki = wedge_pki::Pki::load_or_create(data_dir, &[])?;
     let cert = pki.issue_client(user, &[])?;
     let url = Kubeconfig::read_from(server.kubeconfig())?
         .clusters

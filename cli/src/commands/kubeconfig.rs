@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use wedge_apiserver::pki::Pki;
+use wedge_pki::Pki;
 
 /// Options of `wedge kubeconfig`.
 #[derive(Args)]

@@ -8,8 +8,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use x509_parser::prelude::{FromDer, X509Certificate};
-
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -106,14 +104,10 @@ impl Tokens {
 
 /// The user a verified client certificate names: CN is the user, each O a group.
 pub fn user_from_certificate(der: &[u8]) -> Option<User> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_owned))
-        .collect();
-    Some(User { name, groups })
+    wedge_pki::subject_of(der).map(|s| User {
+        name: s.name,
+        groups: s.groups,
+    })
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

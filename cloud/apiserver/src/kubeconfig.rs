@@ -7,7 +7,7 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::pki::CertifiedKey;
+use wedge_pki::CertifiedKey;
 
 /// The admin kubeconfig's text.
 pub fn render(server: &str, ca_pem: &str, client: &CertifiedKey) -> String {

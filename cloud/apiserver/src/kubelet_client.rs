@@ -48,7 +48,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use wedge_core::tls::AnyServerCertificate;
 
-use crate::pki::{Pki, PkiError};
+use wedge_pki::{Pki, PkiError};
 
 /// The port kube-apiserver dials when a Node does not report its kubelet's
 /// (`--kubelet-port`'s default).

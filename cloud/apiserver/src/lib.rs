@@ -24,8 +24,6 @@ pub mod authz;
 mod fuzz;
 pub mod kubeconfig;
 pub mod kubelet_client;
-pub mod listener;
-pub mod pki;
 pub mod protobuf;
 pub mod registry;
 pub mod schema;

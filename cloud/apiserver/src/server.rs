@@ -8,10 +8,6 @@ use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -23,8 +19,9 @@ use crate::api::{Api, ApiError};
 use crate::auth::{self, Tokens, User};
 use crate::authz::components::Component;
 use crate::kubelet_client::{KubeletClient, KubeletError};
-use crate::pki::{Pki, PkiError};
 use crate::storage::{Store, StoreError};
+use wedge_pki::server_tls::{ClientCerts, tls_config};
+use wedge_pki::{Pki, PkiError};
 
 /// How the server is set up.
 #[derive(Debug, Clone)]
@@ -42,7 +39,7 @@ pub struct ServerConfig {
     /// How many bytes of objects the watch history keeps (older events expire first).
     pub watch_history_bytes: usize,
     /// How many connections the listener holds, in all and per client address.
-    pub connection_limits: crate::listener::Limits,
+    pub connection_limits: wedge_pki::listener::Limits,
     /// How long a request's headers, or an idle connection's next request, may take.
     pub header_timeout: std::time::Duration,
     /// The CA that nodes' kubelet serving certificates must chain to (kube-apiserver's
@@ -73,8 +70,8 @@ impl ServerConfig {
             token_file: None,
             watch_history: crate::storage::HISTORY,
             watch_history_bytes: crate::storage::HISTORY_BYTES,
-            connection_limits: crate::listener::Limits::api(),
-            header_timeout: crate::listener::HEADER_TIMEOUT,
+            connection_limits: wedge_pki::listener::Limits::api(),
+            header_timeout: wedge_pki::listener::HEADER_TIMEOUT,
             kubelet_certificate_authority: None,
             service_network: ServiceNetwork::default(),
             advertise_address: None,
@@ -113,8 +110,8 @@ pub enum ServerError {
     #[error(transparent)]
     ServiceAccountKey(#[from] crate::service_account_tokens::TokenKeyError),
     /// TLS setup.
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] wedge_pki::server_tls::TlsConfigError),
     /// The kubelet client (its certificate or TLS setup).
     #[error(transparent)]
     Kubelet(#[from] KubeletError),
@@ -147,63 +144,6 @@ impl std::fmt::Debug for Server {
             .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
-}
-
-/// Which client certificates a TLS listener takes.
-#[derive(Debug, Clone, Copy)]
-pub enum ClientCerts<'a> {
-    /// Verified against the PKI's own CA when presented, but not required (clients may
-    /// authenticate otherwise): the API server and CloudHub.
-    Optional,
-    /// Required, and chained to one of these CAs (DER): CloudStream, which only the API
-    /// server's kubelet client may call.
-    Required(&'a [Vec<u8>]),
-}
-
-/// A TLS server configuration serving `pki`'s certificate, taking client certificates as
-/// `clients` says, offering `alpn`. CloudHub and CloudStream use it too.
-pub fn tls_config(
-    pki: &Pki,
-    alpn: &[&[u8]],
-    clients: ClientCerts<'_>,
-) -> Result<rustls::ServerConfig, ServerError> {
-    let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.serving.cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| tls(&e))?;
-    let key = PrivateKeyDer::from_pem_slice(pki.serving.key_pem.as_bytes()).map_err(|e| tls(&e))?;
-    let mut roots = RootCertStore::empty();
-    match clients {
-        ClientCerts::Optional => {
-            for ca in CertificateDer::pem_slice_iter(pki.ca.cert_pem.as_bytes()) {
-                roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
-            }
-        }
-        ClientCerts::Required(cas) => {
-            for ca in cas {
-                roots
-                    .add(CertificateDer::from(ca.clone()))
-                    .map_err(|e| tls(&e))?;
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    let verifier = match clients {
-        ClientCerts::Optional => verifier.allow_unauthenticated(),
-        ClientCerts::Required(_) => verifier,
-    }
-    .build()
-    .map_err(|e| tls(&e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(&e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(&e))?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
 }
 
 impl Server {
@@ -426,7 +366,7 @@ async fn keep_services(api: Arc<Api>, address: IpAddr, port: u16, shutdown: Canc
 /// How the API server's listener is bounded.
 #[derive(Clone, Copy)]
 struct Bounds {
-    limits: crate::listener::Limits,
+    limits: wedge_pki::listener::Limits,
     header_timeout: std::time::Duration,
 }
 
@@ -439,7 +379,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    crate::listener::accept(
+    wedge_pki::listener::accept(
         listener,
         "api",
         bounds.limits,
@@ -467,7 +407,7 @@ async fn serve_connection(
     tokens: Arc<Tokens>,
     header_timeout: std::time::Duration,
 ) {
-    let Some(tls) = crate::listener::handshake(&acceptor, tcp, peer, "api").await else {
+    let Some(tls) = wedge_pki::listener::handshake(&acceptor, tcp, peer, "api").await else {
         return;
     };
     let cert_user: Option<User> = tls
@@ -517,7 +457,7 @@ async fn serve_connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
-    let served = crate::listener::first_bytes_within(tls, header_timeout, |io| {
+    let served = wedge_pki::listener::first_bytes_within(tls, header_timeout, |io| {
         builder.serve_connection_with_upgrades(TokioIo::new(io), service)
     })
     .await;

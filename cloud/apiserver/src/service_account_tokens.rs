@@ -1,6 +1,6 @@
 //! ServiceAccount tokens, as kube-apiserver issues and checks them: JWTs signed with the
 //! server's own key (`<data-dir>/pki/sa.key`, ES256, made at first start like kubeadm's
-//! `sa.key`, by [`crate::pki::Pki::load_or_create_key`]), and taken as bearer tokens while they
+//! `sa.key`, by [`wedge_pki::Pki::load_or_create_key`]), and taken as bearer tokens while they
 //! are valid. The user is `system:serviceaccount:<namespace>:<name>` in the groups
 //! `system:serviceaccounts` and `system:serviceaccounts:<namespace>`, which RBAC bindings name.
 //!
@@ -142,7 +142,7 @@ impl std::fmt::Debug for ServiceAccountTokens {
 
 impl ServiceAccountTokens {
     /// Signs and checks with the ES256 key `pem` (PKCS#8, as
-    /// [`crate::pki::Pki::load_or_create_key`] keeps it: `<data-dir>/pki/sa.key`).
+    /// [`wedge_pki::Pki::load_or_create_key`] keeps it: `<data-dir>/pki/sa.key`).
     pub fn new(pem: &str) -> Result<Self, TokenKeyError> {
         let bad = |e: &dyn std::fmt::Display| TokenKeyError(e.to_string());
         let key = rcgen::KeyPair::from_pem(pem).map_err(|e| bad(&e))?;
@@ -300,8 +300,8 @@ mod tests {
     #[test]
     fn tokens_verify_for_their_audience_until_they_expire() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki = crate::pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
-        let key = |pki: &crate::pki::Pki| {
+        let pki = wedge_pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
+        let key = |pki: &wedge_pki::Pki| {
             ServiceAccountTokens::new(&pki.load_or_create_key("sa").expect("key")).expect("key")
         };
         let tokens = key(&pki);
@@ -320,10 +320,10 @@ mod tests {
         let expired = tokens.issue(&subject, now - 7200, 600).expect("token");
         assert!(tokens.verify(&expired, ISSUER).is_none(), "expired");
         // The key is kept: tokens stay valid across restarts; another key's are not.
-        let again = key(&crate::pki::Pki::load_or_create(dir.path(), &[]).expect("pki"));
+        let again = key(&wedge_pki::Pki::load_or_create(dir.path(), &[]).expect("pki"));
         assert!(again.verify(&token, ISSUER).is_some());
         let other = tempfile::tempdir().expect("tempdir");
-        let stranger = key(&crate::pki::Pki::load_or_create(other.path(), &[]).expect("pki"));
+        let stranger = key(&wedge_pki::Pki::load_or_create(other.path(), &[]).expect("pki"));
         assert!(stranger.verify(&token, ISSUER).is_none());
         assert!(tokens.verify("not.a.token", ISSUER).is_none());
     }
@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn bound_and_legacy_tokens_say_what_they_hang_on() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki = crate::pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
+        let pki = wedge_pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
         let tokens =
             ServiceAccountTokens::new(&pki.load_or_create_key("sa").expect("key")).expect("key");
         let bound = TokenSubject {

@@ -266,7 +266,7 @@ mod tests {
     async fn api() -> (tempfile::TempDir, Api) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(crate::storage::Store::open(&dir.path().join("db")).expect("store"));
-        let pki = crate::pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
+        let pki = wedge_pki::Pki::load_or_create(dir.path(), &[]).expect("pki");
         let tokens = crate::service_account_tokens::ServiceAccountTokens::new(
             &pki.load_or_create_key("sa").expect("key"),
         )

@@ -23,7 +23,6 @@ pub mod devicecontroller;
 pub mod edgecontroller;
 pub mod join;
 pub mod metrics;
-mod metrics_server;
 pub mod router;
 pub mod usage;
 
@@ -35,7 +34,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wedge_apiserver::pki::{CertifiedKey, Pki, PkiError};
+use wedge_pki::{CertifiedKey, Pki, PkiError};
 
 use crate::cloudhub::{HubContext, HubError, HubSettings};
 use crate::edgecontroller::Upstream;
@@ -236,9 +235,9 @@ impl CloudCore {
                         source,
                     })?;
                 let bound = listener.local_addr().ok();
-                tasks.spawn(metrics_server::serve(
+                tasks.spawn(wedge_pki::metrics::serve(
                     listener,
-                    metrics,
+                    move || metrics.encode(),
                     shutdown.clone(),
                     tasks.clone(),
                 ));
@@ -306,7 +305,7 @@ impl CloudCore {
 
     /// Whether the edge certificate in `pem` may still be used (`Err`: why not).
     pub fn edge_certificate_usable(&self, pem: &str) -> Result<(), String> {
-        let identity = wedge_apiserver::pki::pem_to_der(pem)
+        let identity = wedge_pki::pem_to_der(pem)
             .and_then(|der| cloudhub::identity::identity_of_certificate(&der))
             .ok_or("not an edge certificate")?;
         self.certificates

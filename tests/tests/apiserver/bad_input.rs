@@ -289,5 +289,5 @@ async fn anonymous_requests_are_refused_and_tokens_are_accepted() {
 
 /// The DER bytes of a PEM certificate.
 fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
-    wedge_apiserver::pki::pem_to_der(pem).expect("CA PEM")
+    wedge_pki::pem_to_der(pem).expect("CA PEM")
 }

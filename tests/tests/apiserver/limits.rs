@@ -124,7 +124,7 @@ async fn a_json_patch_cannot_grow_a_document_without_bound() {
 /// A TLS client of the server that trusts its CA.
 fn tls_connector(cluster: &Cluster) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    let der = wedge_apiserver::pki::pem_to_der(cluster.server.ca_pem()).expect("CA");
+    let der = wedge_pki::pem_to_der(cluster.server.ca_pem()).expect("CA");
     roots.add(der.into()).expect("root");
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -154,7 +154,7 @@ async fn connect_from(
 async fn a_flood_of_connections_from_one_address_leaves_room_for_everyone_else() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cluster = Cluster::start_with(|c| {
-        c.connection_limits = wedge_apiserver::listener::Limits {
+        c.connection_limits = wedge_pki::listener::Limits {
             connections: 64,
             per_client: Some(8),
         };

@@ -37,7 +37,7 @@ fn node_name(i: usize) -> String {
 
 /// A client config per edge: each has its own certificate from the hub's CA, as joining gives.
 fn credentials(
-    pki: &wedge_apiserver::pki::Pki,
+    pki: &wedge_pki::Pki,
     edges: usize,
 ) -> anyhow::Result<Vec<Arc<rustls::ClientConfig>>> {
     use rustls::pki_types::pem::PemObject;
@@ -120,7 +120,7 @@ pub async fn run(edges: usize) -> anyhow::Result<()> {
 
     // The hub's CA is made here first, so that this process can issue the edges' certificates.
     let cloud_root = dir.path().join("cloud");
-    let pki = wedge_apiserver::pki::Pki::load_or_create(&cloud_root.join("cloudcore/hub"), &[])?;
+    let pki = wedge_pki::Pki::load_or_create(&cloud_root.join("cloudcore/hub"), &[])?;
     let hub = format!("127.0.0.1:{}", free_port()?);
     let stream = format!("127.0.0.1:{}", free_port()?);
     let mut cloud = Daemon::spawn(

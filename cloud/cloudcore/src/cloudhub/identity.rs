@@ -6,7 +6,7 @@ use crate::join::certificates::Presented;
 
 /// The node name of an edge certificate, or `None` for any other certificate.
 pub fn node_of_certificate(der: &[u8]) -> Option<String> {
-    let user = wedge_apiserver::auth::user_from_certificate(der)?;
+    let user = wedge_pki::subject_of(der)?;
     let node = user.name.strip_prefix("system:node:")?;
     (user.groups.iter().any(|g| g == "system:nodes") && !node.is_empty()).then(|| node.to_owned())
 }

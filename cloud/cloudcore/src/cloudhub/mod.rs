@@ -28,8 +28,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wedge_apiserver::pki::Pki;
 use wedge_core::protocol::{EDGE_PATH, MAX_FRAME_BYTES, Reason, SUBPROTOCOL};
+use wedge_pki::Pki;
 
 use crate::edgecontroller::{Desired, Upstream};
 use crate::metrics::{Metrics, RefusedLabels};
@@ -97,10 +97,10 @@ pub enum HubError {
 /// The TLS configuration: CloudHub's serving certificate, client certificates verified against
 /// the CA but optional (joining edges have none yet), HTTP/1.1 only (WebSocket upgrades).
 pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, HubError> {
-    wedge_apiserver::server::tls_config(
+    wedge_pki::server_tls::tls_config(
         pki,
         &[b"http/1.1"],
-        wedge_apiserver::server::ClientCerts::Optional,
+        wedge_pki::server_tls::ClientCerts::Optional,
     )
     .map_err(|e| HubError::Tls(e.to_string()))
 }
@@ -123,8 +123,8 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let shutdown = ctx.shutdown.clone();
-    let limits = wedge_apiserver::listener::Limits::hub();
-    wedge_apiserver::listener::accept(
+    let limits = wedge_pki::listener::Limits::hub();
+    wedge_pki::listener::accept(
         listener,
         "hub",
         limits,
@@ -141,7 +141,7 @@ async fn connection(
     acceptor: TlsAcceptor,
     ctx: Arc<HubContext>,
 ) {
-    let Some(tls) = wedge_apiserver::listener::handshake(&acceptor, tcp, peer, "hub").await else {
+    let Some(tls) = wedge_pki::listener::handshake(&acceptor, tcp, peer, "hub").await else {
         return;
     };
     let node: Option<identity::EdgeIdentity> = tls
@@ -158,7 +158,7 @@ async fn connection(
     // the session's pings end an edge that is gone.
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(wedge_apiserver::listener::HEADER_TIMEOUT)
+        .header_read_timeout(wedge_pki::listener::HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades()
         .await

@@ -39,8 +39,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wedge_apiserver::pki::Pki;
-use wedge_apiserver::server::ClientCerts;
+use wedge_pki::Pki;
+use wedge_pki::server_tls::ClientCerts;
 
 use wedge_core::protocol::mux::{Event, StreamReceiver, StreamSender};
 
@@ -144,7 +144,7 @@ pub(crate) async fn start(
     tasks: &TaskTracker,
 ) -> Result<Listening, StreamError> {
     // The hub's serving certificate; client certificates required, chained to `client_ca`.
-    let tls = wedge_apiserver::server::tls_config(
+    let tls = wedge_pki::server_tls::tls_config(
         pki,
         &[b"h2", b"http/1.1"],
         ClientCerts::Required(&settings.client_ca),
@@ -164,10 +164,10 @@ pub(crate) async fn start(
             addr: listen,
             source,
         })?;
-    tasks.spawn(wedge_apiserver::listener::accept(
+    tasks.spawn(wedge_pki::listener::accept(
         listener,
         "stream",
-        wedge_apiserver::listener::Limits::api(),
+        wedge_pki::listener::Limits::api(),
         shutdown,
         tasks.clone(),
         move |tcp, peer| connection(tcp, peer, acceptor.clone(), ctx.clone()),
@@ -182,8 +182,7 @@ async fn connection(
     acceptor: TlsAcceptor,
     ctx: Arc<StreamContext>,
 ) {
-    let Some(tls) = wedge_apiserver::listener::handshake(&acceptor, tcp, peer, "stream").await
-    else {
+    let Some(tls) = wedge_pki::listener::handshake(&acceptor, tcp, peer, "stream").await else {
         return;
     };
     let service = service_fn(move |req: Request<Incoming>| {
@@ -196,18 +195,17 @@ async fn connection(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(wedge_apiserver::listener::HEADER_TIMEOUT);
+        .header_read_timeout(wedge_pki::listener::HEADER_TIMEOUT);
     builder
         .http2()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
-    let served = wedge_apiserver::listener::first_bytes_within(
-        tls,
-        wedge_apiserver::listener::HEADER_TIMEOUT,
-        |io| builder.serve_connection_with_upgrades(TokioIo::new(io), service),
-    )
-    .await;
+    let served =
+        wedge_pki::listener::first_bytes_within(tls, wedge_pki::listener::HEADER_TIMEOUT, |io| {
+            builder.serve_connection_with_upgrades(TokioIo::new(io), service)
+        })
+        .await;
     if let Some(Err(e)) = served {
         tracing::debug!(%peer, "CloudStream connection: {e}");
     }

@@ -21,8 +21,8 @@ pub mod tokens;
 
 use std::sync::Arc;
 
-use wedge_apiserver::pki::Pki;
 use wedge_core::protocol::Reason;
+use wedge_pki::Pki;
 
 /// Why a join or renewal was refused. The messages are what the edge's operator reads.
 #[derive(Debug, thiserror::Error)]

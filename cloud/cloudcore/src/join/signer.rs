@@ -6,7 +6,7 @@ use rcgen::{
     CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
-use wedge_apiserver::pki::Pki;
+use wedge_pki::Pki;
 
 use super::JoinError;
 
@@ -68,7 +68,7 @@ pub fn sign_node_csr(
 /// The record of a certificate just signed (`pem`), issued `by` a join or renewal.
 pub fn issued(pem: &str, by: String) -> Result<super::certificates::Issued, JoinError> {
     let unreadable = || JoinError::Internal("the certificate just signed does not parse".into());
-    let der = wedge_apiserver::pki::pem_to_der(pem).ok_or_else(unreadable)?;
+    let der = wedge_pki::pem_to_der(pem).ok_or_else(unreadable)?;
     let identity =
         crate::cloudhub::identity::identity_of_certificate(&der).ok_or_else(unreadable)?;
     Ok(super::certificates::Issued {
@@ -106,8 +106,8 @@ mod tests {
             .expect("pem");
         let pem = sign_node_csr(&pki, &csr, "edge-1", std::time::Duration::from_secs(3600))
             .expect("signed");
-        let der = wedge_apiserver::pki::pem_to_der(&pem).expect("der");
-        let user = wedge_apiserver::auth::user_from_certificate(&der).expect("user");
+        let der = wedge_pki::pem_to_der(&pem).expect("der");
+        let user = wedge_pki::subject_of(&der).expect("user");
         assert_eq!(user.name, "system:node:edge-1");
         assert_eq!(user.groups, ["system:nodes"]);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");

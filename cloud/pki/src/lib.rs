@@ -1,10 +1,20 @@
-//! The server's certificates: a CA generated on first start and kept, the serving certificate it
-//! signs, and client certificates for users (the admin kubeconfig's, later the edges').
+//! What the servers share (the API server, CloudHub, CloudStream, and the metrics endpoint
+//! cloudcore and edgecore serve, [`metrics`]): the certificates, the TLS server configuration
+//! ([`server_tls`]), and the accept loop with its limits ([`listener`]). A crate of its own so that cloudcore, which runs its
+//! servers beside any API server, does not depend on the embedded one.
+//!
+//! The certificates: a CA generated on first start and kept, the serving certificate it
+//! signs, and client certificates for users (the admin kubeconfig's, the components', the
+//! edges').
 //!
 //! Everything lives as PEM files under `<data dir>/pki/`, keys readable by the owner only. A
 //! serving certificate is issued again when it nears expiry or lacks a name the server is now
 //! asked to answer to; the CA is never replaced, so kubeconfigs and edges that pinned it keep
 //! working.
+
+pub mod listener;
+pub mod metrics;
+pub mod server_tls;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -353,7 +363,7 @@ impl Pki {
         if let (Some(cert_pem), Some(key_pem)) = (read(&cert_path)?, read(&key_path)?) {
             let info = leaf_info(&cert_path, &cert_pem)?;
             let names = pem_to_der(&cert_pem)
-                .and_then(|der| crate::auth::user_from_certificate(&der))
+                .and_then(|der| subject_of(&der))
                 .is_some_and(|u| u.name == user && u.groups == groups);
             if names && info.not_after > (OffsetDateTime::now_utc() + RENEW_BEFORE).unix_timestamp()
             {
@@ -365,6 +375,28 @@ impl Pki {
         write(&cert_path, &client.cert_pem, false)?;
         Ok(client)
     }
+}
+
+/// Who a client certificate names, as Kubernetes reads it: CN is the user, each O a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// The user (CN).
+    pub name: String,
+    /// The groups (O), in order.
+    pub groups: Vec<String>,
+}
+
+/// The subject of a certificate (DER), if it parses and has a CN. Whether it is to be trusted
+/// is the TLS layer's question, answered before this is asked.
+pub fn subject_of(der: &[u8]) -> Option<Subject> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    Some(Subject { name, groups })
 }
 
 #[cfg(test)]
@@ -419,7 +451,7 @@ mod tests {
         let pki = Pki::load_or_create(dir.path(), &[]).expect("pki");
         let user = |c: &CertifiedKey| {
             let der = pem_to_der(&c.cert_pem).expect("der");
-            crate::auth::user_from_certificate(&der).expect("user")
+            subject_of(&der).expect("user")
         };
         let first = pki
             .load_or_issue_client("kc", "kube-apiserver-kubelet-client", &["system:masters"])

@@ -395,10 +395,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let dir = tempfile::tempdir()?;
-        let pki = crate::pki::Pki::load_or_create(dir.path(), &["localhost".to_owned()])
+        let pki = crate::Pki::load_or_create(dir.path(), &["localhost".to_owned()])
             .map_err(std::io::Error::other)?;
-        let config = crate::server::tls_config(&pki, &[], crate::server::ClientCerts::Optional)
-            .map_err(std::io::Error::other)?;
+        let config =
+            crate::server_tls::tls_config(&pki, &[], crate::server_tls::ClientCerts::Optional)
+                .map_err(std::io::Error::other)?;
         let acceptor = TlsAcceptor::from(std::sync::Arc::new(config));
         let _client = TcpStream::connect(addr).await?;
         let (tcp, peer) = listener.accept().await?;

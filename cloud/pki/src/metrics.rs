@@ -1,5 +1,6 @@
-//! Serves `/metrics` over plain HTTP on the address the operator chose (normally loopback or a
-//! monitoring network).
+//! Serves `/metrics`, Prometheus's text format, over plain HTTP on the address the operator
+//! chose (normally loopback or a monitoring network): one server for cloudcore's figures and
+//! edgecore's, through the same accept loop as every other listener.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,31 +13,31 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::Metrics;
-
-/// Serves until `shutdown`; connections are tracked by `tasks`.
+/// Serves what `render` gives at each scrape, until `shutdown`; connections are tracked by
+/// `tasks`.
 pub async fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
+    render: impl Fn() -> String + Send + Sync + 'static,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let render = Arc::new(render);
     // A scraper or two: a small cap, whatever the descriptor limit.
-    let limits = wedge_apiserver::listener::Limits {
+    let limits = crate::listener::Limits {
         connections: 64,
         per_client: Some(16),
     };
-    wedge_apiserver::listener::accept(
+    crate::listener::accept(
         listener,
         "metrics",
         limits,
         shutdown,
         tasks,
         move |tcp, _| {
-            let metrics = metrics.clone();
+            let render = render.clone();
             async move {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
+                    let render = render.clone();
                     async move {
                         let response = if req.uri().path() == "/metrics" {
                             http::Response::builder()
@@ -44,7 +45,7 @@ pub async fn serve(
                                     http::header::CONTENT_TYPE,
                                     "text/plain; version=0.0.4; charset=utf-8",
                                 )
-                                .body(Full::new(Bytes::from(metrics.encode())))
+                                .body(Full::new(Bytes::from(render())))
                         } else {
                             http::Response::builder()
                                 .status(http::StatusCode::NOT_FOUND)
@@ -55,7 +56,7 @@ pub async fn serve(
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(wedge_apiserver::listener::HEADER_TIMEOUT)
+                    .header_read_timeout(crate::listener::HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
             }
