@@ -213,6 +213,7 @@ impl CloudCore {
                 sessions,
             },
             shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
         });
         let listener = cloudhub::bind(&config.hub).await?;
         let addr = listener.local_addr().map_err(|source| HubError::Listen {

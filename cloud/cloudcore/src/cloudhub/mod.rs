@@ -76,6 +76,9 @@ pub struct HubContext {
     pub join: crate::join::JoinContext,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Where the edges' sessions run: cloudcore waits for them at shutdown, as for the
+    /// connections they came on.
+    pub tasks: TaskTracker,
 }
 
 /// Why CloudHub could not start.
@@ -288,7 +291,8 @@ fn upgrade(
         );
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    let tasks = ctx.tasks.clone();
+    tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()

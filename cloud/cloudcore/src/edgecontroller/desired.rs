@@ -375,19 +375,69 @@ impl Desired {
         self.with_index(|index| index.upsert_bound(key, node, BTreeSet::new()))
     }
 
-    /// Every object `node` should hold, for the resync plan.
+    /// Every object `node` should hold, for the resync plan: read from the objects' metadata,
+    /// without serialising them (a resync of an edge holding hundreds of objects compares
+    /// versions; only the objects that differ are serialised, when sent).
     pub fn objects_for(&self, node: &str) -> Vec<DesiredObject> {
         let keys = self.with_index(|index| index.keys_for(node));
         keys.into_iter()
             .filter_map(|key| {
-                let current = self.current(node, &key)?;
+                let (uid, resource_version) = self.version(node, &key)?;
                 Some(DesiredObject {
                     key,
-                    uid: current.uid,
-                    resource_version: current.resource_version,
+                    uid,
+                    resource_version,
                 })
             })
             .collect()
+    }
+
+    /// The uid and resourceVersion of the object `node` should hold under `key`, as
+    /// [`Desired::current`] would send it.
+    fn version(&self, node: &str, key: &ObjectKey) -> Option<(String, String)> {
+        fn of(meta: &kube::api::ObjectMeta) -> Option<(String, String)> {
+            Some((
+                meta.uid.clone()?,
+                meta.resource_version.clone().unwrap_or_default(),
+            ))
+        }
+        let (name, ns) = (key.name.as_str(), key.namespace.as_str());
+        match key.kind {
+            ResourceKind::Pod => {
+                let pod = self.pods.get(&ObjectRef::new(name).within(ns))?;
+                let bound_here =
+                    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+                bound_here.then(|| of(&pod.metadata)).flatten()
+            }
+            ResourceKind::Device => {
+                let device = self.devices.get(ns, name)?;
+                let bound_here = devicecontroller::node_of(&device).as_deref() == Some(node);
+                bound_here.then(|| of(&device.metadata)).flatten()
+            }
+            ResourceKind::Rule => {
+                let rule = self.rules.get(ns, name)?;
+                let bound_here = router::source_node(&rule).as_deref() == Some(node);
+                bound_here.then(|| of(&rule.metadata)).flatten()
+            }
+            ResourceKind::ConfigMap => of(&self
+                .config_maps
+                .get(&ObjectRef::new(name).within(ns))?
+                .metadata),
+            ResourceKind::Secret => {
+                of(&self.secrets.get(&ObjectRef::new(name).within(ns))?.metadata)
+            }
+            ResourceKind::DeviceModel => of(&self.device_models.get(ns, name)?.metadata),
+            ResourceKind::RuntimeClass => {
+                of(&self.runtime_classes.get(&ObjectRef::new(name))?.metadata)
+            }
+            ResourceKind::PersistentVolumeClaim => {
+                of(&self.claims.get(&ObjectRef::new(name).within(ns))?.metadata)
+            }
+            ResourceKind::PersistentVolume => {
+                of(&self.volumes.get(&ObjectRef::new(name))?.metadata)
+            }
+            _ => None,
+        }
     }
 
     /// The object `node` should hold under `key` now, or `None` if it should hold none.
@@ -659,6 +709,14 @@ mod tests {
         assert!(desired.current("edge-b", &device_key).is_none());
         assert!(desired.current("edge-b", &model_key).is_none());
         assert_eq!(desired.objects_for("edge-a").len(), 2);
+        // The resync plan's versions, read from metadata, are those of what would be sent.
+        for planned in desired.objects_for("edge-a") {
+            let sent = desired.current("edge-a", &planned.key).expect("sent");
+            assert_eq!(
+                (planned.uid, planned.resource_version),
+                (sent.uid, sent.resource_version)
+            );
+        }
 
         // Deleted: still referenced (the watch marks edge-a), but nothing to send, so the
         // session deletes the edge's copy.
