@@ -119,7 +119,7 @@ async fn a_link_cut_mid_update_and_an_edge_restart_converge_and_the_resync_sends
     let dir = tempfile::tempdir().expect("tempdir");
     let cloud = Cloud::start(&dir.path().join("cloud"));
     let token = cloud.token("1h");
-    let link = CuttableLink::start(cloud.hub.clone()).await;
+    let link = FaultyLink::start(cloud.hub.clone()).await;
     let edge_root = dir.path().join("edge-a");
     std::fs::create_dir_all(&edge_root).expect("edge root");
     let edge = Proc::spawn(

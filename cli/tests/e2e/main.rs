@@ -15,6 +15,7 @@ mod devices_cloud;
 mod devices_edge;
 mod edge_full_disk;
 mod encryption_at_rest;
+mod fault_matrix;
 mod jobs;
 mod mqtt_logins;
 mod node_identity;

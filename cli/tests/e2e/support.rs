@@ -549,16 +549,21 @@ pub fn reports_waiting(
         .collect()
 }
 
-/// A TCP proxy on loopback in front of `target` whose link can be cut (every connection
-/// dropped, new ones refused) and restored, as a network failure between edge and cloud.
-pub struct CuttableLink {
+/// A TCP proxy on loopback in front of `target`, standing in for a bad network between edge
+/// and cloud (`tc netem` is missing from these machines' kernels, so the faults are made here):
+/// it adds latency ([`FaultyLink::set_latency`]), and can be cut (every connection dropped,
+/// new ones refused) and restored, by hand or flapping ([`FaultyLink::flap`]).
+pub struct FaultyLink {
     pub addr: String,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<()>,
+    /// Added to every chunk each way, in milliseconds.
+    latency_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-impl CuttableLink {
+impl FaultyLink {
+    /// A link with no faults until told.
     pub async fn start(target: String) -> Self {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -568,30 +573,69 @@ impl CuttableLink {
         let addr = listener.local_addr().expect("addr").to_string();
         let up = Arc::new(AtomicBool::new(true));
         let cut = Arc::new(tokio::sync::Notify::new());
-        let (up2, cut2) = (up.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+        let latency_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up2, cut2, latency2) = (up.clone(), cut.clone(), latency_ms.clone());
+        let tasks = vec![tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !up2.load(Ordering::SeqCst) {
                     continue; // dropped: the edge sees its connection reset
                 }
-                let (target, cut) = (target.clone(), cut2.clone());
+                let (target, cut, latency) = (target.clone(), cut2.clone(), latency2.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = delayed_copy(in_read, out_write, latency.clone()) => {}
+                        () = delayed_copy(out_read, in_write, latency) => {}
                         () = cut.notified() => {}
                     }
                 });
             }
-        });
+        })];
         Self {
             addr,
             up,
             cut,
-            task,
+            latency_ms,
+            tasks: std::sync::Mutex::new(tasks),
         }
+    }
+
+    /// Every chunk from now on arrives `latency` late, each way, in order.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.latency_ms
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Flaps from now on: up for `up_for`, cut for `down_for`, over and over, until
+    /// [`FaultyLink::steady`].
+    pub fn flap(&self, up_for: Duration, down_for: Duration) {
+        let (up, cut) = (self.up.clone(), self.cut.clone());
+        let flapping = tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
+            loop {
+                tokio::time::sleep(up_for).await;
+                up.store(false, Ordering::SeqCst);
+                cut.notify_waiters();
+                tokio::time::sleep(down_for).await;
+                up.store(true, Ordering::SeqCst);
+            }
+        });
+        self.tasks.lock().expect("tasks").push(flapping);
+    }
+
+    /// Ends flapping and latency, and restores the link.
+    pub fn steady(&self) {
+        let mut tasks = self.tasks.lock().expect("tasks");
+        for flapping in tasks.drain(1..) {
+            flapping.abort();
+        }
+        self.set_latency(Duration::ZERO);
+        self.restore();
     }
 
     /// Drops every open connection and refuses new ones.
@@ -605,9 +649,48 @@ impl CuttableLink {
     }
 }
 
-impl Drop for CuttableLink {
+/// Copies `from` to `to`, each chunk delivered `latency` after it was read, in order, until
+/// either side closes.
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let latency =
+                        Duration::from_millis(latency_ms.load(std::sync::atomic::Ordering::SeqCst));
+                    let due = tokio::time::Instant::now() + latency;
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    };
+    // The writer drains what the reader queued before its side closed.
+    let _ = tokio::join!(reader, writer);
+}
+
+impl Drop for FaultyLink {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in self.tasks.lock().expect("tasks").iter() {
+            task.abort();
+        }
     }
 }
 
