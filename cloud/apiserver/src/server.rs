@@ -34,7 +34,8 @@ pub struct ServerConfig {
     pub names: Vec<String>,
     /// A token file (`token,user,uid,"groups"` per line), if any.
     pub token_file: Option<PathBuf>,
-    /// How many changes watches can resume from (older versions get 410 Gone).
+    /// How many changes of each resource watches can resume from (older versions get 410
+    /// Gone); all resources together keep `storage::WINDOWS` times as many.
     pub watch_history: usize,
     /// How many bytes of objects the watch history keeps (older events expire first).
     pub watch_history_bytes: usize,
@@ -379,6 +380,9 @@ async fn accept_loop(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    // Requests run in tasks of their own, tracked with the connections: `shutdown` waits for
+    // them, so the store is released only once their writes are done.
+    let requests = tasks.clone();
     wedge_pki::listener::accept(
         listener,
         "api",
@@ -393,6 +397,7 @@ async fn accept_loop(
                 api.clone(),
                 tokens.clone(),
                 bounds.header_timeout,
+                requests.clone(),
             )
         },
     )
@@ -406,6 +411,7 @@ async fn serve_connection(
     api: Arc<Api>,
     tokens: Arc<Tokens>,
     header_timeout: std::time::Duration,
+    requests: TaskTracker,
 ) {
     let Some(tls) = wedge_pki::listener::handshake(&acceptor, tcp, peer, "api").await else {
         return;
@@ -418,6 +424,7 @@ async fn serve_connection(
         .and_then(|c| auth::user_from_certificate(c));
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let (api, tokens, cert_user) = (api.clone(), tokens.clone(), cert_user.clone());
+        let requests = requests.clone();
         async move {
             let user = cert_user.or_else(|| {
                 let header = req
@@ -434,7 +441,7 @@ async fn serve_connection(
             // A request runs to its end in a task of its own even when its client goes away:
             // store writes are awaited, and a request's writes (a Service and its IPAddress, an
             // object and its namespace's quota recount) must not stop halfway.
-            let handled = tokio::spawn(async move { api.handle(req, user).await });
+            let handled = requests.spawn(async move { api.handle(req, user).await });
             let response = handled.await.unwrap_or_else(|error| {
                 tracing::error!(%error, "a request's handler failed");
                 crate::api::error_response(&crate::api::ApiError::Internal(

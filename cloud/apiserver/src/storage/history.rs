@@ -7,14 +7,18 @@
 //!   is first written or watched, so a watch of Leases never sees, and never lags behind, the
 //!   Pods a DaemonSet is creating. One channel for everything made every watcher of every
 //!   resource fall behind together (410, relist) once a storm outran it.
-//! - **A window per resource, one budget.** The windows share the store's limits
-//!   ([`HistoryLimits`]: 10,000 events and 64 MiB by default, as before) rather than each taking
-//!   them whole: the history stays bounded however many resources there are. When an event does
-//!   not fit, the oldest event of the resource holding the most (events, or bytes when it is the
-//!   bytes that overflow) is dropped, never the new one. A resource that writes little keeps its
-//!   recent past; one in a storm can use the whole budget while it is alone, and gives way to the
-//!   others first. Under steady pressure every busy resource ends with an equal share, as
-//!   kube-apiserver's per-resource caches each hold their own.
+//! - **A window per resource, and a budget for all.** Each resource's window holds at most
+//!   [`HistoryLimits::events`] of its events (10,000 by default, what the one history held
+//!   before: a storm of one resource can still be replayed whole, as kube-apiserver sizes each
+//!   resource's watch cache on its own). All windows together hold at most [`WINDOWS`] times
+//!   that and [`HistoryLimits::bytes`] (64 MiB) of objects, so the history stays bounded however
+//!   many resources there are: room for a storm on each of the four resources a rollout writes
+//!   most (pods, events, leases, nodes) before they share, and the per-event overhead beyond
+//!   the objects' bytes (a few hundred bytes each) stays within about 12 MiB. When an event does
+//!   not fit, the oldest event of its own resource goes if its window is full, else the oldest
+//!   of the resource holding the most (events, or bytes when it is the bytes that overflow);
+//!   never the new one. A resource that writes little keeps its recent past; a busy one gives
+//!   way first, and under steady pressure the busy ones end with equal shares.
 //! - **Small channels, caught up from the window.** A channel holds [`LIVE_EVENTS`] events, not
 //!   the window's 10,000: tokio allocates a channel's ring whole, for every resource written or
 //!   watched (about 40 bytes a slot). A watcher that falls further behind than the channel holds
@@ -37,6 +41,9 @@ use super::{Event, HistoryLimits};
 
 /// Events a resource's live channel holds for a watcher that has not read them yet.
 pub const LIVE_EVENTS: usize = 1024;
+
+/// All windows together hold at most this many times one window's events.
+pub const WINDOWS: usize = 4;
 
 /// What a commit drops from the history: for each resource, how many of its oldest events
 /// (the commit's own included) and the version its window then starts after.
@@ -92,6 +99,13 @@ struct Planned<'h> {
 }
 
 impl Planned<'_> {
+    fn drop_front(&mut self, size: usize, rv: u64) {
+        self.dropped += 1;
+        self.count -= 1;
+        self.bytes -= size;
+        self.since = rv;
+    }
+
     /// The size and version of the oldest event it would hold.
     fn front(&self) -> Option<(usize, u64)> {
         let held = self.window.map_or(0, |w| w.events.len());
@@ -180,8 +194,9 @@ impl History {
     }
 
     /// What must go to make room for `new` events (resource, size in bytes, version), added in
-    /// order as if each were committed alone: before each, the oldest event of the resource
-    /// holding the most is dropped until it fits. Nothing changes until [`History::push`].
+    /// order as if each were committed alone: before each, the oldest event of its resource
+    /// while that window is full, then the oldest of the resource holding the most until all
+    /// fit. Nothing changes until [`History::push`].
     pub(super) fn plan(&self, limits: HistoryLimits, new: &[(&str, usize, u64)]) -> Trims {
         let mut planned: HashMap<&str, Planned<'_>> = self
             .windows
@@ -199,9 +214,20 @@ impl History {
             })
             .collect();
         let (mut events, mut bytes) = (self.events, self.bytes);
+        let all_events = limits.events.saturating_mul(WINDOWS);
         for &(resource, size, rv) in new {
+            if let Some(own) = planned.get_mut(resource) {
+                while own.count >= limits.events {
+                    let Some((front_size, front_rv)) = own.front() else {
+                        break;
+                    };
+                    own.drop_front(front_size, front_rv);
+                    events -= 1;
+                    bytes -= front_size;
+                }
+            }
             while events > 0 {
-                let by_count = events + 1 > limits.events;
+                let by_count = events + 1 > all_events;
                 if !by_count && bytes + size <= limits.bytes {
                     break;
                 }
@@ -215,10 +241,7 @@ impl History {
                 let Some(((front_size, front_rv), p)) = victim else {
                     break;
                 };
-                p.dropped += 1;
-                p.count -= 1;
-                p.bytes -= front_size;
-                p.since = front_rv;
+                p.drop_front(front_size, front_rv);
                 events -= 1;
                 bytes -= front_size;
             }

@@ -44,11 +44,12 @@ use wedge_core::state::StateLock;
 
 use history::{History, Trims};
 
-pub use history::LIVE_EVENTS;
+pub use history::{LIVE_EVENTS, WINDOWS};
 pub use watch::{WatchEnded, WatchStream};
 pub use writer::MAX_GROUP;
 
-/// How many events the watch history keeps by default, over all resources.
+/// How many events of each resource the watch history keeps by default (all resources
+/// together: [`WINDOWS`] times as many).
 pub const HISTORY: usize = 10_000;
 /// How many bytes of objects the watch history keeps by default: a few large objects written
 /// often (a 1 MiB ConfigMap updated in a loop) expire the oldest events instead of holding
@@ -59,12 +60,12 @@ pub const HISTORY_BYTES: usize = 64 * 1024 * 1024;
 /// 1.5 MiB), which kube-apiserver's objects live under.
 pub const MAX_OBJECT_BYTES: usize = 1_572_864;
 
-/// The watch history's limits, over all resources' windows together.
+/// The watch history's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryLimits {
-    /// Events kept.
+    /// Events kept of each resource ([`WINDOWS`] times as many of all together).
     pub events: usize,
-    /// Bytes of their objects kept.
+    /// Bytes of their objects kept, all resources together.
     pub bytes: usize,
 }
 

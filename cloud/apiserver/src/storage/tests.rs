@@ -409,8 +409,8 @@ async fn a_storm_on_one_resource_lags_no_watch_of_another() {
     };
     assert_eq!(
         store.current_rv() - oldest - 1,
-        2 * LIVE_EVENTS as u64 - 2,
-        "the pods hold the budget but the lease's two events (the renewal is among their versions)"
+        2 * LIVE_EVENTS as u64,
+        "the pods' window is full (the renewal is among their versions)"
     );
     store
         .watch(LEASES, None, created)
@@ -433,26 +433,36 @@ async fn a_storm_on_one_resource_lags_no_watch_of_another() {
 async fn a_busy_resource_gives_way_first_and_a_quiet_one_keeps_its_past() {
     let dir = tempfile::tempdir().expect("dir");
     let limits = HistoryLimits {
-        events: 100,
-        bytes: HISTORY_BYTES,
+        events: 1000,
+        bytes: 64 * 1024,
     };
     let store = Store::open_with_history(&dir.path().join("db"), limits).expect("open");
     let lease_key = ObjectKey::new(LEASES, "kube-node-lease", "edge-a");
-    store.create(&lease_key, lease(0)).await.expect("lease");
+    let mut lease_bytes = store
+        .create(&lease_key, lease(0))
+        .await
+        .expect("lease")
+        .json
+        .len();
     for i in 0..10 {
-        store
+        lease_bytes += store
             .update(&lease_key, lease(i), None)
             .await
-            .expect("renew");
+            .expect("renew")
+            .json
+            .len();
     }
+    let blob = "x".repeat(1024);
+    let mut sizes = HashMap::new();
     for i in 0..500 {
         let name = format!("p{i}");
-        store
-            .create(&key(&name), pod(&name, json!({})))
+        let stored = store
+            .create(&key(&name), pod(&name, json!({"blob": blob.clone()})))
             .await
             .expect("pod");
+        sizes.insert(stored.rv, stored.json.len());
     }
-    // The leases' eleven events are all still there; the pods have the rest of the budget.
+    // The leases' eleven events are all still there; the pods have the rest of the bytes.
     let mut leases = store.watch(LEASES, None, 0).expect("from the start");
     for rv in 1..=11 {
         assert_eq!(leases.next().await.expect("lease").rv, rv);
@@ -462,7 +472,12 @@ async fn a_busy_resource_gives_way_first_and_a_quiet_one_keeps_its_past() {
         Err(StoreError::Gone { oldest, .. }) => oldest,
         other => panic!("expected Gone, got {:?}", other.err()),
     };
-    assert_eq!(current - oldest, 89, "100 events in all, 11 of them leases");
+    let pods_bytes: usize = (oldest + 1..=current).map(|rv| sizes[&rv]).sum();
+    assert!(lease_bytes + pods_bytes <= limits.bytes);
+    assert!(
+        lease_bytes + pods_bytes + sizes[&oldest] > limits.bytes,
+        "the pods keep what the budget leaves"
+    );
 }
 
 #[tokio::test]
@@ -595,4 +610,47 @@ async fn concurrent_writes_get_consecutive_versions_and_watchers_see_them_in_ord
             "the answer is the event"
         );
     }
+}
+
+#[tokio::test]
+async fn all_windows_together_hold_at_most_windows_times_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let limits = HistoryLimits {
+        events: 10,
+        bytes: HISTORY_BYTES,
+    };
+    let store = Store::open_with_history(&dir.path().join("db"), limits).expect("open");
+    let resources: Vec<String> = (0..=WINDOWS)
+        .map(|i| format!("widgets{i}.example.com"))
+        .collect();
+    let mut first = Vec::new();
+    for resource in &resources {
+        first.push(store.current_rv());
+        for i in 0..limits.events {
+            let name = format!("w{i}");
+            store
+                .create(
+                    &ObjectKey::new(resource, "", &name),
+                    json!({"metadata": {"name": name}}),
+                )
+                .await
+                .expect("created");
+        }
+    }
+    // One window more than the budget holds: they share it, each keeping its newest events.
+    let mut held = Vec::new();
+    for (resource, from) in resources.iter().zip(&first) {
+        let newest = from + limits.events as u64;
+        held.push(match store.watch(resource, None, *from) {
+            Ok(_) => limits.events as u64,
+            Err(StoreError::Gone { oldest, .. }) => newest - oldest,
+            Err(other) => panic!("{other}"),
+        });
+    }
+    assert_eq!(
+        held.iter().sum::<u64>(),
+        (WINDOWS * limits.events) as u64,
+        "{held:?}"
+    );
+    assert!(held.iter().all(|h| *h >= 7), "equal shares: {held:?}");
 }
