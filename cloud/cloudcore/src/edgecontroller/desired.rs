@@ -179,9 +179,8 @@ impl DynamicCache {
 
     /// The object as the edge receives it: list items may come without their type, and the
     /// edge parses `apiVersion` and `kind`.
-    fn current(&self, namespace: &str, name: &str) -> Option<Current> {
-        let object = self.get(namespace, name)?;
-        let mut current = current(object.as_ref())?;
+    fn current(&self, object: &DynamicObject) -> Option<Current> {
+        let mut current = current(object)?;
         if let Some(map) = current.object.as_object_mut() {
             map.insert(
                 "apiVersion".into(),
@@ -254,6 +253,28 @@ fn current<K: Resource + Serialize>(object: &K) -> Option<Current> {
         resource_version: object.meta().resource_version.clone().unwrap_or_default(),
         object: serde_json::to_value(object).ok()?,
     })
+}
+
+/// A cached object of a kind cloudcore reads typed.
+trait Cached: Send + Sync {
+    fn meta(&self) -> &kube::api::ObjectMeta;
+    fn current(&self) -> Option<Current>;
+}
+
+impl<K: Resource + Serialize + Send + Sync> Cached for K {
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        Resource::meta(self)
+    }
+
+    fn current(&self) -> Option<Current> {
+        current(self)
+    }
+}
+
+/// What [`Desired::found`] finds.
+enum Found<'a> {
+    Typed(std::sync::Arc<dyn Cached>),
+    Dynamic(std::sync::Arc<DynamicObject>, &'a DynamicCache),
 }
 
 impl Desired {
@@ -392,94 +413,65 @@ impl Desired {
             .collect()
     }
 
-    /// The uid and resourceVersion of the object `node` should hold under `key`, as
-    /// [`Desired::current`] would send it.
-    fn version(&self, node: &str, key: &ObjectKey) -> Option<(String, String)> {
-        fn of(meta: &kube::api::ObjectMeta) -> Option<(String, String)> {
-            Some((
-                meta.uid.clone()?,
-                meta.resource_version.clone().unwrap_or_default(),
-            ))
-        }
-        let (name, ns) = (key.name.as_str(), key.namespace.as_str());
-        match key.kind {
-            ResourceKind::Pod => {
-                let pod = self.pods.get(&ObjectRef::new(name).within(ns))?;
-                let bound_here =
-                    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
-                bound_here.then(|| of(&pod.metadata)).flatten()
-            }
-            ResourceKind::Device => {
-                let device = self.devices.get(ns, name)?;
-                let bound_here = devicecontroller::node_of(&device).as_deref() == Some(node);
-                bound_here.then(|| of(&device.metadata)).flatten()
-            }
-            ResourceKind::Rule => {
-                let rule = self.rules.get(ns, name)?;
-                let bound_here = router::source_node(&rule).as_deref() == Some(node);
-                bound_here.then(|| of(&rule.metadata)).flatten()
-            }
-            ResourceKind::ConfigMap => of(&self
-                .config_maps
-                .get(&ObjectRef::new(name).within(ns))?
-                .metadata),
-            ResourceKind::Secret => {
-                of(&self.secrets.get(&ObjectRef::new(name).within(ns))?.metadata)
-            }
-            ResourceKind::DeviceModel => of(&self.device_models.get(ns, name)?.metadata),
-            ResourceKind::RuntimeClass => {
-                of(&self.runtime_classes.get(&ObjectRef::new(name))?.metadata)
-            }
-            ResourceKind::PersistentVolumeClaim => {
-                of(&self.claims.get(&ObjectRef::new(name).within(ns))?.metadata)
-            }
-            ResourceKind::PersistentVolume => {
-                of(&self.volumes.get(&ObjectRef::new(name))?.metadata)
-            }
-            _ => None,
+    /// The object `node` should hold under `key` now, or `None` if it should hold none.
+    pub fn current(&self, node: &str, key: &ObjectKey) -> Option<Current> {
+        match self.found(node, key)? {
+            Found::Typed(object) => object.current(),
+            Found::Dynamic(object, cache) => cache.current(&object),
         }
     }
 
-    /// The object `node` should hold under `key` now, or `None` if it should hold none.
-    pub fn current(&self, node: &str, key: &ObjectKey) -> Option<Current> {
+    /// The uid and resourceVersion of what [`Desired::current`] would send, from the cached
+    /// object's metadata.
+    fn version(&self, node: &str, key: &ObjectKey) -> Option<(String, String)> {
+        let found = self.found(node, key)?;
+        let meta = match &found {
+            Found::Typed(object) => object.meta(),
+            Found::Dynamic(object, _) => &object.metadata,
+        };
+        Some((
+            meta.uid.clone()?,
+            meta.resource_version.clone().unwrap_or_default(),
+        ))
+    }
+
+    /// The cached object `node` should hold under `key`, if any: what [`Desired::current`] and
+    /// [`Desired::version`] both read, so they never disagree.
+    fn found(&self, node: &str, key: &ObjectKey) -> Option<Found<'_>> {
         if !self.with_index(|index| index.holds(node, key)) {
             return None;
         }
         let (name, ns) = (key.name.as_str(), key.namespace.as_str());
+        let typed = |object: std::sync::Arc<dyn Cached>| Some(Found::Typed(object));
         match key.kind {
             ResourceKind::Pod => {
                 let pod = self.pods.get(&ObjectRef::new(name).within(ns))?;
                 let bound_here =
                     pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
-                bound_here.then(|| current(pod.as_ref())).flatten()
+                bound_here.then(|| typed(pod)).flatten()
             }
-            ResourceKind::ConfigMap => current(
-                self.config_maps
-                    .get(&ObjectRef::new(name).within(ns))?
-                    .as_ref(),
-            ),
-            ResourceKind::Secret => {
-                current(self.secrets.get(&ObjectRef::new(name).within(ns))?.as_ref())
+            ResourceKind::ConfigMap => {
+                typed(self.config_maps.get(&ObjectRef::new(name).within(ns))?)
             }
+            ResourceKind::Secret => typed(self.secrets.get(&ObjectRef::new(name).within(ns))?),
+            ResourceKind::RuntimeClass => typed(self.runtime_classes.get(&ObjectRef::new(name))?),
+            ResourceKind::PersistentVolumeClaim => {
+                typed(self.claims.get(&ObjectRef::new(name).within(ns))?)
+            }
+            ResourceKind::PersistentVolume => typed(self.volumes.get(&ObjectRef::new(name))?),
             ResourceKind::Device => {
                 let device = self.devices.get(ns, name)?;
                 let bound_here = devicecontroller::node_of(&device).as_deref() == Some(node);
-                bound_here.then(|| self.devices.current(ns, name)).flatten()
+                bound_here.then_some(Found::Dynamic(device, &self.devices))
             }
-            ResourceKind::DeviceModel => self.device_models.current(ns, name),
-            ResourceKind::RuntimeClass => {
-                current(self.runtime_classes.get(&ObjectRef::new(name))?.as_ref())
-            }
-            ResourceKind::PersistentVolumeClaim => {
-                current(self.claims.get(&ObjectRef::new(name).within(ns))?.as_ref())
-            }
-            ResourceKind::PersistentVolume => {
-                current(self.volumes.get(&ObjectRef::new(name))?.as_ref())
-            }
+            ResourceKind::DeviceModel => Some(Found::Dynamic(
+                self.device_models.get(ns, name)?,
+                &self.device_models,
+            )),
             ResourceKind::Rule => {
                 let rule = self.rules.get(ns, name)?;
                 let bound_here = router::source_node(&rule).as_deref() == Some(node);
-                bound_here.then(|| self.rules.current(ns, name)).flatten()
+                bound_here.then_some(Found::Dynamic(rule, &self.rules))
             }
             _ => None,
         }
