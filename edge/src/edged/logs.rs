@@ -389,9 +389,12 @@ impl LogReader {
 }
 
 impl LogReader {
-    /// Whether the file at the log's path is no longer the one open: the log was rotated (the
-    /// writer renamed it and started a new one, as the kubelet rotates logs). A path missing
-    /// for a moment, between the rename and the new file, is not yet a rotation.
+    /// Whether the file at the log's path is no longer the one open and the writer has moved
+    /// to it: the log was rotated (renamed and a new one started, as the kubelet rotates logs).
+    /// A path missing for a moment, between the rename and the new file, is not yet a rotation,
+    /// nor is a new file still empty: a runtime asked to reopen (containerd) may finish a write
+    /// to the old file after creating the new one, but not after writing to the new one, so
+    /// the old file is read to its end only once the new one has data.
     async fn was_rotated(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         let (Ok(open), Ok(named)) = (
@@ -400,7 +403,7 @@ impl LogReader {
         ) else {
             return false;
         };
-        (open.dev(), open.ino()) != (named.dev(), named.ino())
+        (open.dev(), open.ino()) != (named.dev(), named.ino()) && named.len() > 0
     }
 }
 
@@ -572,6 +575,47 @@ mod tests {
         running.store(false, Ordering::SeqCst);
         assert_eq!(read_all(&mut reader).await, "");
         assert!(reader.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_to_the_old_file_after_the_new_one_appears_is_not_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        append(&path, &records(0, &["one".into()]));
+        let running = Arc::new(AtomicBool::new(true));
+        let options = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let (follow, notices) = follow(dir.path(), &running);
+        let mut reader = LogReader::open(path.clone(), &options, follow)
+            .await
+            .expect("open");
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
+        // As containerd reopens: the new file exists (empty) while a write to the renamed one
+        // is still landing.
+        let old = dir.path().join("0.log.20261206-000000.000000");
+        std::fs::rename(&path, &old).expect("rename");
+        std::fs::File::create(&path).expect("new file");
+        notices.send_replace(());
+        // The follow looks (and waits) while the new file is still empty.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), reader.next())
+                .await
+                .is_err()
+        );
+        append(&old, &records(1, &["late".into()]));
+        notices.send_replace(());
+        let late = tokio::time::timeout(Duration::from_secs(60), next_text(&mut reader)).await;
+        assert_eq!(
+            late.expect("the late write is read").as_deref(),
+            Some("late\n")
+        );
+        append(&path, &records(2, &["new".into()]));
+        notices.send_replace(());
+        assert_eq!(next_text(&mut reader).await.as_deref(), Some("new\n"));
+        running.store(false, Ordering::SeqCst);
+        assert_eq!(read_all(&mut reader).await, "");
     }
 
     #[tokio::test(start_paused = true)]
