@@ -559,7 +559,8 @@ pub struct FaultyLink {
     cut: std::sync::Arc<tokio::sync::Notify>,
     /// Added to every chunk each way, in milliseconds.
     latency_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+    flapping: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl FaultyLink {
@@ -575,7 +576,7 @@ impl FaultyLink {
         let cut = Arc::new(tokio::sync::Notify::new());
         let latency_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (up2, cut2, latency2) = (up.clone(), cut.clone(), latency_ms.clone());
-        let tasks = vec![tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if !up2.load(Ordering::SeqCst) {
                     continue; // dropped: the edge sees its connection reset
@@ -594,13 +595,14 @@ impl FaultyLink {
                     }
                 });
             }
-        })];
+        });
         Self {
             addr,
             up,
             cut,
             latency_ms,
-            tasks: std::sync::Mutex::new(tasks),
+            accept,
+            flapping: std::sync::Mutex::default(),
         }
     }
 
@@ -625,13 +627,12 @@ impl FaultyLink {
                 up.store(true, Ordering::SeqCst);
             }
         });
-        self.tasks.lock().expect("tasks").push(flapping);
+        self.flapping.lock().expect("flapping").push(flapping);
     }
 
     /// Ends flapping and latency, and restores the link.
     pub fn steady(&self) {
-        let mut tasks = self.tasks.lock().expect("tasks");
-        for flapping in tasks.drain(1..) {
+        for flapping in self.flapping.lock().expect("flapping").drain(..) {
             flapping.abort();
         }
         self.set_latency(Duration::ZERO);
@@ -688,8 +689,9 @@ async fn delayed_copy(
 
 impl Drop for FaultyLink {
     fn drop(&mut self) {
-        for task in self.tasks.lock().expect("tasks").iter() {
-            task.abort();
+        self.accept.abort();
+        for flapping in self.flapping.lock().expect("flapping").iter() {
+            flapping.abort();
         }
     }
 }

@@ -151,7 +151,11 @@ fn instance(
     }
 }
 
-fn log_path(dir: &Path, restart_count: u32) -> PathBuf {
+/// Where an instance of a container writes its output, the kubelet's layout: `dir` is the
+/// container's directory in its pod's (`<pod dir>/<container>`), the file its restart count.
+/// The one place that says so: the workers give it to the runtimes, the log manager rotates it,
+/// `kubectl logs` reads it.
+pub(crate) fn log_path(dir: &Path, restart_count: u32) -> PathBuf {
     dir.join(format!("{restart_count}.log"))
 }
 
@@ -492,6 +496,34 @@ mod tests {
         (Some(follow), notices)
     }
 
+    /// A follow of `<dir>/0.log`, which holds the line "one", while its instance runs.
+    struct Followed {
+        path: PathBuf,
+        running: Arc<AtomicBool>,
+        notices: watch::Sender<()>,
+        reader: LogReader,
+    }
+
+    async fn followed(dir: &Path) -> Followed {
+        let path = dir.join("0.log");
+        append(&path, &records(0, &["one".into()]));
+        let running = Arc::new(AtomicBool::new(true));
+        let options = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let (follow, notices) = follow(dir, &running);
+        let reader = LogReader::open(path.clone(), &options, follow)
+            .await
+            .expect("open");
+        Followed {
+            path,
+            running,
+            notices,
+            reader,
+        }
+    }
+
     #[tokio::test]
     async fn a_file_is_read_in_bounded_chunks_to_its_end() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -516,17 +548,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_follow_sees_appended_lines_and_ends_when_the_instance_stops() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("0.log");
-        append(&path, &records(0, &["one".into()]));
-        let running = Arc::new(AtomicBool::new(true));
-        let options = LogOptions {
-            follow: true,
-            ..Default::default()
-        };
-        let (follow, notices) = follow(dir.path(), &running);
-        let mut reader = LogReader::open(path.clone(), &options, follow)
-            .await
-            .expect("open");
+        let Followed {
+            path,
+            running,
+            notices,
+            mut reader,
+        } = followed(dir.path()).await;
         assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
         // Nothing new: it waits.
         let waited = tokio::time::timeout(Duration::from_secs(5), reader.next()).await;
@@ -550,17 +577,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_follow_moves_to_the_new_file_when_the_log_is_rotated() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("0.log");
-        append(&path, &records(0, &["one".into()]));
-        let running = Arc::new(AtomicBool::new(true));
-        let options = LogOptions {
-            follow: true,
-            ..Default::default()
-        };
-        let (follow, notices) = follow(dir.path(), &running);
-        let mut reader = LogReader::open(path.clone(), &options, follow)
-            .await
-            .expect("open");
+        let Followed {
+            path,
+            running,
+            notices,
+            mut reader,
+        } = followed(dir.path()).await;
         assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
         // The writer adds a last line, renames the file and starts a new one, as rotation does.
         append(&path, &records(1, &["two".into()]));
@@ -580,17 +602,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_to_the_old_file_after_the_new_one_appears_is_not_lost() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("0.log");
-        append(&path, &records(0, &["one".into()]));
-        let running = Arc::new(AtomicBool::new(true));
-        let options = LogOptions {
-            follow: true,
-            ..Default::default()
-        };
-        let (follow, notices) = follow(dir.path(), &running);
-        let mut reader = LogReader::open(path.clone(), &options, follow)
-            .await
-            .expect("open");
+        let Followed {
+            path,
+            running,
+            notices,
+            mut reader,
+        } = followed(dir.path()).await;
         assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
         // As containerd reopens: the new file exists (empty) while a write to the renamed one
         // is still landing.
@@ -621,17 +638,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_follow_ends_when_the_next_instance_logs() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("0.log");
-        append(&path, &records(0, &["one".into()]));
-        let running = Arc::new(AtomicBool::new(true));
-        let options = LogOptions {
-            follow: true,
-            ..Default::default()
-        };
-        let (follow, notices) = follow(dir.path(), &running);
-        let mut reader = LogReader::open(path.clone(), &options, follow)
-            .await
-            .expect("open");
+        let Followed {
+            path,
+            running: _,
+            notices,
+            mut reader,
+        } = followed(dir.path()).await;
         let start = Instant::now();
         let newer = dir.path().join("1.log");
         let later = tokio::spawn(async move {
@@ -650,17 +662,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_notice_brings_an_appended_line_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("0.log");
-        append(&path, &records(0, &["one".into()]));
-        let running = Arc::new(AtomicBool::new(true));
-        let options = LogOptions {
-            follow: true,
-            ..Default::default()
-        };
-        let (follow, notices) = follow(dir.path(), &running);
-        let mut reader = LogReader::open(path.clone(), &options, follow)
-            .await
-            .expect("open");
+        let Followed {
+            path,
+            running: _,
+            notices,
+            mut reader,
+        } = followed(dir.path()).await;
         assert_eq!(next_text(&mut reader).await.as_deref(), Some("one\n"));
         for (i, line) in ["two", "three", "four"].into_iter().enumerate() {
             // Waiting at the end of the file, long past any poll interval.

@@ -524,10 +524,10 @@ impl PodWorkers {
                     container: slot.plan.name.clone(),
                     id,
                     handle: slot.handle.clone(),
-                    log_path: plan
-                        .dir
-                        .join(&slot.plan.name)
-                        .join(format!("{}.log", slot.status().restart_count)),
+                    log_path: super::logs::log_path(
+                        &plan.dir.join(&slot.plan.name),
+                        slot.status().restart_count,
+                    ),
                 });
             }
         }

@@ -1210,7 +1210,7 @@ impl ContainerRun<'_> {
             working_dir: c.working_dir.clone(),
             env: c.env.clone(),
             mounts: c.mounts.clone(),
-            log_path: plan.dir.join(&c.name).join(format!("{attempt}.log")),
+            log_path: super::logs::log_path(&plan.dir.join(&c.name), attempt),
             limits: c.limits,
             security: c.security,
             stdin: c.stdin,

@@ -254,40 +254,6 @@ impl MetaStore {
             .collect())
     }
 
-    /// The key, uid and resourceVersion of every object of a kind, without the objects: what
-    /// a reader that keeps parsed objects needs to see which changed.
-    pub fn versions(
-        &self,
-        kind: ResourceKind,
-    ) -> Result<Vec<(ObjectKey, String, String)>, StoreError> {
-        let conn = self.db.conn();
-        let mut statement = conn
-            .prepare_cached(
-                "SELECT namespace, name, uid, resource_version FROM objects WHERE kind = ?1 ORDER BY namespace, name",
-            )
-            .map_err(sql(format!("listing {kind} versions")))?;
-        let rows: Vec<(String, String, String, String)> = statement
-            .query_map(params![kind.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .and_then(Iterator::collect)
-            .map_err(sql(format!("listing {kind} versions")))?;
-        Ok(rows
-            .into_iter()
-            .map(|(namespace, name, uid, rv)| {
-                (
-                    ObjectKey {
-                        kind,
-                        namespace,
-                        name,
-                    },
-                    uid,
-                    rv,
-                )
-            })
-            .collect())
-    }
-
     /// What the edge holds, for the hello: damaged rows are not held, so the resync replaces
     /// them.
     pub fn held(&self) -> Result<Vec<HeldObject>, StoreError> {
