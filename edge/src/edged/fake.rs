@@ -32,6 +32,8 @@ struct State {
     /// Per container name, the exit codes of the next commands run in it (then 0).
     exec_codes: HashMap<String, VecDeque<i32>>,
     held: HashSet<String>,
+    /// Per container name, how long starting an instance takes.
+    slow_starts: HashMap<String, Duration>,
     sandboxes: BTreeMap<String, SandboxStatus>,
     containers: BTreeMap<String, (ContainerInfo, tokio::sync::watch::Sender<Option<Exit>>)>,
     /// Per container id, its log file.
@@ -94,6 +96,12 @@ impl Fake {
         self.lock()
             .exec_codes
             .insert(name.to_owned(), codes.iter().copied().collect());
+    }
+
+    /// Starting an instance of container `name` takes `time`: its log file exists (created
+    /// with the instance, as the Wasm runtime creates it) and is empty meanwhile.
+    pub fn slow_start(&self, name: &str, time: Duration) {
+        self.lock().slow_starts.insert(name.to_owned(), time);
     }
 
     /// Container `name` ignores SIGTERM.
@@ -390,11 +398,21 @@ impl RuntimeService for Fake {
         s.containers
             .insert(id.clone(), (info, tokio::sync::watch::Sender::new(None)));
         s.logs.insert(id.clone(), config.log_path.clone());
+        drop(s);
+        create_log(&config.log_path);
         Ok(id)
     }
 
     async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
         self.call(format!("start {id}"))?;
+        let slow = {
+            let s = self.lock();
+            let name = s.containers.get(id).map(|(c, _)| c.name.clone());
+            name.and_then(|n| s.slow_starts.get(&n).copied())
+        };
+        if let Some(time) = slow {
+            tokio::time::sleep(time).await;
+        }
         let code = {
             let mut s = self.lock();
             let Some(name) = s.containers.get(id).map(|(c, _)| c.name.clone()) else {
@@ -673,6 +691,20 @@ impl Drop for Forwarding {
     }
 }
 
+/// Creates an instance's empty log file, as a runtime creates it with the instance (same
+/// blocking and best effort as [`log_started`]).
+fn create_log(path: &std::path::Path) {
+    let _ = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        });
+}
+
 /// Appends a record saying `instance` started to the log at `path` (blocking, but a few bytes to
 /// a temp dir). A test whose pods live nowhere writable gets no log, which only the log tests read.
 fn log_started(path: &std::path::Path, instance: &str) {
@@ -685,14 +717,9 @@ fn log_started(path: &std::path::Path, instance: &str) {
         wedge_core::crilog::Tag::Full,
         format!("{instance} started").as_bytes(),
     );
-    let _ = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-        })
+    create_log(path);
+    let _ = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
         .and_then(|mut f| f.write_all(&record));
 }

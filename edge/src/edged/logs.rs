@@ -119,18 +119,13 @@ enum Missing {
 }
 
 /// Which instance's log a request means, by its restart count, from the container's status: the
-/// kubelet's `validateContainerLogStatus` on the file layout. `current_logged` says whether the
-/// file of the status' restart count exists.
+/// kubelet's `validateContainerLogStatus` on the file layout.
 ///
 /// A running or terminated container's current instance is its restart count, the previous one
 /// the count before. Between instances (waiting to be restarted) the kubelet reads the instance
-/// that ended last, whether `previous` was asked or not: that is the current count's file until
-/// the count moves on for the next instance, and the one before afterwards.
-fn instance(
-    status: &ContainerStatus,
-    previous: bool,
-    current_logged: bool,
-) -> Result<u32, Missing> {
+/// that ended last, whether `previous` was asked or not: the count still names it, since the
+/// count moves on only once the next instance runs.
+fn instance(status: &ContainerStatus, previous: bool) -> Result<u32, Missing> {
     let count = status.restart_count;
     let ended_before = status.last_state.is_some();
     match &status.state {
@@ -139,8 +134,7 @@ fn instance(
             .filter(|_| ended_before)
             .ok_or(Missing::Previous),
         ContainerState::Running { .. } | ContainerState::Terminated { .. } => Ok(count),
-        ContainerState::Waiting { .. } if ended_before && current_logged => Ok(count),
-        ContainerState::Waiting { .. } if ended_before && count > 0 => Ok(count - 1),
+        ContainerState::Waiting { .. } if ended_before => Ok(count),
         ContainerState::Waiting { .. } if previous => Err(Missing::Previous),
         ContainerState::Waiting { reason: why, .. } => Err(Missing::Waiting(match why.as_str() {
             reason::ERR_IMAGE_PULL => "image can't be pulled".to_owned(),
@@ -188,10 +182,7 @@ impl PodWorkers {
             })?;
         let dir = state.plan.dir.join(&slot.plan.name);
         let status = slot.status();
-        let current_logged = tokio::fs::try_exists(log_path(&dir, status.restart_count))
-            .await
-            .unwrap_or(false);
-        let attempt = instance(&status, options.previous, current_logged).map_err(|missing| {
+        let attempt = instance(&status, options.previous).map_err(|missing| {
             let (pod, container) = (pod.to_owned(), container.to_owned());
             match missing {
                 Missing::Previous => LogError::NoPrevious { pod, container },
@@ -900,24 +891,21 @@ mod tests {
         let back_off = ContainerState::waiting(reason::CRASH_LOOP_BACK_OFF, None);
         let pulling = ContainerState::waiting(reason::IMAGE_PULL_BACK_OFF, None);
         let first = status(running.clone(), 0, false);
-        assert_eq!(instance(&first, false, true), Ok(0));
-        assert_eq!(instance(&first, true, true), Err(Missing::Previous));
+        assert_eq!(instance(&first, false), Ok(0));
+        assert_eq!(instance(&first, true), Err(Missing::Previous));
         let second = status(running, 1, true);
-        assert_eq!(instance(&second, false, true), Ok(1));
-        assert_eq!(instance(&second, true, true), Ok(0));
-        // Backing off after instance 1 ended, then with the count moved on for instance 2.
-        let between = status(back_off.clone(), 1, true);
-        assert_eq!(instance(&between, false, true), Ok(1));
-        assert_eq!(instance(&between, true, true), Ok(1));
-        let moved_on = status(back_off, 2, true);
-        assert_eq!(instance(&moved_on, false, false), Ok(1));
-        assert_eq!(instance(&moved_on, true, false), Ok(1));
+        assert_eq!(instance(&second, false), Ok(1));
+        assert_eq!(instance(&second, true), Ok(0));
+        // Backing off after instance 1 ended, until instance 2 runs.
+        let between = status(back_off, 1, true);
+        assert_eq!(instance(&between, false), Ok(1));
+        assert_eq!(instance(&between, true), Ok(1));
         let never_ran = status(pulling, 0, false);
         assert_eq!(
-            instance(&never_ran, false, false),
+            instance(&never_ran, false),
             Err(Missing::Waiting("trying and failing to pull image".into()))
         );
-        assert_eq!(instance(&never_ran, true, false), Err(Missing::Previous));
+        assert_eq!(instance(&never_ran, true), Err(Missing::Previous));
     }
 
     struct Harness {
@@ -1104,6 +1092,48 @@ mod tests {
         .await;
         let current = h.logs("pod-crash", LogOptions::default()).await;
         assert_eq!(current.expect("current"), "main#1 started\n");
+        assert_eq!(
+            h.logs("pod-crash", previous).await.expect("previous"),
+            "main#0 started\n"
+        );
+    }
+
+    /// The race CI met: the next instance's log file exists, empty, before that instance runs;
+    /// the log of the instance that ended is still the one read.
+    #[tokio::test(start_paused = true)]
+    async fn while_the_next_instance_starts_the_ended_ones_log_is_read() {
+        let h = Harness::new();
+        h.fake.script("main", &[Some(1), None]);
+        h.fake.slow_start("main", Duration::from_secs(30));
+        h.start("crash", spec("Always", false));
+        h.wait_for("crash", |s| main_of(s).state.is_running()).await;
+        h.wait_for("crash", |s| {
+            main_of(s).state.reason() == Some(reason::CRASH_LOOP_BACK_OFF)
+        })
+        .await;
+        // Instance 1 is created and is being started: its file is there, empty.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !h.fake.calls().iter().any(|c| c == "create main#1") {
+            assert!(Instant::now() < deadline, "{:?}", h.fake.calls());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = h.workers.status("crash").expect("status");
+        assert!(!main_of(&status).state.is_running());
+        assert_eq!(main_of(&status).restart_count, 0);
+        let previous = LogOptions {
+            previous: true,
+            ..Default::default()
+        };
+        for options in [LogOptions::default(), previous.clone()] {
+            assert_eq!(
+                h.logs("pod-crash", options).await.expect("log"),
+                "main#0 started\n"
+            );
+        }
+        h.wait_for("crash", |s| {
+            main_of(s).restart_count == 1 && main_of(s).state.is_running()
+        })
+        .await;
         assert_eq!(
             h.logs("pod-crash", previous).await.expect("previous"),
             "main#0 started\n"

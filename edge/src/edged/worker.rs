@@ -875,10 +875,10 @@ impl ContainerRun<'_> {
             () = tokio::time::sleep(wait) => {}
         }
         // The instance that ended goes before the next is created; its log file stays, for
-        // `kubectl logs --previous`.
-        let previous = slot.id();
-        pod.update(slot, |s| s.restart_count += 1);
-        if let Some(id) = previous {
+        // `kubectl logs --previous`. The restart count moves on only when the next instance
+        // runs (`start_instance`): until then it names the instance that ended, whose log is
+        // the one `kubectl logs` reads.
+        if let Some(id) = slot.id() {
             self.remove(&id).await;
             slot.set_id(None);
         }
@@ -964,7 +964,12 @@ impl ContainerRun<'_> {
         .await
         .map_err(|e| Failure::Waiting(reason::CREATE_CONTAINER_ERROR, e.to_string()))?
         .map_err(|m| Failure::Waiting(reason::CREATE_CONTAINER_ERROR, m))?;
-        let attempt = slot.status().restart_count;
+        // The kubelet's attempt: the count of instances that ran before this one. The status
+        // keeps the last instance's count until this one runs, as the kubelet's does.
+        let attempt = {
+            let s = slot.status();
+            s.restart_count + u32::from(s.last_state.is_some())
+        };
         let config = self.container_config(attempt, &image_id);
         let sandbox = pod.sandbox_config(self.config);
         let rt = &slot.handle.runtime;
@@ -986,6 +991,7 @@ impl ContainerRun<'_> {
         self.reset_probes();
         pod.update(slot, |s| {
             s.state = ContainerState::Running { started_at };
+            s.restart_count = attempt;
             if image_id.is_some() {
                 s.image_id = image_id;
             }
