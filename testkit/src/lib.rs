@@ -12,6 +12,8 @@
 //!   process, mount, link and cgroup it made.
 //! - [`container_images`] builds ordinary container images locally (a `pause` image for pod
 //!   sandboxes, a `busybox` image) and pushes them to a [`registry::Registry`].
+//! - [`netns`] makes a network namespace for a process to run in, reached through listeners bound
+//!   inside it, with packet loss from iptables rules.
 //! - [`wait`] polls for the event that proves a thing ([`wait::eventually`]) and gives free
 //!   loopback ports; [`metrics`] reads a process's Prometheus figures.
 //!
@@ -30,6 +32,7 @@ pub mod containerd;
 pub mod http_sink;
 pub mod metrics;
 pub mod mosquitto;
+pub mod netns;
 pub mod oci;
 pub mod process;
 pub mod registry;

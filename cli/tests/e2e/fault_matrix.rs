@@ -1,21 +1,27 @@
-//! The fault matrix (issue 19): a rollout over three edges, each behind a link with a fault of
-//! its own, while cloudcore and one edgecore are killed in the middle of it; then convergence,
-//! nothing lost or doubled, and a resync after the faults that sends nothing, since nothing
-//! changed.
+//! The fault matrix (issue 19): a rollout over four edges, each behind a link with a fault of
+//! its own, while a burst of device reports goes up from one of them and cloudcore and one
+//! edgecore are killed in the middle of it; then convergence, nothing lost or doubled, and a
+//! resync after the faults bounded by what changed.
 //!
-//! The faults come from [`FaultyLink`], a proxy in front of CloudHub: `tc netem` is missing from
-//! these machines' kernels, so latency and cuts are made in user space. TCP hides packet loss
-//! as latency anyway; what the edge sees of a bad link (late bytes, dropped connections) is what
-//! the proxy makes.
+//! Latency, flapping and the cut come from [`FaultyLink`], a proxy in front of CloudHub: `tc
+//! netem` is missing from these machines' kernels, so they are made in user space. Packet loss
+//! is the kernel's: edge-d runs in a network namespace of its own ([`NetNs`]) and iptables
+//! there drops 30% of its link's packets each way, which TCP meets with retransmits and backoff.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use wedge_core::protocol::ResourceKind;
+use wedge_testkit::netns::NetNs;
+
 use super::support::*;
 
-/// Pods in the rollout, as the issue asks: a hundred per edge.
+/// Pods in the rollout, as the issue asks.
 const REPLICAS: usize = 300;
+/// Devices on edge-b reporting in the burst, and reports each.
+const DEVICES: usize = 10;
+const REPORTS: usize = 50;
 
 fn fleet(registry: &str, version: u32) -> String {
     format!(
@@ -66,23 +72,111 @@ fn converged(pods: &BTreeMap<String, (String, String, String)>, version: &str) -
             .all(|(_, phase, v)| phase == "Running" && v == version)
 }
 
+/// A meter model and [`DEVICES`] meters on `node`, reporting a count over MQTT.
+fn meters(node: &str) -> String {
+    let mut yaml = "apiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata:\n  name: meter\nspec:\n  protocol: mqtt\n  properties:\n  - {name: count, type: INT, accessMode: ReadOnly, minimum: \"0\", maximum: \"100000\"}\n".to_owned();
+    for i in 0..DEVICES {
+        yaml.push_str(&format!(
+            "---\napiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata:\n  name: meter-{i}\nspec:\n  deviceModelRef: {{name: meter}}\n  nodeName: {node}\n  protocol: {{protocolName: mqtt}}\n  properties:\n  - {{name: count, reportToCloud: true}}\n"
+        ));
+    }
+    yaml
+}
+
+/// Each meter's reported count, as `kubectl` shows it (meters without one left out).
+fn counts(cloud: &Cloud) -> BTreeMap<String, String> {
+    cloud
+        .kubectl_ok(&[
+            "get",
+            "devices",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.twins[?(@.propertyName==\"count\")].reported.value}{\"\\n\"}{end}",
+        ])
+        .lines()
+        .filter_map(|l| {
+            let (name, count) = l.split_once(' ')?;
+            (!count.is_empty()).then(|| (name.to_owned(), count.to_owned()))
+        })
+        .collect()
+}
+
+/// The burst: every meter reports 1 to [`REPORTS`] in turn, as fast as the broker takes them,
+/// through the edge's embedded broker at `port`.
+async fn report_burst(port: u16) {
+    use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("meters", "127.0.0.1", port), 64);
+    let driver = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < DEVICES * REPORTS {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("the edge's broker dropped the meters: {e}"),
+            }
+        }
+    });
+    for n in 1..=REPORTS {
+        for i in 0..DEVICES {
+            let payload = format!(
+                r#"{{"event_id":"burst-{i}-{n}","twin":{{"count":{{"actual":{{"value":"{n}"}}}}}}}}"#
+            );
+            client
+                .publish(
+                    format!("$hw/events/device/meter-{i}/twin/update"),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .expect("publish");
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(60), driver)
+        .await
+        .expect("the broker acknowledged every report within a minute")
+        .expect("the meters' event loop");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollout_over_faulty_links_with_kills_converges_with_nothing_lost_or_doubled() {
     let registry = registry_with_samples().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cloud = Cloud::start(&dir.path().join("cloud"));
-    let nodes = ["edge-a", "edge-b", "edge-c"];
+    let nodes = ["edge-a", "edge-b", "edge-c", "edge-d"];
+    // edge-d's own network: it reaches CloudHub and the registry only through listeners bound
+    // inside (the registry at the address the pods name), its link to CloudHub lossy.
+    let lossy = NetNs::new("lossy").expect("a network namespace");
+    let registry_inside = lossy
+        .listen(registry.host().parse().expect("registry address"))
+        .expect("registry listener in the namespace");
+    let _registry_link = FaultyLink::start_on(registry_inside, registry.host());
+    let meters_bus = free_port();
     let mut links = Vec::new();
     let mut edges = Vec::new();
     for node in nodes {
-        let link = Arc::new(FaultyLink::start(cloud.hub.clone()).await);
+        let link = Arc::new(if node == "edge-d" {
+            let inside = lossy
+                .listen("127.0.0.1:0".parse().expect("addr"))
+                .expect("hub listener in the namespace");
+            FaultyLink::start_on(inside, cloud.hub.clone())
+        } else {
+            FaultyLink::start(cloud.hub.clone()).await
+        });
         let root = dir.path().join(node);
         std::fs::create_dir_all(&root).expect("edge root");
         let token = cloud.token("1h");
-        let edge = Proc::spawn(
-            edgecore_at(&root, &link.addr, node, Some(&token), &registry.host()),
-            root.join("edgecore.log"),
-        );
+        let mut command = edgecore_at(&root, &link.addr, node, Some(&token), &registry.host());
+        if node == "edge-b" {
+            // The meters report through edge-b's broker.
+            command
+                .env("WEDGE_MQTT_LISTEN", format!("127.0.0.1:{meters_bus}"))
+                .env("WEDGE_MQTT_ALLOW_ANONYMOUS", "true");
+        }
+        if node == "edge-d" {
+            command = lossy.command(&command);
+        }
+        let edge = Proc::spawn(command, root.join("edgecore.log"));
         links.push(link);
         edges.push((root, edge));
     }
@@ -94,10 +188,24 @@ async fn a_rollout_over_faulty_links_with_kills_converges_with_nothing_lost_or_d
             Duration::from_secs(60),
         );
     }
+    cloud.apply(&meters("edge-b"));
+    eventually(
+        Duration::from_secs(60),
+        || held(&edges[1].0, ResourceKind::Device).len() == DEVICES,
+        || format!("edge-b holds {:?}", held(&edges[1].0, ResourceKind::Device)),
+    )
+    .await;
 
-    // The faults: 2 s of latency each way to edge-a, edge-b's link flapping (up 4 s, down 2 s).
+    // The faults: 2 s of latency each way to edge-a, edge-b's link flapping (up 4 s, down 2 s),
+    // 30% of edge-d's link's packets lost each way.
     links[0].set_latency(Duration::from_secs(2));
     links[1].flap(Duration::from_secs(4), Duration::from_secs(2));
+    let hub_port = links[3]
+        .addr
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .expect("edge-d's link port");
+    lossy.lose(hub_port, 0.3).expect("loss on edge-d's link");
     cloud.apply(&fleet(&registry.host(), 1));
     eventually(
         Duration::from_secs(240),
@@ -108,12 +216,12 @@ async fn a_rollout_over_faulty_links_with_kills_converges_with_nothing_lost_or_d
     let spread: BTreeSet<String> = pods(&cloud).values().map(|p| p.0.clone()).collect();
     assert_eq!(
         spread.len(),
-        3,
-        "the fleet spans the three edges: {spread:?}"
+        nodes.len(),
+        "the fleet spans the edges: {spread:?}"
     );
 
-    // The rollout, and in the middle of it: edge-c cut off, cloudcore killed and started
-    // again, edge-a's edgecore killed (SIGKILL) and started again.
+    // The rollout, and in the middle of it: the meters' burst on edge-b, edge-c cut off,
+    // cloudcore killed and started again, edge-a's edgecore killed (SIGKILL) and started again.
     cloud.apply(&fleet(&registry.host(), 2));
     eventually(
         Duration::from_secs(120),
@@ -121,6 +229,7 @@ async fn a_rollout_over_faulty_links_with_kills_converges_with_nothing_lost_or_d
         || format!("{:#?}", pods(&cloud)),
     )
     .await;
+    let burst = tokio::spawn(report_burst(meters_bus));
     links[2].cut();
     cloud.restart();
     edges[0].1.kill();
@@ -159,8 +268,27 @@ async fn a_rollout_over_faulty_links_with_kills_converges_with_nothing_lost_or_d
     )
     .await;
 
+    // Every meter's last report reached its Device, through the flapping link and the cloud's
+    // restart.
+    burst.await.expect("the burst");
+    let last = REPORTS.to_string();
+    eventually(
+        Duration::from_secs(120),
+        || {
+            let counts = counts(&cloud);
+            counts.len() == DEVICES && counts.values().all(|c| *c == last)
+        },
+        || format!("the meters' counts: {:?}", counts(&cloud)),
+    )
+    .await;
+
     // Nothing lost or doubled: each edge holds exactly the pods bound to it, no leftover of the
     // first version, no pod twice; and every pod's status came from its edge.
+    assert!(
+        lossy.lost().expect("loss counters") > 0,
+        "edge-d's link lost no packet"
+    );
+    lossy.heal().expect("loss removed");
     for link in &links {
         link.steady();
     }
@@ -197,7 +325,7 @@ async fn a_rollout_over_faulty_links_with_kills_converges_with_nothing_lost_or_d
     };
     eventually(
         Duration::from_secs(60),
-        || connected(&cloud) == 3.0,
+        || connected(&cloud) == nodes.len() as f64,
         || format!("{} edges connected", connected(&cloud)),
     )
     .await;

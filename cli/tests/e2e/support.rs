@@ -519,6 +519,14 @@ pub async fn eventually(
 
 /// The pods an edge holds in its SQLite store: name → resourceVersion.
 pub fn pods_held(edge_root: &Path) -> std::collections::BTreeMap<String, String> {
+    held(edge_root, wedge_core::protocol::ResourceKind::Pod)
+}
+
+/// The objects of `kind` an edge holds in its SQLite store: name → resourceVersion.
+pub fn held(
+    edge_root: &Path,
+    kind: wedge_core::protocol::ResourceKind,
+) -> std::collections::BTreeMap<String, String> {
     let Ok(db) = wedge_edge::store::Database::inspect(&edge_root.join("edge.db")) else {
         return Default::default();
     };
@@ -526,7 +534,7 @@ pub fn pods_held(edge_root: &Path) -> std::collections::BTreeMap<String, String>
         .held()
         .unwrap_or_default()
         .into_iter()
-        .filter(|h| h.kind == wedge_core::protocol::ResourceKind::Pod)
+        .filter(|h| h.kind == kind)
         .map(|h| (h.name, h.resource_version))
         .collect()
 }
@@ -566,11 +574,17 @@ pub struct FaultyLink {
 impl FaultyLink {
     /// A link with no faults until told.
     pub async fn start(target: String) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listens");
+        listener.set_nonblocking(true).expect("nonblocking");
+        Self::start_on(listener, target)
+    }
+
+    /// A link accepting on `listener` (bound anywhere, in a test's network namespace say), to
+    /// `target` as this process reaches it.
+    pub fn start_on(listener: std::net::TcpListener, target: String) -> Self {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("proxy listens");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listens");
         let addr = listener.local_addr().expect("addr").to_string();
         let up = Arc::new(AtomicBool::new(true));
         let cut = Arc::new(tokio::sync::Notify::new());
