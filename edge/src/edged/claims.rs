@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 };
 use wedge_core::protocol::ResourceKind;
 
-use super::env::Lookup;
+use super::objects::Lookup;
 
 /// Why a claim cannot be mounted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,14 +80,14 @@ pub fn resolve_claims(pod: &Pod, lookup: &Lookup<'_>) -> Result<Pod, ClaimError>
 
 /// The directory of the volume bound to claim `namespace/name`.
 fn volume_path(namespace: &str, name: &str, lookup: &Lookup<'_>) -> Result<String, ClaimError> {
-    let claim: PersistentVolumeClaim = lookup(ResourceKind::PersistentVolumeClaim, namespace, name)
+    let claim = lookup(ResourceKind::PersistentVolumeClaim, namespace, name)
         .ok_or_else(|| {
             ClaimError::Waiting(format!(
                 "persistentvolumeclaim \"{name}\" not found on this edge (yet)"
             ))
         })
         .and_then(|o| {
-            serde_json::from_value(o).map_err(|e| {
+            o.typed::<PersistentVolumeClaim>().map_err(|e| {
                 ClaimError::Waiting(format!(
                     "persistentvolumeclaim \"{name}\" does not parse: {e}"
                 ))
@@ -103,19 +103,19 @@ fn volume_path(namespace: &str, name: &str, lookup: &Lookup<'_>) -> Result<Strin
                 "persistentvolumeclaim \"{name}\" is not bound to a volume yet"
             ))
         })?;
-    let volume: PersistentVolume = lookup(ResourceKind::PersistentVolume, "", &bound)
+    let volume = lookup(ResourceKind::PersistentVolume, "", &bound)
         .ok_or_else(|| {
             ClaimError::Waiting(format!(
                 "persistentvolume \"{bound}\" of claim \"{name}\" not found on this edge (yet)"
             ))
         })
         .and_then(|o| {
-            serde_json::from_value(o).map_err(|e| {
+            o.typed::<PersistentVolume>().map_err(|e| {
                 ClaimError::Waiting(format!("persistentvolume \"{bound}\" does not parse: {e}"))
             })
         })?;
-    let spec = volume.spec.unwrap_or_default();
-    let reference = spec.claim_ref.as_ref();
+    let spec = volume.spec.as_ref();
+    let reference = spec.and_then(|s| s.claim_ref.as_ref());
     let ours = reference.is_some_and(|r| {
         r.namespace.as_deref() == Some(namespace)
             && r.name.as_deref() == Some(name)
@@ -127,9 +127,10 @@ fn volume_path(namespace: &str, name: &str, lookup: &Lookup<'_>) -> Result<Strin
         )));
     }
     let path = spec
-        .host_path
-        .map(|h| h.path)
-        .or_else(|| spec.local.map(|l| l.path))
+        .and_then(|s| {
+            let host = s.host_path.as_ref().map(|h| &h.path);
+            host.or_else(|| s.local.as_ref().map(|l| &l.path)).cloned()
+        })
         .ok_or_else(|| {
             ClaimError::Refused(format!(
                 "persistentvolume \"{bound}\" of claim \"{name}\": edges mount hostPath and local volumes"
@@ -147,6 +148,7 @@ fn volume_path(namespace: &str, name: &str, lookup: &Lookup<'_>) -> Result<Strin
 mod tests {
     use serde_json::json;
 
+    use super::super::objects::holding;
     use super::*;
 
     fn pod() -> Pod {
@@ -173,13 +175,13 @@ mod tests {
 
     #[test]
     fn a_claim_becomes_its_volumes_directory() {
-        let lookup = |kind: ResourceKind, ns: &str, name: &str| match (kind, ns, name) {
+        let lookup = holding(|kind, ns, name| match (kind, ns, name) {
             (ResourceKind::PersistentVolumeClaim, "apps", "www-web-0") => {
                 Some(claim(Some("pvc-c1")))
             }
             (ResourceKind::PersistentVolume, "", "pvc-c1") => Some(volume("c1")),
             _ => None,
-        };
+        });
         let resolved = resolve_claims(&pod(), &lookup).expect("resolved");
         let spec = resolved.spec.expect("spec");
         let v = &spec.volumes.expect("volumes")[0];
@@ -193,35 +195,35 @@ mod tests {
 
     #[test]
     fn a_claim_or_volume_not_here_yet_keeps_the_pod_waiting() {
-        let none = |_: ResourceKind, _: &str, _: &str| None;
+        let none = holding(|_, _, _| None);
         assert_eq!(
             resolve_claims(&pod(), &none),
             Err(ClaimError::Waiting(
                 "persistentvolumeclaim \"www-web-0\" not found on this edge (yet)".into()
             ))
         );
-        let unbound = |kind: ResourceKind, _: &str, _: &str| {
+        let unbound = holding(|kind, _, _| {
             (kind == ResourceKind::PersistentVolumeClaim).then(|| claim(None))
-        };
+        });
         assert!(matches!(
             resolve_claims(&pod(), &unbound),
             Err(ClaimError::Waiting(m)) if m.contains("not bound")
         ));
-        let stolen = |kind: ResourceKind, _: &str, _: &str| match kind {
+        let stolen = holding(|kind, _, _| match kind {
             ResourceKind::PersistentVolumeClaim => Some(claim(Some("pvc-c1"))),
             _ => Some(volume("another")),
-        };
+        });
         assert!(matches!(
             resolve_claims(&pod(), &stolen),
             Err(ClaimError::Waiting(m)) if m.contains("is not bound to claim")
         ));
-        let nfs = |kind: ResourceKind, _: &str, _: &str| match kind {
+        let nfs = holding(|kind, _, _| match kind {
             ResourceKind::PersistentVolumeClaim => Some(claim(Some("pvc-c1"))),
             _ => Some(
                 json!({"metadata": {"name": "pvc-c1"}, "spec": {"nfs": {"server": "x", "path": "/"},
                 "claimRef": {"namespace": "apps", "name": "www-web-0"}}}),
             ),
-        };
+        });
         assert!(matches!(
             resolve_claims(&pod(), &nfs),
             Err(ClaimError::Refused(_))

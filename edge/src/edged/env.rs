@@ -10,18 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use wedge_core::protocol::ResourceKind;
 
-/// The data of a ConfigMap or Secret (decoded), if MetaManager holds it.
-pub type Lookup<'a> = dyn Fn(ResourceKind, &str, &str) -> Option<serde_json::Value> + 'a;
-
-fn data_of(
-    kind: ResourceKind,
-    object: &serde_json::Value,
-) -> Result<BTreeMap<String, String>, String> {
-    Ok(super::volumes::data_of(kind, object)?
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-        .collect())
-}
+use super::objects::{Lookup, key_data};
 
 fn what(kind: ResourceKind) -> &'static str {
     match kind {
@@ -37,9 +26,13 @@ fn resolve_container(
 ) -> Result<(), String> {
     let fetch =
         |kind: ResourceKind, name: &str| -> Result<Option<BTreeMap<String, String>>, String> {
-            lookup(kind, namespace, name)
-                .map(|o| data_of(kind, &o))
-                .transpose()
+            let data = key_data(lookup, kind, namespace, name).transpose()?;
+            Ok(data.map(|d| {
+                d.map()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                    .collect()
+            }))
         };
     let mut env: Vec<EnvVar> = Vec::new();
     for from in container.env_from.take().into_iter().flatten() {
@@ -143,7 +136,10 @@ pub fn resolve_env(pod: &Pod, lookup: &Lookup<'_>) -> Result<Pod, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::metamanager::{Object, held};
 
     fn pod(env: serde_json::Value, env_from: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
@@ -153,16 +149,17 @@ mod tests {
         .expect("pod")
     }
 
-    fn lookup(kind: ResourceKind, ns: &str, name: &str) -> Option<serde_json::Value> {
-        match (kind, ns, name) {
+    fn lookup(kind: ResourceKind, ns: &str, name: &str) -> Option<Arc<Object>> {
+        let object = match (kind, ns, name) {
             (ResourceKind::ConfigMap, "apps", "settings") => {
-                Some(serde_json::json!({"data": {"MODE": "fast", "LEVEL": "3"}}))
+                serde_json::json!({"data": {"MODE": "fast", "LEVEL": "3"}})
             }
             (ResourceKind::Secret, "apps", "creds") => {
-                Some(serde_json::json!({"data": {"password": "czNjcjN0"}}))
+                serde_json::json!({"data": {"password": "czNjcjN0"}})
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        Some(held(kind, ns, name, object))
     }
 
     fn env_of(pod: &Pod) -> Vec<(String, String)> {

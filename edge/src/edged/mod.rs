@@ -22,6 +22,7 @@ pub mod log_manager;
 pub mod logs;
 pub mod node;
 pub mod notices;
+pub mod objects;
 pub mod plan;
 pub mod pod_workers;
 pub mod portforward;
@@ -61,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 use wedge_core::runtime::PullAuth;
 
-use crate::metamanager::MetaManager;
+use crate::metamanager::{MetaManager, Object};
 use crate::reports::{self, Report};
 use crate::store::Outbox;
 use node::NodeFacts;
@@ -498,13 +499,13 @@ impl Edged {
         pods
     }
 
-    fn lookup(&self, kind: ResourceKind, namespace: &str, name: &str) -> Option<serde_json::Value> {
+    fn lookup(&self, kind: ResourceKind, namespace: &str, name: &str) -> Option<Arc<Object>> {
         let key = ObjectKey {
             kind,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
-        self.meta.get(&key).map(|o| o.object.clone())
+        self.meta.get(&key)
     }
 
     async fn reconcile(&mut self, loopback: &Loopback) {
@@ -782,12 +783,12 @@ impl Edged {
                 false,
             )
         };
-        let object = self
+        let class = self
             .lookup(ResourceKind::RuntimeClass, "", name)
-            .ok_or_else(missing)?;
-        let class: RuntimeClass = serde_json::from_value(object)
+            .ok_or_else(missing)?
+            .typed::<RuntimeClass>()
             .map_err(|e| (format!("RuntimeClass {name:?} does not parse: {e}"), false))?;
-        Ok(class.handler)
+        Ok(class.handler.clone())
     }
 
     /// Starts a pod whose runtime was chosen, unless it was deleted or changed meanwhile.

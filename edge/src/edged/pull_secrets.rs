@@ -16,8 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use wedge_core::protocol::ResourceKind;
 use wedge_core::runtime::PullAuth;
 
-use super::env::Lookup;
-use super::volumes::data_of;
+use super::objects::{Lookup, key_data};
 
 /// The registry host a docker config key names: `https://index.docker.io/v1/` is `docker.io`,
 /// `registry.local:5000/path` is `registry.local:5000`.
@@ -61,8 +60,7 @@ fn auth_of(entry: &serde_json::Value) -> Option<PullAuth> {
 }
 
 /// The credentials a Secret holds, by registry host.
-fn credentials(object: &serde_json::Value) -> Result<BTreeMap<String, PullAuth>, String> {
-    let data = data_of(ResourceKind::Secret, object)?;
+fn credentials(data: &BTreeMap<String, Vec<u8>>) -> Result<BTreeMap<String, PullAuth>, String> {
     let (config, nested) = if let Some(c) = data.get(".dockerconfigjson") {
         (c, true)
     } else if let Some(c) = data.get(".dockercfg") {
@@ -139,11 +137,11 @@ pub fn pull_auth(
         .iter()
         .flat_map(|s| s.image_pull_secrets.iter().flatten())
     {
-        let Some(object) = lookup(ResourceKind::Secret, &namespace, &secret.name) else {
+        let Some(data) = key_data(lookup, ResourceKind::Secret, &namespace, &secret.name) else {
             tracing::warn!(pod = ?pod.metadata.name, secret = secret.name, "an image pull secret is not on this edge: pulling without it");
             continue;
         };
-        match credentials(&object) {
+        match data.and_then(|d| credentials(d.map())) {
             Ok(found) => {
                 for (host, auth) in found {
                     out.entry(host).or_insert(auth);
@@ -162,6 +160,7 @@ pub fn pull_auth(
 
 #[cfg(test)]
 mod tests {
+    use super::super::objects::holding;
     use super::*;
 
     fn b64(s: &str) -> String {
@@ -176,7 +175,7 @@ mod tests {
         }})
         .to_string();
         let cfg = serde_json::json!({"other.example": {"auth": b64("old:style")}}).to_string();
-        let lookup = move |kind: ResourceKind, _: &str, name: &str| match (kind, name) {
+        let lookup = holding(move |kind, _, name| match (kind, name) {
             (ResourceKind::Secret, "regcred") => Some(
                 serde_json::json!({"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": b64(&json)}}),
             ),
@@ -185,7 +184,7 @@ mod tests {
             }
             (ResourceKind::Secret, "junk") => Some(serde_json::json!({"data": {"x": b64("y")}})),
             _ => None,
-        };
+        });
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "apps"},
             "spec": {"containers": [], "imagePullSecrets": [
@@ -238,9 +237,9 @@ mod tests {
 
         // A pod's own pull secret wins for its registry; the edge's fill in the rest.
         let json = serde_json::json!({"auths": {"docker.io": {"auth": b64("pod:pw")}}}).to_string();
-        let lookup = move |_: ResourceKind, _: &str, _: &str| {
+        let lookup = holding(move |_, _, _| {
             Some(serde_json::json!({"data": {".dockerconfigjson": b64(&json)}}))
-        };
+        });
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p"},
             "spec": {"containers": [], "imagePullSecrets": [{"name": "mine"}]}

@@ -12,11 +12,10 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use base64::Engine as _;
 use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod};
 use wedge_core::protocol::ResourceKind;
 
-use super::env::Lookup;
+use super::objects::{Lookup, key_data};
 
 /// A file of a volume: its path inside the volume, content and mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,49 +45,6 @@ fn what(kind: ResourceKind) -> &'static str {
     } else {
         "configmap"
     }
-}
-
-/// The decoded data of a ConfigMap (`data` and `binaryData`) or Secret (`data` in base64, and
-/// `stringData`), shared with env resolution.
-pub(crate) fn data_of(
-    kind: ResourceKind,
-    object: &serde_json::Value,
-) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let mut data = BTreeMap::new();
-    let b64 = base64::engine::general_purpose::STANDARD;
-    if let Some(map) = object.get("data").and_then(|d| d.as_object()) {
-        for (key, value) in map {
-            let text = value.as_str().unwrap_or_default();
-            let bytes = if kind == ResourceKind::Secret {
-                b64.decode(text)
-                    .map_err(|e| format!("secret key {key} is not base64: {e}"))?
-            } else {
-                text.as_bytes().to_vec()
-            };
-            data.insert(key.clone(), bytes);
-        }
-    }
-    if kind == ResourceKind::ConfigMap
-        && let Some(map) = object.get("binaryData").and_then(|d| d.as_object())
-    {
-        for (key, value) in map {
-            let bytes = b64
-                .decode(value.as_str().unwrap_or_default())
-                .map_err(|e| format!("configmap binaryData key {key} is not base64: {e}"))?;
-            data.insert(key.clone(), bytes);
-        }
-    }
-    if kind == ResourceKind::Secret
-        && let Some(map) = object.get("stringData").and_then(|d| d.as_object())
-    {
-        for (key, value) in map {
-            data.insert(
-                key.clone(),
-                value.as_str().unwrap_or_default().as_bytes().to_vec(),
-            );
-        }
-    }
-    Ok(data)
 }
 
 /// A relative path that stays inside the volume.
@@ -121,21 +77,21 @@ fn object_files(
     default_mode: u32,
     lookup: &Lookup<'_>,
 ) -> Result<Files, String> {
-    let Some(object) = lookup(kind, namespace, name) else {
+    let Some(data) = key_data(lookup, kind, namespace, name).transpose()? else {
         return if optional {
             Ok(Vec::new())
         } else {
             Err(format!("{} \"{name}\" not found", what(kind)))
         };
     };
-    let data = data_of(kind, &object)?;
+    let data = data.map();
     match items {
         None => data
-            .into_iter()
+            .iter()
             .map(|(key, content)| {
                 Ok(File {
-                    path: safe_path(&key)?,
-                    content,
+                    path: safe_path(key)?,
+                    content: content.clone(),
                     mode: default_mode,
                 })
             })
@@ -444,7 +400,10 @@ fn same_payload(dir: &Path, files: &Files) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::metamanager::{Object, held};
 
     fn pod() -> Pod {
         serde_json::from_value(serde_json::json!({
@@ -472,16 +431,17 @@ mod tests {
         .expect("pod")
     }
 
-    fn lookup(kind: ResourceKind, ns: &str, name: &str) -> Option<serde_json::Value> {
-        match (kind, ns, name) {
+    fn lookup(kind: ResourceKind, ns: &str, name: &str) -> Option<Arc<Object>> {
+        let object = match (kind, ns, name) {
             (ResourceKind::ConfigMap, "apps", "settings") => {
-                Some(serde_json::json!({"data": {"MODE": "fast", "LEVEL": "3"}}))
+                serde_json::json!({"data": {"MODE": "fast", "LEVEL": "3"}})
             }
             (ResourceKind::Secret, "apps", "creds") => {
-                Some(serde_json::json!({"data": {"password": "czNjcjN0"}}))
+                serde_json::json!({"data": {"password": "czNjcjN0"}})
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        Some(held(kind, ns, name, object))
     }
 
     type Listed = Vec<(String, String, u32)>;
@@ -550,9 +510,12 @@ mod tests {
         }))
         .expect("pod");
         let lookup = |kind, ns: &str, name: &str| match (kind, ns, name) {
-            (ResourceKind::ConfigMap, "apps", "kube-root-ca.crt") => {
-                Some(serde_json::json!({"data": {"ca.crt": "CA"}}))
-            }
+            (ResourceKind::ConfigMap, "apps", "kube-root-ca.crt") => Some(held(
+                kind,
+                ns,
+                name,
+                serde_json::json!({"data": {"ca.crt": "CA"}}),
+            )),
             _ => None,
         };
         let tokens = |key: &super::super::tokens::TokenKey, path: &Path| {

@@ -574,10 +574,15 @@ mod tests {
             uid: "u1".into(),
             pod: "default/app".into(),
             secret_name: "login".into(),
-            secret: Some(serde_json::json!({
-                "type": "kubernetes.io/basic-auth",
-                "data": {"username": b64(user), "password": b64("pw")},
-            })),
+            secret: Some(crate::metamanager::held(
+                wedge_core::protocol::ResourceKind::Secret,
+                "default",
+                "login",
+                serde_json::json!({
+                    "type": "kubernetes.io/basic-auth",
+                    "data": {"username": b64(user), "password": b64("pw")},
+                }),
+            )),
             grants: PodGrants::from_annotations(&annotations).map_err(|e| e.to_string()),
         };
         g.logins().sync(vec![wanted("app")]);

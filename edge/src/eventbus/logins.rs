@@ -89,8 +89,8 @@ pub struct WantedLogin {
     pub pod: String,
     /// The Secret the annotation names.
     pub secret_name: String,
-    /// That Secret as the edge holds it, if it does.
-    pub secret: Option<serde_json::Value>,
+    /// That Secret as MetaManager holds it, if it does.
+    pub secret: Option<std::sync::Arc<crate::metamanager::Object>>,
     /// The pod's grants, or why its annotations do not parse.
     pub grants: Result<PodGrants, String>,
 }
@@ -357,10 +357,12 @@ impl PodLogins {
         let object = w
             .secret
             .ok_or_else(|| LoginError::SecretNotFound(name.clone()))?;
-        let secret: Secret = serde_json::from_value(object).map_err(|e| LoginError::BadSecret {
-            name: name.clone(),
-            reason: e.to_string(),
-        })?;
+        let secret = object
+            .typed::<Secret>()
+            .map_err(|reason| LoginError::BadSecret {
+                name: name.clone(),
+                reason,
+            })?;
         let kind = secret.type_.as_deref().unwrap_or("Opaque");
         if kind != BASIC_AUTH {
             return Err(LoginError::WrongType {
@@ -368,7 +370,7 @@ impl PodLogins {
                 found: kind.to_owned(),
             });
         }
-        let mut data = secret.data.unwrap_or_default();
+        let mut data = secret.data.clone().unwrap_or_default();
         let missing = |key| LoginError::MissingKey {
             name: name.clone(),
             key,
@@ -454,6 +456,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
+    use wedge_core::protocol::ResourceKind;
+
     use super::*;
 
     fn grants(pairs: &[(&str, &str)]) -> PodGrants {
@@ -479,7 +483,8 @@ mod tests {
             uid: uid.into(),
             pod: format!("default/pod-{uid}"),
             secret_name: "login".into(),
-            secret,
+            secret: secret
+                .map(|s| crate::metamanager::held(ResourceKind::Secret, "default", "login", s)),
             grants: Ok(grants(&[
                 (wedge_core::grants::PUBLISH, "telemetry/#"),
                 (wedge_core::grants::DEVICES_WRITE, "thermo-1"),

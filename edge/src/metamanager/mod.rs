@@ -14,9 +14,9 @@
 
 mod subscription;
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use serde::de::DeserializeOwned;
 use wedge_core::protocol::messages::HeldObject;
@@ -36,8 +36,8 @@ pub struct Object {
     pub resource_version: String,
     /// The object, as the cloud sent it.
     pub object: serde_json::Value,
-    /// The object in its Rust type, parsed at the first [`Object::typed`].
-    typed: OnceLock<Result<Arc<dyn Any + Send + Sync>, String>>,
+    /// The object in the Rust types it was read as, each parsed at its first [`Object::typed`].
+    typed: Mutex<Vec<(TypeId, Result<Arc<dyn Any + Send + Sync>, String>)>>,
 }
 
 impl std::fmt::Debug for Object {
@@ -62,31 +62,55 @@ impl Object {
             uid,
             resource_version,
             object,
-            typed: OnceLock::new(),
+            typed: Mutex::default(),
         }
     }
 
-    /// The object as a `T`, parsed once per version: every reader after the first gets the
-    /// same `Arc`. Each kind is read as one type (a pod as `k8s_openapi`'s `Pod`): asking for
-    /// another type than the first reader did is an error, as is an object that does not parse
-    /// (kept, so it is reported the same way until a new version comes).
+    /// The object as a `T`, parsed once per version and type: every reader after the first
+    /// gets the same `Arc`. One object may be read as several types (a Secret as
+    /// `k8s_openapi`'s `Secret` by EventBus's logins, as its decoded data by Edged's volumes);
+    /// each is parsed once. An object that does not parse as `T` says why, the same way each
+    /// time, until a new version comes.
     pub fn typed<T: DeserializeOwned + Send + Sync + 'static>(&self) -> Result<Arc<T>, String> {
-        let parsed = self.typed.get_or_init(|| {
-            serde_json::from_value::<T>(self.object.clone())
-                .map(|t| Arc::new(t) as Arc<dyn Any + Send + Sync>)
-                .map_err(|e| e.to_string())
-        });
-        match parsed {
-            Ok(any) => any.clone().downcast::<T>().map_err(|_| {
-                format!(
-                    "{} was read as another type than {}",
-                    self.key,
-                    std::any::type_name::<T>()
-                )
-            }),
-            Err(message) => Err(message.clone()),
-        }
+        let id = TypeId::of::<T>();
+        let mut views = self.typed.lock().unwrap_or_else(PoisonError::into_inner);
+        let parsed = match views.iter().find(|(t, _)| *t == id) {
+            Some((_, parsed)) => parsed.clone(),
+            None => {
+                let parsed = T::deserialize(&self.object)
+                    .map(|t| Arc::new(t) as Arc<dyn Any + Send + Sync>)
+                    .map_err(|e| e.to_string());
+                views.push((id, parsed.clone()));
+                parsed
+            }
+        };
+        drop(views);
+        // Found by `T`'s TypeId, so always a `T`.
+        parsed?.downcast::<T>().map_err(|_| {
+            let wanted = std::any::type_name::<T>();
+            format!("{} was stored as another type than {wanted}", self.key)
+        })
     }
+}
+
+/// An object as MetaManager would hold it, for other modules' unit tests.
+#[cfg(test)]
+pub(crate) fn held(
+    kind: ResourceKind,
+    namespace: &str,
+    name: &str,
+    object: serde_json::Value,
+) -> Arc<Object> {
+    Arc::new(Object::new(
+        ObjectKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        format!("uid-{name}"),
+        "1".to_owned(),
+        object,
+    ))
 }
 
 /// MetaManager; cheap to clone.
