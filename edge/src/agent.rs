@@ -250,8 +250,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     })?;
     // The database first: its lock keeps a second edgecore on this root from joining over
     // this one's credentials or running its pods.
-    let db =
-        Database::open(&config.root.join("edge.db"))?.with_encryption(config.encryption.clone())?;
+    let db = Database::open_encrypted(&config.root.join("edge.db"), config.encryption.clone())?;
     if let Some(volumes) = &config.local_volume_root {
         std::fs::create_dir_all(volumes).map_err(|source| AgentError::Io {
             path: volumes.clone(),
@@ -297,7 +296,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             .map_err(|e| AgentError::Load(e.to_string()))??
     };
     let usage = crate::edged::usage::feed();
-    let twin = DeviceTwin::new(&db, &meta);
+    let twin = DeviceTwin::new(&db, &meta).await;
     let uploads = Arc::new(Uploads::new(
         meta.clone(),
         db.outbox(),

@@ -30,13 +30,13 @@ struct TwinAdapter(DeviceTwin);
 #[async_trait]
 impl TwinPort for TwinAdapter {
     async fn report(&self, device: &str, values: Vec<(String, TwinValue)>) {
-        if let Err(e) = self.0.report(device, values) {
+        if let Err(e) = self.0.report(device, values).await {
             tracing::warn!(device, error = %e, "a mapper's report was refused");
         }
     }
 
     async fn set_state(&self, device: &str, state: DeviceState) {
-        if let Err(e) = self.0.set_state(device, state) {
+        if let Err(e) = self.0.set_state(device, state).await {
             tracing::warn!(device, error = %e, "a mapper's state was refused");
         }
     }

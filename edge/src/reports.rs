@@ -128,7 +128,7 @@ pub async fn retry_held(
                 () = tokio::time::sleep(delay) => {}
             }
             // What it writes wakes EdgeHub (`Outbox::changed`).
-            outbox.retry();
+            outbox.retry().await;
         }
     }
 }
@@ -172,7 +172,9 @@ mod tests {
         db.set_full(true);
         let renewal = lease("edge-1", 40);
         assert_eq!(
-            outbox.queue(&renewal.key, renewal.operation, &renewal.payload),
+            outbox
+                .queue(&renewal.key, renewal.operation, &renewal.payload)
+                .await,
             crate::store::Queued::Held
         );
         // The queueing itself woke EdgeHub (it sends held reports too): taken here, so that

@@ -33,7 +33,7 @@ fn key(kind: ResourceKind, name: &str) -> ObjectKey {
 }
 
 /// The thermometer and fan of the samples, as MetaManager holds them after the cloud sent them.
-fn put_devices(meta: &MetaManager) {
+async fn put_devices(meta: &MetaManager) {
     let objects = [
         (
             ResourceKind::DeviceModel,
@@ -73,6 +73,7 @@ fn put_devices(meta: &MetaManager) {
             .unwrap_or_default()
             .to_owned();
         meta.apply(&key(kind, name), &uid, "1", &object)
+            .await
             .expect("stored");
     }
 }
@@ -187,8 +188,8 @@ async fn edge_with(broker: BrokerChoice, security: &BusAuthConfig) -> Edge {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(&dir.path().join("edge.db")).expect("db");
     let meta = MetaManager::load(&db).expect("meta");
-    put_devices(&meta);
-    let twin = DeviceTwin::new(&db, &meta);
+    put_devices(&meta).await;
+    let twin = DeviceTwin::new(&db, &meta).await;
     let uploads = Arc::new(Uploads::new(meta.clone(), db.outbox(), MAX_PENDING));
     let refusals = Arc::new(Refusals::default());
     let (bus, driver) =
@@ -405,6 +406,7 @@ async fn rules_route_messages_to_the_outbox(
                  "target": "my-rest", "targetResource": {"resource": "http://127.0.0.1:9/"}}});
     edge.meta
         .apply(&key(ResourceKind::Rule, "to-rest"), "r1", "1", &rule)
+        .await
         .expect("store the rule");
     let outbox = edge.db.outbox();
     let uploads = || -> Vec<Value> {

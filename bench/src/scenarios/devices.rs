@@ -473,16 +473,20 @@ async fn handler_throughput() -> anyhow::Result<()> {
         "m1",
         "1",
         &thermometer(),
-    )?;
+    )
+    .await?;
     meta.apply(
         &key(ResourceKind::DeviceModel, "fan"),
         "m2",
         "1",
         &fan_model(),
-    )?;
-    meta.apply(&key(ResourceKind::Device, "fan-1"), "d1", "1", &fan)?;
-    meta.apply(&key(ResourceKind::Device, "sensor-1"), "d2", "1", &sensor)?;
-    let twin = DeviceTwin::new(&db, &meta);
+    )
+    .await?;
+    meta.apply(&key(ResourceKind::Device, "fan-1"), "d1", "1", &fan)
+        .await?;
+    meta.apply(&key(ResourceKind::Device, "sensor-1"), "d2", "1", &sensor)
+        .await?;
+    let twin = DeviceTwin::new(&db, &meta).await;
     // As in edgecore: DeviceTwin's task writes the statuses to the outbox.
     let stop = CancellationToken::new();
     let _twin_task = tokio::spawn(twin.clone().run(stop.clone()));
@@ -508,7 +512,8 @@ async fn handler_throughput() -> anyhow::Result<()> {
         twin.report(
             "sensor-1",
             vec![("temperature".into(), TwinValue::Float(20.0))],
-        )?;
+        )
+        .await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -521,7 +526,8 @@ async fn handler_throughput() -> anyhow::Result<()> {
                 "temperature".into(),
                 TwinValue::Float(20.0 + (i % 100) as f64 / 10.0),
             )],
-        )?;
+        )
+        .await?;
         // Stay within the change channel's capacity (4096): a handler that falls further behind
         // skips changes, and skipped changes are not invocations.
         while (i as u64 + 1).saturating_sub(invocations() - base) > 2048 {

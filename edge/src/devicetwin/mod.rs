@@ -10,7 +10,12 @@
 //! - **reported** belongs to the device: its mapper (or the device itself over MQTT) reports
 //!   values; apps and the cloud never set them.
 //!
-//! Every change is stored before it is announced. The device's whole status then goes into the
+//! Every change is stored before it is announced, and memory changes only once its rows are
+//! committed (by the database's writer thread, awaited without holding DeviceTwin's lock: the
+//! rows are made under the lock, committed without it, then applied under it). Writes to one
+//! device take its write guard first, so two reports to a device racing are made, committed
+//! and applied one after the other: memory ends with the later one, as the disk does, and
+//! versions never repeat. The device's whole status then goes into the
 //! outbox under one key, written by [`DeviceTwin::run`] as soon as it wakes (a burst of changes
 //! costs one outbox write, not one each): changes made while the cloud is away coalesce into the
 //! newest status, which reaches the cloud after reconnect, once. A status not yet written when
@@ -75,6 +80,10 @@ struct Inner {
     dirty: Mutex<BTreeSet<String>>,
     /// Wakes `run` to write the dirty statuses.
     status_due: Notify,
+    /// Each device's write guard: held from making a device's rows until they are in memory.
+    writes: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while statuses are made and queued, so that an older one never follows a newer.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 fn unavailable(e: StoreError) -> TwinBackendError {
@@ -92,7 +101,7 @@ fn parse_state(text: &str) -> DeviceState {
 impl DeviceTwin {
     /// DeviceTwin over the edge's database, loaded from the Devices and DeviceModels `meta`
     /// holds.
-    pub fn new(db: &Database, meta: &MetaManager) -> Self {
+    pub async fn new(db: &Database, meta: &MetaManager) -> Self {
         let subscription = meta.subscribe(&[ResourceKind::Device, ResourceKind::DeviceModel]);
         let twin = Self {
             inner: Arc::new(Inner {
@@ -105,10 +114,25 @@ impl DeviceTwin {
                 membership: watch::channel(0).0,
                 dirty: Mutex::default(),
                 status_due: Notify::new(),
+                writes: Mutex::default(),
+                flushing: tokio::sync::Mutex::const_new(()),
             }),
         };
-        twin.reload();
+        twin.reload().await;
         twin
+    }
+
+    /// Waits for `device`'s write guard.
+    async fn guard(&self, device: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let guard = self
+            .inner
+            .writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(device.to_owned())
+            .or_default()
+            .clone();
+        guard.lock_owned().await
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -134,15 +158,16 @@ impl DeviceTwin {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = changes.changed() => self.reload(),
-                () = self.inner.status_due.notified() => self.flush_statuses(),
+                _ = changes.changed() => self.reload().await,
+                () = self.inner.status_due.notified() => self.flush_statuses().await,
             }
         }
-        self.flush_statuses();
+        self.flush_statuses().await;
     }
 
     /// Puts the status of every device changed since the last call in the outbox.
-    pub fn flush_statuses(&self) {
+    pub async fn flush_statuses(&self) {
+        let _flushing = self.inner.flushing.lock().await;
         let dirty = std::mem::take(
             &mut *self
                 .inner
@@ -153,11 +178,18 @@ impl DeviceTwin {
         if dirty.is_empty() {
             return;
         }
-        let devices = self.lock();
-        for name in dirty {
-            if let Some(entry) = devices.get(&name) {
-                self.queue_status(&name, entry);
-            }
+        let statuses: Vec<(ObjectKey, serde_json::Value)> = {
+            let devices = self.lock();
+            dirty
+                .iter()
+                .filter_map(|name| devices.get(name).map(|entry| status_report(name, entry)))
+                .collect()
+        };
+        for (key, payload) in statuses {
+            self.inner
+                .outbox
+                .queue(&key, Operation::Update, &payload)
+                .await;
         }
     }
 
@@ -227,7 +259,7 @@ impl DeviceTwin {
 
     /// Reads MetaManager's Devices and DeviceModels again: new devices get twins (their stored
     /// values, if they had some), gone ones are forgotten, and changed spec desired values apply.
-    pub fn reload(&self) {
+    pub async fn reload(&self) {
         let meta = &self.inner.meta;
         let models: BTreeMap<(String, String), Arc<DeviceModel>> = meta
             .list(ResourceKind::DeviceModel)
@@ -290,13 +322,22 @@ impl DeviceTwin {
                 },
             );
         }
-        self.apply_membership(wanted);
+        self.apply_membership(wanted).await;
     }
 
-    fn apply_membership(&self, wanted: BTreeMap<String, Entry>) {
+    async fn apply_membership(&self, wanted: BTreeMap<String, Entry>) {
+        // The write guard of every device that may change, in name order (one order for all:
+        // no two reloads wait for each other), so no report is between making and applying
+        // its rows meanwhile.
+        let names: BTreeSet<String> = self.lock().keys().chain(wanted.keys()).cloned().collect();
+        let mut guards = Vec::with_capacity(names.len());
+        for name in &names {
+            guards.push(self.guard(name).await);
+        }
         let mut changed_membership = false;
         let mut announce = Vec::new();
-        let mut reports = Vec::new();
+        let mut forget = Vec::new();
+        let mut rows: Vec<(String, Vec<(String, StoredTwin)>)> = Vec::new();
         {
             let mut devices = self.lock();
             let gone: Vec<String> = devices
@@ -307,10 +348,8 @@ impl DeviceTwin {
             for name in gone {
                 devices.remove(&name);
                 changed_membership = true;
-                if let Err(e) = self.inner.twins.forget(&name) {
-                    tracing::warn!(device = name, error = %e, "cannot forget the device's twins");
-                }
                 tracing::info!(device = name, "device left this node");
+                forget.push(name);
             }
             for (name, mut entry) in wanted {
                 let existing = devices.get(&name);
@@ -346,16 +385,30 @@ impl DeviceTwin {
                         );
                     }
                 }
-                announce.extend(self.apply_spec_desired(&name, &mut entry));
-                reports.push(name.clone());
+                let (changes, spec_rows) = apply_spec_desired(&name, &mut entry);
+                announce.extend(changes);
+                if !spec_rows.is_empty() {
+                    rows.push((name.clone(), spec_rows));
+                }
+                self.mark_dirty(&name);
                 devices.insert(name, entry);
             }
-            for name in &reports {
-                if let Some(entry) = devices.get(name) {
-                    self.queue_status(name, entry);
-                }
+        }
+        for name in forget {
+            if let Err(e) = self.inner.twins.forget(&name).await {
+                tracing::warn!(device = name, error = %e, "cannot forget the device's twins");
             }
         }
+        // Unlike a report, the cloud's value acts even when its row cannot be stored: its
+        // source, the Device's spec, is in MetaManager, so a restart only applies it again
+        // (one version later), where holding it back would ignore the cloud until then.
+        for (name, spec_rows) in rows {
+            if let Err(e) = self.inner.twins.save_all(&name, spec_rows).await {
+                tracing::warn!(device = name, error = %e, "cannot store a desired value");
+            }
+        }
+        drop(guards);
+        self.flush_statuses().await;
         for change in announce {
             let _ = self.inner.changes.send(change);
         }
@@ -363,85 +416,88 @@ impl DeviceTwin {
             self.inner.membership.send_modify(|g| *g += 1);
         }
     }
+}
 
-    /// Applies the spec's desired values that changed since last applied. Returns the changes.
-    fn apply_spec_desired(&self, name: &str, entry: &mut Entry) -> Vec<TwinChange> {
-        let mut changes = Vec::new();
-        for model in entry.twin.properties.clone() {
-            let Some(text) = entry.device.desired(&model.name).map(str::to_owned) else {
-                continue;
-            };
-            let stored = entry.properties.entry(model.name.clone()).or_default();
-            if stored.spec_desired.as_deref() == Some(text.as_str()) {
-                continue;
-            }
-            stored.spec_desired = Some(text.clone());
-            let checked = device::parse_value(&text, model.kind)
-                .map_err(|e| e.to_string())
-                .and_then(|v| model.check(&v).map(|()| v).map_err(|e| e.to_string()));
-            match (checked, model.access_mode) {
-                (Ok(value), AccessMode::ReadWrite) => {
-                    let previous = stored.twin.desired.clone();
-                    let current = StampedValue {
-                        value,
-                        timestamp_ms: now_ms(),
-                        version: previous.as_ref().map_or(1, |p| p.version + 1),
-                    };
-                    stored.twin.desired = Some(current.clone());
-                    changes.push(TwinChange {
-                        device: name.to_owned(),
-                        property: model.name.clone(),
-                        side: TwinSide::Desired,
-                        previous,
-                        current,
-                    });
-                }
-                (Ok(_), AccessMode::ReadOnly) => tracing::warn!(
-                    device = name,
-                    property = model.name,
-                    "the Device's spec sets a desired value on a read-only property; ignored"
-                ),
-                (Err(e), _) => tracing::warn!(
-                    device = name,
-                    property = model.name,
-                    error = e,
-                    "the Device's spec sets a desired value that does not fit its model; ignored"
-                ),
-            }
-            // Unlike a report, the cloud's value acts even when its row cannot be stored: its
-            // source, the Device's spec, is in MetaManager, so a restart only applies it again
-            // (one version later), where holding it back would ignore the cloud until then.
-            if let Err(e) = self.inner.twins.save(name, &model.name, stored) {
-                tracing::warn!(device = name, error = %e, "cannot store a desired value");
-            }
-        }
-        changes
-    }
-
-    fn queue_status(&self, name: &str, entry: &Entry) {
-        let key = ObjectKey {
-            kind: ResourceKind::DeviceStatus,
-            namespace: entry.namespace.clone(),
-            name: name.to_owned(),
+/// Applies the spec's desired values that changed since last applied. Returns the changes and
+/// the rows to store.
+fn apply_spec_desired(
+    name: &str,
+    entry: &mut Entry,
+) -> (Vec<TwinChange>, Vec<(String, StoredTwin)>) {
+    let mut changes = Vec::new();
+    let mut rows = Vec::new();
+    for model in entry.twin.properties.clone() {
+        let Some(text) = entry.device.desired(&model.name).map(str::to_owned) else {
+            continue;
         };
-        let status = report::status(entry);
-        let payload = serde_json::json!({"uid": entry.uid, "status": status});
-        self.inner.outbox.queue(&key, Operation::Update, &payload);
+        let stored = entry.properties.entry(model.name.clone()).or_default();
+        if stored.spec_desired.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        stored.spec_desired = Some(text.clone());
+        let checked = device::parse_value(&text, model.kind)
+            .map_err(|e| e.to_string())
+            .and_then(|v| model.check(&v).map(|()| v).map_err(|e| e.to_string()));
+        match (checked, model.access_mode) {
+            (Ok(value), AccessMode::ReadWrite) => {
+                let previous = stored.twin.desired.clone();
+                let current = StampedValue {
+                    value,
+                    timestamp_ms: now_ms(),
+                    version: previous.as_ref().map_or(1, |p| p.version + 1),
+                };
+                stored.twin.desired = Some(current.clone());
+                changes.push(TwinChange {
+                    device: name.to_owned(),
+                    property: model.name.clone(),
+                    side: TwinSide::Desired,
+                    previous,
+                    current,
+                });
+            }
+            (Ok(_), AccessMode::ReadOnly) => tracing::warn!(
+                device = name,
+                property = model.name,
+                "the Device's spec sets a desired value on a read-only property; ignored"
+            ),
+            (Err(e), _) => tracing::warn!(
+                device = name,
+                property = model.name,
+                error = e,
+                "the Device's spec sets a desired value that does not fit its model; ignored"
+            ),
+        }
+        rows.push((model.name.clone(), stored.clone()));
     }
+    (changes, rows)
+}
 
+/// The outbox entry of `entry`'s status.
+fn status_report(name: &str, entry: &Entry) -> (ObjectKey, serde_json::Value) {
+    let key = ObjectKey {
+        kind: ResourceKind::DeviceStatus,
+        namespace: entry.namespace.clone(),
+        name: name.to_owned(),
+    };
+    let status = report::status(entry);
+    (key, serde_json::json!({"uid": entry.uid, "status": status}))
+}
+
+impl DeviceTwin {
     /// Sets one side of a property, stores it, queues the status and announces the change.
-    fn update(
+    async fn update(
         &self,
         device: &str,
         values: Vec<(String, TwinValue)>,
         side: TwinSide,
     ) -> Result<Vec<u64>, TwinBackendError> {
+        let _guard = self.guard(device).await;
         let mut changes = Vec::with_capacity(values.len());
         let mut versions = Vec::with_capacity(values.len());
-        {
-            let mut devices = self.lock();
+        let staged = {
+            let devices = self.lock();
             let entry = devices
-                .get_mut(device)
+                .get(device)
                 .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
             // Check everything first: a report is taken whole or refused whole.
             for (property, value) in &values {
@@ -491,15 +547,25 @@ impl DeviceTwin {
                     current,
                 });
             }
-            self.inner
-                .twins
-                .save_all(device, staged.iter().map(|(p, t)| (p.as_str(), t)))
-                .map_err(unavailable)?;
-            entry.properties.extend(staged);
-            if side == TwinSide::Reported && entry.twin.state == DeviceState::Online {
-                entry.last_online = Some(jiff::Timestamp::now().to_string());
+            staged
+        };
+        // Committed without DeviceTwin's lock; this device's guard keeps its other writes out
+        // until the rows are in memory.
+        self.inner
+            .twins
+            .save_all(device, staged.clone())
+            .await
+            .map_err(unavailable)?;
+        {
+            let mut devices = self.lock();
+            // Gone meanwhile: its rows are stored, and come back if it binds again.
+            if let Some(entry) = devices.get_mut(device) {
+                entry.properties.extend(staged);
+                if side == TwinSide::Reported && entry.twin.state == DeviceState::Online {
+                    entry.last_online = Some(jiff::Timestamp::now().to_string());
+                }
+                self.mark_dirty(device);
             }
-            self.mark_dirty(device);
         }
         for change in changes {
             let _ = self.inner.changes.send(change);
@@ -509,26 +575,30 @@ impl DeviceTwin {
 
     /// Values the device reported (from its mapper, or itself over MQTT), checked against the
     /// model and taken whole or refused whole.
-    pub fn report(
+    pub async fn report(
         &self,
         device: &str,
         values: Vec<(String, TwinValue)>,
     ) -> Result<(), TwinBackendError> {
-        self.update(device, values, TwinSide::Reported).map(drop)
+        self.update(device, values, TwinSide::Reported)
+            .await
+            .map(drop)
     }
 
     /// A desired value set at the edge (an app, or an MQTT client).
-    pub fn set_desired_value(
+    pub async fn set_desired_value(
         &self,
         device: &str,
         property: &str,
         value: TwinValue,
     ) -> Result<u64, TwinBackendError> {
-        let versions = self.update(
-            device,
-            vec![(property.to_owned(), value)],
-            TwinSide::Desired,
-        )?;
+        let versions = self
+            .update(
+                device,
+                vec![(property.to_owned(), value)],
+                TwinSide::Desired,
+            )
+            .await?;
         Ok(versions.first().copied().unwrap_or(0))
     }
 
@@ -563,26 +633,37 @@ impl DeviceTwin {
     }
 
     /// Records the device's connection state, as its mapper saw it.
-    pub fn set_state(&self, device: &str, state: DeviceState) -> Result<(), TwinBackendError> {
-        let mut devices = self.lock();
-        let entry = devices
-            .get_mut(device)
-            .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
-        if entry.twin.state == state && state != DeviceState::Online {
-            return Ok(());
-        }
-        let last_online = match state {
-            DeviceState::Online => Some(jiff::Timestamp::now().to_string()),
-            _ => entry.last_online.clone(),
+    pub async fn set_state(
+        &self,
+        device: &str,
+        state: DeviceState,
+    ) -> Result<(), TwinBackendError> {
+        let _guard = self.guard(device).await;
+        let last_online = {
+            let devices = self.lock();
+            let entry = devices
+                .get(device)
+                .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
+            if entry.twin.state == state && state != DeviceState::Online {
+                return Ok(());
+            }
+            match state {
+                DeviceState::Online => Some(jiff::Timestamp::now().to_string()),
+                _ => entry.last_online.clone(),
+            }
         };
         // Stored first, as reports are: memory changes only with the disk.
         self.inner
             .twins
             .save_state(device, device::state_name(state), last_online.as_deref())
+            .await
             .map_err(unavailable)?;
-        entry.twin.state = state;
-        entry.last_online = last_online;
-        self.mark_dirty(device);
+        let mut devices = self.lock();
+        if let Some(entry) = devices.get_mut(device) {
+            entry.twin.state = state;
+            entry.last_online = last_online;
+            self.mark_dirty(device);
+        }
         Ok(())
     }
 }
@@ -624,7 +705,7 @@ impl TwinBackend for DeviceTwin {
         property: &str,
         value: TwinValue,
     ) -> Result<u64, TwinBackendError> {
-        self.set_desired_value(device, property, value)
+        self.set_desired_value(device, property, value).await
     }
 
     fn changes(&self) -> broadcast::Receiver<TwinChange> {

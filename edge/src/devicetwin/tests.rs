@@ -37,7 +37,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Self {
+    async fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("db");
         let meta = MetaManager::load(&db).expect("meta");
@@ -47,11 +47,12 @@ impl Fixture {
             "1",
             &model(),
         )
+        .await
         .expect("model");
         Self { dir, db, meta }
     }
 
-    fn put_device(&self, setpoint: &str, rv: &str) {
+    async fn put_device(&self, setpoint: &str, rv: &str) {
         self.meta
             .apply(
                 &key(ResourceKind::Device, "thermo-1"),
@@ -59,11 +60,12 @@ impl Fixture {
                 rv,
                 &device(setpoint),
             )
+            .await
             .expect("device");
     }
 
-    fn twin(&self) -> DeviceTwin {
-        DeviceTwin::new(&self.db, &self.meta)
+    async fn twin(&self) -> DeviceTwin {
+        DeviceTwin::new(&self.db, &self.meta).await
     }
 
     fn status(&self) -> serde_json::Value {
@@ -77,9 +79,9 @@ impl Fixture {
 
 #[tokio::test]
 async fn the_spec_desired_value_applies_once_and_survives_restarts() {
-    let f = Fixture::new();
-    f.put_device("21", "1");
-    let twin = f.twin();
+    let f = Fixture::new().await;
+    f.put_device("21", "1").await;
+    let twin = f.twin().await;
     let setpoint = twin.property("thermo-1", "setpoint").await.expect("twin");
     let desired = setpoint.desired.expect("the spec's desired value");
     assert_eq!(
@@ -88,8 +90,8 @@ async fn the_spec_desired_value_applies_once_and_survives_restarts() {
     );
 
     // A resync (same spec) and a restart do not apply it again.
-    twin.reload();
-    let again = f.twin();
+    twin.reload().await;
+    let again = f.twin().await;
     let desired = again
         .property("thermo-1", "setpoint")
         .await
@@ -99,10 +101,12 @@ async fn the_spec_desired_value_applies_once_and_survives_restarts() {
 
     // An app's value holds until the cloud's spec changes.
     assert_eq!(
-        again.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(18)),
+        again
+            .set_desired_value("thermo-1", "setpoint", TwinValue::Integer(18))
+            .await,
         Ok(2)
     );
-    again.reload();
+    again.reload().await;
     let held = again
         .property("thermo-1", "setpoint")
         .await
@@ -110,8 +114,8 @@ async fn the_spec_desired_value_applies_once_and_survives_restarts() {
         .desired;
     assert_eq!(held.map(|d| d.value), Some(TwinValue::Integer(18)));
     let mut changes = again.subscribe();
-    f.put_device("25", "2");
-    again.reload();
+    f.put_device("25", "2").await;
+    again.reload().await;
     let change = changes
         .recv()
         .await
@@ -128,16 +132,18 @@ async fn the_spec_desired_value_applies_once_and_survives_restarts() {
 
 #[tokio::test]
 async fn reports_are_stored_announced_and_queued_for_the_cloud() {
-    let f = Fixture::new();
-    f.put_device("21", "1");
-    let twin = f.twin();
+    let f = Fixture::new().await;
+    f.put_device("21", "1").await;
+    let twin = f.twin().await;
     twin.set_state("thermo-1", DeviceState::Online)
+        .await
         .expect("state");
     let mut changes = twin.subscribe();
     twin.report(
         "thermo-1",
         vec![("temperature".into(), TwinValue::Float(22.5))],
     )
+    .await
     .expect("report");
     let change = changes.recv().await.expect("announced");
     assert_eq!(
@@ -146,7 +152,7 @@ async fn reports_are_stored_announced_and_queued_for_the_cloud() {
     );
 
     // run() writes statuses as soon as it wakes; here, by hand.
-    twin.flush_statuses();
+    twin.flush_statuses().await;
     let queued = f.status();
     assert_eq!(queued["uid"], "d1");
     let status = &queued["status"];
@@ -159,7 +165,7 @@ async fn reports_are_stored_announced_and_queued_for_the_cloud() {
     assert_eq!(status["twins"][1]["propertyName"], "setpoint");
 
     // Stored: a restart sees the value and the state.
-    let again = f.twin();
+    let again = f.twin().await;
     let reported = again
         .property("thermo-1", "temperature")
         .await
@@ -176,35 +182,39 @@ async fn reports_are_stored_announced_and_queued_for_the_cloud() {
 
 #[tokio::test]
 async fn bad_values_are_refused_whole_and_change_nothing() {
-    let f = Fixture::new();
-    f.put_device("21", "1");
-    let twin = f.twin();
+    let f = Fixture::new().await;
+    f.put_device("21", "1").await;
+    let twin = f.twin().await;
     let mut changes = twin.subscribe();
     let mixed = vec![
         ("temperature".into(), TwinValue::Float(20.0)),
         ("setpoint".into(), TwinValue::Text("warm".into())),
     ];
     assert!(matches!(
-        twin.report("thermo-1", mixed),
+        twin.report("thermo-1", mixed).await,
         Err(TwinBackendError::Value(_))
     ));
     assert!(matches!(
         twin.report(
             "thermo-9",
             vec![("temperature".into(), TwinValue::Float(1.0))]
-        ),
+        )
+        .await,
         Err(TwinBackendError::NoSuchDevice(_))
     ));
     assert!(matches!(
-        twin.report("thermo-1", vec![("humidity".into(), TwinValue::Float(1.0))]),
+        twin.report("thermo-1", vec![("humidity".into(), TwinValue::Float(1.0))])
+            .await,
         Err(TwinBackendError::NoSuchProperty { .. })
     ));
     assert!(matches!(
-        twin.set_desired_value("thermo-1", "temperature", TwinValue::Float(1.0)),
+        twin.set_desired_value("thermo-1", "temperature", TwinValue::Float(1.0))
+            .await,
         Err(TwinBackendError::ReadOnly(_))
     ));
     assert!(matches!(
-        twin.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(99)),
+        twin.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(99))
+            .await,
         Err(TwinBackendError::Value(_))
     ));
     assert!(changes.try_recv().is_err(), "nothing was announced");
@@ -217,19 +227,21 @@ async fn bad_values_are_refused_whole_and_change_nothing() {
 
 #[tokio::test]
 async fn a_device_that_leaves_the_node_is_forgotten() {
-    let f = Fixture::new();
-    f.put_device("21", "1");
-    let twin = f.twin();
+    let f = Fixture::new().await;
+    f.put_device("21", "1").await;
+    let twin = f.twin().await;
     let membership = twin.membership();
     twin.report(
         "thermo-1",
         vec![("temperature".into(), TwinValue::Float(20.0))],
     )
+    .await
     .expect("report");
     f.meta
         .delete(&key(ResourceKind::Device, "thermo-1"), Some("d1"))
+        .await
         .expect("delete");
-    twin.reload();
+    twin.reload().await;
     assert!(membership.has_changed().expect("open"));
     assert!(twin.names().is_empty());
     assert!(f.db.twins().devices().expect("rows").is_empty());
@@ -237,13 +249,14 @@ async fn a_device_that_leaves_the_node_is_forgotten() {
 
 #[tokio::test]
 async fn a_report_whose_second_row_cannot_be_stored_changes_neither_memory_nor_disk() {
-    let f = Fixture::new();
-    f.put_device("21", "1");
-    let twin = f.twin();
+    let f = Fixture::new().await;
+    f.put_device("21", "1").await;
+    let twin = f.twin().await;
     twin.report(
         "thermo-1",
         vec![("temperature".into(), TwinValue::Float(20.0))],
     )
+    .await
     .expect("the first report");
     // The database refuses the setpoint's row from now on, as a failing disk would: a trigger,
     // made over a connection of the test's own.
@@ -255,13 +268,15 @@ async fn a_report_whose_second_row_cannot_be_stored_changes_neither_memory_nor_d
     )
     .expect("the trigger");
 
-    let refused = twin.report(
-        "thermo-1",
-        vec![
-            ("temperature".into(), TwinValue::Float(22.5)),
-            ("setpoint".into(), TwinValue::Integer(19)),
-        ],
-    );
+    let refused = twin
+        .report(
+            "thermo-1",
+            vec![
+                ("temperature".into(), TwinValue::Float(22.5)),
+                ("setpoint".into(), TwinValue::Integer(19)),
+            ],
+        )
+        .await;
     assert!(
         matches!(refused, Err(TwinBackendError::Unavailable(_))),
         "{refused:?}"
@@ -299,7 +314,7 @@ async fn a_report_whose_second_row_cannot_be_stored_changes_neither_memory_nor_d
         None
     );
     // A restart reads back what memory holds.
-    let restarted = f.twin();
+    let restarted = f.twin().await;
     assert_eq!(
         restarted
             .property("thermo-1", "temperature")
@@ -320,6 +335,7 @@ async fn a_report_whose_second_row_cannot_be_stored_changes_neither_memory_nor_d
             ("setpoint".into(), TwinValue::Integer(19)),
         ],
     )
+    .await
     .expect("taken");
     assert_eq!(
         in_memory("temperature").await,
@@ -338,10 +354,11 @@ async fn a_report_whose_second_row_cannot_be_stored_changes_neither_memory_nor_d
 
 #[tokio::test]
 async fn a_state_the_disk_cannot_take_leaves_the_state_as_it_was() {
-    let f = Fixture::new();
-    f.put_device("21", "1");
-    let twin = f.twin();
+    let f = Fixture::new().await;
+    f.put_device("21", "1").await;
+    let twin = f.twin().await;
     twin.set_state("thermo-1", DeviceState::Online)
+        .await
         .expect("online");
     let sql = rusqlite::Connection::open(f.dir.path().join("edge.db")).expect("a connection");
     sql.execute_batch(
@@ -350,7 +367,7 @@ async fn a_state_the_disk_cannot_take_leaves_the_state_as_it_was() {
     )
     .expect("the trigger");
     assert!(matches!(
-        twin.set_state("thermo-1", DeviceState::Offline),
+        twin.set_state("thermo-1", DeviceState::Offline).await,
         Err(TwinBackendError::Unavailable(_))
     ));
     let state = |t: &DeviceTwin| t.document("thermo-1").expect("document").0.state;
@@ -359,5 +376,93 @@ async fn a_state_the_disk_cannot_take_leaves_the_state_as_it_was() {
         f.db.twins().state("thermo-1").expect("row").map(|(s, _)| s),
         Some("online".to_owned())
     );
-    assert_eq!(state(&f.twin()), DeviceState::Online, "and after a restart");
+    assert_eq!(
+        state(&f.twin().await),
+        DeviceState::Online,
+        "and after a restart"
+    );
+}
+
+#[tokio::test]
+async fn two_reports_to_one_device_racing_leave_memory_and_disk_with_the_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("db");
+    let meta = MetaManager::load(&db).expect("meta");
+    let twin = {
+        // Storing the device and model, and the twin's first load, go through ungated.
+        let opened = async {
+            meta.apply(
+                &key(ResourceKind::DeviceModel, "thermostat"),
+                "m1",
+                "1",
+                &model(),
+            )
+            .await
+            .expect("model");
+            meta.apply(
+                &key(ResourceKind::Device, "thermo-1"),
+                "d1",
+                "1",
+                &device("21"),
+            )
+            .await
+            .expect("device");
+            DeviceTwin::new(&db, &meta).await
+        };
+        // One tick per write, each once the writer took the one before: none is banked for
+        // the race below.
+        let ticks = async {
+            loop {
+                db.until_queued(1).await;
+                db.tick_one(&tick).await;
+            }
+        };
+        tokio::select! {
+            twin = opened => twin,
+            () = ticks => unreachable!(),
+        }
+    };
+    let mut changes = twin.subscribe();
+    let report = |value: f64| {
+        let twin = twin.clone();
+        tokio::spawn(async move {
+            twin.report(
+                "thermo-1",
+                vec![("temperature".into(), TwinValue::Float(value))],
+            )
+            .await
+        })
+    };
+    let first = report(20.0);
+    db.until_queued(1).await;
+    // The second waits for the first's commit (the device's write guard), not beside it.
+    let second = report(30.0);
+    tick.send(()).expect("the first's commit");
+    first.await.expect("task").expect("first");
+    db.until_queued(1).await;
+    tick.send(()).expect("the second's commit");
+    second.await.expect("task").expect("second");
+
+    let announced: Vec<(TwinValue, u64)> = (0..2)
+        .map(|_| changes.try_recv().expect("announced"))
+        .map(|c| (c.current.value, c.current.version))
+        .collect();
+    assert_eq!(
+        announced,
+        [(TwinValue::Float(20.0), 1), (TwinValue::Float(30.0), 2)],
+        "in order, each its own version"
+    );
+    let in_memory = twin
+        .property("thermo-1", "temperature")
+        .await
+        .expect("twin")
+        .reported
+        .map(|r| (r.value, r.version));
+    let on_disk = db.twins().load("thermo-1").expect("rows")["temperature"]
+        .twin
+        .reported
+        .clone()
+        .map(|r| (r.value, r.version));
+    assert_eq!(in_memory, Some((TwinValue::Float(30.0), 2)));
+    assert_eq!(on_disk, in_memory, "memory as the disk");
 }

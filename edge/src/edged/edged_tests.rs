@@ -70,7 +70,7 @@ fn key(kind: ResourceKind, name: &str) -> ObjectKey {
 impl Edge {
     /// Stores pod `name` as EdgeHub would, at version `rv`; `deleted` gives it a
     /// deletionTimestamp with that grace period.
-    fn put_pod(&self, name: &str, rv: &str, deleted: Option<i64>) {
+    async fn put_pod(&self, name: &str, rv: &str, deleted: Option<i64>) {
         let mut pod = json!({
             "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
                 "resourceVersion": rv},
@@ -88,6 +88,7 @@ impl Edge {
                 rv,
                 &pod,
             )
+            .await
             .expect("stored");
     }
 
@@ -133,7 +134,7 @@ impl Edge {
 #[tokio::test(start_paused = true)]
 async fn a_pod_metamanager_holds_runs_and_its_status_is_reported() {
     let edge = start();
-    edge.put_pod("web", "1", None);
+    edge.put_pod("web", "1", None).await;
     edge.running("web").await;
     let status = edge
         .outbox()
@@ -150,11 +151,11 @@ async fn a_pod_metamanager_holds_runs_and_its_status_is_reported() {
 async fn a_deleted_pod_is_stopped_within_its_grace_period_then_confirmed() {
     let edge = start();
     edge.fake.stubborn("web");
-    edge.put_pod("web", "1", None);
+    edge.put_pod("web", "1", None).await;
     edge.running("web").await;
 
     let deleted = Instant::now();
-    edge.put_pod("web", "2", Some(20));
+    edge.put_pod("web", "2", Some(20)).await;
     edge.confirmed_gone("web").await;
     // It ignored SIGTERM: the SIGKILL came at the end of the pod's own grace period (20 s),
     // not the spec's 30 s.
@@ -176,12 +177,12 @@ async fn a_deleted_pod_is_stopped_within_its_grace_period_then_confirmed() {
 async fn shutdown_finishes_the_deletions_under_way_and_lets_the_other_pods_run() {
     let edge = start();
     edge.fake.stubborn("doomed");
-    edge.put_pod("doomed", "1", None);
-    edge.put_pod("stays", "1", None);
+    edge.put_pod("doomed", "1", None).await;
+    edge.put_pod("stays", "1", None).await;
     edge.running("doomed").await;
     edge.running("stays").await;
 
-    edge.put_pod("doomed", "2", Some(20));
+    edge.put_pod("doomed", "2", Some(20)).await;
     let stopping = Instant::now();
     let deadline = stopping + Duration::from_secs(3600);
     while !edge.fake.calls().iter().any(|c| c.starts_with("stop ")) {

@@ -263,8 +263,10 @@ fn held_token(file: &std::path::Path) -> Option<String> {
 
 /// Queues `report`; the outbox wakes EdgeHub, which sends it also when it waits in memory (a
 /// full disk).
-fn put(outbox: &Outbox, report: &Report) {
-    outbox.queue(&report.key, report.operation, &report.payload);
+async fn put(outbox: &Outbox, report: &Report) {
+    outbox
+        .queue(&report.key, report.operation, &report.payload)
+        .await;
 }
 
 /// The status of `pod` queued in the outbox, if one waits there for this uid.
@@ -435,24 +437,24 @@ impl Edged {
                         uids.insert(more);
                     }
                     for uid in uids {
-                        self.report_status(&uid);
+                        self.report_status(&uid).await;
                     }
                 }
-                Some(stopped) = stopped_rx.recv() => self.stopped(stopped),
-                Some(chosen) = chosen_rx.recv() => self.chosen(chosen),
+                Some(stopped) = stopped_rx.recv() => self.stopped(stopped).await,
+                Some(chosen) = chosen_rx.recv() => self.chosen(chosen).await,
                 Some(Err(error)) = self.choices.join_next(), if !self.choices.is_empty() => {
                     // A bug: that pod waits until edgecore restarts. Said loudly, once.
                     tracing::error!(%error, "choosing a pod's runtime failed");
                 }
                 _ = lease_tick.tick() => {
                     let node = self.config.node.name.clone();
-                    self.put(reports::lease(&node, self.config.lease_duration_seconds));
+                    self.put(reports::lease(&node, self.config.lease_duration_seconds)).await;
                 }
                 _ = resync_tick.tick() => {
                     reconcile = true;
                     let uids: Vec<String> = self.pods.keys().cloned().collect();
                     for uid in uids {
-                        self.report_status(&uid);
+                        self.report_status(&uid).await;
                     }
                 }
             }
@@ -472,8 +474,8 @@ impl Edged {
         self.workers.detach_all();
     }
 
-    fn put(&self, report: Report) {
-        put(&self.outbox, &report);
+    async fn put(&self, report: Report) {
+        put(&self.outbox, &report).await;
     }
 
     /// The pods MetaManager holds, each parsed once per version (MetaManager keeps them
@@ -580,7 +582,7 @@ impl Edged {
                         &state.name,
                         &uid,
                     )));
-                    self.put(report);
+                    self.put(report).await;
                 }
                 continue;
             }
@@ -617,7 +619,7 @@ impl Edged {
                     state.refused = Some((if permanent { rv } else { String::new() }, message));
                 }
             }
-            self.report_status(&uid);
+            self.report_status(&uid).await;
         }
         for uid in running
             .union(&leftovers)
@@ -659,12 +661,12 @@ impl Edged {
         if let Some(tokens) = &self.tokens {
             tokens.retain(&self.pods.keys().cloned().collect());
         }
-        self.sync_logins();
+        self.sync_logins().await;
     }
 
     /// Makes the MQTT logins those of the pods on this edge that name one (not deleted, not
     /// finished), and reports each such pod's outcome when it changes.
-    fn sync_logins(&mut self) {
+    async fn sync_logins(&mut self) {
         use crate::eventbus::logins::WantedLogin;
         let Some(logins) = self.logins.clone() else {
             return;
@@ -713,7 +715,7 @@ impl Edged {
             }
         }
         for uid in changed {
-            self.report_status(&uid);
+            self.report_status(&uid).await;
         }
     }
 
@@ -792,7 +794,7 @@ impl Edged {
     }
 
     /// Starts a pod whose runtime was chosen, unless it was deleted or changed meanwhile.
-    fn chosen(&mut self, chosen: Chosen) {
+    async fn chosen(&mut self, chosen: Chosen) {
         let Some(state) = self.pods.get_mut(&chosen.uid) else {
             return;
         };
@@ -816,7 +818,7 @@ impl Edged {
                 state.refused = Some((chosen.rv, message));
             }
         }
-        self.report_status(&chosen.uid);
+        self.report_status(&chosen.uid).await;
     }
 
     /// Writes the pod's ConfigMap, Secret, downward-API and projected volumes (only what
@@ -894,7 +896,7 @@ impl Edged {
         }
     }
 
-    fn stopped(&mut self, stopped: Stopped) {
+    async fn stopped(&mut self, stopped: Stopped) {
         let Some(state) = self.pods.get_mut(&stopped.uid) else {
             return;
         };
@@ -902,12 +904,12 @@ impl Edged {
         if stopped.confirm && !state.confirmed {
             state.confirmed = true;
             let report = reports::pod_gone(&state.namespace, &state.name, &stopped.uid);
-            self.put(report);
+            self.put(report).await;
             tracing::info!(uid = stopped.uid, "pod stopped; deletion confirmed");
         }
     }
 
-    fn report_status(&mut self, uid: &str) {
+    async fn report_status(&mut self, uid: &str) {
         let Some(state) = self.pods.get(uid) else {
             return;
         };
@@ -933,7 +935,7 @@ impl Edged {
             return;
         }
         let entry = reports::pod_status(&state.namespace, &state.name, uid, &status);
-        self.put(entry);
+        self.put(entry).await;
         if let Some(state) = self.pods.get_mut(uid) {
             state.reported = Some(status);
         }
@@ -960,8 +962,8 @@ mod tests {
         assert_eq!(left, ["default_kept_u1"]);
     }
 
-    #[test]
-    fn a_status_waiting_in_the_outbox_is_found_for_its_pod_only() {
+    #[tokio::test]
+    async fn a_status_waiting_in_the_outbox_is_found_for_its_pod_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = crate::store::Database::open(&dir.path().join("edge.db"))
             .expect("open")
@@ -980,6 +982,7 @@ mod tests {
         let report = reports::pod_status("default", "finite", "u1", &finished);
         outbox
             .put(&report.key, report.operation, &report.payload)
+            .await
             .expect("put");
         let queued = queued_status(&outbox, &pod).expect("queued");
         assert!(phase_is_terminal(&queued));
@@ -1027,21 +1030,24 @@ mod tests {
                 "metadata": {"name": name, "namespace": "default", "uid": uid, "resourceVersion": rv},
                 "spec": {"containers": [{"name": "app", "image": image}]},
             });
-            meta.apply(&key, uid, rv, &pod).expect("apply");
-            key
+            let (meta, uid, rv) = (meta.clone(), uid.to_owned(), rv.to_owned());
+            async move {
+                meta.apply(&key, &uid, &rv, &pod).await.expect("apply");
+                key
+            }
         };
         let image = |pods: &[Arc<Pod>], name: &str| {
             pods.iter()
                 .find(|p| p.metadata.name.as_deref() == Some(name))
                 .and_then(|p| p.spec.as_ref()?.containers[0].image.clone())
         };
-        apply("a", "ua", "1", "a:1");
-        let b = apply("b", "ub", "2", "b:1");
+        apply("a", "ua", "1", "a:1").await;
+        let b = apply("b", "ub", "2", "b:1").await;
         let first = edged.desired_pods();
         assert_eq!(first.len(), 2);
 
         // A new version of one pod is read again; the other is the one parsed before.
-        apply("a", "ua", "3", "a:2");
+        apply("a", "ua", "3", "a:2").await;
         let second = edged.desired_pods();
         assert_eq!(image(&second, "a").as_deref(), Some("a:2"));
         let same = |name: &str| {
@@ -1057,8 +1063,8 @@ mod tests {
         assert!(!same("a"), "a changed");
 
         // Another pod of the same name (a new uid) replaces it; a deleted pod is gone.
-        apply("a", "ua2", "4", "a:3");
-        meta.delete(&b, None).expect("delete");
+        apply("a", "ua2", "4", "a:3").await;
+        meta.delete(&b, None).await.expect("delete");
         let third = edged.desired_pods();
         assert_eq!(third.len(), 1);
         assert_eq!(third[0].metadata.uid.as_deref(), Some("ua2"));
@@ -1071,10 +1077,10 @@ mod tests {
             name: "c".into(),
         };
         let broken = serde_json::json!({"metadata": {"name": "c"}, "spec": {"containers": "no"}});
-        meta.apply(&c, "uc", "5", &broken).expect("apply");
+        meta.apply(&c, "uc", "5", &broken).await.expect("apply");
         assert_eq!(edged.desired_pods().len(), 1);
         assert_eq!(edged.desired_pods().len(), 1, "still left out");
-        apply("c", "uc", "6", "c:1");
+        apply("c", "uc", "6", "c:1").await;
         assert_eq!(image(&edged.desired_pods(), "c").as_deref(), Some("c:1"));
     }
 }

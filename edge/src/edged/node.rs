@@ -83,7 +83,8 @@ pub async fn report_loop(
         super::put(
             &outbox,
             &crate::reports::node_status(&config.node.name, &report),
-        );
+        )
+        .await;
     }
 }
 

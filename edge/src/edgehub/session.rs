@@ -486,35 +486,37 @@ impl Link<'_> {
                 .await;
         }
         match frame.operation {
-            Operation::Insert | Operation::Update | Operation::Delete => match self.store(&frame) {
-                Ok(()) => {
-                    if std::mem::take(&mut self.store_failing) {
-                        tracing::info!("objects from the cloud are stored again");
+            Operation::Insert | Operation::Update | Operation::Delete => {
+                match self.store(&frame).await {
+                    Ok(()) => {
+                        if std::mem::take(&mut self.store_failing) {
+                            tracing::info!("objects from the cloud are stored again");
+                        }
+                        // MetaManager told its subscribers when it stored the object.
+                        let id = self.id();
+                        self.send(ws, &Envelope::ack(id, frame.id)).await
                     }
-                    // MetaManager told its subscribers when it stored the object.
-                    let id = self.id();
-                    self.send(ws, &Envelope::ack(id, frame.id)).await
-                }
-                Err((Reason::StoreFailed, message)) => {
-                    // The cloud sends it again shortly: said once, not at every try.
-                    if !std::mem::replace(&mut self.store_failing, true) {
-                        tracing::warn!(
-                            message,
-                            "cannot store objects from the cloud (is the disk full?); the cloud sends them again until they are stored"
-                        );
+                    Err((Reason::StoreFailed, message)) => {
+                        // The cloud sends it again shortly: said once, not at every try.
+                        if !std::mem::replace(&mut self.store_failing, true) {
+                            tracing::warn!(
+                                message,
+                                "cannot store objects from the cloud (is the disk full?); the cloud sends them again until they are stored"
+                            );
+                        }
+                        let id = self.id();
+                        self.send(
+                            ws,
+                            &Envelope::error(id, frame.id, Reason::StoreFailed, &message),
+                        )
+                        .await
                     }
-                    let id = self.id();
-                    self.send(
-                        ws,
-                        &Envelope::error(id, frame.id, Reason::StoreFailed, &message),
-                    )
-                    .await
+                    Err((reason, message)) => self.refuse(ws, frame.id, reason, &message).await,
                 }
-                Err((reason, message)) => self.refuse(ws, frame.id, reason, &message).await,
-            },
+            }
             Operation::Ack => {
                 if let Some((key, seq)) = frame.parent.and_then(|p| self.in_flight.remove(&p)) {
-                    self.outbox.acknowledge(&key, seq)?;
+                    self.outbox.acknowledge(&key, seq).await?;
                 }
                 // A report sent from memory stays there until the database takes it (and it
                 // is sent once more then): dropped now, an older entry of its key could follow.
@@ -570,7 +572,7 @@ impl Link<'_> {
                     self.retry = Some(self.retry.map_or((from, at), |(f, a)| (f.min(from), a)));
                     tracing::info!(%key, reason = %payload.reason, "the cloud asked to send a report again later");
                 } else {
-                    self.outbox.acknowledge(&key, seq)?;
+                    self.outbox.acknowledge(&key, seq).await?;
                     self.dropped(&key, &payload);
                 }
                 Ok(())
@@ -598,8 +600,9 @@ impl Link<'_> {
         self.config.refused.count(key.kind, &refusal.reason);
     }
 
-    /// Stores an object frame in MetaManager, or says why not.
-    fn store(&self, frame: &Envelope) -> Result<(), (Reason, String)> {
+    /// Stores an object frame in MetaManager (resolving once it is durable, so the ack after it
+    /// is true), or says why not.
+    async fn store(&self, frame: &Envelope) -> Result<(), (Reason, String)> {
         let resource = frame
             .resource
             .as_ref()
@@ -615,6 +618,7 @@ impl Link<'_> {
         if frame.operation == Operation::Delete {
             self.meta
                 .delete(&key, (!uid.is_empty()).then_some(uid.as_str()))
+                .await
                 .map_err(|e| (Reason::StoreFailed, e.to_string()))?;
             return Ok(());
         }
@@ -633,6 +637,7 @@ impl Link<'_> {
             .unwrap_or_default();
         self.meta
             .apply(&key, &uid, &rv, &frame.payload)
+            .await
             .map_err(|e| (Reason::StoreFailed, e.to_string()))?;
         Ok(())
     }

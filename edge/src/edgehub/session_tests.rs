@@ -139,6 +139,7 @@ async fn start_with(welcome: serde_json::Value) -> Run {
             Operation::Update,
             &serde_json::json!({"labels": {"bad": "not a valid value!"}, "status": {}}),
         )
+        .await
         .expect("queued");
     outbox
         .put(
@@ -146,6 +147,7 @@ async fn start_with(welcome: serde_json::Value) -> Run {
             Operation::Update,
             &serde_json::json!({"durationSeconds": 40}),
         )
+        .await
         .expect("queued");
     let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
     let config = EdgeHubConfig::new(
@@ -235,11 +237,15 @@ async fn a_report_the_api_rejects_is_dropped_counted_and_never_sent_again() {
     assert!(run.db.outbox().is_empty().expect("outbox"), "dropped");
 
     // ...and the reports after it go: the next one is the new lease, not the old status.
-    let queued = run.db.outbox().queue(
-        &key(ResourceKind::Lease, "edge-a-lease"),
-        Operation::Update,
-        &serde_json::json!({"durationSeconds": 41}),
-    );
+    let queued = run
+        .db
+        .outbox()
+        .queue(
+            &key(ResourceKind::Lease, "edge-a-lease"),
+            Operation::Update,
+            &serde_json::json!({"durationSeconds": 41}),
+        )
+        .await;
     assert_eq!(queued, crate::store::Queued::Stored);
     let next = run.cloud.report(wait).await.expect("the next report");
     assert_eq!(named(&next), "edge-a-lease");

@@ -40,7 +40,7 @@ fn key(kind: ResourceKind, name: &str) -> ObjectKey {
 }
 
 /// An edge database holding one thermostat: a read-only temperature, a bounded setpoint.
-fn database(dir: &std::path::Path) -> (Database, crate::metamanager::MetaManager) {
+async fn database(dir: &std::path::Path) -> (Database, crate::metamanager::MetaManager) {
     let db = Database::open(&dir.join("edge.db")).expect("db");
     let model = json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
         "metadata": {"name": "thermostat", "namespace": "default", "uid": "m1"},
@@ -57,22 +57,25 @@ fn database(dir: &std::path::Path) -> (Database, crate::metamanager::MetaManager
         "1",
         &model,
     )
+    .await
     .expect("model");
     meta.apply(&key(ResourceKind::Device, "thermo-1"), "d1", "1", &device)
+        .await
         .expect("device");
     (db, meta)
 }
 
 /// The twin and state as a `twin/get` and a membership detail answer them, without the
 /// answers' own stamps.
-fn observed(twin: &DeviceTwin, refusals: &Refusals) -> Vec<Value> {
+fn observed(rt: &tokio::runtime::Runtime, twin: &DeviceTwin, refusals: &Refusals) -> Vec<Value> {
     [
         "$hw/events/device/thermo-1/twin/get",
         "$hw/events/node/edge-a/membership/detail",
     ]
     .iter()
     .map(|topic| {
-        let mut answer = twin_api::serve(twin, NODE, topic, b"{}", refusals)
+        let mut answer = rt
+            .block_on(twin_api::serve(twin, NODE, topic, b"{}", refusals))
             .expect("one of KubeEdge's topics")
             .payload;
         if let Some(m) = answer.as_object_mut() {
@@ -87,24 +90,41 @@ fn observed(twin: &DeviceTwin, refusals: &Refusals) -> Vec<Value> {
 #[test]
 fn twin_requests_are_answered_and_a_refused_one_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (db, meta) = database(dir.path());
-    let twin = DeviceTwin::new(&db, &meta);
+    // The twin API is async (its writes await their commit); the fuzzer's closure is not.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (db, meta) = rt.block_on(database(dir.path()));
+    let twin = rt.block_on(DeviceTwin::new(&db, &meta));
     let refusals = Refusals::default();
     for topic in TOPICS {
         for payload in PAYLOADS {
-            let answer = twin_api::serve(&twin, NODE, topic, payload.as_bytes(), &refusals);
+            let answer = rt.block_on(twin_api::serve(
+                &twin,
+                NODE,
+                topic,
+                payload.as_bytes(),
+                &refusals,
+            ));
             assert!(answer.is_some(), "{topic}");
         }
     }
     // A panic ends the test: nothing is observed after one.
-    let (twin, refusals) = (AssertUnwindSafe(&twin), AssertUnwindSafe(&refusals));
+    let (twin, refusals, rt) = (
+        AssertUnwindSafe(&twin),
+        AssertUnwindSafe(&refusals),
+        AssertUnwindSafe(&rt),
+    );
     bolero::check!()
         .with_type::<(Mutation, Mutation)>()
         .for_each(|(topic, payload)| {
             let topic = topic.apply_str(TOPICS);
             let payload = payload.apply(&PAYLOADS.iter().map(|p| p.as_bytes()).collect::<Vec<_>>());
-            let before = observed(*twin, *refusals);
-            let Some(answer) = twin_api::serve(*twin, NODE, &topic, &payload, *refusals) else {
+            let before = observed(*rt, *twin, *refusals);
+            let Some(answer) =
+                rt.block_on(twin_api::serve(*twin, NODE, &topic, &payload, *refusals))
+            else {
                 // Not a twin topic of this node: nothing to answer.
                 return;
             };
@@ -115,7 +135,7 @@ fn twin_requests_are_answered_and_a_refused_one_changes_nothing() {
                     "{answer:?}"
                 );
                 assert_eq!(
-                    observed(*twin, *refusals),
+                    observed(*rt, *twin, *refusals),
                     before,
                     "refused ({answer:?}) yet changed: {topic} {}",
                     String::from_utf8_lossy(&payload)

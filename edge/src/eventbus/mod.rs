@@ -474,10 +474,17 @@ async fn dispatch(
                     &message.topic,
                     &message.payload,
                     &bus.inner.refusals,
-                ) {
+                )
+                .await
+                {
                     bus.publish_json(answer).await;
                 }
-                if let Err(e) = bus.inner.uploads.forward(&message.topic, &message.payload) {
+                if let Err(e) = bus
+                    .inner
+                    .uploads
+                    .forward(&message.topic, &message.payload)
+                    .await
+                {
                     tracing::warn!(topic = message.topic, error = %e, "cannot queue a message for the cloud; dropped");
                 }
                 bus.deliver(&message);

@@ -155,7 +155,7 @@ fn twin_map(twin: &DeviceTwin, device: &str, only: Option<&[String]>) -> Result<
 
 /// Serves a request if `topic` is one of KubeEdge's for `node`: the answer to publish. A refused
 /// request is answered with its reason and counted in `refusals` (logged once per interval).
-pub fn serve(
+pub async fn serve(
     twin: &DeviceTwin,
     node: &str,
     topic: &str,
@@ -165,9 +165,9 @@ pub fn serve(
     let request = topics::parse(node, topic)?;
     let event_id = event_id(payload);
     let answer = match &request {
-        Request::TwinUpdate(d) => twin_update(twin, d, payload),
+        Request::TwinUpdate(d) => twin_update(twin, d, payload).await,
         Request::TwinGet(d) => twin_map(twin, d, None).map(|t| json!({"twin": t})),
-        Request::StateUpdate(d) => state_update(twin, d, payload),
+        Request::StateUpdate(d) => state_update(twin, d, payload).await,
         Request::Membership { .. } => membership(twin),
     };
     let mut body = match answer {
@@ -189,7 +189,7 @@ pub fn serve(
     })
 }
 
-fn twin_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value, Refusal> {
+async fn twin_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value, Refusal> {
     let update: TwinUpdate = serde_json::from_slice(payload)
         .map_err(|e| Refusal::BadRequest(format!("malformed twin update: {e}")))?;
     if update.twin.is_empty() {
@@ -227,16 +227,16 @@ fn twin_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value,
         }
     }
     if !reported.is_empty() {
-        twin.report(device, reported)?;
+        twin.report(device, reported).await?;
     }
     for (property, value) in desired {
-        twin.set_desired_value(device, &property, value)?;
+        twin.set_desired_value(device, &property, value).await?;
     }
     let names: Vec<String> = update.twin.into_keys().collect();
     Ok(json!({"twin": twin_map(twin, device, Some(&names))?}))
 }
 
-fn state_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value, Refusal> {
+async fn state_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value, Refusal> {
     let update: StateUpdate = serde_json::from_slice(payload)
         .map_err(|e| Refusal::BadRequest(format!("malformed state update: {e}")))?;
     let state = device::parse_state(&update.state).ok_or_else(|| {
@@ -245,7 +245,7 @@ fn state_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value
             update.state
         ))
     })?;
-    twin.set_state(device, state)?;
+    twin.set_state(device, state).await?;
     Ok(json!({"device": {"name": device, "state": device::state_name(state)}}))
 }
 

@@ -129,7 +129,7 @@ impl Uploads {
     }
 
     /// Queues the message for the cloud if some rule routes it. Returns whether it was queued.
-    pub fn forward(&self, topic_name: &str, payload: &[u8]) -> Result<bool, StoreError> {
+    pub async fn forward(&self, topic_name: &str, payload: &[u8]) -> Result<bool, StoreError> {
         if !self.wants(topic_name) {
             return Ok(false);
         }
@@ -149,7 +149,8 @@ impl Uploads {
         let upload = serde_json::to_value(Upload::new(topic_name, payload)).unwrap_or_default();
         let (_, dropped) = self
             .outbox
-            .queue_appended(ResourceKind::Upload, &upload, self.cap);
+            .queue_appended(ResourceKind::Upload, &upload, self.cap)
+            .await;
         if dropped {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -188,8 +189,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn messages_a_rule_routes_wait_in_the_outbox_and_others_stay() {
+    #[tokio::test]
+    async fn messages_a_rule_routes_wait_in_the_outbox_and_others_stay() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("open");
         let meta = crate::metamanager::MetaManager::load(&db).expect("meta");
@@ -200,6 +201,7 @@ mod tests {
         ] {
             let uid = format!("uid-{}", key.name);
             meta.apply(&key, &uid, "1", &object)
+                .await
                 .expect("store the rule");
         }
         let uploads = Uploads::new(meta.clone(), db.outbox(), 2);
@@ -208,19 +210,26 @@ mod tests {
             changes.added,
             ["$hw/events/upload/alarms", "default/telemetry/#"]
         );
-        assert!(uploads.forward("default/telemetry/t1", b"21.5").expect("q"));
+        assert!(
+            uploads
+                .forward("default/telemetry/t1", b"21.5")
+                .await
+                .expect("q")
+        );
         assert!(
             uploads
                 .forward("$hw/events/upload/alarms", &[0xff])
+                .await
                 .expect("q")
         );
-        assert!(!uploads.forward("default/other", b"x").expect("q"));
+        assert!(!uploads.forward("default/other", b"x").await.expect("q"));
         assert!(
             !uploads
                 .forward(
                     "default/telemetry/big",
                     &vec![b'x'; MAX_UPLOAD_BYTES / 2 + 1]
                 )
+                .await
                 .expect("q"),
             "too large to send"
         );
@@ -236,10 +245,16 @@ mod tests {
                 Upload::new("$hw/events/upload/alarms", &[0xff])
             ]
         );
-        assert!(uploads.forward("default/telemetry/t2", b"22").expect("q"));
+        assert!(
+            uploads
+                .forward("default/telemetry/t2", b"22")
+                .await
+                .expect("q")
+        );
         assert_eq!(db.outbox().len().expect("len"), 2, "capped at two");
 
         meta.delete(&rule("telemetry", "", "").0, Some("uid-telemetry"))
+            .await
             .expect("delete");
         assert_eq!(
             uploads.reload(),

@@ -160,36 +160,59 @@ impl MetaManager {
 
     /// Stores `object` unless the edge holds this version (or a newer one) of the same uid;
     /// then the copy in memory is replaced and the subscribers of its kind are told. Stored
-    /// first: what a reader sees survives a crash.
-    pub fn apply(
+    /// first: what a reader sees survives a crash. The copy changes on the database's writer
+    /// thread right after the commit, in the order of the writes, so two applies of one key
+    /// racing leave memory as they leave the disk.
+    pub async fn apply(
         &self,
         key: &ObjectKey,
         uid: &str,
         resource_version: &str,
         object: &serde_json::Value,
     ) -> Result<Applied, StoreError> {
-        let applied = self.inner.store.apply(key, uid, resource_version, object)?;
-        if applied != Applied::Unchanged {
-            let held = Object::new(
+        let held = Arc::new(Object::new(
+            key.clone(),
+            uid.to_owned(),
+            resource_version.to_owned(),
+            object.clone(),
+        ));
+        let inner = Arc::downgrade(&self.inner);
+        let value = Arc::new(object.clone());
+        self.inner
+            .store
+            .apply_then(
                 key.clone(),
                 uid.to_owned(),
                 resource_version.to_owned(),
-                object.clone(),
-            );
-            self.write().insert(key.clone(), Arc::new(held));
-            self.changed(key);
-        }
-        Ok(applied)
+                value,
+                move |applied| {
+                    if applied == Applied::Unchanged {
+                        return;
+                    }
+                    if let Some(inner) = inner.upgrade() {
+                        let key = held.key.clone();
+                        inner.write().insert(key.clone(), held);
+                        inner.changed(&key);
+                    }
+                },
+            )
+            .await
     }
 
     /// Forgets an object, only if it has `uid` (when given). Returns whether one was removed.
-    pub fn delete(&self, key: &ObjectKey, uid: Option<&str>) -> Result<bool, StoreError> {
-        let removed = self.inner.store.delete(key, uid)?;
-        if removed {
-            self.write().remove(key);
-            self.changed(key);
-        }
-        Ok(removed)
+    /// Memory follows the disk as in [`MetaManager::apply`].
+    pub async fn delete(&self, key: &ObjectKey, uid: Option<&str>) -> Result<bool, StoreError> {
+        let inner = Arc::downgrade(&self.inner);
+        let gone = key.clone();
+        self.inner
+            .store
+            .delete_then(key.clone(), uid.map(str::to_owned), move |removed| {
+                if removed && let Some(inner) = inner.upgrade() {
+                    inner.write().remove(&gone);
+                    inner.changed(&gone);
+                }
+            })
+            .await
     }
 
     /// One object.
@@ -254,9 +277,14 @@ impl MetaManager {
         subscription
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ObjectKey, Arc<Object>>> {
+        self.inner.read()
+    }
+}
+
+impl Inner {
     fn changed(&self, key: &ObjectKey) {
         let subscribers = self
-            .inner
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -266,17 +294,11 @@ impl MetaManager {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ObjectKey, Arc<Object>>> {
-        self.inner
-            .objects
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.objects.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ObjectKey, Arc<Object>>> {
-        self.inner
-            .objects
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.objects.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

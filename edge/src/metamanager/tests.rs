@@ -30,19 +30,23 @@ fn open() -> (tempfile::TempDir, Database) {
     (dir, db)
 }
 
-#[test]
-fn an_object_is_parsed_once_per_version() {
+#[tokio::test]
+async fn an_object_is_parsed_once_per_version() {
     let (_dir, db) = open();
     let meta = MetaManager::load(&db).expect("load");
     let web = key(ResourceKind::Pod, "web");
-    meta.apply(&web, "u1", "1", &pod("web")).expect("apply");
+    meta.apply(&web, "u1", "1", &pod("web"))
+        .await
+        .expect("apply");
 
     let first: Arc<Pod> = meta.get_typed(&web).expect("held").expect("parses");
     let again: Arc<Pod> = meta.get_typed(&web).expect("held").expect("parses");
     assert!(Arc::ptr_eq(&first, &again), "parsed once");
     assert_eq!(first.metadata.name.as_deref(), Some("web"));
 
-    meta.apply(&web, "u1", "2", &pod("web")).expect("apply");
+    meta.apply(&web, "u1", "2", &pod("web"))
+        .await
+        .expect("apply");
     let newer: Arc<Pod> = meta.get_typed(&web).expect("held").expect("parses");
     assert!(
         !Arc::ptr_eq(&first, &newer),
@@ -62,8 +66,8 @@ fn an_object_is_parsed_once_per_version() {
     );
 }
 
-#[test]
-fn an_object_that_does_not_parse_says_why_each_time() {
+#[tokio::test]
+async fn an_object_that_does_not_parse_says_why_each_time() {
     let (_dir, db) = open();
     let meta = MetaManager::load(&db).expect("load");
     let broken = key(ResourceKind::Pod, "broken");
@@ -73,6 +77,7 @@ fn an_object_that_does_not_parse_says_why_each_time() {
         "1",
         &json!({"spec": {"containers": "not a list"}}),
     )
+    .await
     .expect("apply");
     let error = meta
         .get_typed::<Pod>(&broken)
@@ -87,12 +92,13 @@ fn an_object_that_does_not_parse_says_why_each_time() {
     );
 }
 
-#[test]
-fn what_is_stored_is_read_again_at_the_next_start() {
+#[tokio::test]
+async fn what_is_stored_is_read_again_at_the_next_start() {
     let (dir, db) = open();
     {
         let meta = MetaManager::load(&db).expect("load");
         meta.apply(&key(ResourceKind::Pod, "web"), "u1", "7", &pod("web"))
+            .await
             .expect("apply");
         meta.apply(
             &key(ResourceKind::ConfigMap, "conf"),
@@ -100,6 +106,7 @@ fn what_is_stored_is_read_again_at_the_next_start() {
             "3",
             &json!({"data": {}}),
         )
+        .await
         .expect("apply");
     }
     drop(db);
@@ -134,12 +141,17 @@ async fn subscribers_hear_the_keys_of_their_kinds_gathered_until_read() {
     let db_pod = key(ResourceKind::Pod, "db");
     for rv in 1..=50 {
         meta.apply(&web, "u1", &rv.to_string(), &pod("web"))
+            .await
             .expect("apply");
     }
-    meta.apply(&db_pod, "u2", "1", &pod("db")).expect("apply");
+    meta.apply(&db_pod, "u2", "1", &pod("db"))
+        .await
+        .expect("apply");
     // Nothing changed for it: no wake-up, no key.
     assert_eq!(
-        meta.apply(&db_pod, "u2", "1", &pod("db")).expect("apply"),
+        meta.apply(&db_pod, "u2", "1", &pod("db"))
+            .await
+            .expect("apply"),
         Applied::Unchanged
     );
 
@@ -147,18 +159,22 @@ async fn subscribers_hear_the_keys_of_their_kinds_gathered_until_read() {
     assert!(devices.take().is_empty(), "pods are not its kind");
 
     let thermo = key(ResourceKind::Device, "thermo");
-    meta.apply(&thermo, "d1", "1", &json!({})).expect("apply");
+    meta.apply(&thermo, "d1", "1", &json!({}))
+        .await
+        .expect("apply");
     assert_eq!(devices.changed().await, [thermo.clone()].into());
 
-    assert!(!meta.delete(&web, Some("other-uid")).expect("delete"));
+    assert!(!meta.delete(&web, Some("other-uid")).await.expect("delete"));
     assert!(pods.take().is_empty(), "nothing was deleted");
-    assert!(meta.delete(&web, Some("u1")).expect("delete"));
+    assert!(meta.delete(&web, Some("u1")).await.expect("delete"));
     assert_eq!(pods.changed().await, [web.clone()].into());
     assert!(meta.get(&web).is_none());
 
     // Dropped: no longer told, and no longer kept.
     drop(devices);
-    meta.apply(&thermo, "d1", "2", &json!({})).expect("apply");
+    meta.apply(&thermo, "d1", "2", &json!({}))
+        .await
+        .expect("apply");
     assert_eq!(
         meta.inner
             .subscribers

@@ -12,7 +12,7 @@
 //! takes it. One line is logged when the database stops taking reports, one when it takes them
 //! again: not one per report.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
@@ -49,6 +49,9 @@ pub struct HeldReport {
     pub payload: serde_json::Value,
 }
 
+/// An acknowledged row: its key and sequence number.
+pub(super) type Ack = (ObjectKey, u64);
+
 /// What waits, in the order it came (generation order).
 #[derive(Debug, Default)]
 pub(super) struct Held {
@@ -58,6 +61,10 @@ pub(super) struct Held {
     appended: VecDeque<u64>,
     /// Acknowledged rows (key, seq) the database could not delete yet.
     pub(super) acks: HashSet<(ObjectKey, u64)>,
+    /// What the writer's open transaction writes of what waits here (reports by generation,
+    /// acknowledgements): still waiting until it commits, not written twice by it.
+    writing: BTreeSet<u64>,
+    writing_acks: HashSet<(ObjectKey, u64)>,
     next: u64,
     /// Since when the database refuses writes, if it does.
     since: Option<Instant>,
@@ -123,9 +130,50 @@ impl Held {
             .insert(generation, Waiting::Append { kind, payload, cap });
     }
 
-    /// The oldest report waiting.
-    pub(super) fn first(&self) -> Option<(u64, &Waiting)> {
-        self.reports.first_key_value().map(|(g, w)| (*g, w))
+    /// What waits and the open transaction does not write yet: acknowledgements, then reports
+    /// oldest first.
+    pub(super) fn unwritten(&self) -> (Vec<Ack>, Vec<(u64, Waiting)>) {
+        let acks = self
+            .acks
+            .iter()
+            .filter(|a| !self.writing_acks.contains(*a))
+            .cloned()
+            .collect();
+        let reports = self
+            .reports
+            .iter()
+            .filter(|(g, _)| !self.writing.contains(*g))
+            .map(|(g, w)| (*g, w.clone()))
+            .collect();
+        (acks, reports)
+    }
+
+    /// Notes that the open transaction writes these.
+    pub(super) fn writing(&mut self, acks: Vec<Ack>, generations: Vec<u64>) {
+        self.writing_acks.extend(acks);
+        self.writing.extend(generations);
+    }
+
+    /// The open transaction ended: what it wrote leaves when it committed, else waits on.
+    /// Returns how many reports left.
+    pub(super) fn written(&mut self, committed: bool) -> usize {
+        let acks = std::mem::take(&mut self.writing_acks);
+        let generations = std::mem::take(&mut self.writing);
+        if !committed {
+            return 0;
+        }
+        for ack in acks {
+            self.acks.remove(&ack);
+        }
+        let mut left = 0;
+        for generation in generations {
+            // Forgotten meanwhile (refused by the cloud), or already gone: nothing to do.
+            if self.reports.contains_key(&generation) {
+                self.remove(generation);
+                left += 1;
+            }
+        }
+        left
     }
 
     /// Forgets the report of `generation` (stored, or refused by the cloud).
@@ -228,10 +276,11 @@ mod tests {
         assert_eq!(held.len(), 3);
         assert_eq!(held.dropped, 2);
         assert!(held.reports().is_empty(), "uploads have no key yet");
-        let (generation, first) = held.first().expect("one waits");
+        let (_, unwritten) = held.unwritten();
+        let (generation, first) = unwritten.first().cloned().expect("one waits");
         assert_eq!(
             first,
-            &Waiting::Append {
+            Waiting::Append {
                 kind: ResourceKind::Upload,
                 payload: json!(2),
                 cap: 3
@@ -239,5 +288,35 @@ mod tests {
         );
         held.remove(generation);
         assert_eq!(held.appended.len(), 2);
+    }
+
+    #[test]
+    fn what_the_open_transaction_writes_waits_until_it_commits_and_is_not_written_twice() {
+        let mut held = Held::default();
+        let lease = key(ResourceKind::Lease, "n");
+        held.put(lease.clone(), Operation::Update, json!(1));
+        held.acks.insert((lease.clone(), 7));
+        let (acks, reports) = held.unwritten();
+        let generations = reports.iter().map(|(g, _)| *g).collect();
+        held.writing(acks, generations);
+        assert_eq!(
+            held.unwritten(),
+            (vec![], vec![]),
+            "claimed by the transaction"
+        );
+        assert!(!held.is_empty(), "still waiting until it commits");
+        assert_eq!(
+            held.written(false),
+            0,
+            "a failed commit leaves them waiting"
+        );
+        assert_eq!(held.unwritten().1.len(), 1);
+        let (acks, reports) = held.unwritten();
+        held.writing(acks, reports.iter().map(|(g, _)| *g).collect());
+        // A newer report of the key comes while the older is being written: it stays.
+        held.put(lease.clone(), Operation::Update, json!(2));
+        assert_eq!(held.written(true), 0, "the older was replaced meanwhile");
+        assert!(held.acks.is_empty());
+        assert_eq!(held.get(&lease).map(|r| r.payload), Some(json!(2)));
     }
 }

@@ -4,6 +4,8 @@
 //! stored encrypted, as a BLOB in kube's format; the others as JSON text. The storage key their
 //! `aesgcm` ciphertext is bound to is `/edge/<kind>/<namespace>/<name>`.
 
+use std::sync::Arc;
+
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, params};
 use wedge_core::encryption::EncryptionConfig;
@@ -146,63 +148,138 @@ fn stored(encryption: &EncryptionConfig, row: Row) -> Result<StoredObject, Store
     })
 }
 
+/// Stores `object` in the writer's transaction unless the edge holds this version (or a newer
+/// one) of the same uid.
+fn apply_in(
+    conn: &rusqlite::Connection,
+    encryption: &EncryptionConfig,
+    key: &ObjectKey,
+    uid: &str,
+    resource_version: &str,
+    object: &serde_json::Value,
+) -> Result<Applied, StoreError> {
+    let kind = key.kind.as_str();
+    let current: Option<(String, String)> = conn
+        .prepare_cached(
+            // A damaged row counts as not held, so the object replaces it (an encrypted one is
+            // known to decrypt: `reencrypt` dropped those that do not at start).
+            "SELECT uid, resource_version FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND (json_valid(object) OR typeof(object) = 'blob')",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![kind, key.namespace, key.name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(sql(format!("reading {key}")))?;
+    let applied = match &current {
+        None => Applied::Inserted,
+        Some((held_uid, held_rv)) if held_uid == uid && !newer(resource_version, held_rv) => {
+            return Ok(Applied::Unchanged);
+        }
+        Some(_) => Applied::Updated,
+    };
+    let column = to_column(
+        encryption,
+        key.kind,
+        &context(kind, &key.namespace, &key.name),
+        object.to_string().into_bytes(),
+    )?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO objects (kind, namespace, name, uid, resource_version, object) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| s.execute(params![kind, key.namespace, key.name, uid, resource_version, column]))
+    .map_err(sql(format!("storing {key}")))?;
+    Ok(applied)
+}
+
+/// Forgets an object in the writer's transaction, only if it has `uid` (when given).
+fn delete_in(
+    conn: &rusqlite::Connection,
+    key: &ObjectKey,
+    uid: Option<&str>,
+) -> Result<bool, StoreError> {
+    let removed = match uid {
+        Some(uid) => conn.execute(
+            "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND uid = ?4",
+            params![key.kind.as_str(), key.namespace, key.name, uid],
+        ),
+        None => conn.execute(
+            "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+            params![key.kind.as_str(), key.namespace, key.name],
+        ),
+    }
+    .map_err(sql(format!("deleting {key}")))?;
+    Ok(removed > 0)
+}
+
 impl MetaStore {
-    /// Stores `object` unless the edge holds this version (or a newer one) of the same uid.
-    pub fn apply(
+    /// Stores `object` unless the edge holds this version (or a newer one) of the same uid;
+    /// resolves once it is durable.
+    pub async fn apply(
         &self,
         key: &ObjectKey,
         uid: &str,
         resource_version: &str,
         object: &serde_json::Value,
     ) -> Result<Applied, StoreError> {
-        let conn = self.db.conn();
-        let kind = key.kind.as_str();
-        let current: Option<(String, String)> = conn
-            .query_row(
-                // A damaged row counts as not held, so the object replaces it (an encrypted
-                // one is known to decrypt: `reencrypt` dropped those that do not at start).
-                "SELECT uid, resource_version FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND (json_valid(object) OR typeof(object) = 'blob')",
-                params![kind, key.namespace, key.name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(sql(format!("reading {key}")))?;
-        let applied = match &current {
-            None => Applied::Inserted,
-            Some((held_uid, held_rv)) if held_uid == uid && !newer(resource_version, held_rv) => {
-                return Ok(Applied::Unchanged);
-            }
-            Some(_) => Applied::Updated,
-        };
-        let column = to_column(
-            &self.db.encryption,
-            key.kind,
-            &context(kind, &key.namespace, &key.name),
-            object.to_string().into_bytes(),
-        )?;
-        conn.execute(
-            "INSERT OR REPLACE INTO objects (kind, namespace, name, uid, resource_version, object) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![kind, key.namespace, key.name, uid, resource_version, column],
+        self.apply_then(
+            key.clone(),
+            uid.to_owned(),
+            resource_version.to_owned(),
+            Arc::new(object.clone()),
+            |_| {},
         )
-        .map_err(sql(format!("storing {key}")))?;
-        Ok(applied)
+        .await
+    }
+
+    /// As [`MetaStore::apply`]; `then` runs once the object is stored, on the writer thread in
+    /// the order writes were queued, before the caller hears: what keeps a copy in memory in the
+    /// order of the disk.
+    pub(crate) async fn apply_then(
+        &self,
+        key: ObjectKey,
+        uid: String,
+        resource_version: String,
+        object: Arc<serde_json::Value>,
+        then: impl FnOnce(Applied) + Send + 'static,
+    ) -> Result<Applied, StoreError> {
+        let encryption = self.db.encryption.clone();
+        self.db
+            .write(
+                move |conn| apply_in(conn, &encryption, &key, &uid, &resource_version, &object),
+                move |result, _| {
+                    if let Ok(applied) = result {
+                        then(*applied);
+                    }
+                },
+            )
+            .await
     }
 
     /// Forgets an object, only if it has `uid` (when given). Returns whether one was removed.
-    pub fn delete(&self, key: &ObjectKey, uid: Option<&str>) -> Result<bool, StoreError> {
-        let conn = self.db.conn();
-        let removed = match uid {
-            Some(uid) => conn.execute(
-                "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND uid = ?4",
-                params![key.kind.as_str(), key.namespace, key.name, uid],
-            ),
-            None => conn.execute(
-                "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
-                params![key.kind.as_str(), key.namespace, key.name],
-            ),
-        }
-        .map_err(sql(format!("deleting {key}")))?;
-        Ok(removed > 0)
+    pub async fn delete(&self, key: &ObjectKey, uid: Option<&str>) -> Result<bool, StoreError> {
+        self.delete_then(key.clone(), uid.map(str::to_owned), |_| {})
+            .await
+    }
+
+    /// As [`MetaStore::delete`], with `then` as [`MetaStore::apply_then`] has it.
+    pub(crate) async fn delete_then(
+        &self,
+        key: ObjectKey,
+        uid: Option<String>,
+        then: impl FnOnce(bool) + Send + 'static,
+    ) -> Result<bool, StoreError> {
+        self.db
+            .write(
+                move |conn| delete_in(conn, &key, uid.as_deref()),
+                move |result, _| {
+                    if let Ok(removed) = result {
+                        then(*removed);
+                    }
+                },
+            )
+            .await
     }
 
     /// One object.
@@ -279,61 +356,58 @@ impl MetaStore {
             })
             .collect()
     }
+}
 
-    /// Brings every stored object under the current encryption configuration, in one
-    /// transaction: rewrites those stored under another key or plain where they should be
-    /// encrypted (or encrypted where `identity` now comes first), and drops those no configured
-    /// key reads (the cloud sends them again at the next resync). Returns how many of each.
-    pub(super) fn reencrypt(&self) -> Result<(usize, usize), StoreError> {
-        let encryption = &self.db.encryption;
-        let mut conn = self.db.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql("re-encrypting objects"))?;
-        let mut statement = tx
-            .prepare("SELECT kind, namespace, name, object FROM objects")
-            .map_err(sql("re-encrypting objects"))?;
-        let rows: Vec<(String, String, String, SqlValue)> = statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .and_then(Iterator::collect)
-            .map_err(sql("re-encrypting objects"))?;
-        drop(statement);
-        let (mut rewritten, mut dropped) = (0, 0);
-        for (kind_text, namespace, name, object) in rows {
-            let Ok(kind) = kind_of(&kind_text, &name) else {
-                continue;
-            };
-            let context = context(&kind_text, &namespace, &name);
-            let keys = params![kind_text, namespace, name];
-            match encryption.decrypt_for(
-                resource_of(kind),
-                &column_bytes(object),
-                context.as_bytes(),
-            ) {
-                Ok(plain) if plain.stale => {
-                    let column = to_column(encryption, kind, &context, plain.data)?;
-                    tx.execute(
-                        "UPDATE objects SET object = ?4 WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
-                        params![kind_text, namespace, name, column],
-                    )
-                    .map_err(sql(format!("re-encrypting {context}")))?;
-                    rewritten += 1;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(object = %context, %error, "dropped a stored object no configured key reads; the cloud sends it again");
-                    tx.execute(
-                        "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
-                        keys,
-                    )
-                    .map_err(sql(format!("dropping {context}")))?;
-                    dropped += 1;
-                }
+/// Brings every stored object under the current encryption configuration, in one
+/// transaction: rewrites those stored under another key or plain where they should be
+/// encrypted (or encrypted where `identity` now comes first), and drops those no configured
+/// key reads (the cloud sends them again at the next resync). Returns how many of each.
+pub(super) fn reencrypt(
+    conn: &mut rusqlite::Connection,
+    encryption: &EncryptionConfig,
+) -> Result<(usize, usize), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql("re-encrypting objects"))?;
+    let mut statement = tx
+        .prepare("SELECT kind, namespace, name, object FROM objects")
+        .map_err(sql("re-encrypting objects"))?;
+    let rows: Vec<(String, String, String, SqlValue)> = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .and_then(Iterator::collect)
+        .map_err(sql("re-encrypting objects"))?;
+    drop(statement);
+    let (mut rewritten, mut dropped) = (0, 0);
+    for (kind_text, namespace, name, object) in rows {
+        let Ok(kind) = kind_of(&kind_text, &name) else {
+            continue;
+        };
+        let context = context(&kind_text, &namespace, &name);
+        let keys = params![kind_text, namespace, name];
+        match encryption.decrypt_for(resource_of(kind), &column_bytes(object), context.as_bytes()) {
+            Ok(plain) if plain.stale => {
+                let column = to_column(encryption, kind, &context, plain.data)?;
+                tx.execute(
+                    "UPDATE objects SET object = ?4 WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                    params![kind_text, namespace, name, column],
+                )
+                .map_err(sql(format!("re-encrypting {context}")))?;
+                rewritten += 1;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(object = %context, %error, "dropped a stored object no configured key reads; the cloud sends it again");
+                tx.execute(
+                    "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                    keys,
+                )
+                .map_err(sql(format!("dropping {context}")))?;
+                dropped += 1;
             }
         }
-        tx.commit().map_err(sql("re-encrypting objects"))?;
-        Ok((rewritten, dropped))
     }
+    tx.commit().map_err(sql("re-encrypting objects"))?;
+    Ok((rewritten, dropped))
 }
 
 #[cfg(test)]
@@ -350,27 +424,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn applying_is_idempotent_by_resource_version_and_uid() {
+    #[tokio::test]
+    async fn applying_is_idempotent_by_resource_version_and_uid() {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = Database::open(&dir.path().join("edge.db"))
             .expect("open")
             .meta();
         let p = key("p");
         assert_eq!(
-            meta.apply(&p, "u1", "5", &json!({"v": 5})).expect("apply"),
+            meta.apply(&p, "u1", "5", &json!({"v": 5}))
+                .await
+                .expect("apply"),
             Applied::Inserted
         );
         assert_eq!(
-            meta.apply(&p, "u1", "5", &json!({"v": 5})).expect("apply"),
+            meta.apply(&p, "u1", "5", &json!({"v": 5}))
+                .await
+                .expect("apply"),
             Applied::Unchanged
         );
         assert_eq!(
-            meta.apply(&p, "u1", "4", &json!({"v": 4})).expect("apply"),
+            meta.apply(&p, "u1", "4", &json!({"v": 4}))
+                .await
+                .expect("apply"),
             Applied::Unchanged
         );
         assert_eq!(
             meta.apply(&p, "u1", "10", &json!({"v": 10}))
+                .await
                 .expect("apply"),
             Applied::Updated
         );
@@ -380,6 +461,7 @@ mod tests {
         );
         assert_eq!(
             meta.apply(&p, "u2", "3", &json!({"v": "recreated"}))
+                .await
                 .expect("apply"),
             Applied::Updated,
             "another uid replaces whatever its version"
@@ -387,17 +469,23 @@ mod tests {
         assert_eq!(meta.get(&p).expect("get").expect("held").uid, "u2");
     }
 
-    #[test]
-    fn deletion_is_guarded_by_uid_and_everything_survives_a_reopen() {
+    #[tokio::test]
+    async fn deletion_is_guarded_by_uid_and_everything_survives_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("edge.db");
         {
             let meta = Database::open(&path).expect("open").meta();
-            meta.apply(&key("a"), "ua", "1", &json!({})).expect("apply");
-            meta.apply(&key("b"), "ub", "2", &json!({})).expect("apply");
-            meta.apply(&key("c"), "uc", "3", &json!({})).expect("apply");
-            assert!(!meta.delete(&key("a"), Some("other")).expect("delete"));
-            assert!(meta.delete(&key("c"), Some("uc")).expect("delete"));
+            meta.apply(&key("a"), "ua", "1", &json!({}))
+                .await
+                .expect("apply");
+            meta.apply(&key("b"), "ub", "2", &json!({}))
+                .await
+                .expect("apply");
+            meta.apply(&key("c"), "uc", "3", &json!({}))
+                .await
+                .expect("apply");
+            assert!(!meta.delete(&key("a"), Some("other")).await.expect("delete"));
+            assert!(meta.delete(&key("c"), Some("uc")).await.expect("delete"));
         }
         let meta = Database::open(&path).expect("reopen").meta();
         let held: Vec<(String, String)> = meta
@@ -445,8 +533,8 @@ mod tests {
             .expect("row")
     }
 
-    #[test]
-    fn secrets_are_stored_encrypted_and_rotated_at_start() {
+    #[tokio::test]
+    async fn secrets_are_stored_encrypted_and_rotated_at_start() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("edge.db");
         let value = json!({"data": {"password": "c3VwZXItc2VjcmV0"}});
@@ -454,17 +542,18 @@ mod tests {
             // Written before encryption was on.
             let meta = Database::open(&path).expect("open").meta();
             meta.apply(&secret_key("before"), "u0", "1", &value)
+                .await
                 .expect("apply");
         }
         {
-            let db = Database::open(&path)
-                .expect("open")
-                .with_encryption(encryption(&[("old", OLD)], true))
+            let db = Database::open_encrypted(&path, encryption(&[("old", OLD)], true))
                 .expect("encrypt");
             let meta = db.meta();
             meta.apply(&secret_key("s"), "u1", "2", &value)
+                .await
                 .expect("apply");
             meta.apply(&key("p"), "u2", "3", &json!({"pod": true}))
+                .await
                 .expect("apply");
             for name in ["s", "before"] {
                 let SqlValue::Blob(bytes) = raw(&db, name) else {
@@ -488,10 +577,9 @@ mod tests {
         }
         {
             // The new key first: the start rewrites every row under it.
-            let db = Database::open(&path)
-                .expect("open")
-                .with_encryption(encryption(&[("new", NEW), ("old", OLD)], false))
-                .expect("rotate");
+            let db =
+                Database::open_encrypted(&path, encryption(&[("new", NEW), ("old", OLD)], false))
+                    .expect("rotate");
             for name in ["s", "before"] {
                 let SqlValue::Blob(bytes) = raw(&db, name) else {
                     panic!("{name} is not stored encrypted");
@@ -500,10 +588,7 @@ mod tests {
             }
         }
         // The old key removed: still read.
-        let db = Database::open(&path)
-            .expect("open")
-            .with_encryption(encryption(&[("new", NEW)], false))
-            .expect("open");
+        let db = Database::open_encrypted(&path, encryption(&[("new", NEW)], false)).expect("open");
         let meta = db.meta();
         assert_eq!(meta.list(ResourceKind::Secret).expect("list").len(), 2);
         assert_eq!(
@@ -515,27 +600,25 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_row_no_key_reads_is_dropped_at_start_so_the_cloud_sends_it_again() {
+    #[tokio::test]
+    async fn a_row_no_key_reads_is_dropped_at_start_so_the_cloud_sends_it_again() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("edge.db");
         let value = json!({"data": {"k": "dg=="}});
         {
-            let db = Database::open(&path)
-                .expect("open")
-                .with_encryption(encryption(&[("lost", OLD)], false))
+            let db = Database::open_encrypted(&path, encryption(&[("lost", OLD)], false))
                 .expect("encrypt");
             db.meta()
                 .apply(&secret_key("s"), "u", "5", &value)
+                .await
                 .expect("apply");
             db.meta()
                 .apply(&key("p"), "up", "6", &json!({}))
+                .await
                 .expect("apply");
         }
-        let db = Database::open(&path)
-            .expect("open")
-            .with_encryption(encryption(&[("other", NEW)], false))
-            .expect("open");
+        let db =
+            Database::open_encrypted(&path, encryption(&[("other", NEW)], false)).expect("open");
         let meta = db.meta();
         assert!(meta.get(&secret_key("s")).expect("get").is_none());
         let held: Vec<String> = meta
@@ -547,6 +630,7 @@ mod tests {
         assert_eq!(held, ["p"], "not held: the resync sends it again");
         assert_eq!(
             meta.apply(&secret_key("s"), "u", "5", &value)
+                .await
                 .expect("apply"),
             Applied::Inserted
         );
@@ -559,8 +643,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_damaged_row_is_an_error_naming_it_and_is_replaced_by_the_next_copy() {
+    #[tokio::test]
+    async fn a_damaged_row_is_an_error_naming_it_and_is_replaced_by_the_next_copy() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("open");
         db.conn()
@@ -577,6 +661,7 @@ mod tests {
         assert!(meta.list(ResourceKind::Pod).expect("list").is_empty());
         assert_eq!(
             meta.apply(&key("bad"), "u", "1", &json!({"fixed": true}))
+                .await
                 .expect("apply"),
             Applied::Inserted
         );

@@ -3,14 +3,25 @@
 //!
 //! WAL with `synchronous=NORMAL`: a committed write survives the process being killed (kill -9,
 //! a crash), which is what "stored before acknowledged" needs; only a power cut can lose the
-//! last commits, and the cloud's resync brings those back. Every call is a short synchronous
-//! statement on a shared connection; callers run them inline. Reports the database cannot take
-//! (a full disk) wait in memory ([`held`]) until it can.
+//! last commits, and the cloud's resync brings those back.
+//!
+//! Writes go to one writer thread ([`writer`]) that owns the write connection and commits what
+//! is queued in groups: a commit (a WAL append, an fsync at a checkpoint, a slow or full disk)
+//! never runs on an async worker, and writes from every module share one commit. Callers await
+//! their write's commit: EdgeHub acknowledges only what is durable. Reports the database cannot
+//! take (a full disk) wait in memory ([`held`]) until it can.
+//!
+//! Reads run where they are called, on a second connection of their own: in WAL mode a reader
+//! never waits for the writer (it reads the last commit), and the reads are index lookups and
+//! short scans of a small file the page cache holds (a queued status, a page of the outbox, a
+//! device's twins), cheaper than a hop to a blocking thread. The whole-table reads (MetaManager's
+//! load, the re-encryption) run once at start, before the edge serves anything.
 
 mod held;
 mod meta;
 mod outbox;
 mod twins;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -23,6 +34,7 @@ pub use held::HeldReport;
 pub use meta::{Applied, MetaStore, StoredObject};
 pub use outbox::{Appended, Outbox, OutboxEntry, Queued};
 pub use twins::{StoredTwin, TwinStore};
+pub use writer::WriteStats;
 
 /// The schema's version, in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
@@ -97,9 +109,15 @@ pub enum StoreError {
     Sql {
         /// What was being done.
         doing: String,
-        /// Why.
-        source: rusqlite::Error,
+        /// Why (shared by every write of a group whose commit failed).
+        source: Arc<rusqlite::Error>,
     },
+    /// The writer thread could not be started.
+    #[error("starting the edge database's writer thread: {0}")]
+    Thread(std::io::Error),
+    /// The database takes no writes: opened to inspect, or closed.
+    #[error("the edge database takes no writes (opened read-only, or closed)")]
+    Closed,
     /// Another process (an edgecore, or a `wedge up`, on the same root) has the database open.
     #[error(transparent)]
     Locked(#[from] wedge_core::state::LockError),
@@ -126,7 +144,10 @@ pub enum StoreError {
 /// The database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Database {
+    /// The read connection.
     conn: Arc<Mutex<Connection>>,
+    /// The writer thread, which owns the write connection (none for [`Database::inspect`]).
+    writer: Option<Arc<writer::Writer>>,
     /// Reports it could not take, shared by every [`Outbox`] of it ([`held`]).
     held: Arc<HeldReports>,
     /// Told whenever a report is queued, in the database or in memory: EdgeHub's pump waits
@@ -141,6 +162,51 @@ pub struct Database {
 impl Database {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens the database at `path` and encrypts MetaManager's objects at rest as `encryption`
+    /// says (kube-apiserver's `EncryptionConfiguration`; Secrets the cloud sent, at least),
+    /// bringing every stored object under it now: rows under an older key, or plain, are
+    /// rewritten under the first provider's; rows no configured key reads are dropped, so the
+    /// cloud's resync sends them again. That rewrite at start is the edge's half of key
+    /// rotation.
+    pub fn open_encrypted(path: &Path, encryption: EncryptionConfig) -> Result<Self, StoreError> {
+        Self::open_with(path, Some(encryption))
+    }
+
+    fn open_with(path: &Path, encryption: Option<EncryptionConfig>) -> Result<Self, StoreError> {
+        let (db, conn) = Self::prepare(path, encryption)?;
+        let writer = writer::Writer::start(conn).map_err(StoreError::Thread)?;
+        Ok(Self {
+            writer: Some(Arc::new(writer)),
+            ..db
+        })
+    }
+
+    /// Opens the database with a writer whose every group waits for a tick on the returned
+    /// sender: what is queued before a tick is one group (tests).
+    #[cfg(test)]
+    pub(crate) fn open_gated(
+        path: &Path,
+    ) -> Result<(Self, std::sync::mpsc::Sender<()>), StoreError> {
+        let (db, conn) = Self::prepare(path, None)?;
+        let (writer, tick) = writer::Writer::start_gated(conn).map_err(StoreError::Thread)?;
+        Ok((
+            Self {
+                writer: Some(Arc::new(writer)),
+                ..db
+            },
+            tick,
+        ))
+    }
+
+    /// The database without its writer, and the write connection for it: locked, migrated,
+    /// re-encrypted.
+    fn prepare(
+        path: &Path,
+        encryption: Option<EncryptionConfig>,
+    ) -> Result<(Self, Connection), StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -151,8 +217,8 @@ impl Database {
             source,
         })?;
         let mut conn = Connection::open(path).map_err(open_err)?;
-        // Wait for a lock (another process reading, a checkpoint) before the first statement
-        // that may need one.
+        // Wait for a lock (a tool reading, a checkpoint) before the first statement that may
+        // need one.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         let mode: String = conn
@@ -165,13 +231,31 @@ impl Database {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         migrate(&mut conn, path)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+        let encrypted = encryption.is_some();
+        let encryption = Arc::new(encryption.unwrap_or_default());
+        if encrypted {
+            let (rewritten, dropped) = meta::reencrypt(&mut conn, &encryption)?;
+            if rewritten > 0 || dropped > 0 {
+                tracing::info!(
+                    rewritten,
+                    dropped,
+                    "brought the stored objects under the current encryption configuration"
+                );
+            }
+        }
+        let reader = Connection::open(path).map_err(open_err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let db = Self {
+            conn: Arc::new(Mutex::new(reader)),
+            writer: None,
             held: Arc::default(),
             queued: Arc::default(),
             _lock: Some(Arc::new(lock)),
-            encryption: Arc::default(),
-        })
+            encryption,
+        };
+        Ok((db, conn))
     }
 
     /// Opens the database of an edgecore that may be running, to read what it holds, without
@@ -187,29 +271,12 @@ impl Database {
             .map_err(open_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            writer: None,
             held: Arc::default(),
             queued: Arc::default(),
             _lock: None,
             encryption: Arc::default(),
         })
-    }
-
-    /// Encrypts MetaManager's objects at rest as `encryption` says (kube-apiserver's
-    /// `EncryptionConfiguration`; Secrets the cloud sent, at least), and brings every stored
-    /// object under it now: rows under an older key, or plain, are rewritten under the first
-    /// provider's; rows no configured key reads are dropped, so the cloud's resync sends them
-    /// again. That rewrite at start is the edge's half of key rotation.
-    pub fn with_encryption(mut self, encryption: EncryptionConfig) -> Result<Self, StoreError> {
-        self.encryption = Arc::new(encryption);
-        let (rewritten, dropped) = self.meta().reencrypt()?;
-        if rewritten > 0 || dropped > 0 {
-            tracing::info!(
-                rewritten,
-                dropped,
-                "brought the stored objects under the current encryption configuration"
-            );
-        }
-        Ok(self)
     }
 
     /// MetaManager's objects.
@@ -227,45 +294,92 @@ impl Database {
         TwinStore { db: self.clone() }
     }
 
+    /// The read connection.
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Taken before [`Database::conn`] where both are, never after.
     fn held(&self) -> MutexGuard<'_, held::Held> {
-        self.held
-            .reports
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.held.lock()
     }
 
-    /// Makes every outbox write fail as on a full disk (SQLITE_FULL), or work again.
+    /// Runs `work` in the writer's next transaction, and `settled` on the writer thread once
+    /// the transaction is committed or failed (told its result and whether the transaction
+    /// committed), before the caller hears ([`writer`]).
+    async fn write<T, W, S>(&self, work: W, settled: S) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        S: FnOnce(&Result<T, StoreError>, bool) + Send + 'static,
+    {
+        self.writer
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .write(work, settled)
+            .await
+    }
+
+    /// How many transactions the writer committed so far, and how many writes they held
+    /// (group commit: fewer transactions than writes when writes come together).
+    pub fn write_stats(&self) -> WriteStats {
+        self.writer.as_ref().map_or(
+            WriteStats {
+                transactions: 0,
+                writes: 0,
+            },
+            |w| w.stats(),
+        )
+    }
+
+    /// How many writes wait for the writer thread (tests).
+    #[cfg(test)]
+    pub(crate) fn queued_writes(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.queued())
+    }
+
+    /// Waits until `n` writes wait for the writer thread (tests, with a gated writer); panics
+    /// after ten seconds of the wall clock (a paused tokio clock does not move on its own).
+    #[cfg(test)]
+    pub(crate) async fn until_queued(&self, n: usize) {
+        self.until_writes(|queued| queued >= n, "queued").await;
+    }
+
+    /// Lets one group through a gated writer and waits until the writer took it (tests): no
+    /// tick is left over for a later write.
+    #[cfg(test)]
+    pub(crate) async fn tick_one(&self, tick: &std::sync::mpsc::Sender<()>) {
+        let before = self.write_stats().transactions;
+        tick.send(()).expect("the writer is gated");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.write_stats().transactions == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never took the group"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[cfg(test)]
+    async fn until_writes(&self, done: impl Fn(usize) -> bool, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done(self.queued_writes()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writes never {what}: {} queued",
+                self.queued_writes()
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Makes every commit fail as on a full disk (SQLITE_FULL), or work again.
     #[cfg(test)]
     pub(crate) fn set_full(&self, full: bool) {
-        self.held
-            .full
-            .store(full, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Fails as a full disk does while [`Database::set_full`] says so.
-    #[cfg(test)]
-    fn writable(&self) -> Result<(), StoreError> {
-        if self.held.full.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Sql {
-                doing: "writing (a full disk, in a test)".into(),
-                source: rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-                    None,
-                ),
-            });
+        if let Some(writer) = &self.writer {
+            writer.set_full(full);
         }
-        Ok(())
-    }
-
-    #[cfg(not(test))]
-    #[inline]
-    fn writable(&self) -> Result<(), StoreError> {
-        Ok(())
     }
 }
 
@@ -274,8 +388,12 @@ impl Database {
 struct HeldReports {
     reports: Mutex<held::Held>,
     changed: tokio::sync::Notify,
-    #[cfg(test)]
-    full: std::sync::atomic::AtomicBool,
+}
+
+impl HeldReports {
+    fn lock(&self) -> MutexGuard<'_, held::Held> {
+        self.reports.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Brings the schema to [`SCHEMA_VERSION`] in one transaction: a crash midway leaves the old
@@ -309,7 +427,13 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     tx.commit().map_err(open_err)
 }
 
+#[cfg(test)]
+mod writer_tests;
+
 fn sql(doing: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
     let doing = doing.into();
-    move |source| StoreError::Sql { doing, source }
+    move |source| StoreError::Sql {
+        doing,
+        source: Arc::new(source),
+    }
 }

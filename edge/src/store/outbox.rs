@@ -8,13 +8,17 @@
 //! [`Outbox::queue`] and [`Outbox::queue_appended`] are how the edge reports: what the
 //! database cannot take (a full disk) waits in memory ([`super::held`]) and is written by the
 //! next write that succeeds or by [`Outbox::retry`]; an acknowledgement it cannot write waits
-//! there too.
+//! there too. What waits in memory is changed only on the writer thread (in the writes' work
+//! and settle hooks), so it follows the order the writes were queued in, and a report leaves
+//! memory only once the transaction that stored it committed.
 
 use rusqlite::{OptionalExtension, params};
 use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
 
+use rusqlite::Connection;
+
 use super::held::{HeldReport, Waiting};
-use super::{Database, StoreError, sql};
+use super::{Database, HeldReports, StoreError, sql};
 
 /// A report waiting for the cloud's acknowledgement.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +71,7 @@ pub enum Queued {
 
 /// The next value of a counter that never goes back, even when the table empties, so numbers
 /// are never reused across restarts.
-fn next(tx: &rusqlite::Transaction<'_>, counter: &str) -> Result<i64, StoreError> {
+fn next(tx: &Connection, counter: &str) -> Result<i64, StoreError> {
     tx.query_row(
         "INSERT INTO counters (name, value) VALUES (?1, 1)
          ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
@@ -78,7 +82,7 @@ fn next(tx: &rusqlite::Transaction<'_>, counter: &str) -> Result<i64, StoreError
 }
 
 fn insert(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     key: &ObjectKey,
     operation: Operation,
     payload: &serde_json::Value,
@@ -99,65 +103,140 @@ fn insert(
     Ok(u64::try_from(seq).unwrap_or(0))
 }
 
+/// Queues a report in the writer's transaction, replacing any queued for the same key.
+fn put_in(
+    tx: &Connection,
+    key: &ObjectKey,
+    operation: Operation,
+    payload: &serde_json::Value,
+) -> Result<u64, StoreError> {
+    insert(tx, key, operation, payload)
+}
+
+/// Appends a report in the writer's transaction ([`Outbox::append`]).
+fn append_in(
+    tx: &Connection,
+    kind: ResourceKind,
+    payload: &serde_json::Value,
+    cap: usize,
+) -> Result<Appended, StoreError> {
+    let number = next(tx, kind.as_str())?;
+    let waiting: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE kind = ?1",
+            [kind.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(sql("counting queued reports"))?;
+    let dropped = usize::try_from(waiting).unwrap_or(usize::MAX) >= cap.max(1);
+    if dropped {
+        // Names are zero-padded numbers, so the primary key's order is their age.
+        tx.execute(
+            "DELETE FROM outbox WHERE kind = ?1 AND name =
+               (SELECT name FROM outbox WHERE kind = ?1 ORDER BY name LIMIT 1)",
+            [kind.as_str()],
+        )
+        .map_err(sql("dropping the oldest queued report"))?;
+    }
+    let key = ObjectKey {
+        kind,
+        namespace: String::new(),
+        name: format!("{number:020}"),
+    };
+    let seq = insert(tx, &key, Operation::Update, payload)?;
+    Ok(Appended { seq, dropped })
+}
+
+/// Removes the entry of `key` in the writer's transaction if it still has `seq`.
+fn delete_in(tx: &Connection, key: &ObjectKey, seq: u64) -> Result<bool, StoreError> {
+    let removed = tx
+        .execute(
+            "DELETE FROM outbox WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND seq = ?4",
+            params![
+                key.kind.as_str(),
+                key.namespace,
+                key.name,
+                i64::try_from(seq).unwrap_or(-1)
+            ],
+        )
+        .map_err(sql(format!("removing the report on {key}")))?;
+    Ok(removed > 0)
+}
+
+/// Writes in the writer's transaction what waits in memory and this transaction does not
+/// write yet, oldest first; notes it as written once all of it is. Returns how many reports.
+fn write_held_in(tx: &Connection, held: &HeldReports) -> Result<usize, StoreError> {
+    let mut held = held.lock();
+    let (acks, reports) = held.unwritten();
+    for (key, seq) in &acks {
+        delete_in(tx, key, *seq)?;
+    }
+    for (_, waiting) in &reports {
+        match waiting {
+            Waiting::Put {
+                key,
+                operation,
+                payload,
+            } => put_in(tx, key, *operation, payload).map(drop)?,
+            Waiting::Append { kind, payload, cap } => {
+                append_in(tx, *kind, payload, *cap).map(drop)?;
+            }
+        }
+    }
+    let written = reports.len();
+    held.writing(acks, reports.into_iter().map(|(g, _)| g).collect());
+    Ok(written)
+}
+
+/// What a report does once its transaction ended: what waited in memory and was written
+/// leaves it; a report the database refused waits there (`hold`).
+fn settle_held(
+    held: &HeldReports,
+    committed: bool,
+    refused: Option<&StoreError>,
+    hold: impl FnOnce(&mut super::held::Held),
+) {
+    let mut waiting = held.lock();
+    waiting.written(committed);
+    match refused {
+        None => waiting.settle(),
+        Some(error) => {
+            waiting.refused(error);
+            hold(&mut waiting);
+            held.changed.notify_one();
+        }
+    }
+}
+
 impl Outbox {
-    /// Queues a report, replacing any queued for the same key. Returns its sequence number.
-    pub fn put(
+    /// Queues a report, replacing any queued for the same key. Returns its sequence number
+    /// once it is stored.
+    pub async fn put(
         &self,
         key: &ObjectKey,
         operation: Operation,
         payload: &serde_json::Value,
     ) -> Result<u64, StoreError> {
-        self.db.writable()?;
-        let mut conn = self.db.conn();
-        let tx = conn
-            .transaction()
-            .map_err(sql("starting an outbox write"))?;
-        let seq = insert(&tx, key, operation, payload)?;
-        tx.commit().map_err(sql("committing a report"))?;
-        Ok(seq)
+        let (key, payload) = (key.clone(), payload.clone());
+        self.db
+            .write(move |tx| put_in(tx, &key, operation, &payload), |_, _| {})
+            .await
     }
 
     /// Queues a report of `kind` under a key of its own, which nothing replaces (uploads: every
     /// message counts, not only the newest). At most `cap` of `kind` wait: past that the oldest
     /// is dropped, so an edge cut off from the cloud for days keeps its latest messages and a
     /// bounded file.
-    pub fn append(
+    pub async fn append(
         &self,
         kind: ResourceKind,
         payload: &serde_json::Value,
         cap: usize,
     ) -> Result<Appended, StoreError> {
-        self.db.writable()?;
-        let mut conn = self.db.conn();
-        let tx = conn
-            .transaction()
-            .map_err(sql("starting an outbox write"))?;
-        let number = next(&tx, kind.as_str())?;
-        let waiting: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM outbox WHERE kind = ?1",
-                [kind.as_str()],
-                |r| r.get(0),
-            )
-            .map_err(sql("counting queued reports"))?;
-        let dropped = usize::try_from(waiting).unwrap_or(usize::MAX) >= cap.max(1);
-        if dropped {
-            // Names are zero-padded numbers, so the primary key's order is their age.
-            tx.execute(
-                "DELETE FROM outbox WHERE kind = ?1 AND name =
-                   (SELECT name FROM outbox WHERE kind = ?1 ORDER BY name LIMIT 1)",
-                [kind.as_str()],
-            )
-            .map_err(sql("dropping the oldest queued report"))?;
-        }
-        let key = ObjectKey {
-            kind,
-            namespace: String::new(),
-            name: format!("{number:020}"),
-        };
-        let seq = insert(&tx, &key, Operation::Update, payload)?;
-        tx.commit().map_err(sql("committing a report"))?;
-        Ok(Appended { seq, dropped })
+        let payload = payload.clone();
+        self.db
+            .write(move |tx| append_in(tx, kind, &payload, cap), |_, _| {})
+            .await
     }
 
     /// Up to `limit` entries with a sequence above `after`, oldest first.
@@ -233,157 +312,135 @@ impl Outbox {
     /// Removes the entry of `key` if it still has `seq`. Returns whether it did. When the
     /// database cannot take the deletion (a full disk), the entry is held back from
     /// [`Outbox::pending`] and deleted at the next [`Outbox::retry`].
-    pub fn acknowledge(&self, key: &ObjectKey, seq: u64) -> Result<bool, StoreError> {
-        match self.delete(key, seq) {
-            Ok(removed) => Ok(removed),
-            Err(error) => {
-                let mut held = self.db.held();
-                held.refused(&error);
-                held.acks.insert((key.clone(), seq));
-                self.db.held.changed.notify_one();
-                Ok(true)
-            }
-        }
-    }
-
-    fn delete(&self, key: &ObjectKey, seq: u64) -> Result<bool, StoreError> {
-        self.db.writable()?;
+    pub async fn acknowledge(&self, key: &ObjectKey, seq: u64) -> Result<bool, StoreError> {
+        let held = self.db.held.clone();
+        let acked = key.clone();
+        let key = key.clone();
         let removed = self
             .db
-            .conn()
-            .execute(
-                "DELETE FROM outbox WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND seq = ?4",
-                params![
-                    key.kind.as_str(),
-                    key.namespace,
-                    key.name,
-                    i64::try_from(seq).unwrap_or(-1)
-                ],
+            .write(
+                move |tx| delete_in(tx, &key, seq),
+                move |result, _| {
+                    if let Err(error) = result {
+                        let mut waiting = held.lock();
+                        waiting.refused(error);
+                        waiting.acks.insert((acked, seq));
+                        held.changed.notify_one();
+                    }
+                },
             )
-            .map_err(sql(format!("removing the report on {key}")))?;
-        Ok(removed > 0)
-    }
-
-    /// Queues a report as [`Outbox::put`] does and wakes EdgeHub ([`Outbox::changed`]); when the database cannot take it, it waits in
-    /// memory (replacing any waiting for its key) and is written with the next write that
-    /// succeeds. Never fails: the first refusal of a stretch is logged, not each report.
-    pub fn queue(
-        &self,
-        key: &ObjectKey,
-        operation: Operation,
-        payload: &serde_json::Value,
-    ) -> Queued {
-        let queued = self.queue_quietly(key, operation, payload);
-        self.db.queued.notify_one();
-        queued
-    }
-
-    fn queue_quietly(
-        &self,
-        key: &ObjectKey,
-        operation: Operation,
-        payload: &serde_json::Value,
-    ) -> Queued {
-        let mut held = self.db.held();
-        if held.is_empty() {
-            match self.put(key, operation, payload) {
-                Ok(_) => {
-                    held.settle();
-                    return Queued::Stored;
-                }
-                Err(error) => {
-                    held.refused(&error);
-                    held.put(key.clone(), operation, payload.clone());
-                    self.db.held.changed.notify_one();
-                    return Queued::Held;
-                }
-            }
+            .await;
+        match removed {
+            Ok(removed) => Ok(removed),
+            // Held back (above) until it can be written.
+            Err(StoreError::Closed) => Err(StoreError::Closed),
+            Err(_) => Ok(true),
         }
-        // Behind those waiting, so that reports reach the database in the order they came.
-        held.put(key.clone(), operation, payload.clone());
-        self.write_held(&mut held)
+    }
+
+    /// Queues a report as [`Outbox::put`] does, once it is stored, and wakes EdgeHub
+    /// ([`Outbox::changed`]); when the database cannot take it, it waits in memory (replacing
+    /// any waiting for its key) and is written with the next write that succeeds. Never fails:
+    /// the first refusal of a stretch is logged, not each report.
+    pub async fn queue(
+        &self,
+        key: &ObjectKey,
+        operation: Operation,
+        payload: &serde_json::Value,
+    ) -> Queued {
+        let (held, settled) = (self.db.held.clone(), self.db.held.clone());
+        let (key, payload) = (key.clone(), payload.clone());
+        let (held_key, held_payload) = (key.clone(), payload.clone());
+        let stored = self
+            .db
+            .write(
+                // Behind those waiting, so that reports reach the database in the order they
+                // came.
+                move |tx| {
+                    write_held_in(tx, &held)?;
+                    put_in(tx, &key, operation, &payload)
+                },
+                move |result, committed| {
+                    settle_held(&settled, committed, result.as_ref().err(), |waiting| {
+                        waiting.put(held_key, operation, held_payload);
+                    });
+                },
+            )
+            .await;
+        self.db.queued.notify_one();
+        if stored.is_ok() {
+            Queued::Stored
+        } else {
+            Queued::Held
+        }
     }
 
     /// Appends a report as [`Outbox::append`] does, or keeps it in memory as
     /// [`Outbox::queue`] does (at most `cap` uploads wait there too). Returns where it went,
     /// and whether the oldest queued in the database was dropped for it.
-    pub fn queue_appended(
+    pub async fn queue_appended(
         &self,
         kind: ResourceKind,
         payload: &serde_json::Value,
         cap: usize,
     ) -> (Queued, bool) {
-        let queued = self.append_quietly(kind, payload, cap);
+        let (held, settled) = (self.db.held.clone(), self.db.held.clone());
+        let payload = payload.clone();
+        let held_payload = payload.clone();
+        let appended = self
+            .db
+            .write(
+                move |tx| {
+                    write_held_in(tx, &held)?;
+                    append_in(tx, kind, &payload, cap)
+                },
+                move |result, committed| {
+                    settle_held(&settled, committed, result.as_ref().err(), |waiting| {
+                        waiting.append(kind, held_payload, cap);
+                    });
+                },
+            )
+            .await;
         self.db.queued.notify_one();
-        queued
-    }
-
-    fn append_quietly(
-        &self,
-        kind: ResourceKind,
-        payload: &serde_json::Value,
-        cap: usize,
-    ) -> (Queued, bool) {
-        let mut held = self.db.held();
-        if held.is_empty() {
-            match self.append(kind, payload, cap) {
-                Ok(appended) => {
-                    held.settle();
-                    return (Queued::Stored, appended.dropped);
-                }
-                Err(error) => {
-                    held.refused(&error);
-                    held.append(kind, payload.clone(), cap);
-                    self.db.held.changed.notify_one();
-                    return (Queued::Held, false);
-                }
-            }
+        match appended {
+            Ok(appended) => (Queued::Stored, appended.dropped),
+            Err(_) => (Queued::Held, false),
         }
-        held.append(kind, payload.clone(), cap);
-        (self.write_held(&mut held), false)
-    }
-
-    /// Writes what waits in memory, oldest first, up to the first refusal.
-    fn write_held(&self, held: &mut super::held::Held) -> Queued {
-        let acks: Vec<(ObjectKey, u64)> = held.acks.iter().cloned().collect();
-        for (key, seq) in acks {
-            if self.delete(&key, seq).is_err() {
-                self.db.held.changed.notify_one();
-                return Queued::Held;
-            }
-            held.acks.remove(&(key, seq));
-        }
-        while let Some((generation, waiting)) = held.first() {
-            let written = match waiting {
-                Waiting::Put {
-                    key,
-                    operation,
-                    payload,
-                } => self.put(key, *operation, payload).map(drop),
-                Waiting::Append { kind, payload, cap } => {
-                    self.append(*kind, payload, *cap).map(drop)
-                }
-            };
-            if written.is_err() {
-                self.db.held.changed.notify_one();
-                return Queued::Held;
-            }
-            held.remove(generation);
-        }
-        held.settle();
-        Queued::Stored
     }
 
     /// Writes what waits in memory into the database. Returns how many reports it wrote;
     /// `Queued::Held` when some still wait.
-    pub fn retry(&self) -> (usize, Queued) {
-        let mut held = self.db.held();
-        let before = held.len();
-        let queued = self.write_held(&mut held);
-        let written = before - held.len();
+    pub async fn retry(&self) -> (usize, Queued) {
+        if !self.is_holding() {
+            return (0, Queued::Stored);
+        }
+        let (held, settled) = (self.db.held.clone(), self.db.held.clone());
+        let written = self
+            .db
+            .write(
+                move |tx| write_held_in(tx, &held),
+                move |result, committed| {
+                    let mut waiting = settled.lock();
+                    waiting.written(committed);
+                    match result {
+                        Ok(_) => waiting.settle(),
+                        Err(error) => {
+                            waiting.refused(error);
+                            settled.changed.notify_one();
+                        }
+                    }
+                },
+            )
+            .await
+            .unwrap_or(0);
         if written > 0 {
             self.db.queued.notify_one();
         }
+        let queued = if self.is_holding() {
+            Queued::Held
+        } else {
+            Queued::Stored
+        };
         (written, queued)
     }
 
@@ -452,20 +509,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reports_coalesce_to_the_newest_in_the_order_of_their_latest_change() {
+    #[tokio::test]
+    async fn reports_coalesce_to_the_newest_in_the_order_of_their_latest_change() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = Database::open(&dir.path().join("edge.db"))
             .expect("open")
             .outbox();
         outbox
             .put(&key("a"), Operation::Update, &json!({"phase": "Pending"}))
+            .await
             .expect("put");
         outbox
             .put(&key("b"), Operation::Update, &json!({"phase": "Pending"}))
+            .await
             .expect("put");
         outbox
             .put(&key("a"), Operation::Update, &json!({"phase": "Running"}))
+            .await
             .expect("put");
         let pending = outbox.pending(0, 10).expect("pending");
         let order: Vec<(&str, &serde_json::Value)> = pending
@@ -487,45 +547,50 @@ mod tests {
         assert_eq!(outbox.pending(0, 1).expect("pending").len(), 1, "limited");
     }
 
-    #[test]
-    fn an_ack_of_a_replaced_report_keeps_the_newer_one_and_numbers_survive_restarts() {
+    #[tokio::test]
+    async fn an_ack_of_a_replaced_report_keeps_the_newer_one_and_numbers_survive_restarts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("edge.db");
         let last = {
             let outbox = Database::open(&path).expect("open").outbox();
             let sent = outbox
                 .put(&key("a"), Operation::Update, &json!(1))
+                .await
                 .expect("put");
             let newer = outbox
                 .put(&key("a"), Operation::Update, &json!(2))
+                .await
                 .expect("put");
-            assert!(!outbox.acknowledge(&key("a"), sent).expect("ack"));
+            assert!(!outbox.acknowledge(&key("a"), sent).await.expect("ack"));
             assert_eq!(outbox.len().expect("len"), 1);
-            assert!(outbox.acknowledge(&key("a"), newer).expect("ack"));
+            assert!(outbox.acknowledge(&key("a"), newer).await.expect("ack"));
             assert!(outbox.is_empty().expect("empty"));
             newer
         };
         let outbox = Database::open(&path).expect("reopen").outbox();
         let next = outbox
             .put(&key("z"), Operation::Delete, &json!({"uid": "u"}))
+            .await
             .expect("put");
         assert!(next > last, "{next} after {last}");
         let entry = &outbox.pending(0, 10).expect("pending")[0];
         assert_eq!(entry.operation, Operation::Delete);
     }
 
-    #[test]
-    fn appended_reports_are_never_replaced_and_the_oldest_go_past_the_cap() {
+    #[tokio::test]
+    async fn appended_reports_are_never_replaced_and_the_oldest_go_past_the_cap() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = Database::open(&dir.path().join("edge.db"))
             .expect("open")
             .outbox();
         outbox
             .put(&key("a"), Operation::Update, &json!("status"))
+            .await
             .expect("put");
         for i in 0..5 {
             let appended = outbox
                 .append(ResourceKind::Upload, &json!(i), 3)
+                .await
                 .expect("append");
             assert_eq!(appended.dropped, i >= 3, "message {i}");
         }
@@ -546,23 +611,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reports_a_full_disk_refuses_wait_in_memory_coalesced_and_are_written_in_order_with_the_next_write_that_succeeds()
+    #[tokio::test]
+    async fn reports_a_full_disk_refuses_wait_in_memory_coalesced_and_are_written_in_order_with_the_next_write_that_succeeds()
      {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("open");
         let outbox = db.outbox();
         assert_eq!(
-            outbox.queue(&key("a"), Operation::Update, &json!("a1")),
+            outbox
+                .queue(&key("a"), Operation::Update, &json!("a1"))
+                .await,
             Queued::Stored
         );
         db.set_full(true);
         assert_eq!(
-            outbox.queue(&lease("n"), Operation::Update, &json!(1)),
+            outbox
+                .queue(&lease("n"), Operation::Update, &json!(1))
+                .await,
             Queued::Held
         );
-        outbox.queue(&key("a"), Operation::Update, &json!("a2"));
-        outbox.queue(&lease("n"), Operation::Update, &json!(2));
+        outbox
+            .queue(&key("a"), Operation::Update, &json!("a2"))
+            .await;
+        outbox
+            .queue(&lease("n"), Operation::Update, &json!(2))
+            .await;
         // What waits in memory, newest per key, in the order of the latest change; the
         // database still holds the older status of `a`, which a reader of `get` does not see.
         let held: Vec<(String, serde_json::Value)> = outbox
@@ -577,11 +650,17 @@ mod tests {
             3,
             "one in the database, two in memory"
         );
-        assert_eq!(outbox.retry(), (0, Queued::Held), "the disk is still full");
+        assert_eq!(
+            outbox.retry().await,
+            (0, Queued::Held),
+            "the disk is still full"
+        );
         db.set_full(false);
         // The next report written writes those waiting first.
         assert_eq!(
-            outbox.queue(&key("b"), Operation::Update, &json!("b1")),
+            outbox
+                .queue(&key("b"), Operation::Update, &json!("b1"))
+                .await,
             Queued::Stored
         );
         assert!(!outbox.is_holding());
@@ -602,19 +681,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_acknowledgement_a_full_disk_refuses_hides_the_entry_until_it_is_deleted() {
+    #[tokio::test]
+    async fn an_acknowledgement_a_full_disk_refuses_hides_the_entry_until_it_is_deleted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("open");
         let outbox = db.outbox();
         let seq = outbox
             .put(&key("a"), Operation::Update, &json!(1))
+            .await
             .expect("put");
         outbox
             .put(&key("b"), Operation::Update, &json!(1))
+            .await
             .expect("put");
         db.set_full(true);
-        assert!(outbox.acknowledge(&key("a"), seq).expect("ack"));
+        assert!(outbox.acknowledge(&key("a"), seq).await.expect("ack"));
         let names: Vec<String> = outbox
             .pending(0, 10)
             .expect("pending")
@@ -624,7 +705,7 @@ mod tests {
         assert_eq!(names, ["b"], "not sent again after its ack");
         assert!(outbox.is_holding());
         db.set_full(false);
-        assert_eq!(outbox.retry(), (0, Queued::Stored));
+        assert_eq!(outbox.retry().await, (0, Queued::Stored));
         assert!(!outbox.is_holding());
         let reopened = Database::inspect(&dir.path().join("edge.db"))
             .expect("inspect")
@@ -636,21 +717,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn uploads_a_full_disk_refuses_wait_up_to_their_cap_and_get_keys_when_written() {
+    #[tokio::test]
+    async fn uploads_a_full_disk_refuses_wait_up_to_their_cap_and_get_keys_when_written() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(&dir.path().join("edge.db")).expect("open");
         let outbox = db.outbox();
         db.set_full(true);
         for i in 0..4 {
             assert_eq!(
-                outbox.queue_appended(ResourceKind::Upload, &json!(i), 3),
+                outbox
+                    .queue_appended(ResourceKind::Upload, &json!(i), 3)
+                    .await,
                 (Queued::Held, false)
             );
         }
         assert!(outbox.held().is_empty(), "uploads are not sent from memory");
         db.set_full(false);
-        assert_eq!(outbox.retry(), (3, Queued::Stored));
+        assert_eq!(outbox.retry().await, (3, Queued::Stored));
         let payloads: Vec<serde_json::Value> = outbox
             .pending(0, 10)
             .expect("pending")

@@ -74,40 +74,50 @@ impl TwinStore {
             .collect())
     }
 
-    /// Writes one property's twin.
-    pub fn save(&self, device: &str, property: &str, twin: &StoredTwin) -> Result<(), StoreError> {
-        self.save_all(device, [(property, twin)])
+    /// Writes one property's twin; resolves once it is stored.
+    pub async fn save(
+        &self,
+        device: &str,
+        property: &str,
+        twin: &StoredTwin,
+    ) -> Result<(), StoreError> {
+        self.save_all(device, vec![(property.to_owned(), twin.clone())])
+            .await
     }
 
     /// Writes several properties' twins of `device` in one transaction: all of them, or (when
-    /// one fails) none, so a report is stored whole or not at all.
-    pub fn save_all<'a>(
+    /// one fails) none, so a report is stored whole or not at all. Resolves once they are
+    /// stored.
+    pub async fn save_all(
         &self,
         device: &str,
-        twins: impl IntoIterator<Item = (&'a str, &'a StoredTwin)>,
+        twins: Vec<(String, StoredTwin)>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.db.conn();
-        let tx = conn
-            .transaction()
-            .map_err(sql(format!("starting to store the twins of {device}")))?;
-        for (property, twin) in twins {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO twins (device, property, reported, desired, spec_desired) VALUES (?1, ?2, ?3, ?4, ?5)",
+        let device = device.to_owned();
+        self.db
+            .write(
+                move |tx| {
+                    for (property, twin) in &twins {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO twins (device, property, reported, desired, spec_desired) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                device,
+                                property,
+                                json(twin.twin.reported.as_ref()),
+                                json(twin.twin.desired.as_ref()),
+                                twin.spec_desired
+                            ])
+                        })
+                        .map_err(sql(format!("storing the twin {device}/{property}")))?;
+                    }
+                    // On an error above, the writer rolls back this write whole.
+                    Ok(())
+                },
+                |_, _| {},
             )
-            .and_then(|mut s| {
-                s.execute(params![
-                    device,
-                    property,
-                    json(twin.twin.reported.as_ref()),
-                    json(twin.twin.desired.as_ref()),
-                    twin.spec_desired
-                ])
-            })
-            .map_err(sql(format!("storing the twin {device}/{property}")))?;
-        }
-        // Dropped without a commit on an error above: rolled back.
-        tx.commit()
-            .map_err(sql(format!("committing the twins of {device}")))
+            .await
     }
 
     /// A device's state and when it was last online.
@@ -123,35 +133,49 @@ impl TwinStore {
             .map_err(sql(format!("reading the state of {device}")))
     }
 
-    /// Records a device's state.
-    pub fn save_state(
+    /// Records a device's state; resolves once it is stored.
+    pub async fn save_state(
         &self,
         device: &str,
         state: &str,
         last_online: Option<&str>,
     ) -> Result<(), StoreError> {
+        let (device, state) = (device.to_owned(), state.to_owned());
+        let last_online = last_online.map(str::to_owned);
         self.db
-            .conn()
-            .execute(
-                "INSERT OR REPLACE INTO device_states (device, state, last_online) VALUES (?1, ?2, ?3)",
-                params![device, state, last_online],
+            .write(
+                move |tx| {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO device_states (device, state, last_online) VALUES (?1, ?2, ?3)",
+                        params![device, state, last_online],
+                    )
+                    .map_err(sql(format!("storing the state of {device}")))?;
+                    Ok(())
+                },
+                |_, _| {},
             )
-            .map_err(sql(format!("storing the state of {device}")))?;
-        Ok(())
+            .await
     }
 
     /// Forgets a device's twins and state (the device left this node).
-    pub fn forget(&self, device: &str) -> Result<(), StoreError> {
-        let conn = self.db.conn();
-        conn.execute("DELETE FROM twins WHERE device = ?1", params![device])
-            .and_then(|_| {
-                conn.execute(
-                    "DELETE FROM device_states WHERE device = ?1",
-                    params![device],
-                )
-            })
-            .map_err(sql(format!("forgetting {device}")))?;
-        Ok(())
+    pub async fn forget(&self, device: &str) -> Result<(), StoreError> {
+        let device = device.to_owned();
+        self.db
+            .write(
+                move |tx| {
+                    tx.execute("DELETE FROM twins WHERE device = ?1", params![device])
+                        .and_then(|_| {
+                            tx.execute(
+                                "DELETE FROM device_states WHERE device = ?1",
+                                params![device],
+                            )
+                        })
+                        .map_err(sql(format!("forgetting {device}")))?;
+                    Ok(())
+                },
+                |_, _| {},
+            )
+            .await
     }
 
     /// The devices that have rows.

@@ -1,0 +1,205 @@
+//! The writer thread through the stores: group commit, a failed transaction, shutdown.
+
+use serde_json::json;
+use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
+
+use super::{Applied, Database, Queued, StoreError};
+use crate::metamanager::MetaManager;
+
+fn status(name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: ResourceKind::PodStatus,
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn pod(name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: ResourceKind::Pod,
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test]
+async fn writes_queued_while_the_writer_is_busy_share_one_transaction_and_each_is_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("open");
+    let outbox = db.outbox();
+    let writers: Vec<_> = (0..50)
+        .map(|i| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                outbox
+                    .put(&status(&format!("p{i}")), Operation::Update, &json!(i))
+                    .await
+            })
+        })
+        .collect();
+    db.until_queued(50).await;
+    tick.send(()).expect("tick");
+    let mut seqs = Vec::new();
+    for writer in writers {
+        seqs.push(writer.await.expect("task").expect("stored"));
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 50, "each caller has its own entry");
+    let stats = db.write_stats();
+    assert_eq!((stats.transactions, stats.writes), (1, 50));
+    assert_eq!(outbox.len().expect("len"), 50);
+}
+
+#[tokio::test]
+async fn a_write_whose_statements_fail_is_rolled_back_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("open");
+    let outbox = db.outbox();
+    let bad = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(
+                |tx| {
+                    tx.execute("INSERT INTO counters (name, value) VALUES ('x', 1)", [])
+                        .map_err(super::sql("a first row"))?;
+                    tx.execute("INSERT INTO no_such_table VALUES (1)", [])
+                        .map_err(super::sql("a second row"))?;
+                    Ok(())
+                },
+                |_, _| {},
+            )
+            .await
+        })
+    };
+    let good = {
+        let outbox = outbox.clone();
+        tokio::spawn(async move { outbox.put(&status("a"), Operation::Update, &json!(1)).await })
+    };
+    db.until_queued(2).await;
+    tick.send(()).expect("tick");
+    let error = bad.await.expect("task").expect_err("refused");
+    assert!(error.to_string().contains("a second row"), "{error}");
+    good.await.expect("task").expect("stored");
+    assert_eq!(db.write_stats().transactions, 1, "one transaction for both");
+    let counters: i64 = db
+        .conn()
+        .query_row("SELECT COUNT(*) FROM counters WHERE name = 'x'", [], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    assert_eq!(counters, 0, "the failed write's first row is rolled back");
+    assert_eq!(outbox.len().expect("len"), 1);
+}
+
+#[tokio::test]
+async fn a_failed_transaction_fails_every_write_in_it_and_leaves_memory_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("open");
+    let meta = MetaManager::load(&db).expect("load");
+    let mut pods = meta.subscribe(&[ResourceKind::Pod]);
+    db.set_full(true);
+    let applies: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let meta = meta.clone();
+            tokio::spawn(async move {
+                meta.apply(&pod(name), "u", "1", &json!({"name": name}))
+                    .await
+            })
+        })
+        .collect();
+    let report = {
+        let outbox = db.outbox();
+        tokio::spawn(async move {
+            outbox
+                .queue(&status("a"), Operation::Update, &json!(1))
+                .await
+        })
+    };
+    db.until_queued(3).await;
+    tick.send(()).expect("tick");
+    for apply in applies {
+        let error = apply.await.expect("task").expect_err("the commit failed");
+        assert!(matches!(error, StoreError::Sql { .. }), "{error}");
+    }
+    assert_eq!(report.await.expect("task"), Queued::Held, "waits in memory");
+    assert_eq!(db.write_stats().transactions, 1, "one transaction for all");
+    assert!(meta.get(&pod("a")).is_none() && meta.get(&pod("b")).is_none());
+    assert!(meta.held().is_empty());
+    assert!(pods.take().is_empty(), "nothing announced");
+    assert!(
+        db.meta().list(ResourceKind::Pod).expect("list").is_empty(),
+        "nothing on disk either"
+    );
+
+    // The disk takes writes again: the next write succeeds and is the first change announced.
+    db.set_full(false);
+    drop(tick);
+    assert_eq!(
+        meta.apply(&pod("a"), "u", "1", &json!({}))
+            .await
+            .expect("apply"),
+        Applied::Inserted
+    );
+    assert_eq!(pods.changed().await, [pod("a")].into());
+    let outbox = db.outbox();
+    assert_eq!(outbox.retry().await, (1, Queued::Stored));
+    assert_eq!(outbox.get(&status("a")).expect("get"), Some(json!(1)));
+}
+
+#[tokio::test]
+async fn two_applies_of_one_key_in_a_group_leave_memory_as_they_leave_the_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("open");
+    let meta = MetaManager::load(&db).expect("load");
+    let apply = |rv: &'static str| {
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            meta.apply(&pod("p"), "u", rv, &json!({"rv": rv}))
+                .await
+                .expect("apply")
+        })
+    };
+    let newer = apply("6");
+    db.until_queued(1).await;
+    let older = apply("5");
+    db.until_queued(2).await;
+    tick.send(()).expect("tick");
+    assert_eq!(newer.await.expect("task"), Applied::Inserted);
+    assert_eq!(older.await.expect("task"), Applied::Unchanged);
+    let held = meta.get(&pod("p")).expect("held");
+    assert_eq!(held.resource_version, "6");
+    let stored = db.meta().get(&pod("p")).expect("get").expect("stored");
+    assert_eq!(stored.resource_version, "6");
+}
+
+#[tokio::test]
+async fn writes_queued_when_the_last_handle_goes_are_committed_before_the_writer_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edge.db");
+    let (db, tick) = Database::open_gated(&path).expect("open");
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let outbox = db.outbox();
+            tokio::spawn(async move {
+                outbox
+                    .put(&status(&format!("p{i}")), Operation::Update, &json!(i))
+                    .await
+            })
+        })
+        .collect();
+    db.until_queued(20).await;
+    // Shutdown: this handle goes while all twenty wait, and the gate opens for good. The
+    // callers' handles go as they are answered; the last one stops the writer.
+    drop(db);
+    drop(tick);
+    for writer in writers {
+        writer
+            .await
+            .expect("task")
+            .expect("stored before the writer ended");
+    }
+    let reopened = Database::open(&path).expect("reopen: the writer has ended");
+    assert_eq!(reopened.outbox().len().expect("len"), 20);
+}
