@@ -163,11 +163,26 @@ fn delete_in(tx: &Connection, key: &ObjectKey, seq: u64) -> Result<bool, StoreEr
     Ok(removed > 0)
 }
 
+/// What waits in memory that a write wrote in the writer's transaction.
+struct Claims {
+    acks: Vec<super::held::Ack>,
+    generations: Vec<u64>,
+}
+
+impl Claims {
+    /// Notes them as written by the open transaction: called once every statement of the
+    /// write succeeded (a write that fails is rolled back whole, these included).
+    fn register(self, held: &HeldReports) -> usize {
+        let written = self.generations.len();
+        held.lock().writing(self.acks, self.generations);
+        written
+    }
+}
+
 /// Writes in the writer's transaction what waits in memory and this transaction does not
-/// write yet, oldest first; notes it as written once all of it is. Returns how many reports.
-fn write_held_in(tx: &Connection, held: &HeldReports) -> Result<usize, StoreError> {
-    let mut held = held.lock();
-    let (acks, reports) = held.unwritten();
+/// write yet, oldest first.
+fn write_held_in(tx: &Connection, held: &HeldReports) -> Result<Claims, StoreError> {
+    let (acks, reports) = held.lock().unwritten();
     for (key, seq) in &acks {
         delete_in(tx, key, *seq)?;
     }
@@ -183,9 +198,10 @@ fn write_held_in(tx: &Connection, held: &HeldReports) -> Result<usize, StoreErro
             }
         }
     }
-    let written = reports.len();
-    held.writing(acks, reports.into_iter().map(|(g, _)| g).collect());
-    Ok(written)
+    Ok(Claims {
+        acks,
+        generations: reports.into_iter().map(|(g, _)| g).collect(),
+    })
 }
 
 /// What a report does once its transaction ended: what waited in memory and was written
@@ -357,8 +373,10 @@ impl Outbox {
                 // Behind those waiting, so that reports reach the database in the order they
                 // came.
                 move |tx| {
-                    write_held_in(tx, &held)?;
-                    put_in(tx, &key, operation, &payload)
+                    let claims = write_held_in(tx, &held)?;
+                    let seq = put_in(tx, &key, operation, &payload)?;
+                    claims.register(&held);
+                    Ok(seq)
                 },
                 move |result, committed| {
                     settle_held(&settled, committed, result.as_ref().err(), |waiting| {
@@ -391,8 +409,10 @@ impl Outbox {
             .db
             .write(
                 move |tx| {
-                    write_held_in(tx, &held)?;
-                    append_in(tx, kind, &payload, cap)
+                    let claims = write_held_in(tx, &held)?;
+                    let appended = append_in(tx, kind, &payload, cap)?;
+                    claims.register(&held);
+                    Ok(appended)
                 },
                 move |result, committed| {
                     settle_held(&settled, committed, result.as_ref().err(), |waiting| {
@@ -418,7 +438,7 @@ impl Outbox {
         let written = self
             .db
             .write(
-                move |tx| write_held_in(tx, &held),
+                move |tx| Ok(write_held_in(tx, &held)?.register(&held)),
                 move |result, committed| {
                     let mut waiting = settled.lock();
                     waiting.written(committed);

@@ -203,3 +203,47 @@ async fn writes_queued_when_the_last_handle_goes_are_committed_before_the_writer
     let reopened = Database::open(&path).expect("reopen: the writer has ended");
     assert_eq!(reopened.outbox().len().expect("len"), 20);
 }
+
+#[tokio::test]
+async fn reports_held_in_memory_stay_there_when_the_write_that_carried_them_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(&dir.path().join("edge.db")).expect("open");
+    let outbox = db.outbox();
+    db.set_full(true);
+    assert_eq!(
+        outbox
+            .queue(&status("a"), Operation::Update, &json!("a"))
+            .await,
+        Queued::Held
+    );
+    db.set_full(false);
+    // The next report carries `a` into the database ahead of itself, but its own row fails:
+    // its write is rolled back whole, `a` with it, and both wait in memory.
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON outbox WHEN NEW.name = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .expect("the trigger");
+    assert_eq!(
+        outbox
+            .queue(&status("bad"), Operation::Update, &json!("bad"))
+            .await,
+        Queued::Held
+    );
+    let held: Vec<String> = outbox.held().into_iter().map(|h| h.key.name).collect();
+    assert_eq!(held, ["a", "bad"]);
+    assert_eq!(outbox.pending(0, 10).expect("pending"), vec![]);
+
+    db.conn()
+        .execute_batch("DROP TRIGGER refuse_bad")
+        .expect("drop the trigger");
+    assert_eq!(outbox.retry().await, (2, Queued::Stored));
+    let stored: Vec<String> = outbox
+        .pending(0, 10)
+        .expect("pending")
+        .into_iter()
+        .map(|e| e.key.name)
+        .collect();
+    assert_eq!(stored, ["a", "bad"]);
+}
