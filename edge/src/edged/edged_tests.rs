@@ -231,3 +231,108 @@ async fn shutdown_finishes_the_deletions_under_way_and_lets_the_other_pods_run()
     assert!(dirs.iter().all(|d| !d.contains("doomed")), "{dirs:?}");
     assert!(dirs.iter().any(|d| d.contains("stays")), "{dirs:?}");
 }
+
+impl Edge {
+    /// Stores ConfigMap `settings` holding `MODE`, at version `rv`.
+    async fn put_settings(&self, mode: &str, rv: &str) {
+        let map = json!({"metadata": {"name": "settings", "namespace": "default",
+            "uid": "uid-settings", "resourceVersion": rv}, "data": {"MODE": mode}});
+        self.meta
+            .apply(
+                &key(ResourceKind::ConfigMap, "settings"),
+                "uid-settings",
+                rv,
+                &map,
+            )
+            .await
+            .expect("stored");
+    }
+
+    /// Stores pod `name` mounting ConfigMap `settings` at version `rv`.
+    async fn put_configured_pod(&self, name: &str, rv: &str) {
+        let pod = json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "resourceVersion": rv},
+            "spec": {"nodeName": "edge", "containers": [{"name": name, "image": "r/app:1",
+                    "volumeMounts": [{"name": "config", "mountPath": "/config"}]}],
+                "volumes": [{"name": "config", "configMap": {"name": "settings"}}]},
+        });
+        self.meta
+            .apply(
+                &key(ResourceKind::Pod, name),
+                &format!("uid-{name}"),
+                rv,
+                &pod,
+            )
+            .await
+            .expect("stored");
+    }
+
+    /// Waits (bounded) until pod `name`'s ConfigMap volume says `MODE` is `mode`.
+    async fn configured(&self, name: &str, mode: &str) {
+        let file = super::plan::pod_dir(
+            &self.dir.path().join("pods"),
+            "default",
+            name,
+            &format!("uid-{name}"),
+        )
+        .join("volumes/config/MODE");
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while std::fs::read_to_string(&file).ok().as_deref() != Some(mode) {
+            assert!(
+                Instant::now() < deadline,
+                "{name}'s MODE never became {mode}: {:?}",
+                std::fs::read_to_string(&file)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_waiting_for_its_configmap_starts_when_it_comes_and_follows_its_changes() {
+    let edge = start();
+    edge.put_pod("plain", "1", None).await;
+    edge.put_configured_pod("one", "1").await;
+    edge.running("plain").await;
+    // Waiting for the ConfigMap it mounts, as the kubelet says it.
+    edge.reported("one waiting for its ConfigMap", |e| {
+        e.key == key(ResourceKind::PodStatus, "one")
+            && e.payload["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("configmap \"settings\" not found"))
+    })
+    .await;
+    // A change of another pod alone leaves it waiting; the ConfigMap's coming starts it.
+    edge.put_pod("plain", "2", None).await;
+    edge.put_settings("fast", "1").await;
+    edge.running("one").await;
+    edge.configured("one", "fast").await;
+
+    // A second pod mounting it, then a change of the ConfigMap: both volumes follow.
+    edge.put_configured_pod("two", "1").await;
+    edge.running("two").await;
+    edge.configured("two", "fast").await;
+    // A change that makes Edged look at every pod without touching what volumes are written
+    // from (a RuntimeClass): both running pods are seen as up to date. The paused clock moves
+    // on only once Edged has nothing left to do, so the look has happened after this sleep.
+    edge.meta
+        .apply(
+            &ObjectKey {
+                kind: ResourceKind::RuntimeClass,
+                namespace: String::new(),
+                name: "unrelated".into(),
+            },
+            "uid-rc",
+            "1",
+            &json!({"metadata": {"name": "unrelated"}, "handler": "fake"}),
+        )
+        .await
+        .expect("stored");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    edge.put_settings("slow", "2").await;
+    edge.configured("one", "slow").await;
+    edge.configured("two", "slow").await;
+    edge.shutdown.cancel();
+    edge.edged.await.expect("Edged ends");
+}

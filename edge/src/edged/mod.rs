@@ -51,7 +51,7 @@ pub(crate) mod fake;
 #[cfg(test)]
 mod worker_tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,6 +176,28 @@ struct Loopback {
     chosen: mpsc::UnboundedSender<Chosen>,
 }
 
+/// What a reconcile brings up to date.
+enum Scope {
+    /// Every pod: at start, on the resync interval, when a token arrived or something pods
+    /// reference changed.
+    All,
+    /// The pods of these keys, the only objects that changed.
+    Pods(BTreeSet<ObjectKey>),
+}
+
+impl Scope {
+    fn includes(&self, pod: &Pod) -> bool {
+        match self {
+            Self::All => true,
+            Self::Pods(keys) => keys.contains(&ObjectKey {
+                kind: ResourceKind::Pod,
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+            }),
+        }
+    }
+}
+
 /// The pod manager.
 pub struct Edged {
     workers: PodWorkers,
@@ -187,6 +209,9 @@ pub struct Edged {
     pods: HashMap<String, PodState>,
     /// The pods MetaManager holds that do not parse, with the version logged.
     unparsable: HashMap<ObjectKey, String>,
+    /// How many times ConfigMaps or Secrets changed, counted from MetaManager's notices: with
+    /// the tokens received and a pod's own version, what its file volumes are written from.
+    referenced_changes: u64,
     /// Where the kinds of images no runtime holds are asked, on edges with several runtimes.
     image_kinds: Option<Arc<dyn runtime_class::ImageKinds>>,
     /// The ServiceAccount tokens of pods' projected volumes, asked of the cloud.
@@ -310,6 +335,7 @@ impl Edged {
             config,
             pods: HashMap::new(),
             unparsable: HashMap::new(),
+            referenced_changes: 0,
             image_kinds: None,
             tokens: None,
             logins: None,
@@ -421,16 +447,15 @@ impl Edged {
         ));
         let mut lease_tick = tokio::time::interval(self.config.lease_interval);
         let mut resync_tick = tokio::time::interval(self.config.status_resync);
-        let mut reconcile = true;
+        let mut scope = Some(Scope::All);
         loop {
-            if reconcile {
-                self.reconcile(&loopback).await;
+            if let Some(scope) = scope.take() {
+                self.reconcile(&loopback, &scope).await;
             }
-            reconcile = false;
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = objects.changed() => reconcile = true,
-                () = tokens_changed(self.tokens.as_deref()) => reconcile = true,
+                keys = objects.changed() => scope = Some(self.scope_of(keys)),
+                () = tokens_changed(self.tokens.as_deref()) => scope = Some(Scope::All),
                 Some(uid) = changed_rx.recv() => {
                     let mut uids = HashSet::from([uid]);
                     while let Ok(more) = changed_rx.try_recv() {
@@ -451,7 +476,7 @@ impl Edged {
                     self.put(reports::lease(&node, self.config.lease_duration_seconds)).await;
                 }
                 _ = resync_tick.tick() => {
-                    reconcile = true;
+                    scope = Some(Scope::All);
                     let uids: Vec<String> = self.pods.keys().cloned().collect();
                     for uid in uids {
                         self.report_status(&uid).await;
@@ -510,7 +535,27 @@ impl Edged {
         self.meta.get(&key)
     }
 
-    async fn reconcile(&mut self, loopback: &Loopback) {
+    /// What a change of `keys` asks to reconcile: only the pods among them when nothing else
+    /// changed; every pod when something pods reference did (a ConfigMap, Secret, claim,
+    /// volume or RuntimeClass: a pod waiting for it starts, volumes written from it follow).
+    fn scope_of(&mut self, keys: BTreeSet<ObjectKey>) -> Scope {
+        if keys
+            .iter()
+            .any(|k| matches!(k.kind, ResourceKind::ConfigMap | ResourceKind::Secret))
+        {
+            self.referenced_changes += 1;
+        }
+        if keys.iter().all(|k| k.kind == ResourceKind::Pod) {
+            Scope::Pods(keys)
+        } else {
+            Scope::All
+        }
+    }
+
+    /// Brings the workers to the pods MetaManager holds: those in `scope` are started, stopped
+    /// or have their volumes refreshed; a running pod MetaManager no longer holds is stopped
+    /// whatever the scope.
+    async fn reconcile(&mut self, loopback: &Loopback, scope: &Scope) {
         let stopped = &loopback.stopped;
         let desired = self.desired_pods();
         let running: HashSet<String> = self.workers.pods().into_iter().collect();
@@ -529,6 +574,9 @@ impl Edged {
                 continue;
             };
             wanted.insert(uid.clone());
+            if !scope.includes(&pod) {
+                continue;
+            }
             let state = self.pods.entry(uid.clone()).or_insert_with(|| PodState {
                 pod: pod.clone(),
                 namespace: pod
@@ -856,13 +904,11 @@ impl Edged {
         .map_err(|e| e.to_string())?
     }
 
-    /// A stamp of what file volumes are written from besides the pod itself: the versions of
-    /// the ConfigMaps and Secrets MetaManager holds and the tokens received.
+    /// A stamp of what file volumes are written from besides the pod itself: the ConfigMaps
+    /// and Secrets MetaManager holds (their changes counted) and the tokens received.
     fn volume_inputs(&self) -> u64 {
-        let config_maps = self.meta.versions(ResourceKind::ConfigMap);
-        let secrets = self.meta.versions(ResourceKind::Secret);
         let received = self.tokens.as_ref().map(|t| t.received());
-        stamp(&(config_maps, secrets, received))
+        stamp(&(self.referenced_changes, received))
     }
 
     /// Brings a running pod's file volumes up to date with MetaManager, as the kubelet's

@@ -26,6 +26,9 @@ use crate::store::{Applied, Database, MetaStore, StoreError};
 use subscription::Subscriber;
 pub use subscription::Subscription;
 
+/// An object parsed into one type, or why it does not parse.
+type Parsed = Result<Arc<dyn Any + Send + Sync>, String>;
+
 /// An object as MetaManager holds it.
 pub struct Object {
     /// Its key.
@@ -37,7 +40,7 @@ pub struct Object {
     /// The object, as the cloud sent it.
     pub object: serde_json::Value,
     /// The object in the Rust types it was read as, each parsed at its first [`Object::typed`].
-    typed: Mutex<Vec<(TypeId, Result<Arc<dyn Any + Send + Sync>, String>)>>,
+    typed: Mutex<Vec<(TypeId, Parsed)>>,
 }
 
 impl std::fmt::Debug for Object {
@@ -239,14 +242,6 @@ impl MetaManager {
             .range(first..)
             .take_while(|(k, _)| k.kind == kind)
             .map(|(_, o)| o.clone())
-            .collect()
-    }
-
-    /// The key, uid and resourceVersion of every object of a kind.
-    pub fn versions(&self, kind: ResourceKind) -> Vec<(ObjectKey, String, String)> {
-        self.list(kind)
-            .into_iter()
-            .map(|o| (o.key.clone(), o.uid.clone(), o.resource_version.clone()))
             .collect()
     }
 
