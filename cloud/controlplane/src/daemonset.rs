@@ -20,8 +20,8 @@
 //! also keeps ControllerRevision objects for `kubectl rollout history`; this server does not
 //! serve them, so daemon sets have no history to undo to.)
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -47,12 +47,26 @@ use crate::scheduler::fit::{self, NodeInfo, PodNeeds, Unfit};
 
 /// The label holding the hash of the template a daemon pod was made from.
 pub const REVISION_HASH: &str = "controller-revision-hash";
-/// How many pods one reconcile creates or deletes at most (kube-controller-manager's
-/// `BurstReplicas` for DaemonSets).
-pub const BURST_REPLICAS: usize = 250;
+/// How many pods one reconcile creates or deletes at most. kube-controller-manager's
+/// `BurstReplicas` for DaemonSets is 250, with client QPS limits, to spare etcd; here the API
+/// server commits whatever is queued in one transaction and one reconcile has at most
+/// `BATCH_IN_FLIGHT` (64) creates in flight whatever the burst, so the burst only says how much
+/// is written before the set looks at the watch again. At 250 a 10k-node set took 40 passes,
+/// each walking every node (a third of a second at 10k) and writing its status, and the passes
+/// were most of its time. What bounds it here is the pod watch's window (10,000 events a
+/// resource): a burst's creates and their bindings (5,000 events) fit in it, so a watcher that
+/// falls behind during a burst catches up from the window instead of relisting. The slow start
+/// is kept: a failed batch stops the rest.
+pub const BURST_REPLICAS: usize = 2500;
 /// How soon a set waiting for its writes to show looks again without an event: the shared pod
 /// stream does not deliver deletions (kube-rs #1590).
 const RECHECK: Duration = Duration::from_secs(1);
+/// How soon after a pass that had nothing to create or delete the set is walked again, when
+/// its spec has not changed. Every binding and status change of its pods wakes the set, and
+/// at 10k nodes each pass takes a third of a second of the control plane's one task (which the
+/// scheduler shares), so back-to-back passes while the scheduler binds the last batch slowed
+/// the binding they waited for. A node joining or a pod going waits at most this long.
+const IDLE_PASS: Duration = Duration::from_secs(1);
 
 /// What the reconciler shares.
 pub struct Context {
@@ -65,6 +79,28 @@ pub struct Context {
     /// Asks registries what the template's images are, for templates without a RuntimeClass.
     image_kinds: Option<wedge_oci::ImageKinds>,
     recorder: Recorder,
+    /// Sets whose last pass had nothing to write: the generation it saw and when it ended.
+    idle: std::sync::Mutex<HashMap<String, (Option<i64>, tokio::time::Instant)>>,
+}
+
+impl Context {
+    /// How long the set `uid` at `generation` should wait before its next pass, if its last
+    /// pass, of the same generation, had nothing to write and ended less than [`IDLE_PASS`] ago.
+    fn idle_wait(&self, uid: &str, generation: Option<i64>) -> Option<Duration> {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seen, at) = idle.get(uid)?;
+        let left = IDLE_PASS.checked_sub(at.elapsed())?;
+        (*seen == generation && !left.is_zero()).then_some(left)
+    }
+
+    /// Records whether the pass of `uid` that just ended wrote nothing.
+    fn pass_ended(&self, uid: &str, generation: Option<i64>, wrote: bool) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|_, (_, at)| at.elapsed() < IDLE_PASS);
+        if !wrote {
+            idle.insert(uid.to_owned(), (generation, tokio::time::Instant::now()));
+        }
+    }
 }
 
 /// What says which runtime a daemon needs: its RuntimeClass, else its images' kinds.
@@ -96,6 +132,7 @@ pub async fn run(
         nodes,
         runtime_classes: runtimes.runtime_classes,
         image_kinds: runtimes.image_kinds,
+        idle: std::sync::Mutex::default(),
     });
     Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default())
         .owns_shared_stream(pod_changes)
@@ -223,6 +260,10 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         // own events would run it back to back, so the status waits for the batch.)
         return Ok(Action::requeue(RECHECK));
     }
+    if let Some(wait) = ctx.idle_wait(&uid, ds.metadata.generation) {
+        return Ok(Action::requeue(wait));
+    }
+    let started = tokio::time::Instant::now();
     let template = serde_json::to_value(ds.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
     let hash = template_hash(
         &template,
@@ -332,8 +373,14 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
             }
         }
     }
+    let scanned = started.elapsed();
+    let wrote = !create.is_empty() || !delete.is_empty();
     apply_changes(&ds, &ctx, &pod, &create, &delete).await?;
-    write_status(&ds, &ctx, &hash, &wanted).await
+    let action = write_status(&ds, &ctx, &hash, &wanted).await;
+    ctx.pass_ended(&uid, ds.metadata.generation, wrote);
+    tracing::debug!(daemonset = %ds.name_any(), to_create = create.len(), to_delete = delete.len(),
+        ?scanned, took = ?started.elapsed(), "daemonset pass");
+    action
 }
 
 /// Creates the pods of up to [`BURST_REPLICAS`] nodes of `create` and deletes up to as many
@@ -558,6 +605,7 @@ mod tests {
                 nodes: node_store,
                 runtime_classes,
                 image_kinds: None,
+                idle: std::sync::Mutex::default(),
             });
             Self {
                 api,
@@ -601,9 +649,14 @@ mod tests {
             h.pods_per_node().values().copied().collect::<Vec<_>>(),
             [1, 1, 1]
         );
-        // A node joins: its pod, and only its.
+        // A node joins: its pod, and only its, once the last pass (which had nothing to
+        // write) is IDLE_PASS old.
         h.node_writer
             .apply_watcher_event(&watcher::Event::Apply(ready_node("edge-9")));
+        let action = reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
+        assert_eq!(action, Action::requeue(IDLE_PASS), "an idle set waits");
+        assert_eq!(h.pods_per_node().len(), 3);
+        tokio::time::advance(IDLE_PASS).await;
         reconcile(fleet(), h.ctx.clone()).await.expect("reconcile");
         let per = h.pods_per_node();
         assert_eq!(per.len(), 4);
