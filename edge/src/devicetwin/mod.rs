@@ -81,7 +81,7 @@ struct Inner {
     /// Wakes `run` to write the dirty statuses.
     status_due: Notify,
     /// Each device's write guard: held from making a device's rows until they are in memory.
-    writes: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    writes: WriteGuards,
     /// Held while statuses are made and queued, so that an older one never follows a newer.
     flushing: tokio::sync::Mutex<()>,
 }
@@ -96,6 +96,33 @@ fn now_ms() -> u64 {
 
 fn parse_state(text: &str) -> DeviceState {
     device::parse_state(text).unwrap_or(DeviceState::Unknown)
+}
+
+/// A device's write guard, held. Its entry leaves the map when no one else holds or waits for
+/// it: device names come from outside (a report names any device), and the map must not grow
+/// with every name ever seen.
+struct WriteGuard<'a> {
+    writes: &'a WriteGuards,
+    device: String,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// Each device's write guard, by name.
+type WriteGuards = Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(self.held.take());
+        // Under the map's lock no one can take the mutex from it: only the map holds it now
+        // unless another task already took it to wait.
+        if writes
+            .get(&self.device)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            writes.remove(&self.device);
+        }
+    }
 }
 
 impl DeviceTwin {
@@ -123,8 +150,8 @@ impl DeviceTwin {
     }
 
     /// Waits for `device`'s write guard.
-    async fn guard(&self, device: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let guard = self
+    async fn guard(&self, device: &str) -> WriteGuard<'_> {
+        let mutex = self
             .inner
             .writes
             .lock()
@@ -132,7 +159,11 @@ impl DeviceTwin {
             .entry(device.to_owned())
             .or_default()
             .clone();
-        guard.lock_owned().await
+        WriteGuard {
+            writes: &self.inner.writes,
+            device: device.to_owned(),
+            held: Some(mutex.lock_owned().await),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {

@@ -202,6 +202,21 @@ async fn bad_values_are_refused_whole_and_change_nothing() {
         .await,
         Err(TwinBackendError::NoSuchDevice(_))
     ));
+    // Reports naming devices that are not here leave nothing behind: the names come from
+    // outside, and each one used to keep a write guard for good.
+    for i in 0..100 {
+        let refused = twin
+            .report(
+                &format!("nobody-{i}"),
+                vec![("temperature".into(), TwinValue::Float(1.0))],
+            )
+            .await;
+        assert!(matches!(refused, Err(TwinBackendError::NoSuchDevice(_))));
+    }
+    assert!(
+        twin.inner.writes.lock().expect("write guards").is_empty(),
+        "write guards left behind"
+    );
     assert!(matches!(
         twin.report("thermo-1", vec![("humidity".into(), TwinValue::Float(1.0))])
             .await,
