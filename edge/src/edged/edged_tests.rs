@@ -67,27 +67,32 @@ fn key(kind: ResourceKind, name: &str) -> ObjectKey {
     }
 }
 
+/// Pod `name` at version `rv`, one container, bound to this edge.
+fn pod(name: &str, rv: &str) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+            "resourceVersion": rv},
+        "spec": {"nodeName": "edge", "terminationGracePeriodSeconds": 30,
+            "containers": [{"name": name, "image": "r/app:1"}]},
+    })
+}
+
 impl Edge {
     /// Stores pod `name` as EdgeHub would, at version `rv`; `deleted` gives it a
     /// deletionTimestamp with that grace period.
     async fn put_pod(&self, name: &str, rv: &str, deleted: Option<i64>) {
-        let mut pod = json!({
-            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
-                "resourceVersion": rv},
-            "spec": {"nodeName": "edge", "terminationGracePeriodSeconds": 30,
-                "containers": [{"name": name, "image": "r/app:1"}]},
-        });
+        let mut pod = pod(name, rv);
         if let Some(grace) = deleted {
             pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
             pod["metadata"]["deletionGracePeriodSeconds"] = grace.into();
         }
+        self.store(ResourceKind::Pod, name, rv, &pod).await;
+    }
+
+    /// Stores `object` (kind `kind`, named `name`, uid `uid-<name>`) as EdgeHub would.
+    async fn store(&self, kind: ResourceKind, name: &str, rv: &str, object: &serde_json::Value) {
         self.meta
-            .apply(
-                &key(ResourceKind::Pod, name),
-                &format!("uid-{name}"),
-                rv,
-                &pod,
-            )
+            .apply(&key(kind, name), &format!("uid-{name}"), rv, object)
             .await
             .expect("stored");
     }
@@ -237,35 +242,17 @@ impl Edge {
     async fn put_settings(&self, mode: &str, rv: &str) {
         let map = json!({"metadata": {"name": "settings", "namespace": "default",
             "uid": "uid-settings", "resourceVersion": rv}, "data": {"MODE": mode}});
-        self.meta
-            .apply(
-                &key(ResourceKind::ConfigMap, "settings"),
-                "uid-settings",
-                rv,
-                &map,
-            )
-            .await
-            .expect("stored");
+        self.store(ResourceKind::ConfigMap, "settings", rv, &map)
+            .await;
     }
 
     /// Stores pod `name` mounting ConfigMap `settings` at version `rv`.
     async fn put_configured_pod(&self, name: &str, rv: &str) {
-        let pod = json!({
-            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
-                "resourceVersion": rv},
-            "spec": {"nodeName": "edge", "containers": [{"name": name, "image": "r/app:1",
-                    "volumeMounts": [{"name": "config", "mountPath": "/config"}]}],
-                "volumes": [{"name": "config", "configMap": {"name": "settings"}}]},
-        });
-        self.meta
-            .apply(
-                &key(ResourceKind::Pod, name),
-                &format!("uid-{name}"),
-                rv,
-                &pod,
-            )
-            .await
-            .expect("stored");
+        let mut pod = pod(name, rv);
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": "config", "mountPath": "/config"}]);
+        pod["spec"]["volumes"] = json!([{"name": "config", "configMap": {"name": "settings"}}]);
+        self.store(ResourceKind::Pod, name, rv, &pod).await;
     }
 
     /// Waits (bounded) until pod `name`'s ConfigMap volume says `MODE` is `mode`.

@@ -5,8 +5,6 @@
 //! when it starts a container; a missing object or key (not marked optional) keeps the pod
 //! waiting with kubelet's message, and it starts once the object arrives.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
 use wedge_core::protocol::ResourceKind;
 
@@ -24,16 +22,10 @@ fn resolve_container(
     namespace: &str,
     lookup: &Lookup<'_>,
 ) -> Result<(), String> {
+    // The decoded data MetaManager keeps; only the values used are made text.
     let fetch =
-        |kind: ResourceKind, name: &str| -> Result<Option<BTreeMap<String, String>>, String> {
-            let data = key_data(lookup, kind, namespace, name).transpose()?;
-            Ok(data.map(|d| {
-                d.map()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                    .collect()
-            }))
-        };
+        |kind: ResourceKind, name: &str| key_data(lookup, kind, namespace, name).transpose();
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     let mut env: Vec<EnvVar> = Vec::new();
     for from in container.env_from.take().into_iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
@@ -53,9 +45,9 @@ fn resolve_container(
             continue;
         };
         match fetch(kind, &name)? {
-            Some(data) => env.extend(data.into_iter().map(|(k, v)| EnvVar {
+            Some(data) => env.extend(data.map().iter().map(|(k, v)| EnvVar {
                 name: format!("{prefix}{k}"),
-                value: Some(v),
+                value: Some(text(v)),
                 value_from: None,
             })),
             None if optional => {}
@@ -84,8 +76,8 @@ fn resolve_container(
         });
         if let Some((kind, name, key, optional)) = selector {
             let value = match fetch(kind, &name)? {
-                Some(data) => match data.get(&key) {
-                    Some(v) => Some(v.clone()),
+                Some(data) => match data.map().get(&key) {
+                    Some(v) => Some(text(v)),
                     None if optional => None,
                     None => {
                         return Err(format!(

@@ -370,21 +370,21 @@ impl PodLogins {
                 found: kind.to_owned(),
             });
         }
-        let mut data = secret.data.clone().unwrap_or_default();
-        let missing = |key| LoginError::MissingKey {
-            name: name.clone(),
-            key,
+        // Read from the Secret MetaManager keeps parsed, not a copy of its data.
+        let value = |key| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .filter(|v| !v.0.is_empty())
+                .ok_or_else(|| LoginError::MissingKey {
+                    name: name.clone(),
+                    key,
+                })
         };
-        let username = data
-            .remove("username")
-            .filter(|u| !u.0.is_empty())
-            .ok_or_else(|| missing("username"))?;
-        let username =
-            String::from_utf8(username.0).map_err(|_| LoginError::NotText(name.clone()))?;
-        let password = data
-            .remove("password")
-            .filter(|p| !p.0.is_empty())
-            .ok_or_else(|| missing("password"))?;
+        let username = String::from_utf8(value("username")?.0.clone())
+            .map_err(|_| LoginError::NotText(name.clone()))?;
+        let password = value("password")?;
         if username == EVENTBUS_USER || reserved.contains(&username) {
             let owner = if username == EVENTBUS_USER {
                 "EventBus"
