@@ -245,8 +245,14 @@ async fn an_hpa_scales_a_deployment_of_wasm_pods_up_under_cpu_load_and_down_afte
         ),
         "{message}"
     );
-    let described = cloud.kubectl_ok(&["describe", "hpa", "norequests"]);
-    assert!(described.contains("FailedGetResourceMetric"), "{described}");
+    // The event is written behind the controller's work.
+    let describe = || cloud.kubectl_ok(&["describe", "hpa", "norequests"]);
+    eventually(
+        Duration::from_secs(10),
+        || describe().contains("FailedGetResourceMetric"),
+        describe,
+    )
+    .await;
     cloud.wait_for(
         "deployment/norequests",
         "{.spec.replicas}",

@@ -69,7 +69,8 @@ use wedge_core::cron::{Schedule, time_zone};
 use crate::Error;
 use crate::clock::Clock;
 use crate::events::{EventType, Recorder};
-use crate::expectations::{Expectations, Writes, api_message};
+use crate::expectations::{Expectations, Writes, api_message, version_of};
+use crate::indexes::ControllerIndex;
 
 /// The annotation of a Job with the time it was scheduled for.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -609,6 +610,8 @@ struct Expectation {
 pub struct Context {
     client: Client,
     jobs: Store<Job>,
+    /// The Job store's Jobs by controller uid.
+    index: ControllerIndex<Job>,
     recorder: Recorder,
     clock: Clock,
     /// The zone schedules without `timeZone` are read in: this process's, as kube's.
@@ -630,8 +633,17 @@ pub async fn run(
         tracing::error!("a shared job store has subscribers");
         return;
     };
+    let index = ControllerIndex::default();
     let job_feed = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .inspect({
+            let index = index.clone();
+            move |event| {
+                if let Ok(event) = event {
+                    index.apply(event);
+                }
+            }
+        })
         .reflect_shared(writer)
         .for_each(|event| {
             if let Err(error) = event {
@@ -643,6 +655,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), "cronjob-controller"),
         client: client.clone(),
         jobs,
+        index,
         clock,
         local: TimeZone::try_system().unwrap_or(TimeZone::UTC),
         expectations: Expectations::new("job"),
@@ -676,7 +689,7 @@ impl Context {
             .and_then(|s| time_of(s.last_schedule_time.as_ref()));
         self.expectations
             .met(&cron_job.uid().unwrap_or_default(), |e| {
-                e.writes.shown_in(&self.jobs, namespace)
+                e.writes.forget_shown(&self.jobs, &self.index, namespace)
                     && e.scheduled.is_none_or(|t| last >= Some(t))
             })
     }
@@ -709,32 +722,20 @@ impl Context {
             .is_ok_and(|n| n.contains_key(&(uid.to_owned(), reason, key.to_owned())))
     }
 
-    async fn record(&self, cron_job: &CronJob, note: &Note) {
+    fn record(&self, cron_job: &CronJob, note: &Note) {
         let uid = cron_job.uid().unwrap_or_default();
         if let Some(key) = &note.once
             && !self.first_time(&uid, note.reason, key)
         {
             return;
         }
-        self.recorder
-            .record(
-                cron_job.object_ref(&()),
-                note.kind,
-                note.reason,
-                &note.message,
-            )
-            .await;
+        self.recorder.record(
+            cron_job.object_ref(&()),
+            note.kind,
+            note.reason,
+            &note.message,
+        );
     }
-}
-
-/// Every Job `uid` controls.
-fn owned_jobs(store: &Store<Job>, namespace: &str, uid: &str) -> Vec<Arc<Job>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|j| j.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|j| crate::pods::controller_of(&j.metadata).is_some_and(|o| o.uid == uid))
-        .collect()
 }
 
 /// The uids of active Jobs that the store does not show and the API says are gone (kube asks
@@ -779,7 +780,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     }
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut cron_job = cached;
-    let jobs = owned_jobs(&ctx.jobs, &namespace, &uid);
+    let jobs = ctx.index.owned(&ctx.jobs, &namespace, &uid);
     let missing = missing_jobs(&api, &cron_job, &jobs).await?;
     let now = ctx.clock.now();
     let mut plan = decide(&cron_job, &jobs, &missing, now, &ctx.local);
@@ -842,6 +843,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     }
 
     let mut created = Vec::new();
+    let mut created_version = None;
     if let (None, Some((at, zone))) = (&failure, &plan.create) {
         let key = at.to_string();
         let job = job_from_template(cron_job, *at, zone);
@@ -858,6 +860,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
                     ));
                     active.push(reference(&made));
                     last_scheduled = Some(*at);
+                    created_version = version_of(&made.metadata);
                     created.push(name);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -911,7 +914,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     )
     .await;
     for note in &events {
-        ctx.record(cron_job, note).await;
+        ctx.record(cron_job, note);
     }
     // The next reconcile waits for the time it wrote only if it was written: after a conflict
     // it must look again at once (and find its Job by name).
@@ -921,7 +924,7 @@ async fn reconcile(cached: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Er
     let writes = Writes {
         created,
         deleted,
-        created_version: None,
+        created_version,
     };
     ctx.expect(&uid, writes, scheduled);
     if let Some(e) = failure {

@@ -445,8 +445,7 @@ async fn apply_changes(
         for name in names {
             let message = format!("{verb} pod: {name}");
             ctx.recorder
-                .record(reference.clone(), EventType::Normal, reason, &message)
-                .await;
+                .record(reference.clone(), EventType::Normal, reason, &message);
         }
     }
     if let Some(e) = create_failure {

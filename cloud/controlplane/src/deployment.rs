@@ -176,13 +176,18 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     let namespace = d.namespace().unwrap_or_default();
     let uid = d.uid().unwrap_or_default();
     let shown = ctx.expectations.met(&uid, |written| {
+        let index = &ctx.replicasets.index;
         written.retain(|name, version| {
+            let key = ObjectRef::new(name).within(&namespace);
             let seen = ctx
                 .replicasets
                 .store
-                .get(&ObjectRef::new(name).within(&namespace))
+                .get(&key)
                 .and_then(|r| version_of(&r.metadata));
+            // Not shown at that version yet, unless the watch has passed it and no longer holds
+            // the ReplicaSet (deleted meanwhile).
             seen.is_none_or(|seen| seen < *version)
+                && (index.seen_version() < *version || index.contains(&key))
         });
         written.is_empty()
     });
@@ -390,14 +395,12 @@ async fn scale(
             "Scaled {direction} replica set {} to {to} from {from}",
             rs.name_any()
         );
-        ctx.recorder
-            .record(
-                d.object_ref(&()),
-                EventType::Normal,
-                "ScalingReplicaSet",
-                &message,
-            )
-            .await;
+        ctx.recorder.record(
+            d.object_ref(&()),
+            EventType::Normal,
+            "ScalingReplicaSet",
+            &message,
+        );
     }
     Ok(patched)
 }

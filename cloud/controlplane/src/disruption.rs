@@ -308,14 +308,12 @@ async fn reconcile(budget: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Resul
         match controllers_scale(&ctx.client, &namespace, &pods).await {
             Ok(total) => Some(total),
             Err(why) => {
-                ctx.recorder
-                    .record(
-                        budget.object_ref(&()),
-                        EventType::Warning,
-                        "CalculateExpectedPodCountFailed",
-                        &format!("Failed to calculate the number of expected pods: {why}"),
-                    )
-                    .await;
+                ctx.recorder.record(
+                    budget.object_ref(&()),
+                    EventType::Warning,
+                    "CalculateExpectedPodCountFailed",
+                    &format!("Failed to calculate the number of expected pods: {why}"),
+                );
                 None
             }
         }

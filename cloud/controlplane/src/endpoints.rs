@@ -57,7 +57,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
-use crate::expectations::Expectations;
+use crate::expectations::{Expectations, WatchProgress, version_of};
 use crate::services::{self, Family, Members, TriggerTimes};
 
 /// How many addresses Endpoints hold at most (kube's `maxCapacity`).
@@ -376,23 +376,33 @@ pub struct Context {
     recorder: Recorder,
     triggers: TriggerTimes,
     members: Arc<Members>,
-    /// The resourceVersion each Service's last write replaced (none: it created), by
-    /// (namespace, name).
-    written: Expectations<(String, String), Option<String>>,
+    /// What each Service's last write replaced and wrote, by (namespace, name).
+    written: Expectations<(String, String), Written>,
+    /// How far the Endpoints watch has brought the store.
+    progress: WatchProgress,
+}
+
+/// One write of a Service's Endpoints, as the next reconcile waits for it in the store.
+struct Written {
+    /// The resourceVersion it replaced (none: it created).
+    replaced: Option<String>,
+    /// The resourceVersion it was answered with.
+    version: Option<u64>,
 }
 
 impl Context {
     /// Whether the store shows the last write for the Service (or it is too old to wait for).
     fn caught_up(&self, key: &(String, String), stored: Option<&Endpoints>) -> bool {
-        self.written.met(key, |replaced| match (replaced, stored) {
-            (None, None) => false,
+        self.written.met(key, |w| match (&w.replaced, stored) {
+            // Created: shown, or created and deleted before the store showed it.
+            (None, None) => self.progress.passed(w.version),
             (Some(old), Some(s)) => s.metadata.resource_version.as_ref() != Some(old),
             _ => true,
         })
     }
 
-    fn wrote(&self, key: (String, String), replaced: Option<String>) {
-        self.written.expect(key, replaced);
+    fn wrote(&self, key: (String, String), written: Written) {
+        self.written.expect(key, written);
     }
 }
 
@@ -405,12 +415,21 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (endpoints, ep_writer) = reflector::store();
+    let progress = WatchProgress::default();
     let endpoint_changes = watcher(
         Api::<Endpoints>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(ep_writer)
+    .inspect({
+        let progress = progress.clone();
+        move |event| {
+            if let Ok(event) = event {
+                progress.observe(event);
+            }
+        }
+    })
     .touched_objects();
     let (services, service_changes, gone_rx) = services::watch(client.clone());
     let members = Arc::new(Members::default());
@@ -422,6 +441,7 @@ pub async fn run(
         triggers: TriggerTimes::default(),
         members: members.clone(),
         written: Expectations::new("endpoints"),
+        progress,
     });
     let mapper_services = services.clone();
     let controller = Controller::for_stream(service_changes, services.clone())
@@ -555,7 +575,8 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             tracing::debug!(%namespace, service = %name, resource_version = ?written.metadata.resource_version, "wrote endpoints");
             let replaced = stored.and_then(|s| s.metadata.resource_version.clone());
             if written.metadata.resource_version != replaced {
-                ctx.wrote(key, replaced);
+                let version = version_of(&written.metadata);
+                ctx.wrote(key, Written { replaced, version });
             }
             Ok(after)
         }
@@ -569,14 +590,12 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             } else {
                 format!("Failed to update endpoint {namespace}/{name}: {e}")
             };
-            ctx.recorder
-                .record(
-                    endpoints_ref(&endpoints),
-                    EventType::Warning,
-                    reason,
-                    &message,
-                )
-                .await;
+            ctx.recorder.record(
+                endpoints_ref(&endpoints),
+                EventType::Warning,
+                reason,
+                &message,
+            );
             Err(Error::api(
                 if verb == "create" {
                     "create endpoints for"

@@ -49,7 +49,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
-use crate::expectations::Expectations;
+use crate::expectations::{Expectations, WatchProgress, version_of};
 use crate::services::{self, Family, Members, TriggerTimes};
 
 /// kube-controller-manager's `--max-endpoints-per-slice` default.
@@ -522,6 +522,8 @@ pub fn plan(
 #[derive(Debug, Clone)]
 struct Expectation {
     created: Vec<String>,
+    /// The newest resourceVersion the creates were answered with.
+    created_version: Option<u64>,
     /// Name → generation written.
     updated: Vec<(String, Option<i64>)>,
     deleted: Vec<String>,
@@ -533,6 +535,8 @@ pub struct Context {
     pods: Store<Pod>,
     nodes: Store<Node>,
     slices: Store<EndpointSlice>,
+    /// How far the slice watch has brought the store.
+    progress: WatchProgress,
     recorder: Recorder,
     triggers: TriggerTimes,
     members: Arc<Members>,
@@ -545,7 +549,9 @@ impl Context {
     fn expectations_met(&self, key: &(String, String)) -> bool {
         self.expectations.met(key, |e| {
             let seen = |n: &String| self.slices.get(&ObjectRef::new(n).within(&key.0));
-            e.created.iter().all(|n| seen(n).is_some())
+            // Created: shown, or created and deleted before the store showed it.
+            let passed = self.progress.passed(e.created_version);
+            e.created.iter().all(|n| passed || seen(n).is_some())
                 && e.deleted.iter().all(|n| seen(n).is_none())
                 && e.updated.iter().all(|(n, generation)| {
                     seen(n).is_none_or(|s| s.metadata.generation >= *generation)
@@ -591,12 +597,21 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (slices, slice_writer) = reflector::store();
+    let progress = WatchProgress::default();
     let slice_changes = watcher(
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default().labels(&format!("{MANAGED_BY}={CONTROLLER_NAME}")),
     )
     .default_backoff()
     .reflect(slice_writer)
+    .inspect({
+        let progress = progress.clone();
+        move |event| {
+            if let Ok(event) = event {
+                progress.observe(event);
+            }
+        }
+    })
     .touched_objects();
     let (services, service_changes, mut gone) = services::watch(client.clone());
     let members = Arc::new(Members::default());
@@ -606,6 +621,7 @@ pub async fn run(
         pods,
         nodes,
         slices,
+        progress,
         triggers: TriggerTimes::default(),
         members: members.clone(),
         max: MAX_ENDPOINTS_PER_SLICE,
@@ -681,6 +697,7 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut expectation = Expectation {
         created: Vec::new(),
+        created_version: None,
         updated: Vec::new(),
         deleted: Vec::new(),
     };
@@ -695,14 +712,12 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             // next look.
             return Ok(Action::requeue(RECHECK));
         }
-        ctx.recorder
-            .record(
-                service.object_ref(&()),
-                EventType::Warning,
-                "FailedToUpdateEndpointSlices",
-                &format!("Error updating Endpoint Slices for Service {namespace}/{name}: {e}"),
-            )
-            .await;
+        ctx.recorder.record(
+            service.object_ref(&()),
+            EventType::Warning,
+            "FailedToUpdateEndpointSlices",
+            &format!("Error updating Endpoint Slices for Service {namespace}/{name}: {e}"),
+        );
         return Err(Error::api("update endpoint slices of", service.as_ref(), e));
     }
     if !plan.missing_nodes.is_empty() {
@@ -746,7 +761,11 @@ async fn write(
     let mut failure = None;
     for r in created {
         match r {
-            Ok(s) => expectation.created.push(s.name_any()),
+            Ok(s) => {
+                expectation.created_version =
+                    expectation.created_version.max(version_of(&s.metadata));
+                expectation.created.push(s.name_any());
+            }
             Err(e) => failure = Some(e),
         }
     }

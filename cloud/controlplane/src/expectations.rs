@@ -8,16 +8,20 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 
 use crate::indexes::ControllerIndex;
 
-/// How long an unmet expectation holds an owner up before it is dropped.
-pub const TTL: Duration = Duration::from_secs(30);
+/// How long an unmet expectation holds an owner up before it is dropped (kube's
+/// `ExpectationsTimeout`). Writes are forgotten as the watch shows them, or passes them
+/// ([`Writes::forget_shown`]), so only a watch that stops delivering holds an owner this long.
+pub const TTL: Duration = Duration::from_secs(300);
 
 /// Expectations of type `E` by owner key `K`.
 pub struct Expectations<K, E> {
@@ -97,22 +101,6 @@ impl Writes {
         self.created.is_empty() && self.deleted.is_empty()
     }
 
-    /// Whether `store` shows them in `namespace`: the created there, the deleted gone or being
-    /// deleted.
-    pub fn shown_in<K>(&self, store: &Store<K>, namespace: &str) -> bool
-    where
-        K: Resource<DynamicType = ()> + Clone + 'static,
-    {
-        let seen = |n: &String| store.get(&ObjectRef::new(n).within(namespace));
-        self.created.iter().all(|n| seen(n).is_some())
-            && self
-                .deleted
-                .iter()
-                .all(|n| seen(n).is_none_or(|o| o.meta().deletion_timestamp.is_some()))
-    }
-}
-
-impl Writes {
     /// Forgets the writes the watch has shown: created objects `store` holds (or that the
     /// watch, as `index` follows it, has passed and no longer holds: created and deleted
     /// meanwhile), deleted ones it no longer holds or holds terminating. Whether all are shown.
@@ -141,6 +129,30 @@ impl Writes {
                 .is_some_and(|o| o.meta().deletion_timestamp.is_none())
         });
         self.is_empty()
+    }
+}
+
+/// How far a watch has brought its store: the newest resourceVersion among the events the
+/// store has applied. Observe each event after the reflector (`.reflect(writer).inspect(..)`):
+/// an object written at or before [`Self::passed`] that the store does not hold was created
+/// and deleted between two looks, and is not waited for. Cheap to clone: clones share it.
+#[derive(Clone, Default)]
+pub struct WatchProgress(Arc<AtomicU64>);
+
+impl WatchProgress {
+    /// Notes one event of the watch, once the store has applied it.
+    pub fn observe<K: Resource>(&self, event: &watcher::Event<K>) {
+        if let watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) =
+            event
+            && let Some(v) = version_of(o.meta())
+        {
+            self.0.fetch_max(v, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the store has applied every event up to `version`.
+    pub fn passed(&self, version: Option<u64>) -> bool {
+        version.is_some_and(|v| self.0.load(Ordering::SeqCst) >= v)
     }
 }
 
@@ -198,6 +210,59 @@ mod tests {
         e.expect("b".to_owned(), 1);
         tokio::time::advance(TTL + Duration::from_secs(1)).await;
         assert!(e.met(&"b".to_owned(), |_| false), "expired");
+    }
+
+    #[test]
+    fn writes_are_forgotten_as_the_watch_shows_or_passes_them() {
+        use k8s_openapi::api::core::v1::Pod;
+        let pod = |name: &str, v: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {
+                "name": name, "namespace": "default", "resourceVersion": v}}))
+            .expect("pod")
+        };
+        let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let index = ControllerIndex::default();
+        let mut watch = |e: watcher::Event<Pod>| {
+            index.apply(&e);
+            writer.apply_watcher_event(&e);
+        };
+        let mut writes = Writes {
+            created: vec!["a".into(), "b".into()],
+            deleted: vec!["old".into()],
+            created_version: Some(11),
+        };
+        watch(watcher::Event::Apply(pod("old", "3")));
+        assert!(!writes.forget_shown(&store, &index, "default"));
+        // `a` shows; `old` goes.
+        watch(watcher::Event::Apply(pod("a", "10")));
+        watch(watcher::Event::Delete(pod("old", "10")));
+        assert!(!writes.forget_shown(&store, &index, "default"));
+        assert_eq!(writes.created, ["b"]);
+        assert!(writes.deleted.is_empty());
+        // `b` was created and deleted before the store showed it: once the watch passes its
+        // version without holding it, it is not waited for.
+        watch(watcher::Event::Apply(pod("c", "12")));
+        assert!(writes.forget_shown(&store, &index, "default"));
+    }
+
+    #[test]
+    fn a_watch_passes_the_versions_its_store_applied() {
+        let progress = WatchProgress::default();
+        assert!(!progress.passed(Some(1)));
+        assert!(
+            !progress.passed(None),
+            "a version that is not a number is never passed"
+        );
+        let pod = |v: &str| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "p", "resourceVersion": v}}),
+            )
+            .expect("pod")
+        };
+        progress.observe(&watcher::Event::Apply(pod("7")));
+        progress.observe(&watcher::Event::Delete(pod("5")));
+        assert!(progress.passed(Some(7)));
+        assert!(!progress.passed(Some(8)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! A fake API server for the controllers' unit tests: a tower service behind a real
-//! `kube::Client` that keeps the pods created and deleted and answers events and status
+//! `kube::Client` that keeps the pods created and deleted and the events written, and answers status
 //! patches, so that a test drives a reconciler and asserts on what the API holds. (kube's own
 //! mock tests put a tower service behind `Client::new` the same way.)
 
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 #[derive(Clone, Default)]
 pub struct FakeApi {
     pods: Arc<Mutex<BTreeMap<String, Value>>>,
+    events: Arc<Mutex<BTreeMap<String, Value>>>,
     version: Arc<AtomicU64>,
 }
 
@@ -49,6 +50,16 @@ impl FakeApi {
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .filter_map(|p| serde_json::from_value(p.clone()).ok())
+            .collect()
+    }
+
+    /// The events the API holds now.
+    pub fn events(&self) -> Vec<k8s_openapi::api::core::v1::Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter_map(|e| serde_json::from_value(e.clone()).ok())
             .collect()
     }
 
@@ -84,7 +95,28 @@ impl FakeApi {
                            "reason": "NotFound", "code": 404, "message": "not found"}),
                 ),
             },
-            (&Method::POST, [.., "events"]) => (StatusCode::CREATED, body),
+            (&Method::POST, [.., "events"]) => {
+                let name = body.pointer("/metadata/name").and_then(Value::as_str);
+                self.events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name.unwrap_or_default().to_owned(), body.clone());
+                (StatusCode::CREATED, body)
+            }
+            (&Method::PATCH, [.., "events", name]) => {
+                let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+                match events.get_mut(*name) {
+                    Some(event) => {
+                        json_patch::merge(event, &body);
+                        (StatusCode::OK, event.clone())
+                    }
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "NotFound", "code": 404, "message": "not found"}),
+                    ),
+                }
+            }
             (&Method::PATCH, [.., resource, name, "status"]) => {
                 let (api_version, kind) = match *resource {
                     "replicasets" => ("apps/v1", "ReplicaSet"),

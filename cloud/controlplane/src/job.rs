@@ -78,7 +78,7 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
-use crate::expectations::{Expectations, Refusals, Writes, api_message};
+use crate::expectations::{Expectations, Refusals, Writes, api_message, version_of};
 use crate::indexes::{ControllerIndex, Indexed};
 use crate::pods;
 
@@ -911,10 +911,9 @@ async fn sync(
     uid: &str,
     now: jiff::Timestamp,
 ) -> Result<Option<Duration>, Error> {
-    if !ctx
-        .expectations
-        .met(&uid.to_owned(), |w| w.shown_in(&ctx.pods, namespace))
-    {
+    if !ctx.expectations.met(&uid.to_owned(), |w| {
+        w.forget_shown(&ctx.pods, &ctx.index, namespace)
+    }) {
         // The pod events our writes cause wake this Job; deletions may not be announced.
         return Ok(Some(RECHECK));
     }
@@ -947,33 +946,33 @@ async fn sync(
         .into_iter()
         .flatten()
         .collect();
-    record_each(ctx, job, "SuccessfulDelete", "Deleted pod", &deleted).await;
+    record_each(ctx, job, "SuccessfulDelete", "Deleted pod", &deleted);
 
-    let results: Vec<Result<String, kube::Error>> = futures::stream::iter(plan.create.clone())
+    let results: Vec<Result<Pod, kube::Error>> = futures::stream::iter(plan.create.clone())
         .map(|index| {
             let (api, pod) = (api.clone(), pod_from_template(job, index));
-            async move {
-                api.create(&PostParams::default(), &pod)
-                    .await
-                    .map(|p| p.name_any())
-            }
+            async move { api.create(&PostParams::default(), &pod).await }
         })
         .buffer_unordered(BURST)
         .collect()
         .await;
     let mut created = Vec::new();
+    let mut created_version = None;
     let mut failure = None;
     for r in results {
         match r {
-            Ok(name) => created.push(name),
+            Ok(pod) => {
+                created_version = created_version.max(version_of(&pod.metadata));
+                created.push(pod.name_any());
+            }
             Err(e) => failure = Some(e),
         }
     }
-    record_each(ctx, job, "SuccessfulCreate", "Created pod", &created).await;
+    record_each(ctx, job, "SuccessfulCreate", "Created pod", &created);
     let writes = Writes {
         created: created.clone(),
         deleted,
-        created_version: None,
+        created_version,
     };
     if !writes.is_empty() {
         ctx.expectations.expect(uid.to_owned(), writes);
@@ -981,8 +980,7 @@ async fn sync(
 
     for note in &plan.events {
         ctx.recorder
-            .record(job.object_ref(&()), note.kind, note.reason, &note.message)
-            .await;
+            .record(job.object_ref(&()), note.kind, note.reason, &note.message);
     }
     if let Some(e) = failure {
         let invalid = matches!(&e, kube::Error::Api(s) if s.code == 422 || s.code == 400);
@@ -991,14 +989,12 @@ async fn sync(
             // Job changes.
             tracing::warn!(job = %job.name_any(), %namespace, error = %e, "job's pods are refused");
             ctx.refused.refuse(uid, generation);
-            ctx.recorder
-                .record(
-                    job.object_ref(&()),
-                    EventType::Warning,
-                    "FailedCreate",
-                    &format!("Error creating: {}", api_message(&e)),
-                )
-                .await;
+            ctx.recorder.record(
+                job.object_ref(&()),
+                EventType::Warning,
+                "FailedCreate",
+                &format!("Error creating: {}", api_message(&e)),
+            );
         } else {
             write_status(job, ctx, namespace, &plan).await?;
             return Err(Error::api("create pod for", job, e));
@@ -1015,23 +1011,14 @@ async fn sync(
     })
 }
 
-/// Records a Normal event `<what>: <name>` for each of `names`, [`BURST`] at a time: a Job of a
-/// thousand pods does not wait on a thousand event writes in a row.
-async fn record_each(ctx: &Context, job: &Job, reason: &'static str, what: &str, names: &[String]) {
+/// Records a Normal event `<what>: <name>` for each of `names`.
+fn record_each(ctx: &Context, job: &Job, reason: &'static str, what: &str, names: &[String]) {
     let object = job.object_ref(&());
-    let messages: Vec<String> = names.iter().map(|n| format!("{what}: {n}")).collect();
-    futures::stream::iter(messages)
-        .map(|message| {
-            let (recorder, object) = (ctx.recorder.clone(), object.clone());
-            async move {
-                recorder
-                    .record(object, EventType::Normal, reason, &message)
-                    .await;
-            }
-        })
-        .buffer_unordered(BURST)
-        .collect::<Vec<()>>()
-        .await;
+    for name in names {
+        let message = format!("{what}: {name}");
+        ctx.recorder
+            .record(object.clone(), EventType::Normal, reason, &message);
+    }
 }
 
 /// Writes the planned status, if it changed, at the version the plan was made from (as kube's

@@ -171,14 +171,12 @@ async fn mark_unknown(node: &Node, ctx: &Context, api: &Api<Node>) -> Result<(),
     .await
     .map_err(|e| Error::api("mark unreachable", node, e))?;
     tracing::warn!(node = %name, "node stopped reporting: Ready=Unknown, its pods stay");
-    ctx.recorder
-        .record(
-            node.object_ref(&()),
-            EventType::Normal,
-            "NodeNotReady",
-            &format!("Node {name} status is now: NodeNotReady"),
-        )
-        .await;
+    ctx.recorder.record(
+        node.object_ref(&()),
+        EventType::Normal,
+        "NodeNotReady",
+        &format!("Node {name} status is now: NodeNotReady"),
+    );
     let on_node: Vec<Arc<Pod>> = ctx
         .pods
         .state()
@@ -205,14 +203,12 @@ async fn mark_unknown(node: &Node, ctx: &Context, api: &Api<Node>) -> Result<(),
             }
             _ => {}
         }
-        ctx.recorder
-            .record(
-                pod.object_ref(&()),
-                EventType::Warning,
-                "NodeNotReady",
-                "Node is not ready",
-            )
-            .await;
+        ctx.recorder.record(
+            pod.object_ref(&()),
+            EventType::Warning,
+            "NodeNotReady",
+            "Node is not ready",
+        );
     }
     Ok(())
 }

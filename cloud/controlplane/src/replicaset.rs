@@ -199,14 +199,12 @@ async fn manage_replicas(
         }
         for name in &writes.created {
             let message = format!("Created pod: {name}");
-            ctx.recorder
-                .record(
-                    rs.object_ref(&()),
-                    EventType::Normal,
-                    "SuccessfulCreate",
-                    &message,
-                )
-                .await;
+            ctx.recorder.record(
+                rs.object_ref(&()),
+                EventType::Normal,
+                "SuccessfulCreate",
+                &message,
+            );
         }
         if let Some(e) = failure {
             return Err(Error::api("create pod for", rs, e));
@@ -245,14 +243,12 @@ async fn manage_replicas(
         }
         for name in &writes.deleted {
             let message = format!("Deleted pod: {name}");
-            ctx.recorder
-                .record(
-                    rs.object_ref(&()),
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    &message,
-                )
-                .await;
+            ctx.recorder.record(
+                rs.object_ref(&()),
+                EventType::Normal,
+                "SuccessfulDelete",
+                &message,
+            );
         }
         if let Some(e) = failure {
             return Err(Error::api("delete pod of", rs, e));

@@ -63,7 +63,7 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::events::{EventType, Recorder};
-use crate::expectations::{Expectations, Refusals, Writes, api_message};
+use crate::expectations::{Expectations, Refusals, Writes, api_message, version_of};
 use crate::indexes::{ControllerIndex, Indexed};
 use crate::pods;
 
@@ -789,7 +789,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     let uid = set.uid().unwrap_or_default();
     if !ctx
         .expectations
-        .met(&uid, |w| w.shown_in(&ctx.pods, &namespace))
+        .met(&uid, |w| w.forget_shown(&ctx.pods, &ctx.index, &namespace))
     {
         return Ok(Action::requeue(RECHECK));
     }
@@ -811,7 +811,7 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     let writes = Writes {
         created: outcome.created,
         deleted: outcome.deleted.clone(),
-        created_version: None,
+        created_version: outcome.created_version,
     };
     if !writes.is_empty() {
         ctx.expectations.expect(uid.clone(), writes);
@@ -993,6 +993,8 @@ async fn create_revision(
 #[derive(Default)]
 struct Outcome {
     created: Vec<String>,
+    /// The newest resourceVersion the creates were answered with.
+    created_version: Option<u64>,
     deleted: Vec<String>,
     /// When to look again (a finished pod waiting out its backoff).
     wait: Option<Duration>,
@@ -1047,8 +1049,7 @@ async fn act(
                 )
             };
             ctx.recorder
-                .record(set.object_ref(&()), kind, reason, &message)
-                .await;
+                .record(set.object_ref(&()), kind, reason, &message);
         }
         if *why == Why::ScaleDown
             && let Err(e) = retain_claims(set, ctx, owned, pod, true).await
@@ -1076,28 +1077,24 @@ async fn act(
     for (pod, r) in results {
         match r {
             Ok(()) => {
-                ctx.recorder
-                    .record(
-                        set.object_ref(&()),
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        &format!("delete Pod {pod} in StatefulSet {name} successful"),
-                    )
-                    .await;
+                ctx.recorder.record(
+                    set.object_ref(&()),
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("delete Pod {pod} in StatefulSet {name} successful"),
+                );
                 outcome.deleted.push(pod);
             }
             Err(e) => {
-                ctx.recorder
-                    .record(
-                        set.object_ref(&()),
-                        EventType::Warning,
-                        "FailedDelete",
-                        &format!(
-                            "delete Pod {pod} in StatefulSet {name} failed error: {}",
-                            api_message(&e)
-                        ),
-                    )
-                    .await;
+                ctx.recorder.record(
+                    set.object_ref(&()),
+                    EventType::Warning,
+                    "FailedDelete",
+                    &format!(
+                        "delete Pod {pod} in StatefulSet {name} failed error: {}",
+                        api_message(&e)
+                    ),
+                );
                 outcome.error = Some(Error::api("delete pod of", set, e));
             }
         }
@@ -1112,7 +1109,7 @@ async fn act(
             Step::Delete { .. } => None,
         })
         .collect();
-    let results: Vec<(String, Result<(), CreateError>)> = futures::stream::iter(creates)
+    let results: Vec<(String, Result<Option<u64>, CreateError>)> = futures::stream::iter(creates)
         .map(|(ordinal, update)| {
             let pod = if update {
                 new_pod(set, &update_template, &revs.update.name_any(), ordinal)
@@ -1128,7 +1125,7 @@ async fn act(
                 let r = api
                     .create(&PostParams::default(), &pod)
                     .await
-                    .map(drop)
+                    .map(|p| version_of(&p.metadata))
                     .map_err(CreateError::Pod);
                 (pod_name, r)
             }
@@ -1138,15 +1135,14 @@ async fn act(
         .await;
     for (pod, r) in results {
         match r {
-            Ok(()) => {
-                ctx.recorder
-                    .record(
-                        set.object_ref(&()),
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        &format!("create Pod {pod} in StatefulSet {name} successful"),
-                    )
-                    .await;
+            Ok(version) => {
+                outcome.created_version = outcome.created_version.max(version);
+                ctx.recorder.record(
+                    set.object_ref(&()),
+                    EventType::Normal,
+                    "SuccessfulCreate",
+                    &format!("create Pod {pod} in StatefulSet {name} successful"),
+                );
                 outcome.created.push(pod);
             }
             Err(CreateError::Pod(kube::Error::Api(s))) if s.is_already_exists() => {
@@ -1155,17 +1151,15 @@ async fn act(
             }
             Err(CreateError::Pod(e)) => {
                 let invalid = matches!(&e, kube::Error::Api(s) if s.code == 422 || s.code == 400);
-                ctx.recorder
-                    .record(
-                        set.object_ref(&()),
-                        EventType::Warning,
-                        "FailedCreate",
-                        &format!(
-                            "create Pod {pod} in StatefulSet {name} failed error: {}",
-                            api_message(&e)
-                        ),
-                    )
-                    .await;
+                ctx.recorder.record(
+                    set.object_ref(&()),
+                    EventType::Warning,
+                    "FailedCreate",
+                    &format!(
+                        "create Pod {pod} in StatefulSet {name} failed error: {}",
+                        api_message(&e)
+                    ),
+                );
                 if invalid {
                     // The template cannot make a pod: said once, not tried again until the
                     // set changes.
@@ -1180,17 +1174,15 @@ async fn act(
                 outcome.wait = Some(RECHECK);
             }
             Err(CreateError::Claim(claim, e)) => {
-                ctx.recorder
-                    .record(
-                        set.object_ref(&()),
-                        EventType::Warning,
-                        "FailedCreate",
-                        &format!(
-                            "create Claim {claim} for Pod {pod} in StatefulSet {name} failed error: {}",
-                            api_message(&e)
-                        ),
-                    )
-                    .await;
+                ctx.recorder.record(
+                    set.object_ref(&()),
+                    EventType::Warning,
+                    "FailedCreate",
+                    &format!(
+                        "create Claim {claim} for Pod {pod} in StatefulSet {name} failed error: {}",
+                        api_message(&e)
+                    ),
+                );
                 let invalid = matches!(&e, kube::Error::Api(s) if s.code == 422 || s.code == 400);
                 if invalid {
                     ctx.refused.refuse(&uid, set.metadata.generation);
@@ -1257,17 +1249,15 @@ async fn make_claims(
                 claim.metadata.owner_references = Some(owners).filter(|o| !o.is_empty());
                 match api.create(&PostParams::default(), &claim).await {
                     Ok(_) => {
-                        ctx.recorder
-                            .record(
-                                set.object_ref(&()),
-                                EventType::Normal,
-                                "SuccessfulCreate",
-                                &format!(
-                                    "create Claim {name} Pod {pod} in StatefulSet {} success",
-                                    set.name_any()
-                                ),
-                            )
-                            .await;
+                        ctx.recorder.record(
+                            set.object_ref(&()),
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            &format!(
+                                "create Claim {name} Pod {pod} in StatefulSet {} success",
+                                set.name_any()
+                            ),
+                        );
                     }
                     Err(kube::Error::Api(s)) if s.is_already_exists() => {}
                     Err(e) => return Err(CreateError::Claim(name, e)),

@@ -108,11 +108,12 @@ async fn an_hpa_keeps_its_target_within_bounds_and_says_what_it_cannot_scale() {
         (Some(4), 2)
     );
     assert!(status.last_scale_time.is_some());
-    let rescaled = events(&fleet, "big", "SuccessfulRescale").await;
-    assert_eq!(
-        rescaled,
-        ["New size: 2; reason: Current number of replicas above Spec.MaxReplicas"]
-    );
+    // Events are written behind the controller's work.
+    eventually(Duration::from_secs(10), "big's rescale event", || async {
+        events(&fleet, "big", "SuccessfulRescale").await
+            == ["New size: 2; reason: Current number of replicas above Spec.MaxReplicas"]
+    })
+    .await;
 
     // Below the minimum, through a ReplicationController's scale.
     fleet.apply(
@@ -180,7 +181,16 @@ async fn an_hpa_keeps_its_target_within_bounds_and_says_what_it_cannot_scale() {
         "{custom:?}"
     );
     // kubectl shows the same.
-    let described = fleet.cluster.kubectl_ok(&["describe", "hpa", "gadget"]);
-    assert!(described.contains("FailedGetScale"), "{described}");
+    eventually(
+        Duration::from_secs(10),
+        "kubectl to show FailedGetScale",
+        || async {
+            fleet
+                .cluster
+                .kubectl_ok(&["describe", "hpa", "gadget"])
+                .contains("FailedGetScale")
+        },
+    )
+    .await;
     fleet.stop().await;
 }

@@ -60,7 +60,7 @@ async fn jobs_of(fleet: &Fleet, name: &str) -> Vec<Job> {
     list
 }
 
-/// The events of `name`, oldest first: (reason, message).
+/// The events of `name`, oldest first: (reason, message), once for each time it was said.
 async fn events_of(fleet: &Fleet, name: &str) -> Vec<(String, String)> {
     let events: Api<Event> = Api::default_namespaced(fleet.client.clone());
     let mut list = events
@@ -69,8 +69,14 @@ async fn events_of(fleet: &Fleet, name: &str) -> Vec<(String, String)> {
         .map(|l| l.items)
         .unwrap_or_default();
     list.sort_by_key(|e| e.metadata.name.clone());
+    // The same event again is counted on the first (`count`), as kube's recorder does: each
+    // time it happened is listed.
     list.into_iter()
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .flat_map(|e| {
+            let times = usize::try_from(e.count.unwrap_or(1)).unwrap_or(1);
+            let said = (e.reason.unwrap_or_default(), e.message.unwrap_or_default());
+            std::iter::repeat_n(said, times)
+        })
         .collect()
 }
 
@@ -160,18 +166,16 @@ async fn a_cron_job_fires_on_its_schedule_and_records_the_run() {
         Some(boundary),
         "lastScheduleTime"
     );
-    let events = events_of(&fleet, "tick").await;
-    assert!(
-        events.contains(&("SuccessfulCreate".into(), format!("Created job {job_name}"))),
-        "{events:?}"
-    );
-    assert!(
-        events.contains(&(
-            "SawCompletedJob".into(),
-            format!("Saw completed job: {job_name}, condition: Complete")
-        )),
-        "{events:?}"
-    );
+    // Events are written behind the controller's work.
+    eventually(Duration::from_secs(10), "tick's events", || async {
+        let events = events_of(&fleet, "tick").await;
+        events.contains(&("SuccessfulCreate".into(), format!("Created job {job_name}")))
+            && events.contains(&(
+                "SawCompletedJob".into(),
+                format!("Saw completed job: {job_name}, condition: Complete"),
+            ))
+    })
+    .await;
 
     // kubectl shows it with 1.33's columns.
     let table = fleet.cluster.kubectl_ok(&["get", "cronjobs", "tick"]);
@@ -296,10 +300,12 @@ async fn history_limits_concurrency_suspend_and_manual_runs() {
         .expect("lastScheduleTime")
         .0;
     let minutes = last.as_second() / 60;
-    assert_eq!(
-        count(&events_of(&fleet, "often").await, "SuccessfulDelete"),
-        2
-    );
+    eventually(
+        Duration::from_secs(10),
+        "often's two deletes said",
+        || async { count(&events_of(&fleet, "often").await, "SuccessfulDelete") == 2 },
+    )
+    .await;
 
     // Forbid: one Job, still running, the only one active.
     assert_eq!(jobs_of(&fleet, "single").await.len(), 1);
@@ -312,10 +318,12 @@ async fn history_limits_concurrency_suspend_and_manual_runs() {
         jobs.len() == 1 && jobs[0].name_any() == format!("newest-{minutes}")
     })
     .await;
-    assert_eq!(
-        count(&events_of(&fleet, "newest").await, "SuccessfulDelete"),
-        3
-    );
+    eventually(
+        Duration::from_secs(10),
+        "newest's three deletes said",
+        || async { count(&events_of(&fleet, "newest").await, "SuccessfulDelete") == 3 },
+    )
+    .await;
 
     // Suspended all along: nothing made, nothing said.
     assert!(jobs_of(&fleet, "paused").await.is_empty());
@@ -367,14 +375,13 @@ async fn history_limits_concurrency_suspend_and_manual_runs() {
         creates("single").await == 2
     })
     .await;
-    let events = events_of(&fleet, "single").await;
-    assert!(
-        events.contains(&(
+    eventually(Duration::from_secs(10), "MissingJob", || async {
+        events_of(&fleet, "single").await.contains(&(
             "MissingJob".into(),
-            format!("Active job went missing: {running}")
-        )),
-        "{events:?}"
-    );
+            format!("Active job went missing: {running}"),
+        ))
+    })
+    .await;
     let active = get(&fleet, "single").await.status.and_then(|s| s.active);
     assert_eq!(
         active.map(|a| a.iter().filter_map(|r| r.name.clone()).collect::<Vec<_>>()),

@@ -8,6 +8,7 @@ mod cronjobs;
 mod disruption;
 mod edge;
 mod endpoints;
+mod events;
 // The API server's harness: a server in-process, clients and kubectl against it.
 use crate::apiserver::harness;
 mod jobs;

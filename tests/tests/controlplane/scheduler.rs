@@ -160,11 +160,18 @@ async fn binds_fitting_pods_and_says_why_the_others_wait() {
         .await;
         assert_eq!(why(name).await.as_deref(), Some(message), "{name}");
     }
-    let describe = cluster.kubectl_ok(&["describe", "pod", "zone-c"]);
-    assert!(describe.contains("FailedScheduling"), "{describe}");
+    // Events are written behind the scheduler's work, as kube-scheduler's are.
+    let describe = || cluster.kubectl_ok(&["describe", "pod", "zone-c"]);
+    eventually(
+        Duration::from_secs(10),
+        "zone-c's FailedScheduling event",
+        || async { describe().contains("FailedScheduling") },
+    )
+    .await;
+    let described = describe();
     assert!(
-        describe.contains("didn't match Pod's node affinity/selector"),
-        "{describe}"
+        described.contains("didn't match Pod's node affinity/selector"),
+        "{described}"
     );
 
     // A node that fits registers: the waiting pod lands on it without anyone asking.
@@ -176,6 +183,12 @@ async fn binds_fitting_pods_and_says_why_the_others_wait() {
     )
     .await;
     assert_eq!(node_of(&pods, "huge").await, None);
+    eventually(
+        Duration::from_secs(10),
+        "zone-c's Scheduled event",
+        || async { describe().contains("Successfully assigned default/zone-c to edge-c") },
+    )
+    .await;
 
     shutdown.cancel();
     scheduler.await.expect("scheduler stops");

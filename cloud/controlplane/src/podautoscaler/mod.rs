@@ -244,7 +244,7 @@ impl Look<'_> {
         c.message = Some(message);
     }
 
-    async fn event(&self, kind: EventType, reason: &str, message: &str) {
+    fn event(&self, kind: EventType, reason: &str, message: &str) {
         if kind == EventType::Warning {
             let Ok(mut noted) = self.ctx.noted.lock() else {
                 return;
@@ -257,8 +257,7 @@ impl Look<'_> {
         }
         self.ctx
             .recorder
-            .record(self.hpa.object_ref(&()), kind, reason, message)
-            .await;
+            .record(self.hpa.object_ref(&()), kind, reason, message);
     }
 
     /// kube's `reconcileAutoscaler`.
@@ -269,8 +268,7 @@ impl Look<'_> {
         let (api, scale) = match self.scale(&namespace, target).await {
             Ok(found) => found,
             Err(message) => {
-                self.event(EventType::Warning, "FailedGetScale", &message)
-                    .await;
+                self.event(EventType::Warning, "FailedGetScale", &message);
                 self.condition(
                     "AbleToScale",
                     false,
@@ -335,8 +333,7 @@ impl Look<'_> {
                 self.status.current_replicas = Some(current);
                 self.status.current_metrics = Some(statuses);
                 if let Some(message) = failure {
-                    self.event(EventType::Warning, "FailedComputeMetricsReplicas", &message)
-                        .await;
+                    self.event(EventType::Warning, "FailedComputeMetricsReplicas", &message);
                 }
                 return Ok(());
             };
@@ -391,8 +388,7 @@ impl Look<'_> {
                     EventType::Warning,
                     "FailedRescale",
                     &format!("New size: {desired}; reason: {reason}; error: {message}"),
-                )
-                .await;
+                );
                 self.condition(
                     "AbleToScale",
                     false,
@@ -413,8 +409,7 @@ impl Look<'_> {
                 EventType::Normal,
                 "SuccessfulRescale",
                 &format!("New size: {desired}; reason: {reason}"),
-            )
-            .await;
+            );
             if let Ok(mut histories) = self.ctx.histories.lock()
                 && let Some((h, _)) = histories.get_mut(&uid)
             {
@@ -501,8 +496,7 @@ impl Look<'_> {
                 EventType::Warning,
                 "SelectorRequired",
                 "selector is required",
-            )
-            .await;
+            );
             self.condition(
                 "ScalingActive",
                 false,
@@ -527,8 +521,7 @@ impl Look<'_> {
                     "couldn't convert selector into a corresponding internal selector object: {}",
                     s.message
                 );
-                self.event(EventType::Warning, "InvalidSelector", &message)
-                    .await;
+                self.event(EventType::Warning, "InvalidSelector", &message);
                 self.condition("ScalingActive", false, "InvalidSelector", message.clone());
                 return Ok((None, String::new(), Vec::new(), Some(message)));
             }
@@ -573,8 +566,7 @@ impl Look<'_> {
                     statuses[i] = p.status;
                 }
                 Err((failed, wrapped)) => {
-                    self.event(EventType::Warning, failed.reason, &failed.message)
-                        .await;
+                    self.event(EventType::Warning, failed.reason, &failed.message);
                     invalid += 1;
                     if first.is_none() {
                         first = Some((failed, wrapped));

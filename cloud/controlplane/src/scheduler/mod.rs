@@ -5,7 +5,8 @@
 //! offers and what its pods take); RuntimeClasses sit in a reflector store. Pods with no
 //! `spec.nodeName` drive a `kube::runtime` [`Controller`]: its reconciler decides under the
 //! cache's lock (filter, score, pick, assume), then binds through the `binding` subresource
-//! outside it, so decisions are serial and bindings overlap.
+//! outside it, so decisions are serial and bindings overlap. A bound pod gets kube-scheduler's
+//! `Scheduled` event ("Successfully assigned ns/pod to node").
 //!
 //! The runtime a pod needs comes from its RuntimeClass, or else from its images: the
 //! registry's manifest says whether each is Wasm or a container image ([`wedge_oci::kinds`]).
@@ -331,7 +332,20 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     };
     match choice {
         Ok(node) => match prebind_and_bind(&ctx, &pod, &node, &needs).await {
-            Ok(()) => Ok(Action::await_change()),
+            Ok(()) => {
+                let message = format!(
+                    "Successfully assigned {}/{} to {node}",
+                    pod.namespace().unwrap_or_default(),
+                    pod.name_any()
+                );
+                ctx.recorder.record(
+                    pod.object_ref(&()),
+                    EventType::Normal,
+                    "Scheduled",
+                    &message,
+                );
+                Ok(Action::await_change())
+            }
             Err(e) => {
                 ctx.cache
                     .lock()
@@ -529,13 +543,11 @@ async fn unschedulable(ctx: &Context, pod: &Pod, message: &str) -> Result<(), Er
     .await
     .map_err(|e| Error::api("mark unschedulable", pod, e))?;
     tracing::info!(pod = %pod.name_any(), %message, "pod is unschedulable");
-    ctx.recorder
-        .record(
-            pod.object_ref(&()),
-            EventType::Warning,
-            "FailedScheduling",
-            message,
-        )
-        .await;
+    ctx.recorder.record(
+        pod.object_ref(&()),
+        EventType::Warning,
+        "FailedScheduling",
+        message,
+    );
     Ok(())
 }
