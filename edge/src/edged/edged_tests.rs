@@ -31,6 +31,11 @@ struct Edge {
 fn start() -> Edge {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(&dir.path().join("edge.db")).expect("open");
+    start_on(db, dir)
+}
+
+/// Edged on `db` with a runtime that holds nothing, as edgecore starts.
+fn start_on(db: Database, dir: tempfile::TempDir) -> Edge {
     let meta = MetaManager::load(&db).expect("meta");
     let fake = Fake::default();
     let workers = PodWorkers::new(
@@ -78,6 +83,14 @@ fn pod(name: &str, rv: &str) -> serde_json::Value {
 }
 
 impl Edge {
+    /// Stops Edged and starts it again on the same database, with a runtime that holds
+    /// nothing: edgecore restarted after its pods' sandboxes went (a reboot).
+    async fn restart(self) -> Edge {
+        self.shutdown.cancel();
+        self.edged.await.expect("Edged ends");
+        start_on(self.db, self.dir)
+    }
+
     /// Stores pod `name` as EdgeHub would, at version `rv`; `deleted` gives it a
     /// deletionTimestamp with that grace period.
     async fn put_pod(&self, name: &str, rv: &str, deleted: Option<i64>) {
@@ -148,6 +161,42 @@ async fn a_pod_metamanager_holds_runs_and_its_status_is_reported() {
         .expect("a status");
     assert_eq!(status.payload["uid"], "uid-web");
     assert_eq!(status.payload["status"]["hostIP"], "127.0.0.1");
+    edge.shutdown.cancel();
+    edge.edged.await.expect("Edged ends");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_that_finished_is_not_run_again_after_a_restart_from_the_status_it_reported() {
+    let edge = start();
+    edge.fake.script("job", &[Some(0)]);
+    let mut job = pod("job", "1");
+    job["spec"]["restartPolicy"] = "Never".into();
+    edge.store(ResourceKind::Pod, "job", "1", &job).await;
+    let done = edge
+        .reported("job succeeded", |e| {
+            e.key == key(ResourceKind::PodStatus, "job")
+                && e.payload["status"]["phase"] == "Succeeded"
+        })
+        .await;
+    // The cloud acknowledges the status; the pod with that status has not come back down (the
+    // link went, or edgecore stopped, first): the stored pod has no status.
+    let outbox = edge.db.outbox();
+    assert!(outbox.acknowledge(&done.key, done.seq).await.expect("ack"));
+    assert!(!edge.outbox().iter().any(|e| e.key == done.key));
+
+    let edge = edge.restart().await;
+    edge.put_pod("web", "1", None).await;
+    edge.running("web").await;
+    // Both pods were looked at in that start's first pass: only web was created.
+    let calls = edge.fake.calls();
+    assert!(
+        calls.iter().any(|c| c.starts_with("create web#")),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with("create job#")),
+        "{calls:?}"
+    );
     edge.shutdown.cancel();
     edge.edged.await.expect("Edged ends");
 }

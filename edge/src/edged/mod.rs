@@ -294,25 +294,41 @@ async fn put(outbox: &Outbox, report: &Report) {
         .await;
 }
 
-/// The status of `pod` queued in the outbox, if one waits there for this uid.
-fn queued_status(outbox: &Outbox, pod: &Pod) -> Option<PodStatus> {
-    let key = ObjectKey {
+/// The key of a pod's status reports.
+fn status_key(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey {
         kind: ResourceKind::PodStatus,
-        namespace: pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: pod.metadata.name.clone()?,
-    };
-    let queued = outbox.get(&key).ok()??;
-    if queued.get("uid")?.as_str()? != pod.metadata.uid.as_deref()? {
-        return None;
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
     }
-    match serde_json::from_value(queued.get("status")?.clone()) {
+}
+
+/// The status this edge last reported for `pod` (this uid): the one waiting in the outbox, else
+/// the last one the cloud acknowledged. The stored pod's status can be older than both: the
+/// cloud sends the pod back with its new status only after it acknowledged the report, and a
+/// link cut or a restart in between loses that copy until the next resync.
+fn reported_status(outbox: &Outbox, pod: &Pod) -> Option<PodStatus> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let key = status_key(namespace, pod.metadata.name.as_deref()?);
+    let uid = pod.metadata.uid.as_deref()?;
+    let of_this_pod =
+        |report: serde_json::Value| (report.get("uid")?.as_str()? == uid).then_some(report);
+    let report = outbox
+        .get(&key)
+        .ok()
+        .flatten()
+        .and_then(of_this_pod)
+        .or_else(|| {
+            outbox
+                .acknowledged(&key)
+                .ok()
+                .flatten()
+                .and_then(of_this_pod)
+        })?;
+    match serde_json::from_value(report.get("status")?.clone()) {
         Ok(status) => Some(status),
         Err(error) => {
-            tracing::warn!(%key, %error, "a queued pod status does not parse");
+            tracing::warn!(%key, %error, "a reported pod status does not parse");
             None
         }
     }
@@ -394,7 +410,7 @@ impl Edged {
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| {
                 is_terminal(p)
-                    || queued_status(&self.outbox, p).is_some_and(|s| phase_is_terminal(&s))
+                    || reported_status(&self.outbox, p).is_some_and(|s| phase_is_terminal(&s))
             })
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
@@ -417,6 +433,32 @@ impl Edged {
             tokio::task::spawn_blocking(move || remove_orphaned_pod_dirs(&pods_root, &all)).await
         {
             tracing::warn!(%error, "cannot sweep orphaned pod directories");
+        }
+        // So do the statuses kept of pods that left while edgecore was down.
+        let held: HashSet<(String, String)> = self
+            .desired_pods()
+            .iter()
+            .map(|p| {
+                let namespace = p.metadata.namespace.as_deref().unwrap_or("default");
+                (
+                    namespace.to_owned(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let gone = match self.outbox.acknowledged_names(ResourceKind::PodStatus) {
+            Ok(names) => names
+                .into_iter()
+                .filter(|n| !held.contains(n))
+                .map(|(namespace, name)| (status_key(&namespace, &name), None))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the statuses kept of pods");
+                Vec::new()
+            }
+        };
+        if let Err(error) = self.outbox.forget_acknowledged(gone).await {
+            tracing::warn!(%error, "cannot forget the statuses of pods that left");
         }
         let (stopped_tx, mut stopped_rx) = mpsc::unbounded_channel::<Stopped>();
         let (chosen_tx, mut chosen_rx) = mpsc::unbounded_channel::<Chosen>();
@@ -577,28 +619,31 @@ impl Edged {
             if !scope.includes(&pod) {
                 continue;
             }
-            let state = self.pods.entry(uid.clone()).or_insert_with(|| PodState {
-                pod: pod.clone(),
-                namespace: pod
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-                start_time: pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.start_time.as_ref())
-                    .map_or_else(jiff::Timestamp::now, |t| t.0),
-                refused: None,
-                // A status still waiting in the outbox is newer than the cloud's copy: a pod
-                // that finished while the cloud was away must not run again after a restart.
-                reported: queued_status(&self.outbox, &pod).or_else(|| pod.status.clone()),
-                choosing: false,
-                stopping: false,
-                confirmed: false,
-                volumes_written_from: None,
-                mqtt_login: None,
+            let state = self.pods.entry(uid.clone()).or_insert_with(|| {
+                // What this edge reported is newer than the cloud's copy (a status still in the
+                // outbox, or one acknowledged whose pod has not come back down yet): a pod that
+                // finished must not run again after a restart.
+                let reported = reported_status(&self.outbox, &pod).or_else(|| pod.status.clone());
+                PodState {
+                    pod: pod.clone(),
+                    namespace: pod
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                    name: pod.metadata.name.clone().unwrap_or_default(),
+                    start_time: reported
+                        .as_ref()
+                        .and_then(|s| s.start_time.as_ref())
+                        .map_or_else(jiff::Timestamp::now, |t| t.0),
+                    refused: None,
+                    reported,
+                    choosing: false,
+                    stopping: false,
+                    confirmed: false,
+                    volumes_written_from: None,
+                    mqtt_login: None,
+                }
             });
             state.pod = pod.clone();
             if pod.metadata.deletion_timestamp.is_some() {
@@ -704,8 +749,17 @@ impl Edged {
                 });
             });
         }
-        self.pods
-            .retain(|uid, s| wanted.contains(uid) || s.stopping);
+        let mut left = Vec::new();
+        self.pods.retain(|uid, s| {
+            let keep = wanted.contains(uid) || s.stopping;
+            if !keep {
+                left.push((status_key(&s.namespace, &s.name), Some(uid.clone())));
+            }
+            keep
+        });
+        if let Err(error) = self.outbox.forget_acknowledged(left).await {
+            tracing::warn!(%error, "cannot forget the statuses of pods that left");
+        }
         if let Some(tokens) = &self.tokens {
             tokens.retain(&self.pods.keys().cloned().collect());
         }
@@ -1009,7 +1063,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_status_waiting_in_the_outbox_is_found_for_its_pod_only() {
+    async fn the_status_reported_is_found_for_its_pod_queued_and_once_acknowledged() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = crate::store::Database::open(&dir.path().join("edge.db"))
             .expect("open")
@@ -1020,7 +1074,7 @@ mod tests {
             "status": {"phase": "Running"}
         }))
         .expect("pod");
-        assert!(queued_status(&outbox, &pod).is_none());
+        assert!(reported_status(&outbox, &pod).is_none());
         let finished = PodStatus {
             phase: Some("Succeeded".into()),
             ..PodStatus::default()
@@ -1030,13 +1084,45 @@ mod tests {
             .put(&report.key, report.operation, &report.payload)
             .await
             .expect("put");
-        let queued = queued_status(&outbox, &pod).expect("queued");
+        let queued = reported_status(&outbox, &pod).expect("queued");
         assert!(phase_is_terminal(&queued));
         let mut other = pod.clone();
         other.metadata.uid = Some("u2".into());
         assert!(
-            queued_status(&outbox, &other).is_none(),
+            reported_status(&outbox, &other).is_none(),
             "another pod of that name"
+        );
+
+        // Acknowledged: the entry goes, the status stays (the cloud does not send it back).
+        let sent = outbox.pending(0, 10).expect("pending");
+        assert!(
+            outbox
+                .acknowledge(&report.key, sent[0].seq)
+                .await
+                .expect("ack")
+        );
+        assert!(outbox.is_empty().expect("len"));
+        let kept = reported_status(&outbox, &pod).expect("kept once acknowledged");
+        assert!(phase_is_terminal(&kept));
+        assert!(reported_status(&outbox, &other).is_none());
+
+        // Forgotten when its pod leaves, not when another pod of that name does.
+        let key = status_key("default", "finite");
+        outbox
+            .forget_acknowledged(vec![(key.clone(), Some("u2".into()))])
+            .await
+            .expect("forget");
+        assert!(reported_status(&outbox, &pod).is_some());
+        outbox
+            .forget_acknowledged(vec![(key, Some("u1".into()))])
+            .await
+            .expect("forget");
+        assert!(reported_status(&outbox, &pod).is_none());
+        assert!(
+            outbox
+                .acknowledged_names(ResourceKind::PodStatus)
+                .expect("names")
+                .is_empty()
         );
     }
 

@@ -37,7 +37,7 @@ pub use twins::{StoredTwin, TwinStore};
 pub use writer::WriteStats;
 
 /// The schema's version, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -80,6 +80,19 @@ CREATE TABLE IF NOT EXISTS device_states (
     device TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     last_online TEXT
+);
+";
+
+/// Version 3: the last report of each key the cloud acknowledged, for the kinds the edge must
+/// remember once the outbox lets them go (pod statuses: what says a pod finished, after a
+/// restart, even before the cloud's copy of the pod with that status has come back down).
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS acknowledged (
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
 );
 ";
 
@@ -421,6 +434,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
     if version < 2 {
         tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
+    }
+    if version < 3 {
+        tx.execute_batch(SCHEMA_V3).map_err(open_err)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(open_err)?;

@@ -149,6 +149,20 @@ fn append_in(
 
 /// Removes the entry of `key` in the writer's transaction if it still has `seq`.
 fn delete_in(tx: &Connection, key: &ObjectKey, seq: u64) -> Result<bool, StoreError> {
+    if remembered(key.kind) {
+        tx.execute(
+            "INSERT OR REPLACE INTO acknowledged (kind, namespace, name, payload)
+             SELECT kind, namespace, name, payload FROM outbox
+             WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND seq = ?4",
+            params![
+                key.kind.as_str(),
+                key.namespace,
+                key.name,
+                i64::try_from(seq).unwrap_or(-1)
+            ],
+        )
+        .map_err(sql(format!("remembering the report on {key}")))?;
+    }
     let removed = tx
         .execute(
             "DELETE FROM outbox WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND seq = ?4",
@@ -161,6 +175,12 @@ fn delete_in(tx: &Connection, key: &ObjectKey, seq: u64) -> Result<bool, StoreEr
         )
         .map_err(sql(format!("removing the report on {key}")))?;
     Ok(removed > 0)
+}
+
+/// Whether the last acknowledged report of `kind` is kept after its entry goes
+/// ([`Outbox::acknowledged`]): pod statuses, which Edged reads at a restart.
+fn remembered(kind: ResourceKind) -> bool {
+    kind == ResourceKind::PodStatus
 }
 
 /// What waits in memory that a write wrote in the writer's transaction.
@@ -323,6 +343,65 @@ impl Outbox {
             .map_err(sql(format!("reading the report on {key}")))?;
         text.map(|t| decode(&t, "report", &key.to_string()))
             .transpose()
+    }
+
+    /// The last report on `key` the cloud acknowledged, for the kinds kept after their entry
+    /// goes (pod statuses).
+    pub fn acknowledged(&self, key: &ObjectKey) -> Result<Option<serde_json::Value>, StoreError> {
+        let text: Option<String> = self
+            .db
+            .conn()
+            .query_row(
+                "SELECT payload FROM acknowledged WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                params![key.kind.as_str(), key.namespace, key.name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(format!("reading the acknowledged report on {key}")))?;
+        text.map(|t| decode(&t, "report", &key.to_string()))
+            .transpose()
+    }
+
+    /// Forgets the acknowledged reports of `keys` (their pods left the edge): each only if it
+    /// is about that uid, when one is given (a pod of the same name may have come since).
+    pub async fn forget_acknowledged(
+        &self,
+        keys: Vec<(ObjectKey, Option<String>)>,
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(
+                move |tx| {
+                    for (key, uid) in &keys {
+                        tx.execute(
+                            "DELETE FROM acknowledged WHERE kind = ?1 AND namespace = ?2 AND name = ?3
+                             AND (?4 IS NULL OR json_extract(payload, '$.uid') = ?4)",
+                            params![key.kind.as_str(), key.namespace, key.name, uid],
+                        )
+                        .map_err(sql(format!("forgetting the report on {key}")))?;
+                    }
+                    Ok(())
+                },
+                |_, _| {},
+            )
+            .await
+    }
+
+    /// The (namespace, name) of every acknowledged report of `kind` kept.
+    pub fn acknowledged_names(
+        &self,
+        kind: ResourceKind,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.db.conn();
+        let mut statement = conn
+            .prepare("SELECT namespace, name FROM acknowledged WHERE kind = ?1")
+            .map_err(sql("listing acknowledged reports"))?;
+        statement
+            .query_map([kind.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(sql("listing acknowledged reports"))
     }
 
     /// Removes the entry of `key` if it still has `seq`. Returns whether it did. When the
@@ -565,6 +644,56 @@ mod tests {
             "after a cursor"
         );
         assert_eq!(outbox.pending(0, 1).expect("pending").len(), 1, "limited");
+    }
+
+    #[tokio::test]
+    async fn the_last_acknowledged_pod_status_is_kept_also_in_a_database_from_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("edge.db");
+        // A database as schema version 2 left it.
+        {
+            let conn = Connection::open(&path).expect("sqlite");
+            conn.execute_batch(super::super::SCHEMA)
+                .and_then(|()| conn.execute_batch(super::super::SCHEMA_V2))
+                .and_then(|()| conn.pragma_update(None, "user_version", 2))
+                .expect("version 2");
+        }
+        let outbox = Database::open(&path).expect("open").outbox();
+        let node = ObjectKey {
+            kind: ResourceKind::NodeStatus,
+            namespace: String::new(),
+            name: "edge".into(),
+        };
+        for (k, phase) in [(key("a"), "Running"), (node.clone(), "Ready")] {
+            outbox
+                .put(&k, Operation::Update, &json!({"phase": phase}))
+                .await
+                .expect("put");
+        }
+        for entry in outbox.pending(0, 10).expect("pending") {
+            assert!(
+                outbox
+                    .acknowledge(&entry.key, entry.seq)
+                    .await
+                    .expect("ack")
+            );
+        }
+        assert!(outbox.is_empty().expect("empty"));
+        assert_eq!(
+            outbox.acknowledged(&key("a")).expect("read"),
+            Some(json!({"phase": "Running"}))
+        );
+        assert_eq!(
+            outbox.acknowledged(&node).expect("read"),
+            None,
+            "only pod statuses"
+        );
+        assert_eq!(
+            outbox
+                .acknowledged_names(ResourceKind::PodStatus)
+                .expect("names"),
+            [("default".to_owned(), "a".to_owned())]
+        );
     }
 
     #[tokio::test]
