@@ -444,6 +444,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if let Some(cri) = cri {
         cri.shutdown().await;
     }
+    // Last, once nothing writes any more: what is queued is committed before the process
+    // exits, waited for here rather than by whichever task drops the last handle.
+    db.close().await;
     outcome
 }
 

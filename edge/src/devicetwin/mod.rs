@@ -11,20 +11,25 @@
 //!   values; apps and the cloud never set them.
 //!
 //! Every change is stored before it is announced, and memory changes only once its rows are
-//! committed (by the database's writer thread, awaited without holding DeviceTwin's lock: the
-//! rows are made under the lock, committed without it, then applied under it). Writes to one
-//! device take its write guard first, so two reports to a device racing are made, committed
-//! and applied one after the other: memory ends with the later one, as the disk does, and
-//! versions never repeat. The device's whole status then goes into the
+//! committed: a report's rows are made under DeviceTwin's lock and queued for the database's
+//! writer thread, and its settle hook applies them to memory and announces the change on that
+//! thread once they are committed, in queue order. A device's writes are put in order when
+//! they are queued ([`staged`]): its write guard is held while a report is made and queued, not
+//! across the commit, so a device can have many reports in flight sharing one commit; each is
+//! made on top of those before it (versions never repeat), memory ends as the disk does, and a
+//! report the database refuses is refused alone. The device's whole status then goes into the
 //! outbox under one key, written by [`DeviceTwin::run`] as soon as it wakes (a burst of changes
 //! costs one outbox write, not one each): changes made while the cloud is away coalesce into the
 //! newest status, which reaches the cloud after reconnect, once. A status not yet written when
 //! the process dies is rebuilt from the stored twins at the next start.
 
 mod report;
+mod staged;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, broadcast, watch};
@@ -47,8 +52,26 @@ struct Entry {
     device: Device,
     model: DeviceModel,
     twin: wedge_core::twin::DeviceTwin,
+    /// What is committed: memory follows the disk.
     properties: BTreeMap<String, StoredTwin>,
+    /// What the device's writes in flight set, on top of `properties`.
+    staged: staged::Staged,
     last_online: Option<String>,
+}
+
+impl Entry {
+    /// `property`'s `side` as the next write finds it: the last value in flight, else the
+    /// committed one.
+    fn current(&self, side: TwinSide, property: &str) -> Option<StampedValue> {
+        if let Some(value) = self.staged.get(side, property) {
+            return Some(value.clone());
+        }
+        let stored = self.properties.get(property)?;
+        match side {
+            TwinSide::Reported => stored.twin.reported.clone(),
+            TwinSide::Desired => stored.twin.desired.clone(),
+        }
+    }
 }
 
 /// A device bound to this node, with its model: what mappers are started from.
@@ -80,10 +103,26 @@ struct Inner {
     dirty: Mutex<BTreeSet<String>>,
     /// Wakes `run` to write the dirty statuses.
     status_due: Notify,
-    /// Each device's write guard: held from making a device's rows until they are in memory.
+    /// Each device's write guard: held while a device's rows are made and queued (a reload:
+    /// until they are in memory).
     writes: WriteGuards,
+    /// Numbers the writes of reports and desired values ([`staged`]).
+    next_write: AtomicU64,
     /// Held while statuses are made and queued, so that an older one never follows a newer.
     flushing: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    fn mark_dirty(&self, device: &str) {
+        let new = self
+            .dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device.to_owned());
+        if new {
+            self.status_due.notify_one();
+        }
+    }
 }
 
 fn unavailable(e: StoreError) -> TwinBackendError {
@@ -142,6 +181,7 @@ impl DeviceTwin {
                 dirty: Mutex::default(),
                 status_due: Notify::new(),
                 writes: Mutex::default(),
+                next_write: AtomicU64::new(1),
                 flushing: tokio::sync::Mutex::const_new(()),
             }),
         };
@@ -225,15 +265,7 @@ impl DeviceTwin {
     }
 
     fn mark_dirty(&self, device: &str) {
-        let new = self
-            .inner
-            .dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(device.to_owned());
-        if new {
-            self.inner.status_due.notify_one();
-        }
+        self.inner.mark_dirty(device);
     }
 
     /// Every change from now on, in the order they were made. A receiver that falls behind
@@ -349,6 +381,7 @@ impl DeviceTwin {
                     model: DeviceModel::clone(model),
                     twin,
                     properties: BTreeMap::new(),
+                    staged: staged::Staged::default(),
                     last_online: None,
                 },
             );
@@ -364,6 +397,11 @@ impl DeviceTwin {
         let mut guards = Vec::with_capacity(names.len());
         for name in &names {
             guards.push(self.guard(name).await);
+        }
+        // Reports queued before the guards were taken settle first: memory is then what the
+        // disk holds, and the rows below are made from it.
+        if let Err(e) = self.inner.twins.settled().await {
+            tracing::debug!(error = %e, "waiting for the reports in flight");
         }
         let mut changed_membership = false;
         let mut announce = Vec::new();
@@ -395,6 +433,7 @@ impl DeviceTwin {
                     // Same device, new spec or model: keep its values and state.
                     Some(e) if e.uid == entry.uid => {
                         entry.properties = e.properties.clone();
+                        entry.staged = e.staged.clone();
                         entry.twin.state = e.twin.state;
                         entry.last_online = e.last_online.clone();
                     }
@@ -503,6 +542,83 @@ fn apply_spec_desired(
     (changes, rows)
 }
 
+/// A queued write's values, settled into memory on the writer thread ([`staged`]). Its slots
+/// in the device's staged values are given back however the write ends: settled, or dropped
+/// unrun (the database closed).
+struct Settle {
+    twin: Weak<Inner>,
+    device: String,
+    write: u64,
+    side: TwinSide,
+    /// The values in the report's order (a property named twice, twice).
+    set: Vec<(String, StampedValue)>,
+}
+
+impl Settle {
+    /// The write's group has settled: `stored` says whether this write is on the disk.
+    fn settled(mut self, stored: bool) {
+        let Some(inner) = self.twin.upgrade() else {
+            return;
+        };
+        let set = std::mem::take(&mut self.set);
+        let mut changes = Vec::new();
+        {
+            let mut devices = inner.devices.lock().unwrap_or_else(PoisonError::into_inner);
+            // Gone meanwhile: its rows are stored, and come back if it binds again.
+            let Some(entry) = devices.get_mut(&self.device) else {
+                return;
+            };
+            for (property, _) in &set {
+                entry.staged.unstage(self.side, property, self.write);
+            }
+            if !stored {
+                return;
+            }
+            for (property, current) in set {
+                let row = entry.properties.entry(property.clone()).or_default();
+                let slot = match self.side {
+                    TwinSide::Reported => &mut row.twin.reported,
+                    TwinSide::Desired => &mut row.twin.desired,
+                };
+                let previous = slot.replace(current.clone());
+                changes.push(TwinChange {
+                    device: self.device.clone(),
+                    property,
+                    side: self.side,
+                    previous,
+                    current,
+                });
+            }
+            if self.side == TwinSide::Reported && entry.twin.state == DeviceState::Online {
+                entry.last_online = Some(jiff::Timestamp::now().to_string());
+            }
+        }
+        inner.mark_dirty(&self.device);
+        for change in changes {
+            let _ = inner.changes.send(change);
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        // Not settled (the write never ran): its slots go, or they would hold the device's
+        // versions ahead of the disk for good.
+        if self.set.is_empty() {
+            return;
+        }
+        let Some(inner) = self.twin.upgrade() else {
+            return;
+        };
+        let mut devices = inner.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = devices.get_mut(&self.device) {
+            for (property, _) in &self.set {
+                entry.staged.unstage(self.side, property, self.write);
+            }
+        }
+    }
+}
+
 /// The outbox entry of `entry`'s status.
 fn status_report(name: &str, entry: &Entry) -> (ObjectKey, serde_json::Value) {
     let key = ObjectKey {
@@ -522,13 +638,34 @@ impl DeviceTwin {
         values: Vec<(String, TwinValue)>,
         side: TwinSide,
     ) -> Result<Vec<u64>, TwinBackendError> {
-        let _guard = self.guard(device).await;
-        let mut changes = Vec::with_capacity(values.len());
+        let (versions, stored) = self.queue_update(device, values, side).await?;
+        stored.await?;
+        Ok(versions)
+    }
+
+    /// Checks `values` against the device's model and queues them for the database, behind the
+    /// device's writes queued before ([`staged`]). Returns their versions once queued, and
+    /// what resolves once they are stored: applied to memory, announced and the status marked
+    /// to be sent, on the writer thread, before it does.
+    async fn queue_update(
+        &self,
+        device: &str,
+        values: Vec<(String, TwinValue)>,
+        side: TwinSide,
+    ) -> Result<
+        (
+            Vec<u64>,
+            impl Future<Output = Result<(), TwinBackendError>> + Send + 'static,
+        ),
+        TwinBackendError,
+    > {
+        let guard = self.guard(device).await;
+        let write = self.inner.next_write.fetch_add(1, Ordering::Relaxed);
         let mut versions = Vec::with_capacity(values.len());
-        let staged = {
-            let devices = self.lock();
+        let (rows, set) = {
+            let mut devices = self.lock();
             let entry = devices
-                .get(device)
+                .get_mut(device)
                 .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
             // Check everything first: a report is taken whole or refused whole.
             for (property, value) in &values {
@@ -543,65 +680,54 @@ impl DeviceTwin {
                 }
                 model.check(value)?;
             }
-            // The new rows are made aside, stored in one transaction, and only then become the
-            // twin in memory: a failed write leaves memory and disk as they were, together.
+            // The values are made on top of what is committed and in flight, stored in one
+            // write, and become the twin in memory only once that write is committed: a failed
+            // write leaves memory and disk as they were, together.
             let now = now_ms();
-            // In the report's order, a property named twice once.
-            let mut staged: Vec<(String, StoredTwin)> = Vec::with_capacity(values.len());
+            let mut set: Vec<(String, StampedValue)> = Vec::with_capacity(values.len());
             for (property, value) in values {
-                let at = match staged.iter().position(|(p, _)| *p == property) {
-                    Some(at) => at,
-                    None => {
-                        let held = entry.properties.get(&property).cloned();
-                        staged.push((property.clone(), held.unwrap_or_default()));
-                        staged.len() - 1
-                    }
-                };
-                let stored = &mut staged[at].1;
-                let slot = match side {
-                    TwinSide::Reported => &mut stored.twin.reported,
-                    TwinSide::Desired => &mut stored.twin.desired,
-                };
-                let previous = slot.clone();
+                let version = entry
+                    .current(side, &property)
+                    .map_or(1, |previous| previous.version + 1);
                 let current = StampedValue {
                     value,
                     timestamp_ms: now,
-                    version: previous.as_ref().map_or(1, |p| p.version + 1),
+                    version,
                 };
-                *slot = Some(current.clone());
-                versions.push(current.version);
-                changes.push(TwinChange {
-                    device: device.to_owned(),
-                    property,
-                    side,
-                    previous,
-                    current,
-                });
+                entry.staged.stage(side, &property, write, current.clone());
+                versions.push(version);
+                set.push((property, current));
             }
-            staged
-        };
-        // Committed without DeviceTwin's lock; this device's guard keeps its other writes out
-        // until the rows are in memory.
-        self.inner
-            .twins
-            .save_all(device, staged.clone())
-            .await
-            .map_err(unavailable)?;
-        {
-            let mut devices = self.lock();
-            // Gone meanwhile: its rows are stored, and come back if it binds again.
-            if let Some(entry) = devices.get_mut(device) {
-                entry.properties.extend(staged);
-                if side == TwinSide::Reported && entry.twin.state == DeviceState::Online {
-                    entry.last_online = Some(jiff::Timestamp::now().to_string());
+            // One row per property, with its last value when the report names it twice.
+            let mut rows: Vec<(String, StampedValue)> = Vec::with_capacity(set.len());
+            for (property, value) in &set {
+                match rows.iter_mut().find(|(p, _)| p == property) {
+                    Some(row) => row.1 = value.clone(),
+                    None => rows.push((property.clone(), value.clone())),
                 }
-                self.mark_dirty(device);
             }
-        }
-        for change in changes {
-            let _ = self.inner.changes.send(change);
-        }
-        Ok(versions)
+            (rows, set)
+        };
+        let settle = Settle {
+            twin: Arc::downgrade(&self.inner),
+            device: device.to_owned(),
+            write,
+            side,
+            set,
+        };
+        let queued = self
+            .inner
+            .twins
+            .queue_side(device, side, rows, move |result, _| {
+                settle.settled(result.is_ok());
+            })
+            .await;
+        // The device's next write is made on top of this one and queued behind it from here.
+        drop(guard);
+        let pending = queued.map_err(unavailable)?;
+        Ok((versions, async move {
+            pending.wait().await.map_err(unavailable)
+        }))
     }
 
     /// Values the device reported (from its mapper, or itself over MQTT), checked against the
@@ -614,6 +740,22 @@ impl DeviceTwin {
         self.update(device, values, TwinSide::Reported)
             .await
             .map(drop)
+    }
+
+    /// Queues values the device reported, as [`DeviceTwin::report`] stores them, and returns
+    /// once they are queued behind the device's reports before: what is returned resolves once
+    /// they are stored (and in memory). A device whose reports come faster than a commit (a
+    /// mapper's burst, an MQTT stream) queues the next without waiting, and they share commits.
+    pub async fn queue_report(
+        &self,
+        device: &str,
+        values: Vec<(String, TwinValue)>,
+    ) -> Result<impl Future<Output = Result<(), TwinBackendError>> + Send + 'static, TwinBackendError>
+    {
+        let (_, stored) = self
+            .queue_update(device, values, TwinSide::Reported)
+            .await?;
+        Ok(stored)
     }
 
     /// A desired value set at the edge (an app, or an MQTT client).

@@ -398,45 +398,77 @@ async fn a_state_the_disk_cannot_take_leaves_the_state_as_it_was() {
     );
 }
 
-#[tokio::test]
-async fn two_reports_to_one_device_racing_leave_memory_and_disk_with_the_later() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// DeviceTwin over a gated writer (each group waits for a tick), with the thermostat bound:
+/// storing the device and model and the twin's first load go through ungated.
+async fn gated_twin(
+    dir: &tempfile::TempDir,
+) -> (Database, std::sync::mpsc::Sender<()>, DeviceTwin) {
     let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("db");
     let meta = MetaManager::load(&db).expect("meta");
-    let twin = {
-        // Storing the device and model, and the twin's first load, go through ungated.
-        let opened = async {
-            meta.apply(
-                &key(ResourceKind::DeviceModel, "thermostat"),
-                "m1",
-                "1",
-                &model(),
-            )
-            .await
-            .expect("model");
-            meta.apply(
-                &key(ResourceKind::Device, "thermo-1"),
-                "d1",
-                "1",
-                &device("21"),
-            )
-            .await
-            .expect("device");
-            DeviceTwin::new(&db, &meta).await
-        };
-        // One tick per write, each once the writer took the one before: none is banked for
-        // the race below.
-        let ticks = async {
-            loop {
-                db.until_queued(1).await;
-                db.tick_one(&tick).await;
-            }
-        };
-        tokio::select! {
-            twin = opened => twin,
-            () = ticks => unreachable!(),
+    let opened = async {
+        meta.apply(
+            &key(ResourceKind::DeviceModel, "thermostat"),
+            "m1",
+            "1",
+            &model(),
+        )
+        .await
+        .expect("model");
+        meta.apply(
+            &key(ResourceKind::Device, "thermo-1"),
+            "d1",
+            "1",
+            &device("21"),
+        )
+        .await
+        .expect("device");
+        DeviceTwin::new(&db, &meta).await
+    };
+    // One tick per write, each once the writer took the one before: none is banked for the
+    // test's own writes.
+    let ticks = async {
+        loop {
+            db.until_queued(1).await;
+            db.tick_one(&tick).await;
         }
     };
+    let twin = tokio::select! {
+        twin = opened => twin,
+        () = ticks => unreachable!(),
+    };
+    (db, tick, twin)
+}
+
+/// A side of a property, as (value, version).
+type Side = Option<(TwinValue, u64)>;
+
+/// `property`'s `side` in memory and on disk.
+fn both_sides(twin: &DeviceTwin, db: &Database, property: &str, side: TwinSide) -> (Side, Side) {
+    let pick = |t: &wedge_core::twin::TwinProperty| {
+        match side {
+            TwinSide::Reported => t.reported.clone(),
+            TwinSide::Desired => t.desired.clone(),
+        }
+        .map(|v| (v.value, v.version))
+    };
+    let (_, properties) = twin.document("thermo-1").expect("document");
+    let in_memory = properties
+        .iter()
+        .find(|(p, _)| p == property)
+        .and_then(|(_, t)| pick(t));
+    let on_disk = db
+        .twins()
+        .load("thermo-1")
+        .expect("rows")
+        .get(property)
+        .and_then(|s| pick(&s.twin));
+    (in_memory, on_disk)
+}
+
+#[tokio::test]
+async fn a_devices_reports_queued_while_one_is_written_share_one_commit_and_settle_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick, twin) = gated_twin(&dir).await;
     let mut changes = twin.subscribe();
     let report = |value: f64| {
         let twin = twin.clone();
@@ -448,36 +480,136 @@ async fn two_reports_to_one_device_racing_leave_memory_and_disk_with_the_later()
             .await
         })
     };
-    let first = report(20.0);
-    db.until_queued(1).await;
-    // The second waits for the first's commit (the device's write guard), not beside it.
-    let second = report(30.0);
-    tick.send(()).expect("the first's commit");
-    first.await.expect("task").expect("first");
-    db.until_queued(1).await;
-    tick.send(()).expect("the second's commit");
-    second.await.expect("task").expect("second");
-
-    let announced: Vec<(TwinValue, u64)> = (0..2)
+    let before = db.write_stats().transactions;
+    // Each is queued while the ones before wait for their commit: the device's write guard
+    // orders them as they are queued and is not held across the commit.
+    let reports: Vec<_> = [20.0, 30.0, 40.0]
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| (i, report(value)))
+        .collect();
+    let mut waiting = Vec::new();
+    for (i, report) in reports {
+        db.until_queued(i + 1).await;
+        waiting.push(report);
+    }
+    tick.send(()).expect("the commit");
+    for report in waiting {
+        report.await.expect("task").expect("stored");
+    }
+    assert_eq!(
+        db.write_stats().transactions - before,
+        1,
+        "one commit for the three"
+    );
+    let announced: Vec<(TwinValue, u64)> = (0..3)
         .map(|_| changes.try_recv().expect("announced"))
         .map(|c| (c.current.value, c.current.version))
         .collect();
     assert_eq!(
         announced,
-        [(TwinValue::Float(20.0), 1), (TwinValue::Float(30.0), 2)],
+        [
+            (TwinValue::Float(20.0), 1),
+            (TwinValue::Float(30.0), 2),
+            (TwinValue::Float(40.0), 3)
+        ],
         "in order, each its own version"
     );
-    let in_memory = twin
-        .property("thermo-1", "temperature")
-        .await
-        .expect("twin")
-        .reported
-        .map(|r| (r.value, r.version));
-    let on_disk = db.twins().load("thermo-1").expect("rows")["temperature"]
-        .twin
-        .reported
-        .clone()
-        .map(|r| (r.value, r.version));
-    assert_eq!(in_memory, Some((TwinValue::Float(30.0), 2)));
+    let (in_memory, on_disk) = both_sides(&twin, &db, "temperature", TwinSide::Reported);
+    assert_eq!(in_memory, Some((TwinValue::Float(40.0), 3)));
     assert_eq!(on_disk, in_memory, "memory as the disk");
+}
+
+#[tokio::test]
+async fn a_write_refused_among_a_devices_writes_in_flight_is_refused_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick, twin) = gated_twin(&dir).await;
+    // The database refuses any new desired value of the setpoint, as a failing disk would: a
+    // trigger, made over a connection of the test's own.
+    let sql = rusqlite::Connection::open(dir.path().join("edge.db")).expect("a connection");
+    sql.execute_batch(
+        "CREATE TRIGGER refuse_desired BEFORE UPDATE ON twins
+         WHEN NEW.property = 'setpoint' AND NEW.desired IS NOT OLD.desired
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .expect("the trigger");
+    let mut changes = twin.subscribe();
+    // In one group, in this order: an app's desired value the disk refuses, then the device's
+    // report on the same property (made while that value is in flight), then another report.
+    let desired = {
+        let twin = twin.clone();
+        tokio::spawn(async move {
+            twin.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(18))
+                .await
+        })
+    };
+    db.until_queued(1).await;
+    let reported = {
+        let twin = twin.clone();
+        tokio::spawn(async move {
+            twin.report(
+                "thermo-1",
+                vec![("setpoint".into(), TwinValue::Integer(19))],
+            )
+            .await
+        })
+    };
+    db.until_queued(2).await;
+    let temperature = {
+        let twin = twin.clone();
+        tokio::spawn(async move {
+            twin.report(
+                "thermo-1",
+                vec![("temperature".into(), TwinValue::Float(22.5))],
+            )
+            .await
+        })
+    };
+    db.until_queued(3).await;
+    tick.send(()).expect("the commit");
+    assert!(
+        matches!(
+            desired.await.expect("task"),
+            Err(TwinBackendError::Unavailable(_))
+        ),
+        "the refused write"
+    );
+    reported.await.expect("task").expect("the report beside it");
+    temperature.await.expect("task").expect("the other report");
+
+    // The report on the setpoint stored its side only: the refused desired value is on
+    // neither the disk nor in memory.
+    let (in_memory, on_disk) = both_sides(&twin, &db, "setpoint", TwinSide::Desired);
+    assert_eq!(in_memory, Some((TwinValue::Integer(21), 1)), "the spec's");
+    assert_eq!(on_disk, in_memory);
+    let (in_memory, on_disk) = both_sides(&twin, &db, "setpoint", TwinSide::Reported);
+    assert_eq!(in_memory, Some((TwinValue::Integer(19), 1)));
+    assert_eq!(on_disk, in_memory);
+    let (in_memory, on_disk) = both_sides(&twin, &db, "temperature", TwinSide::Reported);
+    assert_eq!(in_memory, Some((TwinValue::Float(22.5), 1)));
+    assert_eq!(on_disk, in_memory);
+    let announced: Vec<(String, TwinSide)> = (0..2)
+        .map(|_| changes.try_recv().expect("announced"))
+        .map(|c| (c.property, c.side))
+        .collect();
+    assert_eq!(
+        announced,
+        [
+            ("setpoint".to_owned(), TwinSide::Reported),
+            ("temperature".to_owned(), TwinSide::Reported)
+        ],
+        "the refused value is not announced"
+    );
+    assert!(changes.try_recv().is_err());
+
+    // Nothing of the refused value is left in flight: the next desired value follows the
+    // stored one.
+    sql.execute_batch("DROP TRIGGER refuse_desired")
+        .expect("drop the trigger");
+    drop(tick);
+    assert_eq!(
+        twin.set_desired_value("thermo-1", "setpoint", TwinValue::Integer(17))
+            .await,
+        Ok(2)
+    );
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use rustls::pki_types::ServerName;
@@ -29,11 +29,41 @@ use crate::edged::usage::UsageFeed;
 use crate::edgestream::EdgeStream;
 use crate::metamanager::MetaManager;
 use crate::reports;
-use crate::store::Outbox;
+use crate::store::{Applied, Outbox, Pending};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the cloud asks to send a report again later, wait this long.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Object frames received together stored as one run at most ([`Link::store_objects`]): the
+/// writer's group size.
+const OBJECTS_TOGETHER: usize = 256;
+
+/// What one read of the socket gives.
+type Received = Option<Result<Message, tungstenite::Error>>;
+
+/// Whether a frame carries an object the edge stores.
+fn is_object(frame: &Envelope) -> bool {
+    matches!(
+        frame.operation,
+        Operation::Insert | Operation::Update | Operation::Delete
+    )
+}
+
+/// An object frame's write, queued.
+enum StoredObject {
+    Applied(Pending<Applied>),
+    Deleted(Pending<bool>),
+}
+
+impl StoredObject {
+    /// Resolves once the write is settled.
+    async fn wait(self) -> Result<(), crate::store::StoreError> {
+        match self {
+            Self::Applied(pending) => pending.wait().await.map(drop),
+            Self::Deleted(pending) => pending.wait().await.map(drop),
+        }
+    }
+}
 
 /// The WebSocket a session runs on: over TLS to the cloud, or in memory in the tests.
 type Ws<S> = WebSocketStream<S>;
@@ -308,16 +338,7 @@ impl Link<'_> {
                 () = shutdown.cancelled() => return Ok(()),
                 message = ws.next() => {
                     self.last_heard = Instant::now();
-                    match message {
-                        Some(Ok(Message::Binary(bytes))) => self.inbound(ws, &bytes).await?,
-                        Some(Ok(Message::Close(Some(close)))) if close.reason.as_str() == Reason::CertificateRevoked.as_str() => {
-                            return Err(LinkError::Revoked("the cloud closed the session".into()));
-                        }
-                        Some(Ok(Message::Close(close))) => return Err(lost(format!("the cloud closed the connection: {close:?}"))),
-                        None => return Err(lost("the cloud closed the connection")),
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Err(lost(e)),
-                    }
+                    self.received(ws, message).await?;
                     self.pump(ws).await?;
                 }
                 () = self.outbox.changed(), if window_open => self.pump(ws).await?,
@@ -450,11 +471,41 @@ impl Link<'_> {
             .await
     }
 
+    /// Handles what came from the socket, and what a run of objects read after it
+    /// ([`Link::store_objects`]).
+    async fn received<S: Transport>(
+        &mut self,
+        ws: &mut Ws<S>,
+        mut message: Received,
+    ) -> Result<(), LinkError> {
+        loop {
+            match message {
+                Some(Ok(Message::Binary(bytes))) => match self.inbound(ws, &bytes).await? {
+                    Some(next) => message = next,
+                    None => return Ok(()),
+                },
+                Some(Ok(Message::Close(Some(close))))
+                    if close.reason.as_str() == Reason::CertificateRevoked.as_str() =>
+                {
+                    return Err(LinkError::Revoked("the cloud closed the session".into()));
+                }
+                Some(Ok(Message::Close(close))) => {
+                    return Err(lost(format!("the cloud closed the connection: {close:?}")));
+                }
+                None => return Err(lost("the cloud closed the connection")),
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(e)) => return Err(lost(e)),
+            }
+        }
+    }
+
+    /// Handles one binary message. Returns what was read from the socket after it and is not
+    /// handled yet (a run of objects stops at the first other message).
     async fn inbound<S: Transport>(
         &mut self,
         ws: &mut Ws<S>,
         bytes: &bytes::Bytes,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Option<Received>, LinkError> {
         if stream::is_stream_frame(bytes) {
             return match StreamFrame::decode_shared(bytes) {
                 Ok(frame) => {
@@ -468,52 +519,133 @@ impl Link<'_> {
                             ))),
                         }
                     }
-                    Ok(())
+                    Ok(None)
                 }
-                Err(e) => {
-                    self.refuse(ws, 0, Reason::MalformedFrame, &e.to_string())
-                        .await
-                }
+                Err(e) => self
+                    .refuse(ws, 0, Reason::MalformedFrame, &e.to_string())
+                    .await
+                    .map(|()| None),
             };
         }
         let frame = match Envelope::decode(bytes) {
             Ok(f) => f,
-            Err(e) => return self.refuse(ws, 0, e.reason(), &e.to_string()).await,
+            Err(e) => {
+                return self
+                    .refuse(ws, 0, e.reason(), &e.to_string())
+                    .await
+                    .map(|()| None);
+            }
         };
+        if is_object(&frame) {
+            return self.store_objects(ws, frame).await;
+        }
+        self.frame(ws, frame).await.map(|()| None)
+    }
+
+    /// Stores an object frame and the object frames right behind it that were received
+    /// already (a resync comes as a burst of them, up to the cloud's window), queued together
+    /// so that they share commits; then answers each, in order, once its write is settled: an
+    /// ack only for what is durable. Returns the first message read that is not one of them.
+    async fn store_objects<S: Transport>(
+        &mut self,
+        ws: &mut Ws<S>,
+        first: Envelope,
+    ) -> Result<Option<Received>, LinkError> {
+        let mut queued = vec![self.queue_object(first).await];
+        let mut after = None;
+        while queued.len() < OBJECTS_TOGETHER {
+            // Only what is here already: the run is answered before waiting for more.
+            let Some(message) = ws.next().now_or_never() else {
+                break;
+            };
+            let frame = match &message {
+                Some(Ok(Message::Binary(bytes))) if !stream::is_stream_frame(bytes) => {
+                    Envelope::decode(bytes).ok().filter(is_object)
+                }
+                _ => None,
+            };
+            match frame {
+                Some(frame) => queued.push(self.queue_object(frame).await),
+                None => {
+                    after = Some(message);
+                    break;
+                }
+            }
+        }
+        for (id, stored) in queued {
+            let outcome = match stored {
+                Ok(stored) => stored
+                    .wait()
+                    .await
+                    .map_err(|e| (Reason::StoreFailed, e.to_string())),
+                Err(refused) => Err(refused),
+            };
+            self.answer_object(ws, id, outcome).await?;
+        }
+        Ok(after)
+    }
+
+    /// Checks an object frame and queues its write; the frame's id and the write's answer,
+    /// or why it is refused.
+    async fn queue_object(
+        &mut self,
+        frame: Envelope,
+    ) -> (u64, Result<StoredObject, (Reason, String)>) {
+        if let Err(e) = self.order.accept(frame.id) {
+            return (frame.id, Err((Reason::OutOfOrder, e.to_string())));
+        }
+        (frame.id, self.store(&frame).await)
+    }
+
+    /// Answers an object frame: an ack once it is stored, else an error the cloud acts on.
+    async fn answer_object<S: Transport>(
+        &mut self,
+        ws: &mut Ws<S>,
+        parent: u64,
+        outcome: Result<(), (Reason, String)>,
+    ) -> Result<(), LinkError> {
+        match outcome {
+            Ok(()) => {
+                if std::mem::take(&mut self.store_failing) {
+                    tracing::info!("objects from the cloud are stored again");
+                }
+                // MetaManager told its subscribers when it stored the object.
+                let id = self.id();
+                self.send(ws, &Envelope::ack(id, parent)).await
+            }
+            Err((Reason::StoreFailed, message)) => {
+                // The cloud sends it again shortly: said once, not at every try.
+                if !std::mem::replace(&mut self.store_failing, true) {
+                    tracing::warn!(
+                        message,
+                        "cannot store objects from the cloud (is the disk full?); the cloud sends them again until they are stored"
+                    );
+                }
+                let id = self.id();
+                self.send(
+                    ws,
+                    &Envelope::error(id, parent, Reason::StoreFailed, &message),
+                )
+                .await
+            }
+            Err((reason, message)) => self.refuse(ws, parent, reason, &message).await,
+        }
+    }
+
+    /// Handles a frame from the cloud other than an object.
+    async fn frame<S: Transport>(
+        &mut self,
+        ws: &mut Ws<S>,
+        frame: Envelope,
+    ) -> Result<(), LinkError> {
         if let Err(e) = self.order.accept(frame.id) {
             return self
                 .refuse(ws, frame.id, Reason::OutOfOrder, &e.to_string())
                 .await;
         }
         match frame.operation {
-            Operation::Insert | Operation::Update | Operation::Delete => {
-                match self.store(&frame).await {
-                    Ok(()) => {
-                        if std::mem::take(&mut self.store_failing) {
-                            tracing::info!("objects from the cloud are stored again");
-                        }
-                        // MetaManager told its subscribers when it stored the object.
-                        let id = self.id();
-                        self.send(ws, &Envelope::ack(id, frame.id)).await
-                    }
-                    Err((Reason::StoreFailed, message)) => {
-                        // The cloud sends it again shortly: said once, not at every try.
-                        if !std::mem::replace(&mut self.store_failing, true) {
-                            tracing::warn!(
-                                message,
-                                "cannot store objects from the cloud (is the disk full?); the cloud sends them again until they are stored"
-                            );
-                        }
-                        let id = self.id();
-                        self.send(
-                            ws,
-                            &Envelope::error(id, frame.id, Reason::StoreFailed, &message),
-                        )
-                        .await
-                    }
-                    Err((reason, message)) => self.refuse(ws, frame.id, reason, &message).await,
-                }
-            }
+            // `inbound` hands objects to `store_objects`, never here.
+            Operation::Insert | Operation::Update | Operation::Delete => Ok(()),
             Operation::Ack => {
                 if let Some((key, seq)) = frame.parent.and_then(|p| self.in_flight.remove(&p)) {
                     self.outbox.acknowledge(&key, seq).await?;
@@ -600,9 +732,9 @@ impl Link<'_> {
         self.config.refused.count(key.kind, &refusal.reason);
     }
 
-    /// Stores an object frame in MetaManager (resolving once it is durable, so the ack after it
-    /// is true), or says why not.
-    async fn store(&self, frame: &Envelope) -> Result<(), (Reason, String)> {
+    /// Queues an object frame's write to MetaManager (whose answer resolves once it is durable,
+    /// so the ack after it is true), or says why not.
+    async fn store(&self, frame: &Envelope) -> Result<StoredObject, (Reason, String)> {
         let resource = frame
             .resource
             .as_ref()
@@ -616,11 +748,12 @@ impl Link<'_> {
         let key = resource.key();
         let uid = resource.uid.clone().unwrap_or_default();
         if frame.operation == Operation::Delete {
-            self.meta
-                .delete(&key, (!uid.is_empty()).then_some(uid.as_str()))
+            return self
+                .meta
+                .queue_delete(&key, (!uid.is_empty()).then_some(uid.as_str()))
                 .await
-                .map_err(|e| (Reason::StoreFailed, e.to_string()))?;
-            return Ok(());
+                .map(StoredObject::Deleted)
+                .map_err(|e| (Reason::StoreFailed, e.to_string()));
         }
         self.check_object(resource.kind, &frame.payload, &uid)
             .map_err(|m| (Reason::InvalidObject, format!("{key}: {m}")))?;
@@ -636,10 +769,10 @@ impl Link<'_> {
             })
             .unwrap_or_default();
         self.meta
-            .apply(&key, &uid, &rv, &frame.payload)
+            .queue_apply(&key, &uid, &rv, &frame.payload)
             .await
-            .map_err(|e| (Reason::StoreFailed, e.to_string()))?;
-        Ok(())
+            .map(StoredObject::Applied)
+            .map_err(|e| (Reason::StoreFailed, e.to_string()))
     }
 
     /// An object must parse as its kind, carry the uid the frame names, and (for pods) be

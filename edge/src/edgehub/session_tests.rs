@@ -323,3 +323,66 @@ async fn an_older_clouds_welcome_leaves_the_edge_its_own_keepalive() {
     );
     run.stop().await;
 }
+
+/// A ConfigMap frame of the cloud's, `cm-<i>`.
+fn config_map(id: u64, i: usize) -> Envelope {
+    let (name, uid) = (format!("cm-{i}"), format!("uid-{i}"));
+    Envelope::new(id, Operation::Insert)
+        .with_resource(wedge_core::protocol::ResourceRef {
+            kind: ResourceKind::ConfigMap,
+            namespace: Some("default".into()),
+            name: name.clone(),
+            uid: Some(uid.clone()),
+        })
+        .with_resource_version(Some("1".into()))
+        .with_payload(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default", "uid": uid, "resourceVersion": "1"},
+            "data": {"i": i.to_string()}}))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resyncs_objects_received_together_share_one_commit_and_each_is_acked_once_stored() {
+    let mut run = start().await;
+    let before = run.db.write_stats();
+    // A burst, as a resync sends it: all of it arrives before the edge reads the first.
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let id = run.cloud.id();
+        run.cloud.send(config_map(id, i)).await;
+        sent.push(id);
+    }
+    let mut acked = Vec::new();
+    while acked.len() < sent.len() {
+        let frame = run
+            .cloud
+            .report(Duration::from_secs(30))
+            .await
+            .expect("an answer for every object");
+        if frame.operation != Operation::Ack {
+            continue; // the outbox's reports
+        }
+        let parent = frame.parent.expect("an ack names its frame");
+        let i = sent
+            .iter()
+            .position(|id| *id == parent)
+            .expect("an ack of an object sent");
+        // Acknowledged only once it is durable.
+        let stored = run
+            .db
+            .meta()
+            .get(&ObjectKey {
+                kind: ResourceKind::ConfigMap,
+                namespace: "default".into(),
+                name: format!("cm-{i}"),
+            })
+            .expect("read");
+        assert!(stored.is_some(), "cm-{i} acked before it was stored");
+        acked.push(parent);
+    }
+    assert_eq!(acked, sent, "acked in the order received");
+    let after = run.db.write_stats();
+    assert_eq!(after.writes - before.writes, 20);
+    // Before: one commit each, the next frame read only once the one before was acked.
+    assert_eq!(after.transactions - before.transactions, 1, "one commit");
+    run.stop().await;
+}

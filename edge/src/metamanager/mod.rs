@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use wedge_core::protocol::messages::HeldObject;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
-use crate::store::{Applied, Database, MetaStore, StoreError};
+use crate::store::{Applied, Database, MetaStore, Pending, StoreError};
 use subscription::Subscriber;
 pub use subscription::Subscription;
 
@@ -173,6 +173,22 @@ impl MetaManager {
         resource_version: &str,
         object: &serde_json::Value,
     ) -> Result<Applied, StoreError> {
+        self.queue_apply(key, uid, resource_version, object)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// As [`MetaManager::apply`], returning once the write is queued (behind those queued
+    /// before it, applied after them), with its answer to await: objects received together
+    /// (a resync) are queued together and share a commit.
+    pub(crate) async fn queue_apply(
+        &self,
+        key: &ObjectKey,
+        uid: &str,
+        resource_version: &str,
+        object: &serde_json::Value,
+    ) -> Result<Pending<Applied>, StoreError> {
         let held = Arc::new(Object::new(
             key.clone(),
             uid.to_owned(),
@@ -183,7 +199,7 @@ impl MetaManager {
         let value = Arc::new(object.clone());
         self.inner
             .store
-            .apply_then(
+            .queue_apply_then(
                 key.clone(),
                 uid.to_owned(),
                 resource_version.to_owned(),
@@ -205,11 +221,21 @@ impl MetaManager {
     /// Forgets an object, only if it has `uid` (when given). Returns whether one was removed.
     /// Memory follows the disk as in [`MetaManager::apply`].
     pub async fn delete(&self, key: &ObjectKey, uid: Option<&str>) -> Result<bool, StoreError> {
+        self.queue_delete(key, uid).await?.wait().await
+    }
+
+    /// As [`MetaManager::delete`], returning once the write is queued, with its answer to
+    /// await ([`MetaManager::queue_apply`]).
+    pub(crate) async fn queue_delete(
+        &self,
+        key: &ObjectKey,
+        uid: Option<&str>,
+    ) -> Result<Pending<bool>, StoreError> {
         let inner = Arc::downgrade(&self.inner);
         let gone = key.clone();
         self.inner
             .store
-            .delete_then(key.clone(), uid.map(str::to_owned), move |removed| {
+            .queue_delete_then(key.clone(), uid.map(str::to_owned), move |removed| {
                 if removed && let Some(inner) = inner.upgrade() {
                     inner.write().remove(&gone);
                     inner.changed(&gone);
@@ -245,7 +271,8 @@ impl MetaManager {
             .collect()
     }
 
-    /// What the edge holds, for the hello.
+    /// What the edge holds, for the hello: with each pod's, Device's and Rule's view, so that
+    /// the cloud does not send again what changed only in their status.
     pub fn held(&self) -> Vec<HeldObject> {
         self.read()
             .values()
@@ -255,6 +282,7 @@ impl MetaManager {
                 name: o.key.name.clone(),
                 uid: o.uid.clone(),
                 resource_version: o.resource_version.clone(),
+                view: wedge_core::protocol::sync::edge_view(o.key.kind, &o.object),
             })
             .collect()
     }

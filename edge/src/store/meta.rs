@@ -12,7 +12,7 @@ use wedge_core::encryption::EncryptionConfig;
 use wedge_core::protocol::messages::HeldObject;
 use wedge_core::protocol::{ObjectKey, ResourceKind};
 
-use super::{Database, StoreError, sql};
+use super::{Database, Pending, StoreError, sql};
 
 /// What applying an object did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,9 +244,24 @@ impl MetaStore {
         object: Arc<serde_json::Value>,
         then: impl FnOnce(Applied) + Send + 'static,
     ) -> Result<Applied, StoreError> {
+        self.queue_apply_then(key, uid, resource_version, object, then)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// As [`MetaStore::apply_then`], returning once the write is queued, with its answer.
+    pub(crate) async fn queue_apply_then(
+        &self,
+        key: ObjectKey,
+        uid: String,
+        resource_version: String,
+        object: Arc<serde_json::Value>,
+        then: impl FnOnce(Applied) + Send + 'static,
+    ) -> Result<Pending<Applied>, StoreError> {
         let encryption = self.db.encryption.clone();
         self.db
-            .write(
+            .queue(
                 move |conn| apply_in(conn, &encryption, &key, &uid, &resource_version, &object),
                 move |result, _| {
                     if let Ok(applied) = result {
@@ -259,19 +274,22 @@ impl MetaStore {
 
     /// Forgets an object, only if it has `uid` (when given). Returns whether one was removed.
     pub async fn delete(&self, key: &ObjectKey, uid: Option<&str>) -> Result<bool, StoreError> {
-        self.delete_then(key.clone(), uid.map(str::to_owned), |_| {})
+        self.queue_delete_then(key.clone(), uid.map(str::to_owned), |_| {})
+            .await?
+            .wait()
             .await
     }
 
-    /// As [`MetaStore::delete`], with `then` as [`MetaStore::apply_then`] has it.
-    pub(crate) async fn delete_then(
+    /// As [`MetaStore::delete`], returning once the write is queued, with its answer; `then`
+    /// as [`MetaStore::apply_then`] has it.
+    pub(crate) async fn queue_delete_then(
         &self,
         key: ObjectKey,
         uid: Option<String>,
         then: impl FnOnce(bool) + Send + 'static,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Pending<bool>, StoreError> {
         self.db
-            .write(
+            .queue(
                 move |conn| delete_in(conn, &key, uid.as_deref()),
                 move |result, _| {
                     if let Ok(removed) = result {
@@ -352,6 +370,8 @@ impl MetaStore {
                     name,
                     uid,
                     resource_version,
+                    // Views are MetaManager's, which holds the objects decrypted.
+                    view: None,
                 })
             })
             .collect()

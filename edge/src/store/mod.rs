@@ -34,6 +34,7 @@ pub use held::HeldReport;
 pub use meta::{Applied, MetaStore, StoredObject};
 pub use outbox::{Appended, Outbox, OutboxEntry, Queued};
 pub use twins::{StoredTwin, TwinStore};
+pub(crate) use writer::Pending;
 pub use writer::WriteStats;
 
 /// The schema's version, in `PRAGMA user_version`.
@@ -131,6 +132,10 @@ pub enum StoreError {
     /// The database takes no writes: opened to inspect, or closed.
     #[error("the edge database takes no writes (opened read-only, or closed)")]
     Closed,
+    /// A write panicked (a bug): it was rolled back and refused; the writes beside it and the
+    /// writer went on.
+    #[error("a write to the edge database panicked (a bug) and was refused: {0}")]
+    Panicked(String),
     /// Another process (an edgecore, or a `wedge up`, on the same root) has the database open.
     #[error(transparent)]
     Locked(#[from] wedge_core::state::LockError),
@@ -333,6 +338,39 @@ impl Database {
             .await
     }
 
+    /// As [`Database::write`], in two steps: returns once the write is queued (behind every
+    /// write queued before it, committed and settled after them), with its answer to await.
+    /// What one caller queues in order, it may await later, so its writes share commits.
+    async fn queue<T, W, S>(&self, work: W, settled: S) -> Result<Pending<T>, StoreError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        S: FnOnce(&Result<T, StoreError>, bool) + Send + 'static,
+    {
+        self.writer
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .queue(work, settled)
+            .await
+    }
+
+    /// Resolves once every write queued before it has settled (committed or failed, its hook
+    /// run): what memory follows of the disk is then up to date with it.
+    pub(crate) async fn settled(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok(()), |_, _| {}).await
+    }
+
+    /// Closes the database for writes, for every handle: resolves once what was queued is
+    /// committed and the write connection closed (the database's lock goes with the last
+    /// handle). Writes after it fail with [`StoreError::Closed`]. Edgecore's shutdown ends with
+    /// it, so nothing queued is left to a thread the process does not wait for, and no async
+    /// worker waits for the disk when the last handle goes.
+    pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
+    }
+
     /// How many transactions the writer committed so far, and how many writes they held
     /// (group commit: fewer transactions than writes when writes come together).
     pub fn write_stats(&self) -> WriteStats {
@@ -343,6 +381,17 @@ impl Database {
             },
             |w| w.stats(),
         )
+    }
+
+    /// Resolves once the writer thread has ended (tests).
+    #[cfg(test)]
+    pub(crate) fn writer_ended(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ended = self.writer.as_ref().map(|w| w.ended());
+        async move {
+            if let Some(ended) = ended {
+                ended.await;
+            }
+        }
     }
 
     /// How many writes wait for the writer thread (tests).

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
-use wedge_core::twin::{StampedValue, TwinProperty};
+use wedge_core::twin::{StampedValue, TwinProperty, TwinSide};
 
-use super::{Database, StoreError, sql};
+use super::{Database, Pending, StoreError, sql};
 
 /// One property's stored twin.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -118,6 +118,52 @@ impl TwinStore {
                 |_, _| {},
             )
             .await
+    }
+
+    /// Queues a write of one side of several properties of `device`, in one savepoint: all of
+    /// them, or (when one fails) none. Only that side is written: a row's other side and its
+    /// spec value stay as the disk has them, so writes queued together never carry each
+    /// other's values. `settled` runs on the writer thread once the write's group has settled,
+    /// in queue order ([`Database::queue`]); returns once queued, with the answer to await.
+    pub(crate) async fn queue_side(
+        &self,
+        device: &str,
+        side: TwinSide,
+        values: Vec<(String, StampedValue)>,
+        settled: impl FnOnce(&Result<(), StoreError>, bool) + Send + 'static,
+    ) -> Result<Pending<()>, StoreError> {
+        let device = device.to_owned();
+        let statement = match side {
+            TwinSide::Reported => {
+                "INSERT INTO twins (device, property, reported) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device, property) DO UPDATE SET reported = excluded.reported"
+            }
+            TwinSide::Desired => {
+                "INSERT INTO twins (device, property, desired) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device, property) DO UPDATE SET desired = excluded.desired"
+            }
+        };
+        self.db
+            .queue(
+                move |tx| {
+                    for (property, value) in &values {
+                        tx.prepare_cached(statement)
+                            .and_then(|mut s| {
+                                s.execute(params![device, property, json(Some(value))])
+                            })
+                            .map_err(sql(format!("storing the twin {device}/{property}")))?;
+                    }
+                    // On an error above, the writer rolls back this write whole.
+                    Ok(())
+                },
+                settled,
+            )
+            .await
+    }
+
+    /// Resolves once every write queued before it has settled ([`Database::settled`]).
+    pub(crate) async fn settled(&self) -> Result<(), StoreError> {
+        self.db.settled().await
     }
 
     /// A device's state and when it was last online.

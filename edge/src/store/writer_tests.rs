@@ -1,9 +1,10 @@
-//! The writer thread through the stores: group commit, a failed transaction, shutdown.
+//! The writer thread through the stores: group commit, a failed transaction, a write that
+//! panics, shutdown.
 
 use serde_json::json;
 use wedge_core::protocol::{ObjectKey, Operation, ResourceKind};
 
-use super::{Applied, Database, Queued, StoreError};
+use super::{Applied, Database, Pending, Queued, StoreError};
 use crate::metamanager::MetaManager;
 
 fn status(name: &str) -> ObjectKey {
@@ -190,6 +191,7 @@ async fn writes_queued_when_the_last_handle_goes_are_committed_before_the_writer
         })
         .collect();
     db.until_queued(20).await;
+    let ended = db.writer_ended();
     // Shutdown: this handle goes while all twenty wait, and the gate opens for good. The
     // callers' handles go as they are answered; the last one stops the writer.
     drop(db);
@@ -200,6 +202,7 @@ async fn writes_queued_when_the_last_handle_goes_are_committed_before_the_writer
             .expect("task")
             .expect("stored before the writer ended");
     }
+    ended.await;
     let reopened = Database::open(&path).expect("reopen: the writer has ended");
     assert_eq!(reopened.outbox().len().expect("len"), 20);
 }
@@ -246,4 +249,223 @@ async fn reports_held_in_memory_stay_there_when_the_write_that_carried_them_fail
         .map(|e| e.key.name)
         .collect();
     assert_eq!(stored, ["a", "bad"]);
+}
+
+/// Queues a row of its own in `counters` (`name`), without awaiting it.
+async fn queue_counter(db: &Database, name: &str) -> Pending<()> {
+    let name = name.to_owned();
+    db.queue(
+        move |tx| {
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES (?1, 1)",
+                [name.as_str()],
+            )
+            .map_err(super::sql("a counter"))?;
+            Ok(())
+        },
+        |_, _| {},
+    )
+    .await
+    .expect("queued")
+}
+
+fn counters(db: &Database, like: &str) -> i64 {
+    db.conn()
+        .query_row(
+            "SELECT COUNT(*) FROM counters WHERE name LIKE ?1",
+            [like],
+            |r| r.get(0),
+        )
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_write_that_panics_is_rolled_back_and_refused_alone_and_the_group_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("open");
+    let outbox = db.outbox();
+    // A report the disk refused waits in memory.
+    db.set_full(true);
+    let refused = {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            outbox
+                .queue(&status("a"), Operation::Update, &json!("a"))
+                .await
+        })
+    };
+    db.until_queued(1).await;
+    db.tick_one(&tick).await;
+    assert_eq!(refused.await.expect("task"), Queued::Held);
+    db.set_full(false);
+
+    // One group: a report that carries the one in memory into the database, a write that
+    // panics halfway through its statements, and a write after it.
+    let carrier = {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            outbox
+                .queue(&status("b"), Operation::Update, &json!("b"))
+                .await
+        })
+    };
+    db.until_queued(1).await;
+    let panicking = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.write(
+                |tx| {
+                    tx.execute("INSERT INTO counters (name, value) VALUES ('x', 1)", [])
+                        .map_err(super::sql("a first row"))?;
+                    panic!("a bug in a write");
+                    #[allow(unreachable_code)]
+                    Ok(())
+                },
+                |_, _| {},
+            )
+            .await
+        })
+    };
+    db.until_queued(2).await;
+    let after = queue_counter(&db, "after").await;
+    db.until_queued(3).await;
+    let before = db.write_stats().transactions;
+    db.tick_one(&tick).await;
+
+    assert_eq!(carrier.await.expect("task"), Queued::Stored);
+    match panicking.await.expect("task") {
+        Err(StoreError::Panicked(message)) => {
+            assert!(message.contains("a bug in a write"), "{message}");
+        }
+        other => panic!("the panicking write was answered {other:?}"),
+    }
+    after.wait().await.expect("the write after it");
+    assert_eq!(db.write_stats().transactions - before, 1, "one group");
+    assert_eq!(counters(&db, "x"), 0, "the panicking write is rolled back");
+    assert_eq!(counters(&db, "after"), 1);
+    // Nothing stays marked as being written: the report that waited in memory is stored.
+    assert!(!outbox.is_holding(), "{:?}", outbox.held());
+    let stored: Vec<String> = outbox
+        .pending(0, 10)
+        .expect("pending")
+        .into_iter()
+        .map(|e| e.key.name)
+        .collect();
+    assert_eq!(stored, ["a", "b"]);
+
+    // The writer goes on.
+    drop(tick);
+    outbox
+        .put(&status("c"), Operation::Update, &json!("c"))
+        .await
+        .expect("a write after the panic");
+}
+
+#[tokio::test]
+async fn a_settle_hook_that_panics_still_answers_its_caller_and_the_group_settles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("open");
+    let panicking = db
+        .queue(
+            |tx| {
+                tx.execute("INSERT INTO counters (name, value) VALUES ('x', 1)", [])
+                    .map_err(super::sql("a row"))?;
+                Ok(())
+            },
+            |_, _| panic!("a bug in a settle hook"),
+        )
+        .await
+        .expect("queued");
+    let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let after = {
+        let settled = settled.clone();
+        db.queue(
+            |_| Ok(()),
+            move |_, committed| settled.store(committed, std::sync::atomic::Ordering::SeqCst),
+        )
+        .await
+        .expect("queued")
+    };
+    db.until_queued(2).await;
+    drop(tick);
+    panicking
+        .wait()
+        .await
+        .expect("stored: its hook failed, not its write");
+    after.wait().await.expect("the write after it");
+    assert!(
+        settled.load(std::sync::atomic::Ordering::SeqCst),
+        "its hook ran"
+    );
+    assert_eq!(counters(&db, "x"), 1);
+}
+
+#[tokio::test]
+async fn the_last_handle_dropped_in_the_runtime_does_not_wait_for_the_writes_queued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edge.db");
+    let (db, tick) = Database::open_gated(&path).expect("open");
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        queued.push(queue_counter(&db, &format!("q{i}")).await);
+    }
+    db.until_queued(3).await;
+    let ended = db.writer_ended();
+    // Dropped on a thread inside the runtime, as an async worker would: it returns while the
+    // writes still wait for the gate. Waited for up to ten seconds of the wall clock, only
+    // so that a drop that blocks fails the test instead of hanging it.
+    let runtime = tokio::runtime::Handle::current();
+    let (dropped, returned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _inside = runtime.enter();
+        drop(db);
+        let _ = dropped.send(());
+    });
+    let waited = returned.recv_timeout(std::time::Duration::from_secs(10));
+    drop(tick);
+    assert!(waited.is_ok(), "the drop waited for the writer thread");
+    for write in queued {
+        write
+            .wait()
+            .await
+            .expect("committed after the last handle went");
+    }
+    ended.await;
+    let reopened = Database::open(&path).expect("reopen: the writer has ended");
+    assert_eq!(counters(&reopened, "q%"), 3);
+}
+
+#[tokio::test]
+async fn close_commits_what_is_queued_and_then_every_handle_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edge.db");
+    let (db, tick) = Database::open_gated(&path).expect("open");
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        queued.push(queue_counter(&db, &format!("q{i}")).await);
+    }
+    let closing = {
+        let db = db.clone();
+        tokio::spawn(async move { db.close().await })
+    };
+    // Behind the three writes.
+    db.until_queued(4).await;
+    drop(tick);
+    closing.await.expect("closed");
+    for write in queued {
+        write
+            .wait()
+            .await
+            .expect("committed before the writer ended");
+    }
+    let outbox = db.outbox();
+    assert!(matches!(
+        outbox
+            .put(&status("late"), Operation::Update, &json!(1))
+            .await,
+        Err(StoreError::Closed)
+    ));
+    assert_eq!(counters(&db, "q%"), 3);
+    // Closing again is a no-op.
+    db.close().await;
 }
