@@ -29,6 +29,9 @@ enum Scenario {
     /// (both through cloudcore and edgecore), handler invocations per second over DeviceTwin.
     /// Needs `cargo build --release -p wedge-cli` first.
     Devices,
+    /// Only the devices scenario's handler invocations per second over DeviceTwin, in this
+    /// process: no cloudcore or edgecore.
+    DevicesHandlers,
     /// N simulated edges against one cloudcore: RSS per edge, DaemonSet and ConfigMap fan-out.
     /// Needs `cargo build --release -p wedge-cli` first.
     HubFanout,
@@ -87,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Scheduler => scenarios::scheduler::run().await,
         Scenario::Edge => scenarios::edge::run().await,
         Scenario::Devices => scenarios::devices::run().await,
+        Scenario::DevicesHandlers => scenarios::devices::run_handlers().await,
         Scenario::HubFanout => scenarios::hub_fanout::run(args.edges).await,
         Scenario::Mixed => scenarios::mixed::run().await,
         Scenario::Streams => scenarios::streams::run().await,
