@@ -15,8 +15,13 @@ use super::support::*;
 
 const READY: &str = "{.status.conditions[?(@.type==\"Ready\")].status}";
 
-/// The pods the API has bound to `node`: name → resourceVersion.
-fn pods_bound(cloud: &Cloud, node: &str) -> BTreeMap<String, String> {
+/// What an edge holds of a pod in these tests: its uid and whether it is being deleted. (Not
+/// its version: cloudcore does not send a pod back for a change of its status alone, which
+/// the edge itself reported.)
+type PodView = (String, bool);
+
+/// The pods the API has bound to `node`, by name.
+fn pods_bound(cloud: &Cloud, node: &str) -> BTreeMap<String, PodView> {
     cloud
         .kubectl_ok(&[
             "get",
@@ -24,11 +29,30 @@ fn pods_bound(cloud: &Cloud, node: &str) -> BTreeMap<String, String> {
             "--field-selector",
             &format!("spec.nodeName={node}"),
             "-o",
-            "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion}{\"\\n\"}{end}",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.uid}={.metadata.deletionTimestamp}{\"\\n\"}{end}",
         ])
         .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(n, rv)| (n.to_owned(), rv.to_owned()))
+        .filter_map(|l| {
+            let mut parts = l.split('=');
+            let (name, uid, deleted) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((name.to_owned(), (uid.to_owned(), !deleted.is_empty())))
+        })
+        .collect()
+}
+
+/// The pods the edge at `edge_root` holds, by name.
+fn pods_held_views(edge_root: &std::path::Path) -> BTreeMap<String, PodView> {
+    let Ok(db) = wedge_edge::store::Database::inspect(&edge_root.join("edge.db")) else {
+        return BTreeMap::new();
+    };
+    db.meta()
+        .list(ResourceKind::Pod)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| {
+            let deleted = !o.object["metadata"]["deletionTimestamp"].is_null();
+            (o.key.name, (o.uid, deleted))
+        })
         .collect()
 }
 
@@ -266,13 +290,14 @@ async fn a_link_cut_mid_update_and_an_edge_restart_converge_and_the_resync_sends
     )
     .await;
 
-    // What the resync must send: every pod whose version the edge lacks, and every pod it holds
-    // that the cloud no longer has for it. Neither side changes while the link is down.
-    let held = pods_held(&edge_root);
+    // What the resync must send: every pod the edge lacks or holds otherwise than the cloud (a
+    // deletion it missed), and every pod it holds that the cloud no longer has for it; not the
+    // pods whose status alone changed. Neither side changes while the link is down.
+    let held = pods_held_views(&edge_root);
     let bound = pods_bound(&cloud, "edge-a");
     let differ = bound
         .iter()
-        .filter(|(n, rv)| held.get(*n) != Some(*rv))
+        .filter(|(n, view)| held.get(*n) != Some(*view))
         .count()
         + held.keys().filter(|n| !bound.contains_key(*n)).count();
     assert!(differ >= 2, "at least keep and late: {held:?} vs {bound:?}");
@@ -316,11 +341,11 @@ async fn a_link_cut_mid_update_and_an_edge_restart_converge_and_the_resync_sends
     cloud.wait_gone("pod/keep", Duration::from_secs(30));
     eventually(
         Duration::from_secs(20),
-        || pods_held(&edge_root) == pods_bound(&cloud, "edge-a"),
+        || pods_held_views(&edge_root) == pods_bound(&cloud, "edge-a"),
         || {
             format!(
                 "edge {:?} vs API {:?}",
-                pods_held(&edge_root),
+                pods_held_views(&edge_root),
                 pods_bound(&cloud, "edge-a")
             )
         },
@@ -518,6 +543,60 @@ async fn bad_frames_on_a_real_connection_are_refused_and_nothing_is_lost() {
     }
     let refused = cloud.metric("wedge_cloudhub_frames_refused_total", "edge-a");
     assert!(refused >= 8.0, "refusals counted: {refused}");
+
+    // A status the edge reports is written and acknowledged, and not sent back down. A pod
+    // created for this edge after the acknowledgement comes down first: its event follows the
+    // status's in the pod watch, so a frame for the status would have been queued before it.
+    id += 1;
+    let sent = id;
+    let status = serde_json::json!({"phase": "Running", "message": "reported by hand"});
+    ws.send(binary(pod_status(sent, "steady", &uid, status)))
+        .await
+        .expect("report");
+    let marker = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: marker\nspec:\n  nodeName: edge-a\n  containers:\n  - {{name: app, image: {}/samples/telemetry:1}}\n",
+        registry.host()
+    );
+    let mut frames = Vec::new();
+    let mut next_pod_frame = async |ws: &mut RawSocket, id: &mut u64| loop {
+        let Some(Ok(Message::Binary(bytes))) = ws.next().await else {
+            panic!("the hub closed the connection");
+        };
+        let frame = Envelope::decode(&bytes).expect("the hub sends valid frames");
+        match frame.operation {
+            Operation::Ack if frame.parent == Some(sent) => cloud.apply(&marker),
+            Operation::Error if frame.parent == Some(sent) => {
+                panic!("the report was refused: {}", frame.payload)
+            }
+            Operation::Insert | Operation::Update | Operation::Delete => {
+                *id += 1;
+                let ack = Envelope::ack(*id, frame.id).encode();
+                ws.send(Message::Binary(ack.into())).await.expect("ack");
+                let name = frame.payload["metadata"]["name"].as_str().unwrap_or("");
+                frames.push(format!("{:?} {name}", frame.operation));
+                return frame;
+            }
+            _ => {}
+        }
+    };
+    let first = tokio::time::timeout(Duration::from_secs(20), next_pod_frame(&mut ws, &mut id))
+        .await
+        .expect("a pod frame");
+    assert_eq!(first.payload["metadata"]["name"], "marker", "{frames:?}");
+    assert_eq!(
+        cloud.kubectl_ok(&["get", "pod", "steady", "-o", "jsonpath={.status.message}"]),
+        "reported by hand"
+    );
+    // A change the edge cares about still comes down.
+    cloud.kubectl_ok(&["label", "pod", "steady", "probe=after-the-report"]);
+    let labelled = tokio::time::timeout(Duration::from_secs(20), next_pod_frame(&mut ws, &mut id))
+        .await
+        .expect("a pod frame");
+    assert_eq!(
+        labelled.payload["metadata"]["labels"]["probe"], "after-the-report",
+        "{frames:?}"
+    );
+    cloud.kubectl_ok(&["delete", "pod", "marker", "--grace-period=0", "--force"]);
 
     // A message over the limit ends the connection with 1009; the session is not left behind.
     let huge = vec![b' '; wedge_core::protocol::MAX_FRAME_BYTES + 1];

@@ -24,6 +24,10 @@ pub struct HeldObject {
     pub uid: String,
     /// The resourceVersion the edge holds.
     pub resource_version: String,
+    /// For pods, Devices and Rules, the hash of what the edge was sent of the version it holds
+    /// ([`super::sync::edge_view`]): the cloud does not send a change of their status alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
 }
 
 impl HeldObject {

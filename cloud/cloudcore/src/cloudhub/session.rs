@@ -254,7 +254,10 @@ impl Session {
         }
         // The resync: every key the edge holds or should hold is looked at once; only those
         // that differ produce a frame.
-        let plan = sync::plan(&hello.held, self.ctx.desired.objects_for(&self.node));
+        let desired = &self.ctx.desired;
+        let plan = sync::plan(&hello.held, desired.objects_for(&self.node), |key| {
+            desired.view(&self.node, key)
+        });
         tracing::debug!(
             node = self.node,
             insert = plan.insert.len(),

@@ -17,7 +17,7 @@ use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Api, Client};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use wedge_core::protocol::{ObjectKey, ResourceKind};
+use wedge_core::protocol::{ObjectKey, ResourceKind, sync};
 
 use super::desired::{Change, Desired, DynamicStores, VolumeStores, key_of};
 use crate::cloudhub::sessions::Sessions;
@@ -191,15 +191,9 @@ fn mark(sessions: &Sessions, changes: Vec<Change>) {
 }
 
 /// A kind whose objects are bound to a node by their spec.
-pub(crate) trait BoundKind: kube::Resource + Sized {
+pub(crate) trait BoundKind: kube::Resource + serde::Serialize + Sized {
     /// Indexes the object (of `kind`) as the watch shows it.
     fn changed(desired: &Desired, kind: ResourceKind, object: &Self) -> Vec<Change>;
-
-    /// What of the object the edge cares about, if not all of it: a change that leaves this
-    /// alone is not sent (the next resync brings the edge level).
-    fn edge_view(_object: &Self) -> Option<u64> {
-        None
-    }
 }
 
 impl BoundKind for Pod {
@@ -216,29 +210,6 @@ impl BoundKind for DynamicObject {
             _ => devicecontroller::downstream::device_changed(desired, object),
         }
     }
-
-    /// Everything but the status and the object's version: the edge writes a Device's status
-    /// itself and cloudcore a Rule's counts, and echoing each write back down as an update
-    /// would double the traffic of every device.
-    fn edge_view(device: &Self) -> Option<u64> {
-        use std::hash::{Hash, Hasher};
-        let mut data = device.data.clone();
-        if let Some(map) = data.as_object_mut() {
-            map.remove("status");
-        }
-        let meta = &device.metadata;
-        let view = serde_json::json!({
-            "data": data,
-            "uid": meta.uid,
-            "labels": meta.labels,
-            "annotations": meta.annotations,
-            "deletionTimestamp": meta.deletion_timestamp,
-            "finalizers": meta.finalizers,
-        });
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        view.to_string().hash(&mut hasher);
-        Some(hasher.finish())
-    }
 }
 
 /// Pods, Devices and Rules: a change goes to the node the object is bound to (and to the one it
@@ -253,13 +224,18 @@ pub(crate) async fn bound_loop<K: BoundKind>(
     // Keys seen during a relist: bound objects not among them were deleted while the watch was
     // down, and no delete event will come for them.
     let mut relisted: Option<HashSet<ObjectKey>> = None;
-    // What each object looked like to its edge when last sent (kinds with an `edge_view`).
-    let mut views: HashMap<ObjectKey, u64> = HashMap::new();
-    let changed = |object: &K, views: &mut HashMap<ObjectKey, u64>| {
+    // What each object looks like to its edge (`sync::edge_view`): a change of the status
+    // alone, which the edge (a pod's, a Device's) or cloudcore (a Rule's counts) wrote, is not
+    // sent back, so the traffic of a status is not doubled.
+    let mut views: HashMap<ObjectKey, String> = HashMap::new();
+    let changed = |object: &K, views: &mut HashMap<ObjectKey, String>| {
         let changes = K::changed(&desired, kind, object);
         let key = key_of(kind, object);
-        if let Some(view) = K::edge_view(object)
-            && views.insert(key.clone(), view) == Some(view)
+        let view = serde_json::to_value(object)
+            .ok()
+            .and_then(|v| sync::edge_view(kind, &v));
+        if let Some(view) = view
+            && views.insert(key.clone(), view.clone()).as_ref() == Some(&view)
         {
             // Only the status moved: tell nodes only about what else moved (a model, say).
             mark(
