@@ -28,6 +28,7 @@ use base64::Engine;
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 /// What every encrypted value starts with.
 const ENCRYPTED: &[u8] = b"k8s:enc:";
@@ -115,7 +116,7 @@ enum Gcm {
 }
 
 enum Cipher {
-    AesCbc(Vec<u8>),
+    AesCbc(Zeroizing<Vec<u8>>),
     AesGcm(Gcm),
     Secretbox(Box<crypto_secretbox::XSalsa20Poly1305>),
 }
@@ -369,7 +370,7 @@ struct FileKeys {
 #[serde(deny_unknown_fields)]
 struct FileKey {
     name: String,
-    secret: String,
+    secret: Zeroizing<String>,
 }
 
 fn invalid(message: impl Into<String>) -> ConfigError {
@@ -385,6 +386,7 @@ fn keyed(provider: &'static str, key: &FileKey) -> Result<Keyed, ConfigError> {
     }
     let secret = base64::engine::general_purpose::STANDARD
         .decode(key.secret.trim())
+        .map(Zeroizing::new)
         .map_err(|e| {
             invalid(format!(
                 "{provider} key {:?}: the secret is not base64: {e}",
@@ -495,10 +497,12 @@ fn covers(pattern: &str, resource: &str) -> bool {
 impl EncryptionConfig {
     /// Reads and parses the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map(Zeroizing::new)
+            .map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         Self::from_yaml(&text)
     }
 
