@@ -82,6 +82,9 @@ async fn put_devices(meta: &MetaManager) {
 struct Peer {
     client: AsyncClient,
     received: mpsc::UnboundedReceiver<(String, Value)>,
+    /// Messages received while waiting on another topic, oldest first: the edge's answers and
+    /// its announcements go out on different topics in no set order.
+    skipped: Vec<(String, Value)>,
 }
 
 impl Peer {
@@ -126,7 +129,11 @@ impl Peer {
                 .await
                 .expect("subscribed in time");
         }
-        Self { client, received }
+        Self {
+            client,
+            received,
+            skipped: Vec::new(),
+        }
     }
 
     async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
@@ -136,14 +143,18 @@ impl Peer {
             .expect("publish");
     }
 
-    /// The next message on `topic`, skipping others.
+    /// The next message on `topic`; those on other topics are kept for their own turn.
     async fn next_on(&mut self, topic: &str) -> Value {
+        if let Some(at) = self.skipped.iter().position(|(t, _)| t == topic) {
+            return self.skipped.remove(at).1;
+        }
         tokio::time::timeout(WAIT, async {
             loop {
                 let (t, payload) = self.received.recv().await.expect("peer connection");
                 if t == topic {
                     return payload;
                 }
+                self.skipped.push((t, payload));
             }
         })
         .await
