@@ -105,6 +105,9 @@ async fn write_to_api(
     mut events: mpsc::Receiver<Recorded>,
 ) {
     let mut correlator = Correlator::new(component);
+    // A stretch of failures (the API server away) is logged at its first failure and its end,
+    // not at every event.
+    let mut failing = false;
     while let Some(recorded) = events.recv().await {
         let Some(write) = correlator.correlate(recorded, Instant::now(), jiff::Timestamp::now())
         else {
@@ -112,8 +115,17 @@ async fn write_to_api(
         };
         let reason = write.event.reason.clone().unwrap_or_default();
         match write_one(&client, &write).await {
-            Ok(written) => correlator.written(&write.key, &written),
-            Err(error) => tracing::warn!(%error, reason, "could not record an event"),
+            Ok(written) => {
+                correlator.written(&write.key, &written);
+                if std::mem::take(&mut failing) {
+                    tracing::info!(component, "events are recorded again");
+                }
+            }
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, component, reason, "could not record an event; the next failures are logged at debug");
+            }
+            Err(error) => tracing::debug!(%error, component, reason, "could not record an event"),
         }
     }
 }
