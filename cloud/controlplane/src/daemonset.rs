@@ -63,9 +63,10 @@ pub const BURST_REPLICAS: usize = 2500;
 const RECHECK: Duration = Duration::from_secs(1);
 /// How soon after a pass that had nothing to create or delete the set is walked again, when
 /// its spec has not changed. Every binding and status change of its pods wakes the set, and
-/// at 10k nodes each pass takes a third of a second of the control plane's one task (which the
-/// scheduler shares), so back-to-back passes while the scheduler binds the last batch slowed
-/// the binding they waited for. A node joining or a pod going waits at most this long.
+/// at 10k nodes each pass took a third of a second of CPU (when the controllers and the
+/// scheduler still shared one task), so back-to-back passes while the scheduler binds the last
+/// batch slowed the binding they waited for. A node joining or a pod going waits at most this
+/// long.
 const IDLE_PASS: Duration = Duration::from_secs(1);
 
 /// What the reconciler shares.
@@ -238,7 +239,20 @@ fn node_of(pod: &Pod) -> Option<String> {
 /// Whether a node should run the daemon (`Ok(true)`), may keep one it has (`Ok(false)`: a
 /// `NoSchedule` taint it tolerates once running), or must not (`Err`).
 fn placement(needs: &PodNeeds, node: &Arc<Node>) -> Result<bool, Unfit> {
-    match fit::placement(needs, &NodeInfo::new(node.clone())) {
+    // Placement reads the node and its taints only: its allocatable resources (which
+    // `NodeInfo::new` parses, quantity by quantity) would be parsed for nothing, on every node
+    // at every pass.
+    let info = NodeInfo {
+        taints: fit::effective_taints(node),
+        node: node.clone(),
+        allocatable: Default::default(),
+        max_pods: 0,
+        requested: Default::default(),
+        requested_non_zero: (0, 0),
+        pods: 0,
+        by_owner: HashMap::new(),
+    };
+    match fit::placement(needs, &info) {
         Ok(()) => Ok(true),
         Err(Unfit::Taint { effect, .. }) if effect == "NoSchedule" => Ok(false),
         Err(e) => Err(e),

@@ -144,13 +144,6 @@ pub async fn run_controllers(
     run_controllers_at(clients, config, clock::Clock::system(), shutdown).await
 }
 
-/// `run`, then `part`: which branch of the control plane ended. A combinator, not an `async
-/// fn`: an async fn would keep its argument and the awaited future both in its state, and these
-/// futures are large enough that doubling them overflows a worker's stack.
-fn named(part: &'static str, run: impl Future<Output = ()>) -> impl Future<Output = &'static str> {
-    futures::FutureExt::map(run, move |()| part)
-}
-
 /// [`run_controllers`], with the controllers that follow the wall clock (CronJobs,
 /// HorizontalPodAutoscalers) reading it from `clock`.
 pub async fn run_controllers_at(
@@ -272,30 +265,94 @@ pub async fn run_controllers_at(
     };
     let root_ca = config.root_ca.clone();
     let stop = || shutdown.clone().cancelled_owned();
-    let ended = tokio::select! {
-        part = named("pod watch", pod_feed) => part,
-        part = named("scheduler", scheduler::run(scheduler_client, config.insecure_registries.clone(), shutdown.clone())) => part,
-        part = named("replicaset watch", rs_feed) => part,
-        part = named("replicaset controller", replicaset::run(client.clone(), indexed_pods.clone(), replicaset_pods, stop())) => part,
-        part = named("job controller", job::run(client.clone(), indexed_pods.clone(), job_pods, stop())) => part,
-        part = named("disruption controller", disruption::run(client.clone(), pods.clone(), disruption_pods, stop())) => part,
-        part = named("cronjob controller", cronjob::run(client.clone(), clock.clone(), stop())) => part,
-        part = named("horizontal pod autoscaler", podautoscaler::run(client.clone(), config.podautoscaler, clock, stop())) => part,
-        part = named("statefulset controller", statefulset::run(client.clone(), indexed_pods.clone(), statefulset_pods, stop())) => part,
-        part = named("endpoints controller", endpoints::run(client.clone(), pods.clone(), endpoints_pods, stop())) => part,
-        part = named("endpointslice controller", endpointslice::run(client.clone(), pods.clone(), endpointslice_pods, nodes.clone(), stop())) => part,
-        part = named("node watch", node_feed) => part,
-        part = named("runtimeclass watch", rc_feed) => part,
-        part = named("garbage collector", gc::run(client.clone(), shutdown.clone())) => part,
-        part = named("node lifecycle controller", nodelifecycle::run(client.clone(), pods.clone(), config.node_grace, stop())) => part,
-        part = named("namespace controller", namespace::run(client.clone(), stop())) => part,
-        part = named("root CA publisher", async {
+    // Each part in a task of its own, so that the scheduler, the controllers and the watches
+    // that feed them run on every worker instead of taking turns in one task. The set aborts
+    // them all when this future ends or is dropped (shutdown, or leadership lost).
+    let mut parts = Parts::default();
+    parts.spawn("pod watch", pod_feed);
+    parts.spawn(
+        "scheduler",
+        scheduler::run(
+            scheduler_client,
+            config.insecure_registries.clone(),
+            shutdown.clone(),
+        ),
+    );
+    parts.spawn("replicaset watch", rs_feed);
+    parts.spawn(
+        "replicaset controller",
+        replicaset::run(
+            client.clone(),
+            indexed_pods.clone(),
+            replicaset_pods,
+            stop(),
+        ),
+    );
+    parts.spawn(
+        "job controller",
+        job::run(client.clone(), indexed_pods.clone(), job_pods, stop()),
+    );
+    parts.spawn(
+        "disruption controller",
+        disruption::run(client.clone(), pods.clone(), disruption_pods, stop()),
+    );
+    parts.spawn(
+        "cronjob controller",
+        cronjob::run(client.clone(), clock.clone(), stop()),
+    );
+    parts.spawn(
+        "horizontal pod autoscaler",
+        podautoscaler::run(client.clone(), config.podautoscaler, clock, stop()),
+    );
+    parts.spawn(
+        "statefulset controller",
+        statefulset::run(
+            client.clone(),
+            indexed_pods.clone(),
+            statefulset_pods,
+            stop(),
+        ),
+    );
+    parts.spawn(
+        "endpoints controller",
+        endpoints::run(client.clone(), pods.clone(), endpoints_pods, stop()),
+    );
+    parts.spawn(
+        "endpointslice controller",
+        endpointslice::run(
+            client.clone(),
+            pods.clone(),
+            endpointslice_pods,
+            nodes.clone(),
+            stop(),
+        ),
+    );
+    parts.spawn("node watch", node_feed);
+    parts.spawn("runtimeclass watch", rc_feed);
+    parts.spawn(
+        "garbage collector",
+        gc::run(client.clone(), shutdown.clone()),
+    );
+    parts.spawn(
+        "node lifecycle controller",
+        nodelifecycle::run(client.clone(), pods.clone(), config.node_grace, stop()),
+    );
+    parts.spawn(
+        "namespace controller",
+        namespace::run(client.clone(), stop()),
+    );
+    parts.spawn("root CA publisher", {
+        let (client, stopped) = (client.clone(), stop());
+        async move {
             match root_ca {
-                Some(ca) => rootca::run(client.clone(), ca, stop()).await,
+                Some(ca) => rootca::run(client, ca, stopped).await,
                 None => std::future::pending().await,
             }
-        }) => part,
-        part = named("daemonset controller", daemonset::run(
+        }
+    });
+    parts.spawn(
+        "daemonset controller",
+        daemonset::run(
             client.clone(),
             indexed_pods.clone(),
             daemonset_pods,
@@ -306,15 +363,60 @@ pub async fn run_controllers_at(
                 image_kinds: scheduler::image_kinds(&config.insecure_registries),
             },
             stop(),
-        )) => part,
-        part = named("deployment controller", deployment::run(client.clone(), indexed_sets, deployment_sets, indexed_pods, stop())) => part,
-        () = shutdown.cancelled() => return Ok(()),
+        ),
+    );
+    parts.spawn(
+        "deployment controller",
+        deployment::run(
+            client.clone(),
+            indexed_sets,
+            deployment_sets,
+            indexed_pods,
+            stop(),
+        ),
+    );
+    let ended = tokio::select! {
+        ended = parts.next_ended() => ended,
+        () = shutdown.cancelled() => None,
     };
-    // Stopping for shutdown ends the controllers too, maybe before the arm above is polled.
-    if shutdown.is_cancelled() {
-        return Ok(());
+    // Stopping for shutdown ends the controllers too, maybe before their end is seen above.
+    parts.stop().await;
+    match ended {
+        Some(part) if !shutdown.is_cancelled() => Err(ControllerEnded(part)),
+        _ => Ok(()),
     }
-    Err(ControllerEnded(ended.to_owned()))
+}
+
+/// The control plane's parts, each a task, by name. Dropping it aborts them all.
+#[derive(Default)]
+struct Parts {
+    tasks: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Parts {
+    fn spawn(&mut self, name: &'static str, part: impl Future<Output = ()> + Send + 'static) {
+        let id = self.tasks.spawn(part).id();
+        self.names.insert(id, name);
+    }
+
+    /// Which part ended first, and how, once one has (`None` if none was running).
+    async fn next_ended(&mut self) -> Option<String> {
+        let (id, how) = match self.tasks.join_next_with_id().await? {
+            Ok((id, ())) => (id, None),
+            Err(error) => (error.id(), Some(error)),
+        };
+        let name = self.names.get(&id).copied().unwrap_or("unnamed part");
+        Some(match how {
+            None => name.to_owned(),
+            Some(error) => format!("{name} (its task failed: {error})"),
+        })
+    }
+
+    /// Aborts every part and waits until each has stopped.
+    async fn stop(&mut self) {
+        self.tasks.shutdown().await;
+    }
 }
 
 /// How often the workload controllers look at every object even without an event, as
