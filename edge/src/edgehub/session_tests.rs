@@ -132,6 +132,31 @@ async fn start() -> Run {
 async fn start_with(welcome: serde_json::Value) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(&dir.path().join("edge.db")).expect("database");
+    queue_reports(&db).await;
+    start_on(dir, db, welcome).await
+}
+
+/// A session over a database whose writer waits for a tick before each group, and the ticks.
+async fn start_gated() -> (Run, std::sync::mpsc::Sender<()>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("database");
+    // The reports go through ungated: one tick per write, each once the writer took the one
+    // before, so none is banked for the test's own writes.
+    let ticks = async {
+        loop {
+            db.until_queued(1).await;
+            db.tick_one(&tick).await;
+        }
+    };
+    tokio::select! {
+        () = queue_reports(&db) => {}
+        () = ticks => unreachable!(),
+    }
+    (start_on(dir, db, old_welcome()).await, tick)
+}
+
+/// The node status (`edge-a`) and lease (`edge-a-lease`) in the outbox.
+async fn queue_reports(db: &Database) {
     let outbox = db.outbox();
     outbox
         .put(
@@ -149,6 +174,9 @@ async fn start_with(welcome: serde_json::Value) -> Run {
         )
         .await
         .expect("queued");
+}
+
+async fn start_on(dir: tempfile::TempDir, db: Database, welcome: serde_json::Value) -> Run {
     let (edge_end, cloud_end) = tokio::io::duplex(1 << 20);
     let config = EdgeHubConfig::new(
         "cloud.invalid:10000",
@@ -342,7 +370,7 @@ fn config_map(id: u64, i: usize) -> Envelope {
 
 #[tokio::test(start_paused = true)]
 async fn a_resyncs_objects_received_together_share_one_commit_and_each_is_acked_once_stored() {
-    let mut run = start().await;
+    let (mut run, tick) = start_gated().await;
     let before = run.db.write_stats();
     // A burst, as a resync sends it: all of it arrives before the edge reads the first.
     let mut sent = Vec::new();
@@ -351,6 +379,10 @@ async fn a_resyncs_objects_received_together_share_one_commit_and_each_is_acked_
         run.cloud.send(config_map(id, i)).await;
         sent.push(id);
     }
+    // The edge queues all twenty before it waits for the first one's commit (before, it
+    // read the next frame only once the one before was committed and acked).
+    run.db.until_queued(sent.len()).await;
+    run.db.tick_one(&tick).await;
     let mut acked = Vec::new();
     while acked.len() < sent.len() {
         let frame = run
@@ -382,7 +414,7 @@ async fn a_resyncs_objects_received_together_share_one_commit_and_each_is_acked_
     assert_eq!(acked, sent, "acked in the order received");
     let after = run.db.write_stats();
     assert_eq!(after.writes - before.writes, 20);
-    // Before: one commit each, the next frame read only once the one before was acked.
     assert_eq!(after.transactions - before.transactions, 1, "one commit");
+    drop(tick);
     run.stop().await;
 }
