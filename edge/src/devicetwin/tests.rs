@@ -483,15 +483,10 @@ async fn a_devices_reports_queued_while_one_is_written_share_one_commit_and_sett
     let before = db.write_stats().transactions;
     // Each is queued while the ones before wait for their commit: the device's write guard
     // orders them as they are queued and is not held across the commit.
-    let reports: Vec<_> = [20.0, 30.0, 40.0]
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| (i, report(value)))
-        .collect();
     let mut waiting = Vec::new();
-    for (i, report) in reports {
+    for (i, value) in [20.0, 30.0, 40.0].into_iter().enumerate() {
+        waiting.push(report(value));
         db.until_queued(i + 1).await;
-        waiting.push(report);
     }
     tick.send(()).expect("the commit");
     for report in waiting {
