@@ -9,11 +9,38 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A port on loopback that nothing listens on now (the system's pick): bind it soon.
+/// Where test ports come from: below the kernel's ephemeral range (32768–60999 by default).
+/// A port the system picked (`bind(":0")`) comes from that range, and between the check and the
+/// server's bind any outgoing connection (kubectl's, containerd's) may take it as its local
+/// port; one seen in CI made cloudcore fail with "Address already in use".
+const PORTS: std::ops::Range<u32> = 20_000..32_768;
+
+/// The next port to try: each process walks the range from a start of its own, so it never
+/// hands out a port twice and two processes seldom try the same one.
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// A port on loopback that nothing listens on now, below the ephemeral range: bind it soon.
 pub fn try_free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::Ordering;
+    let span = PORTS.end - PORTS.start;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let _ = NEXT.compare_exchange(u32::MAX, start % span, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let Ok(port) = u16::try_from(PORTS.start + offset) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        "no free port on loopback below the ephemeral range",
+    ))
 }
 
 /// [`try_free_port`], for tests: panics if loopback has no port to give.
@@ -113,8 +140,13 @@ mod tests {
     }
 
     #[test]
-    fn free_ports_are_on_loopback_and_bindable() {
-        let port = free_port();
-        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+    fn free_ports_are_on_loopback_bindable_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        for port in &ports {
+            assert!(PORTS.contains(&u32::from(*port)), "{port}");
+            assert!(std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok());
+        }
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "never handed out twice");
     }
 }

@@ -503,10 +503,7 @@ fn spawn_server(data: &std::path::Path, port: u16) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocations_survive_kill_dash_nine() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = wedge_testkit::wait::free_port();
     let kubeconfig = dir.path().join("admin.kubeconfig");
     let up = |services: Api<Service>| async move {
         eventually(Duration::from_secs(20), "the server to answer", || {
