@@ -166,9 +166,7 @@ pub async fn run_controllers_at(
         Some(endpoints_pods),
         Some(endpointslice_pods),
         Some(disruption_pods),
-        Some(scheduler_pods),
     ) = (
-        writer.subscribe(),
         writer.subscribe(),
         writer.subscribe(),
         writer.subscribe(),
@@ -182,12 +180,8 @@ pub async fn run_controllers_at(
             "setup: a shared pod store had subscribers before the watch".to_owned(),
         ));
     };
-    // The index by controller follows the same events, applied before the store's, and so
-    // does the scheduler's cache (which needs the deletions the subscribers miss). The watch
-    // lists with the controllers' identity; the scheduler's is allowed the same pods, and
-    // binds with its own.
+    // The index by controller follows the same events, applied before the store's.
     let pod_index = indexes::ControllerIndex::default();
-    let (scheduler_events, shared_scheduler) = scheduler::shared();
     let pod_feed = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .inspect({
@@ -195,7 +189,6 @@ pub async fn run_controllers_at(
             move |event| {
                 if let Ok(event) = event {
                     index.apply(event);
-                    scheduler_events.apply(event);
                 }
             }
         })
@@ -279,11 +272,9 @@ pub async fn run_controllers_at(
     parts.spawn("pod watch", pod_feed);
     parts.spawn(
         "scheduler",
-        shared_scheduler.run(
+        scheduler::run(
             scheduler_client,
             config.insecure_registries.clone(),
-            pods.clone(),
-            scheduler_pods,
             shutdown.clone(),
         ),
     );
