@@ -20,6 +20,15 @@ pub struct Report {
     pub payload: Value,
 }
 
+/// The key a pod's status reports coalesce under.
+pub fn pod_status_key(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        kind: ResourceKind::PodStatus,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
 /// A pod's status.
 pub fn pod_status(
     namespace: &str,
@@ -28,11 +37,7 @@ pub fn pod_status(
     status: &impl serde::Serialize,
 ) -> Report {
     Report {
-        key: ObjectKey {
-            kind: ResourceKind::PodStatus,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        },
+        key: pod_status_key(namespace, name),
         operation: Operation::Update,
         payload: json!({ "uid": uid, "status": status }),
     }

@@ -20,16 +20,16 @@ use super::messages::HeldObject;
 /// cloudcore writes itself (pods, Devices, Rules): everything but the status, the version and
 /// the managed fields. The cloud sends no change that leaves it alone. `None` for other kinds.
 /// The same on both sides: the cloud hashes the object it would send, the edge the one it
-/// stored as sent.
-pub fn edge_view(kind: ResourceKind, object: &serde_json::Value) -> Option<String> {
+/// stored as sent. Takes the object by value: the cloud hashes every pod event, and its copy is
+/// already its own.
+pub fn edge_view(kind: ResourceKind, mut object: serde_json::Value) -> Option<String> {
     if !matches!(
         kind,
         ResourceKind::Pod | ResourceKind::Device | ResourceKind::Rule
     ) {
         return None;
     }
-    let mut view = object.clone();
-    let map = view.as_object_mut()?;
+    let map = object.as_object_mut()?;
     for field in ["status", "apiVersion", "kind"] {
         map.remove(field);
     }
@@ -40,7 +40,7 @@ pub fn edge_view(kind: ResourceKind, object: &serde_json::Value) -> Option<Strin
         meta.remove("resourceVersion");
         meta.remove("managedFields");
     }
-    Some(hex::encode(Sha256::digest(view.to_string().as_bytes())))
+    Some(hex::encode(Sha256::digest(object.to_string().as_bytes())))
 }
 
 /// An object the edge should hold, as the cloud sees it (its [`edge_view`] is worked out only for
@@ -180,15 +180,15 @@ mod tests {
                 "metadata": {"name": "a", "resourceVersion": rv, "managedFields": [{"manager": rv}]},
                 "spec": {"nodeName": "edge"}, "status": {"phase": status}})
         };
-        let sent = edge_view(ResourceKind::Pod, &pod("Pending", "5"));
-        let now = edge_view(ResourceKind::Pod, &pod("Running", "9"));
+        let sent = edge_view(ResourceKind::Pod, pod("Pending", "5"));
+        let now = edge_view(ResourceKind::Pod, pod("Running", "9"));
         assert!(sent.is_some());
         assert_eq!(sent, now, "status, version and managed fields aside");
         let mut relabelled = pod("Running", "10");
         relabelled["metadata"]["labels"] = serde_json::json!({"tier": "x"});
-        assert_ne!(edge_view(ResourceKind::Pod, &relabelled), now);
+        assert_ne!(edge_view(ResourceKind::Pod, relabelled.clone()), now);
         assert_eq!(
-            edge_view(ResourceKind::ConfigMap, &pod("Running", "9")),
+            edge_view(ResourceKind::ConfigMap, pod("Running", "9")),
             None
         );
 
@@ -209,7 +209,7 @@ mod tests {
             desired("no-view", "u3", "9"),
         ];
         let plan = plan(&held, want, |key| match key.name.as_str() {
-            "relabelled" => edge_view(ResourceKind::Pod, &relabelled),
+            "relabelled" => edge_view(ResourceKind::Pod, relabelled.clone()),
             _ => now.clone(),
         });
         assert_eq!(plan.unchanged, 1);

@@ -294,22 +294,13 @@ async fn put(outbox: &Outbox, report: &Report) {
         .await;
 }
 
-/// The key of a pod's status reports.
-fn status_key(namespace: &str, name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: ResourceKind::PodStatus,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    }
-}
-
 /// The status this edge last reported for `pod` (this uid): the one waiting in the outbox, else
 /// the last one the cloud acknowledged. The stored pod's status can be older than both: the
 /// cloud sends the pod back with its new status only after it acknowledged the report, and a
 /// link cut or a restart in between loses that copy until the next resync.
 fn reported_status(outbox: &Outbox, pod: &Pod) -> Option<PodStatus> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let key = status_key(namespace, pod.metadata.name.as_deref()?);
+    let key = reports::pod_status_key(namespace, pod.metadata.name.as_deref()?);
     let uid = pod.metadata.uid.as_deref()?;
     let of_this_pod =
         |report: serde_json::Value| (report.get("uid")?.as_str()? == uid).then_some(report);
@@ -450,7 +441,7 @@ impl Edged {
             Ok(names) => names
                 .into_iter()
                 .filter(|n| !held.contains(n))
-                .map(|(namespace, name)| (status_key(&namespace, &name), None))
+                .map(|(namespace, name)| (reports::pod_status_key(&namespace, &name), None))
                 .collect(),
             Err(error) => {
                 tracing::warn!(%error, "cannot list the statuses kept of pods");
@@ -753,7 +744,10 @@ impl Edged {
         self.pods.retain(|uid, s| {
             let keep = wanted.contains(uid) || s.stopping;
             if !keep {
-                left.push((status_key(&s.namespace, &s.name), Some(uid.clone())));
+                left.push((
+                    reports::pod_status_key(&s.namespace, &s.name),
+                    Some(uid.clone()),
+                ));
             }
             keep
         });
@@ -1107,7 +1101,7 @@ mod tests {
         assert!(reported_status(&outbox, &other).is_none());
 
         // Forgotten when its pod leaves, not when another pod of that name does.
-        let key = status_key("default", "finite");
+        let key = reports::pod_status_key("default", "finite");
         outbox
             .forget_acknowledged(vec![(key.clone(), Some("u2".into()))])
             .await

@@ -282,7 +282,7 @@ impl MetaManager {
                 name: o.key.name.clone(),
                 uid: o.uid.clone(),
                 resource_version: o.resource_version.clone(),
-                view: wedge_core::protocol::sync::edge_view(o.key.kind, &o.object),
+                view: wedge_core::protocol::sync::edge_view(o.key.kind, o.object.clone()),
             })
             .collect()
     }

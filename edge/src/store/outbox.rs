@@ -177,6 +177,14 @@ fn delete_in(tx: &Connection, key: &ObjectKey, seq: u64) -> Result<bool, StoreEr
     Ok(removed > 0)
 }
 
+/// The two tables that hold reports by key.
+enum Table {
+    /// Reports waiting for the cloud.
+    Outbox,
+    /// The last report of each key the cloud acknowledged, for the kinds [`remembered`].
+    Acknowledged,
+}
+
 /// Whether the last acknowledged report of `kind` is kept after its entry goes
 /// ([`Outbox::acknowledged`]): pod statuses, which Edged reads at a restart.
 fn remembered(kind: ResourceKind) -> bool {
@@ -331,33 +339,41 @@ impl Outbox {
         if let Some(held) = self.db.held().get(key) {
             return Ok(Some(held.payload));
         }
-        let text: Option<String> = self
-            .db
-            .conn()
-            .query_row(
-                "SELECT payload FROM outbox WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
-                params![key.kind.as_str(), key.namespace, key.name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sql(format!("reading the report on {key}")))?;
-        text.map(|t| decode(&t, "report", &key.to_string()))
-            .transpose()
+        self.payload_in(Table::Outbox, key)
     }
 
     /// The last report on `key` the cloud acknowledged, for the kinds kept after their entry
     /// goes (pod statuses).
     pub fn acknowledged(&self, key: &ObjectKey) -> Result<Option<serde_json::Value>, StoreError> {
+        self.payload_in(Table::Acknowledged, key)
+    }
+
+    /// The payload `table` holds for `key`, read on the read connection.
+    fn payload_in(
+        &self,
+        table: Table,
+        key: &ObjectKey,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let (query, doing) = match table {
+            Table::Outbox => (
+                "SELECT payload FROM outbox WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                "reading the report",
+            ),
+            Table::Acknowledged => (
+                "SELECT payload FROM acknowledged WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                "reading the acknowledged report",
+            ),
+        };
         let text: Option<String> = self
             .db
             .conn()
             .query_row(
-                "SELECT payload FROM acknowledged WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                query,
                 params![key.kind.as_str(), key.namespace, key.name],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(sql(format!("reading the acknowledged report on {key}")))?;
+            .map_err(sql(format!("{doing} on {key}")))?;
         text.map(|t| decode(&t, "report", &key.to_string()))
             .transpose()
     }

@@ -424,7 +424,7 @@ impl Desired {
     /// What `node` would be sent of `key` now, hashed as edges state it in their hello
     /// ([`wedge_core::protocol::sync::edge_view`]), for the kinds whose status is not sent.
     pub fn view(&self, node: &str, key: &ObjectKey) -> Option<String> {
-        wedge_core::protocol::sync::edge_view(key.kind, &self.current(node, key)?.object)
+        wedge_core::protocol::sync::edge_view(key.kind, self.current(node, key)?.object)
     }
 
     /// The uid and resourceVersion of what [`Desired::current`] would send, from the cached

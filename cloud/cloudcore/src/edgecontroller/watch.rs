@@ -233,7 +233,7 @@ pub(crate) async fn bound_loop<K: BoundKind>(
         let key = key_of(kind, object);
         let view = serde_json::to_value(object)
             .ok()
-            .and_then(|v| sync::edge_view(kind, &v));
+            .and_then(|v| sync::edge_view(kind, v));
         if let Some(view) = view
             && views.insert(key.clone(), view.clone()).as_ref() == Some(&view)
         {
