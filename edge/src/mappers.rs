@@ -6,14 +6,22 @@
 //! is first sent the desired values already held. Devices of other protocols are served over
 //! MQTT with KubeEdge's topics, by the device itself or by a mapper outside edgecore (see
 //! [`crate::eventbus`]).
+//!
+//! A mapper's report returns once it is queued for the database, not once it is committed: the
+//! mapper reads on, and its reports share commits. Their commits are awaited in order by a
+//! settler task, at most [`REPORTS_IN_FLIGHT`] behind (a mapper reporting faster than that
+//! waits), which logs a refused one; at shutdown the settler awaits every report queued.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use wedge_core::backend::TwinBackendError;
 use wedge_core::twin::{AccessMode, DeviceState, TwinSide, TwinValue};
 use wedge_mapper_modbus::{Desired, ModbusDevice, TwinPort};
 
@@ -23,21 +31,65 @@ use crate::devicetwin::{BoundDevice, DeviceTwin};
 pub const MODBUS: &str = "modbus";
 /// How many desired values wait for a mapper (it keeps only the latest per property).
 const DESIRED_QUEUE: usize = 256;
+/// How many of the mappers' reports and states may be queued and not yet committed.
+pub const REPORTS_IN_FLIGHT: usize = 64;
 
-/// DeviceTwin as the mappers see it.
-struct TwinAdapter(DeviceTwin);
+/// A queued write's commit, and what it was, for the log.
+type Stored = (
+    String,
+    &'static str,
+    Pin<Box<dyn Future<Output = Result<(), TwinBackendError>> + Send>>,
+);
+
+/// DeviceTwin as the mappers see it: writes are queued, and their commits handed to the
+/// settler ([`settle`]).
+struct TwinAdapter {
+    twin: DeviceTwin,
+    stored: mpsc::Sender<Stored>,
+}
+
+impl TwinAdapter {
+    async fn queued(
+        &self,
+        device: &str,
+        what: &'static str,
+        queued: Result<
+            impl Future<Output = Result<(), TwinBackendError>> + Send + 'static,
+            TwinBackendError,
+        >,
+    ) {
+        match queued {
+            Ok(stored) => {
+                // The settler ends only after every adapter is gone: a send cannot fail.
+                let _ = self
+                    .stored
+                    .send((device.to_owned(), what, Box::pin(stored)))
+                    .await;
+            }
+            Err(e) => tracing::warn!(device, error = %e, "a mapper's {what} was refused"),
+        }
+    }
+}
 
 #[async_trait]
 impl TwinPort for TwinAdapter {
     async fn report(&self, device: &str, values: Vec<(String, TwinValue)>) {
-        if let Err(e) = self.0.report(device, values).await {
-            tracing::warn!(device, error = %e, "a mapper's report was refused");
-        }
+        let queued = self.twin.queue_report(device, values).await;
+        self.queued(device, "report", queued).await;
     }
 
     async fn set_state(&self, device: &str, state: DeviceState) {
-        if let Err(e) = self.0.set_state(device, state).await {
-            tracing::warn!(device, error = %e, "a mapper's state was refused");
+        let queued = self.twin.queue_state(device, state).await;
+        self.queued(device, "state", queued).await;
+    }
+}
+
+/// Awaits the commit of each write the mappers queued, in order, logging those refused, until
+/// every adapter is gone and all are awaited.
+async fn settle(mut stored: mpsc::Receiver<Stored>) {
+    while let Some((device, what, commit)) = stored.recv().await {
+        if let Err(e) = commit.await {
+            tracing::warn!(device, error = %e, "a mapper's {what} was refused");
         }
     }
 }
@@ -50,7 +102,12 @@ struct Running {
 
 /// Runs the mappers of this node's devices until `shutdown`.
 pub async fn run(twin: DeviceTwin, shutdown: CancellationToken) {
-    let port: Arc<dyn TwinPort> = Arc::new(TwinAdapter(twin.clone()));
+    let (stored, commits) = mpsc::channel(REPORTS_IN_FLIGHT);
+    let settler = tokio::spawn(settle(commits));
+    let port: Arc<dyn TwinPort> = Arc::new(TwinAdapter {
+        twin: twin.clone(),
+        stored,
+    });
     let mut changes = twin.subscribe();
     let mut membership = twin.membership();
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
@@ -88,6 +145,12 @@ pub async fn run(twin: DeviceTwin, shutdown: CancellationToken) {
         r.cancel.cancel();
     }
     while tasks.join_next().await.is_some() {}
+    // The mappers are gone; with the last adapter the settler ends, once every write queued is
+    // committed (or refused).
+    drop(port);
+    if settler.await.is_err() {
+        tracing::error!("the mappers' settler panicked");
+    }
 }
 
 fn send(r: &Running, device: &str, desired: Desired) {
@@ -177,5 +240,56 @@ fn reconcile(
         };
         send_held(twin, &name, &r);
         running.insert(name, r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wedge_core::twin::{DeviceState, TwinValue};
+
+    use super::*;
+    use crate::devicetwin::tests::gated_twin;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mappers_reports_are_queued_without_waiting_and_all_stored_when_it_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, tick, twin) = gated_twin(&dir).await;
+        let (stored, commits) = mpsc::channel(REPORTS_IN_FLIGHT);
+        let settler = tokio::spawn(settle(commits));
+        let port = TwinAdapter {
+            twin: twin.clone(),
+            stored,
+        };
+        let before = db.write_stats().transactions;
+        // Each returns once queued: the writer commits nothing until the tick below.
+        port.set_state("thermo-1", DeviceState::Online).await;
+        for value in [20.0, 21.0, 22.0] {
+            port.report(
+                "thermo-1",
+                vec![("temperature".into(), TwinValue::Float(value))],
+            )
+            .await;
+        }
+        assert_eq!(db.queued_writes(), 4, "all queued, none waited for");
+        // The mapper ends: the settler awaits what it queued.
+        drop(port);
+        db.tick_one(&tick).await;
+        settler.await.expect("the settler");
+        assert_eq!(
+            db.write_stats().transactions - before,
+            1,
+            "one commit for the four"
+        );
+        let (model, properties) = twin.document("thermo-1").expect("document");
+        assert_eq!(model.state, DeviceState::Online);
+        let temperature = properties
+            .iter()
+            .find(|(p, _)| p == "temperature")
+            .and_then(|(_, t)| t.reported.clone())
+            .expect("reported");
+        assert_eq!(
+            (temperature.value, temperature.version),
+            (TwinValue::Float(22.0), 3)
+        );
     }
 }

@@ -462,11 +462,74 @@ async fn rules_route_messages_to_the_outbox(
     );
 }
 
+/// A mapper's burst of twin updates, sent without waiting for answers, with refused ones among
+/// them: each answered on its result topic in the order sent, with its own value, the refused
+/// ones with their reason, and none lost.
+async fn a_burst_of_updates_is_answered_in_order(broker: BrokerChoice, port: u16) {
+    const BURST: usize = 300;
+    let edge = edge(broker).await;
+    let mut peer = Peer::connect(port, &["$hw/events/device/+/twin/update/result"]).await;
+    let refused = |i: usize| match i {
+        100 => Some((r#"{"humidity":{"actual":{"value":"40"}}}"#, 404)),
+        200 => Some((r#"{"temperature":{"actual":{"value":"hot"}}}"#, 400)),
+        _ => None,
+    };
+    // Within the model's range (up to 125), and each one's own.
+    let value = |i: usize| format!("{}.{}5", i / 10, i % 10);
+    for i in 0..BURST {
+        let twin = refused(i).map_or_else(
+            || {
+                format!(
+                    r#"{{"temperature":{{"actual":{{"value":"{}"}}}}}}"#,
+                    value(i)
+                )
+            },
+            |(twin, _)| twin.to_owned(),
+        );
+        peer.publish(
+            "$hw/events/device/thermo-1/twin/update",
+            format!(r#"{{"event_id":"e{i}","timestamp":1,"twin":{twin}}}"#),
+        )
+        .await;
+    }
+    let mut version = 0;
+    for i in 0..BURST {
+        let result = peer
+            .next_on("$hw/events/device/thermo-1/twin/update/result")
+            .await;
+        assert_eq!(result["event_id"], format!("e{i}"), "in order: {result}");
+        match refused(i) {
+            Some((_, code)) => assert_eq!(result["code"], code, "{result}"),
+            None => {
+                version += 1;
+                let temperature = &result["twin"]["temperature"];
+                assert_eq!(temperature["actual"]["value"], value(i), "{result}");
+                assert_eq!(temperature["actual_version"]["edge"], version, "{result}");
+            }
+        }
+    }
+    let stored = edge
+        .twin
+        .property("thermo-1", "temperature")
+        .await
+        .expect("twin")
+        .reported
+        .expect("reported");
+    assert_eq!(
+        (stored.value, stored.version),
+        (
+            TwinValue::Float(value(BURST - 1).parse().expect("a number")),
+            version
+        )
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kubeedge_topics_through_mosquitto() {
     let mosquitto = wedge_testkit::mosquitto::Mosquitto::start().expect("mosquitto");
     let broker = BrokerChoice::external(&format!("127.0.0.1:{}", mosquitto.port())).expect("addr");
     kubeedge_topics_are_served(broker.clone(), mosquitto.port()).await;
+    a_burst_of_updates_is_answered_in_order(broker.clone(), mosquitto.port()).await;
     pods_messages_flow_both_ways(broker.clone(), mosquitto.port()).await;
     rules_route_messages_to_the_outbox(broker, mosquitto.port(), "test", "default/test").await;
 }
@@ -481,6 +544,12 @@ async fn kubeedge_topics_through_the_embedded_broker() {
     kubeedge_topics_are_served(broker, port).await;
     // The embedded broker lives as long as the process, and its EventBus's client id stays
     // taken by it: each part gets a broker of its own.
+    let port = free_port();
+    a_burst_of_updates_is_answered_in_order(
+        BrokerChoice::Embedded(([127, 0, 0, 1], port).into()),
+        port,
+    )
+    .await;
     let port = free_port();
     pods_messages_flow_both_ways(BrokerChoice::Embedded(([127, 0, 0, 1], port).into()), port).await;
     let port = free_port();

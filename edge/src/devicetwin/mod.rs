@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use wedge_core::backend::{TwinBackend, TwinBackendError};
 use wedge_core::device::{self, Device, DeviceModel};
@@ -296,28 +296,12 @@ impl DeviceTwin {
     }
 
     /// Both sides of every property of `device`, in model order.
-    pub fn document(
-        &self,
-        device: &str,
-    ) -> Result<(wedge_core::twin::DeviceTwin, Vec<(String, TwinProperty)>), TwinBackendError> {
+    pub fn document(&self, device: &str) -> Result<Document, TwinBackendError> {
         let devices = self.lock();
         let entry = devices
             .get(device)
             .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
-        let props = entry
-            .twin
-            .properties
-            .iter()
-            .map(|p| {
-                let twin = entry
-                    .properties
-                    .get(&p.name)
-                    .map(|s| s.twin.clone())
-                    .unwrap_or_default();
-                (p.name.clone(), twin)
-            })
-            .collect();
-        Ok((entry.twin.clone(), props))
+        Ok(document_of(entry, None))
     }
 
     /// Reads MetaManager's Devices and DeviceModels again: new devices get twins (their stored
@@ -542,6 +526,32 @@ fn apply_spec_desired(
     (changes, rows)
 }
 
+/// A device's model and both sides of its properties (all, or those a request names), in
+/// model order.
+pub type Document = (wedge_core::twin::DeviceTwin, Vec<(String, TwinProperty)>);
+
+/// `entry`'s document: every property, or only those `only` names.
+fn document_of(entry: &Entry, only: Option<&[String]>) -> Document {
+    let props = entry
+        .twin
+        .properties
+        .iter()
+        .filter(|p| only.is_none_or(|o| o.contains(&p.name)))
+        .map(|p| {
+            let twin = entry
+                .properties
+                .get(&p.name)
+                .map(|s| s.twin.clone())
+                .unwrap_or_default();
+            (p.name.clone(), twin)
+        })
+        .collect();
+    (entry.twin.clone(), props)
+}
+
+/// Where a settled write's document goes: the properties to show, and the answer's sender.
+type DocumentAnswer = (Vec<String>, oneshot::Sender<Document>);
+
 /// A queued write's values, settled into memory on the writer thread ([`staged`]). Its slots
 /// in the device's staged values are given back however the write ends: settled, or dropped
 /// unrun (the database closed).
@@ -549,9 +559,12 @@ struct Settle {
     twin: Weak<Inner>,
     device: String,
     write: u64,
-    side: TwinSide,
-    /// The values in the report's order (a property named twice, twice).
-    set: Vec<(String, StampedValue)>,
+    /// The values in the write's order (a property named twice, twice), each with its side.
+    set: Vec<(TwinSide, String, StampedValue)>,
+    /// A twin update's answer: the document of the properties it names, taken right after
+    /// its values are in memory and before any later write's are (what a request answered
+    /// before the next is made would show).
+    answer: Option<DocumentAnswer>,
 }
 
 impl Settle {
@@ -568,29 +581,34 @@ impl Settle {
             let Some(entry) = devices.get_mut(&self.device) else {
                 return;
             };
-            for (property, _) in &set {
-                entry.staged.unstage(self.side, property, self.write);
+            for (side, property, _) in &set {
+                entry.staged.unstage(*side, property, self.write);
             }
             if !stored {
                 return;
             }
-            for (property, current) in set {
+            let mut reported = false;
+            for (side, property, current) in set {
                 let row = entry.properties.entry(property.clone()).or_default();
-                let slot = match self.side {
+                let slot = match side {
                     TwinSide::Reported => &mut row.twin.reported,
                     TwinSide::Desired => &mut row.twin.desired,
                 };
                 let previous = slot.replace(current.clone());
+                reported |= side == TwinSide::Reported;
                 changes.push(TwinChange {
                     device: self.device.clone(),
                     property,
-                    side: self.side,
+                    side,
                     previous,
                     current,
                 });
             }
-            if self.side == TwinSide::Reported && entry.twin.state == DeviceState::Online {
+            if reported && entry.twin.state == DeviceState::Online {
                 entry.last_online = Some(jiff::Timestamp::now().to_string());
+            }
+            if let Some((names, answer)) = self.answer.take() {
+                let _ = answer.send(document_of(entry, Some(&names)));
             }
         }
         inner.mark_dirty(&self.device);
@@ -612,9 +630,52 @@ impl Drop for Settle {
         };
         let mut devices = inner.devices.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = devices.get_mut(&self.device) {
-            for (property, _) in &self.set {
-                entry.staged.unstage(self.side, property, self.write);
+            for (side, property, _) in &self.set {
+                entry.staged.unstage(*side, property, self.write);
             }
+        }
+    }
+}
+
+/// A queued state write, settled into memory on the writer thread as [`Settle`] settles values.
+struct SettleState {
+    twin: Weak<Inner>,
+    device: String,
+    write: u64,
+    state: DeviceState,
+    last_online: Option<String>,
+}
+
+impl SettleState {
+    fn settled(self, stored: bool) {
+        let Some(inner) = self.twin.upgrade() else {
+            return;
+        };
+        {
+            let mut devices = inner.devices.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(entry) = devices.get_mut(&self.device) else {
+                return;
+            };
+            entry.staged.unstage_state(self.write);
+            if !stored {
+                return;
+            }
+            entry.twin.state = self.state;
+            entry.last_online = self.last_online.clone();
+        }
+        inner.mark_dirty(&self.device);
+    }
+}
+
+impl Drop for SettleState {
+    fn drop(&mut self) {
+        // Settled or not, its staged state goes (a no-op once settled).
+        let Some(inner) = self.twin.upgrade() else {
+            return;
+        };
+        let mut devices = inner.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = devices.get_mut(&self.device) {
+            entry.staged.unstage_state(self.write);
         }
     }
 }
@@ -631,27 +692,30 @@ fn status_report(name: &str, entry: &Entry) -> (ObjectKey, serde_json::Value) {
 }
 
 impl DeviceTwin {
-    /// Sets one side of a property, stores it, queues the status and announces the change.
+    /// Sets one side of properties, stores it, queues the status and announces the change.
     async fn update(
         &self,
         device: &str,
         values: Vec<(String, TwinValue)>,
         side: TwinSide,
     ) -> Result<Vec<u64>, TwinBackendError> {
-        let (versions, stored) = self.queue_update(device, values, side).await?;
+        let values = values.into_iter().map(|(p, v)| (side, p, v)).collect();
+        let (versions, stored) = self.queue_update(device, values, None).await?;
         stored.await?;
         Ok(versions)
     }
 
-    /// Checks `values` against the device's model and queues them for the database, behind the
-    /// device's writes queued before ([`staged`]). Returns their versions once queued, and
-    /// what resolves once they are stored: applied to memory, announced and the status marked
-    /// to be sent, on the writer thread, before it does.
+    /// Checks `values` (each on its side) against the device's model and queues them for the
+    /// database as one write, behind the device's writes queued before ([`staged`]). Returns
+    /// their versions once queued, and what resolves once they are stored: applied to memory,
+    /// announced and the status marked to be sent, on the writer thread, before it does. With
+    /// `answer`, the document of the properties it names goes there once the values are in
+    /// memory.
     async fn queue_update(
         &self,
         device: &str,
-        values: Vec<(String, TwinValue)>,
-        side: TwinSide,
+        values: Vec<(TwinSide, String, TwinValue)>,
+        answer: Option<DocumentAnswer>,
     ) -> Result<
         (
             Vec<u64>,
@@ -667,15 +731,15 @@ impl DeviceTwin {
             let entry = devices
                 .get_mut(device)
                 .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
-            // Check everything first: a report is taken whole or refused whole.
-            for (property, value) in &values {
+            // Check everything first: a write is taken whole or refused whole.
+            for (side, property, value) in &values {
                 let model = entry.twin.property(property).ok_or_else(|| {
                     TwinBackendError::NoSuchProperty {
                         device: device.to_owned(),
                         property: property.clone(),
                     }
                 })?;
-                if side == TwinSide::Desired && model.access_mode == AccessMode::ReadOnly {
+                if *side == TwinSide::Desired && model.access_mode == AccessMode::ReadOnly {
                     return Err(TwinBackendError::ReadOnly(property.clone()));
                 }
                 model.check(value)?;
@@ -684,8 +748,8 @@ impl DeviceTwin {
             // write, and become the twin in memory only once that write is committed: a failed
             // write leaves memory and disk as they were, together.
             let now = now_ms();
-            let mut set: Vec<(String, StampedValue)> = Vec::with_capacity(values.len());
-            for (property, value) in values {
+            let mut set: Vec<(TwinSide, String, StampedValue)> = Vec::with_capacity(values.len());
+            for (side, property, value) in values {
                 let version = entry
                     .current(side, &property)
                     .map_or(1, |previous| previous.version + 1);
@@ -696,14 +760,14 @@ impl DeviceTwin {
                 };
                 entry.staged.stage(side, &property, write, current.clone());
                 versions.push(version);
-                set.push((property, current));
+                set.push((side, property, current));
             }
-            // One row per property, with its last value when the report names it twice.
-            let mut rows: Vec<(String, StampedValue)> = Vec::with_capacity(set.len());
-            for (property, value) in &set {
-                match rows.iter_mut().find(|(p, _)| p == property) {
-                    Some(row) => row.1 = value.clone(),
-                    None => rows.push((property.clone(), value.clone())),
+            // One row per property and side, with its last value when the write names it twice.
+            let mut rows: Vec<(TwinSide, String, StampedValue)> = Vec::with_capacity(set.len());
+            for (side, property, value) in &set {
+                match rows.iter_mut().find(|(s, p, _)| s == side && p == property) {
+                    Some(row) => row.2 = value.clone(),
+                    None => rows.push((*side, property.clone(), value.clone())),
                 }
             }
             (rows, set)
@@ -712,13 +776,13 @@ impl DeviceTwin {
             twin: Arc::downgrade(&self.inner),
             device: device.to_owned(),
             write,
-            side,
             set,
+            answer,
         };
         let queued = self
             .inner
             .twins
-            .queue_side(device, side, rows, move |result, _| {
+            .queue_sides(device, rows, move |result, _| {
                 settle.settled(result.is_ok());
             })
             .await;
@@ -752,10 +816,87 @@ impl DeviceTwin {
         values: Vec<(String, TwinValue)>,
     ) -> Result<impl Future<Output = Result<(), TwinBackendError>> + Send + 'static, TwinBackendError>
     {
-        let (_, stored) = self
-            .queue_update(device, values, TwinSide::Reported)
-            .await?;
+        let values = values
+            .into_iter()
+            .map(|(p, v)| (TwinSide::Reported, p, v))
+            .collect();
+        let (_, stored) = self.queue_update(device, values, None).await?;
         Ok(stored)
+    }
+
+    /// Queues a twin update as KubeEdge's `twin/update` carries it: values the device reported
+    /// and desired values set at the edge, checked against the model and stored as one write,
+    /// taken whole or refused whole, behind the device's writes queued before. Returns once
+    /// queued; what is returned resolves, once the write is stored, to the document of the
+    /// `named` properties as that write left them (before any write queued after it is in
+    /// memory): the answer a request gets when each is answered before the next is made.
+    pub async fn queue_twin_update(
+        &self,
+        device: &str,
+        reported: Vec<(String, TwinValue)>,
+        desired: Vec<(String, TwinValue)>,
+        named: Vec<String>,
+    ) -> Result<
+        impl Future<Output = Result<Document, TwinBackendError>> + Send + 'static,
+        TwinBackendError,
+    > {
+        let values = reported
+            .into_iter()
+            .map(|(p, v)| (TwinSide::Reported, p, v))
+            .chain(desired.into_iter().map(|(p, v)| (TwinSide::Desired, p, v)))
+            .collect();
+        let (tx, rx) = oneshot::channel();
+        let (_, stored) = self.queue_update(device, values, Some((named, tx))).await?;
+        let device = device.to_owned();
+        Ok(async move {
+            stored.await?;
+            // Stored, but the device left this node before its values were in memory.
+            rx.await.map_err(|_| TwinBackendError::NoSuchDevice(device))
+        })
+    }
+
+    /// Runs `read` once every write to the database queued before this call has settled (its
+    /// values in memory, or refused), and before any write queued after it settles, on the
+    /// database's writer thread: what `read` sees of DeviceTwin is what a caller that awaited
+    /// each write before making the next would see. Returns once queued, with what resolves
+    /// to `read`'s result (`None` only if `read` panicked). When the database takes no more
+    /// writes (closed), `read` runs when that is awaited.
+    pub async fn queue_read<T, F>(
+        &self,
+        read: F,
+    ) -> impl Future<Output = Option<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&DeviceTwin) -> T + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(Some(read)));
+        let (tx, rx) = oneshot::channel();
+        let hook = {
+            let slot = slot.clone();
+            let twin = Arc::downgrade(&self.inner);
+            move || {
+                let Some(inner) = twin.upgrade() else {
+                    return;
+                };
+                let read = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(read) = read {
+                    let _ = tx.send(read(&DeviceTwin { inner }));
+                }
+            }
+        };
+        let queued = self.inner.twins.queue_after(hook).await;
+        let twin = self.clone();
+        async move {
+            if let Ok(pending) = queued {
+                // Its result is that of its group's commit, which a read does not depend on.
+                let _ = pending.wait().await;
+                if let Ok(value) = rx.await {
+                    return Some(value);
+                }
+            }
+            let read = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            read.map(|read| read(&twin))
+        }
     }
 
     /// A desired value set at the edge (an app, or an MQTT client).
@@ -811,33 +952,72 @@ impl DeviceTwin {
         device: &str,
         state: DeviceState,
     ) -> Result<(), TwinBackendError> {
-        let _guard = self.guard(device).await;
+        self.queue_state(device, state).await?.await
+    }
+
+    /// Queues the device's connection state, as [`DeviceTwin::set_state`] stores it, behind
+    /// the device's writes queued before; returns once queued, with what resolves once it is
+    /// stored (and in memory). A state equal to the last one set (in flight or stored) is not
+    /// written again, except `online`, which moves the last-online time.
+    pub async fn queue_state(
+        &self,
+        device: &str,
+        state: DeviceState,
+    ) -> Result<impl Future<Output = Result<(), TwinBackendError>> + Send + 'static, TwinBackendError>
+    {
+        let guard = self.guard(device).await;
+        let write = self.inner.next_write.fetch_add(1, Ordering::Relaxed);
         let last_online = {
-            let devices = self.lock();
+            let mut devices = self.lock();
             let entry = devices
-                .get(device)
+                .get_mut(device)
                 .ok_or_else(|| TwinBackendError::NoSuchDevice(device.to_owned()))?;
-            if entry.twin.state == state && state != DeviceState::Online {
-                return Ok(());
-            }
-            match state {
-                DeviceState::Online => Some(jiff::Timestamp::now().to_string()),
-                _ => entry.last_online.clone(),
+            let (current, last) = match entry.staged.state() {
+                Some((state, last)) => (state, last.cloned()),
+                None => (entry.twin.state, entry.last_online.clone()),
+            };
+            if current == state && state != DeviceState::Online {
+                None
+            } else {
+                let last_online = match state {
+                    DeviceState::Online => Some(jiff::Timestamp::now().to_string()),
+                    _ => last,
+                };
+                entry.staged.stage_state(write, state, last_online.clone());
+                Some(last_online)
             }
         };
-        // Stored first, as reports are: memory changes only with the disk.
-        self.inner
-            .twins
-            .save_state(device, device::state_name(state), last_online.as_deref())
-            .await
-            .map_err(unavailable)?;
-        let mut devices = self.lock();
-        if let Some(entry) = devices.get_mut(device) {
-            entry.twin.state = state;
-            entry.last_online = last_online;
-            self.mark_dirty(device);
-        }
-        Ok(())
+        let queued = match last_online {
+            None => None,
+            Some(last_online) => {
+                // Stored first, as reports are: memory changes only with the disk.
+                let settle = SettleState {
+                    twin: Arc::downgrade(&self.inner),
+                    device: device.to_owned(),
+                    write,
+                    state,
+                    last_online: last_online.clone(),
+                };
+                let queued = self
+                    .inner
+                    .twins
+                    .queue_state(
+                        device,
+                        device::state_name(state),
+                        last_online.as_deref(),
+                        move |result, _| settle.settled(result.is_ok()),
+                    )
+                    .await;
+                Some(queued.map_err(unavailable)?)
+            }
+        };
+        drop(guard);
+        Ok(async move {
+            match queued {
+                Some(pending) => pending.wait().await.map_err(unavailable),
+                None => Ok(()),
+            }
+        })
     }
 }
 
@@ -887,4 +1067,4 @@ impl TwinBackend for DeviceTwin {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,6 +10,9 @@
 //! stored and takes its slots out of here either way (unless a later write of the same slot
 //! has replaced them), so memory ends as the disk does.
 //!
+//! A device's state is staged the same way: the state write in flight, if one is, is what the
+//! next state change is compared with (an unchanged state is not written again).
+//!
 //! A write refused alone (its statements failed) leaves the writes queued after it standing:
 //! each stores only the side of the properties it sets, never a whole row made from what is in
 //! flight, so none of them carries the refused value to the disk. A later write's version may
@@ -17,13 +20,15 @@
 
 use std::collections::BTreeMap;
 
-use wedge_core::twin::{StampedValue, TwinSide};
+use wedge_core::twin::{DeviceState, StampedValue, TwinSide};
 
 /// The values in flight of one device, by side and property.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Staged {
     reported: BTreeMap<String, (u64, StampedValue)>,
     desired: BTreeMap<String, (u64, StampedValue)>,
+    /// The last state write in flight: its write, the state and when last online.
+    state: Option<(u64, DeviceState, Option<String>)>,
 }
 
 impl Staged {
@@ -67,10 +72,29 @@ impl Staged {
         }
     }
 
+    /// The state (and when last online) the last state write in flight sets, if one does.
+    pub(super) fn state(&self) -> Option<(DeviceState, Option<&String>)> {
+        self.state
+            .as_ref()
+            .map(|(_, state, last)| (*state, last.as_ref()))
+    }
+
+    /// Notes that `write` sets the device's state.
+    pub(super) fn stage_state(&mut self, write: u64, state: DeviceState, last: Option<String>) {
+        self.state = Some((write, state, last));
+    }
+
+    /// State `write` has settled: its state leaves, unless a later write's replaced it.
+    pub(super) fn unstage_state(&mut self, write: u64) {
+        if self.state.as_ref().is_some_and(|(w, _, _)| *w == write) {
+            self.state = None;
+        }
+    }
+
     /// Whether no write of the device is in flight.
     #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.reported.is_empty() && self.desired.is_empty()
+        self.reported.is_empty() && self.desired.is_empty() && self.state.is_none()
     }
 }
 

@@ -399,8 +399,10 @@ async fn a_state_the_disk_cannot_take_leaves_the_state_as_it_was() {
 }
 
 /// DeviceTwin over a gated writer (each group waits for a tick), with the thermostat bound:
-/// storing the device and model and the twin's first load go through ungated.
-async fn gated_twin(
+/// storing the device and model and the twin's first load go through ungated. The thermostat:
+/// a read-only FLOAT temperature (-40..125) and a read-write INT setpoint (5..30) whose spec
+/// sets 21.
+pub(crate) async fn gated_twin(
     dir: &tempfile::TempDir,
 ) -> (Database, std::sync::mpsc::Sender<()>, DeviceTwin) {
     let (db, tick) = Database::open_gated(&dir.path().join("edge.db")).expect("db");

@@ -5,14 +5,23 @@
 //! - the **poll loop** drives the connection (rumqttc reconnects on the next poll after an error)
 //!   and hands each incoming message to the dispatcher without waiting; when the dispatcher is
 //!   [`INCOMING_QUEUE`] messages behind, messages are dropped and counted, never the connection;
-//! - the **dispatcher** serves KubeEdge's requests from DeviceTwin, delivers messages to the
-//!   subscriptions of pods (the `wedge:messaging` host functions, through [`BusBackend`]) and
+//! - the **dispatcher** starts serving KubeEdge's requests from DeviceTwin (parses each and
+//!   queues its writes, in arrival order, without waiting for their commit), delivers messages to
+//!   the subscriptions of pods (the `wedge:messaging` host functions, through [`BusBackend`]) and
 //!   queues for the cloud what a Rule routes there ([`uploads`]); it follows the Rules the edge
 //!   holds, subscribing to their filters and giving up those no rule wants any more;
+//! - the **answerer** awaits each request's answer in the order the requests came (up to
+//!   [`ANSWERS_IN_FLIGHT`] behind the dispatcher, which waits when it is that far ahead) and
+//!   publishes it on the request's `/result` topic: a burst of twin updates shares commits, and
+//!   each is still answered after its own commit, as [`twin_api`] explains;
 //! - the **announcer** publishes twin changes (document, delta, data) and membership changes.
 //!
 //! Subscriptions are made again after every (re)connection: sessions are clean, so a broker
 //! restart loses nothing EventBus asked for.
+//!
+//! At shutdown the poll loop hands the dispatcher nothing more, but keeps the connection up
+//! while the dispatcher serves what it already received and the answerer publishes every answer
+//! (at most [`DRAIN_LIMIT`]); then EventBus disconnects, behind those answers.
 
 pub mod acl;
 pub mod auth;
@@ -45,6 +54,12 @@ use uploads::Uploads;
 pub const INCOMING_QUEUE: usize = 8192;
 /// How many requests (publishes, subscriptions) wait for the connection.
 const REQUEST_QUEUE: usize = 8192;
+/// How many KubeEdge requests may be queued (their writes on their way to the disk) and not yet
+/// answered; the dispatcher waits for the oldest answer beyond that.
+pub const ANSWERS_IN_FLIGHT: usize = 64;
+/// How long a shutdown waits for the messages received to be served, their answers published
+/// and the disconnection sent.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Which broker EventBus talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,10 +384,27 @@ impl EventBusDriver {
     /// Runs the connection, the dispatcher and the announcer until `shutdown`.
     pub async fn run(self, twin: DeviceTwin, shutdown: CancellationToken) {
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        let (answers_tx, answers_rx) = mpsc::channel(ANSWERS_IN_FLIGHT);
+        // Cancelled once every received message is served and answered: the connection may go.
+        let drained = CancellationToken::new();
         let bus = self.bus;
+        let serve = {
+            let (bus, twin, drained) = (bus.clone(), twin.clone(), drained.clone());
+            async move {
+                tokio::join!(
+                    dispatch(bus.clone(), twin, rx, answers_tx),
+                    answer(bus.clone(), answers_rx),
+                );
+                // Behind every answer published: the broker gets them before the goodbye.
+                if let Err(e) = bus.inner.client.try_disconnect() {
+                    tracing::debug!(error = %e, "cannot say goodbye to the MQTT broker");
+                }
+                drained.cancel();
+            }
+        };
         tokio::join!(
-            poll(self.eventloop, bus.clone(), tx, shutdown.clone()),
-            dispatch(bus.clone(), twin.clone(), rx, shutdown.clone()),
+            poll(self.eventloop, bus.clone(), tx, shutdown.clone(), drained),
+            serve,
             flush_warnings(bus.inner.refusals.clone(), shutdown.clone()),
             announce(bus, twin, shutdown),
         );
@@ -393,16 +425,34 @@ async fn flush_warnings(refusals: Arc<auth::Refusals>, shutdown: CancellationTok
     }
 }
 
+/// Drives the connection and hands what arrives to the dispatcher until `shutdown`; then hands
+/// nothing more but drives the connection on until the dispatcher and answerer are done
+/// (`drained`) and the disconnection is sent, for at most [`DRAIN_LIMIT`].
 async fn poll(
     mut eventloop: EventLoop,
     bus: EventBus,
     tx: mpsc::Sender<Received>,
     shutdown: CancellationToken,
+    drained: CancellationToken,
 ) {
+    let mut tx = Some(tx);
     let mut failures = 0u32;
+    let limit = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_LIMIT).await;
+    };
+    tokio::pin!(limit);
     loop {
         let event = tokio::select! {
-            () = shutdown.cancelled() => return,
+            // Dropping the sender ends the dispatcher once it has served what it holds.
+            () = shutdown.cancelled(), if tx.is_some() => {
+                tx = None;
+                continue;
+            }
+            () = &mut limit => {
+                tracing::warn!("EventBus did not publish every answer within {DRAIN_LIMIT:?} of the shutdown");
+                return;
+            }
             event = eventloop.poll() => event,
         };
         let received = match event {
@@ -418,20 +468,36 @@ async fn poll(
                 retained: p.retain,
                 received_ms: wedge_core::backend::now_ms(),
             }),
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if drained.is_cancelled() => {
+                return;
+            }
             Ok(_) => continue,
             Err(e) => {
                 if bus.inner.connected.swap(false, Ordering::Relaxed) || failures == 0 {
                     tracing::warn!(error = %e, "MQTT broker connection lost; reconnecting");
                 }
+                if drained.is_cancelled() {
+                    // Nothing left to send: no reconnection for the goodbye alone.
+                    return;
+                }
                 failures = failures.saturating_add(1);
                 let wait = Duration::from_millis(100 * u64::from(failures.min(50)));
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = &mut limit => return,
+                    () = shutdown.cancelled(), if tx.is_some() => {
+                        tx = None;
+                        continue;
+                    }
                     () = tokio::time::sleep(wait) => continue,
                 }
             }
         };
-        if tx.try_send(received).is_err() {
+        let Some(sender) = &tx else {
+            // After the shutdown: not taken, as if it had come after the process ended.
+            tracing::debug!("a message arrived after the shutdown began; not taken");
+            continue;
+        };
+        if sender.try_send(received).is_err() {
             let n = bus.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n, "EventBus is behind; incoming messages dropped");
@@ -440,16 +506,18 @@ async fn poll(
     }
 }
 
+/// Serves what the poll loop hands over, until it hands over no more (the shutdown) and all
+/// it handed over is served: KubeEdge's requests are queued and their answers handed to the
+/// answerer in arrival order.
 async fn dispatch(
     bus: EventBus,
     twin: DeviceTwin,
     mut rx: mpsc::Receiver<Received>,
-    shutdown: CancellationToken,
+    answers: mpsc::Sender<twin_api::Answer>,
 ) {
     bus.rules_changed().await;
     loop {
         let received = tokio::select! {
-            () = shutdown.cancelled() => return,
             () = bus.inner.uploads.changed() => {
                 bus.rules_changed().await;
                 continue;
@@ -468,16 +536,12 @@ async fn dispatch(
                 }
             }
             Received::Message(message) => {
-                if let Some(answer) = twin_api::serve(
-                    &twin,
-                    &bus.inner.node,
-                    &message.topic,
-                    &message.payload,
-                    &bus.inner.refusals,
-                )
-                .await
+                if let Some(answer) =
+                    twin_api::queue(&twin, &bus.inner.node, &message.topic, &message.payload).await
                 {
-                    bus.publish_json(answer).await;
+                    // Waits while ANSWERS_IN_FLIGHT answers are ahead of it. The answerer ends
+                    // only after this loop.
+                    let _ = answers.send(answer).await;
                 }
                 if let Err(e) = bus
                     .inner
@@ -490,6 +554,15 @@ async fn dispatch(
                 bus.deliver(&message);
             }
         }
+    }
+}
+
+/// Publishes each request's answer once its writes are stored, in the order the requests came,
+/// until the dispatcher has ended and every answer it handed over is published.
+async fn answer(bus: EventBus, mut answers: mpsc::Receiver<twin_api::Answer>) {
+    while let Some(answer) = answers.recv().await {
+        let out = answer.resolve(&bus.inner.refusals).await;
+        bus.publish_json(out).await;
     }
 }
 

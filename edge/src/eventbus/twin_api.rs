@@ -2,17 +2,27 @@
 //!
 //! What existing KubeEdge mappers and apps send and expect, field for field:
 //! - `twin/update` takes `{"event_id", "timestamp", "twin": {"<prop>": {"actual": {"value"},
-//!   "expected": {"value"}}}}`. `actual` values are the device's reports (taken whole or refused
-//!   whole); `expected` values are desired values set at the edge. Values are KubeEdge's strings
-//!   (numbers and booleans in JSON are accepted too).
+//!   "expected": {"value"}}}}`. `actual` values are the device's reports; `expected` values are
+//!   desired values set at the edge; both are stored as one write, taken whole or refused whole.
+//!   Values are KubeEdge's strings (numbers and booleans in JSON are accepted too).
 //! - Every request is answered on its `/result` topic with the same `event_id`: the twin as it now
 //!   is, or `{"code", "reason"}` (400 bad input, 404 unknown device or property, 500 the store
 //!   failed) when refused, in which case nothing changed.
 //! - Changes are announced: `/twin/update/document` (before and after) for every change,
 //!   `/twin/update/delta` when a desired value differs from the reported one (what mappers
 //!   drive devices from), `$ke/events/device/<id>/data/update` for every reported value.
+//!
+//! Requests are served in two steps so that a burst shares commits ([`queue`], then
+//! [`Answer::resolve`]): EventBus's dispatcher parses each request and queues its writes (or
+//! its read) in arrival order, and its answerer awaits the answers in that same order, a bounded
+//! number behind. An answer is what the request would get if each were answered before the
+//! next was made: a twin update's document is taken the moment its own write is in memory, a
+//! read runs between the writes queued before and after it, and a refused request (bad input at
+//! once, a failed write at its commit) is refused alone.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -153,8 +163,75 @@ fn twin_map(twin: &DeviceTwin, device: &str, only: Option<&[String]>) -> Result<
     ))
 }
 
-/// Serves a request if `topic` is one of KubeEdge's for `node`: the answer to publish. A refused
-/// request is answered with its reason and counted in `refusals` (logged once per interval).
+/// A request's answer body, once its writes are stored (or refused).
+type Body = Pin<Box<dyn Future<Output = Result<Value, Refusal>> + Send>>;
+
+/// A request served up to its writes being queued: its answer, to await in the order the
+/// requests came ([`queue`]).
+pub struct Answer {
+    /// Where the answer goes.
+    topic: String,
+    /// The request's topic, for the log of a refusal.
+    request_topic: String,
+    event_id: String,
+    body: Body,
+}
+
+impl Answer {
+    /// Waits for the request's writes to be stored (or refused) and makes its answer. A
+    /// refused request is answered with its reason and counted in `refusals` (logged once per
+    /// interval).
+    pub async fn resolve(self, refusals: &super::auth::Refusals) -> Outgoing {
+        let mut body = match self.body.await {
+            Ok(body) => body,
+            Err(refusal) => {
+                refusals.note(super::auth::Refusal::TwinRequest, || {
+                    format!("{}: {refusal}", self.request_topic)
+                });
+                json!({"code": refusal.code(), "reason": refusal.to_string()})
+            }
+        };
+        if let Some(m) = body.as_object_mut() {
+            m.insert("event_id".into(), Value::String(self.event_id));
+            m.insert("timestamp".into(), json!(now_ms()));
+        }
+        Outgoing {
+            topic: self.topic,
+            payload: body,
+        }
+    }
+}
+
+/// Starts serving a request if `topic` is one of KubeEdge's for `node`: parses it and queues
+/// its writes behind every write queued before (a read, behind them too), and returns its
+/// answer, which resolves once they are stored. Requests queued one after another, their
+/// answers awaited later in the same order, are answered as if each had been answered before
+/// the next was queued, while their writes share commits.
+pub async fn queue(twin: &DeviceTwin, node: &str, topic: &str, payload: &[u8]) -> Option<Answer> {
+    let request = topics::parse(node, topic)?;
+    let event_id = event_id(payload);
+    let body: Body = match &request {
+        Request::TwinUpdate(d) => match twin_update(twin, d, payload).await {
+            Ok(stored) => Box::pin(stored),
+            Err(refusal) => Box::pin(std::future::ready(Err(refusal))),
+        },
+        Request::TwinGet(d) => read(twin, twin_get((*d).to_owned())).await,
+        Request::StateUpdate(d) => match state_update(twin, d, payload).await {
+            Ok(stored) => Box::pin(stored),
+            Err(refusal) => Box::pin(std::future::ready(Err(refusal))),
+        },
+        Request::Membership { .. } => read(twin, membership).await,
+    };
+    Some(Answer {
+        topic: topics::result_topic(node, &request),
+        request_topic: topic.to_owned(),
+        event_id,
+        body,
+    })
+}
+
+/// Serves a request if `topic` is one of KubeEdge's for `node`: the answer to publish, once
+/// its writes are stored ([`queue`], then [`Answer::resolve`]).
 pub async fn serve(
     twin: &DeviceTwin,
     node: &str,
@@ -162,34 +239,42 @@ pub async fn serve(
     payload: &[u8],
     refusals: &super::auth::Refusals,
 ) -> Option<Outgoing> {
-    let request = topics::parse(node, topic)?;
-    let event_id = event_id(payload);
-    let answer = match &request {
-        Request::TwinUpdate(d) => twin_update(twin, d, payload).await,
-        Request::TwinGet(d) => twin_map(twin, d, None).map(|t| json!({"twin": t})),
-        Request::StateUpdate(d) => state_update(twin, d, payload).await,
-        Request::Membership { .. } => membership(twin),
-    };
-    let mut body = match answer {
-        Ok(body) => body,
-        Err(refusal) => {
-            refusals.note(super::auth::Refusal::TwinRequest, || {
-                format!("{topic}: {refusal}")
-            });
-            json!({"code": refusal.code(), "reason": refusal.to_string()})
-        }
-    };
-    if let Some(m) = body.as_object_mut() {
-        m.insert("event_id".into(), Value::String(event_id));
-        m.insert("timestamp".into(), json!(now_ms()));
-    }
-    Some(Outgoing {
-        topic: topics::result_topic(node, &request),
-        payload: body,
+    Some(
+        queue(twin, node, topic, payload)
+            .await?
+            .resolve(refusals)
+            .await,
+    )
+}
+
+/// `twin/get`: the device's whole twin. (A function of its own: a closure made in [`queue`]
+/// would borrow its arguments' lifetimes.)
+fn twin_get(device: String) -> impl FnOnce(&DeviceTwin) -> Result<Value, Refusal> + Send + 'static {
+    move |twin| twin_map(twin, &device, None).map(|t| json!({"twin": t}))
+}
+
+/// A read of DeviceTwin in its turn among the writes ([`DeviceTwin::queue_read`]).
+async fn read(
+    twin: &DeviceTwin,
+    read: impl FnOnce(&DeviceTwin) -> Result<Value, Refusal> + Send + 'static,
+) -> Body {
+    let answer = twin.queue_read(read).await;
+    Box::pin(async move {
+        answer.await.unwrap_or_else(|| {
+            Err(Refusal::Twin(TwinBackendError::Unavailable(
+                "reading the twin failed".into(),
+            )))
+        })
     })
 }
 
-async fn twin_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value, Refusal> {
+/// Parses and checks a twin update and queues its values; what is returned resolves to its
+/// answer once they are stored.
+async fn twin_update(
+    twin: &DeviceTwin,
+    device: &str,
+    payload: &[u8],
+) -> Result<impl Future<Output = Result<Value, Refusal>> + Send + 'static, Refusal> {
     let update: TwinUpdate = serde_json::from_slice(payload)
         .map_err(|e| Refusal::BadRequest(format!("malformed twin update: {e}")))?;
     if update.twin.is_empty() {
@@ -226,17 +311,22 @@ async fn twin_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<
             desired.push((property.clone(), parse(expected)?));
         }
     }
-    if !reported.is_empty() {
-        twin.report(device, reported).await?;
-    }
-    for (property, value) in desired {
-        twin.set_desired_value(device, &property, value).await?;
-    }
     let names: Vec<String> = update.twin.into_keys().collect();
-    Ok(json!({"twin": twin_map(twin, device, Some(&names))?}))
+    let stored = twin
+        .queue_twin_update(device, reported, desired, names)
+        .await?;
+    Ok(async move {
+        let (model, properties) = stored.await?;
+        Ok(json!({"twin": msg_twins(&model, &properties)}))
+    })
 }
 
-async fn state_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result<Value, Refusal> {
+/// Parses a state update and queues it; what is returned resolves to its answer once stored.
+async fn state_update(
+    twin: &DeviceTwin,
+    device: &str,
+    payload: &[u8],
+) -> Result<impl Future<Output = Result<Value, Refusal>> + Send + 'static, Refusal> {
     let update: StateUpdate = serde_json::from_slice(payload)
         .map_err(|e| Refusal::BadRequest(format!("malformed state update: {e}")))?;
     let state = device::parse_state(&update.state).ok_or_else(|| {
@@ -245,8 +335,12 @@ async fn state_update(twin: &DeviceTwin, device: &str, payload: &[u8]) -> Result
             update.state
         ))
     })?;
-    twin.set_state(device, state).await?;
-    Ok(json!({"device": {"name": device, "state": device::state_name(state)}}))
+    let stored = twin.queue_state(device, state).await?;
+    let device = device.to_owned();
+    Ok(async move {
+        stored.await?;
+        Ok(json!({"device": {"name": device, "state": device::state_name(state)}}))
+    })
 }
 
 fn membership(twin: &DeviceTwin) -> Result<Value, Refusal> {
@@ -346,3 +440,7 @@ pub fn membership_updated(node: &str, added: &[String], removed: &[String]) -> O
         }),
     }
 }
+
+#[cfg(test)]
+#[path = "twin_api_tests.rs"]
+mod tests;

@@ -120,33 +120,33 @@ impl TwinStore {
             .await
     }
 
-    /// Queues a write of one side of several properties of `device`, in one savepoint: all of
-    /// them, or (when one fails) none. Only that side is written: a row's other side and its
-    /// spec value stay as the disk has them, so writes queued together never carry each
-    /// other's values. `settled` runs on the writer thread once the write's group has settled,
-    /// in queue order ([`Database::queue`]); returns once queued, with the answer to await.
-    pub(crate) async fn queue_side(
+    /// Queues a write of values of several properties of `device` (each on its side, reported
+    /// or desired), in one savepoint: all of them, or (when one fails) none. Only the sides set
+    /// are written: a row's other side and its spec value stay as the disk has them, so writes
+    /// queued together never carry each other's values. `settled` runs on the writer thread once
+    /// the write's group has settled, in queue order ([`Database::queue`]); returns once queued,
+    /// with the answer to await.
+    pub(crate) async fn queue_sides(
         &self,
         device: &str,
-        side: TwinSide,
-        values: Vec<(String, StampedValue)>,
+        values: Vec<(TwinSide, String, StampedValue)>,
         settled: impl FnOnce(&Result<(), StoreError>, bool) + Send + 'static,
     ) -> Result<Pending<()>, StoreError> {
         let device = device.to_owned();
-        let statement = match side {
-            TwinSide::Reported => {
-                "INSERT INTO twins (device, property, reported) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (device, property) DO UPDATE SET reported = excluded.reported"
-            }
-            TwinSide::Desired => {
-                "INSERT INTO twins (device, property, desired) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (device, property) DO UPDATE SET desired = excluded.desired"
-            }
-        };
         self.db
             .queue(
                 move |tx| {
-                    for (property, value) in &values {
+                    for (side, property, value) in &values {
+                        let statement = match side {
+                            TwinSide::Reported => {
+                                "INSERT INTO twins (device, property, reported) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT (device, property) DO UPDATE SET reported = excluded.reported"
+                            }
+                            TwinSide::Desired => {
+                                "INSERT INTO twins (device, property, desired) VALUES (?1, ?2, ?3)
+                                 ON CONFLICT (device, property) DO UPDATE SET desired = excluded.desired"
+                            }
+                        };
                         tx.prepare_cached(statement)
                             .and_then(|mut s| {
                                 s.execute(params![device, property, json(Some(value))])
@@ -159,6 +159,43 @@ impl TwinStore {
                 settled,
             )
             .await
+    }
+
+    /// Queues a write of a device's state; `settled` runs on the writer thread once its group
+    /// has settled, in queue order, as for [`TwinStore::queue_sides`].
+    pub(crate) async fn queue_state(
+        &self,
+        device: &str,
+        state: &str,
+        last_online: Option<&str>,
+        settled: impl FnOnce(&Result<(), StoreError>, bool) + Send + 'static,
+    ) -> Result<Pending<()>, StoreError> {
+        let (device, state) = (device.to_owned(), state.to_owned());
+        let last_online = last_online.map(str::to_owned);
+        self.db
+            .queue(
+                move |tx| {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO device_states (device, state, last_online) VALUES (?1, ?2, ?3)",
+                        params![device, state, last_online],
+                    )
+                    .map_err(sql(format!("storing the state of {device}")))?;
+                    Ok(())
+                },
+                settled,
+            )
+            .await
+    }
+
+    /// Queues `then` to run on the writer thread once every write queued before it has
+    /// settled, before any queued after it does (a write of no statements): a read of memory
+    /// that sees exactly the writes before it. Returns once queued, with what resolves after it
+    /// ran.
+    pub(crate) async fn queue_after(
+        &self,
+        then: impl FnOnce() + Send + 'static,
+    ) -> Result<Pending<()>, StoreError> {
+        self.db.queue(|_| Ok(()), move |_, _| then()).await
     }
 
     /// Resolves once every write queued before it has settled ([`Database::settled`]).
@@ -186,20 +223,9 @@ impl TwinStore {
         state: &str,
         last_online: Option<&str>,
     ) -> Result<(), StoreError> {
-        let (device, state) = (device.to_owned(), state.to_owned());
-        let last_online = last_online.map(str::to_owned);
-        self.db
-            .write(
-                move |tx| {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO device_states (device, state, last_online) VALUES (?1, ?2, ?3)",
-                        params![device, state, last_online],
-                    )
-                    .map_err(sql(format!("storing the state of {device}")))?;
-                    Ok(())
-                },
-                |_, _| {},
-            )
+        self.queue_state(device, state, last_online, |_, _| {})
+            .await?
+            .wait()
             .await
     }
 
