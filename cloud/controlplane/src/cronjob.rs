@@ -60,8 +60,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use wedge_core::cron::{Schedule, time_zone};
@@ -71,6 +71,7 @@ use crate::clock::Clock;
 use crate::events::{EventType, Recorder};
 use crate::expectations::{Expectations, Writes, api_message, version_of};
 use crate::indexes::ControllerIndex;
+use crate::informer::Informer;
 
 /// The annotation of a Job with the time it was scheduled for.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -82,8 +83,6 @@ pub const MANY_MISSED: i64 = 100;
 const RECHECK: Duration = Duration::from_secs(1);
 /// How soon a CronJob whose status write met a newer version is looked at again.
 const STALE: Duration = Duration::from_millis(100);
-/// How many Jobs the Job store buffers for this controller.
-const BUFFER: usize = 256;
 /// How long a once-recorded event is remembered.
 const NOTED_FOR: Duration = Duration::from_secs(24 * 3600);
 
@@ -628,29 +627,15 @@ pub async fn run(
     clock: Clock,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (jobs, writer) = reflector::store_shared(BUFFER);
-    let Some(job_changes) = writer.subscribe() else {
-        tracing::error!("a shared job store has subscribers");
-        return;
-    };
+    let mut informer = Informer::<Job>::new("job");
+    let jobs = informer.store();
+    let job_changes = informer.subscribe();
     let index = ControllerIndex::default();
-    let job_feed = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .inspect({
-            let index = index.clone();
-            move |event| {
-                if let Ok(event) = event {
-                    index.apply(event);
-                }
-            }
-        })
-        .reflect_shared(writer)
-        .for_each(|event| {
-            if let Err(error) = event {
-                tracing::warn!(%error, "job watch failed; retrying");
-            }
-            futures::future::ready(())
-        });
+    informer.on_event({
+        let index = index.clone();
+        move |event| index.apply(event)
+    });
+    let job_feed = informer.run(Api::all(client.clone()), watcher::Config::default());
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "cronjob-controller"),
         client: client.clone(),

@@ -40,6 +40,7 @@ pub mod expectations;
 mod fake_api;
 pub mod gc;
 pub mod indexes;
+pub mod informer;
 pub mod job;
 pub mod leader;
 pub mod namespace;
@@ -64,9 +65,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::Error;
 pub use leader::{LeaderConfig, LeaderError};
-
-/// How many pod changes the shared pod stream buffers for its slowest subscriber.
-const SHARED_BUFFER: usize = 1024;
 
 /// How the controllers behave.
 #[derive(Debug, Clone)]
@@ -156,91 +154,40 @@ pub async fn run_controllers_at(
         scheduler: scheduler_client,
         controllers: client,
     } = clients.into();
-    // One pod watch for every controller that follows pods.
-    let (pods, writer) = reflector::store_shared(SHARED_BUFFER);
-    let (
-        Some(replicaset_pods),
-        Some(daemonset_pods),
-        Some(job_pods),
-        Some(statefulset_pods),
-        Some(endpoints_pods),
-        Some(endpointslice_pods),
-        Some(disruption_pods),
-    ) = (
-        writer.subscribe(),
-        writer.subscribe(),
-        writer.subscribe(),
-        writer.subscribe(),
-        writer.subscribe(),
-        writer.subscribe(),
-        writer.subscribe(),
-    )
-    else {
-        return Err(ControllerEnded(
-            "setup: a shared pod store had subscribers before the watch".to_owned(),
-        ));
-    };
-    // The index by controller follows the same events, applied before the store's.
+    // One watch each of pods, ReplicaSets and nodes for every part that follows them.
+    let mut pod_informer = informer::Informer::<Pod>::new("pod");
+    let pods = pod_informer.store();
+    let replicaset_pods = pod_informer.subscribe();
+    let daemonset_pods = pod_informer.subscribe();
+    let job_pods = pod_informer.subscribe();
+    let statefulset_pods = pod_informer.subscribe();
+    let endpoints_pods = pod_informer.subscribe();
+    let endpointslice_pods = pod_informer.subscribe();
+    let disruption_pods = pod_informer.subscribe();
+    let scheduler_pods = pod_informer.subscribe();
+    // The index by controller and the scheduler's cache follow the same events, applied
+    // before the store's. The watch lists with the controllers' identity; the scheduler's is
+    // allowed the same pods, and binds with its own.
     let pod_index = indexes::ControllerIndex::default();
-    let pod_feed = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .inspect({
-            let index = pod_index.clone();
-            move |event| {
-                if let Ok(event) = event {
-                    index.apply(event);
-                }
-            }
-        })
-        .reflect_shared(writer)
-        .for_each(|event| {
-            if let Err(error) = event {
-                tracing::warn!(%error, "pod watch failed; retrying");
-            }
-            futures::future::ready(())
-        });
-    let (replicasets, rs_writer) = reflector::store_shared(SHARED_BUFFER);
-    let Some(deployment_sets) = rs_writer.subscribe() else {
-        return Err(ControllerEnded(
-            "setup: a shared replicaset store had subscribers before the watch".to_owned(),
-        ));
-    };
-    let rs_index = indexes::ControllerIndex::default();
-    let rs_feed = watcher(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .inspect({
-        let index = rs_index.clone();
-        move |event| {
-            if let Ok(event) = event {
-                index.apply(event);
-            }
-        }
-    })
-    .reflect_shared(rs_writer)
-    .for_each(|event| {
-        if let Err(error) = event {
-            tracing::warn!(%error, "replicaset watch failed; retrying");
-        }
-        futures::future::ready(())
+    pod_informer.on_event({
+        let index = pod_index.clone();
+        move |event| index.apply(event)
     });
-    let (nodes, node_writer) = reflector::store_shared(SHARED_BUFFER);
-    let Some(daemonset_nodes) = node_writer.subscribe() else {
-        return Err(ControllerEnded(
-            "setup: a shared node store had subscribers before the watch".to_owned(),
-        ));
-    };
-    let node_feed = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect_shared(node_writer)
-        .for_each(|event| {
-            if let Err(error) = event {
-                tracing::warn!(%error, "node watch failed; retrying");
-            }
-            futures::future::ready(())
-        });
+    let (scheduler_events, shared_scheduler) = scheduler::shared();
+    pod_informer.on_event(move |event| scheduler_events.apply(event));
+
+    let mut rs_informer = informer::Informer::<ReplicaSet>::new("replicaset");
+    let replicasets = rs_informer.store();
+    let deployment_sets = rs_informer.subscribe();
+    let rs_index = indexes::ControllerIndex::default();
+    rs_informer.on_event({
+        let index = rs_index.clone();
+        move |event| index.apply(event)
+    });
+
+    let mut node_informer = informer::Informer::<Node>::new("node");
+    let nodes = node_informer.store();
+    let daemonset_nodes = node_informer.subscribe();
     // RuntimeClasses say which runtime a daemon needs (the scheduler keeps its own store).
     let (runtime_classes, rc_writer) = reflector::store();
     let rc_feed = watcher(
@@ -269,16 +216,25 @@ pub async fn run_controllers_at(
     // that feed them run on every worker instead of taking turns in one task. The set aborts
     // them all when this future ends or is dropped (shutdown, or leadership lost).
     let mut parts = Parts::default();
-    parts.spawn("pod watch", pod_feed);
+    let all = || watcher::Config::default();
+    parts.spawn(
+        "pod watch",
+        pod_informer.run(Api::all(client.clone()), all()),
+    );
     parts.spawn(
         "scheduler",
-        scheduler::run(
+        shared_scheduler.run(
             scheduler_client,
             config.insecure_registries.clone(),
+            pods.clone(),
+            scheduler_pods,
             shutdown.clone(),
         ),
     );
-    parts.spawn("replicaset watch", rs_feed);
+    parts.spawn(
+        "replicaset watch",
+        rs_informer.run(Api::all(client.clone()), all()),
+    );
     parts.spawn(
         "replicaset controller",
         replicaset::run(
@@ -327,7 +283,10 @@ pub async fn run_controllers_at(
             stop(),
         ),
     );
-    parts.spawn("node watch", node_feed);
+    parts.spawn(
+        "node watch",
+        node_informer.run(Api::all(client.clone()), all()),
+    );
     parts.spawn("runtimeclass watch", rc_feed);
     parts.spawn(
         "garbage collector",

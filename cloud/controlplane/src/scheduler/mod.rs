@@ -1,9 +1,12 @@
 //! The scheduler: binds each pod without a node to the node that fits it best, as
 //! kube-scheduler does for pods whose `schedulerName` is `default-scheduler`.
 //!
-//! Three watches feed it. Nodes and all pods keep the [`cache::Cache`] current (what each node
+//! Watches feed it. Nodes and all pods keep the [`cache::Cache`] current (what each node
 //! offers and what its pods take); RuntimeClasses sit in a reflector store. Pods with no
-//! `spec.nodeName` drive a `kube::runtime` [`Controller`]: its reconciler decides under the
+//! `spec.nodeName` drive a `kube::runtime` [`Controller`]. Run alone ([`run`]), the scheduler
+//! watches pods twice itself (all of them for the cache, those without a node for the
+//! controller); in the control plane ([`shared`]) it reads the pod watch the controllers share,
+//! so that each pod event is decoded once. The reconciler decides under the
 //! cache's lock (filter, score, pick, assume), then binds through the `binding` subresource
 //! outside it, so decisions are serial and bindings overlap. A bound pod gets kube-scheduler's
 //! `Scheduled` event ("Successfully assigned ns/pod to node").
@@ -24,6 +27,8 @@ pub mod fit;
 pub mod resources;
 pub mod volumes;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -68,93 +73,273 @@ struct Context {
     image_kinds: Option<ImageKinds>,
 }
 
-/// Runs the scheduler until `shutdown` is cancelled. `insecure_registries` (`host:port`) are
-/// asked about images over plain HTTP.
+/// Where the scheduler's pods come from.
+enum PodSource<S> {
+    /// Watches of its own: all pods for the cache, pods without a node for the controller.
+    Own,
+    /// A watch shared with the controllers (an [`crate::informer::Informer`]): its events
+    /// reach the cache through [`PodEvents`], its changes (a subscriber) drive the controller.
+    Shared { store: Store<Pod>, changes: S },
+}
+
+/// The scheduler's state before it runs: its cache and what tells it the cache changed.
+struct State {
+    cache: Arc<Mutex<Cache>>,
+    retry_tx: mpsc::Sender<()>,
+    retry_rx: mpsc::Receiver<()>,
+    synced: Arc<Synced>,
+}
+
+impl State {
+    fn new() -> Self {
+        // A channel of one: a retry already queued absorbs the next request for one.
+        let (retry_tx, retry_rx) = mpsc::channel::<()>(1);
+        Self {
+            cache: Arc::new(Mutex::new(Cache::default())),
+            retry_tx,
+            retry_rx,
+            synced: Arc::new(Synced::default()),
+        }
+    }
+
+    fn pod_feed(&self) -> PodFeed {
+        PodFeed {
+            cache: self.cache.clone(),
+            buffer: Vec::new(),
+            retry: self.retry_tx.clone(),
+            synced: self.synced.clone(),
+        }
+    }
+}
+
+/// Whether nodes and pods have both been listed: no decision before the cache is whole.
+#[derive(Default)]
+struct Synced {
+    nodes: AtomicBool,
+    pods: AtomicBool,
+    whole: watch::Sender<bool>,
+}
+
+impl Synced {
+    fn mark(&self, listed: &AtomicBool) {
+        listed.store(true, SeqCst);
+        if self.nodes.load(SeqCst) && self.pods.load(SeqCst) {
+            self.whole.send_replace(true);
+        }
+    }
+}
+
+/// Counts a pod watch's events in the cache; asks for a retry of pending pods when room
+/// appears.
+struct PodFeed {
+    cache: Arc<Mutex<Cache>>,
+    /// The pods of a listing under way, counted when it is done.
+    buffer: Vec<Pod>,
+    retry: mpsc::Sender<()>,
+    synced: Arc<Synced>,
+}
+
+impl PodFeed {
+    fn apply(&mut self, event: &watcher::Event<Pod>) {
+        // A panic elsewhere while holding the lock cannot leave the counts worse than stopping
+        // scheduling would: carry on with them.
+        let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let wake = match event {
+            watcher::Event::Init => {
+                self.buffer.clear();
+                false
+            }
+            watcher::Event::InitApply(p) => {
+                self.buffer.push(p.clone());
+                false
+            }
+            watcher::Event::InitDone => {
+                c.reset_pods(&std::mem::take(&mut self.buffer));
+                self.synced.mark(&self.synced.pods);
+                true
+            }
+            watcher::Event::Apply(p) => c.apply_pod(p),
+            watcher::Event::Delete(p) => c.delete_pod(p),
+        };
+        drop(c);
+        if wake {
+            let _ = self.retry.try_send(());
+        }
+    }
+}
+
+/// The scheduler's end of a pod watch someone else runs ([`crate::run_controllers`]' shared
+/// one): give it every event of that watch, as an informer's hook. It is fed from the events
+/// rather than from a subscriber because a relist must replace its counts whole.
+#[derive(Clone)]
+pub struct PodEvents(Arc<Mutex<PodFeed>>);
+
+impl PodEvents {
+    /// Counts one event of the shared pod watch.
+    pub fn apply(&self, event: &watcher::Event<Pod>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(event);
+    }
+}
+
+/// A scheduler that reads a pod watch shared with the controllers instead of running its own
+/// two (one decode of each pod event instead of three); made by [`shared`].
+pub struct SharedScheduler(State);
+
+/// A scheduler on a shared pod watch: feed the watch's events to the [`PodEvents`] and run
+/// the [`SharedScheduler`] on the watch's store and subscriber.
+pub fn shared() -> (PodEvents, SharedScheduler) {
+    let state = State::new();
+    (
+        PodEvents(Arc::new(Mutex::new(state.pod_feed()))),
+        SharedScheduler(state),
+    )
+}
+
+impl SharedScheduler {
+    /// Runs the scheduler until `shutdown` is cancelled, binding through `client` (its own
+    /// identity: the shared watch may be another's, the pods are the same). `pods` is the
+    /// shared pod informer's store, `changes` a subscriber of it.
+    pub async fn run(
+        self,
+        client: Client,
+        insecure_registries: Vec<String>,
+        pods: Store<Pod>,
+        changes: impl futures::Stream<Item = Arc<Pod>> + Send + 'static,
+        shutdown: CancellationToken,
+    ) {
+        let source = PodSource::Shared {
+            store: pods,
+            changes,
+        };
+        run_from(client, insecure_registries, self.0, source, shutdown).await;
+    }
+}
+
+/// Runs the scheduler, with watches of its own, until `shutdown` is cancelled.
+/// `insecure_registries` (`host:port`) are asked about images over plain HTTP.
 pub async fn run(client: Client, insecure_registries: Vec<String>, shutdown: CancellationToken) {
+    let own = PodSource::<futures::stream::Empty<Arc<Pod>>>::Own;
+    run_from(client, insecure_registries, State::new(), own, shutdown).await;
+}
+
+async fn run_from<S>(
+    client: Client,
+    insecure_registries: Vec<String>,
+    state: State,
+    source: PodSource<S>,
+    shutdown: CancellationToken,
+) where
+    S: futures::Stream<Item = Arc<Pod>> + Send + 'static,
+{
     let image_kinds = image_kinds(&insecure_registries);
-    let cache = Arc::new(Mutex::new(Cache::default()));
-    // A channel of one: a retry already queued absorbs the next request for one.
-    let (retry_tx, retry_rx) = mpsc::channel::<()>(1);
-    let (synced_tx, synced) = watch::channel(false);
+    let retry_tx = state.retry_tx.clone();
+    // Each watch in a task of its own, on any worker; dropping the set stops them.
+    let mut parts = tokio::task::JoinSet::new();
 
     let (runtime_classes, rc_writer) = reflector::store();
-    let rc_watch = reflector::reflector(
-        rc_writer,
-        watcher(
-            Api::<RuntimeClass>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each({
-        let retry = retry_tx.clone();
-        move |_| {
-            let _ = retry.clone().try_send(());
-            futures::future::ready(())
-        }
-    });
+    parts.spawn(
+        reflector::reflector(
+            rc_writer,
+            watcher(
+                Api::<RuntimeClass>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each({
+            let retry = retry_tx.clone();
+            move |_| {
+                let _ = retry.clone().try_send(());
+                futures::future::ready(())
+            }
+        }),
+    );
 
     // Claims and volumes: a claim made, bound or deleted, or a volume going, may let a pod in.
     let (claims, claim_writer) = reflector::store();
     // Claims going and volumes appearing are what the reclaimer looks at (deletions too).
     let (reclaim_tx, reclaim_rx) = mpsc::channel::<()>(1);
-    let claim_watch = reflector::reflector(
-        claim_writer,
-        watcher(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .for_each({
-        let (retry, reclaim) = (retry_tx.clone(), reclaim_tx.clone());
-        move |_| {
-            let _ = retry.clone().try_send(());
-            let _ = reclaim.clone().try_send(());
-            futures::future::ready(())
-        }
-    });
+    parts.spawn(
+        reflector::reflector(
+            claim_writer,
+            watcher(
+                Api::<PersistentVolumeClaim>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each({
+            let (retry, reclaim) = (retry_tx.clone(), reclaim_tx.clone());
+            move |_| {
+                let _ = retry.clone().try_send(());
+                let _ = reclaim.clone().try_send(());
+                futures::future::ready(())
+            }
+        }),
+    );
     let (volume_store, volume_writer) = reflector::store();
-    let volume_watch = reflector::reflector(
-        volume_writer,
-        watcher(
-            Api::<PersistentVolume>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .for_each({
-        let (retry, reclaim) = (retry_tx.clone(), reclaim_tx);
-        move |_| {
-            let _ = retry.clone().try_send(());
-            let _ = reclaim.clone().try_send(());
-            futures::future::ready(())
-        }
-    });
-    let reclaimer = volumes::reclaim(
+    parts.spawn(
+        reflector::reflector(
+            volume_writer,
+            watcher(
+                Api::<PersistentVolume>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each({
+            let (retry, reclaim) = (retry_tx.clone(), reclaim_tx);
+            move |_| {
+                let _ = retry.clone().try_send(());
+                let _ = reclaim.clone().try_send(());
+                futures::future::ready(())
+            }
+        }),
+    );
+    parts.spawn(volumes::reclaim(
         client.clone(),
         claims.clone(),
         volume_store.clone(),
         reclaim_rx,
-    );
+    ));
 
     volumes::ensure_storage_class(&client).await;
-    let feeds = feed_cache(client.clone(), cache.clone(), retry_tx, synced_tx);
+    parts.spawn(feed_nodes(
+        client.clone(),
+        state.cache.clone(),
+        retry_tx.clone(),
+        state.synced.clone(),
+    ));
+    let controller = match source {
+        PodSource::Own => {
+            parts.spawn(feed_pods(client.clone(), state.pod_feed()));
+            let pending = watcher::Config::default().fields("spec.nodeName=");
+            Controller::new(Api::<Pod>::all(client.clone()), pending)
+        }
+        PodSource::Shared { store, changes } => {
+            // Only pods to place wake the controller; bound ones change all the time.
+            let pending = changes.filter(|pod| futures::future::ready(wants_scheduling(pod)));
+            Controller::for_shared_stream(pending, store)
+        }
+    };
     let context = Arc::new(Context {
         client: client.clone(),
-        cache,
+        cache: state.cache,
         runtime_classes,
         claims,
         volumes: volume_store,
-        synced,
-        recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
+        synced: state.synced.whole.subscribe(),
+        recorder: Recorder::new(client, SCHEDULER_NAME),
         image_kinds,
     });
-    let pending = watcher::Config::default().fields("spec.nodeName=");
-    let controller = Controller::new(Api::<Pod>::all(client), pending)
+    // A retry looks at every pod of the store: with a shared store, bound ones return at once.
+    let controller = controller
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
-        .reconcile_all_on(retry_rx)
+        .reconcile_all_on(state.retry_rx)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, context)
         .for_each(|result| {
@@ -163,116 +348,75 @@ pub async fn run(client: Client, insecure_registries: Vec<String>, shutdown: Can
             }
             futures::future::ready(())
         });
+    parts.spawn(controller);
     tokio::select! {
-        () = controller => {}
-        () = feeds => {}
-        () = rc_watch => {}
-        () = claim_watch => {}
-        () = volume_watch => {}
-        () = reclaimer => {}
+        _ = parts.join_next() => {}
         () = shutdown.cancelled() => {}
     }
+    // The controller stops on shutdown by itself; the watches are aborted.
+    parts.shutdown().await;
 }
 
-/// Keeps the cache current from the node and pod watches; asks for a retry of pending pods
-/// when room appears.
-async fn feed_cache(
+/// Keeps the cache's nodes current from a node watch; asks for a retry of pending pods when
+/// one changes in a way that could let a pod in.
+async fn feed_nodes(
     client: Client,
     cache: Arc<Mutex<Cache>>,
-    retry: mpsc::Sender<()>,
-    synced: watch::Sender<bool>,
+    mut retry: mpsc::Sender<()>,
+    synced: Arc<Synced>,
 ) {
-    let nodes_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pods_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mark = {
-        let (n, p) = (nodes_synced.clone(), pods_synced.clone());
-        move || {
-            use std::sync::atomic::Ordering::SeqCst;
-            if n.load(SeqCst) && p.load(SeqCst) {
-                synced.send_replace(true);
+    let mut buffer = Vec::new();
+    watcher(Api::<Node>::all(client), watcher::Config::default())
+        .default_backoff()
+        .for_each(move |event| {
+            // A panic elsewhere while holding the lock cannot leave the counts worse than
+            // stopping scheduling would: carry on with them.
+            let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let wake = match event {
+                Ok(watcher::Event::Init) => {
+                    buffer.clear();
+                    false
+                }
+                Ok(watcher::Event::InitApply(n)) => {
+                    buffer.push(Arc::new(n));
+                    false
+                }
+                Ok(watcher::Event::InitDone) => {
+                    c.reset_nodes(std::mem::take(&mut buffer));
+                    synced.mark(&synced.nodes);
+                    true
+                }
+                Ok(watcher::Event::Apply(n)) => c.apply_node(Arc::new(n)),
+                Ok(watcher::Event::Delete(n)) => {
+                    c.delete_node(&n.name_any());
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "node watch failed; retrying");
+                    false
+                }
+            };
+            drop(c);
+            if wake {
+                let _ = retry.try_send(());
             }
-        }
-    };
-    let mark = Arc::new(mark);
+            futures::future::ready(())
+        })
+        .await;
+}
 
-    let nodes = {
-        let (cache, mut retry, mark) = (cache.clone(), retry.clone(), mark.clone());
-        let mut buffer = Vec::new();
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .for_each(move |event| {
-                // A panic elsewhere while holding the lock cannot leave the counts worse
-                // than stopping scheduling would: carry on with them.
-                let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
-                let wake = match event {
-                    Ok(watcher::Event::Init) => {
-                        buffer.clear();
-                        false
-                    }
-                    Ok(watcher::Event::InitApply(n)) => {
-                        buffer.push(Arc::new(n));
-                        false
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        c.reset_nodes(std::mem::take(&mut buffer));
-                        nodes_synced.store(true, std::sync::atomic::Ordering::SeqCst);
-                        mark();
-                        true
-                    }
-                    Ok(watcher::Event::Apply(n)) => c.apply_node(Arc::new(n)),
-                    Ok(watcher::Event::Delete(n)) => {
-                        c.delete_node(&n.name_any());
-                        false
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "node watch failed; retrying");
-                        false
-                    }
-                };
-                drop(c);
-                if wake {
-                    let _ = retry.try_send(());
-                }
-                futures::future::ready(())
-            })
-    };
-    let pods = {
-        let mut retry = retry;
-        let mut buffer = Vec::new();
-        watcher(Api::<Pod>::all(client), watcher::Config::default())
-            .default_backoff()
-            .for_each(move |event| {
-                let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
-                let wake = match event {
-                    Ok(watcher::Event::Init) => {
-                        buffer.clear();
-                        false
-                    }
-                    Ok(watcher::Event::InitApply(p)) => {
-                        buffer.push(p);
-                        false
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        c.reset_pods(&std::mem::take(&mut buffer));
-                        pods_synced.store(true, std::sync::atomic::Ordering::SeqCst);
-                        mark();
-                        true
-                    }
-                    Ok(watcher::Event::Apply(p)) => c.apply_pod(&p),
-                    Ok(watcher::Event::Delete(p)) => c.delete_pod(&p),
-                    Err(error) => {
-                        tracing::warn!(%error, "pod watch failed; retrying");
-                        false
-                    }
-                };
-                drop(c);
-                if wake {
-                    let _ = retry.try_send(());
-                }
-                futures::future::ready(())
-            })
-    };
-    futures::future::join(nodes, pods).await;
+/// Keeps the cache's pods current from a pod watch of the scheduler's own.
+async fn feed_pods(client: Client, mut feed: PodFeed) {
+    watcher(Api::<Pod>::all(client), watcher::Config::default())
+        .default_backoff()
+        .for_each(move |event| {
+            match event {
+                Ok(event) => feed.apply(&event),
+                Err(error) => tracing::warn!(%error, "pod watch failed; retrying"),
+            }
+            futures::future::ready(())
+        })
+        .await;
 }
 
 /// Whether this scheduler should place the pod now.
@@ -550,4 +694,53 @@ async fn unschedulable(ctx: &Context, pod: &Pod, message: &str) -> Result<(), Er
         message,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(uid: &str, node: Option<&str>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": uid, "uid": uid},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn a_shared_watch_lists_counts_and_gives_a_deleted_pods_room_back() {
+        let (events, SharedScheduler(mut state)) = shared();
+        let whole = state.synced.whole.subscribe();
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "a"},
+            "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "10"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .expect("node");
+        state
+            .cache
+            .lock()
+            .expect("cache")
+            .apply_node(Arc::new(node));
+        let needs = PodNeeds::of(&pod("p2", None), None).expect("needs");
+        let pick = |state: &State| state.cache.lock().expect("cache").pick(&needs);
+
+        events.apply(&watcher::Event::Init);
+        events.apply(&watcher::Event::InitApply(pod("p1", Some("a"))));
+        assert_eq!(pick(&state), Ok("a".to_owned()), "not counted mid-listing");
+        events.apply(&watcher::Event::InitDone);
+        assert!(pick(&state).is_err(), "the listed pod takes the node");
+        assert!(state.retry_rx.try_recv().is_ok(), "retried");
+        assert!(!*whole.borrow(), "pods listed, nodes not yet");
+        state.synced.mark(&state.synced.nodes);
+        assert!(*whole.borrow(), "both listed");
+
+        // A deletion gives the room back.
+        events.apply(&watcher::Event::Delete(pod("p1", Some("a"))));
+        assert_eq!(pick(&state), Ok("a".to_owned()));
+        assert!(state.retry_rx.try_recv().is_ok(), "retried");
+    }
 }
