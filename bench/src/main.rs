@@ -32,6 +32,10 @@ enum Scenario {
     /// Only the devices scenario's handler invocations per second over DeviceTwin, in this
     /// process: no cloudcore or edgecore.
     DevicesHandlers,
+    /// KubeEdge's twin updates over MQTT to the edge's EventBus and DeviceTwin (in this
+    /// process), on the embedded broker and on mosquitto: answers per second to a mapper's
+    /// burst, and with each update sent once the one before is answered.
+    DevicesMqtt,
     /// N simulated edges against one cloudcore: RSS per edge, DaemonSet and ConfigMap fan-out.
     /// Needs `cargo build --release -p wedge-cli` first.
     HubFanout,
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Edge => scenarios::edge::run().await,
         Scenario::Devices => scenarios::devices::run().await,
         Scenario::DevicesHandlers => scenarios::devices::run_handlers().await,
+        Scenario::DevicesMqtt => scenarios::devices_mqtt::run().await,
         Scenario::HubFanout => scenarios::hub_fanout::run(args.edges).await,
         Scenario::Mixed => scenarios::mixed::run().await,
         Scenario::Streams => scenarios::streams::run().await,
@@ -114,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
                 "scheduler",
                 "edge",
                 "devices",
+                "devices-mqtt",
                 "hub-fanout",
                 "mixed",
                 "streams",

@@ -56,7 +56,7 @@ const REPORTS_IN_FLIGHT: usize = 64;
 const UPLOADS: usize = 200;
 const UPLOAD_BURST: usize = 2_000;
 
-fn thermometer() -> Value {
+pub(super) fn thermometer() -> Value {
     json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceModel",
         "metadata": {"name": "thermometer", "namespace": "default", "uid": "m1"},
         "spec": {"properties": [{"name": "temperature", "type": "FLOAT", "accessMode": "ReadOnly"}]}})
@@ -82,7 +82,7 @@ fn fan_device(sim: std::net::SocketAddr) -> Value {
             "properties": fan_properties(false)}})
 }
 
-fn sensor_device() -> Value {
+pub(super) fn sensor_device() -> Value {
     json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
         "metadata": {"name": "sensor-1", "namespace": "default"},
         "spec": {"deviceModelRef": {"name": "thermometer"}, "nodeName": NODE,

@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod app_start;
 pub mod devices;
+pub mod devices_mqtt;
 pub mod edge;
 pub mod handler_invoke;
 pub mod hub_fanout;
