@@ -22,6 +22,13 @@
 //! costs one outbox write, not one each): changes made while the cloud is away coalesce into the
 //! newest status, which reaches the cloud after reconnect, once. A status not yet written when
 //! the process dies is rebuilt from the stored twins at the next start.
+//!
+//! Producers that must answer each write (KubeEdge's MQTT requests, see
+//! [`crate::eventbus::twin_api`]) queue them in arrival order and await later:
+//! [`DeviceTwin::queue_twin_update`] resolves to the document its settle hook took right after
+//! its own values were in memory, [`DeviceTwin::queue_state`] stages a state as values are, and
+//! [`DeviceTwin::queue_read`] runs a read on the writer thread between the writes queued before
+//! and after it; so each answer is the one a request awaited before the next gets.
 
 mod report;
 mod staged;

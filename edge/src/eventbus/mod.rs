@@ -30,6 +30,8 @@ pub mod broker;
 mod fuzz;
 pub mod logins;
 pub mod passwords;
+#[cfg(test)]
+mod shutdown_tests;
 pub mod topics;
 pub mod twin_api;
 pub mod uploads;
@@ -453,6 +455,8 @@ async fn poll(
                 tracing::warn!("EventBus did not publish every answer within {DRAIN_LIMIT:?} of the shutdown");
                 return;
             }
+            // Everything served, and no connection to say goodbye on.
+            () = drained.cancelled(), if !bus.connected() => return,
             event = eventloop.poll() => event,
         };
         let received = match event {
@@ -484,6 +488,7 @@ async fn poll(
                 let wait = Duration::from_millis(100 * u64::from(failures.min(50)));
                 tokio::select! {
                     () = &mut limit => return,
+                    () = drained.cancelled() => return,
                     () = shutdown.cancelled(), if tx.is_some() => {
                         tx = None;
                         continue;
