@@ -58,9 +58,6 @@ pub const REVISION_HASH: &str = "controller-revision-hash";
 /// falls behind during a burst catches up from the window instead of relisting. The slow start
 /// is kept: a failed batch stops the rest.
 pub const BURST_REPLICAS: usize = 2500;
-/// How soon a set waiting for its writes to show looks again without an event: the shared pod
-/// stream does not deliver deletions (kube-rs #1590).
-const RECHECK: Duration = Duration::from_secs(1);
 /// How soon after a pass that had nothing to create or delete the set is walked again, when
 /// its spec has not changed. Every binding and status change of its pods wakes the set, and
 /// at 10k nodes each pass took a third of a second of CPU (when the controllers and the
@@ -269,10 +266,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
         .expectations
         .met(&uid, |w| w.forget_shown(&ctx.pods, &ctx.index, &namespace))
     {
-        // Its last batch does not show yet: the pod events it causes wake the set again.
-        // (kube writes the status meanwhile; here a pass walks every node, and the batch's
-        // own events would run it back to back, so the status waits for the batch.)
-        return Ok(Action::requeue(RECHECK));
+        // Its last batch does not show yet: the pod events it causes (creations and
+        // deletions) wake the set again. (kube writes the status meanwhile; here a pass walks
+        // every node, and the batch's own events would run it back to back, so the status
+        // waits for the batch.)
+        return Ok(Action::await_change());
     }
     if let Some(wait) = ctx.idle_wait(&uid, ds.metadata.generation) {
         return Ok(Action::requeue(wait));
@@ -552,12 +550,8 @@ async fn write_status(
             u64::try_from(min_ready.max(1)).unwrap_or(1),
         )));
     }
-    // Not converged (a node without its current pod, a pod still going): look again soon
-    // even without an event, as the shared pod stream does not deliver deletions
-    // (kube-rs #1590) and a rollout must not wait for an unrelated change.
-    if updated < wanted.len() || available < wanted.len() || scheduled.len() > placed.len() {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
+    // Anything else that moves a rollout on (a pod bound, ready, gone; a node's placement
+    // changed) is an event that wakes the set.
     Ok(Action::await_change())
 }
 

@@ -53,8 +53,6 @@ pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
-/// How soon a Deployment waiting for its writes to show looks again without an event.
-const RECHECK: Duration = Duration::from_secs(1);
 
 /// The ReplicaSets a reconcile wrote, by name, with the versions the API answered.
 type Written = BTreeMap<String, u64>;
@@ -192,8 +190,8 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
         written.is_empty()
     });
     if !shown {
-        // The ReplicaSet events its writes cause wake it sooner.
-        return Ok(Action::requeue(RECHECK));
+        // The ReplicaSet events its writes cause (deletions too) wake it.
+        return Ok(Action::await_change());
     }
     let mut sets = ctx.replicasets.owned(&namespace, &uid);
     sets.sort_by_key(|r| {
@@ -696,13 +694,11 @@ async fn write_status(
                 false,
             );
         } else {
-            // Look again soon while the rollout is under way, not only at its deadline: the
-            // shared ReplicaSet stream does not deliver deletions (kube-rs #1590), and a
-            // missed change must not stall a rollout. Past the deadline only events and the
-            // resync wake it.
+            // Looked at again at its deadline, as kube's `requeueStuckDeployment`; until then
+            // its ReplicaSets' events move the rollout on.
             let left =
                 Duration::from_secs(u64::try_from(i64::from(deadline) - waited).unwrap_or(1));
-            requeue = Some(left.min(CONVERGING));
+            requeue = Some(left);
         }
     }
     let mut annotations = json!({});
@@ -759,9 +755,6 @@ fn same_status(current: &Value, next: &Value) -> bool {
         }
     })
 }
-
-/// How soon a Deployment that has not converged is looked at again.
-const CONVERGING: Duration = Duration::from_secs(1);
 
 fn error_policy(_d: Arc<Deployment>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "deployment reconcile failed; retrying");

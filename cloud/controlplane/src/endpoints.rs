@@ -35,9 +35,7 @@
 //! from a stale copy.
 //!
 //! Pods are read from the shared pod store; a pod's change wakes the Services that select it
-//! and those it was in ([`crate::services::Members`]). The shared stream does not deliver
-//! deletions (kube-rs #1590): a Service whose pods are terminating is looked at again every
-//! second until they are gone, and every Service every 10 s.
+//! and those it was in ([`crate::services::Members`]), deletions included.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -548,14 +546,8 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     let pods = services::selected_pods(&ctx.pods, &service);
     ctx.members.record(&namespace, &name, &pods);
     let trigger = ctx.triggers.compute(&service, &pods);
-    // Terminating pods go away without an event this controller sees.
-    let after = if pods.iter().any(|p| p.metadata.deletion_timestamp.is_some()) {
-        Action::requeue(RECHECK)
-    } else {
-        Action::await_change()
-    };
     let Some(endpoints) = plan(&service, &pods, stored.as_deref(), trigger) else {
-        return Ok(after);
+        return Ok(Action::await_change());
     };
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &namespace);
     let (result, verb, reason) = match stored.as_deref() {
@@ -578,7 +570,7 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
                 let version = version_of(&written.metadata);
                 ctx.wrote(key, Written { replaced, version });
             }
-            Ok(after)
+            Ok(Action::await_change())
         }
         // The store is behind (made, changed or deleted meanwhile): its event brings the next
         // look.

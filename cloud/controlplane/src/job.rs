@@ -94,8 +94,7 @@ pub const POD_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
 pub const MAX_POD_FAILURE_BACKOFF: Duration = Duration::from_secs(600);
 /// How many pod creations or deletions one reconcile has in flight.
 const BURST: usize = crate::replicaset::BURST;
-/// How soon a Job waiting on something the pod events may not announce (a deletion: the
-/// shared stream does not deliver them, kube-rs #1590) is looked at again.
+/// How soon a Job is looked at again after its delete met a newer version or none.
 const RECHECK: Duration = Duration::from_secs(1);
 /// How soon a Job whose status write met a newer version is looked at again (the watch
 /// delivers that version meanwhile).
@@ -643,9 +642,8 @@ pub fn decide(job: &Job, owned: &[Arc<Pod>], now: jiff::Timestamp) -> Plan {
                         message,
                     });
                 }
-            } else {
-                requeue = Some(RECHECK);
             }
+            // Else the deletions of the pods still there wake the Job.
             active.clear();
         } else if spec.suspend {
             delete.extend(active.iter().map(|p| p.name_any()));
@@ -914,8 +912,8 @@ async fn sync(
     if !ctx.expectations.met(&uid.to_owned(), |w| {
         w.forget_shown(&ctx.pods, &ctx.index, namespace)
     }) {
-        // The pod events our writes cause wake this Job; deletions may not be announced.
-        return Ok(Some(RECHECK));
+        // The pod events our writes cause (creations and deletions) wake this Job.
+        return Ok(None);
     }
     let owned = ctx.index.owned(&ctx.pods, namespace, uid);
     let mut plan = decide(job, &owned, now);
@@ -1004,11 +1002,8 @@ async fn sync(
     if !write_status(job, ctx, namespace, &plan).await? {
         return Ok(Some(STALE));
     }
-    Ok(match plan.requeue {
-        Some(after) => Some(after),
-        None if !plan.delete.is_empty() => Some(RECHECK),
-        None => None,
-    })
+    // The deletions it made wake it when they show.
+    Ok(plan.requeue)
 }
 
 /// Records a Normal event `<what>: <name>` for each of `names`.

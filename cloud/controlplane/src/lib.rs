@@ -379,8 +379,9 @@ impl Parts {
 }
 
 /// How often the workload controllers look at every object even without an event, as
-/// client-go informers resync: a change the shared streams did not deliver (they drop
-/// deletions, kube-rs #1590) is then acted on within this time.
+/// client-go informers resync: what no event announces (the wall clock passing a
+/// `minReadySeconds` its requeue missed, a write refused after the reconcile that made it) is
+/// then acted on within this time.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Ticks every [`RESYNC`], the first after one period.

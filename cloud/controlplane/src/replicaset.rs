@@ -38,9 +38,6 @@ pub const BURST_REPLICAS: usize = 500;
 /// How many creations of one slow-start batch are in flight at once: kube sends a whole batch
 /// at once; a bound keeps the connections to the API server few.
 const BATCH_IN_FLIGHT: usize = 64;
-/// How soon a set waiting for its writes to show looks again without an event: the shared pod
-/// stream does not deliver deletions (kube-rs #1590).
-const RECHECK: Duration = Duration::from_secs(1);
 
 /// What the reconciler shares.
 pub struct Context {
@@ -158,11 +155,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
         manage_replicas(&rs, &ctx, &namespace, &uid).await?;
     }
     let action = update_status(&rs, &ctx).await?;
-    // Not synced: the pod events the writes cause wake it sooner.
+    // Not synced: the pod events its writes cause (creations and deletions) wake it.
     Ok(if synced {
         action
     } else {
-        Action::requeue(RECHECK)
+        Action::await_change()
     })
 }
 
@@ -264,9 +261,6 @@ async fn update_status(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> 
         &rs.namespace().unwrap_or_default(),
         &rs.uid().unwrap_or_default(),
     );
-    let terminating = owned
-        .iter()
-        .any(|p| p.metadata.deletion_timestamp.is_some());
     let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| pods::is_active(p)).collect();
     let min_ready = rs
         .spec
@@ -322,12 +316,7 @@ async fn update_status(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> 
             .map_err(|e| Error::api("update status of", rs, e))?;
     }
     // Ready pods waiting out minReadySeconds become available without an event: look again.
-    // So does a set short of its replicas or with pods still terminating: the shared pod
-    // stream does not deliver deletions (kube-rs #1590).
-    let wanted = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    if i32::try_from(active.len()).ok() != Some(wanted) || terminating {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
+    // Anything else that changes the counts is a pod event, which wakes the set.
     if ready > available {
         return Ok(Action::requeue(Duration::from_secs(
             u64::try_from(min_ready.max(1)).unwrap_or(1),

@@ -75,8 +75,8 @@ pub const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// The label holding a ControllerRevision's hash.
 pub const HASH_LABEL: &str = "controller.kubernetes.io/hash";
-/// How soon a set waiting on something the pod events may not announce (a deletion: the
-/// shared stream does not deliver them, kube-rs #1590) is looked at again.
+/// How soon a set waiting on something its watches do not announce (a pod of its name it does
+/// not own still going, a claim being deleted) is looked at again.
 const RECHECK: Duration = Duration::from_secs(1);
 /// How soon a set whose status write met a newer version is looked at again.
 const STALE: Duration = Duration::from_millis(100);
@@ -791,7 +791,8 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
         .expectations
         .met(&uid, |w| w.forget_shown(&ctx.pods, &ctx.index, &namespace))
     {
-        return Ok(Action::requeue(RECHECK));
+        // The pod events its writes cause (creations and deletions) wake it.
+        return Ok(Action::await_change());
     }
     let owned = ctx.index.owned(&ctx.pods, &namespace, &uid);
     ctx.remade.healthy_again(&uid, &owned);
@@ -824,12 +825,8 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     if let Some(e) = outcome.error {
         return Err(e);
     }
-    let settling = !outcome.deleted.is_empty() || owned.iter().any(|p| terminating(p));
-    let after = match (written, settling) {
-        (false, _) => Some(STALE),
-        (true, true) => Some(after.map_or(RECHECK, |a| a.min(RECHECK))),
-        (true, false) => after,
-    };
+    // Pods it deleted, or still terminating, wake it when they go.
+    let after = if written { after } else { Some(STALE) };
     Ok(after.map_or_else(Action::await_change, |a| {
         Action::requeue(a.max(Duration::from_millis(100)))
     }))
