@@ -173,8 +173,11 @@ pub async fn run_controllers_at(
         let index = pod_index.clone();
         move |event| index.apply(event)
     });
-    let (scheduler_events, shared_scheduler) = scheduler::shared();
-    pod_informer.on_event(move |event| scheduler_events.apply(event));
+    let (scheduler_feeds, shared_scheduler) = scheduler::shared();
+    pod_informer.on_event({
+        let feeds = scheduler_feeds.clone();
+        move |event| feeds.pod(event)
+    });
 
     let mut rs_informer = informer::Informer::<ReplicaSet>::new("replicaset");
     let replicasets = rs_informer.store();
@@ -188,6 +191,8 @@ pub async fn run_controllers_at(
     let mut node_informer = informer::Informer::<Node>::new("node");
     let nodes = node_informer.store();
     let daemonset_nodes = node_informer.subscribe();
+    // The scheduler's cache follows the nodes too.
+    node_informer.on_event(move |event| scheduler_feeds.node(event));
     // RuntimeClasses say which runtime a daemon needs (the scheduler keeps its own store).
     let (runtime_classes, rc_writer) = reflector::store();
     let rc_feed = watcher(

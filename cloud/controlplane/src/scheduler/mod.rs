@@ -4,9 +4,9 @@
 //! Watches feed it. Nodes and all pods keep the [`cache::Cache`] current (what each node
 //! offers and what its pods take); RuntimeClasses sit in a reflector store. Pods with no
 //! `spec.nodeName` drive a `kube::runtime` [`Controller`]. Run alone ([`run`]), the scheduler
-//! watches pods twice itself (all of them for the cache, those without a node for the
-//! controller); in the control plane ([`shared`]) it reads the pod watch the controllers share,
-//! so that each pod event is decoded once. The reconciler decides under the
+//! watches nodes once and pods twice itself (all of them for the cache, those without a node
+//! for the controller); in the control plane ([`shared`]) it reads the pod and node watches the
+//! controllers share, so that each event is decoded once. The reconciler decides under the
 //! cache's lock (filter, score, pick, assume), then binds through the `binding` subresource
 //! outside it, so decisions are serial and bindings overlap. A bound pod gets kube-scheduler's
 //! `Scheduled` event ("Successfully assigned ns/pod to node").
@@ -73,12 +73,14 @@ struct Context {
     image_kinds: Option<ImageKinds>,
 }
 
-/// Where the scheduler's pods come from.
+/// Where the scheduler's pods and nodes come from.
 enum PodSource<S> {
-    /// Watches of its own: all pods for the cache, pods without a node for the controller.
+    /// Watches of its own: nodes and all pods for the cache, pods without a node for the
+    /// controller.
     Own,
-    /// A watch shared with the controllers (an [`crate::informer::Informer`]): its events
-    /// reach the cache through [`PodEvents`], its changes (a subscriber) drive the controller.
+    /// Watches shared with the controllers ([`crate::informer::Informer`]s): their events
+    /// reach the cache through [`CacheFeeds`], the pod changes (a subscriber) drive the
+    /// controller.
     Shared { store: Store<Pod>, changes: S },
 }
 
@@ -102,8 +104,8 @@ impl State {
         }
     }
 
-    fn pod_feed(&self) -> PodFeed {
-        PodFeed {
+    fn feed<K: Cached>(&self) -> Feed<K> {
+        Feed {
             cache: self.cache.clone(),
             buffer: Vec::new(),
             retry: self.retry_tx.clone(),
@@ -129,18 +131,62 @@ impl Synced {
     }
 }
 
-/// Counts a pod watch's events in the cache; asks for a retry of pending pods when room
-/// appears.
-struct PodFeed {
+/// What the cache keeps of a watched kind: pods (what they take of their node) and nodes (what
+/// they offer).
+trait Cached: Clone + Send + 'static {
+    /// Whether this kind has been listed since start.
+    fn listed(synced: &Synced) -> &AtomicBool;
+    /// Replaces every object of this kind with a listing.
+    fn reset(cache: &mut Cache, listed: Vec<Self>);
+    /// Counts one object in; whether room may have appeared.
+    fn apply(cache: &mut Cache, object: &Self) -> bool;
+    /// Counts one object out; whether room may have appeared.
+    fn delete(cache: &mut Cache, object: &Self) -> bool;
+}
+
+impl Cached for Pod {
+    fn listed(synced: &Synced) -> &AtomicBool {
+        &synced.pods
+    }
+    fn reset(cache: &mut Cache, listed: Vec<Self>) {
+        cache.reset_pods(&listed);
+    }
+    fn apply(cache: &mut Cache, pod: &Self) -> bool {
+        cache.apply_pod(pod)
+    }
+    fn delete(cache: &mut Cache, pod: &Self) -> bool {
+        cache.delete_pod(pod)
+    }
+}
+
+impl Cached for Node {
+    fn listed(synced: &Synced) -> &AtomicBool {
+        &synced.nodes
+    }
+    fn reset(cache: &mut Cache, listed: Vec<Self>) {
+        cache.reset_nodes(listed.into_iter().map(Arc::new).collect());
+    }
+    fn apply(cache: &mut Cache, node: &Self) -> bool {
+        cache.apply_node(Arc::new(node.clone()))
+    }
+    fn delete(cache: &mut Cache, node: &Self) -> bool {
+        cache.delete_node(&node.name_any());
+        false
+    }
+}
+
+/// Counts a pod or node watch's events in the cache; asks for a retry of pending pods when
+/// room appears.
+struct Feed<K> {
     cache: Arc<Mutex<Cache>>,
-    /// The pods of a listing under way, counted when it is done.
-    buffer: Vec<Pod>,
+    /// The objects of a listing under way, counted when it is done.
+    buffer: Vec<K>,
     retry: mpsc::Sender<()>,
     synced: Arc<Synced>,
 }
 
-impl PodFeed {
-    fn apply(&mut self, event: &watcher::Event<Pod>) {
+impl<K: Cached> Feed<K> {
+    fn apply(&mut self, event: &watcher::Event<K>) {
         // A panic elsewhere while holding the lock cannot leave the counts worse than stopping
         // scheduling would: carry on with them.
         let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -149,17 +195,17 @@ impl PodFeed {
                 self.buffer.clear();
                 false
             }
-            watcher::Event::InitApply(p) => {
-                self.buffer.push(p.clone());
+            watcher::Event::InitApply(o) => {
+                self.buffer.push(o.clone());
                 false
             }
             watcher::Event::InitDone => {
-                c.reset_pods(&std::mem::take(&mut self.buffer));
-                self.synced.mark(&self.synced.pods);
+                K::reset(&mut c, std::mem::take(&mut self.buffer));
+                self.synced.mark(K::listed(&self.synced));
                 true
             }
-            watcher::Event::Apply(p) => c.apply_pod(p),
-            watcher::Event::Delete(p) => c.delete_pod(p),
+            watcher::Event::Apply(o) => K::apply(&mut c, o),
+            watcher::Event::Delete(o) => K::delete(&mut c, o),
         };
         drop(c);
         if wake {
@@ -168,34 +214,48 @@ impl PodFeed {
     }
 }
 
-/// The scheduler's end of a pod watch someone else runs ([`crate::run_controllers`]' shared
-/// one): give it every event of that watch, as an informer's hook. It is fed from the events
-/// rather than from a subscriber because a relist must replace its counts whole.
+/// The scheduler's end of the pod and node watches someone else runs
+/// ([`crate::run_controllers`]' informers): give it every event of those watches, as the
+/// informers' hooks. It is fed from the events rather than from subscribers because a relist
+/// must replace its counts whole.
 #[derive(Clone)]
-pub struct PodEvents(Arc<Mutex<PodFeed>>);
+pub struct CacheFeeds {
+    pods: Arc<Mutex<Feed<Pod>>>,
+    nodes: Arc<Mutex<Feed<Node>>>,
+}
 
-impl PodEvents {
+impl CacheFeeds {
     /// Counts one event of the shared pod watch.
-    pub fn apply(&self, event: &watcher::Event<Pod>) {
-        self.0
-            .lock()
+    pub fn pod(&self, event: &watcher::Event<Pod>) {
+        Self::apply(&self.pods, event);
+    }
+
+    /// Counts one event of the shared node watch.
+    pub fn node(&self, event: &watcher::Event<Node>) {
+        Self::apply(&self.nodes, event);
+    }
+
+    fn apply<K: Cached>(feed: &Mutex<Feed<K>>, event: &watcher::Event<K>) {
+        feed.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .apply(event);
     }
 }
 
-/// A scheduler that reads a pod watch shared with the controllers instead of running its own
-/// two (one decode of each pod event instead of three); made by [`shared`].
+/// A scheduler that reads the pod and node watches shared with the controllers instead of
+/// running three of its own (each pod event decoded once in the process instead of three
+/// times, each node heartbeat once instead of twice); made by [`shared`].
 pub struct SharedScheduler(State);
 
-/// A scheduler on a shared pod watch: feed the watch's events to the [`PodEvents`] and run
-/// the [`SharedScheduler`] on the watch's store and subscriber.
-pub fn shared() -> (PodEvents, SharedScheduler) {
+/// A scheduler on shared watches: feed the pod and node watches' events to the
+/// [`CacheFeeds`] and run the [`SharedScheduler`] on the pod watch's store and subscriber.
+pub fn shared() -> (CacheFeeds, SharedScheduler) {
     let state = State::new();
-    (
-        PodEvents(Arc::new(Mutex::new(state.pod_feed()))),
-        SharedScheduler(state),
-    )
+    let feeds = CacheFeeds {
+        pods: Arc::new(Mutex::new(state.feed())),
+        nodes: Arc::new(Mutex::new(state.feed())),
+    };
+    (feeds, SharedScheduler(state))
 }
 
 impl SharedScheduler {
@@ -308,15 +368,10 @@ async fn run_from<S>(
     ));
 
     volumes::ensure_storage_class(&client).await;
-    parts.spawn(feed_nodes(
-        client.clone(),
-        state.cache.clone(),
-        retry_tx.clone(),
-        state.synced.clone(),
-    ));
     let controller = match source {
         PodSource::Own => {
-            parts.spawn(feed_pods(client.clone(), state.pod_feed()));
+            parts.spawn(feed(client.clone(), state.feed::<Node>()));
+            parts.spawn(feed(client.clone(), state.feed::<Pod>()));
             let pending = watcher::Config::default().fields("spec.nodeName=");
             Controller::new(Api::<Pod>::all(client.clone()), pending)
         }
@@ -357,62 +412,18 @@ async fn run_from<S>(
     parts.shutdown().await;
 }
 
-/// Keeps the cache's nodes current from a node watch; asks for a retry of pending pods when
-/// one changes in a way that could let a pod in.
-async fn feed_nodes(
-    client: Client,
-    cache: Arc<Mutex<Cache>>,
-    mut retry: mpsc::Sender<()>,
-    synced: Arc<Synced>,
-) {
-    let mut buffer = Vec::new();
-    watcher(Api::<Node>::all(client), watcher::Config::default())
-        .default_backoff()
-        .for_each(move |event| {
-            // A panic elsewhere while holding the lock cannot leave the counts worse than
-            // stopping scheduling would: carry on with them.
-            let mut c = cache.lock().unwrap_or_else(PoisonError::into_inner);
-            let wake = match event {
-                Ok(watcher::Event::Init) => {
-                    buffer.clear();
-                    false
-                }
-                Ok(watcher::Event::InitApply(n)) => {
-                    buffer.push(Arc::new(n));
-                    false
-                }
-                Ok(watcher::Event::InitDone) => {
-                    c.reset_nodes(std::mem::take(&mut buffer));
-                    synced.mark(&synced.nodes);
-                    true
-                }
-                Ok(watcher::Event::Apply(n)) => c.apply_node(Arc::new(n)),
-                Ok(watcher::Event::Delete(n)) => {
-                    c.delete_node(&n.name_any());
-                    false
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "node watch failed; retrying");
-                    false
-                }
-            };
-            drop(c);
-            if wake {
-                let _ = retry.try_send(());
-            }
-            futures::future::ready(())
-        })
-        .await;
-}
-
-/// Keeps the cache's pods current from a pod watch of the scheduler's own.
-async fn feed_pods(client: Client, mut feed: PodFeed) {
-    watcher(Api::<Pod>::all(client), watcher::Config::default())
+/// Keeps the cache current from a pod or node watch of the scheduler's own.
+async fn feed<K>(client: Client, mut feed: Feed<K>)
+where
+    K: Cached + kube::Resource<DynamicType = ()> + std::fmt::Debug + serde::de::DeserializeOwned,
+    K: Sync,
+{
+    watcher(Api::<K>::all(client), watcher::Config::default())
         .default_backoff()
         .for_each(move |event| {
             match event {
                 Ok(event) => feed.apply(&event),
-                Err(error) => tracing::warn!(%error, "pod watch failed; retrying"),
+                Err(error) => tracing::warn!(%error, "scheduler's watch failed; retrying"),
             }
             futures::future::ready(())
         })
@@ -711,35 +722,43 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_watch_lists_counts_and_gives_a_deleted_pods_room_back() {
-        let (events, SharedScheduler(mut state)) = shared();
+    fn shared_watches_list_count_and_give_a_deleted_pods_room_back() {
+        let (feeds, SharedScheduler(mut state)) = shared();
         let whole = state.synced.whole.subscribe();
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": "a"},
-            "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "10"},
-                       "conditions": [{"type": "Ready", "status": "True"}]}
-        }))
-        .expect("node");
-        state
-            .cache
-            .lock()
-            .expect("cache")
-            .apply_node(Arc::new(node));
+        let node = |cpu: &str| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": "a"},
+                "status": {"allocatable": {"cpu": cpu, "memory": "1Gi", "pods": "10"},
+                           "conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .expect("node")
+        };
         let needs = PodNeeds::of(&pod("p2", None), None).expect("needs");
         let pick = |state: &State| state.cache.lock().expect("cache").pick(&needs);
 
-        events.apply(&watcher::Event::Init);
-        events.apply(&watcher::Event::InitApply(pod("p1", Some("a"))));
+        feeds.node(&watcher::Event::Init);
+        feeds.node(&watcher::Event::InitApply(node("1")));
+        assert!(pick(&state).is_err(), "no node counted mid-listing");
+        feeds.node(&watcher::Event::InitDone);
+        assert_eq!(pick(&state), Ok("a".to_owned()));
+        assert!(state.retry_rx.try_recv().is_ok(), "retried");
+        assert!(!*whole.borrow(), "nodes listed, pods not yet");
+
+        feeds.pod(&watcher::Event::Init);
+        feeds.pod(&watcher::Event::InitApply(pod("p1", Some("a"))));
         assert_eq!(pick(&state), Ok("a".to_owned()), "not counted mid-listing");
-        events.apply(&watcher::Event::InitDone);
+        feeds.pod(&watcher::Event::InitDone);
         assert!(pick(&state).is_err(), "the listed pod takes the node");
         assert!(state.retry_rx.try_recv().is_ok(), "retried");
-        assert!(!*whole.borrow(), "pods listed, nodes not yet");
-        state.synced.mark(&state.synced.nodes);
         assert!(*whole.borrow(), "both listed");
 
-        // A deletion gives the room back.
-        events.apply(&watcher::Event::Delete(pod("p1", Some("a"))));
+        // A deletion gives the room back; so does a node that grew.
+        feeds.pod(&watcher::Event::Delete(pod("p1", Some("a"))));
+        assert_eq!(pick(&state), Ok("a".to_owned()));
+        assert!(state.retry_rx.try_recv().is_ok(), "retried");
+        feeds.pod(&watcher::Event::Apply(pod("p3", Some("a"))));
+        assert!(pick(&state).is_err(), "p3 takes the node");
+        feeds.node(&watcher::Event::Apply(node("2")));
         assert_eq!(pick(&state), Ok("a".to_owned()));
         assert!(state.retry_rx.try_recv().is_ok(), "retried");
     }
