@@ -104,6 +104,113 @@ fn walk(value: &Value, schema: Option<&Value>, path: FieldPath, set: &mut FieldS
     }
 }
 
+/// The leaf fields of `value` as `FieldsV1` JSON: `to_fields_v1(&field_set(..))` built in one
+/// walk, without a path per leaf. A create records every field it sets, so this is all its
+/// `managedFields` entry needs (a pod's fields as paths were most of a create's work here).
+pub fn fields_v1(value: &Value, schema: Option<&Value>, skip_status: bool) -> Value {
+    let mut root = Map::new();
+    let Some(map) = value.as_object() else {
+        return Value::Object(root);
+    };
+    for (k, v) in map {
+        match k.as_str() {
+            "apiVersion" | "kind" => {}
+            "status" if skip_status => {}
+            "metadata" => {
+                let meta_schema = schema.and_then(|s| schema::property(s, "metadata"));
+                let mut meta = Map::new();
+                for field in TRACKED_METADATA {
+                    if let Some(fv) = v.get(*field) {
+                        let s = meta_schema.and_then(|m| schema::property(m, field));
+                        let mut node = Map::new();
+                        if tree(fv, s, &mut node) {
+                            meta.insert(format!("f:{field}"), Value::Object(node));
+                        }
+                    }
+                }
+                if !meta.is_empty() {
+                    root.insert("f:metadata".into(), Value::Object(meta));
+                }
+            }
+            _ => {
+                let mut node = Map::new();
+                if tree(v, schema.and_then(|s| schema::property(s, k)), &mut node) {
+                    root.insert(format!("f:{k}"), Value::Object(node));
+                }
+            }
+        }
+    }
+    Value::Object(root)
+}
+
+/// [`walk`] as a tree: fills `node` (the field's own `FieldsV1` node) with what is under
+/// `value`, and says whether the field has any leaf at all (an empty set or map list has none,
+/// so it gets no node).
+fn tree(value: &Value, schema: Option<&Value>, node: &mut Map<String, Value>) -> bool {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            let resolved = schema.map(schema::resolve);
+            let additional = resolved.and_then(|s| s.get("additionalProperties"));
+            let mut any = false;
+            for (k, v) in map {
+                let child_schema = resolved
+                    .and_then(|s| s.get("properties"))
+                    .and_then(|p| p.get(k))
+                    .or(additional);
+                let mut child = Map::new();
+                if tree(v, child_schema, &mut child) {
+                    node.insert(format!("f:{k}"), Value::Object(child));
+                    any = true;
+                }
+            }
+            any
+        }
+        Value::Array(items) => {
+            let kind = schema.map_or(ListKind::Atomic, schema::list_kind);
+            let item_schema = schema.map(schema::resolve).and_then(|s| s.get("items"));
+            match kind {
+                ListKind::Atomic => true,
+                ListKind::Set => {
+                    for item in items {
+                        node.insert(format!("v:{item}"), json!({}));
+                    }
+                    !items.is_empty()
+                }
+                ListKind::Map(keys) => {
+                    for item in items {
+                        let mut child = Map::new();
+                        child.insert(".".into(), json!({}));
+                        tree(item, item_schema, &mut child);
+                        // Items with the same key are one field, as in a field set.
+                        merge_into(node, format!("k:{}", item_key(item, &keys)), child);
+                    }
+                    !items.is_empty()
+                }
+            }
+        }
+        _ => true,
+    }
+}
+
+/// Adds `child` under `key` of `node`, merging with what is there.
+fn merge_into(node: &mut Map<String, Value>, key: String, child: Map<String, Value>) {
+    match node.get_mut(&key) {
+        Some(Value::Object(existing)) => {
+            for (k, v) in child {
+                match v {
+                    Value::Object(m) => merge_into(existing, k, m),
+                    other => {
+                        existing.insert(k, other);
+                    }
+                }
+            }
+        }
+        _ => {
+            node.insert(key, Value::Object(child));
+        }
+    }
+}
+
 /// The `k:` element of a map-list item: its key fields as compact JSON.
 fn item_key(item: &Value, keys: &[String]) -> String {
     let mut m = Map::new();
@@ -320,6 +427,37 @@ pub fn record_update(
     subresource: &str,
 ) {
     let skip_status = subresource != "status";
+    let Some(old) = old else {
+        // A create: every field set is the manager's, status aside unless written through
+        // `status` (as the filter below keeps it), and there is no one else's entry.
+        let fields = fields_v1(new, schema, skip_status);
+        let list = match fields.as_object() {
+            Some(m) if !m.is_empty() => {
+                let mut entry = json!({
+                    "manager": manager,
+                    "operation": "Update",
+                    "apiVersion": api_version,
+                    "time": super::meta::now(),
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": fields,
+                });
+                if !subresource.is_empty() {
+                    entry["subresource"] = json!(subresource);
+                }
+                vec![entry]
+            }
+            _ => Vec::new(),
+        };
+        if let Some(m) = super::meta::metadata_mut(new) {
+            if list.is_empty() {
+                m.remove("managedFields");
+            } else {
+                m.insert("managedFields".into(), Value::Array(list));
+            }
+        }
+        return;
+    };
+    let old = Some(old);
     let new_set = field_set(new, schema, false);
     let old_set = old.map(|o| field_set(o, schema, false)).unwrap_or_default();
     let changed: FieldSet = new_set
@@ -395,6 +533,76 @@ mod tests {
             ],
         );
         assert_eq!(removed["spec"]["containers"], json!([]));
+    }
+
+    #[test]
+    fn fields_v1_in_one_walk_is_the_field_set_as_fields_v1() {
+        let pod_schema = schema::schema_for("", "v1", "Pod");
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"app": "web", "tier": ""}, "annotations": {},
+                "finalizers": ["a", "b", "a"], "ownerReferences": [{"uid": "u", "name": "o"}],
+                "uid": "x", "managedFields": [{"manager": "m"}]},
+            "spec": {"containers": [
+                    {"name": "app", "image": "x", "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                     "env": [], "args": ["a", "a"], "resources": {}},
+                    {"name": "app", "image": "y", "env": [{"name": "E", "value": "1"}]},
+                    {"name": "side", "volumeMounts": [{"mountPath": "/a", "name": "v"}]}],
+                "nodeSelector": {"k": "v"}, "tolerations": [], "volumes": [{"name": "v", "emptyDir": {}}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]}});
+        let config_map = json!({"metadata": {"name": "c", "labels": null}, "data": {"k": "v"},
+            "binaryData": {}, "other": [1, {"a": [2]}], "n": null});
+        for (object, schema) in [(&pod, pod_schema), (&config_map, None), (&pod, None)] {
+            for skip_status in [true, false] {
+                assert_eq!(
+                    fields_v1(object, schema, skip_status),
+                    to_fields_v1(&field_set(object, schema, skip_status)),
+                    "{object} skipping status: {skip_status}"
+                );
+            }
+        }
+        assert_eq!(fields_v1(&json!("x"), None, true), json!({}));
+    }
+
+    #[test]
+    fn a_create_records_what_a_field_set_would() {
+        let pod_schema = schema::schema_for("", "v1", "Pod");
+        let mut pod = json!({"metadata": {"name": "p", "labels": {"a": "1"},
+            "managedFields": [{"manager": "client", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:x": {}}}]},
+            "spec": {"containers": [{"name": "app", "image": "x"}]}, "status": {"phase": "Pending"}});
+        record_update(None, &mut pod, pod_schema, "creator", "v1", "");
+        let list = entries(&pod);
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (
+                list[0].manager.as_str(),
+                list[0].operation.as_str(),
+                list[0].subresource.as_str()
+            ),
+            ("creator", "Update", "")
+        );
+        assert_eq!(
+            to_fields_v1(&list[0].fields),
+            json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:containers":
+                {"k:{\"name\":\"app\"}": {".": {}, "f:image": {}, "f:name": {}}}}})
+        );
+        // Through `status`, the status is the manager's too; with nothing set, no entry.
+        let mut status_only = json!({"metadata": {"name": "p"}, "status": {"phase": "Running"}});
+        record_update(
+            None,
+            &mut status_only,
+            pod_schema,
+            "kubelet",
+            "v1",
+            "status",
+        );
+        assert_eq!(entries(&status_only)[0].subresource, "status");
+        assert_eq!(
+            to_fields_v1(&entries(&status_only)[0].fields),
+            json!({"f:status": {"f:phase": {}}})
+        );
+        let mut bare = json!({"metadata": {"name": "p", "managedFields": []}});
+        record_update(None, &mut bare, pod_schema, "creator", "v1", "");
+        assert_eq!(bare, json!({"metadata": {"name": "p"}}));
     }
 
     #[test]
