@@ -22,8 +22,8 @@
 //! - [`namespace`]: empties a namespace being deleted, then finalizes it;
 //! - [`nodelifecycle`]: silent edges become Unknown and tainted, their pods stay;
 //! - [`rootca`]: the `kube-root-ca.crt` ConfigMap in every namespace;
-//! - [`events`], [`expectations`], [`indexes`], [`pods`], [`selector`], [`resources`],
-//!   [`clock`]: what the controllers share ([`services`]: what the two endpoints controllers
+//! - [`informer`], [`events`], [`expectations`], [`indexes`], [`pods`], [`selector`],
+//!   [`resources`], [`clock`]: what the controllers share ([`services`]: what the two endpoints controllers
 //!   share).
 
 pub mod clock;
