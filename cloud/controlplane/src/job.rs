@@ -37,7 +37,7 @@
 //! **Expectations**: after creating or deleting pods, a reconcile records what it did, and the
 //! next one for the Job waits (returns, to be woken by the pod events its own writes cause) until
 //! the shared store shows all of it, as kube-controller-manager's expectations make it wait for
-//! its informer; an expectation older than [`expectations::TTL`] is dropped, as kube's are
+//! its informer; an expectation older than [`crate::expectations::TTL`] is dropped, as kube's are
 //! ([`crate::expectations`]).
 //!
 //! **No `batch.kubernetes.io/job-tracking` finalizer.** kube puts it on every pod so that a pod

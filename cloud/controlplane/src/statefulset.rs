@@ -8,7 +8,7 @@
 //!    "$patch":"replace"}}}`), labelled with the template's labels and
 //!    `controller.kubernetes.io/hash`, numbered one past the newest; a template equal to an
 //!    older revision (a `kubectl rollout undo`) takes that revision back with a new number
-//!    ([`revisions`]). `status.currentRevision` is the revision the set rolls from,
+//!    (`revisions`). `status.currentRevision` is the revision the set rolls from,
 //!    `updateRevision` the one it rolls to. Revisions no pod uses beyond
 //!    `revisionHistoryLimit` are deleted, oldest first.
 //! 2. **pods**, decided by one pure function ([`decide`]) from the set, its two revisions and
