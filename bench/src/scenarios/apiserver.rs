@@ -50,13 +50,19 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the server in a process of its own, keeping its state in `data_dir`: this binary,
-    /// or the one `WEDGE_BENCH_SERVER` names (another build's server, speaking the same
-    /// `apiserver-serve --data-dir` protocol, for an A/B of two commits under the same client).
+    /// Starts the server in a process of its own, keeping its state in `data_dir`:
+    /// `wedge-bench-apiserver` beside this binary (with `wedge apiserver`'s allocator; this binary when
+    /// it was not built), or the one `WEDGE_BENCH_SERVER` names (another build's server,
+    /// speaking the same `apiserver-serve --data-dir` protocol, for an A/B of two commits under
+    /// the same client).
     pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
         let server = match std::env::var_os("WEDGE_BENCH_SERVER") {
             Some(path) => path.into(),
-            None => std::env::current_exe()?,
+            None => {
+                let this = std::env::current_exe()?;
+                let beside = this.with_file_name("wedge-bench-apiserver");
+                if beside.exists() { beside } else { this }
+            }
         };
         let mut child = Command::new(server)
             .arg("apiserver-serve")
