@@ -398,6 +398,20 @@ async fn a_state_the_disk_cannot_take_leaves_the_state_as_it_was() {
     );
 }
 
+/// Makes the database under `dir` refuse any new desired value of the thermostat's setpoint, as
+/// a failing disk would: a trigger (`refuse_desired`), made over a connection of the test's own,
+/// which is returned to drop it again.
+pub(crate) fn refuse_desired_setpoints(dir: &tempfile::TempDir) -> rusqlite::Connection {
+    let sql = rusqlite::Connection::open(dir.path().join("edge.db")).expect("a connection");
+    sql.execute_batch(
+        "CREATE TRIGGER refuse_desired BEFORE UPDATE ON twins
+         WHEN NEW.property = 'setpoint' AND NEW.desired IS NOT OLD.desired
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .expect("the trigger");
+    sql
+}
+
 /// DeviceTwin over a gated writer (each group waits for a tick), with the thermostat bound:
 /// storing the device and model and the twin's first load go through ungated. The thermostat:
 /// a read-only FLOAT temperature (-40..125) and a read-write INT setpoint (5..30) whose spec
@@ -521,15 +535,7 @@ async fn a_devices_reports_queued_while_one_is_written_share_one_commit_and_sett
 async fn a_write_refused_among_a_devices_writes_in_flight_is_refused_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, tick, twin) = gated_twin(&dir).await;
-    // The database refuses any new desired value of the setpoint, as a failing disk would: a
-    // trigger, made over a connection of the test's own.
-    let sql = rusqlite::Connection::open(dir.path().join("edge.db")).expect("a connection");
-    sql.execute_batch(
-        "CREATE TRIGGER refuse_desired BEFORE UPDATE ON twins
-         WHEN NEW.property = 'setpoint' AND NEW.desired IS NOT OLD.desired
-         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-    )
-    .expect("the trigger");
+    let sql = refuse_desired_setpoints(&dir);
     let mut changes = twin.subscribe();
     // In one group, in this order: an app's desired value the disk refuses, then the device's
     // report on the same property (made while that value is in flight), then another report.

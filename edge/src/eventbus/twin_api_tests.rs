@@ -7,7 +7,7 @@ use wedge_core::twin::{DeviceState, TwinValue};
 
 use super::{Answer, queue};
 use crate::devicetwin::DeviceTwin;
-use crate::devicetwin::tests::gated_twin;
+use crate::devicetwin::tests::{gated_twin, refuse_desired_setpoints};
 use crate::eventbus::auth::Refusals;
 
 const NODE: &str = "edge-a";
@@ -89,15 +89,7 @@ async fn a_burst_of_twin_updates_shares_one_commit_and_each_answer_is_its_own() 
 async fn refused_requests_in_a_burst_are_refused_alone_and_answered_in_their_place() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (db, tick, twin) = gated_twin(&dir).await;
-    // The disk refuses any new desired value of the setpoint: a trigger, made over a connection
-    // of the test's own.
-    let sql = rusqlite::Connection::open(dir.path().join("edge.db")).expect("a connection");
-    sql.execute_batch(
-        "CREATE TRIGGER refuse_desired BEFORE UPDATE ON twins
-         WHEN NEW.property = 'setpoint' AND NEW.desired IS NOT OLD.desired
-         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-    )
-    .expect("the trigger");
+    let _sql = refuse_desired_setpoints(&dir);
     let refusals = Refusals::default();
     let update = |id: &str, twin: Value| json!({"event_id": id, "timestamp": 1, "twin": twin});
     let requests = [
